@@ -1,0 +1,233 @@
+//! A small blocking client over the binary format, used by `fanout pub` / `fanout sub` and the
+//! tests. Messages that arrive while a command waits for its acknowledgement are kept, in order,
+//! for `next_message`; server PINGs are answered automatically.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{binary, text, Ack, ProtocolError, Request, ServerFrame};
+
+/// Largest frame the client accepts from a server.
+const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// A delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Channel name.
+    pub channel: String,
+    /// Offset within the channel.
+    pub offset: u64,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What went wrong on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// The server sent bytes that are not a valid frame.
+    #[error("protocol error from server: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The server answered with an error frame.
+    #[error("server error {code}: {reason}")]
+    Server {
+        /// Numeric code (see `protocol::ErrorCode`).
+        code: u16,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server closed the connection.
+    #[error("server closed the connection")]
+    Closed,
+    /// Nothing arrived before the deadline.
+    #[error("timed out waiting for the server")]
+    Timeout,
+}
+
+/// A connection to a fanout server speaking the binary format.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    input: Vec<u8>,
+    /// Start of unparsed bytes in `input`.
+    parsed: usize,
+    backlog: VecDeque<Message>,
+    out: Vec<u8>,
+}
+
+enum Owned {
+    Message(Message),
+    Ok(Ack, Vec<u8>),
+    Pong,
+}
+
+impl Client {
+    /// Connects and sends the binary preface.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut client =
+            Client { stream, input: Vec::with_capacity(64 * 1024), parsed: 0, backlog: VecDeque::new(), out: Vec::new() };
+        client.stream.write_all(&binary::PREFACE)?;
+        Ok(client)
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
+
+    fn send(&mut self, request: &Request<'_>) -> Result<(), ClientError> {
+        self.out.clear();
+        binary::encode_request(request, &mut self.out);
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    /// Subscribes and waits for the server's acknowledgement.
+    pub fn subscribe(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.send(&Request::Subscribe { channel: channel.as_bytes() })?;
+        self.wait_ack(Ack::Subscribe, channel.as_bytes())
+    }
+
+    /// Unsubscribes and waits for the acknowledgement.
+    pub fn unsubscribe(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.send(&Request::Unsubscribe { channel: channel.as_bytes() })?;
+        self.wait_ack(Ack::Unsubscribe, channel.as_bytes())
+    }
+
+    /// Claims a unique name; messages published to `@name` then reach this client.
+    pub fn claim_name(&mut self, name: &str) -> Result<(), ClientError> {
+        self.send(&Request::Name { name: name.as_bytes() })?;
+        self.wait_ack(Ack::Name, name.as_bytes())
+    }
+
+    /// Publishes without waiting (errors, such as an invalid channel, arrive with a later call).
+    pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), ClientError> {
+        self.send(&Request::Publish { channel: channel.as_bytes(), payload: payload.into() })
+    }
+
+    /// Round trip: returns once every earlier command of this connection has taken effect.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.send(&Request::Ping)?;
+        loop {
+            match self.next_owned(None)? {
+                Owned::Pong => return Ok(()),
+                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Ok(..) => {}
+            }
+        }
+    }
+
+    fn wait_ack(&mut self, ack: Ack, arg: &[u8]) -> Result<(), ClientError> {
+        loop {
+            match self.next_owned(None)? {
+                Owned::Ok(got, got_arg) if got == ack && got_arg == arg => return Ok(()),
+                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Ok(..) | Owned::Pong => {}
+            }
+        }
+    }
+
+    /// The next message, waiting at most `timeout` (forever when `None`); `Ok(None)` on timeout.
+    pub fn next_message(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
+        if let Some(message) = self.backlog.pop_front() {
+            return Ok(Some(message));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.next_owned(deadline) {
+                Ok(Owned::Message(message)) => return Ok(Some(message)),
+                Ok(_) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next frame that is not a server PING (those are answered here).
+    fn next_owned(&mut self, deadline: Option<Instant>) -> Result<Owned, ClientError> {
+        loop {
+            if let Some(frame) = self.parse_one()? {
+                return Ok(frame);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    fn parse_one(&mut self) -> Result<Option<Owned>, ClientError> {
+        loop {
+            let input = &self.input[self.parsed..];
+            // A refusal sent before the server knew our format comes as a text line.
+            let parsed = if input.starts_with(b"ERR ") {
+                text::parse_server_line(input, MAX_FRAME_BYTES)?
+            } else {
+                binary::parse_server_frame(input, MAX_FRAME_BYTES)?
+            };
+            let Some((frame, used)) = parsed else { return Ok(None) };
+            let owned = match frame {
+                ServerFrame::Message { channel, offset, payload } => Some(Owned::Message(Message {
+                    channel: String::from_utf8_lossy(&channel).into_owned(),
+                    offset,
+                    payload: payload.into_owned(),
+                })),
+                ServerFrame::Ok { ack, arg } => Some(Owned::Ok(ack, arg.into_owned())),
+                ServerFrame::Error { code, reason } => {
+                    let reason = reason.into_owned();
+                    self.parsed += used;
+                    return Err(ClientError::Server { code, reason });
+                }
+                ServerFrame::Pong => Some(Owned::Pong),
+                ServerFrame::Ping => None,
+            };
+            self.parsed += used;
+            match owned {
+                Some(owned) => return Ok(Some(owned)),
+                None => self.send(&Request::Pong)?,
+            }
+        }
+    }
+
+    fn fill(&mut self, deadline: Option<Instant>) -> Result<(), ClientError> {
+        if self.parsed > 0 {
+            self.input.drain(..self.parsed);
+            self.parsed = 0;
+        }
+        let timeout = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ClientError::Timeout);
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        self.stream.set_read_timeout(timeout)?;
+        let start = self.input.len();
+        self.input.resize(start + 64 * 1024, 0);
+        let read = self.stream.read(&mut self.input[start..]);
+        match read {
+            Ok(0) => {
+                self.input.truncate(start);
+                Err(ClientError::Closed)
+            }
+            Ok(n) => {
+                self.input.truncate(start + n);
+                Ok(())
+            }
+            Err(e) => {
+                self.input.truncate(start);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Err(ClientError::Timeout),
+                    io::ErrorKind::Interrupted => Ok(()),
+                    _ => Err(e.into()),
+                }
+            }
+        }
+    }
+}

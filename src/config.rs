@@ -1,0 +1,73 @@
+//! Every limit and default in one place, with units in the names. `fanout serve` maps one flag to
+//! each field (see `main.rs`); tests build a `Config` directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (see `ServerHandle::local_addr`).
+    pub listen: SocketAddr,
+    /// Reactor threads, each with its own listener (SO_REUSEPORT), poll and connections.
+    pub workers: usize,
+    /// Pin worker `i` to core `i % cores`.
+    pub pin_cores: bool,
+    /// Open client connections across all workers; one more is refused with `ERR 503`.
+    pub max_connections: usize,
+    /// Longest binary frame (opcode + fields) or text line (without its line ending).
+    pub max_frame_bytes: usize,
+    /// Bytes queued for one client before it is disconnected as a slow consumer.
+    pub write_queue_cap_bytes: usize,
+    /// Slots in the broadcast ring (rounded up to a power of two).
+    pub ring_slots: usize,
+    /// Channels that may exist at once (each holds a name and an offset counter).
+    pub max_channels: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// A connection silent this long is sent a PING.
+    pub ping_interval: Duration,
+    /// After that PING, a connection still silent this long is closed as stale.
+    pub ping_timeout: Duration,
+    /// How often each worker's counters are summed and logged (zero: never).
+    pub stats_interval: Duration,
+    /// On shutdown, how long queued messages may take to flush before connections are cut.
+    pub shutdown_grace: Duration,
+    /// Accept backlog passed to listen(2) (the kernel caps it at net.core.somaxconn).
+    pub listen_backlog: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: true,
+            max_connections: 1_000_000,
+            max_frame_bytes: 1 << 20,
+            write_queue_cap_bytes: 8 << 20,
+            ring_slots: 1 << 16,
+            max_channels: 1_000_000,
+            max_subscriptions_per_connection: 1024,
+            // NATS uses 2 minutes and two missed pings; a person typing into `nc` never notices.
+            ping_interval: Duration::from_secs(120),
+            ping_timeout: Duration::from_secs(60),
+            stats_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+            listen_backlog: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: loopback port 0, two workers, no pinning (tests run in parallel).
+    pub fn for_tests() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 2,
+            pin_cores: false,
+            stats_interval: Duration::ZERO,
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! fanout: a pub/sub broadcast server for very many long-lived connections.
+//!
+//! ```text
+//!            SO_REUSEPORT listener per worker (the kernel spreads accepts)
+//!                 |                    |
+//!   core 0: Worker (mio Poll)   core 1: Worker ...
+//!     Slab<Conn>                  Slab<Conn>
+//!     Index: channel -> this worker's subscribers
+//!        | PUB (offset assigned under the channel's lock)   ^ drain from own cursor
+//!        v                                                  |
+//!   ======== server::ring::Ring<Arc<Message>> (lock-free, seq-stamped slots) ========
+//!        ^ then wake the other workers (coalescing mio::Waker)
+//! ```
+//!
+//! Threads: one per worker, each owning its listener, connections and index outright; the only
+//! shared state is the ring, the channel and name registries (consulted on first use of a name),
+//! per-worker counters, and the wakers. The main thread only starts the server and waits for a
+//! signal. See the README's design section for the data flow and the invariants.
+
+#![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![cfg_attr(test, deny(warnings))]
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod sys;
+
+pub use config::Config;
+pub use server::stats::Stats;
+pub use server::{Server, ServerHandle, StartError};

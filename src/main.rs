@@ -1,0 +1,186 @@
+//! The `fanout` command: `serve`, `pub`, `sub`. Thin: everything lives in the library.
+
+use std::io::{self, BufRead, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::{error, info, warn};
+
+use fanout::client::Client;
+use fanout::{Config, Server};
+
+#[derive(Parser, Debug)]
+#[command(name = "fanout", version, about = "Pub/sub broadcast server for very many long-lived connections")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Publish MESSAGE to CHANNEL, or each line of stdin when MESSAGE is left out.
+    Pub {
+        /// Channel (`*` broadcasts, `@name` sends to one named client).
+        channel: String,
+        /// The payload; without it, every line of stdin is published.
+        message: Option<String>,
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        server: SocketAddr,
+    },
+    /// Print every message of the channels as it arrives: `<channel> <offset> <payload>`.
+    Sub {
+        /// Channels to subscribe to.
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Also claim this client name (messages to `@NAME` arrive too).
+        #[arg(long)]
+        name: Option<String>,
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        server: SocketAddr,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Reactor threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Do not pin worker threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Open connections at most; further ones get `ERR 503` and are closed.
+    #[arg(long, default_value_t = Config::default().max_connections)]
+    max_connections: usize,
+    /// Longest frame or line a client may send, in bytes.
+    #[arg(long, default_value_t = Config::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Bytes queued for one client before it is dropped as a slow consumer.
+    #[arg(long, default_value_t = Config::default().write_queue_cap_bytes)]
+    write_queue_cap_bytes: usize,
+    /// Slots in the broadcast ring (a power of two).
+    #[arg(long, default_value_t = Config::default().ring_slots)]
+    ring_slots: usize,
+    /// Channels that may exist at once.
+    #[arg(long, default_value_t = Config::default().max_channels)]
+    max_channels: usize,
+    /// Subscriptions one connection may hold.
+    #[arg(long, default_value_t = Config::default().max_subscriptions_per_connection)]
+    max_subscriptions: usize,
+    /// Seconds of client silence before the server sends PING.
+    #[arg(long, default_value_t = Config::default().ping_interval.as_secs())]
+    ping_interval_secs: u64,
+    /// Seconds after that PING before a still-silent client is closed.
+    #[arg(long, default_value_t = Config::default().ping_timeout.as_secs())]
+    ping_timeout_secs: u64,
+    /// Seconds between stats log lines (0: none).
+    #[arg(long, default_value_t = Config::default().stats_interval.as_secs())]
+    stats_interval_secs: u64,
+    /// Seconds queued messages may take to flush on shutdown.
+    #[arg(long, default_value_t = Config::default().shutdown_grace.as_secs())]
+    shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Config {
+        let defaults = Config::default();
+        Config {
+            listen: self.listen,
+            workers: self.workers.unwrap_or(defaults.workers),
+            pin_cores: !self.no_pin,
+            max_connections: self.max_connections,
+            max_frame_bytes: self.max_frame_bytes,
+            write_queue_cap_bytes: self.write_queue_cap_bytes,
+            ring_slots: self.ring_slots,
+            max_channels: self.max_channels,
+            max_subscriptions_per_connection: self.max_subscriptions,
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            ping_timeout: Duration::from_secs(self.ping_timeout_secs),
+            stats_interval: Duration::from_secs(self.stats_interval_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            listen_backlog: defaults.listen_backlog,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args.config()),
+        Command::Pub { channel, message, server } => publish(server, &channel, message),
+        Command::Sub { channels, name, server } => subscribe(server, &channels, name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Block SIGINT/SIGTERM before the workers exist so that they inherit the mask and the signal
+    // is taken here, synchronously, rather than in a handler.
+    fanout::sys::block_termination_signals()?;
+    match fanout::sys::raise_nofile_limit() {
+        Ok(limit) => {
+            info!("RLIMIT_NOFILE raised from {} to {} (hard limit {})", limit.before, limit.after, limit.hard);
+            if (limit.after as usize) < config.max_connections {
+                warn!(
+                    "RLIMIT_NOFILE ({}) is below --max-connections ({}): accepts will fail with EMFILE first",
+                    limit.after, config.max_connections
+                );
+            }
+        }
+        Err(e) => warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
+    let server = Server::start(config)?;
+    let signal = fanout::sys::wait_for_termination()?;
+    info!("signal {signal} received, shutting down");
+    server.shutdown();
+    Ok(())
+}
+
+fn publish(server: SocketAddr, channel: &str, message: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = Client::connect(server)?;
+    match message {
+        Some(message) => client.publish(channel, message.as_bytes())?,
+        None => {
+            for line in io::stdin().lock().lines() {
+                client.publish(channel, line?.as_bytes())?;
+            }
+        }
+    }
+    // The round trip surfaces any error the server sent for our publishes.
+    client.ping()?;
+    Ok(())
+}
+
+fn subscribe(server: SocketAddr, channels: &[String], name: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = Client::connect(server)?;
+    if let Some(name) = name {
+        client.claim_name(&name)?;
+    }
+    for channel in channels {
+        client.subscribe(channel)?;
+    }
+    let stdout = io::stdout();
+    loop {
+        let Some(message) = client.next_message(None)? else { continue };
+        let mut out = stdout.lock();
+        write!(out, "{} {} ", message.channel, message.offset)?;
+        out.write_all(&message.payload)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+}

@@ -1,0 +1,391 @@
+//! Wire formats. Pure codecs over byte slices: no sockets, no allocation beyond the frames they
+//! return, unit-tested at every split point.
+//!
+//! Every format carries the same command set (see `Request` and `ServerFrame`). A connection's
+//! format is sniffed from its first bytes (`sniff`): the binary preface starts with a NUL byte,
+//! which no text command does.
+//!
+//! Decoders have the shape `parse(&[u8]) -> Result<Option<(T, consumed)>, ProtocolError>`:
+//! `Ok(None)` means "incomplete, nothing consumed"; an oversize length is rejected as soon as the
+//! header is read, before anything is buffered.
+
+pub mod binary;
+pub mod text;
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+
+/// Longest channel name, in bytes; it fits the binary format's one-byte length field.
+pub const MAX_CHANNEL_BYTES: usize = 255;
+
+/// A client's command, borrowed from the input buffer where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Start receiving the channel's messages.
+    Subscribe {
+        /// Channel name (validated by the server, not the codec).
+        channel: &'a [u8],
+    },
+    /// Stop receiving the channel's messages.
+    Unsubscribe {
+        /// Channel name.
+        channel: &'a [u8],
+    },
+    /// Publish `payload` to `channel` (`*` broadcasts, `@name` sends to one named client).
+    Publish {
+        /// Channel name.
+        channel: &'a [u8],
+        /// Opaque bytes (owned only when the text format had escapes to undo).
+        payload: Cow<'a, [u8]>,
+    },
+    /// Barrier: answered with `Pong` once every earlier command of this connection took effect.
+    Ping,
+    /// The answer to a server `Ping` (keepalive).
+    Pong,
+    /// Claim a unique client name; messages published to `@name` reach this connection.
+    Name {
+        /// The name, without the `@`.
+        name: &'a [u8],
+    },
+    /// An empty text line: ignored (people press Enter in `nc`).
+    Noop,
+}
+
+/// Which command an `Ok` acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// `Subscribe` took effect.
+    Subscribe,
+    /// `Unsubscribe` took effect.
+    Unsubscribe,
+    /// `Name` was granted.
+    Name,
+}
+
+impl Ack {
+    /// The text format's word for it (also the command's word).
+    pub fn word(self) -> &'static str {
+        match self {
+            Ack::Subscribe => "SUB",
+            Ack::Unsubscribe => "UNSUB",
+            Ack::Name => "NAME",
+        }
+    }
+}
+
+/// A server frame as a client decodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame<'a> {
+    /// A message of a channel, with its offset in that channel.
+    Message {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// Offset within the channel: starts at 1, grows by one per message.
+        offset: u64,
+        /// Opaque bytes.
+        payload: Cow<'a, [u8]>,
+    },
+    /// A command was acknowledged.
+    Ok {
+        /// Which command.
+        ack: Ack,
+        /// Its argument (channel or name).
+        arg: Cow<'a, [u8]>,
+    },
+    /// An error; fatal ones are followed by the server closing the connection.
+    Error {
+        /// Numeric code, see `ErrorCode`.
+        code: u16,
+        /// Human-readable reason.
+        reason: Cow<'a, str>,
+    },
+    /// Keepalive; answer with `Pong`.
+    Ping,
+    /// Answer to a client `Ping`.
+    Pong,
+}
+
+/// The wire format of one connection, known after sniffing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text lines (`nc`-friendly).
+    Text = 0,
+    /// Length-prefixed binary frames after a preface.
+    Binary = 1,
+}
+
+impl Format {
+    /// Number of formats, for per-format frame caches.
+    pub const COUNT: usize = 2;
+
+    /// Encodes a channel message in this format.
+    pub fn encode_message(self, channel: &[u8], offset: u64, payload: &[u8]) -> Bytes {
+        match self {
+            Format::Text => text::encode_message(channel, offset, payload),
+            Format::Binary => binary::encode_message(channel, offset, payload),
+        }
+    }
+
+    /// Appends a channel message in this format to `out`.
+    pub fn put_message(self, out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u8]) {
+        match self {
+            Format::Text => text::put_message(out, channel, offset, payload),
+            Format::Binary => binary::put_message(out, channel, offset, payload),
+        }
+    }
+
+    /// Both formats, for per-format loops.
+    pub const ALL: [Format; Format::COUNT] = [Format::Text, Format::Binary];
+
+    /// Encodes an acknowledgement.
+    pub fn encode_ok(self, ack: Ack, arg: &[u8]) -> Bytes {
+        match self {
+            Format::Text => text::encode_ok(ack, arg),
+            Format::Binary => binary::encode_ok(ack, arg),
+        }
+    }
+
+    /// Encodes an error frame.
+    pub fn encode_error(self, code: ErrorCode, detail: &str) -> Bytes {
+        match self {
+            Format::Text => text::encode_error(code, detail),
+            Format::Binary => binary::encode_error(code, detail),
+        }
+    }
+
+    /// The server's keepalive ping.
+    pub fn ping(self) -> Bytes {
+        match self {
+            Format::Text => Bytes::from_static(b"PING\r\n"),
+            Format::Binary => Bytes::from_static(&[0, 0, 0, 1, binary::op::PING]),
+        }
+    }
+
+    /// The answer to a client's ping.
+    pub fn pong(self) -> Bytes {
+        match self {
+            Format::Text => Bytes::from_static(b"PONG\r\n"),
+            Format::Binary => Bytes::from_static(&[0, 0, 0, 1, binary::op::PONG]),
+        }
+    }
+
+    /// Decodes one client request.
+    pub fn parse_request(
+        self,
+        input: &[u8],
+        max_frame_bytes: usize,
+    ) -> Result<Option<(Request<'_>, usize)>, ProtocolError> {
+        match self {
+            Format::Text => text::parse_request(input, max_frame_bytes),
+            Format::Binary => binary::parse_request(input, max_frame_bytes),
+        }
+    }
+}
+
+/// What the first bytes of a connection say about its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Not enough bytes yet.
+    NeedMore,
+    /// The binary preface, which is this many bytes long and consumed.
+    Binary(usize),
+    /// Anything else is text.
+    Text,
+}
+
+/// Tells the format from the first bytes. The binary preface starts with NUL; text never does.
+pub fn sniff(input: &[u8]) -> Result<Sniffed, ProtocolError> {
+    match input.first() {
+        None => Ok(Sniffed::NeedMore),
+        Some(&first) if first == binary::PREFACE[0] => {
+            let n = input.len().min(binary::PREFACE.len());
+            if input[..n] != binary::PREFACE[..n] {
+                Err(ProtocolError::BadPreface)
+            } else if n < binary::PREFACE.len() {
+                Ok(Sniffed::NeedMore)
+            } else {
+                Ok(Sniffed::Binary(binary::PREFACE.len()))
+            }
+        }
+        Some(_) => Ok(Sniffed::Text),
+    }
+}
+
+/// Numeric error codes sent in `ERR` frames. Modelled on HTTP's so that they read familiar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Malformed frame or line, unknown command or opcode, bad preface. Fatal.
+    BadRequest = 400,
+    /// The command is not allowed on this channel (subscribing to `*` or to another's `@inbox`).
+    Forbidden = 403,
+    /// No connected client has that name.
+    NotFound = 404,
+    /// The client stayed silent past the ping timeout. Fatal.
+    StaleConnection = 408,
+    /// The name is taken, or this connection already has one.
+    Conflict = 409,
+    /// Frame or line longer than the server's maximum. Fatal.
+    FrameTooLarge = 413,
+    /// Channel or client name is empty, too long, or has spaces, control bytes or invalid UTF-8.
+    InvalidName = 422,
+    /// A per-connection or server-wide count limit was reached (subscriptions, channels).
+    LimitReached = 429,
+    /// The server is full (max connections) or shutting down. Fatal.
+    Unavailable = 503,
+    /// The client did not read fast enough and its write queue passed the cap. Fatal.
+    SlowConsumer = 507,
+}
+
+impl ErrorCode {
+    /// The numeric code on the wire.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+/// A violation of the wire format. All of them are fatal: the connection gets an error frame
+/// saying why, and is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A frame's declared length, or a line without its end, is over the limit.
+    #[error("frame too large: {len} bytes, the limit is {max}")]
+    FrameTooLarge {
+        /// Declared or buffered length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A binary frame declared a length of zero (no room for the opcode).
+    #[error("malformed length: a frame must hold at least its opcode")]
+    EmptyFrame,
+    /// A binary frame with an opcode this server does not know.
+    #[error("unknown opcode 0x{0:02x}")]
+    UnknownOpcode(u8),
+    /// A text line with a command word this server does not know.
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+    /// A field does not fit the frame, or a required argument is missing.
+    #[error("malformed {what}")]
+    Malformed {
+        /// Which part of the frame.
+        what: &'static str,
+    },
+    /// Text was required (a reason, a command word) and the bytes are not UTF-8.
+    #[error("invalid UTF-8 in {what}")]
+    InvalidUtf8 {
+        /// Where.
+        what: &'static str,
+    },
+    /// The first byte announced the binary format but the preface did not match.
+    #[error("bad binary preface")]
+    BadPreface,
+}
+
+impl ProtocolError {
+    /// The error code sent to the client for this violation.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            _ => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// What a valid channel name addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// An ordinary channel: subscribe and publish.
+    Topic,
+    /// `*`: every connection receives it; publish only.
+    Broadcast,
+    /// `@name`: the inbox of the client that claimed `name`; publish only.
+    Inbox,
+}
+
+/// Why a channel or client name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Zero bytes.
+    #[error("empty name")]
+    Empty,
+    /// Over `MAX_CHANNEL_BYTES`.
+    #[error("name longer than {MAX_CHANNEL_BYTES} bytes")]
+    TooLong,
+    /// A space, tab, other control byte, or DEL.
+    #[error("name contains a space or control character")]
+    SpaceOrControl,
+    /// Not UTF-8.
+    #[error("name is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+/// Checks a channel name: 1 to 255 bytes of UTF-8 with no spaces or control characters. Returns
+/// what it addresses.
+pub fn validate_channel(name: &[u8]) -> Result<ChannelKind, NameError> {
+    validate_name(name, MAX_CHANNEL_BYTES)?;
+    Ok(match name {
+        b"*" => ChannelKind::Broadcast,
+        [b'@', _, ..] => ChannelKind::Inbox,
+        _ => ChannelKind::Topic,
+    })
+}
+
+/// Checks a client name: like a channel name, one byte shorter (its inbox is `@name`), and it may
+/// not itself start with `@`.
+pub fn validate_client_name(name: &[u8]) -> Result<(), NameError> {
+    validate_name(name, MAX_CHANNEL_BYTES - 1)?;
+    if name[0] == b'@' {
+        return Err(NameError::SpaceOrControl);
+    }
+    Ok(())
+}
+
+fn validate_name(name: &[u8], max: usize) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > max {
+        return Err(NameError::TooLong);
+    }
+    if name.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(NameError::SpaceOrControl);
+    }
+    if std::str::from_utf8(name).is_err() {
+        return Err(NameError::InvalidUtf8);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names() {
+        assert_eq!(validate_channel(b"news"), Ok(ChannelKind::Topic));
+        assert_eq!(validate_channel(b"*"), Ok(ChannelKind::Broadcast));
+        assert_eq!(validate_channel(b"@alice"), Ok(ChannelKind::Inbox));
+        assert_eq!(validate_channel(b"@"), Ok(ChannelKind::Topic));
+        assert_eq!(validate_channel("café.1".as_bytes()), Ok(ChannelKind::Topic));
+        assert_eq!(validate_channel(b""), Err(NameError::Empty));
+        assert_eq!(validate_channel(&[b'a'; 255]), Ok(ChannelKind::Topic));
+        assert_eq!(validate_channel(&[b'a'; 256]), Err(NameError::TooLong));
+        assert_eq!(validate_channel(b"a b"), Err(NameError::SpaceOrControl));
+        assert_eq!(validate_channel(b"a\tb"), Err(NameError::SpaceOrControl));
+        assert_eq!(validate_channel(b"a\x7f"), Err(NameError::SpaceOrControl));
+        assert_eq!(validate_channel(b"a\xffb"), Err(NameError::InvalidUtf8));
+        assert_eq!(validate_client_name(b"@x"), Err(NameError::SpaceOrControl));
+        assert_eq!(validate_client_name(&[b'a'; 255]), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(b""), Ok(Sniffed::NeedMore));
+        assert_eq!(sniff(b"S"), Ok(Sniffed::Text));
+        assert_eq!(sniff(&binary::PREFACE[..3]), Ok(Sniffed::NeedMore));
+        assert_eq!(sniff(&binary::PREFACE), Ok(Sniffed::Binary(binary::PREFACE.len())));
+        assert_eq!(sniff(b"\0FANOXXX"), Err(ProtocolError::BadPreface));
+    }
+}

@@ -1,0 +1,275 @@
+//! One client connection: its socket, wire format, unparsed input, write queue and subscriptions.
+//!
+//! A connection that only listens holds no buffers: `input` is empty (reads go through the
+//! worker's scratch buffer and only an incomplete frame is kept here), and the write queue's
+//! `VecDeque` gives its memory back when it drains (see `WriteQueue::write_to`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+
+use super::channels::Channel;
+use crate::protocol::Format;
+
+/// Most frames handed to one writev(2) (Linux's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 64;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading commands and receiving messages.
+    Open,
+    /// Going away (error sent, slow consumer, stale, or server shutdown): input is discarded,
+    /// the queue is flushed, then the write side is shut and the socket closed on the peer's EOF
+    /// or at `deadline_ms` (worker clock), whichever comes first. Closing this way, instead of at
+    /// once, keeps the kernel from answering unread input with a RST that would destroy the error
+    /// frame before the client reads it.
+    Closing {
+        /// Worker-clock milliseconds after which the socket is closed regardless.
+        deadline_ms: u32,
+        /// The write side has been shut down (queue flushed).
+        write_shut: bool,
+    },
+}
+
+/// A subscription held by a connection.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The channel.
+    pub channel: Arc<Channel>,
+    /// Position of this connection in the channel's `LocalChannel::subscribers`.
+    pub position: u32,
+}
+
+/// A publish that found the ring full; retried before any later input of the connection is read.
+#[derive(Debug)]
+pub struct StalledPublish {
+    /// Target channel.
+    pub channel: Arc<Channel>,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+/// One connection, stored in the worker's slab; its slab key is its mio `Token`.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket (non-blocking, registered edge-triggered for READABLE | WRITABLE once).
+    pub stream: TcpStream,
+    /// Wire format, once sniffed from the first bytes.
+    pub format: Option<Format>,
+    /// Open or closing.
+    pub phase: Phase,
+    /// Readable readiness seen and not yet exhausted by a WouldBlock read (edge-triggered).
+    pub readable: bool,
+    /// Writable readiness seen and not yet exhausted by a WouldBlock write.
+    pub writable: bool,
+    /// Already in the worker's list of connections to flush this turn.
+    pub dirty: bool,
+    /// A keepalive PING was sent and nothing has been read since.
+    pub ping_sent: bool,
+    /// Worker-clock milliseconds of the last read that returned bytes (or of the accept).
+    pub last_input_ms: u32,
+    /// Bytes of an incomplete frame or line; empty (unallocated) between frames.
+    pub input: Vec<u8>,
+    /// Frames waiting to be written.
+    pub queue: WriteQueue,
+    /// Channels this connection receives (its inbox included once it has a name).
+    pub subscriptions: Vec<Subscription>,
+    /// The name claimed with NAME.
+    pub name: Option<Box<[u8]>>,
+    /// A publish waiting for room in the ring.
+    pub stalled: Option<Box<StalledPublish>>,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(stream: TcpStream, now_ms: u32) -> Self {
+        Conn {
+            stream,
+            format: None,
+            phase: Phase::Open,
+            readable: false,
+            writable: false,
+            dirty: false,
+            ping_sent: false,
+            last_input_ms: now_ms,
+            input: Vec::new(),
+            queue: WriteQueue::default(),
+            subscriptions: Vec::new(),
+            name: None,
+            stalled: None,
+        }
+    }
+
+    /// The format to speak to this client in; a client that has not spoken yet gets text.
+    pub fn reply_format(&self) -> Format {
+        self.format.unwrap_or(Format::Text)
+    }
+
+    /// True while the connection takes commands and receives messages.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+}
+
+/// Frames queued for one socket, written with writev from a cursor into the head frame.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of `frames[0]` already written.
+    head_written: usize,
+    /// Bytes not yet written, over all frames.
+    queued_bytes: usize,
+}
+
+impl WriteQueue {
+    /// Appends a frame.
+    pub fn push(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// True when everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Drops every frame that has not started going out (a partly written head frame stays, so
+    /// that whatever is queued next starts on a frame boundary). Returns the bytes dropped.
+    pub fn discard_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.head_written > 0);
+        let dropped: usize = self.frames.iter().skip(keep).map(Bytes::len).sum();
+        self.frames.truncate(keep);
+        self.queued_bytes -= dropped;
+        dropped
+    }
+
+    /// Writes as much as the socket takes. Returns the bytes written; `WouldBlock` is reported
+    /// only when nothing at all could be written.
+    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+                let start = if i == 0 { self.head_written } else { 0 };
+                slices[i] = IoSlice::new(&frame[start..]);
+                count += 1;
+            }
+            match socket.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    total += n;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            // Idle connections must not keep a burst's worth of queue memory.
+            self.frames = VecDeque::new();
+        }
+        Ok(total)
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.queued_bytes -= written;
+        while written > 0 {
+            let head_left = self.frames[0].len() - self.head_written;
+            if written < head_left {
+                self.head_written += written;
+                return;
+            }
+            written -= head_left;
+            self.head_written = 0;
+            self.frames.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `budget` bytes per call, then blocks when the budget is spent.
+    struct Trickle {
+        written: Vec<u8>,
+        per_call: usize,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.per_call - n).min(self.budget);
+                self.written.extend_from_slice(&buf[..take]);
+                n += take;
+                self.budget -= take;
+                if n == self.per_call || self.budget == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let frames: Vec<Bytes> = (0..600u32).map(|i| Bytes::from(format!("frame {i};"))).collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        for per_call in [1, 3, 7, 64, 5000] {
+            let mut queue = WriteQueue::default();
+            frames.iter().cloned().for_each(|f| queue.push(f));
+            let mut socket = Trickle { written: Vec::new(), per_call, budget: 100 };
+            let first = queue.write_to(&mut socket).unwrap();
+            assert_eq!(first, 100);
+            assert_eq!(queue.queued_bytes(), expected.len() - 100);
+            assert_eq!(queue.write_to(&mut socket).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+            socket.budget = usize::MAX;
+            queue.write_to(&mut socket).unwrap();
+            assert!(queue.is_empty());
+            assert_eq!(queue.queued_bytes(), 0);
+            assert_eq!(socket.written, expected, "per_call {per_call}");
+        }
+    }
+
+    #[test]
+    fn discard_keeps_the_partly_written_head() {
+        let mut queue = WriteQueue::default();
+        for f in ["abcd", "efgh", "ijkl"] {
+            queue.push(Bytes::from_static(f.as_bytes()));
+        }
+        let mut socket = Trickle { written: Vec::new(), per_call: 2, budget: 2 };
+        queue.write_to(&mut socket).unwrap();
+        assert_eq!(queue.discard_unstarted(), 8);
+        queue.push(Bytes::from_static(b"ERR"));
+        socket.budget = usize::MAX;
+        queue.write_to(&mut socket).unwrap();
+        assert_eq!(socket.written, b"abcdERR");
+
+        let mut untouched = WriteQueue::default();
+        untouched.push(Bytes::from_static(b"xyz"));
+        assert_eq!(untouched.discard_unstarted(), 3);
+        assert!(untouched.is_empty());
+    }
+}

@@ -1,0 +1,259 @@
+//! The server: N pinned workers around one broadcast ring.
+//!
+//! ```text
+//!   SO_REUSEPORT listener per worker (the kernel spreads accepts)
+//!        |                      |
+//!   worker 0 (mio Poll)    worker 1 ...          each: Slab<Conn>, local Index
+//!     | PUB: claim offset, try_publish           (channel -> its own subscribers)
+//!     v                         ^ poll from own cursor, batch per channel,
+//!   ===== Ring<Arc<Message>> ===== encode once per format, push to queues, writev
+//!     ^ then wake the other workers (coalescing mio::Waker)
+//! ```
+//!
+//! `Shared` is everything the workers share: configuration, channel and name registries,
+//! counters, wakers and the shutdown protocol. Nothing in it is touched per subscriber.
+
+pub mod channels;
+pub mod conn;
+pub mod index;
+pub mod ring;
+pub mod stats;
+mod worker;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use log::{info, warn};
+use mio::{Poll, Waker};
+
+use self::channels::{ChannelRegistry, Message, NameRegistry};
+use self::ring::{CachePadded, Ring};
+use self::stats::{Stats, WorkerCounters};
+use crate::config::Config;
+
+/// The ring carries shared messages.
+pub type Item = Arc<Message>;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Binding or listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// epoll or eventfd creation failed.
+    #[error("cannot create the event loop: {0}")]
+    Poll(#[source] io::Error),
+    /// A worker thread could not be spawned.
+    #[error("cannot spawn a worker thread: {0}")]
+    Spawn(#[source] io::Error),
+}
+
+/// Wakes one worker; coalesces: only the first wake after the worker last looked costs a syscall.
+#[derive(Debug)]
+struct WakeSignal {
+    waker: Waker,
+    /// Set by a waker before waking, swapped back to false by the worker before it drains the
+    /// ring. A producer that finds it already set skips the syscall: the worker has a wake-up
+    /// pending, and its swap (AcqRel, after our Release publish) makes our message visible to the
+    /// drain that follows. So no publish is ever left unseen.
+    pending: CachePadded<AtomicBool>,
+}
+
+/// State shared by all workers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: Config,
+    channels: ChannelRegistry,
+    names: NameRegistry,
+    open_connections: AtomicUsize,
+    counters: Box<[CachePadded<WorkerCounters>]>,
+    signals: Box<[WakeSignal]>,
+    shutdown: AtomicBool,
+    /// Workers that have stopped reading input during shutdown; when it equals the worker count,
+    /// nothing more will be published and each worker can finish draining the ring.
+    quiesced: AtomicUsize,
+    started: Instant,
+}
+
+impl Shared {
+    /// Wakes every worker but `me` after a publish.
+    fn wake_others(&self, me: usize) {
+        for (i, signal) in self.signals.iter().enumerate() {
+            if i != me && !signal.pending.swap(true, Ordering::AcqRel) {
+                if let Err(e) = signal.waker.wake() {
+                    warn!("worker {me}: cannot wake worker {i}: {e}");
+                }
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        for signal in self.signals.iter() {
+            signal.pending.store(true, Ordering::Release);
+            if let Err(e) = signal.waker.wake() {
+                warn!("cannot wake a worker: {e}");
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for counters in self.counters.iter() {
+            total.absorb(counters);
+        }
+        total
+    }
+}
+
+/// A running server. Dropping it shuts the server down (see `shutdown`).
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Binds one SO_REUSEPORT listener per worker, spawns the workers and returns once they are
+    /// ready to accept.
+    pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+        validate(&config)?;
+        let workers = config.workers;
+
+        // Bind the first listener on the configured address (port 0 picks one), then the others
+        // on the address the kernel actually gave.
+        let first = bind(config.listen, config.listen_backlog)?;
+        let local_addr = first.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let mut listeners = vec![first];
+        for _ in 1..workers {
+            listeners.push(bind(local_addr, config.listen_backlog)?);
+        }
+
+        let mut polls = Vec::with_capacity(workers);
+        let mut signals = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let poll = Poll::new().map_err(StartError::Poll)?;
+            let waker = Waker::new(poll.registry(), worker::WAKER).map_err(StartError::Poll)?;
+            signals.push(WakeSignal { waker, pending: CachePadded(AtomicBool::new(false)) });
+            polls.push(poll);
+        }
+
+        let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
+        let shared = Arc::new(Shared {
+            channels: ChannelRegistry::new(config.max_channels),
+            names: NameRegistry::default(),
+            open_connections: AtomicUsize::new(0),
+            counters: (0..workers).map(|_| CachePadded(WorkerCounters::default())).collect(),
+            signals: signals.into_boxed_slice(),
+            shutdown: AtomicBool::new(false),
+            quiesced: AtomicUsize::new(0),
+            started: Instant::now(),
+            config,
+        });
+
+        let mut threads = Vec::with_capacity(workers);
+        let parts = polls.into_iter().zip(listeners).zip(consumers).enumerate();
+        for (id, ((poll, listener), consumer)) in parts {
+            let worker = worker::Worker::new(id, poll, listener, producer.clone(), consumer, shared.clone())
+                .map_err(StartError::Poll)?;
+            let thread = std::thread::Builder::new()
+                .name(format!("fanout-worker-{id}"))
+                .spawn(move || worker.run())
+                .map_err(StartError::Spawn)?;
+            threads.push(thread);
+        }
+        info!(
+            "listening on {local_addr} with {workers} worker(s), ring of {} slots, max {} connections",
+            producer.ring().capacity(),
+            shared.config.max_connections
+        );
+        Ok(ServerHandle { local_addr, shared, threads })
+    }
+}
+
+fn validate(config: &Config) -> Result<(), StartError> {
+    let fail = |why: String| Err(StartError::Config(why));
+    if config.workers == 0 {
+        return fail("workers must be at least 1".into());
+    }
+    if config.max_frame_bytes < 16 || config.max_frame_bytes > u32::MAX as usize {
+        return fail(format!("max frame bytes must be between 16 and {}", u32::MAX));
+    }
+    // A message frame is the payload plus channel and headers (up to ~300 bytes); a queue cap
+    // below one maximal frame would disconnect every subscriber of the first large message.
+    if config.write_queue_cap_bytes < config.max_frame_bytes + 512 {
+        return fail(format!(
+            "write queue cap ({} bytes) must exceed max frame bytes ({}) by at least 512",
+            config.write_queue_cap_bytes, config.max_frame_bytes
+        ));
+    }
+    if config.max_connections == 0 || config.max_channels < 2 {
+        return fail("max connections must be at least 1 and max channels at least 2".into());
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    crate::sys::reuseport_listener(addr, backlog).map_err(|source| StartError::Listen { addr, source })
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The counters, summed over workers now.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.shared.stats();
+        stats.connections_current = self.shared.open_connections.load(Ordering::Relaxed) as u64;
+        stats
+    }
+
+    /// Number of channels that exist (`*` included).
+    pub fn channel_count(&self) -> usize {
+        self.shared.channels.len()
+    }
+
+    /// Stops accepting, stops reading, delivers every message already published, flushes write
+    /// queues within `shutdown_grace`, closes every connection and joins the workers.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.wake_all();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                warn!("a worker panicked during shutdown");
+            }
+        }
+        info!("shut down after {:.1?}: {}", self.shared.started.elapsed(), self.stats());
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,952 @@
+//! One reactor thread: a mio `Poll`, its own SO_REUSEPORT listener, a slab of connections, the
+//! local subscription index, and a cursor into the broadcast ring.
+//!
+//! Each turn of `run`:
+//! 1. poll (timeout 0 when work is left over, else until the next housekeeping tick);
+//! 2. dispatch events flat by token: listener, waker, or a connection (error, then writable, then
+//!    readable);
+//! 3. accept up to `ACCEPT_BATCH`, read each ready connection up to `READ_BUDGET_BYTES` (a busy
+//!    client cannot starve the others; leftovers wait in `pending_reads`), retry publishes that
+//!    found the ring full;
+//! 4. wake the other workers once if this turn published anything;
+//! 5. drain the ring from our cursor, batching frames per channel, and queue them to local
+//!    subscribers (one `Bytes` per subscriber per channel per turn);
+//! 6. flush every connection that got new frames with writev;
+//! 7. housekeeping every `HOUSEKEEPING_MS`: keepalive pings, stale and lingering connections,
+//!    counters.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::channels::{Channel, Message};
+use super::conn::{Conn, Phase, StalledPublish, Subscription};
+use super::index::Index;
+use super::ring::{Consumer, Producer};
+use super::stats::WorkerCounters;
+use super::{Item, Shared};
+use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed};
+
+/// This worker's listener.
+pub(super) const LISTENER: Token = Token(usize::MAX - 1);
+/// The cross-worker waker.
+pub(super) const WAKER: Token = Token(usize::MAX);
+
+/// Connections accepted per turn before other work gets a go.
+const ACCEPT_BATCH: usize = 256;
+/// One read(2) at most this much (the worker's scratch buffer).
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read from one connection per turn.
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+/// Ring items taken per turn, and per `Consumer::poll` call within it.
+const DRAIN_MAX_MESSAGES: usize = 8192;
+const DRAIN_CHUNK_MESSAGES: usize = 64;
+/// Encoded bytes batched per turn before the batch is handed to subscribers.
+const DRAIN_MAX_BYTES: usize = 4 << 20;
+/// How often keepalive and lingering deadlines are checked.
+const HOUSEKEEPING_MS: u32 = 250;
+/// How long a connection closed for an error may take to read its error frame.
+const CLOSE_LINGER_MS: u32 = 5_000;
+/// Poll timeout while a publish waits for ring room.
+const STALL_RETRY: Duration = Duration::from_millis(1);
+
+/// Where the worker is in the server's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    /// Accepting, reading, delivering.
+    Running,
+    /// Shutdown began: no accepts, no reads; delivering what is already in the ring.
+    Draining,
+    /// Every worker is drained: flushing queues until they are empty or the deadline.
+    Flushing {
+        /// Worker-clock milliseconds when remaining connections are cut.
+        deadline_ms: u32,
+    },
+}
+
+/// Frames of one channel gathered during one drain.
+#[derive(Debug)]
+struct ChannelBatch {
+    channel: Arc<Channel>,
+    /// One buffer per format; empty for formats no local subscriber uses.
+    frames: [BytesMut; Format::COUNT],
+    messages: u64,
+}
+
+/// `now >= deadline` on a wrapping millisecond clock (valid for spans under ~24 days).
+fn reached(now_ms: u32, deadline_ms: u32) -> bool {
+    now_ms.wrapping_sub(deadline_ms) < u32::MAX / 2
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// One event loop; see the module doc.
+pub(super) struct Worker {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    /// Listener readiness not yet exhausted by a WouldBlock accept (edge-triggered).
+    listener_ready: bool,
+    /// Accepting is paused until then (after EMFILE/ENFILE) so that we do not spin.
+    accept_paused_until_ms: Option<u32>,
+    conns: Slab<Conn>,
+    index: Index,
+    producer: Producer<Item>,
+    consumer: Consumer<Item>,
+    shared: Arc<Shared>,
+    /// Every read lands here first; only an incomplete frame is copied into the connection.
+    scratch: Vec<u8>,
+    /// Connections with new frames this turn (each once; see `Conn::dirty`).
+    dirty: Vec<usize>,
+    /// Connections that used their read budget with input left.
+    pending_reads: VecDeque<usize>,
+    /// Connections whose publish waits for ring room.
+    stalled: Vec<usize>,
+    /// Channels this worker has used, so that publishing does not take the registry lock.
+    channel_cache: HashMap<Bytes, Arc<Channel>>,
+    batches: Vec<ChannelBatch>,
+    batch_of_channel: HashMap<u64, usize>,
+    /// Connections found over their queue cap during fan-out; closed after it.
+    slow: Vec<usize>,
+    /// Published since the other workers were last woken.
+    published: bool,
+    /// Milliseconds since the server started (wrapping).
+    now_ms: u32,
+    next_housekeeping_ms: u32,
+    next_stats_ms: u32,
+    queued_bytes: usize,
+    queue_high_water: usize,
+    state: RunState,
+}
+
+impl Worker {
+    pub(super) fn new(
+        id: usize,
+        poll: Poll,
+        listener: std::net::TcpListener,
+        producer: Producer<Item>,
+        consumer: Consumer<Item>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Worker {
+            id,
+            poll,
+            listener: Some(listener),
+            listener_ready: true,
+            accept_paused_until_ms: None,
+            conns: Slab::new(),
+            index: Index::default(),
+            producer,
+            consumer,
+            shared,
+            scratch: vec![0; READ_CHUNK_BYTES],
+            dirty: Vec::new(),
+            pending_reads: VecDeque::new(),
+            stalled: Vec::new(),
+            channel_cache: HashMap::new(),
+            batches: Vec::new(),
+            batch_of_channel: HashMap::new(),
+            slow: Vec::new(),
+            published: false,
+            now_ms: 0,
+            next_housekeeping_ms: 0,
+            next_stats_ms: 0,
+            queued_bytes: 0,
+            queue_high_water: 0,
+            state: RunState::Running,
+        })
+    }
+
+    fn counters(&self) -> &WorkerCounters {
+        &self.shared.counters[self.id]
+    }
+
+    fn clock(&mut self) {
+        self.now_ms = self.shared.started.elapsed().as_millis() as u32;
+    }
+
+    /// Runs until shutdown completes.
+    pub(super) fn run(mut self) {
+        if self.shared.config.pin_cores {
+            match crate::sys::pin_current_thread(self.id) {
+                Ok(core) => debug!("worker {} pinned to core {core}", self.id),
+                Err(e) => error!("worker {}: core pinning was requested and failed: {e}", self.id),
+            }
+        }
+        self.clock();
+        let stats_every = self.shared.config.stats_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
+        self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    error!("worker {}: poll failed, stopping: {e}", self.id);
+                    break;
+                }
+            }
+            self.clock();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.listener_ready = true,
+                    WAKER => {
+                        // Reset before draining below; see `WakeSignal::pending`.
+                        self.shared.signals[self.id].pending.swap(false, Ordering::AcqRel);
+                    }
+                    Token(key) => self.connection_event(key, event),
+                }
+            }
+            if self.state == RunState::Running {
+                self.accept();
+                self.read_pending();
+                self.retry_stalled();
+            }
+            if self.published {
+                self.published = false;
+                self.shared.wake_others(self.id);
+            }
+            self.drain_ring();
+            self.flush_dirty();
+            if reached(self.now_ms, self.next_housekeeping_ms) {
+                self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
+                self.housekeeping();
+                if stats_every > 0 && self.id == 0 && reached(self.now_ms, self.next_stats_ms) {
+                    self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
+                    info!("stats: {}", self.shared.stats());
+                }
+            }
+            self.publish_gauges();
+            if !self.advance_shutdown() {
+                break;
+            }
+        }
+        for key in self.conns.iter().map(|(key, _)| key).collect::<Vec<_>>() {
+            self.close_now(key, "server shut down");
+        }
+        self.publish_gauges();
+        debug!("worker {} stopped", self.id);
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let accept_waiting = self.listener_ready && self.listener.is_some() && self.accept_paused_until_ms.is_none();
+        if accept_waiting || !self.pending_reads.is_empty() || !self.consumer.caught_up() {
+            return Duration::ZERO;
+        }
+        if !self.stalled.is_empty() {
+            return STALL_RETRY;
+        }
+        if self.state != RunState::Running {
+            return Duration::from_millis(10);
+        }
+        let until_housekeeping = self.next_housekeeping_ms.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS);
+        Duration::from_millis(until_housekeeping as u64)
+    }
+
+    // ---- accepting ----
+
+    fn accept(&mut self) {
+        if let Some(until) = self.accept_paused_until_ms {
+            if !reached(self.now_ms, until) {
+                return;
+            }
+            self.accept_paused_until_ms = None;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            if !self.listener_ready {
+                return;
+            }
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _peer)) => self.admit(stream),
+                Err(e) if would_block(&e) => self.listener_ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                    warn!("worker {}: cannot accept, out of descriptors or memory ({e}); pausing accepts for 100 ms", self.id);
+                    self.accept_paused_until_ms = Some(self.now_ms.wrapping_add(100));
+                    return;
+                }
+                // ECONNABORTED and friends: that one connection is gone; keep accepting.
+                Err(e) => debug!("worker {}: accept failed: {e}", self.id),
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream) {
+        let open = self.shared.open_connections.fetch_add(1, Ordering::AcqRel);
+        if open >= self.shared.config.max_connections {
+            self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+            WorkerCounters::add(&self.counters().connections_refused, 1);
+            debug!("worker {}: refusing a connection, {open} are open (the limit)", self.id);
+            // The client has not spoken yet, so it gets the text form, which a binary client
+            // recognises too (no binary frame starts with "ERR ").
+            let refusal = Format::Text.encode_error(ErrorCode::Unavailable, "max connections reached");
+            let _ = stream.write(&refusal);
+            let _ = stream.shutdown(Shutdown::Write);
+            return;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("worker {}: TCP_NODELAY failed: {e}", self.id);
+        }
+        let entry = self.conns.vacant_entry();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {
+            warn!("worker {}: cannot register a connection: {e}", self.id);
+            self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let mut conn = Conn::new(stream, self.now_ms);
+        // A fresh socket has an empty send buffer: replies need not wait for the first event.
+        conn.writable = true;
+        entry.insert(conn);
+        WorkerCounters::add(&self.counters().connections_total, 1);
+    }
+
+    // ---- events, reading, parsing ----
+
+    fn connection_event(&mut self, key: usize, event: &mio::event::Event) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if event.is_writable() {
+            conn.writable = true;
+            self.flush(key);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            // Errors surface from read(2) with their cause; read_ready closes on them.
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.readable = true;
+                self.read_ready(key);
+            }
+        }
+    }
+
+    fn read_pending(&mut self) {
+        for _ in 0..self.pending_reads.len() {
+            if let Some(key) = self.pending_reads.pop_front() {
+                self.read_ready(key);
+            }
+        }
+    }
+
+    /// Reads until WouldBlock, the per-turn budget, or a stalled publish.
+    fn read_ready(&mut self, key: usize) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if !conn.readable || conn.stalled.is_some() {
+                return;
+            }
+            // During shutdown nothing is read from open connections (they get their queues
+            // flushed, then close); closing connections are still read to see the peer's EOF.
+            if self.state != RunState::Running && conn.is_open() {
+                return;
+            }
+            if budget == 0 {
+                self.pending_reads.push_back(key);
+                return;
+            }
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.close_now(key, "closed by peer");
+                    return;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    WorkerCounters::add(&self.shared.counters[self.id].bytes_in, n as u64);
+                    if conn.is_open() {
+                        conn.last_input_ms = self.now_ms;
+                        conn.ping_sent = false;
+                        let scratch = std::mem::take(&mut self.scratch);
+                        self.take_input(key, &scratch[..n]);
+                        self.scratch = scratch;
+                    }
+                }
+                Err(e) if would_block(&e) => {
+                    conn.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_now(key, &format!("read failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Parses `fresh` after whatever incomplete frame the connection held.
+    fn take_input(&mut self, key: usize, fresh: &[u8]) {
+        if self.conns[key].input.is_empty() {
+            let used = self.parse_and_handle(key, fresh);
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.is_open() && used < fresh.len() {
+                    conn.input.extend_from_slice(&fresh[used..]);
+                }
+            }
+        } else {
+            let mut input = std::mem::take(&mut self.conns[key].input);
+            input.extend_from_slice(fresh);
+            self.resume_input(key, input);
+        }
+    }
+
+    /// Parses bytes the connection already held (after more arrived, or after a stall cleared).
+    fn resume_input(&mut self, key: usize, mut input: Vec<u8>) {
+        let used = self.parse_and_handle(key, &input);
+        input.drain(..used);
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.is_open() && !input.is_empty() {
+                input.shrink_to(input.len().max(1024));
+                conn.input = input;
+            }
+        }
+    }
+
+    /// Handles every complete command in `input`; returns the bytes consumed. Stops early when a
+    /// publish stalls (the rest waits for ring room) or on a fatal error.
+    fn parse_and_handle(&mut self, key: usize, input: &[u8]) -> usize {
+        let max_frame = self.shared.config.max_frame_bytes;
+        let mut at = 0;
+        let format = match self.conns[key].format {
+            Some(format) => format,
+            None => match protocol::sniff(input) {
+                Ok(Sniffed::NeedMore) => return 0,
+                Ok(Sniffed::Binary(preface)) => {
+                    at = preface;
+                    Format::Binary
+                }
+                Ok(Sniffed::Text) => Format::Text,
+                Err(e) => {
+                    self.conns[key].format = Some(Format::Binary);
+                    self.protocol_error(key, &e);
+                    return input.len();
+                }
+            },
+        };
+        self.conns[key].format = Some(format);
+        loop {
+            let conn = &self.conns[key];
+            if !conn.is_open() || conn.stalled.is_some() {
+                return at;
+            }
+            match format.parse_request(&input[at..], max_frame) {
+                Ok(Some((request, used))) => {
+                    at += used;
+                    self.handle(key, request);
+                }
+                Ok(None) => return at,
+                Err(e) => {
+                    self.protocol_error(key, &e);
+                    return input.len();
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, key: usize, error: &protocol::ProtocolError) {
+        WorkerCounters::add(&self.counters().protocol_errors, 1);
+        debug!("worker {}: protocol error on connection {key}: {error}", self.id);
+        self.begin_close(key, Some((error.code(), &error.to_string())), true);
+    }
+
+    // ---- commands ----
+
+    fn handle(&mut self, key: usize, request: Request<'_>) {
+        match request {
+            Request::Noop | Request::Pong => {}
+            Request::Ping => {
+                let pong = self.conns[key].reply_format().pong();
+                self.reply(key, pong);
+            }
+            Request::Subscribe { channel } => self.subscribe(key, channel),
+            Request::Unsubscribe { channel } => self.unsubscribe(key, channel),
+            Request::Publish { channel, payload } => {
+                let payload = match payload {
+                    std::borrow::Cow::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
+                    std::borrow::Cow::Owned(vec) => Bytes::from(vec),
+                };
+                self.publish_request(key, channel, payload);
+            }
+            Request::Name { name } => self.claim_name(key, name),
+        }
+    }
+
+    fn reply(&mut self, key: usize, frame: Bytes) {
+        let cap = self.shared.config.write_queue_cap_bytes;
+        let conn = &mut self.conns[key];
+        if conn.queue.queued_bytes() + frame.len() > cap {
+            self.slow.push(key);
+            self.close_slow();
+            return;
+        }
+        self.queued_bytes += frame.len();
+        conn.queue.push(frame);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn refuse(&mut self, key: usize, code: ErrorCode, reason: &str) {
+        WorkerCounters::add(&self.counters().request_errors, 1);
+        let frame = self.conns[key].reply_format().encode_error(code, reason);
+        self.reply(key, frame);
+    }
+
+    fn acknowledge(&mut self, key: usize, ack: Ack, arg: &[u8]) {
+        let frame = self.conns[key].reply_format().encode_ok(ack, arg);
+        self.reply(key, frame);
+    }
+
+    /// The channel for a validated name: from this worker's cache, else from the registry.
+    fn channel(&mut self, name: &[u8]) -> Result<Arc<Channel>, String> {
+        if let Some(channel) = self.channel_cache.get(name) {
+            return Ok(channel.clone());
+        }
+        let channel = self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?;
+        self.channel_cache.insert(channel.name.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    fn subscribe(&mut self, key: usize, name: &[u8]) {
+        let kind = match validate_channel(name) {
+            Ok(kind) => kind,
+            Err(e) => return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}")),
+        };
+        match kind {
+            ChannelKind::Topic => {}
+            ChannelKind::Broadcast => {
+                return self.refuse(key, ErrorCode::Forbidden, "every connection receives * already")
+            }
+            ChannelKind::Inbox => {
+                return self.refuse(key, ErrorCode::Forbidden, "inboxes are private; claim a name with NAME")
+            }
+        }
+        let conn = &self.conns[key];
+        if conn.subscriptions.iter().any(|s| s.channel.name == name) {
+            return self.acknowledge(key, Ack::Subscribe, name);
+        }
+        let limit = self.shared.config.max_subscriptions_per_connection;
+        if conn.subscriptions.len() >= limit {
+            return self.refuse(key, ErrorCode::LimitReached, &format!("too many subscriptions (the limit is {limit})"));
+        }
+        match self.channel(name) {
+            Ok(channel) => {
+                self.attach(key, channel);
+                self.acknowledge(key, Ack::Subscribe, name);
+            }
+            Err(why) => self.refuse(key, ErrorCode::LimitReached, &why),
+        }
+    }
+
+    fn attach(&mut self, key: usize, channel: Arc<Channel>) {
+        let conn = &mut self.conns[key];
+        let position = self.index.add(channel.id, key, conn.reply_format());
+        conn.subscriptions.push(Subscription { channel, position });
+    }
+
+    fn unsubscribe(&mut self, key: usize, name: &[u8]) {
+        if let Err(e) = validate_channel(name) {
+            return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
+        }
+        let conn = &mut self.conns[key];
+        if let Some(i) = conn.subscriptions.iter().position(|s| s.channel.name == name) {
+            if conn.subscriptions[i].channel.kind == ChannelKind::Inbox {
+                return self.refuse(key, ErrorCode::Forbidden, "a connection keeps its inbox while it has its name");
+            }
+            let subscription = conn.subscriptions.swap_remove(i);
+            self.detach_one(key, subscription);
+        }
+        self.acknowledge(key, Ack::Unsubscribe, name);
+    }
+
+    /// Removes `key` from one channel's local subscribers, fixing the position of the subscriber
+    /// that `swap_remove` moved into its place.
+    fn detach_one(&mut self, key: usize, subscription: Subscription) {
+        let format = self.conns[key].reply_format();
+        let channel_id = subscription.channel.id;
+        if let Some(moved) = self.index.remove(channel_id, subscription.position, format) {
+            if let Some(entry) = self.conns[moved].subscriptions.iter_mut().find(|s| s.channel.id == channel_id) {
+                entry.position = subscription.position;
+            }
+        }
+    }
+
+    fn claim_name(&mut self, key: usize, name: &[u8]) {
+        if let Err(e) = protocol::validate_client_name(name) {
+            return self.refuse(key, ErrorCode::InvalidName, &format!("invalid name: {e}"));
+        }
+        if self.conns[key].name.is_some() {
+            return self.refuse(key, ErrorCode::Conflict, "this connection already has a name");
+        }
+        let mut inbox = Vec::with_capacity(name.len() + 1);
+        inbox.push(b'@');
+        inbox.extend_from_slice(name);
+        let channel = match self.channel(&inbox) {
+            Ok(channel) => channel,
+            Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
+        };
+        if !self.shared.names.claim(name) {
+            return self.refuse(key, ErrorCode::Conflict, "name already in use");
+        }
+        self.conns[key].name = Some(name.into());
+        self.attach(key, channel);
+        self.acknowledge(key, Ack::Name, name);
+    }
+
+    fn publish_request(&mut self, key: usize, name: &[u8], payload: Bytes) {
+        let kind = match validate_channel(name) {
+            Ok(kind) => kind,
+            Err(e) => return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}")),
+        };
+        if kind == ChannelKind::Inbox && !self.shared.names.is_claimed(&name[1..]) {
+            let who = String::from_utf8_lossy(&name[1..]).into_owned();
+            return self.refuse(key, ErrorCode::NotFound, &format!("no client named {who}"));
+        }
+        let channel = match self.channel(name) {
+            Ok(channel) => channel,
+            Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
+        };
+        if let Err(payload) = self.publish(&channel, payload) {
+            WorkerCounters::add(&self.counters().ring_full_stalls, 1);
+            self.conns[key].stalled = Some(Box::new(StalledPublish { channel, payload }));
+            self.stalled.push(key);
+        }
+    }
+
+    /// Assigns the next offset and puts the message into the ring, both under the channel's offset
+    /// lock, so that ring order is offset order. Hands the payload back when the ring is full.
+    fn publish(&mut self, channel: &Arc<Channel>, payload: Bytes) -> Result<(), Bytes> {
+        let mut next_offset = channel.lock_offsets();
+        let message = Arc::new(Message { channel: channel.clone(), offset: *next_offset, payload });
+        match self.producer.try_publish(message) {
+            Ok(_) => {
+                *next_offset += 1;
+                drop(next_offset);
+                self.published = true;
+                WorkerCounters::add(&self.counters().messages_in, 1);
+                Ok(())
+            }
+            Err(message) => {
+                drop(next_offset);
+                Err(Arc::try_unwrap(message).map_or_else(|shared| shared.payload.clone(), |m| m.payload))
+            }
+        }
+    }
+
+    fn retry_stalled(&mut self) {
+        if self.stalled.is_empty() {
+            return;
+        }
+        // Our own cursor may be what holds the ring full.
+        self.drain_ring();
+        for key in std::mem::take(&mut self.stalled) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(stalled) = conn.stalled.take() else { continue };
+            let StalledPublish { channel, payload } = *stalled;
+            if let Err(payload) = self.publish(&channel, payload) {
+                self.conns[key].stalled = Some(Box::new(StalledPublish { channel, payload }));
+                self.stalled.push(key);
+                continue;
+            }
+            // Published: carry on with the input that waited behind it, then with the socket.
+            let input = std::mem::take(&mut self.conns[key].input);
+            if !input.is_empty() {
+                self.resume_input(key, input);
+            }
+            self.read_ready(key);
+        }
+    }
+
+    // ---- fan-out ----
+
+    /// Takes up to `DRAIN_MAX_MESSAGES` from the ring, gathers them per channel and format, and
+    /// queues each channel's batch to its local subscribers as one shared `Bytes` per format.
+    fn drain_ring(&mut self) {
+        let mut taken = 0;
+        let mut batched_bytes = 0;
+        while taken < DRAIN_MAX_MESSAGES && batched_bytes < DRAIN_MAX_BYTES {
+            let Worker { consumer, index, batches, batch_of_channel, .. } = self;
+            let n = consumer.poll(DRAIN_CHUNK_MESSAGES, |message: Item| {
+                let per_format = match message.channel.kind {
+                    ChannelKind::Broadcast => [1; Format::COUNT],
+                    _ => match index.get(message.channel.id) {
+                        Some(local) => local.per_format,
+                        None => return,
+                    },
+                };
+                let slot = *batch_of_channel.entry(message.channel.id).or_insert_with(|| {
+                    batches.push(ChannelBatch {
+                        channel: message.channel.clone(),
+                        frames: Default::default(),
+                        messages: 0,
+                    });
+                    batches.len() - 1
+                });
+                let batch = &mut batches[slot];
+                for format in Format::ALL {
+                    if per_format[format as usize] > 0 {
+                        let out = &mut batch.frames[format as usize];
+                        let before = out.len();
+                        format.put_message(out, &message.channel.name, message.offset, &message.payload);
+                        batched_bytes += out.len() - before;
+                    }
+                }
+                batch.messages += 1;
+            });
+            if n == 0 {
+                break;
+            }
+            taken += n;
+        }
+        if self.batches.is_empty() {
+            return;
+        }
+        self.batch_of_channel.clear();
+        let mut batches = std::mem::take(&mut self.batches);
+        for batch in batches.drain(..) {
+            self.fan_out(batch);
+        }
+        self.batches = batches;
+        self.close_slow();
+    }
+
+    fn fan_out(&mut self, batch: ChannelBatch) {
+        let frames = batch.frames.map(BytesMut::freeze);
+        let cap = self.shared.config.write_queue_cap_bytes;
+        let Worker { conns, index, dirty, slow, queued_bytes, queue_high_water, .. } = self;
+        let mut deliveries = 0u64;
+        let mut enqueue = |key: usize, conn: &mut Conn| {
+            let Some(format) = conn.format else { return };
+            let frame = &frames[format as usize];
+            let queued = conn.queue.queued_bytes() + frame.len();
+            if queued > cap {
+                slow.push(key);
+                return;
+            }
+            *queue_high_water = (*queue_high_water).max(queued);
+            *queued_bytes += frame.len();
+            conn.queue.push(frame.clone());
+            deliveries += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        };
+        if batch.channel.kind == ChannelKind::Broadcast {
+            for (key, conn) in conns.iter_mut().filter(|(_, conn)| conn.is_open()) {
+                enqueue(key, conn);
+            }
+        } else if let Some(local) = index.get(batch.channel.id) {
+            for &key in &local.subscribers {
+                enqueue(key, &mut conns[key]);
+            }
+        }
+        WorkerCounters::add(&self.shared.counters[self.id].messages_out, deliveries * batch.messages);
+    }
+
+    fn close_slow(&mut self) {
+        let cap = self.shared.config.write_queue_cap_bytes;
+        for key in std::mem::take(&mut self.slow) {
+            if self.conns.get(key).is_some_and(Conn::is_open) {
+                WorkerCounters::add(&self.counters().slow_consumer_closes, 1);
+                warn!("worker {}: connection {key} is a slow consumer (write queue over {cap} bytes); closing", self.id);
+                let reason = format!("slow consumer: write queue over {cap} bytes");
+                self.begin_close(key, Some((ErrorCode::SlowConsumer, &reason)), true);
+            }
+        }
+    }
+
+    // ---- writing ----
+
+    fn flush_dirty(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            self.flush(key);
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.dirty = false;
+        if conn.writable && !conn.queue.is_empty() {
+            match conn.queue.write_to(&mut conn.stream) {
+                Ok(n) => {
+                    self.queued_bytes -= n;
+                    WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
+                    if !conn.queue.is_empty() {
+                        conn.writable = false;
+                    }
+                }
+                Err(e) if would_block(&e) => conn.writable = false,
+                Err(e) => {
+                    self.close_now(key, &format!("write failed: {e}"));
+                    return;
+                }
+            }
+        }
+        if let Phase::Closing { write_shut: write_shut @ false, .. } = &mut conn.phase {
+            if conn.queue.is_empty() {
+                *write_shut = true;
+                // Half-close: the peer reads everything, then sees EOF; we wait for its EOF.
+                if conn.stream.shutdown(Shutdown::Write).is_err() {
+                    self.close_now(key, "shutdown failed");
+                }
+            }
+        }
+    }
+
+    // ---- closing ----
+
+    /// Stops taking commands and delivering messages to `key`, optionally sends an error frame,
+    /// and lets the queue drain before the socket closes (see `Phase::Closing`).
+    fn begin_close(&mut self, key: usize, error: Option<(ErrorCode, &str)>, discard_queue: bool) {
+        if !self.conns.get(key).is_some_and(Conn::is_open) {
+            return;
+        }
+        self.detach_all(key);
+        let linger = match self.state {
+            RunState::Flushing { deadline_ms } => deadline_ms,
+            _ => self.now_ms.wrapping_add(CLOSE_LINGER_MS),
+        };
+        let conn = &mut self.conns[key];
+        if discard_queue {
+            self.queued_bytes -= conn.queue.discard_unstarted();
+        }
+        if let Some((code, reason)) = error {
+            let frame = conn.reply_format().encode_error(code, reason);
+            self.queued_bytes += frame.len();
+            conn.queue.push(frame);
+        }
+        conn.phase = Phase::Closing { deadline_ms: linger, write_shut: false };
+        conn.input = Vec::new();
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Unsubscribes from everything, releases the name, drops a stalled publish.
+    fn detach_all(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.stalled = None;
+        let subscriptions = std::mem::take(&mut conn.subscriptions);
+        let name = conn.name.take();
+        for subscription in subscriptions {
+            self.detach_one(key, subscription);
+        }
+        if let Some(name) = name {
+            self.shared.names.release(&name);
+        }
+    }
+
+    fn close_now(&mut self, key: usize, why: &str) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        if self.conns[key].is_open() {
+            self.detach_all(key);
+        }
+        let conn = self.conns.remove(key);
+        self.queued_bytes -= conn.queue.queued_bytes();
+        self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+        debug!("worker {}: connection {key} closed: {why}", self.id);
+        // Dropping the stream closes the socket, which also removes it from epoll.
+    }
+
+    // ---- timers and shutdown ----
+
+    fn housekeeping(&mut self) {
+        let config = &self.shared.config;
+        let ping_after = config.ping_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let stale_after = ping_after.saturating_add(config.ping_timeout.as_millis().min(u32::MAX as u128 / 4) as u32);
+        let mut expired = Vec::new();
+        let mut stale = Vec::new();
+        let mut ping = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            match conn.phase {
+                Phase::Closing { deadline_ms, .. } => {
+                    if reached(self.now_ms, deadline_ms) {
+                        expired.push(key);
+                    }
+                }
+                Phase::Open => {
+                    let idle = self.now_ms.wrapping_sub(conn.last_input_ms);
+                    if conn.ping_sent && idle >= stale_after {
+                        stale.push(key);
+                    } else if !conn.ping_sent && idle >= ping_after {
+                        ping.push(key);
+                    }
+                }
+            }
+        }
+        for key in expired {
+            self.close_now(key, "linger deadline passed");
+        }
+        for key in stale {
+            WorkerCounters::add(&self.counters().stale_closes, 1);
+            debug!("worker {}: connection {key} is stale (no answer to PING)", self.id);
+            self.begin_close(key, Some((ErrorCode::StaleConnection, "stale connection: no answer to PING")), true);
+        }
+        for key in ping {
+            self.conns[key].ping_sent = true;
+            let frame = self.conns[key].reply_format().ping();
+            self.reply(key, frame);
+        }
+        self.flush_dirty();
+    }
+
+    fn publish_gauges(&self) {
+        let counters = self.counters();
+        counters.connections_current.store(self.conns.len() as u64, Ordering::Relaxed);
+        counters.queued_bytes.store(self.queued_bytes as u64, Ordering::Relaxed);
+        counters.queue_high_water_bytes.store(self.queue_high_water as u64, Ordering::Relaxed);
+    }
+
+    /// Steps the shutdown protocol; returns false when the worker should exit.
+    fn advance_shutdown(&mut self) -> bool {
+        match self.state {
+            RunState::Running => {
+                if self.shared.shutdown.load(Ordering::Acquire) {
+                    if let Some(mut listener) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut listener);
+                    }
+                    for key in std::mem::take(&mut self.stalled) {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.stalled = None;
+                        }
+                    }
+                    self.pending_reads.clear();
+                    self.state = RunState::Draining;
+                    // Release: everything we published happens-before a peer sees the count.
+                    self.shared.quiesced.fetch_add(1, Ordering::AcqRel);
+                    self.shared.wake_others(self.id);
+                }
+                true
+            }
+            RunState::Draining => {
+                let everyone_stopped = self.shared.quiesced.load(Ordering::Acquire) == self.shared.config.workers;
+                if everyone_stopped && self.consumer.caught_up() {
+                    let deadline_ms = self.now_ms.wrapping_add(self.shared.config.shutdown_grace.as_millis() as u32);
+                    self.state = RunState::Flushing { deadline_ms };
+                    let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+                    for key in keys {
+                        self.begin_close(key, None, false);
+                    }
+                    self.flush_dirty();
+                }
+                true
+            }
+            RunState::Flushing { deadline_ms } => !self.conns.is_empty() && !reached(self.now_ms, deadline_ms),
+        }
+    }
+}
