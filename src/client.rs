@@ -70,8 +70,13 @@ impl Client {
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        let mut client =
-            Client { stream, input: Vec::with_capacity(64 * 1024), parsed: 0, backlog: VecDeque::new(), out: Vec::new() };
+        let mut client = Client {
+            stream,
+            input: Vec::with_capacity(64 * 1024),
+            parsed: 0,
+            backlog: VecDeque::new(),
+            out: Vec::new(),
+        };
         client.stream.write_all(&binary::PREFACE)?;
         Ok(client)
     }
@@ -134,7 +139,10 @@ impl Client {
     }
 
     /// The next message, waiting at most `timeout` (forever when `None`); `Ok(None)` on timeout.
-    pub fn next_message(&mut self, timeout: Option<Duration>) -> Result<Option<Message>, ClientError> {
+    pub fn next_message(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Message>, ClientError> {
         if let Some(message) = self.backlog.pop_front() {
             return Ok(Some(message));
         }
@@ -170,11 +178,13 @@ impl Client {
             };
             let Some((frame, used)) = parsed else { return Ok(None) };
             let owned = match frame {
-                ServerFrame::Message { channel, offset, payload } => Some(Owned::Message(Message {
-                    channel: String::from_utf8_lossy(&channel).into_owned(),
-                    offset,
-                    payload: payload.into_owned(),
-                })),
+                ServerFrame::Message { channel, offset, payload } => {
+                    Some(Owned::Message(Message {
+                        channel: String::from_utf8_lossy(&channel).into_owned(),
+                        offset,
+                        payload: payload.into_owned(),
+                    }))
+                }
                 ServerFrame::Ok { ack, arg } => Some(Owned::Ok(ack, arg.into_owned())),
                 ServerFrame::Error { code, reason } => {
                     let reason = reason.into_owned();
@@ -223,7 +233,9 @@ impl Client {
             Err(e) => {
                 self.input.truncate(start);
                 match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Err(ClientError::Timeout),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        Err(ClientError::Timeout)
+                    }
                     io::ErrorKind::Interrupted => Ok(()),
                     _ => Err(e.into()),
                 }

@@ -12,7 +12,11 @@ use fanout::client::Client;
 use fanout::{Config, Server};
 
 #[derive(Parser, Debug)]
-#[command(name = "fanout", version, about = "Pub/sub broadcast server for very many long-lived connections")]
+#[command(
+    name = "fanout",
+    version,
+    about = "Pub/sub broadcast server for very many long-lived connections"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +138,10 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     fanout::sys::block_termination_signals()?;
     match fanout::sys::raise_nofile_limit() {
         Ok(limit) => {
-            info!("RLIMIT_NOFILE raised from {} to {} (hard limit {})", limit.before, limit.after, limit.hard);
+            info!(
+                "RLIMIT_NOFILE raised from {} to {} (hard limit {})",
+                limit.before, limit.after, limit.hard
+            );
             if (limit.after as usize) < config.max_connections {
                 warn!(
                     "RLIMIT_NOFILE ({}) is below --max-connections ({}): accepts will fail with EMFILE first",
@@ -151,7 +158,11 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn publish(server: SocketAddr, channel: &str, message: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+fn publish(
+    server: SocketAddr,
+    channel: &str,
+    message: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = Client::connect(server)?;
     match message {
         Some(message) => client.publish(channel, message.as_bytes())?,
@@ -166,7 +177,11 @@ fn publish(server: SocketAddr, channel: &str, message: Option<String>) -> Result
     Ok(())
 }
 
-fn subscribe(server: SocketAddr, channels: &[String], name: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+fn subscribe(
+    server: SocketAddr,
+    channels: &[String],
+    name: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = Client::connect(server)?;
     if let Some(name) = name {
         client.claim_name(&name)?;

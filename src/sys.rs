@@ -33,7 +33,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
         }
         limit = raised;
     }
-    Ok(NofileLimit { before: before as u64, after: limit.rlim_cur as u64, hard: limit.rlim_max as u64 })
+    Ok(NofileLimit { before, after: limit.rlim_cur, hard: limit.rlim_max })
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -49,7 +49,9 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket(2); the result is checked before use.
-    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = check(unsafe {
+        libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    })?;
     // SAFETY: `fd` is a fresh descriptor that nothing else owns; OwnedFd closes it on every error path.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: libc::c_int = 1;

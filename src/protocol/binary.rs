@@ -44,8 +44,14 @@ pub mod op {
     pub const ERR: u8 = 0x83;
 }
 
-/// Splits one frame off `input`: returns (opcode, fields, bytes consumed).
-fn split_frame(input: &[u8], max_frame_bytes: usize) -> Result<Option<(u8, &[u8], usize)>, ProtocolError> {
+/// One frame split off the input: opcode, fields, bytes consumed.
+type RawFrame<'a> = (u8, &'a [u8], usize);
+
+/// Splits one frame off `input`.
+fn split_frame(
+    input: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<RawFrame<'_>>, ProtocolError> {
     let Some(header) = input.first_chunk::<LENGTH_BYTES>() else {
         return Ok(None);
     };
@@ -65,7 +71,10 @@ fn split_frame(input: &[u8], max_frame_bytes: usize) -> Result<Option<(u8, &[u8]
 }
 
 /// Reads a `u8`-length-prefixed field; returns it and the rest.
-fn short_field<'a>(fields: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), ProtocolError> {
+fn short_field<'a>(
+    fields: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a [u8], &'a [u8]), ProtocolError> {
     let (&len, rest) = fields.split_first().ok_or(ProtocolError::Malformed { what })?;
     if rest.len() < len as usize {
         return Err(ProtocolError::Malformed { what });
@@ -82,7 +91,10 @@ fn expect_end(rest: &[u8], what: &'static str) -> Result<(), ProtocolError> {
 }
 
 /// Decodes one client frame.
-pub fn parse_request(input: &[u8], max_frame_bytes: usize) -> Result<Option<(Request<'_>, usize)>, ProtocolError> {
+pub fn parse_request(
+    input: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(Request<'_>, usize)>, ProtocolError> {
     let Some((opcode, fields, used)) = split_frame(input, max_frame_bytes)? else {
         return Ok(None);
     };
@@ -195,15 +207,19 @@ pub fn encode_error(code: ErrorCode, reason: &str) -> Bytes {
 }
 
 /// Decodes one server frame (the client side of the protocol).
-pub fn parse_server_frame(input: &[u8], max_frame_bytes: usize) -> Result<Option<(ServerFrame<'_>, usize)>, ProtocolError> {
+pub fn parse_server_frame(
+    input: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(ServerFrame<'_>, usize)>, ProtocolError> {
     let Some((opcode, fields, used)) = split_frame(input, max_frame_bytes)? else {
         return Ok(None);
     };
     let frame = match opcode {
         op::MSG => {
             let (channel, rest) = short_field(fields, "channel field")?;
-            let (offset, payload) =
-                rest.split_first_chunk::<8>().ok_or(ProtocolError::Malformed { what: "offset field" })?;
+            let (offset, payload) = rest
+                .split_first_chunk::<8>()
+                .ok_or(ProtocolError::Malformed { what: "offset field" })?;
             ServerFrame::Message {
                 channel: Cow::Borrowed(channel),
                 offset: u64::from_be_bytes(*offset),
@@ -211,7 +227,8 @@ pub fn parse_server_frame(input: &[u8], max_frame_bytes: usize) -> Result<Option
             }
         }
         op::OK => {
-            let (&acked, rest) = fields.split_first().ok_or(ProtocolError::Malformed { what: "ok frame" })?;
+            let (&acked, rest) =
+                fields.split_first().ok_or(ProtocolError::Malformed { what: "ok frame" })?;
             let ack = match acked {
                 op::SUB => Ack::Subscribe,
                 op::UNSUB => Ack::Unsubscribe,
@@ -223,9 +240,11 @@ pub fn parse_server_frame(input: &[u8], max_frame_bytes: usize) -> Result<Option
             ServerFrame::Ok { ack, arg: Cow::Borrowed(arg) }
         }
         op::ERR => {
-            let (code, reason) =
-                fields.split_first_chunk::<2>().ok_or(ProtocolError::Malformed { what: "error code" })?;
-            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8 { what: "error reason" })?;
+            let (code, reason) = fields
+                .split_first_chunk::<2>()
+                .ok_or(ProtocolError::Malformed { what: "error code" })?;
+            let reason = std::str::from_utf8(reason)
+                .map_err(|_| ProtocolError::InvalidUtf8 { what: "error reason" })?;
             ServerFrame::Error { code: u16::from_be_bytes(*code), reason: Cow::Borrowed(reason) }
         }
         op::PING => ServerFrame::Ping,
@@ -312,18 +331,30 @@ mod tests {
     #[test]
     fn malformed_frames() {
         assert_eq!(parse_request(&[0, 0, 0, 0], MAX), Err(ProtocolError::EmptyFrame));
-        assert_eq!(parse_request(&[0, 0, 0, 1, 0x7e], MAX), Err(ProtocolError::UnknownOpcode(0x7e)));
+        assert_eq!(
+            parse_request(&[0, 0, 0, 1, 0x7e], MAX),
+            Err(ProtocolError::UnknownOpcode(0x7e))
+        );
         // SUB whose channel length (9) runs past the frame.
         assert!(matches!(
             parse_request(&[0, 0, 0, 3, op::SUB, 9, b'a'], MAX),
             Err(ProtocolError::Malformed { .. })
         ));
         // SUB with no channel length byte at all.
-        assert!(matches!(parse_request(&[0, 0, 0, 1, op::SUB], MAX), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            parse_request(&[0, 0, 0, 1, op::SUB], MAX),
+            Err(ProtocolError::Malformed { .. })
+        ));
         // PING with a trailing byte.
-        assert!(matches!(parse_request(&[0, 0, 0, 2, op::PING, 0], MAX), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            parse_request(&[0, 0, 0, 2, op::PING, 0], MAX),
+            Err(ProtocolError::Malformed { .. })
+        ));
         // A server opcode sent by a client.
-        assert_eq!(parse_request(&[0, 0, 0, 1, op::MSG], MAX), Err(ProtocolError::UnknownOpcode(op::MSG)));
+        assert_eq!(
+            parse_request(&[0, 0, 0, 1, op::MSG], MAX),
+            Err(ProtocolError::UnknownOpcode(op::MSG))
+        );
         for error in [ProtocolError::EmptyFrame, ProtocolError::UnknownOpcode(1)] {
             assert_eq!(error.code(), ErrorCode::BadRequest);
         }
@@ -332,17 +363,26 @@ mod tests {
     #[test]
     fn server_frames_round_trip() {
         let cases = [
-            (encode_message(b"news", 42, b"\x00\xffhi"), ServerFrame::Message {
-                channel: Cow::Borrowed(b"news"),
-                offset: 42,
-                payload: Cow::Borrowed(b"\x00\xffhi"),
-            }),
-            (encode_ok(Ack::Subscribe, b"news"), ServerFrame::Ok { ack: Ack::Subscribe, arg: Cow::Borrowed(b"news") }),
-            (encode_ok(Ack::Name, b"bob"), ServerFrame::Ok { ack: Ack::Name, arg: Cow::Borrowed(b"bob") }),
-            (encode_error(ErrorCode::SlowConsumer, "slow consumer"), ServerFrame::Error {
-                code: 507,
-                reason: Cow::Borrowed("slow consumer"),
-            }),
+            (
+                encode_message(b"news", 42, b"\x00\xffhi"),
+                ServerFrame::Message {
+                    channel: Cow::Borrowed(b"news"),
+                    offset: 42,
+                    payload: Cow::Borrowed(b"\x00\xffhi"),
+                },
+            ),
+            (
+                encode_ok(Ack::Subscribe, b"news"),
+                ServerFrame::Ok { ack: Ack::Subscribe, arg: Cow::Borrowed(b"news") },
+            ),
+            (
+                encode_ok(Ack::Name, b"bob"),
+                ServerFrame::Ok { ack: Ack::Name, arg: Cow::Borrowed(b"bob") },
+            ),
+            (
+                encode_error(ErrorCode::SlowConsumer, "slow consumer"),
+                ServerFrame::Error { code: 507, reason: Cow::Borrowed("slow consumer") },
+            ),
             (super::super::Format::Binary.ping(), ServerFrame::Ping),
             (super::super::Format::Binary.pong(), ServerFrame::Pong),
         ];

@@ -19,7 +19,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{Ack, ErrorCode, ProtocolError, Request, ServerFrame};
 
 /// Finds the next line; returns (line without CR/LF, bytes consumed including the LF).
-fn split_line(input: &[u8], max_frame_bytes: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+fn split_line(
+    input: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(&[u8], usize)>, ProtocolError> {
     let Some(newline) = input.iter().position(|&b| b == b'\n') else {
         if input.len() > max_frame_bytes {
             return Err(ProtocolError::FrameTooLarge { len: input.len(), max: max_frame_bytes });
@@ -43,7 +46,10 @@ fn split_word(line: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// Decodes one client line. An empty line decodes to `Request::Noop`.
-pub fn parse_request(input: &[u8], max_frame_bytes: usize) -> Result<Option<(Request<'_>, usize)>, ProtocolError> {
+pub fn parse_request(
+    input: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(Request<'_>, usize)>, ProtocolError> {
     let Some((line, used)) = split_line(input, max_frame_bytes)? else {
         return Ok(None);
     };
@@ -69,7 +75,9 @@ pub fn parse_request(input: &[u8], max_frame_bytes: usize) -> Result<Option<(Req
     } else if word.eq_ignore_ascii_case(b"NAME") {
         Request::Name { name: rest }
     } else {
-        return Err(ProtocolError::UnknownCommand(String::from_utf8_lossy(word).chars().take(32).collect()));
+        return Err(ProtocolError::UnknownCommand(
+            String::from_utf8_lossy(word).chars().take(32).collect(),
+        ));
     };
     Ok(Some((request, used)))
 }
@@ -170,7 +178,10 @@ pub fn encode_error(code: ErrorCode, reason: &str) -> Bytes {
 }
 
 /// Decodes one server line (the client side of the protocol). Payloads come back unescaped.
-pub fn parse_server_line(input: &[u8], max_frame_bytes: usize) -> Result<Option<(ServerFrame<'_>, usize)>, ProtocolError> {
+pub fn parse_server_line(
+    input: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Option<(ServerFrame<'_>, usize)>, ProtocolError> {
     let Some((line, used)) = split_line(input, max_frame_bytes)? else {
         return Ok(None);
     };
@@ -179,8 +190,13 @@ pub fn parse_server_line(input: &[u8], max_frame_bytes: usize) -> Result<Option<
         b"MSG" => {
             let (channel, rest) = split_word(rest);
             let (offset, payload) = split_word(rest);
-            let offset = parse_u64(offset).ok_or(ProtocolError::Malformed { what: "MSG offset" })?;
-            ServerFrame::Message { channel: Cow::Borrowed(channel), offset, payload: unescape(payload) }
+            let offset =
+                parse_u64(offset).ok_or(ProtocolError::Malformed { what: "MSG offset" })?;
+            ServerFrame::Message {
+                channel: Cow::Borrowed(channel),
+                offset,
+                payload: unescape(payload),
+            }
         }
         b"OK" => {
             let (acked, arg) = split_word(rest);
@@ -197,12 +213,15 @@ pub fn parse_server_line(input: &[u8], max_frame_bytes: usize) -> Result<Option<
             let code = parse_u64(code)
                 .and_then(|c| u16::try_from(c).ok())
                 .ok_or(ProtocolError::Malformed { what: "ERR code" })?;
-            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8 { what: "error reason" })?;
+            let reason = std::str::from_utf8(reason)
+                .map_err(|_| ProtocolError::InvalidUtf8 { what: "error reason" })?;
             ServerFrame::Error { code, reason: Cow::Borrowed(reason) }
         }
         b"PING" => ServerFrame::Ping,
         b"PONG" => ServerFrame::Pong,
-        other => return Err(ProtocolError::UnknownCommand(String::from_utf8_lossy(other).into_owned())),
+        other => {
+            return Err(ProtocolError::UnknownCommand(String::from_utf8_lossy(other).into_owned()))
+        }
     };
     Ok(Some((frame, used)))
 }
@@ -234,18 +253,21 @@ mod tests {
     #[test]
     fn commands_with_lf_and_crlf_in_any_case() {
         let input = b"SUB news\nsub sport\r\nUNSUB news\nPUB news hello world\r\npub a\nPING\npong\nNAME alice\n\r\n\n";
-        assert_eq!(parse_all(input), vec![
-            Request::Subscribe { channel: b"news" },
-            Request::Subscribe { channel: b"sport" },
-            Request::Unsubscribe { channel: b"news" },
-            Request::Publish { channel: b"news", payload: Cow::Borrowed(b"hello world") },
-            Request::Publish { channel: b"a", payload: Cow::Borrowed(b"") },
-            Request::Ping,
-            Request::Pong,
-            Request::Name { name: b"alice" },
-            Request::Noop,
-            Request::Noop,
-        ]);
+        assert_eq!(
+            parse_all(input),
+            vec![
+                Request::Subscribe { channel: b"news" },
+                Request::Subscribe { channel: b"sport" },
+                Request::Unsubscribe { channel: b"news" },
+                Request::Publish { channel: b"news", payload: Cow::Borrowed(b"hello world") },
+                Request::Publish { channel: b"a", payload: Cow::Borrowed(b"") },
+                Request::Ping,
+                Request::Pong,
+                Request::Name { name: b"alice" },
+                Request::Noop,
+                Request::Noop,
+            ]
+        );
     }
 
     #[test]
@@ -256,17 +278,26 @@ mod tests {
         }
         assert_eq!(
             parse_request(line, MAX),
-            Ok(Some((Request::Publish { channel: b"news", payload: Cow::Owned(b"a\nb".to_vec()) }, line.len())))
+            Ok(Some((
+                Request::Publish { channel: b"news", payload: Cow::Owned(b"a\nb".to_vec()) },
+                line.len()
+            )))
         );
     }
 
     #[test]
     fn errors() {
-        assert_eq!(parse_request(b"FOO bar\n", MAX), Err(ProtocolError::UnknownCommand("FOO".into())));
+        assert_eq!(
+            parse_request(b"FOO bar\n", MAX),
+            Err(ProtocolError::UnknownCommand("FOO".into()))
+        );
         assert_eq!(parse_request(b"PING now\n", MAX).unwrap_err().code(), ErrorCode::BadRequest);
         // Too long with and without its newline: rejected without waiting for the end.
         let long = [b'x'; MAX + 1];
-        assert_eq!(parse_request(&long, MAX), Err(ProtocolError::FrameTooLarge { len: MAX + 1, max: MAX }));
+        assert_eq!(
+            parse_request(&long, MAX),
+            Err(ProtocolError::FrameTooLarge { len: MAX + 1, max: MAX })
+        );
         let mut long_line = long.to_vec();
         long_line.push(b'\n');
         assert_eq!(parse_request(&long_line, MAX).unwrap_err().code(), ErrorCode::FrameTooLarge);
@@ -276,40 +307,57 @@ mod tests {
         at_limit.extend_from_slice(b"\r\n");
         assert!(parse_request(&at_limit, MAX).unwrap().is_some());
         // Invalid UTF-8 in a command word is an unknown command, reported readably.
-        assert!(matches!(parse_request(b"\xff\xfe x\n", MAX), Err(ProtocolError::UnknownCommand(_))));
+        assert!(matches!(
+            parse_request(b"\xff\xfe x\n", MAX),
+            Err(ProtocolError::UnknownCommand(_))
+        ));
     }
 
     #[test]
     fn escapes_round_trip() {
-        let payloads: [&[u8]; 5] = [b"plain", b"two\nlines\r\n", b"back\\slash", b"C:\\path", b"\\"];
+        let payloads: [&[u8]; 5] =
+            [b"plain", b"two\nlines\r\n", b"back\\slash", b"C:\\path", b"\\"];
         for payload in payloads {
             let frame = encode_message(b"ch", 7, payload);
             assert_eq!(frame.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {frame:?}");
             let (parsed, used) = parse_server_line(&frame, 1024).unwrap().unwrap();
             assert_eq!(used, frame.len());
-            assert_eq!(parsed, ServerFrame::Message {
-                channel: Cow::Borrowed(b"ch"),
-                offset: 7,
-                payload: Cow::Borrowed(payload)
-            });
+            assert_eq!(
+                parsed,
+                ServerFrame::Message {
+                    channel: Cow::Borrowed(b"ch"),
+                    offset: 7,
+                    payload: Cow::Borrowed(payload)
+                }
+            );
         }
-        assert_eq!(&*unescape(b"a\\x\\"), b"a\\x\\", "unknown escapes and a trailing backslash stay");
+        assert_eq!(
+            &*unescape(b"a\\x\\"),
+            b"a\\x\\",
+            "unknown escapes and a trailing backslash stay"
+        );
     }
 
     #[test]
     fn server_lines() {
-        assert_eq!(&encode_message(b"news", 18446744073709551615, b"hi")[..], b"MSG news 18446744073709551615 hi\r\n");
+        assert_eq!(
+            &encode_message(b"news", 18446744073709551615, b"hi")[..],
+            b"MSG news 18446744073709551615 hi\r\n"
+        );
         assert_eq!(&encode_message(b"news", 0, b"")[..], b"MSG news 0 \r\n");
         assert_eq!(&encode_ok(Ack::Unsubscribe, b"news")[..], b"OK UNSUB news\r\n");
-        assert_eq!(&encode_error(ErrorCode::SlowConsumer, "slow\nconsumer")[..], b"ERR 507 slow consumer\r\n");
-        assert_eq!(parse_server_line(b"ERR 413 frame too large\r\n", MAX).unwrap().unwrap().0, ServerFrame::Error {
-            code: 413,
-            reason: Cow::Borrowed("frame too large")
-        });
-        assert_eq!(parse_server_line(b"OK NAME bob\n", MAX).unwrap().unwrap().0, ServerFrame::Ok {
-            ack: Ack::Name,
-            arg: Cow::Borrowed(b"bob")
-        });
+        assert_eq!(
+            &encode_error(ErrorCode::SlowConsumer, "slow\nconsumer")[..],
+            b"ERR 507 slow consumer\r\n"
+        );
+        assert_eq!(
+            parse_server_line(b"ERR 413 frame too large\r\n", MAX).unwrap().unwrap().0,
+            ServerFrame::Error { code: 413, reason: Cow::Borrowed("frame too large") }
+        );
+        assert_eq!(
+            parse_server_line(b"OK NAME bob\n", MAX).unwrap().unwrap().0,
+            ServerFrame::Ok { ack: Ack::Name, arg: Cow::Borrowed(b"bob") }
+        );
         assert!(parse_server_line(b"MSG a x y\n", MAX).is_err());
         assert!(parse_server_line(b"ERR 99999 x\n", MAX).is_err());
     }

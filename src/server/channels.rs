@@ -76,7 +76,12 @@ impl ChannelRegistry {
     pub fn new(max_channels: usize) -> Self {
         let broadcast = Arc::new(Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast));
         let by_name = HashMap::from([(broadcast.name.clone(), broadcast.clone())]);
-        ChannelRegistry { by_name: Mutex::new(by_name), next_id: AtomicU64::new(1), max_channels, broadcast }
+        ChannelRegistry {
+            by_name: Mutex::new(by_name),
+            next_id: AtomicU64::new(1),
+            max_channels,
+            broadcast,
+        }
     }
 
     /// The channel of that (already validated) name, created if needed.

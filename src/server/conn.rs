@@ -32,6 +32,11 @@ pub enum Phase {
         deadline_ms: u32,
         /// The write side has been shut down (queue flushed).
         write_shut: bool,
+        /// Keep the socket until the peer's EOF (or the deadline) even when nothing is unread.
+        /// Set after a protocol error, where the client may still have commands in flight whose
+        /// arrival at a closed socket would reset the connection; clear on server shutdown, where
+        /// an empty receive buffer after the half-close is enough to close cleanly.
+        wait_for_eof: bool,
     },
 }
 

@@ -139,7 +139,9 @@ impl Server {
         // Bind the first listener on the configured address (port 0 picks one), then the others
         // on the address the kernel actually gave.
         let first = bind(config.listen, config.listen_backlog)?;
-        let local_addr = first.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let local_addr = first
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
         let mut listeners = vec![first];
         for _ in 1..workers {
             listeners.push(bind(local_addr, config.listen_backlog)?);
@@ -170,8 +172,9 @@ impl Server {
         let mut threads = Vec::with_capacity(workers);
         let parts = polls.into_iter().zip(listeners).zip(consumers).enumerate();
         for (id, ((poll, listener), consumer)) in parts {
-            let worker = worker::Worker::new(id, poll, listener, producer.clone(), consumer, shared.clone())
-                .map_err(StartError::Poll)?;
+            let worker =
+                worker::Worker::new(id, poll, listener, producer.clone(), consumer, shared.clone())
+                    .map_err(StartError::Poll)?;
             let thread = std::thread::Builder::new()
                 .name(format!("fanout-worker-{id}"))
                 .spawn(move || worker.run())
@@ -210,7 +213,8 @@ fn validate(config: &Config) -> Result<(), StartError> {
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
-    crate::sys::reuseport_listener(addr, backlog).map_err(|source| StartError::Listen { addr, source })
+    crate::sys::reuseport_listener(addr, backlog)
+        .map_err(|source| StartError::Listen { addr, source })
 }
 
 impl ServerHandle {
@@ -221,9 +225,20 @@ impl ServerHandle {
 
     /// The counters, summed over workers now.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.shared.stats();
-        stats.connections_current = self.shared.open_connections.load(Ordering::Relaxed) as u64;
-        stats
+        self.shared.stats()
+    }
+
+    /// Each worker's counters, in worker order (tests use it to see where connections landed).
+    pub fn worker_stats(&self) -> Vec<Stats> {
+        self.shared
+            .counters
+            .iter()
+            .map(|counters| {
+                let mut stats = Stats::default();
+                stats.absorb(counters);
+                stats
+            })
+            .collect()
     }
 
     /// Number of channels that exist (`*` included).

@@ -34,7 +34,9 @@ use super::index::Index;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
 use super::{Item, Shared};
-use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed};
+use crate::protocol::{
+    self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed,
+};
 
 /// This worker's listener.
 pub(super) const LISTENER: Token = Token(usize::MAX - 1);
@@ -187,7 +189,8 @@ impl Worker {
             }
         }
         self.clock();
-        let stats_every = self.shared.config.stats_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let stats_every =
+            self.shared.config.stats_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
         self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
         let mut events = Events::with_capacity(1024);
         loop {
@@ -241,7 +244,8 @@ impl Worker {
     }
 
     fn poll_timeout(&self) -> Duration {
-        let accept_waiting = self.listener_ready && self.listener.is_some() && self.accept_paused_until_ms.is_none();
+        let accept_waiting =
+            self.listener_ready && self.listener.is_some() && self.accept_paused_until_ms.is_none();
         if accept_waiting || !self.pending_reads.is_empty() || !self.consumer.caught_up() {
             return Duration::ZERO;
         }
@@ -251,7 +255,8 @@ impl Worker {
         if self.state != RunState::Running {
             return Duration::from_millis(10);
         }
-        let until_housekeeping = self.next_housekeeping_ms.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS);
+        let until_housekeeping =
+            self.next_housekeeping_ms.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS);
         Duration::from_millis(until_housekeeping as u64)
     }
 
@@ -273,7 +278,12 @@ impl Worker {
                 Ok((stream, _peer)) => self.admit(stream),
                 Err(e) if would_block(&e) => self.listener_ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
                     warn!("worker {}: cannot accept, out of descriptors or memory ({e}); pausing accepts for 100 ms", self.id);
                     self.accept_paused_until_ms = Some(self.now_ms.wrapping_add(100));
                     return;
@@ -292,7 +302,8 @@ impl Worker {
             debug!("worker {}: refusing a connection, {open} are open (the limit)", self.id);
             // The client has not spoken yet, so it gets the text form, which a binary client
             // recognises too (no binary frame starts with "ERR ").
-            let refusal = Format::Text.encode_error(ErrorCode::Unavailable, "max connections reached");
+            let refusal =
+                Format::Text.encode_error(ErrorCode::Unavailable, "max connections reached");
             let _ = stream.write(&refusal);
             let _ = stream.shutdown(Shutdown::Write);
             return;
@@ -301,7 +312,11 @@ impl Worker {
             debug!("worker {}: TCP_NODELAY failed: {e}", self.id);
         }
         let entry = self.conns.vacant_entry();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(entry.key()),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             warn!("worker {}: cannot register a connection: {e}", self.id);
             self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -373,6 +388,10 @@ impl Worker {
                 }
                 Err(e) if would_block(&e) => {
                     conn.readable = false;
+                    if let Phase::Closing { write_shut: true, wait_for_eof: false, .. } = conn.phase
+                    {
+                        self.close_now(key, "flushed and half-closed");
+                    }
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -521,15 +540,25 @@ impl Worker {
     fn subscribe(&mut self, key: usize, name: &[u8]) {
         let kind = match validate_channel(name) {
             Ok(kind) => kind,
-            Err(e) => return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}")),
+            Err(e) => {
+                return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
+            }
         };
         match kind {
             ChannelKind::Topic => {}
             ChannelKind::Broadcast => {
-                return self.refuse(key, ErrorCode::Forbidden, "every connection receives * already")
+                return self.refuse(
+                    key,
+                    ErrorCode::Forbidden,
+                    "every connection receives * already",
+                )
             }
             ChannelKind::Inbox => {
-                return self.refuse(key, ErrorCode::Forbidden, "inboxes are private; claim a name with NAME")
+                return self.refuse(
+                    key,
+                    ErrorCode::Forbidden,
+                    "inboxes are private; claim a name with NAME",
+                )
             }
         }
         let conn = &self.conns[key];
@@ -538,7 +567,11 @@ impl Worker {
         }
         let limit = self.shared.config.max_subscriptions_per_connection;
         if conn.subscriptions.len() >= limit {
-            return self.refuse(key, ErrorCode::LimitReached, &format!("too many subscriptions (the limit is {limit})"));
+            return self.refuse(
+                key,
+                ErrorCode::LimitReached,
+                &format!("too many subscriptions (the limit is {limit})"),
+            );
         }
         match self.channel(name) {
             Ok(channel) => {
@@ -562,7 +595,11 @@ impl Worker {
         let conn = &mut self.conns[key];
         if let Some(i) = conn.subscriptions.iter().position(|s| s.channel.name == name) {
             if conn.subscriptions[i].channel.kind == ChannelKind::Inbox {
-                return self.refuse(key, ErrorCode::Forbidden, "a connection keeps its inbox while it has its name");
+                return self.refuse(
+                    key,
+                    ErrorCode::Forbidden,
+                    "a connection keeps its inbox while it has its name",
+                );
             }
             let subscription = conn.subscriptions.swap_remove(i);
             self.detach_one(key, subscription);
@@ -576,7 +613,9 @@ impl Worker {
         let format = self.conns[key].reply_format();
         let channel_id = subscription.channel.id;
         if let Some(moved) = self.index.remove(channel_id, subscription.position, format) {
-            if let Some(entry) = self.conns[moved].subscriptions.iter_mut().find(|s| s.channel.id == channel_id) {
+            if let Some(entry) =
+                self.conns[moved].subscriptions.iter_mut().find(|s| s.channel.id == channel_id)
+            {
                 entry.position = subscription.position;
             }
         }
@@ -607,7 +646,9 @@ impl Worker {
     fn publish_request(&mut self, key: usize, name: &[u8], payload: Bytes) {
         let kind = match validate_channel(name) {
             Ok(kind) => kind,
-            Err(e) => return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}")),
+            Err(e) => {
+                return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
+            }
         };
         if kind == ChannelKind::Inbox && !self.shared.names.is_claimed(&name[1..]) {
             let who = String::from_utf8_lossy(&name[1..]).into_owned();
@@ -639,7 +680,8 @@ impl Worker {
             }
             Err(message) => {
                 drop(next_offset);
-                Err(Arc::try_unwrap(message).map_or_else(|shared| shared.payload.clone(), |m| m.payload))
+                Err(Arc::try_unwrap(message)
+                    .map_or_else(|shared| shared.payload.clone(), |m| m.payload))
             }
         }
     }
@@ -698,7 +740,12 @@ impl Worker {
                     if per_format[format as usize] > 0 {
                         let out = &mut batch.frames[format as usize];
                         let before = out.len();
-                        format.put_message(out, &message.channel.name, message.offset, &message.payload);
+                        format.put_message(
+                            out,
+                            &message.channel.name,
+                            message.offset,
+                            &message.payload,
+                        );
                         batched_bytes += out.len() - before;
                     }
                 }
@@ -752,7 +799,10 @@ impl Worker {
                 enqueue(key, &mut conns[key]);
             }
         }
-        WorkerCounters::add(&self.shared.counters[self.id].messages_out, deliveries * batch.messages);
+        WorkerCounters::add(
+            &self.shared.counters[self.id].messages_out,
+            deliveries * batch.messages,
+        );
     }
 
     fn close_slow(&mut self) {
@@ -794,12 +844,17 @@ impl Worker {
                 }
             }
         }
-        if let Phase::Closing { write_shut: write_shut @ false, .. } = &mut conn.phase {
+        if let Phase::Closing { write_shut: write_shut @ false, wait_for_eof, .. } = &mut conn.phase
+        {
             if conn.queue.is_empty() {
                 *write_shut = true;
-                // Half-close: the peer reads everything, then sees EOF; we wait for its EOF.
+                // Half-close: the peer reads everything, then sees EOF.
                 if conn.stream.shutdown(Shutdown::Write).is_err() {
                     self.close_now(key, "shutdown failed");
+                } else if !*wait_for_eof {
+                    // Close as soon as nothing unread is left (read_ready sees WouldBlock).
+                    conn.readable = true;
+                    self.read_ready(key);
                 }
             }
         }
@@ -827,7 +882,8 @@ impl Worker {
             self.queued_bytes += frame.len();
             conn.queue.push(frame);
         }
-        conn.phase = Phase::Closing { deadline_ms: linger, write_shut: false };
+        let wait_for_eof = self.state == RunState::Running;
+        conn.phase = Phase::Closing { deadline_ms: linger, write_shut: false, wait_for_eof };
         conn.input = Vec::new();
         if !conn.dirty {
             conn.dirty = true;
@@ -868,7 +924,8 @@ impl Worker {
     fn housekeeping(&mut self) {
         let config = &self.shared.config;
         let ping_after = config.ping_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
-        let stale_after = ping_after.saturating_add(config.ping_timeout.as_millis().min(u32::MAX as u128 / 4) as u32);
+        let stale_after = ping_after
+            .saturating_add(config.ping_timeout.as_millis().min(u32::MAX as u128 / 4) as u32);
         let mut expired = Vec::new();
         let mut stale = Vec::new();
         let mut ping = Vec::new();
@@ -895,7 +952,11 @@ impl Worker {
         for key in stale {
             WorkerCounters::add(&self.counters().stale_closes, 1);
             debug!("worker {}: connection {key} is stale (no answer to PING)", self.id);
-            self.begin_close(key, Some((ErrorCode::StaleConnection, "stale connection: no answer to PING")), true);
+            self.begin_close(
+                key,
+                Some((ErrorCode::StaleConnection, "stale connection: no answer to PING")),
+                true,
+            );
         }
         for key in ping {
             self.conns[key].ping_sent = true;
@@ -934,9 +995,12 @@ impl Worker {
                 true
             }
             RunState::Draining => {
-                let everyone_stopped = self.shared.quiesced.load(Ordering::Acquire) == self.shared.config.workers;
+                let everyone_stopped =
+                    self.shared.quiesced.load(Ordering::Acquire) == self.shared.config.workers;
                 if everyone_stopped && self.consumer.caught_up() {
-                    let deadline_ms = self.now_ms.wrapping_add(self.shared.config.shutdown_grace.as_millis() as u32);
+                    let deadline_ms = self
+                        .now_ms
+                        .wrapping_add(self.shared.config.shutdown_grace.as_millis() as u32);
                     self.state = RunState::Flushing { deadline_ms };
                     let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
                     for key in keys {
@@ -946,7 +1010,9 @@ impl Worker {
                 }
                 true
             }
-            RunState::Flushing { deadline_ms } => !self.conns.is_empty() && !reached(self.now_ms, deadline_ms),
+            RunState::Flushing { deadline_ms } => {
+                !self.conns.is_empty() && !reached(self.now_ms, deadline_ms)
+            }
         }
     }
 }

@@ -1,0 +1,100 @@
+//! The `fanout` binary: `serve` on port 0, `sub` prints, `pub` publishes an argument or stdin
+//! lines, and SIGTERM shuts the server down with exit status 0.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
+
+/// Kills the child if the test fails half-way.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn fanout_pub(addr: &str, args: &[&str], stdin: Option<&str>) {
+    let mut child = Command::new(FANOUT)
+        .args(["pub", "--server", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success(), "fanout pub {args:?}");
+}
+
+#[test]
+fn serve_pub_sub_and_sigterm() {
+    let mut server = Reaper(
+        Command::new(FANOUT)
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--no-pin"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = lines_of(server.0.stderr.take().unwrap());
+    let addr = loop {
+        let line = log.recv_timeout(Duration::from_secs(20)).expect("server logs its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+
+    let mut subscriber = Reaper(
+        Command::new(FANOUT)
+            .args(["sub", "--server", &addr, "news", "sport"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = lines_of(subscriber.0.stdout.take().unwrap());
+
+    // The subscriber needs a moment to subscribe: publish until it prints.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        assert!(Instant::now() < deadline, "fanout sub never printed");
+        fanout_pub(&addr, &["news", "warm-up"], None);
+        if let Ok(line) = printed.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+    };
+    let warmups: u64 = first.split(' ').nth(1).unwrap().parse().unwrap();
+    assert_eq!(first, format!("news {warmups} warm-up"));
+    while printed.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    fanout_pub(&addr, &["sport"], Some("goal\nsecond line\n"));
+    assert_eq!(printed.recv_timeout(Duration::from_secs(20)).unwrap(), "sport 1 goal");
+    assert_eq!(printed.recv_timeout(Duration::from_secs(20)).unwrap(), "sport 2 second line");
+
+    // SIGTERM: graceful shutdown, exit status 0; the subscriber sees the connection end.
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "server exit status {status:?}");
+    let sub_status = subscriber.0.wait().unwrap();
+    assert!(!sub_status.success(), "fanout sub reports the lost connection");
+}
