@@ -46,7 +46,7 @@ impl Default for Config {
             max_connections: 1_000_000,
             max_frame_bytes: 1 << 20,
             write_queue_cap_bytes: 8 << 20,
-            ring_slots: 1 << 16,
+            ring_slots: 1 << 14,
             max_channels: 1_000_000,
             max_subscriptions_per_connection: 1024,
             // NATS uses 2 minutes and two missed pings; a person typing into `nc` never notices.

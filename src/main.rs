@@ -48,6 +48,54 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7400")]
         server: SocketAddr,
     },
+    /// Load generator: N subscribers, publishers, a report of deliveries/s, latency and losses.
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    server: SocketAddr,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Channels (subscriber i takes channel i % channels; messages are spread the same way).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Messages in all (0: just connect, subscribe and report the server's memory).
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Payload bytes (at least 8: a timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// Messages per second over all publishers; 0 for as fast as --window allows.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Messages in flight at most (averaged over subscribers) when --rate is 0.
+    #[arg(long, default_value_t = 2000)]
+    window: u64,
+    /// Subscriber event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// PID of the server, to report its CPU time and resident memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the latency distribution here in HdrHistogram's percentile format.
+    #[arg(long)]
+    hgrm: Option<std::path::PathBuf>,
+    /// Seconds to wait for stragglers after the last publish.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout_secs: u64,
+    /// No live line every second.
+    #[arg(long)]
+    quiet: bool,
+    /// Hold the subscribers this many seconds after they are all subscribed, before publishing.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +170,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args.config()),
         Command::Pub { channel, message, server } => publish(server, &channel, message),
         Command::Sub { channels, name, server } => subscribe(server, &channels, name),
+        Command::Load(args) => load(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,4 +247,37 @@ fn subscribe(
         out.write_all(b"\n")?;
         out.flush()?;
     }
+}
+
+fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = fanout::load::LoadConfig {
+        server: args.server,
+        subscribers: args.subscribers,
+        channels: args.channels,
+        publishers: args.publishers,
+        messages: args.messages,
+        payload_bytes: args.payload_bytes,
+        rate: args.rate,
+        window: args.window,
+        threads: args.threads,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        server_pid: args.server_pid,
+        live: !args.quiet,
+        hold: Duration::from_secs(args.hold_secs),
+        ..Default::default()
+    };
+    let report = fanout::load::run(&config)?;
+    print!("{report}");
+    println!("{}", report.json());
+    if let Some(path) = args.hgrm {
+        std::fs::write(path, report.hgrm())?;
+    }
+    if report.lost + report.duplicated + report.reordered > 0 {
+        return Err(format!(
+            "{} lost, {} duplicated, {} reordered",
+            report.lost, report.duplicated, report.reordered
+        )
+        .into());
+    }
+    Ok(())
 }

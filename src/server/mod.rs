@@ -206,6 +206,9 @@ fn validate(config: &Config) -> Result<(), StartError> {
             config.write_queue_cap_bytes, config.max_frame_bytes
         ));
     }
+    if config.write_queue_cap_bytes > (u32::MAX / 2) as usize {
+        return fail(format!("write queue cap must be at most {} bytes", u32::MAX / 2));
+    }
     if config.max_connections == 0 || config.max_channels < 2 {
         return fail("max connections must be at least 1 and max channels at least 2".into());
     }

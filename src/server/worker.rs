@@ -143,13 +143,17 @@ impl Worker {
     ) -> io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        // Reserve the whole slab up front: untouched capacity costs address space, not memory,
+        // while growing by doubling would copy it and leave the old copy as a resident hole.
+        let slab_capacity =
+            shared.config.max_connections.div_ceil(shared.config.workers).min(1 << 22);
         Ok(Worker {
             id,
             poll,
             listener: Some(listener),
             listener_ready: true,
             accept_paused_until_ms: None,
-            conns: Slab::new(),
+            conns: Slab::with_capacity(slab_capacity),
             index: Index::default(),
             producer,
             consumer,
@@ -405,15 +409,15 @@ impl Worker {
 
     /// Parses `fresh` after whatever incomplete frame the connection held.
     fn take_input(&mut self, key: usize, fresh: &[u8]) {
-        if self.conns[key].input.is_empty() {
+        if self.conns[key].input.is_none() {
             let used = self.parse_and_handle(key, fresh);
             if let Some(conn) = self.conns.get_mut(key) {
                 if conn.is_open() && used < fresh.len() {
-                    conn.input.extend_from_slice(&fresh[used..]);
+                    conn.keep_input(fresh[used..].to_vec());
                 }
             }
         } else {
-            let mut input = std::mem::take(&mut self.conns[key].input);
+            let mut input = self.conns[key].take_input();
             input.extend_from_slice(fresh);
             self.resume_input(key, input);
         }
@@ -426,7 +430,7 @@ impl Worker {
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.is_open() && !input.is_empty() {
                 input.shrink_to(input.len().max(1024));
-                conn.input = input;
+                conn.keep_input(input);
             }
         }
     }
@@ -585,7 +589,7 @@ impl Worker {
     fn attach(&mut self, key: usize, channel: Arc<Channel>) {
         let conn = &mut self.conns[key];
         let position = self.index.add(channel.id, key, conn.reply_format());
-        conn.subscriptions.push(Subscription { channel, position });
+        conn.push_subscription(Subscription { channel, position });
     }
 
     fn unsubscribe(&mut self, key: usize, name: &[u8]) {
@@ -625,7 +629,7 @@ impl Worker {
         if let Err(e) = protocol::validate_client_name(name) {
             return self.refuse(key, ErrorCode::InvalidName, &format!("invalid name: {e}"));
         }
-        if self.conns[key].name.is_some() {
+        if self.conns[key].name().is_some() {
             return self.refuse(key, ErrorCode::Conflict, "this connection already has a name");
         }
         let mut inbox = Vec::with_capacity(name.len() + 1);
@@ -638,7 +642,6 @@ impl Worker {
         if !self.shared.names.claim(name) {
             return self.refuse(key, ErrorCode::Conflict, "name already in use");
         }
-        self.conns[key].name = Some(name.into());
         self.attach(key, channel);
         self.acknowledge(key, Ack::Name, name);
     }
@@ -702,7 +705,7 @@ impl Worker {
                 continue;
             }
             // Published: carry on with the input that waited behind it, then with the socket.
-            let input = std::mem::take(&mut self.conns[key].input);
+            let input = self.conns[key].take_input();
             if !input.is_empty() {
                 self.resume_input(key, input);
             }
@@ -884,7 +887,7 @@ impl Worker {
         }
         let wait_for_eof = self.state == RunState::Running;
         conn.phase = Phase::Closing { deadline_ms: linger, write_shut: false, wait_for_eof };
-        conn.input = Vec::new();
+        conn.input = None;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -895,13 +898,11 @@ impl Worker {
     fn detach_all(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         conn.stalled = None;
-        let subscriptions = std::mem::take(&mut conn.subscriptions);
-        let name = conn.name.take();
-        for subscription in subscriptions {
-            self.detach_one(key, subscription);
+        if let Some(name) = conn.name() {
+            self.shared.names.release(name);
         }
-        if let Some(name) = name {
-            self.shared.names.release(&name);
+        for subscription in std::mem::take(&mut conn.subscriptions) {
+            self.detach_one(key, subscription);
         }
     }
 
