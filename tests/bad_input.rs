@@ -104,6 +104,17 @@ fn unknown_text_command_closes_with_400() {
     assert!(reason.contains("unknown command"), "{reason}");
     // Invalid UTF-8 where a command word is required.
     fatal(&server, Format::Text, b"\xc3\x28 x\n", 400);
+    // Replies to the commands before the bad one still arrive, in order, before the error.
+    let mut conn = Conn::text(server.local_addr());
+    conn.send_raw(b"SUB first\nPUB first hi\nNAME x\nNOPE\nSUB never\n");
+    assert_eq!(
+        conn.next(),
+        Frame::Ok { ack: fanout::protocol::Ack::Subscribe, arg: "first".into() }
+    );
+    assert_eq!(conn.next(), Frame::Ok { ack: fanout::protocol::Ack::Name, arg: "x".into() });
+    // (Its own PUB was published, but a closing connection receives no more messages.)
+    assert_eq!(conn.next(), Frame::Err { code: 400, reason: "unknown command \"NOPE\"".into() });
+    conn.expect_closed();
 }
 
 #[test]

@@ -360,6 +360,28 @@ mod tests {
         }
     }
 
+    /// The example session in the README, byte for byte.
+    #[test]
+    fn readme_example_session() {
+        assert_eq!(PREFACE, [0x00, 0x46, 0x41, 0x4E, 0x4F, 0x55, 0x54, 0x01]);
+        assert_eq!(
+            encoded(&Request::Subscribe { channel: b"news" }),
+            [0, 0, 0, 6, 0x01, 4, b'n', b'e', b'w', b's']
+        );
+        assert_eq!(
+            &encode_ok(Ack::Subscribe, b"news")[..],
+            [0, 0, 0, 7, 0x82, 0x01, 4, b'n', b'e', b'w', b's']
+        );
+        assert_eq!(
+            encoded(&Request::Publish { channel: b"news", payload: Cow::Borrowed(b"hi") }),
+            [0, 0, 0, 8, 0x03, 4, b'n', b'e', b'w', b's', b'h', b'i']
+        );
+        assert_eq!(
+            &encode_message(b"news", 1, b"hi")[..],
+            [0, 0, 0, 0x10, 0x81, 4, b'n', b'e', b'w', b's', 0, 0, 0, 0, 0, 0, 0, 1, b'h', b'i']
+        );
+    }
+
     #[test]
     fn server_frames_round_trip() {
         let cases = [

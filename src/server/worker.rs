@@ -479,7 +479,8 @@ impl Worker {
     fn protocol_error(&mut self, key: usize, error: &protocol::ProtocolError) {
         WorkerCounters::add(&self.counters().protocol_errors, 1);
         debug!("worker {}: protocol error on connection {key}: {error}", self.id);
-        self.begin_close(key, Some((error.code(), &error.to_string())), true);
+        // Replies to the commands before the bad one are still owed: keep the queue.
+        self.begin_close(key, Some((error.code(), &error.to_string())), false);
     }
 
     // ---- commands ----
@@ -956,7 +957,7 @@ impl Worker {
             self.begin_close(
                 key,
                 Some((ErrorCode::StaleConnection, "stale connection: no answer to PING")),
-                true,
+                false,
             );
         }
         for key in ping {
