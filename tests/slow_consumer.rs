@@ -71,3 +71,44 @@ fn a_client_that_never_reads_is_cut_off_and_nobody_else_notices() {
     assert!(stats.queue_high_water_bytes <= CAP as u64, "queue passed its cap: {stats}");
     assert_eq!(stats.messages_in, MESSAGES);
 }
+
+#[test]
+fn a_burst_larger_than_the_queue_cap_is_not_a_slow_consumer() {
+    // 24 x 8 KiB arrive in one read, so they are in the ring together: three times the 64 KiB
+    // cap, for a subscriber that reads all along. The server must hand them over in pieces the
+    // queue can hold, not as one batch that looks like a slow consumer.
+    const CAP: usize = 64 * 1024;
+    const BURST: u64 = 24;
+    let server = start(|config| {
+        config.write_queue_cap_bytes = CAP;
+        config.max_frame_bytes = 16 * 1024;
+        config.workers = 1;
+    });
+    let addr = server.local_addr();
+    let mut subscriber = Conn::binary(addr);
+    subscriber.subscribe("burst");
+    let mut publisher = Conn::binary(addr);
+    let payload = vec![7u8; 8 * 1024];
+    let mut frames = Vec::new();
+    for _ in 0..BURST {
+        fanout::protocol::binary::encode_request(
+            &fanout::protocol::Request::Publish {
+                channel: b"burst",
+                payload: (&payload[..]).into(),
+            },
+            &mut frames,
+        );
+    }
+    let reader = thread::spawn(move || {
+        for offset in 1..=BURST {
+            match subscriber.next() {
+                Frame::Msg { offset: got, .. } => assert_eq!(got, offset),
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    publisher.send_raw(&frames);
+    reader.join().expect("the subscriber got the whole burst");
+    assert_eq!(server.stats().slow_consumer_closes, 0);
+    assert!(server.stats().queue_high_water_bytes <= CAP as u64 / 4 + 8 * 1024 + 64);
+}

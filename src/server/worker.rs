@@ -721,9 +721,22 @@ impl Worker {
     fn drain_ring(&mut self) {
         let mut taken = 0;
         let mut batched_bytes = 0;
-        while taken < DRAIN_MAX_MESSAGES && batched_bytes < DRAIN_MAX_BYTES {
+        // A turn's batch goes to each subscriber as one frame, so it must stay well under the
+        // queue cap, or a burst would look like a slow consumer.
+        let max_bytes = DRAIN_MAX_BYTES.min(self.shared.config.write_queue_cap_bytes / 4);
+        let mut largest_payload = 0;
+        while taken < DRAIN_MAX_MESSAGES && batched_bytes < max_bytes {
+            // Big messages are taken one at a time so that the byte budget holds.
+            let room = max_bytes - batched_bytes;
+            let chunk = if largest_payload > 0 && largest_payload * DRAIN_CHUNK_MESSAGES < room {
+                DRAIN_CHUNK_MESSAGES
+            } else {
+                1
+            };
             let Worker { consumer, index, batches, batch_of_channel, .. } = self;
-            let n = consumer.poll(DRAIN_CHUNK_MESSAGES, |message: Item| {
+            let n = consumer.poll(chunk, |message: Item| {
+                largest_payload =
+                    largest_payload.max(message.payload.len() + message.channel.name.len());
                 let per_format = match message.channel.kind {
                     ChannelKind::Broadcast => [1; Format::COUNT],
                     _ => match index.get(message.channel.id) {
