@@ -240,3 +240,29 @@ fn a_client_that_never_speaks_is_pinged_in_text() {
     let mut mute = Conn::text(server.local_addr());
     assert_eq!(mute.read(Duration::from_secs(10)), Read_::Frame(Frame::Ping));
 }
+
+#[test]
+fn subscription_and_channel_limits_refuse_with_429() {
+    let server = start(|config| {
+        config.max_subscriptions_per_connection = 2;
+        config.max_channels = 4; // `*` plus three
+    });
+    let mut conn = Conn::text(server.local_addr());
+    conn.subscribe("one");
+    conn.subscribe("two");
+    conn.subscribe("two"); // already held: acknowledged again, not counted twice
+    conn.send_raw(b"SUB three\n");
+    assert!(
+        matches!(conn.next(), Frame::Err { code: 429, ref reason } if reason.contains("subscriptions"))
+    );
+    let mut other = Conn::text(server.local_addr());
+    other.subscribe("three");
+    other.send_raw(b"PUB four x\n");
+    assert!(
+        matches!(other.next(), Frame::Err { code: 429, ref reason } if reason.contains("channels"))
+    );
+    assert_eq!(server.channel_count(), 4);
+    // Both connections are still usable.
+    conn.barrier();
+    other.barrier();
+}

@@ -227,3 +227,40 @@ fn broadcast_reaches_everyone_and_direct_messages_reach_one_named_client() {
         claimer.next() == Frame::Ok { ack: Ack::Name, arg: "alice".into() }
     });
 }
+
+#[test]
+fn a_full_ring_stalls_the_publisher_instead_of_dropping() {
+    const MESSAGES: u64 = 20_000;
+    // Four slots: the ring is full almost all the time.
+    let server = start(|config| config.ring_slots = 4);
+    let mut subscribers = one_per_worker(&server, Format::Binary);
+    for conn in &mut subscribers {
+        conn.subscribe("narrow");
+    }
+    let mut publishers = one_per_worker(&server, Format::Binary);
+    let handles: Vec<_> = publishers
+        .drain(..)
+        .map(|mut publisher| {
+            thread::spawn(move || {
+                for i in 0..MESSAGES / 2 {
+                    publisher.publish("narrow", &i.to_be_bytes());
+                }
+                publisher.barrier();
+            })
+        })
+        .collect();
+    for conn in &mut subscribers {
+        for offset in 1..=MESSAGES {
+            match conn.next() {
+                Frame::Msg { offset: got, .. } => assert_eq!(got, offset),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let stats = server.stats();
+    assert_eq!(stats.messages_in, MESSAGES);
+    assert!(stats.ring_full_stalls > 0, "a 4-slot ring must have been full: {stats}");
+}
