@@ -57,6 +57,25 @@ struct LoadArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7400")]
     server: SocketAddr,
+    /// Wire protocol: binary or text (fanout), resp (Redis), nats.
+    #[arg(long, default_value = "binary")]
+    protocol: fanout::load::Protocol,
+    /// Channel names are this prefix and a number.
+    #[arg(long, default_value = "load")]
+    channel_prefix: String,
+    /// Subscribers per process (default: what RLIMIT_NOFILE allows); more are spread over child
+    /// processes.
+    #[arg(long, default_value_t = 0)]
+    max_per_process: usize,
+    /// Internal: run as a child process holding subscribers for a parent `fanout load`.
+    #[arg(long, hide = true)]
+    child: bool,
+    /// Internal: global index of the first subscriber (child processes).
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_subscriber: usize,
+    /// Internal: source address for subscriber connections (child processes).
+    #[arg(long, hide = true)]
+    source_ip: Option<std::net::Ipv4Addr>,
     /// Subscriber connections.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -69,7 +88,7 @@ struct LoadArgs {
     /// Messages in all (0: just connect, subscribe and report the server's memory).
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
-    /// Payload bytes (at least 8: a timestamp).
+    /// Payload bytes (at least 16: a timestamp, publisher and sequence).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
     /// Messages per second over all publishers; 0 for as fast as --window allows.
@@ -252,6 +271,11 @@ fn subscribe(
 fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = fanout::load::LoadConfig {
         server: args.server,
+        protocol: args.protocol,
+        channel_prefix: args.channel_prefix,
+        max_per_process: args.max_per_process,
+        first_subscriber: args.first_subscriber,
+        source: args.source_ip,
         subscribers: args.subscribers,
         channels: args.channels,
         publishers: args.publishers,
@@ -266,6 +290,9 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         hold: Duration::from_secs(args.hold_secs),
         ..Default::default()
     };
+    if args.child {
+        return Ok(fanout::load::child_main(&config)?);
+    }
     let report = fanout::load::run(&config)?;
     print!("{report}");
     println!("{}", report.json());

@@ -76,6 +76,36 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListe
     Ok(TcpListener::from(socket))
 }
 
+/// Starts a non-blocking connect to `server` from `source` (port chosen by the kernel). Binding
+/// the source address lets a load generator use more than one address's worth of ephemeral ports
+/// (127.0.0.2, 127.0.0.3, ... all reach a server on 127.0.0.1).
+pub fn connect_from(
+    source: std::net::IpAddr,
+    server: SocketAddr,
+) -> io::Result<std::net::TcpStream> {
+    let family = if server.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = check(unsafe {
+        libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns; OwnedFd closes it on every error path.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (local, local_len) = sockaddr(SocketAddr::new(source, 0));
+    // SAFETY: `local` holds a sockaddr of the socket's family, `local_len` bytes long.
+    check(unsafe { libc::bind(fd, (&local as *const libc::sockaddr_storage).cast(), local_len) })?;
+    let (remote, remote_len) = sockaddr(server);
+    // SAFETY: as above, for the destination.
+    let rc =
+        unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_storage).cast(), remote_len) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(std::net::TcpStream::from(socket))
+}
+
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data for which all-zero bytes are a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

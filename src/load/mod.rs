@@ -2,19 +2,26 @@
 //! stamped messages, and reports deliveries per second, latency percentiles and any lost,
 //! duplicated or reordered message.
 //!
-//! Every payload starts with the publish time (nanoseconds since the run's epoch, one clock for
-//! the whole process) so that each delivery yields a latency sample. Subscribers check offsets:
-//! each must be the previous one plus one.
+//! Every payload starts with a `Stamp`: the publish time on CLOCK_MONOTONIC (one clock for the
+//! parent and its child processes), the publisher and its sequence on the channel. Each delivery
+//! yields a latency sample; subscribers check order by channel offset where the protocol has one
+//! (fanout) and by per-publisher sequence otherwise (Redis, NATS).
+//!
+//! Beyond what one process may hold (RLIMIT_NOFILE), subscribers are spread over child
+//! processes of this same binary, each on its own source address, and their results are merged
+//! into one report (`children.rs`).
 //!
 //! Flow control: with `--rate 0` publishers keep at most `--window` messages in flight on average
 //! (published but not yet delivered to their subscribers), which measures the server's capacity
 //! without turning the load into a slow-consumer test.
 
+mod children;
 mod report;
 mod subscribers;
+pub mod wire;
 
-use std::io::{BufWriter, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufWriter, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -22,14 +29,19 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::protocol::{binary, Request};
+pub use children::child_main;
 pub use report::{ProcessSample, Report};
+use subscribers::LoopPlan;
+pub use subscribers::Totals;
+pub use wire::Protocol;
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     /// Server address.
     pub server: SocketAddr,
+    /// Wire protocol (fanout binary or text, Redis RESP, NATS).
+    pub protocol: Protocol,
     /// Subscriber connections.
     pub subscribers: usize,
     /// Channels; subscriber `i` takes channel `i % channels`, message `k` goes to `k % channels`.
@@ -38,7 +50,7 @@ pub struct LoadConfig {
     pub publishers: usize,
     /// Messages in all.
     pub messages: u64,
-    /// Payload bytes (at least 8: the timestamp).
+    /// Payload bytes (at least `Stamp::BYTES`).
     pub payload_bytes: usize,
     /// Messages per second over all publishers; 0 for "as fast as the window allows".
     pub rate: u64,
@@ -58,12 +70,20 @@ pub struct LoadConfig {
     pub channel_prefix: String,
     /// Keep the subscribers connected this long after setup, before publishing (memory sampling).
     pub hold: Duration,
+    /// Subscribers one process may hold; beyond it the run is split over child processes.
+    /// 0: from RLIMIT_NOFILE (hard limit, less some headroom).
+    pub max_per_process: usize,
+    /// Global index of this process's first subscriber (child processes; decides channels).
+    pub first_subscriber: usize,
+    /// Source address for subscriber connections (child processes spread over 127.0.0.x).
+    pub source: Option<Ipv4Addr>,
 }
 
 impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             server: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            protocol: Protocol::FanoutBinary,
             subscribers: 1000,
             channels: 1,
             publishers: 1,
@@ -78,6 +98,9 @@ impl Default for LoadConfig {
             live: true,
             channel_prefix: "load".into(),
             hold: Duration::ZERO,
+            max_per_process: 0,
+            first_subscriber: 0,
+            source: None,
         }
     }
 }
@@ -119,47 +142,183 @@ pub(crate) struct Progress {
     pub failed: AtomicU64,
     pub delivered: AtomicU64,
     pub published: AtomicU64,
+    pub publishers_done: AtomicU64,
     pub stop: AtomicBool,
+}
+
+/// The payload header every protocol carries: send time (CLOCK_MONOTONIC nanoseconds), publisher
+/// id, and that publisher's sequence number on the message's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// When it was published.
+    pub sent_ns: u64,
+    /// Which publisher.
+    pub publisher: u32,
+    /// Its sequence on this channel, from 0.
+    pub sequence: u32,
+}
+
+impl Stamp {
+    /// Bytes at the start of each payload.
+    pub const BYTES: usize = 16;
+
+    fn write(self, payload: &mut [u8]) {
+        payload[..8].copy_from_slice(&self.sent_ns.to_be_bytes());
+        payload[8..12].copy_from_slice(&self.publisher.to_be_bytes());
+        payload[12..16].copy_from_slice(&self.sequence.to_be_bytes());
+    }
+
+    /// Reads the stamp from a payload's first 16 bytes.
+    pub fn read(payload: &[u8]) -> Option<Stamp> {
+        let (time, rest) = payload.split_first_chunk::<8>()?;
+        let (publisher, rest) = rest.split_first_chunk::<4>()?;
+        let (sequence, _) = rest.split_first_chunk::<4>()?;
+        Some(Stamp {
+            sent_ns: u64::from_be_bytes(*time),
+            publisher: u32::from_be_bytes(*publisher),
+            sequence: u32::from_be_bytes(*sequence),
+        })
+    }
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC: one clock for the parent and its child processes, so that a
+/// child computes latency from a stamp its parent wrote.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Subscribers one process can hold: the descriptor hard limit less headroom for the rest.
+fn per_process_cap(config: &LoadConfig) -> usize {
+    if config.max_per_process > 0 {
+        return config.max_per_process;
+    }
+    match crate::sys::raise_nofile_limit() {
+        Ok(limit) => (limit.after as usize).saturating_sub(config.publishers + 64).max(1),
+        Err(_) => 1000,
+    }
 }
 
 /// Runs the load and returns the report.
 pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
-    if config.payload_bytes < 8
+    if config.payload_bytes < Stamp::BYTES
         || config.channels == 0
         || config.threads == 0
         || config.publishers == 0
     {
-        return Err(LoadError::Config(
-            "payload >= 8 bytes, and at least one channel, thread and publisher".into(),
-        ));
+        return Err(LoadError::Config(format!(
+            "payload of at least {} bytes, and at least one channel, thread and publisher",
+            Stamp::BYTES
+        )));
     }
-    if let Err(e) = crate::sys::raise_nofile_limit() {
-        log::warn!("cannot raise RLIMIT_NOFILE: {e}");
-    }
-    let epoch = Instant::now();
+    let cap = per_process_cap(config);
     let progress = Arc::new(Progress::default());
+    let holders = if config.subscribers > cap {
+        Holders::Children(children::spawn(config, cap, progress.clone())?)
+    } else {
+        Holders::Threads(spawn_loops(config, progress.clone())?)
+    };
+    let outcome = drive(config, &progress, &holders);
+    progress.stop.store(true, Ordering::Relaxed);
+    let totals = holders.finish();
+    let (measured, publish_errors) = outcome?;
+    Ok(Report::new(
+        config,
+        &progress,
+        totals,
+        expected_deliveries(config),
+        &measured,
+        publish_errors,
+    ))
+}
+
+/// Who holds the subscriber connections.
+enum Holders {
+    Threads(Vec<thread::JoinHandle<Totals>>),
+    Children(children::Children),
+}
+
+impl Holders {
+    fn finish(self) -> Totals {
+        let mut totals = Totals::default();
+        match self {
+            Holders::Threads(loops) => {
+                for handle in loops {
+                    match handle.join() {
+                        Ok(t) => totals.merge(t),
+                        Err(_) => totals.errors += 1,
+                    }
+                }
+            }
+            Holders::Children(children) => totals.merge(children.finish()),
+        }
+        totals
+    }
+
+    /// Processes whose CPU is the load generator's.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![std::process::id()];
+        if let Holders::Children(children) = self {
+            pids.extend(children.pids());
+        }
+        pids
+    }
+}
+
+/// Starts this process's subscriber loops.
+pub(crate) fn spawn_loops(
+    config: &LoadConfig,
+    progress: Arc<Progress>,
+) -> Result<Vec<thread::JoinHandle<Totals>>, LoadError> {
     let threads = config.threads.min(config.subscribers.max(1));
     let mut loops = Vec::new();
     for t in 0..threads {
-        let ids: Vec<usize> = (t..config.subscribers).step_by(threads).collect();
-        let channels: Vec<String> = ids
-            .iter()
-            .map(|i| format!("{}{}", config.channel_prefix, i % config.channels))
+        let channels: Vec<String> = (t..config.subscribers)
+            .step_by(threads)
+            .map(|i| channel_name(config, (config.first_subscriber + i) % config.channels))
             .collect();
+        let plan = LoopPlan {
+            server: config.server,
+            protocol: config.protocol,
+            channels,
+            source: config.source,
+        };
         let progress = progress.clone();
-        let server = config.server;
         let handle = thread::Builder::new()
             .name(format!("load-sub-{t}"))
-            .spawn(move || subscribers::run(server, channels, progress, epoch))
+            .spawn(move || subscribers::run(plan, progress))
             .map_err(|source| LoadError::Io { what: "spawning a subscriber thread", source })?;
         loops.push(handle);
     }
+    Ok(loops)
+}
 
+fn channel_name(config: &LoadConfig, channel: usize) -> String {
+    format!("{}{channel}", config.channel_prefix)
+}
+
+/// What `drive` measured.
+#[derive(Debug)]
+pub(crate) struct Measured {
+    pub elapsed: Duration,
+    pub setup: Duration,
+    pub server: Option<(ProcessSample, ProcessSample)>,
+    pub client: Option<(ProcessSample, ProcessSample)>,
+}
+
+/// Waits for every subscriber, publishes, waits for the deliveries. Returns what it measured and
+/// the number of failed publishers.
+fn drive(
+    config: &LoadConfig,
+    progress: &Arc<Progress>,
+    holders: &Holders,
+) -> Result<(Measured, u64), LoadError> {
     let setup_started = Instant::now();
     while progress.subscribed.load(Ordering::Relaxed) < config.subscribers as u64 {
         let failed = progress.failed.load(Ordering::Relaxed);
         if failed > 0 || setup_started.elapsed() > Duration::from_secs(120) {
-            progress.stop.store(true, Ordering::Relaxed);
             return Err(LoadError::SetupTimeout {
                 ready: progress.subscribed.load(Ordering::Relaxed),
                 wanted: config.subscribers,
@@ -167,15 +326,16 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
                 waited: setup_started.elapsed(),
             });
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(5));
     }
     let setup = setup_started.elapsed();
     if !config.hold.is_zero() {
         thread::sleep(config.hold);
     }
 
-    let before = config.server_pid.and_then(ProcessSample::take);
-    let self_before = ProcessSample::take(std::process::id());
+    let pids = holders.pids();
+    let server_before = config.server_pid.and_then(ProcessSample::take);
+    let client_before = ProcessSample::sum(&pids);
     let started = Instant::now();
     let publishers: Vec<_> = (0..config.publishers)
         .map(|p| {
@@ -183,45 +343,56 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
             let progress = progress.clone();
             thread::Builder::new()
                 .name(format!("load-pub-{p}"))
-                .spawn(move || publish(&config, p, &progress, epoch))
+                .spawn(move || publish(&config, p, &progress))
                 .map_err(|source| LoadError::Io { what: "spawning a publisher thread", source })
         })
         .collect::<Result<_, _>>()?;
 
     let expected = expected_deliveries(config);
     let mut last_live = Instant::now();
-    let mut last_delivered = 0;
-    let mut published_done_at: Option<Instant> = None;
+    let mut live_delivered = 0;
+    let mut seen_delivered = 0;
+    let mut last_delivery_at = started;
+    let mut publishers_done_at: Option<Instant> = None;
     loop {
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(2));
         let delivered = progress.delivered.load(Ordering::Relaxed);
-        let published = progress.published.load(Ordering::Relaxed);
-        if published >= config.messages && published_done_at.is_none() {
-            published_done_at = Some(Instant::now());
+        if delivered != seen_delivered {
+            seen_delivered = delivered;
+            last_delivery_at = Instant::now();
+        }
+        let publishers_done =
+            progress.publishers_done.load(Ordering::Relaxed) == config.publishers as u64;
+        if publishers_done && publishers_done_at.is_none() {
+            publishers_done_at = Some(Instant::now());
         }
         if config.live && last_live.elapsed() >= Duration::from_secs(1) {
-            let rate = (delivered - last_delivered) as f64 / last_live.elapsed().as_secs_f64();
+            let rate = (delivered - live_delivered) as f64 / last_live.elapsed().as_secs_f64();
             eprintln!(
-                "[{:>5.1}s] conns {} published {} delivered {} ({:.2}M/s)",
+                "[{:>5.1}s] subscribers {} published {} delivered {} ({:.2}M/s)",
                 started.elapsed().as_secs_f64(),
                 progress.subscribed.load(Ordering::Relaxed),
-                published,
+                progress.published.load(Ordering::Relaxed),
                 delivered,
                 rate / 1e6
             );
             last_live = Instant::now();
-            last_delivered = delivered;
+            live_delivered = delivered;
         }
-        let drained = delivered >= expected;
-        let gave_up = published_done_at.is_some_and(|at| at.elapsed() > config.drain_timeout)
+        let drained = publishers_done && delivered >= expected;
+        let gave_up = publishers_done_at.is_some_and(|at| at.elapsed() > config.drain_timeout)
             || started.elapsed() > config.max_duration;
         if drained || gave_up {
             break;
         }
     }
-    let elapsed = started.elapsed();
-    let after = config.server_pid.and_then(ProcessSample::take);
-    let self_after = ProcessSample::take(std::process::id());
+    let measured = Measured {
+        // The run lasts until the last delivery, not until we noticed it.
+        elapsed: if expected == 0 { started.elapsed() } else { last_delivery_at - started },
+        setup,
+        server: server_before.zip(config.server_pid.and_then(ProcessSample::take)),
+        client: client_before.zip(ProcessSample::sum(&pids)),
+    };
     progress.stop.store(true, Ordering::Relaxed);
     let mut publish_errors = 0;
     for publisher in publishers {
@@ -234,23 +405,7 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
             Err(_) => publish_errors += 1,
         }
     }
-    let mut totals = subscribers::Totals::default();
-    for handle in loops {
-        if let Ok(t) = handle.join() {
-            totals.merge(t);
-        }
-    }
-    Ok(Report::new(
-        config,
-        &progress,
-        totals,
-        expected,
-        elapsed,
-        setup,
-        before.zip(after),
-        self_before.zip(self_after),
-        publish_errors,
-    ))
+    Ok((measured, publish_errors))
 }
 
 /// Deliveries the run should produce: each message reaches its channel's subscribers.
@@ -269,25 +424,35 @@ fn expected_deliveries(config: &LoadConfig) -> u64 {
         .sum()
 }
 
-fn publish(
-    config: &LoadConfig,
-    id: usize,
-    progress: &Progress,
-    epoch: Instant,
-) -> Result<(), std::io::Error> {
+fn publish(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), std::io::Error> {
+    let result = publish_all(config, id, progress);
+    progress.publishers_done.fetch_add(1, Ordering::Relaxed);
+    result
+}
+
+fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), std::io::Error> {
     let stream = TcpStream::connect(config.server)?;
     stream.set_nodelay(true)?;
+    // Replies (RESP's receiver counts, NATS's INFO, errors) are read and dropped on a side thread
+    // so that the server never blocks writing to us. It ends when the connection closes.
+    let mut replies = stream.try_clone()?;
+    thread::spawn(move || {
+        let mut sink = [0u8; 16 * 1024];
+        while matches!(replies.read(&mut sink), Ok(n) if n > 0) {}
+    });
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
-    out.write_all(&binary::PREFACE)?;
-    let channels: Vec<String> =
-        (0..config.channels).map(|c| format!("{}{c}", config.channel_prefix)).collect();
-    let share = config.messages / config.publishers as u64
-        + u64::from((id as u64) < config.messages % config.publishers as u64);
-    let per_message = (config.subscribers as f64 / config.channels as f64).max(1.0);
-    let mut payload = vec![0u8; config.payload_bytes];
     let mut frame = Vec::with_capacity(config.payload_bytes + 64);
-    let interval = (config.rate > 0)
-        .then(|| Duration::from_secs_f64(config.publishers as f64 / config.rate as f64));
+    config.protocol.publisher_preface(&mut frame);
+    out.write_all(&frame)?;
+    let channels: Vec<String> = (0..config.channels).map(|c| channel_name(config, c)).collect();
+    let mut sequences = vec![0u32; config.channels];
+    let publishers = config.publishers as u64;
+    let share =
+        config.messages / publishers + u64::from((id as u64) < config.messages % publishers);
+    let per_message = (config.subscribers as f64 / config.channels as f64).max(1.0);
+    let mut payload = vec![b'x'; config.payload_bytes];
+    let interval =
+        (config.rate > 0).then(|| Duration::from_secs_f64(publishers as f64 / config.rate as f64));
     let started = Instant::now();
     for k in 0..share {
         if progress.stop.load(Ordering::Relaxed) {
@@ -300,8 +465,8 @@ fn publish(
                 out.flush()?;
                 thread::sleep(due - now);
             }
-        } else if k % 64 == 0 {
-            // Window: in-flight messages, averaged over subscribers.
+        } else if k % 32 == 0 {
+            // Window: messages in flight, averaged over subscribers.
             loop {
                 let published = progress.published.load(Ordering::Relaxed) as f64;
                 let delivered = progress.delivered.load(Ordering::Relaxed) as f64 / per_message;
@@ -314,15 +479,13 @@ fn publish(
                 thread::yield_now();
             }
         }
-        let global = k * config.publishers as u64 + id as u64;
-        let channel = &channels[(global % config.channels as u64) as usize];
-        let sent_ns = epoch.elapsed().as_nanos() as u64;
-        payload[..8].copy_from_slice(&sent_ns.to_be_bytes());
+        let channel = ((k * publishers + id as u64) % config.channels as u64) as usize;
+        let stamp =
+            Stamp { sent_ns: monotonic_ns(), publisher: id as u32, sequence: sequences[channel] };
+        sequences[channel] += 1;
+        stamp.write(&mut payload);
         frame.clear();
-        binary::encode_request(
-            &Request::Publish { channel: channel.as_bytes(), payload: (&payload[..]).into() },
-            &mut frame,
-        );
+        config.protocol.publish(&channels[channel], &payload, &mut frame);
         out.write_all(&frame)?;
         progress.published.fetch_add(1, Ordering::Relaxed);
     }
@@ -343,7 +506,16 @@ mod tests {
     fn expected_deliveries_spread_over_channels() {
         let config =
             LoadConfig { subscribers: 10, channels: 3, messages: 7, ..LoadConfig::default() };
-        // channel 0: 4 subs x 3 msgs, channel 1: 3 x 2, channel 2: 3 x 2
+        // channel 0: 4 subscribers x 3 messages, channels 1 and 2: 3 x 2 each.
         assert_eq!(expected_deliveries(&config), 12 + 6 + 6);
+    }
+
+    #[test]
+    fn stamps_round_trip() {
+        let stamp = Stamp { sent_ns: u64::MAX - 5, publisher: 3, sequence: 77 };
+        let mut payload = [0u8; 20];
+        stamp.write(&mut payload);
+        assert_eq!(Stamp::read(&payload), Some(stamp));
+        assert_eq!(Stamp::read(&payload[..15]), None);
     }
 }

@@ -1,10 +1,9 @@
 //! The load run's summary: a human table and one JSON line.
 
 use std::fmt;
-use std::time::Duration;
 
 use super::subscribers::Totals;
-use super::{LoadConfig, Progress};
+use super::{LoadConfig, Measured, Progress};
 
 /// CPU time and resident memory of a process at one moment (from /proc).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +37,17 @@ impl ProcessSample {
             cpu_seconds: ticks as f64 / ticks_per_second,
             rss_bytes: rss_kib * 1024,
         })
+    }
+
+    /// The sum over several processes (a load generator and its children).
+    pub fn sum(pids: &[u32]) -> Option<ProcessSample> {
+        let mut total = ProcessSample { cpu_seconds: 0.0, rss_bytes: 0 };
+        for &pid in pids {
+            let sample = ProcessSample::take(pid)?;
+            total.cpu_seconds += sample.cpu_seconds;
+            total.rss_bytes += sample.rss_bytes;
+        }
+        Some(total)
     }
 }
 
@@ -87,19 +97,15 @@ pub struct Report {
 }
 
 impl Report {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &LoadConfig,
         progress: &Progress,
         totals: Totals,
         expected: u64,
-        elapsed: Duration,
-        setup: Duration,
-        server: Option<(ProcessSample, ProcessSample)>,
-        client: Option<(ProcessSample, ProcessSample)>,
+        measured: &Measured,
         publish_errors: u64,
     ) -> Report {
-        let seconds = elapsed.as_secs_f64().max(1e-9);
+        let seconds = measured.elapsed.as_secs_f64().max(1e-9);
         let published = progress.published.load(std::sync::atomic::Ordering::Relaxed);
         let histogram = &totals.latency_us;
         let missing = expected.saturating_sub(totals.delivered).saturating_sub(totals.lost);
@@ -112,7 +118,7 @@ impl Report {
             expected,
             delivered: totals.delivered,
             seconds,
-            setup_seconds: setup.as_secs_f64(),
+            setup_seconds: measured.setup.as_secs_f64(),
             deliveries_per_second: totals.delivered as f64 / seconds,
             publishes_per_second: published as f64 / seconds,
             p50_us: histogram.value_at_quantile(0.5),
@@ -123,9 +129,9 @@ impl Report {
             duplicated: totals.duplicated,
             reordered: totals.reordered,
             errors: totals.errors + publish_errors,
-            server_cpu_seconds: server.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
-            server_rss_bytes: server.map(|(_, b)| b.rss_bytes),
-            client_cpu_seconds: client.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
+            server_cpu_seconds: measured.server.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
+            server_rss_bytes: measured.server.map(|(_, b)| b.rss_bytes),
+            client_cpu_seconds: measured.client.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
             latency_us: totals.latency_us,
         }
     }

@@ -1,26 +1,32 @@
-//! One subscriber event loop: many non-blocking connections on one mio `Poll`.
+//! One subscriber event loop: many non-blocking connections on one mio `Poll`, any protocol.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{new_histogram, Progress};
-use crate::protocol::{binary, Request, ServerFrame};
+use super::wire::{Event, Protocol};
+use super::{monotonic_ns, new_histogram, Progress, Stamp};
 
-/// What one loop saw.
+/// What one loop (or one child process) saw.
 #[derive(Debug)]
-pub(crate) struct Totals {
+pub struct Totals {
+    /// Messages received.
     pub delivered: u64,
+    /// Gaps seen (by offset, or by per-publisher sequence where there is no offset).
     pub lost: u64,
+    /// Offsets or sequences seen again.
     pub duplicated: u64,
+    /// Offsets or sequences that arrived after a later one.
     pub reordered: u64,
+    /// Failed connections, server errors, unparsable streams.
     pub errors: u64,
+    /// Delivery latency, microseconds.
     pub latency_us: Histogram<u64>,
 }
 
@@ -38,6 +44,7 @@ impl Default for Totals {
 }
 
 impl Totals {
+    /// Adds another loop's totals.
     pub fn merge(&mut self, other: Totals) {
         self.delivered += other.delivered;
         self.lost += other.lost;
@@ -49,54 +56,57 @@ impl Totals {
     }
 }
 
+/// What one loop needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopPlan {
+    pub server: SocketAddr,
+    pub protocol: Protocol,
+    pub channels: Vec<String>,
+    pub source: Option<Ipv4Addr>,
+}
+
 struct Subscriber {
     stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
-    channel: String,
     subscribed: bool,
-    last_offset: u64,
     closed: bool,
+    /// Last channel offset seen (protocols with offsets).
+    last_offset: Option<u64>,
+    /// Next sequence expected from each publisher (protocols without offsets).
+    next_sequence: Vec<u32>,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
 
-pub(crate) fn run(
-    server: SocketAddr,
-    channels: Vec<String>,
-    progress: Arc<Progress>,
-    epoch: Instant,
-) -> Totals {
+pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
     let mut totals = Totals::default();
     let mut poll = match Poll::new() {
         Ok(poll) => poll,
         Err(e) => {
             log::error!("load: cannot create a poll: {e}");
-            progress.failed.fetch_add(channels.len() as u64, Ordering::Relaxed);
+            progress.failed.fetch_add(plan.channels.len() as u64, Ordering::Relaxed);
             return totals;
         }
     };
-    let mut subs: Vec<Subscriber> = Vec::with_capacity(channels.len());
-    for (i, channel) in channels.into_iter().enumerate() {
-        match connect(&poll, server, i) {
+    let mut subs: Vec<Subscriber> = Vec::with_capacity(plan.channels.len());
+    for (i, channel) in plan.channels.iter().enumerate() {
+        match connect(&poll, plan.server, plan.source, i) {
             Ok(stream) => {
-                let mut output = binary::PREFACE.to_vec();
-                binary::encode_request(
-                    &Request::Subscribe { channel: channel.as_bytes() },
-                    &mut output,
-                );
+                let mut output = Vec::new();
+                plan.protocol.subscribe(channel, &mut output);
                 subs.push(Subscriber {
                     stream,
                     input: Vec::new(),
                     output,
-                    channel,
                     subscribed: false,
-                    last_offset: 0,
                     closed: false,
+                    last_offset: None,
+                    next_sequence: Vec::new(),
                 });
             }
             Err(e) => {
-                log::error!("load: connect {i} failed: {e}");
+                log::error!("load: connection {i} to {} failed: {e}", plan.server);
                 progress.failed.fetch_add(1, Ordering::Relaxed);
                 totals.errors += 1;
             }
@@ -104,7 +114,6 @@ pub(crate) fn run(
     }
     let mut events = Events::with_capacity(4096);
     let mut scratch = vec![0u8; READ_CHUNK];
-    let mut delivered_unreported = 0u64;
     while !progress.stop.load(Ordering::Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -112,66 +121,103 @@ pub(crate) fn run(
                 break;
             }
         }
-        let now_us = epoch.elapsed().as_micros() as u64;
+        let now_us = monotonic_ns() / 1000;
+        let mut delivered = 0;
         for event in events.iter() {
             let Some(sub) = subs.get_mut(event.token().0) else { continue };
             if sub.closed {
                 continue;
             }
-            if event.is_writable() && !sub.output.is_empty() {
-                match sub.stream.write(&sub.output) {
-                    Ok(n) => {
-                        sub.output.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => fail(sub, &mut totals, &progress, &format!("write: {e}")),
-                }
+            if event.is_writable() || !sub.output.is_empty() {
+                flush(sub, &mut totals, &progress);
             }
             if event.is_readable() || event.is_read_closed() {
-                loop {
-                    match sub.stream.read(&mut scratch) {
-                        Ok(0) => {
-                            fail(sub, &mut totals, &progress, "server closed the connection");
-                            break;
-                        }
-                        Ok(n) => {
-                            let delivered =
-                                consume(sub, &scratch[..n], now_us, &mut totals, &progress);
-                            delivered_unreported += delivered;
-                            if n < scratch.len() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            fail(sub, &mut totals, &progress, &format!("read: {e}"));
-                            break;
-                        }
-                    }
+                delivered += read(sub, plan.protocol, &mut scratch, now_us, &mut totals, &progress);
+                if !sub.output.is_empty() {
+                    flush(sub, &mut totals, &progress);
                 }
             }
         }
-        if delivered_unreported > 0 {
-            progress.delivered.fetch_add(delivered_unreported, Ordering::Relaxed);
-            delivered_unreported = 0;
+        if delivered > 0 {
+            progress.delivered.fetch_add(delivered, Ordering::Relaxed);
         }
     }
-    // Whatever never arrived is lost.
     totals
 }
 
-fn connect(poll: &Poll, server: SocketAddr, token: usize) -> io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(server)?;
+fn connect(
+    poll: &Poll,
+    server: SocketAddr,
+    source: Option<Ipv4Addr>,
+    token: usize,
+) -> io::Result<TcpStream> {
+    let std_stream = match source {
+        Some(source) => crate::sys::connect_from(source.into(), server)?,
+        None => {
+            let stream = TcpStream::connect(server)?;
+            return register(poll, stream, token);
+        }
+    };
+    register(poll, TcpStream::from_std(std_stream), token)
+}
+
+fn register(poll: &Poll, mut stream: TcpStream, token: usize) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     poll.registry().register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)?;
     Ok(stream)
 }
 
+fn flush(sub: &mut Subscriber, totals: &mut Totals, progress: &Progress) {
+    while !sub.output.is_empty() {
+        match sub.stream.write(&sub.output) {
+            Ok(n) => {
+                sub.output.drain(..n);
+            }
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected) =>
+            {
+                return
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return fail(sub, totals, progress, &format!("write: {e}")),
+        }
+    }
+}
+
+fn read(
+    sub: &mut Subscriber,
+    protocol: Protocol,
+    scratch: &mut [u8],
+    now_us: u64,
+    totals: &mut Totals,
+    progress: &Progress,
+) -> u64 {
+    let mut delivered = 0;
+    loop {
+        match sub.stream.read(scratch) {
+            Ok(0) => {
+                fail(sub, totals, progress, "server closed the connection");
+                return delivered;
+            }
+            Ok(n) => {
+                delivered += consume(sub, protocol, &scratch[..n], now_us, totals, progress);
+                if n < scratch.len() || sub.closed {
+                    return delivered;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return delivered,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                fail(sub, totals, progress, &format!("read: {e}"));
+                return delivered;
+            }
+        }
+    }
+}
+
 fn fail(sub: &mut Subscriber, totals: &mut Totals, progress: &Progress, why: &str) {
     if !progress.stop.load(Ordering::Relaxed) {
-        log::warn!("load: subscriber of {} failed: {why}", sub.channel);
+        log::warn!("load: subscriber failed: {why}");
         totals.errors += 1;
         if !sub.subscribed {
             progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -180,73 +226,142 @@ fn fail(sub: &mut Subscriber, totals: &mut Totals, progress: &Progress, why: &st
     sub.closed = true;
 }
 
-/// Parses every complete frame; returns the messages delivered.
+/// Parses every complete event; returns the messages delivered. A partial event waits in
+/// `sub.input`, which keeps its allocation between reads.
 fn consume(
     sub: &mut Subscriber,
+    protocol: Protocol,
     fresh: &[u8],
     now_us: u64,
     totals: &mut Totals,
     progress: &Progress,
 ) -> u64 {
-    let buffered;
-    let input: &[u8] = if sub.input.is_empty() {
-        fresh
-    } else {
-        sub.input.extend_from_slice(fresh);
-        buffered = std::mem::take(&mut sub.input);
-        &buffered
-    };
+    if sub.input.is_empty() {
+        let (used, delivered) = parse_events(sub, protocol, fresh, now_us, totals, progress);
+        if used < fresh.len() && !sub.closed {
+            sub.input.extend_from_slice(&fresh[used..]);
+        }
+        return delivered;
+    }
+    let mut input = std::mem::take(&mut sub.input);
+    input.extend_from_slice(fresh);
+    let (used, delivered) = parse_events(sub, protocol, &input, now_us, totals, progress);
+    input.drain(..used);
+    sub.input = input;
+    delivered
+}
+
+fn parse_events(
+    sub: &mut Subscriber,
+    protocol: Protocol,
+    input: &[u8],
+    now_us: u64,
+    totals: &mut Totals,
+    progress: &Progress,
+) -> (usize, u64) {
     let mut at = 0;
     let mut delivered = 0;
     loop {
-        match binary::parse_server_frame(&input[at..], usize::MAX) {
-            Ok(Some((frame, used))) => {
+        if protocol == Protocol::FanoutBinary {
+            // Fast path for the common frame: MSG, read in place without building an event.
+            if let Some((offset, payload, used)) = binary_message(&input[at..]) {
                 at += used;
-                match frame {
-                    ServerFrame::Message { offset, payload, .. } => {
+                delivered += 1;
+                check_order(sub, Some(offset), payload, totals);
+                if let Some(stamp) = Stamp::read(payload) {
+                    totals
+                        .latency_us
+                        .saturating_record(now_us.saturating_sub(stamp.sent_ns / 1000).max(1));
+                }
+                continue;
+            }
+        }
+        match protocol.parse(&input[at..]) {
+            Ok(Some((event, used))) => {
+                at += used;
+                match event {
+                    Event::Message { offset, payload } => {
                         delivered += 1;
-                        if offset == sub.last_offset + 1 {
-                            sub.last_offset = offset;
-                        } else if offset > sub.last_offset {
-                            totals.lost += offset - sub.last_offset - 1;
-                            sub.last_offset = offset;
-                        } else if offset == sub.last_offset {
-                            totals.duplicated += 1;
-                        } else {
-                            // Below the last offset seen: it arrived after a later message.
-                            totals.reordered += 1;
-                        }
-                        if let Some(stamp) = payload.first_chunk::<8>() {
-                            let sent_us = u64::from_be_bytes(*stamp) / 1000;
+                        check_order(sub, offset, &payload, totals);
+                        if let Some(stamp) = Stamp::read(&payload) {
+                            let sent_us = stamp.sent_ns / 1000;
                             totals
                                 .latency_us
                                 .saturating_record(now_us.saturating_sub(sent_us).max(1));
                         }
                     }
-                    ServerFrame::Ok { .. } => {
+                    Event::Subscribed => {
                         if !sub.subscribed {
                             sub.subscribed = true;
                             progress.subscribed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    ServerFrame::Ping => binary::encode_request(&Request::Pong, &mut sub.output),
-                    ServerFrame::Pong => {}
-                    ServerFrame::Error { code, reason } => {
-                        log::warn!("load: server error {code} on {}: {reason}", sub.channel);
+                    Event::Ping => protocol.pong(&mut sub.output),
+                    Event::Ignored => {}
+                    Event::Error(reason) => {
+                        log::warn!("load: server error: {reason}");
                         totals.errors += 1;
                     }
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                log::warn!("load: bad frame from server: {e}");
+                log::warn!("load: unparsable stream from the server: {e}");
                 totals.errors += 1;
                 sub.closed = true;
-                return delivered;
+                break;
             }
         }
     }
-    sub.input = input[at..].to_vec();
     totals.delivered += delivered;
-    delivered
+    (at, delivered)
+}
+
+/// A complete binary `MSG` frame at the start of `input`: (offset, payload, frame length).
+fn binary_message(input: &[u8]) -> Option<(u64, &[u8], usize)> {
+    let (length, rest) = input.split_first_chunk::<4>()?;
+    let total = 4 + u32::from_be_bytes(*length) as usize;
+    let (&opcode, rest) = rest.split_first()?;
+    if opcode != crate::protocol::binary::op::MSG || input.len() < total {
+        return None;
+    }
+    let (&channel_len, rest) = rest.split_first()?;
+    let rest = rest.get(channel_len as usize..total - 6)?;
+    let (offset, payload) = rest.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*offset), payload, total))
+}
+
+fn check_order(sub: &mut Subscriber, offset: Option<u64>, payload: &[u8], totals: &mut Totals) {
+    if let Some(offset) = offset {
+        // A subscription starts wherever the channel is: the first offset sets the baseline.
+        let last = *sub.last_offset.get_or_insert(offset - 1);
+        match offset.cmp(&(last + 1)) {
+            std::cmp::Ordering::Equal => sub.last_offset = Some(offset),
+            std::cmp::Ordering::Greater => {
+                totals.lost += offset - last - 1;
+                sub.last_offset = Some(offset);
+            }
+            std::cmp::Ordering::Less if offset == last => totals.duplicated += 1,
+            std::cmp::Ordering::Less => totals.reordered += 1,
+        }
+        return;
+    }
+    let Some(stamp) = Stamp::read(payload) else {
+        totals.errors += 1;
+        return;
+    };
+    let publisher = stamp.publisher as usize;
+    if sub.next_sequence.len() <= publisher {
+        sub.next_sequence.resize(publisher + 1, 0);
+    }
+    let expected = &mut sub.next_sequence[publisher];
+    match stamp.sequence.cmp(expected) {
+        std::cmp::Ordering::Equal => *expected += 1,
+        std::cmp::Ordering::Greater => {
+            totals.lost += u64::from(stamp.sequence - *expected);
+            *expected = stamp.sequence + 1;
+        }
+        std::cmp::Ordering::Less if stamp.sequence + 1 == *expected => totals.duplicated += 1,
+        std::cmp::Ordering::Less => totals.reordered += 1,
+    }
 }

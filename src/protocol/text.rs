@@ -111,6 +111,11 @@ fn escapes_needed(payload: &[u8]) -> usize {
     payload.iter().map(|&b| usize::from(b == b'\\' || b == b'\n' || b == b'\r')).sum()
 }
 
+/// Appends `payload` escaped for a text line (what `PUB` expects and `MSG` carries).
+pub fn put_payload(out: &mut BytesMut, payload: &[u8]) {
+    put_escaped(out, payload, escapes_needed(payload));
+}
+
 fn put_escaped(out: &mut BytesMut, payload: &[u8], escapes: usize) {
     if escapes == 0 {
         out.put_slice(payload);

@@ -1,0 +1,416 @@
+//! The wire protocols the load generator speaks, so that one code path measures fanout and its
+//! peers: fanout's binary and text formats, Redis RESP2 pub/sub, and the NATS client protocol.
+//!
+//! Each protocol provides the bytes to subscribe and to publish, and a parser that turns what a
+//! subscriber receives into `Event`s.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::BytesMut;
+
+use crate::protocol::{binary, text, Request, ServerFrame};
+
+/// A wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// fanout's length-prefixed binary frames.
+    FanoutBinary,
+    /// fanout's text lines.
+    FanoutText,
+    /// Redis RESP2: SUBSCRIBE / PUBLISH.
+    Resp,
+    /// NATS: CONNECT / SUB / PUB / MSG / PING.
+    Nats,
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "binary" | "fanout" | "fanout-binary" => Ok(Protocol::FanoutBinary),
+            "text" | "fanout-text" => Ok(Protocol::FanoutText),
+            "resp" | "redis" => Ok(Protocol::Resp),
+            "nats" => Ok(Protocol::Nats),
+            other => Err(format!("unknown protocol {other:?} (binary, text, resp, nats)")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::FanoutBinary => "binary",
+            Protocol::FanoutText => "text",
+            Protocol::Resp => "resp",
+            Protocol::Nats => "nats",
+        })
+    }
+}
+
+/// What a subscriber connection received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The subscription is in effect.
+    Subscribed,
+    /// A message; `offset` only where the protocol carries one (fanout).
+    Message {
+        /// The channel offset.
+        offset: Option<u64>,
+        /// The payload as published.
+        payload: std::borrow::Cow<'a, [u8]>,
+    },
+    /// The server pinged; `pong` must be sent.
+    Ping,
+    /// Anything else worth nothing to the load (INFO, +OK, PONG, acks).
+    Ignored,
+    /// The server reported an error.
+    Error(String),
+}
+
+/// A stream that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+/// Largest frame accepted from a server.
+const MAX_FRAME: usize = 64 << 20;
+
+impl Protocol {
+    /// Bytes that open a connection and subscribe it to `channel`. The subscription is confirmed by
+    /// an `Event::Subscribed` (for NATS, the PONG to a PING sent right after SUB).
+    pub fn subscribe(self, channel: &str, out: &mut Vec<u8>) {
+        match self {
+            Protocol::FanoutBinary => {
+                out.extend_from_slice(&binary::PREFACE);
+                binary::encode_request(&Request::Subscribe { channel: channel.as_bytes() }, out);
+            }
+            Protocol::FanoutText => out.extend_from_slice(format!("SUB {channel}\r\n").as_bytes()),
+            Protocol::Resp => resp_command(out, &[b"SUBSCRIBE", channel.as_bytes()]),
+            Protocol::Nats => {
+                out.extend_from_slice(
+                    b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"fanout-load\"}\r\n",
+                );
+                out.extend_from_slice(format!("SUB {channel} 1\r\nPING\r\n").as_bytes());
+            }
+        }
+    }
+
+    /// Bytes that open a publishing connection.
+    pub fn publisher_preface(self, out: &mut Vec<u8>) {
+        match self {
+            Protocol::FanoutBinary => out.extend_from_slice(&binary::PREFACE),
+            Protocol::Nats => {
+                out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+            }
+            Protocol::FanoutText | Protocol::Resp => {}
+        }
+    }
+
+    /// Appends one publish of `payload` to `channel`.
+    pub fn publish(self, channel: &str, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Protocol::FanoutBinary => binary::encode_request(
+                &Request::Publish { channel: channel.as_bytes(), payload: payload.into() },
+                out,
+            ),
+            Protocol::FanoutText => {
+                let mut escaped = BytesMut::with_capacity(payload.len() + 16);
+                text::put_payload(&mut escaped, payload);
+                out.extend_from_slice(b"PUB ");
+                out.extend_from_slice(channel.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(&escaped);
+                out.extend_from_slice(b"\r\n");
+            }
+            Protocol::Resp => resp_command(out, &[b"PUBLISH", channel.as_bytes(), payload]),
+            Protocol::Nats => {
+                out.extend_from_slice(format!("PUB {channel} {}\r\n", payload.len()).as_bytes());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// The answer to a server ping.
+    pub fn pong(self, out: &mut Vec<u8>) {
+        match self {
+            Protocol::FanoutBinary => binary::encode_request(&Request::Pong, out),
+            Protocol::FanoutText | Protocol::Nats => out.extend_from_slice(b"PONG\r\n"),
+            Protocol::Resp => {}
+        }
+    }
+
+    /// Parses one event from `input`: `Ok(None)` when incomplete.
+    pub fn parse(self, input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
+        match self {
+            Protocol::FanoutBinary | Protocol::FanoutText => {
+                let parsed = if self == Protocol::FanoutBinary && !input.starts_with(b"ERR ") {
+                    binary::parse_server_frame(input, MAX_FRAME)
+                } else {
+                    text::parse_server_line(input, MAX_FRAME)
+                };
+                let Some((frame, used)) = parsed.map_err(|e| WireError(e.to_string()))? else {
+                    return Ok(None);
+                };
+                let event = match frame {
+                    ServerFrame::Message { offset, payload, .. } => {
+                        Event::Message { offset: Some(offset), payload }
+                    }
+                    ServerFrame::Ok { .. } => Event::Subscribed,
+                    ServerFrame::Ping => Event::Ping,
+                    ServerFrame::Pong => Event::Ignored,
+                    ServerFrame::Error { code, reason } => Event::Error(format!("{code} {reason}")),
+                };
+                Ok(Some((event, used)))
+            }
+            Protocol::Resp => parse_resp_event(input),
+            Protocol::Nats => parse_nats_event(input),
+        }
+    }
+}
+
+fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn line(input: &[u8]) -> Option<(&[u8], usize)> {
+    let end = input.windows(2).position(|w| w == b"\r\n")?;
+    Some((&input[..end], end + 2))
+}
+
+fn number(digits: &[u8], what: &str) -> Result<i64, WireError> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| WireError(format!("bad {what}: {:?}", String::from_utf8_lossy(digits))))
+}
+
+/// A RESP2 value, borrowed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resp<'a> {
+    /// `+...`
+    Simple(&'a [u8]),
+    /// `-...`
+    Error(&'a [u8]),
+    /// `:n`
+    Integer(i64),
+    /// `$n` (None for `$-1`)
+    Bulk(Option<&'a [u8]>),
+    /// `*n`
+    Array(Vec<Resp<'a>>),
+}
+
+/// Parses one RESP2 value; `Ok(None)` when incomplete.
+pub fn parse_resp(input: &[u8]) -> Result<Option<(Resp<'_>, usize)>, WireError> {
+    let Some((head, mut used)) = line(input) else {
+        if input.len() > MAX_FRAME {
+            return Err(WireError("RESP line too long".into()));
+        }
+        return Ok(None);
+    };
+    let Some((&kind, rest)) = head.split_first() else {
+        return Err(WireError("empty RESP line".into()));
+    };
+    let value = match kind {
+        b'+' => Resp::Simple(rest),
+        b'-' => Resp::Error(rest),
+        b':' => Resp::Integer(number(rest, "RESP integer")?),
+        b'$' => {
+            let len = number(rest, "RESP bulk length")?;
+            if len < 0 {
+                Resp::Bulk(None)
+            } else {
+                let len = len as usize;
+                if len > MAX_FRAME {
+                    return Err(WireError(format!("RESP bulk of {len} bytes")));
+                }
+                if input.len() < used + len + 2 {
+                    return Ok(None);
+                }
+                let bulk = &input[used..used + len];
+                if &input[used + len..used + len + 2] != b"\r\n" {
+                    return Err(WireError("RESP bulk without CRLF".into()));
+                }
+                used += len + 2;
+                Resp::Bulk(Some(bulk))
+            }
+        }
+        b'*' => {
+            let count = number(rest, "RESP array length")?;
+            let mut items = Vec::with_capacity(count.clamp(0, 16) as usize);
+            for _ in 0..count.max(0) {
+                let Some((item, n)) = parse_resp(&input[used..])? else { return Ok(None) };
+                items.push(item);
+                used += n;
+            }
+            Resp::Array(items)
+        }
+        other => return Err(WireError(format!("unknown RESP type byte 0x{other:02x}"))),
+    };
+    Ok(Some((value, used)))
+}
+
+fn parse_resp_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
+    let Some((value, used)) = parse_resp(input)? else { return Ok(None) };
+    let event = match value {
+        Resp::Array(items) => match items.as_slice() {
+            [Resp::Bulk(Some(b"message")), _, Resp::Bulk(Some(payload))] => {
+                Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) }
+            }
+            [Resp::Bulk(Some(b"subscribe")), ..] => Event::Subscribed,
+            _ => Event::Ignored,
+        },
+        Resp::Error(e) => Event::Error(String::from_utf8_lossy(e).into_owned()),
+        _ => Event::Ignored,
+    };
+    Ok(Some((event, used)))
+}
+
+fn parse_nats_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
+    let Some((head, used)) = line(input) else {
+        if input.len() > MAX_FRAME {
+            return Err(WireError("NATS line too long".into()));
+        }
+        return Ok(None);
+    };
+    let mut words = head.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
+    let verb = words.next().unwrap_or_default();
+    let event = if verb.eq_ignore_ascii_case(b"MSG") {
+        // MSG <subject> <sid> [reply-to] <#bytes>
+        let args: Vec<&[u8]> = words.collect();
+        if !(3..=4).contains(&args.len()) {
+            return Err(WireError(format!(
+                "bad NATS MSG line: {:?}",
+                String::from_utf8_lossy(head)
+            )));
+        }
+        let len = number(args[args.len() - 1], "NATS payload size")? as usize;
+        if len > MAX_FRAME {
+            return Err(WireError(format!("NATS payload of {len} bytes")));
+        }
+        if input.len() < used + len + 2 {
+            return Ok(None);
+        }
+        let payload = &input[used..used + len];
+        return Ok(Some((
+            Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) },
+            used + len + 2,
+        )));
+    } else if verb.eq_ignore_ascii_case(b"PING") {
+        Event::Ping
+    } else if verb.eq_ignore_ascii_case(b"PONG") {
+        // The answer to the PING sent right after SUB: the subscription is registered.
+        Event::Subscribed
+    } else if verb.eq_ignore_ascii_case(b"-ERR") {
+        Event::Error(String::from_utf8_lossy(head).into_owned())
+    } else {
+        Event::Ignored // INFO, +OK
+    };
+    Ok(Some((event, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// Feeds `stream` split at every point and collects the events.
+    fn events_at_every_split(protocol: Protocol, stream: &[u8]) -> Vec<String> {
+        let mut reference = None;
+        for split in 0..=stream.len() {
+            let mut seen = Vec::new();
+            let mut buffer = stream[..split].to_vec();
+            let mut at = 0;
+            for pass in 0..2 {
+                while let Some((event, used)) = protocol.parse(&buffer[at..]).unwrap() {
+                    seen.push(format!("{event:?}"));
+                    at += used;
+                }
+                if pass == 0 {
+                    buffer.extend_from_slice(&stream[split..]);
+                }
+            }
+            assert_eq!(at, stream.len(), "{protocol} split at {split}");
+            match &reference {
+                None => reference = Some(seen),
+                Some(r) => assert_eq!(r, &seen, "{protocol} split at {split}"),
+            }
+        }
+        reference.unwrap_or_default()
+    }
+
+    #[test]
+    fn resp_subscribe_messages_and_errors() {
+        let stream = b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n\
+                       *3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$7\r\nhi\r\nyou\r\n\
+                       *3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$0\r\n\r\n\
+                       -ERR wrong\r\n+PONG\r\n";
+        let events = events_at_every_split(Protocol::Resp, stream);
+        assert_eq!(
+            events,
+            vec![
+                format!("{:?}", Event::Subscribed),
+                format!(
+                    "{:?}",
+                    Event::Message { offset: None, payload: Cow::Borrowed(b"hi\r\nyou") }
+                ),
+                format!("{:?}", Event::Message { offset: None, payload: Cow::Borrowed(b"") }),
+                format!("{:?}", Event::Error("ERR wrong".into())),
+                format!("{:?}", Event::Ignored),
+            ]
+        );
+        let mut out = Vec::new();
+        Protocol::Resp.publish("news", b"x", &mut out);
+        assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n$1\r\nx\r\n");
+        assert!(parse_resp(b"?x\r\n").is_err());
+        assert!(parse_resp(b"$3\r\nabcd\r\n").is_err());
+        assert_eq!(parse_resp(b"$-1\r\n").unwrap(), Some((Resp::Bulk(None), 5)));
+    }
+
+    #[test]
+    fn nats_info_ping_messages() {
+        let stream = b"INFO {\"server_id\":\"x\"}\r\nPONG\r\nMSG news 1 5\r\nhello\r\n\
+                       PING\r\nMSG news 1 reply.to 4\r\na\r\nb\r\n-ERR 'Slow Consumer'\r\n";
+        let events = events_at_every_split(Protocol::Nats, stream);
+        assert_eq!(
+            events,
+            vec![
+                format!("{:?}", Event::Ignored),
+                format!("{:?}", Event::Subscribed),
+                format!("{:?}", Event::Message { offset: None, payload: Cow::Borrowed(b"hello") }),
+                format!("{:?}", Event::Ping),
+                format!("{:?}", Event::Message { offset: None, payload: Cow::Borrowed(b"a\r\nb") }),
+                format!("{:?}", Event::Error("-ERR 'Slow Consumer'".into())),
+            ]
+        );
+        assert!(Protocol::Nats.parse(b"MSG a\r\n").is_err());
+        let mut out = Vec::new();
+        Protocol::Nats.pong(&mut out);
+        assert_eq!(out, b"PONG\r\n");
+    }
+
+    #[test]
+    fn fanout_text_publish_is_escaped_and_parsed_back() {
+        let payload = b"\x00\n\r\\\xff";
+        let mut out = Vec::new();
+        Protocol::FanoutText.publish("ch", payload, &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let (request, _) = text::parse_request(&out, 1024).unwrap().unwrap();
+        assert_eq!(
+            request,
+            Request::Publish { channel: b"ch", payload: Cow::Owned(payload.to_vec()) }
+        );
+        let line = text::encode_message(b"ch", 3, payload);
+        let (event, _) = Protocol::FanoutText.parse(&line).unwrap().unwrap();
+        assert_eq!(
+            event,
+            Event::Message { offset: Some(3), payload: Cow::Owned(payload.to_vec()) }
+        );
+    }
+}
