@@ -476,7 +476,9 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
                     break;
                 }
                 out.flush()?;
-                thread::yield_now();
+                // Sleep, not spin: the generator's CPU must stay honest (and free for the
+                // subscriber loops); a full window is many microseconds of work for the server.
+                thread::sleep(Duration::from_micros(50));
             }
         }
         let channel = ((k * publishers + id as u64) % config.channels as u64) as usize;

@@ -256,7 +256,40 @@ pub fn parse_resp(input: &[u8]) -> Result<Option<(Resp<'_>, usize)>, WireError> 
     Ok(Some((value, used)))
 }
 
+/// Digits up to CRLF starting at `at`: (value, index after the CRLF). `None` when incomplete or
+/// not digits (the general parser then reports what is wrong).
+fn digits_crlf(input: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    let start = at;
+    while let Some(&b) = input.get(at) {
+        match b {
+            b'0'..=b'9' if at - start < 12 => value = value * 10 + (b - b'0') as usize,
+            b'\r' if at > start => return (input.get(at + 1) == Some(&b'\n')).then_some((value, at + 2)),
+            _ => return None,
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The hot frame, `*3 $7 message $n channel $n payload`, read in place without allocating.
+fn resp_message(input: &[u8]) -> Option<(&[u8], usize)> {
+    const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n$";
+    let rest = input.strip_prefix(HEAD)?;
+    let (channel_len, at) = digits_crlf(rest, 0)?;
+    let at = at + channel_len + 2;
+    if rest.get(at) != Some(&b'$') {
+        return None;
+    }
+    let (payload_len, at) = digits_crlf(rest, at + 1)?;
+    let payload = rest.get(at..at + payload_len)?;
+    (rest.get(at + payload_len..at + payload_len + 2)? == b"\r\n").then_some((payload, HEAD.len() + at + payload_len + 2))
+}
+
 fn parse_resp_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
+    if let Some((payload, used)) = resp_message(input) {
+        return Ok(Some((Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) }, used)));
+    }
     let Some((value, used)) = parse_resp(input)? else { return Ok(None) };
     let event = match value {
         Resp::Array(items) => match items.as_slice() {
@@ -272,7 +305,22 @@ fn parse_resp_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireErro
     Ok(Some((event, used)))
 }
 
+/// The hot frame, `MSG <subject> <sid> [reply] <n>\r\n<payload>\r\n`, read in place.
+fn nats_message(input: &[u8]) -> Option<(&[u8], usize)> {
+    let rest = input.strip_prefix(b"MSG ")?;
+    let newline = rest.iter().position(|&b| b == b'\n')?;
+    let head = rest[..newline].strip_suffix(b"\r")?;
+    let size_at = head.iter().rposition(|&b| b == b' ')? + 1;
+    let (len, _) = digits_crlf(&rest[..newline + 1], size_at)?;
+    let start = 4 + newline + 1;
+    let payload = input.get(start..start + len)?;
+    (input.get(start + len..start + len + 2)? == b"\r\n").then_some((payload, start + len + 2))
+}
+
 fn parse_nats_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
+    if let Some((payload, used)) = nats_message(input) {
+        return Ok(Some((Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) }, used)));
+    }
     let Some((head, used)) = line(input) else {
         if input.len() > MAX_FRAME {
             return Err(WireError("NATS line too long".into()));

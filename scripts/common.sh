@@ -1,0 +1,72 @@
+# Shared by the scripts in this folder: building, free ports, starting pinned servers.
+# Source it; it sets FANOUT (the release binary) and defines the helpers below.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FANOUT="$ROOT/target/release/fanout"
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+
+build_fanout() {
+  (cd "$ROOT" && cargo build --release --quiet) || { echo "cargo build --release failed" >&2; exit 1; }
+}
+
+# A loopback TCP port nothing listens on, below the ephemeral range (so that no outgoing
+# connection of a load generator can be holding it).
+free_port() {
+  local port low
+  low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range)
+  [ "$low" -gt 4096 ] || low=40000
+  for _ in $(seq 1 200); do
+    port=$((low - 3000 + RANDOM % 2900))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "no free port found" >&2
+  return 1
+}
+
+# Waits until something accepts on 127.0.0.1:$1 (at most 10 s).
+wait_for_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing is listening on 127.0.0.1:$1" >&2
+  return 1
+}
+
+# Starts one server pinned to SERVER_CORE; sets SERVER_PID. Usage: start_server fanout|redis|nats PORT
+start_server() {
+  local kind=$1 port=$2
+  case "$kind" in
+    fanout) taskset -c "$SERVER_CORE" "$FANOUT" serve --listen "127.0.0.1:$port" --workers 1 \
+              --stats-interval-secs 0 >"$WORK/$kind.log" 2>&1 & ;;
+    redis)  taskset -c "$SERVER_CORE" redis-server --port "$port" --bind 127.0.0.1 --save '' \
+              --appendonly no --protected-mode no --maxclients 50000 --loglevel warning \
+              >"$WORK/$kind.log" 2>&1 & ;;
+    nats)   taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$port" >"$WORK/$kind.log" 2>&1 & ;;
+    *) echo "unknown server $kind" >&2; return 1 ;;
+  esac
+  SERVER_PID=$!
+  wait_for_port "$port"
+}
+
+stop_server() {
+  if [ -n "${SERVER_PID:-}" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=
+}
+
+# Resident set size of a process in bytes.
+rss_bytes() {
+  awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"
+}
+
+# A numeric field of a `fanout load` JSON line: json_field LINE NAME
+json_field() {
+  sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
+}
