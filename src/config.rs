@@ -35,6 +35,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Accept backlog passed to listen(2) (the kernel caps it at net.core.somaxconn).
     pub listen_backlog: u32,
+    /// Write coalescing: a connection that was written to less than this long ago waits until
+    /// this long has passed before its next write (replies to its own commands never wait).
+    /// Zero writes every turn. See the README's design section.
+    pub coalesce: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             stats_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
             listen_backlog: 4096,
+            coalesce: Duration::ZERO,
         }
     }
 }

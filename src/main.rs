@@ -155,6 +155,10 @@ struct ServeArgs {
     /// Seconds between stats log lines (0: none).
     #[arg(long, default_value_t = Config::default().stats_interval.as_secs())]
     stats_interval_secs: u64,
+    /// Write coalescing window in milliseconds: a subscriber written to less than this long ago
+    /// gets its next messages together once the window has passed (0: write every turn).
+    #[arg(long, default_value_t = Config::default().coalesce.as_millis() as u64)]
+    coalesce_ms: u64,
     /// Seconds queued messages may take to flush on shutdown.
     #[arg(long, default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
@@ -178,6 +182,7 @@ impl ServeArgs {
             stats_interval: Duration::from_secs(self.stats_interval_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             listen_backlog: defaults.listen_backlog,
+            coalesce: Duration::from_millis(self.coalesce_ms),
         }
     }
 }

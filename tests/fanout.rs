@@ -264,3 +264,44 @@ fn a_full_ring_stalls_the_publisher_instead_of_dropping() {
     assert_eq!(stats.messages_in, MESSAGES);
     assert!(stats.ring_full_stalls > 0, "a 4-slot ring must have been full: {stats}");
 }
+
+#[test]
+fn write_coalescing_delivers_everything_in_order_and_answers_at_once() {
+    const MESSAGES: u64 = 500;
+    let server = start(|config| config.coalesce = std::time::Duration::from_millis(50));
+    let addr = server.local_addr();
+    let mut subscribers: Vec<Conn> = (0..4).map(|_| Conn::text(addr)).collect();
+    for conn in &mut subscribers {
+        conn.subscribe("coalesced");
+    }
+    let mut publisher = Conn::binary(addr);
+    let mut early = Vec::new();
+    for i in 0..MESSAGES {
+        publisher.publish("coalesced", format!("m{i}").as_bytes());
+        if i % 100 == 0 {
+            // Replies to a connection's own commands are never held back (and any messages
+            // that were, arrive before the PONG).
+            early.extend(subscribers[0].barrier());
+        }
+    }
+    publisher.barrier();
+    for (i, conn) in subscribers.iter_mut().enumerate() {
+        let mut next = 1;
+        if i == 0 {
+            for frame in &early {
+                assert!(matches!(frame, Frame::Msg { offset, .. } if *offset == next), "{frame:?}");
+                next += 1;
+            }
+        }
+        while next <= MESSAGES {
+            match conn.next() {
+                Frame::Msg { offset, payload, .. } => {
+                    assert_eq!(offset, next);
+                    assert_eq!(payload, format!("m{}", next - 1).into_bytes());
+                    next += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -264,7 +264,9 @@ fn digits_crlf(input: &[u8], mut at: usize) -> Option<(usize, usize)> {
     while let Some(&b) = input.get(at) {
         match b {
             b'0'..=b'9' if at - start < 12 => value = value * 10 + (b - b'0') as usize,
-            b'\r' if at > start => return (input.get(at + 1) == Some(&b'\n')).then_some((value, at + 2)),
+            b'\r' if at > start => {
+                return (input.get(at + 1) == Some(&b'\n')).then_some((value, at + 2))
+            }
             _ => return None,
         }
         at += 1;
@@ -283,12 +285,16 @@ fn resp_message(input: &[u8]) -> Option<(&[u8], usize)> {
     }
     let (payload_len, at) = digits_crlf(rest, at + 1)?;
     let payload = rest.get(at..at + payload_len)?;
-    (rest.get(at + payload_len..at + payload_len + 2)? == b"\r\n").then_some((payload, HEAD.len() + at + payload_len + 2))
+    (rest.get(at + payload_len..at + payload_len + 2)? == b"\r\n")
+        .then_some((payload, HEAD.len() + at + payload_len + 2))
 }
 
 fn parse_resp_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
     if let Some((payload, used)) = resp_message(input) {
-        return Ok(Some((Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) }, used)));
+        return Ok(Some((
+            Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) },
+            used,
+        )));
     }
     let Some((value, used)) = parse_resp(input)? else { return Ok(None) };
     let event = match value {
@@ -319,7 +325,10 @@ fn nats_message(input: &[u8]) -> Option<(&[u8], usize)> {
 
 fn parse_nats_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
     if let Some((payload, used)) = nats_message(input) {
-        return Ok(Some((Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) }, used)));
+        return Ok(Some((
+            Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) },
+            used,
+        )));
     }
     let Some((head, used)) = line(input) else {
         if input.len() > MAX_FRAME {

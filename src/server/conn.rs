@@ -75,6 +75,10 @@ pub struct Conn {
     pub dirty: bool,
     /// A keepalive PING was sent and nothing has been read since.
     pub ping_sent: bool,
+    /// A reply to this connection's own command is queued: flush without coalescing delay.
+    pub urgent: bool,
+    /// Worker-clock milliseconds of the last write that moved bytes (write coalescing).
+    pub last_write_ms: u32,
     /// Worker-clock milliseconds of the last read that returned bytes (or of the accept).
     pub last_input_ms: u32,
     /// Bytes of an incomplete frame or line; `None` (nothing allocated) between frames.
@@ -99,6 +103,8 @@ impl Conn {
             writable: false,
             dirty: false,
             ping_sent: false,
+            urgent: false,
+            last_write_ms: now_ms.wrapping_sub(u32::MAX / 4),
             last_input_ms: now_ms,
             input: None,
             queue: WriteQueue::default(),

@@ -111,6 +111,10 @@ pub(super) struct Worker {
     scratch: Vec<u8>,
     /// Connections with new frames this turn (each once; see `Conn::dirty`).
     dirty: Vec<usize>,
+    /// Connections with queued frames held back by write coalescing (`Config::coalesce`).
+    deferred: Vec<usize>,
+    /// Milliseconds until the first held-back connection is due.
+    deferred_due_ms: Option<u32>,
     /// Connections that used their read budget with input left.
     pending_reads: VecDeque<usize>,
     /// Connections whose publish waits for ring room.
@@ -160,6 +164,8 @@ impl Worker {
             shared,
             scratch: vec![0; READ_CHUNK_BYTES],
             dirty: Vec::new(),
+            deferred: Vec::new(),
+            deferred_due_ms: None,
             pending_reads: VecDeque::new(),
             stalled: Vec::new(),
             channel_cache: HashMap::new(),
@@ -227,6 +233,7 @@ impl Worker {
             }
             self.drain_ring();
             self.flush_dirty();
+            self.deferred_due_ms = self.flush_deferred();
             if reached(self.now_ms, self.next_housekeeping_ms) {
                 self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
                 self.housekeeping();
@@ -261,7 +268,9 @@ impl Worker {
         }
         let until_housekeeping =
             self.next_housekeeping_ms.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS);
-        Duration::from_millis(until_housekeeping as u64)
+        let until =
+            self.deferred_due_ms.map_or(until_housekeeping, |due| due.min(until_housekeeping));
+        Duration::from_millis(until as u64)
     }
 
     // ---- accepting ----
@@ -515,6 +524,7 @@ impl Worker {
         }
         self.queued_bytes += frame.len();
         conn.queue.push(frame);
+        conn.urgent = true;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -837,9 +847,52 @@ impl Worker {
     // ---- writing ----
 
     fn flush_dirty(&mut self) {
+        let window = self.coalesce_ms();
         for key in std::mem::take(&mut self.dirty) {
-            self.flush(key);
+            if window > 0 && self.holds_back(key, window) {
+                self.deferred.push(key);
+            } else {
+                self.flush(key);
+            }
         }
+    }
+
+    fn coalesce_ms(&self) -> u32 {
+        if self.state != RunState::Running {
+            return 0;
+        }
+        self.shared.config.coalesce.as_millis().min(10_000) as u32
+    }
+
+    /// True when `key` was written to less than `window` ago and has nothing urgent: its new
+    /// frames wait, so that a busy subscriber gets one write per window instead of one per turn.
+    fn holds_back(&self, key: usize, window: u32) -> bool {
+        self.conns.get(key).is_some_and(|conn| {
+            conn.is_open()
+                && !conn.urgent
+                && conn.writable
+                && self.now_ms.wrapping_sub(conn.last_write_ms) < window
+        })
+    }
+
+    /// Flushes held-back connections whose window has passed; returns the milliseconds until
+    /// the next one is due.
+    fn flush_deferred(&mut self) -> Option<u32> {
+        if self.deferred.is_empty() {
+            return None;
+        }
+        let window = self.coalesce_ms();
+        let mut next_due: Option<u32> = None;
+        for key in std::mem::take(&mut self.deferred) {
+            if window > 0 && self.holds_back(key, window) {
+                let due = window - self.now_ms.wrapping_sub(self.conns[key].last_write_ms);
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                self.deferred.push(key);
+            } else {
+                self.flush(key);
+            }
+        }
+        next_due
     }
 
     fn flush(&mut self, key: usize) {
@@ -848,6 +901,8 @@ impl Worker {
         if conn.writable && !conn.queue.is_empty() {
             match conn.queue.write_to(&mut conn.stream) {
                 Ok(n) => {
+                    conn.last_write_ms = self.now_ms;
+                    conn.urgent = false;
                     self.queued_bytes -= n;
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
                     if !conn.queue.is_empty() {
