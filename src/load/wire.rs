@@ -208,6 +208,16 @@ pub enum Resp<'a> {
 
 /// Parses one RESP2 value; `Ok(None)` when incomplete.
 pub fn parse_resp(input: &[u8]) -> Result<Option<(Resp<'_>, usize)>, WireError> {
+    parse_resp_nested(input, 0)
+}
+
+/// Pub/sub replies nest arrays two deep at most; a deeper stream is refused rather than recursed.
+const MAX_RESP_DEPTH: usize = 8;
+
+fn parse_resp_nested(input: &[u8], depth: usize) -> Result<Option<(Resp<'_>, usize)>, WireError> {
+    if depth > MAX_RESP_DEPTH {
+        return Err(WireError("RESP arrays nested too deep".into()));
+    }
     let Some((head, mut used)) = line(input) else {
         if input.len() > MAX_FRAME {
             return Err(WireError("RESP line too long".into()));
@@ -245,7 +255,9 @@ pub fn parse_resp(input: &[u8]) -> Result<Option<(Resp<'_>, usize)>, WireError> 
             let count = number(rest, "RESP array length")?;
             let mut items = Vec::with_capacity(count.clamp(0, 16) as usize);
             for _ in 0..count.max(0) {
-                let Some((item, n)) = parse_resp(&input[used..])? else { return Ok(None) };
+                let Some((item, n)) = parse_resp_nested(&input[used..], depth + 1)? else {
+                    return Ok(None);
+                };
                 items.push(item);
                 used += n;
             }
@@ -403,6 +415,43 @@ mod tests {
     }
 
     #[test]
+    fn parsers_survive_random_and_truncated_input() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let seeds: [&[u8]; 3] = [
+            b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n",
+            b"MSG news 1 5\r\nhello\r\nPING\r\n",
+            b"*2\r\n*1\r\n:5\r\n$-1\r\n",
+        ];
+        for round in 0..20_000 {
+            let mut input: Vec<u8> = if round % 2 == 0 {
+                (0..next() % 40)
+                    .map(|_| b"*$:+-\r\n0123456789MSG "[(next() % 21) as usize])
+                    .collect()
+            } else {
+                seeds[(next() % 3) as usize].to_vec()
+            };
+            if !input.is_empty() {
+                let at = (next() % input.len() as u64) as usize;
+                input[at] = next() as u8;
+                input.truncate((next() % (input.len() as u64 + 1)) as usize);
+            }
+            for protocol in
+                [Protocol::Resp, Protocol::Nats, Protocol::FanoutBinary, Protocol::FanoutText]
+            {
+                if let Ok(Some((_, used))) = protocol.parse(&input) {
+                    assert!(used > 0 && used <= input.len(), "{protocol}: {used} of {input:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn resp_subscribe_messages_and_errors() {
         let stream = b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n\
                        *3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$7\r\nhi\r\nyou\r\n\
@@ -428,6 +477,7 @@ mod tests {
         assert!(parse_resp(b"?x\r\n").is_err());
         assert!(parse_resp(b"$3\r\nabcd\r\n").is_err());
         assert_eq!(parse_resp(b"$-1\r\n").unwrap(), Some((Resp::Bulk(None), 5)));
+        assert!(parse_resp(&b"*1\r\n".repeat(100)).is_err(), "deep nesting is refused");
     }
 
     #[test]

@@ -380,6 +380,62 @@ mod tests {
         assert_eq!(validate_client_name(&[b'a'; 255]), Err(NameError::TooLong));
     }
 
+    /// A fuzz-style sweep that runs in every `cargo test`: random bytes and mutated valid frames
+    /// must never panic a decoder, and a decoded frame never claims more bytes than it was given.
+    #[test]
+    fn decoders_survive_random_and_mutated_input() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut valid = Vec::new();
+        binary::encode_request(
+            &Request::Publish { channel: b"news", payload: b"hello".as_slice().into() },
+            &mut valid,
+        );
+        binary::encode_request(&Request::Subscribe { channel: b"a" }, &mut valid);
+        let seeds: [&[u8]; 4] = [
+            &valid,
+            &binary::encode_message(b"ch", 9, b"xyz"),
+            b"PUB a b\\nc\r\nSUB x\n",
+            b"MSG a 1 p\r\nERR 400 no\r\n",
+        ];
+        for round in 0..20_000 {
+            let mut input: Vec<u8> = if round % 2 == 0 {
+                (0..next() % 48).map(|_| next() as u8).collect()
+            } else {
+                seeds[(next() % seeds.len() as u64) as usize].to_vec()
+            };
+            for _ in 0..next() % 4 {
+                if !input.is_empty() {
+                    let at = (next() % input.len() as u64) as usize;
+                    input[at] = next() as u8;
+                }
+            }
+            input.truncate((next() % (input.len() as u64 + 1)) as usize);
+            for max in [8, 1 << 20] {
+                let consumed = [
+                    binary::parse_request(&input, max).ok().flatten().map(|(_, n)| n),
+                    text::parse_request(&input, max).ok().flatten().map(|(_, n)| n),
+                    binary::parse_server_frame(&input, max).ok().flatten().map(|(_, n)| n),
+                    text::parse_server_line(&input, max).ok().flatten().map(|(_, n)| n),
+                ];
+                for n in consumed.into_iter().flatten() {
+                    assert!(
+                        n > 0 && n <= input.len(),
+                        "consumed {n} of {} bytes: {input:?}",
+                        input.len()
+                    );
+                }
+            }
+            let _ = sniff(&input);
+            let _ = validate_channel(&input);
+        }
+    }
+
     #[test]
     fn sniffing() {
         assert_eq!(sniff(b""), Ok(Sniffed::NeedMore));
