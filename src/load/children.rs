@@ -200,6 +200,7 @@ pub fn child_main(config: &LoadConfig) -> Result<(), LoadError> {
         "totals {} {} {} {} {}",
         totals.delivered, totals.lost, totals.duplicated, totals.reordered, totals.errors
     ));
+    totals.flush_latency();
     for value in totals.latency_us.iter_recorded() {
         report(format!("hist {} {}", value.value_iterated_to(), value.count_at_value()));
     }

@@ -107,6 +107,8 @@ impl Report {
     ) -> Report {
         let seconds = measured.elapsed.as_secs_f64().max(1e-9);
         let published = progress.published.load(std::sync::atomic::Ordering::Relaxed);
+        let mut totals = totals;
+        totals.flush_latency();
         let histogram = &totals.latency_us;
         let missing = expected.saturating_sub(totals.delivered).saturating_sub(totals.lost);
         Report {

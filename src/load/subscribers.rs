@@ -16,6 +16,9 @@ use super::{monotonic_ns, new_histogram, Progress, Stamp};
 /// What one loop (or one child process) saw.
 #[derive(Debug)]
 pub struct Totals {
+    /// Latency samples not yet in the histogram: (value, repeats). Messages read together mostly
+    /// share their microsecond, and one `record_n` per run costs a fraction of one per message.
+    pending_latency: (u64, u64),
     /// Messages received.
     pub delivered: u64,
     /// Gaps seen (by offset, or by per-publisher sequence where there is no offset).
@@ -33,6 +36,7 @@ pub struct Totals {
 impl Default for Totals {
     fn default() -> Self {
         Totals {
+            pending_latency: (0, 0),
             delivered: 0,
             lost: 0,
             duplicated: 0,
@@ -44,8 +48,33 @@ impl Default for Totals {
 }
 
 impl Totals {
+    /// Records one delivery's latency (microseconds; 0 counts as 1).
+    #[inline]
+    pub fn record_latency(&mut self, micros: u64) {
+        let micros = micros.max(1);
+        if self.pending_latency.0 == micros {
+            self.pending_latency.1 += 1;
+        } else {
+            self.flush_latency();
+            self.pending_latency = (micros, 1);
+        }
+    }
+
+    /// Moves the pending run of equal samples into the histogram.
+    pub fn flush_latency(&mut self) {
+        let (value, count) = std::mem::take(&mut self.pending_latency);
+        if count > 0 {
+            // Out-of-range values are clamped to the histogram's bounds rather than lost.
+            let _ = self
+                .latency_us
+                .record_n(value.clamp(self.latency_us.low(), self.latency_us.high()), count);
+        }
+    }
+
     /// Adds another loop's totals.
-    pub fn merge(&mut self, other: Totals) {
+    pub fn merge(&mut self, mut other: Totals) {
+        self.flush_latency();
+        other.flush_latency();
         self.delivered += other.delivered;
         self.lost += other.lost;
         self.duplicated += other.duplicated;
@@ -142,6 +171,7 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
             progress.delivered.fetch_add(delivered, Ordering::Relaxed);
         }
     }
+    totals.flush_latency();
     totals
 }
 
@@ -269,9 +299,7 @@ fn parse_events(
                 delivered += 1;
                 check_order(sub, Some(offset), payload, totals);
                 if let Some(stamp) = Stamp::read(payload) {
-                    totals
-                        .latency_us
-                        .saturating_record(now_us.saturating_sub(stamp.sent_ns / 1000).max(1));
+                    totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                 }
                 continue;
             }
@@ -284,10 +312,7 @@ fn parse_events(
                         delivered += 1;
                         check_order(sub, offset, &payload, totals);
                         if let Some(stamp) = Stamp::read(&payload) {
-                            let sent_us = stamp.sent_ns / 1000;
-                            totals
-                                .latency_us
-                                .saturating_record(now_us.saturating_sub(sent_us).max(1));
+                            totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                         }
                     }
                     Event::Subscribed => {
