@@ -7,7 +7,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{binary, text, Ack, ProtocolError, Request, ServerFrame};
+use crate::history::ResumeStatus;
+use crate::protocol::{binary, text, Ack, ProtocolError, Request, Resume, ServerFrame};
 
 /// Largest frame the client accepts from a server.
 const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -62,7 +63,21 @@ pub struct Client {
 enum Owned {
     Message(Message),
     Ok(Ack, Vec<u8>),
+    History(Vec<u8>, ResumeInfo),
     Pong,
+}
+
+/// What the server said about a resuming subscribe, before replaying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeInfo {
+    /// The channel log's epoch: keep it with the last offset to resume again later.
+    pub epoch: u64,
+    /// Earliest retained offset.
+    pub first: u64,
+    /// Latest offset.
+    pub last: u64,
+    /// Whether the requested offset could be honoured.
+    pub status: ResumeStatus,
 }
 
 impl Client {
@@ -95,8 +110,39 @@ impl Client {
 
     /// Subscribes and waits for the server's acknowledgement.
     pub fn subscribe(&mut self, channel: &str) -> Result<(), ClientError> {
-        self.send(&Request::Subscribe { channel: channel.as_bytes() })?;
+        self.send(&Request::Subscribe { channel: channel.as_bytes(), resume: None })?;
         self.wait_ack(Ack::Subscribe, channel.as_bytes())
+    }
+
+    /// Subscribes and first receives every retained message after offset `after` (0: all that is
+    /// retained) of log `epoch` (`None`: whichever). Returns once the server has said how the
+    /// resume stands; the replayed messages then come from `next_message`, followed by live ones.
+    /// With `strict`, a resume that cannot be honoured fails with server error 410 instead of
+    /// starting from the earliest retained message.
+    pub fn subscribe_from(
+        &mut self,
+        channel: &str,
+        after: u64,
+        epoch: Option<u64>,
+        strict: bool,
+    ) -> Result<ResumeInfo, ClientError> {
+        let resume = Resume { after, epoch, strict };
+        self.send(&Request::Subscribe { channel: channel.as_bytes(), resume: Some(resume) })?;
+        loop {
+            match self.next_owned(None)? {
+                Owned::History(name, info) if name == channel.as_bytes() => {
+                    if strict && info.status != ResumeStatus::Ok {
+                        // The server's ERR 410 follows; surface it.
+                        loop {
+                            self.next_owned(None)?;
+                        }
+                    }
+                    return Ok(info);
+                }
+                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::History(..) | Owned::Ok(..) | Owned::Pong => {}
+            }
+        }
     }
 
     /// Unsubscribes and waits for the acknowledgement.
@@ -123,7 +169,7 @@ impl Client {
             match self.next_owned(None)? {
                 Owned::Pong => return Ok(()),
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) => {}
+                Owned::Ok(..) | Owned::History(..) => {}
             }
         }
     }
@@ -133,7 +179,7 @@ impl Client {
             match self.next_owned(None)? {
                 Owned::Ok(got, got_arg) if got == ack && got_arg == arg => return Ok(()),
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) | Owned::Pong => {}
+                Owned::Ok(..) | Owned::Pong | Owned::History(..) => {}
             }
         }
     }
@@ -192,6 +238,9 @@ impl Client {
                     return Err(ClientError::Server { code, reason });
                 }
                 ServerFrame::Pong => Some(Owned::Pong),
+                ServerFrame::History { channel, epoch, first, last, status } => Some(
+                    Owned::History(channel.into_owned(), ResumeInfo { epoch, first, last, status }),
+                ),
                 ServerFrame::Ping => None,
             };
             self.parsed += used;

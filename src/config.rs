@@ -35,6 +35,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Accept backlog passed to listen(2) (the kernel caps it at net.core.somaxconn).
     pub listen_backlog: u32,
+    /// Messages kept per channel for resume (0 turns history off).
+    pub history_messages: usize,
+    /// Payload bytes kept per channel.
+    pub history_bytes_per_channel: usize,
+    /// Messages older than this are dropped from history (zero: no age limit).
+    pub history_age: Duration,
+    /// Payload bytes kept in history over all channels.
+    pub history_total_bytes: usize,
     /// Write coalescing: a connection that was written to less than this long ago waits until
     /// this long has passed before its next write (replies to its own commands never wait).
     /// Zero writes every turn. See the README's design section.
@@ -60,11 +68,25 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             listen_backlog: 4096,
             coalesce: Duration::ZERO,
+            history_messages: 10_000,
+            history_bytes_per_channel: 64 << 20,
+            history_age: Duration::ZERO,
+            history_total_bytes: 1 << 30,
         }
     }
 }
 
 impl Config {
+    /// The retention limits, as the history module takes them.
+    pub fn history_limits(&self) -> crate::history::HistoryLimits {
+        crate::history::HistoryLimits {
+            messages: self.history_messages,
+            bytes: self.history_bytes_per_channel,
+            age: self.history_age,
+            total_bytes: self.history_total_bytes,
+        }
+    }
+
     /// A configuration for tests: loopback port 0, two workers, no pinning (tests run in parallel).
     pub fn for_tests() -> Self {
         Config {

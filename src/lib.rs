@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod load;
 pub mod protocol;
 pub mod server;

@@ -44,6 +44,12 @@ enum Command {
         /// Also claim this client name (messages to `@NAME` arrive too).
         #[arg(long)]
         name: Option<String>,
+        /// First receive every retained message after this offset (the last one you saw).
+        #[arg(long, conflicts_with = "from_start")]
+        from: Option<u64>,
+        /// First receive every retained message.
+        #[arg(long)]
+        from_start: bool,
         /// Server address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         server: SocketAddr,
@@ -155,6 +161,18 @@ struct ServeArgs {
     /// Seconds between stats log lines (0: none).
     #[arg(long, default_value_t = Config::default().stats_interval.as_secs())]
     stats_interval_secs: u64,
+    /// Messages kept per channel so that reconnecting clients can resume (0: history off).
+    #[arg(long, default_value_t = Config::default().history_messages)]
+    history_messages: usize,
+    /// Payload bytes kept per channel.
+    #[arg(long, default_value_t = Config::default().history_bytes_per_channel)]
+    history_bytes_per_channel: usize,
+    /// Seconds a message stays in history (0: no age limit).
+    #[arg(long, default_value_t = Config::default().history_age.as_secs())]
+    history_age_secs: u64,
+    /// Payload bytes kept in history over all channels.
+    #[arg(long, default_value_t = Config::default().history_total_bytes)]
+    history_total_bytes: usize,
     /// Write coalescing window in milliseconds: a subscriber written to less than this long ago
     /// gets its next messages together once the window has passed (0: write every turn).
     #[arg(long, default_value_t = Config::default().coalesce.as_millis() as u64)]
@@ -183,6 +201,10 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             listen_backlog: defaults.listen_backlog,
             coalesce: Duration::from_millis(self.coalesce_ms),
+            history_messages: self.history_messages,
+            history_bytes_per_channel: self.history_bytes_per_channel,
+            history_age: Duration::from_secs(self.history_age_secs),
+            history_total_bytes: self.history_total_bytes,
         }
     }
 }
@@ -193,7 +215,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args.config()),
         Command::Pub { channel, message, server } => publish(server, &channel, message),
-        Command::Sub { channels, name, server } => subscribe(server, &channels, name),
+        Command::Sub { channels, name, server, from, from_start } => {
+            subscribe(server, &channels, name, from.or(from_start.then_some(0)))
+        }
         Command::Load(args) => load(args),
     };
     match result {
@@ -254,13 +278,26 @@ fn subscribe(
     server: SocketAddr,
     channels: &[String],
     name: Option<String>,
+    from: Option<u64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut client = Client::connect(server)?;
     if let Some(name) = name {
         client.claim_name(&name)?;
     }
     for channel in channels {
-        client.subscribe(channel)?;
+        match from {
+            None => client.subscribe(channel)?,
+            Some(after) => {
+                let info = client.subscribe_from(channel, after, None, false)?;
+                if info.status != fanout::history::ResumeStatus::Ok {
+                    warn!(
+                        "{channel}: offset {after} is not retained ({}); starting at the earliest, {}",
+                        info.status.word(),
+                        info.first
+                    );
+                }
+            }
+        }
     }
     let stdout = io::stdout();
     loop {

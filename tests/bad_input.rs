@@ -162,15 +162,15 @@ fn invalid_names_are_refused_with_422_and_the_connection_stays() {
             Format::Text => bad_names.push(long.as_bytes()),
         }
         for name in bad_names {
-            conn.send(Request::Subscribe { channel: name });
+            conn.send(Request::Subscribe { channel: name, resume: None });
             assert!(matches!(conn.next(), Frame::Err { code: 422, .. }), "SUB {name:?}");
             conn.send(Request::Publish { channel: name, payload: b"x".into() });
             assert!(matches!(conn.next(), Frame::Err { code: 422, .. }), "PUB {name:?}");
         }
         // Reserved channels.
-        conn.send(Request::Subscribe { channel: b"*" });
+        conn.send(Request::Subscribe { channel: b"*", resume: None });
         assert!(matches!(conn.next(), Frame::Err { code: 403, .. }));
-        conn.send(Request::Subscribe { channel: b"@someone" });
+        conn.send(Request::Subscribe { channel: b"@someone", resume: None });
         assert!(matches!(conn.next(), Frame::Err { code: 403, .. }));
         // Still open and working.
         conn.subscribe("fine");

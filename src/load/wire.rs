@@ -83,7 +83,10 @@ impl Protocol {
         match self {
             Protocol::FanoutBinary => {
                 out.extend_from_slice(&binary::PREFACE);
-                binary::encode_request(&Request::Subscribe { channel: channel.as_bytes() }, out);
+                binary::encode_request(
+                    &Request::Subscribe { channel: channel.as_bytes(), resume: None },
+                    out,
+                );
             }
             Protocol::FanoutText => out.extend_from_slice(format!("SUB {channel}\r\n").as_bytes()),
             Protocol::Resp => resp_command(out, &[b"SUBSCRIBE", channel.as_bytes()]),
@@ -159,7 +162,7 @@ impl Protocol {
                     }
                     ServerFrame::Ok { .. } => Event::Subscribed,
                     ServerFrame::Ping => Event::Ping,
-                    ServerFrame::Pong => Event::Ignored,
+                    ServerFrame::Pong | ServerFrame::History { .. } => Event::Ignored,
                     ServerFrame::Error { code, reason } => Event::Error(format!("{code} {reason}")),
                 };
                 Ok(Some((event, used)))

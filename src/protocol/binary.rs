@@ -14,7 +14,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Ack, ErrorCode, ProtocolError, Request, ServerFrame};
+use super::{Ack, ErrorCode, ProtocolError, Request, Resume, ServerFrame};
+use crate::history::ResumeStatus;
 
 /// Sent once by the client before its first frame. Starts with NUL so it can never be a text line.
 pub const PREFACE: [u8; 8] = *b"\0FANOUT\x01";
@@ -24,7 +25,8 @@ pub const LENGTH_BYTES: usize = 4;
 
 /// Opcodes. Client to server below 0x80, server to client from 0x81; PING and PONG go both ways.
 pub mod op {
-    /// Client: subscribe. Fields: channel.
+    /// Client: subscribe. Fields: channel, then optionally after u64 [epoch u64 (0: any)
+    /// [flags u8, bit 0 strict]] to resume.
     pub const SUB: u8 = 0x01;
     /// Client: unsubscribe. Fields: channel.
     pub const UNSUB: u8 = 0x02;
@@ -42,6 +44,9 @@ pub mod op {
     pub const OK: u8 = 0x82;
     /// Server: error. Fields: code u16, reason (UTF-8, rest of frame).
     pub const ERR: u8 = 0x83;
+    /// Server: history status of a resuming subscribe. Fields: channel, epoch u64, first u64,
+    /// last u64, status u8 (0 ok, 1 expired, 2 epoch).
+    pub const HIST: u8 = 0x84;
 }
 
 /// One frame split off the input: opcode, fields, bytes consumed.
@@ -99,14 +104,14 @@ pub fn parse_request(
         return Ok(None);
     };
     let request = match opcode {
-        op::SUB | op::UNSUB => {
+        op::SUB => {
             let (channel, rest) = short_field(fields, "channel field")?;
-            expect_end(rest, "subscribe frame (trailing bytes)")?;
-            if opcode == op::SUB {
-                Request::Subscribe { channel }
-            } else {
-                Request::Unsubscribe { channel }
-            }
+            Request::Subscribe { channel, resume: parse_resume(rest)? }
+        }
+        op::UNSUB => {
+            let (channel, rest) = short_field(fields, "channel field")?;
+            expect_end(rest, "unsubscribe frame (trailing bytes)")?;
+            Request::Unsubscribe { channel }
         }
         op::PUB => {
             let (channel, payload) = short_field(fields, "channel field")?;
@@ -130,6 +135,30 @@ pub fn parse_request(
     Ok(Some((request, used)))
 }
 
+/// SUB's optional tail: after u64, then epoch u64 (0: any), then flags u8 (bit 0: strict).
+fn parse_resume(rest: &[u8]) -> Result<Option<Resume>, ProtocolError> {
+    let what = "subscribe resume fields (8, 16 or 17 bytes)";
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (after, rest) = rest.split_first_chunk::<8>().ok_or(ProtocolError::Malformed { what })?;
+    let (epoch, flags) = match rest.len() {
+        0 => (None, 0),
+        16.. => return Err(ProtocolError::Malformed { what }),
+        _ => {
+            let (epoch, rest) =
+                rest.split_first_chunk::<8>().ok_or(ProtocolError::Malformed { what })?;
+            let flags = match rest {
+                [] => 0,
+                [flags] => *flags,
+                _ => return Err(ProtocolError::Malformed { what }),
+            };
+            (Some(u64::from_be_bytes(*epoch)).filter(|&e| e != 0), flags)
+        }
+    };
+    Ok(Some(Resume { after: u64::from_be_bytes(*after), epoch, strict: flags & 1 != 0 }))
+}
+
 fn frame(opcode: u8, fields_len: usize) -> BytesMut {
     let mut out = BytesMut::with_capacity(LENGTH_BYTES + 1 + fields_len);
     out.put_u32(1 + fields_len as u32);
@@ -146,7 +175,18 @@ fn put_short(out: &mut impl BufMut, field: &[u8]) {
 /// Encodes a client request (the library client and the load generator use it).
 pub fn encode_request(request: &Request<'_>, out: &mut Vec<u8>) {
     let (opcode, short, payload): (u8, Option<&[u8]>, &[u8]) = match request {
-        Request::Subscribe { channel } => (op::SUB, Some(channel), &[]),
+        Request::Subscribe { channel, resume: Some(resume) } => {
+            let mut tail = [0u8; 17];
+            tail[..8].copy_from_slice(&resume.after.to_be_bytes());
+            tail[8..16].copy_from_slice(&resume.epoch.unwrap_or(0).to_be_bytes());
+            tail[16] = u8::from(resume.strict);
+            out.put_u32(1 + 1 + channel.len() as u32 + 17);
+            out.put_u8(op::SUB);
+            put_short(out, channel);
+            out.put_slice(&tail);
+            return;
+        }
+        Request::Subscribe { channel, resume: None } => (op::SUB, Some(channel), &[]),
         Request::Unsubscribe { channel } => (op::UNSUB, Some(channel), &[]),
         Request::Publish { channel, payload } => (op::PUB, Some(channel), payload),
         Request::Ping => (op::PING, None, &[]),
@@ -195,6 +235,23 @@ pub fn encode_ok(ack: Ack, arg: &[u8]) -> Bytes {
     let mut out = frame(op::OK, 2 + arg.len());
     out.put_u8(opcode);
     put_short(&mut out, arg);
+    out.freeze()
+}
+
+/// `HIST`: channel, epoch, first and last offsets, status.
+pub fn encode_history(
+    channel: &[u8],
+    epoch: u64,
+    first: u64,
+    last: u64,
+    status: ResumeStatus,
+) -> Bytes {
+    let mut out = frame(op::HIST, 1 + channel.len() + 25);
+    put_short(&mut out, channel);
+    out.put_u64(epoch);
+    out.put_u64(first);
+    out.put_u64(last);
+    out.put_u8(status.code());
     out.freeze()
 }
 
@@ -247,6 +304,24 @@ pub fn parse_server_frame(
                 .map_err(|_| ProtocolError::InvalidUtf8 { what: "error reason" })?;
             ServerFrame::Error { code: u16::from_be_bytes(*code), reason: Cow::Borrowed(reason) }
         }
+        op::HIST => {
+            let (channel, rest) = short_field(fields, "channel field")?;
+            let malformed = ProtocolError::Malformed { what: "history frame" };
+            let (epoch, rest) = rest.split_first_chunk::<8>().ok_or(malformed.clone())?;
+            let (first, rest) = rest.split_first_chunk::<8>().ok_or(malformed.clone())?;
+            let (last, rest) = rest.split_first_chunk::<8>().ok_or(malformed.clone())?;
+            let status = match rest {
+                [code] => ResumeStatus::from_code(*code).ok_or(malformed)?,
+                _ => return Err(malformed),
+            };
+            ServerFrame::History {
+                channel: Cow::Borrowed(channel),
+                epoch: u64::from_be_bytes(*epoch),
+                first: u64::from_be_bytes(*first),
+                last: u64::from_be_bytes(*last),
+                status,
+            }
+        }
         op::PING => ServerFrame::Ping,
         op::PONG => ServerFrame::Pong,
         unknown => return Err(ProtocolError::UnknownOpcode(unknown)),
@@ -268,7 +343,7 @@ mod tests {
 
     fn all_requests() -> Vec<Request<'static>> {
         vec![
-            Request::Subscribe { channel: b"news" },
+            Request::Subscribe { channel: b"news", resume: None },
             Request::Unsubscribe { channel: b"news" },
             Request::Publish { channel: b"news", payload: Cow::Borrowed(b"hello\nworld\0") },
             Request::Publish { channel: b"*", payload: Cow::Borrowed(b"") },
@@ -365,7 +440,7 @@ mod tests {
     fn readme_example_session() {
         assert_eq!(PREFACE, [0x00, 0x46, 0x41, 0x4E, 0x4F, 0x55, 0x54, 0x01]);
         assert_eq!(
-            encoded(&Request::Subscribe { channel: b"news" }),
+            encoded(&Request::Subscribe { channel: b"news", resume: None }),
             [0, 0, 0, 6, 0x01, 4, b'n', b'e', b'w', b's']
         );
         assert_eq!(

@@ -22,10 +22,13 @@ pub const MAX_CHANNEL_BYTES: usize = 255;
 /// A client's command, borrowed from the input buffer where possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
-    /// Start receiving the channel's messages.
+    /// Start receiving the channel's messages; with `resume`, first every retained message after
+    /// `resume.after`.
     Subscribe {
         /// Channel name (validated by the server, not the codec).
         channel: &'a [u8],
+        /// Where to resume from, if anywhere.
+        resume: Option<Resume>,
     },
     /// Stop receiving the channel's messages.
     Unsubscribe {
@@ -50,6 +53,17 @@ pub enum Request<'a> {
     },
     /// An empty text line: ignored (people press Enter in `nc`).
     Noop,
+}
+
+/// A subscription that resumes from an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The last offset the client saw (0: from the earliest retained).
+    pub after: u64,
+    /// The epoch of the log that offset belongs to (`None`: whatever the log is now).
+    pub epoch: Option<u64>,
+    /// Refuse (ERR 410) instead of starting from the earliest retained when messages are gone.
+    pub strict: bool,
 }
 
 /// Which command an `Ok` acknowledges.
@@ -100,6 +114,20 @@ pub enum ServerFrame<'a> {
         /// Human-readable reason.
         reason: Cow<'a, str>,
     },
+    /// Answer to a resuming subscribe, before the replay: the channel log's epoch, first and
+    /// last retained offsets, and whether the requested offset could be honoured.
+    History {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// The log's epoch.
+        epoch: u64,
+        /// Earliest retained offset (last + 1 when nothing is retained).
+        first: u64,
+        /// Latest offset of the channel.
+        last: u64,
+        /// Ok, expired or epoch.
+        status: crate::history::ResumeStatus,
+    },
     /// Keepalive; answer with `Pong`.
     Ping,
     /// Answer to a client `Ping`.
@@ -143,6 +171,21 @@ impl Format {
         match self {
             Format::Text => text::encode_ok(ack, arg),
             Format::Binary => binary::encode_ok(ack, arg),
+        }
+    }
+
+    /// Encodes a history status (the answer to a resuming subscribe).
+    pub fn encode_history(
+        self,
+        channel: &[u8],
+        epoch: u64,
+        first: u64,
+        last: u64,
+        status: crate::history::ResumeStatus,
+    ) -> Bytes {
+        match self {
+            Format::Text => text::encode_history(channel, epoch, first, last, status),
+            Format::Binary => binary::encode_history(channel, epoch, first, last, status),
         }
     }
 
@@ -224,8 +267,10 @@ pub enum ErrorCode {
     NotFound = 404,
     /// The client stayed silent past the ping timeout. Fatal.
     StaleConnection = 408,
-    /// The name is taken, or this connection already has one.
+    /// The name is taken, or this connection already has one, or it is already subscribed.
     Conflict = 409,
+    /// A strict resume asked for messages that are no longer retained (or another epoch's).
+    Gone = 410,
     /// Frame or line longer than the server's maximum. Fatal.
     FrameTooLarge = 413,
     /// Channel or client name is empty, too long, or has spaces, control bytes or invalid UTF-8.
@@ -396,7 +441,7 @@ mod tests {
             &Request::Publish { channel: b"news", payload: b"hello".as_slice().into() },
             &mut valid,
         );
-        binary::encode_request(&Request::Subscribe { channel: b"a" }, &mut valid);
+        binary::encode_request(&Request::Subscribe { channel: b"a", resume: None }, &mut valid);
         let seeds: [&[u8]; 4] = [
             &valid,
             &binary::encode_message(b"ch", 9, b"xyz"),

@@ -1,8 +1,9 @@
 //! The text format: one command per line, LF or CRLF, usable from `nc`.
 //!
 //! ```text
-//! client: SUB <channel> | UNSUB <channel> | PUB <channel> <payload> | NAME <name> | PING | PONG
+//! client: SUB <channel> [<after-offset> [<epoch>|* [strict]]] | UNSUB <channel> | PUB <channel> <payload> | NAME <name> | PING | PONG
 //! server: MSG <channel> <offset> <payload> | OK <SUB|UNSUB|NAME> <arg> | ERR <code> <reason>
+//!         | HIST <channel> <epoch> <first> <last> <ok|expired|epoch>
 //!         | PING | PONG
 //! ```
 //!
@@ -16,7 +17,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Ack, ErrorCode, ProtocolError, Request, ServerFrame};
+use super::{Ack, ErrorCode, ProtocolError, Request, Resume, ServerFrame};
+use crate::history::ResumeStatus;
 
 /// Finds the next line; returns (line without CR/LF, bytes consumed including the LF).
 fn split_line(
@@ -60,7 +62,8 @@ pub fn parse_request(
         let (channel, payload) = split_word(rest);
         Request::Publish { channel, payload: unescape(payload) }
     } else if word.eq_ignore_ascii_case(b"SUB") {
-        Request::Subscribe { channel: rest }
+        let (channel, resume) = split_word(rest);
+        Request::Subscribe { channel, resume: parse_resume(resume)? }
     } else if word.eq_ignore_ascii_case(b"UNSUB") {
         Request::Unsubscribe { channel: rest }
     } else if word.eq_ignore_ascii_case(b"PING") || word.eq_ignore_ascii_case(b"PONG") {
@@ -80,6 +83,38 @@ pub fn parse_request(
         ));
     };
     Ok(Some((request, used)))
+}
+
+/// `SUB <channel> [<after> [<epoch>|* [strict]]]`: the words after the channel.
+fn parse_resume(words: &[u8]) -> Result<Option<Resume>, ProtocolError> {
+    if words.is_empty() {
+        return Ok(None);
+    }
+    let bad = ProtocolError::Malformed {
+        what: "SUB resume (SUB <channel> <after-offset> [<epoch-hex>|*] [strict])",
+    };
+    let mut words = words.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let after = words.next().and_then(parse_u64).ok_or(bad.clone())?;
+    let epoch = match words.next() {
+        None | Some(b"*") => None,
+        Some(hex) => Some(parse_hex(hex).ok_or(bad.clone())?),
+    };
+    let strict = match words.next() {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case(b"strict") => true,
+        Some(_) => return Err(bad),
+    };
+    if words.next().is_some() {
+        return Err(bad);
+    }
+    Ok(Some(Resume { after, epoch, strict }))
+}
+
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 /// Undoes the payload escapes `\\`, `\n`, `\r`; borrows when there is nothing to undo.
@@ -183,6 +218,21 @@ pub fn encode_ok(ack: Ack, arg: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// `HIST <channel> <epoch, 16 hex digits> <first> <last> <ok|expired|epoch>\r\n`.
+pub fn encode_history(
+    channel: &[u8],
+    epoch: u64,
+    first: u64,
+    last: u64,
+    status: ResumeStatus,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(channel.len() + 64);
+    out.put_slice(b"HIST ");
+    out.put_slice(channel);
+    out.put_slice(format!(" {epoch:016x} {first} {last} {}\r\n", status.word()).as_bytes());
+    out.freeze()
+}
+
 /// `ERR <code> <reason>\r\n`; line breaks in the reason become spaces.
 pub fn encode_error(code: ErrorCode, reason: &str) -> Bytes {
     let line = format!("ERR {} {}\r\n", code.code(), reason.replace(['\r', '\n'], " "));
@@ -229,6 +279,21 @@ pub fn parse_server_line(
                 .map_err(|_| ProtocolError::InvalidUtf8 { what: "error reason" })?;
             ServerFrame::Error { code, reason: Cow::Borrowed(reason) }
         }
+        b"HIST" => {
+            let bad = ProtocolError::Malformed { what: "HIST line" };
+            let (channel, rest) = split_word(rest);
+            let mut words = rest.split(|&b| b == b' ');
+            let epoch = words.next().and_then(parse_hex).ok_or(bad.clone())?;
+            let first = words.next().and_then(parse_u64).ok_or(bad.clone())?;
+            let last = words.next().and_then(parse_u64).ok_or(bad.clone())?;
+            let status = match words.next() {
+                Some(b"ok") => ResumeStatus::Ok,
+                Some(b"expired") => ResumeStatus::Expired,
+                Some(b"epoch") => ResumeStatus::EpochChanged,
+                _ => return Err(bad),
+            };
+            ServerFrame::History { channel: Cow::Borrowed(channel), epoch, first, last, status }
+        }
         b"PING" => ServerFrame::Ping,
         b"PONG" => ServerFrame::Pong,
         other => {
@@ -268,8 +333,8 @@ mod tests {
         assert_eq!(
             parse_all(input),
             vec![
-                Request::Subscribe { channel: b"news" },
-                Request::Subscribe { channel: b"sport" },
+                Request::Subscribe { channel: b"news", resume: None },
+                Request::Subscribe { channel: b"sport", resume: None },
                 Request::Unsubscribe { channel: b"news" },
                 Request::Publish { channel: b"news", payload: Cow::Borrowed(b"hello world") },
                 Request::Publish { channel: b"a", payload: Cow::Borrowed(b"") },
@@ -323,6 +388,42 @@ mod tests {
             parse_request(b"\xff\xfe x\n", MAX),
             Err(ProtocolError::UnknownCommand(_))
         ));
+    }
+
+    #[test]
+    fn resuming_subscribe_and_history_lines() {
+        let parse =
+            |line: &'static [u8]| parse_request(line, 1024).map(|r| r.map(|(request, _)| request));
+        let sub = |after, epoch, strict| Request::Subscribe {
+            channel: b"news",
+            resume: Some(Resume { after, epoch, strict }),
+        };
+        assert_eq!(parse(b"SUB news 120\n"), Ok(Some(sub(120, None, false))));
+        assert_eq!(parse(b"SUB news 0 * strict\n"), Ok(Some(sub(0, None, true))));
+        assert_eq!(parse(b"sub news 7 00ff\r\n"), Ok(Some(sub(7, Some(255), false))));
+        for bad in [
+            &b"SUB news x\n"[..],
+            b"SUB news 1 zz\n",
+            b"SUB news 1 * lax\n",
+            b"SUB news 1 * strict more\n",
+        ] {
+            assert!(
+                matches!(parse_request(bad, 1024), Err(ProtocolError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+        let line = encode_history(b"news", 0xabc, 5, 9, ResumeStatus::Expired);
+        assert_eq!(&line[..], b"HIST news 0000000000000abc 5 9 expired\r\n");
+        assert_eq!(
+            parse_server_line(&line, 1024).unwrap().unwrap().0,
+            ServerFrame::History {
+                channel: Cow::Borrowed(b"news"),
+                epoch: 0xabc,
+                first: 5,
+                last: 9,
+                status: ResumeStatus::Expired
+            }
+        );
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! time (each worker caches the `Arc<Channel>`s it has used).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use crate::history::{ChannelLog, HistoryLimits};
 use crate::protocol::{validate_channel, ChannelKind};
 
-/// One channel: its identity and its offset counter.
+/// One channel: its identity, offset counter and history.
 #[derive(Debug)]
 pub struct Channel {
     /// Server-unique id; the worker-local index is keyed by it (cheaper to hash than the name).
@@ -20,26 +21,28 @@ pub struct Channel {
     pub name: Bytes,
     /// Topic, broadcast (`*`) or inbox (`@name`).
     pub kind: ChannelKind,
-    /// The offset the next message will get (offsets start at 1). Held while the message is
-    /// claimed in the ring, which is what makes ring order equal offset order within a channel.
-    next_offset: Mutex<u64>,
+    /// Offset counter and retained messages. Held while a message is claimed in the ring and
+    /// appended here, which is what makes ring order equal offset order within a channel and the
+    /// log gap-free.
+    log: Mutex<ChannelLog>,
 }
 
 impl Channel {
     fn new(id: u64, name: Bytes, kind: ChannelKind) -> Self {
-        Channel { id, name, kind, next_offset: Mutex::new(1) }
+        Channel { id, name, kind, log: Mutex::new(ChannelLog::default()) }
     }
 
-    /// Locks the offset counter for one publish.
-    pub fn lock_offsets(&self) -> MutexGuard<'_, u64> {
-        // A panic while holding this lock cannot leave the counter half-updated (it is one u64
-        // written after a successful publish), so a poisoned lock is still sound to use.
-        self.next_offset.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Locks the channel's log (offset counter and history).
+    pub fn lock_log(&self) -> MutexGuard<'_, ChannelLog> {
+        // Every update of the log leaves it consistent before the next statement can panic
+        // (offsets are bumped after a successful publish, retention pops whole entries), so a
+        // poisoned lock is still sound to use.
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The offset of the latest message (0 when there is none yet).
     pub fn last_offset(&self) -> u64 {
-        *self.lock_offsets() - 1
+        self.lock_log().last_offset()
     }
 }
 
@@ -69,11 +72,15 @@ pub struct ChannelRegistry {
     next_id: AtomicU64,
     max_channels: usize,
     broadcast: Arc<Channel>,
+    /// Retention for every channel's log.
+    pub history: HistoryLimits,
+    /// Payload bytes retained over all channels.
+    pub retained_bytes: AtomicUsize,
 }
 
 impl ChannelRegistry {
     /// An empty registry holding only the broadcast channel `*`.
-    pub fn new(max_channels: usize) -> Self {
+    pub fn new(max_channels: usize, history: HistoryLimits) -> Self {
         let broadcast = Arc::new(Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast));
         let by_name = HashMap::from([(broadcast.name.clone(), broadcast.clone())]);
         ChannelRegistry {
@@ -81,6 +88,8 @@ impl ChannelRegistry {
             next_id: AtomicU64::new(1),
             max_channels,
             broadcast,
+            history,
+            retained_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -149,7 +158,9 @@ mod tests {
 
     #[test]
     fn registry_interns_names_and_enforces_the_limit() {
-        let registry = ChannelRegistry::new(3);
+        let history =
+            HistoryLimits { messages: 0, bytes: 0, age: std::time::Duration::ZERO, total_bytes: 0 };
+        let registry = ChannelRegistry::new(3, history);
         let a = registry.get_or_create(b"a").unwrap();
         assert!(Arc::ptr_eq(&a, &registry.get_or_create(b"a").unwrap()));
         assert_eq!(registry.get_or_create(b"@bob").unwrap().kind, ChannelKind::Inbox);

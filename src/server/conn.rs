@@ -40,12 +40,25 @@ pub enum Phase {
     },
 }
 
+/// `Subscription::position` of a subscriber still in `LocalChannel::catching_up`.
+pub const CATCHING_UP: u32 = u32::MAX;
+
+/// A replay from history in progress: messages after `after` are still to be sent.
+#[derive(Debug)]
+pub struct Replay {
+    /// The channel being replayed.
+    pub channel: Arc<Channel>,
+    /// The last offset queued to the client so far.
+    pub after: u64,
+}
+
 /// A subscription held by a connection.
 #[derive(Debug)]
 pub struct Subscription {
     /// The channel.
     pub channel: Arc<Channel>,
-    /// Position of this connection in the channel's `LocalChannel::subscribers`.
+    /// Position of this connection in the channel's `LocalChannel::subscribers`, or
+    /// `CATCHING_UP`.
     pub position: u32,
 }
 
@@ -90,6 +103,8 @@ pub struct Conn {
     pub subscriptions: Vec<Subscription>,
     /// A publish waiting for room in the ring.
     pub stalled: Option<Box<StalledPublish>>,
+    /// A resuming subscribe being replayed from history; later input waits for it.
+    pub replay: Option<Box<Replay>>,
 }
 
 impl Conn {
@@ -110,6 +125,7 @@ impl Conn {
             queue: WriteQueue::default(),
             subscriptions: Vec::new(),
             stalled: None,
+            replay: None,
         }
     }
 

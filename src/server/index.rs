@@ -15,6 +15,16 @@ pub struct LocalChannel {
     pub subscribers: Vec<usize>,
     /// How many subscribers use each wire format, so fan-out encodes only the formats in use.
     pub per_format: [u32; Format::COUNT],
+    /// Subscribers that have just finished a replay from history: (slab key, last offset the
+    /// replay delivered). Ring messages at or below that offset may still be on their way through
+    /// the ring; fan-out skips them for these subscribers, then moves them to `subscribers`.
+    pub catching_up: Vec<(usize, u64)>,
+}
+
+impl LocalChannel {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.catching_up.is_empty()
+    }
 }
 
 /// channel id -> local subscribers.
@@ -40,11 +50,33 @@ impl Index {
         debug_assert!(position < local.subscribers.len(), "stale subscription position");
         local.subscribers.swap_remove(position);
         local.per_format[format as usize] -= 1;
-        if local.subscribers.is_empty() {
+        let moved = local.subscribers.get(position).copied();
+        if local.is_empty() {
             self.channels.remove(&channel);
-            return None;
         }
-        local.subscribers.get(position).copied()
+        moved
+    }
+
+    /// Adds `key` as a subscriber that has seen everything up to `replayed` (see `catching_up`).
+    pub fn add_catching_up(&mut self, channel: u64, key: usize, replayed: u64) {
+        self.channels.entry(channel).or_default().catching_up.push((key, replayed));
+    }
+
+    /// Removes a catching-up subscriber.
+    pub fn remove_catching_up(&mut self, channel: u64, key: usize) {
+        if let Some(local) = self.channels.get_mut(&channel) {
+            local.catching_up.retain(|&(k, _)| k != key);
+            if local.is_empty() {
+                self.channels.remove(&channel);
+            }
+        }
+    }
+
+    /// Ends the catch-up of `key` (it saw the ring pass its replayed offset).
+    pub fn finish_catching_up(&mut self, channel: u64, key: usize) {
+        if let Some(local) = self.channels.get_mut(&channel) {
+            local.catching_up.retain(|&(k, _)| k != key);
+        }
     }
 
     /// The local subscribers of `channel`, if any.

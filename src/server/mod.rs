@@ -113,6 +113,7 @@ impl Shared {
         for counters in self.counters.iter() {
             total.absorb(counters);
         }
+        total.retained_bytes = self.channels.retained_bytes.load(Ordering::Relaxed) as u64;
         total
     }
 }
@@ -158,7 +159,7 @@ impl Server {
 
         let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
         let shared = Arc::new(Shared {
-            channels: ChannelRegistry::new(config.max_channels),
+            channels: ChannelRegistry::new(config.max_channels, config.history_limits()),
             names: NameRegistry::default(),
             open_connections: AtomicUsize::new(0),
             counters: (0..workers).map(|_| CachePadded(WorkerCounters::default())).collect(),

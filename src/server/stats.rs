@@ -61,6 +61,16 @@ counters! {
     ring_full_stalls: sum,
     /// Bytes waiting in write queues now.
     queued_bytes: sum,
+    /// Resuming subscribes served from history.
+    replays_served: sum,
+    /// Messages sent from history by those replays.
+    replayed_messages: sum,
+    /// Resumes whose offset was no longer retained, or belonged to another epoch.
+    offsets_expired: sum,
+    /// Messages dropped from history by retention.
+    history_dropped: sum,
+    /// Payload bytes retained in history now (server-wide).
+    retained_bytes: max,
     /// The most bytes any one connection has had queued.
     queue_high_water_bytes: max,
 }

@@ -29,11 +29,12 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::channels::{Channel, Message};
-use super::conn::{Conn, Phase, StalledPublish, Subscription};
+use super::conn::{Conn, Phase, Replay, StalledPublish, Subscription, CATCHING_UP};
 use super::index::Index;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
 use super::{Item, Shared};
+use crate::history::{self, ResumeStatus, Retained};
 use crate::protocol::{
     self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed,
 };
@@ -82,6 +83,8 @@ struct ChannelBatch {
     /// One buffer per format; empty for formats no local subscriber uses.
     frames: [BytesMut; Format::COUNT],
     messages: u64,
+    /// The messages themselves, kept only when the channel has catching-up subscribers.
+    items: Vec<Item>,
 }
 
 /// `now >= deadline` on a wrapping millisecond clock (valid for spans under ~24 days).
@@ -111,6 +114,10 @@ pub(super) struct Worker {
     scratch: Vec<u8>,
     /// Connections with new frames this turn (each once; see `Conn::dirty`).
     dirty: Vec<usize>,
+    /// Connections whose replay from history can continue (their queue drained).
+    replaying: Vec<usize>,
+    /// Scratch for one page of a replay.
+    replay_page: Vec<Retained>,
     /// Connections with queued frames held back by write coalescing (`Config::coalesce`).
     deferred: Vec<usize>,
     /// Milliseconds until the first held-back connection is due.
@@ -166,6 +173,8 @@ impl Worker {
             dirty: Vec::new(),
             deferred: Vec::new(),
             deferred_due_ms: None,
+            replaying: Vec::new(),
+            replay_page: Vec::new(),
             pending_reads: VecDeque::new(),
             stalled: Vec::new(),
             channel_cache: HashMap::new(),
@@ -233,6 +242,10 @@ impl Worker {
             }
             self.drain_ring();
             self.flush_dirty();
+            if !self.replaying.is_empty() {
+                self.pump_replays();
+                self.flush_dirty();
+            }
             self.deferred_due_ms = self.flush_deferred();
             if reached(self.now_ms, self.next_housekeeping_ms) {
                 self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
@@ -257,7 +270,11 @@ impl Worker {
     fn poll_timeout(&self) -> Duration {
         let accept_waiting =
             self.listener_ready && self.listener.is_some() && self.accept_paused_until_ms.is_none();
-        if accept_waiting || !self.pending_reads.is_empty() || !self.consumer.caught_up() {
+        if accept_waiting
+            || !self.pending_reads.is_empty()
+            || !self.replaying.is_empty()
+            || !self.consumer.caught_up()
+        {
             return Duration::ZERO;
         }
         if !self.stalled.is_empty() {
@@ -371,7 +388,7 @@ impl Worker {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if !conn.readable || conn.stalled.is_some() {
+            if !conn.readable || conn.stalled.is_some() || conn.replay.is_some() {
                 return;
             }
             // During shutdown nothing is read from open connections (they get their queues
@@ -468,7 +485,7 @@ impl Worker {
         self.conns[key].format = Some(format);
         loop {
             let conn = &self.conns[key];
-            if !conn.is_open() || conn.stalled.is_some() {
+            if !conn.is_open() || conn.stalled.is_some() || conn.replay.is_some() {
                 return at;
             }
             match format.parse_request(&input[at..], max_frame) {
@@ -501,7 +518,7 @@ impl Worker {
                 let pong = self.conns[key].reply_format().pong();
                 self.reply(key, pong);
             }
-            Request::Subscribe { channel } => self.subscribe(key, channel),
+            Request::Subscribe { channel, resume } => self.subscribe(key, channel, resume),
             Request::Unsubscribe { channel } => self.unsubscribe(key, channel),
             Request::Publish { channel, payload } => {
                 let payload = match payload {
@@ -552,7 +569,7 @@ impl Worker {
         Ok(channel)
     }
 
-    fn subscribe(&mut self, key: usize, name: &[u8]) {
+    fn subscribe(&mut self, key: usize, name: &[u8], resume: Option<protocol::Resume>) {
         let kind = match validate_channel(name) {
             Ok(kind) => kind,
             Err(e) => {
@@ -578,6 +595,13 @@ impl Worker {
         }
         let conn = &self.conns[key];
         if conn.subscriptions.iter().any(|s| s.channel.name == name) {
+            if resume.is_some() {
+                return self.refuse(
+                    key,
+                    ErrorCode::Conflict,
+                    "already subscribed; UNSUB before resuming",
+                );
+            }
             return self.acknowledge(key, Ack::Subscribe, name);
         }
         let limit = self.shared.config.max_subscriptions_per_connection;
@@ -589,10 +613,13 @@ impl Worker {
             );
         }
         match self.channel(name) {
-            Ok(channel) => {
-                self.attach(key, channel);
-                self.acknowledge(key, Ack::Subscribe, name);
-            }
+            Ok(channel) => match resume {
+                None => {
+                    self.attach(key, channel);
+                    self.acknowledge(key, Ack::Subscribe, name);
+                }
+                Some(resume) => self.start_replay(key, channel, resume),
+            },
             Err(why) => self.refuse(key, ErrorCode::LimitReached, &why),
         }
     }
@@ -627,6 +654,10 @@ impl Worker {
     fn detach_one(&mut self, key: usize, subscription: Subscription) {
         let format = self.conns[key].reply_format();
         let channel_id = subscription.channel.id;
+        if subscription.position == CATCHING_UP {
+            self.index.remove_catching_up(channel_id, key);
+            return;
+        }
         if let Some(moved) = self.index.remove(channel_id, subscription.position, format) {
             if let Some(entry) =
                 self.conns[moved].subscriptions.iter_mut().find(|s| s.channel.id == channel_id)
@@ -682,18 +713,29 @@ impl Worker {
     /// Assigns the next offset and puts the message into the ring, both under the channel's offset
     /// lock, so that ring order is offset order. Hands the payload back when the ring is full.
     fn publish(&mut self, channel: &Arc<Channel>, payload: Bytes) -> Result<(), Bytes> {
-        let mut next_offset = channel.lock_offsets();
-        let message = Arc::new(Message { channel: channel.clone(), offset: *next_offset, payload });
+        let registry = &self.shared.channels;
+        let retained = (registry.history.messages > 0).then(|| payload.clone());
+        let mut log = channel.lock_log();
+        let offset = log.next_offset;
+        let message = Arc::new(Message { channel: channel.clone(), offset, payload });
         match self.producer.try_publish(message) {
             Ok(_) => {
-                *next_offset += 1;
-                drop(next_offset);
+                log.next_offset += 1;
+                if let Some(payload) = retained {
+                    let entry = Retained { offset, published_ms: history::now_ms(), payload };
+                    let dropped = log.append(entry, &registry.history, &registry.retained_bytes);
+                    WorkerCounters::add(
+                        &self.shared.counters[self.id].history_dropped,
+                        dropped as u64,
+                    );
+                }
+                drop(log);
                 self.published = true;
                 WorkerCounters::add(&self.counters().messages_in, 1);
                 Ok(())
             }
             Err(message) => {
-                drop(next_offset);
+                drop(log);
                 Err(Arc::try_unwrap(message)
                     .map_or_else(|shared| shared.payload.clone(), |m| m.payload))
             }
@@ -747,10 +789,10 @@ impl Worker {
             let n = consumer.poll(chunk, |message: Item| {
                 largest_payload =
                     largest_payload.max(message.payload.len() + message.channel.name.len());
-                let per_format = match message.channel.kind {
-                    ChannelKind::Broadcast => [1; Format::COUNT],
+                let (per_format, catching_up) = match message.channel.kind {
+                    ChannelKind::Broadcast => ([1; Format::COUNT], false),
                     _ => match index.get(message.channel.id) {
-                        Some(local) => local.per_format,
+                        Some(local) => (local.per_format, !local.catching_up.is_empty()),
                         None => return,
                     },
                 };
@@ -759,6 +801,7 @@ impl Worker {
                         channel: message.channel.clone(),
                         frames: Default::default(),
                         messages: 0,
+                        items: Vec::new(),
                     });
                     batches.len() - 1
                 });
@@ -777,6 +820,9 @@ impl Worker {
                     }
                 }
                 batch.messages += 1;
+                if catching_up {
+                    batch.items.push(message);
+                }
             });
             if n == 0 {
                 break;
@@ -830,6 +876,176 @@ impl Worker {
             &self.shared.counters[self.id].messages_out,
             deliveries * batch.messages,
         );
+        if !batch.items.is_empty() {
+            self.fan_out_catching_up(&batch.channel, &batch.items);
+        }
+    }
+
+    /// Delivers a batch to subscribers that just finished a replay: only the messages after the
+    /// offset their replay reached (earlier ones went out from history), each encoded for them
+    /// alone. Once the ring has moved past that offset they join the shared fan-out.
+    fn fan_out_catching_up(&mut self, channel: &Arc<Channel>, items: &[Item]) {
+        let channel_id = channel.id;
+        let Some(local) = self.index.get(channel_id) else { return };
+        let catching_up = local.catching_up.clone();
+        let last_in_batch = items.last().map_or(0, |m| m.offset);
+        let cap = self.shared.config.write_queue_cap_bytes;
+        for (key, replayed) in catching_up {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(format) = conn.format else { continue };
+            let mut out = BytesMut::new();
+            let mut count = 0;
+            for message in items.iter().filter(|m| m.offset > replayed) {
+                format.put_message(
+                    &mut out,
+                    &message.channel.name,
+                    message.offset,
+                    &message.payload,
+                );
+                count += 1;
+            }
+            if count > 0 {
+                if conn.queue.queued_bytes() + out.len() > cap {
+                    self.slow.push(key);
+                    continue;
+                }
+                self.queued_bytes += out.len();
+                conn.queue.push(out.freeze());
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+                WorkerCounters::add(&self.shared.counters[self.id].messages_out, count);
+            }
+            if last_in_batch > replayed {
+                self.index.finish_catching_up(channel_id, key);
+                let position = self.index.add(channel_id, key, format);
+                let subscriptions = &mut self.conns[key].subscriptions;
+                if let Some(entry) = subscriptions.iter_mut().find(|s| s.channel.id == channel_id) {
+                    entry.position = position;
+                }
+            }
+        }
+    }
+
+    // ---- replay from history ----
+
+    /// Answers a resuming subscribe: a HIST frame with the log's epoch and bounds, then (unless a
+    /// strict resume cannot be honoured) a replay paced by the write queue, then live delivery.
+    fn start_replay(&mut self, key: usize, channel: Arc<Channel>, resume: protocol::Resume) {
+        let registry = &self.shared.channels;
+        let (epoch, first, last, status) = {
+            let mut log = channel.lock_log();
+            // Age retention also applies to channels nobody publishes to any more.
+            let dropped = log.trim(history::now_ms(), &registry.history, &registry.retained_bytes);
+            WorkerCounters::add(&self.shared.counters[self.id].history_dropped, dropped as u64);
+            let status = log.resume_status(resume.after, resume.epoch);
+            (log.epoch, log.first_retained(), log.last_offset(), status)
+        };
+        let format = self.conns[key].reply_format();
+        self.reply(key, format.encode_history(&channel.name, epoch, first, last, status));
+        if status != ResumeStatus::Ok {
+            WorkerCounters::add(&self.counters().offsets_expired, 1);
+            if resume.strict {
+                let why = format!(
+                    "cannot resume {} after offset {}: {} (earliest retained {first}, latest {last}, epoch {epoch:016x})",
+                    String::from_utf8_lossy(&channel.name),
+                    resume.after,
+                    if status == ResumeStatus::Expired { "messages expired" } else { "another epoch" }
+                );
+                return self.refuse(key, ErrorCode::Gone, &why);
+            }
+        }
+        if !self.conns.get(key).is_some_and(Conn::is_open) {
+            return;
+        }
+        WorkerCounters::add(&self.counters().replays_served, 1);
+        let after = if status == ResumeStatus::Ok { resume.after } else { first - 1 };
+        self.conns[key].replay = Some(Box::new(Replay { channel, after }));
+        self.pump_replay(key);
+    }
+
+    /// Queues more of a replay while the connection's queue is below a quarter of its cap.
+    /// Returns true when the replay finished (the subscription is live).
+    fn pump_replay(&mut self, key: usize) -> bool {
+        let low_water = self.shared.config.write_queue_cap_bytes / 4;
+        for _ in 0..16 {
+            let Some(conn) = self.conns.get(key) else { return false };
+            let Some(replay) = conn.replay.as_ref().filter(|_| conn.is_open()) else {
+                return false;
+            };
+            if conn.queue.queued_bytes() >= low_water {
+                return false;
+            }
+            let (channel, after, format) =
+                (replay.channel.clone(), replay.after, conn.reply_format());
+            let mut page = std::mem::take(&mut self.replay_page);
+            page.clear();
+            let (epoch, first, last) = {
+                let log = channel.lock_log();
+                log.read_after(after, 1024, (low_water / 2).max(1), &mut page);
+                (log.epoch, log.first_retained(), log.last_offset())
+            };
+            let caught_up = page.last().is_none_or(|m| m.offset == last);
+            if page.first().map_or(after < last, |m| m.offset != after + 1) {
+                // Retention dropped messages while this client was catching up: say so, go on.
+                WorkerCounters::add(&self.counters().offsets_expired, 1);
+                let notice =
+                    format.encode_history(&channel.name, epoch, first, last, ResumeStatus::Expired);
+                self.reply(key, notice);
+            }
+            if !page.is_empty() {
+                let mut out = BytesMut::new();
+                for message in &page {
+                    format.put_message(&mut out, &channel.name, message.offset, &message.payload);
+                }
+                WorkerCounters::add(&self.counters().replayed_messages, page.len() as u64);
+                let reached = page.last().map_or(after, |m| m.offset);
+                let Some(conn) = self.conns.get_mut(key) else { return false };
+                self.queued_bytes += out.len();
+                conn.queue.push(out.freeze());
+                if let Some(replay) = conn.replay.as_mut() {
+                    replay.after = reached;
+                }
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+            self.replay_page = page;
+            if caught_up {
+                if !self.conns.get(key).is_some_and(Conn::is_open) {
+                    return false;
+                }
+                let conn = &mut self.conns[key];
+                conn.replay = None;
+                // Everything up to `last` went out from history; the ring may still carry some
+                // of it to this worker, so the subscriber skips up to there (`catching_up`).
+                self.index.add_catching_up(channel.id, key, last);
+                conn.push_subscription(Subscription {
+                    channel: channel.clone(),
+                    position: CATCHING_UP,
+                });
+                self.acknowledge(key, Ack::Subscribe, &channel.name);
+                return true;
+            }
+        }
+        self.replaying.push(key);
+        false
+    }
+
+    /// Continues replays whose queues drained; a finished one lets the connection's waiting input
+    /// be processed, as after a stall.
+    fn pump_replays(&mut self) {
+        for key in std::mem::take(&mut self.replaying) {
+            if self.conns.get(key).is_some_and(|c| c.replay.is_some()) && self.pump_replay(key) {
+                let input = self.conns[key].take_input();
+                if !input.is_empty() {
+                    self.resume_input(key, input);
+                }
+                self.read_ready(key);
+            }
+        }
     }
 
     fn close_slow(&mut self) {
@@ -903,6 +1119,11 @@ impl Worker {
                 Ok(n) => {
                     conn.last_write_ms = self.now_ms;
                     conn.urgent = false;
+                    if conn.replay.is_some()
+                        && conn.queue.queued_bytes() < self.shared.config.write_queue_cap_bytes / 4
+                    {
+                        self.replaying.push(key);
+                    }
                     self.queued_bytes -= n;
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
                     if !conn.queue.is_empty() {
@@ -967,6 +1188,7 @@ impl Worker {
     fn detach_all(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         conn.stalled = None;
+        conn.replay = None;
         if let Some(name) = conn.name() {
             self.shared.names.release(name);
         }

@@ -32,9 +32,26 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// A server frame with owned fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Msg { channel: String, offset: u64, payload: Vec<u8> },
-    Ok { ack: Ack, arg: String },
-    Err { code: u16, reason: String },
+    Msg {
+        channel: String,
+        offset: u64,
+        payload: Vec<u8>,
+    },
+    Ok {
+        ack: Ack,
+        arg: String,
+    },
+    Err {
+        code: u16,
+        reason: String,
+    },
+    Hist {
+        channel: String,
+        epoch: u64,
+        first: u64,
+        last: u64,
+        status: fanout::history::ResumeStatus,
+    },
     Ping,
     Pong,
 }
@@ -51,6 +68,13 @@ impl From<ServerFrame<'_>> for Frame {
                 Frame::Ok { ack, arg: String::from_utf8_lossy(&arg).into_owned() }
             }
             ServerFrame::Error { code, reason } => Frame::Err { code, reason: reason.into_owned() },
+            ServerFrame::History { channel, epoch, first, last, status } => Frame::Hist {
+                channel: String::from_utf8_lossy(&channel).into_owned(),
+                epoch,
+                first,
+                last,
+                status,
+            },
             ServerFrame::Ping => Frame::Ping,
             ServerFrame::Pong => Frame::Pong,
         }
@@ -103,7 +127,15 @@ impl Conn {
         match self.format {
             Format::Binary => binary::encode_request(&request, &mut out),
             Format::Text => match request {
-                Request::Subscribe { channel } => out = [b"SUB ", channel, b"\n"].concat(),
+                Request::Subscribe { channel, resume: None } => {
+                    out = [b"SUB ", channel, b"\n"].concat()
+                }
+                Request::Subscribe { channel, resume: Some(r) } => {
+                    let epoch = r.epoch.map_or("*".to_string(), |e| format!("{e:x}"));
+                    let strict = if r.strict { " strict" } else { "" };
+                    out = [b"SUB ", channel, format!(" {} {epoch}{strict}\n", r.after).as_bytes()]
+                        .concat()
+                }
                 Request::Unsubscribe { channel } => out = [b"UNSUB ", channel, b"\n"].concat(),
                 Request::Publish { channel, payload } => {
                     assert!(
@@ -122,7 +154,7 @@ impl Conn {
     }
 
     pub fn subscribe(&mut self, channel: &str) {
-        self.send(Request::Subscribe { channel: channel.as_bytes() });
+        self.send(Request::Subscribe { channel: channel.as_bytes(), resume: None });
         self.expect(Frame::Ok { ack: Ack::Subscribe, arg: channel.into() });
     }
 

@@ -1,0 +1,322 @@
+//! Channel history: the last messages of each channel, kept in memory, bounded by count, bytes
+//! and age per channel and by a server-wide byte cap, so that a client that reconnects can resume
+//! from the last offset it saw.
+//!
+//! A `ChannelLog` lives inside its channel's mutex, next to the offset counter: a message is
+//! appended under the same lock that assigned its offset and put it in the ring, so the log holds
+//! offsets in order with no gap, and a reader that takes the lock sees exactly the messages up to
+//! `next_offset - 1`. Each log has an epoch, a random id chosen when the log starts, so that an
+//! offset from a log that no longer exists is recognised.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Retention limits; zero `messages` turns history off.
+#[derive(Debug, Clone)]
+pub struct HistoryLimits {
+    /// Messages kept per channel.
+    pub messages: usize,
+    /// Payload bytes kept per channel.
+    pub bytes: usize,
+    /// Messages older than this are dropped (zero: no age limit).
+    pub age: Duration,
+    /// Payload bytes kept over all channels; past it, a channel that publishes drops its oldest.
+    pub total_bytes: usize,
+}
+
+/// One retained message.
+#[derive(Debug, Clone)]
+pub struct Retained {
+    /// Its offset.
+    pub offset: u64,
+    /// Wall-clock milliseconds when it was published (for age retention).
+    pub published_ms: u64,
+    /// The payload, shared with the message that went through the ring.
+    pub payload: Bytes,
+}
+
+/// Where a resuming subscriber stands relative to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeStatus {
+    /// Every message after the requested offset is retained.
+    Ok,
+    /// Some messages after the requested offset are gone; replay starts at the earliest retained.
+    Expired,
+    /// The offset belongs to another log (different epoch, or beyond this log's end); replay
+    /// starts at the earliest retained.
+    EpochChanged,
+}
+
+impl ResumeStatus {
+    /// The word used on the wire.
+    pub fn word(self) -> &'static str {
+        match self {
+            ResumeStatus::Ok => "ok",
+            ResumeStatus::Expired => "expired",
+            ResumeStatus::EpochChanged => "epoch",
+        }
+    }
+
+    /// The byte used in the binary format.
+    pub fn code(self) -> u8 {
+        match self {
+            ResumeStatus::Ok => 0,
+            ResumeStatus::Expired => 1,
+            ResumeStatus::EpochChanged => 2,
+        }
+    }
+
+    /// From the binary byte.
+    pub fn from_code(code: u8) -> Option<ResumeStatus> {
+        match code {
+            0 => Some(ResumeStatus::Ok),
+            1 => Some(ResumeStatus::Expired),
+            2 => Some(ResumeStatus::EpochChanged),
+            _ => None,
+        }
+    }
+}
+
+/// A channel's offset counter and retained messages.
+#[derive(Debug)]
+pub struct ChannelLog {
+    /// The offset the next message gets (offsets start at 1).
+    pub next_offset: u64,
+    /// This log's identity.
+    pub epoch: u64,
+    /// Retained messages, offsets contiguous and ending at `next_offset - 1`.
+    retained: VecDeque<Retained>,
+    retained_bytes: usize,
+}
+
+/// A random 64-bit epoch without a dependency: std's hasher is keyed from the OS's randomness.
+pub fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() | 1
+}
+
+/// Wall-clock milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Default for ChannelLog {
+    fn default() -> Self {
+        ChannelLog {
+            next_offset: 1,
+            epoch: new_epoch(),
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+        }
+    }
+}
+
+impl ChannelLog {
+    /// The offset of the latest message (0 before the first).
+    pub fn last_offset(&self) -> u64 {
+        self.next_offset - 1
+    }
+
+    /// The earliest offset still retained (`next_offset` when nothing is).
+    pub fn first_retained(&self) -> u64 {
+        self.retained.front().map_or(self.next_offset, |r| r.offset)
+    }
+
+    /// Messages retained now, and their payload bytes.
+    pub fn retained(&self) -> (usize, usize) {
+        (self.retained.len(), self.retained_bytes)
+    }
+
+    /// Appends the message that just got offset `next_offset - 1`, then applies retention.
+    /// `total` is the server-wide retained byte count. Returns the messages dropped.
+    pub fn append(
+        &mut self,
+        message: Retained,
+        limits: &HistoryLimits,
+        total: &AtomicUsize,
+    ) -> usize {
+        if limits.messages == 0 {
+            return 0;
+        }
+        debug_assert_eq!(
+            message.offset,
+            self.next_offset - 1,
+            "append follows the offset it was given"
+        );
+        let now = message.published_ms;
+        self.retained_bytes += message.payload.len();
+        total.fetch_add(message.payload.len(), Ordering::Relaxed);
+        self.retained.push_back(message);
+        self.trim(now, limits, total)
+    }
+
+    /// Drops what retention no longer allows; returns how many messages were dropped.
+    pub fn trim(&mut self, now_ms: u64, limits: &HistoryLimits, total: &AtomicUsize) -> usize {
+        let age_ms = limits.age.as_millis() as u64;
+        let mut dropped = 0;
+        while let Some(front) = self.retained.front() {
+            let too_many = self.retained.len() > limits.messages;
+            let too_big = self.retained_bytes > limits.bytes;
+            let too_old = age_ms > 0 && now_ms.saturating_sub(front.published_ms) > age_ms;
+            let over_total = total.load(Ordering::Relaxed) > limits.total_bytes;
+            if !(too_many || too_big || too_old || over_total) {
+                break;
+            }
+            let len = front.payload.len();
+            self.retained.pop_front();
+            self.retained_bytes -= len;
+            total.fetch_sub(len, Ordering::Relaxed);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Where a subscriber that saw everything up to `after` in log `epoch` (`None`: any) stands.
+    pub fn resume_status(&self, after: u64, epoch: Option<u64>) -> ResumeStatus {
+        if epoch.is_some_and(|e| e != self.epoch) || after > self.last_offset() {
+            ResumeStatus::EpochChanged
+        } else if after + 1 < self.first_retained() {
+            ResumeStatus::Expired
+        } else {
+            ResumeStatus::Ok
+        }
+    }
+
+    /// Up to `max_messages` (and about `max_bytes`) retained messages with offsets above `after`,
+    /// in order.
+    pub fn read_after(
+        &self,
+        after: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        out: &mut Vec<Retained>,
+    ) {
+        let first = self.first_retained();
+        let start = after.saturating_add(1).max(first);
+        let skip = (start - first) as usize;
+        let mut bytes = 0;
+        for message in self.retained.iter().skip(skip).take(max_messages) {
+            if bytes > 0 && bytes + message.payload.len() > max_bytes {
+                break;
+            }
+            bytes += message.payload.len();
+            out.push(message.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(messages: usize, bytes: usize, age_ms: u64) -> HistoryLimits {
+        HistoryLimits {
+            messages,
+            bytes,
+            age: Duration::from_millis(age_ms),
+            total_bytes: usize::MAX,
+        }
+    }
+
+    fn publish(
+        log: &mut ChannelLog,
+        payload: &'static [u8],
+        at_ms: u64,
+        limits: &HistoryLimits,
+        total: &AtomicUsize,
+    ) {
+        let offset = log.next_offset;
+        log.next_offset += 1;
+        log.append(
+            Retained { offset, published_ms: at_ms, payload: Bytes::from_static(payload) },
+            limits,
+            total,
+        );
+    }
+
+    fn offsets(log: &ChannelLog, after: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        log.read_after(after, usize::MAX, usize::MAX, &mut out);
+        out.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn retention_by_count_bytes_and_age() {
+        let total = AtomicUsize::new(0);
+        let by_count = limits(3, usize::MAX, 0);
+        let mut log = ChannelLog::default();
+        for _ in 0..5 {
+            publish(&mut log, b"x", 0, &by_count, &total);
+        }
+        assert_eq!(offsets(&log, 0), vec![3, 4, 5]);
+        assert_eq!(log.resume_status(1, Some(log.epoch)), ResumeStatus::Expired);
+        assert_eq!(log.resume_status(2, Some(log.epoch)), ResumeStatus::Ok);
+        assert_eq!(log.resume_status(2, Some(log.epoch ^ 2)), ResumeStatus::EpochChanged);
+        assert_eq!(log.resume_status(6, None), ResumeStatus::EpochChanged, "beyond the end");
+
+        let by_bytes = limits(100, 10, 0);
+        let mut log = ChannelLog::default();
+        for payload in [&b"1234"[..], b"5678", b"90ab"] {
+            let offset = log.next_offset;
+            log.next_offset += 1;
+            log.append(
+                Retained { offset, published_ms: 0, payload: Bytes::from_static(payload) },
+                &by_bytes,
+                &total,
+            );
+        }
+        assert_eq!(offsets(&log, 0), vec![2, 3], "12 bytes > 10: the oldest goes");
+
+        let by_age = limits(100, usize::MAX, 1000);
+        let mut log = ChannelLog::default();
+        publish(&mut log, b"old", 0, &by_age, &total);
+        publish(&mut log, b"new", 1500, &by_age, &total);
+        assert_eq!(offsets(&log, 0), vec![2]);
+        log.trim(5000, &by_age, &total);
+        assert!(offsets(&log, 0).is_empty());
+        assert_eq!(log.first_retained(), 3);
+    }
+
+    #[test]
+    fn global_cap_and_off_switch() {
+        let total = AtomicUsize::new(0);
+        let capped = HistoryLimits { total_bytes: 4, ..limits(100, usize::MAX, 0) };
+        let mut log = ChannelLog::default();
+        publish(&mut log, b"ab", 0, &capped, &total);
+        publish(&mut log, b"cd", 0, &capped, &total);
+        publish(&mut log, b"ef", 0, &capped, &total);
+        assert_eq!(offsets(&log, 0), vec![2, 3]);
+        assert_eq!(total.load(Ordering::Relaxed), 4);
+
+        let off = limits(0, usize::MAX, 0);
+        let mut log = ChannelLog::default();
+        publish(&mut log, b"x", 0, &off, &total);
+        assert!(offsets(&log, 0).is_empty());
+        assert_eq!(log.last_offset(), 1, "offsets advance without history");
+    }
+
+    #[test]
+    fn read_after_pages_in_order() {
+        let total = AtomicUsize::new(0);
+        let keep = limits(1000, usize::MAX, 0);
+        let mut log = ChannelLog::default();
+        for _ in 0..10 {
+            publish(&mut log, b"p", 0, &keep, &total);
+        }
+        let mut page = Vec::new();
+        log.read_after(4, 3, usize::MAX, &mut page);
+        assert_eq!(page.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_ne!(new_epoch(), new_epoch());
+    }
+}
