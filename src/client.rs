@@ -64,6 +64,7 @@ enum Owned {
     Message(Message),
     Ok(Ack, Vec<u8>),
     History(Vec<u8>, ResumeInfo),
+    Ack(Vec<u8>, u64),
     Pong,
 }
 
@@ -140,7 +141,45 @@ impl Client {
                     return Ok(info);
                 }
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::History(..) | Owned::Ok(..) | Owned::Pong => {}
+                Owned::History(..) | Owned::Ok(..) | Owned::Pong | Owned::Ack(..) => {}
+            }
+        }
+    }
+
+    /// Publishes and waits until the server says the message is retained (and on disk, with
+    /// `--fsync always`); returns its offset.
+    pub fn publish_acked(&mut self, channel: &str, payload: &[u8]) -> Result<u64, ClientError> {
+        self.publish_acked_nowait(channel, payload)?;
+        loop {
+            if let Some((_, offset)) = self.next_ack(None)? {
+                return Ok(offset);
+            }
+        }
+    }
+
+    /// Publishes asking for an acknowledgement, without waiting for it (see `next_ack`;
+    /// acknowledgements arrive in publish order).
+    pub fn publish_acked_nowait(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        self.send(&Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() })
+    }
+
+    /// The next acknowledgement (channel, offset), waiting at most `timeout` (`Ok(None)` then).
+    pub fn next_ack(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(Vec<u8>, u64)>, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.next_owned(deadline) {
+                Ok(Owned::Ack(channel, offset)) => return Ok(Some((channel, offset))),
+                Ok(Owned::Message(message)) => self.backlog.push_back(message),
+                Ok(_) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -169,7 +208,7 @@ impl Client {
             match self.next_owned(None)? {
                 Owned::Pong => return Ok(()),
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) | Owned::History(..) => {}
+                Owned::Ok(..) | Owned::History(..) | Owned::Ack(..) => {}
             }
         }
     }
@@ -179,7 +218,7 @@ impl Client {
             match self.next_owned(None)? {
                 Owned::Ok(got, got_arg) if got == ack && got_arg == arg => return Ok(()),
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) | Owned::Pong | Owned::History(..) => {}
+                Owned::Ok(..) | Owned::Pong | Owned::History(..) | Owned::Ack(..) => {}
             }
         }
     }
@@ -238,6 +277,9 @@ impl Client {
                     return Err(ClientError::Server { code, reason });
                 }
                 ServerFrame::Pong => Some(Owned::Pong),
+                ServerFrame::Ack { channel, offset } => {
+                    Some(Owned::Ack(channel.into_owned(), offset))
+                }
                 ServerFrame::History { channel, epoch, first, last, status } => Some(
                     Owned::History(channel.into_owned(), ResumeInfo { epoch, first, last, status }),
                 ),

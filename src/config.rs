@@ -43,6 +43,13 @@ pub struct Config {
     pub history_age: Duration,
     /// Payload bytes kept in history over all channels.
     pub history_total_bytes: usize,
+    /// Keep every channel's history on disk here too, and read it back at start (None: memory
+    /// only).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// When history files are fsync'ed.
+    pub fsync: crate::history::disk::FsyncPolicy,
+    /// History segment files roll at this size.
+    pub segment_bytes: u64,
     /// Write coalescing: a connection that was written to less than this long ago waits until
     /// this long has passed before its next write (replies to its own commands never wait).
     /// Zero writes every turn. See the README's design section.
@@ -72,6 +79,9 @@ impl Default for Config {
             history_bytes_per_channel: 64 << 20,
             history_age: Duration::ZERO,
             history_total_bytes: 1 << 30,
+            data_dir: None,
+            fsync: crate::history::disk::FsyncPolicy::Interval(Duration::from_millis(100)),
+            segment_bytes: 64 << 20,
         }
     }
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 
 use fanout::client::Client;
+use fanout::history::disk::FsyncPolicy;
 use fanout::{Config, Server};
 
 #[derive(Parser, Debug)]
@@ -173,6 +174,19 @@ struct ServeArgs {
     /// Payload bytes kept in history over all channels.
     #[arg(long, default_value_t = Config::default().history_total_bytes)]
     history_total_bytes: usize,
+    /// Also keep history on disk in this directory, and read it back at start (default: memory
+    /// only).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// When history files are fsync'ed: always (before acknowledging), interval, never.
+    #[arg(long, default_value = "interval", value_parser = ["always", "interval", "never"])]
+    fsync: String,
+    /// With --fsync interval: milliseconds between fsyncs.
+    #[arg(long, default_value_t = 100)]
+    fsync_interval_ms: u64,
+    /// History segment files roll at this size.
+    #[arg(long, default_value_t = Config::default().segment_bytes)]
+    segment_bytes: u64,
     /// Write coalescing window in milliseconds: a subscriber written to less than this long ago
     /// gets its next messages together once the window has passed (0: write every turn).
     #[arg(long, default_value_t = Config::default().coalesce.as_millis() as u64)]
@@ -205,6 +219,13 @@ impl ServeArgs {
             history_bytes_per_channel: self.history_bytes_per_channel,
             history_age: Duration::from_secs(self.history_age_secs),
             history_total_bytes: self.history_total_bytes,
+            data_dir: self.data_dir.clone(),
+            fsync: match self.fsync.as_str() {
+                "always" => FsyncPolicy::Always,
+                "never" => FsyncPolicy::Never,
+                _ => FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms)),
+            },
+            segment_bytes: self.segment_bytes,
         }
     }
 }

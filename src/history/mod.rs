@@ -8,6 +8,8 @@
 //! `next_offset - 1`. Each log has an epoch, a random id chosen when the log starts, so that an
 //! offset from a log that no longer exists is recognised.
 
+pub mod disk;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

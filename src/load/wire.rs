@@ -162,7 +162,9 @@ impl Protocol {
                     }
                     ServerFrame::Ok { .. } => Event::Subscribed,
                     ServerFrame::Ping => Event::Ping,
-                    ServerFrame::Pong | ServerFrame::History { .. } => Event::Ignored,
+                    ServerFrame::Pong | ServerFrame::History { .. } | ServerFrame::Ack { .. } => {
+                        Event::Ignored
+                    }
                     ServerFrame::Error { code, reason } => Event::Error(format!("{code} {reason}")),
                 };
                 Ok(Some((event, used)))

@@ -38,6 +38,10 @@ pub mod op {
     pub const PONG: u8 = 0x05;
     /// Client: claim a name. Fields: name.
     pub const NAME: u8 = 0x06;
+    /// Client: publish with acknowledgement. Fields: channel, payload.
+    pub const PUBA: u8 = 0x07;
+    /// Server: publish acknowledgement. Fields: channel, offset u64.
+    pub const ACK: u8 = 0x85;
     /// Server: message. Fields: channel, offset u64, payload.
     pub const MSG: u8 = 0x81;
     /// Server: acknowledgement. Fields: the acknowledged opcode u8, argument (short field).
@@ -113,9 +117,14 @@ pub fn parse_request(
             expect_end(rest, "unsubscribe frame (trailing bytes)")?;
             Request::Unsubscribe { channel }
         }
-        op::PUB => {
+        op::PUB | op::PUBA => {
             let (channel, payload) = short_field(fields, "channel field")?;
-            Request::Publish { channel, payload: Cow::Borrowed(payload) }
+            let payload = Cow::Borrowed(payload);
+            if opcode == op::PUB {
+                Request::Publish { channel, payload }
+            } else {
+                Request::PublishAcked { channel, payload }
+            }
         }
         op::PING | op::PONG => {
             expect_end(fields, "ping/pong frame (trailing bytes)")?;
@@ -189,6 +198,7 @@ pub fn encode_request(request: &Request<'_>, out: &mut Vec<u8>) {
         Request::Subscribe { channel, resume: None } => (op::SUB, Some(channel), &[]),
         Request::Unsubscribe { channel } => (op::UNSUB, Some(channel), &[]),
         Request::Publish { channel, payload } => (op::PUB, Some(channel), payload),
+        Request::PublishAcked { channel, payload } => (op::PUBA, Some(channel), payload),
         Request::Ping => (op::PING, None, &[]),
         Request::Pong => (op::PONG, None, &[]),
         Request::Name { name } => (op::NAME, Some(name), &[]),
@@ -252,6 +262,14 @@ pub fn encode_history(
     out.put_u64(first);
     out.put_u64(last);
     out.put_u8(status.code());
+    out.freeze()
+}
+
+/// `ACK`: channel, offset.
+pub fn encode_ack(channel: &[u8], offset: u64) -> Bytes {
+    let mut out = frame(op::ACK, 1 + channel.len() + 8);
+    put_short(&mut out, channel);
+    out.put_u64(offset);
     out.freeze()
 }
 
@@ -322,6 +340,14 @@ pub fn parse_server_frame(
                 status,
             }
         }
+        op::ACK => {
+            let (channel, rest) = short_field(fields, "channel field")?;
+            let offset = match rest.split_first_chunk::<8>() {
+                Some((offset, [])) => u64::from_be_bytes(*offset),
+                _ => return Err(ProtocolError::Malformed { what: "ack frame" }),
+            };
+            ServerFrame::Ack { channel: Cow::Borrowed(channel), offset }
+        }
         op::PING => ServerFrame::Ping,
         op::PONG => ServerFrame::Pong,
         unknown => return Err(ProtocolError::UnknownOpcode(unknown)),
@@ -347,6 +373,7 @@ mod tests {
             Request::Unsubscribe { channel: b"news" },
             Request::Publish { channel: b"news", payload: Cow::Borrowed(b"hello\nworld\0") },
             Request::Publish { channel: b"*", payload: Cow::Borrowed(b"") },
+            Request::PublishAcked { channel: b"news", payload: Cow::Borrowed(b"sure?") },
             Request::Ping,
             Request::Pong,
             Request::Name { name: b"alice" },
@@ -479,6 +506,10 @@ mod tests {
             (
                 encode_error(ErrorCode::SlowConsumer, "slow consumer"),
                 ServerFrame::Error { code: 507, reason: Cow::Borrowed("slow consumer") },
+            ),
+            (
+                encode_ack(b"news", 77),
+                ServerFrame::Ack { channel: Cow::Borrowed(b"news"), offset: 77 },
             ),
             (super::super::Format::Binary.ping(), ServerFrame::Ping),
             (super::super::Format::Binary.pong(), ServerFrame::Pong),

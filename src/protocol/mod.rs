@@ -42,6 +42,14 @@ pub enum Request<'a> {
         /// Opaque bytes (owned only when the text format had escapes to undo).
         payload: Cow<'a, [u8]>,
     },
+    /// Publish and be told the assigned offset (`ServerFrame::Ack`) once the message is
+    /// retained, and on disk when the server runs with `--fsync always`.
+    PublishAcked {
+        /// Channel name.
+        channel: &'a [u8],
+        /// Opaque bytes.
+        payload: Cow<'a, [u8]>,
+    },
     /// Barrier: answered with `Pong` once every earlier command of this connection took effect.
     Ping,
     /// The answer to a server `Ping` (keepalive).
@@ -58,7 +66,8 @@ pub enum Request<'a> {
 /// A subscription that resumes from an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
-    /// The last offset the client saw (0: from the earliest retained).
+    /// The last offset the client saw (0: from the earliest retained; `u64::MAX`: from now,
+    /// replaying nothing, to learn the epoch and latest offset).
     pub after: u64,
     /// The epoch of the log that offset belongs to (`None`: whatever the log is now).
     pub epoch: Option<u64>,
@@ -128,6 +137,13 @@ pub enum ServerFrame<'a> {
         /// Ok, expired or epoch.
         status: crate::history::ResumeStatus,
     },
+    /// An acknowledged publish was retained (and persisted, with `--fsync always`).
+    Ack {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// The offset the message got.
+        offset: u64,
+    },
     /// Keepalive; answer with `Pong`.
     Ping,
     /// Answer to a client `Ping`.
@@ -186,6 +202,14 @@ impl Format {
         match self {
             Format::Text => text::encode_history(channel, epoch, first, last, status),
             Format::Binary => binary::encode_history(channel, epoch, first, last, status),
+        }
+    }
+
+    /// Encodes a publish acknowledgement.
+    pub fn encode_ack(self, channel: &[u8], offset: u64) -> Bytes {
+        match self {
+            Format::Text => text::encode_ack(channel, offset),
+            Format::Binary => binary::encode_ack(channel, offset),
         }
     }
 

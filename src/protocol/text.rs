@@ -1,9 +1,10 @@
 //! The text format: one command per line, LF or CRLF, usable from `nc`.
 //!
 //! ```text
-//! client: SUB <channel> [<after-offset> [<epoch>|* [strict]]] | UNSUB <channel> | PUB <channel> <payload> | NAME <name> | PING | PONG
+//! client: SUB <channel> [<after-offset> [<epoch>|* [strict]]] | UNSUB <channel>
+//!         | PUBA <channel> <payload> (publish, acknowledged) | PUB <channel> <payload> | NAME <name> | PING | PONG
 //! server: MSG <channel> <offset> <payload> | OK <SUB|UNSUB|NAME> <arg> | ERR <code> <reason>
-//!         | HIST <channel> <epoch> <first> <last> <ok|expired|epoch>
+//!         | HIST <channel> <epoch> <first> <last> <ok|expired|epoch> | ACK <channel> <offset>
 //!         | PING | PONG
 //! ```
 //!
@@ -61,6 +62,9 @@ pub fn parse_request(
     } else if word.eq_ignore_ascii_case(b"PUB") {
         let (channel, payload) = split_word(rest);
         Request::Publish { channel, payload: unescape(payload) }
+    } else if word.eq_ignore_ascii_case(b"PUBA") {
+        let (channel, payload) = split_word(rest);
+        Request::PublishAcked { channel, payload: unescape(payload) }
     } else if word.eq_ignore_ascii_case(b"SUB") {
         let (channel, resume) = split_word(rest);
         Request::Subscribe { channel, resume: parse_resume(resume)? }
@@ -233,6 +237,15 @@ pub fn encode_history(
     out.freeze()
 }
 
+/// `ACK <channel> <offset>\r\n`.
+pub fn encode_ack(channel: &[u8], offset: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(channel.len() + 28);
+    out.put_slice(b"ACK ");
+    out.put_slice(channel);
+    out.put_slice(format!(" {offset}\r\n").as_bytes());
+    out.freeze()
+}
+
 /// `ERR <code> <reason>\r\n`; line breaks in the reason become spaces.
 pub fn encode_error(code: ErrorCode, reason: &str) -> Bytes {
     let line = format!("ERR {} {}\r\n", code.code(), reason.replace(['\r', '\n'], " "));
@@ -293,6 +306,12 @@ pub fn parse_server_line(
                 _ => return Err(bad),
             };
             ServerFrame::History { channel: Cow::Borrowed(channel), epoch, first, last, status }
+        }
+        b"ACK" => {
+            let (channel, offset) = split_word(rest);
+            let offset =
+                parse_u64(offset).ok_or(ProtocolError::Malformed { what: "ACK offset" })?;
+            ServerFrame::Ack { channel: Cow::Borrowed(channel), offset }
         }
         b"PING" => ServerFrame::Ping,
         b"PONG" => ServerFrame::Pong,

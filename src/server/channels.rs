@@ -109,6 +109,15 @@ impl ChannelRegistry {
         Ok(channel)
     }
 
+    /// Puts a channel read back from disk in place (before any worker runs).
+    pub fn restore(&self, name: Bytes, log: ChannelLog) {
+        let mut by_name = self.by_name.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let kind = validate_channel(&name).unwrap_or(ChannelKind::Topic);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let channel = Channel { id, name: name.clone(), kind, log: Mutex::new(log) };
+        by_name.insert(name, Arc::new(channel));
+    }
+
     /// The broadcast channel `*`.
     pub fn broadcast(&self) -> &Arc<Channel> {
         &self.broadcast

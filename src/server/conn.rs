@@ -69,6 +69,8 @@ pub struct StalledPublish {
     pub channel: Arc<Channel>,
     /// Payload.
     pub payload: Bytes,
+    /// The client asked for an acknowledgement (PUBA).
+    pub acked: bool,
 }
 
 /// One connection, stored in the worker's slab; its slab key is its mio `Token`.
@@ -105,12 +107,16 @@ pub struct Conn {
     pub stalled: Option<Box<StalledPublish>>,
     /// A resuming subscribe being replayed from history; later input waits for it.
     pub replay: Option<Box<Replay>>,
+    /// Unique for the worker's lifetime (slab keys are reused): matches late acknowledgements
+    /// from the storage thread to the connection that asked.
+    pub serial: u64,
 }
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(stream: TcpStream, now_ms: u32) -> Self {
+    pub fn new(stream: TcpStream, now_ms: u32, serial: u64) -> Self {
         Conn {
+            serial,
             stream,
             format: None,
             phase: Phase::Open,

@@ -22,7 +22,7 @@ mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -34,6 +34,7 @@ use self::channels::{ChannelRegistry, Message, NameRegistry};
 use self::ring::{CachePadded, Ring};
 use self::stats::{Stats, WorkerCounters};
 use crate::config::Config;
+use crate::history::disk::{self, Persisted, StorageCounters, StoreOp};
 
 /// The ring carries shared messages.
 pub type Item = Arc<Message>;
@@ -85,7 +86,27 @@ pub(crate) struct Shared {
     /// nothing more will be published and each worker can finish draining the ring.
     quiesced: AtomicUsize,
     started: Instant,
+    /// The storage thread's queue, with `--data-dir`.
+    storage: Option<StorageQueue>,
+    /// Per worker: where the storage thread sends acknowledgements once records are durable.
+    ack_senders: Vec<crossbeam_channel::Sender<Persisted>>,
 }
+
+/// The way into the storage thread.
+#[derive(Debug)]
+pub(crate) struct StorageQueue {
+    sender: crossbeam_channel::Sender<StoreOp>,
+    /// Appends sent and not yet written; publishing pauses past `MAX_STORAGE_BACKLOG`.
+    depth: AtomicU64,
+    /// Acknowledgements wait for fsync.
+    fsync_always: bool,
+    counters: Arc<StorageCounters>,
+}
+
+/// Appends the storage thread may be behind before publishers are paused (as for a full ring).
+/// It also bounds how many delivered messages a crash can lose from disk, which is the offset gap
+/// left after an unclean restart (see `history::disk::recover`).
+pub(crate) const MAX_STORAGE_BACKLOG: u64 = 65_536;
 
 impl Shared {
     /// Wakes every worker but `me` after a publish.
@@ -114,6 +135,15 @@ impl Shared {
             total.absorb(counters);
         }
         total.retained_bytes = self.channels.retained_bytes.load(Ordering::Relaxed) as u64;
+        if let Some(storage) = &self.storage {
+            let c = &storage.counters;
+            total.records_written = c.records_written.load(Ordering::Relaxed);
+            total.segments_written = c.segments_written.load(Ordering::Relaxed);
+            total.segments_deleted = c.segments_deleted.load(Ordering::Relaxed);
+            total.fsyncs = c.fsyncs.load(Ordering::Relaxed);
+            total.fsync_micros_total = c.fsync_micros_total.load(Ordering::Relaxed);
+            total.fsync_micros_max = c.fsync_micros_max.load(Ordering::Relaxed);
+        }
         total
     }
 }
@@ -124,6 +154,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    storage: Option<JoinHandle<()>>,
 }
 
 /// Entry point.
@@ -158,8 +189,51 @@ impl Server {
         }
 
         let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
+        let channels = ChannelRegistry::new(config.max_channels, config.history_limits());
+        let mut storage_parts = None;
+        if let Some(dir) = &config.data_dir {
+            let recovered = disk::recover(
+                dir,
+                &channels.history,
+                &channels.retained_bytes,
+                MAX_STORAGE_BACKLOG,
+            )
+            .map_err(|e| {
+                StartError::Config(format!("cannot read history from {}: {e}", dir.display()))
+            })?;
+            for channel in recovered {
+                channels.restore(channel.name, channel.log);
+            }
+            let (sender, receiver) = crossbeam_channel::unbounded();
+            let counters = Arc::new(StorageCounters::default());
+            let storage = disk::Storage::new(
+                dir,
+                config.fsync,
+                config.segment_bytes,
+                config.history_limits(),
+                counters.clone(),
+            );
+            storage_parts = Some((
+                StorageQueue {
+                    sender,
+                    depth: AtomicU64::new(0),
+                    fsync_always: config.fsync == disk::FsyncPolicy::Always,
+                    counters,
+                },
+                storage,
+                receiver,
+            ));
+        }
+        let (ack_senders, mut ack_receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| crossbeam_channel::unbounded::<Persisted>()).unzip();
+        let (storage_queue, storage_thread) = match storage_parts {
+            Some((queue, storage, receiver)) => (Some(queue), Some((storage, receiver))),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
-            channels: ChannelRegistry::new(config.max_channels, config.history_limits()),
+            storage: storage_queue,
+            ack_senders,
+            channels,
             names: NameRegistry::default(),
             open_connections: AtomicUsize::new(0),
             counters: (0..workers).map(|_| CachePadded(WorkerCounters::default())).collect(),
@@ -170,12 +244,47 @@ impl Server {
             config,
         });
 
+        let storage = match storage_thread {
+            Some((storage, receiver)) => {
+                let shared_for_storage = shared.clone();
+                let thread = std::thread::Builder::new()
+                    .name("fanout-storage".into())
+                    .spawn(move || {
+                        let shared = shared_for_storage;
+                        let Some(queue) = shared.storage.as_ref() else { return };
+                        let wake = |worker: usize| {
+                            let signal = &shared.signals[worker];
+                            signal.pending.store(true, Ordering::Release);
+                            if let Err(e) = signal.waker.wake() {
+                                warn!("storage: cannot wake worker {worker}: {e}");
+                            }
+                        };
+                        storage.run(receiver, shared.ack_senders.clone(), wake, &queue.depth);
+                    })
+                    .map_err(StartError::Spawn)?;
+                Some(thread)
+            }
+            None => None,
+        };
+
         let mut threads = Vec::with_capacity(workers);
-        let parts = polls.into_iter().zip(listeners).zip(consumers).enumerate();
-        for (id, ((poll, listener), consumer)) in parts {
-            let worker =
-                worker::Worker::new(id, poll, listener, producer.clone(), consumer, shared.clone())
-                    .map_err(StartError::Poll)?;
+        let parts = polls
+            .into_iter()
+            .zip(listeners)
+            .zip(consumers)
+            .zip(ack_receivers.drain(..))
+            .enumerate();
+        for (id, (((poll, listener), consumer), acks)) in parts {
+            let worker = worker::Worker::new(
+                id,
+                poll,
+                listener,
+                producer.clone(),
+                consumer,
+                acks,
+                shared.clone(),
+            )
+            .map_err(StartError::Poll)?;
             let thread = std::thread::Builder::new()
                 .name(format!("fanout-worker-{id}"))
                 .spawn(move || worker.run())
@@ -187,7 +296,7 @@ impl Server {
             producer.ring().capacity(),
             shared.config.max_connections
         );
-        Ok(ServerHandle { local_addr, shared, threads })
+        Ok(ServerHandle { local_addr, shared, threads, storage })
     }
 }
 
@@ -265,6 +374,15 @@ impl ServerHandle {
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 warn!("a worker panicked during shutdown");
+            }
+        }
+        if let (Some(queue), Some(thread)) = (&self.shared.storage, self.storage.take()) {
+            let _ = queue.sender.send(StoreOp::Shutdown);
+            if thread.join().is_err() {
+                warn!("the storage thread panicked during shutdown");
+            }
+            if let Some(dir) = &self.shared.config.data_dir {
+                disk::mark_clean(dir);
             }
         }
         info!("shut down after {:.1?}: {}", self.shared.started.elapsed(), self.stats());

@@ -71,6 +71,18 @@ counters! {
     history_dropped: sum,
     /// Payload bytes retained in history now (server-wide).
     retained_bytes: max,
+    /// History records written to disk.
+    records_written: sum,
+    /// History segment files created.
+    segments_written: sum,
+    /// History segment files deleted by retention.
+    segments_deleted: sum,
+    /// fsync calls on history files.
+    fsyncs: sum,
+    /// Microseconds spent in those fsyncs.
+    fsync_micros_total: sum,
+    /// The slowest fsync, microseconds.
+    fsync_micros_max: max,
     /// The most bytes any one connection has had queued.
     queue_high_water_bytes: max,
 }

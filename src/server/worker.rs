@@ -33,7 +33,8 @@ use super::conn::{Conn, Phase, Replay, StalledPublish, Subscription, CATCHING_UP
 use super::index::Index;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
-use super::{Item, Shared};
+use super::{Item, Shared, MAX_STORAGE_BACKLOG};
+use crate::history::disk::{AckTarget, Append, Persisted, StoreOp};
 use crate::history::{self, ResumeStatus, Retained};
 use crate::protocol::{
     self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed,
@@ -92,6 +93,13 @@ fn reached(now_ms: u32, deadline_ms: u32) -> bool {
     now_ms.wrapping_sub(deadline_ms) < u32::MAX / 2
 }
 
+fn owned(payload: std::borrow::Cow<'_, [u8]>) -> Bytes {
+    match payload {
+        std::borrow::Cow::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
+        std::borrow::Cow::Owned(vec) => Bytes::from(vec),
+    }
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -110,6 +118,10 @@ pub(super) struct Worker {
     producer: Producer<Item>,
     consumer: Consumer<Item>,
     shared: Arc<Shared>,
+    /// Acknowledgements of durable appends, from the storage thread.
+    acks: crossbeam_channel::Receiver<Persisted>,
+    /// Serial number of the last accepted connection.
+    next_serial: u64,
     /// Every read lands here first; only an incomplete frame is copied into the connection.
     scratch: Vec<u8>,
     /// Connections with new frames this turn (each once; see `Conn::dirty`).
@@ -150,6 +162,7 @@ impl Worker {
         listener: std::net::TcpListener,
         producer: Producer<Item>,
         consumer: Consumer<Item>,
+        acks: crossbeam_channel::Receiver<Persisted>,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);
@@ -163,6 +176,8 @@ impl Worker {
             poll,
             listener: Some(listener),
             listener_ready: true,
+            acks,
+            next_serial: 0,
             accept_paused_until_ms: None,
             conns: Slab::with_capacity(slab_capacity),
             index: Index::default(),
@@ -236,6 +251,7 @@ impl Worker {
                 self.read_pending();
                 self.retry_stalled();
             }
+            self.deliver_acks();
             if self.published {
                 self.published = false;
                 self.shared.wake_others(self.id);
@@ -351,7 +367,8 @@ impl Worker {
             self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        let mut conn = Conn::new(stream, self.now_ms);
+        self.next_serial += 1;
+        let mut conn = Conn::new(stream, self.now_ms, self.next_serial);
         // A fresh socket has an empty send buffer: replies need not wait for the first event.
         conn.writable = true;
         entry.insert(conn);
@@ -521,11 +538,10 @@ impl Worker {
             Request::Subscribe { channel, resume } => self.subscribe(key, channel, resume),
             Request::Unsubscribe { channel } => self.unsubscribe(key, channel),
             Request::Publish { channel, payload } => {
-                let payload = match payload {
-                    std::borrow::Cow::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
-                    std::borrow::Cow::Owned(vec) => Bytes::from(vec),
-                };
-                self.publish_request(key, channel, payload);
+                self.publish_request(key, channel, owned(payload), false)
+            }
+            Request::PublishAcked { channel, payload } => {
+                self.publish_request(key, channel, owned(payload), true)
             }
             Request::Name { name } => self.claim_name(key, name),
         }
@@ -688,7 +704,7 @@ impl Worker {
         self.acknowledge(key, Ack::Name, name);
     }
 
-    fn publish_request(&mut self, key: usize, name: &[u8], payload: Bytes) {
+    fn publish_request(&mut self, key: usize, name: &[u8], payload: Bytes, acked: bool) {
         let kind = match validate_channel(name) {
             Ok(kind) => kind,
             Err(e) => {
@@ -703,42 +719,90 @@ impl Worker {
             Ok(channel) => channel,
             Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
         };
-        if let Err(payload) = self.publish(&channel, payload) {
+        if let Err(payload) = self.publish(key, &channel, payload, acked) {
             WorkerCounters::add(&self.counters().ring_full_stalls, 1);
-            self.conns[key].stalled = Some(Box::new(StalledPublish { channel, payload }));
+            self.conns[key].stalled = Some(Box::new(StalledPublish { channel, payload, acked }));
             self.stalled.push(key);
         }
     }
 
     /// Assigns the next offset and puts the message into the ring, both under the channel's offset
     /// lock, so that ring order is offset order. Hands the payload back when the ring is full.
-    fn publish(&mut self, channel: &Arc<Channel>, payload: Bytes) -> Result<(), Bytes> {
-        let registry = &self.shared.channels;
-        let retained = (registry.history.messages > 0).then(|| payload.clone());
+    fn publish(
+        &mut self,
+        key: usize,
+        channel: &Arc<Channel>,
+        payload: Bytes,
+        acked: bool,
+    ) -> Result<(), Bytes> {
+        let shared = &self.shared;
+        if shared
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.depth.load(Ordering::Relaxed) >= MAX_STORAGE_BACKLOG)
+        {
+            // The disk is behind: hold this publisher as for a full ring.
+            return Err(payload);
+        }
+        let registry = &shared.channels;
+        let keep = registry.history.messages > 0 || shared.storage.is_some();
+        let retained = keep.then(|| payload.clone());
         let mut log = channel.lock_log();
         let offset = log.next_offset;
         let message = Arc::new(Message { channel: channel.clone(), offset, payload });
-        match self.producer.try_publish(message) {
-            Ok(_) => {
-                log.next_offset += 1;
-                if let Some(payload) = retained {
-                    let entry = Retained { offset, published_ms: history::now_ms(), payload };
-                    let dropped = log.append(entry, &registry.history, &registry.retained_bytes);
-                    WorkerCounters::add(
-                        &self.shared.counters[self.id].history_dropped,
-                        dropped as u64,
+        if let Err(message) = self.producer.try_publish(message) {
+            drop(log);
+            return Err(Arc::try_unwrap(message)
+                .map_or_else(|shared| shared.payload.clone(), |m| m.payload));
+        }
+        log.next_offset += 1;
+        let mut ack_now = acked;
+        if let Some(payload) = retained {
+            let entry = Retained { offset, published_ms: history::now_ms(), payload };
+            if let Some(storage) = &shared.storage {
+                // Sent under the channel's lock, so the storage thread sees each channel's
+                // records in offset order.
+                let ack = (acked && storage.fsync_always).then(|| {
+                    ack_now = false;
+                    AckTarget { worker: self.id, key, serial: self.conns[key].serial }
+                });
+                let append = Append {
+                    channel: channel.name.clone(),
+                    epoch: log.epoch,
+                    record: entry.clone(),
+                    ack,
+                };
+                storage.depth.fetch_add(1, Ordering::Relaxed);
+                if storage.sender.send(StoreOp::Append(append)).is_err() {
+                    warn!(
+                        "worker {}: the storage thread is gone; offset {offset} is not on disk",
+                        self.id
                     );
                 }
-                drop(log);
-                self.published = true;
-                WorkerCounters::add(&self.counters().messages_in, 1);
-                Ok(())
             }
-            Err(message) => {
-                drop(log);
-                Err(Arc::try_unwrap(message)
-                    .map_or_else(|shared| shared.payload.clone(), |m| m.payload))
+            let dropped = log.append(entry, &registry.history, &registry.retained_bytes);
+            WorkerCounters::add(&shared.counters[self.id].history_dropped, dropped as u64);
+        }
+        drop(log);
+        self.published = true;
+        WorkerCounters::add(&self.counters().messages_in, 1);
+        if ack_now {
+            let frame = self.conns[key].reply_format().encode_ack(&channel.name, offset);
+            self.reply(key, frame);
+        }
+        Ok(())
+    }
+
+    /// Sends the acknowledgements the storage thread confirmed (`--fsync always`).
+    fn deliver_acks(&mut self) {
+        while let Ok(persisted) = self.acks.try_recv() {
+            let target = persisted.target;
+            let Some(conn) = self.conns.get(target.key) else { continue };
+            if conn.serial != target.serial || !conn.is_open() {
+                continue;
             }
+            let frame = conn.reply_format().encode_ack(&persisted.channel, persisted.offset);
+            self.reply(target.key, frame);
         }
     }
 
@@ -751,9 +815,10 @@ impl Worker {
         for key in std::mem::take(&mut self.stalled) {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             let Some(stalled) = conn.stalled.take() else { continue };
-            let StalledPublish { channel, payload } = *stalled;
-            if let Err(payload) = self.publish(&channel, payload) {
-                self.conns[key].stalled = Some(Box::new(StalledPublish { channel, payload }));
+            let StalledPublish { channel, payload, acked } = *stalled;
+            if let Err(payload) = self.publish(key, &channel, payload, acked) {
+                self.conns[key].stalled =
+                    Some(Box::new(StalledPublish { channel, payload, acked }));
                 self.stalled.push(key);
                 continue;
             }
@@ -941,6 +1006,13 @@ impl Worker {
             WorkerCounters::add(&self.shared.counters[self.id].history_dropped, dropped as u64);
             let status = log.resume_status(resume.after, resume.epoch);
             (log.epoch, log.first_retained(), log.last_offset(), status)
+        };
+        // `after = u64::MAX` means "from now": nothing to replay, but the client learns the
+        // epoch and latest offset it will resume from after a reconnect.
+        let (resume, status) = if resume.after == u64::MAX {
+            (protocol::Resume { after: last, ..resume }, ResumeStatus::Ok)
+        } else {
+            (resume, status)
         };
         let format = self.conns[key].reply_format();
         self.reply(key, format.encode_history(&channel.name, epoch, first, last, status));

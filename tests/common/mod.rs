@@ -52,6 +52,10 @@ pub enum Frame {
         last: u64,
         status: fanout::history::ResumeStatus,
     },
+    Ack {
+        channel: String,
+        offset: u64,
+    },
     Ping,
     Pong,
 }
@@ -75,6 +79,9 @@ impl From<ServerFrame<'_>> for Frame {
                 last,
                 status,
             },
+            ServerFrame::Ack { channel, offset } => {
+                Frame::Ack { channel: String::from_utf8_lossy(&channel).into_owned(), offset }
+            }
             ServerFrame::Ping => Frame::Ping,
             ServerFrame::Pong => Frame::Pong,
         }
@@ -145,6 +152,9 @@ impl Conn {
                     out = [b"PUB ", channel, b" ", &payload, b"\n"].concat()
                 }
                 Request::Name { name } => out = [b"NAME ", name, b"\n"].concat(),
+                Request::PublishAcked { channel, payload } => {
+                    out = [b"PUBA ", channel, b" ", &payload, b"\n"].concat()
+                }
                 Request::Ping => out = b"PING\n".to_vec(),
                 Request::Pong => out = b"PONG\n".to_vec(),
                 Request::Noop => out = b"\n".to_vec(),
