@@ -334,3 +334,249 @@ impl Client {
         }
     }
 }
+
+/// Exponential backoff with jitter between reconnect attempts: 100 ms doubling up to 5 s, each
+/// wait drawn from its upper half so that a crowd of clients does not reconnect in step.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Backoff {
+        Backoff { next: Self::FIRST, retry_at: None }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+        self.retry_at = None;
+    }
+
+    /// Notes a failure: the next attempt waits.
+    fn failed(&mut self) {
+        use std::hash::{BuildHasher, Hasher};
+        // std's hasher is keyed randomly per instance: a cheap source of jitter.
+        let jitter = 0.5
+            + (std::collections::hash_map::RandomState::new().build_hasher().finish() % 1000)
+                as f64
+                / 2000.0;
+        self.retry_at = Some(Instant::now() + self.next.mul_f64(jitter));
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+
+    /// True when an attempt may be made now.
+    fn ready(&self) -> bool {
+        self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Sleeps until an attempt may be made, at most `limit`.
+    fn sleep(&self, limit: Duration) {
+        if let Some(at) = self.retry_at {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()).min(limit));
+        }
+    }
+}
+
+/// Where a resuming subscriber stands on one channel.
+#[derive(Debug, Clone)]
+struct Position {
+    channel: String,
+    /// The last offset received (or the latest when first subscribed).
+    last: Option<u64>,
+    epoch: Option<u64>,
+}
+
+/// A subscriber that survives disconnects: it reconnects with backoff and jitter and resumes
+/// every channel from the last offset it delivered, so that while history retains them nothing
+/// is lost and nothing arrives twice.
+#[derive(Debug)]
+pub struct Subscriber {
+    server: SocketAddr,
+    positions: Vec<Position>,
+    client: Option<Client>,
+    backoff: Backoff,
+}
+
+impl Subscriber {
+    /// Subscribes to `channels` from now (`from: None`) or after offset `from` (0: everything
+    /// retained). Connects lazily, on the first `next_message`.
+    pub fn new(server: SocketAddr, channels: &[String], from: Option<u64>) -> Subscriber {
+        let positions = channels
+            .iter()
+            .map(|c| Position { channel: c.clone(), last: from, epoch: None })
+            .collect();
+        Subscriber { server, positions, client: None, backoff: Backoff::new() }
+    }
+
+    /// The next message of any channel, reconnecting as long as it takes.
+    pub fn next_message(&mut self) -> Result<Message, ClientError> {
+        loop {
+            if self.client.is_none() {
+                match self.connect() {
+                    Ok(client) => {
+                        self.client = Some(client);
+                        self.backoff.reset();
+                    }
+                    Err(e) => {
+                        log::warn!("subscriber: cannot connect to {}: {e}; retrying", self.server);
+                        self.backoff.failed();
+                        self.backoff.sleep(Backoff::MAX);
+                        continue;
+                    }
+                }
+            }
+            let Some(client) = self.client.as_mut() else { continue };
+            match client.next_message(None) {
+                Ok(Some(message)) => {
+                    if let Some(position) =
+                        self.positions.iter_mut().find(|p| p.channel == message.channel)
+                    {
+                        position.last = Some(message.offset);
+                    }
+                    return Ok(message);
+                }
+                Ok(None) => {}
+                Err(ClientError::Server { code, reason }) => {
+                    return Err(ClientError::Server { code, reason })
+                }
+                Err(e) => {
+                    log::warn!("subscriber: connection to {} lost ({e}); resuming", self.server);
+                    self.client = None;
+                    self.backoff.failed();
+                    self.backoff.sleep(Backoff::MAX);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) -> Result<Client, ClientError> {
+        let mut client = Client::connect(self.server)?;
+        for position in &mut self.positions {
+            let after = position.last.unwrap_or(u64::MAX);
+            let info = client.subscribe_from(&position.channel, after, position.epoch, false)?;
+            if info.status != ResumeStatus::Ok {
+                log::warn!(
+                    "subscriber: {} after offset {after} is not retained ({}); resuming from the earliest, {}",
+                    position.channel,
+                    info.status.word(),
+                    info.first
+                );
+            }
+            position.epoch = Some(info.epoch);
+            if position.last.is_none() {
+                position.last = Some(info.last);
+            }
+        }
+        Ok(client)
+    }
+}
+
+/// A publisher that survives disconnects: every message is published with an acknowledgement,
+/// and up to `max_unacked` unacknowledged ones are kept and sent again after a reconnect. A
+/// message whose acknowledgement was lost with the connection is sent twice (at least once).
+#[derive(Debug)]
+pub struct Publisher {
+    server: SocketAddr,
+    client: Option<Client>,
+    unacked: VecDeque<(String, Vec<u8>)>,
+    max_unacked: usize,
+    backoff: Backoff,
+}
+
+impl Publisher {
+    /// Connects lazily; keeps at most `max_unacked` messages waiting for acknowledgement.
+    pub fn new(server: SocketAddr, max_unacked: usize) -> Publisher {
+        Publisher {
+            server,
+            client: None,
+            unacked: VecDeque::new(),
+            max_unacked: max_unacked.max(1),
+            backoff: Backoff::new(),
+        }
+    }
+
+    /// Queues and sends one message; blocks while `max_unacked` are waiting (reconnecting as
+    /// needed). Fails only on a server error (such as an invalid channel).
+    pub fn publish(&mut self, channel: &str, payload: &[u8]) -> Result<(), ClientError> {
+        while self.unacked.len() >= self.max_unacked {
+            self.settle(Some(Duration::from_millis(100)))?;
+        }
+        self.unacked.push_back((channel.to_string(), payload.to_vec()));
+        if let Some(client) = self.client.as_mut() {
+            if let Err(e) = client.publish_acked_nowait(channel, payload) {
+                self.lost(e)?;
+            }
+        }
+        self.settle(Some(Duration::ZERO))
+    }
+
+    /// Waits until every message is acknowledged.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        while !self.unacked.is_empty() {
+            self.settle(Some(Duration::from_millis(100)))?;
+        }
+        Ok(())
+    }
+
+    /// Messages still waiting for acknowledgement.
+    pub fn unacknowledged(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Connects if needed (resending what is unacknowledged) and takes the acknowledgements
+    /// that arrive within `wait`.
+    fn settle(&mut self, wait: Option<Duration>) -> Result<(), ClientError> {
+        if self.client.is_none() {
+            if !self.backoff.ready() {
+                self.backoff.sleep(wait.unwrap_or(Backoff::MAX));
+                if !self.backoff.ready() {
+                    return Ok(());
+                }
+            }
+            match Client::connect(self.server) {
+                Ok(mut client) => {
+                    for (channel, payload) in &self.unacked {
+                        client.publish_acked_nowait(channel, payload)?;
+                    }
+                    self.client = Some(client);
+                    self.backoff.reset();
+                }
+                Err(e) => {
+                    log::warn!("publisher: cannot connect to {}: {e}; retrying", self.server);
+                    self.backoff.failed();
+                    return Ok(());
+                }
+            }
+        }
+        let Some(client) = self.client.as_mut() else { return Ok(()) };
+        let mut timeout = wait;
+        loop {
+            match client.next_ack(timeout) {
+                Ok(Some(_)) => {
+                    self.unacked.pop_front();
+                    timeout = Some(Duration::ZERO);
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return self.lost(e),
+            }
+        }
+    }
+
+    fn lost(&mut self, error: ClientError) -> Result<(), ClientError> {
+        if let ClientError::Server { .. } = error {
+            return Err(error);
+        }
+        log::warn!(
+            "publisher: connection to {} lost ({error}); {} unacknowledged will be resent",
+            self.server,
+            self.unacked.len()
+        );
+        self.client = None;
+        self.backoff.failed();
+        Ok(())
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 
-use fanout::client::Client;
+use fanout::client::{Client, Publisher, Subscriber};
 use fanout::history::disk::FsyncPolicy;
 use fanout::{Config, Server};
 
@@ -281,17 +281,18 @@ fn publish(
     channel: &str,
     message: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = Client::connect(server)?;
+    // Acknowledged publishes; unacknowledged ones are kept (up to 10,000) and sent again after a
+    // reconnect, so a server restart loses nothing from stdin.
+    let mut publisher = Publisher::new(server, 10_000);
     match message {
-        Some(message) => client.publish(channel, message.as_bytes())?,
+        Some(message) => publisher.publish(channel, message.as_bytes())?,
         None => {
             for line in io::stdin().lock().lines() {
-                client.publish(channel, line?.as_bytes())?;
+                publisher.publish(channel, line?.as_bytes())?;
             }
         }
     }
-    // The round trip surfaces any error the server sent for our publishes.
-    client.ping()?;
+    publisher.flush()?;
     Ok(())
 }
 
@@ -301,33 +302,36 @@ fn subscribe(
     name: Option<String>,
     from: Option<u64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = Client::connect(server)?;
-    if let Some(name) = name {
-        client.claim_name(&name)?;
-    }
-    for channel in channels {
-        match from {
-            None => client.subscribe(channel)?,
-            Some(after) => {
-                let info = client.subscribe_from(channel, after, None, false)?;
-                if info.status != fanout::history::ResumeStatus::Ok {
-                    warn!(
-                        "{channel}: offset {after} is not retained ({}); starting at the earliest, {}",
-                        info.status.word(),
-                        info.first
-                    );
-                }
-            }
-        }
-    }
     let stdout = io::stdout();
-    loop {
-        let Some(message) = client.next_message(None)? else { continue };
+    let print = |message: fanout::client::Message| -> io::Result<()> {
         let mut out = stdout.lock();
         write!(out, "{} {} ", message.channel, message.offset)?;
         out.write_all(&message.payload)?;
         out.write_all(b"\n")?;
-        out.flush()?;
+        out.flush()
+    };
+    if let Some(name) = name {
+        // A named client is one connection: no resume (a name is claimed per connection).
+        let mut client = Client::connect(server)?;
+        client.claim_name(&name)?;
+        for channel in channels {
+            match from {
+                None => client.subscribe(channel)?,
+                Some(after) => {
+                    client.subscribe_from(channel, after, None, false)?;
+                }
+            }
+        }
+        loop {
+            if let Some(message) = client.next_message(None)? {
+                print(message)?;
+            }
+        }
+    }
+    // Otherwise: reconnect with backoff and resume every channel from its last offset.
+    let mut subscriber = Subscriber::new(server, channels, from);
+    loop {
+        print(subscriber.next_message()?)?;
     }
 }
 

@@ -95,6 +95,6 @@ fn serve_pub_sub_and_sigterm() {
     assert_eq!(unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) }, 0);
     let status = server.0.wait().unwrap();
     assert!(status.success(), "server exit status {status:?}");
-    let sub_status = subscriber.0.wait().unwrap();
-    assert!(!sub_status.success(), "fanout sub reports the lost connection");
+    // `fanout sub` keeps trying to reconnect (and would resume); it is still running.
+    assert!(subscriber.0.try_wait().unwrap().is_none(), "fanout sub keeps reconnecting");
 }
