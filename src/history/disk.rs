@@ -166,7 +166,7 @@ pub fn mark_clean(dir: &Path) {
 pub fn recover(
     dir: &Path,
     limits: &HistoryLimits,
-    total: &std::sync::atomic::AtomicUsize,
+    total: &super::Totals,
     unclean_gap: u64,
 ) -> io::Result<Vec<Recovered>> {
     let root = channels_dir(dir);
@@ -548,7 +548,6 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
 
     fn limits() -> HistoryLimits {
         HistoryLimits {
@@ -595,7 +594,7 @@ mod tests {
         let dir = temp_dir("roundtrip");
         let epoch = write(&dir, 100, 4096, limits());
         mark_clean(&dir);
-        let recovered = recover(&dir, &limits(), &AtomicUsize::new(0), 1000).unwrap();
+        let recovered = recover(&dir, &limits(), &crate::history::Totals::default(), 1000).unwrap();
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].name, Bytes::from_static(b"ch"));
         assert_eq!(recovered[0].log.epoch, epoch);
@@ -611,7 +610,7 @@ mod tests {
         write(&dir, 2000, 4096, small.clone());
         let segments = list_segments(&dir.join("channels").join(hex(b"ch"))).unwrap();
         assert!(segments.len() <= 2, "old segments deleted: {segments:?}");
-        let recovered = recover(&dir, &small, &AtomicUsize::new(0), 1000).unwrap();
+        let recovered = recover(&dir, &small, &crate::history::Totals::default(), 1000).unwrap();
         assert_eq!(recovered[0].log.next_offset, 3001, "unclean: offsets continue past a gap");
         assert_eq!(offsets(&recovered[0].log), (1991..=2000).collect::<Vec<_>>());
         fs::remove_dir_all(&dir).ok();
@@ -632,7 +631,8 @@ mod tests {
             }
             fs::write(&segment, &bytes).unwrap();
             mark_clean(&dir);
-            let recovered = recover(&dir, &limits(), &AtomicUsize::new(0), 1000).unwrap();
+            let recovered =
+                recover(&dir, &limits(), &crate::history::Totals::default(), 1000).unwrap();
             assert_eq!(offsets(&recovered[0].log), (1..=49).collect::<Vec<_>>(), "{damage}");
             assert_eq!(recovered[0].log.next_offset, 50, "{damage}: clean marker, so no gap");
             assert!(

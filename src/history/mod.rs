@@ -29,6 +29,15 @@ pub struct HistoryLimits {
     pub total_bytes: usize,
 }
 
+/// Server-wide history totals, shared by every channel's log.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Payload bytes retained.
+    pub bytes: AtomicUsize,
+    /// Messages retained.
+    pub messages: AtomicUsize,
+}
+
 /// One retained message.
 #[derive(Debug, Clone)]
 pub struct Retained {
@@ -142,12 +151,7 @@ impl ChannelLog {
 
     /// Appends the message that just got offset `next_offset - 1`, then applies retention.
     /// `total` is the server-wide retained byte count. Returns the messages dropped.
-    pub fn append(
-        &mut self,
-        message: Retained,
-        limits: &HistoryLimits,
-        total: &AtomicUsize,
-    ) -> usize {
+    pub fn append(&mut self, message: Retained, limits: &HistoryLimits, total: &Totals) -> usize {
         if limits.messages == 0 {
             return 0;
         }
@@ -158,27 +162,29 @@ impl ChannelLog {
         );
         let now = message.published_ms;
         self.retained_bytes += message.payload.len();
-        total.fetch_add(message.payload.len(), Ordering::Relaxed);
+        total.bytes.fetch_add(message.payload.len(), Ordering::Relaxed);
+        total.messages.fetch_add(1, Ordering::Relaxed);
         self.retained.push_back(message);
         self.trim(now, limits, total)
     }
 
     /// Drops what retention no longer allows; returns how many messages were dropped.
-    pub fn trim(&mut self, now_ms: u64, limits: &HistoryLimits, total: &AtomicUsize) -> usize {
+    pub fn trim(&mut self, now_ms: u64, limits: &HistoryLimits, total: &Totals) -> usize {
         let age_ms = limits.age.as_millis() as u64;
         let mut dropped = 0;
         while let Some(front) = self.retained.front() {
             let too_many = self.retained.len() > limits.messages;
             let too_big = self.retained_bytes > limits.bytes;
             let too_old = age_ms > 0 && now_ms.saturating_sub(front.published_ms) > age_ms;
-            let over_total = total.load(Ordering::Relaxed) > limits.total_bytes;
+            let over_total = total.bytes.load(Ordering::Relaxed) > limits.total_bytes;
             if !(too_many || too_big || too_old || over_total) {
                 break;
             }
             let len = front.payload.len();
             self.retained.pop_front();
             self.retained_bytes -= len;
-            total.fetch_sub(len, Ordering::Relaxed);
+            total.bytes.fetch_sub(len, Ordering::Relaxed);
+            total.messages.fetch_sub(1, Ordering::Relaxed);
             dropped += 1;
         }
         dropped
@@ -236,7 +242,7 @@ mod tests {
         payload: &'static [u8],
         at_ms: u64,
         limits: &HistoryLimits,
-        total: &AtomicUsize,
+        total: &Totals,
     ) {
         let offset = log.next_offset;
         log.next_offset += 1;
@@ -255,7 +261,7 @@ mod tests {
 
     #[test]
     fn retention_by_count_bytes_and_age() {
-        let total = AtomicUsize::new(0);
+        let total = Totals::default();
         let by_count = limits(3, usize::MAX, 0);
         let mut log = ChannelLog::default();
         for _ in 0..5 {
@@ -292,14 +298,15 @@ mod tests {
 
     #[test]
     fn global_cap_and_off_switch() {
-        let total = AtomicUsize::new(0);
+        let total = Totals::default();
         let capped = HistoryLimits { total_bytes: 4, ..limits(100, usize::MAX, 0) };
         let mut log = ChannelLog::default();
         publish(&mut log, b"ab", 0, &capped, &total);
         publish(&mut log, b"cd", 0, &capped, &total);
         publish(&mut log, b"ef", 0, &capped, &total);
         assert_eq!(offsets(&log, 0), vec![2, 3]);
-        assert_eq!(total.load(Ordering::Relaxed), 4);
+        assert_eq!(total.bytes.load(Ordering::Relaxed), 4);
+        assert_eq!(total.messages.load(Ordering::Relaxed), 2);
 
         let off = limits(0, usize::MAX, 0);
         let mut log = ChannelLog::default();
@@ -310,7 +317,7 @@ mod tests {
 
     #[test]
     fn read_after_pages_in_order() {
-        let total = AtomicUsize::new(0);
+        let total = Totals::default();
         let keep = limits(1000, usize::MAX, 0);
         let mut log = ChannelLog::default();
         for _ in 0..10 {

@@ -4,12 +4,12 @@
 //! time (each worker caches the `Arc<Channel>`s it has used).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::history::{ChannelLog, HistoryLimits};
+use crate::history::{ChannelLog, HistoryLimits, Totals};
 use crate::protocol::{validate_channel, ChannelKind};
 
 /// One channel: its identity, offset counter and history.
@@ -74,8 +74,8 @@ pub struct ChannelRegistry {
     broadcast: Arc<Channel>,
     /// Retention for every channel's log.
     pub history: HistoryLimits,
-    /// Payload bytes retained over all channels.
-    pub retained_bytes: AtomicUsize,
+    /// Bytes and messages retained over all channels.
+    pub retained: Totals,
 }
 
 impl ChannelRegistry {
@@ -89,7 +89,7 @@ impl ChannelRegistry {
             max_channels,
             broadcast,
             history,
-            retained_bytes: AtomicUsize::new(0),
+            retained: Totals::default(),
         }
     }
 

@@ -134,7 +134,8 @@ impl Shared {
         for counters in self.counters.iter() {
             total.absorb(counters);
         }
-        total.retained_bytes = self.channels.retained_bytes.load(Ordering::Relaxed) as u64;
+        total.retained_bytes = self.channels.retained.bytes.load(Ordering::Relaxed) as u64;
+        total.retained_messages = self.channels.retained.messages.load(Ordering::Relaxed) as u64;
         if let Some(storage) = &self.storage {
             let c = &storage.counters;
             total.records_written = c.records_written.load(Ordering::Relaxed);
@@ -192,15 +193,14 @@ impl Server {
         let channels = ChannelRegistry::new(config.max_channels, config.history_limits());
         let mut storage_parts = None;
         if let Some(dir) = &config.data_dir {
-            let recovered = disk::recover(
-                dir,
-                &channels.history,
-                &channels.retained_bytes,
-                MAX_STORAGE_BACKLOG,
-            )
-            .map_err(|e| {
-                StartError::Config(format!("cannot read history from {}: {e}", dir.display()))
-            })?;
+            let recovered =
+                disk::recover(dir, &channels.history, &channels.retained, MAX_STORAGE_BACKLOG)
+                    .map_err(|e| {
+                        StartError::Config(format!(
+                            "cannot read history from {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
             for channel in recovered {
                 channels.restore(channel.name, channel.log);
             }

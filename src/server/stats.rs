@@ -71,6 +71,8 @@ counters! {
     history_dropped: sum,
     /// Payload bytes retained in history now (server-wide).
     retained_bytes: max,
+    /// Messages retained in history now (server-wide).
+    retained_messages: max,
     /// History records written to disk.
     records_written: sum,
     /// History segment files created.

@@ -780,7 +780,7 @@ impl Worker {
                     );
                 }
             }
-            let dropped = log.append(entry, &registry.history, &registry.retained_bytes);
+            let dropped = log.append(entry, &registry.history, &registry.retained);
             WorkerCounters::add(&shared.counters[self.id].history_dropped, dropped as u64);
         }
         drop(log);
@@ -1002,7 +1002,7 @@ impl Worker {
         let (epoch, first, last, status) = {
             let mut log = channel.lock_log();
             // Age retention also applies to channels nobody publishes to any more.
-            let dropped = log.trim(history::now_ms(), &registry.history, &registry.retained_bytes);
+            let dropped = log.trim(history::now_ms(), &registry.history, &registry.retained);
             WorkerCounters::add(&self.shared.counters[self.id].history_dropped, dropped as u64);
             let status = log.resume_status(resume.after, resume.epoch);
             (log.epoch, log.first_retained(), log.last_offset(), status)
