@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     /// nothing more will be published and each worker can finish draining the ring.
     quiesced: AtomicUsize,
     started: Instant,
+    /// Wall-clock milliseconds at `started` (history timestamps are this plus the worker clock).
+    started_wall_ms: u64,
     /// The storage thread's queue, with `--data-dir`.
     storage: Option<StorageQueue>,
     /// Per worker: where the storage thread sends acknowledgements once records are durable.
@@ -241,6 +243,7 @@ impl Server {
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             started: Instant::now(),
+            started_wall_ms: crate::history::now_ms(),
             config,
         });
 

@@ -35,7 +35,7 @@ use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
 use super::{Item, Shared, MAX_STORAGE_BACKLOG};
 use crate::history::disk::{AckTarget, Append, Persisted, StoreOp};
-use crate::history::{self, ResumeStatus, Retained};
+use crate::history::{ResumeStatus, Retained};
 use crate::protocol::{
     self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed,
 };
@@ -208,6 +208,11 @@ impl Worker {
 
     fn counters(&self) -> &WorkerCounters {
         &self.shared.counters[self.id]
+    }
+
+    /// Wall-clock milliseconds, from the turn's clock (no system call per message).
+    fn wall_ms(&self) -> u64 {
+        self.shared.started_wall_ms + u64::from(self.now_ms)
     }
 
     fn clock(&mut self) {
@@ -758,7 +763,7 @@ impl Worker {
         log.next_offset += 1;
         let mut ack_now = acked;
         if let Some(payload) = retained {
-            let entry = Retained { offset, published_ms: history::now_ms(), payload };
+            let entry = Retained { offset, published_ms: self.wall_ms(), payload };
             if let Some(storage) = &shared.storage {
                 // Sent under the channel's lock, so the storage thread sees each channel's
                 // records in offset order.
@@ -1002,7 +1007,7 @@ impl Worker {
         let (epoch, first, last, status) = {
             let mut log = channel.lock_log();
             // Age retention also applies to channels nobody publishes to any more.
-            let dropped = log.trim(history::now_ms(), &registry.history, &registry.retained);
+            let dropped = log.trim(self.wall_ms(), &registry.history, &registry.retained);
             WorkerCounters::add(&self.shared.counters[self.id].history_dropped, dropped as u64);
             let status = log.resume_status(resume.after, resume.epoch);
             (log.epoch, log.first_retained(), log.last_offset(), status)
