@@ -219,3 +219,18 @@ fn the_library_client_resumes_from_an_offset() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn acknowledged_publishes_carry_their_offsets_in_both_formats() {
+    let server = start(|_| {});
+    let mut text = Conn::text(server.local_addr());
+    text.send_raw(b"PUBA acks one\r\nPUBA acks two\r\n");
+    assert_eq!(text.next(), Frame::Ack { channel: "acks".into(), offset: 1 });
+    assert_eq!(text.next(), Frame::Ack { channel: "acks".into(), offset: 2 });
+    let mut binary = Conn::binary(server.local_addr());
+    binary.send(Request::PublishAcked { channel: b"acks", payload: b"three".as_slice().into() });
+    assert_eq!(binary.next(), Frame::Ack { channel: "acks".into(), offset: 3 });
+    // An invalid channel is refused, not acknowledged.
+    text.send_raw(b"PUBA bad\x01name x\r\n");
+    assert!(matches!(text.next(), Frame::Err { code: 422, .. }));
+}
