@@ -64,7 +64,7 @@ pub struct AckTarget {
     /// Slab key of the connection.
     pub key: usize,
     /// The connection's serial number (slab keys are reused).
-    pub serial: u64,
+    pub serial: u32,
 }
 
 /// Sent back to a worker when acknowledged appends are durable.

@@ -107,14 +107,14 @@ pub struct Conn {
     pub stalled: Option<Box<StalledPublish>>,
     /// A resuming subscribe being replayed from history; later input waits for it.
     pub replay: Option<Box<Replay>>,
-    /// Unique for the worker's lifetime (slab keys are reused): matches late acknowledgements
-    /// from the storage thread to the connection that asked.
-    pub serial: u64,
+    /// Distinguishes connections that share a slab key over time (wraps after 2^32 accepts), so
+    /// that a late acknowledgement from the storage thread reaches the connection that asked.
+    pub serial: u32,
 }
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(stream: TcpStream, now_ms: u32, serial: u64) -> Self {
+    pub fn new(stream: TcpStream, now_ms: u32, serial: u32) -> Self {
         Conn {
             serial,
             stream,

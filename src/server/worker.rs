@@ -121,7 +121,7 @@ pub(super) struct Worker {
     /// Acknowledgements of durable appends, from the storage thread.
     acks: crossbeam_channel::Receiver<Persisted>,
     /// Serial number of the last accepted connection.
-    next_serial: u64,
+    next_serial: u32,
     /// Every read lands here first; only an incomplete frame is copied into the connection.
     scratch: Vec<u8>,
     /// Connections with new frames this turn (each once; see `Conn::dirty`).
@@ -372,7 +372,7 @@ impl Worker {
             self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        self.next_serial += 1;
+        self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Conn::new(stream, self.now_ms, self.next_serial);
         // A fresh socket has an empty send buffer: replies need not wait for the first event.
         conn.writable = true;
