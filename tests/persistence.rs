@@ -235,3 +235,35 @@ fn resuming_clients_ride_out_a_server_restart() {
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing twice");
     second.shutdown();
 }
+
+#[test]
+fn offsets_only_grow_across_repeated_crashes() {
+    let dir = TempDir::new("crashes");
+    let args = ["--data-dir", dir.path(), "--fsync", "always"];
+    let mut acknowledged = Vec::new();
+    for round in 0..2 {
+        let server = ChildServer::start(&args);
+        let mut client = Client::connect(server.addr).unwrap();
+        for i in 0..100 {
+            let offset = client
+                .publish_acked("audit", format!("round {round} entry {i}").as_bytes())
+                .unwrap();
+            assert!(
+                acknowledged.last().is_none_or(|&last| offset > last),
+                "offset {offset} after {acknowledged:?}"
+            );
+            acknowledged.push(offset);
+        }
+        server.kill();
+    }
+    let server = ChildServer::start(&args);
+    let (_, messages) = replay(server.addr, "audit", 0, None);
+    let offsets: Vec<u64> = messages.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets, acknowledged,
+        "every acknowledged message, once, in order, across the jump"
+    );
+    // Resuming from just before the jump continues after it.
+    let (_, after_jump) = replay(server.addr, "audit", acknowledged[99], None);
+    assert_eq!(after_jump.first().map(|(o, _)| *o), Some(acknowledged[100]));
+}

@@ -111,6 +111,18 @@ pub struct Recovered {
     pub name: Bytes,
     /// Its log: epoch, next offset and retained messages.
     pub log: ChannelLog,
+    /// Its segment files as found (for the storage thread's retention).
+    pub segments: Vec<SegmentMeta>,
+}
+
+/// What recovery learnt about one segment file.
+#[derive(Debug, Clone)]
+pub struct SegmentMeta {
+    path: PathBuf,
+    records: u64,
+    bytes: u64,
+    last: u64,
+    newest_ms: u64,
 }
 
 fn channels_dir(dir: &Path) -> PathBuf {
@@ -194,6 +206,7 @@ pub fn recover(
             continue;
         };
         let mut log = ChannelLog { epoch, ..ChannelLog::default() };
+        let mut metas = Vec::new();
         let mut expected: Option<u64> = None;
         let segments = list_segments(&path)?;
         let mut cut = false;
@@ -207,15 +220,24 @@ pub fn recover(
             File::open(segment)?.read_to_end(&mut bytes)?;
             let mut at = 0;
             let mut first_record = true;
+            let mut meta =
+                SegmentMeta { path: segment.clone(), records: 0, bytes: 0, last: 0, newest_ms: 0 };
             while at < bytes.len() {
+                // A segment starts at the offset in its name, at or after where the previous one
+                // ended (later, after an unclean restart: see below); inside, offsets are contiguous.
+                let in_place = |offset: u64| match (first_record, expected) {
+                    (true, None) => offset == *first,
+                    (true, Some(e)) => offset == *first && offset >= e,
+                    (false, Some(e)) => offset == e,
+                    (false, None) => false,
+                };
                 match parse_record(&bytes[at..]) {
-                    Some((record, used))
-                        if expected.map_or(record.offset == *first || !first_record, |e| {
-                            record.offset == e
-                        }) =>
-                    {
+                    Some((record, used)) if in_place(record.offset) => {
                         expected = Some(record.offset + 1);
                         log.next_offset = record.offset + 1;
+                        meta.records += 1;
+                        meta.last = record.offset;
+                        meta.newest_ms = record.published_ms;
                         log.append(record, limits, total);
                         at += used;
                         first_record = false;
@@ -232,13 +254,20 @@ pub fn recover(
                     }
                 }
             }
+            meta.bytes = at as u64;
+            if meta.records > 0 {
+                metas.push(meta);
+            } else {
+                // Nothing valid in it: a segment created just before a crash, or cut to nothing.
+                fs::remove_file(segment)?;
+            }
         }
         // Age retention of what was just loaded, relative to now.
         log.trim(now_ms(), limits, total);
         if !was_clean {
             log.next_offset += unclean_gap;
         }
-        recovered.push(Recovered { name: Bytes::from(name), log });
+        recovered.push(Recovered { name: Bytes::from(name), log, segments: metas });
     }
     if !recovered.is_empty() {
         info!("history: recovered {} channel(s) from {}", recovered.len(), dir.display());
@@ -289,13 +318,19 @@ fn write_record(out: &mut impl Write, record: &Retained) -> io::Result<usize> {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
+    /// Created by this run (only those may be appended to).
+    created_here: bool,
+    /// Records in it.
+    records: u64,
     /// Offset of its newest record.
     last: u64,
     bytes: u64,
     newest_ms: u64,
 }
 
-/// The storage thread's view of one channel.
+/// The storage thread's view of one channel. Segments found on disk at start are never appended
+/// to: the first append of a run opens a new segment, so an offset jump after an unclean restart
+/// always falls on a segment boundary, where recovery accepts it.
 #[derive(Debug)]
 struct ChannelFiles {
     dir: PathBuf,
@@ -312,6 +347,8 @@ pub struct Storage {
     segment_bytes: u64,
     limits: HistoryLimits,
     channels: HashMap<Bytes, ChannelFiles>,
+    /// Segments recovery found, by channel, until the channel's first append of this run.
+    existing: HashMap<Bytes, Vec<SegmentMeta>>,
     counters: Arc<StorageCounters>,
 }
 
@@ -322,6 +359,7 @@ impl Storage {
         fsync: FsyncPolicy,
         segment_bytes: u64,
         limits: HistoryLimits,
+        existing: HashMap<Bytes, Vec<SegmentMeta>>,
         counters: Arc<StorageCounters>,
     ) -> Storage {
         Storage {
@@ -330,6 +368,7 @@ impl Storage {
             segment_bytes: segment_bytes.max(4096),
             limits,
             channels: HashMap::new(),
+            existing,
             counters,
         }
     }
@@ -426,22 +465,20 @@ impl Storage {
             if !epoch_file.exists() {
                 fs::write(&epoch_file, format!("{epoch:016x}\n"))?;
             }
-            let mut segments = VecDeque::new();
-            for (first, path) in list_segments(&dir)? {
-                let bytes = fs::metadata(&path)?.len();
-                // Records are contiguous: a segment ends where the next begins (the last one's end
-                // is learnt as appends arrive).
-                if let Some(previous) = segments.back_mut() {
-                    let previous: &mut Segment = previous;
-                    previous.last = first.saturating_sub(1);
-                }
-                segments.push_back(Segment {
-                    path,
-                    last: first.saturating_sub(1),
-                    bytes,
-                    newest_ms: now_ms(),
-                });
-            }
+            let segments = self
+                .existing
+                .remove(channel)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| Segment {
+                    path: m.path,
+                    created_here: false,
+                    records: m.records,
+                    last: m.last,
+                    bytes: m.bytes,
+                    newest_ms: m.newest_ms,
+                })
+                .collect();
             self.channels.insert(
                 channel.clone(),
                 ChannelFiles { dir, segments, writer: None, dirty: false },
@@ -460,11 +497,14 @@ impl Storage {
             if let Some(mut writer) = files.writer.take() {
                 writer.flush()?;
             }
-            let reuse_last = files.segments.back().is_some_and(|s| s.bytes < segment_bytes);
+            let reuse_last =
+                files.segments.back().is_some_and(|s| s.bytes < segment_bytes && s.created_here);
             if !reuse_last {
                 let path = files.dir.join(segment_name(append.record.offset));
                 files.segments.push_back(Segment {
                     path,
+                    created_here: true,
+                    records: 0,
                     last: append.record.offset.saturating_sub(1),
                     bytes: 0,
                     newest_ms: append.record.published_ms,
@@ -481,6 +521,7 @@ impl Storage {
         let written = write_record(writer, &append.record)? as u64;
         if let Some(segment) = files.segments.back_mut() {
             segment.bytes += written;
+            segment.records += 1;
             segment.last = append.record.offset;
             segment.newest_ms = append.record.published_ms;
         }
@@ -495,14 +536,14 @@ impl Storage {
         let limits = self.limits.clone();
         let counters = self.counters.clone();
         let Some(files) = self.channels.get_mut(channel) else { return };
-        let Some(newest) = files.segments.back().map(|s| s.last) else { return };
-        let keep_from = newest.saturating_sub(limits.messages.max(1) as u64 - 1);
+        // Counted in records, not offsets: offsets jump after an unclean restart.
+        let mut records: u64 = files.segments.iter().map(|s| s.records).sum();
         let mut bytes_after: u64 = files.segments.iter().map(|s| s.bytes).sum();
         let age_ms = limits.age.as_millis() as u64;
         let now = now_ms();
         while files.segments.len() > 1 {
             let Some(oldest) = files.segments.front() else { break };
-            let past_count = oldest.last < keep_from;
+            let past_count = records - oldest.records >= limits.messages as u64;
             let past_bytes = bytes_after - oldest.bytes >= limits.bytes as u64
                 && bytes_after > limits.bytes as u64;
             let past_age = age_ms > 0 && now.saturating_sub(oldest.newest_ms) > age_ms;
@@ -510,6 +551,7 @@ impl Storage {
                 break;
             }
             bytes_after -= oldest.bytes;
+            records -= oldest.records;
             if let Err(e) = fs::remove_file(&oldest.path) {
                 warn!("history: cannot delete {}: {e}", oldest.path.display());
                 break;
@@ -566,8 +608,14 @@ mod tests {
 
     fn write(dir: &Path, count: u64, segment_bytes: u64, limits: HistoryLimits) -> u64 {
         let epoch = 0xfeed;
-        let mut storage =
-            Storage::new(dir, FsyncPolicy::Never, segment_bytes, limits, Arc::default());
+        let mut storage = Storage::new(
+            dir,
+            FsyncPolicy::Never,
+            segment_bytes,
+            limits,
+            HashMap::new(),
+            Arc::default(),
+        );
         for offset in 1..=count {
             let record = Retained {
                 offset,

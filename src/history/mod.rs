@@ -98,7 +98,8 @@ pub struct ChannelLog {
     pub next_offset: u64,
     /// This log's identity.
     pub epoch: u64,
-    /// Retained messages, offsets contiguous and ending at `next_offset - 1`.
+    /// Retained messages in offset order, ending at `next_offset - 1`; contiguous except for the
+    /// jump an unclean restart leaves (see `disk::recover`).
     retained: VecDeque<Retained>,
     retained_bytes: usize,
 }
@@ -210,9 +211,9 @@ impl ChannelLog {
         max_bytes: usize,
         out: &mut Vec<Retained>,
     ) {
-        let first = self.first_retained();
-        let start = after.saturating_add(1).max(first);
-        let skip = (start - first) as usize;
+        // Offsets are contiguous except across an unclean restart (see `disk::recover`), so find
+        // the start by offset rather than by arithmetic.
+        let skip = self.retained.partition_point(|r| r.offset <= after);
         let mut bytes = 0;
         for message in self.retained.iter().skip(skip).take(max_messages) {
             if bytes > 0 && bytes + message.payload.len() > max_bytes {
@@ -313,6 +314,23 @@ mod tests {
         publish(&mut log, b"x", 0, &off, &total);
         assert!(offsets(&log, 0).is_empty());
         assert_eq!(log.last_offset(), 1, "offsets advance without history");
+    }
+
+    #[test]
+    fn read_after_finds_its_place_across_an_offset_jump() {
+        let total = Totals::default();
+        let keep = limits(1000, usize::MAX, 0);
+        let mut log = ChannelLog::default();
+        for _ in 0..3 {
+            publish(&mut log, b"before", 0, &keep, &total);
+        }
+        log.next_offset += 100; // what an unclean restart does
+        for _ in 0..2 {
+            publish(&mut log, b"after", 0, &keep, &total);
+        }
+        assert_eq!(offsets(&log, 2), vec![3, 104, 105]);
+        assert_eq!(offsets(&log, 50), vec![104, 105], "an offset inside the jump resumes after it");
+        assert_eq!(log.resume_status(50, Some(log.epoch)), ResumeStatus::Ok);
     }
 
     #[test]

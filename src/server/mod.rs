@@ -203,7 +203,9 @@ impl Server {
                             dir.display()
                         ))
                     })?;
+            let mut existing = std::collections::HashMap::new();
             for channel in recovered {
+                existing.insert(channel.name.clone(), channel.segments);
                 channels.restore(channel.name, channel.log);
             }
             let (sender, receiver) = crossbeam_channel::unbounded();
@@ -213,6 +215,7 @@ impl Server {
                 config.fsync,
                 config.segment_bytes,
                 config.history_limits(),
+                existing,
                 counters.clone(),
             );
             storage_parts = Some((
