@@ -13,9 +13,18 @@
 //! ```
 //!
 //! Threads: one per worker, each owning its listener, connections and index outright; the only
-//! shared state is the ring, the channel and name registries (consulted on first use of a name),
-//! per-worker counters, and the wakers. The main thread only starts the server and waits for a
-//! signal. See the README's design section for the data flow and the invariants.
+//! shared state is the ring, the channel and name registries (consulted on first use of a name;
+//! each channel's mutex guards its offset counter and history log, taken once per publish and per
+//! replay page), per-worker counters, and the wakers. With `--data-dir`, one storage thread owns
+//! every history file:
+//!
+//! ```text
+//!   workers --(crossbeam-channel: appends, under the channel's lock)--> storage thread
+//!   workers <--(crossbeam-channel per worker + its Waker: durable acks)-- storage thread
+//! ```
+//!
+//! The main thread only starts the server and waits for a signal. See the README's design
+//! section for the data flow and the invariants.
 
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(test, deny(warnings))]
