@@ -104,6 +104,44 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// What queueing frames this turn left to do, and the queue byte gauges.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Connections with new frames this turn (each once; see `Conn::dirty`).
+    dirty: Vec<usize>,
+    /// Connections that would have passed their queue cap; closed as slow consumers.
+    slow: Vec<usize>,
+    /// Bytes waiting in every queue of this worker.
+    queued_bytes: usize,
+    /// The most any one queue has held.
+    high_water: usize,
+}
+
+impl Outbox {
+    /// Queues `frame` for connection `key` unless that would pass `cap` (then `key` is noted as
+    /// slow and false returned), and marks the connection for this turn's flush.
+    fn enqueue(&mut self, key: usize, conn: &mut Conn, frame: Bytes, cap: usize) -> bool {
+        let queued = conn.queue.queued_bytes() + frame.len();
+        if queued > cap {
+            self.slow.push(key);
+            return false;
+        }
+        self.high_water = self.high_water.max(queued);
+        self.queued_bytes += frame.len();
+        conn.queue.push(frame);
+        self.mark_dirty(key, conn);
+        true
+    }
+
+    /// Notes that `key` has something to flush this turn (once).
+    fn mark_dirty(&mut self, key: usize, conn: &mut Conn) {
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+}
+
 /// One event loop; see the module doc.
 pub(super) struct Worker {
     id: usize,
@@ -124,8 +162,8 @@ pub(super) struct Worker {
     next_serial: u32,
     /// Every read lands here first; only an incomplete frame is copied into the connection.
     scratch: Vec<u8>,
-    /// Connections with new frames this turn (each once; see `Conn::dirty`).
-    dirty: Vec<usize>,
+    /// Frames queued this turn: who to flush, who to cut off, and the byte gauges.
+    out: Outbox,
     /// Connections whose replay from history can continue (their queue drained).
     replaying: Vec<usize>,
     /// Scratch for one page of a replay.
@@ -142,16 +180,12 @@ pub(super) struct Worker {
     channel_cache: HashMap<Bytes, Arc<Channel>>,
     batches: Vec<ChannelBatch>,
     batch_of_channel: HashMap<u64, usize>,
-    /// Connections found over their queue cap during fan-out; closed after it.
-    slow: Vec<usize>,
     /// Published since the other workers were last woken.
     published: bool,
     /// Milliseconds since the server started (wrapping).
     now_ms: u32,
     next_housekeeping_ms: u32,
     next_stats_ms: u32,
-    queued_bytes: usize,
-    queue_high_water: usize,
     state: RunState,
 }
 
@@ -185,7 +219,7 @@ impl Worker {
             consumer,
             shared,
             scratch: vec![0; READ_CHUNK_BYTES],
-            dirty: Vec::new(),
+            out: Outbox::default(),
             deferred: Vec::new(),
             deferred_due_ms: None,
             replaying: Vec::new(),
@@ -195,13 +229,10 @@ impl Worker {
             channel_cache: HashMap::new(),
             batches: Vec::new(),
             batch_of_channel: HashMap::new(),
-            slow: Vec::new(),
             published: false,
             now_ms: 0,
             next_housekeeping_ms: 0,
             next_stats_ms: 0,
-            queued_bytes: 0,
-            queue_high_water: 0,
             state: RunState::Running,
         })
     }
@@ -471,6 +502,15 @@ impl Worker {
         }
     }
 
+    /// After a stall or a replay ends: the input that waited, then the socket.
+    fn continue_input(&mut self, key: usize) {
+        let input = self.conns[key].take_input();
+        if !input.is_empty() {
+            self.resume_input(key, input);
+        }
+        self.read_ready(key);
+    }
+
     /// Parses bytes the connection already held (after more arrived, or after a stall cleared).
     fn resume_input(&mut self, key: usize, mut input: Vec<u8>) {
         let used = self.parse_and_handle(key, &input);
@@ -555,17 +595,10 @@ impl Worker {
     fn reply(&mut self, key: usize, frame: Bytes) {
         let cap = self.shared.config.write_queue_cap_bytes;
         let conn = &mut self.conns[key];
-        if conn.queue.queued_bytes() + frame.len() > cap {
-            self.slow.push(key);
+        if self.out.enqueue(key, conn, frame, cap) {
+            conn.urgent = true;
+        } else {
             self.close_slow();
-            return;
-        }
-        self.queued_bytes += frame.len();
-        conn.queue.push(frame);
-        conn.urgent = true;
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
         }
     }
 
@@ -828,11 +861,7 @@ impl Worker {
                 continue;
             }
             // Published: carry on with the input that waited behind it, then with the socket.
-            let input = self.conns[key].take_input();
-            if !input.is_empty() {
-                self.resume_input(key, input);
-            }
-            self.read_ready(key);
+            self.continue_input(key);
         }
     }
 
@@ -914,23 +943,12 @@ impl Worker {
     fn fan_out(&mut self, batch: ChannelBatch) {
         let frames = batch.frames.map(BytesMut::freeze);
         let cap = self.shared.config.write_queue_cap_bytes;
-        let Worker { conns, index, dirty, slow, queued_bytes, queue_high_water, .. } = self;
+        let Worker { conns, index, out, .. } = self;
         let mut deliveries = 0u64;
         let mut enqueue = |key: usize, conn: &mut Conn| {
             let Some(format) = conn.format else { return };
-            let frame = &frames[format as usize];
-            let queued = conn.queue.queued_bytes() + frame.len();
-            if queued > cap {
-                slow.push(key);
-                return;
-            }
-            *queue_high_water = (*queue_high_water).max(queued);
-            *queued_bytes += frame.len();
-            conn.queue.push(frame.clone());
-            deliveries += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                dirty.push(key);
+            if out.enqueue(key, conn, frames[format as usize].clone(), cap) {
+                deliveries += 1;
             }
         };
         if batch.channel.kind == ChannelKind::Broadcast {
@@ -975,15 +993,8 @@ impl Worker {
                 count += 1;
             }
             if count > 0 {
-                if conn.queue.queued_bytes() + out.len() > cap {
-                    self.slow.push(key);
+                if !self.out.enqueue(key, conn, out.freeze(), cap) {
                     continue;
-                }
-                self.queued_bytes += out.len();
-                conn.queue.push(out.freeze());
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key);
                 }
                 WorkerCounters::add(&self.shared.counters[self.id].messages_out, count);
             }
@@ -1079,14 +1090,10 @@ impl Worker {
                 WorkerCounters::add(&self.counters().replayed_messages, page.len() as u64);
                 let reached = page.last().map_or(after, |m| m.offset);
                 let Some(conn) = self.conns.get_mut(key) else { return false };
-                self.queued_bytes += out.len();
-                conn.queue.push(out.freeze());
+                // Below the low-water mark, so this never passes the cap.
+                self.out.enqueue(key, conn, out.freeze(), usize::MAX);
                 if let Some(replay) = conn.replay.as_mut() {
                     replay.after = reached;
-                }
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key);
                 }
             }
             self.replay_page = page;
@@ -1116,18 +1123,14 @@ impl Worker {
     fn pump_replays(&mut self) {
         for key in std::mem::take(&mut self.replaying) {
             if self.conns.get(key).is_some_and(|c| c.replay.is_some()) && self.pump_replay(key) {
-                let input = self.conns[key].take_input();
-                if !input.is_empty() {
-                    self.resume_input(key, input);
-                }
-                self.read_ready(key);
+                self.continue_input(key);
             }
         }
     }
 
     fn close_slow(&mut self) {
         let cap = self.shared.config.write_queue_cap_bytes;
-        for key in std::mem::take(&mut self.slow) {
+        for key in std::mem::take(&mut self.out.slow) {
             if self.conns.get(key).is_some_and(Conn::is_open) {
                 WorkerCounters::add(&self.counters().slow_consumer_closes, 1);
                 warn!("worker {}: connection {key} is a slow consumer (write queue over {cap} bytes); closing", self.id);
@@ -1141,7 +1144,7 @@ impl Worker {
 
     fn flush_dirty(&mut self) {
         let window = self.coalesce_ms();
-        for key in std::mem::take(&mut self.dirty) {
+        for key in std::mem::take(&mut self.out.dirty) {
             if window > 0 && self.holds_back(key, window) {
                 self.deferred.push(key);
             } else {
@@ -1201,7 +1204,7 @@ impl Worker {
                     {
                         self.replaying.push(key);
                     }
-                    self.queued_bytes -= n;
+                    self.out.queued_bytes -= n;
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
                     if !conn.queue.is_empty() {
                         conn.writable = false;
@@ -1245,19 +1248,17 @@ impl Worker {
         };
         let conn = &mut self.conns[key];
         if discard_queue {
-            self.queued_bytes -= conn.queue.discard_unstarted();
-        }
-        if let Some((code, reason)) = error {
-            let frame = conn.reply_format().encode_error(code, reason);
-            self.queued_bytes += frame.len();
-            conn.queue.push(frame);
+            self.out.queued_bytes -= conn.queue.discard_unstarted();
         }
         let wait_for_eof = self.state == RunState::Running;
         conn.phase = Phase::Closing { deadline_ms: linger, write_shut: false, wait_for_eof };
         conn.input = None;
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
+        self.out.mark_dirty(key, conn);
+        if let Some((code, reason)) = error {
+            // The last frame this client gets: past the cap if need be (the queue was just
+            // emptied of what had not started, when this is a slow consumer).
+            let frame = conn.reply_format().encode_error(code, reason);
+            self.out.enqueue(key, conn, frame, usize::MAX);
         }
     }
 
@@ -1282,7 +1283,7 @@ impl Worker {
             self.detach_all(key);
         }
         let conn = self.conns.remove(key);
-        self.queued_bytes -= conn.queue.queued_bytes();
+        self.out.queued_bytes -= conn.queue.queued_bytes();
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
         debug!("worker {}: connection {key} closed: {why}", self.id);
         // Dropping the stream closes the socket, which also removes it from epoll.
@@ -1338,8 +1339,8 @@ impl Worker {
     fn publish_gauges(&self) {
         let counters = self.counters();
         counters.connections_current.store(self.conns.len() as u64, Ordering::Relaxed);
-        counters.queued_bytes.store(self.queued_bytes as u64, Ordering::Relaxed);
-        counters.queue_high_water_bytes.store(self.queue_high_water as u64, Ordering::Relaxed);
+        counters.queued_bytes.store(self.out.queued_bytes as u64, Ordering::Relaxed);
+        counters.queue_high_water_bytes.store(self.out.high_water as u64, Ordering::Relaxed);
     }
 
     /// Steps the shutdown protocol; returns false when the worker should exit.
