@@ -54,6 +54,8 @@ pub struct Config {
     /// this long has passed before its next write (replies to its own commands never wait).
     /// Zero writes every turn. See the README's design section.
     pub coalesce: Duration,
+    /// Serve the WebSocket echo endpoint `/echo` (for the Autobahn conformance suite only).
+    pub ws_echo: bool,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             data_dir: None,
             fsync: crate::history::disk::FsyncPolicy::Interval(Duration::from_millis(100)),
             segment_bytes: 64 << 20,
+            ws_echo: false,
         }
     }
 }

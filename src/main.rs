@@ -191,6 +191,10 @@ struct ServeArgs {
     /// gets its next messages together once the window has passed (0: write every turn).
     #[arg(long, default_value_t = Config::default().coalesce.as_millis() as u64)]
     coalesce_ms: u64,
+    /// Serve a WebSocket echo endpoint at /echo, for the Autobahn conformance suite (off in
+    /// production: it is not pub/sub).
+    #[arg(long)]
+    ws_echo: bool,
     /// Seconds queued messages may take to flush on shutdown.
     #[arg(long, default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
@@ -226,6 +230,7 @@ impl ServeArgs {
                 _ => FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms)),
             },
             segment_bytes: self.segment_bytes,
+            ws_echo: self.ws_echo,
         }
     }
 }

@@ -160,6 +160,7 @@ fn invalid_names_are_refused_with_422_and_the_connection_stays() {
             Format::Binary => bad_names.extend([&b""[..], b"two words", b"\x7f"]),
             // A name over 255 bytes cannot even be framed in binary (one length byte).
             Format::Text => bad_names.push(long.as_bytes()),
+            _ => unreachable!(),
         }
         for name in bad_names {
             conn.send(Request::Subscribe { channel: name, resume: None });

@@ -10,11 +10,15 @@
 //! header is read, before anything is buffered.
 
 pub mod binary;
+pub mod http;
+pub mod json;
+pub mod sse;
 pub mod text;
+pub mod websocket;
 
 use std::borrow::Cow;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Longest channel name, in bytes; it fits the binary format's one-byte length field.
 pub const MAX_CHANNEL_BYTES: usize = 255;
@@ -150,24 +154,70 @@ pub enum ServerFrame<'a> {
     Pong,
 }
 
-/// The wire format of one connection, known after sniffing.
+/// The wire format of one connection, known after sniffing (and, for the browser formats, after
+/// the HTTP request that chose them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Text lines (`nc`-friendly).
     Text = 0,
     /// Length-prefixed binary frames after a preface.
     Binary = 1,
+    /// WebSocket, subprotocol `fanout.json`: JSON objects in text frames (`json`).
+    WsJson = 2,
+    /// WebSocket, subprotocol `fanout.binary`: one binary-format frame per binary message.
+    WsBinary = 3,
+    /// Server-Sent Events (`sse`): a one-way stream of events.
+    Sse = 4,
+    /// Plain HTTP requests (publish, long-poll, metrics, pages); each reply is a whole response.
+    Http = 5,
+}
+
+/// Wraps JSON in a WebSocket text frame.
+fn ws_text(json: &[u8]) -> Bytes {
+    websocket::encode_frame(websocket::opcode::TEXT, json)
+}
+
+/// Wraps a binary-format frame in a WebSocket binary frame.
+fn ws_binary(frame: &[u8]) -> Bytes {
+    websocket::encode_frame(websocket::opcode::BINARY, frame)
 }
 
 impl Format {
     /// Number of formats, for per-format frame caches.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 6;
+
+    /// Every format, for per-format loops.
+    pub const ALL: [Format; Format::COUNT] =
+        [Format::Text, Format::Binary, Format::WsJson, Format::WsBinary, Format::Sse, Format::Http];
+
+    /// Whether messages stream to connections of this format (all but plain HTTP requests, which
+    /// get whole responses; see the long-poll in the worker).
+    pub const fn streams(self) -> bool {
+        !matches!(self, Format::Http)
+    }
+
+    /// The name used in metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Binary => "binary",
+            Format::WsJson => "websocket_json",
+            Format::WsBinary => "websocket_binary",
+            Format::Sse => "sse",
+            Format::Http => "http",
+        }
+    }
 
     /// Encodes a channel message in this format.
     pub fn encode_message(self, channel: &[u8], offset: u64, payload: &[u8]) -> Bytes {
         match self {
             Format::Text => text::encode_message(channel, offset, payload),
             Format::Binary => binary::encode_message(channel, offset, payload),
+            _ => {
+                let mut out = BytesMut::new();
+                self.put_message(&mut out, channel, offset, payload);
+                out.freeze()
+            }
         }
     }
 
@@ -176,17 +226,52 @@ impl Format {
         match self {
             Format::Text => text::put_message(out, channel, offset, payload),
             Format::Binary => binary::put_message(out, channel, offset, payload),
+            Format::WsJson => {
+                // The JSON's length is known only once written: leave room for the most common
+                // header (4 bytes), then move the body if the header turns out shorter or longer.
+                let start = out.len();
+                out.put_slice(&[0; 4]);
+                json::put_message(out, channel, offset, payload);
+                let len = out.len() - start - 4;
+                let header = websocket::header_len(len);
+                if header < 4 {
+                    out.copy_within(start + 4.., start + header);
+                    out.truncate(out.len() - (4 - header));
+                } else if header > 4 {
+                    out.resize(out.len() + header - 4, 0);
+                    out.copy_within(start + 4..start + 4 + len, start + header);
+                }
+                let mut head = BytesMut::with_capacity(header);
+                websocket::put_header(&mut head, websocket::opcode::TEXT, len);
+                out[start..start + header].copy_from_slice(&head);
+            }
+            Format::WsBinary => {
+                let len = binary::message_len(channel, payload);
+                websocket::put_header(out, websocket::opcode::BINARY, len);
+                binary::put_message(out, channel, offset, payload);
+            }
+            Format::Sse => sse::put_message(out, channel, offset, payload),
+            Format::Http => {
+                json::put_message(out, channel, offset, payload);
+                out.put_u8(b'\n');
+            }
         }
     }
-
-    /// Both formats, for per-format loops.
-    pub const ALL: [Format; Format::COUNT] = [Format::Text, Format::Binary];
 
     /// Encodes an acknowledgement.
     pub fn encode_ok(self, ack: Ack, arg: &[u8]) -> Bytes {
         match self {
             Format::Text => text::encode_ok(ack, arg),
             Format::Binary => binary::encode_ok(ack, arg),
+            Format::WsJson => ws_text(&json::ok(ack, arg)),
+            Format::WsBinary => ws_binary(&binary::encode_ok(ack, arg)),
+            Format::Sse => sse::comment(&format!(
+                "ok {} {}",
+                ack.word().to_ascii_lowercase(),
+                String::from_utf8_lossy(arg)
+            ))
+            .freeze(),
+            Format::Http => http::response(200, "application/json", &json::ok(ack, arg)),
         }
     }
 
@@ -202,6 +287,16 @@ impl Format {
         match self {
             Format::Text => text::encode_history(channel, epoch, first, last, status),
             Format::Binary => binary::encode_history(channel, epoch, first, last, status),
+            Format::WsJson => ws_text(&json::history(channel, epoch, first, last, status)),
+            Format::WsBinary => {
+                ws_binary(&binary::encode_history(channel, epoch, first, last, status))
+            }
+            Format::Sse => sse::history(channel, epoch, first, last, status).freeze(),
+            Format::Http => http::response(
+                200,
+                "application/json",
+                &json::history(channel, epoch, first, last, status),
+            ),
         }
     }
 
@@ -210,6 +305,13 @@ impl Format {
         match self {
             Format::Text => text::encode_ack(channel, offset),
             Format::Binary => binary::encode_ack(channel, offset),
+            Format::WsJson => ws_text(&json::ack(channel, offset)),
+            Format::WsBinary => ws_binary(&binary::encode_ack(channel, offset)),
+            Format::Sse => sse::comment(&format!("ack {offset}")).freeze(),
+            // The answer to `POST /publish`.
+            Format::Http => {
+                http::response(200, "application/json", &json::ack_object(channel, offset))
+            }
         }
     }
 
@@ -218,14 +320,24 @@ impl Format {
         match self {
             Format::Text => text::encode_error(code, detail),
             Format::Binary => binary::encode_error(code, detail),
+            Format::WsJson => ws_text(&json::error(code.code(), detail)),
+            Format::WsBinary => ws_binary(&binary::encode_error(code, detail)),
+            Format::Sse => sse::error(code.code(), detail).freeze(),
+            Format::Http => http::error_response(code.code(), detail),
         }
     }
 
-    /// The server's keepalive ping.
+    /// The server's keepalive ping (a WebSocket ping frame on WebSocket, which browsers answer
+    /// by themselves; a comment on SSE, which cannot be answered).
     pub fn ping(self) -> Bytes {
         match self {
             Format::Text => Bytes::from_static(b"PING\r\n"),
             Format::Binary => Bytes::from_static(&[0, 0, 0, 1, binary::op::PING]),
+            Format::WsJson | Format::WsBinary => {
+                Bytes::from_static(&[0x80 | websocket::opcode::PING, 0])
+            }
+            Format::Sse => Bytes::from_static(b": ping\n\n"),
+            Format::Http => Bytes::new(),
         }
     }
 
@@ -234,10 +346,15 @@ impl Format {
         match self {
             Format::Text => Bytes::from_static(b"PONG\r\n"),
             Format::Binary => Bytes::from_static(&[0, 0, 0, 1, binary::op::PONG]),
+            Format::WsJson => ws_text(b"{\"op\":\"pong\"}"),
+            Format::WsBinary => ws_binary(&[0, 0, 0, 1, binary::op::PONG]),
+            Format::Sse => Bytes::from_static(b": pong\n\n"),
+            Format::Http => http::response(200, "application/json", b"{\"op\":\"pong\"}"),
         }
     }
 
-    /// Decodes one client request.
+    /// Decodes one client request of the TCP formats. Other formats frame their requests
+    /// themselves (WebSocket messages, HTTP requests) and are decoded by the worker.
     pub fn parse_request(
         self,
         input: &[u8],
@@ -246,6 +363,7 @@ impl Format {
         match self {
             Format::Text => text::parse_request(input, max_frame_bytes),
             Format::Binary => binary::parse_request(input, max_frame_bytes),
+            _ => Err(ProtocolError::Malformed { what: "request in a non-stream format" }),
         }
     }
 }
@@ -257,11 +375,14 @@ pub enum Sniffed {
     NeedMore,
     /// The binary preface, which is this many bytes long and consumed.
     Binary(usize),
+    /// An HTTP request line.
+    Http,
     /// Anything else is text.
     Text,
 }
 
-/// Tells the format from the first bytes. The binary preface starts with NUL; text never does.
+/// Tells the format from the first bytes. The binary preface starts with NUL; text never does;
+/// an HTTP method and a space is HTTP (no text command is spelled like one).
 pub fn sniff(input: &[u8]) -> Result<Sniffed, ProtocolError> {
     match input.first() {
         None => Ok(Sniffed::NeedMore),
@@ -275,7 +396,11 @@ pub fn sniff(input: &[u8]) -> Result<Sniffed, ProtocolError> {
                 Ok(Sniffed::Binary(binary::PREFACE.len()))
             }
         }
-        Some(_) => Ok(Sniffed::Text),
+        Some(_) => Ok(match http::looks_like_http(input) {
+            None => Sniffed::NeedMore,
+            Some(true) => Sniffed::Http,
+            Some(false) => Sniffed::Text,
+        }),
     }
 }
 
@@ -287,20 +412,28 @@ pub enum ErrorCode {
     BadRequest = 400,
     /// The command is not allowed on this channel (subscribing to `*` or to another's `@inbox`).
     Forbidden = 403,
-    /// No connected client has that name.
+    /// No connected client has that name (or, over HTTP, no such path).
     NotFound = 404,
+    /// HTTP: the path does not take this method.
+    MethodNotAllowed = 405,
     /// The client stayed silent past the ping timeout. Fatal.
     StaleConnection = 408,
     /// The name is taken, or this connection already has one, or it is already subscribed.
     Conflict = 409,
     /// A strict resume asked for messages that are no longer retained (or another epoch's).
     Gone = 410,
+    /// HTTP: a request body without a Content-Length (chunked bodies are not taken).
+    LengthRequired = 411,
     /// Frame or line longer than the server's maximum. Fatal.
     FrameTooLarge = 413,
     /// Channel or client name is empty, too long, or has spaces, control bytes or invalid UTF-8.
     InvalidName = 422,
+    /// HTTP: `/ws` without a valid WebSocket upgrade (version 13).
+    UpgradeRequired = 426,
     /// A per-connection or server-wide count limit was reached (subscriptions, channels).
     LimitReached = 429,
+    /// HTTP: the request head is over its size or header-count limit. Fatal.
+    HeadersTooLarge = 431,
     /// The server is full (max connections) or shutting down. Fatal.
     Unavailable = 503,
     /// The client did not read fast enough and its write queue passed the cap. Fatal.
@@ -512,5 +645,9 @@ mod tests {
         assert_eq!(sniff(&binary::PREFACE[..3]), Ok(Sniffed::NeedMore));
         assert_eq!(sniff(&binary::PREFACE), Ok(Sniffed::Binary(binary::PREFACE.len())));
         assert_eq!(sniff(b"\0FANOXXX"), Err(ProtocolError::BadPreface));
+        assert_eq!(sniff(b"P"), Ok(Sniffed::NeedMore));
+        assert_eq!(sniff(b"PU"), Ok(Sniffed::NeedMore));
+        assert_eq!(sniff(b"PUB "), Ok(Sniffed::Text));
+        assert_eq!(sniff(b"GET /"), Ok(Sniffed::Http));
     }
 }

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use super::channels::Channel;
-use crate::protocol::{ChannelKind, Format};
+use crate::protocol::websocket::Decoder;
+use crate::protocol::{ChannelKind, Format, Resume};
 
 /// Most frames handed to one writev(2) (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 64;
@@ -50,6 +51,42 @@ pub struct Replay {
     pub channel: Arc<Channel>,
     /// The last offset queued to the client so far.
     pub after: u64,
+}
+
+/// Per-connection state of the browser protocols (boxed: TCP clients do without it).
+#[derive(Debug)]
+pub enum Web {
+    /// Plain HTTP requests, one after another (keep-alive).
+    Http {
+        /// Keep the connection after the current response.
+        keep_alive: bool,
+        /// A long-poll waiting for a message: the request's input waits behind it.
+        poll: Option<PollWait>,
+    },
+    /// After the upgrade.
+    WebSocket {
+        /// Frame decoder with any message in progress.
+        decoder: Decoder,
+        /// The `/echo` endpoint (conformance testing): messages come back, no pub/sub.
+        echo: bool,
+        /// A close frame was queued; nothing else goes out after it.
+        close_sent: bool,
+    },
+    /// An event stream: channels still to be subscribed (one at a time, as each replay from
+    /// history must finish before the next begins).
+    Sse {
+        /// The rest of the request's channels.
+        pending: VecDeque<(Vec<u8>, Option<Resume>)>,
+    },
+}
+
+/// A held long-poll.
+#[derive(Debug)]
+pub struct PollWait {
+    /// The channel it waits on (the connection is a catching-up subscriber of it meanwhile).
+    pub channel: Arc<Channel>,
+    /// Worker-clock milliseconds when it is answered empty.
+    pub deadline_ms: u32,
 }
 
 /// A subscription held by a connection.
@@ -110,6 +147,8 @@ pub struct Conn {
     /// Distinguishes connections that share a slab key over time (wraps after 2^32 accepts), so
     /// that a late acknowledgement from the storage thread reaches the connection that asked.
     pub serial: u32,
+    /// Browser protocol state (HTTP, WebSocket, SSE); `None` for TCP clients.
+    pub web: Option<Box<Web>>,
 }
 
 impl Conn {
@@ -132,7 +171,23 @@ impl Conn {
             subscriptions: Vec::new(),
             stalled: None,
             replay: None,
+            web: None,
         }
+    }
+
+    /// True while a long-poll is held (later requests wait for it).
+    pub fn polling(&self) -> bool {
+        matches!(self.web.as_deref(), Some(Web::Http { poll: Some(_), .. }))
+    }
+
+    /// True for the WebSocket echo endpoint.
+    pub fn is_echo(&self) -> bool {
+        matches!(self.web.as_deref(), Some(Web::WebSocket { echo: true, .. }))
+    }
+
+    /// True when input must wait: a publish for ring room, a replay, or a long-poll.
+    pub fn input_waits(&self) -> bool {
+        self.stalled.is_some() || self.replay.is_some() || self.polling()
     }
 
     /// The format to speak to this client in; a client that has not spoken yet gets text.

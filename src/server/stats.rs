@@ -4,18 +4,29 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// What a figure is, for summing over workers and for the metrics' TYPE lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows; summed over workers.
+    Counter,
+    /// A level now; summed over workers.
+    Gauge,
+    /// A high-water mark; the maximum over workers.
+    Peak,
+}
+
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident: $kind:ident, )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident: $kind:ident, )*) => {
         /// One worker's counters.
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
-            $( $(#[$doc])* pub $name: AtomicU64, )*
+            $( $(#[doc = $doc])* pub $name: AtomicU64, )*
         }
 
         /// The server's counters, summed over workers (high-water marks take the maximum).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         impl Stats {
@@ -28,68 +39,120 @@ macro_rules! counters {
             pub fn fields(&self) -> Vec<(&'static str, u64)> {
                 vec![$( (stringify!($name), self.$name), )*]
             }
+
+            /// (name, kind, help) of every figure, in `fields` order: the help is the doc comment.
+            pub fn describe() -> Vec<(&'static str, Kind, &'static str)> {
+                vec![$( (stringify!($name), counters!(@kind $kind), concat!($($doc),*).trim_ascii()), )*]
+            }
         }
     };
-    (@absorb sum, $into:expr, $value:expr) => { $into += $value };
-    (@absorb max, $into:expr, $value:expr) => { $into = $into.max($value) };
+    (@absorb counter, $into:expr, $value:expr) => { $into += $value };
+    (@absorb gauge, $into:expr, $value:expr) => { $into += $value };
+    (@absorb peak, $into:expr, $value:expr) => { $into = $into.max($value) };
+    (@kind counter) => { Kind::Counter };
+    (@kind gauge) => { Kind::Gauge };
+    (@kind peak) => { Kind::Peak };
 }
 
 counters! {
     /// Connections open now.
-    connections_current: sum,
+    connections_current: gauge,
+    /// Open connections speaking the text protocol.
+    connections_text: gauge,
+    /// Open connections speaking the binary protocol.
+    connections_binary: gauge,
+    /// Open WebSocket connections, JSON subprotocol.
+    connections_websocket_json: gauge,
+    /// Open WebSocket connections, binary subprotocol.
+    connections_websocket_binary: gauge,
+    /// Open Server-Sent Events streams.
+    connections_sse: gauge,
+    /// Open plain HTTP connections (keep-alive, long-poll).
+    connections_http: gauge,
     /// Connections accepted since start.
-    connections_total: sum,
+    connections_total: counter,
     /// Connections refused because `max_connections` were open.
-    connections_refused: sum,
+    connections_refused: counter,
     /// Messages published by clients (accepted into the ring).
-    messages_in: sum,
+    messages_in: counter,
     /// Messages queued to subscribers (one per subscriber per message).
-    messages_out: sum,
+    messages_out: counter,
     /// Bytes read from clients.
-    bytes_in: sum,
+    bytes_in: counter,
     /// Bytes written to clients.
-    bytes_out: sum,
+    bytes_out: counter,
     /// Clients disconnected because their write queue passed the cap.
-    slow_consumer_closes: sum,
+    slow_consumer_closes: counter,
     /// Clients closed after staying silent past the ping timeout.
-    stale_closes: sum,
-    /// Fatal protocol violations (each closed its connection).
-    protocol_errors: sum,
+    stale_closes: counter,
+    /// Fatal protocol violations (each closed its connection), all kinds.
+    protocol_errors: counter,
+    /// Protocol violations: a frame, line, message or body over the size limit.
+    protocol_errors_too_large: counter,
+    /// Protocol violations: malformed frame, line, JSON command or binary preface.
+    protocol_errors_malformed: counter,
+    /// Protocol violations: unknown opcode or command.
+    protocol_errors_unknown_command: counter,
+    /// Protocol violations: invalid UTF-8 where text is required.
+    protocol_errors_invalid_utf8: counter,
+    /// Protocol violations of WebSocket framing (RFC 6455): each closed with 1002, 1007 or 1009.
+    protocol_errors_websocket: counter,
+    /// Malformed or oversized HTTP requests.
+    protocol_errors_http: counter,
     /// Refused requests that left the connection open (bad name, limits, forbidden, not found).
-    request_errors: sum,
+    request_errors: counter,
     /// Publishes that found the ring full and paused their connection.
-    ring_full_stalls: sum,
+    ring_full_stalls: counter,
     /// Bytes waiting in write queues now.
-    queued_bytes: sum,
+    queued_bytes: gauge,
+    /// WebSocket upgrades completed.
+    websocket_upgrades: counter,
+    /// HTTP requests handled (upgrades and streams included).
+    http_requests: counter,
+    /// Long-poll requests answered.
+    long_polls: counter,
     /// Resuming subscribes served from history.
-    replays_served: sum,
+    replays_served: counter,
     /// Messages sent from history by those replays.
-    replayed_messages: sum,
+    replayed_messages: counter,
     /// Resumes whose offset was no longer retained, or belonged to another epoch.
-    offsets_expired: sum,
+    offsets_expired: counter,
     /// Messages dropped from history by retention.
-    history_dropped: sum,
+    history_dropped: counter,
     /// Payload bytes retained in history now (server-wide).
-    retained_bytes: max,
+    retained_bytes: gauge,
     /// Messages retained in history now (server-wide).
-    retained_messages: max,
+    retained_messages: gauge,
     /// History records written to disk.
-    records_written: sum,
+    records_written: counter,
     /// History segment files created.
-    segments_written: sum,
+    segments_written: counter,
     /// History segment files deleted by retention.
-    segments_deleted: sum,
+    segments_deleted: counter,
     /// fsync calls on history files.
-    fsyncs: sum,
+    fsyncs: counter,
     /// Microseconds spent in those fsyncs.
-    fsync_micros_total: sum,
+    fsync_micros_total: counter,
     /// The slowest fsync, microseconds.
-    fsync_micros_max: max,
+    fsync_micros_max: peak,
     /// The most bytes any one connection has had queued.
-    queue_high_water_bytes: max,
+    queue_high_water_bytes: peak,
 }
 
 impl WorkerCounters {
+    /// The open-connections gauge of a format.
+    pub fn by_format(&self, format: crate::protocol::Format) -> &AtomicU64 {
+        use crate::protocol::Format;
+        match format {
+            Format::Text => &self.connections_text,
+            Format::Binary => &self.connections_binary,
+            Format::WsJson => &self.connections_websocket_json,
+            Format::WsBinary => &self.connections_websocket_binary,
+            Format::Sse => &self.connections_sse,
+            Format::Http => &self.connections_http,
+        }
+    }
+
     /// Adds `n` (single writer, so this never contends).
     #[inline]
     pub fn add(counter: &AtomicU64, n: u64) {

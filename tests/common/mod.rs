@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use fanout::protocol::{binary, text, Ack, Format, Request, ServerFrame};
+use fanout::protocol::{binary, text, websocket, Ack, Format, Request, ServerFrame};
 use fanout::{Config, Server, ServerHandle};
 
 /// How long any single wait in a test may take before the test fails.
@@ -103,17 +103,148 @@ pub struct Conn {
     pub stream: TcpStream,
     pub format: Format,
     input: Vec<u8>,
+    /// The status code of the WebSocket close frame the server sent, if any.
+    pub close_code: Option<u16>,
+}
+
+/// The RFC 6455 example key, and the accept value the server must answer it with.
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+const MASK: [u8; 4] = [0xa1, 0x07, 0x3c, 0x5e];
+
+/// Reads a response head (through the blank line); returns it and any bytes after it.
+pub fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end + 4].to_vec()).expect("UTF-8 head");
+            return (head, buffer[end + 4..].to_vec());
+        }
+        let n = stream.read(&mut chunk).expect("read response head");
+        assert!(
+            n > 0,
+            "closed before the response head; got {:?}",
+            String::from_utf8_lossy(&buffer)
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A server JSON object (WebSocket text frame) as a frame.
+pub fn frame_from_json(bytes: &[u8]) -> Frame {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_slice(bytes).expect("the server sent valid JSON");
+    let s = |field: &str| v[field].as_str().unwrap_or_else(|| panic!("{field} in {v}")).to_owned();
+    let n = |field: &str| v[field].as_u64().unwrap_or_else(|| panic!("{field} in {v}"));
+    match v["op"].as_str().expect("op") {
+        "msg" => Frame::Msg {
+            channel: s("channel"),
+            offset: n("offset"),
+            payload: match v.get("data") {
+                Some(data) => data.as_str().expect("data").as_bytes().to_vec(),
+                None => base64::engine::general_purpose::STANDARD.decode(s("data64")).unwrap(),
+            },
+        },
+        "ok" => Frame::Ok {
+            ack: match s("cmd").as_str() {
+                "sub" => Ack::Subscribe,
+                "unsub" => Ack::Unsubscribe,
+                "name" => Ack::Name,
+                other => panic!("unknown ok cmd {other}"),
+            },
+            arg: s("arg"),
+        },
+        "err" => Frame::Err { code: n("code") as u16, reason: s("reason") },
+        "hist" => Frame::Hist {
+            channel: s("channel"),
+            epoch: u64::from_str_radix(&s("epoch"), 16).expect("hex epoch"),
+            first: n("first"),
+            last: n("last"),
+            status: match s("status").as_str() {
+                "ok" => fanout::history::ResumeStatus::Ok,
+                "expired" => fanout::history::ResumeStatus::Expired,
+                _ => fanout::history::ResumeStatus::EpochChanged,
+            },
+        },
+        "ack" => Frame::Ack { channel: s("channel"), offset: n("offset") },
+        "ping" => Frame::Ping,
+        "pong" => Frame::Pong,
+        other => panic!("unknown op {other}"),
+    }
+}
+
+/// A request in the JSON form.
+pub fn request_json(request: &Request<'_>) -> String {
+    use base64::Engine as _;
+    use serde_json::json;
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("UTF-8 name");
+    let payload = |p: &[u8]| match std::str::from_utf8(p) {
+        Ok(t) => ("data", t.to_owned()),
+        Err(_) => ("data64", base64::engine::general_purpose::STANDARD.encode(p)),
+    };
+    let value = match request {
+        Request::Subscribe { channel, resume: None } => json!({"op":"sub","channel":text(channel)}),
+        Request::Subscribe { channel, resume: Some(r) } => json!({
+            "op":"sub","channel":text(channel),"after":r.after,
+            "epoch": r.epoch.map_or("*".to_owned(), |e| format!("{e:016x}")),"strict":r.strict
+        }),
+        Request::Unsubscribe { channel } => json!({"op":"unsub","channel":text(channel)}),
+        Request::Publish { channel, payload: p }
+        | Request::PublishAcked { channel, payload: p } => {
+            let (field, data) = payload(p);
+            let mut v = json!({"op":"pub","channel":text(channel)});
+            v[field] = data.into();
+            if matches!(request, Request::PublishAcked { .. }) {
+                v["ack"] = true.into();
+            }
+            v
+        }
+        Request::Name { name } => json!({"op":"name","name":text(name)}),
+        Request::Ping => json!({"op":"ping"}),
+        Request::Pong | Request::Noop => json!({"op":"pong"}),
+    };
+    value.to_string()
 }
 
 impl Conn {
-    /// Connects; a binary connection sends the preface first.
+    /// Connects; a binary connection sends the preface first, a WebSocket one upgrades.
     pub fn open(addr: SocketAddr, format: Format) -> Conn {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
-        if format == Format::Binary {
-            stream.write_all(&binary::PREFACE).unwrap();
+        let mut input = Vec::new();
+        match format {
+            Format::Binary => stream.write_all(&binary::PREFACE).unwrap(),
+            Format::WsJson | Format::WsBinary => {
+                let protocol =
+                    if format == Format::WsJson { "fanout.json" } else { "fanout.binary" };
+                let request = format!(
+                    "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+                );
+                stream.write_all(request.as_bytes()).unwrap();
+                let (head, rest) = read_head(&mut stream);
+                assert!(head.starts_with("HTTP/1.1 101 "), "upgrade refused: {head}");
+                assert!(head.contains(&format!("Sec-WebSocket-Accept: {WS_ACCEPT}\r\n")), "{head}");
+                assert!(
+                    head.contains(&format!("Sec-WebSocket-Protocol: {protocol}\r\n")),
+                    "{head}"
+                );
+                input = rest;
+            }
+            Format::Text => {}
+            other => panic!("the test client does not speak {other:?}"),
         }
-        Conn { stream, format, input: Vec::new() }
+        Conn { stream, format, input, close_code: None }
+    }
+
+    pub fn websocket(addr: SocketAddr) -> Conn {
+        Conn::open(addr, Format::WsJson)
+    }
+
+    /// Sends one masked WebSocket frame.
+    pub fn send_ws(&mut self, fin: bool, op: u8, payload: &[u8]) {
+        self.send_raw(&websocket::encode_client_frame(fin, op, payload, MASK));
     }
 
     pub fn text(addr: SocketAddr) -> Conn {
@@ -132,6 +263,18 @@ impl Conn {
     pub fn send(&mut self, request: Request<'_>) {
         let mut out = Vec::new();
         match self.format {
+            Format::WsJson => {
+                return self.send_ws(
+                    true,
+                    websocket::opcode::TEXT,
+                    request_json(&request).as_bytes(),
+                )
+            }
+            Format::WsBinary => {
+                binary::encode_request(&request, &mut out);
+                return self.send_ws(true, websocket::opcode::BINARY, &out);
+            }
+            Format::Sse | Format::Http => panic!("not a command format"),
             Format::Binary => binary::encode_request(&request, &mut out),
             Format::Text => match request {
                 Request::Subscribe { channel, resume: None } => {
@@ -189,17 +332,45 @@ impl Conn {
     pub fn read(&mut self, timeout: Duration) -> Read_ {
         let deadline = Instant::now() + timeout;
         loop {
-            let parsed = match self.format {
-                Format::Text => text::parse_server_line(&self.input, usize::MAX),
-                Format::Binary if self.input.starts_with(b"ERR ") => {
-                    text::parse_server_line(&self.input, usize::MAX)
+            if matches!(self.format, Format::WsJson | Format::WsBinary) {
+                if let Some((_, op, payload, used)) = websocket::parse_server_frame(&self.input) {
+                    let frame = match op {
+                        websocket::opcode::TEXT => Some(frame_from_json(payload)),
+                        websocket::opcode::BINARY => {
+                            let (frame, n) = binary::parse_server_frame(payload, usize::MAX)
+                                .expect("valid binary frame")
+                                .expect("a whole binary frame per message");
+                            assert_eq!(n, payload.len(), "one binary frame per message");
+                            Some(Frame::from(frame))
+                        }
+                        websocket::opcode::PING => Some(Frame::Ping),
+                        websocket::opcode::CLOSE => {
+                            self.close_code =
+                                payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                            None
+                        }
+                        other => panic!("unexpected WebSocket opcode {other}"),
+                    };
+                    self.input.drain(..used);
+                    match frame {
+                        Some(frame) => return Read_::Frame(frame),
+                        None => continue,
+                    }
                 }
-                Format::Binary => binary::parse_server_frame(&self.input, usize::MAX),
-            };
-            if let Some((frame, used)) = parsed.expect("server sent a valid frame") {
-                let frame = Frame::from(frame);
-                self.input.drain(..used);
-                return Read_::Frame(frame);
+            } else {
+                let parsed = match self.format {
+                    Format::Text => text::parse_server_line(&self.input, usize::MAX),
+                    Format::Binary if self.input.starts_with(b"ERR ") => {
+                        text::parse_server_line(&self.input, usize::MAX)
+                    }
+                    Format::Binary => binary::parse_server_frame(&self.input, usize::MAX),
+                    other => panic!("the test client does not read {other:?}"),
+                };
+                if let Some((frame, used)) = parsed.expect("server sent a valid frame") {
+                    let frame = Frame::from(frame);
+                    self.input.drain(..used);
+                    return Read_::Frame(frame);
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -13,7 +13,12 @@
 //!    subscribers (one `Bytes` per subscriber per channel per turn);
 //! 6. flush every connection that got new frames with writev;
 //! 7. housekeeping every `HOUSEKEEPING_MS`: keepalive pings, stale and lingering connections,
-//!    counters.
+//!    long-poll deadlines, counters.
+//!
+//! The browser protocols (HTTP, WebSocket, Server-Sent Events, long-poll) are in `web`; they are
+//! formats like the TCP ones once a request has chosen them, and share everything else.
+
+mod web;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -29,7 +34,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::channels::{Channel, Message};
-use super::conn::{Conn, Phase, Replay, StalledPublish, Subscription, CATCHING_UP};
+use super::conn::{Conn, Phase, Replay, StalledPublish, Subscription, Web, CATCHING_UP};
 use super::index::Index;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
@@ -37,7 +42,7 @@ use super::{Item, Shared, MAX_STORAGE_BACKLOG};
 use crate::history::disk::{AckTarget, Append, Persisted, StoreOp};
 use crate::history::{ResumeStatus, Retained};
 use crate::protocol::{
-    self, validate_channel, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed,
+    self, validate_channel, websocket, Ack, ChannelKind, ErrorCode, Format, Request, Sniffed,
 };
 
 /// This worker's listener.
@@ -60,8 +65,22 @@ const DRAIN_MAX_BYTES: usize = 4 << 20;
 const HOUSEKEEPING_MS: u32 = 250;
 /// How long a connection closed for an error may take to read its error frame.
 const CLOSE_LINGER_MS: u32 = 5_000;
+/// Longest silence on an event stream before a heartbeat comment (also bounded by the ping
+/// interval): under the 30-60 s idle timeouts of common proxies.
+const SSE_HEARTBEAT_MS: u32 = 15_000;
 /// Poll timeout while a publish waits for ring room.
 const STALL_RETRY: Duration = Duration::from_millis(1);
+
+/// Formats a broadcast (`*`) is encoded in: every format that streams.
+const BROADCAST_FORMATS: [u32; Format::COUNT] = {
+    let mut formats = [0; Format::COUNT];
+    let mut i = 0;
+    while i < Format::COUNT {
+        formats[i] = Format::ALL[i].streams() as u32;
+        i += 1;
+    }
+    formats
+};
 
 /// Where the worker is in the server's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +195,8 @@ pub(super) struct Worker {
     pending_reads: VecDeque<usize>,
     /// Connections whose publish waits for ring room.
     stalled: Vec<usize>,
+    /// Connections whose wait (a long-poll) ended: their held input is processed next turn.
+    unblocked: Vec<usize>,
     /// Channels this worker has used, so that publishing does not take the registry lock.
     channel_cache: HashMap<Bytes, Arc<Channel>>,
     batches: Vec<ChannelBatch>,
@@ -226,6 +247,7 @@ impl Worker {
             replay_page: Vec::new(),
             pending_reads: VecDeque::new(),
             stalled: Vec::new(),
+            unblocked: Vec::new(),
             channel_cache: HashMap::new(),
             batches: Vec::new(),
             batch_of_channel: HashMap::new(),
@@ -286,6 +308,11 @@ impl Worker {
                 self.accept();
                 self.read_pending();
                 self.retry_stalled();
+                for key in std::mem::take(&mut self.unblocked) {
+                    if self.conns.get(key).is_some_and(|c| c.is_open() && !c.input_waits()) {
+                        self.continue_input(key);
+                    }
+                }
             }
             self.deliver_acks();
             if self.published {
@@ -325,6 +352,7 @@ impl Worker {
         if accept_waiting
             || !self.pending_reads.is_empty()
             || !self.replaying.is_empty()
+            || !self.unblocked.is_empty()
             || !self.consumer.caught_up()
         {
             return Duration::ZERO;
@@ -441,7 +469,7 @@ impl Worker {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if !conn.readable || conn.stalled.is_some() || conn.replay.is_some() {
+            if !conn.readable || conn.input_waits() {
                 return;
             }
             // During shutdown nothing is read from open connections (they get their queues
@@ -502,8 +530,11 @@ impl Worker {
         }
     }
 
-    /// After a stall or a replay ends: the input that waited, then the socket.
+    /// After a stall, a replay or a long-poll ends: the input that waited, then the socket.
     fn continue_input(&mut self, key: usize) {
+        if self.conns[key].format == Some(Format::Sse) {
+            self.sse_subscribe_pending(key);
+        }
         let input = self.conns[key].take_input();
         if !input.is_empty() {
             self.resume_input(key, input);
@@ -537,17 +568,33 @@ impl Worker {
                     Format::Binary
                 }
                 Ok(Sniffed::Text) => Format::Text,
+                Ok(Sniffed::Http) => {
+                    self.conns[key].web =
+                        Some(Box::new(Web::Http { keep_alive: true, poll: None }));
+                    Format::Http
+                }
                 Err(e) => {
-                    self.conns[key].format = Some(Format::Binary);
+                    self.set_format(key, Format::Binary);
                     self.protocol_error(key, &e);
                     return input.len();
                 }
             },
         };
-        self.conns[key].format = Some(format);
+        if self.conns[key].format.is_none() {
+            self.set_format(key, format);
+        }
+        match format {
+            Format::Text | Format::Binary => {}
+            Format::Http => return at + self.http_input(key, &input[at..]),
+            Format::WsJson | Format::WsBinary => {
+                return at + self.websocket_input(key, &input[at..])
+            }
+            // An event stream is one-way; whatever the client sends after its request is ignored.
+            Format::Sse => return input.len(),
+        }
         loop {
             let conn = &self.conns[key];
-            if !conn.is_open() || conn.stalled.is_some() || conn.replay.is_some() {
+            if !conn.is_open() || conn.input_waits() {
                 return at;
             }
             match format.parse_request(&input[at..], max_frame) {
@@ -564,8 +611,28 @@ impl Worker {
         }
     }
 
+    /// Records a connection's format (its metrics gauge moves with it).
+    fn set_format(&mut self, key: usize, format: Format) {
+        let counters = &self.shared.counters[self.id];
+        if let Some(old) = self.conns[key].format.replace(format) {
+            counters.by_format(old).fetch_sub(1, Ordering::Relaxed);
+        }
+        counters.by_format(format).fetch_add(1, Ordering::Relaxed);
+    }
+
     fn protocol_error(&mut self, key: usize, error: &protocol::ProtocolError) {
-        WorkerCounters::add(&self.counters().protocol_errors, 1);
+        use protocol::ProtocolError as E;
+        let counters = self.counters();
+        WorkerCounters::add(&counters.protocol_errors, 1);
+        let kind = match error {
+            E::FrameTooLarge { .. } => &counters.protocol_errors_too_large,
+            E::EmptyFrame | E::Malformed { .. } | E::BadPreface => {
+                &counters.protocol_errors_malformed
+            }
+            E::UnknownOpcode(_) | E::UnknownCommand(_) => &counters.protocol_errors_unknown_command,
+            E::InvalidUtf8 { .. } => &counters.protocol_errors_invalid_utf8,
+        };
+        WorkerCounters::add(kind, 1);
         debug!("worker {}: protocol error on connection {key}: {error}", self.id);
         // Replies to the commands before the bad one are still owed: keep the queue.
         self.begin_close(key, Some((error.code(), &error.to_string())), false);
@@ -597,6 +664,11 @@ impl Worker {
         let conn = &mut self.conns[key];
         if self.out.enqueue(key, conn, frame, cap) {
             conn.urgent = true;
+            // Over plain HTTP every reply is a whole response: the last one, if the request
+            // asked to close.
+            if let Some(Web::Http { keep_alive: false, .. }) = conn.web.as_deref() {
+                self.begin_close(key, None, false);
+            }
         } else {
             self.close_slow();
         }
@@ -889,7 +961,7 @@ impl Worker {
                 largest_payload =
                     largest_payload.max(message.payload.len() + message.channel.name.len());
                 let (per_format, catching_up) = match message.channel.kind {
-                    ChannelKind::Broadcast => ([1; Format::COUNT], false),
+                    ChannelKind::Broadcast => (BROADCAST_FORMATS, false),
                     _ => match index.get(message.channel.id) {
                         Some(local) => (local.per_format, !local.catching_up.is_empty()),
                         None => return,
@@ -952,7 +1024,10 @@ impl Worker {
             }
         };
         if batch.channel.kind == ChannelKind::Broadcast {
-            for (key, conn) in conns.iter_mut().filter(|(_, conn)| conn.is_open()) {
+            let receives = |conn: &Conn| {
+                conn.is_open() && conn.format.is_some_and(Format::streams) && !conn.is_echo()
+            };
+            for (key, conn) in conns.iter_mut().filter(|(_, conn)| receives(conn)) {
                 enqueue(key, conn);
             }
         } else if let Some(local) = index.get(batch.channel.id) {
@@ -981,6 +1056,13 @@ impl Worker {
         for (key, replayed) in catching_up {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             let Some(format) = conn.format else { continue };
+            if conn.polling() {
+                let fresh: Vec<&Item> = items.iter().filter(|m| m.offset > replayed).collect();
+                if !fresh.is_empty() {
+                    self.answer_poll(key, &fresh);
+                }
+                continue;
+            }
             let mut out = BytesMut::new();
             let mut count = 0;
             for message in items.iter().filter(|m| m.offset > replayed) {
@@ -1260,6 +1342,17 @@ impl Worker {
             let frame = conn.reply_format().encode_error(code, reason);
             self.out.enqueue(key, conn, frame, usize::MAX);
         }
+        if let Some(Web::WebSocket { close_sent: close_sent @ false, .. }) = conn.web.as_deref_mut()
+        {
+            // A WebSocket ends with a close frame; its code says why.
+            *close_sent = true;
+            let (status, reason) = match error {
+                Some((code, reason)) => (web::close_status(code), reason),
+                None => (websocket::status::GOING_AWAY, "server shutting down"),
+            };
+            let frame = websocket::encode_close(status, reason);
+            self.out.enqueue(key, conn, frame, usize::MAX);
+        }
     }
 
     /// Unsubscribes from everything, releases the name, drops a stalled publish.
@@ -1283,6 +1376,9 @@ impl Worker {
             self.detach_all(key);
         }
         let conn = self.conns.remove(key);
+        if let Some(format) = conn.format {
+            self.counters().by_format(format).fetch_sub(1, Ordering::Relaxed);
+        }
         self.out.queued_bytes -= conn.queue.queued_bytes();
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
         debug!("worker {}: connection {key} closed: {why}", self.id);
@@ -1296,9 +1392,13 @@ impl Worker {
         let ping_after = config.ping_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
         let stale_after = ping_after
             .saturating_add(config.ping_timeout.as_millis().min(u32::MAX as u128 / 4) as u32);
+        let heartbeat_after = ping_after.min(SSE_HEARTBEAT_MS);
         let mut expired = Vec::new();
         let mut stale = Vec::new();
         let mut ping = Vec::new();
+        let mut heartbeat = Vec::new();
+        let mut polls_due = Vec::new();
+        let mut idle_http = Vec::new();
         for (key, conn) in self.conns.iter() {
             match conn.phase {
                 Phase::Closing { deadline_ms, .. } => {
@@ -1306,6 +1406,25 @@ impl Worker {
                         expired.push(key);
                     }
                 }
+                Phase::Open if conn.format == Some(Format::Sse) => {
+                    // A stream's client cannot answer; a heartbeat comment keeps proxies from
+                    // closing it, and a dead client shows up as a failed write.
+                    if self.now_ms.wrapping_sub(conn.last_write_ms) >= heartbeat_after {
+                        heartbeat.push(key);
+                    }
+                }
+                Phase::Open if conn.format == Some(Format::Http) => match conn.web.as_deref() {
+                    Some(Web::Http { poll: Some(wait), .. }) => {
+                        if reached(self.now_ms, wait.deadline_ms) {
+                            polls_due.push(key);
+                        }
+                    }
+                    _ => {
+                        if self.now_ms.wrapping_sub(conn.last_input_ms) >= ping_after {
+                            idle_http.push(key);
+                        }
+                    }
+                },
                 Phase::Open => {
                     let idle = self.now_ms.wrapping_sub(conn.last_input_ms);
                     if conn.ping_sent && idle >= stale_after {
@@ -1332,6 +1451,16 @@ impl Worker {
             self.conns[key].ping_sent = true;
             let frame = self.conns[key].reply_format().ping();
             self.reply(key, frame);
+        }
+        for key in heartbeat {
+            self.reply(key, Format::Sse.ping());
+        }
+        for key in polls_due {
+            self.answer_poll(key, &[]);
+        }
+        for key in idle_http {
+            debug!("worker {}: closing idle HTTP connection {key}", self.id);
+            self.begin_close(key, None, false);
         }
         self.flush_dirty();
     }

@@ -1,0 +1,103 @@
+//! Server-Sent Events (the `text/event-stream` format of the HTML standard), for `GET /sse`.
+//!
+//! A message is one event: `id:` is its offset, `event:` its channel (so `addEventListener(channel)`
+//! receives it), `data:` the payload itself when it is UTF-8 without carriage returns (a payload
+//! with line feeds takes one `data:` line per line; the browser joins them with "\n" again).
+//! Any other payload is sent base64-encoded as an event named `<channel> base64`; channel names
+//! have no spaces, so no channel can be mistaken for it. Server notices are events whose names
+//! have a space too: `fanout history` (a resume's status, JSON) and `fanout error` (JSON, then the
+//! stream ends). Acknowledgements and keepalive heartbeats are comments, which browsers ignore.
+
+use base64::Engine as _;
+use bytes::{BufMut, BytesMut};
+
+use crate::history::ResumeStatus;
+
+/// Appends the event for one message.
+pub fn put_message(out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u8]) {
+    out.put_slice(b"id: ");
+    out.put_slice(offset.to_string().as_bytes());
+    out.put_slice(b"\nevent: ");
+    out.put_slice(channel);
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.contains('\r') => {
+            out.put_u8(b'\n');
+            for line in text.split('\n') {
+                out.put_slice(b"data: ");
+                out.put_slice(line.as_bytes());
+                out.put_u8(b'\n');
+            }
+        }
+        _ => {
+            out.put_slice(b" base64\ndata: ");
+            out.put_slice(base64::engine::general_purpose::STANDARD.encode(payload).as_bytes());
+            out.put_u8(b'\n');
+        }
+    }
+    out.put_u8(b'\n');
+}
+
+/// A comment line (ignored by browsers; keeps proxies from timing the stream out).
+pub fn comment(text: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(text.len() + 4);
+    out.put_slice(b": ");
+    out.put_slice(text.replace(['\r', '\n'], " ").as_bytes());
+    out.put_slice(b"\n\n");
+    out
+}
+
+/// A notice event with a JSON body.
+fn notice(name: &str, json: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(json.len() + 32);
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(json);
+    out.put_slice(b"\n\n");
+    out
+}
+
+/// `event: fanout error` with `{"code":…,"reason":…}`.
+pub fn error(code: u16, reason: &str) -> BytesMut {
+    notice("fanout error", &super::json::error_object(code, reason))
+}
+
+/// `event: fanout history` with the resume status.
+pub fn history(
+    channel: &[u8],
+    epoch: u64,
+    first: u64,
+    last: u64,
+    status: ResumeStatus,
+) -> BytesMut {
+    let mut json = BytesMut::with_capacity(96 + channel.len());
+    json.put_u8(b'{');
+    super::json::put_history_fields(&mut json, channel, epoch, first, last, status);
+    json.put_u8(b'}');
+    notice("fanout history", &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(channel: &[u8], offset: u64, payload: &[u8]) -> String {
+        let mut out = BytesMut::new();
+        put_message(&mut out, channel, offset, payload);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn text_binary_and_multiline_payloads() {
+        assert_eq!(event(b"news", 7, b"hello"), "id: 7\nevent: news\ndata: hello\n\n");
+        assert_eq!(event(b"c", 8, b"a\n\nb"), "id: 8\nevent: c\ndata: a\ndata: \ndata: b\n\n");
+        assert_eq!(event(b"c", 9, b""), "id: 9\nevent: c\ndata: \n\n");
+        assert_eq!(event(b"c", 10, b"a\r\nb"), "id: 10\nevent: c base64\ndata: YQ0KYg==\n\n");
+        assert_eq!(event(b"c", 11, &[0xff]), "id: 11\nevent: c base64\ndata: /w==\n\n");
+        assert_eq!(&comment("ping\nx")[..], b": ping x\n\n");
+        let e = error(507, "slow");
+        assert!(e.starts_with(b"event: fanout error\ndata: {\"code\":507"));
+        let h = history(b"c", 1, 2, 3, ResumeStatus::Ok);
+        assert!(h.ends_with(b"\"status\":\"ok\"}\n\n"));
+    }
+}
