@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! client: {"op":"sub","channel":"news"}            {"op":"sub","channel":"news","after":17,"epoch":"9f..","strict":false}
+//!         ("after":"now": replay nothing, answer with the epoch and latest offset)
 //!         {"op":"unsub","channel":"news"}          {"op":"pub","channel":"news","data":"hi"}  ("data64": base64; "ack": true)
 //!         {"op":"name","name":"alice"}             {"op":"ping"}  {"op":"pong"}
 //! server: {"op":"msg","channel":"news","offset":18,"data":"hi"}   ("data64" when the payload is not UTF-8)
@@ -174,9 +175,13 @@ pub fn parse_request(value: &Value) -> Result<Request<'_>, ProtocolError> {
             let resume = match object.get("after") {
                 None | Some(Value::Null) => None,
                 Some(after) => {
-                    let after = after
-                        .as_u64()
-                        .ok_or(ProtocolError::Malformed { what: "after: expected an offset" })?;
+                    // "now": replay nothing, but learn the epoch and latest offset (HIST).
+                    let after = match after {
+                        Value::String(now) if now == "now" => u64::MAX,
+                        _ => after.as_u64().ok_or(ProtocolError::Malformed {
+                            what: "after: expected an offset or \"now\"",
+                        })?,
+                    };
                     let epoch = match object.get("epoch") {
                         None | Some(Value::Null) => None,
                         Some(Value::String(hex)) if hex == "*" => None,
@@ -261,6 +266,13 @@ mod tests {
             Ok(Request::Subscribe {
                 channel: b"news",
                 resume: Some(Resume { after: 17, epoch: Some(255), strict: true })
+            })
+        );
+        assert_eq!(
+            parse(r#"{"op":"sub","channel":"n","after":"now"}"#),
+            Ok(Request::Subscribe {
+                channel: b"n",
+                resume: Some(Resume { after: u64::MAX, epoch: None, strict: false })
             })
         );
         assert_eq!(

@@ -499,3 +499,153 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An HTTP response as a test reads it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response with a Content-Length body from `stream`, after `pending` bytes.
+pub fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Response {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(pending[..end + 4].to_vec()).expect("UTF-8 head");
+            let status = head[9..12].parse().expect("status code");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("Content-Length");
+            while pending.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).expect("read body");
+                assert!(n > 0, "closed in the middle of a body");
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            let body = pending[end + 4..end + 4 + length].to_vec();
+            pending.drain(..end + 4 + length);
+            return Response { status, head, body };
+        }
+        let n = stream.read(&mut chunk).expect("read response");
+        assert!(n > 0, "closed before a response; got {:?}", String::from_utf8_lossy(pending));
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    read_response(&mut stream, &mut Vec::new())
+}
+
+/// Publishes over HTTP; returns the assigned offset.
+pub fn http_publish(addr: SocketAddr, channel: &str, payload: &[u8]) -> u64 {
+    let response = http(addr, "POST", &format!("/publish?channel={channel}"), payload);
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    response.json()["offset"].as_u64().expect("offset")
+}
+
+/// A Server-Sent Events event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An open event stream.
+pub struct EventStream {
+    pub stream: TcpStream,
+    pub head: String,
+    buffer: Vec<u8>,
+    /// Comment lines seen so far (heartbeats, acknowledgements).
+    pub comments: Vec<String>,
+}
+
+impl EventStream {
+    /// Opens `GET target` with extra header lines (each ending in CRLF).
+    pub fn open(addr: SocketAddr, target: &str, headers: &str) -> EventStream {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{headers}\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let (head, buffer) = read_head(&mut stream);
+        EventStream { stream, head, buffer, comments: Vec::new() }
+    }
+
+    /// The next event (not comments or `retry:`), or None on EOF or timeout.
+    pub fn next(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.buffer[..end].to_vec()).expect("UTF-8 events");
+                self.buffer.drain(..end + 2);
+                let mut event = Event::default();
+                let mut data: Vec<&str> = Vec::new();
+                for line in block.lines() {
+                    if let Some(comment) = line.strip_prefix(':') {
+                        self.comments.push(comment.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push(v);
+                    }
+                }
+                if event.event.is_some() || !data.is_empty() {
+                    event.data = data.join("\n");
+                    return Some(event);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next message event, skipping notices (`fanout …` events).
+    pub fn next_message(&mut self) -> Event {
+        loop {
+            let event = self.next(PATIENCE).expect("an event");
+            if !event.event.as_deref().unwrap_or("").starts_with("fanout ") {
+                return event;
+            }
+        }
+    }
+}

@@ -53,6 +53,14 @@ fn parse_u64(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
+/// An offset, or "now" (`u64::MAX`: replay nothing, report the latest offset).
+fn parse_after(bytes: &[u8]) -> Option<u64> {
+    if bytes == b"now" {
+        return Some(u64::MAX);
+    }
+    parse_u64(bytes)
+}
+
 fn parse_epoch(bytes: &[u8]) -> Option<Option<u64>> {
     match bytes {
         b"" | b"*" => Some(None),
@@ -370,7 +378,7 @@ impl Worker {
                     channels.push((value.clone(), None));
                     true
                 }
-                "after" => match (parse_u64(value), resume(&mut channels)) {
+                "after" => match (parse_after(value), resume(&mut channels)) {
                     (Some(after), Some(resume)) => {
                         resume.after = after;
                         true
@@ -426,8 +434,6 @@ impl Worker {
             }
             let Some(Web::Sse { pending }) = conn.web.as_deref_mut() else { return };
             let Some((channel, resume)) = pending.pop_front() else { return };
-            // `after` = u64::MAX ("from now") came from an `epoch` without an `after`.
-            let resume = resume.filter(|r| r.after != u64::MAX || r.epoch.is_some());
             self.subscribe(key, &channel, resume);
         }
     }
