@@ -30,30 +30,39 @@ fn websocket_subscribers_of_both_subprotocols_receive_what_every_format_publishe
     for conn in [&mut json, &mut binary, &mut tcp] {
         conn.subscribe("news");
     }
-    // Publishes from a WebSocket (JSON, with a non-UTF-8 payload), a TCP client and HTTP.
+    // Publishes from a WebSocket (JSON, with a non-UTF-8 payload), a WebSocket (binary, with
+    // an acknowledgement), a TCP client and HTTP, one after another; each connection keeps the
+    // frames that arrive while it waits for its own answer.
     json.send(Request::Publish { channel: b"news", payload: b"from json".into() });
     json.send(Request::Publish { channel: b"news", payload: (&[0u8, 159, 255][..]).into() });
+    let mut json_seen = json.barrier();
     binary.send(Request::PublishAcked { channel: b"news", payload: b"from binary".into() });
-    binary.expect(Frame::Ack { channel: "news".into(), offset: 3 });
+    let mut binary_seen = Vec::new();
+    loop {
+        match binary.next() {
+            Frame::Ack { channel, offset } => {
+                break assert_eq!((channel.as_str(), offset), ("news", 3))
+            }
+            frame => binary_seen.push(frame),
+        }
+    }
     tcp.publish("news", b"from tcp");
+    let mut tcp_seen = tcp.barrier();
     assert_eq!(http_publish(addr, "news", b"from http"), 5);
-    let expected = [
+    let expected = vec![
         msg("news", 1, b"from json"),
         msg("news", 2, &[0, 159, 255]),
         msg("news", 3, b"from binary"),
         msg("news", 4, b"from tcp"),
         msg("news", 5, b"from http"),
     ];
-    for conn in [&mut json, &mut binary, &mut tcp] {
-        for frame in &expected {
-            let got = loop {
-                match conn.next() {
-                    Frame::Ack { .. } => continue,
-                    other => break other,
-                }
-            };
-            assert_eq!(&got, frame, "{:?}", conn.format);
+    for (conn, seen) in
+        [(&mut json, &mut json_seen), (&mut binary, &mut binary_seen), (&mut tcp, &mut tcp_seen)]
+    {
+        while seen.len() < expected.len() {
+            seen.push(conn.next());
         }
+        assert_eq!(seen, &expected, "{:?}", conn.format);
     }
     // Names and inboxes work the same way.
     json.send(Request::Name { name: b"alice" });

@@ -29,13 +29,18 @@
     this.onnotice = null; // (kind, detail): "expired", "epoch", "error"
     this.attempt = 0;
     this.wsFailures = 0;
+    this.wsWorked = false; // once WebSocket has worked, a failure is an outage, not a blocked proxy
     this.usingSse = this.transport === "sse";
     this.ws = null;
     this.sse = null;
     this.timer = null;
     this.closed = false;
     this.flushing = false;
-    this.connect();
+    // Connect once the caller has set its handlers and subscriptions.
+    var self = this;
+    setTimeout(function () {
+      self.connect();
+    }, 0);
   }
 
   Fanout.prototype.setState = function (state, detail) {
@@ -57,7 +62,7 @@
       if (from === "start") entry.offset = 0;
       else if (typeof from === "number") entry.offset = from;
       this.sendSubscribe(channel);
-      if (this.usingSse) this.reconnectSse();
+      if (this.usingSse && this.state === "open") this.reconnectSse();
     }
     entry.handlers.push(handler);
   };
@@ -155,6 +160,7 @@
     var everOpened = false;
     ws.onopen = function () {
       everOpened = true;
+      self.wsWorked = true;
       self.wsFailures = 0;
       self.opened("websocket");
       for (var channel in self.channels) self.sendSubscribe(channel);
@@ -181,7 +187,8 @@
     ws.onclose = function (event) {
       if (self.ws !== ws) return;
       self.ws = null;
-      if (!everOpened && ++self.wsFailures >= WS_FAILURES_BEFORE_FALLBACK && self.transport === "auto") {
+      var blocked = !everOpened && !self.wsWorked && ++self.wsFailures >= WS_FAILURES_BEFORE_FALLBACK;
+      if (blocked && self.transport === "auto") {
         return self.fallBack("WebSocket did not open");
       }
       self.retry("websocket closed (" + event.code + ")");
@@ -222,12 +229,11 @@
     return this.base + "/sse?" + parts.join("&");
   };
 
+  // The channel set changed: a new stream carries every channel, each from its offset.
   Fanout.prototype.reconnectSse = function () {
-    if (this.sse) {
-      this.sse.close();
-      this.sse = null;
-      this.connectSse();
-    }
+    if (this.sse) this.sse.close();
+    this.sse = null;
+    this.connectSse();
   };
 
   Fanout.prototype.connectSse = function () {

@@ -68,6 +68,9 @@ fn parse_epoch(bytes: &[u8]) -> Option<Option<u64>> {
     }
 }
 
+/// A metric family: name, kind, help, and its samples (label set, value).
+type Family = (String, Kind, String, Vec<(String, u64)>);
+
 /// The JSON body of a long-poll answer.
 fn poll_body<'a>(
     channel: &[u8],
@@ -159,6 +162,7 @@ impl Worker {
 
     fn route(&mut self, key: usize, head: &Head, body: &[u8]) {
         WorkerCounters::add(&self.counters().http_requests, 1);
+        debug!("worker {}: connection {key}: {} {}", self.id, head.method, head.path);
         if let Some(Web::Http { keep_alive, .. }) = self.conns[key].web.as_deref_mut() {
             *keep_alive = head.keep_alive();
         }
@@ -171,6 +175,8 @@ impl Worker {
                 key,
                 http::response(200, "text/javascript; charset=utf-8", JS_CLIENT.as_bytes()),
             ),
+            // Browsers ask for it on every page; an empty answer keeps their consoles quiet.
+            ("GET", "/favicon.ico") => self.reply(key, http::response(204, "image/x-icon", b"")),
             ("GET", "/healthz") => {
                 let open = self.shared.open_connections.load(Ordering::Relaxed);
                 let body = format!("{{\"status\":\"ok\",\"connections\":{open}}}");
@@ -541,7 +547,7 @@ impl Worker {
         use std::fmt::Write as _;
         let stats = self.shared.stats();
         let mut out = String::with_capacity(8192);
-        let mut families: Vec<(String, Kind, String, Vec<(String, u64)>)> = Vec::new();
+        let mut families: Vec<Family> = Vec::new();
         for ((name, value), (_, kind, help)) in stats.fields().into_iter().zip(Stats::describe()) {
             let protocol = name
                 .strip_prefix("connections_")

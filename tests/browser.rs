@@ -1,0 +1,54 @@
+//! The demo page in a real browser (Debian's Chromium, headless, driven by playwright-core from
+//! npm): see tests/browser/demo.cjs for the scenario. `.ci/run` installs chromium; this test
+//! installs playwright-core under target/ the first time (npm registry).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TempDir;
+
+fn playwright_core() -> PathBuf {
+    let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-deps");
+    let module = prefix.join("node_modules/playwright-core");
+    if !module.join("package.json").exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&prefix)
+            .arg("playwright-core@1")
+            .status()
+            .expect("npm runs (install Node.js and npm)");
+        assert!(status.success(), "npm install playwright-core failed");
+    }
+    module
+}
+
+#[test]
+fn demo_page_in_chromium_survives_a_server_restart() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run `apt-get install -y chromium` (.ci/run does)"
+    );
+    let module = playwright_core();
+    // A port the restarted server can take again: pages keep their origin across the restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = TempDir::new("browser");
+    let output = Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/demo.cjs"))
+        .env("FANOUT_BIN", env!("CARGO_BIN_EXE_fanout"))
+        .env("PORT", port.to_string())
+        .env("DATA_DIR", data.path())
+        .env("PLAYWRIGHT_CORE", &module)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("browser test passed"),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
