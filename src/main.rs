@@ -64,7 +64,8 @@ struct LoadArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7400")]
     server: SocketAddr,
-    /// Wire protocol: binary or text (fanout), resp (Redis), nats.
+    /// Wire protocol: binary or text (fanout TCP), ws-binary or ws-json (fanout WebSocket
+    /// subscribers; publishers use binary TCP), resp (Redis), nats.
     #[arg(long, default_value = "binary")]
     protocol: fanout::load::Protocol,
     /// Channel names are this prefix and a number.

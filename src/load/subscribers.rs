@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::wire::{Event, Protocol};
+use crate::protocol::websocket::opcode;
 use super::{monotonic_ns, new_histogram, Progress, Stamp};
 
 /// What one loop (or one child process) saw.
@@ -292,13 +293,33 @@ fn parse_events(
     let mut at = 0;
     let mut delivered = 0;
     loop {
-        if protocol == Protocol::FanoutBinary {
+        if matches!(protocol, Protocol::FanoutBinary | Protocol::WsBinary) {
             // Fast path for the common frame: MSG, read in place without building an event.
-            if let Some((offset, payload, used)) = binary_message(&input[at..]) {
+            let frame = if protocol == Protocol::WsBinary {
+                super::wire::websocket_payload(&input[at..], opcode::BINARY)
+                    .and_then(|(inner, used)| binary_message(inner).map(|(o, p, _)| (o, p, used)))
+            } else {
+                binary_message(&input[at..])
+            };
+            if let Some((offset, payload, used)) = frame {
                 at += used;
                 delivered += 1;
                 check_order(sub, Some(offset), payload, totals);
                 if let Some(stamp) = Stamp::read(payload) {
+                    totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
+                }
+                continue;
+            }
+        }
+        if protocol == Protocol::WsJson {
+            let message = super::wire::websocket_payload(&input[at..], opcode::TEXT).and_then(
+                |(text, used)| super::wire::json_message(text).map(|(o, stamp)| (o, stamp, used)),
+            );
+            if let Some((offset, stamp, used)) = message {
+                at += used;
+                delivered += 1;
+                check_order(sub, Some(offset), &stamp, totals);
+                if let Some(stamp) = Stamp::read(&stamp) {
                     totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                 }
                 continue;

@@ -1,5 +1,9 @@
 //! The wire protocols the load generator speaks, so that one code path measures fanout and its
-//! peers: fanout's binary and text formats, Redis RESP2 pub/sub, and the NATS client protocol.
+//! peers: fanout's binary and text formats, its WebSocket subprotocols (JSON and binary), Redis
+//! RESP2 pub/sub, and the NATS client protocol.
+//!
+//! In the WebSocket modes only the subscribers speak WebSocket; publishers use the binary TCP
+//! format, so that a WebSocket run and a binary run differ in delivery alone.
 //!
 //! Each protocol provides the bytes to subscribe and to publish, and a parser that turns what a
 //! subscriber receives into `Event`s.
@@ -9,6 +13,7 @@ use std::str::FromStr;
 
 use bytes::BytesMut;
 
+use crate::protocol::websocket::{self, opcode};
 use crate::protocol::{binary, text, Request, ServerFrame};
 
 /// A wire protocol.
@@ -22,6 +27,96 @@ pub enum Protocol {
     Resp,
     /// NATS: CONNECT / SUB / PUB / MSG / PING.
     Nats,
+    /// fanout over WebSocket, subprotocol fanout.binary (binary frames in binary messages).
+    WsBinary,
+    /// fanout over WebSocket, subprotocol fanout.json (JSON in text messages): what browsers use.
+    WsJson,
+}
+
+/// The mask of the load generator's client frames (masking is required, its value is not).
+const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x81];
+
+/// Upgrade request for a WebSocket subscriber.
+fn upgrade_request(out: &mut Vec<u8>, subprotocol: &str) {
+    out.extend_from_slice(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: fanout\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: bG9hZC1nZW5lcmF0b3IhIQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+}
+
+/// A JSON `msg` object as this server writes it, read without a JSON parser (the load generator
+/// must outrun the server): the offset and the stamp (the first 18 bytes of a base64 payload).
+/// `None` for anything else (another object, a UTF-8 payload, an escaped channel name), which
+/// then goes through serde_json.
+pub fn json_message(text: &[u8]) -> Option<(u64, [u8; 18])> {
+    let rest = text.strip_prefix(b"{\"op\":\"msg\",\"channel\":\"")?;
+    let quote = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    let rest = rest[quote..].strip_prefix(b"\",\"offset\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut offset = 0u64;
+    for &digit in &rest[..digits] {
+        offset = offset.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+    }
+    let rest = rest[digits..].strip_prefix(b",\"data64\":\"")?;
+    Some((offset, decode_base64_24(rest.get(..24)?)?))
+}
+
+/// Decodes exactly 24 base64 characters (no padding) into 18 bytes. The base64 crate's general
+/// decoder costs as much as everything else the generator does per JSON message (perf: 17%);
+/// this fixed-size one is a few table lookups.
+fn decode_base64_24(chars: &[u8]) -> Option<[u8; 18]> {
+    const fn table() -> [u8; 256] {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut table = [0xff; 256];
+        let mut i = 0;
+        while i < 64 {
+            table[alphabet[i] as usize] = i as u8;
+            i += 1;
+        }
+        table
+    }
+    static TABLE: [u8; 256] = table();
+    let mut out = [0u8; 18];
+    for (group, bytes) in chars.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        let mut bits = 0u32;
+        for &c in group {
+            let value = TABLE[c as usize];
+            if value == 0xff {
+                return None;
+            }
+            bits = bits << 6 | u32::from(value);
+        }
+        bytes.copy_from_slice(&bits.to_be_bytes()[1..]);
+    }
+    Some(out)
+}
+
+/// Any JSON server object as an event.
+fn json_event(text: &[u8]) -> Result<Event<'static>, WireError> {
+    use base64::Engine as _;
+    if let Some((offset, stamp)) = json_message(text) {
+        return Ok(Event::Message { offset: Some(offset), payload: stamp.to_vec().into() });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| WireError(format!("bad JSON from the server: {e}")))?;
+    Ok(match value["op"].as_str().unwrap_or("") {
+        "msg" => {
+            let payload = match (value["data"].as_str(), value["data64"].as_str()) {
+                (Some(data), _) => data.as_bytes().to_vec(),
+                (None, Some(data64)) => base64::engine::general_purpose::STANDARD
+                    .decode(data64)
+                    .map_err(|_| WireError("bad base64 from the server".into()))?,
+                _ => return Err(WireError("msg without data".into())),
+            };
+            Event::Message { offset: value["offset"].as_u64(), payload: payload.into() }
+        }
+        "ok" => Event::Subscribed,
+        "ping" => Event::Ping,
+        "err" => Event::Error(format!("{} {}", value["code"], value["reason"])),
+        _ => Event::Ignored,
+    })
 }
 
 impl FromStr for Protocol {
@@ -32,7 +127,11 @@ impl FromStr for Protocol {
             "text" | "fanout-text" => Ok(Protocol::FanoutText),
             "resp" | "redis" => Ok(Protocol::Resp),
             "nats" => Ok(Protocol::Nats),
-            other => Err(format!("unknown protocol {other:?} (binary, text, resp, nats)")),
+            "ws" | "ws-binary" | "websocket" => Ok(Protocol::WsBinary),
+            "ws-json" => Ok(Protocol::WsJson),
+            other => Err(format!(
+                "unknown protocol {other:?} (binary, text, ws-binary, ws-json, resp, nats)"
+            )),
         }
     }
 }
@@ -44,6 +143,8 @@ impl fmt::Display for Protocol {
             Protocol::FanoutText => "text",
             Protocol::Resp => "resp",
             Protocol::Nats => "nats",
+            Protocol::WsBinary => "ws-binary",
+            Protocol::WsJson => "ws-json",
         })
     }
 }
@@ -96,13 +197,33 @@ impl Protocol {
                 );
                 out.extend_from_slice(format!("SUB {channel} 1\r\nPING\r\n").as_bytes());
             }
+            // The first frame follows the upgrade request at once: the server reads what comes
+            // after the request as WebSocket.
+            Protocol::WsBinary => {
+                upgrade_request(out, "fanout.binary");
+                let mut frame = Vec::new();
+                binary::encode_request(
+                    &Request::Subscribe { channel: channel.as_bytes(), resume: None },
+                    &mut frame,
+                );
+                out.extend(websocket::encode_client_frame(true, opcode::BINARY, &frame, MASK));
+            }
+            Protocol::WsJson => {
+                upgrade_request(out, "fanout.json");
+                let mut sub = bytes::BytesMut::new();
+                crate::protocol::json::put_string(&mut sub, channel);
+                let sub = [&b"{\"op\":\"sub\",\"channel\":"[..], &sub, b"}"].concat();
+                out.extend(websocket::encode_client_frame(true, opcode::TEXT, &sub, MASK));
+            }
         }
     }
 
     /// Bytes that open a publishing connection.
     pub fn publisher_preface(self, out: &mut Vec<u8>) {
         match self {
-            Protocol::FanoutBinary => out.extend_from_slice(&binary::PREFACE),
+            Protocol::FanoutBinary | Protocol::WsBinary | Protocol::WsJson => {
+                out.extend_from_slice(&binary::PREFACE)
+            }
             Protocol::Nats => {
                 out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
             }
@@ -113,10 +234,12 @@ impl Protocol {
     /// Appends one publish of `payload` to `channel`.
     pub fn publish(self, channel: &str, payload: &[u8], out: &mut Vec<u8>) {
         match self {
-            Protocol::FanoutBinary => binary::encode_request(
-                &Request::Publish { channel: channel.as_bytes(), payload: payload.into() },
-                out,
-            ),
+            Protocol::FanoutBinary | Protocol::WsBinary | Protocol::WsJson => {
+                binary::encode_request(
+                    &Request::Publish { channel: channel.as_bytes(), payload: payload.into() },
+                    out,
+                )
+            }
             Protocol::FanoutText => {
                 let mut escaped = BytesMut::with_capacity(payload.len() + 16);
                 text::put_payload(&mut escaped, payload);
@@ -141,6 +264,9 @@ impl Protocol {
             Protocol::FanoutBinary => binary::encode_request(&Request::Pong, out),
             Protocol::FanoutText | Protocol::Nats => out.extend_from_slice(b"PONG\r\n"),
             Protocol::Resp => {}
+            Protocol::WsBinary | Protocol::WsJson => {
+                out.extend(websocket::encode_client_frame(true, opcode::PONG, b"", MASK))
+            }
         }
     }
 
@@ -171,8 +297,44 @@ impl Protocol {
             }
             Protocol::Resp => parse_resp_event(input),
             Protocol::Nats => parse_nats_event(input),
+            Protocol::WsBinary | Protocol::WsJson => parse_websocket_event(input),
         }
     }
+}
+
+fn parse_websocket_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireError> {
+    if input.starts_with(b"HTTP/") {
+        let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+        if !input.starts_with(b"HTTP/1.1 101 ") {
+            let status = String::from_utf8_lossy(&input[..end]).lines().next().unwrap_or("").to_owned();
+            return Ok(Some((Event::Error(format!("upgrade refused: {status}")), end + 4)));
+        }
+        return Ok(Some((Event::Ignored, end + 4)));
+    }
+    let Some((_, op, payload, used)) = websocket::parse_server_frame(input) else { return Ok(None) };
+    let event = match op {
+        opcode::BINARY => {
+            let Some((event, _)) = Protocol::FanoutBinary.parse(payload)? else {
+                return Err(WireError("a binary message without a whole frame".into()));
+            };
+            event
+        }
+        opcode::TEXT => json_event(payload)?,
+        opcode::PING => Event::Ping,
+        opcode::CLOSE => {
+            let code = payload.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+            Event::Error(format!("closed by the server ({code})"))
+        }
+        _ => Event::Ignored,
+    };
+    Ok(Some((event, used)))
+}
+
+/// A complete WebSocket message of type `op` at the start of `input`: its payload and the
+/// bytes of the whole WebSocket frame.
+pub fn websocket_payload(input: &[u8], op: u8) -> Option<(&[u8], usize)> {
+    let (_, got, payload, used) = websocket::parse_server_frame(input)?;
+    (got == op).then_some((payload, used))
 }
 
 fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -395,6 +557,25 @@ mod tests {
     use std::borrow::Cow;
 
     /// Feeds `stream` split at every point and collects the events.
+    #[test]
+    fn json_messages_read_fast_and_slow_agree() {
+        use base64::Engine as _;
+        let payload: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
+        let frame = crate::protocol::json::message(b"ch-1", 12345, &payload);
+        let (offset, stamp) = json_message(&frame).expect("fast path");
+        assert_eq!((offset, &stamp[..]), (12345, &payload[..18]));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&payload[..18]);
+        assert_eq!(decode_base64_24(encoded.as_bytes()), Some(stamp));
+        assert_eq!(decode_base64_24(b"!!!!AAAAAAAAAAAAAAAAAAAA"), None);
+        // A UTF-8 payload is not for the fast path; the slow one reads it.
+        let text = crate::protocol::json::message(b"c", 7, b"hello");
+        assert_eq!(json_message(&text), None);
+        assert_eq!(
+            json_event(&text).unwrap(),
+            Event::Message { offset: Some(7), payload: b"hello".to_vec().into() }
+        );
+    }
+
     fn events_at_every_split(protocol: Protocol, stream: &[u8]) -> Vec<String> {
         let mut reference = None;
         for split in 0..=stream.len() {
