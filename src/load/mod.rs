@@ -50,7 +50,7 @@ pub struct LoadConfig {
     pub publishers: usize,
     /// Messages in all.
     pub messages: u64,
-    /// Payload bytes (at least `Stamp::BYTES`).
+    /// Payload bytes (at least `Stamp::BYTES`; `Stamp::HEX_BYTES` with `Protocol::WsJson`).
     pub payload_bytes: usize,
     /// Messages per second over all publishers; 0 for "as fast as the window allows".
     pub rate: u64,
@@ -168,6 +168,46 @@ impl Stamp {
         payload[12..16].copy_from_slice(&self.sequence.to_be_bytes());
     }
 
+    /// Hex digits of the text form.
+    pub const HEX_BYTES: usize = 32;
+
+    /// The text form, for formats where browsers expect text (WebSocket JSON): the same 16 bytes
+    /// as 32 lower-case hex digits, so that the payload stays UTF-8 and travels as JSON `data`.
+    fn write_hex(self, payload: &mut [u8]) {
+        let mut bytes = [0u8; Self::BYTES];
+        self.write(&mut bytes);
+        for (i, byte) in bytes.iter().enumerate() {
+            payload[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+            payload[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
+        }
+    }
+
+    /// Reads the text form from a payload's first 32 bytes.
+    pub fn read_hex(payload: &[u8]) -> Option<Stamp> {
+        // A table, not `to_digit`: random hex digits make its branches mispredict, which cost
+        // the generator more than the rest of a WebSocket JSON message together (perf).
+        const fn table() -> [u8; 256] {
+            let mut table = [0xff; 256];
+            let mut i = 0;
+            while i < 16 {
+                table[b"0123456789abcdef"[i] as usize] = i as u8;
+                table[b"0123456789ABCDEF"[i] as usize] = i as u8;
+                i += 1;
+            }
+            table
+        }
+        static HEX: [u8; 256] = table();
+        let digits = payload.get(..Self::HEX_BYTES)?;
+        let mut bytes = [0u8; Self::BYTES];
+        let mut invalid = 0;
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+            invalid |= hi | lo;
+            *byte = hi << 4 | lo;
+        }
+        (invalid & 0xf0 == 0).then(|| Stamp::read(&bytes)).flatten()
+    }
+
     /// Reads the stamp from a payload's first 16 bytes.
     pub fn read(payload: &[u8]) -> Option<Stamp> {
         let (time, rest) = payload.split_first_chunk::<8>()?;
@@ -203,14 +243,16 @@ fn per_process_cap(config: &LoadConfig) -> usize {
 
 /// Runs the load and returns the report.
 pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
-    if config.payload_bytes < Stamp::BYTES
+    // ws-json stamps are hex text (see `Stamp::write_hex`).
+    let stamp_bytes =
+        if config.protocol == Protocol::WsJson { Stamp::HEX_BYTES } else { Stamp::BYTES };
+    if config.payload_bytes < stamp_bytes
         || config.channels == 0
         || config.threads == 0
         || config.publishers == 0
     {
         return Err(LoadError::Config(format!(
-            "payload of at least {} bytes, and at least one channel, thread and publisher",
-            Stamp::BYTES
+            "payload of at least {stamp_bytes} bytes, and at least one channel, thread and publisher"
         )));
     }
     let cap = per_process_cap(config);
@@ -485,7 +527,11 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
         let stamp =
             Stamp { sent_ns: monotonic_ns(), publisher: id as u32, sequence: sequences[channel] };
         sequences[channel] += 1;
-        stamp.write(&mut payload);
+        if config.protocol == Protocol::WsJson {
+            stamp.write_hex(&mut payload);
+        } else {
+            stamp.write(&mut payload);
+        }
         frame.clear();
         config.protocol.publish(&channels[channel], &payload, &mut frame);
         out.write_all(&frame)?;

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use bytes::BytesMut;
 
+use super::Stamp;
 use crate::protocol::websocket::{self, opcode};
 use crate::protocol::{binary, text, Request, ServerFrame};
 
@@ -47,10 +48,10 @@ fn upgrade_request(out: &mut Vec<u8>, subprotocol: &str) {
 }
 
 /// A JSON `msg` object as this server writes it, read without a JSON parser (the load generator
-/// must outrun the server): the offset and the stamp (the first 18 bytes of a base64 payload).
-/// `None` for anything else (another object, a UTF-8 payload, an escaped channel name), which
-/// then goes through serde_json.
-pub fn json_message(text: &[u8]) -> Option<(u64, [u8; 18])> {
+/// must outrun the server): the offset and the stamp, from a text payload (`data`, the stamp in
+/// hex, which is what `ws-json` publishers send) or a binary one (`data64`). `None` for anything
+/// else (another object, an escaped channel name), which then goes through serde_json.
+pub fn json_message(text: &[u8]) -> Option<(u64, Option<Stamp>)> {
     let rest = text.strip_prefix(b"{\"op\":\"msg\",\"channel\":\"")?;
     let quote = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
     let rest = rest[quote..].strip_prefix(b"\",\"offset\":")?;
@@ -59,8 +60,12 @@ pub fn json_message(text: &[u8]) -> Option<(u64, [u8; 18])> {
     for &digit in &rest[..digits] {
         offset = offset.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
     }
-    let rest = rest[digits..].strip_prefix(b",\"data64\":\"")?;
-    Some((offset, decode_base64_24(rest.get(..24)?)?))
+    let rest = &rest[digits..];
+    if let Some(data) = rest.strip_prefix(b",\"data\":\"") {
+        return Some((offset, Stamp::read_hex(data)));
+    }
+    let data64 = rest.strip_prefix(b",\"data64\":\"")?;
+    Some((offset, Stamp::read(&decode_base64_24(data64.get(..24)?)?)))
 }
 
 /// Decodes exactly 24 base64 characters (no padding) into 18 bytes. The base64 crate's general
@@ -97,10 +102,14 @@ fn decode_base64_24(chars: &[u8]) -> Option<[u8; 18]> {
 fn json_event(text: &[u8]) -> Result<Event<'static>, WireError> {
     use base64::Engine as _;
     if let Some((offset, stamp)) = json_message(text) {
-        return Ok(Event::Message { offset: Some(offset), payload: stamp.to_vec().into() });
+        let mut payload = vec![0u8; Stamp::BYTES];
+        if let Some(stamp) = stamp {
+            stamp.write(&mut payload);
+        }
+        return Ok(Event::Message { offset: Some(offset), payload: payload.into() });
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(text).map_err(|e| WireError(format!("bad JSON from the server: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(text)
+        .map_err(|e| WireError(format!("bad JSON from the server: {e}")))?;
     Ok(match value["op"].as_str().unwrap_or("") {
         "msg" => {
             let payload = match (value["data"].as_str(), value["data64"].as_str()) {
@@ -306,12 +315,15 @@ fn parse_websocket_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, Wir
     if input.starts_with(b"HTTP/") {
         let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
         if !input.starts_with(b"HTTP/1.1 101 ") {
-            let status = String::from_utf8_lossy(&input[..end]).lines().next().unwrap_or("").to_owned();
+            let status =
+                String::from_utf8_lossy(&input[..end]).lines().next().unwrap_or("").to_owned();
             return Ok(Some((Event::Error(format!("upgrade refused: {status}")), end + 4)));
         }
         return Ok(Some((Event::Ignored, end + 4)));
     }
-    let Some((_, op, payload, used)) = websocket::parse_server_frame(input) else { return Ok(None) };
+    let Some((_, op, payload, used)) = websocket::parse_server_frame(input) else {
+        return Ok(None);
+    };
     let event = match op {
         opcode::BINARY => {
             let Some((event, _)) = Protocol::FanoutBinary.parse(payload)? else {
@@ -560,20 +572,24 @@ mod tests {
     #[test]
     fn json_messages_read_fast_and_slow_agree() {
         use base64::Engine as _;
-        let payload: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
-        let frame = crate::protocol::json::message(b"ch-1", 12345, &payload);
-        let (offset, stamp) = json_message(&frame).expect("fast path");
-        assert_eq!((offset, &stamp[..]), (12345, &payload[..18]));
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&payload[..18]);
-        assert_eq!(decode_base64_24(encoded.as_bytes()), Some(stamp));
+        let stamp = Stamp { sent_ns: 0x0123_4567_89ab_cdef, publisher: 3, sequence: 0xfeed };
+        // Binary payload (data64).
+        let mut binary = vec![0xffu8; 40];
+        stamp.write(&mut binary);
+        let frame = crate::protocol::json::message(b"ch-1", 12345, &binary);
+        assert_eq!(json_message(&frame), Some((12345, Some(stamp))));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&binary[..18]);
+        assert_eq!(decode_base64_24(encoded.as_bytes()).unwrap()[..], binary[..18]);
         assert_eq!(decode_base64_24(b"!!!!AAAAAAAAAAAAAAAAAAAA"), None);
-        // A UTF-8 payload is not for the fast path; the slow one reads it.
-        let text = crate::protocol::json::message(b"c", 7, b"hello");
-        assert_eq!(json_message(&text), None);
-        assert_eq!(
-            json_event(&text).unwrap(),
-            Event::Message { offset: Some(7), payload: b"hello".to_vec().into() }
-        );
+        // Text payload (data): the hex stamp.
+        let mut text = vec![b'x'; 64];
+        stamp.write_hex(&mut text);
+        let frame = crate::protocol::json::message(b"ch-1", 9, &text);
+        assert_eq!(json_message(&frame), Some((9, Some(stamp))));
+        // Anything else goes through the slow path.
+        let other = crate::protocol::json::ok(crate::protocol::Ack::Subscribe, b"c");
+        assert_eq!(json_message(&other), None);
+        assert_eq!(json_event(&other).unwrap(), Event::Subscribed);
     }
 
     fn events_at_every_split(protocol: Protocol, stream: &[u8]) -> Vec<String> {
