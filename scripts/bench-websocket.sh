@@ -6,6 +6,8 @@
 # as base64 "data64" and frames are ~1.8x larger). Server and generator pinned to one core each.
 # Prints medians of REPS runs (interleaved, so drift hits every mode alike) and ratios to binary;
 # ">=" marks a figure where the generator used >= 90% of its core (a lower bound for the server).
+# Then the same modes at a fixed rate (RATE deliveries/s, default 3M, 3 s), where every mode
+# keeps up: latency percentiles and their ratios to binary.
 #
 #   scripts/bench-websocket.sh                 # about 2 minutes
 #   REPS=1 SIZES=1000 scripts/bench-websocket.sh
@@ -14,6 +16,7 @@ source "$(dirname "$0")/common.sh"
 
 REPS=${REPS:-3}
 SIZES=${SIZES:-"1000 10000"}
+RATE=${RATE:-3000000}
 MODES="binary ws-binary ws-json"
 WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
@@ -42,6 +45,23 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
+for rep in $(seq 1 "$REPS"); do
+  for size in $SIZES; do
+    per_second=$((RATE / size))
+    for mode in $MODES; do
+      port=$(free_port)
+      start_server fanout "$port"
+      line=$(taskset -c "$LOAD_CORE" "$FANOUT" load --quiet --server "127.0.0.1:$port" --server-pid "$SERVER_PID" \
+               --protocol "$mode" --subscribers "$size" --channels 1 --messages $((per_second * 3)) --payload-bytes 64 \
+               --rate "$per_second" --drain-timeout-secs 60 | grep '^{')
+      stop_server
+      echo "-- $mode x $size at $per_second msg/s run $rep: p50 $(json_field "$line" p50_us) us, p99 $(json_field "$line" p99_us) us, lost $(json_field "$line" lost)" >&2
+      json_field "$line" p50_us >>"$WORK/$mode.$size.p50"
+      json_field "$line" p99_us >>"$WORK/$mode.$size.p99"
+    done
+  done
+done
+
 echo "WebSocket fan-out vs binary TCP, 1 channel, 64-byte payloads, medians of $REPS ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 printf '| subscribers | mode | deliveries/s | ratio to binary | server CPU ns/delivery | ratio to binary |\n|---|---|---|---|---|---|\n'
 for size in $SIZES; do
@@ -53,5 +73,15 @@ for size in $SIZES; do
     bound=$(sort -n "$WORK/$mode.$size.bound" | tail -1)
     awk -v s="$size" -v m="$mode" -v r="$rate" -v b="$base_rate" -v c="$cpu" -v bc="$base_cpu" -v g="$bound" \
       'BEGIN { ge = g ? ">=" : ""; printf "| %d | %s | %s%.0f | %s%.2fx | %.1f | %.2fx |\n", s, m, ge, r, ge, r / b, c, c / bc }'
+  done
+done
+echo
+echo "At a fixed $RATE deliveries/s (3 s), latency, medians of $REPS"
+printf '| subscribers | mode | p50 us | ratio to binary | p99 us | ratio to binary |\n|---|---|---|---|---|---|\n'
+for size in $SIZES; do
+  for mode in $MODES; do
+    awk -v s="$size" -v m="$mode" -v p="$(median <"$WORK/$mode.$size.p50")" -v q="$(median <"$WORK/$mode.$size.p99")" \
+        -v bp="$(median <"$WORK/binary.$size.p50")" -v bq="$(median <"$WORK/binary.$size.p99")" \
+      'BEGIN { printf "| %d | %s | %.0f | %.2fx | %.0f | %.2fx |\n", s, m, p, p / bp, q, q / bq }'
   done
 done

@@ -85,22 +85,23 @@ pub fn ok(ack: Ack, arg: &[u8]) -> BytesMut {
     out
 }
 
-/// `{"code":400,"reason":"…"}`: the body of an HTTP error.
-pub fn error_object(code: u16, reason: &str) -> BytesMut {
-    let mut out = BytesMut::with_capacity(32 + reason.len());
-    out.put_slice(format!("{{\"code\":{code},\"reason\":").as_bytes());
+/// `{<prefix>"code":400,"reason":"…"}`.
+fn error_with(prefix: &str, code: u16, reason: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(40 + reason.len());
+    out.put_slice(format!("{{{prefix}\"code\":{code},\"reason\":").as_bytes());
     put_string(&mut out, reason);
     out.put_u8(b'}');
     out
 }
 
+/// `{"code":400,"reason":"…"}`: the body of an HTTP error.
+pub fn error_object(code: u16, reason: &str) -> BytesMut {
+    error_with("", code, reason)
+}
+
 /// `{"op":"err","code":400,"reason":"…"}`.
 pub fn error(code: u16, reason: &str) -> BytesMut {
-    let mut out = BytesMut::with_capacity(40 + reason.len());
-    out.put_slice(format!("{{\"op\":\"err\",\"code\":{code},\"reason\":").as_bytes());
-    put_string(&mut out, reason);
-    out.put_u8(b'}');
-    out
+    error_with("\"op\":\"err\",", code, reason)
 }
 
 /// The fields of a history status, without braces: `"channel":…,"epoch":…,…,"status":"ok"`.
@@ -123,6 +124,23 @@ pub fn put_history_fields(
     );
 }
 
+/// `{<prefix>"channel":…,"epoch":…,…}`: a history status object.
+pub fn history_object(
+    prefix: &str,
+    channel: &[u8],
+    epoch: u64,
+    first: u64,
+    last: u64,
+    status: ResumeStatus,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(96 + channel.len());
+    out.put_u8(b'{');
+    out.put_slice(prefix.as_bytes());
+    put_history_fields(&mut out, channel, epoch, first, last, status);
+    out.put_u8(b'}');
+    out
+}
+
 /// `{"op":"hist",…}`.
 pub fn history(
     channel: &[u8],
@@ -131,11 +149,7 @@ pub fn history(
     last: u64,
     status: ResumeStatus,
 ) -> BytesMut {
-    let mut out = BytesMut::with_capacity(96 + channel.len());
-    out.put_slice(b"{\"op\":\"hist\",");
-    put_history_fields(&mut out, channel, epoch, first, last, status);
-    out.put_u8(b'}');
-    out
+    history_object("\"op\":\"hist\",", channel, epoch, first, last, status)
 }
 
 /// `{"channel":"news","offset":18}`: the body of an HTTP publish's answer.

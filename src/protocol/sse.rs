@@ -70,11 +70,7 @@ pub fn history(
     last: u64,
     status: ResumeStatus,
 ) -> BytesMut {
-    let mut json = BytesMut::with_capacity(96 + channel.len());
-    json.put_u8(b'{');
-    super::json::put_history_fields(&mut json, channel, epoch, first, last, status);
-    json.put_u8(b'}');
-    notice("fanout history", &json)
+    notice("fanout history", &super::json::history_object("", channel, epoch, first, last, status))
 }
 
 #[cfg(test)]
