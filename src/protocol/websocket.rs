@@ -120,6 +120,11 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// Bytes of `partial` known to be valid UTF-8 (text messages).
     validated: usize,
+    /// Payload bytes of the text frame still arriving that were already checked as UTF-8, so that
+    /// an invalid byte fails the connection when it arrives, not when its frame is complete.
+    frame_checked: usize,
+    /// The incomplete UTF-8 sequence at the end of what was checked (at most 3 bytes).
+    carry: Vec<u8>,
 }
 
 /// A close code a peer may send (section 7.4): the defined ones that are not reserved for local
@@ -212,8 +217,16 @@ impl Decoder {
         let mask: [u8; 4] = mask.try_into().expect("4 bytes");
         at += 4;
         let len = len as usize;
-        let Some(masked) = input.get(at..at + len) else { return Ok(None) };
+        let text_message = !control && self.partial_opcode.unwrap_or(op) == opcode::TEXT;
+        let Some(masked) = input.get(at..at + len) else {
+            if text_message {
+                self.check_arriving_text(&input[at..], mask)?;
+            }
+            return Ok(None);
+        };
         let consumed = at + len;
+        self.frame_checked = 0;
+        self.carry.clear();
 
         if control {
             let payload = unmasked(masked, mask);
@@ -252,6 +265,29 @@ impl Decoder {
         self.validated = 0;
         let payload = std::mem::take(&mut self.partial);
         Ok(Some((Some(WsEvent::Message { text, payload }), consumed)))
+    }
+
+    /// Checks the newly arrived bytes of a text frame that is not complete yet, continuing the
+    /// UTF-8 state of the fragments before it.
+    fn check_arriving_text(&mut self, arrived: &[u8], mask: [u8; 4]) -> Result<(), WsError> {
+        if arrived.len() <= self.frame_checked {
+            return Ok(());
+        }
+        if self.frame_checked == 0 {
+            self.carry = self.partial[self.validated..].to_vec();
+        }
+        let start = self.frame_checked;
+        let mut bytes = std::mem::take(&mut self.carry);
+        bytes.extend(arrived[start..].iter().enumerate().map(|(i, b)| b ^ mask[(start + i) % 4]));
+        self.frame_checked = arrived.len();
+        match std::str::from_utf8(&bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                self.carry = bytes[e.valid_up_to()..].to_vec();
+                Ok(())
+            }
+            Err(_) => Err(WsError::InvalidUtf8),
+        }
     }
 
     /// Bytes held by a message in progress.
@@ -488,6 +524,34 @@ mod tests {
         // A lead byte that can never start a valid sequence: fails now, not at FIN.
         let bad = encode_client_frame(false, opcode::CONTINUATION, &[0xc0], MASK);
         assert_eq!(decoder.decode(&bad, MAX), Err(WsError::InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_its_frame_is_complete() {
+        // Valid text, then a byte that can never be UTF-8, in a frame still arriving.
+        let mut payload = "ok é ".repeat(10).into_bytes();
+        let bad_at = payload.len();
+        payload.extend_from_slice(&[0xff; 40]);
+        let frame = encode_client_frame(true, opcode::TEXT, &payload, MASK);
+        let header = frame.len() - payload.len();
+        let mut decoder = Decoder::default();
+        for end in 0..header + bad_at {
+            assert_eq!(decoder.decode(&frame[..end], MAX), Ok(None), "end {end}");
+        }
+        assert_eq!(decoder.decode(&frame[..header + bad_at + 1], MAX), Err(WsError::InvalidUtf8));
+        // A character split across fragments and across reads is fine.
+        let mut decoder = Decoder::default();
+        let first = encode_client_frame(false, opcode::TEXT, &[b'a', 0xe2], MASK);
+        assert!(matches!(decoder.decode(&first, MAX), Ok(Some((None, _)))));
+        let rest = encode_client_frame(true, opcode::CONTINUATION, &[0x82, 0xac, b'!'], MASK);
+        for end in 0..rest.len() {
+            assert_eq!(decoder.decode(&rest[..end], MAX), Ok(None), "end {end}");
+        }
+        let (event, _) = decoder.decode(&rest, MAX).unwrap().unwrap();
+        assert_eq!(
+            event,
+            Some(WsEvent::Message { text: true, payload: "a€!".as_bytes().to_vec() })
+        );
     }
 
     #[test]
