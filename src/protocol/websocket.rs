@@ -111,11 +111,18 @@ pub enum WsEvent {
     },
 }
 
-/// Client frame decoder with the state of a fragmented message in progress.
+/// Client frame decoder with the state of a fragmented message in progress. An idle WebSocket
+/// holds 16 bytes of it: the assembly state is allocated only while a message is in pieces.
 #[derive(Debug, Default)]
 pub struct Decoder {
     /// Opcode of the message being assembled, if a first fragment without FIN arrived.
     partial_opcode: Option<u8>,
+    assembly: Option<Box<Assembly>>,
+}
+
+/// A message, or a text frame, that has arrived in part.
+#[derive(Debug, Default)]
+struct Assembly {
     /// Fragments so far (unmasked).
     partial: Vec<u8>,
     /// Bytes of `partial` known to be valid UTF-8 (text messages).
@@ -208,7 +215,7 @@ impl Decoder {
                 }
                 _ => {}
             }
-            let total = self.partial.len() as u64 + len;
+            let total = self.buffered() as u64 + len;
             if total > max_message as u64 {
                 return Err(WsError::TooBig { len: total, max: max_message });
             }
@@ -225,8 +232,13 @@ impl Decoder {
             return Ok(None);
         };
         let consumed = at + len;
-        self.frame_checked = 0;
-        self.carry.clear();
+        if self.partial_opcode.is_none() {
+            // Nothing in pieces any more (a text frame that arrived in parts is now whole).
+            self.assembly = None;
+        } else if let Some(assembly) = self.assembly.as_deref_mut() {
+            assembly.frame_checked = 0;
+            assembly.carry.clear();
+        }
 
         if control {
             let payload = unmasked(masked, mask);
@@ -247,43 +259,46 @@ impl Decoder {
             }
             return Ok(Some((Some(WsEvent::Message { text, payload }), consumed)));
         }
-        let start = self.partial.len();
-        self.partial.extend(masked.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        debug_assert!(start <= self.partial.len());
+        let assembly = self.assembly.get_or_insert_with(Default::default);
+        assembly.partial.extend(masked.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         let text = message_op == opcode::TEXT;
         if text {
-            validate_utf8(&self.partial, &mut self.validated)?;
+            validate_utf8(&assembly.partial, &mut assembly.validated)?;
         }
         if !fin {
             self.partial_opcode = Some(message_op);
             return Ok(Some((None, consumed)));
         }
-        if text && self.validated != self.partial.len() {
+        if text && assembly.validated != assembly.partial.len() {
             return Err(WsError::InvalidUtf8);
         }
+        let payload = std::mem::take(&mut assembly.partial);
         self.partial_opcode = None;
-        self.validated = 0;
-        let payload = std::mem::take(&mut self.partial);
+        self.assembly = None;
         Ok(Some((Some(WsEvent::Message { text, payload }), consumed)))
     }
 
     /// Checks the newly arrived bytes of a text frame that is not complete yet, continuing the
     /// UTF-8 state of the fragments before it.
     fn check_arriving_text(&mut self, arrived: &[u8], mask: [u8; 4]) -> Result<(), WsError> {
-        if arrived.len() <= self.frame_checked {
+        if arrived.is_empty() {
             return Ok(());
         }
-        if self.frame_checked == 0 {
-            self.carry = self.partial[self.validated..].to_vec();
+        let assembly = self.assembly.get_or_insert_with(Default::default);
+        if arrived.len() <= assembly.frame_checked {
+            return Ok(());
         }
-        let start = self.frame_checked;
-        let mut bytes = std::mem::take(&mut self.carry);
+        if assembly.frame_checked == 0 {
+            assembly.carry = assembly.partial[assembly.validated..].to_vec();
+        }
+        let start = assembly.frame_checked;
+        let mut bytes = std::mem::take(&mut assembly.carry);
         bytes.extend(arrived[start..].iter().enumerate().map(|(i, b)| b ^ mask[(start + i) % 4]));
-        self.frame_checked = arrived.len();
+        assembly.frame_checked = arrived.len();
         match std::str::from_utf8(&bytes) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_none() => {
-                self.carry = bytes[e.valid_up_to()..].to_vec();
+                assembly.carry = bytes[e.valid_up_to()..].to_vec();
                 Ok(())
             }
             Err(_) => Err(WsError::InvalidUtf8),
@@ -292,7 +307,7 @@ impl Decoder {
 
     /// Bytes held by a message in progress.
     pub fn buffered(&self) -> usize {
-        self.partial.len()
+        self.assembly.as_ref().map_or(0, |a| a.partial.len())
     }
 }
 

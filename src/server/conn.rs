@@ -75,8 +75,8 @@ pub enum Web {
     /// An event stream: channels still to be subscribed (one at a time, as each replay from
     /// history must finish before the next begins).
     Sse {
-        /// The rest of the request's channels.
-        pending: VecDeque<(Vec<u8>, Option<Resume>)>,
+        /// The rest of the request's channels, last first (taken with `pop`).
+        pending: Vec<(Vec<u8>, Option<Resume>)>,
     },
 }
 

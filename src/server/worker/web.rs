@@ -421,7 +421,8 @@ impl Worker {
                 *resume = Some(Resume { after, epoch, strict: false });
             }
         }
-        self.conns[key].web = Some(Box::new(Web::Sse { pending: channels.into() }));
+        channels.reverse();
+        self.conns[key].web = Some(Box::new(Web::Sse { pending: channels }));
         self.set_format(key, Format::Sse);
         let mut start = BytesMut::from(&http::stream_head("text/event-stream")[..]);
         // Browsers reconnect after this many milliseconds (the default is ~3 s).
@@ -439,7 +440,7 @@ impl Worker {
                 return;
             }
             let Some(Web::Sse { pending }) = conn.web.as_deref_mut() else { return };
-            let Some((channel, resume)) = pending.pop_front() else { return };
+            let Some((channel, resume)) = pending.pop() else { return };
             self.subscribe(key, &channel, resume);
         }
     }
