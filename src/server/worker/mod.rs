@@ -469,7 +469,11 @@ impl Worker {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if !conn.readable || conn.input_waits() {
+            // A held long-poll keeps reading (a little), so that a client that goes away is
+            // noticed now rather than at the poll's deadline; what it sends waits in `input`.
+            let poll_reads = conn.polling()
+                && conn.input.as_ref().map_or(0, |i| i.len()) < protocol::http::MAX_HEAD_BYTES;
+            if !conn.readable || (conn.input_waits() && !poll_reads) {
                 return;
             }
             // During shutdown nothing is read from open connections (they get their queues
