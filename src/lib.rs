@@ -23,6 +23,12 @@
 //!   workers <--(crossbeam-channel per worker + its Waker: durable acks)-- storage thread
 //! ```
 //!
+//! Protocols: every connection has a wire format (`protocol::Format`), sniffed from its first
+//! bytes (binary preface, text line, or HTTP request) or chosen by its HTTP request (WebSocket
+//! JSON or binary, Server-Sent Events, plain HTTP for publish and long-poll). Fan-out encodes each
+//! channel's batch once per format in use and shares it, so a browser costs what a TCP client
+//! costs; `server::worker::web` holds what only the browser protocols need.
+//!
 //! The main thread only starts the server and waits for a signal. See the README's design
 //! section for the data flow and the invariants.
 
