@@ -599,11 +599,16 @@ mod tests {
             &mut valid,
         );
         binary::encode_request(&Request::Subscribe { channel: b"a", resume: None }, &mut valid);
-        let seeds: [&[u8]; 4] = [
+        let masked_text =
+            websocket::encode_client_frame(false, 1, "héllo".as_bytes(), [1, 2, 3, 4]);
+        let seeds: [&[u8]; 7] = [
             &valid,
             &binary::encode_message(b"ch", 9, b"xyz"),
             b"PUB a b\\nc\r\nSUB x\n",
             b"MSG a 1 p\r\nERR 400 no\r\n",
+            &masked_text,
+            b"GET /sse?channel=a&after=1 HTTP/1.1\r\nLast-Event-ID: 5\r\n\r\n",
+            br#"{"op":"sub","channel":"a","after":3,"epoch":"ff"}"#,
         ];
         for round in 0..20_000 {
             let mut input: Vec<u8> = if round % 2 == 0 {
@@ -635,6 +640,24 @@ mod tests {
             }
             let _ = sniff(&input);
             let _ = validate_channel(&input);
+            // The browser-side decoders: a WebSocket decoder fed the bytes in two pieces, HTTP
+            // heads, JSON commands.
+            let mut decoder = websocket::Decoder::default();
+            let split = (next() % (input.len() as u64 + 1)) as usize;
+            let mut fed = input[..split].to_vec();
+            for piece in [&input[split..], &[][..]] {
+                while let Ok(Some((_, used))) = decoder.decode(&fed, 1 << 16) {
+                    assert!(used > 0 && used <= fed.len(), "WebSocket decoder consumed {used}");
+                    fed.drain(..used);
+                }
+                fed.extend_from_slice(piece);
+            }
+            if let Ok(Some(head)) = http::parse_head(&input) {
+                assert!(head.len <= input.len());
+            }
+            if let Ok(value) = json::parse_value(&input) {
+                let _ = json::parse_request(&value);
+            }
         }
     }
 
