@@ -177,7 +177,7 @@
       if (m.op === "msg") {
         self.deliver(m.channel, m.offset, m.data !== undefined ? m.data : decode64(m.data64));
       } else if (m.op === "ack") {
-        self.acknowledged();
+        self.acknowledged(m.channel);
       } else if (m.op === "hist") {
         self.history(m);
       } else if (m.op === "err") {
@@ -278,10 +278,12 @@
 
   // ---- publishing ----
 
-  Fanout.prototype.acknowledged = function () {
-    // Acknowledgements arrive in publish order on one connection.
+  Fanout.prototype.acknowledged = function (channel) {
+    // Acknowledgements arrive in publish order on one connection. Matching by channel too means
+    // a publish the server refused (an err, no ack) never makes a later one count as delivered:
+    // the refused one stays queued, nothing is dropped unacknowledged.
     for (var i = 0; i < this.outbox.length; i++) {
-      if (this.outbox[i].sent) {
+      if (this.outbox[i].sent && this.outbox[i].channel === channel) {
         this.outbox.splice(i, 1);
         return;
       }
