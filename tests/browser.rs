@@ -24,6 +24,21 @@ fn playwright_core() -> PathBuf {
     module
 }
 
+/// A port the restarted server can take again (pages keep their origin across the restart):
+/// free now, and below the ephemeral range, so that no outgoing connection (the browser's own
+/// reconnects included) can be holding it when the server binds it the second time.
+fn restartable_port() -> u16 {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    let low = if low > 4096 { low } else { 40000 };
+    let seed = std::process::id() as u16;
+    (0..200u16)
+        .map(|i| low - 3000 + (seed.wrapping_add(i.wrapping_mul(131))) % 2900)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 #[test]
 fn demo_page_in_chromium_survives_a_server_restart() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
@@ -32,8 +47,7 @@ fn demo_page_in_chromium_survives_a_server_restart() {
         "{chromium} is missing: run `apt-get install -y chromium` (.ci/run does)"
     );
     let module = playwright_core();
-    // A port the restarted server can take again: pages keep their origin across the restart.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = restartable_port();
     let data = TempDir::new("browser");
     let output = Command::new("node")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/demo.cjs"))
