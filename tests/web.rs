@@ -337,6 +337,24 @@ fn http_publish_health_metrics_and_errors() {
 }
 
 #[test]
+fn expect_100_continue_gets_its_interim_answer() {
+    let server = start(|_| {});
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    let body = vec![b'x'; 2000];
+    let head = format!(
+        "POST /publish?channel=big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let (interim, rest) = read_head(&mut stream);
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(&body).unwrap();
+    let mut pending = rest;
+    let response = read_response(&mut stream, &mut pending);
+    assert_eq!((response.status, response.json()["offset"].as_u64()), (200, Some(1)));
+}
+
+#[test]
 fn keep_alive_pipelined_requests_are_answered_in_order() {
     let server = start(|_| {});
     let mut stream = TcpStream::connect(server.local_addr()).unwrap();

@@ -62,6 +62,8 @@ pub enum Web {
         keep_alive: bool,
         /// A long-poll waiting for a message: the request's input waits behind it.
         poll: Option<PollWait>,
+        /// `100 Continue` was sent for the request whose body is still arriving.
+        continued: bool,
     },
     /// After the upgrade.
     WebSocket {

@@ -573,8 +573,11 @@ impl Worker {
                 }
                 Ok(Sniffed::Text) => Format::Text,
                 Ok(Sniffed::Http) => {
-                    self.conns[key].web =
-                        Some(Box::new(Web::Http { keep_alive: true, poll: None }));
+                    self.conns[key].web = Some(Box::new(Web::Http {
+                        keep_alive: true,
+                        poll: None,
+                        continued: false,
+                    }));
                     Format::Http
                 }
                 Err(e) => {

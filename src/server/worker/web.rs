@@ -143,7 +143,19 @@ impl Worker {
             }
             let end = at + head.len + body_len;
             if input.len() < end {
+                // curl and others wait (a second, for curl) for this before sending a body.
+                if head.header_has("expect", "100-continue") {
+                    if let Some(Web::Http { continued: continued @ false, .. }) =
+                        self.conns[key].web.as_deref_mut()
+                    {
+                        *continued = true;
+                        self.reply(key, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                    }
+                }
                 return at;
+            }
+            if let Some(Web::Http { continued, .. }) = self.conns[key].web.as_deref_mut() {
+                *continued = false;
             }
             let body = &input[at + head.len..end];
             at = end;
