@@ -281,6 +281,16 @@ fn http_publish_health_metrics_and_errors() {
     assert_eq!(http(addr, "GET", "/publish?channel=a", b"").status, 405);
     assert_eq!(http(addr, "GET", "/nowhere", b"").status, 404);
     assert_eq!(http(addr, "OPTIONS", "/publish", b"").status, 204);
+    // HEAD: the same head, no body (the next response on the connection starts right after).
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\nGET /favicon.ico HTTP/1.1\r\n\r\n").unwrap();
+    let (head, rest) = read_head(&mut stream);
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n") && !head.contains("Content-Length: 0\r\n"),
+        "{head}"
+    );
+    let mut pending = rest;
+    assert_eq!(read_response(&mut stream, &mut pending).status, 204);
     let health = http(addr, "GET", "/healthz", b"");
     assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("ok")));
     let page = http(addr, "GET", "/", b"");

@@ -179,25 +179,18 @@ impl Worker {
             *keep_alive = head.keep_alive();
         }
         let echo = self.shared.config.ws_echo;
-        match (head.method.as_str(), head.path.as_str()) {
-            ("GET", "/") | ("GET", "/index.html") => {
-                self.reply(key, http::response(200, "text/html; charset=utf-8", DEMO_PAGE.as_bytes()))
+        let method = head.method.as_str();
+        if method == "GET" || method == "HEAD" {
+            if let Some(mut response) = self.document(&head.path) {
+                if method == "HEAD" {
+                    // The same head (Content-Length included), no body.
+                    let end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+                    response.truncate(end + 4);
+                }
+                return self.reply(key, response);
             }
-            ("GET", "/fanout.js") => self.reply(
-                key,
-                http::response(200, "text/javascript; charset=utf-8", JS_CLIENT.as_bytes()),
-            ),
-            // Browsers ask for it on every page; an empty answer keeps their consoles quiet.
-            ("GET", "/favicon.ico") => self.reply(key, http::response(204, "image/x-icon", b"")),
-            ("GET", "/healthz") => {
-                let open = self.shared.open_connections.load(Ordering::Relaxed);
-                let body = format!("{{\"status\":\"ok\",\"connections\":{open}}}");
-                self.reply(key, http::response(200, "application/json", body.as_bytes()))
-            }
-            ("GET", "/metrics") => {
-                let body = self.metrics_text();
-                self.reply(key, http::response(200, "text/plain; version=0.0.4", body.as_bytes()))
-            }
+        }
+        match (method, head.path.as_str()) {
             ("POST", "/publish") => match head.param("channel") {
                 Some(channel) => {
                     let channel = channel.to_vec();
@@ -218,8 +211,8 @@ impl Worker {
                     b"",
                 ),
             ),
-            (_, "/" | "/index.html" | "/fanout.js" | "/healthz" | "/metrics" | "/publish")
-            | (_, "/sse" | "/poll" | "/ws") => {
+            (_, "/" | "/index.html" | "/fanout.js" | "/favicon.ico" | "/healthz" | "/metrics")
+            | (_, "/publish" | "/sse" | "/poll" | "/ws") => {
                 let why = format!("{} does not take {}", head.path, head.method);
                 self.refuse(key, ErrorCode::MethodNotAllowed, &why)
             }
@@ -228,6 +221,30 @@ impl Worker {
                 self.refuse(key, ErrorCode::NotFound, &why)
             }
         }
+    }
+
+    /// The answer to a GET of a fixed document: the demo page, the client, health, metrics.
+    fn document(&self, path: &str) -> Option<Bytes> {
+        Some(match path {
+            "/" | "/index.html" => {
+                http::response(200, "text/html; charset=utf-8", DEMO_PAGE.as_bytes())
+            }
+            "/fanout.js" => {
+                http::response(200, "text/javascript; charset=utf-8", JS_CLIENT.as_bytes())
+            }
+            // Browsers ask for it on every page; an empty answer keeps their consoles quiet.
+            "/favicon.ico" => http::response(204, "image/x-icon", b""),
+            "/healthz" => {
+                let open = self.shared.open_connections.load(Ordering::Relaxed);
+                let body = format!("{{\"status\":\"ok\",\"connections\":{open}}}");
+                http::response(200, "application/json", body.as_bytes())
+            }
+            "/metrics" => {
+                let body = self.metrics_text();
+                http::response(200, "text/plain; version=0.0.4", body.as_bytes())
+            }
+            _ => return None,
+        })
     }
 
     // ---- WebSocket ----
