@@ -452,14 +452,16 @@ fn server_sent_events_stream_and_resume() {
 }
 
 #[test]
-fn sse_slow_reader_is_cut_off_and_others_keep_going() {
+fn readers_that_never_read_sse_or_websocket_are_cut_off_and_others_keep_going() {
     let server = start(|c| {
         c.write_queue_cap_bytes = 64 * 1024;
         c.max_frame_bytes = 16 * 1024;
     });
     let addr = server.local_addr();
-    // Opens the stream and never reads it.
+    // Open a stream and a WebSocket and never read them.
     let _stuck = EventStream::open(addr, "/sse?channel=s", "");
+    let mut stuck_ws = Conn::websocket(addr);
+    stuck_ws.subscribe("s");
     let mut reader = Conn::websocket(addr);
     reader.subscribe("s");
     wait_until("the stream is subscribed", || server.stats().connections_sse == 1);
@@ -482,7 +484,11 @@ fn sse_slow_reader_is_cut_off_and_others_keep_going() {
         }
     }
     reading.join().expect("the WebSocket reader got every message in order");
-    wait_until("the stuck stream is cut off", || server.stats().slow_consumer_closes == 1);
+    wait_until("both are cut off", || server.stats().slow_consumer_closes == 2);
+    // The stuck WebSocket, read at last: what was on its way, the reason, a close frame.
+    let reason = stuck_ws.expect_error_and_close(507);
+    assert!(reason.contains("slow consumer"), "{reason}");
+    assert_eq!(stuck_ws.close_code, Some(1011));
 }
 
 #[test]
