@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Ack, ErrorCode, ProtocolError, Request, Resume, ServerFrame};
+use super::{Ack, ErrorCode, HistoryStatus, ProtocolError, Request, Resume, ServerFrame};
 use crate::history::ResumeStatus;
 
 /// Sent once by the client before its first frame. Starts with NUL so it can never be a text line.
@@ -249,19 +249,13 @@ pub fn encode_ok(ack: Ack, arg: &[u8]) -> Bytes {
 }
 
 /// `HIST`: channel, epoch, first and last offsets, status.
-pub fn encode_history(
-    channel: &[u8],
-    epoch: u64,
-    first: u64,
-    last: u64,
-    status: ResumeStatus,
-) -> Bytes {
-    let mut out = frame(op::HIST, 1 + channel.len() + 25);
-    put_short(&mut out, channel);
-    out.put_u64(epoch);
-    out.put_u64(first);
-    out.put_u64(last);
-    out.put_u8(status.code());
+pub fn encode_history(history: &HistoryStatus<'_>) -> Bytes {
+    let mut out = frame(op::HIST, 1 + history.channel.len() + 25);
+    put_short(&mut out, history.channel);
+    out.put_u64(history.epoch);
+    out.put_u64(history.first);
+    out.put_u64(history.last);
+    out.put_u8(history.status.code());
     out.freeze()
 }
 

@@ -21,8 +21,7 @@ use base64::Engine as _;
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
-use super::{Ack, ProtocolError, Request, Resume};
-use crate::history::ResumeStatus;
+use super::{Ack, HistoryStatus, ProtocolError, Request, Resume};
 
 fn base64() -> &'static base64::engine::GeneralPurpose {
     &base64::engine::general_purpose::STANDARD
@@ -105,14 +104,8 @@ pub fn error(code: u16, reason: &str) -> BytesMut {
 }
 
 /// The fields of a history status, without braces: `"channel":…,"epoch":…,…,"status":"ok"`.
-pub fn put_history_fields(
-    out: &mut BytesMut,
-    channel: &[u8],
-    epoch: u64,
-    first: u64,
-    last: u64,
-    status: ResumeStatus,
-) {
+pub fn put_history_fields(out: &mut BytesMut, history: &HistoryStatus<'_>) {
+    let HistoryStatus { channel, epoch, first, last, status } = *history;
     out.put_slice(b"\"channel\":");
     put_lossy(out, channel);
     out.put_slice(
@@ -125,31 +118,18 @@ pub fn put_history_fields(
 }
 
 /// `{<prefix>"channel":…,"epoch":…,…}`: a history status object.
-pub fn history_object(
-    prefix: &str,
-    channel: &[u8],
-    epoch: u64,
-    first: u64,
-    last: u64,
-    status: ResumeStatus,
-) -> BytesMut {
-    let mut out = BytesMut::with_capacity(96 + channel.len());
+pub fn history_object(prefix: &str, history: &HistoryStatus<'_>) -> BytesMut {
+    let mut out = BytesMut::with_capacity(96 + history.channel.len());
     out.put_u8(b'{');
     out.put_slice(prefix.as_bytes());
-    put_history_fields(&mut out, channel, epoch, first, last, status);
+    put_history_fields(&mut out, history);
     out.put_u8(b'}');
     out
 }
 
 /// `{"op":"hist",…}`.
-pub fn history(
-    channel: &[u8],
-    epoch: u64,
-    first: u64,
-    last: u64,
-    status: ResumeStatus,
-) -> BytesMut {
-    history_object("\"op\":\"hist\",", channel, epoch, first, last, status)
+pub fn history(history: &HistoryStatus<'_>) -> BytesMut {
+    history_object("\"op\":\"hist\",", history)
 }
 
 /// `{"channel":"news","offset":18}`: the body of an HTTP publish's answer.
@@ -336,7 +316,14 @@ mod tests {
         let binary = check(&message(b"c", 1, &[0, 159, 146, 150]));
         assert_eq!(binary["data64"], "AJ+Slg==");
         assert!(binary.get("data").is_none());
-        let h = check(&history(b"c", 0xabc, 3, 18, ResumeStatus::Expired));
+        let status = crate::history::ResumeStatus::Expired;
+        let h = check(&history(&HistoryStatus {
+            channel: b"c",
+            epoch: 0xabc,
+            first: 3,
+            last: 18,
+            status,
+        }));
         assert_eq!(
             (h["epoch"].as_str(), h["first"].as_u64(), h["status"].as_str()),
             (Some("0000000000000abc"), Some(3), Some("expired"))

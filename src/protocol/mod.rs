@@ -101,6 +101,22 @@ impl Ack {
     }
 }
 
+/// What a resuming subscriber is told about a channel's log (HIST): its epoch, the earliest
+/// retained and latest offsets, and whether the requested offset could be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryStatus<'a> {
+    /// Channel name.
+    pub channel: &'a [u8],
+    /// The log's epoch.
+    pub epoch: u64,
+    /// Earliest retained offset (last + 1 when nothing is retained).
+    pub first: u64,
+    /// Latest offset of the channel.
+    pub last: u64,
+    /// Ok, expired or epoch.
+    pub status: crate::history::ResumeStatus,
+}
+
 /// A server frame as a client decodes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame<'a> {
@@ -276,27 +292,14 @@ impl Format {
     }
 
     /// Encodes a history status (the answer to a resuming subscribe).
-    pub fn encode_history(
-        self,
-        channel: &[u8],
-        epoch: u64,
-        first: u64,
-        last: u64,
-        status: crate::history::ResumeStatus,
-    ) -> Bytes {
+    pub fn encode_history(self, history: &HistoryStatus<'_>) -> Bytes {
         match self {
-            Format::Text => text::encode_history(channel, epoch, first, last, status),
-            Format::Binary => binary::encode_history(channel, epoch, first, last, status),
-            Format::WsJson => ws_text(&json::history(channel, epoch, first, last, status)),
-            Format::WsBinary => {
-                ws_binary(&binary::encode_history(channel, epoch, first, last, status))
-            }
-            Format::Sse => sse::history(channel, epoch, first, last, status).freeze(),
-            Format::Http => http::response(
-                200,
-                "application/json",
-                &json::history(channel, epoch, first, last, status),
-            ),
+            Format::Text => text::encode_history(history),
+            Format::Binary => binary::encode_history(history),
+            Format::WsJson => ws_text(&json::history(history)),
+            Format::WsBinary => ws_binary(&binary::encode_history(history)),
+            Format::Sse => sse::history(history).freeze(),
+            Format::Http => http::response(200, "application/json", &json::history(history)),
         }
     }
 

@@ -11,7 +11,7 @@
 use base64::Engine as _;
 use bytes::{BufMut, BytesMut};
 
-use crate::history::ResumeStatus;
+use super::HistoryStatus;
 
 /// Appends the event for one message.
 pub fn put_message(out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u8]) {
@@ -63,14 +63,8 @@ pub fn error(code: u16, reason: &str) -> BytesMut {
 }
 
 /// `event: fanout history` with the resume status.
-pub fn history(
-    channel: &[u8],
-    epoch: u64,
-    first: u64,
-    last: u64,
-    status: ResumeStatus,
-) -> BytesMut {
-    notice("fanout history", &super::json::history_object("", channel, epoch, first, last, status))
+pub fn history(history: &HistoryStatus<'_>) -> BytesMut {
+    notice("fanout history", &super::json::history_object("", history))
 }
 
 #[cfg(test)]
@@ -93,7 +87,8 @@ mod tests {
         assert_eq!(&comment("ping\nx")[..], b": ping x\n\n");
         let e = error(507, "slow");
         assert!(e.starts_with(b"event: fanout error\ndata: {\"code\":507"));
-        let h = history(b"c", 1, 2, 3, ResumeStatus::Ok);
+        let status = crate::history::ResumeStatus::Ok;
+        let h = history(&HistoryStatus { channel: b"c", epoch: 1, first: 2, last: 3, status });
         assert!(h.ends_with(b"\"status\":\"ok\"}\n\n"));
     }
 }

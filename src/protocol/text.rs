@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Ack, ErrorCode, ProtocolError, Request, Resume, ServerFrame};
+use super::{Ack, ErrorCode, HistoryStatus, ProtocolError, Request, Resume, ServerFrame};
 use crate::history::ResumeStatus;
 
 /// Finds the next line; returns (line without CR/LF, bytes consumed including the LF).
@@ -223,13 +223,8 @@ pub fn encode_ok(ack: Ack, arg: &[u8]) -> Bytes {
 }
 
 /// `HIST <channel> <epoch, 16 hex digits> <first> <last> <ok|expired|epoch>\r\n`.
-pub fn encode_history(
-    channel: &[u8],
-    epoch: u64,
-    first: u64,
-    last: u64,
-    status: ResumeStatus,
-) -> Bytes {
+pub fn encode_history(history: &HistoryStatus<'_>) -> Bytes {
+    let HistoryStatus { channel, epoch, first, last, status } = *history;
     let mut out = BytesMut::with_capacity(channel.len() + 64);
     out.put_slice(b"HIST ");
     out.put_slice(channel);
@@ -431,7 +426,14 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let line = encode_history(b"news", 0xabc, 5, 9, ResumeStatus::Expired);
+        let status = ResumeStatus::Expired;
+        let line = encode_history(&HistoryStatus {
+            channel: b"news",
+            epoch: 0xabc,
+            first: 5,
+            last: 9,
+            status,
+        });
         assert_eq!(&line[..], b"HIST news 0000000000000abc 5 9 expired\r\n");
         assert_eq!(
             parse_server_line(&line, 1024).unwrap().unwrap().0,

@@ -1120,7 +1120,9 @@ impl Worker {
             (resume, status)
         };
         let format = self.conns[key].reply_format();
-        self.reply(key, format.encode_history(&channel.name, epoch, first, last, status));
+        let history =
+            protocol::HistoryStatus { channel: &channel.name, epoch, first, last, status };
+        self.reply(key, format.encode_history(&history));
         if status != ResumeStatus::Ok {
             WorkerCounters::add(&self.counters().offsets_expired, 1);
             if resume.strict {
@@ -1167,8 +1169,10 @@ impl Worker {
             if page.first().map_or(after < last, |m| m.offset != after + 1) {
                 // Retention dropped messages while this client was catching up: say so, go on.
                 WorkerCounters::add(&self.counters().offsets_expired, 1);
-                let notice =
-                    format.encode_history(&channel.name, epoch, first, last, ResumeStatus::Expired);
+                let status = ResumeStatus::Expired;
+                let history =
+                    protocol::HistoryStatus { channel: &channel.name, epoch, first, last, status };
+                let notice = format.encode_history(&history);
                 self.reply(key, notice);
             }
             if !page.is_empty() {

@@ -17,7 +17,7 @@ use crate::history::{ResumeStatus, Retained};
 use crate::protocol::http::{self, Head, HttpError};
 use crate::protocol::websocket::{self, opcode, WsError, WsEvent};
 use crate::protocol::{
-    self, binary, json, validate_channel, ChannelKind, ErrorCode, Format, Resume,
+    self, binary, json, validate_channel, ChannelKind, ErrorCode, Format, HistoryStatus, Resume,
 };
 use crate::server::conn::{PollWait, Subscription, Web, CATCHING_UP};
 use crate::server::stats::{Kind, Stats, WorkerCounters};
@@ -73,14 +73,13 @@ type Family = (String, Kind, String, Vec<(String, u64)>);
 
 /// The JSON body of a long-poll answer.
 fn poll_body<'a>(
-    channel: &[u8],
-    (epoch, first, last): (u64, u64, u64),
-    status: ResumeStatus,
+    history: &HistoryStatus<'_>,
     messages: impl Iterator<Item = (u64, &'a [u8])>,
 ) -> BytesMut {
+    let channel = history.channel;
     let mut out = BytesMut::with_capacity(256);
     out.put_u8(b'{');
-    json::put_history_fields(&mut out, channel, epoch, first, last, status);
+    json::put_history_fields(&mut out, history);
     out.put_slice(b",\"messages\":[");
     for (i, (offset, payload)) in messages.enumerate() {
         if i > 0 {
@@ -529,7 +528,9 @@ impl Worker {
         }
         if !page.is_empty() || status != ResumeStatus::Ok || timeout == 0 {
             let messages = page.iter().map(|m| (m.offset, &m.payload[..]));
-            let body = poll_body(&channel.name, bounds, status, messages);
+            let (epoch, first, last) = bounds;
+            let history = HistoryStatus { channel: &channel.name, epoch, first, last, status };
+            let body = poll_body(&history, messages);
             WorkerCounters::add(&self.counters().long_polls, 1);
             WorkerCounters::add(&self.counters().messages_out, page.len() as u64);
             return self.reply(key, http::response(200, "application/json", &body));
@@ -560,7 +561,10 @@ impl Worker {
             (log.epoch, log.first_retained(), log.last_offset())
         };
         let messages = fresh.iter().take(MAX_POLL_MESSAGES).map(|m| (m.offset, &m.payload[..]));
-        let body = poll_body(&channel.name, bounds, ResumeStatus::Ok, messages);
+        let (epoch, first, last) = bounds;
+        let status = ResumeStatus::Ok;
+        let history = HistoryStatus { channel: &channel.name, epoch, first, last, status };
+        let body = poll_body(&history, messages);
         let counters = &self.shared.counters[self.id];
         WorkerCounters::add(&counters.long_polls, 1);
         WorkerCounters::add(&counters.messages_out, fresh.len().min(MAX_POLL_MESSAGES) as u64);
