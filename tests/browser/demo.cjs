@@ -1,7 +1,8 @@
 // Drives the demo page in headless Chromium (playwright-core): two viewers see each other's
 // comments; the server is killed and restarted on the same port, a comment written while it was
 // down and one published by a backend right after the restart both reach every page exactly once,
-// in offset order; a third page forced onto the SSE + HTTP fallback takes part too.
+// in offset order; a third page, whose WebSocket connections never open (as behind a proxy that
+// blocks them), falls back to SSE + HTTP publish by itself and takes part too.
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT, DATA_DIR and PLAYWRIGHT_CORE.
 "use strict";
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
@@ -55,8 +56,24 @@ async function post(page, text) {
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
   try {
-    const open = async (query) => {
+    const open = async (query, blockWebSocket) => {
       const page = await (await browser.newContext()).newPage();
+      if (blockWebSocket) {
+        // What a proxy that blocks WebSocket looks like to a page: connections that close
+        // without ever opening. The client must fall back to SSE + HTTP publish by itself.
+        await page.addInitScript(() => {
+          window.WebSocket = function () {
+            const socket = this;
+            socket.readyState = 0;
+            socket.send = () => {};
+            socket.close = () => {};
+            setTimeout(() => {
+              socket.readyState = 3;
+              if (socket.onclose) socket.onclose({ code: 1006 });
+            }, 10);
+          };
+        });
+      }
       page.on("console", (m) => { if (m.type() === "error") console.log("page console:", m.text()); });
       page.on("pageerror", (e) => console.log("page error:", String(e)));
       await page.goto(`${origin}/?channel=${channel}${query}`);
@@ -67,8 +84,10 @@ async function post(page, text) {
     };
     const a = await open("");
     const b = await open("");
-    const c = await open("&transport=sse");
-    step("three pages open: " + (await c.textContent("#state")));
+    const c = await open("", true);
+    const cState = await c.textContent("#state");
+    if (cState !== "open · sse") throw new Error("the blocked page did not fall back to SSE: " + cState);
+    step("three pages open; the one without WebSocket shows: " + cState);
 
     await post(a, "hello from A");
     for (const page of [a, b, c]) await waitForComment(page, "hello from A");
