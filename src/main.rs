@@ -276,7 +276,9 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => warn!("cannot raise RLIMIT_NOFILE: {e}"),
     }
     if config.ws_echo {
-        warn!("--ws-echo: /echo echoes WebSocket messages (for conformance testing, not production)");
+        warn!(
+            "--ws-echo: /echo echoes WebSocket messages (for conformance testing, not production)"
+        );
     }
     let server = Server::start(config)?;
     let signal = fanout::sys::wait_for_termination()?;
