@@ -173,9 +173,8 @@ impl Decoder {
         }
         let op = first & 0x0f;
         let control = op & 0x08 != 0;
-        if !matches!(op, opcode::CONTINUATION | opcode::TEXT | opcode::BINARY)
-            && !matches!(op, opcode::CLOSE | opcode::PING | opcode::PONG)
-        {
+        use opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+        if !matches!(op, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
             return Err(WsError::Protocol("reserved opcode"));
         }
         if second & 0x80 == 0 {
