@@ -13,13 +13,17 @@ fn playwright_core() -> PathBuf {
     let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-deps");
     let module = prefix.join("node_modules/playwright-core");
     if !module.join("package.json").exists() {
-        let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&prefix)
-            .arg("playwright-core@1")
-            .status()
-            .expect("npm runs (install Node.js and npm)");
-        assert!(status.success(), "npm install playwright-core failed");
+        // Three tries: it downloads from the npm registry.
+        let installed = (0..3).any(|_| {
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .arg(&prefix)
+                .arg("playwright-core@1")
+                .status()
+                .expect("npm runs (install Node.js and npm)")
+                .success()
+        });
+        assert!(installed, "npm install playwright-core failed");
     }
     module
 }
