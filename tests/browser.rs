@@ -9,6 +9,9 @@ use std::process::Command;
 
 use common::TempDir;
 
+/// Pinned: the version this test was written against (it drives Debian's Chromium over CDP).
+const PLAYWRIGHT_CORE: &str = "playwright-core@1.65.1";
+
 fn playwright_core() -> PathBuf {
     let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-deps");
     let module = prefix.join("node_modules/playwright-core");
@@ -18,7 +21,7 @@ fn playwright_core() -> PathBuf {
             Command::new("npm")
                 .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
                 .arg(&prefix)
-                .arg("playwright-core@1")
+                .arg(PLAYWRIGHT_CORE)
                 .status()
                 .expect("npm runs (install Node.js and npm)")
                 .success()
