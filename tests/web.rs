@@ -452,6 +452,52 @@ fn server_sent_events_stream_and_resume() {
 }
 
 #[test]
+fn a_plain_event_source_on_several_channels_resumes_every_channel() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    http_publish(addr, "x", b"x-old");
+    // No `after`: from now. The cursor says where each channel starts before any message.
+    let mut sse = EventStream::open(addr, "/sse?channel=x&channel=y", "");
+    let deadline = Instant::now() + PATIENCE;
+    while sse.last_id.as_deref() != Some("1 0") {
+        assert!(Instant::now() < deadline, "no cursor; last id {:?}", sse.last_id);
+        sse.next(Duration::from_millis(20));
+    }
+    http_publish(addr, "x", b"x2");
+    http_publish(addr, "y", b"y1");
+    let seen: Vec<String> = (0..2).map(|_| sse.next_message().data).collect();
+    assert_eq!(seen, ["x2", "y1"]);
+    // The browser keeps the cursor that followed the last batch, not the last message's offset.
+    while sse.last_id.as_deref() != Some("2 1") {
+        assert!(Instant::now() < deadline, "cursor not updated; last id {:?}", sse.last_id);
+        sse.next(Duration::from_millis(20));
+    }
+    let last_id = sse.last_id.clone().unwrap();
+    drop(sse);
+    // Missed while away, on both channels.
+    http_publish(addr, "x", b"x3");
+    http_publish(addr, "y", b"y2");
+    http_publish(addr, "x", b"x4");
+    // The browser's own reconnect: same URL, Last-Event-ID.
+    let mut again = EventStream::open(
+        addr,
+        "/sse?channel=x&channel=y",
+        &format!("Last-Event-ID: {last_id}\r\n"),
+    );
+    let got: Vec<(String, String, String)> = (0..3)
+        .map(|_| {
+            let e = again.next_message();
+            (e.event.unwrap(), e.id.unwrap(), e.data)
+        })
+        .collect();
+    let expected = [("x", "3", "x3"), ("x", "4", "x4"), ("y", "2", "y2")];
+    let expected: Vec<(String, String, String)> =
+        expected.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(again.next(Duration::from_millis(200)), None, "nothing twice");
+}
+
+#[test]
 fn readers_that_never_read_sse_or_websocket_are_cut_off_and_others_keep_going() {
     let server = start(|c| {
         c.write_queue_cap_bytes = 64 * 1024;

@@ -7,6 +7,8 @@
 //! have no spaces, so no channel can be mistaken for it. Server notices are events whose names
 //! have a space too: `fanout history` (a resume's status, JSON) and `fanout error` (JSON, then the
 //! stream ends). Acknowledgements and keepalive heartbeats are comments, which browsers ignore.
+//! On a stream of several channels, id-only events carry the stream's cursor (built per
+//! connection by the worker, `sse_sent`).
 
 use base64::Engine as _;
 use bytes::{BufMut, BytesMut};

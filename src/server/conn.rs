@@ -74,12 +74,25 @@ pub enum Web {
         /// A close frame was queued; nothing else goes out after it.
         close_sent: bool,
     },
-    /// An event stream: channels still to be subscribed (one at a time, as each replay from
-    /// history must finish before the next begins).
+    /// An event stream.
     Sse {
-        /// The rest of the request's channels, last first (taken with `pop`).
-        pending: Vec<(Vec<u8>, Option<Resume>)>,
+        /// The request's channels, in its order.
+        channels: Vec<SseChannel>,
+        /// How many of them are subscribed (in order: each replay from history must finish
+        /// before the next begins).
+        subscribed: usize,
     },
+}
+
+/// A channel of an event stream.
+#[derive(Debug)]
+pub struct SseChannel {
+    /// Its name.
+    pub name: Vec<u8>,
+    /// Where the request asked to start.
+    pub resume: Resume,
+    /// The last offset sent on the stream (or the position it started from), once known.
+    pub last: Option<u64>,
 }
 
 /// A held long-poll.

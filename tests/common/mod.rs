@@ -587,6 +587,8 @@ pub struct EventStream {
     buffer: Vec<u8>,
     /// Comment lines seen so far (heartbeats, acknowledgements).
     pub comments: Vec<String>,
+    /// The last `id:` seen, as a browser keeps it for `Last-Event-ID` (id-only events included).
+    pub last_id: Option<String>,
 }
 
 impl EventStream {
@@ -598,7 +600,7 @@ impl EventStream {
         );
         stream.write_all(request.as_bytes()).unwrap();
         let (head, buffer) = read_head(&mut stream);
-        EventStream { stream, head, buffer, comments: Vec::new() }
+        EventStream { stream, head, buffer, comments: Vec::new(), last_id: None }
     }
 
     /// The next event (not comments or `retry:`), or None on EOF or timeout.
@@ -613,8 +615,10 @@ impl EventStream {
                 for line in block.lines() {
                     if let Some(comment) = line.strip_prefix(':') {
                         self.comments.push(comment.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("id: ") {
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        let v = v.strip_prefix(' ').unwrap_or(v);
                         event.id = Some(v.to_owned());
+                        self.last_id = Some(v.to_owned());
                     } else if let Some(v) = line.strip_prefix("event: ") {
                         event.event = Some(v.to_owned());
                     } else if let Some(v) = line.strip_prefix("data: ") {

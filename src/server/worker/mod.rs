@@ -103,6 +103,8 @@ struct ChannelBatch {
     /// One buffer per format; empty for formats no local subscriber uses.
     frames: [BytesMut; Format::COUNT],
     messages: u64,
+    /// The offset of the batch's last message.
+    last_offset: u64,
     /// The messages themselves, kept only when the channel has catching-up subscribers.
     items: Vec<Item>,
 }
@@ -197,6 +199,8 @@ pub(super) struct Worker {
     stalled: Vec<usize>,
     /// Connections whose wait (a long-poll) ended: their held input is processed next turn.
     unblocked: Vec<usize>,
+    /// Event streams that got the batch being fanned out (their cursors follow it).
+    sse_delivered: Vec<usize>,
     /// Channels this worker has used, so that publishing does not take the registry lock.
     channel_cache: HashMap<Bytes, Arc<Channel>>,
     batches: Vec<ChannelBatch>,
@@ -248,6 +252,7 @@ impl Worker {
             pending_reads: VecDeque::new(),
             stalled: Vec::new(),
             unblocked: Vec::new(),
+            sse_delivered: Vec::new(),
             channel_cache: HashMap::new(),
             batches: Vec::new(),
             batch_of_channel: HashMap::new(),
@@ -979,6 +984,7 @@ impl Worker {
                         channel: message.channel.clone(),
                         frames: Default::default(),
                         messages: 0,
+                        last_offset: 0,
                         items: Vec::new(),
                     });
                     batches.len() - 1
@@ -998,6 +1004,7 @@ impl Worker {
                     }
                 }
                 batch.messages += 1;
+                batch.last_offset = message.offset;
                 if catching_up {
                     batch.items.push(message);
                 }
@@ -1022,12 +1029,15 @@ impl Worker {
     fn fan_out(&mut self, batch: ChannelBatch) {
         let frames = batch.frames.map(BytesMut::freeze);
         let cap = self.shared.config.write_queue_cap_bytes;
-        let Worker { conns, index, out, .. } = self;
+        let Worker { conns, index, out, sse_delivered, .. } = self;
         let mut deliveries = 0u64;
         let mut enqueue = |key: usize, conn: &mut Conn| {
             let Some(format) = conn.format else { return };
             if out.enqueue(key, conn, frames[format as usize].clone(), cap) {
                 deliveries += 1;
+                if format == Format::Sse {
+                    sse_delivered.push(key);
+                }
             }
         };
         if batch.channel.kind == ChannelKind::Broadcast {
@@ -1046,6 +1056,9 @@ impl Worker {
             &self.shared.counters[self.id].messages_out,
             deliveries * batch.messages,
         );
+        for key in std::mem::take(&mut self.sse_delivered) {
+            self.sse_sent(key, &batch.channel.name, batch.last_offset, false);
+        }
         if !batch.items.is_empty() {
             self.fan_out_catching_up(&batch.channel, &batch.items);
         }
@@ -1086,6 +1099,9 @@ impl Worker {
                     continue;
                 }
                 WorkerCounters::add(&self.shared.counters[self.id].messages_out, count);
+                if format == Format::Sse {
+                    self.sse_sent(key, &channel.name, last_in_batch, false);
+                }
             }
             if last_in_batch > replayed {
                 self.index.finish_catching_up(channel_id, key);
@@ -1188,6 +1204,9 @@ impl Worker {
                 if let Some(replay) = conn.replay.as_mut() {
                     replay.after = reached;
                 }
+                if format == Format::Sse {
+                    self.sse_sent(key, &channel.name, reached, false);
+                }
             }
             self.replay_page = page;
             if caught_up {
@@ -1204,6 +1223,11 @@ impl Worker {
                     position: CATCHING_UP,
                 });
                 self.acknowledge(key, Ack::Subscribe, &channel.name);
+                if format == Format::Sse {
+                    // Live from `last` on: tell the browser, so that a reconnect before the
+                    // next message still resumes from here.
+                    self.sse_sent(key, &channel.name, last, true);
+                }
                 return true;
             }
         }

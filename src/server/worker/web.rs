@@ -19,7 +19,7 @@ use crate::protocol::websocket::{self, opcode, WsError, WsEvent};
 use crate::protocol::{
     self, binary, json, validate_channel, ChannelKind, ErrorCode, Format, HistoryStatus, Resume,
 };
-use crate::server::conn::{PollWait, Subscription, Web, CATCHING_UP};
+use crate::server::conn::{PollWait, SseChannel, Subscription, Web, CATCHING_UP};
 use crate::server::stats::{Kind, Stats, WorkerCounters};
 
 /// The live-comments demo page, served at `/`.
@@ -440,17 +440,28 @@ impl Worker {
                 "sse: at least one channel= is required",
             );
         }
-        if let (Some(last_id), [(_, resume)]) =
-            (head.header("last-event-id"), channels.as_mut_slice())
-        {
-            // The browser's own reconnect: the last id it saw is newer than the URL's `after`.
-            if let Some(after) = parse_u64(last_id.as_bytes()) {
-                let epoch = resume.and_then(|r| r.epoch);
-                *resume = Some(Resume { after, epoch, strict: false });
+        // The browser's own reconnect: the last id it saw is newer than the URL's `after`s. It
+        // is an offset on a stream of one channel, and a cursor (every channel's offset, in the
+        // URL's order; "-" for not known yet) on a stream of several; see `sse_sent`.
+        if let Some(last_id) = head.header("last-event-id") {
+            let positions: Vec<&str> = last_id.split_whitespace().collect();
+            if positions.len() == channels.len() {
+                for ((_, resume), position) in channels.iter_mut().zip(positions) {
+                    if let Some(after) = parse_u64(position.as_bytes()) {
+                        let epoch = resume.and_then(|r| r.epoch);
+                        *resume = Some(Resume { after, epoch, strict: false });
+                    }
+                }
             }
         }
-        channels.reverse();
-        self.conns[key].web = Some(Box::new(Web::Sse { pending: channels }));
+        // Every channel resumes from somewhere ("now" at the least), so every subscription
+        // reports its position (HIST), which the stream's cursor starts from.
+        let now = Resume { after: u64::MAX, epoch: None, strict: false };
+        let channels = channels
+            .into_iter()
+            .map(|(name, resume)| SseChannel { name, resume: resume.unwrap_or(now), last: None })
+            .collect();
+        self.conns[key].web = Some(Box::new(Web::Sse { channels, subscribed: 0 }));
         self.set_format(key, Format::Sse);
         let mut start = BytesMut::from(&http::stream_head("text/event-stream")[..]);
         // Browsers reconnect after this many milliseconds (the default is ~3 s).
@@ -467,10 +478,40 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return;
             }
-            let Some(Web::Sse { pending }) = conn.web.as_deref_mut() else { return };
-            let Some((channel, resume)) = pending.pop() else { return };
-            self.subscribe(key, &channel, resume);
+            let Some(Web::Sse { channels, subscribed }) = conn.web.as_deref_mut() else { return };
+            let Some(next) = channels.get(*subscribed) else { return };
+            let (name, resume) = (next.name.clone(), next.resume);
+            *subscribed += 1;
+            self.subscribe(key, &name, Some(resume));
         }
+    }
+
+    /// Notes that an event stream got `channel`'s messages up to `offset` (or, with `position`,
+    /// that it is live from there). A stream of several channels then gets an id-only event, the
+    /// cursor: every channel's last offset in the URL's order, which is what the browser sends
+    /// back as `Last-Event-ID` when it reconnects by itself. (Message events carry their own
+    /// offset as id, which is all a stream of one channel needs, except before its first
+    /// message: hence `position`.)
+    pub(super) fn sse_sent(&mut self, key: usize, channel: &[u8], offset: u64, position: bool) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(Web::Sse { channels, .. }) = conn.web.as_deref_mut() else { return };
+        let Some(entry) = channels.iter_mut().find(|c| c.name == channel) else { return };
+        entry.last = Some(offset);
+        if channels.len() == 1 && !position {
+            return;
+        }
+        let mut cursor = BytesMut::with_capacity(8 + 21 * channels.len());
+        cursor.put_slice(b"id:");
+        for c in channels.iter() {
+            match c.last {
+                Some(last) => cursor.put_slice(format!(" {last}").as_bytes()),
+                None => cursor.put_slice(b" -"),
+            }
+        }
+        cursor.put_slice(b"\n\n");
+        // A few bytes after a batch that fitted: let it pass the cap rather than cut the
+        // stream for its own bookkeeping.
+        self.out.enqueue(key, conn, cursor.freeze(), usize::MAX);
     }
 
     // ---- long-poll ----
