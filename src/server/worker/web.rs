@@ -529,14 +529,11 @@ impl Worker {
                 return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
             }
         }
-        let from = head.param("from").map(parse_u64);
-        let epoch = head.param("epoch").map(parse_epoch);
-        let timeout = head.param("timeout").map(parse_u64);
-        let (Some(from), Some(epoch), Some(timeout)) = (
-            from.map_or(Some(None), |f| f.map(Some)),
-            epoch.unwrap_or(Some(None)),
-            timeout.map_or(Some(DEFAULT_POLL_SECS), |t| t),
-        ) else {
+        // Each parameter is optional, and refused when present but malformed.
+        let from = head.param("from").map_or(Some(None), |f| parse_u64(f).map(Some));
+        let epoch = head.param("epoch").map_or(Some(None), parse_epoch);
+        let timeout = head.param("timeout").map_or(Some(DEFAULT_POLL_SECS), parse_u64);
+        let (Some(from), Some(epoch), Some(timeout)) = (from, epoch, timeout) else {
             return self.refuse(
                 key,
                 ErrorCode::BadRequest,
