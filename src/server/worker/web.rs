@@ -397,35 +397,21 @@ impl Worker {
 
     // ---- Server-Sent Events ----
 
-    /// Answers `GET /sse?channel=a[&after=N[&epoch=E]]&channel=b…`: `after` and `epoch` belong to
-    /// the channel before them; `Last-Event-ID` resumes a stream of one channel.
+    /// Answers `GET /sse?channel=a[&after=N[&epoch=E]]&channel=b…`: `after` (default "now")
+    /// and `epoch` belong to the channel before them; `Last-Event-ID` resumes them all.
     fn start_sse(&mut self, key: usize, head: &Head) {
-        let mut channels: Vec<(Vec<u8>, Option<Resume>)> = Vec::new();
+        let now = Resume { after: u64::MAX, epoch: None, strict: false };
+        let mut channels: Vec<SseChannel> = Vec::new();
         for (name, value) in &head.query {
-            fn resume(channels: &mut [(Vec<u8>, Option<Resume>)]) -> Option<&mut Resume> {
-                channels.last_mut().map(|(_, resume)| {
-                    resume.get_or_insert(Resume { after: u64::MAX, epoch: None, strict: false })
-                })
-            }
-            let ok = match name.as_str() {
-                "channel" => {
-                    channels.push((value.clone(), None));
+            let last = channels.last_mut().map(|c| &mut c.resume);
+            let ok = match (name.as_str(), last) {
+                ("channel", _) => {
+                    channels.push(SseChannel { name: value.clone(), resume: now, last: None });
                     true
                 }
-                "after" => match (parse_after(value), resume(&mut channels)) {
-                    (Some(after), Some(resume)) => {
-                        resume.after = after;
-                        true
-                    }
-                    _ => false,
-                },
-                "epoch" => match (parse_epoch(value), resume(&mut channels)) {
-                    (Some(epoch), Some(resume)) => {
-                        resume.epoch = epoch;
-                        true
-                    }
-                    _ => false,
-                },
+                ("after", Some(resume)) => parse_after(value).map(|a| resume.after = a).is_some(),
+                ("epoch", Some(resume)) => parse_epoch(value).map(|e| resume.epoch = e).is_some(),
+                ("after" | "epoch", None) => false,
                 _ => true,
             };
             if !ok {
@@ -446,21 +432,13 @@ impl Worker {
         if let Some(last_id) = head.header("last-event-id") {
             let positions: Vec<&str> = last_id.split_whitespace().collect();
             if positions.len() == channels.len() {
-                for ((_, resume), position) in channels.iter_mut().zip(positions) {
+                for (channel, position) in channels.iter_mut().zip(positions) {
                     if let Some(after) = parse_u64(position.as_bytes()) {
-                        let epoch = resume.and_then(|r| r.epoch);
-                        *resume = Some(Resume { after, epoch, strict: false });
+                        channel.resume.after = after;
                     }
                 }
             }
         }
-        // Every channel resumes from somewhere ("now" at the least), so every subscription
-        // reports its position (HIST), which the stream's cursor starts from.
-        let now = Resume { after: u64::MAX, epoch: None, strict: false };
-        let channels = channels
-            .into_iter()
-            .map(|(name, resume)| SseChannel { name, resume: resume.unwrap_or(now), last: None })
-            .collect();
         self.conns[key].web = Some(Box::new(Web::Sse { channels, subscribed: 0 }));
         self.set_format(key, Format::Sse);
         let mut start = BytesMut::from(&http::stream_head("text/event-stream")[..]);
