@@ -132,22 +132,25 @@ pub fn history(history: &HistoryStatus<'_>) -> BytesMut {
     history_object("\"op\":\"hist\",", history)
 }
 
-/// `{"channel":"news","offset":18}`: the body of an HTTP publish's answer.
-pub fn ack_object(channel: &[u8], offset: u64) -> BytesMut {
-    let mut out = BytesMut::with_capacity(32 + channel.len());
-    out.put_slice(b"{\"channel\":");
+/// `{<prefix>"channel":"news","offset":18}`.
+fn ack_with(prefix: &str, channel: &[u8], offset: u64) -> BytesMut {
+    let mut out = BytesMut::with_capacity(40 + channel.len());
+    out.put_u8(b'{');
+    out.put_slice(prefix.as_bytes());
+    out.put_slice(b"\"channel\":");
     put_lossy(&mut out, channel);
     out.put_slice(format!(",\"offset\":{offset}}}").as_bytes());
     out
 }
 
+/// `{"channel":"news","offset":18}`: the body of an HTTP publish's answer.
+pub fn ack_object(channel: &[u8], offset: u64) -> BytesMut {
+    ack_with("", channel, offset)
+}
+
 /// `{"op":"ack","channel":"news","offset":18}`.
 pub fn ack(channel: &[u8], offset: u64) -> BytesMut {
-    let mut out = BytesMut::with_capacity(40 + channel.len());
-    out.put_slice(b"{\"op\":\"ack\",\"channel\":");
-    put_lossy(&mut out, channel);
-    out.put_slice(format!(",\"offset\":{offset}}}").as_bytes());
-    out
+    ack_with("\"op\":\"ack\",", channel, offset)
 }
 
 /// Parses a JSON command. The returned request borrows from `value`.

@@ -71,17 +71,6 @@ const SSE_HEARTBEAT_MS: u32 = 15_000;
 /// Poll timeout while a publish waits for ring room.
 const STALL_RETRY: Duration = Duration::from_millis(1);
 
-/// Formats a broadcast (`*`) is encoded in: every format that streams.
-const BROADCAST_FORMATS: [u32; Format::COUNT] = {
-    let mut formats = [0; Format::COUNT];
-    let mut i = 0;
-    while i < Format::COUNT {
-        formats[i] = Format::ALL[i].streams() as u32;
-        i += 1;
-    }
-    formats
-};
-
 /// Where the worker is in the server's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunState {
@@ -474,11 +463,15 @@ impl Worker {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
+            if !conn.readable {
+                return;
+            }
             // A held long-poll keeps reading (a little), so that a client that goes away is
             // noticed now rather than at the poll's deadline; what it sends waits in `input`.
-            let poll_reads = conn.polling()
-                && conn.input.as_ref().map_or(0, |i| i.len()) < protocol::http::MAX_HEAD_BYTES;
-            if !conn.readable || (conn.input_waits() && !poll_reads) {
+            if conn.input_waits()
+                && !(conn.polling()
+                    && conn.input.as_ref().map_or(0, |i| i.len()) < protocol::http::MAX_HEAD_BYTES)
+            {
                 return;
             }
             // During shutdown nothing is read from open connections (they get their queues
@@ -960,6 +953,12 @@ impl Worker {
         // queue cap, or a burst would look like a slow consumer.
         let max_bytes = DRAIN_MAX_BYTES.min(self.shared.config.write_queue_cap_bytes / 4);
         let mut largest_payload = 0;
+        // A broadcast (`*`) goes to every connection that streams: encode it in the formats
+        // this worker's connections use (the per-format gauges count them), not in all of them.
+        let counters = &self.shared.counters[self.id];
+        let broadcast_formats = Format::ALL.map(|format| {
+            u32::from(format.streams() && counters.by_format(format).load(Ordering::Relaxed) > 0)
+        });
         while taken < DRAIN_MAX_MESSAGES && batched_bytes < max_bytes {
             // Big messages are taken one at a time so that the byte budget holds.
             let room = max_bytes - batched_bytes;
@@ -973,7 +972,7 @@ impl Worker {
                 largest_payload =
                     largest_payload.max(message.payload.len() + message.channel.name.len());
                 let (per_format, catching_up) = match message.channel.kind {
-                    ChannelKind::Broadcast => (BROADCAST_FORMATS, false),
+                    ChannelKind::Broadcast => (broadcast_formats, false),
                     _ => match index.get(message.channel.id) {
                         Some(local) => (local.per_format, !local.catching_up.is_empty()),
                         None => return,

@@ -473,11 +473,12 @@ impl Worker {
     pub(super) fn sse_sent(&mut self, key: usize, channel: &[u8], offset: u64, position: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Some(Web::Sse { channels, .. }) = conn.web.as_deref_mut() else { return };
-        let Some(entry) = channels.iter_mut().find(|c| c.name == channel) else { return };
-        entry.last = Some(offset);
+        // One channel: its message events carry the offset already, nothing to keep.
         if channels.len() == 1 && !position {
             return;
         }
+        let Some(entry) = channels.iter_mut().find(|c| c.name == channel) else { return };
+        entry.last = Some(offset);
         let mut cursor = BytesMut::with_capacity(8 + 21 * channels.len());
         cursor.put_slice(b"id:");
         for c in channels.iter() {
