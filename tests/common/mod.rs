@@ -114,21 +114,24 @@ const MASK: [u8; 4] = [0xa1, 0x07, 0x3c, 0x5e];
 
 /// Reads a response head (through the blank line); returns it and any bytes after it.
 pub fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut pending = Vec::new();
+    let head = take_head(stream, &mut pending);
+    (head, pending)
+}
+
+/// Reads until `pending` holds a whole head (through the blank line) and takes it off.
+fn take_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 65536];
     loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buffer[..end + 4].to_vec()).expect("UTF-8 head");
-            return (head, buffer[end + 4..].to_vec());
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(pending[..end + 4].to_vec()).expect("UTF-8 head");
+            pending.drain(..end + 4);
+            return head;
         }
-        let n = stream.read(&mut chunk).expect("read response head");
-        assert!(
-            n > 0,
-            "closed before the response head; got {:?}",
-            String::from_utf8_lossy(&buffer)
-        );
-        buffer.extend_from_slice(&chunk[..n]);
+        let n = stream.read(&mut chunk).expect("read a head");
+        assert!(n > 0, "closed before a head; got {:?}", String::from_utf8_lossy(pending));
+        pending.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -524,33 +527,24 @@ impl Response {
 
 /// Reads one response with a Content-Length body from `stream`, after `pending` bytes.
 pub fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Response {
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let head = take_head(stream, pending);
+    let status = head[9..12].parse().expect("status code");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("Content-Length");
     let mut chunk = [0u8; 65536];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(pending[..end + 4].to_vec()).expect("UTF-8 head");
-            let status = head[9..12].parse().expect("status code");
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("Content-Length");
-            while pending.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).expect("read body");
-                assert!(n > 0, "closed in the middle of a body");
-                pending.extend_from_slice(&chunk[..n]);
-            }
-            let body = pending[end + 4..end + 4 + length].to_vec();
-            pending.drain(..end + 4 + length);
-            return Response { status, head, body };
-        }
-        let n = stream.read(&mut chunk).expect("read response");
-        assert!(n > 0, "closed before a response; got {:?}", String::from_utf8_lossy(pending));
+    while pending.len() < length {
+        let n = stream.read(&mut chunk).expect("read body");
+        assert!(n > 0, "closed in the middle of a body");
         pending.extend_from_slice(&chunk[..n]);
     }
+    let body = pending.drain(..length).collect();
+    Response { status, head, body }
 }
 
 /// One request on a fresh connection (`Connection: close`).
