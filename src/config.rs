@@ -50,6 +50,9 @@ pub struct Config {
     pub fsync: crate::history::disk::FsyncPolicy,
     /// History segment files roll at this size.
     pub segment_bytes: u64,
+    /// History segment files kept open at once (the least recently written are closed first),
+    /// so that the number of channels never touches the descriptor limit.
+    pub max_open_segments: usize,
     /// Write coalescing: a connection that was written to less than this long ago waits until
     /// this long has passed before its next write (replies to its own commands never wait).
     /// Zero writes every turn. See the README's design section.
@@ -84,6 +87,7 @@ impl Default for Config {
             data_dir: None,
             fsync: crate::history::disk::FsyncPolicy::Interval(Duration::from_millis(100)),
             segment_bytes: 64 << 20,
+            max_open_segments: 256,
             ws_echo: false,
         }
     }

@@ -188,6 +188,9 @@ struct ServeArgs {
     /// History segment files roll at this size.
     #[arg(long, default_value_t = Config::default().segment_bytes)]
     segment_bytes: u64,
+    /// History segment files kept open at once (least recently written closed first).
+    #[arg(long, default_value_t = Config::default().max_open_segments)]
+    max_open_segments: usize,
     /// Write coalescing window in milliseconds: a subscriber written to less than this long ago
     /// gets its next messages together once the window has passed (0: write every turn).
     #[arg(long, default_value_t = Config::default().coalesce.as_millis() as u64)]
@@ -231,6 +234,7 @@ impl ServeArgs {
                 _ => FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms)),
             },
             segment_bytes: self.segment_bytes,
+            max_open_segments: self.max_open_segments,
             ws_echo: self.ws_echo,
         }
     }

@@ -189,6 +189,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         507 => "Insufficient Storage",
         _ => "Error",

@@ -437,6 +437,10 @@ pub enum ErrorCode {
     LimitReached = 429,
     /// HTTP: the request head is over its size or header-count limit. Fatal.
     HeadersTooLarge = 431,
+    /// An acknowledged publish could not be made durable (`--fsync always`): its record's write
+    /// or fsync failed, or the channel's storage is failing. Nothing was acknowledged; the
+    /// publish may be retried once storage works again.
+    StorageFailed = 500,
     /// The server is full (max connections) or shutting down. Fatal.
     Unavailable = 503,
     /// The client did not read fast enough and its write queue passed the cap. Fatal.

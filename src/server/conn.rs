@@ -64,6 +64,9 @@ pub enum Web {
         poll: Option<PollWait>,
         /// `100 Continue` was sent for the request whose body is still arriving.
         continued: bool,
+        /// A publish waits for its record to be durable: later requests wait for its answer,
+        /// so that responses go out in request order.
+        awaiting_ack: bool,
     },
     /// After the upgrade.
     WebSocket {
@@ -200,9 +203,15 @@ impl Conn {
         matches!(self.web.as_deref(), Some(Web::WebSocket { echo: true, .. }))
     }
 
-    /// True when input must wait: a publish for ring room, a replay, or a long-poll.
+    /// True when input must wait: a publish for ring room, a replay, a long-poll, or an HTTP
+    /// publish for its durable acknowledgement.
     pub fn input_waits(&self) -> bool {
-        self.stalled.is_some() || self.replay.is_some() || self.polling()
+        self.stalled.is_some()
+            || self.replay.is_some()
+            || matches!(
+                self.web.as_deref(),
+                Some(Web::Http { poll: Some(_), .. } | Web::Http { awaiting_ack: true, .. })
+            )
     }
 
     /// The format to speak to this client in; a client that has not spoken yet gets text.

@@ -34,7 +34,7 @@ use self::channels::{ChannelRegistry, Message, NameRegistry};
 use self::ring::{CachePadded, Ring};
 use self::stats::{Stats, WorkerCounters};
 use crate::config::Config;
-use crate::history::disk::{self, Persisted, StorageCounters, StoreOp};
+use crate::history::disk::{self, Faults, Persisted, StorageCounters, StorageHealth, StoreOp};
 
 /// The ring carries shared messages.
 pub type Item = Arc<Message>;
@@ -103,6 +103,12 @@ pub(crate) struct StorageQueue {
     /// Acknowledgements wait for fsync.
     fsync_always: bool,
     counters: Arc<StorageCounters>,
+    /// Channels whose storage is failing (acknowledged publishes to them are refused).
+    health: Arc<StorageHealth>,
+    /// Injected storage faults (tests).
+    faults: Arc<Faults>,
+    /// The data directory's lock, held while the server runs.
+    _lock: disk::DirLock,
 }
 
 /// Appends the storage thread may be behind before publishers are paused (as for a full ring).
@@ -146,6 +152,9 @@ impl Shared {
             total.fsyncs = c.fsyncs.load(Ordering::Relaxed);
             total.fsync_micros_total = c.fsync_micros_total.load(Ordering::Relaxed);
             total.fsync_micros_max = c.fsync_micros_max.load(Ordering::Relaxed);
+            total.storage_errors = c.errors.load(Ordering::Relaxed);
+            total.storage_acks_refused = c.acks_refused.load(Ordering::Relaxed);
+            total.storage_failed_channels = storage.health.failed_channels() as u64;
         }
         total
     }
@@ -195,6 +204,9 @@ impl Server {
         let channels = ChannelRegistry::new(config.max_channels, config.history_limits());
         let mut storage_parts = None;
         if let Some(dir) = &config.data_dir {
+            let lock = disk::lock_dir(dir).map_err(|e| {
+                StartError::Config(format!("cannot use data directory {}: {e}", dir.display()))
+            })?;
             let recovered =
                 disk::recover(dir, &channels.history, &channels.retained, MAX_STORAGE_BACKLOG)
                     .map_err(|e| {
@@ -210,13 +222,21 @@ impl Server {
             }
             let (sender, receiver) = crossbeam_channel::unbounded();
             let counters = Arc::new(StorageCounters::default());
+            let health = Arc::new(StorageHealth::default());
+            let faults = Arc::new(Faults::default());
+            let options = disk::StorageOptions {
+                fsync: config.fsync,
+                segment_bytes: config.segment_bytes,
+                limits: config.history_limits(),
+                max_open_segments: config.max_open_segments,
+            };
             let storage = disk::Storage::new(
                 dir,
-                config.fsync,
-                config.segment_bytes,
-                config.history_limits(),
+                options,
                 existing,
                 counters.clone(),
+                health.clone(),
+                faults.clone(),
             );
             storage_parts = Some((
                 StorageQueue {
@@ -224,6 +244,9 @@ impl Server {
                     depth: AtomicU64::new(0),
                     fsync_always: config.fsync == disk::FsyncPolicy::Always,
                     counters,
+                    health,
+                    faults,
+                    _lock: lock,
                 },
                 storage,
                 receiver,
@@ -358,6 +381,11 @@ impl ServerHandle {
                 stats
             })
             .collect()
+    }
+
+    /// The storage fault injector (with `--data-dir`), for tests of storage failures.
+    pub fn storage_faults(&self) -> Option<Arc<Faults>> {
+        self.shared.storage.as_ref().map(|s| s.faults.clone())
     }
 
     /// Number of channels that exist (`*` included).

@@ -135,6 +135,12 @@ counters! {
     fsync_micros_total: counter,
     /// The slowest fsync, microseconds.
     fsync_micros_max: peak,
+    /// History writes, opens and fsyncs that failed (each failed its channel's storage).
+    storage_errors: counter,
+    /// Acknowledged publishes refused because their record could not be made durable.
+    storage_acks_refused: counter,
+    /// Channels whose history storage is failing now (acknowledged publishes to them refused).
+    storage_failed_channels: gauge,
     /// The most bytes any one connection has had queued.
     queue_high_water_bytes: peak,
 }

@@ -575,6 +575,7 @@ impl Worker {
                         keep_alive: true,
                         poll: None,
                         continued: false,
+                        awaiting_ack: false,
                     }));
                     Format::Http
                 }
@@ -834,6 +835,14 @@ impl Worker {
             Ok(channel) => channel,
             Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
         };
+        if acked {
+            // An acknowledgement promises durability (--fsync always); while the channel's
+            // storage fails it cannot be given, so the message is not published at all.
+            let storage = self.shared.storage.as_ref().filter(|s| s.fsync_always);
+            if let Some(why) = storage.and_then(|s| s.health.failure(&channel.name)) {
+                return self.refuse(key, ErrorCode::StorageFailed, &why);
+            }
+        }
         if let Err(payload) = self.publish(key, &channel, payload, acked) {
             WorkerCounters::add(&self.counters().ring_full_stalls, 1);
             self.conns[key].stalled = Some(Box::new(StalledPublish { channel, payload, acked }));
@@ -904,20 +913,33 @@ impl Worker {
         if ack_now {
             let frame = self.conns[key].reply_format().encode_ack(&channel.name, offset);
             self.reply(key, frame);
+        } else if let Some(Web::Http { awaiting_ack, .. }) = self.conns[key].web.as_deref_mut() {
+            *awaiting_ack = acked;
         }
         Ok(())
     }
 
-    /// Sends the acknowledgements the storage thread confirmed (`--fsync always`).
+    /// Sends the acknowledgements the storage thread confirmed (`--fsync always`), or refuses
+    /// them with `ERR 500` when their record could not be made durable.
     fn deliver_acks(&mut self) {
         while let Ok(persisted) = self.acks.try_recv() {
             let target = persisted.target;
-            let Some(conn) = self.conns.get(target.key) else { continue };
+            let Some(conn) = self.conns.get_mut(target.key) else { continue };
             if conn.serial != target.serial || !conn.is_open() {
                 continue;
             }
-            let frame = conn.reply_format().encode_ack(&persisted.channel, persisted.offset);
-            self.reply(target.key, frame);
+            if let Some(Web::Http { awaiting_ack: awaiting @ true, .. }) = conn.web.as_deref_mut() {
+                *awaiting = false;
+                self.unblocked.push(target.key);
+            }
+            match persisted.result {
+                Ok(()) => {
+                    let frame =
+                        conn.reply_format().encode_ack(&persisted.channel, persisted.offset);
+                    self.reply(target.key, frame);
+                }
+                Err(why) => self.refuse(target.key, ErrorCode::StorageFailed, &why),
+            }
         }
     }
 

@@ -1,0 +1,199 @@
+//! Storage faults through a running server (`--fsync always`): an acknowledged publish is answered
+//! `ERR 500` when its record cannot be made durable, the channel refuses acknowledged publishes
+//! until its storage works again, plain publishes keep flowing, HTTP answers stay in request
+//! order, and one data directory has one owner.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{read_response, start, wait_until, Conn, Frame, TempDir, PATIENCE};
+use fanout::history::disk::FsyncPolicy;
+use fanout::protocol::{Request, Resume};
+use fanout::{Config, Server};
+
+fn durable(dir: &TempDir) -> impl FnOnce(&mut Config) + '_ {
+    move |config: &mut Config| {
+        config.data_dir = Some(dir.0.clone());
+        config.fsync = FsyncPolicy::Always;
+    }
+}
+
+fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Frame {
+    conn.send(Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() });
+    loop {
+        match conn.next() {
+            frame @ (Frame::Ack { .. } | Frame::Err { .. }) => return frame,
+            Frame::Msg { .. } => continue,
+            other => panic!("expected an ack or an error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failing_disk_refuses_acknowledgements_until_it_works_again() {
+    for (fault, errno) in [("write", libc::ENOSPC), ("fsync", libc::EIO), ("short", 0)] {
+        let dir = TempDir::new("faults");
+        let server = start(durable(&dir));
+        let faults = server.storage_faults().expect("a data directory");
+        let mut subscriber = Conn::binary(server.local_addr());
+        subscriber.subscribe("orders");
+        let mut publisher = Conn::binary(server.local_addr());
+        assert_eq!(
+            publish_acked(&mut publisher, "orders", b"before"),
+            Frame::Ack { channel: "orders".into(), offset: 1 }
+        );
+
+        match fault {
+            "write" => faults.fail_writes(errno),
+            "fsync" => faults.fail_fsyncs(errno),
+            _ => faults.short_writes(true),
+        }
+        let Frame::Err { code: 500, reason } = publish_acked(&mut publisher, "orders", b"lost")
+        else {
+            panic!("{fault}: the acknowledgement is refused");
+        };
+        assert!(reason.contains("storage failed"), "{fault}: {reason}");
+        // Now refused up front: not published at all.
+        let Frame::Err { code: 500, .. } = publish_acked(&mut publisher, "orders", b"refused")
+        else {
+            panic!("{fault}: refused while the storage fails");
+        };
+        // Plain publishes still go out (and keep trying the disk).
+        publisher.publish("orders", b"plain");
+        let offsets: Vec<(u64, Vec<u8>)> = std::iter::from_fn(|| match subscriber.next() {
+            Frame::Msg { offset, payload, .. } => Some((offset, payload)),
+            other => panic!("{fault}: unexpected {other:?}"),
+        })
+        .take(3)
+        .collect();
+        assert_eq!(
+            offsets,
+            vec![(1, b"before".to_vec()), (2, b"lost".to_vec()), (3, b"plain".to_vec())],
+            "{fault}: the refused publish was never delivered"
+        );
+        let stats = server.stats();
+        assert!(stats.storage_errors >= 1 && stats.storage_acks_refused >= 1, "{fault}");
+        assert_eq!(stats.storage_failed_channels, 1, "{fault}");
+
+        faults.clear();
+        let mut attempts = 0;
+        let offset = loop {
+            attempts += 1;
+            assert!(attempts < 100, "{fault}: storage never recovered");
+            match publish_acked(&mut publisher, "orders", b"after") {
+                Frame::Ack { offset, .. } => break offset,
+                Frame::Err { code: 500, .. } => std::thread::sleep(Duration::from_millis(100)),
+                other => panic!("{fault}: {other:?}"),
+            }
+        };
+        assert_eq!(server.stats().storage_failed_channels, 0, "{fault}");
+        server.shutdown();
+
+        // After a restart every acknowledged message is there, and nothing torn is served.
+        let server = start(durable(&dir));
+        let mut resumer = Conn::binary(server.local_addr());
+        resumer.send(Request::Subscribe {
+            channel: b"orders",
+            resume: Some(Resume { after: 0, epoch: None, strict: false }),
+        });
+        let replayed: Vec<(u64, Vec<u8>)> = resumer
+            .barrier()
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Msg { offset, payload, .. } => Some((offset, payload)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replayed.first(), Some(&(1, b"before".to_vec())), "{fault}");
+        assert_eq!(replayed.last(), Some(&(offset, b"after".to_vec())), "{fault}");
+        assert!(
+            replayed.windows(2).all(|w| w[0].0 < w[1].0),
+            "{fault}: in order, each once: {replayed:?}"
+        );
+        server.shutdown();
+    }
+}
+
+#[test]
+fn pipelined_http_requests_are_answered_in_order_while_a_publish_waits_for_fsync() {
+    let dir = TempDir::new("pipeline");
+    let server = start(durable(&dir));
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut requests = Vec::new();
+    for i in 0..20 {
+        write!(
+            requests,
+            "POST /publish?channel=news HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nm{}",
+            i % 10
+        )
+        .unwrap();
+        requests.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    stream.write_all(&requests).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..20u64 {
+        let published = read_response(&mut stream, &mut pending);
+        assert_eq!(published.status, 200);
+        assert_eq!(published.json()["offset"], i + 1, "publish answers come in request order");
+        let health = read_response(&mut stream, &mut pending);
+        assert_eq!(health.json()["status"], "ok", "then the health answer");
+    }
+}
+
+#[test]
+fn http_publish_gets_500_while_the_disk_fails() {
+    let dir = TempDir::new("http500");
+    let server = start(durable(&dir));
+    let faults = server.storage_faults().unwrap();
+    faults.fail_writes(libc::EIO);
+    let response = common::http(server.local_addr(), "POST", "/publish?channel=c", b"x");
+    assert_eq!(response.status, 500);
+    assert!(response.json()["reason"].as_str().unwrap().contains("storage failed"));
+    faults.clear();
+    wait_until("the storage works again", || server.stats().storage_failed_channels == 0);
+    assert_eq!(common::http_publish(server.local_addr(), "c", b"y"), 2);
+}
+
+#[test]
+fn long_channel_names_are_stored_and_come_back() {
+    let dir = TempDir::new("longname");
+    let name = "n".repeat(255);
+    let server = start(durable(&dir));
+    let mut publisher = Conn::binary(server.local_addr());
+    for i in 1..=3 {
+        let frame = publish_acked(&mut publisher, &name, format!("m{i}").as_bytes());
+        assert_eq!(frame, Frame::Ack { channel: name.clone(), offset: i });
+    }
+    server.shutdown();
+    let server = start(durable(&dir));
+    let mut resumer = Conn::binary(server.local_addr());
+    resumer.send(Request::Subscribe {
+        channel: name.as_bytes(),
+        resume: Some(Resume { after: 0, epoch: None, strict: false }),
+    });
+    let offsets: Vec<u64> = resumer
+        .barrier()
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Msg { offset, .. } => Some(offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, vec![1, 2, 3]);
+}
+
+#[test]
+fn one_server_per_data_directory() {
+    let dir = TempDir::new("owner");
+    let first = start(durable(&dir));
+    let mut config = Config::for_tests();
+    durable(&dir)(&mut config);
+    let refused = Server::start(config).expect_err("a second server on the same directory");
+    assert!(refused.to_string().contains("another fanout process"), "{refused}");
+    first.shutdown();
+    start(durable(&dir)).shutdown();
+}
