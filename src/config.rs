@@ -59,6 +59,9 @@ pub struct Config {
     pub coalesce: Duration,
     /// Serve the WebSocket echo endpoint `/echo` (for the Autobahn conformance suite only).
     pub ws_echo: bool,
+    /// Testing only: a publish to this channel panics its worker (to test that the process then
+    /// aborts, loudly, instead of limping on).
+    pub debug_panic_on_publish_to: Option<String>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             max_open_segments: 256,
             ws_echo: false,
+            debug_panic_on_publish_to: None,
         }
     }
 }

@@ -199,6 +199,9 @@ struct ServeArgs {
     /// production: it is not pub/sub).
     #[arg(long)]
     ws_echo: bool,
+    /// Testing only: a publish to this channel panics its worker (the process aborts).
+    #[arg(long, hide = true)]
+    debug_panic_on_publish_to: Option<String>,
     /// Seconds queued messages may take to flush on shutdown.
     #[arg(long, default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
@@ -236,6 +239,7 @@ impl ServeArgs {
             segment_bytes: self.segment_bytes,
             max_open_segments: self.max_open_segments,
             ws_echo: self.ws_echo,
+            debug_panic_on_publish_to: self.debug_panic_on_publish_to.clone(),
         }
     }
 }

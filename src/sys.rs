@@ -137,6 +137,28 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Runs `body` (a worker's or the storage thread's loop); if it panics, logs what died and aborts
+/// the whole process. A dead worker would leave its ring cursor behind and stall every publisher
+/// once the ring wraps, and a dead storage thread would leave acknowledgements unanswered: a
+/// half-alive server breaks its promises quietly, while a restarted one keeps them (clients
+/// reconnect and resume by offset; the data directory is recovered).
+pub fn abort_on_panic(what: &str, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        fatal(&format!("{what} panicked: {message}"));
+    }
+}
+
+/// Logs a fatal error and aborts the process (see `abort_on_panic` for why not carry on).
+pub fn fatal(why: &str) -> ! {
+    log::error!("{why}; aborting the process");
+    std::process::abort()
+}
+
 /// Pins the calling thread to `core` (modulo the cores there are). Returns the core used.
 pub fn pin_current_thread(core: usize) -> Result<usize, PinError> {
     let cores = core_affinity::get_core_ids().ok_or(PinError::NoCores)?;

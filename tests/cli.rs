@@ -98,3 +98,48 @@ fn serve_pub_sub_and_sigterm() {
     // `fanout sub` keeps trying to reconnect (and would resume); it is still running.
     assert!(subscriber.0.try_wait().unwrap().is_none(), "fanout sub keeps reconnecting");
 }
+
+#[test]
+fn a_worker_that_panics_takes_the_process_down_loudly() {
+    let mut server = Reaper(
+        Command::new(FANOUT)
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--no-pin"])
+            .args(["--debug-panic-on-publish-to", "boom"])
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = lines_of(server.0.stderr.take().unwrap());
+    let addr = loop {
+        let line = log.recv_timeout(Duration::from_secs(20)).expect("server logs its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    fanout_pub(&addr, &["fine", "hello"], None);
+    // (`fanout pub` would keep reconnecting to a server that is gone: not waited for.)
+    let _publisher = Reaper(
+        Command::new(FANOUT)
+            .args(["pub", "--server", &addr, "boom", "x"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server kept running with a dead worker");
+        thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    let said: Vec<String> = log.try_iter().collect();
+    assert!(
+        said.iter().any(|l| l.contains("panicked") && l.contains("aborting the process")),
+        "a clear last line: {said:?}"
+    );
+}

@@ -53,6 +53,10 @@ pub enum StartError {
         /// The OS error.
         source: io::Error,
     },
+    /// Something already listens on the address (SO_REUSEPORT would otherwise let a second
+    /// server bind it too and silently split the clients between two unrelated servers).
+    #[error("{0} is already in use (is another fanout running there?)")]
+    AddressInUse(SocketAddr),
     /// epoll or eventfd creation failed.
     #[error("cannot create the event loop: {0}")]
     Poll(#[source] io::Error),
@@ -180,6 +184,17 @@ impl Server {
         validate(&config)?;
         let workers = config.workers;
 
+        // Our listeners share the port with SO_REUSEPORT, and so would another server's: a plain
+        // bind first proves that nobody listens there yet.
+        if config.listen.port() != 0 {
+            match std::net::TcpListener::bind(config.listen) {
+                Ok(probe) => drop(probe),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    return Err(StartError::AddressInUse(config.listen))
+                }
+                Err(source) => return Err(StartError::Listen { addr: config.listen, source }),
+            }
+        }
         // Bind the first listener on the configured address (port 0 picks one), then the others
         // on the address the kernel actually gave.
         let first = bind(config.listen, config.listen_backlog)?;
@@ -279,16 +294,18 @@ impl Server {
                 let thread = std::thread::Builder::new()
                     .name("fanout-storage".into())
                     .spawn(move || {
-                        let shared = shared_for_storage;
-                        let Some(queue) = shared.storage.as_ref() else { return };
-                        let wake = |worker: usize| {
-                            let signal = &shared.signals[worker];
-                            signal.pending.store(true, Ordering::Release);
-                            if let Err(e) = signal.waker.wake() {
-                                warn!("storage: cannot wake worker {worker}: {e}");
-                            }
-                        };
-                        storage.run(receiver, shared.ack_senders.clone(), wake, &queue.depth);
+                        crate::sys::abort_on_panic("the storage thread", move || {
+                            let shared = shared_for_storage;
+                            let Some(queue) = shared.storage.as_ref() else { return };
+                            let wake = |worker: usize| {
+                                let signal = &shared.signals[worker];
+                                signal.pending.store(true, Ordering::Release);
+                                if let Err(e) = signal.waker.wake() {
+                                    warn!("storage: cannot wake worker {worker}: {e}");
+                                }
+                            };
+                            storage.run(receiver, shared.ack_senders.clone(), wake, &queue.depth);
+                        })
                     })
                     .map_err(StartError::Spawn)?;
                 Some(thread)
@@ -316,7 +333,9 @@ impl Server {
             .map_err(StartError::Poll)?;
             let thread = std::thread::Builder::new()
                 .name(format!("fanout-worker-{id}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    crate::sys::abort_on_panic(&format!("worker {id}"), move || worker.run())
+                })
                 .map_err(StartError::Spawn)?;
             threads.push(thread);
         }

@@ -283,8 +283,7 @@ impl Worker {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    error!("worker {}: poll failed, stopping: {e}", self.id);
-                    break;
+                    crate::sys::fatal(&format!("worker {}: poll failed: {e}", self.id));
                 }
             }
             self.clock();
@@ -821,6 +820,15 @@ impl Worker {
     }
 
     fn publish_request(&mut self, key: usize, name: &[u8], payload: Bytes, acked: bool) {
+        if self
+            .shared
+            .config
+            .debug_panic_on_publish_to
+            .as_deref()
+            .is_some_and(|c| c.as_bytes() == name)
+        {
+            panic!("--debug-panic-on-publish-to {}", String::from_utf8_lossy(name));
+        }
         let kind = match validate_channel(name) {
             Ok(kind) => kind,
             Err(e) => {

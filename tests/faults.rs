@@ -197,3 +197,18 @@ fn one_server_per_data_directory() {
     first.shutdown();
     start(durable(&dir)).shutdown();
 }
+
+#[test]
+fn one_server_per_address() {
+    let first = start(|_| {});
+    let mut config = Config::for_tests();
+    config.listen = first.local_addr();
+    let refused = Server::start(config.clone()).expect_err("a second server on the same address");
+    assert!(refused.to_string().contains("already in use"), "{refused}");
+    // The first one still serves everyone.
+    let mut conn = Conn::text(first.local_addr());
+    conn.send(Request::Ping);
+    assert_eq!(conn.next(), Frame::Pong);
+    first.shutdown();
+    Server::start(config).expect("the address is free again").shutdown();
+}
