@@ -212,3 +212,39 @@ fn one_server_per_address() {
     first.shutdown();
     Server::start(config).expect("the address is free again").shutdown();
 }
+
+#[test]
+fn encodings_that_grow_a_message_do_not_make_a_reader_slow() {
+    // 2,000 line feeds: about 14 KB as SSE `data:` lines, about 12 KB as JSON escapes, over a
+    // queue cap of 4 KB.
+    let server = start(|config| {
+        config.max_frame_bytes = 2048;
+        config.write_queue_cap_bytes = 4096;
+    });
+    let addr = server.local_addr();
+    let mut sse = common::EventStream::open(addr, "/sse?channel=big", "");
+    let mut json = Conn::websocket(addr);
+    json.subscribe("big");
+    // The stream's start announces its position: it is subscribed once that arrives.
+    wait_until("both are subscribed", || {
+        server.stats().connections_sse == 1 && server.stats().connections_websocket_json == 1
+    });
+    let _ = sse.next(Duration::from_millis(200));
+    let payload = vec![b'\n'; 2000];
+    let mut publisher = Conn::binary(addr);
+    for _ in 0..3 {
+        publisher.publish("big", &payload);
+    }
+    for i in 1..=3u64 {
+        let event = sse.next_message();
+        assert_eq!(event.id.as_deref(), Some(i.to_string().as_str()));
+        assert_eq!(event.data, "\n".repeat(2000), "2,001 empty data lines, joined again");
+        match json.next() {
+            Frame::Msg { offset, payload: got, .. } => {
+                assert_eq!((offset, got), (i, payload.clone()));
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert_eq!(server.stats().slow_consumer_closes, 0);
+}

@@ -488,9 +488,11 @@ impl Worker {
             }
         }
         cursor.put_slice(b"\n\n");
-        // A few bytes after a batch that fitted: let it pass the cap rather than cut the
-        // stream for its own bookkeeping.
-        self.out.enqueue(key, conn, cursor.freeze(), usize::MAX);
+        // Counted like any frame: a stream of many channels is a few hundred bytes a batch.
+        let cap = self.shared.config.write_queue_cap_bytes;
+        if !self.out.enqueue(key, conn, cursor.freeze(), cap) {
+            self.close_slow();
+        }
     }
 
     // ---- long-poll ----
