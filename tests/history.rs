@@ -155,7 +155,8 @@ fn retention_by_count_and_notices_for_expired_offsets_and_other_epochs() {
 #[test]
 fn retention_by_bytes_and_by_age_and_history_off() {
     let server = start(|config| {
-        config.history_bytes_per_channel = 1000;
+        // Ten 100-byte messages: each counts its payload plus the entry's overhead.
+        config.history_bytes_per_channel = 10 * fanout::history::retained_cost(&[7u8; 100]);
         config.history_age = Duration::from_millis(300);
     });
     let addr = server.local_addr();
@@ -167,7 +168,7 @@ fn retention_by_bytes_and_by_age_and_history_off() {
     let mut conn = Conn::binary(addr);
     resume(&mut conn, "big", 0, None, false);
     let (_, first, last, _) = history(&mut conn);
-    assert_eq!((first, last), (16, 25), "1,000 bytes hold ten 100-byte payloads");
+    assert_eq!((first, last), (16, 25), "the byte limit holds ten 100-byte messages");
     offsets_through(&mut conn, 25);
 
     // Past the age limit nothing is retained, even with no publish since.

@@ -2,6 +2,11 @@
 //! and age per channel and by a server-wide byte cap, so that a client that reconnects can resume
 //! from the last offset it saw.
 //!
+//! Every retained message counts its payload plus `RETAINED_OVERHEAD_BYTES` against the byte
+//! limits, so that millions of empty messages cannot hide from them. Per-channel limits trim the
+//! channel's own oldest messages; the server-wide cap evicts the globally oldest (the registry
+//! keeps the order of retention across channels: `server::channels::ChannelRegistry`).
+//!
 //! A `ChannelLog` lives inside its channel's mutex, next to the offset counter: a message is
 //! appended under the same lock that assigned its offset and put it in the ring, so the log holds
 //! offsets in order with no gap, and a reader that takes the lock sees exactly the messages up to
@@ -21,18 +26,28 @@ use bytes::Bytes;
 pub struct HistoryLimits {
     /// Messages kept per channel.
     pub messages: usize,
-    /// Payload bytes kept per channel.
+    /// Bytes kept per channel (payload plus `RETAINED_OVERHEAD_BYTES` per message).
     pub bytes: usize,
     /// Messages older than this are dropped (zero: no age limit).
     pub age: Duration,
-    /// Payload bytes kept over all channels; past it, a channel that publishes drops its oldest.
+    /// Bytes kept over all channels, counted the same way; past it, the globally oldest
+    /// messages go (see `server::channels::ChannelRegistry::evict_over_total`).
     pub total_bytes: usize,
+}
+
+/// What a retained message costs besides its payload: its entry in the channel's log, its entry
+/// in the server-wide retention order, and the payload's allocation header.
+pub const RETAINED_OVERHEAD_BYTES: usize = std::mem::size_of::<Retained>() + 32;
+
+/// The bytes a message counts for against the history limits.
+pub fn retained_cost(payload: &[u8]) -> usize {
+    payload.len() + RETAINED_OVERHEAD_BYTES
 }
 
 /// Server-wide history totals, shared by every channel's log.
 #[derive(Debug, Default)]
 pub struct Totals {
-    /// Payload bytes retained.
+    /// Bytes retained (payloads plus overhead, see `retained_cost`).
     pub bytes: AtomicUsize,
     /// Messages retained.
     pub messages: AtomicUsize,
@@ -145,7 +160,7 @@ impl ChannelLog {
         self.retained.front().map_or(self.next_offset, |r| r.offset)
     }
 
-    /// Messages retained now, and their payload bytes.
+    /// Messages retained now, and the bytes they count for (see `retained_cost`).
     pub fn retained(&self) -> (usize, usize) {
         (self.retained.len(), self.retained_bytes)
     }
@@ -162,14 +177,16 @@ impl ChannelLog {
             "append follows the offset it was given"
         );
         let now = message.published_ms;
-        self.retained_bytes += message.payload.len();
-        total.bytes.fetch_add(message.payload.len(), Ordering::Relaxed);
+        let cost = retained_cost(&message.payload);
+        self.retained_bytes += cost;
+        total.bytes.fetch_add(cost, Ordering::Relaxed);
         total.messages.fetch_add(1, Ordering::Relaxed);
         self.retained.push_back(message);
         self.trim(now, limits, total)
     }
 
-    /// Drops what retention no longer allows; returns how many messages were dropped.
+    /// Drops what this channel's retention no longer allows (count, bytes, age); returns how
+    /// many messages were dropped. The server-wide cap is applied across channels by the caller.
     pub fn trim(&mut self, now_ms: u64, limits: &HistoryLimits, total: &Totals) -> usize {
         let age_ms = limits.age.as_millis() as u64;
         let mut dropped = 0;
@@ -177,18 +194,38 @@ impl ChannelLog {
             let too_many = self.retained.len() > limits.messages;
             let too_big = self.retained_bytes > limits.bytes;
             let too_old = age_ms > 0 && now_ms.saturating_sub(front.published_ms) > age_ms;
-            let over_total = total.bytes.load(Ordering::Relaxed) > limits.total_bytes;
-            if !(too_many || too_big || too_old || over_total) {
+            if !(too_many || too_big || too_old) {
                 break;
             }
-            let len = front.payload.len();
-            self.retained.pop_front();
-            self.retained_bytes -= len;
-            total.bytes.fetch_sub(len, Ordering::Relaxed);
-            total.messages.fetch_sub(1, Ordering::Relaxed);
+            self.pop_oldest(total);
             dropped += 1;
         }
         dropped
+    }
+
+    /// Drops every retained message up to `offset`; returns how many.
+    pub fn drop_through(&mut self, offset: u64, total: &Totals) -> usize {
+        let mut dropped = 0;
+        while self.retained.front().is_some_and(|m| m.offset <= offset) {
+            self.pop_oldest(total);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn pop_oldest(&mut self, total: &Totals) {
+        if let Some(message) = self.retained.pop_front() {
+            let cost = retained_cost(&message.payload);
+            self.retained_bytes -= cost;
+            total.bytes.fetch_sub(cost, Ordering::Relaxed);
+            total.messages.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The retained messages' (offset, publish time), oldest first (to rebuild the server-wide
+    /// retention order after recovery).
+    pub fn retained_times(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.retained.iter().map(|m| (m.offset, m.published_ms))
     }
 
     /// Where a subscriber that saw everything up to `after` in log `epoch` (`None`: any) stands.
@@ -274,7 +311,7 @@ mod tests {
         assert_eq!(log.resume_status(2, Some(log.epoch ^ 2)), ResumeStatus::EpochChanged);
         assert_eq!(log.resume_status(6, None), ResumeStatus::EpochChanged, "beyond the end");
 
-        let by_bytes = limits(100, 10, 0);
+        let by_bytes = limits(100, 10 + 2 * RETAINED_OVERHEAD_BYTES, 0);
         let mut log = ChannelLog::default();
         for payload in [&b"1234"[..], b"5678", b"90ab"] {
             let offset = log.next_offset;
@@ -285,7 +322,7 @@ mod tests {
                 &total,
             );
         }
-        assert_eq!(offsets(&log, 0), vec![2, 3], "12 bytes > 10: the oldest goes");
+        assert_eq!(offsets(&log, 0), vec![2, 3], "12 payload bytes > 10: the oldest goes");
 
         let by_age = limits(100, usize::MAX, 1000);
         let mut log = ChannelLog::default();
@@ -298,16 +335,21 @@ mod tests {
     }
 
     #[test]
-    fn global_cap_and_off_switch() {
+    fn overhead_counts_and_the_off_switch() {
         let total = Totals::default();
-        let capped = HistoryLimits { total_bytes: 4, ..limits(100, usize::MAX, 0) };
         let mut log = ChannelLog::default();
-        publish(&mut log, b"ab", 0, &capped, &total);
-        publish(&mut log, b"cd", 0, &capped, &total);
-        publish(&mut log, b"ef", 0, &capped, &total);
-        assert_eq!(offsets(&log, 0), vec![2, 3]);
-        assert_eq!(total.bytes.load(Ordering::Relaxed), 4);
-        assert_eq!(total.messages.load(Ordering::Relaxed), 2);
+        let keep = limits(100, usize::MAX, 0);
+        publish(&mut log, b"", 0, &keep, &total);
+        assert_eq!(log.retained(), (1, RETAINED_OVERHEAD_BYTES), "an empty message still costs");
+        assert_eq!(total.bytes.load(Ordering::Relaxed), RETAINED_OVERHEAD_BYTES);
+        let tight = limits(100, 2 * RETAINED_OVERHEAD_BYTES, 0);
+        for _ in 0..5 {
+            publish(&mut log, b"", 0, &tight, &total);
+        }
+        assert_eq!(log.retained().0, 2, "the per-channel byte limit holds for empty messages");
+        assert_eq!(log.drop_through(5, &total), 1);
+        assert_eq!(offsets(&log, 0), vec![6]);
+        assert_eq!(total.messages.load(Ordering::Relaxed), 1);
 
         let off = limits(0, usize::MAX, 0);
         let mut log = ChannelLog::default();

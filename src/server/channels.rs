@@ -3,13 +3,13 @@
 //! subscriber, and the channel registry is consulted only when a worker meets a name for the first
 //! time (each worker caches the `Arc<Channel>`s it has used).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
-use crate::history::{ChannelLog, HistoryLimits, Totals};
+use crate::history::{ChannelLog, HistoryLimits, Retained, Totals};
 use crate::protocol::{validate_channel, ChannelKind};
 
 /// One channel: its identity, offset counter and history.
@@ -65,7 +65,13 @@ pub enum ChannelError {
     TooMany(usize),
 }
 
-/// All channels by name.
+/// All channels by name, and the order in which messages were retained over all of them.
+///
+/// Channels are freed when nothing uses them (`sweep_unused`): no subscriber, no publish in flight,
+/// no name holder, nothing retained; so churning names cannot use `max_channels` up.
+///
+/// Locks: a channel's log, then `retention_order` (publishers push under their channel's lock, so
+/// each channel's entries are in offset order); `evicting`, then either of the others alone.
 #[derive(Debug)]
 pub struct ChannelRegistry {
     by_name: Mutex<HashMap<Bytes, Arc<Channel>>>,
@@ -76,6 +82,18 @@ pub struct ChannelRegistry {
     pub history: HistoryLimits,
     /// Bytes and messages retained over all channels.
     pub retained: Totals,
+    /// Every retained message as (its channel, its offset), oldest first: the server-wide cap
+    /// evicts from the front. Messages that per-channel retention dropped leave stale entries,
+    /// skipped when met and swept out once they outnumber the live ones (`compact_due`).
+    retention_order: Mutex<VecDeque<(Weak<Channel>, u64)>>,
+    compact_due: AtomicBool,
+    /// Held by whoever evicts or compacts, so that the two never interleave.
+    evicting: Mutex<()>,
+}
+
+/// Locks a mutex whose holders leave the data consistent at every step, poisoned or not.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ChannelRegistry {
@@ -90,12 +108,116 @@ impl ChannelRegistry {
             broadcast,
             history,
             retained: Totals::default(),
+            retention_order: Mutex::new(VecDeque::new()),
+            compact_due: AtomicBool::new(false),
+            evicting: Mutex::new(()),
         }
+    }
+
+    /// Appends a just-published message to its channel's log (whose lock the caller holds, the
+    /// one that assigned the offset) and notes it in the server-wide order. Returns the
+    /// messages per-channel retention dropped; call `after_publish` once the lock is released.
+    pub fn retain(&self, channel: &Arc<Channel>, log: &mut ChannelLog, entry: Retained) -> usize {
+        if self.history.messages == 0 {
+            return 0;
+        }
+        let offset = entry.offset;
+        let dropped = log.append(entry, &self.history, &self.retained);
+        let mut order = lock(&self.retention_order);
+        order.push_back((Arc::downgrade(channel), offset));
+        let live = self.retained.messages.load(Ordering::Relaxed);
+        if order.len() > 2 * live + 4096 {
+            self.compact_due.store(true, Ordering::Relaxed);
+        }
+        dropped
+    }
+
+    /// Applies the server-wide cap after a publish (no channel lock held): evicts the globally
+    /// oldest messages while the total is over it. Returns the messages dropped.
+    pub fn after_publish(&self) -> usize {
+        // Load first: a swap on every publish would bounce the flag's line between cores.
+        if self.compact_due.load(Ordering::Relaxed)
+            && self.compact_due.swap(false, Ordering::Relaxed)
+        {
+            self.compact_retention_order();
+        }
+        if self.retained.bytes.load(Ordering::Relaxed) <= self.history.total_bytes {
+            return 0;
+        }
+        let _evicting = lock(&self.evicting);
+        let mut dropped = 0;
+        while self.retained.bytes.load(Ordering::Relaxed) > self.history.total_bytes {
+            let Some((channel, offset)) = lock(&self.retention_order).pop_front() else { break };
+            if let Some(channel) = channel.upgrade() {
+                dropped += channel.lock_log().drop_through(offset, &self.retained);
+            }
+        }
+        dropped
+    }
+
+    /// Drops the entries of messages that are no longer retained.
+    fn compact_retention_order(&self) {
+        let _evicting = lock(&self.evicting);
+        let taken = std::mem::take(&mut *lock(&self.retention_order));
+        let mut live: VecDeque<_> = taken
+            .into_iter()
+            .filter(|(channel, offset)| {
+                channel.upgrade().is_some_and(|c| {
+                    let log = c.lock_log();
+                    *offset >= log.first_retained() && *offset <= log.last_offset()
+                })
+            })
+            .collect();
+        let mut order = lock(&self.retention_order);
+        // Whatever was pushed meanwhile is newer than everything taken.
+        live.append(&mut order);
+        *order = live;
+    }
+
+    /// Rebuilds the server-wide order from the channels' logs (after recovery from disk), by
+    /// publish time, then applies the server-wide cap. Returns the messages dropped.
+    pub fn rebuild_retention_order(&self) -> usize {
+        let mut entries: Vec<(u64, Weak<Channel>, u64)> = Vec::new();
+        for channel in lock(&self.by_name).values() {
+            let log = channel.lock_log();
+            entries.extend(
+                log.retained_times().map(|(offset, ms)| (ms, Arc::downgrade(channel), offset)),
+            );
+        }
+        entries.sort_by_key(|(ms, ..)| *ms);
+        *lock(&self.retention_order) =
+            entries.into_iter().map(|(_, channel, offset)| (channel, offset)).collect();
+        self.after_publish()
+    }
+
+    /// Frees every channel that nothing uses: no reference outside the registry (no subscriber,
+    /// worker cache, message in the ring, replay or stalled publish holds it; an inbox's holder
+    /// is its subscriber) and nothing retained once age retention is applied at `now_ms`.
+    /// `forget` is called for each, under the registry's lock, so that anything done for a
+    /// channel of the same name later comes after it. Returns how many were freed.
+    pub fn sweep_unused(&self, now_ms: u64, mut forget: impl FnMut(&Bytes)) -> usize {
+        let mut by_name = lock(&self.by_name);
+        let before = by_name.len();
+        by_name.retain(|name, channel| {
+            // Under the registry's lock, a count of one cannot grow: every other way to the
+            // channel goes through this map.
+            if channel.kind == ChannelKind::Broadcast || Arc::strong_count(channel) > 1 {
+                return true;
+            }
+            let mut log = channel.lock_log();
+            log.trim(now_ms, &self.history, &self.retained);
+            if log.retained().0 > 0 {
+                return true;
+            }
+            forget(name);
+            false
+        });
+        before - by_name.len()
     }
 
     /// The channel of that (already validated) name, created if needed.
     pub fn get_or_create(&self, name: &[u8]) -> Result<Arc<Channel>, ChannelError> {
-        let mut by_name = self.by_name.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut by_name = lock(&self.by_name);
         if let Some(channel) = by_name.get(name) {
             return Ok(channel.clone());
         }
@@ -111,7 +233,7 @@ impl ChannelRegistry {
 
     /// Puts a channel read back from disk in place (before any worker runs).
     pub fn restore(&self, name: Bytes, log: ChannelLog) {
-        let mut by_name = self.by_name.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut by_name = lock(&self.by_name);
         let kind = validate_channel(&name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let channel = Channel { id, name: name.clone(), kind, log: Mutex::new(log) };
@@ -125,7 +247,7 @@ impl ChannelRegistry {
 
     /// Number of channels, `*` included.
     pub fn len(&self) -> usize {
-        self.by_name.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+        lock(&self.by_name).len()
     }
 
     /// Never true: `*` always exists.
@@ -142,7 +264,7 @@ pub struct NameRegistry {
 
 impl NameRegistry {
     fn claimed(&self) -> MutexGuard<'_, HashSet<Box<[u8]>>> {
-        self.claimed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.claimed)
     }
 
     /// Claims `name`; false when another connection holds it.
@@ -176,6 +298,88 @@ mod tests {
         assert_eq!(registry.get_or_create(b"c").unwrap_err(), ChannelError::TooMany(3));
         assert_eq!(registry.get_or_create(b"*").unwrap().kind, ChannelKind::Broadcast);
         assert_eq!(a.last_offset(), 0);
+    }
+
+    fn publish(registry: &ChannelRegistry, channel: &Arc<Channel>, payload: &'static [u8]) {
+        let mut log = channel.lock_log();
+        let offset = log.next_offset;
+        log.next_offset += 1;
+        let entry = Retained { offset, published_ms: 0, payload: Bytes::from_static(payload) };
+        registry.retain(channel, &mut log, entry);
+        drop(log);
+        registry.after_publish();
+    }
+
+    fn retained_offsets(channel: &Channel) -> Vec<u64> {
+        let mut out = Vec::new();
+        channel.lock_log().read_after(0, usize::MAX, usize::MAX, &mut out);
+        out.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn the_server_wide_cap_evicts_the_globally_oldest() {
+        let cost = crate::history::retained_cost(b"0123456789");
+        let history = HistoryLimits {
+            messages: 100,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: 10 * cost,
+        };
+        let registry = ChannelRegistry::new(10, history);
+        let (a, b) = (registry.get_or_create(b"a").unwrap(), registry.get_or_create(b"b").unwrap());
+        for _ in 0..8 {
+            publish(&registry, &a, b"0123456789");
+        }
+        for _ in 0..4 {
+            publish(&registry, &b, b"0123456789");
+        }
+        assert_eq!(retained_offsets(&a), (3..=8).collect::<Vec<_>>(), "a's oldest went");
+        assert_eq!(retained_offsets(&b), vec![1, 2, 3, 4], "b, the publisher, kept all");
+        assert_eq!(registry.retained.bytes.load(Ordering::Relaxed), 10 * cost);
+    }
+
+    #[test]
+    fn stale_order_entries_are_swept_out() {
+        let history = HistoryLimits {
+            messages: 2,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: usize::MAX,
+        };
+        let registry = ChannelRegistry::new(10, history);
+        let a = registry.get_or_create(b"a").unwrap();
+        for _ in 0..20_000 {
+            publish(&registry, &a, b"x");
+        }
+        assert!(lock(&registry.retention_order).len() <= 4096 + 4 + 1, "compacted");
+        assert_eq!(retained_offsets(&a), vec![19_999, 20_000]);
+    }
+
+    #[test]
+    fn unused_channels_are_freed_and_names_come_back_fresh() {
+        let history = HistoryLimits {
+            messages: 10,
+            bytes: usize::MAX,
+            age: std::time::Duration::from_millis(1000),
+            total_bytes: usize::MAX,
+        };
+        let registry = ChannelRegistry::new(3, history);
+        let kept = registry.get_or_create(b"kept").unwrap();
+        let retaining = registry.get_or_create(b"retaining").unwrap();
+        publish(&registry, &retaining, b"m");
+        let epoch = retaining.lock_log().epoch;
+        drop(retaining);
+        assert_eq!(registry.get_or_create(b"c").unwrap_err(), ChannelError::TooMany(3));
+        let mut forgotten = Vec::new();
+        assert_eq!(registry.sweep_unused(0, |name| forgotten.push(name.clone())), 0);
+        // Past the age limit, the retained message goes, and so does its channel.
+        assert_eq!(registry.sweep_unused(5_000, |name| forgotten.push(name.clone())), 1);
+        assert_eq!(forgotten, vec![Bytes::from_static(b"retaining")]);
+        assert_eq!(registry.len(), 2, "* and the one still held");
+        let again = registry.get_or_create(b"retaining").unwrap();
+        assert_eq!(again.last_offset(), 0);
+        assert_ne!(again.lock_log().epoch, epoch, "a new log: resumes see the epoch change");
+        assert!(Arc::ptr_eq(&kept, &registry.get_or_create(b"kept").unwrap()));
     }
 
     #[test]

@@ -235,6 +235,7 @@ impl Server {
                 existing.insert(channel.name.clone(), channel.segments);
                 channels.restore(channel.name, channel.log);
             }
+            channels.rebuild_retention_order();
             let (sender, receiver) = crossbeam_channel::unbounded();
             let counters = Arc::new(StorageCounters::default());
             let health = Arc::new(StorageHealth::default());

@@ -117,6 +117,8 @@ counters! {
     replayed_messages: counter,
     /// Resumes whose offset was no longer retained, or belonged to another epoch.
     offsets_expired: counter,
+    /// Channels freed because nothing used them (no subscriber, name holder or retained message).
+    channels_freed: counter,
     /// Messages dropped from history by retention.
     history_dropped: counter,
     /// Payload bytes retained in history now (server-wide).

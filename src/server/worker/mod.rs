@@ -68,6 +68,8 @@ const CLOSE_LINGER_MS: u32 = 5_000;
 /// Longest silence on an event stream before a heartbeat comment (also bounded by the ping
 /// interval): under the 30-60 s idle timeouts of common proxies.
 const SSE_HEARTBEAT_MS: u32 = 15_000;
+/// How often unused channels are freed (and at the channel limit, at once).
+const CHANNEL_SWEEP_MS: u32 = 10_000;
 /// Poll timeout while a publish waits for ring room.
 const STALL_RETRY: Duration = Duration::from_millis(1);
 
@@ -207,6 +209,8 @@ pub(super) struct Worker {
     now_ms: u32,
     next_housekeeping_ms: u32,
     next_stats_ms: u32,
+    /// When unused channels are next let go of (`sweep_channels`).
+    next_sweep_ms: u32,
     state: RunState,
 }
 
@@ -256,6 +260,7 @@ impl Worker {
             now_ms: 0,
             next_housekeeping_ms: 0,
             next_stats_ms: 0,
+            next_sweep_ms: CHANNEL_SWEEP_MS,
             state: RunState::Running,
         })
     }
@@ -329,6 +334,10 @@ impl Worker {
             if reached(self.now_ms, self.next_housekeeping_ms) {
                 self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
                 self.housekeeping();
+                if reached(self.now_ms, self.next_sweep_ms) {
+                    self.next_sweep_ms = self.now_ms.wrapping_add(CHANNEL_SWEEP_MS);
+                    self.sweep_channels();
+                }
                 if stats_every > 0 && self.id == 0 && reached(self.now_ms, self.next_stats_ms) {
                     self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
                     info!("stats: {}", self.shared.stats());
@@ -697,14 +706,40 @@ impl Worker {
         self.reply(key, frame);
     }
 
-    /// The channel for a validated name: from this worker's cache, else from the registry.
+    /// The channel for a validated name: from this worker's cache, else from the registry (at
+    /// the channel limit, after freeing what nothing uses).
     fn channel(&mut self, name: &[u8]) -> Result<Arc<Channel>, String> {
         if let Some(channel) = self.channel_cache.get(name) {
             return Ok(channel.clone());
         }
-        let channel = self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?;
+        let channel = match self.shared.channels.get_or_create(name) {
+            Ok(channel) => channel,
+            Err(_) => {
+                self.sweep_channels();
+                self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?
+            }
+        };
         self.channel_cache.insert(channel.name.clone(), channel.clone());
         Ok(channel)
+    }
+
+    /// Lets go of cached channels with no local subscribers, then frees every channel nothing
+    /// uses any more (see `ChannelRegistry::sweep_unused`); a freed channel's files go too.
+    fn sweep_channels(&mut self) {
+        let index = &self.index;
+        self.channel_cache.retain(|_, channel| index.get(channel.id).is_some());
+        self.channel_cache.shrink_to_fit();
+        let storage = self.shared.storage.as_ref();
+        let freed = self.shared.channels.sweep_unused(self.wall_ms(), |name| {
+            if let Some(storage) = storage {
+                storage.depth.fetch_add(1, Ordering::Relaxed);
+                let _ = storage.sender.send(StoreOp::Forget(name.clone()));
+            }
+        });
+        WorkerCounters::add(&self.counters().channels_freed, freed as u64);
+        if freed > 0 {
+            debug!("worker {}: freed {freed} unused channel(s)", self.id);
+        }
     }
 
     fn subscribe(&mut self, key: usize, name: &[u8], resume: Option<protocol::Resume>) {
@@ -794,14 +829,17 @@ impl Worker {
         let channel_id = subscription.channel.id;
         if subscription.position == CATCHING_UP {
             self.index.remove_catching_up(channel_id, key);
-            return;
-        }
-        if let Some(moved) = self.index.remove(channel_id, subscription.position, format) {
+        } else if let Some(moved) = self.index.remove(channel_id, subscription.position, format) {
             if let Some(entry) =
                 self.conns[moved].subscriptions.iter_mut().find(|s| s.channel.id == channel_id)
             {
                 entry.position = subscription.position;
             }
+        }
+        if self.index.get(channel_id).is_none() {
+            // The last local subscriber left: this worker no longer keeps the channel alive, so
+            // that it can be freed once nothing else uses it (`sweep_channels`).
+            self.channel_cache.remove(&subscription.channel.name);
         }
     }
 
@@ -919,10 +957,12 @@ impl Worker {
                     );
                 }
             }
-            let dropped = log.append(entry, &registry.history, &registry.retained);
+            let dropped = registry.retain(channel, &mut log, entry);
             WorkerCounters::add(&shared.counters[self.id].history_dropped, dropped as u64);
         }
         drop(log);
+        let evicted = registry.after_publish();
+        WorkerCounters::add(&shared.counters[self.id].history_dropped, evicted as u64);
         self.published = true;
         WorkerCounters::add(&self.counters().messages_in, 1);
         if ack_now {
