@@ -16,6 +16,7 @@ fn codec(c: &mut Criterion) {
             b.iter(|| {
                 format.encode_message(
                     black_box(b"prices.eurusd"),
+                    black_box(1),
                     black_box(123_456),
                     black_box(&payload),
                 )
@@ -29,7 +30,7 @@ fn codec(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 for offset in 0..1000 {
-                    format.put_message(&mut out, b"prices.eurusd", offset, &payload);
+                    format.put_message(&mut out, b"prices.eurusd", 1, offset, &payload);
                 }
                 black_box(out.len())
             })

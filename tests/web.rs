@@ -394,6 +394,60 @@ fn keep_alive_pipelined_requests_are_answered_in_order() {
     assert_eq!(offsets, [4, 5]);
 }
 
+/// The offsets of an SSE id (`offset@epoch`, or a cursor of several, `-` for not known yet),
+/// checking that each position carries its epoch in 16 hex digits.
+fn offsets_of(id: &str) -> String {
+    id.split(' ')
+        .map(|position| match position.split_once('@') {
+            Some((offset, epoch)) => {
+                assert!(
+                    epoch.len() == 16 && epoch.chars().all(|c| c.is_ascii_hexdigit()),
+                    "{id:?}"
+                );
+                offset.to_string()
+            }
+            None => {
+                assert_eq!(position, "-", "a position carries its epoch: {id:?}");
+                position.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn an_event_stream_that_reconnects_to_a_new_log_is_told_and_misses_nothing() {
+    // The first server's log of `a` reaches offset 3; the browser saw all three.
+    let first = start(|_| {});
+    for i in 1..=3 {
+        http_publish(first.local_addr(), "a", format!("old{i}").as_bytes());
+    }
+    let mut sse = EventStream::open(first.local_addr(), "/sse?channel=a&after=0", "");
+    for _ in 0..3 {
+        sse.next_message();
+    }
+    let last_id = sse.last_id.clone().unwrap();
+    assert_eq!(offsets_of(&last_id), "3");
+    drop(sse);
+    first.shutdown();
+    // A restart without a data directory: a new log, already past offset 3.
+    let second = start(|_| {});
+    for i in 1..=5 {
+        http_publish(second.local_addr(), "a", format!("new{i}").as_bytes());
+    }
+    let mut again = EventStream::open(
+        second.local_addr(),
+        "/sse?channel=a&after=0",
+        &format!("Last-Event-ID: {last_id}\r\n"),
+    );
+    let notice = again.next(PATIENCE).unwrap();
+    assert_eq!(notice.event.as_deref(), Some("fanout history"));
+    let notice: serde_json::Value = serde_json::from_str(&notice.data).unwrap();
+    assert_eq!(notice["status"], "epoch", "the changed log is announced");
+    let got: Vec<String> = (0..5).map(|_| again.next_message().data).collect();
+    assert_eq!(got, ["new1", "new2", "new3", "new4", "new5"], "offsets 1-3 of the new log too");
+}
+
 #[test]
 fn server_sent_events_stream_and_resume() {
     let server = start(|c| c.ping_interval = Duration::from_millis(200));
@@ -415,8 +469,8 @@ fn server_sent_events_stream_and_resume() {
     for i in 4..=5 {
         let event = sse.next_message();
         assert_eq!(
-            (event.id.as_deref(), event.event.as_deref()),
-            (Some(&*i.to_string()), Some("a"))
+            (event.id.as_deref().map(offsets_of), event.event.as_deref()),
+            (Some(i.to_string()), Some("a"))
         );
         assert_eq!(event.data, format!("a{i}"));
     }
@@ -441,10 +495,14 @@ fn server_sent_events_stream_and_resume() {
     }
     assert_eq!(server.stats().connections_sse, 1);
 
-    // The browser's reconnect: Last-Event-ID resumes a one-channel stream.
+    // The browser's reconnect: Last-Event-ID resumes a one-channel stream (a bare offset, as
+    // before ids carried the epoch, is still understood).
     let mut again = EventStream::open(addr, "/sse?channel=a&after=1", "Last-Event-ID: 4\r\n");
     let event = again.next_message();
-    assert_eq!((event.id.as_deref(), event.data.as_str()), (Some("5"), "a5"));
+    assert_eq!(
+        (event.id.as_deref().map(offsets_of), event.data.as_str()),
+        (Some("5".into()), "a5")
+    );
     // Bad requests are plain HTTP errors.
     assert_eq!(http(addr, "GET", "/sse", b"").status, 400);
     assert_eq!(http(addr, "GET", "/sse?after=1&channel=a", b"").status, 400);
@@ -459,7 +517,7 @@ fn a_plain_event_source_on_several_channels_resumes_every_channel() {
     // No `after`: from now. The cursor says where each channel starts before any message.
     let mut sse = EventStream::open(addr, "/sse?channel=x&channel=y", "");
     let deadline = Instant::now() + PATIENCE;
-    while sse.last_id.as_deref() != Some("1 0") {
+    while sse.last_id.as_deref().map(offsets_of).as_deref() != Some("1 0") {
         assert!(Instant::now() < deadline, "no cursor; last id {:?}", sse.last_id);
         sse.next(Duration::from_millis(20));
     }
@@ -468,7 +526,7 @@ fn a_plain_event_source_on_several_channels_resumes_every_channel() {
     let seen: Vec<String> = (0..2).map(|_| sse.next_message().data).collect();
     assert_eq!(seen, ["x2", "y1"]);
     // The browser keeps the cursor that followed the last batch, not the last message's offset.
-    while sse.last_id.as_deref() != Some("2 1") {
+    while sse.last_id.as_deref().map(offsets_of).as_deref() != Some("2 1") {
         assert!(Instant::now() < deadline, "cursor not updated; last id {:?}", sse.last_id);
         sse.next(Duration::from_millis(20));
     }
@@ -487,7 +545,7 @@ fn a_plain_event_source_on_several_channels_resumes_every_channel() {
     let got: Vec<(String, String, String)> = (0..3)
         .map(|_| {
             let e = again.next_message();
-            (e.event.unwrap(), e.id.unwrap(), e.data)
+            (e.event.unwrap(), offsets_of(&e.id.unwrap()), e.data)
         })
         .collect();
     let expected = [("x", "3", "x3"), ("x", "4", "x4"), ("y", "2", "y2")];

@@ -248,10 +248,10 @@
     this.sse = source;
     var listen = function (channel) {
       source.addEventListener(channel, function (event) {
-        self.deliver(channel, Number(event.lastEventId), event.data);
+        self.deliver(channel, parseInt(event.lastEventId, 10), event.data);
       });
       source.addEventListener(channel + " base64", function (event) {
-        self.deliver(channel, Number(event.lastEventId), decode64(event.data));
+        self.deliver(channel, parseInt(event.lastEventId, 10), decode64(event.data));
       });
     };
     for (var channel in this.channels) listen(channel);

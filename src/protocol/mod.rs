@@ -224,21 +224,29 @@ impl Format {
         }
     }
 
-    /// Encodes a channel message in this format.
-    pub fn encode_message(self, channel: &[u8], offset: u64, payload: &[u8]) -> Bytes {
+    /// Encodes a channel message in this format (`epoch`: its channel's; only event streams
+    /// carry it, in every event id).
+    pub fn encode_message(self, channel: &[u8], epoch: u64, offset: u64, payload: &[u8]) -> Bytes {
         match self {
             Format::Text => text::encode_message(channel, offset, payload),
             Format::Binary => binary::encode_message(channel, offset, payload),
             _ => {
                 let mut out = BytesMut::new();
-                self.put_message(&mut out, channel, offset, payload);
+                self.put_message(&mut out, channel, epoch, offset, payload);
                 out.freeze()
             }
         }
     }
 
     /// Appends a channel message in this format to `out`.
-    pub fn put_message(self, out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u8]) {
+    pub fn put_message(
+        self,
+        out: &mut BytesMut,
+        channel: &[u8],
+        epoch: u64,
+        offset: u64,
+        payload: &[u8],
+    ) {
         match self {
             Format::Text => text::put_message(out, channel, offset, payload),
             Format::Binary => binary::put_message(out, channel, offset, payload),
@@ -266,7 +274,7 @@ impl Format {
                 websocket::put_header(out, websocket::opcode::BINARY, len);
                 binary::put_message(out, channel, offset, payload);
             }
-            Format::Sse => sse::put_message(out, channel, offset, payload),
+            Format::Sse => sse::put_message(out, channel, epoch, offset, payload),
             Format::Http => {
                 json::put_message(out, channel, offset, payload);
                 out.put_u8(b'\n');

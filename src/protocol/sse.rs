@@ -1,6 +1,7 @@
 //! Server-Sent Events (the `text/event-stream` format of the HTML standard), for `GET /sse`.
 //!
-//! A message is one event: `id:` is its offset, `event:` its channel (so `addEventListener(channel)`
+//! A message is one event: `id:` is its position, `<offset>@<epoch>` (the epoch in 16 hex digits,
+//! so that a reconnect after the log changed is told so), `event:` its channel (so `addEventListener(channel)`
 //! receives it), `data:` the payload itself when it is UTF-8 without carriage returns (a payload
 //! with line feeds takes one `data:` line per line; the browser joins them with "\n" again).
 //! Any other payload is sent base64-encoded as an event named `<channel> base64`; channel names
@@ -16,9 +17,9 @@ use bytes::{BufMut, BytesMut};
 use super::HistoryStatus;
 
 /// Appends the event for one message.
-pub fn put_message(out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u8]) {
+pub fn put_message(out: &mut BytesMut, channel: &[u8], epoch: u64, offset: u64, payload: &[u8]) {
     out.put_slice(b"id: ");
-    out.put_slice(offset.to_string().as_bytes());
+    put_position(out, offset, epoch);
     out.put_slice(b"\nevent: ");
     out.put_slice(channel);
     match std::str::from_utf8(payload) {
@@ -37,6 +38,25 @@ pub fn put_message(out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u
         }
     }
     out.put_u8(b'\n');
+}
+
+/// Appends a position, `<offset>@<epoch in 16 hex digits>`: what event ids and cursors carry.
+pub fn put_position(out: &mut BytesMut, offset: u64, epoch: u64) {
+    use std::io::Write as _;
+    let _ = write!(out.writer(), "{offset}@{epoch:016x}");
+}
+
+/// A position from a `Last-Event-ID`: `<offset>@<epoch>`, or a bare offset (then the epoch is
+/// not known). None for anything else (`-`, a stream's "not known yet", included).
+pub fn parse_position(token: &str) -> Option<(u64, Option<u64>)> {
+    let digits = |s: &str, radix: u32, max: usize| {
+        let ok = !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_digit(radix));
+        ok.then(|| u64::from_str_radix(s, radix).ok()).flatten()
+    };
+    match token.split_once('@') {
+        Some((offset, epoch)) => Some((digits(offset, 10, 20)?, Some(digits(epoch, 16, 16)?))),
+        None => Some((digits(token, 10, 20)?, None)),
+    }
 }
 
 /// A comment line (ignored by browsers; keeps proxies from timing the stream out).
@@ -75,22 +95,41 @@ mod tests {
 
     fn event(channel: &[u8], offset: u64, payload: &[u8]) -> String {
         let mut out = BytesMut::new();
-        put_message(&mut out, channel, offset, payload);
+        put_message(&mut out, channel, 0xab, offset, payload);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
     #[test]
     fn text_binary_and_multiline_payloads() {
-        assert_eq!(event(b"news", 7, b"hello"), "id: 7\nevent: news\ndata: hello\n\n");
-        assert_eq!(event(b"c", 8, b"a\n\nb"), "id: 8\nevent: c\ndata: a\ndata: \ndata: b\n\n");
-        assert_eq!(event(b"c", 9, b""), "id: 9\nevent: c\ndata: \n\n");
-        assert_eq!(event(b"c", 10, b"a\r\nb"), "id: 10\nevent: c base64\ndata: YQ0KYg==\n\n");
-        assert_eq!(event(b"c", 11, &[0xff]), "id: 11\nevent: c base64\ndata: /w==\n\n");
+        let e = "@00000000000000ab";
+        assert_eq!(event(b"news", 7, b"hello"), format!("id: 7{e}\nevent: news\ndata: hello\n\n"));
+        assert_eq!(
+            event(b"c", 8, b"a\n\nb"),
+            format!("id: 8{e}\nevent: c\ndata: a\ndata: \ndata: b\n\n")
+        );
+        assert_eq!(event(b"c", 9, b""), format!("id: 9{e}\nevent: c\ndata: \n\n"));
+        assert_eq!(
+            event(b"c", 10, b"a\r\nb"),
+            format!("id: 10{e}\nevent: c base64\ndata: YQ0KYg==\n\n")
+        );
+        assert_eq!(event(b"c", 11, &[0xff]), format!("id: 11{e}\nevent: c base64\ndata: /w==\n\n"));
         assert_eq!(&comment("ping\nx")[..], b": ping x\n\n");
         let e = error(507, "slow");
         assert!(e.starts_with(b"event: fanout error\ndata: {\"code\":507"));
         let status = crate::history::ResumeStatus::Ok;
         let h = history(&HistoryStatus { channel: b"c", epoch: 1, first: 2, last: 3, status });
         assert!(h.ends_with(b"\"status\":\"ok\"}\n\n"));
+    }
+
+    #[test]
+    fn positions_round_trip_and_bad_ones_are_refused() {
+        let mut out = BytesMut::new();
+        put_position(&mut out, 17, 0xfeed);
+        assert_eq!(&out[..], b"17@000000000000feed");
+        assert_eq!(parse_position("17@000000000000feed"), Some((17, Some(0xfeed))));
+        assert_eq!(parse_position("17"), Some((17, None)));
+        for bad in ["-", "", "@", "17@", "@ff", "+17", "17@+ff", "17@xyz", "1@00000000000000001"] {
+            assert_eq!(parse_position(bad), None, "{bad:?}");
+        }
     }
 }

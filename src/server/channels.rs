@@ -21,6 +21,8 @@ pub struct Channel {
     pub name: Bytes,
     /// Topic, broadcast (`*`) or inbox (`@name`).
     pub kind: ChannelKind,
+    /// The log's epoch (fixed for the channel's life: a freed name comes back as a new channel).
+    pub epoch: u64,
     /// Offset counter and retained messages. Held while a message is claimed in the ring and
     /// appended here, which is what makes ring order equal offset order within a channel and the
     /// log gap-free.
@@ -29,7 +31,8 @@ pub struct Channel {
 
 impl Channel {
     fn new(id: u64, name: Bytes, kind: ChannelKind) -> Self {
-        Channel { id, name, kind, log: Mutex::new(ChannelLog::default()) }
+        let log = ChannelLog::default();
+        Channel { id, name, kind, epoch: log.epoch, log: Mutex::new(log) }
     }
 
     /// Locks the channel's log (offset counter and history).
@@ -236,7 +239,8 @@ impl ChannelRegistry {
         let mut by_name = lock(&self.by_name);
         let kind = validate_channel(&name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let channel = Channel { id, name: name.clone(), kind, log: Mutex::new(log) };
+        let channel =
+            Channel { id, name: name.clone(), kind, epoch: log.epoch, log: Mutex::new(log) };
         by_name.insert(name, Arc::new(channel));
     }
 

@@ -94,8 +94,9 @@ pub struct SseChannel {
     pub name: Vec<u8>,
     /// Where the request asked to start.
     pub resume: Resume,
-    /// The last offset sent on the stream (or the position it started from), once known.
-    pub last: Option<u64>,
+    /// The last position sent on the stream, (offset, epoch), or the one it started from, once
+    /// known.
+    pub last: Option<(u64, u64)>,
 }
 
 /// A held long-poll.

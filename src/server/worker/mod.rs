@@ -1073,6 +1073,7 @@ impl Worker {
                         format.put_message(
                             out,
                             &message.channel.name,
+                            message.channel.epoch,
                             message.offset,
                             &message.payload,
                         );
@@ -1133,7 +1134,7 @@ impl Worker {
             deliveries * batch.messages,
         );
         for key in std::mem::take(&mut self.sse_delivered) {
-            self.sse_sent(key, &batch.channel.name, batch.last_offset, false);
+            self.sse_sent(key, &batch.channel, batch.last_offset, false);
         }
         if !batch.items.is_empty() {
             self.fan_out_catching_up(&batch.channel, &batch.items);
@@ -1165,6 +1166,7 @@ impl Worker {
                 format.put_message(
                     &mut out,
                     &message.channel.name,
+                    message.channel.epoch,
                     message.offset,
                     &message.payload,
                 );
@@ -1176,7 +1178,7 @@ impl Worker {
                 }
                 WorkerCounters::add(&self.shared.counters[self.id].messages_out, count);
                 if format == Format::Sse {
-                    self.sse_sent(key, &channel.name, last_in_batch, false);
+                    self.sse_sent(key, channel, last_in_batch, false);
                 }
             }
             if last_in_batch > replayed {
@@ -1270,7 +1272,13 @@ impl Worker {
             if !page.is_empty() {
                 let mut out = BytesMut::new();
                 for message in &page {
-                    format.put_message(&mut out, &channel.name, message.offset, &message.payload);
+                    format.put_message(
+                        &mut out,
+                        &channel.name,
+                        channel.epoch,
+                        message.offset,
+                        &message.payload,
+                    );
                 }
                 WorkerCounters::add(&self.counters().replayed_messages, page.len() as u64);
                 let reached = page.last().map_or(after, |m| m.offset);
@@ -1281,7 +1289,7 @@ impl Worker {
                     replay.after = reached;
                 }
                 if format == Format::Sse {
-                    self.sse_sent(key, &channel.name, reached, false);
+                    self.sse_sent(key, &channel, reached, false);
                 }
             }
             self.replay_page = page;
@@ -1302,7 +1310,7 @@ impl Worker {
                 if format == Format::Sse {
                     // Live from `last` on: tell the browser, so that a reconnect before the
                     // next message still resumes from here.
-                    self.sse_sent(key, &channel.name, last, true);
+                    self.sse_sent(key, &channel, last, true);
                 }
                 return true;
             }

@@ -17,8 +17,10 @@ use crate::history::{ResumeStatus, Retained};
 use crate::protocol::http::{self, Head, HttpError};
 use crate::protocol::websocket::{self, opcode, WsError, WsEvent};
 use crate::protocol::{
-    self, binary, json, validate_channel, ChannelKind, ErrorCode, Format, HistoryStatus, Resume,
+    self, binary, json, sse, validate_channel, ChannelKind, ErrorCode, Format, HistoryStatus,
+    Resume,
 };
+use crate::server::channels::Channel;
 use crate::server::conn::{PollWait, SseChannel, Subscription, Web, CATCHING_UP};
 use crate::server::stats::{Kind, Stats, WorkerCounters};
 
@@ -427,14 +429,16 @@ impl Worker {
             );
         }
         // The browser's own reconnect: the last id it saw is newer than the URL's `after`s. It
-        // is an offset on a stream of one channel, and a cursor (every channel's offset, in the
-        // URL's order; "-" for not known yet) on a stream of several; see `sse_sent`.
+        // is a position (`offset@epoch`) on a stream of one channel, and a cursor (every
+        // channel's position, in the URL's order; "-" for not known yet) on a stream of several;
+        // see `sse_sent`. With the epoch, a log that changed meanwhile is noticed.
         if let Some(last_id) = head.header("last-event-id") {
             let positions: Vec<&str> = last_id.split_whitespace().collect();
             if positions.len() == channels.len() {
                 for (channel, position) in channels.iter_mut().zip(positions) {
-                    if let Some(after) = parse_u64(position.as_bytes()) {
+                    if let Some((after, epoch)) = sse::parse_position(position) {
                         channel.resume.after = after;
+                        channel.resume.epoch = epoch.or(channel.resume.epoch);
                     }
                 }
             }
@@ -470,21 +474,24 @@ impl Worker {
     /// back as `Last-Event-ID` when it reconnects by itself. (Message events carry their own
     /// offset as id, which is all a stream of one channel needs, except before its first
     /// message: hence `position`.)
-    pub(super) fn sse_sent(&mut self, key: usize, channel: &[u8], offset: u64, position: bool) {
+    pub(super) fn sse_sent(&mut self, key: usize, channel: &Channel, offset: u64, position: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Some(Web::Sse { channels, .. }) = conn.web.as_deref_mut() else { return };
         // One channel: its message events carry the offset already, nothing to keep.
         if channels.len() == 1 && !position {
             return;
         }
-        let Some(entry) = channels.iter_mut().find(|c| c.name == channel) else { return };
-        entry.last = Some(offset);
-        let mut cursor = BytesMut::with_capacity(8 + 21 * channels.len());
+        let Some(entry) = channels.iter_mut().find(|c| c.name[..] == channel.name[..]) else {
+            return;
+        };
+        entry.last = Some((offset, channel.epoch));
+        let mut cursor = BytesMut::with_capacity(8 + 38 * channels.len());
         cursor.put_slice(b"id:");
         for c in channels.iter() {
+            cursor.put_u8(b' ');
             match c.last {
-                Some(last) => cursor.put_slice(format!(" {last}").as_bytes()),
-                None => cursor.put_slice(b" -"),
+                Some((last, epoch)) => sse::put_position(&mut cursor, last, epoch),
+                None => cursor.put_u8(b'-'),
             }
         }
         cursor.put_slice(b"\n\n");
