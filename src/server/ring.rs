@@ -20,10 +20,49 @@
 //! Wake-ups are not the ring's business: the server pairs every publish with a coalescing
 //! `mio::Waker` (see `server::Shared::wake_others`).
 
-use std::cell::UnsafeCell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub(crate) use self::primitive::Arc;
+use self::primitive::{AtomicU64, AtomicUsize, UnsafeCell};
+
+/// The synchronisation primitives the ring is built on: std's, or loom's when the crate is built
+/// with `--cfg loom` so that the model in `loom_model` can explore every interleaving of the
+/// claim/publish/read/release protocol (as crossbeam does for its queues).
+mod primitive {
+    #[cfg(loom)]
+    pub(crate) use loom::{
+        cell::UnsafeCell,
+        sync::atomic::{AtomicU64, AtomicUsize},
+        sync::Arc,
+    };
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::{
+        atomic::{AtomicU64, AtomicUsize},
+        Arc,
+    };
+
+    /// std's `UnsafeCell` with loom's access API (`with`, `with_mut`), which lets loom check
+    /// that no read overlaps a write.
+    #[cfg(not(loom))]
+    #[derive(Debug)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    #[cfg(not(loom))]
+    impl<T> UnsafeCell<T> {
+        pub(crate) fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}
 
 /// Aligns (and so pads) a value to 128 bytes, two cache lines, so that atomics written by
 /// different cores never share a line (adjacent-line prefetch pulls pairs on x86).
@@ -182,11 +221,10 @@ impl<T: Clone + Send + Sync> Producer<T> {
         // with Release after its last access; the last of them took the value out. So no consumer
         // reads this slot until we publish `seq` below, and no other producer can claim it until
         // the cursors pass `seq`.
-        unsafe {
-            let value = &mut *slot.value.get();
-            debug_assert!(value.is_none(), "slot reused before every consumer read it");
+        slot.value.with_mut(|value| unsafe {
+            debug_assert!((*value).is_none(), "slot reused before every consumer read it");
             *value = Some(item);
-        }
+        });
         slot.readers_left.store(ring.cursors.len(), Ordering::Relaxed);
         slot.sequence.store(seq, Ordering::Release);
         Ok(seq)
@@ -229,12 +267,12 @@ impl<T: Clone + Send + Sync> Consumer<T> {
             // visible. The slot cannot be rewritten before our cursor passes `seq` (which we store
             // only below), and it cannot be taken out before we decrement `readers_left`. Other
             // consumers may clone it concurrently: shared reads of a `T: Sync`.
-            let item = unsafe { (*slot.value.get()).clone() };
+            let item = slot.value.with(|value| unsafe { (*value).clone() });
             if slot.readers_left.fetch_sub(1, Ordering::AcqRel) == 1 {
                 // SAFETY: we were the last reader: every other consumer's clone happened before its
                 // decrement (Release), which our AcqRel decrement synchronises with, and no producer
                 // may write the slot before our cursor moves past `seq`. So this is the only access.
-                drop(unsafe { (*slot.value.get()).take() });
+                drop(slot.value.with_mut(|value| unsafe { (*value).take() }));
             }
             match item {
                 Some(item) => deliver(item),
@@ -321,9 +359,11 @@ mod tests {
     fn stress_four_producers_four_consumers_one_million() {
         const PRODUCERS: u64 = 4;
         const CONSUMERS: usize = 4;
-        const PER_PRODUCER: u64 = 250_000;
+        // Miri interprets every instruction: a smaller run, with a ring small enough to wrap.
+        const PER_PRODUCER: u64 = if cfg!(miri) { 150 } else { 250_000 };
         const TOTAL: u64 = PRODUCERS * PER_PRODUCER;
-        let (producer, consumers) = Ring::<u64>::with_consumers(1024, CONSUMERS);
+        let capacity = if cfg!(miri) { 8 } else { 1024 };
+        let (producer, consumers) = Ring::<u64>::with_consumers(capacity, CONSUMERS);
 
         let readers: Vec<_> = consumers
             .into_iter()
@@ -380,5 +420,124 @@ mod tests {
             assert_eq!(reader.join().expect("consumer panicked"), TOTAL);
         }
         assert_eq!(producer.ring().backlog(), 0);
+    }
+}
+
+/// A loom model of the ring: every interleaving (within loom's bounds) of producers claiming and
+/// publishing, consumers reading and the last reader releasing, on a ring small enough to wrap.
+/// Run with `scripts/verify-ring.sh` (`RUSTFLAGS="--cfg loom" cargo test --lib loom_model`).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::thread;
+
+    /// Publishes `item`, yielding to the model while the ring is full.
+    fn publish(producer: &mut Producer<Arc<u32>>, item: u32) {
+        let mut item = Arc::new(item);
+        loop {
+            match producer.try_publish(item) {
+                Ok(_) => return,
+                Err(back) => {
+                    item = back;
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Explores the model with at most `LOOM_PREEMPTIONS` forced thread switches per execution
+    /// (loom's recommended bound: bugs need few preemptions, and spinning on a full ring would
+    /// otherwise make the space unbounded). Override with the LOOM_MAX_PREEMPTIONS variable.
+    fn check(model: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        // A spinning thread adds branches at every retry; the default (1,000) is for spin-free code.
+        builder.max_branches = 100_000;
+        builder.check(model);
+    }
+
+    /// Reads `count` items, yielding while none is published.
+    fn read(consumer: &mut Consumer<Arc<u32>>, count: usize) -> Vec<u32> {
+        // (Only ever asked for items that are published or about to be: no unbounded spin.)
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            if consumer.poll(count - seen.len(), |item| seen.push(*item)) == 0 {
+                thread::yield_now();
+            }
+        }
+        seen
+    }
+
+    /// The slot of item 0 is reused for item 2 while both consumers may still be reading items
+    /// 0 and 1: the publish succeeds only once both have passed item 0, and whatever the
+    /// interleaving each consumer sees 0, 1, 2 and the ring holds nothing afterwards.
+    #[test]
+    fn a_slot_is_reused_only_after_every_consumer_read_it() {
+        check(|| {
+            let (mut producer, consumers) = Ring::with_consumers(2, 2);
+            producer.try_publish(Arc::new(0)).unwrap();
+            producer.try_publish(Arc::new(1)).unwrap();
+            let readers: Vec<_> = consumers
+                .into_iter()
+                .map(|mut consumer| {
+                    thread::spawn(move || {
+                        let seen = read(&mut consumer, 2);
+                        (consumer, seen)
+                    })
+                })
+                .collect();
+            let early = producer.try_publish(Arc::new(2)).is_ok();
+            let mut consumers = Vec::new();
+            for reader in readers {
+                let (consumer, seen) = reader.join().unwrap();
+                assert_eq!(seen, vec![0, 1]);
+                consumers.push(consumer);
+            }
+            if !early {
+                producer.try_publish(Arc::new(2)).expect("room once both have read item 0");
+            }
+            for consumer in &mut consumers {
+                assert_eq!(read(consumer, 1), vec![2]);
+            }
+            assert_eq!(producer.ring().backlog(), 0);
+        });
+    }
+
+    #[test]
+    fn two_producers_one_consumer_lose_nothing() {
+        check(|| {
+            let (producer, mut consumers) = Ring::with_consumers(2, 1);
+            let writers: Vec<_> = (0..2u32)
+                .map(|p| {
+                    let mut producer = producer.clone();
+                    thread::spawn(move || publish(&mut producer, p))
+                })
+                .collect();
+            let mut seen = read(&mut consumers[0], 2);
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, vec![0, 1]);
+        });
+    }
+
+    #[test]
+    fn the_last_reader_releases_each_item() {
+        check(|| {
+            let (mut producer, consumers) = Ring::with_consumers(2, 2);
+            let item = Arc::new(7u32);
+            producer.try_publish(item.clone()).unwrap();
+            let readers: Vec<_> = consumers
+                .into_iter()
+                .map(|mut consumer| thread::spawn(move || read(&mut consumer, 1)))
+                .collect();
+            for reader in readers {
+                assert_eq!(reader.join().unwrap(), vec![7]);
+            }
+            assert_eq!(Arc::strong_count(&item), 1, "the ring keeps no read item alive");
+        });
     }
 }
