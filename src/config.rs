@@ -57,6 +57,10 @@ pub struct Config {
     /// this long has passed before its next write (replies to its own commands never wait).
     /// Zero writes every turn. See the README's design section.
     pub coalesce: Duration,
+    /// An HTTP request head must arrive whole within this long of its first byte, or the
+    /// connection is closed with 408 (a client trickling a head byte by byte holds a
+    /// connection and its buffer for nothing: slowloris).
+    pub http_head_timeout: Duration,
     /// Serve the WebSocket echo endpoint `/echo` (for the Autobahn conformance suite only).
     pub ws_echo: bool,
     /// Testing only: a publish to this channel panics its worker (to test that the process then
@@ -91,6 +95,7 @@ impl Default for Config {
             fsync: crate::history::disk::FsyncPolicy::Interval(Duration::from_millis(100)),
             segment_bytes: 64 << 20,
             max_open_segments: 256,
+            http_head_timeout: Duration::from_secs(10),
             ws_echo: false,
             debug_panic_on_publish_to: None,
         }

@@ -199,6 +199,9 @@ struct ServeArgs {
     /// production: it is not pub/sub).
     #[arg(long)]
     ws_echo: bool,
+    /// Seconds an HTTP request head may take to arrive whole, from its first byte (then 408).
+    #[arg(long, default_value_t = Config::default().http_head_timeout.as_secs())]
+    http_head_timeout_secs: u64,
     /// Testing only: a publish to this channel panics its worker (the process aborts).
     #[arg(long, hide = true)]
     debug_panic_on_publish_to: Option<String>,
@@ -239,6 +242,7 @@ impl ServeArgs {
             segment_bytes: self.segment_bytes,
             max_open_segments: self.max_open_segments,
             ws_echo: self.ws_echo,
+            http_head_timeout: Duration::from_secs(self.http_head_timeout_secs),
             debug_panic_on_publish_to: self.debug_panic_on_publish_to.clone(),
         }
     }

@@ -329,3 +329,31 @@ fn many_channels_on_disk_keep_a_bounded_number_of_files_open() {
     let server = start(|config| config.data_dir = Some(dir.0.clone()));
     assert_eq!(server.channel_count(), 2001);
 }
+
+#[test]
+fn a_request_head_trickling_in_byte_by_byte_is_cut_off() {
+    let server = start(|config| config.http_head_timeout = Duration::from_millis(400));
+    let addr = server.local_addr();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut answer = Vec::new();
+    for byte in head.iter() {
+        // One byte every 50 ms: each resets any idle timer, none completes the head.
+        if slow.write_all(&[*byte]).is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        match std::io::Read::read(&mut slow, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("request head not complete"), "{answer}");
+    assert_eq!(server.stats().http_head_timeouts, 1);
+    // Everyone else is served as usual.
+    assert_eq!(common::http(addr, "GET", "/healthz", b"").status, 200);
+}

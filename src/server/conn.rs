@@ -67,6 +67,8 @@ pub enum Web {
         /// A publish waits for its record to be durable: later requests wait for its answer,
         /// so that responses go out in request order.
         awaiting_ack: bool,
+        /// Worker-clock milliseconds when the first byte of a head still incomplete arrived.
+        head_since_ms: Option<u32>,
     },
     /// After the upgrade.
     WebSocket {

@@ -99,6 +99,8 @@ counters! {
     protocol_errors_websocket: counter,
     /// Malformed or oversized HTTP requests.
     protocol_errors_http: counter,
+    /// HTTP connections closed because a request head did not arrive in time (slowloris).
+    http_head_timeouts: counter,
     /// Refused requests that left the connection open (bad name, limits, forbidden, not found).
     request_errors: counter,
     /// Publishes that found the ring full and paused their connection.

@@ -591,6 +591,7 @@ impl Worker {
                         poll: None,
                         continued: false,
                         awaiting_ack: false,
+                        head_since_ms: None,
                     }));
                     Format::Http
                 }
@@ -1518,6 +1519,8 @@ impl Worker {
         let mut heartbeat = Vec::new();
         let mut polls_due = Vec::new();
         let mut idle_http = Vec::new();
+        let head_deadline = config.http_head_timeout.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let mut slow_heads = Vec::new();
         for (key, conn) in self.conns.iter() {
             match conn.phase {
                 Phase::Closing { deadline_ms, .. } => {
@@ -1537,6 +1540,11 @@ impl Worker {
                         if reached(self.now_ms, wait.deadline_ms) {
                             polls_due.push(key);
                         }
+                    }
+                    Some(Web::Http { head_since_ms: Some(since), .. })
+                        if self.now_ms.wrapping_sub(*since) >= head_deadline =>
+                    {
+                        slow_heads.push(key);
                     }
                     _ => {
                         if self.now_ms.wrapping_sub(conn.last_input_ms) >= ping_after {
@@ -1576,6 +1584,11 @@ impl Worker {
         }
         for key in polls_due {
             self.answer_poll(key, &[]);
+        }
+        for key in slow_heads {
+            WorkerCounters::add(&self.counters().http_head_timeouts, 1);
+            let why = format!("request head not complete within {head_deadline} ms");
+            self.http_fatal(key, ErrorCode::StaleConnection, &why);
         }
         for key in idle_http {
             debug!("worker {}: closing idle HTTP connection {key}", self.id);

@@ -110,7 +110,17 @@ impl Worker {
             }
             let head = match http::parse_head(&input[at..]) {
                 Ok(Some(head)) => head,
-                Ok(None) => return at,
+                Ok(None) => {
+                    // A head in pieces: it has `http_head_timeout` from its first byte.
+                    let now = self.now_ms;
+                    if let Some(Web::Http { head_since_ms, .. }) =
+                        self.conns[key].web.as_deref_mut()
+                    {
+                        let started = at < input.len();
+                        *head_since_ms = if started { head_since_ms.or(Some(now)) } else { None };
+                    }
+                    return at;
+                }
                 Err(e) => {
                     let code = match e {
                         HttpError::HeadTooLarge => ErrorCode::HeadersTooLarge,
@@ -120,6 +130,9 @@ impl Worker {
                     return input.len();
                 }
             };
+            if let Some(Web::Http { head_since_ms, .. }) = self.conns[key].web.as_deref_mut() {
+                *head_since_ms = None;
+            }
             if head.header("transfer-encoding").is_some() {
                 self.http_fatal(
                     key,
@@ -165,7 +178,7 @@ impl Worker {
     }
 
     /// A request that cannot be answered in kind: an error response, then the connection closes.
-    fn http_fatal(&mut self, key: usize, code: ErrorCode, reason: &str) {
+    pub(super) fn http_fatal(&mut self, key: usize, code: ErrorCode, reason: &str) {
         let counters = self.counters();
         WorkerCounters::add(&counters.protocol_errors, 1);
         WorkerCounters::add(&counters.protocol_errors_http, 1);
