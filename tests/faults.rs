@@ -357,3 +357,36 @@ fn a_request_head_trickling_in_byte_by_byte_is_cut_off() {
     // Everyone else is served as usual.
     assert_eq!(common::http(addr, "GET", "/healthz", b"").status, 200);
 }
+
+#[test]
+fn at_the_channel_limit_the_oldest_history_makes_room_for_new_names() {
+    // History keeps every message (no age limit, caps far away): without eviction at the limit,
+    // 64 one-message channels would lock every new name out.
+    let server = start(|config| config.max_channels = 64);
+    let mut publisher = Conn::binary(server.local_addr());
+    for i in 0..500 {
+        let channel = format!("name.{i}");
+        let mut tries = 0;
+        let frame = loop {
+            tries += 1;
+            match publish_acked(&mut publisher, &channel, b"m") {
+                Frame::Err { code: 429, .. } if tries < 200 => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                frame => break frame,
+            }
+        };
+        assert_eq!(frame, Frame::Ack { channel, offset: 1 }, "publish {i}");
+    }
+    assert!(server.channel_count() <= 64);
+    // The newest names kept their history; the oldest made room.
+    let mut resumer = Conn::binary(server.local_addr());
+    resumer.send(Request::Subscribe {
+        channel: b"name.499",
+        resume: Some(Resume { after: 0, epoch: None, strict: false }),
+    });
+    assert!(resumer
+        .barrier()
+        .iter()
+        .any(|f| matches!(f, Frame::Msg { offset: 1, payload, .. } if payload == b"m")));
+}

@@ -158,6 +158,21 @@ impl ChannelRegistry {
         dropped
     }
 
+    /// Drops the `count` globally oldest retained messages (at the channel limit, so that channels
+    /// that only hold old history can be freed: a flood of fresh names evicts history, as a
+    /// flood of bytes does, instead of locking every new channel out). Returns how many went.
+    pub fn evict_oldest(&self, count: usize) -> usize {
+        let _evicting = lock(&self.evicting);
+        let mut dropped = 0;
+        while dropped < count {
+            let Some((channel, offset)) = lock(&self.retention_order).pop_front() else { break };
+            if let Some(channel) = channel.upgrade() {
+                dropped += channel.lock_log().drop_through(offset, &self.retained);
+            }
+        }
+        dropped
+    }
+
     /// Drops the entries of messages that are no longer retained.
     fn compact_retention_order(&self) {
         let _evicting = lock(&self.evicting);

@@ -713,11 +713,25 @@ impl Worker {
         if let Some(channel) = self.channel_cache.get(name) {
             return Ok(channel.clone());
         }
-        let channel = match self.shared.channels.get_or_create(name) {
+        let registry = &self.shared.channels;
+        let channel = match registry.get_or_create(name) {
             Ok(channel) => channel,
             Err(_) => {
                 self.sweep_channels();
-                self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?
+                match self.shared.channels.get_or_create(name) {
+                    Ok(channel) => channel,
+                    Err(_) => {
+                        // Every channel is in use or holds history: let the globally oldest
+                        // history go (a hundredth of the limit at a time, so that a flood of
+                        // names sweeps rarely), then free what that emptied.
+                        let registry = &self.shared.channels;
+                        let batch = (self.shared.config.max_channels / 100).max(1);
+                        let evicted = registry.evict_oldest(batch);
+                        WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
+                        self.sweep_channels();
+                        self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?
+                    }
+                }
             }
         };
         self.channel_cache.insert(channel.name.clone(), channel.clone());

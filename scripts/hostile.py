@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Hostile clients for fanout's flood, isolation and soak scripts (loopback only, bounded).
+
+    hostile.py never-read  ADDR CHANNEL N SECONDS   N subscribers that never read, held SECONDS
+    hostile.py channels    ADDR N                   publish once to each of N distinct channels
+    hostile.py names       ADDR N                   N NAME claims, each on a connection then closed
+    hostile.py slowloris   ADDR N SECONDS           N HTTP heads sent one byte a second
+    hostile.py connections ADDR N SECONDS           N idle connections (or as many as the OS allows)
+    hostile.py ws-fragments ADDR N                  N WebSockets each sending endless fragments
+    hostile.py sse-wide    ADDR N                   N SSE streams naming as many channels as a head holds
+
+Each prints one line: what it did and how the server answered (closes, errors).
+"""
+import os
+import selectors
+import socket
+import struct
+import sys
+import time
+
+
+def addr_of(text):
+    host, port = text.rsplit(":", 1)
+    host = host.strip("[]")
+    if not (host.startswith("127.") or host in ("::1", "localhost")):
+        sys.exit(f"{host}: only loopback addresses may be flooded")
+    return host, int(port)
+
+
+def connect(addr, timeout=10.0):
+    sock = socket.create_connection(addr, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_line(sock):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def never_read(addr, channel, n, seconds):
+    socks = []
+    for _ in range(n):
+        sock = connect(addr)
+        # A small receive buffer: the server's queue, not the kernel's, has to hold what it sends.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"SUB %s\n" % channel.encode())
+        socks.append(sock)
+    time.sleep(seconds)
+    closed = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            if sock.recv(1 << 20, socket.MSG_PEEK) == b"":
+                closed += 1
+        except (BlockingIOError, ConnectionError):
+            pass
+        sock.close()
+    print(f"never-read: {n} subscribers of {channel} held {seconds}s")
+
+
+def channels(addr, n):
+    sock = connect(addr, timeout=120)
+    batch = []
+    for i in range(n):
+        batch.append(b"PUB flood.%d x\n" % i)
+        if len(batch) == 1000:
+            sock.sendall(b"".join(batch))
+            batch = []
+    batch.append(b"PING\n")
+    sock.sendall(b"".join(batch))
+    answer = b""
+    while b"PONG" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    errors = answer.count(b"ERR ")
+    print(f"channels: published to {n} distinct channels, {errors} refused")
+
+
+def names(addr, n):
+    ok = refused = 0
+    for i in range(n):
+        sock = connect(addr)
+        sock.sendall(b"NAME churn%d\n" % i)
+        line = read_line(sock)
+        if line.startswith(b"OK"):
+            ok += 1
+        else:
+            refused += 1
+        sock.close()
+    print(f"names: {n} claims on fresh connections, {ok} granted, {refused} refused")
+
+
+def slowloris(addr, n, seconds):
+    socks = [connect(addr) for _ in range(n)]
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10000
+    start = time.time()
+    cut = {}
+    i = 0
+    while time.time() - start < seconds and len(cut) < n:
+        for j, sock in enumerate(socks):
+            if j in cut:
+                continue
+            try:
+                sock.sendall(head[i : i + 1])
+                sock.setblocking(False)
+                try:
+                    data = sock.recv(4096)
+                    if data == b"" or data.startswith(b"HTTP/1.1 408"):
+                        cut[j] = time.time() - start
+                except BlockingIOError:
+                    pass
+                sock.setblocking(True)
+            except OSError:
+                cut[j] = time.time() - start
+        i += 1
+        time.sleep(1.0)
+    for sock in socks:
+        sock.close()
+    when = f", after {min(cut.values()):.0f}-{max(cut.values()):.0f}s" if cut else ""
+    print(f"slowloris: {n} heads at one byte a second, {len(cut)} cut off by the server{when}")
+
+
+def connections(addr, n, seconds):
+    socks = []
+    refused = 0
+    for _ in range(n):
+        try:
+            socks.append(connect(addr, timeout=2))
+        except OSError:
+            refused += 1
+            if refused > 100:
+                break
+    time.sleep(seconds)
+    for sock in socks:
+        sock.close()
+    print(f"connections: {len(socks)} opened and held {seconds}s, {refused} failed")
+
+
+def ws_handshake(addr, path):
+    sock = connect(addr)
+    sock.sendall(
+        b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    return sock
+
+
+def ws_frame(fin, op, payload):
+    mask = os.urandom(4)
+    first = (0x80 if fin else 0) | op
+    n = len(payload)
+    header = bytes([first, 0x80 | 126]) + struct.pack(">H", n) if n >= 126 else bytes([first, 0x80 | n])
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_fragments(addr, n):
+    socks = [ws_handshake(addr, b"/ws") for _ in range(n)]
+    fragment = b"x" * 60000
+    closed = 0
+    for sock in socks:
+        try:
+            sock.sendall(ws_frame(False, 1, fragment))
+            for _ in range(40):  # 2.4 MB per connection unless the server stops it
+                sock.sendall(ws_frame(False, 0, fragment))
+        except OSError:
+            closed += 1
+            continue
+        sock.settimeout(5)
+        try:
+            data = sock.recv(4096)
+            if data == b"" or data[:1] == b"\x88":
+                closed += 1
+        except OSError:
+            closed += 1
+    for sock in socks:
+        sock.close()
+    print(f"ws-fragments: {n} WebSockets sending endless fragments, {closed} closed by the server")
+
+
+def sse_wide(addr, n):
+    query = ""
+    i = 0
+    while len(query) < 7900:
+        query += f"&channel=wide.{i}"
+        i += 1
+    socks = []
+    for _ in range(n):
+        sock = connect(addr)
+        sock.sendall(b"GET /sse?" + query[1:].encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(sock)
+    time.sleep(2)
+    ok = 0
+    for sock in socks:
+        sock.settimeout(5)
+        if sock.recv(4096).startswith(b"HTTP/1.1 "):
+            ok += 1
+        sock.close()
+    print(f"sse-wide: {n} streams of {i} channels each (an 8 KiB head), {ok} answered")
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__)
+        sys.exit(2)
+    kind, addr, args = sys.argv[1], addr_of(sys.argv[2]), sys.argv[3:]
+    if kind == "never-read":
+        never_read(addr, args[0], int(args[1]), float(args[2]))
+    elif kind == "channels":
+        channels(addr, int(args[0]))
+    elif kind == "names":
+        names(addr, int(args[0]))
+    elif kind == "slowloris":
+        slowloris(addr, int(args[0]), float(args[1]))
+    elif kind == "connections":
+        connections(addr, int(args[0]), float(args[1]))
+    elif kind == "ws-fragments":
+        ws_fragments(addr, int(args[0]))
+    elif kind == "sse-wide":
+        sse_wide(addr, int(args[0]))
+    else:
+        print(__doc__)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
