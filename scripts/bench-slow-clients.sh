@@ -29,6 +29,7 @@ for rep in $(seq 1 "$REPS"); do
     if [ "$slow" -gt 0 ]; then
       taskset -c "$LOAD_CORE" "$ROOT/scripts/hostile.py" never-read "127.0.0.1:$port" load0 "$slow" \
         $((SECONDS_PER_RUN + 8)) >/dev/null &
+      readers=$!
       sleep 1
     fi
     line=$(taskset -c "$LOAD_CORE" "$FANOUT" load --quiet --server "127.0.0.1:$port" --server-pid "$SERVER_PID" \
@@ -36,7 +37,7 @@ for rep in $(seq 1 "$REPS"); do
              --payload-bytes "$PAYLOAD" --drain-timeout-secs 30 | grep '^{')
     cut=$(curl -s "http://127.0.0.1:$port/metrics" | awk '$1 == "fanout_slow_consumer_closes_total" { print $2 }')
     stop_server
-    wait 2>/dev/null || true
+    [ "$slow" -eq 0 ] || wait "$readers" 2>/dev/null || true
     echo "-- $slow never-readers, run $rep: p50 $(json_field "$line" p50_us) us, p99 $(json_field "$line" p99_us) us, p99.9 $(json_field "$line" p999_us) us, lost $(json_field "$line" lost), slow consumers cut $cut" >&2
     json_field "$line" p50_us >>"$WORK/$slow.p50"
     json_field "$line" p99_us >>"$WORK/$slow.p99"

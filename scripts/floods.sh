@@ -62,8 +62,9 @@ ARGS=("$NAMES"); flood names names
 ARGS=(200 12); flood slowloris slowloris
 ARGS=(10000 5)
 "$HOSTILE" connections "127.0.0.1:$port" 10000 8 >"$WORK/conn1" 2>&1 &
+other=$!
 flood connections connections
-wait
+wait "$other"
 ARGS=(200); flood ws-fragments ws-fragments
 ARGS=(100); flood sse-wide sse-wide
 stop_server

@@ -161,18 +161,22 @@ def ws_frame(fin, op, payload):
     first = (0x80 if fin else 0) | op
     n = len(payload)
     header = bytes([first, 0x80 | 126]) + struct.pack(">H", n) if n >= 126 else bytes([first, 0x80 | n])
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    # XOR with the mask repeated, as one big integer (a byte loop in Python is far too slow).
+    key = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    return header + mask + masked
 
 
 def ws_fragments(addr, n):
     socks = [ws_handshake(addr, b"/ws") for _ in range(n)]
-    fragment = b"x" * 60000
+    first = ws_frame(False, 1, b"x" * 60000)
+    more = ws_frame(False, 0, b"x" * 60000)
     closed = 0
     for sock in socks:
         try:
-            sock.sendall(ws_frame(False, 1, fragment))
+            sock.sendall(first)
             for _ in range(40):  # 2.4 MB per connection unless the server stops it
-                sock.sendall(ws_frame(False, 0, fragment))
+                sock.sendall(more)
         except OSError:
             closed += 1
             continue
