@@ -390,3 +390,30 @@ fn at_the_channel_limit_the_oldest_history_makes_room_for_new_names() {
         .iter()
         .any(|f| matches!(f, Frame::Msg { offset: 1, payload, .. } if payload == b"m")));
 }
+
+#[test]
+fn a_wide_event_stream_gets_one_cursor_per_turn_not_one_per_channel() {
+    let server = start(|_| {});
+    let query: Vec<String> = (0..300).map(|i| format!("channel=wide.{i}")).collect();
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    write!(stream, "GET /sse?{} HTTP/1.1\r\nHost: t\r\n\r\n", query.join("&")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut received = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    // Until every subscription is acknowledged and the stream has been quiet for 300 ms.
+    loop {
+        let mut chunk = [0u8; 65536];
+        match std::io::Read::read(&mut stream, &mut chunk) {
+            Ok(0) => panic!("the stream ended"),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(_) if String::from_utf8_lossy(&received).contains(": ok sub wide.299") => break,
+            Err(_) => assert!(std::time::Instant::now() < deadline, "subscriptions never finished"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    let cursors = text.matches("\nid:").count();
+    assert!(cursors >= 1 && cursors <= 5, "{cursors} cursor events for 300 subscriptions");
+    let last = text.rsplit("\nid:").next().unwrap().lines().next().unwrap();
+    assert_eq!(last.split_whitespace().count(), 300, "the cursor names every channel");
+    assert!(!last.contains(" -"), "every position is known: {last}");
+}

@@ -86,6 +86,8 @@ pub enum Web {
         /// How many of them are subscribed (in order: each replay from history must finish
         /// before the next begins).
         subscribed: usize,
+        /// Positions moved this turn: the stream gets one cursor event at the end of the turn.
+        cursor_due: bool,
     },
 }
 

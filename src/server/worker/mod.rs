@@ -199,6 +199,8 @@ pub(super) struct Worker {
     unblocked: Vec<usize>,
     /// Event streams that got the batch being fanned out (their cursors follow it).
     sse_delivered: Vec<usize>,
+    /// Event streams whose cursor event is due at the end of this turn.
+    sse_cursors_due: Vec<usize>,
     /// Channels this worker has used, so that publishing does not take the registry lock.
     channel_cache: HashMap<Bytes, Arc<Channel>>,
     batches: Vec<ChannelBatch>,
@@ -253,6 +255,7 @@ impl Worker {
             stalled: Vec::new(),
             unblocked: Vec::new(),
             sse_delivered: Vec::new(),
+            sse_cursors_due: Vec::new(),
             channel_cache: HashMap::new(),
             batches: Vec::new(),
             batch_of_channel: HashMap::new(),
@@ -325,9 +328,11 @@ impl Worker {
                 self.shared.wake_others(self.id);
             }
             self.drain_ring();
+            self.emit_sse_cursors();
             self.flush_dirty();
             if !self.replaying.is_empty() {
                 self.pump_replays();
+                self.emit_sse_cursors();
                 self.flush_dirty();
             }
             self.deferred_due_ms = self.flush_deferred();

@@ -456,7 +456,8 @@ impl Worker {
                 }
             }
         }
-        self.conns[key].web = Some(Box::new(Web::Sse { channels, subscribed: 0 }));
+        self.conns[key].web =
+            Some(Box::new(Web::Sse { channels, subscribed: 0, cursor_due: false }));
         self.set_format(key, Format::Sse);
         let mut start = BytesMut::from(&http::stream_head("text/event-stream")[..]);
         // Browsers reconnect after this many milliseconds (the default is ~3 s).
@@ -473,7 +474,9 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return;
             }
-            let Some(Web::Sse { channels, subscribed }) = conn.web.as_deref_mut() else { return };
+            let Some(Web::Sse { channels, subscribed, .. }) = conn.web.as_deref_mut() else {
+                return;
+            };
             let Some(next) = channels.get(*subscribed) else { return };
             let (name, resume) = (next.name.clone(), next.resume);
             *subscribed += 1;
@@ -482,14 +485,16 @@ impl Worker {
     }
 
     /// Notes that an event stream got `channel`'s messages up to `offset` (or, with `position`,
-    /// that it is live from there). A stream of several channels then gets an id-only event, the
-    /// cursor: every channel's last offset in the URL's order, which is what the browser sends
-    /// back as `Last-Event-ID` when it reconnects by itself. (Message events carry their own
-    /// offset as id, which is all a stream of one channel needs, except before its first
-    /// message: hence `position`.)
+    /// that it is live from there). At the end of the turn (`emit_sse_cursors`) a stream of
+    /// several channels then gets an id-only event, the cursor: every channel's position in the
+    /// URL's order, which is what the browser sends back as `Last-Event-ID` when it reconnects by
+    /// itself. (Message events carry their own position as id, which is all a stream of one
+    /// channel needs, except before its first message: hence `position`.) One cursor per turn,
+    /// not per channel batch: a stream of hundreds of channels would otherwise write hundreds of
+    /// cursors of hundreds of positions each time it subscribes or many channels publish.
     pub(super) fn sse_sent(&mut self, key: usize, channel: &Channel, offset: u64, position: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Some(Web::Sse { channels, .. }) = conn.web.as_deref_mut() else { return };
+        let Some(Web::Sse { channels, cursor_due, .. }) = conn.web.as_deref_mut() else { return };
         // One channel: its message events carry the offset already, nothing to keep.
         if channels.len() == 1 && !position {
             return;
@@ -498,6 +503,25 @@ impl Worker {
             return;
         };
         entry.last = Some((offset, channel.epoch));
+        if !*cursor_due {
+            *cursor_due = true;
+            self.sse_cursors_due.push(key);
+        }
+    }
+
+    /// Queues the cursor event of every stream whose positions moved this turn.
+    pub(super) fn emit_sse_cursors(&mut self) {
+        for key in std::mem::take(&mut self.sse_cursors_due) {
+            self.emit_sse_cursor(key);
+        }
+    }
+
+    fn emit_sse_cursor(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.is_open()) else { return };
+        let Some(Web::Sse { channels, cursor_due, .. }) = conn.web.as_deref_mut() else { return };
+        if !std::mem::take(cursor_due) {
+            return;
+        }
         let mut cursor = BytesMut::with_capacity(8 + 38 * channels.len());
         cursor.put_slice(b"id:");
         for c in channels.iter() {
