@@ -412,7 +412,7 @@ fn a_wide_event_stream_gets_one_cursor_per_turn_not_one_per_channel() {
     }
     let text = String::from_utf8_lossy(&received);
     let cursors = text.matches("\nid:").count();
-    assert!(cursors >= 1 && cursors <= 5, "{cursors} cursor events for 300 subscriptions");
+    assert!((1..=5).contains(&cursors), "{cursors} cursor events for 300 subscriptions");
     let last = text.rsplit("\nid:").next().unwrap().lines().next().unwrap();
     assert_eq!(last.split_whitespace().count(), 300, "the cursor names every channel");
     assert!(!last.contains(" -"), "every position is known: {last}");
