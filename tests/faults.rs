@@ -237,7 +237,8 @@ fn encodings_that_grow_a_message_do_not_make_a_reader_slow() {
     }
     for i in 1..=3u64 {
         let event = sse.next_message();
-        assert_eq!(event.id.as_deref(), Some(i.to_string().as_str()));
+        let offset = event.id.as_deref().and_then(|id| id.split('@').next());
+        assert_eq!(offset, Some(i.to_string().as_str()));
         assert_eq!(event.data, "\n".repeat(2000), "2,001 empty data lines, joined again");
         match json.next() {
             Frame::Msg { offset, payload: got, .. } => {
