@@ -15,7 +15,6 @@ WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 build_fanout
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A RATE CPU
 for mode in off memory disk; do

@@ -70,7 +70,6 @@ run_load() {
   echo "$line rss_before=$before"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A RESULT
 for workload in $ONLY; do

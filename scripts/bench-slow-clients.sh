@@ -16,7 +16,6 @@ PAYLOAD=${PAYLOAD:-1024}
 WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 build_fanout
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for rep in $(seq 1 "$REPS"); do
   for slow in 0 "$SLOW"; do

@@ -22,7 +22,6 @@ WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 build_fanout
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for rep in $(seq 1 "$REPS"); do
   for size in $SIZES; do

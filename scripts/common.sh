@@ -66,6 +66,9 @@ rss_bytes() {
   awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"
 }
 
+# The median of the numbers on stdin, one a line.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 # A numeric field of a `fanout load` JSON line: json_field LINE NAME
 json_field() {
   sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"

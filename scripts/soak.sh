@@ -7,6 +7,8 @@
 #     50 slowloris heads, 50 subscribers that never read, 20 WebSocket fragment floods,
 #     20,000 publishes to fresh channel names;
 #   - every third cycle a restart (SIGTERM, then the same port and data directory).
+# History keeps a minute (--history-age-secs 60), as a live feed would: the flooded channels
+# expire and are freed, so memory after warm-up must stay flat.
 # Throughout, `fanout pub` sends an acknowledged event every 10 ms to `soak.events` (resending
 # after each restart) and `fanout sub` follows it, resuming by offset across restarts (random
 # disconnects: the restarts and the server cutting clients). At the end: resident memory per
@@ -32,6 +34,7 @@ port=$(free_port)
 serve() {
   "$FANOUT" serve --listen "127.0.0.1:$port" --workers 2 --no-pin --stats-interval-secs 0 \
     --data-dir "$WORK/data" --http-head-timeout-secs 5 --write-queue-cap-bytes 2000000 \
+    --history-age-secs 60 \
     >>"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   wait_for_port "$port"
@@ -50,7 +53,7 @@ PUB_PID=$!
 SUB_PID=$!
 
 protocols=(binary text ws-json ws-binary)
-bursts=("names 127.0.0.1:$port 2000" "slowloris 127.0.0.1:$port 50 7" "never-read 127.0.0.1:$port load0 50 6"
+bursts=("names 127.0.0.1:$port 2000" "slowloris 127.0.0.1:$port 50 12" "never-read 127.0.0.1:$port load0 50 6"
         "ws-fragments 127.0.0.1:$port 20" "channels 127.0.0.1:$port 20000")
 end=$((SECONDS + MINUTES * 60))
 cycle=0

@@ -31,6 +31,28 @@ fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Strin
     rx
 }
 
+/// `fanout serve` on port 0 with `args`; returns it, its log lines and its address.
+fn serve(args: &[&str]) -> (Reaper, mpsc::Receiver<String>, String) {
+    let mut server = Reaper(
+        Command::new(FANOUT)
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--no-pin"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = lines_of(server.0.stderr.take().unwrap());
+    let addr = loop {
+        let line = log.recv_timeout(Duration::from_secs(20)).expect("server logs its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    (server, log, addr)
+}
+
 fn fanout_pub(addr: &str, args: &[&str], stdin: Option<&str>) {
     let mut child = Command::new(FANOUT)
         .args(["pub", "--server", addr])
@@ -48,21 +70,7 @@ fn fanout_pub(addr: &str, args: &[&str], stdin: Option<&str>) {
 
 #[test]
 fn serve_pub_sub_and_sigterm() {
-    let mut server = Reaper(
-        Command::new(FANOUT)
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--no-pin"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let log = lines_of(server.0.stderr.take().unwrap());
-    let addr = loop {
-        let line = log.recv_timeout(Duration::from_secs(20)).expect("server logs its address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut server, _log, addr) = serve(&[]);
 
     let mut subscriber = Reaper(
         Command::new(FANOUT)
@@ -101,23 +109,7 @@ fn serve_pub_sub_and_sigterm() {
 
 #[test]
 fn a_worker_that_panics_takes_the_process_down_loudly() {
-    let mut server = Reaper(
-        Command::new(FANOUT)
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--no-pin"])
-            .args(["--debug-panic-on-publish-to", "boom"])
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let log = lines_of(server.0.stderr.take().unwrap());
-    let addr = loop {
-        let line = log.recv_timeout(Duration::from_secs(20)).expect("server logs its address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut server, log, addr) = serve(&["--debug-panic-on-publish-to", "boom"]);
     fanout_pub(&addr, &["fine", "hello"], None);
     // (`fanout pub` would keep reconnecting to a server that is gone: not waited for.)
     let _publisher = Reaper(

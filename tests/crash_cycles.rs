@@ -162,18 +162,7 @@ fn publish(addr: SocketAddr, cycle: u64, ready: &AtomicUsize) -> Vec<(u64, Vec<u
 
 /// Everything retained, from a fresh resume after offset 0 (the PONG after it means caught up).
 fn everything(addr: SocketAddr) -> Vec<(u64, Vec<u8>)> {
-    let mut conn = Conn::binary(addr);
-    conn.send(Request::Subscribe {
-        channel: CHANNEL.as_bytes(),
-        resume: Some(Resume { after: 0, epoch: None, strict: false }),
-    });
-    conn.barrier()
-        .into_iter()
-        .filter_map(|frame| match frame {
-            Frame::Msg { offset, payload, .. } => Some((offset, payload)),
-            _ => None,
-        })
-        .collect()
+    Conn::binary(addr).replay_all(CHANNEL, 0)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{read_response, start, wait_until, Conn, Frame, TempDir, PATIENCE};
 use fanout::history::disk::FsyncPolicy;
-use fanout::protocol::{Request, Resume};
+use fanout::protocol::Request;
 use fanout::{Config, Server};
 
 fn durable(dir: &TempDir) -> impl FnOnce(&mut Config) + '_ {
@@ -94,19 +94,7 @@ fn a_failing_disk_refuses_acknowledgements_until_it_works_again() {
 
         // After a restart every acknowledged message is there, and nothing torn is served.
         let server = start(durable(&dir));
-        let mut resumer = Conn::binary(server.local_addr());
-        resumer.send(Request::Subscribe {
-            channel: b"orders",
-            resume: Some(Resume { after: 0, epoch: None, strict: false }),
-        });
-        let replayed: Vec<(u64, Vec<u8>)> = resumer
-            .barrier()
-            .into_iter()
-            .filter_map(|f| match f {
-                Frame::Msg { offset, payload, .. } => Some((offset, payload)),
-                _ => None,
-            })
-            .collect();
+        let replayed = Conn::binary(server.local_addr()).replay_all("orders", 0);
         assert_eq!(replayed.first(), Some(&(1, b"before".to_vec())), "{fault}");
         assert_eq!(replayed.last(), Some(&(offset, b"after".to_vec())), "{fault}");
         assert!(
@@ -170,19 +158,8 @@ fn long_channel_names_are_stored_and_come_back() {
     }
     server.shutdown();
     let server = start(durable(&dir));
-    let mut resumer = Conn::binary(server.local_addr());
-    resumer.send(Request::Subscribe {
-        channel: name.as_bytes(),
-        resume: Some(Resume { after: 0, epoch: None, strict: false }),
-    });
-    let offsets: Vec<u64> = resumer
-        .barrier()
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Msg { offset, .. } => Some(offset),
-            _ => None,
-        })
-        .collect();
+    let replayed = Conn::binary(server.local_addr()).replay_all(&name, 0);
+    let offsets: Vec<u64> = replayed.iter().map(|(offset, _)| *offset).collect();
     assert_eq!(offsets, vec![1, 2, 3]);
 }
 
@@ -381,15 +358,8 @@ fn at_the_channel_limit_the_oldest_history_makes_room_for_new_names() {
     }
     assert!(server.channel_count() <= 64);
     // The newest names kept their history; the oldest made room.
-    let mut resumer = Conn::binary(server.local_addr());
-    resumer.send(Request::Subscribe {
-        channel: b"name.499",
-        resume: Some(Resume { after: 0, epoch: None, strict: false }),
-    });
-    assert!(resumer
-        .barrier()
-        .iter()
-        .any(|f| matches!(f, Frame::Msg { offset: 1, payload, .. } if payload == b"m")));
+    let replayed = Conn::binary(server.local_addr()).replay_all("name.499", 0);
+    assert_eq!(replayed, vec![(1, b"m".to_vec())]);
 }
 
 #[test]

@@ -29,14 +29,7 @@ fn replay(addr: std::net::SocketAddr, channel: &str, after: u64, epoch: Option<u
         Frame::Hist { epoch, first, last, status, .. } => (epoch, first, last, status),
         other => panic!("expected HIST, got {other:?}"),
     };
-    let messages = conn
-        .barrier()
-        .into_iter()
-        .filter_map(|f| match f {
-            Frame::Msg { offset, payload, .. } => Some((offset, payload)),
-            _ => None,
-        })
-        .collect();
+    let messages = common::messages_of(conn.barrier());
     (hist, messages)
 }
 

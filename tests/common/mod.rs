@@ -309,6 +309,16 @@ impl Conn {
         self.send_raw(&out);
     }
 
+    /// Resumes `channel` after offset `after` (any epoch) and returns the messages replayed,
+    /// (offset, payload), up to the PONG that follows (a resume's replay ends before it).
+    pub fn replay_all(&mut self, channel: &str, after: u64) -> Vec<(u64, Vec<u8>)> {
+        self.send(Request::Subscribe {
+            channel: channel.as_bytes(),
+            resume: Some(fanout::protocol::Resume { after, epoch: None, strict: false }),
+        });
+        messages_of(self.barrier())
+    }
+
     pub fn subscribe(&mut self, channel: &str) {
         self.send(Request::Subscribe { channel: channel.as_bytes(), resume: None });
         self.expect(Frame::Ok { ack: Ack::Subscribe, arg: channel.into() });
@@ -428,6 +438,17 @@ impl Conn {
     pub fn shutdown_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).unwrap();
     }
+}
+
+/// The (offset, payload) of every message among `frames`.
+pub fn messages_of(frames: Vec<Frame>) -> Vec<(u64, Vec<u8>)> {
+    frames
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Msg { offset, payload, .. } => Some((offset, payload)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A `fanout serve` child process, killed when dropped.
