@@ -25,7 +25,7 @@ cleanup() {
   [ -z "$PUB_PID" ] || kill "$PUB_PID" 2>/dev/null || true
   [ -z "$SUB_PID" ] || kill "$SUB_PID" 2>/dev/null || true
   stop_server
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 build_fanout
@@ -33,7 +33,8 @@ port=$(free_port)
 
 serve() {
   "$FANOUT" serve --listen "127.0.0.1:$port" --workers 2 --no-pin --stats-interval-secs 0 \
-    --data-dir "$WORK/data" --http-head-timeout-secs 5 --write-queue-cap-bytes 2000000 \
+    --data-dir "$WORK/data" --http-head-timeout-secs 5 --max-frame-bytes 65536 \
+    --write-queue-cap-bytes 1000000 \
     --history-age-secs 60 \
     >>"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
@@ -53,18 +54,29 @@ PUB_PID=$!
 SUB_PID=$!
 
 protocols=(binary text ws-json ws-binary)
-bursts=("names 127.0.0.1:$port 2000" "slowloris 127.0.0.1:$port 50 12" "never-read 127.0.0.1:$port load0 50 6"
-        "ws-fragments 127.0.0.1:$port 20" "channels 127.0.0.1:$port 20000")
+# The hostile burst of a cycle; it runs beside the cycle's load run.
+burst_of() {
+  case $(($1 % 5)) in
+    0) echo "names 127.0.0.1:$port 2000" ;;
+    1) echo "slowloris 127.0.0.1:$port 50 12" ;;
+    2) echo "never-read 127.0.0.1:$port soak$1.0 50 12" ;;
+    3) echo "ws-fragments 127.0.0.1:$port 20" ;;
+    4) echo "channels 127.0.0.1:$port 20000" ;;
+  esac
+}
 end=$((SECONDS + MINUTES * 60))
 cycle=0
 printf '| cycle | min | protocol | deliveries/s | lost | p99 ms | burst | RSS MB | connections | channels |\n|---|---|---|---|---|---|---|---|---|---|\n'
 while [ "$SECONDS" -lt "$end" ]; do
   cycle=$((cycle + 1))
   proto=${protocols[$((cycle % 4))]}
+  # shellcheck disable=SC2046
+  $HOSTILE $(burst_of "$cycle") >"$WORK/burst" 2>&1 &
+  burst_pid=$!
   line=$("$FANOUT" load --quiet --server "127.0.0.1:$port" --protocol "$proto" --subscribers 200 \
            --rate 2000 --messages 30000 --channel-prefix "soak$cycle." --drain-timeout-secs 20 2>>"$WORK/load.log" | grep '^{' || true)
-  burst=${bursts[$((cycle % 5))]}
-  said=$($HOSTILE $burst 2>&1 | tail -n1 | cut -c1-60)
+  wait "$burst_pid" || true
+  said=$(tail -n1 "$WORK/burst" | cut -c1-60)
   rss=$(rss_bytes "$SERVER_PID")
   m=$(metrics)
   printf '| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$cycle" "$(div "$SECONDS" 60)" "$proto" \
@@ -84,7 +96,7 @@ sleep 1
 kill "$SUB_PID" 2>/dev/null || true; SUB_PID=
 echo
 echo "Server counters over $cycle cycles and $((cycle / 3)) restarts (summed over runs):"
-awk '{ total[$1] += $2 } END { for (k in total) if (total[k] > 0) printf "  %s %d\n", k, total[k] }' "$WORK/counters" | sort
+awk '{ total[$1] += $2 } END { for (k in total) if (total[k] > 0) printf "  %s %.0f\n", k, total[k] }' "$WORK/counters" | sort
 echo
 awk '{ print $2 }' "$WORK/events" | awk '
   NR > 1 && $1 <= last { bad++ }

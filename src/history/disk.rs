@@ -288,25 +288,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes `contents` to `dir/name` so that the file is either absent or whole after any crash:
-/// a temporary file, fsync'ed, renamed over the name, then the directory fsync'ed.
-fn write_atomically(dir: &Path, name: &str, contents: &[u8], durable: bool) -> io::Result<()> {
+/// a temporary file, fsync'ed (with `sync_file`), renamed over the name. The rename is durable
+/// once the directory is fsync'ed, which is the caller's business (it may batch several).
+fn write_atomically(dir: &Path, name: &str, contents: &[u8], sync_file: bool) -> io::Result<()> {
     let temp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&temp)?;
     file.write_all(contents)?;
-    if durable {
+    if sync_file {
         file.sync_all()?;
     }
     drop(file);
-    fs::rename(&temp, dir.join(name))?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    fs::rename(&temp, dir.join(name))
 }
 
 /// Records that the storage thread stopped cleanly (everything written and fsync'ed).
 pub fn mark_clean(dir: &Path) {
-    if let Err(e) = write_atomically(dir, "clean", b"", true) {
+    if let Err(e) = write_atomically(dir, "clean", b"", true).and_then(|()| sync_dir(dir)) {
         warn!("history: cannot mark {} as cleanly shut down: {e}", dir.display());
     }
 }
@@ -363,8 +360,9 @@ fn read_channel_dir(path: &Path) -> Option<(Vec<u8>, u64)> {
                 "history: {} has no readable epoch file; the channel gets a new epoch {epoch:016x}",
                 path.display()
             );
-            if let Err(e) =
-                write_atomically(path, "epoch", format!("{epoch:016x}\n").as_bytes(), true)
+            let contents = format!("{epoch:016x}\n");
+            if let Err(e) = write_atomically(path, "epoch", contents.as_bytes(), true)
+                .and_then(|()| sync_dir(path))
             {
                 warn!("history: cannot write {}/epoch: {e}", path.display());
             }
@@ -554,6 +552,9 @@ pub struct Storage {
     channels: HashMap<Bytes, ChannelFiles>,
     /// Segments recovery found, by channel, until the channel's first append of this run.
     existing: HashMap<Bytes, Vec<SegmentMeta>>,
+    /// Directories with entries not yet fsync'ed, and the channel each belongs to (`None`: the
+    /// directory of all channels).
+    dirs_to_sync: HashMap<PathBuf, Option<Bytes>>,
     /// Channels with an open segment file, least recently used first (tick -> channel).
     open: BTreeMap<u64, Bytes>,
     max_open: usize,
@@ -604,6 +605,7 @@ impl Storage {
             channels: HashMap::new(),
             existing,
             open: BTreeMap::new(),
+            dirs_to_sync: HashMap::new(),
             max_open: options.max_open_segments.max(1),
             tick: 0,
             counters,
@@ -745,28 +747,25 @@ impl Storage {
         }
     }
 
-    /// Creates the channel directory with its `name` (if hashed) and `epoch` files, each
-    /// durable before the directory entry that names it is (write-temp, fsync, rename, fsync).
-    fn ensure_dir(&self, files: &ChannelFiles, channel: &[u8]) -> io::Result<()> {
-        let durable = self.durable();
+    /// Creates the channel directory with its `name` (if hashed) and `epoch` files, written
+    /// atomically (write-temp, fsync under `--fsync always`, rename). Returns true when it
+    /// created the directory: the new entries are durable once the directories are fsync'ed,
+    /// which `flush_open` does for the whole batch (`dirs_to_sync`). Under `--fsync interval` the
+    /// files themselves are not fsync'ed before the rename: after a power loss an epoch file may
+    /// come back empty, and recovery then gives the channel a new epoch (offsets still go on).
+    fn ensure_dir(&self, files: &ChannelFiles, channel: &[u8]) -> io::Result<bool> {
         if files.dir.join("epoch").exists() {
-            return Ok(());
+            return Ok(false);
         }
+        let sync_files = self.fsync == FsyncPolicy::Always;
         Faults::check(&self.faults.open_errno)?;
         fs::create_dir_all(&files.dir)?;
         if channel.len() * 2 > MAX_HEX_DIR_NAME {
-            write_atomically(&files.dir, "name", channel, durable)?;
+            write_atomically(&files.dir, "name", channel, sync_files)?;
         }
-        write_atomically(
-            &files.dir,
-            "epoch",
-            format!("{:016x}\n", files.epoch).as_bytes(),
-            durable,
-        )?;
-        if durable {
-            sync_dir(&channels_dir(&self.dir))?;
-        }
-        Ok(())
+        let epoch = format!("{:016x}\n", files.epoch);
+        write_atomically(&files.dir, "epoch", epoch.as_bytes(), sync_files)?;
+        Ok(true)
     }
 
     fn append(&mut self, append: &Append) -> Result<(), Arc<str>> {
@@ -807,13 +806,17 @@ impl Storage {
             }
         }
         let files = &self.channels[channel];
-        self.ensure_dir(files, channel)?;
-        let path = files.dir.join(segment_name(record.offset));
+        let created = self.ensure_dir(files, channel)?;
+        let dir = files.dir.clone();
+        let path = dir.join(segment_name(record.offset));
         Faults::check(&self.faults.open_errno)?;
         // `create_new`: a run never appends to a file it did not create (see `ChannelFiles`).
         let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
         if self.durable() {
-            sync_dir(&files.dir)?;
+            if created {
+                self.dirs_to_sync.insert(channels_dir(&self.dir), None);
+            }
+            self.dirs_to_sync.insert(dir, Some(channel.clone()));
         }
         self.counters.segments_written.fetch_add(1, Ordering::Relaxed);
         self.tick += 1;
@@ -885,6 +888,30 @@ impl Storage {
                 self.fail(&channel, what, e);
             }
         }
+        if sync && !self.dirs_to_sync.is_empty() {
+            self.sync_dirs();
+        }
+    }
+
+    /// fsyncs the directories that gained entries since the last sync (new channel directories,
+    /// new segments), once each however many entries they gained. A failure fails the channel
+    /// whose directory it is (the root's fails every channel created since).
+    fn sync_dirs(&mut self) {
+        let dirs = std::mem::take(&mut self.dirs_to_sync);
+        let root_failed = match dirs.iter().find(|(_, owner)| owner.is_none()) {
+            Some((root, _)) => sync_dir(root).err(),
+            None => None,
+        };
+        for (dir, owner) in dirs {
+            let Some(channel) = owner else { continue };
+            let result = match &root_failed {
+                Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                None => Faults::check(&self.faults.fsync_errno).and_then(|()| sync_dir(&dir)),
+            };
+            if let Err(e) = result {
+                self.fail(&channel, "directory fsync", e);
+            }
+        }
     }
 
     /// Marks a channel's storage as failed: its segment is abandoned (the next append opens a
@@ -936,7 +963,12 @@ impl Storage {
             .collect();
         for channel in failing {
             let files = &self.channels[&channel];
-            let result = self.ensure_dir(files, &channel).and_then(|()| self.probe(&files.dir));
+            let result = self.ensure_dir(files, &channel).and_then(|created| {
+                if created {
+                    sync_dir(&channels_dir(&self.dir))?;
+                }
+                self.probe(&files.dir)
+            });
             if result.is_ok() {
                 if let Some(files) = self.channels.get_mut(&channel) {
                     files.failed = None;
