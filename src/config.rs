@@ -19,6 +19,12 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Bytes queued for one client before it is disconnected as a slow consumer.
     pub write_queue_cap_bytes: usize,
+    /// Kernel send buffer of each client socket (SO_SNDBUF; 0 leaves the kernel's autotuning,
+    /// which grows it to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default). Bytes a client has
+    /// not read sit here before the write queue (and its cap) sees them: capped, a client that
+    /// stops reading costs the server a little copying and memory before it blocks, instead of up
+    /// to 4 MiB of each; measured in `scripts/bench-slow-clients.sh`.
+    pub socket_send_buffer_bytes: usize,
     /// Slots in the broadcast ring (rounded up to a power of two).
     pub ring_slots: usize,
     /// Channels that may exist at once (each holds a name and an offset counter).
@@ -77,6 +83,9 @@ impl Default for Config {
             max_connections: 1_000_000,
             max_frame_bytes: 1 << 20,
             write_queue_cap_bytes: 8 << 20,
+            // The kernel doubles it: 512 KiB in flight per client, a 10 GbE link's worth of
+            // data at a quarter-millisecond round trip.
+            socket_send_buffer_bytes: 256 << 10,
             ring_slots: 1 << 14,
             max_channels: 1_000_000,
             max_subscriptions_per_connection: 1024,

@@ -205,6 +205,9 @@ struct ServeArgs {
     /// Testing only: a publish to this channel panics its worker (the process aborts).
     #[arg(long, hide = true)]
     debug_panic_on_publish_to: Option<String>,
+    /// Kernel send buffer per client socket (SO_SNDBUF; 0: the kernel's autotuning, up to 4 MiB).
+    #[arg(long, default_value_t = Config::default().socket_send_buffer_bytes)]
+    socket_send_buffer_bytes: usize,
     /// Seconds queued messages may take to flush on shutdown.
     #[arg(long, default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
@@ -221,6 +224,7 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes,
             write_queue_cap_bytes: self.write_queue_cap_bytes,
             ring_slots: self.ring_slots,
+            socket_send_buffer_bytes: self.socket_send_buffer_bytes,
             max_channels: self.max_channels,
             max_subscriptions_per_connection: self.max_subscriptions,
             ping_interval: Duration::from_secs(self.ping_interval_secs),

@@ -137,6 +137,24 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Caps a socket's kernel send buffer at `bytes` (the kernel doubles it for its bookkeeping and
+/// stops autotuning it).
+pub fn set_send_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> io::Result<()> {
+    let value = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: `socket` owns an open descriptor for the call; `value` outlives it and the length
+    // matches its type.
+    check(unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// Runs `body` (a worker's or the storage thread's loop); if it panics, logs what died and aborts
 /// the whole process. A dead worker would leave its ring cursor behind and stall every publisher
 /// once the ring wraps, and a dead storage thread would leave acknowledgements unanswered: a

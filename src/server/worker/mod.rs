@@ -435,6 +435,12 @@ impl Worker {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("worker {}: TCP_NODELAY failed: {e}", self.id);
         }
+        let send_buffer = self.shared.config.socket_send_buffer_bytes;
+        if send_buffer > 0 {
+            if let Err(e) = crate::sys::set_send_buffer(&stream, send_buffer) {
+                debug!("worker {}: SO_SNDBUF failed: {e}", self.id);
+            }
+        }
         let entry = self.conns.vacant_entry();
         if let Err(e) = self.poll.registry().register(
             &mut stream,
