@@ -341,7 +341,7 @@ impl Worker {
                 self.housekeeping();
                 if reached(self.now_ms, self.next_sweep_ms) {
                     self.next_sweep_ms = self.now_ms.wrapping_add(CHANNEL_SWEEP_MS);
-                    self.sweep_channels();
+                    self.sweep_channels(self.id == 0);
                 }
                 if stats_every > 0 && self.id == 0 && reached(self.now_ms, self.next_stats_ms) {
                     self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
@@ -728,7 +728,7 @@ impl Worker {
         let channel = match registry.get_or_create(name) {
             Ok(channel) => channel,
             Err(_) => {
-                self.sweep_channels();
+                self.sweep_channels(true);
                 match self.shared.channels.get_or_create(name) {
                     Ok(channel) => channel,
                     Err(_) => {
@@ -739,7 +739,7 @@ impl Worker {
                         let batch = (self.shared.config.max_channels / 100).max(1);
                         let evicted = registry.evict_oldest(batch);
                         WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
-                        self.sweep_channels();
+                        self.sweep_channels(true);
                         self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?
                     }
                 }
@@ -751,10 +751,16 @@ impl Worker {
 
     /// Lets go of cached channels with no local subscribers, then frees every channel nothing
     /// uses any more (see `ChannelRegistry::sweep_unused`); a freed channel's files go too.
-    fn sweep_channels(&mut self) {
+    ///
+    /// The registry's sweep walks every channel under its lock, so the periodic one is worker
+    /// 0's alone (the others only let go of their caches); at the channel limit, whoever hits it.
+    fn sweep_channels(&mut self, registry_too: bool) {
         let index = &self.index;
         self.channel_cache.retain(|_, channel| index.get(channel.id).is_some());
         self.channel_cache.shrink_to_fit();
+        if !registry_too {
+            return;
+        }
         let storage = self.shared.storage.as_ref();
         let freed = self.shared.channels.sweep_unused(self.wall_ms(), |name| {
             if let Some(storage) = storage {
