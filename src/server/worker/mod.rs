@@ -718,30 +718,27 @@ impl Worker {
         self.reply(key, frame);
     }
 
-    /// The channel for a validated name: from this worker's cache, else from the registry (at
-    /// the channel limit, after freeing what nothing uses).
+    /// The channel for a validated name: from this worker's cache, else from the registry. At
+    /// the channel limit, first free what nothing uses; if every channel is in use or holds
+    /// history, let the globally oldest history go (a hundredth of the limit at a time, so that a
+    /// flood of names sweeps rarely) and free what that emptied.
     fn channel(&mut self, name: &[u8]) -> Result<Arc<Channel>, String> {
         if let Some(channel) = self.channel_cache.get(name) {
             return Ok(channel.clone());
         }
-        let registry = &self.shared.channels;
-        let channel = match registry.get_or_create(name) {
-            Ok(channel) => channel,
-            Err(_) => {
-                self.sweep_channels(true);
-                match self.shared.channels.get_or_create(name) {
-                    Ok(channel) => channel,
-                    Err(_) => {
-                        // Every channel is in use or holds history: let the globally oldest
-                        // history go (a hundredth of the limit at a time, so that a flood of
-                        // names sweeps rarely), then free what that emptied.
-                        let registry = &self.shared.channels;
+        let mut attempt = 0;
+        let channel = loop {
+            match self.shared.channels.get_or_create(name) {
+                Ok(channel) => break channel,
+                Err(e) if attempt == 2 => return Err(e.to_string()),
+                Err(_) => {
+                    if attempt == 1 {
                         let batch = (self.shared.config.max_channels / 100).max(1);
-                        let evicted = registry.evict_oldest(batch);
+                        let evicted = self.shared.channels.evict_oldest(batch);
                         WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
-                        self.sweep_channels(true);
-                        self.shared.channels.get_or_create(name).map_err(|e| e.to_string())?
                     }
+                    self.sweep_channels(true);
+                    attempt += 1;
                 }
             }
         };
