@@ -348,7 +348,13 @@ fn parse_events(
                     Event::Ping => protocol.pong(&mut sub.output),
                     Event::Ignored => {}
                     Event::Error(reason) => {
-                        log::warn!("load: server error: {reason}");
+                        // The first few say what went wrong; the count is in the report (a
+                        // refusal at a limit would otherwise print one line per subscriber).
+                        if totals.errors < 5 {
+                            log::warn!("load: server error: {reason}");
+                        } else if totals.errors == 5 {
+                            log::warn!("load: more server errors; counted in the report");
+                        }
                         totals.errors += 1;
                     }
                 }
