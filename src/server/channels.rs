@@ -147,24 +147,22 @@ impl ChannelRegistry {
         if self.retained.bytes.load(Ordering::Relaxed) <= self.history.total_bytes {
             return 0;
         }
-        let _evicting = lock(&self.evicting);
-        let mut dropped = 0;
-        while self.retained.bytes.load(Ordering::Relaxed) > self.history.total_bytes {
-            let Some((channel, offset)) = lock(&self.retention_order).pop_front() else { break };
-            if let Some(channel) = channel.upgrade() {
-                dropped += channel.lock_log().drop_through(offset, &self.retained);
-            }
-        }
-        dropped
+        self.evict_while(|_| self.retained.bytes.load(Ordering::Relaxed) > self.history.total_bytes)
     }
 
     /// Drops the `count` globally oldest retained messages (at the channel limit, so that channels
     /// that only hold old history can be freed: a flood of fresh names evicts history, as a
     /// flood of bytes does, instead of locking every new channel out). Returns how many went.
     pub fn evict_oldest(&self, count: usize) -> usize {
+        self.evict_while(|dropped| dropped < count)
+    }
+
+    /// Drops the globally oldest retained messages while `more(dropped so far)` holds (or the
+    /// order runs out); returns how many went.
+    fn evict_while(&self, more: impl Fn(usize) -> bool) -> usize {
         let _evicting = lock(&self.evicting);
         let mut dropped = 0;
-        while dropped < count {
+        while more(dropped) {
             let Some((channel, offset)) = lock(&self.retention_order).pop_front() else { break };
             if let Some(channel) = channel.upgrade() {
                 dropped += channel.lock_log().drop_through(offset, &self.retained);
