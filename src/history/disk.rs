@@ -273,7 +273,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok());
+            .and_then(|n| crate::protocol::fields::number(n.as_bytes()));
         if let Some(first) = first {
             segments.push((first, path));
         }
@@ -351,7 +351,7 @@ fn read_channel_dir(path: &Path) -> Option<(Vec<u8>, u64)> {
     };
     let epoch = fs::read_to_string(path.join("epoch"))
         .ok()
-        .and_then(|e| u64::from_str_radix(e.trim(), 16).ok());
+        .and_then(|e| crate::protocol::fields::epoch_hex(e.trim().as_bytes()));
     let epoch = match epoch {
         Some(epoch) => epoch,
         None => {

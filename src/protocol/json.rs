@@ -181,12 +181,11 @@ pub fn parse_request(value: &Value) -> Result<Request<'_>, ProtocolError> {
                     };
                     let epoch = match object.get("epoch") {
                         None | Some(Value::Null) => None,
-                        Some(Value::String(hex)) if hex == "*" => None,
-                        Some(Value::String(hex)) => {
-                            Some(u64::from_str_radix(hex, 16).map_err(|_| {
-                                ProtocolError::Malformed { what: "epoch: expected hex digits" }
-                            })?)
-                        }
+                        Some(Value::String(word)) => super::fields::epoch(word.as_bytes()).ok_or(
+                            ProtocolError::Malformed {
+                                what: "epoch: expected 1 to 16 hex digits or \"*\"",
+                            },
+                        )?,
                         Some(_) => {
                             return Err(ProtocolError::Malformed {
                                 what: "epoch: expected a string of hex digits",

@@ -10,6 +10,7 @@
 //! header is read, before anything is buffered.
 
 pub mod binary;
+pub mod fields;
 pub mod http;
 pub mod json;
 pub mod sse;

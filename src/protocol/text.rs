@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Ack, ErrorCode, HistoryStatus, ProtocolError, Request, Resume, ServerFrame};
+use super::{fields, Ack, ErrorCode, HistoryStatus, ProtocolError, Request, Resume, ServerFrame};
 use crate::history::ResumeStatus;
 
 /// Finds the next line; returns (line without CR/LF, bytes consumed including the LF).
@@ -98,10 +98,10 @@ fn parse_resume(words: &[u8]) -> Result<Option<Resume>, ProtocolError> {
         what: "SUB resume (SUB <channel> <after-offset> [<epoch-hex>|*] [strict])",
     };
     let mut words = words.split(|&b| b == b' ').filter(|w| !w.is_empty());
-    let after = words.next().and_then(parse_u64).ok_or(bad.clone())?;
+    let after = words.next().and_then(fields::number).ok_or(bad.clone())?;
     let epoch = match words.next() {
-        None | Some(b"*") => None,
-        Some(hex) => Some(parse_hex(hex).ok_or(bad.clone())?),
+        None => None,
+        Some(word) => fields::epoch(word).ok_or(bad.clone())?,
     };
     let strict = match words.next() {
         None => false,
@@ -112,13 +112,6 @@ fn parse_resume(words: &[u8]) -> Result<Option<Resume>, ProtocolError> {
         return Err(bad);
     }
     Ok(Some(Resume { after, epoch, strict }))
-}
-
-fn parse_hex(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 /// Undoes the payload escapes `\\`, `\n`, `\r`; borrows when there is nothing to undo.
@@ -261,7 +254,7 @@ pub fn parse_server_line(
             let (channel, rest) = split_word(rest);
             let (offset, payload) = split_word(rest);
             let offset =
-                parse_u64(offset).ok_or(ProtocolError::Malformed { what: "MSG offset" })?;
+                fields::number(offset).ok_or(ProtocolError::Malformed { what: "MSG offset" })?;
             ServerFrame::Message {
                 channel: Cow::Borrowed(channel),
                 offset,
@@ -280,7 +273,7 @@ pub fn parse_server_line(
         }
         b"ERR" => {
             let (code, reason) = split_word(rest);
-            let code = parse_u64(code)
+            let code = fields::number(code)
                 .and_then(|c| u16::try_from(c).ok())
                 .ok_or(ProtocolError::Malformed { what: "ERR code" })?;
             let reason = std::str::from_utf8(reason)
@@ -291,9 +284,9 @@ pub fn parse_server_line(
             let bad = ProtocolError::Malformed { what: "HIST line" };
             let (channel, rest) = split_word(rest);
             let mut words = rest.split(|&b| b == b' ');
-            let epoch = words.next().and_then(parse_hex).ok_or(bad.clone())?;
-            let first = words.next().and_then(parse_u64).ok_or(bad.clone())?;
-            let last = words.next().and_then(parse_u64).ok_or(bad.clone())?;
+            let epoch = words.next().and_then(fields::epoch_hex).ok_or(bad.clone())?;
+            let first = words.next().and_then(fields::number).ok_or(bad.clone())?;
+            let last = words.next().and_then(fields::number).ok_or(bad.clone())?;
             let status = match words.next() {
                 Some(b"ok") => ResumeStatus::Ok,
                 Some(b"expired") => ResumeStatus::Expired,
@@ -305,7 +298,7 @@ pub fn parse_server_line(
         b"ACK" => {
             let (channel, offset) = split_word(rest);
             let offset =
-                parse_u64(offset).ok_or(ProtocolError::Malformed { what: "ACK offset" })?;
+                fields::number(offset).ok_or(ProtocolError::Malformed { what: "ACK offset" })?;
             ServerFrame::Ack { channel: Cow::Borrowed(channel), offset }
         }
         b"PING" => ServerFrame::Ping,
@@ -315,13 +308,6 @@ pub fn parse_server_line(
         }
     };
     Ok(Some((frame, used)))
-}
-
-fn parse_u64(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]

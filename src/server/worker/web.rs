@@ -17,8 +17,8 @@ use crate::history::{ResumeStatus, Retained};
 use crate::protocol::http::{self, Head, HttpError};
 use crate::protocol::websocket::{self, opcode, WsError, WsEvent};
 use crate::protocol::{
-    self, binary, json, sse, validate_channel, ChannelKind, ErrorCode, Format, HistoryStatus,
-    Resume,
+    self, binary, fields, json, sse, validate_channel, ChannelKind, ErrorCode, Format,
+    HistoryStatus, Resume,
 };
 use crate::server::channels::Channel;
 use crate::server::conn::{PollWait, SseChannel, Subscription, Web, CATCHING_UP};
@@ -48,25 +48,6 @@ pub(super) fn close_status(code: ErrorCode) -> u16 {
         ErrorCode::StaleConnection => websocket::status::GOING_AWAY,
         ErrorCode::SlowConsumer => websocket::status::INTERNAL,
         _ => websocket::status::POLICY,
-    }
-}
-
-fn parse_u64(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
-}
-
-/// An offset, or "now" (`u64::MAX`: replay nothing, report the latest offset).
-fn parse_after(bytes: &[u8]) -> Option<u64> {
-    if bytes == b"now" {
-        return Some(u64::MAX);
-    }
-    parse_u64(bytes)
-}
-
-fn parse_epoch(bytes: &[u8]) -> Option<Option<u64>> {
-    match bytes {
-        b"" | b"*" => Some(None),
-        hex => Some(Some(u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?)),
     }
 }
 
@@ -424,8 +405,8 @@ impl Worker {
                     channels.push(SseChannel { name: value.clone(), resume: now, last: None });
                     true
                 }
-                ("after", Some(resume)) => parse_after(value).map(|a| resume.after = a).is_some(),
-                ("epoch", Some(resume)) => parse_epoch(value).map(|e| resume.epoch = e).is_some(),
+                ("after", Some(resume)) => fields::after(value).map(|a| resume.after = a).is_some(),
+                ("epoch", Some(resume)) => fields::epoch(value).map(|e| resume.epoch = e).is_some(),
                 ("after" | "epoch", None) => false,
                 _ => true,
             };
@@ -449,7 +430,7 @@ impl Worker {
             let positions: Vec<&str> = last_id.split_whitespace().collect();
             if positions.len() == channels.len() {
                 for (channel, position) in channels.iter_mut().zip(positions) {
-                    if let Some((after, epoch)) = sse::parse_position(position) {
+                    if let Some((after, epoch)) = fields::position(position.as_bytes()) {
                         channel.resume.after = after;
                         channel.resume.epoch = epoch.or(channel.resume.epoch);
                     }
@@ -555,9 +536,9 @@ impl Worker {
             }
         }
         // Each parameter is optional, and refused when present but malformed.
-        let from = head.param("from").map_or(Some(None), |f| parse_u64(f).map(Some));
-        let epoch = head.param("epoch").map_or(Some(None), parse_epoch);
-        let timeout = head.param("timeout").map_or(Some(DEFAULT_POLL_SECS), parse_u64);
+        let from = head.param("from").map_or(Some(None), |f| fields::number(f).map(Some));
+        let epoch = head.param("epoch").map_or(Some(None), fields::epoch);
+        let timeout = head.param("timeout").map_or(Some(DEFAULT_POLL_SECS), fields::number);
         let (Some(from), Some(epoch), Some(timeout)) = (from, epoch, timeout) else {
             return self.refuse(
                 key,
