@@ -388,3 +388,36 @@ fn a_wide_event_stream_gets_one_cursor_per_turn_not_one_per_channel() {
     assert_eq!(last.split_whitespace().count(), 300, "the cursor names every channel");
     assert!(!last.contains(" -"), "every position is known: {last}");
 }
+
+/// A durable acknowledgement still on its way when its connection closes must not reach the
+/// connection that takes the same slab key next (the worker's notes name a connection by key and
+/// serial, not by key alone).
+#[test]
+fn an_acknowledgement_for_a_closed_connection_never_reaches_the_next_one_at_its_key() {
+    let dir = TempDir::new("faults");
+    let server = start(|config: &mut Config| {
+        durable(&dir)(config);
+        config.workers = 1;
+    });
+    let faults = server.storage_faults().expect("a data directory");
+    let fsyncs = || server.stats().fsyncs;
+    let before = fsyncs();
+    faults.delay_fsyncs(Duration::from_millis(400));
+    {
+        let mut gone = Conn::binary(server.local_addr());
+        gone.send(Request::PublishAcked { channel: b"orders", payload: b"late"[..].into() });
+        // Wait until the server has the publish (its record is being made durable), then leave.
+        wait_until("the record is written", || server.stats().messages_in == 1);
+    }
+    wait_until("the first connection is gone", || server.stats().connections_current == 0);
+    // One worker, no other connection: the next one takes the same slab key.
+    let mut next = Conn::binary(server.local_addr());
+    next.subscribe("elsewhere");
+    wait_until("the delayed fsync is done", || fsyncs() > before);
+    faults.clear();
+    // Whatever the worker did with the acknowledgement, it did it before answering this PING.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(next.barrier(), Vec::<Frame>::new(), "nothing but the PONG");
+    let second = publish_acked(&mut next, "orders", b"mine");
+    assert_eq!(second, Frame::Ack { channel: "orders".into(), offset: 2 });
+}

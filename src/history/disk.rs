@@ -174,6 +174,7 @@ impl StorageHealth {
 pub struct Faults {
     write_errno: AtomicI32,
     fsync_errno: AtomicI32,
+    fsync_delay_ms: AtomicU64,
     open_errno: AtomicI32,
     short_writes: AtomicBool,
 }
@@ -187,6 +188,11 @@ impl Faults {
     /// fsyncs fail with `errno`; 0 stops it.
     pub fn fail_fsyncs(&self, errno: i32) {
         self.fsync_errno.store(errno, Ordering::Relaxed);
+    }
+
+    /// Each segment fsync first sleeps this long (a slow disk); 0 stops it.
+    pub fn delay_fsyncs(&self, delay: std::time::Duration) {
+        self.fsync_delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Creating or opening files fails with `errno`; 0 stops it.
@@ -203,6 +209,7 @@ impl Faults {
     pub fn clear(&self) {
         self.fail_writes(0);
         self.fail_fsyncs(0);
+        self.delay_fsyncs(std::time::Duration::ZERO);
         self.fail_opens(0);
         self.short_writes(false);
     }
@@ -1095,6 +1102,10 @@ fn sync_writer(
 ) -> io::Result<()> {
     let started = Instant::now();
     Faults::check(&faults.fsync_errno)?;
+    let delay_ms = faults.fsync_delay_ms.load(Ordering::Relaxed);
+    if delay_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    }
     writer.file.sync_data()?;
     writer.unsynced = false;
     let micros = started.elapsed().as_micros() as u64;

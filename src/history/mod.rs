@@ -149,7 +149,35 @@ impl Default for ChannelLog {
     }
 }
 
+/// A log's identity and extent at one moment, read under its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The log's epoch.
+    pub epoch: u64,
+    /// The earliest retained offset (`last + 1` when nothing is retained).
+    pub first: u64,
+    /// The latest offset (0 before the first message).
+    pub last: u64,
+}
+
+impl Bounds {
+    /// What a client is told about the log (HIST), with the status of its request.
+    pub fn history<'a>(
+        self,
+        channel: &'a [u8],
+        status: ResumeStatus,
+    ) -> crate::protocol::HistoryStatus<'a> {
+        let Bounds { epoch, first, last } = self;
+        crate::protocol::HistoryStatus { channel, epoch, first, last, status }
+    }
+}
+
 impl ChannelLog {
+    /// Epoch, earliest retained and latest offsets.
+    pub fn bounds(&self) -> Bounds {
+        Bounds { epoch: self.epoch, first: self.first_retained(), last: self.last_offset() }
+    }
+
     /// The offset of the latest message (0 before the first).
     pub fn last_offset(&self) -> u64 {
         self.next_offset - 1

@@ -1,4 +1,6 @@
-//! One client connection: its socket, wire format, unparsed input, write queue and subscriptions.
+//! One client connection: its socket, wire format, unparsed input, write queue, subscriptions,
+//! and where it is in its life (`Phase`; the transitions and their invariants are drawn in
+//! `worker::lifecycle`).
 //!
 //! A connection that only listens holds no buffers: `input` is empty (reads go through the
 //! worker's scratch buffer and only an incomplete frame is kept here), and the write queue's
@@ -18,11 +20,14 @@ use crate::protocol::{ChannelKind, Format, Resume};
 /// Most frames handed to one writev(2) (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 64;
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a connection is in its life; see `worker::lifecycle` for the transitions.
+#[derive(Debug)]
 pub enum Phase {
-    /// Reading commands and receiving messages.
+    /// Handling commands as they arrive and receiving messages.
     Open,
+    /// Open, receiving messages, but its input waits (unparsed, in `Conn::input`) until `Wait`
+    /// is over: commands take effect in the order they were sent.
+    Waiting(Wait),
     /// Going away (error sent, slow consumer, stale, or server shutdown): input is discarded,
     /// the queue is flushed, then the write side is shut and the socket closed on the peer's EOF
     /// or at `deadline_ms` (worker clock), whichever comes first. Closing this way, instead of at
@@ -35,14 +40,37 @@ pub enum Phase {
         write_shut: bool,
         /// Keep the socket until the peer's EOF (or the deadline) even when nothing is unread.
         /// Set after a protocol error, where the client may still have commands in flight whose
-        /// arrival at a closed socket would reset the connection; clear on server shutdown, where
-        /// an empty receive buffer after the half-close is enough to close cleanly.
+        /// arrival at a closed socket would reset the connection; clear on server shutdown and
+        /// after a WebSocket close handshake, where an empty receive buffer after the half-close
+        /// is enough to close cleanly.
         wait_for_eof: bool,
     },
 }
 
-/// `Subscription::position` of a subscriber still in `LocalChannel::catching_up`.
-pub const CATCHING_UP: u32 = u32::MAX;
+/// What an open connection's input waits for.
+#[derive(Debug)]
+pub enum Wait {
+    /// A publish found the ring full (or the disk behind): retried every turn, then the input.
+    RingRoom(Box<StalledPublish>),
+    /// A resuming subscribe is being replayed from history, paced by the write queue.
+    Replay(Box<Replay>),
+    /// A long-poll is held until a message comes or its deadline passes.
+    Poll(PollWait),
+    /// An HTTP publish waits for its record to be durable: the next request's response must not
+    /// overtake this one's.
+    DurableAck,
+}
+
+/// How a subscription receives the channel's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// In the channel's shared fan-out (`LocalChannel::subscribers`) at this position.
+    Live(u32),
+    /// Just replayed from history, or a held long-poll: in `LocalChannel::catching_up` with the
+    /// last offset it has, getting only later messages, encoded for it alone, until the ring
+    /// passes that offset (then `Live`).
+    CatchingUp,
+}
 
 /// A replay from history in progress: messages after `after` are still to be sent.
 #[derive(Debug)]
@@ -60,13 +88,8 @@ pub enum Web {
     Http {
         /// Keep the connection after the current response.
         keep_alive: bool,
-        /// A long-poll waiting for a message: the request's input waits behind it.
-        poll: Option<PollWait>,
         /// `100 Continue` was sent for the request whose body is still arriving.
         continued: bool,
-        /// A publish waits for its record to be durable: later requests wait for its answer,
-        /// so that responses go out in request order.
-        awaiting_ack: bool,
         /// Worker-clock milliseconds when the first byte of a head still incomplete arrived.
         head_since_ms: Option<u32>,
     },
@@ -117,9 +140,8 @@ pub struct PollWait {
 pub struct Subscription {
     /// The channel.
     pub channel: Arc<Channel>,
-    /// Position of this connection in the channel's `LocalChannel::subscribers`, or
-    /// `CATCHING_UP`.
-    pub position: u32,
+    /// Where in the worker's index this connection is.
+    pub membership: Membership,
 }
 
 /// A publish that found the ring full; retried before any later input of the connection is read.
@@ -140,7 +162,7 @@ pub struct Conn {
     pub stream: TcpStream,
     /// Wire format, once sniffed from the first bytes.
     pub format: Option<Format>,
-    /// Open or closing.
+    /// Open, waiting, or closing.
     pub phase: Phase,
     /// Readable readiness seen and not yet exhausted by a WouldBlock read (edge-triggered).
     pub readable: bool,
@@ -163,12 +185,9 @@ pub struct Conn {
     /// Channels this connection receives, its inbox (`@name`, once it has claimed a name, which
     /// is where the name is kept) included.
     pub subscriptions: Vec<Subscription>,
-    /// A publish waiting for room in the ring.
-    pub stalled: Option<Box<StalledPublish>>,
-    /// A resuming subscribe being replayed from history; later input waits for it.
-    pub replay: Option<Box<Replay>>,
-    /// Distinguishes connections that share a slab key over time (wraps after 2^32 accepts), so
-    /// that a late acknowledgement from the storage thread reaches the connection that asked.
+    /// Distinguishes connections that share a slab key over time (wraps after 2^32 accepts):
+    /// work noted for a connection (the worker's side lists, a late acknowledgement from the
+    /// storage thread) carries it, so that it never reaches a later connection at that key.
     pub serial: u32,
     /// Browser protocol state (HTTP, WebSocket, SSE); `None` for TCP clients.
     pub web: Option<Box<Web>>,
@@ -192,15 +211,26 @@ impl Conn {
             input: None,
             queue: WriteQueue::default(),
             subscriptions: Vec::new(),
-            stalled: None,
-            replay: None,
             web: None,
+        }
+    }
+
+    /// What the input waits for, if anything.
+    pub fn wait(&self) -> Option<&Wait> {
+        match &self.phase {
+            Phase::Waiting(wait) => Some(wait),
+            _ => None,
         }
     }
 
     /// True while a long-poll is held (later requests wait for it).
     pub fn polling(&self) -> bool {
-        matches!(self.web.as_deref(), Some(Web::Http { poll: Some(_), .. }))
+        matches!(self.phase, Phase::Waiting(Wait::Poll(_)))
+    }
+
+    /// True while a replay from history is in progress.
+    pub fn replaying(&self) -> bool {
+        matches!(self.phase, Phase::Waiting(Wait::Replay(_)))
     }
 
     /// True for the WebSocket echo endpoint.
@@ -208,15 +238,20 @@ impl Conn {
         matches!(self.web.as_deref(), Some(Web::WebSocket { echo: true, .. }))
     }
 
-    /// True when input must wait: a publish for ring room, a replay, a long-poll, or an HTTP
-    /// publish for its durable acknowledgement.
+    /// True when input must wait (see `Phase::Waiting`).
     pub fn input_waits(&self) -> bool {
-        self.stalled.is_some()
-            || self.replay.is_some()
-            || matches!(
-                self.web.as_deref(),
-                Some(Web::Http { poll: Some(_), .. } | Web::Http { awaiting_ack: true, .. })
-            )
+        matches!(self.phase, Phase::Waiting(_))
+    }
+
+    /// Ends a wait: the connection takes commands again. Returns what it waited for.
+    pub fn end_wait(&mut self) -> Option<Wait> {
+        match std::mem::replace(&mut self.phase, Phase::Open) {
+            Phase::Waiting(wait) => Some(wait),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
     }
 
     /// The format to speak to this client in; a client that has not spoken yet gets text.
@@ -224,9 +259,10 @@ impl Conn {
         self.format.unwrap_or(Format::Text)
     }
 
-    /// True while the connection takes commands and receives messages.
+    /// True while the connection takes commands (now or once its wait is over) and receives
+    /// messages.
     pub fn is_open(&self) -> bool {
-        self.phase == Phase::Open
+        !matches!(self.phase, Phase::Closing { .. })
     }
 
     /// The name claimed with NAME: its inbox channel's name without the `@`.
@@ -252,6 +288,11 @@ impl Conn {
     pub fn push_subscription(&mut self, subscription: Subscription) {
         self.subscriptions.reserve_exact(1);
         self.subscriptions.push(subscription);
+    }
+
+    /// The subscription to `channel`, if any.
+    pub fn subscription_mut(&mut self, channel: u64) -> Option<&mut Subscription> {
+        self.subscriptions.iter_mut().find(|s| s.channel.id == channel)
     }
 }
 

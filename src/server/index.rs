@@ -3,6 +3,10 @@
 //! Fan-out iterates a dense `Vec` of slab keys (the fastest thing to walk). Removal is O(1) by
 //! `swap_remove`: every subscriber remembers its position, and the caller fixes the position of
 //! the key that was moved into the hole (`remove` returns it).
+//!
+//! Entries are raw slab keys, not `(key, serial)`: a connection is taken out of every list before
+//! it stops being open (`worker::lifecycle`, invariants 2 and 6), so a key here is always the
+//! live connection that subscribed.
 
 use std::collections::HashMap;
 

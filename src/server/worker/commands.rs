@@ -1,0 +1,251 @@
+//! Commands, whatever format they came in: subscribe (or resume), unsubscribe, publish, claim a
+//! name, ping. Each is checked (names, limits), acted on, and answered; a refusal is an error
+//! frame the connection survives. Also the worker's view of channels: its cache, and letting go
+//! of channels nothing uses.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use log::debug;
+
+use super::lifecycle::Close;
+use super::Worker;
+use crate::history::disk::StoreOp;
+use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Request, Resume};
+use crate::server::channels::Channel;
+use crate::server::conn::{Membership, Subscription};
+use crate::server::stats::WorkerCounters;
+
+fn owned(payload: Cow<'_, [u8]>) -> Bytes {
+    match payload {
+        Cow::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
+        Cow::Owned(vec) => Bytes::from(vec),
+    }
+}
+
+impl Worker {
+    pub(super) fn handle(&mut self, key: usize, request: Request<'_>) -> Result<(), Close> {
+        match request {
+            Request::Noop | Request::Pong => Ok(()),
+            Request::Ping => {
+                let pong = self.conns[key].reply_format().pong();
+                self.reply(key, pong)
+            }
+            Request::Subscribe { channel, resume } => self.subscribe(key, channel, resume),
+            Request::Unsubscribe { channel } => self.unsubscribe(key, channel),
+            Request::Publish { channel, payload } => {
+                self.publish_request(key, channel, owned(payload), false)
+            }
+            Request::PublishAcked { channel, payload } => {
+                self.publish_request(key, channel, owned(payload), true)
+            }
+            Request::Name { name } => self.claim_name(key, name),
+        }
+    }
+
+    /// The channel for a validated name: from this worker's cache, else from the registry. At
+    /// the channel limit, first free what nothing uses; if every channel is in use or holds
+    /// history, let the globally oldest history go (a hundredth of the limit at a time, so that a
+    /// flood of names sweeps rarely) and free what that emptied.
+    pub(super) fn channel(&mut self, name: &[u8]) -> Result<Arc<Channel>, String> {
+        if let Some(channel) = self.channel_cache.get(name) {
+            return Ok(channel.clone());
+        }
+        let mut attempt = 0;
+        let channel = loop {
+            match self.shared.channels.get_or_create(name) {
+                Ok(channel) => break channel,
+                Err(e) if attempt == 2 => return Err(e.to_string()),
+                Err(_) => {
+                    if attempt == 1 {
+                        let batch = (self.shared.config.max_channels / 100).max(1);
+                        let evicted = self.shared.channels.evict_oldest(batch);
+                        WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
+                    }
+                    self.sweep_channels(true);
+                    attempt += 1;
+                }
+            }
+        };
+        self.channel_cache.insert(channel.name.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Lets go of cached channels with no local subscribers, then frees every channel nothing
+    /// uses any more (see `ChannelRegistry::sweep_unused`); a freed channel's files go too.
+    ///
+    /// The registry's sweep walks every channel under its lock, so the periodic one is worker
+    /// 0's alone (the others only let go of their caches); at the channel limit, whoever hits it.
+    pub(super) fn sweep_channels(&mut self, registry_too: bool) {
+        let index = &self.index;
+        self.channel_cache.retain(|_, channel| index.get(channel.id).is_some());
+        self.channel_cache.shrink_to_fit();
+        if !registry_too {
+            return;
+        }
+        let storage = self.shared.storage.as_ref();
+        let freed = self.shared.channels.sweep_unused(self.wall_ms(), |name| {
+            if let Some(storage) = storage {
+                storage.depth.fetch_add(1, Ordering::Relaxed);
+                let _ = storage.sender.send(StoreOp::Forget(name.clone()));
+            }
+        });
+        WorkerCounters::add(&self.counters().channels_freed, freed as u64);
+        if freed > 0 {
+            debug!("worker {}: freed {freed} unused channel(s)", self.id);
+        }
+    }
+
+    /// A topic channel a client may subscribe to, or the refusal to send.
+    fn subscribable(name: &[u8]) -> Result<(), (ErrorCode, Cow<'static, str>)> {
+        match validate_channel(name) {
+            Ok(ChannelKind::Topic) => Ok(()),
+            Ok(ChannelKind::Broadcast) => {
+                Err((ErrorCode::Forbidden, "every connection receives * already".into()))
+            }
+            Ok(ChannelKind::Inbox) => {
+                Err((ErrorCode::Forbidden, "inboxes are private; claim a name with NAME".into()))
+            }
+            Err(e) => Err((ErrorCode::InvalidName, format!("invalid channel: {e}").into())),
+        }
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        key: usize,
+        name: &[u8],
+        resume: Option<Resume>,
+    ) -> Result<(), Close> {
+        if let Err((code, why)) = Self::subscribable(name) {
+            return self.refuse(key, code, &why);
+        }
+        let conn = &self.conns[key];
+        if conn.subscriptions.iter().any(|s| s.channel.name == name) {
+            if resume.is_some() {
+                let why = "already subscribed; UNSUB before resuming";
+                return self.refuse(key, ErrorCode::Conflict, why);
+            }
+            return self.acknowledge(key, Ack::Subscribe, name);
+        }
+        let limit = self.shared.config.max_subscriptions_per_connection;
+        if conn.subscriptions.len() >= limit {
+            let why = format!("too many subscriptions (the limit is {limit})");
+            return self.refuse(key, ErrorCode::LimitReached, &why);
+        }
+        let channel = match self.channel(name) {
+            Ok(channel) => channel,
+            Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
+        };
+        match resume {
+            None => {
+                self.attach(key, channel);
+                self.acknowledge(key, Ack::Subscribe, name)
+            }
+            Some(resume) => self.start_replay(key, channel, resume),
+        }
+    }
+
+    /// Adds `key` to the channel's shared fan-out.
+    fn attach(&mut self, key: usize, channel: Arc<Channel>) {
+        let conn = &mut self.conns[key];
+        let position = self.index.add(channel.id, key, conn.reply_format());
+        conn.push_subscription(Subscription { channel, membership: Membership::Live(position) });
+    }
+
+    fn unsubscribe(&mut self, key: usize, name: &[u8]) -> Result<(), Close> {
+        if let Err(e) = validate_channel(name) {
+            return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
+        }
+        let conn = &mut self.conns[key];
+        if let Some(i) = conn.subscriptions.iter().position(|s| s.channel.name == name) {
+            if conn.subscriptions[i].channel.kind == ChannelKind::Inbox {
+                let why = "a connection keeps its inbox while it has its name";
+                return self.refuse(key, ErrorCode::Forbidden, why);
+            }
+            let subscription = conn.subscriptions.swap_remove(i);
+            self.detach_one(key, subscription);
+        }
+        self.acknowledge(key, Ack::Unsubscribe, name)
+    }
+
+    /// Removes `key` from one channel's local subscribers, fixing the position of the subscriber
+    /// that `swap_remove` moved into its place.
+    pub(super) fn detach_one(&mut self, key: usize, subscription: Subscription) {
+        let format = self.conns[key].reply_format();
+        let channel_id = subscription.channel.id;
+        match subscription.membership {
+            Membership::CatchingUp => self.index.remove_catching_up(channel_id, key),
+            Membership::Live(position) => {
+                if let Some(moved) = self.index.remove(channel_id, position, format) {
+                    if let Some(entry) = self.conns[moved].subscription_mut(channel_id) {
+                        entry.membership = Membership::Live(position);
+                    }
+                }
+            }
+        }
+        if self.index.get(channel_id).is_none() {
+            // The last local subscriber left: this worker no longer keeps the channel alive, so
+            // that it can be freed once nothing else uses it (`sweep_channels`).
+            self.channel_cache.remove(&subscription.channel.name);
+        }
+    }
+
+    fn claim_name(&mut self, key: usize, name: &[u8]) -> Result<(), Close> {
+        if let Err(e) = protocol::validate_client_name(name) {
+            return self.refuse(key, ErrorCode::InvalidName, &format!("invalid name: {e}"));
+        }
+        if self.conns[key].name().is_some() {
+            return self.refuse(key, ErrorCode::Conflict, "this connection already has a name");
+        }
+        let mut inbox = Vec::with_capacity(name.len() + 1);
+        inbox.push(b'@');
+        inbox.extend_from_slice(name);
+        let channel = match self.channel(&inbox) {
+            Ok(channel) => channel,
+            Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
+        };
+        if !self.shared.names.claim(name) {
+            return self.refuse(key, ErrorCode::Conflict, "name already in use");
+        }
+        self.attach(key, channel);
+        self.acknowledge(key, Ack::Name, name)
+    }
+
+    pub(super) fn publish_request(
+        &mut self,
+        key: usize,
+        name: &[u8],
+        payload: Bytes,
+        acked: bool,
+    ) -> Result<(), Close> {
+        if self
+            .shared
+            .config
+            .debug_panic_on_publish_to
+            .as_deref()
+            .is_some_and(|c| c.as_bytes() == name)
+        {
+            panic!("--debug-panic-on-publish-to {}", String::from_utf8_lossy(name));
+        }
+        let kind = match validate_channel(name) {
+            Ok(kind) => kind,
+            Err(e) => {
+                return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
+            }
+        };
+        if kind == ChannelKind::Inbox && !self.shared.names.is_claimed(&name[1..]) {
+            let who = String::from_utf8_lossy(&name[1..]).into_owned();
+            return self.refuse(key, ErrorCode::NotFound, &format!("no client named {who}"));
+        }
+        let channel = match self.channel(name) {
+            Ok(channel) => channel,
+            Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
+        };
+        if self.publish_for(key, channel, payload, acked)? {
+            WorkerCounters::add(&self.counters().ring_full_stalls, 1);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! Reading and parsing: bytes from a socket become commands in the connection's format (sniffed
+//! from its first bytes), handed to `commands` (or to `web` for HTTP and WebSocket). Input that
+//! must wait (`Phase::Waiting`) stays in the connection, unparsed, until the wait is over.
+
+use std::io::{self, Read};
+use std::sync::atomic::Ordering;
+
+use log::debug;
+
+use super::lifecycle::{Close, RunState};
+use super::{would_block, ConnRef, Worker};
+use crate::protocol::{self, Format, ProtocolError, Sniffed};
+use crate::server::conn::{Phase, Web};
+use crate::server::stats::WorkerCounters;
+
+/// One read(2) at most this much (the worker's scratch buffer).
+pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read from one connection per turn.
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+
+impl Worker {
+    /// Reads the connections that used their budget last turn.
+    pub(super) fn read_pending(&mut self) {
+        for _ in 0..self.pending_reads.len() {
+            let Some(noted) = self.pending_reads.pop_front() else { break };
+            if let Some(key) = self.resolve(noted) {
+                let result = self.read_ready(key);
+                self.settle(key, result);
+            }
+        }
+    }
+
+    /// Lets connections whose wait ended (a long-poll answered, a durable acknowledgement sent)
+    /// go on with the input that waited.
+    pub(super) fn continue_unblocked(&mut self) {
+        for noted in std::mem::take(&mut self.unblocked) {
+            let Some(key) = self.resolve(noted) else { continue };
+            let conn = &self.conns[key];
+            if conn.is_open() && !conn.input_waits() {
+                let result = self.continue_input(key);
+                self.settle(key, result);
+            }
+        }
+    }
+
+    /// Reads until WouldBlock, the per-turn budget, or input that must wait. A closing
+    /// connection is read only to see the peer's EOF (its input is discarded).
+    pub(super) fn read_ready(&mut self, key: usize) -> Result<(), Close> {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let conn = &mut self.conns[key];
+            if !conn.readable {
+                return Ok(());
+            }
+            // A held long-poll keeps reading (a little), so that a client that goes away is
+            // noticed now rather than at the poll's deadline; what it sends waits in `input`.
+            if conn.input_waits()
+                && !(conn.polling()
+                    && conn.input.as_ref().map_or(0, |i| i.len()) < protocol::http::MAX_HEAD_BYTES)
+            {
+                return Ok(());
+            }
+            // During shutdown nothing is read from open connections (they get their queues
+            // flushed, then close); closing connections are still read to see the peer's EOF.
+            if self.state != RunState::Running && conn.is_open() {
+                return Ok(());
+            }
+            if budget == 0 {
+                self.pending_reads.push_back(ConnRef::of(key, conn));
+                return Ok(());
+            }
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return Err(Close::now("closed by peer")),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    WorkerCounters::add(&self.shared.counters[self.id].bytes_in, n as u64);
+                    if conn.is_open() {
+                        conn.last_input_ms = self.now_ms;
+                        conn.ping_sent = false;
+                        let scratch = std::mem::take(&mut self.scratch);
+                        let taken = self.take_input(key, &scratch[..n]);
+                        self.scratch = scratch;
+                        taken?;
+                    }
+                }
+                Err(e) if would_block(&e) => {
+                    conn.readable = false;
+                    if let Phase::Closing { write_shut: true, wait_for_eof: false, .. } = conn.phase
+                    {
+                        return Err(Close::now("flushed and half-closed"));
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Close::now(format!("read failed: {e}"))),
+            }
+        }
+    }
+
+    /// Parses `fresh` after whatever incomplete frame the connection held.
+    fn take_input(&mut self, key: usize, fresh: &[u8]) -> Result<(), Close> {
+        if self.conns[key].input.is_none() {
+            let used = self.parse_and_handle(key, fresh)?;
+            let conn = &mut self.conns[key];
+            if conn.is_open() && used < fresh.len() {
+                conn.keep_input(fresh[used..].to_vec());
+            }
+            Ok(())
+        } else {
+            let mut input = self.conns[key].take_input();
+            input.extend_from_slice(fresh);
+            self.resume_input(key, input)
+        }
+    }
+
+    /// After a wait ends (a stall, a replay, a long-poll): the input that waited, then the socket.
+    pub(super) fn continue_input(&mut self, key: usize) -> Result<(), Close> {
+        if self.conns[key].format == Some(Format::Sse) {
+            self.sse_subscribe_pending(key)?;
+        }
+        let input = self.conns[key].take_input();
+        if !input.is_empty() {
+            self.resume_input(key, input)?;
+        }
+        self.read_ready(key)
+    }
+
+    /// Parses bytes the connection already held (after more arrived, or after a wait ended).
+    fn resume_input(&mut self, key: usize, mut input: Vec<u8>) -> Result<(), Close> {
+        let used = self.parse_and_handle(key, &input)?;
+        input.drain(..used);
+        let conn = &mut self.conns[key];
+        if conn.is_open() && !input.is_empty() {
+            input.shrink_to(input.len().max(1024));
+            conn.keep_input(input);
+        }
+        Ok(())
+    }
+
+    /// Handles every complete command in `input`; returns the bytes consumed. Stops early when
+    /// the input must wait (a publish stalled, a replay began, a long-poll is held).
+    pub(super) fn parse_and_handle(&mut self, key: usize, input: &[u8]) -> Result<usize, Close> {
+        let max_frame = self.shared.config.max_frame_bytes;
+        let mut at = 0;
+        let format = match self.conns[key].format {
+            Some(format) => format,
+            None => {
+                let format = match protocol::sniff(input) {
+                    Ok(Sniffed::NeedMore) => return Ok(0),
+                    Ok(Sniffed::Binary(preface)) => {
+                        at = preface;
+                        Format::Binary
+                    }
+                    Ok(Sniffed::Text) => Format::Text,
+                    Ok(Sniffed::Http) => {
+                        self.conns[key].web = Some(Box::new(Web::Http {
+                            keep_alive: true,
+                            continued: false,
+                            head_since_ms: None,
+                        }));
+                        Format::Http
+                    }
+                    Err(e) => {
+                        self.set_format(key, Format::Binary);
+                        return Err(self.protocol_error(key, &e));
+                    }
+                };
+                self.set_format(key, format);
+                format
+            }
+        };
+        match format {
+            Format::Text | Format::Binary => {}
+            Format::Http => return Ok(at + self.http_input(key, &input[at..])?),
+            Format::WsJson | Format::WsBinary => {
+                return Ok(at + self.websocket_input(key, &input[at..])?)
+            }
+            // An event stream is one-way; whatever the client sends after its request is ignored.
+            Format::Sse => return Ok(input.len()),
+        }
+        loop {
+            let conn = &self.conns[key];
+            if !conn.is_open() || conn.input_waits() {
+                return Ok(at);
+            }
+            match format.parse_request(&input[at..], max_frame) {
+                Ok(Some((request, used))) => {
+                    at += used;
+                    self.handle(key, request)?;
+                }
+                Ok(None) => return Ok(at),
+                Err(e) => return Err(self.protocol_error(key, &e)),
+            }
+        }
+    }
+
+    /// Records a connection's format (its metrics gauge moves with it).
+    pub(super) fn set_format(&mut self, key: usize, format: Format) {
+        let counters = &self.shared.counters[self.id];
+        if let Some(old) = self.conns[key].format.replace(format) {
+            counters.by_format(old).fetch_sub(1, Ordering::Relaxed);
+        }
+        counters.by_format(format).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts and logs a fatal protocol violation; the connection closes after an error frame.
+    pub(super) fn protocol_error(&mut self, key: usize, error: &ProtocolError) -> Close {
+        use ProtocolError as E;
+        let counters = self.counters();
+        WorkerCounters::add(&counters.protocol_errors, 1);
+        let kind = match error {
+            E::FrameTooLarge { .. } => &counters.protocol_errors_too_large,
+            E::EmptyFrame | E::Malformed { .. } | E::BadPreface => {
+                &counters.protocol_errors_malformed
+            }
+            E::UnknownOpcode(_) | E::UnknownCommand(_) => &counters.protocol_errors_unknown_command,
+            E::InvalidUtf8 { .. } => &counters.protocol_errors_invalid_utf8,
+        };
+        WorkerCounters::add(kind, 1);
+        debug!("worker {}: protocol error on connection {key}: {error}", self.id);
+        // Replies to the commands before the bad one are still owed: keep the queue.
+        Close::error(error.code(), error.to_string())
+    }
+}

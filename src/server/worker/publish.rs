@@ -1,0 +1,233 @@
+//! The publish path: `Publisher::publish` gives a message its channel offset, retains it (memory,
+//! and the storage thread's queue with `--data-dir`), and puts it into the ring. It knows
+//! channels, never connections: what it is told about the publisher is an opaque return address
+//! for a durable acknowledgement. A cluster mode swaps what is behind this seam (an offset and a
+//! stream from the broker) and leaves the worker as it is.
+//!
+//! The worker's side is here too: publishing for a connection (an acknowledgement now or once
+//! durable; a full ring parks the publish as the connection's wait), retrying parked publishes,
+//! and delivering the acknowledgements the storage thread confirms.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use log::warn;
+
+use super::lifecycle::Close;
+use super::{ConnRef, Worker};
+use crate::history::disk::{AckTarget, Append, StoreOp};
+use crate::history::Retained;
+use crate::protocol::ErrorCode;
+use crate::server::channels::{Channel, Message};
+use crate::server::conn::{Phase, StalledPublish, Wait, Web};
+use crate::server::ring::Producer;
+use crate::server::stats::WorkerCounters;
+use crate::server::{Item, Shared, MAX_STORAGE_BACKLOG};
+
+/// A message that was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Published {
+    /// The offset it got in its channel.
+    pub offset: u64,
+    /// The acknowledgement asked for goes to its return address once the record is durable
+    /// (`--fsync always`); otherwise the caller acknowledges now, if asked.
+    pub ack_when_durable: bool,
+}
+
+/// Why a message was not published.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The ring is full or the disk is behind: nothing happened; try again later.
+    Busy(Bytes),
+    /// An acknowledged publish to a channel whose storage is failing: the acknowledgement would
+    /// promise a durability that cannot be given, so the message is not published at all.
+    StorageFailed(Arc<str>),
+}
+
+/// Publishes into the ring for one worker.
+#[derive(Debug)]
+pub(super) struct Publisher {
+    worker: usize,
+    producer: Producer<Item>,
+    shared: Arc<Shared>,
+    /// Wall-clock milliseconds of the worker's turn (history timestamps).
+    pub now_wall_ms: u64,
+    /// Published since the other workers were last woken.
+    published: bool,
+}
+
+impl Publisher {
+    pub(super) fn new(worker: usize, producer: Producer<Item>, shared: Arc<Shared>) -> Self {
+        Publisher { worker, producer, shared, now_wall_ms: 0, published: false }
+    }
+
+    /// True once after anything was published: the other workers need a wake-up.
+    pub(super) fn take_published(&mut self) -> bool {
+        std::mem::take(&mut self.published)
+    }
+
+    fn count(&self, counter: impl Fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64, n: u64) {
+        WorkerCounters::add(counter(&self.shared.counters[self.worker]), n);
+    }
+
+    /// Assigns the next offset and puts the message into the ring, both under the channel's
+    /// offset lock, so that ring order is offset order; then retains it. `ack` is where a durable
+    /// acknowledgement goes, when one is asked for.
+    pub(super) fn publish(
+        &mut self,
+        channel: &Arc<Channel>,
+        payload: Bytes,
+        ack: Option<AckTarget>,
+    ) -> Result<Published, Refused> {
+        let shared = &self.shared;
+        let storage = shared.storage.as_ref();
+        if ack.is_some() {
+            let fsync_always = storage.filter(|s| s.fsync_always);
+            if let Some(why) = fsync_always.and_then(|s| s.health.failure(&channel.name)) {
+                return Err(Refused::StorageFailed(why));
+            }
+        }
+        if storage.is_some_and(|s| s.depth.load(Ordering::Relaxed) >= MAX_STORAGE_BACKLOG) {
+            // The disk is behind: hold this publisher as for a full ring.
+            return Err(Refused::Busy(payload));
+        }
+        let registry = &shared.channels;
+        let keep = registry.history.messages > 0 || storage.is_some();
+        let retained = keep.then(|| payload.clone());
+        let mut log = channel.lock_log();
+        let offset = log.next_offset;
+        let message = Arc::new(Message { channel: channel.clone(), offset, payload });
+        if let Err(message) = self.producer.try_publish(message) {
+            drop(log);
+            return Err(Refused::Busy(
+                Arc::try_unwrap(message)
+                    .map_or_else(|shared| shared.payload.clone(), |m| m.payload),
+            ));
+        }
+        log.next_offset += 1;
+        let mut ack_when_durable = false;
+        let mut dropped = 0;
+        if let Some(payload) = retained {
+            let entry = Retained { offset, published_ms: self.now_wall_ms, payload };
+            if let Some(storage) = storage {
+                // Sent under the channel's lock, so the storage thread sees each channel's
+                // records in offset order.
+                let ack = ack.filter(|_| storage.fsync_always);
+                ack_when_durable = ack.is_some();
+                let append = Append {
+                    channel: channel.name.clone(),
+                    epoch: log.epoch,
+                    record: entry.clone(),
+                    ack,
+                };
+                storage.depth.fetch_add(1, Ordering::Relaxed);
+                if storage.sender.send(StoreOp::Append(append)).is_err() {
+                    warn!(
+                        "worker {}: the storage thread is gone; offset {offset} is not on disk",
+                        self.worker
+                    );
+                }
+            }
+            dropped = registry.retain(channel, &mut log, entry);
+        }
+        drop(log);
+        let evicted = registry.after_publish();
+        self.count(|c| &c.history_dropped, (dropped + evicted) as u64);
+        self.count(|c| &c.messages_in, 1);
+        self.published = true;
+        Ok(Published { offset, ack_when_durable })
+    }
+}
+
+impl Worker {
+    /// Publishes for connection `key`: the acknowledgement (if `acked`) now, or when the record
+    /// is durable; a full ring parks the publish as the connection's wait (`Wait::RingRoom`)
+    /// until `retry_stalled`. Returns true when it parked.
+    pub(super) fn publish_for(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        payload: Bytes,
+        acked: bool,
+    ) -> Result<bool, Close> {
+        let conn = &self.conns[key];
+        let target = AckTarget { worker: self.id, key, serial: conn.serial };
+        match self.publisher.publish(&channel, payload, acked.then_some(target)) {
+            Ok(Published { offset, ack_when_durable }) => {
+                let conn = &mut self.conns[key];
+                if ack_when_durable {
+                    // Over HTTP, the response must not be overtaken by the next request's.
+                    if matches!(conn.web.as_deref(), Some(Web::Http { .. })) {
+                        conn.phase = Phase::Waiting(Wait::DurableAck);
+                    }
+                } else if acked {
+                    let frame = conn.reply_format().encode_ack(&channel.name, offset);
+                    self.reply(key, frame)?;
+                }
+                Ok(false)
+            }
+            Err(Refused::Busy(payload)) => {
+                let conn = &mut self.conns[key];
+                let stalled = StalledPublish { channel, payload, acked };
+                conn.phase = Phase::Waiting(Wait::RingRoom(Box::new(stalled)));
+                self.stalled.push(ConnRef::of(key, conn));
+                Ok(true)
+            }
+            Err(Refused::StorageFailed(why)) => {
+                self.refuse(key, ErrorCode::StorageFailed, &why)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Retries parked publishes; one that goes through lets the input behind it continue.
+    pub(super) fn retry_stalled(&mut self) {
+        if self.stalled.is_empty() {
+            return;
+        }
+        // Our own cursor may be what holds the ring full.
+        self.drain_ring();
+        for noted in std::mem::take(&mut self.stalled) {
+            let Some(key) = self.resolve(noted) else { continue };
+            if !matches!(self.conns[key].phase, Phase::Waiting(Wait::RingRoom(_))) {
+                continue;
+            }
+            let Some(Wait::RingRoom(stalled)) = self.conns[key].end_wait() else { continue };
+            let StalledPublish { channel, payload, acked } = *stalled;
+            let result = match self.publish_for(key, channel, payload, acked) {
+                Ok(true) => Ok(()),
+                // Published (or refused): on with the input that waited behind it.
+                Ok(false) => self.continue_input(key),
+                Err(close) => Err(close),
+            };
+            self.settle(key, result);
+        }
+    }
+
+    /// Sends the acknowledgements the storage thread confirmed (`--fsync always`), or refuses
+    /// them with `ERR 500` when their record could not be made durable.
+    pub(super) fn deliver_acks(&mut self) {
+        while let Ok(persisted) = self.acks.try_recv() {
+            let target = persisted.target;
+            let noted = ConnRef { key: target.key, serial: target.serial };
+            let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].is_open()) else {
+                continue;
+            };
+            let conn = &mut self.conns[key];
+            if matches!(conn.phase, Phase::Waiting(Wait::DurableAck)) {
+                conn.end_wait();
+                self.unblocked.push(noted);
+            }
+            let result = match persisted.result {
+                Ok(()) => {
+                    let frame =
+                        conn.reply_format().encode_ack(&persisted.channel, persisted.offset);
+                    self.reply(key, frame)
+                }
+                Err(why) => self.refuse(key, ErrorCode::StorageFailed, &why),
+            };
+            self.settle(key, result);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Resume from history: a resuming subscribe is answered with the log's bounds (HIST), then the
+//! retained messages after the client's offset, page by page as its write queue drains, then
+//! live delivery. Between the last page and live delivery the subscriber is catching up: the
+//! ring may still carry messages it got from history, and fan-out skips those for it.
+
+use std::sync::{Arc, MutexGuard};
+
+use super::fanout::encode_for;
+use super::lifecycle::Close;
+use super::{ConnRef, Worker};
+use crate::history::{ChannelLog, ResumeStatus};
+use crate::protocol::{Ack, ErrorCode, Format, Resume};
+use crate::server::channels::Channel;
+use crate::server::conn::{Membership, Phase, Replay, Subscription, Wait};
+use crate::server::stats::WorkerCounters;
+
+/// Pages queued per replay per turn, at most.
+const REPLAY_PAGES_PER_TURN: usize = 16;
+/// Messages per page, at most.
+const REPLAY_PAGE_MESSAGES: usize = 1024;
+
+impl Worker {
+    /// The channel's log, locked, after age retention (which also applies to channels nobody
+    /// publishes to any more).
+    pub(super) fn trimmed_log<'a>(&self, channel: &'a Channel) -> MutexGuard<'a, ChannelLog> {
+        let registry = &self.shared.channels;
+        let mut log = channel.lock_log();
+        let dropped = log.trim(self.wall_ms(), &registry.history, &registry.retained);
+        WorkerCounters::add(&self.counters().history_dropped, dropped as u64);
+        log
+    }
+
+    /// Makes `key` a catching-up subscriber of `channel` that already has every message up to
+    /// offset `has` (after a replay, or while a long-poll is held).
+    pub(super) fn join_catching_up(&mut self, key: usize, channel: Arc<Channel>, has: u64) {
+        self.index.add_catching_up(channel.id, key, has);
+        let membership = Membership::CatchingUp;
+        self.conns[key].push_subscription(Subscription { channel, membership });
+    }
+
+    /// Answers a resuming subscribe: a HIST frame with the log's epoch and bounds, then (unless a
+    /// strict resume cannot be honoured) a replay paced by the write queue, then live delivery.
+    pub(super) fn start_replay(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        resume: Resume,
+    ) -> Result<(), Close> {
+        let (bounds, status) = {
+            let log = self.trimmed_log(&channel);
+            (log.bounds(), log.resume_status(resume.after, resume.epoch))
+        };
+        // `after = u64::MAX` means "from now": nothing to replay, but the client learns the
+        // epoch and latest offset it will resume from after a reconnect.
+        let (resume, status) = if resume.after == u64::MAX {
+            (Resume { after: bounds.last, ..resume }, ResumeStatus::Ok)
+        } else {
+            (resume, status)
+        };
+        let format = self.conns[key].reply_format();
+        self.reply(key, format.encode_history(&bounds.history(&channel.name, status)))?;
+        if status != ResumeStatus::Ok {
+            WorkerCounters::add(&self.counters().offsets_expired, 1);
+            if resume.strict {
+                let why = format!(
+                    "cannot resume {} after offset {}: {} (earliest retained {}, latest {}, epoch {:016x})",
+                    String::from_utf8_lossy(&channel.name),
+                    resume.after,
+                    if status == ResumeStatus::Expired { "messages expired" } else { "another epoch" },
+                    bounds.first,
+                    bounds.last,
+                    bounds.epoch,
+                );
+                return self.refuse(key, ErrorCode::Gone, &why);
+            }
+        }
+        WorkerCounters::add(&self.counters().replays_served, 1);
+        let after = if status == ResumeStatus::Ok { resume.after } else { bounds.first - 1 };
+        self.conns[key].phase = Phase::Waiting(Wait::Replay(Box::new(Replay { channel, after })));
+        self.pump_replay(key)?;
+        Ok(())
+    }
+
+    /// Queues more of a replay while the connection's queue is below a quarter of its cap.
+    /// Returns true when the replay finished (the subscription is catching up, then live).
+    fn pump_replay(&mut self, key: usize) -> Result<bool, Close> {
+        let low_water = self.shared.config.write_queue_cap_bytes / 4;
+        for _ in 0..REPLAY_PAGES_PER_TURN {
+            let conn = &self.conns[key];
+            let Some(Wait::Replay(replay)) = conn.wait() else { return Ok(false) };
+            if conn.queue.queued_bytes() >= low_water {
+                // `flush` notes the connection in `replaying` once the queue drains.
+                return Ok(false);
+            }
+            let (channel, after, format) =
+                (replay.channel.clone(), replay.after, conn.reply_format());
+            let mut page = std::mem::take(&mut self.replay_page);
+            page.clear();
+            let bounds = {
+                let log = channel.lock_log();
+                log.read_after(after, REPLAY_PAGE_MESSAGES, (low_water / 2).max(1), &mut page);
+                log.bounds()
+            };
+            let caught_up = page.last().is_none_or(|m| m.offset == bounds.last);
+            if page.first().map_or(after < bounds.last, |m| m.offset != after + 1) {
+                // Retention dropped messages while this client was catching up: say so, go on.
+                WorkerCounters::add(&self.counters().offsets_expired, 1);
+                let notice =
+                    format.encode_history(&bounds.history(&channel.name, ResumeStatus::Expired));
+                self.reply(key, notice)?;
+            }
+            if let Some(reached) = page.last().map(|m| m.offset) {
+                let messages = page.iter().map(|m| (m.offset, &m.payload[..]));
+                let (frame, count) = encode_for(format, &channel, messages);
+                WorkerCounters::add(&self.counters().replayed_messages, count);
+                let conn = &mut self.conns[key];
+                // Below the low-water mark, so this never passes the cap.
+                self.out.enqueue(key, conn, frame, usize::MAX);
+                if let Phase::Waiting(Wait::Replay(replay)) = &mut conn.phase {
+                    replay.after = reached;
+                }
+                if format == Format::Sse {
+                    self.sse_sent(key, &channel, reached, false);
+                }
+            }
+            self.replay_page = page;
+            if caught_up {
+                self.conns[key].end_wait();
+                // Everything up to `last` went out from history; the ring may still carry some
+                // of it to this worker, so the subscriber skips up to there.
+                self.join_catching_up(key, channel.clone(), bounds.last);
+                self.acknowledge(key, Ack::Subscribe, &channel.name)?;
+                if format == Format::Sse {
+                    // Live from `last` on: tell the browser, so that a reconnect before the
+                    // next message still resumes from here.
+                    self.sse_sent(key, &channel, bounds.last, true);
+                }
+                return Ok(true);
+            }
+        }
+        self.replaying.push(ConnRef::of(key, &self.conns[key]));
+        Ok(false)
+    }
+
+    /// Continues replays whose queues drained; a finished one lets the connection's waiting input
+    /// be processed, as after a stall.
+    pub(super) fn pump_replays(&mut self) {
+        for noted in std::mem::take(&mut self.replaying) {
+            let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].replaying()) else {
+                continue;
+            };
+            let result = match self.pump_replay(key) {
+                Ok(true) => self.continue_input(key),
+                Ok(false) => Ok(()),
+                Err(close) => Err(close),
+            };
+            self.settle(key, result);
+        }
+    }
+}
