@@ -2,11 +2,14 @@
 # Source it; it sets FANOUT (the release binary) and defines the helpers below.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-FANOUT="$ROOT/target/release/fanout"
+# FANOUT_BIN runs the scripts against another build (e.g. an older commit's, built by
+# compare-builds.sh under target/compare/) instead of this tree's release binary.
+FANOUT="${FANOUT_BIN:-$ROOT/target/release/fanout}"
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 
 build_fanout() {
+  [ -z "${FANOUT_BIN:-}" ] || return 0
   (cd "$ROOT" && cargo build --release --quiet) || { echo "cargo build --release failed" >&2; exit 1; }
 }
 
