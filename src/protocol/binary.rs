@@ -40,6 +40,8 @@ pub mod op {
     pub const NAME: u8 = 0x06;
     /// Client: publish with acknowledgement. Fields: channel, payload.
     pub const PUBA: u8 = 0x07;
+    /// Client: authenticate. Fields: the token (the rest of the frame).
+    pub const AUTH: u8 = 0x08;
     /// Server: publish acknowledgement. Fields: channel, offset u64.
     pub const ACK: u8 = 0x85;
     /// Server: message. Fields: channel, offset u64, payload.
@@ -139,6 +141,7 @@ pub fn parse_request(
             expect_end(rest, "name frame (trailing bytes)")?;
             Request::Name { name }
         }
+        op::AUTH => Request::Auth { token: fields },
         unknown => return Err(ProtocolError::UnknownOpcode(unknown)),
     };
     Ok(Some((request, used)))
@@ -202,6 +205,7 @@ pub fn encode_request(request: &Request<'_>, out: &mut Vec<u8>) {
         Request::Ping => (op::PING, None, &[]),
         Request::Pong => (op::PONG, None, &[]),
         Request::Name { name } => (op::NAME, Some(name), &[]),
+        Request::Auth { token } => (op::AUTH, None, token),
         Request::Noop => return,
     };
     let fields_len = short.map_or(0, |s| 1 + s.len()) + payload.len();
@@ -241,6 +245,7 @@ pub fn encode_ok(ack: Ack, arg: &[u8]) -> Bytes {
         Ack::Subscribe => op::SUB,
         Ack::Unsubscribe => op::UNSUB,
         Ack::Name => op::NAME,
+        Ack::Auth => op::AUTH,
     };
     let mut out = frame(op::OK, 2 + arg.len());
     out.put_u8(opcode);
@@ -302,6 +307,7 @@ pub fn parse_server_frame(
                 op::SUB => Ack::Subscribe,
                 op::UNSUB => Ack::Unsubscribe,
                 op::NAME => Ack::Name,
+                op::AUTH => Ack::Auth,
                 other => return Err(ProtocolError::UnknownOpcode(other)),
             };
             let (arg, rest) = short_field(rest, "ok argument")?;

@@ -220,6 +220,21 @@ pub fn response_with(status: u16, content_type: &str, extra_headers: &str, body:
     out.freeze()
 }
 
+/// `response` with its CORS header naming `origin` instead of `*` (with `--allowed-origins`),
+/// and `Vary: Origin` so that caches keep one answer per origin.
+pub fn with_origin(response: &[u8], origin: &str) -> Bytes {
+    const ANY: &[u8] = b"Access-Control-Allow-Origin: *\r\n";
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(response.len());
+    let Some(at) = response[..head_end].windows(ANY.len()).position(|w| w == ANY) else {
+        return Bytes::copy_from_slice(response);
+    };
+    let mut out = BytesMut::with_capacity(response.len() + origin.len() + 16);
+    out.put_slice(&response[..at]);
+    out.put_slice(format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n").as_bytes());
+    out.put_slice(&response[at + ANY.len()..]);
+    out.freeze()
+}
+
 /// A JSON error response: `{"code":..,"reason":".."}`.
 pub fn error_response(status: u16, reason: &str) -> Bytes {
     let body = super::json::error_object(status, reason);
@@ -303,6 +318,19 @@ mod tests {
                 ("d".to_owned(), "€".as_bytes().to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn an_allowed_origin_is_named_instead_of_any() {
+        let named = with_origin(&response(200, "text/plain", b"*"), "https://a.example");
+        let text = std::str::from_utf8(&named).unwrap();
+        assert!(
+            text.contains("\r\nAccess-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n")
+        );
+        assert!(!text.contains("Allow-Origin: *"));
+        assert!(text.ends_with("\r\n\r\n*"), "the body is untouched");
+        let stream = with_origin(&stream_head("text/event-stream"), "https://a.example");
+        assert!(std::str::from_utf8(&stream).unwrap().contains("Allow-Origin: https://a.example"));
     }
 
     #[test]

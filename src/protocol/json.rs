@@ -6,6 +6,7 @@
 //!         ("after":"now": replay nothing, answer with the epoch and latest offset)
 //!         {"op":"unsub","channel":"news"}          {"op":"pub","channel":"news","data":"hi"}  ("data64": base64; "ack": true)
 //!         {"op":"name","name":"alice"}             {"op":"ping"}  {"op":"pong"}
+//!         {"op":"auth","token":"eyJ…"}
 //! server: {"op":"msg","channel":"news","offset":18,"data":"hi"}   ("data64" when the payload is not UTF-8)
 //!         {"op":"ok","cmd":"sub","arg":"news"}     {"op":"err","code":422,"reason":"..."}
 //!         {"op":"hist","channel":"news","epoch":"9f..","first":3,"last":18,"status":"ok"}
@@ -221,6 +222,7 @@ pub fn parse_request(value: &Value) -> Result<Request<'_>, ProtocolError> {
             }
         }
         "name" => Request::Name { name: text("name")? },
+        "auth" => Request::Auth { token: text("token")? },
         "ping" => Request::Ping,
         "pong" => Request::Pong,
         other => return Err(ProtocolError::UnknownCommand(other.chars().take(32).collect())),
@@ -231,6 +233,7 @@ fn field_error(field: &'static str) -> &'static str {
     match field {
         "channel" => "channel: expected a string",
         "name" => "name: expected a string",
+        "token" => "token: expected a string",
         _ => "field: expected a string",
     }
 }

@@ -59,6 +59,11 @@ pub enum Request<'a> {
     Ping,
     /// The answer to a server `Ping` (keepalive).
     Pong,
+    /// Present a token (or the API key): what the connection may do from now on.
+    Auth {
+        /// The token, as sent.
+        token: &'a [u8],
+    },
     /// Claim a unique client name; messages published to `@name` reach this connection.
     Name {
         /// The name, without the `@`.
@@ -89,6 +94,8 @@ pub enum Ack {
     Unsubscribe,
     /// `Name` was granted.
     Name,
+    /// `Auth` was accepted (the argument is the token's subject, or `-`).
+    Auth,
 }
 
 impl Ack {
@@ -98,6 +105,7 @@ impl Ack {
             Ack::Subscribe => "SUB",
             Ack::Unsubscribe => "UNSUB",
             Ack::Name => "NAME",
+            Ack::Auth => "AUTH",
         }
     }
 }
@@ -422,7 +430,11 @@ pub fn sniff(input: &[u8]) -> Result<Sniffed, ProtocolError> {
 pub enum ErrorCode {
     /// Malformed frame or line, unknown command or opcode, bad preface. Fatal.
     BadRequest = 400,
-    /// The command is not allowed on this channel (subscribing to `*` or to another's `@inbox`).
+    /// No valid token: authenticate first (AUTH), or the token was refused or expired. Fatal
+    /// when authentication timed out, failed too often, or the token expired.
+    Unauthorized = 401,
+    /// The command is not allowed on this channel (subscribing to `*` or to another's `@inbox`),
+    /// or the connection's permissions do not cover it. Nothing changed; the connection stays.
     Forbidden = 403,
     /// No connected client has that name (or, over HTTP, no such path).
     NotFound = 404,
@@ -442,7 +454,8 @@ pub enum ErrorCode {
     InvalidName = 422,
     /// HTTP: `/ws` without a valid WebSocket upgrade (version 13).
     UpgradeRequired = 426,
-    /// A per-connection or server-wide count limit was reached (subscriptions, channels).
+    /// A per-connection or server-wide count limit was reached (subscriptions, channels), or a
+    /// rate limit (publishes or subscribes per second): the command was not carried out.
     LimitReached = 429,
     /// HTTP: the request head is over its size or header-count limit. Fatal.
     HeadersTooLarge = 431,

@@ -81,6 +81,8 @@ pub fn parse_request(
         }
     } else if word.eq_ignore_ascii_case(b"NAME") {
         Request::Name { name: rest }
+    } else if word.eq_ignore_ascii_case(b"AUTH") {
+        Request::Auth { token: rest }
     } else {
         return Err(ProtocolError::UnknownCommand(
             String::from_utf8_lossy(word).chars().take(32).collect(),
@@ -267,6 +269,7 @@ pub fn parse_server_line(
                 b"SUB" => Ack::Subscribe,
                 b"UNSUB" => Ack::Unsubscribe,
                 b"NAME" => Ack::Name,
+                b"AUTH" => Ack::Auth,
                 _ => return Err(ProtocolError::Malformed { what: "OK line" }),
             };
             ServerFrame::Ok { ack, arg: Cow::Borrowed(arg) }

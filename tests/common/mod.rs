@@ -155,6 +155,7 @@ pub fn frame_from_json(bytes: &[u8]) -> Frame {
                 "sub" => Ack::Subscribe,
                 "unsub" => Ack::Unsubscribe,
                 "name" => Ack::Name,
+                "auth" => Ack::Auth,
                 other => panic!("unknown ok cmd {other}"),
             },
             arg: s("arg"),
@@ -205,6 +206,7 @@ pub fn request_json(request: &Request<'_>) -> String {
             v
         }
         Request::Name { name } => json!({"op":"name","name":text(name)}),
+        Request::Auth { token } => json!({"op":"auth","token":text(token)}),
         Request::Ping => json!({"op":"ping"}),
         Request::Pong | Request::Noop => json!({"op":"pong"}),
     };
@@ -243,6 +245,22 @@ impl Conn {
 
     pub fn websocket(addr: SocketAddr) -> Conn {
         Conn::open(addr, Format::WsJson)
+    }
+
+    /// A JSON WebSocket upgraded at `target` with extra header lines (each ending in CRLF); the
+    /// response head when the server refuses the upgrade.
+    pub fn websocket_at(addr: SocketAddr, target: &str, headers: &str) -> Result<Conn, String> {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: fanout.json\r\n{headers}\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let (head, input) = read_head(&mut stream);
+        if !head.starts_with("HTTP/1.1 101 ") {
+            return Err(head);
+        }
+        Ok(Conn { stream, format: Format::WsJson, input, close_code: None })
     }
 
     /// Sends one masked WebSocket frame.
@@ -298,6 +316,7 @@ impl Conn {
                     out = [b"PUB ", channel, b" ", &payload, b"\n"].concat()
                 }
                 Request::Name { name } => out = [b"NAME ", name, b"\n"].concat(),
+                Request::Auth { token } => out = [b"AUTH ", token, b"\n"].concat(),
                 Request::PublishAcked { channel, payload } => {
                     out = [b"PUBA ", channel, b" ", &payload, b"\n"].concat()
                 }
@@ -570,9 +589,20 @@ pub fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Response 
 
 /// One request on a fresh connection (`Connection: close`).
 pub fn http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Response {
+    http_with(addr, method, target, "", body)
+}
+
+/// One request with extra header lines (each ending in CRLF) on a fresh connection.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &str,
+    body: &[u8],
+) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect");
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
