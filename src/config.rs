@@ -69,6 +69,15 @@ pub struct Config {
     pub http_head_timeout: Duration,
     /// Serve the WebSocket echo endpoint `/echo` (for the Autobahn conformance suite only).
     pub ws_echo: bool,
+    /// Who may connect, subscribe and publish (empty: everyone may do everything).
+    pub auth: crate::auth::AuthConfig,
+    /// Serve a non-loopback address with no access control at all (otherwise refused at start).
+    pub allow_anonymous: bool,
+    /// Browser origins allowed to use the HTTP endpoints and WebSocket (empty: any). A request or
+    /// an upgrade from another `Origin` gets 403: cross-site WebSocket hijacking.
+    pub allowed_origins: Vec<String>,
+    /// Abuse limits; see `Limits`.
+    pub limits: Limits,
     /// Testing only: a publish to this channel panics its worker (to test that the process then
     /// aborts, loudly, instead of limping on).
     pub debug_panic_on_publish_to: Option<String>,
@@ -106,7 +115,62 @@ impl Default for Config {
             max_open_segments: 256,
             http_head_timeout: Duration::from_secs(10),
             ws_echo: false,
+            auth: crate::auth::AuthConfig {
+                timeout: Duration::from_secs(10),
+                expiry_grace: Duration::from_secs(5),
+                max_token_bytes: crate::auth::DEFAULT_MAX_TOKEN_BYTES,
+                ..Default::default()
+            },
+            allow_anonymous: false,
+            allowed_origins: Vec::new(),
+            limits: Limits::default(),
             debug_panic_on_publish_to: None,
+        }
+    }
+}
+
+/// Abuse limits per connection and per source address. `None` takes the default, which applies
+/// only when access control is on (the server is exposed): with it off, the operator's own
+/// clients are trusted and nothing is limited unless a flag says so. Zero means unlimited. The
+/// API key is never rate-limited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Publishes per second per connection (a token bucket holding one second's worth; past it,
+    /// `ERR 429` and the connection stays). Default with auth: 100.
+    pub publishes_per_sec: Option<u32>,
+    /// Subscribes and unsubscribes per second per connection. Default with auth: 100.
+    pub subscribes_per_sec: Option<u32>,
+    /// Failed authentications before the connection is closed. Default with auth: 5.
+    pub auth_failures: Option<u32>,
+    /// Open connections per source IP address (one more gets `ERR 503` at accept). Default
+    /// with auth: 1,000.
+    pub connections_per_ip: Option<u32>,
+}
+
+/// `Limits` with their defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    /// Publishes per second per connection (0: unlimited).
+    pub publishes_per_sec: u32,
+    /// Subscribes and unsubscribes per second per connection (0: unlimited).
+    pub subscribes_per_sec: u32,
+    /// Failed authentications before the connection closes (0: unlimited).
+    pub auth_failures: u32,
+    /// Connections per source IP (0: unlimited).
+    pub connections_per_ip: u32,
+}
+
+impl Limits {
+    /// The limits in force, given whether access control is on.
+    pub fn effective(&self, auth_enabled: bool) -> EffectiveLimits {
+        let or = |value: Option<u32>, default: u32| {
+            value.unwrap_or(if auth_enabled { default } else { 0 })
+        };
+        EffectiveLimits {
+            publishes_per_sec: or(self.publishes_per_sec, 100),
+            subscribes_per_sec: or(self.subscribes_per_sec, 100),
+            auth_failures: or(self.auth_failures, 5),
+            connections_per_ip: or(self.connections_per_ip, 1_000),
         }
     }
 }

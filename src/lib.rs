@@ -29,12 +29,17 @@
 //! channel's batch once per format in use and shares it, so a browser costs what a TCP client
 //! costs; `server::worker::web` holds what only the browser protocols need.
 //!
+//! Access control (`auth`): a connection's permissions come from a verified token (or the API
+//! key, or the anonymous patterns) and are checked when it subscribes, publishes or claims a name,
+//! never per delivery.
+//!
 //! The main thread only starts the server and waits for a signal. See the README's design
 //! section for the data flow and the invariants.
 
 #![deny(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(test, deny(warnings))]
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod history;

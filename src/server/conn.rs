@@ -8,12 +8,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 
 use super::channels::Channel;
+use crate::auth::Grant;
 use crate::protocol::websocket::Decoder;
 use crate::protocol::{ChannelKind, Format, Resume};
 
@@ -92,6 +94,9 @@ pub enum Web {
         continued: bool,
         /// Worker-clock milliseconds when the first byte of a head still incomplete arrived.
         head_since_ms: Option<u32>,
+        /// With `--allowed-origins`: the current request's (allowed) origin, which its response
+        /// names in `Access-Control-Allow-Origin` instead of `*`.
+        origin: Option<Box<str>>,
     },
     /// After the upgrade.
     WebSocket {
@@ -191,6 +196,59 @@ pub struct Conn {
     pub serial: u32,
     /// Browser protocol state (HTTP, WebSocket, SSE); `None` for TCP clients.
     pub web: Option<Box<Web>>,
+    /// With access control on: what the connection's token grants (`None` before it
+    /// authenticates: then the anonymous permissions apply, if there are any). Over plain HTTP,
+    /// the current request's.
+    pub grant: Option<Arc<Grant>>,
+    /// Worker-clock milliseconds of the accept: the authentication deadline counts from it.
+    pub accepted_ms: u32,
+    /// Rate limits and failed authentications.
+    pub budget: Budget,
+    /// The peer's address, kept while connections per address are counted.
+    pub peer_ip: Option<IpAddr>,
+}
+
+/// A token bucket: up to `rate` tokens, refilled at `rate` per second.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f32,
+    last_ms: u32,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        // Full on first use (`take` caps it at the rate).
+        Bucket { tokens: f32::INFINITY, last_ms: 0 }
+    }
+}
+
+impl Bucket {
+    /// Takes one token if there is one; `rate` 0 is unlimited.
+    pub fn take(&mut self, rate: u32, now_ms: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now_ms.wrapping_sub(self.last_ms).min(60_000) as f32;
+        self.last_ms = now_ms;
+        self.tokens = (self.tokens + elapsed * rate as f32 / 1000.0).min(rate as f32);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A connection's abuse budgets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Budget {
+    /// Publishes.
+    pub publishes: Bucket,
+    /// Subscribes and unsubscribes.
+    pub subscribes: Bucket,
+    /// Failed authentications so far.
+    pub auth_failures: u32,
 }
 
 impl Conn {
@@ -212,6 +270,10 @@ impl Conn {
             queue: WriteQueue::default(),
             subscriptions: Vec::new(),
             web: None,
+            grant: None,
+            accepted_ms: now_ms,
+            budget: Budget::default(),
+            peer_ip: None,
         }
     }
 
@@ -434,6 +496,18 @@ mod tests {
             assert_eq!(queue.queued_bytes(), 0);
             assert_eq!(socket.written, expected, "per_call {per_call}");
         }
+    }
+
+    #[test]
+    fn a_bucket_holds_one_seconds_worth_and_refills() {
+        let mut bucket = Bucket::default();
+        let taken = (0..20).filter(|_| bucket.take(10, 1_000)).count();
+        assert_eq!(taken, 10, "a burst of one second's worth");
+        assert!(!bucket.take(10, 1_050), "half a token after 50 ms");
+        assert!(bucket.take(10, 1_100), "one token after 100 ms");
+        assert!(!bucket.take(10, 1_100));
+        assert_eq!((0..20).filter(|_| bucket.take(10, 60_000)).count(), 10, "capped at the rate");
+        assert!((0..1000).all(|_| bucket.take(0, 0)), "zero is unlimited");
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub enum StartError {
     /// server bind it too and silently split the clients between two unrelated servers).
     #[error("{0} is already in use (is another fanout running there?)")]
     AddressInUse(SocketAddr),
+    /// A non-loopback address with no access control: anyone who reaches it could subscribe,
+    /// publish and broadcast. Refused unless `--allow-anonymous` says that is intended.
+    #[error("refusing to serve {0} without access control: anyone who can reach it could read, publish and broadcast. Pass --auth-secret-file or --auth-public-key-file (signed tokens), --api-key-file, --anonymous-sub/--anonymous-pub (open some channels), or --allow-anonymous to accept the risk")]
+    Unprotected(SocketAddr),
+    /// The access-control configuration is unusable (a key that does not parse, a bad pattern).
+    #[error("access control: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
     /// epoll or eventfd creation failed.
     #[error("cannot create the event loop: {0}")]
     Poll(#[source] io::Error),
@@ -96,6 +103,12 @@ pub(crate) struct Shared {
     storage: Option<StorageQueue>,
     /// Per worker: where the storage thread sends acknowledgements once records are durable.
     ack_senders: Vec<crossbeam_channel::Sender<Persisted>>,
+    /// Token verification and anonymous permissions; `None` when access control is off.
+    auth: Option<crate::auth::Auth>,
+    /// The abuse limits in force.
+    limits: crate::config::EffectiveLimits,
+    /// Open connections per source address, while that limit is on.
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
 }
 
 /// The way into the storage thread.
@@ -183,6 +196,11 @@ impl Server {
     pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         validate(&config)?;
         let workers = config.workers;
+        let auth = crate::auth::Auth::new(&config.auth)?;
+        if auth.is_none() && !config.allow_anonymous && !config.listen.ip().is_loopback() {
+            return Err(StartError::Unprotected(config.listen));
+        }
+        let limits = config.limits.effective(auth.is_some());
 
         // Our listeners share the port with SO_REUSEPORT, and so would another server's: a plain
         // bind first proves that nobody listens there yet.
@@ -286,6 +304,9 @@ impl Server {
             quiesced: AtomicUsize::new(0),
             started: Instant::now(),
             started_wall_ms: crate::history::now_ms(),
+            auth,
+            limits,
+            per_ip: Default::default(),
             config,
         });
 
@@ -345,6 +366,22 @@ impl Server {
             producer.ring().capacity(),
             shared.config.max_connections
         );
+        match &shared.auth {
+            Some(auth) => info!(
+                "access control on: tokens{}, anonymous {}; limits {:?}",
+                if shared.config.auth.api_key.is_some() { " and an API key" } else { "" },
+                if auth.anonymous().is_some() {
+                    "may use some channels"
+                } else {
+                    "must authenticate"
+                },
+                shared.limits
+            ),
+            None if !local_addr.ip().is_loopback() => {
+                warn!("access control is off on {local_addr} (--allow-anonymous): anyone who reaches it may do anything")
+            }
+            None => {}
+        }
         Ok(ServerHandle { local_addr, shared, threads, storage })
     }
 }

@@ -147,6 +147,33 @@ counters! {
     storage_failed_channels: gauge,
     /// The most bytes any one connection has had queued.
     queue_high_water_bytes: peak,
+    /// Tokens (or API keys) accepted.
+    auth_ok: counter,
+    /// Tokens refused: past `exp`.
+    auth_expired: counter,
+    /// Tokens refused: before `nbf`, or another audience or issuer.
+    auth_invalid_claims: counter,
+    /// Tokens refused: the signature did not verify, or no key here fits its algorithm or kid.
+    auth_bad_signature: counter,
+    /// Tokens refused: not a JWT, too long, or claims of the wrong shape.
+    auth_malformed: counter,
+    /// Commands refused because the connection's permissions do not cover them (403), or
+    /// because it has not authenticated (401).
+    auth_forbidden: counter,
+    /// Connections closed because they did not authenticate in time.
+    auth_timeout_closes: counter,
+    /// Connections closed because their token expired and no fresh one came.
+    auth_expiry_closes: counter,
+    /// Connections closed after too many failed authentications.
+    auth_failure_closes: counter,
+    /// Publishes refused by the per-connection rate limit.
+    limited_publish_rate: counter,
+    /// Subscribes and unsubscribes refused by the per-connection rate limit.
+    limited_subscribe_rate: counter,
+    /// Connections refused at accept: too many from one source address.
+    limited_connections_per_ip: counter,
+    /// Browser requests refused: their Origin is not on the allowed list.
+    limited_origin: counter,
 }
 
 impl WorkerCounters {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use log::debug;
 
+use super::access::{Action, Rate};
 use super::lifecycle::Close;
 use super::Worker;
 use crate::history::disk::StoreOp;
@@ -27,6 +28,12 @@ fn owned(payload: Cow<'_, [u8]>) -> Bytes {
 
 impl Worker {
     pub(super) fn handle(&mut self, key: usize, request: Request<'_>) -> Result<(), Close> {
+        let before_auth =
+            matches!(request, Request::Auth { .. } | Request::Ping | Request::Pong | Request::Noop);
+        if !before_auth && self.must_authenticate(key) {
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            return self.refuse(key, ErrorCode::Unauthorized, "authenticate first: AUTH <token>");
+        }
         match request {
             Request::Noop | Request::Pong => Ok(()),
             Request::Ping => {
@@ -42,6 +49,7 @@ impl Worker {
                 self.publish_request(key, channel, owned(payload), true)
             }
             Request::Name { name } => self.claim_name(key, name),
+            Request::Auth { token } => self.authenticate(key, token),
         }
     }
 
@@ -121,6 +129,12 @@ impl Worker {
         if let Err((code, why)) = Self::subscribable(name) {
             return self.refuse(key, code, &why);
         }
+        // Resuming is subscribing: the same permission, checked before anything is replayed.
+        if !self.permitted(key, Action::Subscribe, name)?
+            || !self.within_rate(key, Rate::Subscribe)?
+        {
+            return Ok(());
+        }
         let conn = &self.conns[key];
         if conn.subscriptions.iter().any(|s| s.channel.name == name) {
             if resume.is_some() {
@@ -157,6 +171,9 @@ impl Worker {
     fn unsubscribe(&mut self, key: usize, name: &[u8]) -> Result<(), Close> {
         if let Err(e) = validate_channel(name) {
             return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
+        }
+        if !self.within_rate(key, Rate::Subscribe)? {
+            return Ok(());
         }
         let conn = &mut self.conns[key];
         if let Some(i) = conn.subscriptions.iter().position(|s| s.channel.name == name) {
@@ -199,6 +216,9 @@ impl Worker {
         if self.conns[key].name().is_some() {
             return self.refuse(key, ErrorCode::Conflict, "this connection already has a name");
         }
+        if !self.permitted(key, Action::Claim, name)? {
+            return Ok(());
+        }
         let mut inbox = Vec::with_capacity(name.len() + 1);
         inbox.push(b'@');
         inbox.extend_from_slice(name);
@@ -235,6 +255,9 @@ impl Worker {
                 return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
             }
         };
+        if !self.permitted(key, Action::Publish, name)? || !self.within_rate(key, Rate::Publish)? {
+            return Ok(());
+        }
         if kind == ChannelKind::Inbox && !self.shared.names.is_claimed(&name[1..]) {
             let who = String::from_utf8_lossy(&name[1..]).into_owned();
             return self.refuse(key, ErrorCode::NotFound, &format!("no client named {who}"));

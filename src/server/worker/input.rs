@@ -157,6 +157,7 @@ impl Worker {
                             keep_alive: true,
                             continued: false,
                             head_since_ms: None,
+                            origin: None,
                         }));
                         Format::Http
                     }

@@ -54,8 +54,9 @@
 //!    change together (`attach`, `detach_one`, `join_catching_up`, the end of a catch-up).
 //! 7. After `Open` ends, at most two more frames are queued: the error that says why and, on a
 //!    WebSocket, a close frame. A closing connection is removed by its deadline at the latest.
-//! 8. `open_connections` counts a connection from its admission to its removal, once; the
-//!    per-format gauges follow `set_format` and removal.
+//! 8. `open_connections` counts a connection from its admission to its removal, once, and so
+//!    does the count of its source address (with `--max-connections-per-ip`); the per-format
+//!    gauges follow `set_format` and removal.
 //! 9. The worker: `Running` → `Draining` (no accepts, no reads from open connections, stalled
 //!    publishes dropped, the ring drained until every worker stopped publishing) → `Flushing`
 //!    (every connection begins closing without an error; queues go out) → exit, when no
@@ -63,7 +64,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
-use std::net::Shutdown;
+use std::net::{IpAddr, Shutdown};
 use std::sync::atomic::Ordering;
 
 use log::{debug, warn};
@@ -153,7 +154,7 @@ impl Worker {
             }
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((stream, _peer)) => self.admit(stream),
+                Ok((stream, peer)) => self.admit(stream, peer.ip()),
                 Err(e) if would_block(&e) => self.listener_ready = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -172,7 +173,18 @@ impl Worker {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream) {
+    fn admit(&mut self, mut stream: TcpStream, peer: IpAddr) {
+        let count_peer = self.shared.limits.connections_per_ip > 0;
+        if count_peer && !self.admit_peer(peer) {
+            WorkerCounters::add(&self.counters().limited_connections_per_ip, 1);
+            debug!("worker {}: refusing a connection from {peer}: too many from there", self.id);
+            let refusal = Format::Text
+                .encode_error(ErrorCode::Unavailable, "too many connections from your address");
+            let _ = stream.write(&refusal);
+            let _ = stream.shutdown(Shutdown::Write);
+            return;
+        }
+        let peer_ip = count_peer.then_some(peer);
         let open = self.shared.open_connections.fetch_add(1, Ordering::AcqRel);
         if open >= self.shared.config.max_connections {
             self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
@@ -184,6 +196,9 @@ impl Worker {
                 Format::Text.encode_error(ErrorCode::Unavailable, "max connections reached");
             let _ = stream.write(&refusal);
             let _ = stream.shutdown(Shutdown::Write);
+            if let Some(ip) = peer_ip {
+                self.release_peer(ip);
+            }
             return;
         }
         if let Err(e) = stream.set_nodelay(true) {
@@ -203,10 +218,14 @@ impl Worker {
         ) {
             warn!("worker {}: cannot register a connection: {e}", self.id);
             self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+            if let Some(ip) = peer_ip {
+                self.release_peer(ip);
+            }
             return;
         }
         self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Conn::new(stream, self.now_ms, self.next_serial);
+        conn.peer_ip = peer_ip;
         // A fresh socket has an empty send buffer: replies need not wait for the first event.
         conn.writable = true;
         entry.insert(conn);
@@ -309,6 +328,9 @@ impl Worker {
         }
         self.out.queued_bytes -= conn.queue.queued_bytes();
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = conn.peer_ip {
+            self.release_peer(ip);
+        }
         debug!("worker {}: connection {key} closed: {why}", self.id);
     }
 

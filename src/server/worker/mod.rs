@@ -4,7 +4,8 @@
 //! A message's path, top to bottom, one file per step:
 //! - `input`: bytes arrive on a connection; its format turns them into commands (`web` does the
 //!   same for HTTP, WebSocket and event streams);
-//! - `commands`: each command is checked and acted on; a publish goes to
+//! - `commands`: each command is checked (names, limits, and the connection's permissions, in
+//!   `access`) and acted on; a publish goes to
 //! - `publish`: the publisher gives the message its channel offset, retains it, and puts it into
 //!   the ring (it knows channels, never connections);
 //! - `fanout`: every worker drains the ring, gathers each channel's messages into one frame per
@@ -34,6 +35,7 @@
 //! Work noted for later (the side lists) names connections by `ConnRef`, key and serial, so that
 //! a slab key reused by a new connection never receives an old one's work.
 
+mod access;
 mod commands;
 mod fanout;
 mod input;
@@ -76,6 +78,8 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 const HOUSEKEEPING_MS: u32 = 250;
 /// How often unused channels are freed (and at the channel limit, at once).
 const CHANNEL_SWEEP_MS: u32 = 10_000;
+/// How often authentication deadlines and token expiries are checked.
+const ACCESS_CHECK_MS: u32 = 1_000;
 /// Poll timeout while a publish waits for ring room.
 const STALL_RETRY: Duration = Duration::from_millis(1);
 
@@ -153,6 +157,8 @@ pub(super) struct Worker {
     next_stats_ms: u32,
     /// When unused channels are next let go of (`sweep_channels`).
     next_sweep_ms: u32,
+    /// When authentication deadlines and token expiries are next checked.
+    next_access_check_ms: u32,
     state: RunState,
 }
 
@@ -201,6 +207,7 @@ impl Worker {
             next_housekeeping_ms: 0,
             next_stats_ms: 0,
             next_sweep_ms: CHANNEL_SWEEP_MS,
+            next_access_check_ms: ACCESS_CHECK_MS,
             state: RunState::Running,
         })
     }
@@ -278,6 +285,10 @@ impl Worker {
             if reached(self.now_ms, self.next_housekeeping_ms) {
                 self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
                 self.housekeeping();
+                if reached(self.now_ms, self.next_access_check_ms) {
+                    self.next_access_check_ms = self.now_ms.wrapping_add(ACCESS_CHECK_MS);
+                    self.access_deadlines();
+                }
                 if reached(self.now_ms, self.next_sweep_ms) {
                     self.next_sweep_ms = self.now_ms.wrapping_add(CHANNEL_SWEEP_MS);
                     self.sweep_channels(self.id == 0);

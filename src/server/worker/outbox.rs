@@ -72,9 +72,12 @@ impl Worker {
 
     /// Queues a reply to the connection's own command (flushed without coalescing delay). Over
     /// plain HTTP every reply is a whole response: the last one, if the request asked to close.
-    pub(super) fn reply(&mut self, key: usize, frame: Bytes) -> Result<(), Close> {
+    pub(super) fn reply(&mut self, key: usize, mut frame: Bytes) -> Result<(), Close> {
         let cap = self.shared.config.write_queue_cap_bytes;
         let conn = &mut self.conns[key];
+        if let Some(Web::Http { origin: Some(origin), .. }) = conn.web.as_deref() {
+            frame = crate::protocol::http::with_origin(&frame, origin);
+        }
         if !self.out.enqueue(key, conn, frame, cap) {
             return Err(self.slow_consumer(key));
         }

@@ -9,6 +9,7 @@ use crate::protocol::HistoryStatus;
 use crate::protocol::{fields, http, http::Head, json, validate_channel, ChannelKind, ErrorCode};
 use crate::server::conn::{Phase, PollWait, Wait};
 use crate::server::stats::WorkerCounters;
+use crate::server::worker::access::Action;
 use crate::server::worker::lifecycle::Close;
 use crate::server::worker::{ConnRef, Worker};
 use crate::server::Item;
@@ -53,6 +54,9 @@ impl Worker {
             Err(e) => {
                 return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
             }
+        }
+        if !self.permitted(key, Action::Subscribe, &name)? {
+            return Ok(());
         }
         // Each parameter is optional, and refused when present but malformed.
         let from = head.param("from").map_or(Some(None), |f| fields::number(f).map(Some));

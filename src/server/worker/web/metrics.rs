@@ -32,6 +32,21 @@ impl Worker {
                     format!("{{kind=\"{kind}\"}}"),
                     "Fatal protocol violations by kind.",
                 )
+            } else if let Some(result) = name
+                .strip_prefix("auth_")
+                .filter(|r| crate::auth::Outcome::ALL.iter().any(|o| o.label() == *r))
+            {
+                (
+                    "authentications",
+                    format!("{{result=\"{result}\"}}"),
+                    "Authentications (AUTH, a token on a request or upgrade, the API key) by result.",
+                )
+            } else if let Some(kind) = name.strip_prefix("limited_") {
+                (
+                    "limit_hits",
+                    format!("{{kind=\"{kind}\"}}"),
+                    "Requests and connections refused by an abuse limit, by kind.",
+                )
             } else {
                 (name, String::new(), help)
             };

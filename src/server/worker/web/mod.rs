@@ -136,8 +136,23 @@ impl Worker {
     fn route(&mut self, key: usize, head: &Head, body: &[u8]) -> Result<(), Close> {
         WorkerCounters::add(&self.counters().http_requests, 1);
         debug!("worker {}: connection {key}: {} {}", self.id, head.method, head.path);
-        if let Some(Web::Http { keep_alive, .. }) = self.conns[key].web.as_deref_mut() {
+        let allowed_origin = self.origin_allowed(head);
+        let cors = if self.shared.config.allowed_origins.is_empty() || !allowed_origin {
+            None
+        } else {
+            head.header("origin").map(Box::from)
+        };
+        if let Some(Web::Http { keep_alive, origin, .. }) = self.conns[key].web.as_deref_mut() {
             *keep_alive = head.keep_alive();
+            *origin = cors;
+        }
+        if !allowed_origin {
+            // A page from another site must not use a visitor's browser against this server
+            // (cross-site WebSocket hijacking; cross-site publishes).
+            WorkerCounters::add(&self.counters().limited_origin, 1);
+            let why =
+                format!("origin {} is not allowed", head.header("origin").unwrap_or_default());
+            return self.refuse(key, ErrorCode::Forbidden, &why);
         }
         let echo = self.shared.config.ws_echo;
         let method = head.method.as_str();
@@ -150,6 +165,9 @@ impl Worker {
                 }
                 return self.reply(key, response);
             }
+        }
+        if !self.authenticate_request(key, head)? {
+            return Ok(());
         }
         match (method, head.path.as_str()) {
             ("POST", "/publish") => match head.param("channel") {
@@ -168,7 +186,7 @@ impl Worker {
                 http::response_with(
                     204,
                     "text/plain",
-                    "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: Content-Type, Last-Event-ID\r\nAccess-Control-Max-Age: 86400\r\n",
+                    "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: Content-Type, Last-Event-ID, Authorization\r\nAccess-Control-Max-Age: 86400\r\n",
                     b"",
                 ),
             ),

@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 use crate::protocol::{fields, http, http::Head, sse, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
 use crate::server::conn::{SseChannel, Web};
+use crate::server::worker::access::Action;
 use crate::server::worker::lifecycle::Close;
 use crate::server::worker::{ConnRef, Worker};
 
@@ -37,6 +38,13 @@ impl Worker {
             let why = "sse: at least one channel= is required";
             return self.refuse(key, ErrorCode::BadRequest, why);
         }
+        // Refused as an HTTP answer, before the stream starts: EventSource stops retrying on
+        // an error status, while an error event on an open stream would have it reconnect.
+        for channel in &channels {
+            if !self.permitted(key, Action::Subscribe, &channel.name)? {
+                return Ok(());
+            }
+        }
         // The browser's own reconnect: the last id it saw is newer than the URL's `after`s. It
         // is a position (`offset@epoch`) on a stream of one channel, and a cursor (every
         // channel's position, in the URL's order; "-" for not known yet) on a stream of several;
@@ -52,10 +60,19 @@ impl Worker {
                 }
             }
         }
+        let origin = match self.conns[key].web.as_deref_mut() {
+            Some(Web::Http { origin, .. }) => origin.take(),
+            _ => None,
+        };
         self.conns[key].web =
             Some(Box::new(Web::Sse { channels, subscribed: 0, cursor_due: false }));
         self.set_format(key, Format::Sse);
-        let mut start = BytesMut::from(&http::stream_head("text/event-stream")[..]);
+        let head = http::stream_head("text/event-stream");
+        let head = match origin {
+            Some(origin) => http::with_origin(&head, &origin),
+            None => head,
+        };
+        let mut start = BytesMut::from(&head[..]);
         // Browsers reconnect after this many milliseconds (the default is ~3 s).
         start.put_slice(b"retry: 1000\n\n");
         self.reply(key, start.freeze())?;

@@ -1,0 +1,461 @@
+//! Who may connect, subscribe and publish.
+//!
+//! Clients carry a signed token (a JWT their backend minted): `sub` names the client (it owns the
+//! inbox `@<sub>`), `exp` ends it, and `subscribe` / `publish` list the channel patterns it may
+//! use (see `pattern`). A backend may instead present the API key, which may do everything.
+//! Clients without a token get the anonymous patterns (`--anonymous-sub`, `--anonymous-pub`), or,
+//! when there are none, nothing but AUTH and PING until they authenticate.
+//!
+//! Verification is `jsonwebtoken`'s, with its pure-Rust backend; what is ours is the choice of
+//! key by the header's algorithm family (an HMAC secret is never tried on an RSA/EC/Ed25519 token
+//! nor a public key used as an HMAC secret, so the HS/RS confusion cannot happen; `alg: none`
+//! does not parse), and the claims: `exp` required, `nbf` honoured, `aud`/`iss` checked when
+//! configured, no leeway (the server's own grace applies after `exp`).
+
+pub mod pattern;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+pub use self::pattern::{Pattern, PatternError, Patterns};
+use crate::protocol::validate_client_name;
+
+/// Longest token accepted, in bytes (a JWT with a few hundred patterns is a few KiB).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Access control as configured (`fanout serve --auth-...`). Empty: auth is off.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// HS256/384/512 secret.
+    pub hmac_secret: Option<Vec<u8>>,
+    /// RS*, PS*, ES256/384 and EdDSA public keys in PEM, each with an optional key id (`kid`).
+    pub public_keys: Vec<(Option<String>, Vec<u8>)>,
+    /// Required `aud`, if any.
+    pub audience: Option<String>,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// A key that may do everything (backends).
+    pub api_key: Option<Vec<u8>>,
+    /// Patterns clients without a token may subscribe to.
+    pub anonymous_subscribe: Vec<String>,
+    /// Patterns clients without a token may publish to.
+    pub anonymous_publish: Vec<String>,
+    /// A connection that has no permissions must authenticate within this long.
+    pub timeout: Duration,
+    /// A connection whose token expired is closed this long after `exp`, unless it sent a fresh
+    /// token meanwhile.
+    pub expiry_grace: Duration,
+    /// Longest token, in bytes.
+    pub max_token_bytes: usize,
+}
+
+impl AuthConfig {
+    /// True when anything restricts access.
+    pub fn enabled(&self) -> bool {
+        self.hmac_secret.is_some()
+            || !self.public_keys.is_empty()
+            || self.api_key.is_some()
+            || !self.anonymous_subscribe.is_empty()
+            || !self.anonymous_publish.is_empty()
+    }
+}
+
+/// What one connection may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's `sub`: the client's identity, and the only name it may claim.
+    pub subject: Option<Box<str>>,
+    /// Channels it may subscribe to.
+    pub subscribe: Patterns,
+    /// Channels it may publish to.
+    pub publish: Patterns,
+    /// The API key: everything is allowed, no rate limits.
+    pub everything: bool,
+    /// The token's `exp`, in Unix milliseconds.
+    pub expires_unix_ms: Option<u64>,
+}
+
+impl Grant {
+    /// May subscribe to `channel` (resuming included).
+    pub fn may_subscribe(&self, channel: &[u8]) -> bool {
+        self.everything || self.subscribe.allow(channel)
+    }
+
+    /// May publish to `channel`.
+    pub fn may_publish(&self, channel: &[u8]) -> bool {
+        self.everything || self.publish.allow(channel)
+    }
+
+    /// May claim the client name `name` (and with it the inbox `@name`).
+    pub fn may_claim(&self, name: &[u8]) -> bool {
+        self.everything || self.subject.as_deref().is_some_and(|s| s.as_bytes() == name)
+    }
+}
+
+/// How an authentication ended, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted.
+    Ok,
+    /// Past `exp`.
+    Expired,
+    /// Before `nbf`, or the wrong `aud` or `iss`.
+    InvalidClaims,
+    /// The signature does not verify, the algorithm has no key here, or the key id is unknown.
+    BadSignature,
+    /// Not a JWT, too long, or claims of the wrong shape.
+    Malformed,
+}
+
+impl Outcome {
+    /// Every outcome, in metrics order.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Ok,
+        Outcome::Expired,
+        Outcome::InvalidClaims,
+        Outcome::BadSignature,
+        Outcome::Malformed,
+    ];
+
+    /// Its label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Expired => "expired",
+            Outcome::InvalidClaims => "invalid_claims",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Longer than `max_token_bytes`.
+    #[error("token longer than {0} bytes")]
+    TooLong(usize),
+    /// Not a JWT (or `alg: none`, which is not an algorithm here).
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// Claims present but of the wrong shape.
+    #[error("bad claim: {0}")]
+    BadClaim(String),
+    /// The signature did not verify, or nothing here can verify this algorithm or key id.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// Past `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `aud` is not the configured audience.
+    #[error("token for another audience")]
+    WrongAudience,
+    /// `iss` is not the configured issuer.
+    #[error("token from another issuer")]
+    WrongIssuer,
+}
+
+impl AuthError {
+    /// The metrics bucket.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            AuthError::TooLong(_) | AuthError::Malformed(_) | AuthError::BadClaim(_) => {
+                Outcome::Malformed
+            }
+            AuthError::BadSignature(_) => Outcome::BadSignature,
+            AuthError::Expired => Outcome::Expired,
+            AuthError::NotYetValid | AuthError::WrongAudience | AuthError::WrongIssuer => {
+                Outcome::InvalidClaims
+            }
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// A public key file is not a PEM key of a kind we verify with.
+    #[error("public key {which}: not an RSA, EC (P-256/P-384) or Ed25519 public key in PEM")]
+    PublicKey {
+        /// Its key id, or its position.
+        which: String,
+    },
+    /// An anonymous pattern does not parse.
+    #[error("anonymous pattern: {0}")]
+    Pattern(#[from] PatternError),
+    /// An empty secret or API key would let anyone sign or in.
+    #[error("{0} is empty")]
+    Empty(&'static str),
+}
+
+/// The signature families; a token's `alg` picks one, and only keys of that family are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ec,
+    Ed,
+}
+
+/// Which key verifies an algorithm: the HMAC secret (`Ok(None)`), a public key of a family, or
+/// none here (an algorithm this build does not know).
+fn family_of(algorithm: Algorithm) -> Result<Option<Family>, AuthError> {
+    Ok(match algorithm {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => None,
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Some(Family::Rsa),
+        Algorithm::ES256 | Algorithm::ES384 => Some(Family::Ec),
+        Algorithm::EdDSA => Some(Family::Ed),
+        other => return Err(AuthError::BadSignature(format!("unsupported algorithm {other:?}"))),
+    })
+}
+
+#[derive(Debug)]
+struct PublicKey {
+    kid: Option<String>,
+    family: Family,
+    key: DecodingKey,
+}
+
+/// Compares without an early exit, so that the time taken does not say how much of a guessed
+/// key was right (the length may show; keys are long and random).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The verifier, built once at start from an `AuthConfig`.
+#[derive(Debug)]
+pub struct Auth {
+    hmac: Option<DecodingKey>,
+    public: Vec<PublicKey>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    api_key: Option<Vec<u8>>,
+    anonymous: Option<Arc<Grant>>,
+    everything: Arc<Grant>,
+    max_token_bytes: usize,
+    /// A connection that has no permissions must authenticate within this long.
+    pub timeout: Duration,
+    /// How long after `exp` an unrefreshed connection is closed.
+    pub expiry_grace: Duration,
+}
+
+impl Auth {
+    /// Parses keys and patterns; `None` when auth is off.
+    pub fn new(config: &AuthConfig) -> Result<Option<Auth>, AuthConfigError> {
+        if !config.enabled() {
+            return Ok(None);
+        }
+        // Only the pure-Rust backend is compiled in; say so rather than let it be inferred.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        if config.hmac_secret.as_ref().is_some_and(Vec::is_empty) {
+            return Err(AuthConfigError::Empty("the HMAC secret"));
+        }
+        if config.api_key.as_ref().is_some_and(Vec::is_empty) {
+            return Err(AuthConfigError::Empty("the API key"));
+        }
+        let mut public = Vec::new();
+        for (i, (kid, pem)) in config.public_keys.iter().enumerate() {
+            let parsed = DecodingKey::from_ed_pem(pem)
+                .map(|key| (Family::Ed, key))
+                .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (Family::Ec, key)))
+                .or_else(|_| DecodingKey::from_rsa_pem(pem).map(|key| (Family::Rsa, key)));
+            let which = kid.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let (family, key) = parsed.map_err(|_| AuthConfigError::PublicKey { which })?;
+            public.push(PublicKey { kid: kid.clone(), family, key });
+        }
+        let anonymous_subscribe =
+            Patterns::parse(config.anonymous_subscribe.iter().map(String::as_str))?;
+        let anonymous_publish =
+            Patterns::parse(config.anonymous_publish.iter().map(String::as_str))?;
+        let anonymous =
+            (!anonymous_subscribe.is_empty() || !anonymous_publish.is_empty()).then(|| {
+                Arc::new(Grant {
+                    subject: None,
+                    subscribe: anonymous_subscribe,
+                    publish: anonymous_publish,
+                    everything: false,
+                    expires_unix_ms: None,
+                })
+            });
+        Ok(Some(Auth {
+            hmac: config
+                .hmac_secret
+                .as_deref()
+                .map(DecodingKey::from_secret)
+                .transpose()
+                .map_err(|_| AuthConfigError::Empty("the HMAC secret"))?,
+            public,
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            api_key: config.api_key.clone(),
+            anonymous,
+            everything: Arc::new(Grant {
+                subject: None,
+                subscribe: Patterns::default(),
+                publish: Patterns::default(),
+                everything: true,
+                expires_unix_ms: None,
+            }),
+            max_token_bytes: if config.max_token_bytes == 0 {
+                DEFAULT_MAX_TOKEN_BYTES
+            } else {
+                config.max_token_bytes
+            },
+            timeout: config.timeout,
+            expiry_grace: config.expiry_grace,
+        }))
+    }
+
+    /// What a client without a token may do (`None`: nothing until it authenticates).
+    pub fn anonymous(&self) -> Option<&Arc<Grant>> {
+        self.anonymous.as_ref()
+    }
+
+    /// Verifies a token (or the API key) and returns what it grants.
+    pub fn verify(&self, token: &[u8]) -> Result<Arc<Grant>, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLong(self.max_token_bytes));
+        }
+        if let Some(api_key) = &self.api_key {
+            if constant_time_eq(token, api_key) {
+                return Ok(self.everything.clone());
+            }
+        }
+        let token = std::str::from_utf8(token)
+            .map_err(|_| AuthError::Malformed("not UTF-8".into()))?
+            .trim();
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
+        let key = self.key_for(header.alg, header.kid.as_deref())?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, key, &validation).map_err(classify)?;
+        grant_of(&data.claims)
+    }
+
+    fn key_for(&self, algorithm: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, AuthError> {
+        let Some(family) = family_of(algorithm)? else {
+            let no_secret = || AuthError::BadSignature("no HMAC secret is configured".into());
+            return self.hmac.as_ref().ok_or_else(no_secret);
+        };
+        let mut candidates = self.public.iter().filter(|k| k.family == family);
+        let found = match kid {
+            Some(kid) if self.public.iter().any(|k| k.kid.is_some()) => {
+                candidates.find(|k| k.kid.as_deref() == Some(kid))
+            }
+            _ => candidates.next(),
+        };
+        found.map(|k| &k.key).ok_or_else(|| {
+            AuthError::BadSignature(format!(
+                "no {algorithm:?} key{}",
+                match kid {
+                    Some(kid) => format!(" with kid {kid:?}"),
+                    None => String::new(),
+                }
+            ))
+        })
+    }
+}
+
+fn classify(error: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match error.kind() {
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidAudience => AuthError::WrongAudience,
+        K::InvalidIssuer => AuthError::WrongIssuer,
+        K::InvalidSignature
+        | K::InvalidAlgorithm
+        | K::InvalidAlgorithmName
+        | K::InvalidKeyFormat
+        | K::InvalidEcdsaKey
+        | K::InvalidRsaKey(_)
+        | K::RsaFailedSigning => AuthError::BadSignature(error.to_string()),
+        K::MissingRequiredClaim(claim) => AuthError::BadClaim(format!("{claim} is required")),
+        _ => AuthError::Malformed(error.to_string()),
+    }
+}
+
+/// The permissions a verified token's claims grant.
+fn grant_of(claims: &serde_json::Value) -> Result<Arc<Grant>, AuthError> {
+    use serde_json::Value;
+    let subject = match claims.get("sub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(sub)) => {
+            validate_client_name(sub.as_bytes())
+                .map_err(|e| AuthError::BadClaim(format!("sub: {e}")))?;
+            Some(sub.as_str().into())
+        }
+        Some(_) => return Err(AuthError::BadClaim("sub: expected a string".into())),
+    };
+    let patterns = |claim: &str| -> Result<Patterns, AuthError> {
+        let bad = |why: String| AuthError::BadClaim(format!("{claim}: {why}"));
+        match claims.get(claim) {
+            None | Some(Value::Null) => Ok(Patterns::default()),
+            Some(Value::Array(items)) => {
+                let texts = items
+                    .iter()
+                    .map(|item| item.as_str().ok_or_else(|| bad("expected strings".into())))
+                    .collect::<Result<Vec<&str>, _>>()?;
+                Patterns::parse(texts).map_err(|e| bad(e.to_string()))
+            }
+            Some(_) => Err(bad("expected a list of channel patterns".into())),
+        }
+    };
+    let expires_unix_ms = claims.get("exp").and_then(Value::as_u64).map(|s| s.saturating_mul(1000));
+    Ok(Arc::new(Grant {
+        subject,
+        subscribe: patterns("subscribe")?,
+        publish: patterns("publish")?,
+        everything: false,
+        expires_unix_ms,
+    }))
+}
+
+/// Mints an HS256 token (`fanout token`, tests and the load generator). Fails only for an
+/// empty secret.
+pub fn mint_hs256(
+    secret: &[u8],
+    subject: Option<&str>,
+    subscribe: &[String],
+    publish: &[String],
+    expires_unix_secs: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut claims = serde_json::json!({ "exp": expires_unix_secs });
+    if let Some(subject) = subject {
+        claims["sub"] = subject.into();
+    }
+    if !subscribe.is_empty() {
+        claims["subscribe"] = subscribe.into();
+    }
+    if !publish.is_empty() {
+        claims["publish"] = publish.into();
+    }
+    let header = jsonwebtoken::Header::new(Algorithm::HS256);
+    let key = jsonwebtoken::EncodingKey::from_secret(secret)?;
+    jsonwebtoken::encode(&header, &claims, &key)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,234 @@
+//! Channel patterns in permissions: which channels a token (or an anonymous client) may subscribe
+//! or publish to.
+//!
+//! Three kinds, and a wildcard never crosses from one kind to another:
+//! - a topic pattern: dot-separated tokens, where `*` matches exactly one token and `>` (last)
+//!   matches one or more trailing tokens, as NATS subjects do: `room.*` matches `room.1`, not
+//!   `room` nor `room.1.x`; `user.42.>` matches `user.42.a` and `user.42.a.b`; `>` matches every
+//!   topic;
+//! - `*` alone: the broadcast channel, and only it (broadcasting reaches every connection, so it
+//!   is granted only by naming it);
+//! - `@name` an inbox, or `@*` every inbox (sending to one named client).
+
+use std::fmt;
+
+/// One parsed permission pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// The broadcast channel `*`.
+    Broadcast,
+    /// One inbox `@name`, or every inbox (`None`).
+    Inbox(Option<Box<str>>),
+    /// A topic pattern, by token.
+    Topic(Box<[TopicToken]>),
+}
+
+/// A token of a topic pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicToken {
+    /// Matches this token exactly.
+    Literal(Box<str>),
+    /// `*`: any one token.
+    One,
+    /// `>`: one or more tokens, to the end.
+    Rest,
+}
+
+/// Why a pattern is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// Empty pattern or empty token (`a..b`, `.a`, `a.`).
+    #[error("empty pattern or empty token in {0:?}")]
+    Empty(String),
+    /// `>` that is not the last token.
+    #[error("'>' must be the last token in {0:?}")]
+    RestNotLast(String),
+    /// `*` or `>` inside a token (`ro*m`).
+    #[error("wildcards are whole tokens in {0:?}")]
+    PartialWildcard(String),
+    /// Spaces, control bytes, or longer than a channel name can be.
+    #[error("not a channel pattern: {0:?}")]
+    Invalid(String),
+}
+
+impl Pattern {
+    /// Parses one pattern.
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
+        let invalid = text.len() > crate::protocol::MAX_CHANNEL_BYTES
+            || text.bytes().any(|b| b <= b' ' || b == 0x7f);
+        if invalid {
+            return Err(PatternError::Invalid(text.to_owned()));
+        }
+        if text == "*" {
+            return Ok(Pattern::Broadcast);
+        }
+        if let Some(name) = text.strip_prefix('@') {
+            return match name {
+                "" => Err(PatternError::Empty(text.to_owned())),
+                "*" => Ok(Pattern::Inbox(None)),
+                name if name.contains(['*', '>']) => {
+                    Err(PatternError::PartialWildcard(text.to_owned()))
+                }
+                name => Ok(Pattern::Inbox(Some(name.into()))),
+            };
+        }
+        let parts: Vec<&str> = text.split('.').collect();
+        let mut tokens = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            tokens.push(match *part {
+                "" => return Err(PatternError::Empty(text.to_owned())),
+                "*" => TopicToken::One,
+                ">" if i + 1 == parts.len() => TopicToken::Rest,
+                ">" => return Err(PatternError::RestNotLast(text.to_owned())),
+                part if part.contains(['*', '>']) => {
+                    return Err(PatternError::PartialWildcard(text.to_owned()))
+                }
+                part => TopicToken::Literal(part.into()),
+            });
+        }
+        Ok(Pattern::Topic(tokens.into()))
+    }
+
+    /// True when `channel` (a valid channel name) is one this pattern names.
+    pub fn matches(&self, channel: &[u8]) -> bool {
+        match (self, channel) {
+            (Pattern::Broadcast, b"*") => true,
+            (Pattern::Broadcast, _) | (_, b"*") => false,
+            (Pattern::Inbox(name), [b'@', rest @ ..]) => {
+                name.as_deref().is_none_or(|name| name.as_bytes() == rest)
+            }
+            (Pattern::Inbox(_), _) | (Pattern::Topic(_), [b'@', ..]) => false,
+            (Pattern::Topic(tokens), channel) => {
+                let mut parts = channel.split(|&b| b == b'.');
+                for token in tokens.iter() {
+                    match token {
+                        TopicToken::Rest => return parts.next().is_some(),
+                        TopicToken::One => {
+                            if parts.next().is_none() {
+                                return false;
+                            }
+                        }
+                        TopicToken::Literal(literal) => {
+                            if parts.next() != Some(literal.as_bytes()) {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                parts.next().is_none()
+            }
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Broadcast => f.write_str("*"),
+            Pattern::Inbox(None) => f.write_str("@*"),
+            Pattern::Inbox(Some(name)) => write!(f, "@{name}"),
+            Pattern::Topic(tokens) => {
+                for (i, token) in tokens.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    match token {
+                        TopicToken::Literal(literal) => f.write_str(literal)?,
+                        TopicToken::One => f.write_str("*")?,
+                        TopicToken::Rest => f.write_str(">")?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A list of patterns: a channel is allowed when any of them matches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patterns(Vec<Pattern>);
+
+impl Patterns {
+    /// Parses every pattern; the first bad one is the error.
+    pub fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<Patterns, PatternError> {
+        texts.into_iter().map(Pattern::parse).collect::<Result<_, _>>().map(Patterns)
+    }
+
+    /// True when some pattern matches `channel`.
+    pub fn allow(&self, channel: &[u8]) -> bool {
+        self.0.iter().any(|pattern| pattern.matches(channel))
+    }
+
+    /// True when there is no pattern at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The patterns, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Pattern> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(pattern: &str, channel: &str) -> bool {
+        Pattern::parse(pattern).unwrap().matches(channel.as_bytes())
+    }
+
+    #[test]
+    fn topic_wildcards_match_as_nats_subjects_do() {
+        let cases = [
+            ("room.*", "room.1", true),
+            ("room.*", "room", false),
+            ("room.*", "room.1.x", false),
+            ("room.*", "rooms.1", false),
+            ("user.42.>", "user.42.a", true),
+            ("user.42.>", "user.42.a.b", true),
+            ("user.42.>", "user.42", false),
+            ("user.42.>", "user.43.a", false),
+            ("*.chat", "eu.chat", true),
+            ("*.chat", "eu.x.chat", false),
+            ("*.*", "a.b", true),
+            ("*.*", "a", false),
+            (">", "a", true),
+            (">", "a.b.c", true),
+            ("comments", "comments", true),
+            ("comments", "comments.x", false),
+            ("comments", "comment", false),
+        ];
+        for (pattern, channel, expected) in cases {
+            assert_eq!(allows(pattern, channel), expected, "{pattern} vs {channel}");
+        }
+    }
+
+    #[test]
+    fn broadcast_and_inboxes_are_granted_only_by_naming_them() {
+        // No topic wildcard reaches the broadcast channel or an inbox.
+        for pattern in [">", "*.>", "*"] {
+            assert!(!allows(pattern, "@alice"), "{pattern}");
+        }
+        for pattern in [">", "*.>", "@*", "@alice"] {
+            assert!(!allows(pattern, "*"), "{pattern}");
+        }
+        assert!(allows("*", "*"));
+        assert!(!allows("*", "comments"), "`*` alone is the broadcast channel, not a wildcard");
+        assert!(allows("@*", "@alice"));
+        assert!(allows("@alice", "@alice"));
+        assert!(!allows("@alice", "@alicia"));
+        assert!(!allows("@alice", "alice"));
+    }
+
+    #[test]
+    fn malformed_patterns() {
+        for bad in ["", "a..b", ".a", "a.", "a.>.b", "ro*m", "a.b>", "@", "@al*", "a b", "a\tb"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Pattern::parse(&"a".repeat(256)).is_err());
+        for good in ["*", ">", "@*", "@bob", "a.*.c.>", "room.42"] {
+            assert_eq!(Pattern::parse(good).unwrap().to_string(), good);
+        }
+    }
+}

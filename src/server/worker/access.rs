@@ -1,0 +1,285 @@
+//! Access control on the worker: authenticating a connection (AUTH, a request's token, the API
+//! key), checking its permissions when it subscribes, publishes or claims a name (never per
+//! delivery), its rate limits, the deadlines (authenticate in time; a token ends at `exp`), the
+//! connections per source address, and browser origins. With access control off
+//! (`Shared::auth` is `None`) every check here passes without looking.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use log::debug;
+
+use super::lifecycle::Close;
+use super::Worker;
+use crate::auth::{AuthError, Grant, Outcome};
+use crate::protocol::http::Head;
+use crate::protocol::{Ack, ErrorCode, Format};
+use crate::server::stats::WorkerCounters;
+
+/// What a command wants to do with a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    Subscribe,
+    Publish,
+    /// Claim a client name (and its inbox).
+    Claim,
+}
+
+/// Which rate a command spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rate {
+    Publish,
+    Subscribe,
+}
+
+/// The token a request carries: `Authorization: Bearer …`, else `?token=` (EventSource and
+/// WebSocket in browsers cannot set headers).
+fn request_token(head: &Head) -> Option<&[u8]> {
+    let bearer = head.header("authorization").and_then(|value| {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim().as_bytes())
+    });
+    bearer.or_else(|| head.param("token"))
+}
+
+impl Worker {
+    /// What connection `key` may do now: its token's grant, else the anonymous one. `None`: it
+    /// must authenticate first. Only meaningful with access control on.
+    fn grant(&self, key: usize) -> Option<&Arc<Grant>> {
+        let anonymous = self.shared.auth.as_ref().and_then(|auth| auth.anonymous());
+        self.conns[key].grant.as_ref().or(anonymous)
+    }
+
+    /// True when access control is on and connection `key` has no permissions yet: only AUTH
+    /// and PING are taken from it.
+    pub(super) fn must_authenticate(&self, key: usize) -> bool {
+        self.shared.auth.is_some() && self.grant(key).is_none()
+    }
+
+    /// Whether connection `key` may `action` on `channel`; refuses (403, or 401 when it has
+    /// not authenticated) when not. With access control off, always.
+    pub(super) fn permitted(
+        &mut self,
+        key: usize,
+        action: Action,
+        channel: &[u8],
+    ) -> Result<bool, Close> {
+        if self.shared.auth.is_none() {
+            return Ok(true);
+        }
+        let Some(grant) = self.grant(key) else {
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            self.refuse(key, ErrorCode::Unauthorized, "authenticate first: AUTH <token>")?;
+            return Ok(false);
+        };
+        let allowed = match action {
+            Action::Subscribe => grant.may_subscribe(channel),
+            Action::Publish => grant.may_publish(channel),
+            Action::Claim => grant.may_claim(channel),
+        };
+        if allowed {
+            return Ok(true);
+        }
+        WorkerCounters::add(&self.counters().auth_forbidden, 1);
+        let what = String::from_utf8_lossy(channel);
+        let why = match action {
+            Action::Subscribe => format!("not permitted to subscribe to {what}"),
+            Action::Publish => format!("not permitted to publish to {what}"),
+            Action::Claim => {
+                format!("not permitted to claim the name {what} (a name is the token's sub)")
+            }
+        };
+        self.refuse(key, ErrorCode::Forbidden, &why)?;
+        Ok(false)
+    }
+
+    /// Spends one unit of connection `key`'s `rate`; refuses (429) when it has none left. The
+    /// API key is not limited.
+    pub(super) fn within_rate(&mut self, key: usize, rate: Rate) -> Result<bool, Close> {
+        let limits = self.shared.limits;
+        let per_sec = match rate {
+            Rate::Publish => limits.publishes_per_sec,
+            Rate::Subscribe => limits.subscribes_per_sec,
+        };
+        if per_sec == 0 || self.grant(key).is_some_and(|g| g.everything) {
+            return Ok(true);
+        }
+        let now = self.now_ms;
+        let budget = &mut self.conns[key].budget;
+        let bucket = match rate {
+            Rate::Publish => &mut budget.publishes,
+            Rate::Subscribe => &mut budget.subscribes,
+        };
+        if bucket.take(per_sec, now) {
+            return Ok(true);
+        }
+        let (counter, what) = match rate {
+            Rate::Publish => (&self.counters().limited_publish_rate, "publishes"),
+            Rate::Subscribe => {
+                (&self.counters().limited_subscribe_rate, "subscribes and unsubscribes")
+            }
+        };
+        WorkerCounters::add(counter, 1);
+        self.refuse(
+            key,
+            ErrorCode::LimitReached,
+            &format!("rate limit: {per_sec} {what} per second"),
+        )?;
+        Ok(false)
+    }
+
+    /// Verifies `token` and, when it is good, makes it the connection's grant. Counted by
+    /// outcome. `Err` is the refusal to send (the connection's grant is unchanged).
+    fn verify(&mut self, key: usize, token: &[u8]) -> Result<Arc<Grant>, AuthError> {
+        let verified = match &self.shared.auth {
+            Some(auth) => auth.verify(token),
+            None => Err(AuthError::Malformed("access control is off".into())),
+        };
+        let counters = self.counters();
+        let counter = match verified.as_ref().map_err(AuthError::outcome) {
+            Ok(_) => &counters.auth_ok,
+            Err(Outcome::Expired) => &counters.auth_expired,
+            Err(Outcome::InvalidClaims) => &counters.auth_invalid_claims,
+            Err(Outcome::BadSignature) => &counters.auth_bad_signature,
+            Err(Outcome::Malformed | Outcome::Ok) => &counters.auth_malformed,
+        };
+        WorkerCounters::add(counter, 1);
+        if let Err(e) = &verified {
+            debug!("worker {}: connection {key}: token refused: {e}", self.id);
+        }
+        verified
+    }
+
+    /// A failed authentication: refused with 401, or, past the limit of failures, the end.
+    fn authentication_failed(&mut self, key: usize, error: &AuthError) -> Result<(), Close> {
+        let conn = &mut self.conns[key];
+        conn.budget.auth_failures += 1;
+        let limit = self.shared.limits.auth_failures;
+        if limit > 0 && conn.budget.auth_failures >= limit {
+            WorkerCounters::add(&self.counters().auth_failure_closes, 1);
+            let why = format!("token refused: {error}; {limit} failed authentications, closing");
+            return Err(Close::error(ErrorCode::Unauthorized, why));
+        }
+        self.refuse(key, ErrorCode::Unauthorized, &format!("token refused: {error}"))
+    }
+
+    /// `AUTH <token>`: from now on the connection may do what the token grants. A fresh token
+    /// for the same subject extends the connection past the old one's `exp`; one for another
+    /// subject is refused (a connection keeps its identity). With access control off, AUTH is
+    /// acknowledged and changes nothing.
+    pub(super) fn authenticate(&mut self, key: usize, token: &[u8]) -> Result<(), Close> {
+        if self.shared.auth.is_none() {
+            return self.acknowledge(key, Ack::Auth, b"-");
+        }
+        let grant = match self.verify(key, token) {
+            Ok(grant) => grant,
+            Err(e) => return self.authentication_failed(key, &e),
+        };
+        let conn = &self.conns[key];
+        let changes_identity = conn.grant.as_ref().is_some_and(|old| {
+            !old.everything && !grant.everything && old.subject != grant.subject
+        });
+        // A name claimed under one identity stays with it.
+        let name_mismatch = conn.name().is_some_and(|name| !grant.may_claim(name));
+        if changes_identity || name_mismatch {
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            let why = "a connection keeps its identity: the token is for another sub";
+            return self.refuse(key, ErrorCode::Forbidden, why);
+        }
+        let subject = grant.subject.as_deref().unwrap_or("-").as_bytes().to_vec();
+        self.conns[key].grant = Some(grant);
+        self.acknowledge(key, Ack::Auth, &subject)
+    }
+
+    /// An HTTP request's own token (`Authorization: Bearer`, or `?token=`), which is what the
+    /// request may do (plain HTTP requests are authorized one by one; an upgraded WebSocket or an
+    /// event stream keeps it). Without one, the anonymous permissions apply. Returns false when
+    /// the token was refused (the 401 is queued).
+    pub(super) fn authenticate_request(&mut self, key: usize, head: &Head) -> Result<bool, Close> {
+        if self.shared.auth.is_none() {
+            return Ok(true);
+        }
+        self.conns[key].grant = None;
+        let Some(token) = request_token(head) else { return Ok(true) };
+        match self.verify(key, token) {
+            Ok(grant) => {
+                self.conns[key].grant = Some(grant);
+                Ok(true)
+            }
+            Err(e) => {
+                self.authentication_failed(key, &e)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// With `--allowed-origins`: true when the request's `Origin` (if it has one: other clients
+    /// than browsers do not send it) is on the list.
+    pub(super) fn origin_allowed(&self, head: &Head) -> bool {
+        let allowed = &self.shared.config.allowed_origins;
+        allowed.is_empty()
+            || head.header("origin").is_none_or(|origin| allowed.iter().any(|a| a == origin))
+    }
+
+    /// Counts a new connection from `ip`; false when that address is at its limit.
+    pub(super) fn admit_peer(&self, ip: IpAddr) -> bool {
+        let limit = self.shared.limits.connections_per_ip;
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= limit {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// Uncounts a connection from `ip`.
+    pub(super) fn release_peer(&self, ip: IpAddr) {
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = per_ip.get_mut(&ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// The access deadlines, checked once a second: a connection with no permissions that did
+    /// not authenticate within `--auth-timeout-secs`, and one whose token expired more than the
+    /// grace ago without a fresh one, are closed with 401. Plain HTTP connections are not
+    /// concerned (each request carries its own token).
+    pub(super) fn access_deadlines(&mut self) {
+        let Some(auth) = &self.shared.auth else { return };
+        let timeout = auth.timeout.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let grace_ms = auth.expiry_grace.as_millis() as u64;
+        let anonymous = auth.anonymous().is_some();
+        let wall_ms = self.wall_ms();
+        let mut late = Vec::new();
+        let mut expired = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            if !conn.is_open() || conn.format == Some(Format::Http) {
+                continue;
+            }
+            match &conn.grant {
+                None if !anonymous && self.now_ms.wrapping_sub(conn.accepted_ms) >= timeout => {
+                    late.push(key)
+                }
+                Some(grant)
+                    if grant.expires_unix_ms.is_some_and(|exp| wall_ms >= exp + grace_ms) =>
+                {
+                    expired.push(key)
+                }
+                _ => {}
+            }
+        }
+        for key in late {
+            WorkerCounters::add(&self.counters().auth_timeout_closes, 1);
+            let why = format!("authentication timeout: no AUTH within {timeout} ms");
+            self.close(key, Close::error(ErrorCode::Unauthorized, why));
+        }
+        for key in expired {
+            WorkerCounters::add(&self.counters().auth_expiry_closes, 1);
+            self.close(key, Close::error(ErrorCode::Unauthorized, "token expired"));
+        }
+    }
+}
