@@ -190,6 +190,21 @@ impl Client {
         self.wait_ack(Ack::Unsubscribe, channel.as_bytes())
     }
 
+    /// Authenticates with a token (or the API key); returns the token's subject (`-` when it
+    /// has none). A refused token is `ClientError::Server` with code 401.
+    pub fn authenticate(&mut self, token: &str) -> Result<String, ClientError> {
+        self.send(&Request::Auth { token: token.as_bytes() })?;
+        loop {
+            match self.next_owned(None)? {
+                Owned::Ok(Ack::Auth, subject) => {
+                    return Ok(String::from_utf8_lossy(&subject).into_owned())
+                }
+                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Ok(..) | Owned::Pong | Owned::History(..) | Owned::Ack(..) => {}
+            }
+        }
+    }
+
     /// Claims a unique name; messages published to `@name` then reach this client.
     pub fn claim_name(&mut self, name: &str) -> Result<(), ClientError> {
         self.send(&Request::Name { name: name.as_bytes() })?;
@@ -396,6 +411,7 @@ struct Position {
 #[derive(Debug)]
 pub struct Subscriber {
     server: SocketAddr,
+    token: Option<String>,
     positions: Vec<Position>,
     client: Option<Client>,
     backoff: Backoff,
@@ -409,7 +425,13 @@ impl Subscriber {
             .iter()
             .map(|c| Position { channel: c.clone(), last: from, epoch: None })
             .collect();
-        Subscriber { server, positions, client: None, backoff: Backoff::new() }
+        Subscriber { server, token: None, positions, client: None, backoff: Backoff::new() }
+    }
+
+    /// Authenticates with `token` on every (re)connect.
+    pub fn with_token(mut self, token: Option<String>) -> Subscriber {
+        self.token = token;
+        self
     }
 
     /// The next message of any channel, reconnecting as long as it takes.
@@ -421,6 +443,8 @@ impl Subscriber {
                         self.client = Some(client);
                         self.backoff.reset();
                     }
+                    // A refused token or a forbidden channel does not get better by retrying.
+                    Err(e @ ClientError::Server { .. }) => return Err(e),
                     Err(e) => {
                         log::warn!("subscriber: cannot connect to {}: {e}; retrying", self.server);
                         self.backoff.failed();
@@ -455,6 +479,9 @@ impl Subscriber {
 
     fn connect(&mut self) -> Result<Client, ClientError> {
         let mut client = Client::connect(self.server)?;
+        if let Some(token) = &self.token {
+            client.authenticate(token)?;
+        }
         for position in &mut self.positions {
             let after = position.last.unwrap_or(u64::MAX);
             let info = client.subscribe_from(&position.channel, after, position.epoch, false)?;
@@ -481,6 +508,7 @@ impl Subscriber {
 #[derive(Debug)]
 pub struct Publisher {
     server: SocketAddr,
+    token: Option<String>,
     client: Option<Client>,
     unacked: VecDeque<(String, Vec<u8>)>,
     max_unacked: usize,
@@ -492,11 +520,18 @@ impl Publisher {
     pub fn new(server: SocketAddr, max_unacked: usize) -> Publisher {
         Publisher {
             server,
+            token: None,
             client: None,
             unacked: VecDeque::new(),
             max_unacked: max_unacked.max(1),
             backoff: Backoff::new(),
         }
+    }
+
+    /// Authenticates with `token` on every (re)connect.
+    pub fn with_token(mut self, token: Option<String>) -> Publisher {
+        self.token = token;
+        self
     }
 
     /// Queues and sends one message; blocks while `max_unacked` are waiting (reconnecting as
@@ -537,7 +572,14 @@ impl Publisher {
                     return Ok(());
                 }
             }
-            match Client::connect(self.server) {
+            let token = self.token.as_deref();
+            let connected = Client::connect(self.server).and_then(|mut client| {
+                if let Some(token) = token {
+                    client.authenticate(token)?;
+                }
+                Ok(client)
+            });
+            match connected {
                 Ok(mut client) => {
                     for (channel, payload) in &self.unacked {
                         client.publish_acked_nowait(channel, payload)?;
@@ -545,6 +587,8 @@ impl Publisher {
                     self.client = Some(client);
                     self.backoff.reset();
                 }
+                // A refused token does not get better by retrying.
+                Err(e @ ClientError::Server { .. }) => return Err(e),
                 Err(e) => {
                     log::warn!("publisher: cannot connect to {}: {e}; retrying", self.server);
                     self.backoff.failed();

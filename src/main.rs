@@ -1,4 +1,5 @@
-//! The `fanout` command: `serve`, `pub`, `sub`. Thin: everything lives in the library.
+//! The `fanout` command: `serve`, `pub`, `sub`, `load`, `token`. Thin: everything lives in the
+//! library.
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish MESSAGE to CHANNEL, or each line of stdin when MESSAGE is left out.
     Pub {
         /// Channel (`*` broadcasts, `@name` sends to one named client).
@@ -36,6 +37,8 @@ enum Command {
         /// Server address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         server: SocketAddr,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Print every message of the channels as it arrives: `<channel> <offset> <payload>`.
     Sub {
@@ -54,6 +57,29 @@ enum Command {
         /// Server address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         server: SocketAddr,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+    /// Mint an HS256 token for a server started with --auth-secret-file (operators and tests;
+    /// production tokens come from your backend). Prints the token.
+    Token {
+        /// The server's --auth-secret-file.
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        /// The client's identity (`sub`): the only name it may claim, its inbox `@SUB`.
+        #[arg(long)]
+        sub: Option<String>,
+        /// A channel pattern it may subscribe to (repeat for more): `room.*`, `user.42.>`,
+        /// `comments`.
+        #[arg(long = "allow-sub")]
+        allow_sub: Vec<String>,
+        /// A channel pattern it may publish to (repeat for more); `*` alone is the broadcast
+        /// channel, `@*` every inbox.
+        #[arg(long = "allow-pub")]
+        allow_pub: Vec<String>,
+        /// Lifetime: seconds, or with a unit: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
     /// Load generator: N subscribers, publishers, a report of deliveries/s, latency and losses.
     Load(LoadArgs),
@@ -123,6 +149,62 @@ struct LoadArgs {
     /// Hold the subscribers this many seconds after they are all subscribed, before publishing.
     #[arg(long, default_value_t = 0)]
     hold_secs: u64,
+    /// The server's --auth-secret-file: every connection first authenticates with a token of its
+    /// own, minted from it (fanout protocols).
+    #[arg(long)]
+    token_secret_file: Option<std::path::PathBuf>,
+}
+
+/// How `fanout pub` and `fanout sub` authenticate.
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// A token (or the API key) to authenticate with.
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// Read the token from this file.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    fn token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(path)) => read_secret(path, "--token-file")
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| "--token-file: not UTF-8".into())
+                })
+                .map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// A secret file's contents without the trailing newline editors and `echo` leave.
+fn read_secret(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
+/// `90s`, `15m`, `1h`, `7d`, or plain seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value = fanout::protocol::fields::number(digits.as_bytes())
+        .ok_or_else(|| format!("--ttl {text}: expected a number and s, m, h or d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("--ttl {text}: the unit is s, m, h or d")),
+    };
+    Ok(value.saturating_mul(scale))
 }
 
 #[derive(Args, Debug)]
@@ -211,12 +293,105 @@ struct ServeArgs {
     /// Seconds queued messages may take to flush on shutdown.
     #[arg(long, default_value_t = Config::default().shutdown_grace.as_secs())]
     shutdown_grace_secs: u64,
+    /// Verify HS256/384/512 tokens with the secret in this file (its contents, without a
+    /// trailing newline).
+    #[arg(long)]
+    auth_secret_file: Option<std::path::PathBuf>,
+    /// Verify RS*, PS*, ES256/384 or EdDSA tokens with the PEM public key in this file; repeat
+    /// as KID=FILE for several keys chosen by the token's `kid`.
+    #[arg(long)]
+    auth_public_key_file: Vec<String>,
+    /// Tokens must carry this `aud`.
+    #[arg(long)]
+    auth_audience: Option<String>,
+    /// Tokens must carry this `iss`.
+    #[arg(long)]
+    auth_issuer: Option<String>,
+    /// A key in this file may do everything (backends publishing over HTTP with
+    /// `Authorization: Bearer KEY`, or AUTH KEY); compared in constant time.
+    #[arg(long)]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Clients without a token may subscribe to channels matching this pattern (repeat).
+    #[arg(long)]
+    anonymous_sub: Vec<String>,
+    /// Clients without a token may publish to channels matching this pattern (repeat).
+    #[arg(long)]
+    anonymous_pub: Vec<String>,
+    /// Serve a non-loopback --listen with no access control at all (refused otherwise).
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Seconds a connection without permissions has to authenticate (then ERR 401, closed).
+    #[arg(long, default_value_t = Config::default().auth.timeout.as_secs())]
+    auth_timeout_secs: u64,
+    /// Seconds after its token's `exp` a connection that sent no fresh token is closed.
+    #[arg(long, default_value_t = Config::default().auth.expiry_grace.as_secs())]
+    auth_expiry_grace_secs: u64,
+    /// Longest token accepted, in bytes.
+    #[arg(long, default_value_t = Config::default().auth.max_token_bytes)]
+    max_token_bytes: usize,
+    /// Browser origins allowed, comma-separated (e.g. https://example.com); a request or
+    /// WebSocket upgrade with another Origin gets 403. Default: any.
+    #[arg(long, value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Publishes per second per connection (0: unlimited). Default with access control: 100;
+    /// without: unlimited. The API key is never limited.
+    #[arg(long)]
+    max_publishes_per_sec: Option<u32>,
+    /// Subscribes and unsubscribes per second per connection (0: unlimited). Default with
+    /// access control: 100; without: unlimited.
+    #[arg(long)]
+    max_subscribes_per_sec: Option<u32>,
+    /// Failed authentications before a connection is closed (0: unlimited). Default with
+    /// access control: 5.
+    #[arg(long)]
+    max_auth_failures: Option<u32>,
+    /// Open connections per source IP address (0: unlimited). Default with access control:
+    /// 1000; without: unlimited.
+    #[arg(long)]
+    max_connections_per_ip: Option<u32>,
 }
 
 impl ServeArgs {
-    fn config(&self) -> Config {
+    fn auth(&self, defaults: &Config) -> Result<fanout::auth::AuthConfig, String> {
+        let mut public_keys = Vec::new();
+        for spec in &self.auth_public_key_file {
+            let (kid, path) = match spec.split_once('=') {
+                Some((kid, path)) => (Some(kid.to_string()), path),
+                None => (None, spec.as_str()),
+            };
+            let pem =
+                std::fs::read(path).map_err(|e| format!("--auth-public-key-file {path}: {e}"))?;
+            public_keys.push((kid, pem));
+        }
+        Ok(fanout::auth::AuthConfig {
+            hmac_secret: self
+                .auth_secret_file
+                .as_deref()
+                .map(|path| read_secret(path, "--auth-secret-file"))
+                .transpose()?,
+            public_keys,
+            audience: self.auth_audience.clone(),
+            issuer: self.auth_issuer.clone(),
+            api_key: self
+                .api_key_file
+                .as_deref()
+                .map(|path| read_secret(path, "--api-key-file"))
+                .transpose()?,
+            anonymous_subscribe: self.anonymous_sub.clone(),
+            anonymous_publish: self.anonymous_pub.clone(),
+            timeout: Duration::from_secs(self.auth_timeout_secs),
+            expiry_grace: Duration::from_secs(self.auth_expiry_grace_secs),
+            max_token_bytes: if self.max_token_bytes == 0 {
+                defaults.auth.max_token_bytes
+            } else {
+                self.max_token_bytes
+            },
+        })
+    }
+
+    fn config(&self) -> Result<Config, String> {
         let defaults = Config::default();
-        Config {
+        Ok(Config {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
             pin_cores: !self.no_pin,
@@ -248,7 +423,16 @@ impl ServeArgs {
             ws_echo: self.ws_echo,
             http_head_timeout: Duration::from_secs(self.http_head_timeout_secs),
             debug_panic_on_publish_to: self.debug_panic_on_publish_to.clone(),
-        }
+            auth: self.auth(&defaults)?,
+            allow_anonymous: self.allow_anonymous,
+            allowed_origins: self.allowed_origins.clone(),
+            limits: fanout::config::Limits {
+                publishes_per_sec: self.max_publishes_per_sec,
+                subscribes_per_sec: self.max_subscribes_per_sec,
+                auth_failures: self.max_auth_failures,
+                connections_per_ip: self.max_connections_per_ip,
+            },
+        })
     }
 }
 
@@ -256,10 +440,18 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args.config()),
-        Command::Pub { channel, message, server } => publish(server, &channel, message),
-        Command::Sub { channels, name, server, from, from_start } => {
-            subscribe(server, &channels, name, from.or(from_start.then_some(0)))
+        Command::Serve(args) => args.config().map_err(Into::into).and_then(serve),
+        Command::Pub { channel, message, server, token } => token
+            .token()
+            .map_err(Into::into)
+            .and_then(|token| publish(server, &channel, message, token)),
+        Command::Sub { channels, name, server, from, from_start, token } => {
+            token.token().map_err(Into::into).and_then(|token| {
+                subscribe(server, &channels, name, from.or(from_start.then_some(0)), token)
+            })
+        }
+        Command::Token { secret_file, sub, allow_sub, allow_pub, ttl } => {
+            mint(&secret_file, sub.as_deref(), &allow_sub, &allow_pub, &ttl)
         }
         Command::Load(args) => load(args),
     };
@@ -303,14 +495,38 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+fn mint(
+    secret_file: &std::path::Path,
+    subject: Option<&str>,
+    subscribe: &[String],
+    publish: &[String],
+    ttl: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = read_secret(secret_file, "--secret-file")?;
+    if secret.is_empty() {
+        return Err("--secret-file is empty".into());
+    }
+    for pattern in subscribe.iter().chain(publish) {
+        fanout::auth::Pattern::parse(pattern)?;
+    }
+    if let Some(subject) = subject {
+        fanout::protocol::validate_client_name(subject.as_bytes())
+            .map_err(|e| format!("--sub {subject}: {e}"))?;
+    }
+    let expires = fanout::auth::unix_now_secs() + parse_ttl(ttl)?;
+    println!("{}", fanout::auth::mint_hs256(&secret, subject, subscribe, publish, expires)?);
+    Ok(())
+}
+
 fn publish(
     server: SocketAddr,
     channel: &str,
     message: Option<String>,
+    token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Acknowledged publishes; unacknowledged ones are kept (up to 10,000) and sent again after a
     // reconnect, so a server restart loses nothing from stdin.
-    let mut publisher = Publisher::new(server, 10_000);
+    let mut publisher = Publisher::new(server, 10_000).with_token(token);
     match message {
         Some(message) => publisher.publish(channel, message.as_bytes())?,
         None => {
@@ -328,6 +544,7 @@ fn subscribe(
     channels: &[String],
     name: Option<String>,
     from: Option<u64>,
+    token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let stdout = io::stdout();
     let print = |message: fanout::client::Message| -> io::Result<()> {
@@ -340,6 +557,9 @@ fn subscribe(
     if let Some(name) = name {
         // A named client is one connection: no resume (a name is claimed per connection).
         let mut client = Client::connect(server)?;
+        if let Some(token) = &token {
+            client.authenticate(token)?;
+        }
         client.claim_name(&name)?;
         for channel in channels {
             match from {
@@ -356,7 +576,7 @@ fn subscribe(
         }
     }
     // Otherwise: reconnect with backoff and resume every channel from its last offset.
-    let mut subscriber = Subscriber::new(server, channels, from);
+    let mut subscriber = Subscriber::new(server, channels, from).with_token(token);
     loop {
         print(subscriber.next_message()?)?;
     }
@@ -382,8 +602,16 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         server_pid: args.server_pid,
         live: !args.quiet,
         hold: Duration::from_secs(args.hold_secs),
+        token_secret: match (&args.token_secret_file, std::env::var("FANOUT_LOAD_TOKEN_SECRET")) {
+            (Some(path), _) => Some(read_secret(path, "--token-secret-file")?),
+            (None, Ok(secret)) if args.child => Some(secret.into_bytes()),
+            _ => None,
+        },
         ..Default::default()
     };
+    if config.token_secret.as_ref().is_some_and(Vec::is_empty) {
+        return Err("--token-secret-file is empty".into());
+    }
     if args.child {
         return Ok(fanout::load::child_main(&config)?);
     }

@@ -74,6 +74,11 @@ pub(crate) fn spawn(
         if let Some(source) = source_for(config, k) {
             command.args(["--source-ip", &source.to_string()]);
         }
+        if let Some(secret) = &config.token_secret {
+            // The child mints its own tokens from the same secret, passed in its environment
+            // rather than on its command line (where `ps` would show it).
+            command.env("FANOUT_LOAD_TOKEN_SECRET", String::from_utf8_lossy(secret).as_ref());
+        }
         let mut child = command
             .spawn()
             .map_err(|source| LoadError::Io { what: "starting a child load process", source })?;

@@ -77,6 +77,9 @@ pub struct LoadConfig {
     pub first_subscriber: usize,
     /// Source address for subscriber connections (child processes spread over 127.0.0.x).
     pub source: Option<Ipv4Addr>,
+    /// With the server's HMAC secret: every connection authenticates first with a token of its
+    /// own (subscriber i is `load-i`), minted here (the reconnect-storm benchmark).
+    pub token_secret: Option<Vec<u8>>,
 }
 
 impl Default for LoadConfig {
@@ -101,6 +104,7 @@ impl Default for LoadConfig {
             max_per_process: 0,
             first_subscriber: 0,
             source: None,
+            token_secret: None,
         }
     }
 }
@@ -321,11 +325,22 @@ pub(crate) fn spawn_loops(
             .step_by(threads)
             .map(|i| channel_name(config, (config.first_subscriber + i) % config.channels))
             .collect();
+        let tokens = config.token_secret.as_ref().map(|secret| {
+            (0..channels.len())
+                .map(|k| {
+                    load_token(
+                        secret,
+                        &format!("load-{}", config.first_subscriber + t + k * threads),
+                    )
+                })
+                .collect()
+        });
         let plan = LoopPlan {
             server: config.server,
             protocol: config.protocol,
             channels,
             source: config.source,
+            tokens,
         };
         let progress = progress.clone();
         let handle = thread::Builder::new()
@@ -472,6 +487,14 @@ fn publish(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), st
     result
 }
 
+/// A token for load connection `subject` that may subscribe and publish anywhere, for an hour.
+fn load_token(secret: &[u8], subject: &str) -> String {
+    let all = [">".to_string()];
+    let expires = crate::auth::unix_now_secs() + 3600;
+    // The secret is checked to be non-empty where it is read (`fanout load`).
+    crate::auth::mint_hs256(secret, Some(subject), &all, &all, expires).unwrap_or_default()
+}
+
 fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), std::io::Error> {
     let stream = TcpStream::connect(config.server)?;
     stream.set_nodelay(true)?;
@@ -484,7 +507,9 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
     });
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     let mut frame = Vec::with_capacity(config.payload_bytes + 64);
-    config.protocol.publisher_preface(&mut frame);
+    let token =
+        config.token_secret.as_ref().map(|secret| load_token(secret, &format!("publisher-{id}")));
+    config.protocol.publisher_preface(token.as_deref(), &mut frame);
     out.write_all(&frame)?;
     let channels: Vec<String> = (0..config.channels).map(|c| channel_name(config, c)).collect();
     let mut sequences = vec![0u32; config.channels];

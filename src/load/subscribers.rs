@@ -93,6 +93,8 @@ pub(crate) struct LoopPlan {
     pub protocol: Protocol,
     pub channels: Vec<String>,
     pub source: Option<Ipv4Addr>,
+    /// One token per connection, when the server wants them.
+    pub tokens: Option<Vec<String>>,
 }
 
 struct Subscriber {
@@ -124,7 +126,8 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
         match connect(&poll, plan.server, plan.source, i) {
             Ok(stream) => {
                 let mut output = Vec::new();
-                plan.protocol.subscribe(channel, &mut output);
+                let token = plan.tokens.as_ref().and_then(|tokens| tokens.get(i));
+                plan.protocol.subscribe(channel, token.map(String::as_str), &mut output);
                 subs.push(Subscriber {
                     stream,
                     input: Vec::new(),

@@ -121,6 +121,7 @@ fn json_event(text: &[u8]) -> Result<Event<'static>, WireError> {
             };
             Event::Message { offset: value["offset"].as_u64(), payload: payload.into() }
         }
+        "ok" if value["cmd"] == "auth" => Event::Ignored,
         "ok" => Event::Subscribed,
         "ping" => Event::Ping,
         "err" => Event::Error(format!("{} {}", value["code"], value["reason"])),
@@ -187,18 +188,28 @@ pub struct WireError(pub String);
 const MAX_FRAME: usize = 64 << 20;
 
 impl Protocol {
-    /// Bytes that open a connection and subscribe it to `channel`. The subscription is confirmed by
-    /// an `Event::Subscribed` (for NATS, the PONG to a PING sent right after SUB).
-    pub fn subscribe(self, channel: &str, out: &mut Vec<u8>) {
+    /// Bytes that open a connection, authenticate it with `token` (fanout's protocols only), and
+    /// subscribe it to `channel`. The subscription is confirmed by an `Event::Subscribed` (for
+    /// NATS, the PONG to a PING sent right after SUB).
+    pub fn subscribe(self, channel: &str, token: Option<&str>, out: &mut Vec<u8>) {
+        let auth = token.map(|token| Request::Auth { token: token.as_bytes() });
         match self {
             Protocol::FanoutBinary => {
                 out.extend_from_slice(&binary::PREFACE);
+                if let Some(auth) = &auth {
+                    binary::encode_request(auth, out);
+                }
                 binary::encode_request(
                     &Request::Subscribe { channel: channel.as_bytes(), resume: None },
                     out,
                 );
             }
-            Protocol::FanoutText => out.extend_from_slice(format!("SUB {channel}\r\n").as_bytes()),
+            Protocol::FanoutText => {
+                if let Some(token) = token {
+                    out.extend_from_slice(format!("AUTH {token}\r\n").as_bytes());
+                }
+                out.extend_from_slice(format!("SUB {channel}\r\n").as_bytes())
+            }
             Protocol::Resp => resp_command(out, &[b"SUBSCRIBE", channel.as_bytes()]),
             Protocol::Nats => {
                 out.extend_from_slice(
@@ -210,6 +221,11 @@ impl Protocol {
             // after the request as WebSocket.
             Protocol::WsBinary => {
                 upgrade_request(out, "fanout.binary");
+                if let Some(auth) = &auth {
+                    let mut frame = Vec::new();
+                    binary::encode_request(auth, &mut frame);
+                    out.extend(websocket::encode_client_frame(true, opcode::BINARY, &frame, MASK));
+                }
                 let mut frame = Vec::new();
                 binary::encode_request(
                     &Request::Subscribe { channel: channel.as_bytes(), resume: None },
@@ -219,6 +235,12 @@ impl Protocol {
             }
             Protocol::WsJson => {
                 upgrade_request(out, "fanout.json");
+                if let Some(token) = token {
+                    let mut quoted = bytes::BytesMut::new();
+                    crate::protocol::json::put_string(&mut quoted, token);
+                    let auth = [&b"{\"op\":\"auth\",\"token\":"[..], &quoted, b"}"].concat();
+                    out.extend(websocket::encode_client_frame(true, opcode::TEXT, &auth, MASK));
+                }
                 let mut sub = bytes::BytesMut::new();
                 crate::protocol::json::put_string(&mut sub, channel);
                 let sub = [&b"{\"op\":\"sub\",\"channel\":"[..], &sub, b"}"].concat();
@@ -227,11 +249,17 @@ impl Protocol {
         }
     }
 
-    /// Bytes that open a publishing connection.
-    pub fn publisher_preface(self, out: &mut Vec<u8>) {
+    /// Bytes that open a publishing connection (authenticated with `token`, for fanout).
+    pub fn publisher_preface(self, token: Option<&str>, out: &mut Vec<u8>) {
         match self {
             Protocol::FanoutBinary | Protocol::WsBinary | Protocol::WsJson => {
-                out.extend_from_slice(&binary::PREFACE)
+                out.extend_from_slice(&binary::PREFACE);
+                if let Some(token) = token {
+                    binary::encode_request(&Request::Auth { token: token.as_bytes() }, out);
+                }
+            }
+            Protocol::FanoutText if token.is_some() => {
+                out.extend_from_slice(format!("AUTH {}\r\n", token.unwrap_or_default()).as_bytes())
             }
             Protocol::Nats => {
                 out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
@@ -295,6 +323,7 @@ impl Protocol {
                     ServerFrame::Message { offset, payload, .. } => {
                         Event::Message { offset: Some(offset), payload }
                     }
+                    ServerFrame::Ok { ack: crate::protocol::Ack::Auth, .. } => Event::Ignored,
                     ServerFrame::Ok { .. } => Event::Subscribed,
                     ServerFrame::Ping => Event::Ping,
                     ServerFrame::Pong | ServerFrame::History { .. } | ServerFrame::Ack { .. } => {
