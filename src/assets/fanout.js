@@ -5,6 +5,11 @@
 //   client.publish("news", "hello");                  // buffered while disconnected, resent until acknowledged
 //   client.onstate = (state, detail) => ...;          // "connecting", "open", "reconnecting", "closed"
 //
+// With access control: new Fanout(base, {token: "eyJ…"}), or {getToken: () => fetch("/my-token")
+// .then(r => r.text())}: getToken is called before every (re)connect and again before the token
+// expires (at 80% of its life); a fresh token goes to the open WebSocket as {"op":"auth"} (an
+// event stream is reopened with it, resuming by offset), so nothing is lost across expiries.
+//
 // Transport: WebSocket (`/ws`, subprotocol fanout.json). If WebSocket cannot be opened (a proxy
 // or firewall that blocks it), the client falls back to Server-Sent Events (`/sse`) for
 // receiving and `POST /publish` for sending. Either way it reconnects with exponential backoff
@@ -36,12 +41,66 @@
     this.timer = null;
     this.closed = false;
     this.flushing = false;
+    this.token = options.token || null;
+    this.getToken = options.getToken || null;
+    this.refreshTimer = null;
     // Connect once the caller has set its handlers and subscriptions.
     var self = this;
     setTimeout(function () {
       self.connect();
     }, 0);
   }
+
+  // A token's exp (Unix seconds), read from its payload (the server verifies; this only plans
+  // the refresh).
+  function expiryOf(token) {
+    try {
+      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      return JSON.parse(global.atob(part)).exp || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  // Calls back with a token: a fresh one from getToken, else the fixed one (or none).
+  Fanout.prototype.withToken = function (callback) {
+    var self = this;
+    if (!this.getToken) return callback(this.token);
+    Promise.resolve()
+      .then(function () {
+        return self.getToken();
+      })
+      .then(function (token) {
+        self.token = token;
+        self.planRefresh();
+        callback(token);
+      })
+      .catch(function (e) {
+        self.notice("error", { reason: "getToken failed: " + e });
+        self.retry("getToken failed");
+      });
+  };
+
+  // At 80% of the token's life, get a fresh one and hand it to the open connection.
+  Fanout.prototype.planRefresh = function () {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+    var exp = this.token && expiryOf(this.token);
+    if (!exp || !this.getToken || this.closed) return;
+    var left = exp * 1000 - Date.now();
+    var self = this;
+    this.refreshTimer = setTimeout(function () {
+      self.refreshTimer = null;
+      self.withToken(function (token) {
+        if (self.ws && self.ws.readyState === 1) {
+          self.ws.send(JSON.stringify({ op: "auth", token: token }));
+        } else if (self.sse) {
+          self.reconnectSse();
+        }
+      });
+    }, Math.max(1000, left * 0.8));
+  };
 
   Fanout.prototype.setState = function (state, detail) {
     this.state = state;
@@ -75,6 +134,7 @@
   Fanout.prototype.close = function () {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000);
     if (this.sse) this.sse.close();
     this.setState("closed");
@@ -120,12 +180,16 @@
   Fanout.prototype.connect = function () {
     if (this.closed) return;
     this.setState("connecting", this.usingSse ? "sse" : "websocket");
-    if (this.usingSse || typeof global.WebSocket !== "function") {
-      this.usingSse = true;
-      this.connectSse();
-    } else {
-      this.connectWebSocket();
-    }
+    var self = this;
+    this.withToken(function () {
+      if (self.closed) return;
+      if (self.usingSse || typeof global.WebSocket !== "function") {
+        self.usingSse = true;
+        self.connectSse();
+      } else {
+        self.connectWebSocket();
+      }
+    });
   };
 
   Fanout.prototype.retry = function (why) {
@@ -163,6 +227,8 @@
       self.wsWorked = true;
       self.wsFailures = 0;
       self.opened("websocket");
+      // First, so that the commands after it have its permissions.
+      if (self.token) ws.send(JSON.stringify({ op: "auth", token: self.token }));
       for (var channel in self.channels) self.sendSubscribe(channel);
       for (var i = 0; i < self.outbox.length; i++) self.outbox[i].sent = false;
       self.flushOutbox();
@@ -226,6 +292,7 @@
       parts.push("after=" + (entry.offset !== null ? entry.offset : "now"));
       if (entry.epoch) parts.push("epoch=" + entry.epoch);
     }
+    if (this.token) parts.push("token=" + encodeURIComponent(this.token));
     return this.base + "/sse?" + parts.join("&");
   };
 
@@ -313,6 +380,7 @@
       .fetch(this.base + "/publish?channel=" + encodeURIComponent(item.channel), {
         method: "POST",
         body: item.data,
+        headers: this.token ? { Authorization: "Bearer " + this.token } : {},
       })
       .then(function (response) {
         self.flushing = false;
