@@ -39,15 +39,19 @@ fn restartable_port() -> u16 {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
     let low = if low > 4096 { low } else { 40000 };
-    let seed = std::process::id() as u16;
+    // Tests of this file run in parallel in one process: each call starts elsewhere.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (std::process::id() as u16).wrapping_add(call.wrapping_mul(1447));
     (0..200u16)
         .map(|i| low - 3000 + (seed.wrapping_add(i.wrapping_mul(131))) % 2900)
         .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         .expect("a free port below the ephemeral range")
 }
 
-#[test]
-fn demo_page_in_chromium_survives_a_server_restart() {
+/// Runs the scenario `tests/browser/SCRIPT` in Node against Debian's Chromium, with a server
+/// port of its own and `env`; fails the test unless it prints `passed`.
+fn run_scenario(script: &str, env: &[(&str, &str)], passed: &str) {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     assert!(
         Path::new(&chromium).exists(),
@@ -55,21 +59,34 @@ fn demo_page_in_chromium_survives_a_server_restart() {
     );
     let module = playwright_core();
     let port = restartable_port();
-    let data = TempDir::new("browser");
     let output = Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/demo.cjs"))
+        .arg(format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR")))
         .env("FANOUT_BIN", env!("CARGO_BIN_EXE_fanout"))
         .env("PORT", port.to_string())
-        .env("DATA_DIR", data.path())
         .env("PLAYWRIGHT_CORE", &module)
         .env("CHROMIUM", &chromium)
+        .envs(env.iter().copied())
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(
-        output.status.success() && stdout.contains("browser test passed"),
-        "browser test failed:\n{stdout}\n{}",
+        output.status.success() && stdout.contains(passed),
+        "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn demo_page_in_chromium_survives_a_server_restart() {
+    let data = TempDir::new("browser");
+    run_scenario("demo.cjs", &[("DATA_DIR", data.path())], "browser test passed");
+}
+
+/// The JavaScript client with tokens that live three seconds: getToken() refreshes them before
+/// each expiry, over WebSocket and over SSE, and not one message is lost or doubled (see
+/// tests/browser/tokens.cjs).
+#[test]
+fn javascript_client_refreshes_short_lived_tokens_and_loses_nothing() {
+    run_scenario("tokens.cjs", &[], "token test passed");
 }

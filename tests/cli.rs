@@ -135,3 +135,75 @@ fn a_worker_that_panics_takes_the_process_down_loudly() {
         "a clear last line: {said:?}"
     );
 }
+
+#[test]
+fn a_public_address_without_access_control_is_refused_with_what_to_pass() {
+    let output = Command::new(FANOUT)
+        .args(["serve", "--listen", "0.0.0.0:0", "--workers", "1", "--no-pin"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "refused");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for words in ["refusing to serve 0.0.0.0:0", "--auth-secret-file", "--allow-anonymous"] {
+        assert!(stderr.contains(words), "{stderr}");
+    }
+}
+
+/// `fanout token` mints what `serve --auth-secret-file` verifies; `sub` and `pub` take it with
+/// `--token-file` / `--token`; a token without the permission gets the server's 403, and `pub`
+/// exits with it instead of retrying forever.
+#[test]
+fn minted_tokens_let_pub_and_sub_in() {
+    let dir = std::env::temp_dir().join(format!("fanout-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "cli-test-secret\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let mint = |args: &[&str]| {
+        let output = Command::new(FANOUT)
+            .args(["token", "--secret-file", secret])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let reader = mint(&["--sub", "reader", "--allow-sub", "room.*", "--ttl", "10m"]);
+    let writer = mint(&["--sub", "writer", "--allow-pub", "room.*"]);
+    let token_file = dir.join("reader.jwt");
+    std::fs::write(&token_file, &reader).unwrap();
+    let (_server, _log, addr) = serve(&["--auth-secret-file", secret]);
+
+    let mut subscriber = Reaper(
+        Command::new(FANOUT)
+            .args([
+                "sub",
+                "--server",
+                &addr,
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "room.1",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = lines_of(subscriber.0.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "fanout sub never printed");
+        fanout_pub(&addr, &["--token", &writer, "room.1", "hello"], None);
+        if let Ok(line) = printed.recv_timeout(Duration::from_millis(200)) {
+            assert!(line.starts_with("room.1 ") && line.ends_with(" hello"), "{line}");
+            break;
+        }
+    }
+    let refused = Command::new(FANOUT)
+        .args(["pub", "--server", &addr, "--token", &reader, "room.1", "not allowed"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("403") && stderr.contains("not permitted to publish"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,8 +5,7 @@
 // blocks them), falls back to SSE + HTTP publish by itself and takes part too.
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT, DATA_DIR and PLAYWRIGHT_CORE.
 "use strict";
-const { chromium } = require(process.env.PLAYWRIGHT_CORE);
-const { spawn } = require("child_process");
+const { startServer: launch, launchBrowser } = require("./server.cjs");
 
 const port = process.env.PORT;
 const origin = `http://127.0.0.1:${port}`;
@@ -14,22 +13,7 @@ const channel = "demo-" + process.pid;
 const step = (what) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${what}`);
 
 function startServer() {
-  const child = spawn(process.env.FANOUT_BIN, [
-    "serve", "--listen", `127.0.0.1:${port}`, "--no-pin", "--workers", "2",
-    "--data-dir", process.env.DATA_DIR, "--fsync", "always", "--stats-interval-secs", "0",
-  ], { stdio: ["ignore", "ignore", "pipe"] });
-  return new Promise((resolve, reject) => {
-    let log = "";
-    const timer = setTimeout(() => reject(new Error("server did not start: " + log)), 20000);
-    child.stderr.on("data", (chunk) => {
-      log += chunk;
-      if (log.includes("listening on")) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`server exited (${code}): ${log}`)));
-  });
+  return launch(["--data-dir", process.env.DATA_DIR, "--fsync", "always"]);
 }
 
 async function comments(page) {
@@ -50,11 +34,7 @@ async function post(page, text) {
 
 (async () => {
   let server = await startServer();
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launchBrowser();
   try {
     const open = async (query, blockWebSocket) => {
       const page = await (await browser.newContext()).newPage();

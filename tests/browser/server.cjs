@@ -1,0 +1,35 @@
+// Starts `fanout serve` on 127.0.0.1:PORT with extra arguments; resolves once it listens.
+// Shared by the browser scenarios (FANOUT_BIN and PORT come from tests/browser.rs).
+"use strict";
+const { spawn } = require("child_process");
+
+function startServer(extraArgs) {
+  const child = spawn(process.env.FANOUT_BIN, [
+    "serve", "--listen", `127.0.0.1:${process.env.PORT}`, "--no-pin", "--workers", "2",
+    "--stats-interval-secs", "0", ...extraArgs,
+  ], { stdio: ["ignore", "ignore", "pipe"] });
+  return new Promise((resolve, reject) => {
+    let log = "";
+    const timer = setTimeout(() => reject(new Error("server did not start: " + log)), 20000);
+    child.stderr.on("data", (chunk) => {
+      log += chunk;
+      if (log.includes("listening on")) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`server exited (${code}): ${log}`)));
+  });
+}
+
+// Headless Debian Chromium, quiet and without the sandbox (containers have no user namespaces).
+function launchBrowser() {
+  const { chromium } = require(process.env.PLAYWRIGHT_CORE);
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+}
+
+module.exports = { startServer, launchBrowser };
