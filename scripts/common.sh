@@ -13,6 +13,13 @@ build_fanout() {
   (cd "$ROOT" && cargo build --release --quiet) || { echo "cargo build --release failed" >&2; exit 1; }
 }
 
+# Builds benches/floor.rs and sets FLOOR to its executable.
+build_floor() {
+  FLOOR=$(cd "$ROOT" && cargo bench --bench floor --no-run --message-format=json 2>/dev/null \
+            | sed -n 's/.*"executable":"\([^"]*floor[^"]*\)".*/\1/p' | tail -1)
+  [ -x "$FLOOR" ] || { echo "cannot build benches/floor.rs" >&2; exit 1; }
+}
+
 # A loopback TCP port nothing listens on, below the ephemeral range (so that no outgoing
 # connection of a load generator can be holding it).
 free_port() {
@@ -40,16 +47,19 @@ wait_for_port() {
   return 1
 }
 
-# Starts one server pinned to SERVER_CORE; sets SERVER_PID. Usage: start_server fanout|redis|nats PORT
+# Starts one server pinned to SERVER_CORE; sets SERVER_PID. Usage: start_server fanout|redis|nats|floor PORT
+# (floor: the minimal server of benches/floor.rs, at $FLOOR; see build_floor). FANOUT_SERVER runs
+# another fanout build as the server (the load generator stays this tree's).
 start_server() {
   local kind=$1 port=$2
   case "$kind" in
-    fanout) taskset -c "$SERVER_CORE" "$FANOUT" serve --listen "127.0.0.1:$port" --workers 1 \
+    fanout) taskset -c "$SERVER_CORE" "${FANOUT_SERVER:-$FANOUT}" serve --listen "127.0.0.1:$port" --workers 1 \
               --stats-interval-secs 0 >"$WORK/$kind.log" 2>&1 & ;;
     redis)  taskset -c "$SERVER_CORE" redis-server --port "$port" --bind 127.0.0.1 --save '' \
               --appendonly no --protected-mode no --maxclients 50000 --loglevel warning \
               >"$WORK/$kind.log" 2>&1 & ;;
     nats)   taskset -c "$SERVER_CORE" nats-server -a 127.0.0.1 -p "$port" >"$WORK/$kind.log" 2>&1 & ;;
+    floor)  taskset -c "$SERVER_CORE" "$FLOOR" --listen "127.0.0.1:$port" >"$WORK/$kind.log" 2>&1 & ;;
     *) echo "unknown server $kind" >&2; return 1 ;;
   esac
   SERVER_PID=$!

@@ -4,6 +4,10 @@
 #
 #   scripts/perf.sh                       # writes perf-fanout.svg and perf-fanout.txt here
 #   OUT=/tmp/prof SUBSCRIBERS=5000 RATE=2000 DURATION=10 scripts/perf.sh
+#   CHANNELS=1000 SUBSCRIBERS=1000 RATE=0 MESSAGES=3000000 scripts/perf.sh   # chat-shaped, flat out
+#
+# Besides the top symbols it prints the profile's share by binary (kernel, fanout, libc): where
+# the time goes before looking at what in it.
 #
 # Hardware counters are often missing in virtual machines (`perf stat -e cycles` says "not
 # supported"): then the profile uses the cpu-clock software event and says so. When perf may not
@@ -16,6 +20,8 @@ SUBSCRIBERS=${SUBSCRIBERS:-10000}
 CHANNELS=${CHANNELS:-1}
 RATE=${RATE:-1000}
 DURATION=${DURATION:-15}
+# With RATE=0 the generator publishes as fast as its window allows, MESSAGES in all.
+MESSAGES=${MESSAGES:-$((RATE * DURATION))}
 OUT=${OUT:-.}
 WORK=$(mktemp -d)
 trap 'stop_server; rm -rf "$WORK"' EXIT
@@ -53,7 +59,7 @@ port=$(free_port)
 start_server fanout "$port"
 echo "== fanout serve pid $SERVER_PID on core $SERVER_CORE; load: $SUBSCRIBERS subscribers, $RATE msg/s for $DURATION s"
 taskset -c "$LOAD_CORE" "$FANOUT" load --quiet --server "127.0.0.1:$port" --server-pid "$SERVER_PID" \
-  --subscribers "$SUBSCRIBERS" --channels "$CHANNELS" --rate "$RATE" --messages $((RATE * DURATION)) \
+  --subscribers "$SUBSCRIBERS" --channels "$CHANNELS" --rate "$RATE" --messages "$MESSAGES" \
   >"$WORK/load.out" 2>&1 &
 load_pid=$!
 # Profile the steady state: after the subscribers are connected, for most of the run.
@@ -66,10 +72,12 @@ wait "$stat_pid" || true
 wait "$load_pid" || echo "(the load run reported a problem; see its summary below)"
 
 perf report -i "$WORK/perf.data" --no-children --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40 >"$OUT/perf-fanout.txt" || true
+perf report -i "$WORK/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 >"$OUT/perf-fanout-dso.txt" || true
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph \
   --title "fanout serve, $SUBSCRIBERS subscribers, $RATE msg/s ($EVENT)" >"$OUT/perf-fanout.svg"
 
 echo "== load summary"; grep -v "^\[" "$WORK/load.out" | head -12 || true
 echo "== perf stat ($EVENT sampling)"; grep -vE '^\s*$' "$OUT/perf-fanout-stat.txt"
+echo "== share by binary"; cat "$OUT/perf-fanout-dso.txt"
 echo "== top of the profile (all: $OUT/perf-fanout.txt)"; head -15 "$OUT/perf-fanout.txt"
 echo "== flame graph: $OUT/perf-fanout.svg"
