@@ -8,8 +8,6 @@
 //! it stops being open (`worker::lifecycle`, invariants 2 and 6), so a key here is always the
 //! live connection that subscribed.
 
-use std::collections::HashMap;
-
 use crate::protocol::Format;
 
 /// One channel's local subscribers.
@@ -34,7 +32,8 @@ impl LocalChannel {
 /// channel id -> local subscribers.
 #[derive(Debug, Default)]
 pub struct Index {
-    channels: HashMap<u64, LocalChannel>,
+    /// Keyed by the server's channel ids: a fast hash (see Cargo.toml).
+    channels: rustc_hash::FxHashMap<u64, LocalChannel>,
 }
 
 impl Index {

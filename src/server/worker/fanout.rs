@@ -4,7 +4,6 @@
 //! the number of messages. Subscribers that are catching up after a replay get only the messages
 //! they lack, encoded for them alone (`fan_out_catching_up`).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -23,12 +22,20 @@ const DRAIN_CHUNK_MESSAGES: usize = 64;
 /// Encoded bytes batched per turn before the batch is handed to subscribers.
 const DRAIN_MAX_BYTES: usize = 4 << 20;
 
-/// Frames of one channel gathered during one drain.
-#[derive(Debug)]
+/// A slot's buffers above this capacity are not kept for the next turn (a burst's buffer would
+/// otherwise stay allocated, and pinned by any subscriber still writing a frame of it).
+const MAX_KEPT_FRAME_CAPACITY: usize = 16 << 10;
+
+/// Frames of one channel gathered during one drain. Slots are reused from turn to turn: a frame
+/// is split off the slot's buffer (`take_frames`), so every subscriber shares it without an
+/// allocation, and once the frames of a turn are written the next turn writes into the same
+/// memory again. In the steady state a turn allocates nothing for its frames.
+#[derive(Debug, Default)]
 pub(super) struct ChannelBatch {
-    pub channel: Arc<Channel>,
+    /// This turn's channel (`None` between turns, so that an idle slot keeps no channel alive).
+    pub channel: Option<Arc<Channel>>,
     /// One buffer per format; empty for formats no local subscriber uses.
-    pub frames: [BytesMut; Format::COUNT],
+    frames: [BytesMut; Format::COUNT],
     pub messages: u64,
     /// The offset of the batch's last message.
     pub last_offset: u64,
@@ -36,11 +43,28 @@ pub(super) struct ChannelBatch {
     pub items: Vec<Item>,
 }
 
+impl ChannelBatch {
+    /// This turn's frame in each format (empty where no subscriber uses it), split off the
+    /// slot's buffers, which keep their memory for the next turn unless it grew large.
+    pub fn take_frames(&mut self) -> [Bytes; Format::COUNT] {
+        self.frames.each_mut().map(|buffer| {
+            let frame = buffer.split().freeze();
+            if buffer.capacity() > MAX_KEPT_FRAME_CAPACITY {
+                *buffer = BytesMut::new();
+            }
+            frame
+        })
+    }
+}
+
 /// The batches of one drain, one per channel met, in the order channels were first met.
 #[derive(Debug, Default)]
 pub(super) struct Batches {
-    batches: Vec<ChannelBatch>,
-    by_channel: HashMap<u64, usize>,
+    /// Slots, the first `in_use` of which hold this turn's batches.
+    slots: Vec<ChannelBatch>,
+    in_use: usize,
+    /// Channel id -> slot, for this turn. Ids are the server's, not a client's: a fast hash.
+    by_channel: rustc_hash::FxHashMap<u64, usize>,
 }
 
 impl Batches {
@@ -53,18 +77,18 @@ impl Batches {
         per_format: &[u32; Format::COUNT],
         keep_item: bool,
     ) -> usize {
-        let Batches { batches, by_channel } = self;
+        let Batches { slots, in_use, by_channel } = self;
         let slot = *by_channel.entry(message.channel.id).or_insert_with(|| {
-            batches.push(ChannelBatch {
-                channel: message.channel.clone(),
-                frames: Default::default(),
-                messages: 0,
-                last_offset: 0,
-                items: Vec::new(),
-            });
-            batches.len() - 1
+            if *in_use == slots.len() {
+                slots.push(ChannelBatch::default());
+            }
+            let batch = &mut slots[*in_use];
+            batch.channel = Some(message.channel.clone());
+            batch.messages = 0;
+            *in_use += 1;
+            *in_use - 1
         });
-        let batch = &mut batches[slot];
+        let batch = &mut slots[slot];
         let mut encoded = 0;
         for format in Format::ALL {
             if per_format[format as usize] > 0 {
@@ -90,19 +114,24 @@ impl Batches {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        self.in_use == 0
     }
 
-    /// Takes the batches out (hand the vector back with `reuse`, so that it keeps its capacity).
-    pub fn take(&mut self) -> Vec<ChannelBatch> {
+    /// Takes this turn's batches out: the slots and how many are in use (hand the slots back
+    /// with `reuse`, which keeps their buffers).
+    pub fn take(&mut self) -> (Vec<ChannelBatch>, usize) {
         self.by_channel.clear();
-        std::mem::take(&mut self.batches)
+        (std::mem::take(&mut self.slots), std::mem::take(&mut self.in_use))
     }
 
-    /// Gives back the (drained) vector `take` returned.
-    pub fn reuse(&mut self, mut emptied: Vec<ChannelBatch>) {
-        emptied.clear();
-        self.batches = emptied;
+    /// Gives back the slots `take` returned, their batches delivered. Slots far beyond what
+    /// recent turns used are let go.
+    pub fn reuse(&mut self, mut slots: Vec<ChannelBatch>, used: usize) {
+        let keep = used.max(64);
+        if slots.len() > 4 * keep {
+            slots.truncate(2 * keep);
+        }
+        self.slots = slots;
     }
 }
 
@@ -167,16 +196,17 @@ impl Worker {
         if self.batches.is_empty() {
             return;
         }
-        let mut batches = self.batches.take();
-        for batch in batches.drain(..) {
+        let (mut slots, used) = self.batches.take();
+        for batch in &mut slots[..used] {
             self.fan_out(batch);
         }
-        self.batches.reuse(batches);
+        self.batches.reuse(slots, used);
         self.close_slow();
     }
 
-    fn fan_out(&mut self, batch: ChannelBatch) {
-        let frames = batch.frames.map(BytesMut::freeze);
+    fn fan_out(&mut self, batch: &mut ChannelBatch) {
+        let Some(channel) = batch.channel.take() else { return };
+        let frames = batch.take_frames();
         let cap = self.shared.config.write_queue_cap_bytes;
         let Worker { conns, index, out, .. } = self;
         let mut deliveries = 0u64;
@@ -190,14 +220,14 @@ impl Worker {
                 }
             }
         };
-        if batch.channel.kind == ChannelKind::Broadcast {
+        if channel.kind == ChannelKind::Broadcast {
             let receives = |conn: &Conn| {
                 conn.is_open() && conn.format.is_some_and(Format::streams) && !conn.is_echo()
             };
             for (key, conn) in conns.iter_mut().filter(|(_, conn)| receives(conn)) {
                 enqueue(key, conn);
             }
-        } else if let Some(local) = index.get(batch.channel.id) {
+        } else if let Some(local) = index.get(channel.id) {
             for &key in &local.subscribers {
                 enqueue(key, &mut conns[key]);
             }
@@ -208,10 +238,11 @@ impl Worker {
         );
         // Event streams that got the batch: their cursors follow it.
         for key in streams {
-            self.sse_sent(key, &batch.channel, batch.last_offset, false);
+            self.sse_sent(key, &channel, batch.last_offset, false);
         }
         if !batch.items.is_empty() {
-            self.fan_out_catching_up(&batch.channel, &batch.items);
+            self.fan_out_catching_up(&channel, &batch.items);
+            batch.items.clear();
         }
     }
 
@@ -289,29 +320,44 @@ mod tests {
         encoded += batches.add(message(&a, 1, b"x"), &text_only, false);
         encoded += batches.add(message(&b, 1, b"y"), &text_and_binary, true);
         encoded += batches.add(message(&a, 2, b"z"), &text_only, false);
-        let taken = batches.take();
-        assert_eq!(taken.len(), 2, "one batch per channel");
-        let (first, second) = (&taken[0], &taken[1]);
+        let (mut slots, used) = batches.take();
+        assert_eq!(used, 2, "one batch per channel");
+        let (first, second) = slots.split_at_mut(1);
+        let (first, second) = (&mut first[0], &mut second[0]);
+        let first_channel = first.channel.take().unwrap();
         assert_eq!(
-            (first.channel.name.as_ref(), first.messages, first.last_offset),
+            (first_channel.name.as_ref(), first.messages, first.last_offset),
             (&b"a"[..], 2, 2)
         );
-        assert_eq!(&first.frames[Format::Text as usize][..], b"MSG a 1 x\r\nMSG a 2 z\r\n");
-        assert!(first.frames[Format::Binary as usize].is_empty(), "no binary subscriber of a");
         assert!(first.items.is_empty(), "items are kept only for catching-up subscribers");
-        assert_eq!(&second.frames[Format::Text as usize][..], b"MSG b 1 y\r\n");
+        assert_eq!(second.items.iter().map(|m| m.offset).collect::<Vec<_>>(), [1]);
+        let first_frames = first.take_frames();
+        let second_frames = second.take_frames();
+        assert_eq!(&first_frames[Format::Text as usize][..], b"MSG a 1 x\r\nMSG a 2 z\r\n");
+        assert!(first_frames[Format::Binary as usize].is_empty(), "no binary subscriber of a");
+        assert_eq!(&second_frames[Format::Text as usize][..], b"MSG b 1 y\r\n");
         assert_eq!(
-            &second.frames[Format::Binary as usize][..],
+            &second_frames[Format::Binary as usize][..],
             &Format::Binary.encode_message(b"b", b.epoch, 1, b"y")[..]
         );
-        assert_eq!(second.items.iter().map(|m| m.offset).collect::<Vec<_>>(), [1]);
-        let total: usize = taken.iter().flat_map(|b| b.frames.iter()).map(BytesMut::len).sum();
+        let total: usize = first_frames.iter().chain(&second_frames).map(Bytes::len).sum();
         assert_eq!(encoded, total, "the byte budget counts what was encoded");
-        batches.reuse(taken);
+        second.channel = None;
+        second.items.clear();
+        batches.reuse(slots, used);
         assert!(batches.is_empty());
-        // A new turn starts new batches, even for a channel met before.
+
+        // The next turn writes into the same memory once the last turn's frames are gone.
+        let buffer_of = |frame: &Bytes| frame.as_ptr() as usize;
+        let before = buffer_of(&first_frames[Format::Text as usize]);
+        drop((first_frames, second_frames));
         batches.add(message(&a, 3, b"w"), &text_only, false);
-        assert_eq!(batches.take()[0].last_offset, 3);
+        let (mut slots, used) = batches.take();
+        assert_eq!((used, slots[0].last_offset), (1, 3), "a new turn starts new batches");
+        let again = slots[0].take_frames();
+        assert_eq!(&again[Format::Text as usize][..], b"MSG a 3 w\r\n");
+        let reused = buffer_of(&again[Format::Text as usize]);
+        assert!(reused >= before && reused < before + 64, "the slot's buffer was reused");
     }
 
     #[test]
@@ -330,7 +376,7 @@ mod tests {
                 });
                 batches.add(item, &every, false);
             }
-            let shared = batches.take().remove(0).frames[format as usize].clone().freeze();
+            let shared = batches.take().0[0].take_frames()[format as usize].clone();
             let (alone, count) = encode_for(format, &c, [(5, &b"p"[..]), (6, b"q")].into_iter());
             assert_eq!((alone, count), (shared, 2), "{format:?}");
         }

@@ -71,7 +71,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{reached, would_block, Worker};
+use super::{reached, would_block, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{websocket, ErrorCode, Format};
 use crate::server::conn::{Conn, Phase, Wait, Web};
 use crate::server::stats::WorkerCounters;
@@ -357,7 +357,14 @@ impl Worker {
         let mut polls_due = Vec::new();
         let mut idle_http = Vec::new();
         let mut slow_heads = Vec::new();
-        for (key, conn) in self.conns.iter() {
+        let now = self.now_ms;
+        for (key, conn) in self.conns.iter_mut() {
+            // Queue memory goes back once a connection has had nothing to write for a while
+            // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a
+            // malloc/free pair per frame.
+            if now.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
+                conn.queue.release_if_empty();
+            }
             match (&conn.phase, conn.format) {
                 (Phase::Closing { deadline_ms, .. }, _) => {
                     if reached(self.now_ms, *deadline_ms) {
