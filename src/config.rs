@@ -31,6 +31,10 @@ pub struct Config {
     pub max_channels: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// Wildcard subscriptions (`PSUB`) one connection may hold.
+    pub max_patterns_per_connection: usize,
+    /// Tokens a wildcard pattern may have (matching cost grows with them).
+    pub max_pattern_tokens: usize,
     /// A connection silent this long is sent a PING.
     pub ping_interval: Duration,
     /// After that PING, a connection still silent this long is closed as stale.
@@ -98,6 +102,8 @@ impl Default for Config {
             ring_slots: 1 << 14,
             max_channels: 1_000_000,
             max_subscriptions_per_connection: 1024,
+            max_patterns_per_connection: 64,
+            max_pattern_tokens: 16,
             // NATS uses 2 minutes and two missed pings; a person typing into `nc` never notices.
             ping_interval: Duration::from_secs(120),
             ping_timeout: Duration::from_secs(60),

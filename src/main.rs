@@ -236,6 +236,12 @@ struct ServeArgs {
     /// Subscriptions one connection may hold.
     #[arg(long, default_value_t = Config::default().max_subscriptions_per_connection)]
     max_subscriptions: usize,
+    /// Wildcard subscriptions (PSUB) one connection may hold.
+    #[arg(long, default_value_t = Config::default().max_patterns_per_connection)]
+    max_patterns: usize,
+    /// Tokens a wildcard pattern may have.
+    #[arg(long, default_value_t = Config::default().max_pattern_tokens)]
+    max_pattern_tokens: usize,
     /// Seconds of client silence before the server sends PING.
     #[arg(long, default_value_t = Config::default().ping_interval.as_secs())]
     ping_interval_secs: u64,
@@ -402,6 +408,8 @@ impl ServeArgs {
             socket_send_buffer_bytes: self.socket_send_buffer_bytes,
             max_channels: self.max_channels,
             max_subscriptions_per_connection: self.max_subscriptions,
+            max_patterns_per_connection: self.max_patterns,
+            max_pattern_tokens: self.max_pattern_tokens,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             ping_timeout: Duration::from_secs(self.ping_timeout_secs),
             stats_interval: Duration::from_secs(self.stats_interval_secs),

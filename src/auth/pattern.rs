@@ -19,12 +19,18 @@ pub enum Pattern {
     Broadcast,
     /// One inbox `@name`, or every inbox (`None`).
     Inbox(Option<Box<str>>),
-    /// A topic pattern, by token.
-    Topic(Box<[TopicToken]>),
+    /// A topic pattern.
+    Topic(TopicPattern),
 }
 
+/// A pattern over topic channels: dot-separated tokens, `*` one token, `>` one or more trailing
+/// tokens (NATS subjects). Permissions use it, and so do wildcard subscriptions (`PSUB`), where
+/// `*` alone is simply "any one-token channel".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicPattern(Box<[TopicToken]>);
+
 /// A token of a topic pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TopicToken {
     /// Matches this token exactly.
     Literal(Box<str>),
@@ -49,6 +55,85 @@ pub enum PatternError {
     /// Spaces, control bytes, or longer than a channel name can be.
     #[error("not a channel pattern: {0:?}")]
     Invalid(String),
+    /// More tokens than allowed.
+    #[error("{0:?} has more than {1} tokens")]
+    TooManyTokens(String, usize),
+    /// A pattern for inboxes or the broadcast channel where only topics can match.
+    #[error("{0:?} is not a topic pattern (inboxes and the broadcast channel cannot be matched)")]
+    NotTopic(String),
+}
+
+impl TopicPattern {
+    /// Parses a topic pattern of at most `max_tokens` tokens.
+    pub fn parse(text: &str, max_tokens: usize) -> Result<TopicPattern, PatternError> {
+        let invalid = text.len() > crate::protocol::MAX_CHANNEL_BYTES
+            || text.bytes().any(|b| b <= b' ' || b == 0x7f);
+        if invalid {
+            return Err(PatternError::Invalid(text.to_owned()));
+        }
+        if text.starts_with('@') {
+            return Err(PatternError::NotTopic(text.to_owned()));
+        }
+        let parts: Vec<&str> = text.split('.').collect();
+        if parts.len() > max_tokens {
+            return Err(PatternError::TooManyTokens(text.to_owned(), max_tokens));
+        }
+        let mut tokens = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            tokens.push(match *part {
+                "" => return Err(PatternError::Empty(text.to_owned())),
+                "*" => TopicToken::One,
+                ">" if i + 1 == parts.len() => TopicToken::Rest,
+                ">" => return Err(PatternError::RestNotLast(text.to_owned())),
+                part if part.contains(['*', '>']) => {
+                    return Err(PatternError::PartialWildcard(text.to_owned()))
+                }
+                part => TopicToken::Literal(part.into()),
+            });
+        }
+        Ok(TopicPattern(tokens.into()))
+    }
+
+    /// True when the topic channel `channel` matches (never the broadcast channel or an inbox).
+    pub fn matches(&self, channel: &[u8]) -> bool {
+        if channel == b"*" || channel.first() == Some(&b'@') {
+            return false;
+        }
+        let mut parts = channel.split(|&b| b == b'.');
+        for token in self.0.iter() {
+            match token {
+                TopicToken::Rest => return parts.next().is_some(),
+                TopicToken::One => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                TopicToken::Literal(literal) => {
+                    if parts.next() != Some(literal.as_bytes()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// True when every channel `self` matches is matched by `wider` too (a wildcard
+    /// subscription is permitted when a permission pattern covers it).
+    pub fn covered_by(&self, wider: &TopicPattern) -> bool {
+        let mut mine = self.0.iter();
+        for theirs in wider.0.iter() {
+            let Some(token) = mine.next() else { return false };
+            match (theirs, token) {
+                (TopicToken::Rest, _) => return true,
+                (_, TopicToken::Rest) => return false,
+                (TopicToken::One, _) => {}
+                (TopicToken::Literal(a), TopicToken::Literal(b)) if a == b => {}
+                (TopicToken::Literal(_), _) => return false,
+            }
+        }
+        mine.next().is_none()
+    }
 }
 
 impl Pattern {
@@ -72,21 +157,7 @@ impl Pattern {
                 name => Ok(Pattern::Inbox(Some(name.into()))),
             };
         }
-        let parts: Vec<&str> = text.split('.').collect();
-        let mut tokens = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            tokens.push(match *part {
-                "" => return Err(PatternError::Empty(text.to_owned())),
-                "*" => TopicToken::One,
-                ">" if i + 1 == parts.len() => TopicToken::Rest,
-                ">" => return Err(PatternError::RestNotLast(text.to_owned())),
-                part if part.contains(['*', '>']) => {
-                    return Err(PatternError::PartialWildcard(text.to_owned()))
-                }
-                part => TopicToken::Literal(part.into()),
-            });
-        }
-        Ok(Pattern::Topic(tokens.into()))
+        TopicPattern::parse(text, usize::MAX).map(Pattern::Topic)
     }
 
     /// True when `channel` (a valid channel name) is one this pattern names.
@@ -98,26 +169,13 @@ impl Pattern {
                 name.as_deref().is_none_or(|name| name.as_bytes() == rest)
             }
             (Pattern::Inbox(_), _) | (Pattern::Topic(_), [b'@', ..]) => false,
-            (Pattern::Topic(tokens), channel) => {
-                let mut parts = channel.split(|&b| b == b'.');
-                for token in tokens.iter() {
-                    match token {
-                        TopicToken::Rest => return parts.next().is_some(),
-                        TopicToken::One => {
-                            if parts.next().is_none() {
-                                return false;
-                            }
-                        }
-                        TopicToken::Literal(literal) => {
-                            if parts.next() != Some(literal.as_bytes()) {
-                                return false;
-                            }
-                        }
-                    }
-                }
-                parts.next().is_none()
-            }
+            (Pattern::Topic(topic), channel) => topic.matches(channel),
         }
+    }
+
+    /// True when a wildcard subscription to `pattern` stays within this permission.
+    pub fn covers(&self, pattern: &TopicPattern) -> bool {
+        matches!(self, Pattern::Topic(wider) if pattern.covered_by(wider))
     }
 }
 
@@ -127,7 +185,7 @@ impl fmt::Display for Pattern {
             Pattern::Broadcast => f.write_str("*"),
             Pattern::Inbox(None) => f.write_str("@*"),
             Pattern::Inbox(Some(name)) => write!(f, "@{name}"),
-            Pattern::Topic(tokens) => {
+            Pattern::Topic(TopicPattern(tokens)) => {
                 for (i, token) in tokens.iter().enumerate() {
                     if i > 0 {
                         f.write_str(".")?;
@@ -157,6 +215,11 @@ impl Patterns {
     /// True when some pattern matches `channel`.
     pub fn allow(&self, channel: &[u8]) -> bool {
         self.0.iter().any(|pattern| pattern.matches(channel))
+    }
+
+    /// True when some pattern covers every channel the wildcard subscription `pattern` can match.
+    pub fn cover(&self, pattern: &TopicPattern) -> bool {
+        self.0.iter().any(|permission| permission.covers(pattern))
     }
 
     /// True when there is no pattern at all.
@@ -219,6 +282,37 @@ mod tests {
         assert!(allows("@alice", "@alice"));
         assert!(!allows("@alice", "@alicia"));
         assert!(!allows("@alice", "alice"));
+    }
+
+    #[test]
+    fn wildcard_subscriptions_match_topics_only_and_say_what_covers_them() {
+        let topic = |text: &str| TopicPattern::parse(text, 16).unwrap();
+        assert!(topic("*").matches(b"comments"), "`*` alone is any one-token topic here");
+        assert!(!topic("*").matches(b"*") && !topic(">").matches(b"@bob"));
+        assert!(!topic("a.*").matches(b"a"), "fewer tokens than the pattern");
+        assert!(topic("a.>").matches(b"a.b.c") && !topic("a.>").matches(b"a"));
+        for bad in ["", "a..b", ".a", "a.", "a.>.b", "a*", "@bob", "a b"] {
+            assert!(TopicPattern::parse(bad, 16).is_err(), "{bad:?}");
+        }
+        assert!(matches!(TopicPattern::parse("a.b.c", 2), Err(PatternError::TooManyTokens(_, 2))));
+        let permission = |text: &str| Pattern::parse(text).unwrap();
+        for (wider, narrower, covered) in [
+            ("room.*", "room.*", true),
+            ("room.>", "room.*", true),
+            ("room.>", "room.a.>", true),
+            (">", "*.x", true),
+            ("room.*", "room.>", false),
+            ("room.*", "*", false),
+            ("room.a", "room.*", false),
+            ("*", "room", false),
+            ("@*", "room.*", false),
+        ] {
+            assert_eq!(
+                permission(wider).covers(&topic(narrower)),
+                covered,
+                "{wider} covers {narrower}"
+            );
+        }
     }
 
     #[test]

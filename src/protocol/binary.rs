@@ -42,6 +42,10 @@ pub mod op {
     pub const PUBA: u8 = 0x07;
     /// Client: authenticate. Fields: the token (the rest of the frame).
     pub const AUTH: u8 = 0x08;
+    /// Client: subscribe to every topic channel matching a pattern. Fields: pattern.
+    pub const PSUB: u8 = 0x09;
+    /// Client: end a pattern subscription. Fields: pattern.
+    pub const PUNSUB: u8 = 0x0A;
     /// Server: publish acknowledgement. Fields: channel, offset u64.
     pub const ACK: u8 = 0x85;
     /// Server: message. Fields: channel, offset u64, payload.
@@ -142,6 +146,15 @@ pub fn parse_request(
             Request::Name { name }
         }
         op::AUTH => Request::Auth { token: fields },
+        op::PSUB | op::PUNSUB => {
+            let (pattern, rest) = short_field(fields, "pattern field")?;
+            expect_end(rest, "pattern frame (trailing bytes)")?;
+            if opcode == op::PSUB {
+                Request::PatternSubscribe { pattern }
+            } else {
+                Request::PatternUnsubscribe { pattern }
+            }
+        }
         unknown => return Err(ProtocolError::UnknownOpcode(unknown)),
     };
     Ok(Some((request, used)))
@@ -206,6 +219,8 @@ pub fn encode_request(request: &Request<'_>, out: &mut Vec<u8>) {
         Request::Pong => (op::PONG, None, &[]),
         Request::Name { name } => (op::NAME, Some(name), &[]),
         Request::Auth { token } => (op::AUTH, None, token),
+        Request::PatternSubscribe { pattern } => (op::PSUB, Some(pattern), &[]),
+        Request::PatternUnsubscribe { pattern } => (op::PUNSUB, Some(pattern), &[]),
         Request::Noop => return,
     };
     let fields_len = short.map_or(0, |s| 1 + s.len()) + payload.len();
@@ -246,6 +261,8 @@ pub fn encode_ok(ack: Ack, arg: &[u8]) -> Bytes {
         Ack::Unsubscribe => op::UNSUB,
         Ack::Name => op::NAME,
         Ack::Auth => op::AUTH,
+        Ack::PatternSubscribe => op::PSUB,
+        Ack::PatternUnsubscribe => op::PUNSUB,
     };
     let mut out = frame(op::OK, 2 + arg.len());
     out.put_u8(opcode);
@@ -308,6 +325,8 @@ pub fn parse_server_frame(
                 op::UNSUB => Ack::Unsubscribe,
                 op::NAME => Ack::Name,
                 op::AUTH => Ack::Auth,
+                op::PSUB => Ack::PatternSubscribe,
+                op::PUNSUB => Ack::PatternUnsubscribe,
                 other => return Err(ProtocolError::UnknownOpcode(other)),
             };
             let (arg, rest) = short_field(rest, "ok argument")?;

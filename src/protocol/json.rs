@@ -6,7 +6,7 @@
 //!         ("after":"now": replay nothing, answer with the epoch and latest offset)
 //!         {"op":"unsub","channel":"news"}          {"op":"pub","channel":"news","data":"hi"}  ("data64": base64; "ack": true)
 //!         {"op":"name","name":"alice"}             {"op":"ping"}  {"op":"pong"}
-//!         {"op":"auth","token":"eyJ…"}
+//!         {"op":"auth","token":"eyJ…"}  {"op":"psub","pattern":"prices.*"}  {"op":"punsub","pattern":"prices.*"}
 //! server: {"op":"msg","channel":"news","offset":18,"data":"hi"}   ("data64" when the payload is not UTF-8)
 //!         {"op":"ok","cmd":"sub","arg":"news"}     {"op":"err","code":422,"reason":"..."}
 //!         {"op":"hist","channel":"news","epoch":"9f..","first":3,"last":18,"status":"ok"}
@@ -223,6 +223,8 @@ pub fn parse_request(value: &Value) -> Result<Request<'_>, ProtocolError> {
         }
         "name" => Request::Name { name: text("name")? },
         "auth" => Request::Auth { token: text("token")? },
+        "psub" => Request::PatternSubscribe { pattern: text("pattern")? },
+        "punsub" => Request::PatternUnsubscribe { pattern: text("pattern")? },
         "ping" => Request::Ping,
         "pong" => Request::Pong,
         other => return Err(ProtocolError::UnknownCommand(other.chars().take(32).collect())),
@@ -234,6 +236,7 @@ fn field_error(field: &'static str) -> &'static str {
         "channel" => "channel: expected a string",
         "name" => "name: expected a string",
         "token" => "token: expected a string",
+        "pattern" => "pattern: expected a string",
         _ => "field: expected a string",
     }
 }

@@ -59,6 +59,17 @@ pub enum Request<'a> {
     Ping,
     /// The answer to a server `Ping` (keepalive).
     Pong,
+    /// Receive the messages of every topic channel matching `pattern` (`*` one token, `>` the
+    /// rest), each with its own channel name and offset.
+    PatternSubscribe {
+        /// The pattern (validated by the server).
+        pattern: &'a [u8],
+    },
+    /// Stop a pattern subscription.
+    PatternUnsubscribe {
+        /// The pattern, as subscribed.
+        pattern: &'a [u8],
+    },
     /// Present a token (or the API key): what the connection may do from now on.
     Auth {
         /// The token, as sent.
@@ -96,6 +107,10 @@ pub enum Ack {
     Name,
     /// `Auth` was accepted (the argument is the token's subject, or `-`).
     Auth,
+    /// `PatternSubscribe` took effect.
+    PatternSubscribe,
+    /// `PatternUnsubscribe` took effect.
+    PatternUnsubscribe,
 }
 
 impl Ack {
@@ -106,6 +121,8 @@ impl Ack {
             Ack::Unsubscribe => "UNSUB",
             Ack::Name => "NAME",
             Ack::Auth => "AUTH",
+            Ack::PatternSubscribe => "PSUB",
+            Ack::PatternUnsubscribe => "PUNSUB",
         }
     }
 }

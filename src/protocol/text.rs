@@ -83,6 +83,10 @@ pub fn parse_request(
         Request::Name { name: rest }
     } else if word.eq_ignore_ascii_case(b"AUTH") {
         Request::Auth { token: rest }
+    } else if word.eq_ignore_ascii_case(b"PSUB") {
+        Request::PatternSubscribe { pattern: rest }
+    } else if word.eq_ignore_ascii_case(b"PUNSUB") {
+        Request::PatternUnsubscribe { pattern: rest }
     } else {
         return Err(ProtocolError::UnknownCommand(
             String::from_utf8_lossy(word).chars().take(32).collect(),
@@ -270,6 +274,8 @@ pub fn parse_server_line(
                 b"UNSUB" => Ack::Unsubscribe,
                 b"NAME" => Ack::Name,
                 b"AUTH" => Ack::Auth,
+                b"PSUB" => Ack::PatternSubscribe,
+                b"PUNSUB" => Ack::PatternUnsubscribe,
                 _ => return Err(ProtocolError::Malformed { what: "OK line" }),
             };
             ServerFrame::Ok { ack, arg: Cow::Borrowed(arg) }

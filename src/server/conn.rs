@@ -150,6 +150,15 @@ pub struct Subscription {
     pub membership: Membership,
 }
 
+/// A wildcard subscription held by a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatternSubscription {
+    /// The pattern's id in the worker's `PatternIndex`.
+    pub id: usize,
+    /// This connection's position among the pattern's subscribers.
+    pub position: u32,
+}
+
 /// A publish that found the ring full; retried before any later input of the connection is read.
 #[derive(Debug)]
 pub struct StalledPublish {
@@ -191,6 +200,8 @@ pub struct Conn {
     /// Channels this connection receives, its inbox (`@name`, once it has claimed a name, which
     /// is where the name is kept) included.
     pub subscriptions: Vec<Subscription>,
+    /// Wildcard subscriptions (`PSUB`).
+    pub patterns: Vec<PatternSubscription>,
     /// Distinguishes connections that share a slab key over time (wraps after 2^32 accepts):
     /// work noted for a connection (the worker's side lists, a late acknowledgement from the
     /// storage thread) carries it, so that it never reaches a later connection at that key.
@@ -270,6 +281,7 @@ impl Conn {
             input: None,
             queue: WriteQueue::default(),
             subscriptions: Vec::new(),
+            patterns: Vec::new(),
             web: None,
             grant: None,
             accepted_ms: now_ms,

@@ -16,6 +16,7 @@
 pub mod channels;
 pub mod conn;
 pub mod index;
+pub mod patterns;
 pub mod ring;
 pub mod stats;
 mod worker;

@@ -174,6 +174,10 @@ counters! {
     limited_connections_per_ip: counter,
     /// Browser requests refused: their Origin is not on the allowed list.
     limited_origin: counter,
+    /// Pattern subscriptions refused: the connection holds `--max-patterns` already.
+    limited_patterns: counter,
+    /// Wildcard subscriptions held now.
+    pattern_subscriptions: gauge,
 }
 
 impl WorkerCounters {

@@ -156,6 +156,8 @@ pub fn frame_from_json(bytes: &[u8]) -> Frame {
                 "unsub" => Ack::Unsubscribe,
                 "name" => Ack::Name,
                 "auth" => Ack::Auth,
+                "psub" => Ack::PatternSubscribe,
+                "punsub" => Ack::PatternUnsubscribe,
                 other => panic!("unknown ok cmd {other}"),
             },
             arg: s("arg"),
@@ -207,6 +209,8 @@ pub fn request_json(request: &Request<'_>) -> String {
         }
         Request::Name { name } => json!({"op":"name","name":text(name)}),
         Request::Auth { token } => json!({"op":"auth","token":text(token)}),
+        Request::PatternSubscribe { pattern } => json!({"op":"psub","pattern":text(pattern)}),
+        Request::PatternUnsubscribe { pattern } => json!({"op":"punsub","pattern":text(pattern)}),
         Request::Ping => json!({"op":"ping"}),
         Request::Pong | Request::Noop => json!({"op":"pong"}),
     };
@@ -317,6 +321,10 @@ impl Conn {
                 }
                 Request::Name { name } => out = [b"NAME ", name, b"\n"].concat(),
                 Request::Auth { token } => out = [b"AUTH ", token, b"\n"].concat(),
+                Request::PatternSubscribe { pattern } => out = [b"PSUB ", pattern, b"\n"].concat(),
+                Request::PatternUnsubscribe { pattern } => {
+                    out = [b"PUNSUB ", pattern, b"\n"].concat()
+                }
                 Request::PublishAcked { channel, payload } => {
                     out = [b"PUBA ", channel, b" ", &payload, b"\n"].concat()
                 }

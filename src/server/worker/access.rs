@@ -93,6 +93,34 @@ impl Worker {
         Ok(false)
     }
 
+    /// Whether connection `key` may subscribe to the wildcard `pattern` (written `text`): some
+    /// subscribe permission must cover every channel it can match. Refuses when not.
+    pub(super) fn pattern_permitted(
+        &mut self,
+        key: usize,
+        text: &[u8],
+        pattern: &crate::auth::pattern::TopicPattern,
+    ) -> Result<bool, Close> {
+        if self.shared.auth.is_none() {
+            return Ok(true);
+        }
+        let Some(grant) = self.grant(key) else {
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            self.refuse(key, ErrorCode::Unauthorized, "authenticate first: AUTH <token>")?;
+            return Ok(false);
+        };
+        if grant.everything || grant.subscribe.cover(pattern) {
+            return Ok(true);
+        }
+        WorkerCounters::add(&self.counters().auth_forbidden, 1);
+        let why = format!(
+            "not permitted to subscribe to the pattern {} (no permission covers every channel it matches)",
+            String::from_utf8_lossy(text)
+        );
+        self.refuse(key, ErrorCode::Forbidden, &why)?;
+        Ok(false)
+    }
+
     /// Spends one unit of connection `key`'s `rate`; refuses (429) when it has none left. The
     /// API key is not limited.
     pub(super) fn within_rate(&mut self, key: usize, rate: Rate) -> Result<bool, Close> {

@@ -13,10 +13,11 @@ use log::debug;
 use super::access::{Action, Rate};
 use super::lifecycle::Close;
 use super::Worker;
+use crate::auth::pattern::TopicPattern;
 use crate::history::disk::StoreOp;
 use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Request, Resume};
 use crate::server::channels::Channel;
-use crate::server::conn::{Membership, Subscription};
+use crate::server::conn::{Membership, PatternSubscription, Subscription};
 use crate::server::stats::WorkerCounters;
 
 fn owned(payload: Cow<'_, [u8]>) -> Bytes {
@@ -50,6 +51,8 @@ impl Worker {
             }
             Request::Name { name } => self.claim_name(key, name),
             Request::Auth { token } => self.authenticate(key, token),
+            Request::PatternSubscribe { pattern } => self.pattern_subscribe(key, pattern),
+            Request::PatternUnsubscribe { pattern } => self.pattern_unsubscribe(key, pattern),
         }
     }
 
@@ -206,6 +209,67 @@ impl Worker {
             // The last local subscriber left: this worker no longer keeps the channel alive, so
             // that it can be freed once nothing else uses it (`sweep_channels`).
             self.channel_cache.remove(&subscription.channel.name);
+        }
+    }
+
+    /// `PSUB pattern`: every topic channel matching it, from now on (no resume: offsets are per
+    /// channel; a client resumes the channels it has seen one by one).
+    fn pattern_subscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
+        let max_tokens = self.shared.config.max_pattern_tokens;
+        let parsed = std::str::from_utf8(text)
+            .map_err(|_| "not UTF-8".to_string())
+            .and_then(|t| TopicPattern::parse(t, max_tokens).map_err(|e| e.to_string()));
+        let pattern = match parsed {
+            Ok(pattern) => pattern,
+            Err(why) => {
+                return self.refuse(key, ErrorCode::InvalidName, &format!("invalid pattern: {why}"))
+            }
+        };
+        if !self.pattern_permitted(key, text, &pattern)?
+            || !self.within_rate(key, Rate::Subscribe)?
+        {
+            return Ok(());
+        }
+        let conn = &self.conns[key];
+        let id = self.patterns.id_of(text);
+        if id.is_some_and(|id| conn.patterns.iter().any(|p| p.id == id)) {
+            return self.acknowledge(key, Ack::PatternSubscribe, text);
+        }
+        let limit = self.shared.config.max_patterns_per_connection;
+        if conn.patterns.len() >= limit {
+            WorkerCounters::add(&self.counters().limited_patterns, 1);
+            let why = format!("too many pattern subscriptions (the limit is {limit})");
+            return self.refuse(key, ErrorCode::LimitReached, &why);
+        }
+        let conn = &mut self.conns[key];
+        let (id, position) = self.patterns.add(text, pattern, key, conn.reply_format());
+        conn.patterns.reserve_exact(1);
+        conn.patterns.push(PatternSubscription { id, position });
+        self.acknowledge(key, Ack::PatternSubscribe, text)
+    }
+
+    fn pattern_unsubscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
+        if !self.within_rate(key, Rate::Subscribe)? {
+            return Ok(());
+        }
+        if let Some(id) = self.patterns.id_of(text) {
+            let conn = &mut self.conns[key];
+            if let Some(i) = conn.patterns.iter().position(|p| p.id == id) {
+                let subscription = conn.patterns.swap_remove(i);
+                self.detach_pattern(key, subscription);
+            }
+        }
+        self.acknowledge(key, Ack::PatternUnsubscribe, text)
+    }
+
+    /// Removes `key` from one pattern's subscribers, fixing the position of the one moved.
+    pub(super) fn detach_pattern(&mut self, key: usize, subscription: PatternSubscription) {
+        let format = self.conns[key].reply_format();
+        let PatternSubscription { id, position } = subscription;
+        if let Some(moved) = self.patterns.remove(id, position, format) {
+            if let Some(entry) = self.conns[moved].patterns.iter_mut().find(|p| p.id == id) {
+                entry.position = position;
+            }
         }
     }
 

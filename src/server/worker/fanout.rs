@@ -175,18 +175,41 @@ impl Worker {
             } else {
                 1
             };
-            let Worker { consumer, index, batches, .. } = self;
+            let Worker { consumer, index, batches, patterns, .. } = self;
             let n = consumer.poll(chunk, |message: Item| {
                 largest_payload =
                     largest_payload.max(message.payload.len() + message.channel.name.len());
-                let (per_format, catching_up) = match message.channel.kind {
-                    ChannelKind::Broadcast => (&broadcast_formats, false),
-                    _ => match index.get(message.channel.id) {
-                        Some(local) => (&local.per_format, !local.catching_up.is_empty()),
+                let channel = &message.channel;
+                let (per_format, catching_up) = match channel.kind {
+                    ChannelKind::Broadcast => (broadcast_formats, false),
+                    ChannelKind::Inbox => match index.get(channel.id) {
+                        Some(local) => (local.per_format, false),
                         None => return,
                     },
+                    ChannelKind::Topic => {
+                        let local = index.get(channel.id);
+                        let matched = if patterns.is_empty() {
+                            None
+                        } else {
+                            patterns.formats_matching(channel.id, &channel.name)
+                        };
+                        // The formats of the channel's subscribers and of the patterns' alike.
+                        let per_format = match (local, matched) {
+                            (None, None) => return,
+                            (Some(local), None) => local.per_format,
+                            (local, Some(mut sum)) => {
+                                if let Some(local) = local {
+                                    sum.iter_mut()
+                                        .zip(&local.per_format)
+                                        .for_each(|(n, m)| *n += m);
+                                }
+                                sum
+                            }
+                        };
+                        (per_format, local.is_some_and(|l| !l.catching_up.is_empty()))
+                    }
                 };
-                batched_bytes += batches.add(message, per_format, catching_up);
+                batched_bytes += batches.add(message, &per_format, catching_up);
             });
             if n == 0 {
                 break;
@@ -208,7 +231,7 @@ impl Worker {
         let Some(channel) = batch.channel.take() else { return };
         let frames = batch.take_frames();
         let cap = self.shared.config.write_queue_cap_bytes;
-        let Worker { conns, index, out, .. } = self;
+        let Worker { conns, index, out, patterns, .. } = self;
         let mut deliveries = 0u64;
         let mut streams = Vec::new();
         let mut enqueue = |key: usize, conn: &mut Conn| {
@@ -227,9 +250,18 @@ impl Worker {
             for (key, conn) in conns.iter_mut().filter(|(_, conn)| receives(conn)) {
                 enqueue(key, conn);
             }
-        } else if let Some(local) = index.get(channel.id) {
-            for &key in &local.subscribers {
-                enqueue(key, &mut conns[key]);
+        } else {
+            if let Some(local) = index.get(channel.id) {
+                for &key in &local.subscribers {
+                    enqueue(key, &mut conns[key]);
+                }
+            }
+            // Pattern subscribers get it once per matching subscription (as Redis does), with
+            // the channel's own name and offset.
+            if channel.kind == ChannelKind::Topic && !patterns.is_empty() {
+                patterns.for_each_subscriber(channel.id, &channel.name, |key| {
+                    enqueue(key, &mut conns[key]);
+                });
             }
         }
         WorkerCounters::add(

@@ -312,8 +312,12 @@ impl Worker {
         if let Some(name) = conn.name() {
             self.shared.names.release(name);
         }
+        let patterns = std::mem::take(&mut conn.patterns);
         for subscription in std::mem::take(&mut conn.subscriptions) {
             self.detach_one(key, subscription);
+        }
+        for pattern in patterns {
+            self.detach_pattern(key, pattern);
         }
     }
 
@@ -448,6 +452,8 @@ impl Worker {
         counters.connections_current.store(self.conns.len() as u64, Ordering::Relaxed);
         counters.queued_bytes.store(self.out.queued_bytes as u64, Ordering::Relaxed);
         counters.queue_high_water_bytes.store(self.out.high_water as u64, Ordering::Relaxed);
+        let patterns = self.patterns.subscriptions() as u64;
+        counters.pattern_subscriptions.store(patterns, Ordering::Relaxed);
     }
 
     // ---- shutdown ----

@@ -63,6 +63,7 @@ use self::publish::Publisher;
 use super::channels::Channel;
 use super::conn::Conn;
 use super::index::Index;
+use super::patterns::PatternIndex;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
 use super::{Item, Shared};
@@ -118,6 +119,8 @@ pub(super) struct Worker {
     accept_paused_until_ms: Option<u32>,
     conns: Slab<Conn>,
     index: Index,
+    /// Wildcard subscriptions and which channels they match.
+    patterns: PatternIndex,
     /// Gives messages their offsets and puts them into the ring.
     publisher: Publisher,
     consumer: Consumer<Item>,
@@ -188,6 +191,7 @@ impl Worker {
             accept_paused_until_ms: None,
             conns: Slab::with_capacity(slab_capacity),
             index: Index::default(),
+            patterns: PatternIndex::default(),
             publisher: Publisher::new(id, producer, shared.clone()),
             consumer,
             shared,

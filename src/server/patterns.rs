@@ -1,0 +1,179 @@
+//! The worker-local index of wildcard subscriptions (`PSUB room.*`): each pattern with this
+//! worker's subscribers of it, and, per channel, which patterns match it.
+//!
+//! Matching costs nothing per delivery: a channel is matched against the patterns once, the
+//! first time the drain meets it, and the answer (pattern ids) is cached until a pattern comes or
+//! goes. Subscribers are kept as the channel index keeps them (`server::index`): a dense `Vec` of
+//! slab keys with O(1) `swap_remove`, the moved subscriber's position fixed by the caller.
+
+use std::collections::HashMap;
+
+use slab::Slab;
+
+use crate::auth::pattern::TopicPattern;
+use crate::protocol::Format;
+
+/// Channels whose match lists are cached at most; past it the cache starts over (a flood of
+/// fresh channel names must not grow it without bound).
+const MAX_CACHED_CHANNELS: usize = 100_000;
+
+/// One pattern and this worker's subscribers of it.
+#[derive(Debug)]
+pub struct PatternEntry {
+    /// The pattern as clients wrote it.
+    pub text: Box<[u8]>,
+    pattern: TopicPattern,
+    /// Slab keys of the subscribed connections, in no particular order.
+    pub subscribers: Vec<usize>,
+    /// How many subscribers use each wire format.
+    pub per_format: [u32; Format::COUNT],
+}
+
+/// Pattern -> subscribers, and channel -> matching patterns.
+#[derive(Debug, Default)]
+pub struct PatternIndex {
+    patterns: Slab<PatternEntry>,
+    by_text: HashMap<Box<[u8]>, usize>,
+    /// Channel id -> ids of the patterns that match it. The ids are the server's: a fast hash.
+    matches: rustc_hash::FxHashMap<u64, Box<[usize]>>,
+    /// Pattern subscriptions on this worker (a gauge).
+    subscriptions: usize,
+}
+
+impl PatternIndex {
+    /// True when nobody on this worker subscribes to a pattern.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Pattern subscriptions on this worker.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// The id of the pattern written `text`, if anyone here subscribes to it.
+    pub fn id_of(&self, text: &[u8]) -> Option<usize> {
+        self.by_text.get(text).copied()
+    }
+
+    /// The pattern with this id.
+    pub fn get(&self, id: usize) -> &PatternEntry {
+        &self.patterns[id]
+    }
+
+    /// Adds `key` as a subscriber of `pattern` (written `text`); returns the pattern's id and
+    /// the subscriber's position (kept by the subscriber for `remove`).
+    pub fn add(
+        &mut self,
+        text: &[u8],
+        pattern: TopicPattern,
+        key: usize,
+        format: Format,
+    ) -> (usize, u32) {
+        let id = match self.by_text.get(text) {
+            Some(&id) => id,
+            None => {
+                let id = self.patterns.insert(PatternEntry {
+                    text: text.into(),
+                    pattern,
+                    subscribers: Vec::new(),
+                    per_format: [0; Format::COUNT],
+                });
+                self.by_text.insert(text.into(), id);
+                // A new pattern may match channels already cached.
+                self.matches.clear();
+                id
+            }
+        };
+        let entry = &mut self.patterns[id];
+        entry.subscribers.push(key);
+        entry.per_format[format as usize] += 1;
+        self.subscriptions += 1;
+        (id, (entry.subscribers.len() - 1) as u32)
+    }
+
+    /// Removes the subscriber at `position` of pattern `id`. Returns the key now at `position`
+    /// (moved there from the end), whose stored position the caller must update.
+    pub fn remove(&mut self, id: usize, position: u32, format: Format) -> Option<usize> {
+        let entry = self.patterns.get_mut(id)?;
+        let position = position as usize;
+        debug_assert!(position < entry.subscribers.len(), "stale pattern position");
+        entry.subscribers.swap_remove(position);
+        entry.per_format[format as usize] -= 1;
+        self.subscriptions -= 1;
+        let moved = entry.subscribers.get(position).copied();
+        if entry.subscribers.is_empty() {
+            let entry = self.patterns.remove(id);
+            self.by_text.remove(&entry.text);
+            // Its id may be reused by another pattern: no cached list may name it.
+            self.matches.clear();
+        }
+        moved
+    }
+
+    /// The ids of the patterns that match topic channel `name` (id `channel`): computed the
+    /// first time, then cached until the patterns change.
+    pub fn matching(&mut self, channel: u64, name: &[u8]) -> &[usize] {
+        if self.matches.len() >= MAX_CACHED_CHANNELS && !self.matches.contains_key(&channel) {
+            self.matches.clear();
+        }
+        let patterns = &self.patterns;
+        self.matches.entry(channel).or_insert_with(|| {
+            patterns.iter().filter(|(_, p)| p.pattern.matches(name)).map(|(id, _)| id).collect()
+        })
+    }
+
+    /// How many subscribers of the patterns matching the channel use each format; `None` when
+    /// no pattern matches it.
+    pub fn formats_matching(&mut self, channel: u64, name: &[u8]) -> Option<[u32; Format::COUNT]> {
+        self.matching(channel, name);
+        let ids = self.matches.get(&channel).filter(|ids| !ids.is_empty())?;
+        let mut sum = [0; Format::COUNT];
+        for &id in ids.iter() {
+            sum.iter_mut().zip(&self.patterns[id].per_format).for_each(|(n, m)| *n += m);
+        }
+        Some(sum)
+    }
+
+    /// Calls `each` with every subscriber of every pattern matching the channel (a connection
+    /// subscribed to two matching patterns comes twice).
+    pub fn for_each_subscriber(&mut self, channel: u64, name: &[u8], mut each: impl FnMut(usize)) {
+        self.matching(channel, name);
+        let Some(ids) = self.matches.get(&channel) else { return };
+        for &id in ids.iter() {
+            self.patterns[id].subscribers.iter().for_each(|&key| each(key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(text: &str) -> TopicPattern {
+        TopicPattern::parse(text, 16).unwrap()
+    }
+
+    #[test]
+    fn channels_are_matched_once_and_the_answer_follows_the_patterns() {
+        let mut index = PatternIndex::default();
+        let (rooms, at) = index.add(b"room.*", pattern("room.*"), 10, Format::Text);
+        assert_eq!(at, 0);
+        let (all, _) = index.add(b">", pattern(">"), 11, Format::Binary);
+        assert_eq!(index.matching(1, b"room.1"), &[rooms, all]);
+        assert_eq!(index.matching(2, b"lobby"), &[all]);
+        assert_eq!(index.add(b"room.*", pattern("room.*"), 12, Format::Text), (rooms, 1));
+        assert_eq!(index.get(rooms).per_format[Format::Text as usize], 2);
+        assert_eq!(index.subscriptions(), 3);
+        // The last subscriber of `>` leaves: the pattern goes, and the cached lists with it.
+        assert_eq!(index.remove(all, 0, Format::Binary), None);
+        assert_eq!(index.id_of(b">"), None);
+        assert_eq!(index.matching(2, b"lobby"), &[] as &[usize]);
+        assert_eq!(index.matching(1, b"room.1"), &[rooms]);
+        // swap_remove reports the subscriber it moved.
+        assert_eq!(index.remove(rooms, 0, Format::Text), Some(12));
+        assert_eq!(index.get(rooms).subscribers, vec![12]);
+        let (deep, _) = index.add(b"room.>", pattern("room.>"), 13, Format::Text);
+        assert_eq!(index.matching(3, b"room.1.x"), &[deep], "a new pattern is matched too");
+    }
+}
