@@ -153,6 +153,10 @@ struct LoadArgs {
     /// own, minted from it (fanout protocols).
     #[arg(long)]
     token_secret_file: Option<std::path::PathBuf>,
+    /// Subscribers use wildcard subscriptions: PSUB with their channel's name as the pattern
+    /// (fanout protocols), to measure the pattern path against SUB.
+    #[arg(long)]
+    pattern_subscribe: bool,
 }
 
 /// How `fanout pub` and `fanout sub` authenticate.
@@ -610,6 +614,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         server_pid: args.server_pid,
         live: !args.quiet,
         hold: Duration::from_secs(args.hold_secs),
+        pattern: args.pattern_subscribe,
         token_secret: match (&args.token_secret_file, std::env::var("FANOUT_LOAD_TOKEN_SECRET")) {
             (Some(path), _) => Some(read_secret(path, "--token-secret-file")?),
             (None, Ok(secret)) if args.child => Some(secret.into_bytes()),

@@ -69,6 +69,7 @@ pub(crate) fn spawn(
             .args(["--channels", &config.channels.to_string()])
             .args(["--channel-prefix", &config.channel_prefix])
             .args(["--threads", &config.threads.to_string()])
+            .args(config.pattern.then_some("--pattern-subscribe"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if let Some(source) = source_for(config, k) {

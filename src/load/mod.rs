@@ -80,6 +80,8 @@ pub struct LoadConfig {
     /// With the server's HMAC secret: every connection authenticates first with a token of its
     /// own (subscriber i is `load-i`), minted here (the reconnect-storm benchmark).
     pub token_secret: Option<Vec<u8>>,
+    /// Subscribers use wildcard subscriptions (PSUB with the channel name as the pattern).
+    pub pattern: bool,
 }
 
 impl Default for LoadConfig {
@@ -105,6 +107,7 @@ impl Default for LoadConfig {
             first_subscriber: 0,
             source: None,
             token_secret: None,
+            pattern: false,
         }
     }
 }
@@ -341,6 +344,7 @@ pub(crate) fn spawn_loops(
             channels,
             source: config.source,
             tokens,
+            pattern: config.pattern,
         };
         let progress = progress.clone();
         let handle = thread::Builder::new()

@@ -95,6 +95,8 @@ pub(crate) struct LoopPlan {
     pub source: Option<Ipv4Addr>,
     /// One token per connection, when the server wants them.
     pub tokens: Option<Vec<String>>,
+    /// Subscribe with PSUB.
+    pub pattern: bool,
 }
 
 struct Subscriber {
@@ -127,7 +129,8 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
             Ok(stream) => {
                 let mut output = Vec::new();
                 let token = plan.tokens.as_ref().and_then(|tokens| tokens.get(i));
-                plan.protocol.subscribe(channel, token.map(String::as_str), &mut output);
+                let token = token.map(String::as_str);
+                plan.protocol.subscribe(channel, token, plan.pattern, &mut output);
                 subs.push(Subscriber {
                     stream,
                     input: Vec::new(),

@@ -191,24 +191,29 @@ impl Protocol {
     /// Bytes that open a connection, authenticate it with `token` (fanout's protocols only), and
     /// subscribe it to `channel`. The subscription is confirmed by an `Event::Subscribed` (for
     /// NATS, the PONG to a PING sent right after SUB).
-    pub fn subscribe(self, channel: &str, token: Option<&str>, out: &mut Vec<u8>) {
+    /// With `pattern`, fanout's protocols subscribe with PSUB, the channel name as the pattern
+    /// (the wildcard path's cost, one channel per subscriber as with SUB).
+    pub fn subscribe(self, channel: &str, token: Option<&str>, pattern: bool, out: &mut Vec<u8>) {
         let auth = token.map(|token| Request::Auth { token: token.as_bytes() });
+        let subscribe = if pattern {
+            Request::PatternSubscribe { pattern: channel.as_bytes() }
+        } else {
+            Request::Subscribe { channel: channel.as_bytes(), resume: None }
+        };
         match self {
             Protocol::FanoutBinary => {
                 out.extend_from_slice(&binary::PREFACE);
                 if let Some(auth) = &auth {
                     binary::encode_request(auth, out);
                 }
-                binary::encode_request(
-                    &Request::Subscribe { channel: channel.as_bytes(), resume: None },
-                    out,
-                );
+                binary::encode_request(&subscribe, out);
             }
             Protocol::FanoutText => {
                 if let Some(token) = token {
                     out.extend_from_slice(format!("AUTH {token}\r\n").as_bytes());
                 }
-                out.extend_from_slice(format!("SUB {channel}\r\n").as_bytes())
+                let word = if pattern { "PSUB" } else { "SUB" };
+                out.extend_from_slice(format!("{word} {channel}\r\n").as_bytes())
             }
             Protocol::Resp => resp_command(out, &[b"SUBSCRIBE", channel.as_bytes()]),
             Protocol::Nats => {
@@ -227,10 +232,7 @@ impl Protocol {
                     out.extend(websocket::encode_client_frame(true, opcode::BINARY, &frame, MASK));
                 }
                 let mut frame = Vec::new();
-                binary::encode_request(
-                    &Request::Subscribe { channel: channel.as_bytes(), resume: None },
-                    &mut frame,
-                );
+                binary::encode_request(&subscribe, &mut frame);
                 out.extend(websocket::encode_client_frame(true, opcode::BINARY, &frame, MASK));
             }
             Protocol::WsJson => {
@@ -243,7 +245,11 @@ impl Protocol {
                 }
                 let mut sub = bytes::BytesMut::new();
                 crate::protocol::json::put_string(&mut sub, channel);
-                let sub = [&b"{\"op\":\"sub\",\"channel\":"[..], &sub, b"}"].concat();
+                let sub = if pattern {
+                    [&b"{\"op\":\"psub\",\"pattern\":"[..], &sub, b"}"].concat()
+                } else {
+                    [&b"{\"op\":\"sub\",\"channel\":"[..], &sub, b"}"].concat()
+                };
                 out.extend(websocket::encode_client_frame(true, opcode::TEXT, &sub, MASK));
             }
         }
