@@ -396,6 +396,10 @@ mod tests {
             Request::Ping,
             Request::Pong,
             Request::Name { name: b"alice" },
+            Request::Auth { token: b"eyJhbGciOiJIUzI1NiJ9.e30.sig" },
+            Request::Auth { token: b"" },
+            Request::PatternSubscribe { pattern: b"room.*" },
+            Request::PatternUnsubscribe { pattern: b"room.>" },
         ]
     }
 
@@ -471,6 +475,15 @@ mod tests {
             parse_request(&[0, 0, 0, 2, op::PING, 0], MAX),
             Err(ProtocolError::Malformed { .. })
         ));
+        // PSUB whose pattern length runs past the frame, and one with a trailing byte.
+        assert!(matches!(
+            parse_request(&[0, 0, 0, 3, op::PSUB, 5, b'a'], MAX),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_request(&[0, 0, 0, 4, op::PUNSUB, 1, b'a', 0], MAX),
+            Err(ProtocolError::Malformed { .. })
+        ));
         // A server opcode sent by a client.
         assert_eq!(
             parse_request(&[0, 0, 0, 1, op::MSG], MAX),
@@ -521,6 +534,14 @@ mod tests {
             (
                 encode_ok(Ack::Name, b"bob"),
                 ServerFrame::Ok { ack: Ack::Name, arg: Cow::Borrowed(b"bob") },
+            ),
+            (
+                encode_ok(Ack::Auth, b"alice"),
+                ServerFrame::Ok { ack: Ack::Auth, arg: Cow::Borrowed(b"alice") },
+            ),
+            (
+                encode_ok(Ack::PatternSubscribe, b"room.*"),
+                ServerFrame::Ok { ack: Ack::PatternSubscribe, arg: Cow::Borrowed(b"room.*") },
             ),
             (
                 encode_error(ErrorCode::SlowConsumer, "slow consumer"),

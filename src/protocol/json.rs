@@ -292,6 +292,18 @@ mod tests {
         assert_eq!(parse(r#"{"op":"name","name":"al"}"#), Ok(Request::Name { name: b"al" }));
         assert_eq!(parse(r#"{"op":"ping"}"#), Ok(Request::Ping));
         assert_eq!(parse(r#"{"op":"pong"}"#), Ok(Request::Pong));
+        assert_eq!(
+            parse(r#"{"op":"auth","token":"a.b.c"}"#),
+            Ok(Request::Auth { token: b"a.b.c" })
+        );
+        assert_eq!(
+            parse(r#"{"op":"psub","pattern":"room.*"}"#),
+            Ok(Request::PatternSubscribe { pattern: b"room.*" })
+        );
+        assert_eq!(
+            parse(r#"{"op":"punsub","pattern":">"}"#),
+            Ok(Request::PatternUnsubscribe { pattern: b">" })
+        );
     }
 
     #[test]
@@ -306,6 +318,9 @@ mod tests {
             r#"{"op":"pub","channel":"a"}"#,
             r#"{"op":"pub","channel":"a","data":"x","data64":"eA=="}"#,
             r#"{"op":"pub","channel":"a","data64":"!!"}"#,
+            r#"{"op":"auth"}"#,
+            r#"{"op":"auth","token":17}"#,
+            r#"{"op":"psub","pattern":["a"]}"#,
         ] {
             assert!(matches!(parse(bad), Err(ProtocolError::Malformed { .. })), "{bad}");
         }

@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn commands_with_lf_and_crlf_in_any_case() {
-        let input = b"SUB news\nsub sport\r\nUNSUB news\nPUB news hello world\r\npub a\nPING\npong\nNAME alice\n\r\n\n";
+        let input = b"SUB news\nsub sport\r\nUNSUB news\nPUB news hello world\r\npub a\nPING\npong\nNAME alice\n\r\n\nAUTH eyJ.e30.s\npsub room.*\nPUNSUB room.>\r\n";
         assert_eq!(
             parse_all(input),
             vec![
@@ -352,6 +352,9 @@ mod tests {
                 Request::Name { name: b"alice" },
                 Request::Noop,
                 Request::Noop,
+                Request::Auth { token: b"eyJ.e30.s" },
+                Request::PatternSubscribe { pattern: b"room.*" },
+                Request::PatternUnsubscribe { pattern: b"room.>" },
             ]
         );
     }
