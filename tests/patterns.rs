@@ -185,3 +185,63 @@ fn a_pattern_needs_a_permission_that_covers_it() {
         }
     }
 }
+
+/// `?pattern=` on an event stream: events of every matching channel, named by their channel;
+/// the cursor that follows them is marked `~`, and only such a cursor is taken back from
+/// `Last-Event-ID` (a pattern event's own id names another channel's position).
+#[test]
+fn event_streams_take_patterns_and_resume_their_channels_from_the_cursor() {
+    use common::{http, http_publish, EventStream, PATIENCE};
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    assert_eq!(http(addr, "GET", "/sse?pattern=a..b", b"").status, 422);
+    assert_eq!(http(addr, "GET", "/sse?pattern=@bob", b"").status, 422);
+    http_publish(addr, "home", b"h1");
+    let mut stream = EventStream::open(addr, "/sse?channel=home&after=0&pattern=room.*", "");
+    assert!(stream.head.starts_with("HTTP/1.1 200"), "{}", stream.head);
+    let mut names = Vec::new();
+    while names.len() < 3 {
+        let event = stream.next(PATIENCE).expect("an event");
+        if let Some(name) = event.event.filter(|n| !n.starts_with("fanout")) {
+            names.push((name, event.data));
+        }
+        if names.len() == 1 {
+            http_publish(addr, "room.1", b"r1");
+            http_publish(addr, "lobby", b"not matched");
+            http_publish(addr, "room.2", b"r2");
+        }
+    }
+    assert_eq!(
+        names,
+        [("home", "h1"), ("room.1", "r1"), ("room.2", "r2")].map(|(n, d)| (n.into(), d.into()))
+    );
+    // The cursor follows the turn's events: read what is left of it.
+    assert_eq!(stream.next(Duration::from_millis(300)), None);
+    let cursor = stream.last_id.clone().expect("a cursor");
+    assert!(cursor.starts_with('~'), "the stream's cursor is marked: {cursor}");
+    drop(stream);
+    http_publish(addr, "home", b"h2");
+    // The browser's reconnect with that cursor resumes `home` after h1 ...
+    let mut again = EventStream::open(
+        addr,
+        "/sse?channel=home&after=0&pattern=room.*",
+        &format!("Last-Event-ID: {cursor}\r\n"),
+    );
+    let next = loop {
+        let event = again.next(PATIENCE).expect("an event");
+        if event.event.as_deref() == Some("home") {
+            break event;
+        }
+    };
+    assert_eq!(next.data, "h2", "resumed after the cursor's position of home");
+    // ... while a pattern event's own id (room.2's position) is not taken for home's.
+    let mut plain =
+        EventStream::open(addr, "/sse?channel=home&after=0&pattern=room.*", "Last-Event-ID: 2\r\n");
+    let first = loop {
+        let event = plain.next(PATIENCE).expect("an event");
+        if event.event.as_deref() == Some("home") {
+            break event;
+        }
+    };
+    assert_eq!(first.data, "h1", "the URL's after=0 stands");
+}

@@ -214,7 +214,7 @@ impl Worker {
 
     /// `PSUB pattern`: every topic channel matching it, from now on (no resume: offsets are per
     /// channel; a client resumes the channels it has seen one by one).
-    fn pattern_subscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
+    pub(super) fn pattern_subscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
         let max_tokens = self.shared.config.max_pattern_tokens;
         let parsed = std::str::from_utf8(text)
             .map_err(|_| "not UTF-8".to_string())

@@ -4,6 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::auth::pattern::TopicPattern;
 use crate::protocol::{fields, http, http::Head, sse, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
 use crate::server::conn::{SseChannel, Web};
@@ -12,12 +13,18 @@ use crate::server::worker::lifecycle::Close;
 use crate::server::worker::{ConnRef, Worker};
 
 impl Worker {
-    /// Answers `GET /sse?channel=a[&after=N[&epoch=E]]&channel=b…`: `after` (default "now")
-    /// and `epoch` belong to the channel before them; `Last-Event-ID` resumes them all.
+    /// Answers `GET /sse?channel=a[&after=N[&epoch=E]]&channel=b…&pattern=p…`: `after`
+    /// (default "now") and `epoch` belong to the channel before them; `Last-Event-ID` resumes
+    /// them all; `pattern=` adds wildcard subscriptions (live only: resume is per channel).
     pub(super) fn start_sse(&mut self, key: usize, head: &Head) -> Result<(), Close> {
         let now = Resume { after: u64::MAX, epoch: None, strict: false };
         let mut channels: Vec<SseChannel> = Vec::new();
+        let mut patterns: Vec<&[u8]> = Vec::new();
         for (name, value) in &head.query {
+            if name == "pattern" {
+                patterns.push(value);
+                continue;
+            }
             let last = channels.last_mut().map(|c| &mut c.resume);
             let ok = match (name.as_str(), last) {
                 ("channel", _) => {
@@ -34,9 +41,26 @@ impl Worker {
                 return self.refuse(key, ErrorCode::BadRequest, &why);
             }
         }
-        if channels.is_empty() {
-            let why = "sse: at least one channel= is required";
+        if channels.is_empty() && patterns.is_empty() {
+            let why = "sse: at least one channel= or pattern= is required";
             return self.refuse(key, ErrorCode::BadRequest, why);
+        }
+        let max_tokens = self.shared.config.max_pattern_tokens;
+        for &text in &patterns {
+            let parsed = std::str::from_utf8(text)
+                .map_err(|_| "not UTF-8".to_string())
+                .and_then(|t| TopicPattern::parse(t, max_tokens).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(pattern) => {
+                    if !self.pattern_permitted(key, text, &pattern)? {
+                        return Ok(());
+                    }
+                }
+                Err(why) => {
+                    let why = format!("invalid pattern: {why}");
+                    return self.refuse(key, ErrorCode::InvalidName, &why);
+                }
+            }
         }
         // Refused as an HTTP answer, before the stream starts: EventSource stops retrying on
         // an error status, while an error event on an open stream would have it reconnect.
@@ -49,7 +73,13 @@ impl Worker {
         // is a position (`offset@epoch`) on a stream of one channel, and a cursor (every
         // channel's position, in the URL's order; "-" for not known yet) on a stream of several;
         // see `sse_sent`. With the epoch, a log that changed meanwhile is noticed.
-        if let Some(last_id) = head.header("last-event-id") {
+        // A stream with patterns also gets message events of channels not in its URL, whose ids
+        // are their own channels' positions: only its cursors, marked `~`, are taken back.
+        let last_id = match head.header("last-event-id") {
+            Some(id) if !patterns.is_empty() => id.strip_prefix('~'),
+            other => other,
+        };
+        if let Some(last_id) = last_id {
             let positions: Vec<&str> = last_id.split_whitespace().collect();
             if positions.len() == channels.len() {
                 for (channel, position) in channels.iter_mut().zip(positions) {
@@ -76,6 +106,9 @@ impl Worker {
         // Browsers reconnect after this many milliseconds (the default is ~3 s).
         start.put_slice(b"retry: 1000\n\n");
         self.reply(key, start.freeze())?;
+        for text in patterns {
+            self.pattern_subscribe(key, text)?;
+        }
         self.sse_subscribe_pending(key)
     }
 
@@ -117,15 +150,18 @@ impl Worker {
     ) {
         let conn = &mut self.conns[key];
         let serial = conn.serial;
+        let with_patterns = !conn.patterns.is_empty();
         let Some(Web::Sse { channels, cursor_due, .. }) = conn.web.as_deref_mut() else { return };
-        // One channel: its message events carry the offset already, nothing to keep.
-        if channels.len() == 1 && !position {
+        // One channel: its message events carry the offset already, nothing to keep (unless
+        // pattern deliveries interleave other channels' ids: then the cursor follows them).
+        if channels.len() == 1 && !position && !with_patterns {
             return;
         }
-        let Some(entry) = channels.iter_mut().find(|c| c.name[..] == channel.name[..]) else {
-            return;
-        };
-        entry.last = Some((offset, channel.epoch));
+        match channels.iter_mut().find(|c| c.name[..] == channel.name[..]) {
+            Some(entry) => entry.last = Some((offset, channel.epoch)),
+            None if !with_patterns => return,
+            None => {}
+        }
         if !*cursor_due {
             *cursor_due = true;
             self.sse_cursors_due.push(ConnRef { key, serial });
@@ -147,12 +183,13 @@ impl Worker {
         if !conn.is_open() {
             return;
         }
+        let with_patterns = !conn.patterns.is_empty();
         let Some(Web::Sse { channels, cursor_due, .. }) = conn.web.as_deref_mut() else { return };
         if !std::mem::take(cursor_due) {
             return;
         }
         let mut cursor = BytesMut::with_capacity(8 + 38 * channels.len());
-        cursor.put_slice(b"id:");
+        cursor.put_slice(if with_patterns { b"id:~" } else { b"id:" });
         for c in channels.iter() {
             cursor.put_u8(b' ');
             match c.last {
