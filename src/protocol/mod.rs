@@ -13,6 +13,7 @@ pub mod binary;
 pub mod fields;
 pub mod http;
 pub mod json;
+pub mod resp;
 pub mod sse;
 pub mod text;
 pub mod websocket;
