@@ -56,69 +56,71 @@ impl Worker {
         self.shared.auth.is_some() && self.grant(key).is_none()
     }
 
-    /// Whether connection `key` may `action` on `channel`; refuses (403, or 401 when it has
-    /// not authenticated) when not. With access control off, always.
+    /// Whether connection `key`'s permissions pass `allowed`; refuses when not (403 saying
+    /// `why`, or 401 when it has not authenticated). With access control off, always.
+    fn check_grant(
+        &mut self,
+        key: usize,
+        allowed: impl FnOnce(&Grant) -> bool,
+        why: impl FnOnce() -> String,
+    ) -> Result<bool, Close> {
+        if self.shared.auth.is_none() {
+            return Ok(true);
+        }
+        let Some(grant) = self.grant(key) else {
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            self.refuse(key, ErrorCode::Unauthorized, "authenticate first: AUTH <token>")?;
+            return Ok(false);
+        };
+        if allowed(grant) {
+            return Ok(true);
+        }
+        WorkerCounters::add(&self.counters().auth_forbidden, 1);
+        self.refuse(key, ErrorCode::Forbidden, &why())?;
+        Ok(false)
+    }
+
+    /// Whether connection `key` may `action` on `channel` (see `check_grant`).
     pub(super) fn permitted(
         &mut self,
         key: usize,
         action: Action,
         channel: &[u8],
     ) -> Result<bool, Close> {
-        if self.shared.auth.is_none() {
-            return Ok(true);
-        }
-        let Some(grant) = self.grant(key) else {
-            WorkerCounters::add(&self.counters().auth_forbidden, 1);
-            self.refuse(key, ErrorCode::Unauthorized, "authenticate first: AUTH <token>")?;
-            return Ok(false);
-        };
-        let allowed = match action {
+        let allowed = |grant: &Grant| match action {
             Action::Subscribe => grant.may_subscribe(channel),
             Action::Publish => grant.may_publish(channel),
             Action::Claim => grant.may_claim(channel),
         };
-        if allowed {
-            return Ok(true);
-        }
-        WorkerCounters::add(&self.counters().auth_forbidden, 1);
-        let what = String::from_utf8_lossy(channel);
-        let why = match action {
-            Action::Subscribe => format!("not permitted to subscribe to {what}"),
-            Action::Publish => format!("not permitted to publish to {what}"),
-            Action::Claim => {
-                format!("not permitted to claim the name {what} (a name is the token's sub)")
+        let why = || {
+            let what = String::from_utf8_lossy(channel);
+            match action {
+                Action::Subscribe => format!("not permitted to subscribe to {what}"),
+                Action::Publish => format!("not permitted to publish to {what}"),
+                Action::Claim => {
+                    format!("not permitted to claim the name {what} (a name is the token's sub)")
+                }
             }
         };
-        self.refuse(key, ErrorCode::Forbidden, &why)?;
-        Ok(false)
+        self.check_grant(key, allowed, why)
     }
 
     /// Whether connection `key` may subscribe to the wildcard `pattern` (written `text`): some
-    /// subscribe permission must cover every channel it can match. Refuses when not.
+    /// subscribe permission must cover every channel it can match (see `check_grant`).
     pub(super) fn pattern_permitted(
         &mut self,
         key: usize,
         text: &[u8],
         pattern: &crate::auth::pattern::TopicPattern,
     ) -> Result<bool, Close> {
-        if self.shared.auth.is_none() {
-            return Ok(true);
-        }
-        let Some(grant) = self.grant(key) else {
-            WorkerCounters::add(&self.counters().auth_forbidden, 1);
-            self.refuse(key, ErrorCode::Unauthorized, "authenticate first: AUTH <token>")?;
-            return Ok(false);
+        let allowed = |grant: &Grant| grant.everything || grant.subscribe.cover(pattern);
+        let why = || {
+            format!(
+                "not permitted to subscribe to the pattern {} (no permission covers every channel it matches)",
+                String::from_utf8_lossy(text)
+            )
         };
-        if grant.everything || grant.subscribe.cover(pattern) {
-            return Ok(true);
-        }
-        WorkerCounters::add(&self.counters().auth_forbidden, 1);
-        let why = format!(
-            "not permitted to subscribe to the pattern {} (no permission covers every channel it matches)",
-            String::from_utf8_lossy(text)
-        );
-        self.refuse(key, ErrorCode::Forbidden, &why)?;
-        Ok(false)
+        self.check_grant(key, allowed, why)
     }
 
     /// Spends one unit of connection `key`'s `rate`; refuses (429) when it has none left. The
