@@ -8,7 +8,7 @@ use bytes::Bytes;
 use log::warn;
 
 use super::lifecycle::{Close, RunState};
-use super::{would_block, ConnRef, Worker};
+use super::{would_block, ConnRef, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{Ack, ErrorCode};
 use crate::server::conn::{Conn, Phase, Web};
 use crate::server::stats::WorkerCounters;
@@ -189,6 +189,12 @@ impl Worker {
         if conn.writable && !conn.queue.is_empty() {
             match conn.queue.write_to(&mut conn.stream) {
                 Ok(n) => {
+                    // A connection written to rarely (a reply, a quiet channel) gives its queue
+                    // memory back at once; a busy one keeps it for the next frame, and
+                    // housekeeping takes it once it goes quiet (invariant 5).
+                    if self.now_ms.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
+                        conn.queue.release_if_empty();
+                    }
                     conn.last_write_ms = self.now_ms;
                     conn.urgent = false;
                     if conn.replaying()
