@@ -63,14 +63,28 @@ pub enum PatternError {
     NotTopic(String),
 }
 
+/// Refuses what no channel name can hold: spaces, control bytes, more than 255 bytes.
+fn check_bytes(text: &str) -> Result<(), PatternError> {
+    let invalid = text.len() > crate::protocol::MAX_CHANNEL_BYTES
+        || text.bytes().any(|b| b <= b' ' || b == 0x7f);
+    if invalid {
+        return Err(PatternError::Invalid(text.to_owned()));
+    }
+    Ok(())
+}
+
 impl TopicPattern {
+    /// Parses a pattern as a client sent it (bytes that must be UTF-8), of at most `max_tokens`
+    /// tokens.
+    pub fn from_bytes(bytes: &[u8], max_tokens: usize) -> Result<TopicPattern, PatternError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| PatternError::Invalid(String::from_utf8_lossy(bytes).into_owned()))?;
+        TopicPattern::parse(text, max_tokens)
+    }
+
     /// Parses a topic pattern of at most `max_tokens` tokens.
     pub fn parse(text: &str, max_tokens: usize) -> Result<TopicPattern, PatternError> {
-        let invalid = text.len() > crate::protocol::MAX_CHANNEL_BYTES
-            || text.bytes().any(|b| b <= b' ' || b == 0x7f);
-        if invalid {
-            return Err(PatternError::Invalid(text.to_owned()));
-        }
+        check_bytes(text)?;
         if text.starts_with('@') {
             return Err(PatternError::NotTopic(text.to_owned()));
         }
@@ -139,11 +153,7 @@ impl TopicPattern {
 impl Pattern {
     /// Parses one pattern.
     pub fn parse(text: &str) -> Result<Pattern, PatternError> {
-        let invalid = text.len() > crate::protocol::MAX_CHANNEL_BYTES
-            || text.bytes().any(|b| b <= b' ' || b == 0x7f);
-        if invalid {
-            return Err(PatternError::Invalid(text.to_owned()));
-        }
+        check_bytes(text)?;
         if text == "*" {
             return Ok(Pattern::Broadcast);
         }
@@ -225,11 +235,6 @@ impl Patterns {
     /// True when there is no pattern at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// The patterns, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Pattern> {
-        self.0.iter()
     }
 }
 

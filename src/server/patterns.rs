@@ -113,23 +113,20 @@ impl PatternIndex {
 
     /// The ids of the patterns that match topic channel `name` (id `channel`): computed the
     /// first time, then cached until the patterns change.
+    #[cfg(test)]
     pub fn matching(&mut self, channel: u64, name: &[u8]) -> &[usize] {
-        if self.matches.len() >= MAX_CACHED_CHANNELS && !self.matches.contains_key(&channel) {
-            self.matches.clear();
-        }
-        let patterns = &self.patterns;
-        self.matches.entry(channel).or_insert_with(|| {
-            patterns.iter().filter(|(_, p)| p.pattern.matches(name)).map(|(id, _)| id).collect()
-        })
+        cached_matches(&mut self.matches, &self.patterns, channel, name)
     }
 
     /// How many subscribers of the patterns matching the channel use each format; `None` when
     /// no pattern matches it.
     pub fn formats_matching(&mut self, channel: u64, name: &[u8]) -> Option<[u32; Format::COUNT]> {
-        self.matching(channel, name);
-        let ids = self.matches.get(&channel).filter(|ids| !ids.is_empty())?;
+        let ids = cached_matches(&mut self.matches, &self.patterns, channel, name);
+        if ids.is_empty() {
+            return None;
+        }
         let mut sum = [0; Format::COUNT];
-        for &id in ids.iter() {
+        for &id in ids {
             sum.iter_mut().zip(&self.patterns[id].per_format).for_each(|(n, m)| *n += m);
         }
         Some(sum)
@@ -138,12 +135,26 @@ impl PatternIndex {
     /// Calls `each` with every subscriber of every pattern matching the channel (a connection
     /// subscribed to two matching patterns comes twice).
     pub fn for_each_subscriber(&mut self, channel: u64, name: &[u8], mut each: impl FnMut(usize)) {
-        self.matching(channel, name);
-        let Some(ids) = self.matches.get(&channel) else { return };
-        for &id in ids.iter() {
+        for &id in cached_matches(&mut self.matches, &self.patterns, channel, name) {
             self.patterns[id].subscribers.iter().for_each(|&key| each(key));
         }
     }
+}
+
+/// The cached list of patterns matching a channel, computed on a miss (a free function so that
+/// callers can borrow the patterns beside the answer).
+fn cached_matches<'a>(
+    matches: &'a mut rustc_hash::FxHashMap<u64, Box<[usize]>>,
+    patterns: &Slab<PatternEntry>,
+    channel: u64,
+    name: &[u8],
+) -> &'a [usize] {
+    if matches.len() >= MAX_CACHED_CHANNELS && !matches.contains_key(&channel) {
+        matches.clear();
+    }
+    matches.entry(channel).or_insert_with(|| {
+        patterns.iter().filter(|(_, p)| p.pattern.matches(name)).map(|(id, _)| id).collect()
+    })
 }
 
 #[cfg(test)]

@@ -216,13 +216,10 @@ impl Worker {
     /// channel; a client resumes the channels it has seen one by one).
     pub(super) fn pattern_subscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
         let max_tokens = self.shared.config.max_pattern_tokens;
-        let parsed = std::str::from_utf8(text)
-            .map_err(|_| "not UTF-8".to_string())
-            .and_then(|t| TopicPattern::parse(t, max_tokens).map_err(|e| e.to_string()));
-        let pattern = match parsed {
+        let pattern = match TopicPattern::from_bytes(text, max_tokens) {
             Ok(pattern) => pattern,
-            Err(why) => {
-                return self.refuse(key, ErrorCode::InvalidName, &format!("invalid pattern: {why}"))
+            Err(e) => {
+                return self.refuse(key, ErrorCode::InvalidName, &format!("invalid pattern: {e}"))
             }
         };
         if !self.pattern_permitted(key, text, &pattern)?

@@ -41,6 +41,16 @@ pub(super) struct ChannelBatch {
     pub last_offset: u64,
     /// The messages themselves, kept only when the channel has catching-up subscribers.
     pub items: Vec<Item>,
+    /// Who gets this turn's batch, decided once when the channel is first met in the turn.
+    audience: Audience,
+}
+
+/// Who a channel's batch is for in one turn: how many subscribers use each format, and whether
+/// the messages themselves are kept (for subscribers catching up).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Audience {
+    pub per_format: [u32; Format::COUNT],
+    pub keep_items: bool,
 }
 
 impl ChannelBatch {
@@ -68,30 +78,36 @@ pub(super) struct Batches {
 }
 
 impl Batches {
-    /// Adds `message` to its channel's batch, encoded in each format `per_format` counts
-    /// subscribers of; the message itself is kept too when `keep_item`. Returns the bytes
-    /// encoded.
+    /// Adds `message` to its channel's batch, encoded in each format its audience uses. The
+    /// audience is asked of `describe` once per channel per turn (the index and the patterns
+    /// do not change during a drain); `None` means nobody here receives the channel, and the
+    /// message is dropped. Returns the bytes encoded.
     pub fn add(
         &mut self,
         message: Item,
-        per_format: &[u32; Format::COUNT],
-        keep_item: bool,
+        describe: impl FnOnce(&Channel) -> Option<Audience>,
     ) -> usize {
         let Batches { slots, in_use, by_channel } = self;
-        let slot = *by_channel.entry(message.channel.id).or_insert_with(|| {
-            if *in_use == slots.len() {
-                slots.push(ChannelBatch::default());
+        let slot = match by_channel.get(&message.channel.id) {
+            Some(&slot) => slot,
+            None => {
+                let Some(audience) = describe(&message.channel) else { return 0 };
+                if *in_use == slots.len() {
+                    slots.push(ChannelBatch::default());
+                }
+                let batch = &mut slots[*in_use];
+                batch.channel = Some(message.channel.clone());
+                batch.messages = 0;
+                batch.audience = audience;
+                by_channel.insert(message.channel.id, *in_use);
+                *in_use += 1;
+                *in_use - 1
             }
-            let batch = &mut slots[*in_use];
-            batch.channel = Some(message.channel.clone());
-            batch.messages = 0;
-            *in_use += 1;
-            *in_use - 1
-        });
+        };
         let batch = &mut slots[slot];
         let mut encoded = 0;
         for format in Format::ALL {
-            if per_format[format as usize] > 0 {
+            if batch.audience.per_format[format as usize] > 0 {
                 let out = &mut batch.frames[format as usize];
                 let before = out.len();
                 let channel = &message.channel;
@@ -107,7 +123,7 @@ impl Batches {
         }
         batch.messages += 1;
         batch.last_offset = message.offset;
-        if keep_item {
+        if batch.audience.keep_items {
             batch.items.push(message);
         }
         encoded
@@ -176,40 +192,29 @@ impl Worker {
                 1
             };
             let Worker { consumer, index, batches, patterns, .. } = self;
+            // Who receives a channel, asked once per channel per turn (see `Batches::add`).
+            let mut describe = |channel: &Channel| {
+                let local = index.get(channel.id);
+                let mut per_format = match channel.kind {
+                    ChannelKind::Broadcast => {
+                        return Some(Audience { per_format: broadcast_formats, keep_items: false })
+                    }
+                    _ => local.map_or([0; Format::COUNT], |l| l.per_format),
+                };
+                // Pattern subscribers receive the same frame: their formats count too.
+                if channel.kind == ChannelKind::Topic && !patterns.is_empty() {
+                    if let Some(matched) = patterns.formats_matching(channel.id, &channel.name) {
+                        per_format.iter_mut().zip(&matched).for_each(|(n, m)| *n += m);
+                    }
+                }
+                let keep_items = local.is_some_and(|l| !l.catching_up.is_empty());
+                (keep_items || per_format.iter().any(|&n| n > 0))
+                    .then_some(Audience { per_format, keep_items })
+            };
             let n = consumer.poll(chunk, |message: Item| {
                 largest_payload =
                     largest_payload.max(message.payload.len() + message.channel.name.len());
-                let channel = &message.channel;
-                let (per_format, catching_up) = match channel.kind {
-                    ChannelKind::Broadcast => (broadcast_formats, false),
-                    ChannelKind::Inbox => match index.get(channel.id) {
-                        Some(local) => (local.per_format, false),
-                        None => return,
-                    },
-                    ChannelKind::Topic => {
-                        let local = index.get(channel.id);
-                        let matched = if patterns.is_empty() {
-                            None
-                        } else {
-                            patterns.formats_matching(channel.id, &channel.name)
-                        };
-                        // The formats of the channel's subscribers and of the patterns' alike.
-                        let per_format = match (local, matched) {
-                            (None, None) => return,
-                            (Some(local), None) => local.per_format,
-                            (local, Some(mut sum)) => {
-                                if let Some(local) = local {
-                                    sum.iter_mut()
-                                        .zip(&local.per_format)
-                                        .for_each(|(n, m)| *n += m);
-                                }
-                                sum
-                            }
-                        };
-                        (per_format, local.is_some_and(|l| !l.catching_up.is_empty()))
-                    }
-                };
-                batched_bytes += batches.add(message, &per_format, catching_up);
+                batched_bytes += batches.add(message, &mut describe);
             });
             if n == 0 {
                 break;
@@ -231,9 +236,10 @@ impl Worker {
         let Some(channel) = batch.channel.take() else { return };
         let frames = batch.take_frames();
         let cap = self.shared.config.write_queue_cap_bytes;
+        // Event streams that get the batch (their cursors follow it); the list is reused.
+        let mut streams = std::mem::take(&mut self.delivered_streams);
         let Worker { conns, index, out, patterns, .. } = self;
         let mut deliveries = 0u64;
-        let mut streams = Vec::new();
         let mut enqueue = |key: usize, conn: &mut Conn| {
             let Some(format) = conn.format else { return };
             if out.deliver(key, conn, frames[format as usize].clone(), cap) {
@@ -268,10 +274,10 @@ impl Worker {
             &self.shared.counters[self.id].messages_out,
             deliveries * batch.messages,
         );
-        // Event streams that got the batch: their cursors follow it.
-        for key in streams {
+        for key in streams.drain(..) {
             self.sse_sent(key, &channel, batch.last_offset, false);
         }
+        self.delivered_streams = streams;
         if !batch.items.is_empty() {
             self.fan_out_catching_up(&channel, &batch.items);
             batch.items.clear();
@@ -334,6 +340,14 @@ mod tests {
         ChannelRegistry::new(16, history)
     }
 
+    /// A `describe` for `Batches::add` that always answers this audience.
+    fn audience(
+        per_format: [u32; Format::COUNT],
+        keep_items: bool,
+    ) -> impl FnOnce(&Channel) -> Option<Audience> {
+        move |_| Some(Audience { per_format, keep_items })
+    }
+
     fn message(channel: &Arc<Channel>, offset: u64, payload: &'static [u8]) -> Item {
         Arc::new(Message { channel: channel.clone(), offset, payload: Bytes::from_static(payload) })
     }
@@ -349,9 +363,9 @@ mod tests {
         text_and_binary[Format::Binary as usize] = 1;
         let mut batches = Batches::default();
         let mut encoded = 0;
-        encoded += batches.add(message(&a, 1, b"x"), &text_only, false);
-        encoded += batches.add(message(&b, 1, b"y"), &text_and_binary, true);
-        encoded += batches.add(message(&a, 2, b"z"), &text_only, false);
+        encoded += batches.add(message(&a, 1, b"x"), audience(text_only, false));
+        encoded += batches.add(message(&b, 1, b"y"), audience(text_and_binary, true));
+        encoded += batches.add(message(&a, 2, b"z"), audience(text_only, false));
         let (mut slots, used) = batches.take();
         assert_eq!(used, 2, "one batch per channel");
         let (first, second) = slots.split_at_mut(1);
@@ -383,7 +397,7 @@ mod tests {
         let buffer_of = |frame: &Bytes| frame.as_ptr() as usize;
         let before = buffer_of(&first_frames[Format::Text as usize]);
         drop((first_frames, second_frames));
-        batches.add(message(&a, 3, b"w"), &text_only, false);
+        batches.add(message(&a, 3, b"w"), audience(text_only, false));
         let (mut slots, used) = batches.take();
         assert_eq!((used, slots[0].last_offset), (1, 3), "a new turn starts new batches");
         let again = slots[0].take_frames();
@@ -406,7 +420,7 @@ mod tests {
                     offset,
                     payload: Bytes::copy_from_slice(payload),
                 });
-                batches.add(item, &every, false);
+                batches.add(item, audience(every, false));
             }
             let shared = batches.take().0[0].take_frames()[format as usize].clone();
             let (alone, count) = encode_for(format, &c, [(5, &b"p"[..]), (6, b"q")].into_iter());

@@ -150,6 +150,8 @@ pub(super) struct Worker {
     unblocked: Vec<ConnRef>,
     /// Event streams whose cursor event is due at the end of this turn.
     sse_cursors_due: Vec<ConnRef>,
+    /// Scratch for `fan_out`: the event streams a batch went to (within one call).
+    delivered_streams: Vec<usize>,
     /// Channels this worker has used, so that publishing does not take the registry lock.
     channel_cache: HashMap<bytes::Bytes, Arc<Channel>>,
     /// The drain's per-channel batches.
@@ -205,6 +207,7 @@ impl Worker {
             stalled: Vec::new(),
             unblocked: Vec::new(),
             sse_cursors_due: Vec::new(),
+            delivered_streams: Vec::new(),
             channel_cache: HashMap::new(),
             batches: Batches::default(),
             now_ms: 0,

@@ -67,10 +67,6 @@ impl Publisher {
         std::mem::take(&mut self.published)
     }
 
-    fn count(&self, counter: impl Fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64, n: u64) {
-        WorkerCounters::add(counter(&self.shared.counters[self.worker]), n);
-    }
-
     /// Assigns the next offset and puts the message into the ring, both under the channel's
     /// offset lock, so that ring order is offset order; then retains it. `ack` is where a durable
     /// acknowledgement goes, when one is asked for.
@@ -133,8 +129,9 @@ impl Publisher {
         }
         drop(log);
         let evicted = registry.after_publish();
-        self.count(|c| &c.history_dropped, (dropped + evicted) as u64);
-        self.count(|c| &c.messages_in, 1);
+        let counters = &shared.counters[self.worker];
+        WorkerCounters::add(&counters.history_dropped, (dropped + evicted) as u64);
+        WorkerCounters::add(&counters.messages_in, 1);
         self.published = true;
         Ok(Published { offset, ack_when_durable })
     }

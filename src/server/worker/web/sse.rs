@@ -47,17 +47,14 @@ impl Worker {
         }
         let max_tokens = self.shared.config.max_pattern_tokens;
         for &text in &patterns {
-            let parsed = std::str::from_utf8(text)
-                .map_err(|_| "not UTF-8".to_string())
-                .and_then(|t| TopicPattern::parse(t, max_tokens).map_err(|e| e.to_string()));
-            match parsed {
+            match TopicPattern::from_bytes(text, max_tokens) {
                 Ok(pattern) => {
                     if !self.pattern_permitted(key, text, &pattern)? {
                         return Ok(());
                     }
                 }
-                Err(why) => {
-                    let why = format!("invalid pattern: {why}");
+                Err(e) => {
+                    let why = format!("invalid pattern: {e}");
                     return self.refuse(key, ErrorCode::InvalidName, &why);
                 }
             }
