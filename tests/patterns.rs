@@ -135,7 +135,12 @@ fn pattern_edge_cases_limits_and_cleanup() {
     publisher.publish("single", b"1");
     publisher.publish("a.b.c", b"2");
     publisher.publish("*", b"3");
-    assert!(publisher.barrier().is_empty());
+    // No errors; the publisher's own copy of the broadcast may come before the PONG or after.
+    let answers = publisher.barrier();
+    assert!(
+        answers.iter().all(|f| matches!(f, Frame::Msg { channel, .. } if channel == "*")),
+        "{answers:?}"
+    );
     let mut got: Vec<(String, Vec<u8>)> = (0..3)
         .map(|_| match conn.next() {
             Frame::Msg { channel, payload, .. } => (channel, payload),
