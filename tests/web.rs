@@ -6,6 +6,8 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -570,11 +572,18 @@ fn readers_that_never_read_sse_or_websocket_are_cut_off_and_others_keep_going() 
     reader.subscribe("s");
     wait_until("the stream is subscribed", || server.stats().connections_sse == 1);
     std::thread::sleep(Duration::from_millis(100));
-    let reading = std::thread::spawn(move || {
-        for seen in 0..6000 {
-            match reader.read(PATIENCE) {
-                Read_::Frame(Frame::Msg { offset, .. }) => assert_eq!(offset, seen + 1),
-                other => panic!("{other:?} after {seen}"),
+    // The reader is paced against the publisher, so its queue stays far below the cap however
+    // slowly this machine schedules the reading thread: only the stuck ones can be cut off.
+    let read_so_far = Arc::new(AtomicUsize::new(0));
+    let reading = std::thread::spawn({
+        let read_so_far = Arc::clone(&read_so_far);
+        move || {
+            for seen in 0..6000 {
+                match reader.read(PATIENCE) {
+                    Read_::Frame(Frame::Msg { offset, .. }) => assert_eq!(offset, seen + 1),
+                    other => panic!("{other:?} after {seen}"),
+                }
+                read_so_far.store(seen as usize + 1, Ordering::Release);
             }
         }
     });
@@ -585,6 +594,11 @@ fn readers_that_never_read_sse_or_websocket_are_cut_off_and_others_keep_going() 
         publisher.publish("s", &payload);
         if i % 10 == 9 {
             publisher.barrier();
+            // At most 20 messages (40 KB) ahead of the reader.
+            let published = i + 1;
+            wait_until("the reader keeps up", || {
+                reading.is_finished() || read_so_far.load(Ordering::Acquire) + 10 >= published
+            });
         }
     }
     reading.join().expect("the WebSocket reader got every message in order");
