@@ -56,6 +56,8 @@ pub struct Config {
     /// Keep every channel's history on disk here too, and read it back at start (None: memory
     /// only).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Cluster mode: join other nodes through these Redis servers (None: a single node).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// When history files are fsync'ed.
     pub fsync: crate::history::disk::FsyncPolicy,
     /// History segment files roll at this size.
@@ -116,6 +118,7 @@ impl Default for Config {
             history_age: Duration::ZERO,
             history_total_bytes: 1 << 30,
             data_dir: None,
+            cluster: None,
             fsync: crate::history::disk::FsyncPolicy::Interval(Duration::from_millis(100)),
             segment_bytes: 64 << 20,
             max_open_segments: 256,

@@ -271,6 +271,21 @@ struct ServeArgs {
     /// only).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Join a cluster through this Redis server (redis://[[user]:password@]host[:port][/db]);
+    /// repeat it to spread channels over several independent servers. Offsets, history and
+    /// resume are then the same on every node. Not with --data-dir: Redis keeps the history.
+    #[arg(long = "redis", value_name = "URL")]
+    redis: Vec<fanout::cluster::RedisEndpoint>,
+    /// Prefix of the keys and pub/sub channels fanout uses in Redis.
+    #[arg(long, default_value = "fanout")]
+    redis_prefix: String,
+    /// A channel's keys in Redis expire after this long without a publish (its epoch with them).
+    #[arg(long, default_value_t = 86_400)]
+    redis_key_ttl_secs: u64,
+    /// A Redis connection that leaves a command (or the pub/sub liveness probe) unanswered this
+    /// long is dropped and reconnected; publishes in flight on it are refused.
+    #[arg(long, default_value_t = 5000)]
+    redis_timeout_ms: u64,
     /// When history files are fsync'ed: always (before acknowledging), interval, never.
     #[arg(long, default_value = "interval", value_parser = ["always", "interval", "never"])]
     fsync: String,
@@ -425,6 +440,13 @@ impl ServeArgs {
             history_age: Duration::from_secs(self.history_age_secs),
             history_total_bytes: self.history_total_bytes,
             data_dir: self.data_dir.clone(),
+            cluster: (!self.redis.is_empty()).then(|| fanout::cluster::ClusterConfig {
+                redis: self.redis.clone(),
+                key_prefix: self.redis_prefix.clone(),
+                key_ttl: Duration::from_secs(self.redis_key_ttl_secs.max(1)),
+                command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
+                probe_interval: Duration::from_secs(1),
+            }),
             fsync: match self.fsync.as_str() {
                 "always" => FsyncPolicy::Always,
                 "never" => FsyncPolicy::Never,

@@ -93,8 +93,9 @@ pub struct Persisted {
     pub channel: Bytes,
     /// The offset.
     pub offset: u64,
-    /// `Err(why)`: the record is not known to be on disk; the publish must not be acknowledged.
-    pub result: Result<(), Arc<str>>,
+    /// `Err((code, why))`: the record is not known to be on disk (or, in cluster mode, not known
+    /// to be in Redis); the publish must not be acknowledged.
+    pub result: Result<(), (crate::protocol::ErrorCode, Arc<str>)>,
 }
 
 /// What the storage thread is asked.
@@ -703,7 +704,7 @@ impl Storage {
                 let result = match ack.refused.or(failed) {
                     Some(why) => {
                         self.counters.acks_refused.fetch_add(1, Ordering::Relaxed);
-                        Err(why)
+                        Err((crate::protocol::ErrorCode::StorageFailed, why))
                     }
                     None => Ok(()),
                 };

@@ -106,6 +106,20 @@ impl ResumeStatus {
     }
 }
 
+/// In cluster mode, whether this node serves a channel: subscribed to it in Redis, with the
+/// log a mirror of the channel's stream there (see `cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mirror {
+    /// A single node: the log is the record.
+    Standalone,
+    /// Not served here: a subscriber asks the broker, and waits.
+    Idle,
+    /// The broker was asked; subscribers wait until it is live.
+    Requested,
+    /// Subscribed in Redis and up to date: subscribers join as on one node.
+    Live,
+}
+
 /// A channel's offset counter and retained messages.
 #[derive(Debug)]
 pub struct ChannelLog {
@@ -113,6 +127,8 @@ pub struct ChannelLog {
     pub next_offset: u64,
     /// This log's identity.
     pub epoch: u64,
+    /// Cluster mode: whether the log mirrors the channel's stream in Redis.
+    pub mirror: Mirror,
     /// Retained messages in offset order, ending at `next_offset - 1`; contiguous except for the
     /// jump an unclean restart leaves (see `disk::recover`).
     retained: VecDeque<Retained>,
@@ -143,6 +159,7 @@ impl Default for ChannelLog {
         ChannelLog {
             next_offset: 1,
             epoch: new_epoch(),
+            mirror: Mirror::Standalone,
             retained: VecDeque::new(),
             retained_bytes: 0,
         }
@@ -239,6 +256,15 @@ impl ChannelLog {
             dropped += 1;
         }
         dropped
+    }
+
+    /// Starts the log over as log `epoch` with nothing retained (cluster mode: the channel's
+    /// stream in Redis is read into it next). The caller sets `next_offset`.
+    pub fn restart(&mut self, epoch: u64, total: &Totals) {
+        while !self.retained.is_empty() {
+            self.pop_oldest(total);
+        }
+        self.epoch = epoch;
     }
 
     fn pop_oldest(&mut self, total: &Totals) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
-use crate::history::{ChannelLog, HistoryLimits, Retained, Totals};
+use crate::history::{ChannelLog, HistoryLimits, Mirror, Retained, Totals};
 use crate::protocol::{validate_channel, ChannelKind};
 
 /// One channel: its identity, offset counter and history.
@@ -21,8 +21,9 @@ pub struct Channel {
     pub name: Bytes,
     /// Topic, broadcast (`*`) or inbox (`@name`).
     pub kind: ChannelKind,
-    /// The log's epoch (fixed for the channel's life: a freed name comes back as a new channel).
-    pub epoch: u64,
+    /// The log's epoch, for message frames (fixed for the channel's life on one node: a freed
+    /// name comes back as a new channel; in a cluster, Redis's, set when the log mirrors it).
+    epoch: AtomicU64,
     /// Offset counter and retained messages. Held while a message is claimed in the ring and
     /// appended here, which is what makes ring order equal offset order within a channel and the
     /// log gap-free.
@@ -30,9 +31,20 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn new(id: u64, name: Bytes, kind: ChannelKind) -> Self {
-        let log = ChannelLog::default();
-        Channel { id, name, kind, epoch: log.epoch, log: Mutex::new(log) }
+    fn new(id: u64, name: Bytes, kind: ChannelKind, mirror: Mirror) -> Self {
+        let mut log = ChannelLog::default();
+        log.mirror = mirror;
+        Channel { id, name, kind, epoch: AtomicU64::new(log.epoch), log: Mutex::new(log) }
+    }
+
+    /// The log's epoch (as `lock_log().epoch`, without the lock).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Cluster mode: the log became a mirror of epoch `epoch` (called under the log's lock).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
     }
 
     /// Locks the channel's log (offset counter and history).
@@ -80,6 +92,8 @@ pub struct ChannelRegistry {
     by_name: Mutex<HashMap<Bytes, Arc<Channel>>>,
     next_id: AtomicU64,
     max_channels: usize,
+    /// How new channels start: `Mirror::Idle` in cluster mode.
+    mirror: Mirror,
     broadcast: Arc<Channel>,
     /// Retention for every channel's log.
     pub history: HistoryLimits,
@@ -100,14 +114,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChannelRegistry {
-    /// An empty registry holding only the broadcast channel `*`.
-    pub fn new(max_channels: usize, history: HistoryLimits) -> Self {
-        let broadcast = Arc::new(Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast));
+    /// An empty registry holding only the broadcast channel `*`; in cluster mode (`mirror` is
+    /// `Mirror::Idle`) its channels are served once the broker mirrors them.
+    pub fn new(max_channels: usize, history: HistoryLimits, mirror: Mirror) -> Self {
+        let broadcast =
+            Arc::new(Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast, mirror));
         let by_name = HashMap::from([(broadcast.name.clone(), broadcast.clone())]);
         ChannelRegistry {
             by_name: Mutex::new(by_name),
             next_id: AtomicU64::new(1),
             max_channels,
+            mirror,
             broadcast,
             history,
             retained: Totals::default(),
@@ -231,6 +248,22 @@ impl ChannelRegistry {
         before - by_name.len()
     }
 
+    /// Cluster mode: if nothing but the registry and the broker (which passes its reference)
+    /// holds `channel`, marks it idle and lets its mirrored history go, so that the broker can
+    /// unsubscribe from it. Under the registry's lock, so no worker can take it meanwhile (they
+    /// take channels from the registry, and any cached elsewhere counts).
+    pub fn release_if_unused(&self, channel: &Arc<Channel>) -> bool {
+        let _by_name = lock(&self.by_name);
+        if Arc::strong_count(channel) > 2 {
+            return false;
+        }
+        let mut log = channel.lock_log();
+        let epoch = log.epoch;
+        log.restart(epoch, &self.retained);
+        log.mirror = Mirror::Idle;
+        true
+    }
+
     /// The channel of that (already validated) name, created if needed.
     pub fn get_or_create(&self, name: &[u8]) -> Result<Arc<Channel>, ChannelError> {
         let mut by_name = lock(&self.by_name);
@@ -242,7 +275,7 @@ impl ChannelRegistry {
         }
         let kind = validate_channel(name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let channel = Arc::new(Channel::new(id, Bytes::copy_from_slice(name), kind));
+        let channel = Arc::new(Channel::new(id, Bytes::copy_from_slice(name), kind, self.mirror));
         by_name.insert(channel.name.clone(), channel.clone());
         Ok(channel)
     }
@@ -252,8 +285,8 @@ impl ChannelRegistry {
         let mut by_name = lock(&self.by_name);
         let kind = validate_channel(&name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let channel =
-            Channel { id, name: name.clone(), kind, epoch: log.epoch, log: Mutex::new(log) };
+        let epoch = AtomicU64::new(log.epoch);
+        let channel = Channel { id, name: name.clone(), kind, epoch, log: Mutex::new(log) };
         by_name.insert(name, Arc::new(channel));
     }
 
@@ -308,7 +341,7 @@ mod tests {
     fn registry_interns_names_and_enforces_the_limit() {
         let history =
             HistoryLimits { messages: 0, bytes: 0, age: std::time::Duration::ZERO, total_bytes: 0 };
-        let registry = ChannelRegistry::new(3, history);
+        let registry = ChannelRegistry::new(3, history, Mirror::Standalone);
         let a = registry.get_or_create(b"a").unwrap();
         assert!(Arc::ptr_eq(&a, &registry.get_or_create(b"a").unwrap()));
         assert_eq!(registry.get_or_create(b"@bob").unwrap().kind, ChannelKind::Inbox);
@@ -342,7 +375,7 @@ mod tests {
             age: std::time::Duration::ZERO,
             total_bytes: 10 * cost,
         };
-        let registry = ChannelRegistry::new(10, history);
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
         let (a, b) = (registry.get_or_create(b"a").unwrap(), registry.get_or_create(b"b").unwrap());
         for _ in 0..8 {
             publish(&registry, &a, b"0123456789");
@@ -363,7 +396,7 @@ mod tests {
             age: std::time::Duration::ZERO,
             total_bytes: usize::MAX,
         };
-        let registry = ChannelRegistry::new(10, history);
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
         let a = registry.get_or_create(b"a").unwrap();
         for _ in 0..20_000 {
             publish(&registry, &a, b"x");
@@ -380,7 +413,7 @@ mod tests {
             age: std::time::Duration::from_millis(1000),
             total_bytes: usize::MAX,
         };
-        let registry = ChannelRegistry::new(3, history);
+        let registry = ChannelRegistry::new(3, history, Mirror::Standalone);
         let kept = registry.get_or_create(b"kept").unwrap();
         let retaining = registry.get_or_create(b"retaining").unwrap();
         publish(&registry, &retaining, b"m");

@@ -62,6 +62,29 @@ pub enum Wait {
     /// An HTTP publish waits for its record to be durable: the next request's response must not
     /// overtake this one's.
     DurableAck,
+    /// Cluster mode: a subscribe waits until this node serves the channel (subscribed to it in
+    /// Redis, its history mirrored).
+    Join(Box<Joining>),
+}
+
+/// A subscribe waiting for its channel (`Wait::Join`).
+#[derive(Debug)]
+pub struct Joining {
+    /// The channel.
+    pub channel: Arc<Channel>,
+    /// What to do once it is served here.
+    pub then: AfterJoin,
+}
+
+/// What a waiting join does once its channel is served.
+#[derive(Debug, Clone, Copy)]
+pub enum AfterJoin {
+    /// Subscribe, or resume after an offset.
+    Subscribe(Option<Resume>),
+    /// Take the claimed name's inbox.
+    Inbox,
+    /// Answer a long-poll (from, epoch, timeout in seconds).
+    Poll(Option<u64>, Option<u64>, u64),
 }
 
 /// How a subscription receives the channel's messages.

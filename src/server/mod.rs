@@ -36,6 +36,7 @@ use self::ring::{CachePadded, Ring};
 use self::stats::{Stats, WorkerCounters};
 use crate::config::Config;
 use crate::history::disk::{self, Faults, Persisted, StorageCounters, StorageHealth, StoreOp};
+use crate::history::Mirror;
 
 /// The ring carries shared messages.
 pub type Item = Arc<Message>;
@@ -87,13 +88,13 @@ struct WakeSignal {
 /// State shared by all workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    config: Config,
-    channels: ChannelRegistry,
+    pub(crate) config: Config,
+    pub(crate) channels: ChannelRegistry,
     names: NameRegistry,
     open_connections: AtomicUsize,
     counters: Box<[CachePadded<WorkerCounters>]>,
     signals: Box<[WakeSignal]>,
-    shutdown: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
     /// Workers that have stopped reading input during shutdown; when it equals the worker count,
     /// nothing more will be published and each worker can finish draining the ring.
     quiesced: AtomicUsize,
@@ -102,8 +103,11 @@ pub(crate) struct Shared {
     started_wall_ms: u64,
     /// The storage thread's queue, with `--data-dir`.
     storage: Option<StorageQueue>,
-    /// Per worker: where the storage thread sends acknowledgements once records are durable.
-    ack_senders: Vec<crossbeam_channel::Sender<Persisted>>,
+    /// Per worker: where the storage thread (and the broker) send acknowledgements once records
+    /// are durable (or published through Redis).
+    pub(crate) ack_senders: Vec<crossbeam_channel::Sender<Persisted>>,
+    /// Cluster mode: the way to the broker thread, which publishes through Redis.
+    pub(crate) broker: Option<crate::cluster::Broker>,
     /// Token verification and anonymous permissions; `None` when access control is off.
     auth: Option<crate::auth::Auth>,
     /// The abuse limits in force.
@@ -135,8 +139,17 @@ pub(crate) struct StorageQueue {
 pub(crate) const MAX_STORAGE_BACKLOG: u64 = 65_536;
 
 impl Shared {
-    /// Wakes every worker but `me` after a publish.
-    fn wake_others(&self, me: usize) {
+    /// Wakes one worker (an acknowledgement is waiting for it).
+    pub(crate) fn wake(&self, worker: usize) {
+        let signal = &self.signals[worker];
+        signal.pending.store(true, Ordering::Release);
+        if let Err(e) = signal.waker.wake() {
+            warn!("cannot wake worker {worker}: {e}");
+        }
+    }
+
+    /// Wakes every worker but `me` (`usize::MAX`: every worker) after a publish.
+    pub(crate) fn wake_others(&self, me: usize) {
         for (i, signal) in self.signals.iter().enumerate() {
             if i != me && !signal.pending.swap(true, Ordering::AcqRel) {
                 if let Err(e) = signal.waker.wake() {
@@ -146,7 +159,7 @@ impl Shared {
         }
     }
 
-    fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         for signal in self.signals.iter() {
             signal.pending.store(true, Ordering::Release);
             if let Err(e) = signal.waker.wake() {
@@ -174,6 +187,24 @@ impl Shared {
             total.storage_acks_refused = c.acks_refused.load(Ordering::Relaxed);
             total.storage_failed_channels = storage.health.failed_channels() as u64;
         }
+        if let Some(broker) = &self.broker {
+            let c = &broker.counters;
+            let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+            total.cluster_redis_up = get(&c.shards_up);
+            total.cluster_reconnects = get(&c.reconnects);
+            total.cluster_publishes_in_flight = get(&c.publishes_in_flight);
+            total.cluster_publishes_done = get(&c.publishes_done);
+            total.cluster_round_trip_micros_total = get(&c.round_trip_micros_total);
+            total.cluster_round_trip_micros_max = get(&c.round_trip_micros_max);
+            total.cluster_publishes_refused = get(&c.publishes_refused);
+            total.cluster_messages_received = get(&c.messages_received);
+            total.cluster_gaps_repaired = get(&c.gaps_repaired);
+            total.cluster_offsets_lost = get(&c.offsets_lost);
+            total.cluster_epoch_changes = get(&c.epoch_changes);
+            total.cluster_channels_served = get(&c.channels_served);
+            total.cluster_timeouts = get(&c.timeouts);
+            total.cluster_probe_failures = get(&c.probe_failures);
+        }
         total
     }
 }
@@ -185,6 +216,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     storage: Option<JoinHandle<()>>,
+    broker: Option<JoinHandle<()>>,
 }
 
 /// Entry point.
@@ -235,7 +267,18 @@ impl Server {
         }
 
         let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
-        let channels = ChannelRegistry::new(config.max_channels, config.history_limits());
+        let mirror = if config.cluster.is_some() { Mirror::Idle } else { Mirror::Standalone };
+        let channels = ChannelRegistry::new(config.max_channels, config.history_limits(), mirror);
+        let broker_parts = match &config.cluster {
+            Some(cluster) => {
+                Some(crate::cluster::prepare(cluster.clone()).map_err(StartError::Poll)?)
+            }
+            None => None,
+        };
+        let (broker, broker_start) = match broker_parts {
+            Some((broker, start)) => (Some(broker), Some(start)),
+            None => (None, None),
+        };
         let mut storage_parts = None;
         if let Some(dir) = &config.data_dir {
             let lock = disk::lock_dir(dir).map_err(|e| {
@@ -296,6 +339,7 @@ impl Server {
         let shared = Arc::new(Shared {
             storage: storage_queue,
             ack_senders,
+            broker,
             channels,
             names: NameRegistry::default(),
             open_connections: AtomicUsize::new(0),
@@ -332,6 +376,20 @@ impl Server {
                     })
                     .map_err(StartError::Spawn)?;
                 Some(thread)
+            }
+            None => None,
+        };
+
+        let broker_thread = match broker_start {
+            Some(unstarted) => {
+                let (shared, producer) = (shared.clone(), producer.clone());
+                let run = move || unstarted.run(shared, producer);
+                Some(
+                    std::thread::Builder::new()
+                        .name("fanout-broker".into())
+                        .spawn(move || crate::sys::abort_on_panic("the broker thread", run))
+                        .map_err(StartError::Spawn)?,
+                )
             }
             None => None,
         };
@@ -383,7 +441,7 @@ impl Server {
             }
             None => {}
         }
-        Ok(ServerHandle { local_addr, shared, threads, storage })
+        Ok(ServerHandle { local_addr, shared, threads, storage, broker: broker_thread })
     }
 }
 
@@ -405,6 +463,14 @@ fn validate(config: &Config) -> Result<(), StartError> {
     }
     if config.write_queue_cap_bytes > (u32::MAX / 2) as usize {
         return fail(format!("write queue cap must be at most {} bytes", u32::MAX / 2));
+    }
+    if let Some(cluster) = &config.cluster {
+        if config.data_dir.is_some() {
+            return fail("--data-dir and --redis do not go together: in a cluster, Redis keeps the history (use its appendonly persistence), and each node's memory mirrors it".into());
+        }
+        if cluster.redis.is_empty() {
+            return fail("cluster mode needs at least one Redis server".into());
+        }
     }
     if config.max_connections == 0 || config.max_channels < 2 {
         return fail("max connections must be at least 1 and max channels at least 2".into());
@@ -466,6 +532,12 @@ impl ServerHandle {
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 warn!("a worker panicked during shutdown");
+            }
+        }
+        if let (Some(broker), Some(thread)) = (&self.shared.broker, self.broker.take()) {
+            broker.send(crate::cluster::BrokerOp::Shutdown);
+            if thread.join().is_err() {
+                warn!("the broker thread panicked during shutdown");
             }
         }
         if let (Some(queue), Some(thread)) = (&self.shared.storage, self.storage.take()) {

@@ -147,6 +147,34 @@ counters! {
     storage_failed_channels: gauge,
     /// The most bytes any one connection has had queued.
     queue_high_water_bytes: peak,
+    /// Cluster: Redis servers connected and answering now.
+    cluster_redis_up: gauge,
+    /// Cluster: connections to Redis re-established after a failure.
+    cluster_reconnects: counter,
+    /// Cluster: publishes handed to Redis and not yet answered.
+    cluster_publishes_in_flight: gauge,
+    /// Cluster: publishes Redis carried out.
+    cluster_publishes_done: counter,
+    /// Cluster: their round trips from the worker through Redis and back, microseconds, summed.
+    cluster_round_trip_micros_total: counter,
+    /// Cluster: the longest of those round trips, microseconds.
+    cluster_round_trip_micros_max: peak,
+    /// Cluster: publishes refused because Redis was unreachable (or failed the script).
+    cluster_publishes_refused: counter,
+    /// Cluster: messages received from Redis pub/sub.
+    cluster_messages_received: counter,
+    /// Cluster: offset jumps (pub/sub messages lost) filled in from the stream.
+    cluster_gaps_repaired: counter,
+    /// Cluster: offsets lost for good (gone from the stream before they could be repaired).
+    cluster_offsets_lost: counter,
+    /// Cluster: channels whose epoch changed under live subscribers (keys expired, Redis lost).
+    cluster_epoch_changes: counter,
+    /// Cluster: channels this node is subscribed to in Redis.
+    cluster_channels_served: gauge,
+    /// Cluster: Redis connections dropped because a command went unanswered too long.
+    cluster_timeouts: counter,
+    /// Cluster: pub/sub connections restarted because the liveness probe was not heard.
+    cluster_probe_failures: counter,
     /// Tokens (or API keys) accepted.
     auth_ok: counter,
     /// Tokens refused: past `exp`.

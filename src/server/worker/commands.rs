@@ -12,12 +12,16 @@ use log::debug;
 
 use super::access::{Action, Rate};
 use super::lifecycle::Close;
-use super::Worker;
+use super::{ConnRef, Worker};
 use crate::auth::pattern::TopicPattern;
+use crate::cluster::BrokerOp;
 use crate::history::disk::StoreOp;
+use crate::history::Mirror;
 use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Request, Resume};
 use crate::server::channels::Channel;
-use crate::server::conn::{Membership, PatternSubscription, Subscription};
+use crate::server::conn::{
+    AfterJoin, Joining, Membership, PatternSubscription, Phase, Subscription, Wait,
+};
 use crate::server::stats::WorkerCounters;
 
 fn owned(payload: Cow<'_, [u8]>) -> Bytes {
@@ -155,12 +159,97 @@ impl Worker {
             Ok(channel) => channel,
             Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
         };
+        if !self.served_here(&channel) {
+            return self.wait_for_channel(key, channel, AfterJoin::Subscribe(resume));
+        }
+        self.subscribe_served(key, channel, resume)
+    }
+
+    /// Subscribes (or resumes) on a channel this node serves.
+    fn subscribe_served(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        resume: Option<Resume>,
+    ) -> Result<(), Close> {
         match resume {
             None => {
+                let name = channel.name.clone();
                 self.attach(key, channel);
-                self.acknowledge(key, Ack::Subscribe, name)
+                self.acknowledge(key, Ack::Subscribe, &name)
             }
             Some(resume) => self.start_replay(key, channel, resume),
+        }
+    }
+
+    /// Whether this node serves `channel` now. Always, on a single node; in a cluster, once it is
+    /// subscribed to it in Redis and has mirrored its history. If it is not, the broker is asked
+    /// (once per channel) and the caller waits (`wait_for_channel`).
+    pub(super) fn served_here(&self, channel: &Arc<Channel>) -> bool {
+        let Some(broker) = self.shared.broker.as_ref() else { return true };
+        let mut log = channel.lock_log();
+        match log.mirror {
+            Mirror::Standalone | Mirror::Live => true,
+            Mirror::Requested => false,
+            Mirror::Idle => {
+                log.mirror = Mirror::Requested;
+                drop(log);
+                broker.send(BrokerOp::Serve(channel.clone()));
+                false
+            }
+        }
+    }
+
+    /// Holds the connection's input until its channel is served here (`admit_joins`).
+    pub(super) fn wait_for_channel(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        then: AfterJoin,
+    ) -> Result<(), Close> {
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::Waiting(Wait::Join(Box::new(Joining { channel, then })));
+        self.joining.push(ConnRef::of(key, conn));
+        Ok(())
+    }
+
+    /// Lets the connections whose channel became served go on (the broker bumps its generation
+    /// and wakes every worker when that happens).
+    pub(super) fn admit_joins(&mut self) {
+        let Some(broker) = self.shared.broker.as_ref() else { return };
+        let generation = broker.served_generation.load(Ordering::Acquire);
+        if generation == self.served_generation_seen || self.joining.is_empty() {
+            return;
+        }
+        self.served_generation_seen = generation;
+        for noted in std::mem::take(&mut self.joining) {
+            let Some(key) = self.resolve(noted) else { continue };
+            let Some(Wait::Join(joining)) = self.conns[key].wait() else { continue };
+            if joining.channel.lock_log().mirror != Mirror::Live {
+                self.joining.push(noted);
+                continue;
+            }
+            let Some(Wait::Join(joining)) = self.conns[key].end_wait() else { continue };
+            let Joining { channel, then } = *joining;
+            let result = match then {
+                AfterJoin::Subscribe(resume) => self.subscribe_served(key, channel, resume),
+                AfterJoin::Inbox => {
+                    let name = channel.name.slice(1..);
+                    self.attach(key, channel);
+                    self.acknowledge(key, Ack::Name, &name)
+                }
+                AfterJoin::Poll(from, epoch, timeout) => {
+                    self.poll_channel(key, channel, from, epoch, timeout)
+                }
+            };
+            let result = result.and_then(|()| {
+                if self.conns[key].input_waits() {
+                    Ok(())
+                } else {
+                    self.continue_input(key)
+                }
+            });
+            self.settle(key, result);
         }
     }
 
@@ -290,6 +379,9 @@ impl Worker {
         if !self.shared.names.claim(name) {
             return self.refuse(key, ErrorCode::Conflict, "name already in use");
         }
+        if !self.served_here(&channel) {
+            return self.wait_for_channel(key, channel, AfterJoin::Inbox);
+        }
         self.attach(key, channel);
         self.acknowledge(key, Ack::Name, name)
     }
@@ -319,7 +411,9 @@ impl Worker {
         if !self.permitted(key, Action::Publish, name)? || !self.within_rate(key, Rate::Publish)? {
             return Ok(());
         }
-        if kind == ChannelKind::Inbox && !self.shared.names.is_claimed(&name[1..]) {
+        // In a cluster the name may be held on another node.
+        let cluster = self.shared.broker.is_some();
+        if kind == ChannelKind::Inbox && !cluster && !self.shared.names.is_claimed(&name[1..]) {
             let who = String::from_utf8_lossy(&name[1..]).into_owned();
             return self.refuse(key, ErrorCode::NotFound, &format!("no client named {who}"));
         }

@@ -114,7 +114,7 @@ impl Batches {
                 format.put_message(
                     out,
                     &channel.name,
-                    channel.epoch,
+                    channel.epoch(),
                     message.offset,
                     &message.payload,
                 );
@@ -161,7 +161,7 @@ pub(super) fn encode_for<'a>(
     let mut out = BytesMut::new();
     let mut count = 0;
     for (offset, payload) in messages {
-        format.put_message(&mut out, &channel.name, channel.epoch, offset, payload);
+        format.put_message(&mut out, &channel.name, channel.epoch(), offset, payload);
         count += 1;
     }
     (out.freeze(), count)
@@ -337,7 +337,7 @@ mod tests {
     fn registry() -> ChannelRegistry {
         let history =
             HistoryLimits { messages: 0, bytes: 0, age: std::time::Duration::ZERO, total_bytes: 0 };
-        ChannelRegistry::new(16, history)
+        ChannelRegistry::new(16, history, crate::history::Mirror::Standalone)
     }
 
     /// A `describe` for `Batches::add` that always answers this audience.
@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(&second_frames[Format::Text as usize][..], b"MSG b 1 y\r\n");
         assert_eq!(
             &second_frames[Format::Binary as usize][..],
-            &Format::Binary.encode_message(b"b", b.epoch, 1, b"y")[..]
+            &Format::Binary.encode_message(b"b", b.epoch(), 1, b"y")[..]
         );
         let total: usize = first_frames.iter().chain(&second_frames).map(Bytes::len).sum();
         assert_eq!(encoded, total, "the byte budget counts what was encoded");

@@ -11,8 +11,10 @@
 //!               │    (RingRoom), a resume replays │ is read again (`continue_input`)
 //!               │    history (Replay), a long-    │
 //!               │    poll is held (Poll), an HTTP │
-//!               │    publish awaits fsync         │
-//!               │    (DurableAck)                 │
+//!               │    publish awaits fsync or      │
+//!               │    Redis (DurableAck), a sub-   │
+//!               │    scribe awaits its channel    │
+//!               │    in a cluster (Join)          │
 //!               ▼                                 │
 //!           Waiting(Wait) ────────────────────────┘
 //!               │
@@ -73,7 +75,7 @@ use mio::{Interest, Token};
 
 use super::{reached, would_block, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{websocket, ErrorCode, Format};
-use crate::server::conn::{Conn, Phase, Wait, Web};
+use crate::server::conn::{AfterJoin, Conn, Phase, Wait, Web};
 use crate::server::stats::WorkerCounters;
 
 /// Connections accepted per turn before other work gets a go.
@@ -308,7 +310,13 @@ impl Worker {
     /// dropped, a replay or long-poll ends).
     fn detach_all(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        conn.end_wait();
+        // A name claimed while its inbox waited to be served (cluster mode) has no
+        // subscription yet.
+        if let Some(Wait::Join(joining)) = conn.end_wait() {
+            if matches!(joining.then, AfterJoin::Inbox) {
+                self.shared.names.release(&joining.channel.name[1..]);
+            }
+        }
         if let Some(name) = conn.name() {
             self.shared.names.release(name);
         }

@@ -145,6 +145,10 @@ pub(super) struct Worker {
     pending_reads: VecDeque<ConnRef>,
     /// Connections whose publish waits for ring room.
     stalled: Vec<ConnRef>,
+    /// Cluster mode: connections whose subscribe waits for its channel to be served here.
+    joining: Vec<ConnRef>,
+    /// The broker's `served_generation` when `joining` was last looked at.
+    served_generation_seen: u64,
     /// Connections whose wait (a long-poll, a durable acknowledgement) ended: their held input is
     /// processed next turn.
     unblocked: Vec<ConnRef>,
@@ -205,6 +209,8 @@ impl Worker {
             replay_page: Vec::new(),
             pending_reads: VecDeque::new(),
             stalled: Vec::new(),
+            joining: Vec::new(),
+            served_generation_seen: 0,
             unblocked: Vec::new(),
             sse_cursors_due: Vec::new(),
             delivered_streams: Vec::new(),
@@ -274,6 +280,7 @@ impl Worker {
                 self.accept();
                 self.read_pending();
                 self.retry_stalled();
+                self.admit_joins();
                 self.continue_unblocked();
             }
             self.deliver_acks();
@@ -295,6 +302,11 @@ impl Worker {
                 if reached(self.now_ms, self.next_access_check_ms) {
                     self.next_access_check_ms = self.now_ms.wrapping_add(ACCESS_CHECK_MS);
                     self.access_deadlines();
+                    if self.shared.broker.is_some() {
+                        // Cluster mode: drop cached channels nobody here reads, so that the
+                        // broker can unsubscribe from them in Redis within seconds.
+                        self.sweep_channels(false);
+                    }
                 }
                 if reached(self.now_ms, self.next_sweep_ms) {
                     self.next_sweep_ms = self.now_ms.wrapping_add(CHANNEL_SWEEP_MS);

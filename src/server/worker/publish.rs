@@ -16,6 +16,7 @@ use log::warn;
 
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
+use crate::cluster::{BrokerOp, PublishOp, MAX_IN_FLIGHT};
 use crate::history::disk::{AckTarget, Append, StoreOp};
 use crate::history::Retained;
 use crate::protocol::ErrorCode;
@@ -30,9 +31,10 @@ use crate::server::{Item, Shared, MAX_STORAGE_BACKLOG};
 pub(super) struct Published {
     /// The offset it got in its channel.
     pub offset: u64,
-    /// The acknowledgement asked for goes to its return address once the record is durable
-    /// (`--fsync always`); otherwise the caller acknowledges now, if asked.
-    pub ack_when_durable: bool,
+    /// The acknowledgement asked for goes to its return address later: once the record is
+    /// durable (`--fsync always`), or once Redis has run the publish (cluster mode; a refusal
+    /// goes there too). Otherwise the caller acknowledges now, if asked.
+    pub ack_later: bool,
 }
 
 /// Why a message was not published.
@@ -40,9 +42,10 @@ pub(super) struct Published {
 pub(super) enum Refused {
     /// The ring is full or the disk is behind: nothing happened; try again later.
     Busy(Bytes),
-    /// An acknowledged publish to a channel whose storage is failing: the acknowledgement would
-    /// promise a durability that cannot be given, so the message is not published at all.
-    StorageFailed(Arc<str>),
+    /// Not published, for a reason the client is told: an acknowledged publish to a channel
+    /// whose storage is failing (the acknowledgement would promise a durability that cannot be
+    /// given), or, in cluster mode, Redis is unreachable.
+    Failed(ErrorCode, Arc<str>),
 }
 
 /// Publishes into the ring for one worker.
@@ -68,20 +71,26 @@ impl Publisher {
     }
 
     /// Assigns the next offset and puts the message into the ring, both under the channel's
-    /// offset lock, so that ring order is offset order; then retains it. `ack` is where a durable
-    /// acknowledgement goes, when one is asked for.
+    /// offset lock, so that ring order is offset order; then retains it. `reply_to` is where a
+    /// later acknowledgement (if `acked`) or refusal goes. In cluster mode the broker does all
+    /// that through Redis instead.
     pub(super) fn publish(
         &mut self,
         channel: &Arc<Channel>,
         payload: Bytes,
-        ack: Option<AckTarget>,
+        reply_to: AckTarget,
+        acked: bool,
     ) -> Result<Published, Refused> {
+        if self.shared.broker.is_some() {
+            return self.publish_through_broker(channel, payload, reply_to, acked);
+        }
+        let ack = acked.then_some(reply_to);
         let shared = &self.shared;
         let storage = shared.storage.as_ref();
         if ack.is_some() {
             let fsync_always = storage.filter(|s| s.fsync_always);
             if let Some(why) = fsync_always.and_then(|s| s.health.failure(&channel.name)) {
-                return Err(Refused::StorageFailed(why));
+                return Err(Refused::Failed(ErrorCode::StorageFailed, why));
             }
         }
         if storage.is_some_and(|s| s.depth.load(Ordering::Relaxed) >= MAX_STORAGE_BACKLOG) {
@@ -102,7 +111,7 @@ impl Publisher {
             ));
         }
         log.next_offset += 1;
-        let mut ack_when_durable = false;
+        let mut ack_later = false;
         let mut dropped = 0;
         if let Some(payload) = retained {
             let entry = Retained { offset, published_ms: self.now_wall_ms, payload };
@@ -110,7 +119,7 @@ impl Publisher {
                 // Sent under the channel's lock, so the storage thread sees each channel's
                 // records in offset order.
                 let ack = ack.filter(|_| storage.fsync_always);
-                ack_when_durable = ack.is_some();
+                ack_later = ack.is_some();
                 let append = Append {
                     channel: channel.name.clone(),
                     epoch: log.epoch,
@@ -133,7 +142,35 @@ impl Publisher {
         WorkerCounters::add(&counters.history_dropped, (dropped + evicted) as u64);
         WorkerCounters::add(&counters.messages_in, 1);
         self.published = true;
-        Ok(Published { offset, ack_when_durable })
+        Ok(Published { offset, ack_later })
+    }
+
+    /// Cluster mode: hands the publish to the broker thread, which runs the publish script in
+    /// Redis and answers `reply_to`. Refused at once while Redis is unreachable; paused (as for a
+    /// full ring) while too many publishes are in flight.
+    fn publish_through_broker(
+        &mut self,
+        channel: &Arc<Channel>,
+        payload: Bytes,
+        reply_to: AckTarget,
+        acked: bool,
+    ) -> Result<Published, Refused> {
+        let Some(broker) = self.shared.broker.as_ref() else {
+            unreachable!("only called in cluster mode")
+        };
+        if !broker.is_up(&channel.name) {
+            broker.counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
+            let why = "broker unavailable: Redis is unreachable; nothing was published";
+            return Err(Refused::Failed(ErrorCode::Unavailable, why.into()));
+        }
+        if broker.in_flight() >= MAX_IN_FLIGHT {
+            return Err(Refused::Busy(payload));
+        }
+        broker.counters.publishes_in_flight.fetch_add(1, Ordering::Relaxed);
+        let op = PublishOp { channel: channel.name.clone(), payload, reply_to, acked };
+        broker.send(BrokerOp::Publish(op));
+        WorkerCounters::add(&self.shared.counters[self.worker].messages_in, 1);
+        Ok(Published { offset: 0, ack_later: true })
     }
 }
 
@@ -150,10 +187,10 @@ impl Worker {
     ) -> Result<bool, Close> {
         let conn = &self.conns[key];
         let target = AckTarget { worker: self.id, key, serial: conn.serial };
-        match self.publisher.publish(&channel, payload, acked.then_some(target)) {
-            Ok(Published { offset, ack_when_durable }) => {
+        match self.publisher.publish(&channel, payload, target, acked) {
+            Ok(Published { offset, ack_later }) => {
                 let conn = &mut self.conns[key];
-                if ack_when_durable {
+                if ack_later && acked {
                     // Over HTTP, the response must not be overtaken by the next request's.
                     if matches!(conn.web.as_deref(), Some(Web::Http { .. })) {
                         conn.phase = Phase::Waiting(Wait::DurableAck);
@@ -171,8 +208,8 @@ impl Worker {
                 self.stalled.push(ConnRef::of(key, conn));
                 Ok(true)
             }
-            Err(Refused::StorageFailed(why)) => {
-                self.refuse(key, ErrorCode::StorageFailed, &why)?;
+            Err(Refused::Failed(code, why)) => {
+                self.refuse(key, code, &why)?;
                 Ok(false)
             }
         }
@@ -222,7 +259,7 @@ impl Worker {
                         conn.reply_format().encode_ack(&persisted.channel, persisted.offset);
                     self.reply(key, frame)
                 }
-                Err(why) => self.refuse(key, ErrorCode::StorageFailed, &why),
+                Err((code, why)) => self.refuse(key, code, &why),
             };
             self.settle(key, result);
         }

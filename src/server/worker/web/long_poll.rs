@@ -2,12 +2,15 @@
 //! client's offset, or held (the connection waits as a catching-up subscriber of the channel)
 //! until a message comes or the timeout passes. One whole JSON response per wait.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 
 use crate::history::ResumeStatus;
 use crate::protocol::HistoryStatus;
 use crate::protocol::{fields, http, http::Head, json, validate_channel, ChannelKind, ErrorCode};
-use crate::server::conn::{Phase, PollWait, Wait};
+use crate::server::channels::Channel;
+use crate::server::conn::{AfterJoin, Phase, PollWait, Wait};
 use crate::server::stats::WorkerCounters;
 use crate::server::worker::access::Action;
 use crate::server::worker::lifecycle::Close;
@@ -70,6 +73,22 @@ impl Worker {
             Ok(channel) => channel,
             Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
         };
+        if !self.served_here(&channel) {
+            return self.wait_for_channel(key, channel, AfterJoin::Poll(from, epoch, timeout));
+        }
+        self.poll_channel(key, channel, from, epoch, timeout)
+    }
+
+    /// Answers a long-poll on a channel this node serves: at once with what is retained after
+    /// `from`, or, with nothing to say, holds it for up to `timeout` seconds.
+    pub(in crate::server::worker) fn poll_channel(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        from: Option<u64>,
+        epoch: Option<u64>,
+        timeout: u64,
+    ) -> Result<(), Close> {
         let mut page = Vec::new();
         let (bounds, status, after) = {
             let log = self.trimmed_log(&channel);

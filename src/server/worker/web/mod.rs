@@ -215,6 +215,17 @@ impl Worker {
             "/favicon.ico" => http::response(204, "image/x-icon", b""),
             "/healthz" => {
                 let open = self.shared.open_connections.load(Ordering::Relaxed);
+                // A node cut off from its broker cannot publish, and one still starting does not
+                // yet receive broadcasts: a load balancer should know.
+                let broadcast_served = || {
+                    self.shared.channels.broadcast().lock_log().mirror
+                        == crate::history::Mirror::Live
+                };
+                if self.shared.broker.as_ref().is_some_and(|b| !b.all_up() || !broadcast_served()) {
+                    let body =
+                        format!("{{\"status\":\"broker unavailable\",\"connections\":{open}}}");
+                    return Some(http::response(503, "application/json", body.as_bytes()));
+                }
                 let body = format!("{{\"status\":\"ok\",\"connections\":{open}}}");
                 http::response(200, "application/json", body.as_bytes())
             }

@@ -155,7 +155,7 @@ impl Worker {
             return;
         }
         match channels.iter_mut().find(|c| c.name[..] == channel.name[..]) {
-            Some(entry) => entry.last = Some((offset, channel.epoch)),
+            Some(entry) => entry.last = Some((offset, channel.epoch())),
             None if !with_patterns => return,
             None => {}
         }

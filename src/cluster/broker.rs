@@ -1,0 +1,1028 @@
+//! The broker thread: one mio poll over two connections per Redis server (one for commands,
+//! pipelined; one for pub/sub), fed by the workers over a channel and delivering into the ring.
+//!
+//! Per channel it serves, the broker walks `Subscribing -> Syncing -> Live`:
+//! - `Subscribing`: SUBSCRIBE sent (in batches of `SUBSCRIBE_BATCH`), not yet confirmed;
+//! - `Syncing`: confirmed, so every later publish will reach us: messages are buffered while the
+//!   sync script reads the epoch, the latest offset and the stream after what the local log has
+//!   (pages of `SYNC_PAGE`); then the log is brought up to date and the buffer applied;
+//! - `Live`: each message must carry the next offset; a jump (or another epoch) goes back to
+//!   `Syncing` from where the log stands, which repairs the hole from the stream.
+//!
+//! When Redis goes away, publishes in flight are refused (their outcome is unknown; nothing is
+//! acknowledged that Redis did not confirm) and new ones are refused at once, while every
+//! subscriber stays connected; the broker reconnects with backoff and jitter, resubscribes every
+//! channel it serves and repairs each from the stream as above.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use log::{debug, info, warn};
+use mio::{Events, Poll, Token, Waker};
+
+use super::link::Link;
+use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp};
+use crate::history::disk::{AckTarget, Persisted};
+use crate::history::{new_epoch, now_ms, Mirror, Retained};
+use crate::protocol::resp::Value;
+use crate::protocol::ErrorCode;
+use crate::server::channels::{Channel, Message};
+use crate::server::ring::Producer;
+use crate::server::{Item, Shared};
+
+const WAKER: Token = Token(usize::MAX);
+/// Channels per SUBSCRIBE or UNSUBSCRIBE command.
+const SUBSCRIBE_BATCH: usize = 512;
+/// Stream entries per sync script call.
+const SYNC_PAGE: usize = 1000;
+/// How often channels without local subscribers are let go of.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Gives a message its offset, appends it to the channel's stream, publishes its envelope.
+/// KEYS: meta, log. ARGV: pub/sub channel, payload, candidate epoch (8 bytes, used when the
+/// channel has none), messages to keep (0: no stream), key lifetime (ms), time (ms).
+const PUBLISH_LUA: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 'p', ARGV[2], 't', ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[1], '\1' .. epoch .. struct.pack('>I8', offset) .. ARGV[2])
+return offset
+";
+
+/// Reads a channel's epoch (creating it when missing), latest offset, and stream entries after
+/// an offset. KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms), after, count.
+const SYNC_LUA: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+', 'COUNT', ARGV[4])
+return {epoch, last, entries}
+";
+
+struct Script {
+    body: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(body: &'static str) -> Self {
+        Script { body, sha: sha1_smol::Sha1::from(body).digest().to_string() }
+    }
+}
+
+/// A command whose reply is awaited, in the order sent.
+enum Pending {
+    /// AUTH, SELECT, SCRIPT LOAD: an error reply fails the connection.
+    Setup(&'static str),
+    Publish(PublishOp),
+    Sync {
+        topic: Bytes,
+    },
+    /// The liveness probe's PUBLISH.
+    Probe,
+}
+
+struct Shard {
+    commands: Option<Link>,
+    pubsub: Option<Link>,
+    /// Commands sent and not yet answered, with when they were sent.
+    pending: VecDeque<(Instant, Pending)>,
+    /// Setup commands not yet answered: publishes are refused until Redis has answered them
+    /// all (a server that accepts connections but never answers is not up).
+    setup_left: usize,
+    /// When the liveness probe now on its way was sent.
+    probe_sent: Option<Instant>,
+    next_probe: Instant,
+    to_subscribe: Vec<Bytes>,
+    to_unsubscribe: Vec<Bytes>,
+    /// When to try connecting again (while down).
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    ever_up: bool,
+}
+
+impl Shard {
+    /// Connected (commands may be queued).
+    fn is_connected(&self) -> bool {
+        self.commands.is_some()
+    }
+
+    /// Connected and answering: publishes go through.
+    fn is_ready(&self) -> bool {
+        self.is_connected() && self.setup_left == 0
+    }
+}
+
+enum State {
+    Subscribing,
+    Syncing { buffer: Vec<Envelope> },
+    Live,
+}
+
+/// A channel this node serves.
+struct Tracked {
+    channel: Arc<Channel>,
+    shard: usize,
+    state: State,
+    /// The local log does not mirror the stream yet: the first sync replaces it.
+    fresh: bool,
+}
+
+struct BrokerThread {
+    poll: Poll,
+    shared: Arc<Shared>,
+    producer: Producer<Item>,
+    ops: Receiver<BrokerOp>,
+    shards: Vec<Shard>,
+    tracked: HashMap<Bytes, Tracked>,
+    publish: Script,
+    sync: Script,
+    /// Something went into the ring this turn: wake the workers.
+    delivered: bool,
+    /// Channels became live this turn: workers look at their waiting joins.
+    served: bool,
+    next_sweep: Instant,
+    stopping: bool,
+    /// This node's liveness-probe channel in Redis.
+    probe_topic: Bytes,
+}
+
+/// The broker thread's poll and queue, made before `Shared` (which holds the `Broker`) exists.
+pub(crate) struct Unstarted {
+    poll: Poll,
+    ops: Receiver<BrokerOp>,
+    shards: usize,
+    prefix: String,
+}
+
+/// Creates the workers' handle and what the thread needs to `run`.
+pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstarted)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let (sender, ops) = crossbeam_channel::unbounded();
+    let shards = config.redis.len();
+    let prefix = config.key_prefix.clone();
+    let broker = Broker {
+        ops: sender,
+        waker,
+        wake_pending: Default::default(),
+        shards: (0..shards).map(|_| Default::default()).collect(),
+        counters: Default::default(),
+        served_generation: Default::default(),
+        config,
+    };
+    Ok((broker, Unstarted { poll, ops, shards, prefix }))
+}
+
+impl Unstarted {
+    /// Runs the broker until the server shuts down.
+    pub fn run(self, shared: Arc<Shared>, producer: Producer<Item>) {
+        let Unstarted { poll, ops, shards, prefix } = self;
+        let now = Instant::now();
+        BrokerThread {
+            poll,
+            shared,
+            producer,
+            ops,
+            shards: (0..shards)
+                .map(|_| Shard {
+                    commands: None,
+                    pubsub: None,
+                    pending: VecDeque::new(),
+                    setup_left: 0,
+                    probe_sent: None,
+                    next_probe: now,
+                    to_subscribe: Vec::new(),
+                    to_unsubscribe: Vec::new(),
+                    retry_at: Some(now),
+                    backoff: BACKOFF_MIN,
+                    ever_up: false,
+                })
+                .collect(),
+            tracked: HashMap::new(),
+            publish: Script::new(PUBLISH_LUA),
+            sync: Script::new(SYNC_LUA),
+            delivered: false,
+            served: false,
+            next_sweep: now + SWEEP_EVERY,
+            stopping: false,
+            probe_topic: Bytes::from(format!("{prefix}:probe:{:016x}", new_epoch())),
+        }
+        .run();
+    }
+}
+
+/// Parses a sync reply: epoch, latest offset, and (offset, time, payload) per stream entry.
+type Synced = (u64, u64, Vec<(u64, u64, Bytes)>);
+
+fn parse_sync(reply: Value) -> Result<Synced, String> {
+    let Value::Array(Some(parts)) = reply else { return Err(format!("{reply:?}")) };
+    let mut parts = parts.into_iter();
+    let epoch = match parts.next() {
+        Some(Value::Bulk(Some(e))) if e.len() == 8 => {
+            u64::from_be_bytes(e[..].try_into().map_err(|_| "epoch")?)
+        }
+        other => return Err(format!("epoch {other:?}")),
+    };
+    let last = match parts.next() {
+        Some(Value::Integer(n)) if n >= 0 => n as u64,
+        other => return Err(format!("last offset {other:?}")),
+    };
+    let Some(Value::Array(Some(raw))) = parts.next() else { return Err("entries".into()) };
+    let mut entries = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let Value::Array(Some(entry)) = entry else { return Err("entry".into()) };
+        let mut entry = entry.into_iter();
+        let Some(Value::Bulk(Some(id))) = entry.next() else { return Err("entry id".into()) };
+        let offset = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|id| id.strip_prefix("0-"))
+            .and_then(|n| n.parse().ok())
+            .ok_or("entry id")?;
+        let Some(Value::Array(Some(fields))) = entry.next() else { return Err("fields".into()) };
+        let (mut payload, mut time) = (Bytes::new(), 0);
+        for pair in fields.chunks(2) {
+            match pair {
+                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"p" => {
+                    payload = Bytes::from(value.clone());
+                }
+                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"t" => {
+                    time =
+                        std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        entries.push((offset, time, payload));
+    }
+    Ok((epoch, last, entries))
+}
+
+fn bulk(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Bulk(Some(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+impl BrokerThread {
+    fn broker(&self) -> &Broker {
+        self.shared.broker.as_ref().expect("the broker thread runs only in cluster mode")
+    }
+
+    fn config(&self) -> &ClusterConfig {
+        &self.broker().config
+    }
+
+    fn run(mut self) {
+        let broadcast = self.shared.channels.broadcast().clone();
+        self.serve(broadcast);
+        let mut events = Events::with_capacity(256);
+        info!(
+            "cluster: joining through {}",
+            self.config().redis.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        loop {
+            let timeout = self.next_timer().saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout.min(SWEEP_EVERY))) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    crate::sys::fatal(&format!("broker: poll failed: {e}"));
+                }
+            }
+            let mut ready = Vec::new();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.broker().wake_pending.store(false, Ordering::Release),
+                    Token(t) => ready.push(t),
+                }
+            }
+            for t in ready {
+                self.link_ready(t / 2, t % 2 == 1);
+            }
+            self.take_ops();
+            if self.stopping || self.shared.shutdown.load(Ordering::Acquire) {
+                break;
+            }
+            self.timers();
+            self.flush();
+            if std::mem::take(&mut self.served) {
+                self.broker().served_generation.fetch_add(1, Ordering::Release);
+                self.shared.wake_all();
+            } else if std::mem::take(&mut self.delivered) {
+                self.shared.wake_others(usize::MAX);
+            }
+        }
+        for i in 0..self.shards.len() {
+            let _ = self.flush_shard(i);
+            self.refuse_pending(i, "the server is shutting down");
+        }
+        debug!("broker stopped");
+    }
+
+    fn next_timer(&self) -> Instant {
+        let timeout = self.config().command_timeout;
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let answer_due = s.pending.front().map(|(sent, _)| *sent + timeout);
+                let probe_due = s.probe_sent.map(|sent| sent + timeout);
+                let probe_next = s.is_ready().then_some(s.next_probe);
+                [s.retry_at, answer_due, probe_due, probe_next]
+            })
+            .flatten()
+            .fold(self.next_sweep, Instant::min)
+    }
+
+    fn take_ops(&mut self) {
+        while let Ok(op) = self.ops.try_recv() {
+            match op {
+                BrokerOp::Publish(op) => self.publish(op),
+                BrokerOp::Serve(channel) => self.serve(channel),
+                BrokerOp::Shutdown => self.stopping = true,
+            }
+        }
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config().command_timeout;
+        for i in 0..self.shards.len() {
+            let shard = &self.shards[i];
+            if shard.retry_at.is_some_and(|at| at <= now) {
+                self.connect(i);
+            } else if shard.pending.front().is_some_and(|(sent, _)| *sent + timeout <= now) {
+                self.broker().counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.shard_down(i, &format!("Redis did not answer within {timeout:?}"));
+            } else if shard.probe_sent.is_some_and(|sent| sent + timeout <= now) {
+                self.broker().counters.probe_failures.fetch_add(1, Ordering::Relaxed);
+                let why = format!(
+                    "the pub/sub connection delivered nothing for {timeout:?} (liveness probe)"
+                );
+                self.shard_down(i, &why);
+            } else if shard.is_ready() && shard.probe_sent.is_none() && shard.next_probe <= now {
+                self.probe(i, now);
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            self.let_go_of_unused();
+        }
+    }
+
+    /// Publishes to this node's probe channel through the command connection; the pub/sub
+    /// connection must hear it within the command timeout, or it is restarted.
+    fn probe(&mut self, i: usize, now: Instant) {
+        let probe_every = self.config().probe_interval;
+        let topic = self.probe_topic.clone();
+        let shard = &mut self.shards[i];
+        let Some(commands) = shard.commands.as_mut() else { return };
+        commands.command(&[b"PUBLISH", &topic, b"probe"]);
+        shard.pending.push_back((now, Pending::Probe));
+        shard.probe_sent = Some(now);
+        shard.next_probe = now + probe_every;
+    }
+
+    fn shard_of(&self, channel: &[u8]) -> usize {
+        super::shard_of(channel, self.shards.len())
+    }
+
+    fn connect(&mut self, i: usize) {
+        let endpoint = self.config().redis[i].clone();
+        let max_bulk = self.shared.config.max_frame_bytes + 64 * 1024;
+        let registry = self.poll.registry();
+        let links = Link::connect(&endpoint.host, endpoint.port, Token(2 * i), registry, max_bulk)
+            .and_then(|commands| {
+                let pubsub = Link::connect(
+                    &endpoint.host,
+                    endpoint.port,
+                    Token(2 * i + 1),
+                    registry,
+                    max_bulk,
+                )?;
+                Ok((commands, pubsub))
+            });
+        let shard = &mut self.shards[i];
+        let (mut commands, mut pubsub) = match links {
+            Ok(links) => links,
+            Err(e) => {
+                let delay = jittered(shard.backoff);
+                shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
+                shard.retry_at = Some(Instant::now() + delay);
+                warn!("cluster: cannot connect to {endpoint}: {e}; retrying in {delay:.1?}");
+                return;
+            }
+        };
+        if let Some(password) = &endpoint.password {
+            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &endpoint.user {
+                auth.push(user.as_bytes());
+            }
+            auth.push(password.as_bytes());
+            commands.command(&auth);
+            pubsub.command(&auth);
+            shard.pending.push_back((Instant::now(), Pending::Setup("AUTH")));
+        }
+        if endpoint.db != 0 {
+            commands.command(&[b"SELECT", endpoint.db.to_string().as_bytes()]);
+            shard.pending.push_back((Instant::now(), Pending::Setup("SELECT")));
+        }
+        for script in [&self.publish, &self.sync] {
+            commands.command(&[b"SCRIPT", b"LOAD", script.body.as_bytes()]);
+            shard.pending.push_back((Instant::now(), Pending::Setup("SCRIPT LOAD")));
+        }
+        shard.setup_left = shard.pending.len();
+        shard.probe_sent = None;
+        shard.to_subscribe.push(self.probe_topic.clone());
+        shard.commands = Some(commands);
+        shard.pubsub = Some(pubsub);
+        shard.retry_at = None;
+        // Every channel served here is subscribed again and repaired from its stream.
+        let shard = &mut self.shards[i];
+        for (topic, tracked) in self.tracked.iter_mut().filter(|(_, t)| t.shard == i) {
+            tracked.state = State::Subscribing;
+            shard.to_subscribe.push(topic.clone());
+        }
+    }
+
+    /// Redis answered the setup: publishes may go through.
+    fn shard_ready(&mut self, i: usize) {
+        let endpoint = self.config().redis[i].clone();
+        let shared = self.shared.clone();
+        let broker = shared.broker.as_ref().expect("cluster mode");
+        let probe_every = broker.config.probe_interval;
+        let shard = &mut self.shards[i];
+        shard.backoff = BACKOFF_MIN;
+        shard.next_probe = Instant::now() + probe_every;
+        if std::mem::replace(&mut shard.ever_up, true) {
+            broker.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            info!("cluster: reconnected to {endpoint}");
+        } else {
+            info!("cluster: connected to {endpoint}");
+        }
+        broker.counters.shards_up.fetch_add(1, Ordering::Relaxed);
+        broker.shards[i].store(true, Ordering::Release);
+    }
+
+    /// A connection to server `i` failed: refuse what was in flight, keep every subscriber, and
+    /// reconnect later.
+    fn shard_down(&mut self, i: usize, why: &str) {
+        let endpoint = self.config().redis[i].clone();
+        let registry = self.poll.registry();
+        let shard = &mut self.shards[i];
+        let was_up = shard.is_ready();
+        let was_connected = shard.is_connected();
+        shard.probe_sent = None;
+        for link in [shard.commands.take(), shard.pubsub.take()].into_iter().flatten() {
+            let mut link = link;
+            link.deregister(registry);
+        }
+        shard.to_subscribe.clear();
+        shard.to_unsubscribe.clear();
+        let delay = jittered(shard.backoff);
+        shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
+        shard.retry_at = Some(Instant::now() + delay);
+        if was_up {
+            self.broker().shards[i].store(false, Ordering::Release);
+            self.broker().counters.shards_up.fetch_sub(1, Ordering::Relaxed);
+        }
+        if was_connected {
+            warn!("cluster: lost {endpoint}: {why}; reconnecting in {delay:.1?}");
+        }
+        self.refuse_pending(i, why);
+        for tracked in self.tracked.values_mut().filter(|t| t.shard == i) {
+            tracked.state = State::Subscribing;
+        }
+    }
+
+    fn refuse_pending(&mut self, i: usize, why: &str) {
+        let pending = std::mem::take(&mut self.shards[i].pending);
+        let why: Arc<str> =
+            format!("broker unavailable: {why}; the publish may or may not have been carried out")
+                .into();
+        for (_, pending) in pending {
+            if let Pending::Publish(op) = pending {
+                self.refuse(&op, why.clone());
+            }
+        }
+    }
+
+    /// Refuses a publish (which is then no longer in flight).
+    fn refuse(&self, op: &PublishOp, why: Arc<str>) {
+        let counters = &self.broker().counters;
+        counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
+        counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
+        self.answer(op.reply_to, &op.channel, 0, Err((ErrorCode::Unavailable, why)));
+    }
+
+    /// Sends an acknowledgement or a refusal to the publishing connection's worker.
+    fn answer(
+        &self,
+        target: AckTarget,
+        channel: &Bytes,
+        offset: u64,
+        result: Result<(), (ErrorCode, Arc<str>)>,
+    ) {
+        let persisted = Persisted { target, channel: channel.clone(), offset, result };
+        if let Some(sender) = self.shared.ack_senders.get(target.worker) {
+            if sender.send(persisted).is_ok() {
+                self.shared.wake(target.worker);
+            }
+        }
+    }
+
+    fn publish(&mut self, op: PublishOp) {
+        let i = self.shard_of(&op.channel);
+        if !self.shards[i].is_ready() {
+            let why = "broker unavailable: Redis is unreachable; nothing was published";
+            self.refuse(&op, why.into());
+            return;
+        }
+        self.send_publish(i, op, false);
+    }
+
+    fn send_publish(&mut self, i: usize, op: PublishOp, eval: bool) {
+        let keys = Keys::new(&self.config().key_prefix, &op.channel);
+        let ttl = self.config().key_ttl.as_millis().max(1).to_string();
+        let keep = self.shared.config.history_messages.to_string();
+        let epoch = new_epoch().to_be_bytes();
+        let now = now_ms().to_string();
+        let (meta, log) = (keys.meta(), keys.log());
+        let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
+        let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[
+            verb,
+            script,
+            b"2",
+            &meta,
+            &log,
+            &keys.topic,
+            &op.payload,
+            &epoch,
+            keep.as_bytes(),
+            ttl.as_bytes(),
+            now.as_bytes(),
+        ]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Publish(op)));
+    }
+
+    fn send_sync(&mut self, i: usize, topic: Bytes, after: u64, eval: bool) {
+        let Some(channel) = Keys::channel_of(&self.config().key_prefix, &topic) else { return };
+        let keys = Keys::new(&self.config().key_prefix, channel);
+        let ttl = self.config().key_ttl.as_millis().max(1).to_string();
+        let epoch = new_epoch().to_be_bytes();
+        let (meta, log) = (keys.meta(), keys.log());
+        let script = if eval { self.sync.body.as_bytes() } else { self.sync.sha.as_bytes() };
+        let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[
+            verb,
+            script,
+            b"2",
+            &meta,
+            &log,
+            &epoch,
+            ttl.as_bytes(),
+            after.to_string().as_bytes(),
+            SYNC_PAGE.to_string().as_bytes(),
+        ]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Sync { topic }));
+    }
+
+    /// Starts serving `channel` on this node (a worker found it idle).
+    fn serve(&mut self, channel: Arc<Channel>) {
+        let keys = Keys::new(&self.config().key_prefix, &channel.name);
+        if self.tracked.contains_key(&keys.topic) {
+            return;
+        }
+        let shard = self.shard_of(&channel.name);
+        self.tracked.insert(
+            keys.topic.clone(),
+            Tracked { channel, shard, state: State::Subscribing, fresh: true },
+        );
+        self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
+        if self.shards[shard].is_connected() {
+            self.shards[shard].to_subscribe.push(keys.topic);
+        }
+    }
+
+    /// Unsubscribes from channels nobody on this node uses any more (no subscriber, no waiting
+    /// join, no worker cache entry, no message in the ring).
+    fn let_go_of_unused(&mut self) {
+        let registry = &self.shared.channels;
+        let mut released = Vec::new();
+        for (topic, tracked) in &self.tracked {
+            let idle = matches!(tracked.state, State::Live)
+                && !Arc::ptr_eq(&tracked.channel, registry.broadcast())
+                && registry.release_if_unused(&tracked.channel);
+            if idle {
+                released.push((topic.clone(), tracked.shard));
+            }
+        }
+        for (topic, shard) in released {
+            self.tracked.remove(&topic);
+            self.broker().counters.channels_served.fetch_sub(1, Ordering::Relaxed);
+            if self.shards[shard].is_connected() {
+                self.shards[shard].to_unsubscribe.push(topic);
+            }
+        }
+    }
+
+    fn link_ready(&mut self, i: usize, pubsub: bool) {
+        let Some(shard) = self.shards.get_mut(i) else { return };
+        let link = if pubsub { shard.pubsub.as_mut() } else { shard.commands.as_mut() };
+        let Some(link) = link else { return };
+        let mut values = Vec::new();
+        let read = link.read(|value| values.push(value));
+        let flushed = link.flush(self.poll.registry());
+        for value in values {
+            if !self.shards[i].is_connected() {
+                return;
+            }
+            if pubsub {
+                self.on_push(i, value);
+            } else {
+                self.on_reply(i, value);
+            }
+        }
+        if let Err(e) = read.and(flushed) {
+            self.shard_down(i, &e.to_string());
+        }
+    }
+
+    fn flush(&mut self) {
+        for i in 0..self.shards.len() {
+            if let Err(e) = self.flush_shard(i) {
+                self.shard_down(i, &e.to_string());
+            }
+        }
+    }
+
+    fn flush_shard(&mut self, i: usize) -> std::io::Result<()> {
+        let shard = &mut self.shards[i];
+        let Some(pubsub) = shard.pubsub.as_mut() else { return Ok(()) };
+        for (verb, topics) in [
+            (&b"UNSUBSCRIBE"[..], &mut shard.to_unsubscribe),
+            (&b"SUBSCRIBE"[..], &mut shard.to_subscribe),
+        ] {
+            for batch in topics.chunks(SUBSCRIBE_BATCH) {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
+                args.push(verb);
+                args.extend(batch.iter().map(|t| &t[..]));
+                pubsub.command(&args);
+            }
+            topics.clear();
+        }
+        let registry = self.poll.registry();
+        pubsub.flush(registry)?;
+        if let Some(commands) = shard.commands.as_mut() {
+            if commands.has_output() {
+                commands.flush(registry)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, i: usize, reply: Value) {
+        let Some((sent, pending)) = self.shards[i].pending.pop_front() else {
+            self.shard_down(i, "a reply to no command");
+            return;
+        };
+        match pending {
+            Pending::Setup(what) => {
+                if let Value::Error(e) = reply {
+                    self.shard_down(i, &format!("{what} failed: {e}"));
+                    return;
+                }
+                self.shards[i].setup_left -= 1;
+                if self.shards[i].setup_left == 0 {
+                    self.shard_ready(i);
+                }
+            }
+            Pending::Probe => {}
+            Pending::Publish(op) => {
+                let counters = &self.broker().counters;
+                match reply {
+                    Value::Integer(offset) => {
+                        counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
+                        let micros = sent.elapsed().as_micros() as u64;
+                        counters.publishes_done.fetch_add(1, Ordering::Relaxed);
+                        counters.round_trip_micros_total.fetch_add(micros, Ordering::Relaxed);
+                        counters.round_trip_micros_max.fetch_max(micros, Ordering::Relaxed);
+                        if op.acked {
+                            self.answer(op.reply_to, &op.channel, offset as u64, Ok(()));
+                        }
+                    }
+                    // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
+                    Value::Error(e) if e.starts_with("NOSCRIPT") => self.send_publish(i, op, true),
+                    other => {
+                        warn!("cluster: the publish script failed: {other:?}");
+                        self.refuse(&op, format!("broker refused the publish: {other:?}").into());
+                    }
+                }
+            }
+            Pending::Sync { topic } => match reply {
+                Value::Error(e) if e.starts_with("NOSCRIPT") => {
+                    let after = self.sync_start(&topic);
+                    self.send_sync(i, topic, after, true);
+                }
+                reply => match parse_sync(reply) {
+                    Ok(synced) => self.synced(i, topic, synced),
+                    Err(e) => self.shard_down(i, &format!("unexpected sync reply: {e}")),
+                },
+            },
+        }
+    }
+
+    fn on_push(&mut self, i: usize, push: Value) {
+        let parts = match push {
+            Value::Array(Some(parts)) | Value::Push(parts) => parts,
+            Value::Error(e) => return self.shard_down(i, &format!("pub/sub: {e}")),
+            // AUTH's +OK.
+            _ => return,
+        };
+        let mut parts = parts.into_iter();
+        let (Some(kind), Some(topic)) = (parts.next().and_then(bulk), parts.next().and_then(bulk))
+        else {
+            return;
+        };
+        let topic = Bytes::from(topic);
+        if topic == self.probe_topic {
+            if &kind[..] == b"message" {
+                self.shards[i].probe_sent = None;
+            }
+            return;
+        }
+        match &kind[..] {
+            b"message" => {
+                self.broker().counters.messages_received.fetch_add(1, Ordering::Relaxed);
+                let Some(envelope) = parts.next().and_then(bulk).map(Bytes::from) else { return };
+                let Some(envelope) = Envelope::decode(envelope) else {
+                    warn!("cluster: a message on {topic:?} that is not an envelope");
+                    return;
+                };
+                match self.tracked.get_mut(&topic).map(|t| &mut t.state) {
+                    Some(State::Syncing { buffer }) => buffer.push(envelope),
+                    Some(State::Live) => self.deliver_live(&topic, envelope),
+                    // Before the subscription is confirmed, from an earlier one: the sync that
+                    // follows the confirmation reads it from the stream.
+                    Some(State::Subscribing) | None => {}
+                }
+            }
+            b"subscribe" => {
+                let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+                if matches!(tracked.state, State::Subscribing) {
+                    tracked.state = State::Syncing { buffer: Vec::new() };
+                    let after = self.sync_start(&topic);
+                    self.send_sync(i, topic, after, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The offset after which a sync reads the stream: all of it for a fresh mirror, else from
+    /// where the local log stands.
+    fn sync_start(&self, topic: &Bytes) -> u64 {
+        match self.tracked.get(topic) {
+            Some(t) if !t.fresh => t.channel.lock_log().last_offset(),
+            _ => 0,
+        }
+    }
+
+    /// A live message: the next offset goes into the log and the ring; an older one was
+    /// delivered already; a jump or another epoch is repaired from the stream first.
+    fn deliver_live(&mut self, topic: &Bytes, envelope: Envelope) {
+        let Some(tracked) = self.tracked.get_mut(topic) else { return };
+        let channel = tracked.channel.clone();
+        let (epoch, next) = {
+            let log = channel.lock_log();
+            (log.epoch, log.next_offset)
+        };
+        if envelope.epoch == epoch && envelope.offset < next {
+            return;
+        }
+        if envelope.epoch != epoch || envelope.offset > next {
+            debug!(
+                "cluster: {} jumped from offset {} to {} (epoch {:016x} -> {:016x}); repairing",
+                String::from_utf8_lossy(&channel.name),
+                next - 1,
+                envelope.offset,
+                epoch,
+                envelope.epoch
+            );
+            let shard = tracked.shard;
+            tracked.state = State::Syncing { buffer: vec![envelope] };
+            self.send_sync(shard, topic.clone(), next - 1, false);
+            return;
+        }
+        self.accept(&channel, envelope.offset, envelope.payload, now_ms(), true);
+    }
+
+    /// Applies a page of a sync: a fresh mirror (or another epoch) starts the log over from the
+    /// stream; otherwise the stream fills in after what the log has. When the log has reached
+    /// the latest offset, the buffered live messages follow and the channel is live.
+    fn synced(&mut self, i: usize, topic: Bytes, (epoch, last, entries): Synced) {
+        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+        if !matches!(tracked.state, State::Syncing { .. }) {
+            return;
+        }
+        let channel = tracked.channel.clone();
+        let fresh = tracked.fresh;
+        let shared = self.shared.clone();
+        let counters = &shared.broker.as_ref().expect("cluster mode").counters;
+        let restart = {
+            let mut log = channel.lock_log();
+            let restart = fresh || log.epoch != epoch;
+            if restart {
+                if !fresh {
+                    counters.epoch_changes.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "cluster: {} has a new epoch in Redis ({:016x} -> {epoch:016x}): its keys expired or Redis lost them",
+                        String::from_utf8_lossy(&channel.name),
+                        log.epoch
+                    );
+                }
+                log.restart(epoch, &self.shared.channels.retained);
+                channel.set_epoch(epoch);
+                log.next_offset = entries.first().map_or(last + 1, |e| e.0);
+            }
+            restart
+        };
+        let to_ring = !fresh;
+        let mut reached = None;
+        let mut filled = 0;
+        for (offset, time, payload) in entries.iter().cloned() {
+            let next = channel.lock_log().next_offset;
+            if offset < next {
+                continue;
+            }
+            if offset > next {
+                counters.offsets_lost.fetch_add(offset - next, Ordering::Relaxed);
+                warn!(
+                    "cluster: {} offsets {next}..{} were lost and are no longer in the stream",
+                    String::from_utf8_lossy(&channel.name),
+                    offset - 1
+                );
+            }
+            self.accept(&channel, offset, payload, time, to_ring);
+            reached = Some(offset);
+            filled += 1;
+        }
+        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+        if entries.len() == SYNC_PAGE && reached.is_some_and(|r| r < last) {
+            self.send_sync(i, topic, reached.unwrap_or(last), false);
+            return;
+        }
+        {
+            let mut log = channel.lock_log();
+            if log.next_offset <= last {
+                if !restart {
+                    counters.offsets_lost.fetch_add(last + 1 - log.next_offset, Ordering::Relaxed);
+                }
+                log.next_offset = last + 1;
+            }
+            if !restart && !fresh && filled > 0 {
+                counters.gaps_repaired.fetch_add(1, Ordering::Relaxed);
+            }
+            if log.mirror != Mirror::Live {
+                log.mirror = Mirror::Live;
+                self.served = true;
+            }
+        }
+        tracked.fresh = false;
+        let State::Syncing { buffer } = std::mem::replace(&mut tracked.state, State::Live) else {
+            return;
+        };
+        for envelope in buffer {
+            if !matches!(self.tracked.get(&topic).map(|t| &t.state), Some(State::Live)) {
+                // A jump in the buffer started another repair: the rest waits for it.
+                if let Some(Tracked { state: State::Syncing { buffer }, .. }) =
+                    self.tracked.get_mut(&topic)
+                {
+                    buffer.push(envelope);
+                }
+                continue;
+            }
+            self.deliver_live(&topic, envelope);
+        }
+    }
+
+    /// Appends message `offset` to the channel's log and, for live subscribers, puts it into the
+    /// ring, under the log's lock as a publisher on one node does. A full ring is waited out
+    /// with the lock released (workers take it while they replay).
+    fn accept(
+        &mut self,
+        channel: &Arc<Channel>,
+        offset: u64,
+        payload: Bytes,
+        published_ms: u64,
+        to_ring: bool,
+    ) {
+        let registry = &self.shared.channels;
+        loop {
+            let mut log = channel.lock_log();
+            if to_ring {
+                let message = Arc::new(Message {
+                    channel: channel.clone(),
+                    offset,
+                    payload: payload.clone(),
+                });
+                if self.producer.try_publish(message).is_err() {
+                    drop(log);
+                    if self.shared.shutdown.load(Ordering::Acquire) {
+                        return;
+                    }
+                    self.shared.wake_others(usize::MAX);
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                self.delivered = true;
+            }
+            log.next_offset = offset + 1;
+            if registry.history.messages > 0 {
+                let entry = Retained { offset, published_ms, payload };
+                registry.retain(channel, &mut log, entry);
+            }
+            drop(log);
+            registry.after_publish();
+            return;
+        }
+    }
+}
+
+/// `base` times a random factor between 0.5 and 1.5, so that nodes that lost Redis together do
+/// not reconnect together.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.5 + (new_epoch() % 1000) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_replies_parse() {
+        let entry = |offset: &str, payload: &[u8]| {
+            Value::Array(Some(vec![
+                Value::Bulk(Some(offset.as_bytes().to_vec())),
+                Value::Array(Some(vec![
+                    Value::Bulk(Some(b"p".to_vec())),
+                    Value::Bulk(Some(payload.to_vec())),
+                    Value::Bulk(Some(b"t".to_vec())),
+                    Value::Bulk(Some(b"1700".to_vec())),
+                ])),
+            ]))
+        };
+        let reply = Value::Array(Some(vec![
+            Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
+            Value::Integer(9),
+            Value::Array(Some(vec![entry("0-8", b"eight"), entry("0-9", b"nine")])),
+        ]));
+        let (epoch, last, entries) = parse_sync(reply).unwrap();
+        assert_eq!((epoch, last), (7, 9));
+        assert_eq!(
+            entries,
+            vec![(8, 1700, Bytes::from_static(b"eight")), (9, 1700, Bytes::from_static(b"nine"))]
+        );
+        assert!(parse_sync(Value::Integer(1)).is_err());
+        let bad_id = Value::Array(Some(vec![
+            Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
+            Value::Integer(9),
+            Value::Array(Some(vec![entry("1-8", b"x")])),
+        ]));
+        assert!(parse_sync(bad_id).is_err());
+    }
+
+    #[test]
+    fn scripts_are_named_by_their_sha1() {
+        let script = Script::new("return 1");
+        assert_eq!(script.sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_side() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(1000));
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1500));
+        }
+    }
+}

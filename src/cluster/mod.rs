@@ -1,0 +1,371 @@
+//! Cluster mode: several fanout nodes joined through Redis (`fanout serve --redis URL`).
+//!
+//! ```text
+//!   node A workers --PUB--> broker thread A --EVALSHA publish.lua--> Redis (shard of the channel)
+//!                                                  | offset = HINCRBY meta o; XADD log 0-<offset>
+//!                                                  | PUBLISH fanout:{C} <envelope>
+//!   node B broker thread <--message fanout:{C}-----+  (only nodes with local subscribers of C)
+//!        | offset check (gap -> XRANGE repair), append to the local log, ring publish
+//!        v
+//!   node B workers: drain the ring, per-channel batches, write queues (as on one node)
+//! ```
+//!
+//! Redis is the record: it gives every message its offset (one atomic script per publish), keeps
+//! the channel's history as a stream whose entry ids are the offsets, and carries each message
+//! once to each node that has subscribers of its channel. A node mirrors, in its in-memory log,
+//! the stream of every channel it serves, so resume works on any node exactly as on one: the
+//! client's (epoch, offset) means the same everywhere.
+//!
+//! A channel is served on a node once the node is subscribed to it in Redis and has read its
+//! stream (`history::Mirror::Live`); until then a client's subscribe waits (its connection's
+//! input is held, as for a full ring). The broker subscribes first and reads the stream second,
+//! buffering what arrives meanwhile, so nothing published in between is missed; offsets it has
+//! already read are dropped from the buffer. Each live message's offset is checked: a jump
+//! (messages lost while the pub/sub connection was down) is repaired from the stream before
+//! anything later is delivered.
+//!
+//! The broker runs on its own thread with its own mio poll and talks RESP over plain sockets
+//! (`link`); workers hand it publishes and subscriptions over a channel and never wait on Redis.
+//! Redis keys, for channel `C` (the braces are a Redis Cluster hash tag: one slot per channel):
+//!
+//! | key / channel        | type    | contents                                                |
+//! |----------------------|---------|---------------------------------------------------------|
+//! | `fanout:{C}:meta`    | hash    | `e`: the epoch (8 bytes), `o`: the latest offset        |
+//! | `fanout:{C}:log`     | stream  | entry `0-<offset>`: `p` payload, `t` publish time (ms)  |
+//! | `fanout:{C}`         | pub/sub | envelopes: `0x01`, epoch (8 bytes), offset (8 bytes BE), payload |
+
+mod broker;
+mod link;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use log::warn;
+
+use crate::history::disk::AckTarget;
+use crate::server::channels::Channel;
+
+pub(crate) use broker::prepare;
+
+/// Cluster settings (`--redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Independent Redis servers; each channel lives on one of them (jump consistent hash of its
+    /// name), so adding servers spreads channels without moving most of them.
+    pub redis: Vec<RedisEndpoint>,
+    /// Prefix of every key and pub/sub channel fanout uses in Redis.
+    pub key_prefix: String,
+    /// A channel's keys expire after this long without a publish (its epoch goes with them: a
+    /// channel that comes back after that is a new log, as a freed channel is on one node).
+    pub key_ttl: Duration,
+    /// A Redis connection that leaves a command unanswered this long, or a pub/sub connection
+    /// that does not deliver the liveness probe within it, is dropped and reconnected.
+    pub command_timeout: Duration,
+    /// How often the liveness probe goes round (publish to our own channel, hear it back).
+    pub probe_interval: Duration,
+}
+
+impl ClusterConfig {
+    /// One Redis server, the default prefix and a day's key lifetime.
+    pub fn new(redis: Vec<RedisEndpoint>) -> Self {
+        ClusterConfig {
+            redis,
+            key_prefix: "fanout".into(),
+            key_ttl: Duration::from_secs(86_400),
+            command_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A Redis server: `redis://[[user]:password@]host[:port][/db]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisEndpoint {
+    /// Host name or address.
+    pub host: String,
+    /// Port (6379 when the URL has none).
+    pub port: u16,
+    /// ACL user name, with `password`.
+    pub user: Option<String>,
+    /// `AUTH` password.
+    pub password: Option<String>,
+    /// Database for the keys (pub/sub is the same in every database).
+    pub db: u32,
+}
+
+impl std::str::FromStr for RedisEndpoint {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("{url}: a Redis URL starts with redis://"))?;
+        let (credentials, rest) = match rest.rsplit_once('@') {
+            Some((credentials, rest)) => (Some(credentials), rest),
+            None => (None, rest),
+        };
+        let (authority, db) = match rest.split_once('/') {
+            Some((authority, "")) => (authority, 0),
+            Some((authority, db)) => {
+                (authority, db.parse().map_err(|_| format!("{url}: the database is a number"))?)
+            }
+            None => (rest, 0),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') => {
+                (host, port.parse().map_err(|_| format!("{url}: the port is a number"))?)
+            }
+            _ => (authority, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        let (user, password) = match credentials {
+            None => (None, None),
+            Some(c) => match c.split_once(':') {
+                Some(("", password)) => (None, Some(password.to_owned())),
+                Some((user, password)) => (Some(user.to_owned()), Some(password.to_owned())),
+                None => (None, Some(c.to_owned())),
+            },
+        };
+        Ok(RedisEndpoint { host: host.to_owned(), port, user, password, db })
+    }
+}
+
+impl std::fmt::Display for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}:{}", self.host, self.port)?;
+        if self.db != 0 {
+            write!(f, "/{}", self.db)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which of `shards` servers holds `channel`: jump consistent hash (Lamping and Veach, 2014)
+/// of the name's FNV-1a hash. Adding a server moves only the channels that go to it.
+pub fn shard_of(channel: &[u8], shards: usize) -> usize {
+    let mut key = channel.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let (mut b, mut j) = (-1i64, 0i64);
+    while j < shards as i64 {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b.max(0) as usize
+}
+
+/// Names in Redis for one fanout channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// The pub/sub channel, `<prefix>:{C}`; the keys add `:meta` and `:log`.
+    pub topic: Bytes,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, channel: &[u8]) -> Self {
+        let mut topic = Vec::with_capacity(prefix.len() + channel.len() + 3);
+        topic.extend_from_slice(prefix.as_bytes());
+        topic.extend_from_slice(b":{");
+        topic.extend_from_slice(channel);
+        topic.push(b'}');
+        Keys { topic: topic.into() }
+    }
+
+    pub fn meta(&self) -> Vec<u8> {
+        [&self.topic[..], b":meta"].concat()
+    }
+
+    pub fn log(&self) -> Vec<u8> {
+        [&self.topic[..], b":log"].concat()
+    }
+
+    /// The fanout channel of a pub/sub channel name, if it is one of ours.
+    pub fn channel_of<'a>(prefix: &str, topic: &'a [u8]) -> Option<&'a [u8]> {
+        topic.strip_prefix(prefix.as_bytes())?.strip_prefix(b":{")?.strip_suffix(b"}")
+    }
+}
+
+/// The envelope's version byte.
+pub(crate) const ENVELOPE_V1: u8 = 1;
+
+/// A message as it travels through Redis pub/sub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    pub epoch: u64,
+    pub offset: u64,
+    pub payload: Bytes,
+}
+
+impl Envelope {
+    /// `0x01`, epoch (8 bytes), offset (8 bytes, big-endian), payload.
+    pub fn decode(bytes: Bytes) -> Option<Envelope> {
+        if bytes.len() < 17 || bytes[0] != ENVELOPE_V1 {
+            return None;
+        }
+        let epoch = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
+        let offset = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
+        Some(Envelope { epoch, offset, payload: bytes.slice(17..) })
+    }
+
+    #[cfg(test)]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENVELOPE_V1];
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// A publish handed to the broker.
+#[derive(Debug)]
+pub(crate) struct PublishOp {
+    pub channel: Bytes,
+    pub payload: Bytes,
+    /// Where the acknowledgement (if `acked`) or the refusal goes.
+    pub reply_to: AckTarget,
+    pub acked: bool,
+}
+
+/// What workers ask of the broker.
+#[derive(Debug)]
+pub(crate) enum BrokerOp {
+    Publish(PublishOp),
+    /// Serve this channel here: subscribe in Redis, mirror its stream, then mark it live.
+    Serve(Arc<Channel>),
+    Shutdown,
+}
+
+/// The broker's counters (shown in `/metrics` and the stats line).
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    /// Redis servers with both connections up.
+    pub shards_up: AtomicU64,
+    /// Connections to Redis re-established after a failure.
+    pub reconnects: AtomicU64,
+    /// Publishes sent to Redis and not yet answered.
+    pub publishes_in_flight: AtomicU64,
+    /// Publishes Redis answered.
+    pub publishes_done: AtomicU64,
+    /// Their round trips (worker to Redis and back to the broker), summed.
+    pub round_trip_micros_total: AtomicU64,
+    /// The longest of them.
+    pub round_trip_micros_max: AtomicU64,
+    /// Publishes refused because Redis was unreachable or failed the script.
+    pub publishes_refused: AtomicU64,
+    /// Messages received from Redis pub/sub.
+    pub messages_received: AtomicU64,
+    /// Offset jumps filled in from the stream.
+    pub gaps_repaired: AtomicU64,
+    /// Offsets the stream no longer held when a jump was repaired (subscribers miss them).
+    pub offsets_lost: AtomicU64,
+    /// A channel's epoch changed under live subscribers (its keys expired or Redis lost them).
+    pub epoch_changes: AtomicU64,
+    /// Channels this node is subscribed to in Redis.
+    pub channels_served: AtomicU64,
+    /// Connections dropped because Redis left a command unanswered past the timeout.
+    pub timeouts: AtomicU64,
+    /// Pub/sub connections restarted because the liveness probe was not heard.
+    pub probe_failures: AtomicU64,
+}
+
+/// The workers' handle on the broker thread.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    ops: Sender<BrokerOp>,
+    waker: mio::Waker,
+    /// Set before waking the broker; the broker clears it before draining `ops`.
+    wake_pending: AtomicBool,
+    shards: Box<[AtomicBool]>,
+    pub counters: BrokerCounters,
+    /// Bumped each time channels become live, so that workers look at their waiting joins only
+    /// then.
+    pub served_generation: AtomicU64,
+    pub config: ClusterConfig,
+}
+
+/// Publishes sent to the broker and not yet answered, past which publishers are paused as for a
+/// full ring.
+pub(crate) const MAX_IN_FLIGHT: u64 = 65_536;
+
+impl Broker {
+    /// Whether the Redis server of `channel` is reachable now.
+    pub fn is_up(&self, channel: &[u8]) -> bool {
+        self.shards[shard_of(channel, self.shards.len())].load(Ordering::Acquire)
+    }
+
+    /// Whether every Redis server is reachable (`/healthz`).
+    pub fn all_up(&self) -> bool {
+        self.shards.iter().all(|s| s.load(Ordering::Acquire))
+    }
+
+    pub fn send(&self, op: BrokerOp) {
+        if self.ops.send(op).is_err() {
+            warn!("the broker thread is gone");
+            return;
+        }
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                warn!("cannot wake the broker thread: {e}");
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.counters.publishes_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls() {
+        let e: RedisEndpoint = "redis://127.0.0.1:6380".parse().unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.password, e.db), ("127.0.0.1", 6380, None, 0));
+        let e: RedisEndpoint = "redis://:secret@localhost/2".parse().unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.password.as_deref(), e.db),
+            ("localhost", 6379, Some("secret"), 2)
+        );
+        let e: RedisEndpoint = "redis://bob:pw@[::1]:7000".parse().unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.user.as_deref()), ("::1", 7000, Some("bob")));
+        assert!("http://x".parse::<RedisEndpoint>().is_err());
+        assert!("redis://:1".parse::<RedisEndpoint>().is_err());
+        assert!("redis://h:port".parse::<RedisEndpoint>().is_err());
+    }
+
+    #[test]
+    fn jump_hash_spreads_and_moves_little() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("room.{i}")).collect();
+        let mut counts = [0usize; 3];
+        for name in &names {
+            counts[shard_of(name.as_bytes(), 3)] += 1;
+        }
+        assert!(counts.iter().all(|&c| (3000..3700).contains(&c)), "{counts:?}");
+        let moved =
+            names.iter().filter(|n| shard_of(n.as_bytes(), 3) != shard_of(n.as_bytes(), 4)).count();
+        assert!((2000..3000).contains(&moved), "about a quarter moves to the new server: {moved}");
+        assert!(names.iter().all(|n| shard_of(n.as_bytes(), 1) == 0));
+    }
+
+    #[test]
+    fn envelopes_and_names() {
+        let e = Envelope { epoch: 0xfeed, offset: 42, payload: Bytes::from_static(b"hi") };
+        assert_eq!(Envelope::decode(e.encode().into()), Some(e));
+        assert_eq!(Envelope::decode(Bytes::from_static(b"\x02short")), None);
+        let keys = Keys::new("fanout", b"room.1");
+        assert_eq!(&keys.topic[..], b"fanout:{room.1}");
+        assert_eq!(keys.meta(), b"fanout:{room.1}:meta");
+        assert_eq!(Keys::channel_of("fanout", b"fanout:{a}b}"), Some(&b"a}b"[..]));
+        assert_eq!(Keys::channel_of("fanout", b"other:{a}"), None);
+    }
+}

@@ -1,0 +1,463 @@
+//! Several nodes joined through a real redis-server (each test starts its own on a free loopback
+//! port): delivery across nodes with the same offsets everywhere, resume on another node, repair
+//! of messages lost on the way, Redis outages, and channels spread over two Redis servers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{http, start, wait_until, Conn, EventStream, Frame, Read_, PATIENCE};
+use fanout::cluster::ClusterConfig;
+use fanout::protocol::resp::Value;
+use fanout::protocol::{Ack, Request, Resume};
+use fanout::ServerHandle;
+
+/// A node joined through `redis`, once it is connected to all of them.
+fn node(redis: &[&RedisServer], adjust: impl FnOnce(&mut fanout::Config)) -> ServerHandle {
+    let server = start(|c| {
+        let mut cluster = ClusterConfig::new(redis.iter().map(|r| r.endpoint()).collect());
+        cluster.command_timeout = Duration::from_millis(1000);
+        cluster.probe_interval = Duration::from_millis(200);
+        c.cluster = Some(cluster);
+        adjust(c);
+    });
+    wait_until("the node is connected to Redis and serves broadcasts", || {
+        http(server.local_addr(), "GET", "/healthz", b"").status == 200
+    });
+    assert_eq!(server.stats().cluster_redis_up, redis.len() as u64);
+    server
+}
+
+/// Publishes with an acknowledgement and returns the offset Redis gave it.
+fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, (u16, String)> {
+    conn.send(Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() });
+    loop {
+        match conn.next() {
+            Frame::Ack { channel: c, offset } if c == channel => return Ok(offset),
+            Frame::Err { code, reason } => return Err((code, reason)),
+            Frame::Msg { .. } => continue,
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+}
+
+/// The next `count` messages on `conn`, as (channel, offset, payload).
+fn messages(conn: &mut Conn, count: usize) -> Vec<(String, u64, Vec<u8>)> {
+    (0..count)
+        .map(|i| match conn.next() {
+            Frame::Msg { channel, offset, payload } => (channel, offset, payload),
+            other => panic!("message {i} of {count}: got {other:?}"),
+        })
+        .collect()
+}
+
+/// The epoch and latest offset of `channel`, as a client learns them (resume "from now").
+fn position(conn: &mut Conn, channel: &str) -> (u64, u64) {
+    conn.send(Request::Subscribe {
+        channel: channel.as_bytes(),
+        resume: Some(Resume { after: u64::MAX, epoch: None, strict: false }),
+    });
+    let hist = match conn.next() {
+        Frame::Hist { epoch, last, .. } => (epoch, last),
+        other => panic!("expected HIST, got {other:?}"),
+    };
+    conn.expect(Frame::Ok { ack: Ack::Subscribe, arg: channel.into() });
+    hist
+}
+
+fn epoch_in_redis(redis: &RedisServer, channel: &str) -> u64 {
+    match redis.command(&["HGET", &format!("fanout:{{{channel}}}:meta"), "e"]) {
+        Value::Bulk(Some(e)) => u64::from_be_bytes(e.try_into().expect("8 bytes")),
+        other => panic!("no epoch: {other:?}"),
+    }
+}
+
+#[test]
+fn three_nodes_deliver_every_message_once_in_order_with_the_same_offsets() {
+    const PER_PUBLISHER: usize = 40;
+    let redis = RedisServer::start();
+    let nodes: Vec<ServerHandle> = (0..3).map(|_| node(&[&redis], |_| {})).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let channels = ["room.a", "room.b"];
+
+    let mut subscribers = Vec::new();
+    for &addr in &addrs {
+        for mut conn in [Conn::text(addr), Conn::binary(addr), Conn::websocket(addr)] {
+            for channel in channels {
+                conn.subscribe(channel);
+            }
+            subscribers.push(conn);
+        }
+    }
+    // The channels are served on every node now, so an event stream subscribes at once.
+    let mut streams: Vec<EventStream> = addrs
+        .iter()
+        .map(|&addr| EventStream::open(addr, "/sse?channel=room.a&channel=room.b", ""))
+        .collect();
+    for node in &nodes {
+        wait_until("the event stream is open", || node.stats().connections_sse == 1);
+    }
+
+    // One publisher per node, all at once, both channels: offsets come from Redis.
+    let acks: Vec<Vec<(String, u64, Vec<u8>)>> = thread::scope(|scope| {
+        let publishers: Vec<_> = addrs
+            .iter()
+            .enumerate()
+            .map(|(n, &addr)| {
+                scope.spawn(move || {
+                    let mut conn = Conn::binary(addr);
+                    let mut acked = Vec::new();
+                    for k in 0..PER_PUBLISHER {
+                        for channel in channels {
+                            let payload = format!("{channel}/node{n}/{k}").into_bytes();
+                            let offset = publish_acked(&mut conn, channel, &payload)
+                                .unwrap_or_else(|e| panic!("publish refused: {e:?}"));
+                            acked.push((channel.to_string(), offset, payload));
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        publishers.into_iter().map(|p| p.join().expect("publisher")).collect()
+    });
+    // What Redis acknowledged: per channel, offsets 1..=120, each with one payload.
+    let total = 3 * PER_PUBLISHER;
+    let mut expected: BTreeMap<(String, u64), Vec<u8>> = BTreeMap::new();
+    for (channel, offset, payload) in acks.into_iter().flatten() {
+        assert!(expected.insert((channel, offset), payload).is_none(), "an offset given twice");
+    }
+    for channel in channels {
+        let offsets: Vec<u64> =
+            expected.keys().filter(|(c, _)| c == channel).map(|(_, o)| *o).collect();
+        assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>(), "{channel}: offsets");
+    }
+
+    // Every subscriber on every node: each message once, in offset order, with the offset and
+    // payload Redis acknowledged.
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let got = messages(subscriber, 2 * total);
+        for channel in channels {
+            let mine: Vec<(u64, Vec<u8>)> = got
+                .iter()
+                .filter(|(c, ..)| c == channel)
+                .map(|(_, o, p)| (*o, p.clone()))
+                .collect();
+            let want: Vec<(u64, Vec<u8>)> = expected
+                .iter()
+                .filter(|((c, _), _)| c == channel)
+                .map(|((_, o), p)| (*o, p.clone()))
+                .collect();
+            assert_eq!(mine, want, "subscriber {i}, {channel}");
+        }
+        assert_eq!(subscriber.read(Duration::from_millis(100)), Read_::Nothing, "nothing twice");
+    }
+    for (n, stream) in streams.iter_mut().enumerate() {
+        let mut next_offset = [1u64, 1u64];
+        for _ in 0..2 * total {
+            let event = stream.next_message();
+            let channel = event.event.clone().expect("the channel names the event");
+            let c = channels.iter().position(|&x| x == channel).expect("one of ours");
+            let id = event.id.expect("an id");
+            let offset: u64 = id.split('@').next().and_then(|o| o.parse().ok()).expect("offset");
+            assert_eq!(offset, next_offset[c], "stream on node {n}, {channel}");
+            next_offset[c] += 1;
+            assert_eq!(event.data.as_bytes(), &expected[&(channel, offset)][..]);
+        }
+    }
+    let epoch = epoch_in_redis(&redis, "room.a");
+    for &addr in &addrs {
+        let (seen, last) = position(&mut Conn::text(addr), "room.a");
+        assert_eq!((seen, last), (epoch, total as u64), "every node has Redis's epoch and offset");
+    }
+}
+
+#[test]
+fn a_client_resumes_on_another_node_with_nothing_lost_and_nothing_twice() {
+    let redis = RedisServer::start();
+    let nodes: Vec<ServerHandle> = (0..3).map(|_| node(&[&redis], |_| {})).collect();
+    let (a, b, c) = (nodes[0].local_addr(), nodes[1].local_addr(), nodes[2].local_addr());
+    let mut publisher = Conn::binary(c);
+
+    // Read to offset 5 on node A, then leave.
+    let mut reader = Conn::text(a);
+    reader.subscribe("feed");
+    for k in 1..=8 {
+        publish_acked(&mut publisher, "feed", format!("m{k}").as_bytes()).expect("published");
+    }
+    let seen = messages(&mut reader, 5);
+    assert_eq!(seen.last().map(|m| m.1), Some(5));
+    let (epoch, _) = position(&mut Conn::text(a), "feed");
+    drop(reader);
+    for k in 9..=12 {
+        publish_acked(&mut publisher, "feed", format!("m{k}").as_bytes()).expect("published");
+    }
+
+    // Node B has never served `feed`: it subscribes in Redis, reads the stream, then resumes.
+    let mut again = Conn::binary(b);
+    again.send(Request::Subscribe {
+        channel: b"feed",
+        resume: Some(Resume { after: 5, epoch: Some(epoch), strict: true }),
+    });
+    match again.next() {
+        Frame::Hist { epoch: e, first, last, status, .. } => {
+            assert_eq!((e, first, last, status), (epoch, 1, 12, fanout::history::ResumeStatus::Ok))
+        }
+        other => panic!("expected HIST, got {other:?}"),
+    }
+    let replayed = messages(&mut again, 7);
+    let expected: Vec<(String, u64, Vec<u8>)> =
+        (6..=12).map(|k| ("feed".to_string(), k, format!("m{k}").into_bytes())).collect();
+    assert_eq!(replayed, expected);
+    again.expect(Frame::Ok { ack: Ack::Subscribe, arg: "feed".into() });
+    publish_acked(&mut publisher, "feed", b"m13").expect("published");
+    assert_eq!(messages(&mut again, 1), vec![("feed".into(), 13, b"m13".to_vec())]);
+    assert_eq!(again.read(Duration::from_millis(100)), Read_::Nothing, "nothing twice");
+
+    // An event stream that read to 10 on node A reconnects to node C with Last-Event-ID.
+    let mut stream =
+        EventStream::open(c, "/sse?channel=feed", &format!("Last-Event-ID: 10@{epoch:016x}\r\n"));
+    for k in 11..=13 {
+        let event = stream.next_message();
+        assert_eq!(event.data, format!("m{k}"));
+        assert_eq!(event.id, Some(format!("{k}@{epoch:016x}")));
+    }
+    // A long-poll on node B from 11.
+    let polled =
+        http(b, "GET", &format!("/poll?channel=feed&from=11&epoch={epoch:016x}"), b"").json();
+    let offsets: Vec<u64> = polled["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!((offsets, polled["status"].as_str()), (vec![12, 13], Some("ok")));
+}
+
+#[test]
+fn a_message_lost_on_the_way_is_repaired_from_the_stream() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::text(b.local_addr());
+    subscriber.subscribe("orders");
+    let mut publisher = Conn::binary(a.local_addr());
+    publish_acked(&mut publisher, "orders", b"one").expect("published");
+    assert_eq!(messages(&mut subscriber, 1)[0].1, 1);
+    // Offset 2 goes into the stream but its pub/sub copy never comes (as when a pub/sub
+    // connection drops for a moment).
+    assert_eq!(redis.integer(&["HINCRBY", "fanout:{orders}:meta", "o", "1"]), 2);
+    redis.command(&["XADD", "fanout:{orders}:log", "0-2", "p", "two", "t", "0"]);
+    // Offset 3 arrives: node B sees the jump, reads 2 from the stream, then delivers 3.
+    publish_acked(&mut publisher, "orders", b"three").expect("published");
+    let got: Vec<(u64, Vec<u8>)> =
+        messages(&mut subscriber, 2).into_iter().map(|(_, o, p)| (o, p)).collect();
+    assert_eq!(got, vec![(2, b"two".to_vec()), (3, b"three".to_vec())]);
+    assert_eq!(b.stats().cluster_gaps_repaired, 1);
+    assert_eq!(b.stats().cluster_offsets_lost, 0);
+
+    // A jump the stream cannot fill (trimmed away) is counted, and delivery goes on.
+    assert_eq!(redis.integer(&["HINCRBY", "fanout:{orders}:meta", "o", "1"]), 4);
+    publish_acked(&mut publisher, "orders", b"five").expect("published");
+    assert_eq!(messages(&mut subscriber, 1), vec![("orders".into(), 5, b"five".to_vec())]);
+    wait_until("the loss is counted", || b.stats().cluster_offsets_lost == 1);
+}
+
+#[test]
+fn while_redis_is_down_publishes_are_refused_and_nothing_acknowledged_is_lost() {
+    // With every write fsync'ed, a killed Redis comes back with all it acknowledged.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::websocket(b.local_addr());
+    subscriber.subscribe("ticks");
+    let mut publisher = Conn::text(a.local_addr());
+    let mut acknowledged = Vec::new();
+    for k in 1..=5 {
+        let payload = format!("before{k}");
+        acknowledged.push((
+            publish_acked(&mut publisher, "ticks", payload.as_bytes()).expect("up"),
+            payload,
+        ));
+    }
+
+    redis.kill();
+    wait_until("node A sees Redis gone", || a.stats().cluster_redis_up == 0);
+    let refused = publish_acked(&mut publisher, "ticks", b"during");
+    let (code, reason) = refused.expect_err("no Redis, no publish");
+    assert_eq!(code, 503);
+    assert!(reason.contains("broker unavailable"), "{reason}");
+    let health = http(a.local_addr(), "GET", "/healthz", b"");
+    assert_eq!(health.status, 503, "{}", String::from_utf8_lossy(&health.body));
+    let refusals = a.stats().cluster_publishes_refused;
+    assert!(refusals >= 1);
+
+    redis.restart();
+    wait_until("node A reconnects", || a.stats().cluster_redis_up == 1);
+    wait_until("node B reconnects", || b.stats().cluster_redis_up == 1);
+    assert_eq!(http(a.local_addr(), "GET", "/healthz", b"").status, 200);
+    for k in 1..=5 {
+        let payload = format!("after{k}");
+        acknowledged.push((
+            publish_acked(&mut publisher, "ticks", payload.as_bytes()).expect("up again"),
+            payload,
+        ));
+    }
+    // The subscriber stayed connected and has every acknowledged message once, in order.
+    let got: Vec<(u64, String)> = messages(&mut subscriber, acknowledged.len())
+        .into_iter()
+        .map(|(_, o, p)| (o, String::from_utf8(p).expect("text")))
+        .collect();
+    assert_eq!(got, acknowledged);
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (1..=10).collect::<Vec<_>>(), "no hole, and the epoch survived");
+    assert!(b.stats().cluster_reconnects >= 1);
+}
+
+#[test]
+fn a_frozen_redis_is_noticed_publishes_in_flight_are_refused_and_it_recovers() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::binary(b.local_addr());
+    subscriber.subscribe("t");
+    let mut publisher = Conn::binary(a.local_addr());
+    assert_eq!(publish_acked(&mut publisher, "t", b"1"), Ok(1));
+    assert_eq!(messages(&mut subscriber, 1)[0].1, 1);
+
+    redis.freeze();
+    // Sent while Redis answers nothing: refused once the command times out, never acknowledged.
+    let (code, reason) = publish_acked(&mut publisher, "t", b"lost?").expect_err("no answer");
+    assert_eq!(code, 503, "{reason}");
+    assert!(a.stats().cluster_timeouts + a.stats().cluster_probe_failures >= 1);
+    wait_until("node B's probe notices too", || {
+        b.stats().cluster_probe_failures + b.stats().cluster_timeouts >= 1
+    });
+    redis.thaw();
+    wait_until("both reconnect", || {
+        a.stats().cluster_redis_up == 1 && b.stats().cluster_redis_up == 1
+    });
+    let offset = loop {
+        // The refused publish may have been carried out after all (Redis ran it late): then
+        // it is delivered, with its own offset, before this one.
+        match publish_acked(&mut publisher, "t", b"after") {
+            Ok(offset) => break offset,
+            Err((503, _)) => thread::sleep(Duration::from_millis(50)),
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    let got = messages(&mut subscriber, (offset - 1) as usize);
+    let offsets: Vec<u64> = got.iter().map(|m| m.1).collect();
+    assert_eq!(offsets, (2..=offset).collect::<Vec<_>>(), "in order, no hole");
+    assert_eq!(got.last().map(|m| m.2.clone()), Some(b"after".to_vec()));
+}
+
+#[test]
+fn broadcast_and_direct_messages_reach_every_node() {
+    let redis = RedisServer::start();
+    let nodes: Vec<ServerHandle> = (0..3).map(|_| node(&[&redis], |_| {})).collect();
+    let mut everyone: Vec<Conn> = nodes.iter().map(|n| Conn::text(n.local_addr())).collect();
+    let mut bob = Conn::binary(nodes[2].local_addr());
+    bob.send(Request::Name { name: b"bob" });
+    bob.expect(Frame::Ok { ack: Ack::Name, arg: "bob".into() });
+    for conn in &mut everyone {
+        conn.barrier();
+    }
+    let mut sender = Conn::text(nodes[0].local_addr());
+    assert_eq!(publish_acked(&mut sender, "@bob", b"psst"), Ok(1));
+    assert_eq!(messages(&mut bob, 1), vec![("@bob".into(), 1, b"psst".to_vec())]);
+    assert_eq!(publish_acked(&mut sender, "*", b"all"), Ok(1));
+    for conn in everyone.iter_mut().chain([&mut bob, &mut sender]) {
+        assert_eq!(messages(conn, 1), vec![("*".into(), 1, b"all".to_vec())]);
+    }
+}
+
+#[test]
+fn channels_spread_over_two_redis_servers_and_everything_still_holds() {
+    let (r1, r2) = (RedisServer::start(), RedisServer::start());
+    let nodes: Vec<ServerHandle> = (0..2).map(|_| node(&[&r1, &r2], |_| {})).collect();
+    let names: Vec<String> = (0..16).map(|i| format!("spread.{i}")).collect();
+    let mut subscriber = Conn::text(nodes[1].local_addr());
+    for name in &names {
+        subscriber.subscribe(name);
+    }
+    let mut publisher = Conn::binary(nodes[0].local_addr());
+    for round in 1..=3u64 {
+        for name in &names {
+            assert_eq!(publish_acked(&mut publisher, name, name.as_bytes()), Ok(round));
+        }
+    }
+    let mut next: BTreeMap<String, u64> = names.iter().map(|n| (n.clone(), 1)).collect();
+    for (channel, offset, payload) in messages(&mut subscriber, 3 * names.len()) {
+        let expected = next.get_mut(&channel).expect("one of ours");
+        assert_eq!(offset, *expected, "{channel}");
+        *expected += 1;
+        assert_eq!(payload, channel.as_bytes());
+    }
+    // Each channel's keys are on exactly one server, and both servers have some.
+    let on = |redis: &RedisServer| {
+        names
+            .iter()
+            .filter(|n| redis.integer(&["EXISTS", &format!("fanout:{{{n}}}:meta")]) == 1)
+            .count()
+    };
+    let (one, two) = (on(&r1), on(&r2));
+    assert_eq!(one + two, names.len());
+    assert!(one > 0 && two > 0, "{one} and {two}");
+}
+
+#[test]
+fn a_node_unsubscribes_in_redis_when_its_last_subscriber_leaves() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], |_| {});
+    let numsub = || match redis.command(&["PUBSUB", "NUMSUB", "fanout:{quiet}"]) {
+        Value::Array(Some(v)) => match v.get(1) {
+            Some(Value::Integer(n)) => *n,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let mut subscriber = Conn::text(a.local_addr());
+    subscriber.subscribe("quiet");
+    assert_eq!(numsub(), 1);
+    assert_eq!(a.stats().cluster_channels_served, 2, "`quiet` and `*`");
+    drop(subscriber);
+    wait_until("the node lets the channel go", || numsub() == 0);
+    assert_eq!(a.stats().cluster_channels_served, 1);
+    // And takes it up again, with its history, for the next subscriber.
+    let mut publisher = Conn::binary(a.local_addr());
+    assert_eq!(publish_acked(&mut publisher, "quiet", b"x"), Ok(1));
+    let mut back = Conn::text(a.local_addr());
+    assert_eq!(back.replay_all("quiet", 0), vec![(1, b"x".to_vec())]);
+}
+
+#[test]
+fn cluster_mode_refuses_a_data_directory() {
+    let redis = RedisServer::start();
+    let dir = common::TempDir::new("cluster-data");
+    let mut config = fanout::Config::for_tests();
+    config.cluster = Some(ClusterConfig::new(vec![redis.endpoint()]));
+    config.data_dir = Some(dir.0.clone());
+    let error = fanout::Server::start(config).expect_err("refused");
+    assert!(error.to_string().contains("--data-dir and --redis"), "{error}");
+}
+
+#[test]
+fn a_subscribe_waits_while_redis_is_unreachable_then_completes() {
+    let mut redis = RedisServer::start();
+    let a = node(&[&redis], |_| {});
+    redis.kill();
+    wait_until("the node sees Redis gone", || a.stats().cluster_redis_up == 0);
+    let mut subscriber = Conn::text(a.local_addr());
+    subscriber.send(Request::Subscribe { channel: b"later", resume: None });
+    assert_eq!(subscriber.read(Duration::from_millis(300)), Read_::Nothing, "not served yet");
+    redis.restart();
+    match subscriber.read(PATIENCE) {
+        Read_::Frame(Frame::Ok { ack: Ack::Subscribe, arg }) => assert_eq!(arg, "later"),
+        other => panic!("{other:?}"),
+    }
+    let mut publisher = Conn::text(a.local_addr());
+    assert_eq!(publish_acked(&mut publisher, "later", b"hi"), Ok(1));
+    assert_eq!(messages(&mut subscriber, 1), vec![("later".into(), 1, b"hi".to_vec())]);
+}

@@ -1,0 +1,165 @@
+//! A real `redis-server` on a free loopback port, owned by one test: started, stopped, frozen
+//! (SIGSTOP), killed and restarted on the same port; and a tiny blocking RESP client to look at
+//! or tamper with what fanout keeps there. `.ci/run` installs redis-server.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fanout::protocol::resp::{parse_value, Value};
+
+use super::{TempDir, PATIENCE};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+impl RedisServer {
+    /// A server with no persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A server with `args` (e.g. `--appendonly yes --appendfsync always`, so that a SIGKILL and
+    /// restart keeps every acknowledged write).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let dir = TempDir::new("redis");
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            extra: args.iter().map(|a| a.to_string()).collect(),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir.path(),
+            ])
+            .args(["--protected-mode", "no", "--daemonize", "no", "--logfile", ""])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server; .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Value::Simple(pong)) = self.try_command(&["PING"]) {
+                if pong == "PONG" {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not come up on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn endpoint(&self) -> fanout::cluster::RedisEndpoint {
+        self.url().parse().expect("a Redis URL")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGKILL: Redis keeps only what its persistence wrote.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// SIGSTOP: connections stay open and nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Runs one command on a fresh connection.
+    pub fn command(&self, args: &[&str]) -> Value {
+        self.try_command(args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    pub fn try_command(&self, args: &[&str]) -> Result<Value, String> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.try_command_bytes(&args)
+    }
+
+    pub fn try_command_bytes(&self, args: &[&[u8]]) -> Result<Value, String> {
+        let mut stream = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1))
+            .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&out).map_err(|e| e.to_string())?;
+        let mut input = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some((value, _)) = parse_value(&input, usize::MAX).map_err(|e| e.to_string())? {
+                return Ok(value);
+            }
+            let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed".into());
+            }
+            input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// An integer reply.
+    pub fn integer(&self, args: &[&str]) -> i64 {
+        match self.command(args) {
+            Value::Integer(n) => n,
+            other => panic!("redis {args:?}: {other:?}"),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // SIGKILL ends a frozen (stopped) server too.
+        self.kill();
+    }
+}
