@@ -293,6 +293,23 @@ impl ChannelLog {
         }
     }
 
+    /// A page for a reader that must announce holes (replay, long-poll): as `read_after`, but the
+    /// page ends before an offset jump (an unclean restart, or in a cluster offsets lost for
+    /// good), so that the reader's next page starts at the jump, where it says so.
+    pub fn read_page(
+        &self,
+        after: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        out: &mut Vec<Retained>,
+    ) {
+        let start = out.len();
+        self.read_after(after, max_messages, max_bytes, out);
+        if let Some(jump) = out[start..].windows(2).position(|w| w[1].offset != w[0].offset + 1) {
+            out.truncate(start + jump + 1);
+        }
+    }
+
     /// Up to `max_messages` (and about `max_bytes`) retained messages with offsets above `after`,
     /// in order.
     pub fn read_after(
@@ -427,6 +444,13 @@ mod tests {
         assert_eq!(offsets(&log, 2), vec![3, 104, 105]);
         assert_eq!(offsets(&log, 50), vec![104, 105], "an offset inside the jump resumes after it");
         assert_eq!(log.resume_status(50, Some(log.epoch)), ResumeStatus::Ok);
+        // A page ends before the jump: the reader's next page begins at it and announces it.
+        let page = |after| {
+            let mut out = Vec::new();
+            log.read_page(after, 10, usize::MAX, &mut out);
+            out.iter().map(|r| r.offset).collect::<Vec<_>>()
+        };
+        assert_eq!((page(1), page(3), page(50)), (vec![2, 3], vec![104, 105], vec![104, 105]));
     }
 
     #[test]

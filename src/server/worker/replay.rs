@@ -98,7 +98,7 @@ impl Worker {
             page.clear();
             let bounds = {
                 let log = channel.lock_log();
-                log.read_after(after, REPLAY_PAGE_MESSAGES, (low_water / 2).max(1), &mut page);
+                log.read_page(after, REPLAY_PAGE_MESSAGES, (low_water / 2).max(1), &mut page);
                 log.bounds()
             };
             let caught_up = page.last().is_none_or(|m| m.offset == bounds.last);

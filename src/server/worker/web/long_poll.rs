@@ -100,7 +100,10 @@ impl Worker {
                 Some(_) => bounds.first - 1,
             };
             let max_bytes = self.shared.config.write_queue_cap_bytes / 4;
-            log.read_after(after, MAX_POLL_MESSAGES, max_bytes, &mut page);
+            log.read_page(after, MAX_POLL_MESSAGES, max_bytes, &mut page);
+            // Offsets after `from` that never made it (an unclean restart's jump) are gone too.
+            let skipped = page.first().is_some_and(|m| m.offset != after + 1);
+            let status = if skipped { ResumeStatus::Expired } else { status };
             (bounds, status, after)
         };
         if status != ResumeStatus::Ok {
