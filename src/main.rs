@@ -286,6 +286,10 @@ struct ServeArgs {
     /// long is dropped and reconnected; publishes in flight on it are refused.
     #[arg(long, default_value_t = 5000)]
     redis_timeout_ms: u64,
+    /// A client name's lease in Redis (names are unique across the cluster): its node refreshes
+    /// it while the client holds the name; a dead node's names come free this long after.
+    #[arg(long, default_value_t = 15_000)]
+    redis_name_lease_ms: u64,
     /// When history files are fsync'ed: always (before acknowledging), interval, never.
     #[arg(long, default_value = "interval", value_parser = ["always", "interval", "never"])]
     fsync: String,
@@ -446,6 +450,7 @@ impl ServeArgs {
                 key_ttl: Duration::from_secs(self.redis_key_ttl_secs.max(1)),
                 command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
                 probe_interval: Duration::from_secs(1),
+                name_lease: Duration::from_millis(self.redis_name_lease_ms.max(300)),
             }),
             fsync: match self.fsync.as_str() {
                 "always" => FsyncPolicy::Always,

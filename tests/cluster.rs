@@ -461,3 +461,59 @@ fn a_subscribe_waits_while_redis_is_unreachable_then_completes() {
     assert_eq!(publish_acked(&mut publisher, "later", b"hi"), Ok(1));
     assert_eq!(messages(&mut subscriber, 1), vec![("later".into(), 1, b"hi".to_vec())]);
 }
+
+/// Sends NAME and returns the refusal, if any.
+fn claim(conn: &mut Conn, name: &str) -> Result<(), (u16, String)> {
+    conn.send(Request::Name { name: name.as_bytes() });
+    match conn.next() {
+        Frame::Ok { ack: Ack::Name, arg } => {
+            assert_eq!(arg, name);
+            Ok(())
+        }
+        Frame::Err { code, reason } => Err((code, reason)),
+        other => panic!("expected the answer to NAME, got {other:?}"),
+    }
+}
+
+#[test]
+fn names_are_unique_across_nodes_and_a_dead_nodes_names_come_free() {
+    let redis = RedisServer::start();
+    let lease = |c: &mut fanout::Config| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.name_lease = Duration::from_millis(600);
+        }
+    };
+    let (a, b) = (node(&[&redis], lease), node(&[&redis], lease));
+    let mut bob = Conn::text(a.local_addr());
+    assert_eq!(claim(&mut bob, "bob"), Ok(()));
+    let mut other = Conn::binary(b.local_addr());
+    let (code, reason) = claim(&mut other, "bob").expect_err("bob is taken on node A");
+    assert_eq!(code, 409, "{reason}");
+    // The refused connection stays, without a name, and reaches bob across nodes.
+    assert_eq!(publish_acked(&mut other, "@bob", b"hi"), Ok(1));
+    assert_eq!(messages(&mut bob, 1), vec![("@bob".into(), 1, b"hi".to_vec())]);
+    let (code, reason) = publish_acked(&mut other, "@carol", b"x").expect_err("no carol");
+    assert_eq!((code, reason.as_str()), (404, "no client named carol"));
+    // Leases are kept while held (several refreshes go by), given back when bob leaves.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(claim(&mut Conn::text(b.local_addr()), "bob").map_err(|e| e.0), Err(409));
+    drop(bob);
+    wait_until("bob's name is free", || claim(&mut Conn::text(b.local_addr()), "bob").is_ok());
+    // (that connection is gone again, and with it the name)
+    wait_until("and free again", || claim(&mut other, "bob").is_ok());
+
+    // A node killed outright cannot give its names back: they come free when the lease runs out.
+    let child =
+        common::ChildServer::start(&["--redis", &redis.url(), "--redis-name-lease-ms", "800"]);
+    wait_until("the child node is ready", || {
+        http(child.addr, "GET", "/healthz", b"").status == 200
+    });
+    let mut carol = Conn::text(child.addr);
+    assert_eq!(claim(&mut carol, "carol"), Ok(()));
+    let mut rival = Conn::text(a.local_addr());
+    assert_eq!(claim(&mut rival, "carol").map_err(|e| e.0), Err(409));
+    child.kill();
+    wait_until("carol's lease runs out", || claim(&mut rival, "carol").is_ok());
+    assert_eq!(publish_acked(&mut other, "@carol", b"yours now"), Ok(1));
+    assert_eq!(messages(&mut rival, 1)[0].2, b"yours now".to_vec());
+}

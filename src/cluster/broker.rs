@@ -32,7 +32,7 @@ use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
 use crate::server::channels::{Channel, Message};
 use crate::server::ring::Producer;
-use crate::server::{Item, Shared};
+use crate::server::{Answer, Item, Shared};
 
 const WAKER: Token = Token(usize::MAX);
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
@@ -45,9 +45,13 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Gives a message its offset, appends it to the channel's stream, publishes its envelope.
-/// KEYS: meta, log. ARGV: pub/sub channel, payload, candidate epoch (8 bytes, used when the
-/// channel has none), messages to keep (0: no stream), key lifetime (ms), time (ms).
+/// KEYS: meta, log, and for an inbox the name's lease (no holder: `NOTFOUND`). ARGV: pub/sub
+/// channel, payload, candidate epoch (8 bytes, used when the channel has none), messages to keep
+/// (0: no stream), key lifetime (ms), time (ms).
 const PUBLISH_LUA: &str = r"
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then
+  return redis.error_reply('NOTFOUND no client holds this name')
+end
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[3]
@@ -77,6 +81,27 @@ local entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+', 'COUNT', AR
 return {epoch, last, entries}
 ";
 
+/// Keeps a name's lease: extends it if this node holds it, takes it again if it expired (a long
+/// outage), else 0 (someone else has it now). KEYS: the lease. ARGV: node id, lease (ms).
+const REFRESH_LUA: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Gives a name's lease back if this node holds it. KEYS: the lease. ARGV: node id.
+const RELEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 struct Script {
     body: &'static str,
     sha: String,
@@ -98,6 +123,15 @@ enum Pending {
     },
     /// The liveness probe's PUBLISH.
     Probe,
+    /// SET NX of a name's lease for a connection.
+    Claim {
+        name: Bytes,
+        reply_to: AckTarget,
+    },
+    /// A lease refreshed or given back.
+    Lease {
+        name: Bytes,
+    },
 }
 
 struct Shard {
@@ -163,6 +197,13 @@ struct BrokerThread {
     stopping: bool,
     /// This node's liveness-probe channel in Redis.
     probe_topic: Bytes,
+    /// This node's identity in name leases.
+    node_id: Bytes,
+    refresh: Script,
+    release: Script,
+    /// Names this node holds a lease on, and their server.
+    leases: HashMap<Bytes, usize>,
+    next_refresh: Instant,
 }
 
 /// The broker thread's poll and queue, made before `Shared` (which holds the `Broker`) exists.
@@ -197,6 +238,7 @@ impl Unstarted {
     pub fn run(self, shared: Arc<Shared>, producer: Producer<Item>) {
         let Unstarted { poll, ops, shards, prefix } = self;
         let now = Instant::now();
+        let node_id = format!("{:016x}", new_epoch());
         BrokerThread {
             poll,
             shared,
@@ -224,7 +266,12 @@ impl Unstarted {
             served: false,
             next_sweep: now + SWEEP_EVERY,
             stopping: false,
-            probe_topic: Bytes::from(format!("{prefix}:probe:{:016x}", new_epoch())),
+            probe_topic: Bytes::from(format!("{prefix}:probe:{node_id}")),
+            node_id: Bytes::from(node_id),
+            refresh: Script::new(REFRESH_LUA),
+            release: Script::new(RELEASE_LUA),
+            leases: HashMap::new(),
+            next_refresh: now,
         }
         .run();
     }
@@ -356,6 +403,8 @@ impl BrokerThread {
             match op {
                 BrokerOp::Publish(op) => self.publish(op),
                 BrokerOp::Serve(channel) => self.serve(channel),
+                BrokerOp::Claim { name, reply_to } => self.claim(name, reply_to),
+                BrokerOp::Release { name } => self.release_name(name),
                 BrokerOp::Shutdown => self.stopping = true,
             }
         }
@@ -384,6 +433,10 @@ impl BrokerThread {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.let_go_of_unused();
+        }
+        if now >= self.next_refresh {
+            self.next_refresh = now + self.config().name_lease / 3;
+            self.refresh_leases();
         }
     }
 
@@ -444,7 +497,7 @@ impl BrokerThread {
             commands.command(&[b"SELECT", endpoint.db.to_string().as_bytes()]);
             shard.pending.push_back((Instant::now(), Pending::Setup("SELECT")));
         }
-        for script in [&self.publish, &self.sync] {
+        for script in [&self.publish, &self.sync, &self.refresh, &self.release] {
             commands.command(&[b"SCRIPT", b"LOAD", script.body.as_bytes()]);
             shard.pending.push_back((Instant::now(), Pending::Setup("SCRIPT LOAD")));
         }
@@ -527,9 +580,81 @@ impl BrokerThread {
     /// Refuses a publish (which is then no longer in flight).
     fn refuse(&self, op: &PublishOp, why: Arc<str>) {
         let counters = &self.broker().counters;
-        counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
         counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
-        self.answer(op.reply_to, &op.channel, 0, Err((ErrorCode::Unavailable, why)));
+        self.refuse_with(op, ErrorCode::Unavailable, why);
+    }
+
+    fn refuse_with(&self, op: &PublishOp, code: ErrorCode, why: Arc<str>) {
+        self.broker().counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.answer(op.reply_to, &op.channel, 0, Err((code, why)));
+    }
+
+    /// The key of a name's lease: beside its inbox's keys (the same hash tag and server).
+    fn lease_key(&self, name: &[u8]) -> Vec<u8> {
+        let inbox = [&b"@"[..], name].concat();
+        [&Keys::new(&self.config().key_prefix, &inbox).topic[..], b":name"].concat()
+    }
+
+    fn shard_of_name(&self, name: &[u8]) -> usize {
+        self.shard_of(&[&b"@"[..], name].concat())
+    }
+
+    /// Claims `name` for a connection: a lease in Redis (SET NX PX) that this node refreshes
+    /// while the connection holds the name, so that the name is unique across nodes and comes
+    /// free when a node dies.
+    fn claim(&mut self, name: Bytes, reply_to: AckTarget) {
+        let i = self.shard_of_name(&name);
+        if !self.shards[i].is_ready() {
+            let why = "broker unavailable: Redis is unreachable; the name cannot be claimed";
+            self.tell(
+                reply_to.worker,
+                Answer::NameClaim {
+                    target: reply_to,
+                    name,
+                    result: Err((ErrorCode::Unavailable, why.into())),
+                },
+            );
+            return;
+        }
+        let key = self.lease_key(&name);
+        let lease = self.config().name_lease.as_millis().max(1).to_string();
+        let node_id = self.node_id.clone();
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[b"SET", &key, &node_id, b"NX", b"PX", lease.as_bytes()]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Claim { name, reply_to }));
+    }
+
+    /// A connection let go of `name`: give the lease back (if Redis is unreachable, it
+    /// expires by itself).
+    fn release_name(&mut self, name: Bytes) {
+        if self.leases.remove(&name).is_none() {
+            return;
+        }
+        let i = self.shard_of_name(&name);
+        let key = self.lease_key(&name);
+        let (sha, node_id) = (self.release.sha.clone(), self.node_id.clone());
+        if !self.shards[i].is_ready() {
+            return;
+        }
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Lease { name }));
+    }
+
+    /// Extends every lease this node holds (a third of the lease time apart).
+    fn refresh_leases(&mut self) {
+        let lease = self.config().name_lease.as_millis().max(1).to_string();
+        let names: Vec<(Bytes, usize)> = self.leases.iter().map(|(n, &i)| (n.clone(), i)).collect();
+        for (name, i) in names {
+            if !self.shards[i].is_ready() {
+                continue;
+            }
+            let key = self.lease_key(&name);
+            let (sha, node_id) = (self.refresh.sha.clone(), self.node_id.clone());
+            let Some(link) = self.shards[i].commands.as_mut() else { continue };
+            link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id, lease.as_bytes()]);
+            self.shards[i].pending.push_back((Instant::now(), Pending::Lease { name }));
+        }
     }
 
     /// Sends an acknowledgement or a refusal to the publishing connection's worker.
@@ -541,9 +666,14 @@ impl BrokerThread {
         result: Result<(), (ErrorCode, Arc<str>)>,
     ) {
         let persisted = Persisted { target, channel: channel.clone(), offset, result };
-        if let Some(sender) = self.shared.ack_senders.get(target.worker) {
-            if sender.send(persisted).is_ok() {
-                self.shared.wake(target.worker);
+        self.tell(target.worker, Answer::Published(persisted));
+    }
+
+    /// Hands `answer` to worker `worker` and wakes it.
+    fn tell(&self, worker: usize, answer: Answer) {
+        if let Some(sender) = self.shared.ack_senders.get(worker) {
+            if sender.send(answer).is_ok() {
+                self.shared.wake(worker);
             }
         }
     }
@@ -567,20 +697,23 @@ impl BrokerThread {
         let (meta, log) = (keys.meta(), keys.log());
         let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
+        // An inbox takes messages only while someone holds its name.
+        let lease = (op.channel.first() == Some(&b'@')).then(|| self.lease_key(&op.channel[1..]));
+        let mut args: Vec<&[u8]> = vec![verb, script];
+        match &lease {
+            Some(lease) => args.extend([&b"3"[..], &meta, &log, lease]),
+            None => args.extend([&b"2"[..], &meta, &log]),
+        }
         let Some(link) = self.shards[i].commands.as_mut() else { return };
-        link.command(&[
-            verb,
-            script,
-            b"2",
-            &meta,
-            &log,
-            &keys.topic,
+        args.extend([
+            &keys.topic[..],
             &op.payload,
             &epoch,
             keep.as_bytes(),
             ttl.as_bytes(),
             now.as_bytes(),
         ]);
+        link.command(&args);
         self.shards[i].pending.push_back((Instant::now(), Pending::Publish(op)));
     }
 
@@ -718,6 +851,32 @@ impl BrokerThread {
                 }
             }
             Pending::Probe => {}
+            Pending::Claim { name, reply_to } => {
+                let result = match reply {
+                    Value::Simple(ok) if ok == "OK" => {
+                        self.leases.insert(name.clone(), i);
+                        Ok(())
+                    }
+                    Value::Bulk(None) | Value::Null => {
+                        let why = "name already in use (on another node)";
+                        Err((ErrorCode::Conflict, why.into()))
+                    }
+                    other => {
+                        let why = format!("broker refused the claim: {other:?}");
+                        Err((ErrorCode::Unavailable, why.into()))
+                    }
+                };
+                self.tell(reply_to.worker, Answer::NameClaim { target: reply_to, name, result });
+            }
+            Pending::Lease { name } => {
+                if reply == Value::Integer(0) && self.leases.remove(&name).is_some() {
+                    self.broker().counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "cluster: the lease on name {} went to another node (it expired during an outage)",
+                        String::from_utf8_lossy(&name)
+                    );
+                }
+            }
             Pending::Publish(op) => {
                 let counters = &self.broker().counters;
                 match reply {
@@ -733,6 +892,11 @@ impl BrokerThread {
                     }
                     // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
                     Value::Error(e) if e.starts_with("NOSCRIPT") => self.send_publish(i, op, true),
+                    Value::Error(e) if e.split_whitespace().any(|w| w == "NOTFOUND") => {
+                        let who = String::from_utf8_lossy(&op.channel[1..]).into_owned();
+                        let why = format!("no client named {who}");
+                        self.refuse_with(&op, ErrorCode::NotFound, why.into());
+                    }
                     other => {
                         warn!("cluster: the publish script failed: {other:?}");
                         self.refuse(&op, format!("broker refused the publish: {other:?}").into());

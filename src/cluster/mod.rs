@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub command_timeout: Duration,
     /// How often the liveness probe goes round (publish to our own channel, hear it back).
     pub probe_interval: Duration,
+    /// A client name's lease in Redis: refreshed by its node every third of this; a dead node's
+    /// names come free this long after it died.
+    pub name_lease: Duration,
 }
 
 impl ClusterConfig {
@@ -77,6 +80,7 @@ impl ClusterConfig {
             key_ttl: Duration::from_secs(86_400),
             command_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
+            name_lease: Duration::from_secs(15),
         }
     }
 }
@@ -240,6 +244,15 @@ pub(crate) enum BrokerOp {
     Publish(PublishOp),
     /// Serve this channel here: subscribe in Redis, mirror its stream, then mark it live.
     Serve(Arc<Channel>),
+    /// Claim a client name across the cluster for this connection (answered `NameClaim`).
+    Claim {
+        name: Bytes,
+        reply_to: AckTarget,
+    },
+    /// A connection let go of its name.
+    Release {
+        name: Bytes,
+    },
     Shutdown,
 }
 
@@ -274,6 +287,8 @@ pub struct BrokerCounters {
     pub timeouts: AtomicU64,
     /// Pub/sub connections restarted because the liveness probe was not heard.
     pub probe_failures: AtomicU64,
+    /// Name leases found taken by another node when refreshed (after a long outage).
+    pub leases_lost: AtomicU64,
 }
 
 /// The workers' handle on the broker thread.

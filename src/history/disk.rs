@@ -627,11 +627,12 @@ impl Storage {
     }
 
     /// Runs until `StoreOp::Shutdown` (or every sender is gone). `acks[w]` carries persisted
-    /// acknowledgements to worker `w`, and `wake(w)` wakes it.
-    pub fn run(
+    /// acknowledgements to worker `w` (as whatever the worker reads them as), and `wake(w)`
+    /// wakes it.
+    pub fn run<A: From<Persisted>>(
         mut self,
         ops: Receiver<StoreOp>,
-        acks: Vec<Sender<Persisted>>,
+        acks: Vec<Sender<A>>,
         wake: impl Fn(usize),
         depth: &AtomicU64,
     ) {
@@ -715,7 +716,7 @@ impl Storage {
                     offset: ack.offset,
                     result,
                 };
-                if acks.get(worker).is_some_and(|sender| sender.send(persisted).is_ok()) {
+                if acks.get(worker).is_some_and(|sender| sender.send(persisted.into()).is_ok()) {
                     woken[worker] = true;
                 }
             }

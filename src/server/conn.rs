@@ -65,6 +65,8 @@ pub enum Wait {
     /// Cluster mode: a subscribe waits until this node serves the channel (subscribed to it in
     /// Redis, its history mirrored).
     Join(Box<Joining>),
+    /// Cluster mode: a NAME waits for Redis to grant the name's lease (the inbox channel).
+    NameClaim(Arc<Channel>),
 }
 
 /// A subscribe waiting for its channel (`Wait::Join`).

@@ -41,6 +41,26 @@ use crate::history::Mirror;
 /// The ring carries shared messages.
 pub type Item = Arc<Message>;
 
+/// What the storage and broker threads tell a worker about one of its connections.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// An acknowledged publish is durable (storage) or was carried out by Redis (cluster), or
+    /// it could not be (then the publisher is told why).
+    Published(Persisted),
+    /// Cluster mode: Redis granted a name claim, or refused it.
+    NameClaim {
+        target: disk::AckTarget,
+        name: bytes::Bytes,
+        result: Result<(), (crate::protocol::ErrorCode, Arc<str>)>,
+    },
+}
+
+impl From<Persisted> for Answer {
+    fn from(persisted: Persisted) -> Self {
+        Answer::Published(persisted)
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -105,7 +125,7 @@ pub(crate) struct Shared {
     storage: Option<StorageQueue>,
     /// Per worker: where the storage thread (and the broker) send acknowledgements once records
     /// are durable (or published through Redis).
-    pub(crate) ack_senders: Vec<crossbeam_channel::Sender<Persisted>>,
+    pub(crate) ack_senders: Vec<crossbeam_channel::Sender<Answer>>,
     /// Cluster mode: the way to the broker thread, which publishes through Redis.
     pub(crate) broker: Option<crate::cluster::Broker>,
     /// Token verification and anonymous permissions; `None` when access control is off.
@@ -204,6 +224,7 @@ impl Shared {
             total.cluster_channels_served = get(&c.channels_served);
             total.cluster_timeouts = get(&c.timeouts);
             total.cluster_probe_failures = get(&c.probe_failures);
+            total.cluster_leases_lost = get(&c.leases_lost);
         }
         total
     }
@@ -331,7 +352,7 @@ impl Server {
             ));
         }
         let (ack_senders, mut ack_receivers): (Vec<_>, Vec<_>) =
-            (0..workers).map(|_| crossbeam_channel::unbounded::<Persisted>()).unzip();
+            (0..workers).map(|_| crossbeam_channel::unbounded::<Answer>()).unzip();
         let (storage_queue, storage_thread) = match storage_parts {
             Some((queue, storage, receiver)) => (Some(queue), Some((storage, receiver))),
             None => (None, None),

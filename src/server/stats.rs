@@ -175,6 +175,8 @@ counters! {
     cluster_timeouts: counter,
     /// Cluster: pub/sub connections restarted because the liveness probe was not heard.
     cluster_probe_failures: counter,
+    /// Cluster: name leases found taken by another node when refreshed (after a long outage).
+    cluster_leases_lost: counter,
     /// Tokens (or API keys) accepted.
     auth_ok: counter,
     /// Tokens refused: past `exp`.

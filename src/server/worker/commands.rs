@@ -15,6 +15,7 @@ use super::lifecycle::Close;
 use super::{ConnRef, Worker};
 use crate::auth::pattern::TopicPattern;
 use crate::cluster::BrokerOp;
+use crate::history::disk::AckTarget;
 use crate::history::disk::StoreOp;
 use crate::history::Mirror;
 use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Request, Resume};
@@ -379,11 +380,69 @@ impl Worker {
         if !self.shared.names.claim(name) {
             return self.refuse(key, ErrorCode::Conflict, "name already in use");
         }
-        if !self.served_here(&channel) {
-            return self.wait_for_channel(key, channel, AfterJoin::Inbox);
+        if let Some(broker) = self.shared.broker.as_ref() {
+            // Unique across the cluster: a lease in Redis, answered in `name_claimed`.
+            let conn = &mut self.conns[key];
+            let reply_to = AckTarget { worker: self.id, key, serial: conn.serial };
+            broker.send(BrokerOp::Claim { name: Bytes::copy_from_slice(name), reply_to });
+            conn.phase = Phase::Waiting(Wait::NameClaim(channel));
+            return Ok(());
         }
         self.attach(key, channel);
         self.acknowledge(key, Ack::Name, name)
+    }
+
+    /// Cluster mode: Redis answered a name claim. Granted, the connection takes its inbox (once
+    /// the node serves it); refused, the name is let go here too and the client told why. A
+    /// connection that is gone meanwhile gives a granted lease back.
+    pub(super) fn name_claimed(
+        &mut self,
+        target: AckTarget,
+        name: Bytes,
+        result: Result<(), (ErrorCode, Arc<str>)>,
+    ) {
+        let noted = ConnRef { key: target.key, serial: target.serial };
+        let waiting = self.resolve(noted).filter(|&key| {
+            matches!(self.conns[key].wait(), Some(Wait::NameClaim(c)) if c.name[1..] == name[..])
+        });
+        let Some(key) = waiting else {
+            if result.is_ok() {
+                if let Some(broker) = self.shared.broker.as_ref() {
+                    broker.send(BrokerOp::Release { name });
+                }
+            }
+            return;
+        };
+        let Some(Wait::NameClaim(channel)) = self.conns[key].end_wait() else { return };
+        let outcome = match result {
+            Ok(()) if !self.served_here(&channel) => {
+                self.wait_for_channel(key, channel, AfterJoin::Inbox)
+            }
+            Ok(()) => {
+                self.attach(key, channel);
+                self.acknowledge(key, Ack::Name, &name)
+            }
+            Err((code, why)) => {
+                self.shared.names.release(&name);
+                self.refuse(key, code, &why)
+            }
+        };
+        let outcome = outcome.and_then(|()| {
+            if self.conns[key].input_waits() {
+                Ok(())
+            } else {
+                self.continue_input(key)
+            }
+        });
+        self.settle(key, outcome);
+    }
+
+    /// Lets go of a connection's name: here, and in a cluster its lease in Redis.
+    pub(super) fn release_name(&self, name: &[u8]) {
+        self.shared.names.release(name);
+        if let Some(broker) = self.shared.broker.as_ref() {
+            broker.send(BrokerOp::Release { name: Bytes::copy_from_slice(name) });
+        }
     }
 
     pub(super) fn publish_request(

@@ -309,17 +309,20 @@ impl Worker {
     /// Unsubscribes from everything, releases the name, ends any wait (a stalled publish is
     /// dropped, a replay or long-poll ends).
     fn detach_all(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
         // A name claimed while its inbox waited to be served (cluster mode) has no
-        // subscription yet.
-        if let Some(Wait::Join(joining)) = conn.end_wait() {
-            if matches!(joining.then, AfterJoin::Inbox) {
-                self.shared.names.release(&joining.channel.name[1..]);
+        // subscription yet; one whose lease Redis has not granted yet is released here, and its
+        // lease given back when the grant comes (`name_claimed`).
+        match self.conns[key].end_wait() {
+            Some(Wait::Join(joining)) if matches!(joining.then, AfterJoin::Inbox) => {
+                self.release_name(&joining.channel.name[1..]);
             }
+            Some(Wait::NameClaim(inbox)) => self.shared.names.release(&inbox.name[1..]),
+            _ => {}
         }
-        if let Some(name) = conn.name() {
-            self.shared.names.release(name);
+        if let Some(name) = self.conns[key].name().map(<[u8]>::to_vec) {
+            self.release_name(&name);
         }
+        let conn = &mut self.conns[key];
         let patterns = std::mem::take(&mut conn.patterns);
         for subscription in std::mem::take(&mut conn.subscriptions) {
             self.detach_one(key, subscription);

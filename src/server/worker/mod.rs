@@ -67,7 +67,6 @@ use super::patterns::PatternIndex;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
 use super::{Item, Shared};
-use crate::history::disk::Persisted;
 use crate::history::Retained;
 
 /// This worker's listener.
@@ -126,7 +125,7 @@ pub(super) struct Worker {
     consumer: Consumer<Item>,
     shared: Arc<Shared>,
     /// Acknowledgements of durable appends, from the storage thread.
-    acks: crossbeam_channel::Receiver<Persisted>,
+    acks: crossbeam_channel::Receiver<super::Answer>,
     /// Serial number of the last accepted connection.
     next_serial: u32,
     /// Every read lands here first; only an incomplete frame is copied into the connection.
@@ -178,7 +177,7 @@ impl Worker {
         listener: std::net::TcpListener,
         producer: Producer<Item>,
         consumer: Consumer<Item>,
-        acks: crossbeam_channel::Receiver<Persisted>,
+        acks: crossbeam_channel::Receiver<super::Answer>,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);

@@ -24,7 +24,7 @@ use crate::server::channels::{Channel, Message};
 use crate::server::conn::{Phase, StalledPublish, Wait, Web};
 use crate::server::ring::Producer;
 use crate::server::stats::WorkerCounters;
-use crate::server::{Item, Shared, MAX_STORAGE_BACKLOG};
+use crate::server::{Answer, Item, Shared, MAX_STORAGE_BACKLOG};
 
 /// A message that was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +242,14 @@ impl Worker {
     /// Sends the acknowledgements the storage thread confirmed (`--fsync always`), or refuses
     /// them with `ERR 500` when their record could not be made durable.
     pub(super) fn deliver_acks(&mut self) {
-        while let Ok(persisted) = self.acks.try_recv() {
+        while let Ok(answer) = self.acks.try_recv() {
+            let persisted = match answer {
+                Answer::Published(persisted) => persisted,
+                Answer::NameClaim { target, name, result } => {
+                    self.name_claimed(target, name, result);
+                    continue;
+                }
+            };
             let target = persisted.target;
             let noted = ConnRef { key: target.key, serial: target.serial };
             let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].is_open()) else {
