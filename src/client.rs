@@ -396,6 +396,30 @@ impl Backoff {
     }
 }
 
+/// The servers a resilient client may use, and the one it uses now. A cluster's nodes are
+/// interchangeable (resume does the rest), so after a failure the client moves on to the next.
+#[derive(Debug, Clone)]
+struct Servers {
+    all: Vec<SocketAddr>,
+    current: usize,
+}
+
+impl Servers {
+    fn new(all: &[SocketAddr]) -> Servers {
+        assert!(!all.is_empty(), "a client needs at least one server address");
+        Servers { all: all.to_vec(), current: 0 }
+    }
+
+    fn now(&self) -> SocketAddr {
+        self.all[self.current]
+    }
+
+    /// Moves to the next server (the same one when there is only one).
+    fn failed(&mut self) {
+        self.current = (self.current + 1) % self.all.len();
+    }
+}
+
 /// Where a resuming subscriber stands on one channel.
 #[derive(Debug, Clone)]
 struct Position {
@@ -405,12 +429,12 @@ struct Position {
     epoch: Option<u64>,
 }
 
-/// A subscriber that survives disconnects: it reconnects with backoff and jitter and resumes
-/// every channel from the last offset it delivered, so that while history retains them nothing
-/// is lost and nothing arrives twice.
+/// A subscriber that survives disconnects: it reconnects with backoff and jitter (to the next of
+/// its servers, given several: a cluster's nodes) and resumes every channel from the last offset
+/// it delivered, so that while history retains them nothing is lost and nothing arrives twice.
 #[derive(Debug)]
 pub struct Subscriber {
-    server: SocketAddr,
+    servers: Servers,
     token: Option<String>,
     positions: Vec<Position>,
     client: Option<Client>,
@@ -419,13 +443,15 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Subscribes to `channels` from now (`from: None`) or after offset `from` (0: everything
-    /// retained). Connects lazily, on the first `next_message`.
-    pub fn new(server: SocketAddr, channels: &[String], from: Option<u64>) -> Subscriber {
+    /// retained), on the first of `servers` that answers. Connects lazily, on the first
+    /// `next_message`.
+    pub fn new(servers: &[SocketAddr], channels: &[String], from: Option<u64>) -> Subscriber {
         let positions = channels
             .iter()
             .map(|c| Position { channel: c.clone(), last: from, epoch: None })
             .collect();
-        Subscriber { server, token: None, positions, client: None, backoff: Backoff::new() }
+        let servers = Servers::new(servers);
+        Subscriber { servers, token: None, positions, client: None, backoff: Backoff::new() }
     }
 
     /// Authenticates with `token` on every (re)connect.
@@ -443,10 +469,16 @@ impl Subscriber {
                         self.client = Some(client);
                         self.backoff.reset();
                     }
-                    // A refused token or a forbidden channel does not get better by retrying.
-                    Err(e @ ClientError::Server { .. }) => return Err(e),
+                    // A refused token or a forbidden channel does not get better by retrying
+                    // (a full node, 503, might: the next one is tried).
+                    Err(e @ ClientError::Server { code, .. }) if code != 503 => return Err(e),
                     Err(e) => {
-                        log::warn!("subscriber: cannot connect to {}: {e}; retrying", self.server);
+                        let server = self.servers.now();
+                        self.servers.failed();
+                        log::warn!(
+                            "subscriber: cannot connect to {server}: {e}; trying {}",
+                            self.servers.now()
+                        );
                         self.backoff.failed();
                         self.backoff.sleep(Backoff::MAX);
                         continue;
@@ -464,11 +496,16 @@ impl Subscriber {
                     return Ok(message);
                 }
                 Ok(None) => {}
-                Err(ClientError::Server { code, reason }) => {
+                Err(ClientError::Server { code, reason }) if code != 503 => {
                     return Err(ClientError::Server { code, reason })
                 }
                 Err(e) => {
-                    log::warn!("subscriber: connection to {} lost ({e}); resuming", self.server);
+                    let server = self.servers.now();
+                    self.servers.failed();
+                    log::warn!(
+                        "subscriber: connection to {server} lost ({e}); resuming on {}",
+                        self.servers.now()
+                    );
                     self.client = None;
                     self.backoff.failed();
                     self.backoff.sleep(Backoff::MAX);
@@ -478,7 +515,7 @@ impl Subscriber {
     }
 
     fn connect(&mut self) -> Result<Client, ClientError> {
-        let mut client = Client::connect(self.server)?;
+        let mut client = Client::connect(self.servers.now())?;
         if let Some(token) = &self.token {
             client.authenticate(token)?;
         }
@@ -507,7 +544,7 @@ impl Subscriber {
 /// message whose acknowledgement was lost with the connection is sent twice (at least once).
 #[derive(Debug)]
 pub struct Publisher {
-    server: SocketAddr,
+    servers: Servers,
     token: Option<String>,
     client: Option<Client>,
     unacked: VecDeque<(String, Vec<u8>)>,
@@ -516,10 +553,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects lazily; keeps at most `max_unacked` messages waiting for acknowledgement.
-    pub fn new(server: SocketAddr, max_unacked: usize) -> Publisher {
+    /// Connects lazily (to the first of `servers` that answers, moving on to the next after a
+    /// failure); keeps at most `max_unacked` messages waiting for acknowledgement.
+    pub fn new(servers: &[SocketAddr], max_unacked: usize) -> Publisher {
         Publisher {
-            server,
+            servers: Servers::new(servers),
             token: None,
             client: None,
             unacked: VecDeque::new(),
@@ -573,7 +611,7 @@ impl Publisher {
                 }
             }
             let token = self.token.as_deref();
-            let connected = Client::connect(self.server).and_then(|mut client| {
+            let connected = Client::connect(self.servers.now()).and_then(|mut client| {
                 if let Some(token) = token {
                     client.authenticate(token)?;
                 }
@@ -590,7 +628,12 @@ impl Publisher {
                 // A refused token does not get better by retrying.
                 Err(e @ ClientError::Server { .. }) => return Err(e),
                 Err(e) => {
-                    log::warn!("publisher: cannot connect to {}: {e}; retrying", self.server);
+                    let server = self.servers.now();
+                    self.servers.failed();
+                    log::warn!(
+                        "publisher: cannot connect to {server}: {e}; trying {}",
+                        self.servers.now()
+                    );
                     self.backoff.failed();
                     return Ok(());
                 }
@@ -611,13 +654,17 @@ impl Publisher {
     }
 
     fn lost(&mut self, error: ClientError) -> Result<(), ClientError> {
-        if let ClientError::Server { .. } = error {
+        // A node that cannot publish now (503: full, shutting down, or cut off from its
+        // cluster's broker) is left for the next server; other refusals do not get better.
+        if matches!(error, ClientError::Server { code, .. } if code != 503) {
             return Err(error);
         }
+        let server = self.servers.now();
+        self.servers.failed();
         log::warn!(
-            "publisher: connection to {} lost ({error}); {} unacknowledged will be resent",
-            self.server,
-            self.unacked.len()
+            "publisher: connection to {server} lost ({error}); {} unacknowledged will be resent to {}",
+            self.unacked.len(),
+            self.servers.now()
         );
         self.client = None;
         self.backoff.failed();

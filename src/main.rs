@@ -34,9 +34,10 @@ enum Command {
         channel: String,
         /// The payload; without it, every line of stdin is published.
         message: Option<String>,
-        /// Server address.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        server: SocketAddr,
+        /// Server address; repeat it to give a cluster's nodes (the client moves to the next one
+        /// when one fails, and resumes there).
+        #[arg(long = "server", default_value = "127.0.0.1:7400")]
+        servers: Vec<SocketAddr>,
         #[command(flatten)]
         token: TokenArgs,
     },
@@ -54,9 +55,10 @@ enum Command {
         /// First receive every retained message.
         #[arg(long)]
         from_start: bool,
-        /// Server address.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        server: SocketAddr,
+        /// Server address; repeat it to give a cluster's nodes (the client moves to the next one
+        /// when one fails, and resumes there).
+        #[arg(long = "server", default_value = "127.0.0.1:7400")]
+        servers: Vec<SocketAddr>,
         #[command(flatten)]
         token: TokenArgs,
     },
@@ -480,13 +482,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => args.config().map_err(Into::into).and_then(serve),
-        Command::Pub { channel, message, server, token } => token
+        Command::Pub { channel, message, servers, token } => token
             .token()
             .map_err(Into::into)
-            .and_then(|token| publish(server, &channel, message, token)),
-        Command::Sub { channels, name, server, from, from_start, token } => {
+            .and_then(|token| publish(&servers, &channel, message, token)),
+        Command::Sub { channels, name, servers, from, from_start, token } => {
             token.token().map_err(Into::into).and_then(|token| {
-                subscribe(server, &channels, name, from.or(from_start.then_some(0)), token)
+                subscribe(&servers, &channels, name, from.or(from_start.then_some(0)), token)
             })
         }
         Command::Token { secret_file, sub, allow_sub, allow_pub, ttl } => {
@@ -558,14 +560,14 @@ fn mint(
 }
 
 fn publish(
-    server: SocketAddr,
+    servers: &[SocketAddr],
     channel: &str,
     message: Option<String>,
     token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Acknowledged publishes; unacknowledged ones are kept (up to 10,000) and sent again after a
     // reconnect, so a server restart loses nothing from stdin.
-    let mut publisher = Publisher::new(server, 10_000).with_token(token);
+    let mut publisher = Publisher::new(servers, 10_000).with_token(token);
     match message {
         Some(message) => publisher.publish(channel, message.as_bytes())?,
         None => {
@@ -579,7 +581,7 @@ fn publish(
 }
 
 fn subscribe(
-    server: SocketAddr,
+    servers: &[SocketAddr],
     channels: &[String],
     name: Option<String>,
     from: Option<u64>,
@@ -595,7 +597,7 @@ fn subscribe(
     };
     if let Some(name) = name {
         // A named client is one connection: no resume (a name is claimed per connection).
-        let mut client = Client::connect(server)?;
+        let mut client = Client::connect(servers)?;
         if let Some(token) = &token {
             client.authenticate(token)?;
         }
@@ -615,7 +617,7 @@ fn subscribe(
         }
     }
     // Otherwise: reconnect with backoff and resume every channel from its last offset.
-    let mut subscriber = Subscriber::new(server, channels, from).with_token(token);
+    let mut subscriber = Subscriber::new(servers, channels, from).with_token(token);
     loop {
         print(subscriber.next_message()?)?;
     }

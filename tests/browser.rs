@@ -83,6 +83,14 @@ fn demo_page_in_chromium_survives_a_server_restart() {
     run_scenario("demo.cjs", &[("DATA_DIR", data.path())], "browser test passed");
 }
 
+/// The JavaScript client given two cluster nodes (through a real redis-server): the node it is
+/// on is killed mid-stream; it moves to the other and resumes, over WebSocket and over SSE, with
+/// nothing lost and nothing twice (see tests/browser/cluster.cjs).
+#[test]
+fn javascript_client_moves_to_another_cluster_node_and_loses_nothing() {
+    run_scenario("cluster.cjs", &[], "cluster test passed");
+}
+
 /// The JavaScript client with tokens that live three seconds: getToken() refreshes them before
 /// each expiry, over WebSocket and over SSE, and not one message is lost or doubled (see
 /// tests/browser/tokens.cjs).

@@ -517,3 +517,53 @@ fn names_are_unique_across_nodes_and_a_dead_nodes_names_come_free() {
     assert_eq!(publish_acked(&mut other, "@carol", b"yours now"), Ok(1));
     assert_eq!(messages(&mut rival, 1)[0].2, b"yours now".to_vec());
 }
+
+#[test]
+fn clients_given_several_nodes_move_on_when_one_is_killed_and_lose_nothing() {
+    const MESSAGES: usize = 300;
+    let redis = RedisServer::start();
+    let doomed = common::ChildServer::start(&["--redis", &redis.url()]);
+    wait_until("the child node is ready", || {
+        http(doomed.addr, "GET", "/healthz", b"").status == 200
+    });
+    let survivor = node(&[&redis], |_| {});
+    // Both clients start on the doomed node and know the other one.
+    let servers = [doomed.addr, survivor.local_addr()];
+    let mut subscriber = fanout::client::Subscriber::new(&servers, &["live".to_string()], Some(0));
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = thread::spawn({
+        let published = published.clone();
+        move || {
+            let mut publisher = fanout::client::Publisher::new(&servers, 64);
+            for k in 0..MESSAGES {
+                publisher.publish("live", format!("m{k}").as_bytes()).expect("published");
+                published.store(k + 1, std::sync::atomic::Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(2));
+            }
+            publisher.flush().expect("every message acknowledged");
+        }
+    });
+    let killer = thread::spawn(move || {
+        wait_until("a third is published", || {
+            published.load(std::sync::atomic::Ordering::Relaxed) >= MESSAGES / 3
+        });
+        doomed.kill();
+    });
+    // Offsets strictly one after another across the move; every payload arrives (a publish
+    // whose acknowledgement died with the node is sent again, so a payload may come twice,
+    // under two offsets).
+    let mut seen = std::collections::HashSet::new();
+    let mut last = 0;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while seen.len() < MESSAGES {
+        assert!(std::time::Instant::now() < deadline, "only {} of {MESSAGES} arrived", seen.len());
+        let message = subscriber.next_message().expect("the subscriber keeps going");
+        assert_eq!(message.offset, last + 1, "no gap and nothing twice across the move");
+        last = message.offset;
+        seen.insert(message.payload);
+    }
+    killer.join().expect("killer");
+    publisher.join().expect("publisher");
+    assert!(last as usize >= MESSAGES && last as usize <= MESSAGES + 64, "{last}");
+    assert!(survivor.stats().connections_total >= 2, "both clients moved to the survivor");
+}

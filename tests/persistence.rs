@@ -192,14 +192,14 @@ fn resuming_clients_ride_out_a_server_restart() {
     };
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let mut subscriber = Subscriber::new(addr, &["ticks".to_string()], Some(0));
+        let mut subscriber = Subscriber::new(&[addr], &["ticks".to_string()], Some(0));
         while let Ok(message) = subscriber.next_message() {
             if tx.send((message.offset, message.payload)).is_err() {
                 break;
             }
         }
     });
-    let mut publisher = Publisher::new(addr, 1000);
+    let mut publisher = Publisher::new(&[addr], 1000);
     for i in 1..=30u64 {
         publisher.publish("ticks", &i.to_be_bytes()).unwrap();
     }

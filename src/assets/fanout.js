@@ -1,6 +1,7 @@
 // fanout.js: the browser client of a fanout server. One file, no build step, no dependencies.
 //
 //   const client = new Fanout();                      // same origin; or new Fanout("http://host:7400")
+//   // a cluster's nodes: new Fanout(["http://a:7400", "http://b:7400"]): the next one after a failure
 //   client.subscribe("news", (data, meta) => ...);    // meta: {channel, offset}; resumes by offset
 //   client.publish("news", "hello");                  // buffered while disconnected, resent until acknowledged
 //   client.onstate = (state, detail) => ...;          // "connecting", "open", "reconnecting", "closed"
@@ -25,7 +26,13 @@
 
   function Fanout(base, options) {
     options = options || {};
-    this.base = (base || global.location.origin).replace(/\/$/, "");
+    // Several bases are a cluster's nodes, interchangeable: after a failure the client moves to
+    // the next one and resumes there by offset.
+    this.bases = (Array.isArray(base) ? base : [base || global.location.origin]).map(function (b) {
+      return b.replace(/\/$/, "");
+    });
+    this.baseIndex = 0;
+    this.base = this.bases[0];
     this.transport = options.transport || "auto"; // "auto", "websocket" or "sse"
     this.channels = {}; // name -> {handlers, offset, epoch, from}
     this.outbox = []; // publishes not yet acknowledged: {channel, data, sent}
@@ -194,6 +201,8 @@
 
   Fanout.prototype.retry = function (why) {
     if (this.closed || this.timer) return;
+    this.baseIndex = (this.baseIndex + 1) % this.bases.length;
+    this.base = this.bases[this.baseIndex];
     var delay = Math.min(MAX_BACKOFF_MS, BASE_BACKOFF_MS * Math.pow(2, this.attempt));
     delay = delay / 2 + Math.random() * delay / 2; // jitter: reconnects of many pages spread out
     this.attempt++;
@@ -248,6 +257,9 @@
         self.history(m);
       } else if (m.op === "err") {
         self.notice("error", m);
+        // 503: this node cannot publish now (cut off from its cluster's broker, or full): the
+        // outbox goes to the next node.
+        if (m.code === 503 && self.bases.length > 1) ws.close();
       }
     };
     ws.onclose = function (event) {

@@ -1,11 +1,11 @@
-// Starts `fanout serve` on 127.0.0.1:PORT with extra arguments; resolves once it listens.
-// Shared by the browser scenarios (FANOUT_BIN and PORT come from tests/browser.rs).
+// Starts `fanout serve` on 127.0.0.1:PORT (or `port`) with extra arguments; resolves once it
+// listens. Shared by the browser scenarios (FANOUT_BIN and PORT come from tests/browser.rs).
 "use strict";
 const { spawn } = require("child_process");
 
-function startServer(extraArgs) {
+function startServer(extraArgs, port) {
   const child = spawn(process.env.FANOUT_BIN, [
-    "serve", "--listen", `127.0.0.1:${process.env.PORT}`, "--no-pin", "--workers", "2",
+    "serve", "--listen", `127.0.0.1:${port || process.env.PORT}`, "--no-pin", "--workers", "2",
     "--stats-interval-secs", "0", ...extraArgs,
   ], { stdio: ["ignore", "ignore", "pipe"] });
   return new Promise((resolve, reject) => {
