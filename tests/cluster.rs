@@ -567,3 +567,20 @@ fn clients_given_several_nodes_move_on_when_one_is_killed_and_lose_nothing() {
     assert!(last as usize >= MESSAGES && last as usize <= MESSAGES + 64, "{last}");
     assert!(survivor.stats().connections_total >= 2, "both clients moved to the survivor");
 }
+
+#[test]
+fn a_loss_with_nothing_after_it_is_found_by_the_quiet_check() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::text(b.local_addr());
+    subscriber.subscribe("quiet.loss");
+    let mut publisher = Conn::binary(a.local_addr());
+    assert_eq!(publish_acked(&mut publisher, "quiet.loss", b"one"), Ok(1));
+    assert_eq!(messages(&mut subscriber, 1)[0].1, 1);
+    // Offset 2 reaches the stream, its pub/sub copy is lost, and nothing follows it.
+    assert_eq!(redis.integer(&["HINCRBY", "fanout:{quiet.loss}:meta", "o", "1"]), 2);
+    redis.command(&["XADD", "fanout:{quiet.loss}:log", "0-2", "p", "two", "t", "0"]);
+    // Node B notices within seconds of quiet and delivers it.
+    assert_eq!(messages(&mut subscriber, 1), vec![("quiet.loss".into(), 2, b"two".to_vec())]);
+    assert_eq!(b.stats().cluster_quiet_losses, 1);
+}

@@ -42,6 +42,8 @@ const SYNC_PAGE: usize = 1000;
 /// How often channels without local subscribers are let go of.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// A channel that heard nothing this long has its latest offset checked in Redis, once.
+const QUIET_AFTER: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Gives a message its offset, appends it to the channel's stream, publishes its envelope.
@@ -132,6 +134,10 @@ enum Pending {
     Lease {
         name: Bytes,
     },
+    /// HGET of a quiet channel's latest offset.
+    Check {
+        topic: Bytes,
+    },
 }
 
 struct Shard {
@@ -178,6 +184,10 @@ struct Tracked {
     state: State,
     /// The local log does not mirror the stream yet: the first sync replaces it.
     fresh: bool,
+    /// When its last message arrived (or it became live).
+    last_heard: Instant,
+    /// Its latest offset in Redis was compared with the log's since then.
+    checked: bool,
 }
 
 struct BrokerThread {
@@ -433,6 +443,7 @@ impl BrokerThread {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.let_go_of_unused();
+            self.check_quiet_channels(now);
         }
         if now >= self.next_refresh {
             self.next_refresh = now + self.config().name_lease / 3;
@@ -749,7 +760,14 @@ impl BrokerThread {
         let shard = self.shard_of(&channel.name);
         self.tracked.insert(
             keys.topic.clone(),
-            Tracked { channel, shard, state: State::Subscribing, fresh: true },
+            Tracked {
+                channel,
+                shard,
+                state: State::Subscribing,
+                fresh: true,
+                last_heard: Instant::now(),
+                checked: false,
+            },
         );
         self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
         if self.shards[shard].is_connected() {
@@ -776,6 +794,29 @@ impl BrokerThread {
             if self.shards[shard].is_connected() {
                 self.shards[shard].to_unsubscribe.push(topic);
             }
+        }
+    }
+
+    /// Asks Redis for the latest offset of every channel that went quiet (nothing for
+    /// `QUIET_AFTER`) since it was last asked: a message lost on the way with nothing after it
+    /// (no jump to notice) is found this way and repaired from the stream.
+    fn check_quiet_channels(&mut self, now: Instant) {
+        let prefix = self.config().key_prefix.clone();
+        for (topic, tracked) in self.tracked.iter_mut() {
+            let quiet = now.saturating_duration_since(tracked.last_heard) >= QUIET_AFTER;
+            if tracked.checked || !quiet || !matches!(tracked.state, State::Live) {
+                continue;
+            }
+            let shard = &mut self.shards[tracked.shard];
+            if !shard.is_ready() {
+                continue;
+            }
+            let Some(channel) = Keys::channel_of(&prefix, topic) else { continue };
+            let meta = Keys::new(&prefix, channel).meta();
+            let Some(link) = shard.commands.as_mut() else { continue };
+            link.command(&[b"HGET", &meta, b"o"]);
+            shard.pending.push_back((now, Pending::Check { topic: topic.clone() }));
+            tracked.checked = true;
         }
     }
 
@@ -851,6 +892,23 @@ impl BrokerThread {
                 }
             }
             Pending::Probe => {}
+            Pending::Check { topic } => {
+                let latest = match reply {
+                    Value::Bulk(Some(n)) => {
+                        std::str::from_utf8(&n).ok().and_then(|n| n.parse().ok())
+                    }
+                    _ => None,
+                };
+                let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+                let behind = latest
+                    .is_some_and(|latest: u64| latest > tracked.channel.lock_log().last_offset());
+                if behind && matches!(tracked.state, State::Live) {
+                    tracked.state = State::Syncing { buffer: Vec::new() };
+                    self.broker().counters.quiet_losses.fetch_add(1, Ordering::Relaxed);
+                    let after = self.sync_start(&topic);
+                    self.send_sync(i, topic, after, false);
+                }
+            }
             Pending::Claim { name, reply_to } => {
                 let result = match reply {
                     Value::Simple(ok) if ok == "OK" => {
@@ -943,6 +1001,10 @@ impl BrokerThread {
                     warn!("cluster: a message on {topic:?} that is not an envelope");
                     return;
                 };
+                if let Some(tracked) = self.tracked.get_mut(&topic) {
+                    tracked.last_heard = Instant::now();
+                    tracked.checked = false;
+                }
                 match self.tracked.get_mut(&topic).map(|t| &mut t.state) {
                     Some(State::Syncing { buffer }) => buffer.push(envelope),
                     Some(State::Live) => self.deliver_live(&topic, envelope),

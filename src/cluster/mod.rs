@@ -289,6 +289,8 @@ pub struct BrokerCounters {
     pub probe_failures: AtomicU64,
     /// Name leases found taken by another node when refreshed (after a long outage).
     pub leases_lost: AtomicU64,
+    /// Quiet channels found behind Redis's latest offset (a loss with nothing after it).
+    pub quiet_losses: AtomicU64,
 }
 
 /// The workers' handle on the broker thread.

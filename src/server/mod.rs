@@ -225,6 +225,7 @@ impl Shared {
             total.cluster_timeouts = get(&c.timeouts);
             total.cluster_probe_failures = get(&c.probe_failures);
             total.cluster_leases_lost = get(&c.leases_lost);
+            total.cluster_quiet_losses = get(&c.quiet_losses);
         }
         total
     }

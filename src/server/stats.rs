@@ -177,6 +177,8 @@ counters! {
     cluster_probe_failures: counter,
     /// Cluster: name leases found taken by another node when refreshed (after a long outage).
     cluster_leases_lost: counter,
+    /// Cluster: quiet channels found behind Redis's latest offset, then repaired.
+    cluster_quiet_losses: counter,
     /// Tokens (or API keys) accepted.
     auth_ok: counter,
     /// Tokens refused: past `exp`.
