@@ -278,6 +278,10 @@ struct ServeArgs {
     /// resume are then the same on every node. Not with --data-dir: Redis keeps the history.
     #[arg(long = "redis", value_name = "URL")]
     redis: Vec<fanout::cluster::RedisEndpoint>,
+    /// Join a cluster through a Redis Cluster (>= 7) instead, given one of its nodes (repeat for
+    /// more seeds): channels go to their hash slot's master, delivery uses sharded pub/sub.
+    #[arg(long = "redis-cluster", value_name = "URL", conflicts_with = "redis")]
+    redis_cluster: Vec<fanout::cluster::RedisEndpoint>,
     /// Prefix of the keys and pub/sub channels fanout uses in Redis.
     #[arg(long, default_value = "fanout")]
     redis_prefix: String,
@@ -446,13 +450,20 @@ impl ServeArgs {
             history_age: Duration::from_secs(self.history_age_secs),
             history_total_bytes: self.history_total_bytes,
             data_dir: self.data_dir.clone(),
-            cluster: (!self.redis.is_empty()).then(|| fanout::cluster::ClusterConfig {
-                redis: self.redis.clone(),
-                key_prefix: self.redis_prefix.clone(),
-                key_ttl: Duration::from_secs(self.redis_key_ttl_secs.max(1)),
-                command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
-                probe_interval: Duration::from_secs(1),
-                name_lease: Duration::from_millis(self.redis_name_lease_ms.max(300)),
+            cluster: (!self.redis.is_empty() || !self.redis_cluster.is_empty()).then(|| {
+                fanout::cluster::ClusterConfig {
+                    redis: if self.redis_cluster.is_empty() {
+                        self.redis.clone()
+                    } else {
+                        self.redis_cluster.clone()
+                    },
+                    redis_cluster: !self.redis_cluster.is_empty(),
+                    key_prefix: self.redis_prefix.clone(),
+                    key_ttl: Duration::from_secs(self.redis_key_ttl_secs.max(1)),
+                    command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
+                    probe_interval: Duration::from_secs(1),
+                    name_lease: Duration::from_millis(self.redis_name_lease_ms.max(300)),
+                }
             }),
             fsync: match self.fsync.as_str() {
                 "always" => FsyncPolicy::Always,

@@ -584,3 +584,83 @@ fn a_loss_with_nothing_after_it_is_found_by_the_quiet_check() {
     assert_eq!(messages(&mut subscriber, 1), vec![("quiet.loss".into(), 2, b"two".to_vec())]);
     assert_eq!(b.stats().cluster_quiet_losses, 1);
 }
+
+#[test]
+fn a_redis_cluster_of_three_masters_carries_every_channel_with_sharded_pub_sub() {
+    let redis = common::redis::RedisCluster::start(3);
+    let seed = &redis.masters[0];
+    let node_in_cluster = |_: ()| {
+        let server = start(|c| {
+            let mut cluster = ClusterConfig::new(vec![seed.endpoint()]);
+            cluster.redis_cluster = true;
+            cluster.command_timeout = Duration::from_millis(1000);
+            cluster.probe_interval = Duration::from_millis(200);
+            c.cluster = Some(cluster);
+        });
+        wait_until("the node knows the cluster and serves broadcasts", || {
+            http(server.local_addr(), "GET", "/healthz", b"").status == 200
+        });
+        server
+    };
+    let (a, b) = (node_in_cluster(()), node_in_cluster(()));
+    assert_eq!(a.stats().cluster_redis_up, 3, "one connection pair per master");
+    let names: Vec<String> = (0..12).map(|i| format!("shard.{i}")).collect();
+    let mut subscriber = Conn::text(b.local_addr());
+    for name in &names {
+        subscriber.subscribe(name);
+    }
+    let mut publisher = Conn::binary(a.local_addr());
+    for round in 1..=3u64 {
+        for name in &names {
+            assert_eq!(publish_acked(&mut publisher, name, name.as_bytes()), Ok(round), "{name}");
+        }
+    }
+    let mut next: BTreeMap<String, u64> = names.iter().map(|n| (n.clone(), 1)).collect();
+    for (channel, offset, payload) in messages(&mut subscriber, 3 * names.len()) {
+        let expected = next.get_mut(&channel).expect("one of ours");
+        assert_eq!(offset, *expected, "{channel}");
+        *expected += 1;
+        assert_eq!(payload, channel.as_bytes());
+    }
+    // Every master holds some of the channels, each channel's keys are on its slot's master,
+    // and delivery went by sharded pub/sub only.
+    for master in &redis.masters {
+        let holds = names
+            .iter()
+            .filter(|n| std::ptr::eq(redis.master_of(&format!("fanout:{{{n}}}")), master))
+            .count();
+        assert!(holds > 0, "master {} holds none of the channels", master.port);
+        assert!(master.integer(&["DBSIZE"]) > 0);
+        let stats = match master.command(&["INFO", "commandstats"]) {
+            Value::Bulk(Some(text)) => String::from_utf8_lossy(&text).into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert!(!stats.contains("cmdstat_publish:"), "a cluster-wide PUBLISH: {stats}");
+    }
+    for name in &names {
+        let owner = redis.master_of(&format!("fanout:{{{name}}}"));
+        assert_eq!(owner.integer(&["EXISTS", &format!("fanout:{{{name}}}:log")]), 1, "{name}");
+    }
+
+    // Resume on node A (which never served these channels) from offset 1 of one of them.
+    let (epoch, _) = position(&mut Conn::text(b.local_addr()), "shard.5");
+    let mut again = Conn::text(a.local_addr());
+    again.send(Request::Subscribe {
+        channel: b"shard.5",
+        resume: Some(Resume { after: 1, epoch: Some(epoch), strict: true }),
+    });
+    assert!(matches!(again.next(), Frame::Hist { .. }));
+    let replayed: Vec<u64> = messages(&mut again, 2).iter().map(|m| m.1).collect();
+    assert_eq!(replayed, vec![2, 3]);
+    again.expect(Frame::Ok { ack: Ack::Subscribe, arg: "shard.5".into() });
+
+    // Names, broadcasts and inboxes go through the cluster too.
+    let mut bob = Conn::text(b.local_addr());
+    assert_eq!(claim(&mut bob, "bob"), Ok(()));
+    assert_eq!(claim(&mut Conn::text(a.local_addr()), "bob").map_err(|e| e.0), Err(409));
+    assert_eq!(publish_acked(&mut publisher, "@bob", b"hi"), Ok(1));
+    assert_eq!(messages(&mut bob, 1), vec![("@bob".into(), 1, b"hi".to_vec())]);
+    // A name that starts with `}` cannot be hash-tagged: refused, with the reason.
+    let (code, reason) = publish_acked(&mut publisher, "}odd", b"x").expect_err("refused");
+    assert_eq!(code, 422, "{reason}");
+}

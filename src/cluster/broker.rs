@@ -25,7 +25,7 @@ use log::{debug, info, warn};
 use mio::{Events, Poll, Token, Waker};
 
 use super::link::Link;
-use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp};
+use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
 use crate::history::disk::{AckTarget, Persisted};
 use crate::history::{new_epoch, now_ms, Mirror, Retained};
 use crate::protocol::resp::Value;
@@ -35,6 +35,10 @@ use crate::server::ring::Producer;
 use crate::server::{Answer, Item, Shared};
 
 const WAKER: Token = Token(usize::MAX);
+/// Hash slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+/// A slot whose server is not known.
+const NO_SHARD: u16 = u16::MAX;
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUBSCRIBE_BATCH: usize = 512;
 /// Stream entries per sync script call.
@@ -49,7 +53,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Gives a message its offset, appends it to the channel's stream, publishes its envelope.
 /// KEYS: meta, log, and for an inbox the name's lease (no holder: `NOTFOUND`). ARGV: pub/sub
 /// channel, payload, candidate epoch (8 bytes, used when the channel has none), messages to keep
-/// (0: no stream), key lifetime (ms), time (ms).
+/// (0: no stream), key lifetime (ms), time (ms), and PUBLISH or (Redis Cluster) SPUBLISH.
 const PUBLISH_LUA: &str = r"
 if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('NOTFOUND no client holds this name')
@@ -65,7 +69,7 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[1], '\1' .. epoch .. struct.pack('>I8', offset) .. ARGV[2])
+redis.call(ARGV[7], ARGV[1], '\1' .. epoch .. struct.pack('>I8', offset) .. ARGV[2])
 return offset
 ";
 
@@ -104,6 +108,84 @@ end
 return 0
 ";
 
+/// The pub/sub commands in use.
+struct Verbs {
+    subscribe: &'static [u8],
+    unsubscribe: &'static [u8],
+    publish: &'static [u8],
+}
+
+/// Redis Cluster: the slot map (`CLUSTER SLOTS`): (first slot, last slot, master host, port).
+fn read_slot_map(seed: &RedisEndpoint) -> std::io::Result<Vec<(u16, u16, String, u16)>> {
+    use std::io::{Read, Write};
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(seed.host.as_str(), seed.port))?
+        .next()
+        .ok_or_else(|| invalid("no address".into()))?;
+    let timeout = Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut request = Vec::new();
+    let mut command = |args: &[&[u8]]| {
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+    };
+    let mut expected = 1;
+    if let Some(password) = &seed.password {
+        match &seed.user {
+            Some(user) => command(&[b"AUTH", user.as_bytes(), password.as_bytes()]),
+            None => command(&[b"AUTH", password.as_bytes()]),
+        }
+        expected += 1;
+    }
+    command(&[b"CLUSTER", b"SLOTS"]);
+    stream.write_all(&request)?;
+    let mut input = Vec::new();
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while replies.len() < expected {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(invalid("closed".into()));
+        }
+        input.extend_from_slice(&chunk[..n]);
+        while let Some((value, used)) = crate::protocol::resp::parse_value(&input, 1 << 20)
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            input.drain(..used);
+            replies.push(value);
+        }
+    }
+    let Some(Value::Array(Some(ranges))) = replies.pop() else {
+        return Err(invalid(format!("CLUSTER SLOTS answered {:?}", replies)));
+    };
+    let number = |v: &Value| match v {
+        Value::Integer(n) if (0..=65535).contains(n) => Some(*n as u16),
+        _ => None,
+    };
+    let mut map = Vec::new();
+    for range in ranges {
+        let Value::Array(Some(parts)) = range else { continue };
+        let (Some(first), Some(last)) =
+            (parts.first().and_then(number), parts.get(1).and_then(number))
+        else {
+            continue;
+        };
+        let Some(Value::Array(Some(master))) = parts.get(2) else { continue };
+        let host = match master.first() {
+            Some(Value::Bulk(Some(host))) => String::from_utf8_lossy(host).into_owned(),
+            _ => String::new(),
+        };
+        let Some(port) = master.get(1).and_then(number) else { continue };
+        map.push((first, last, host, port));
+    }
+    Ok(map)
+}
+
 struct Script {
     body: &'static str,
     sha: String,
@@ -141,6 +223,10 @@ enum Pending {
 }
 
 struct Shard {
+    /// The server (with a Redis Cluster, one master, found in the slot map).
+    endpoint: RedisEndpoint,
+    /// This node's liveness-probe channel on it (in a Redis Cluster, one of its slots).
+    probe_topic: Bytes,
     commands: Option<Link>,
     pubsub: Option<Link>,
     /// Commands sent and not yet answered, with when they were sent.
@@ -160,6 +246,24 @@ struct Shard {
 }
 
 impl Shard {
+    fn new(endpoint: RedisEndpoint, probe_topic: Bytes, now: Instant) -> Shard {
+        Shard {
+            endpoint,
+            probe_topic,
+            commands: None,
+            pubsub: None,
+            pending: VecDeque::new(),
+            setup_left: 0,
+            probe_sent: None,
+            next_probe: now,
+            to_subscribe: Vec::new(),
+            to_unsubscribe: Vec::new(),
+            retry_at: Some(now),
+            backoff: BACKOFF_MIN,
+            ever_up: false,
+        }
+    }
+
     /// Connected (commands may be queued).
     fn is_connected(&self) -> bool {
         self.commands.is_some()
@@ -180,7 +284,8 @@ enum State {
 /// A channel this node serves.
 struct Tracked {
     channel: Arc<Channel>,
-    shard: usize,
+    /// Its server (unknown while a Redis Cluster's slot map is being read).
+    shard: Option<usize>,
     state: State,
     /// The local log does not mirror the stream yet: the first sync replaces it.
     fresh: bool,
@@ -205,14 +310,17 @@ struct BrokerThread {
     served: bool,
     next_sweep: Instant,
     stopping: bool,
-    /// This node's liveness-probe channel in Redis.
-    probe_topic: Bytes,
-    /// This node's identity in name leases.
+    /// This node's identity in name leases and probe channels.
     node_id: Bytes,
+    /// Redis Cluster: the server of each hash slot (`NO_SHARD` while unknown).
+    slots: Option<Box<[u16]>>,
+    /// Redis Cluster: when to read the slot map (again).
+    discover_at: Option<Instant>,
+    discover_backoff: Duration,
     refresh: Script,
     release: Script,
-    /// Names this node holds a lease on, and their server.
-    leases: HashMap<Bytes, usize>,
+    /// Names this node holds a lease on.
+    leases: std::collections::HashSet<Bytes>,
     next_refresh: Instant,
 }
 
@@ -220,8 +328,7 @@ struct BrokerThread {
 pub(crate) struct Unstarted {
     poll: Poll,
     ops: Receiver<BrokerOp>,
-    shards: usize,
-    prefix: String,
+    config: ClusterConfig,
 }
 
 /// Creates the workers' handle and what the thread needs to `run`.
@@ -229,8 +336,7 @@ pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstart
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     let (sender, ops) = crossbeam_channel::unbounded();
-    let shards = config.redis.len();
-    let prefix = config.key_prefix.clone();
+    let shards = config.redis.len().max(1);
     let broker = Broker {
         ops: sender,
         waker,
@@ -240,35 +346,32 @@ pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstart
         served_generation: Default::default(),
         config,
     };
-    Ok((broker, Unstarted { poll, ops, shards, prefix }))
+    let config = broker.config.clone();
+    Ok((broker, Unstarted { poll, ops, config }))
 }
 
 impl Unstarted {
     /// Runs the broker until the server shuts down.
     pub fn run(self, shared: Arc<Shared>, producer: Producer<Item>) {
-        let Unstarted { poll, ops, shards, prefix } = self;
+        let Unstarted { poll, ops, config } = self;
         let now = Instant::now();
         let node_id = format!("{:016x}", new_epoch());
+        let probe_topic = Bytes::from(format!("{}:probe:{node_id}", config.key_prefix));
+        // A Redis Cluster's servers are found in its slot map; independent ones are configured.
+        let shards = match config.redis_cluster {
+            true => Vec::new(),
+            false => config
+                .redis
+                .iter()
+                .map(|e| Shard::new(e.clone(), probe_topic.clone(), now))
+                .collect(),
+        };
         BrokerThread {
             poll,
             shared,
             producer,
             ops,
-            shards: (0..shards)
-                .map(|_| Shard {
-                    commands: None,
-                    pubsub: None,
-                    pending: VecDeque::new(),
-                    setup_left: 0,
-                    probe_sent: None,
-                    next_probe: now,
-                    to_subscribe: Vec::new(),
-                    to_unsubscribe: Vec::new(),
-                    retry_at: Some(now),
-                    backoff: BACKOFF_MIN,
-                    ever_up: false,
-                })
-                .collect(),
+            shards,
             tracked: HashMap::new(),
             publish: Script::new(PUBLISH_LUA),
             sync: Script::new(SYNC_LUA),
@@ -276,11 +379,13 @@ impl Unstarted {
             served: false,
             next_sweep: now + SWEEP_EVERY,
             stopping: false,
-            probe_topic: Bytes::from(format!("{prefix}:probe:{node_id}")),
             node_id: Bytes::from(node_id),
+            slots: config.redis_cluster.then(|| vec![NO_SHARD; SLOTS].into_boxed_slice()),
+            discover_at: config.redis_cluster.then_some(now),
+            discover_backoff: BACKOFF_MIN,
             refresh: Script::new(REFRESH_LUA),
             release: Script::new(RELEASE_LUA),
-            leases: HashMap::new(),
+            leases: Default::default(),
             next_refresh: now,
         }
         .run();
@@ -405,6 +510,7 @@ impl BrokerThread {
                 [s.retry_at, answer_due, probe_due, probe_next]
             })
             .flatten()
+            .chain(self.discover_at)
             .fold(self.next_sweep, Instant::min)
     }
 
@@ -422,6 +528,9 @@ impl BrokerThread {
 
     fn timers(&mut self) {
         let now = Instant::now();
+        if self.discover_at.is_some_and(|at| at <= now) {
+            self.discover();
+        }
         let timeout = self.config().command_timeout;
         for i in 0..self.shards.len() {
             let shard = &self.shards[i];
@@ -455,21 +564,146 @@ impl BrokerThread {
     /// connection must hear it within the command timeout, or it is restarted.
     fn probe(&mut self, i: usize, now: Instant) {
         let probe_every = self.config().probe_interval;
-        let topic = self.probe_topic.clone();
+        let publish = self.verbs().publish;
         let shard = &mut self.shards[i];
         let Some(commands) = shard.commands.as_mut() else { return };
-        commands.command(&[b"PUBLISH", &topic, b"probe"]);
+        commands.command(&[publish, &shard.probe_topic, b"probe"]);
         shard.pending.push_back((now, Pending::Probe));
         shard.probe_sent = Some(now);
         shard.next_probe = now + probe_every;
     }
 
-    fn shard_of(&self, channel: &[u8]) -> usize {
-        super::shard_of(channel, self.shards.len())
+    /// The server of `channel`: by jump hash over independent servers, or (Redis Cluster) by
+    /// the slot map, unknown until it has been read.
+    fn shard_of(&self, channel: &[u8]) -> Option<usize> {
+        match &self.slots {
+            None => Some(super::shard_of(channel, self.shards.len())),
+            Some(slots) => {
+                let topic = Keys::new(&self.config().key_prefix, channel).topic;
+                let shard = slots[usize::from(super::key_slot(&topic))];
+                (shard != NO_SHARD).then_some(usize::from(shard))
+            }
+        }
+    }
+
+    /// The pub/sub commands: sharded ones in a Redis Cluster (each goes to one slot's master,
+    /// never broadcast over the cluster bus).
+    fn verbs(&self) -> Verbs {
+        if self.slots.is_some() {
+            Verbs { subscribe: b"SSUBSCRIBE", unsubscribe: b"SUNSUBSCRIBE", publish: b"SPUBLISH" }
+        } else {
+            Verbs { subscribe: b"SUBSCRIBE", unsubscribe: b"UNSUBSCRIBE", publish: b"PUBLISH" }
+        }
+    }
+
+    /// Redis Cluster: reads the slot map from a seed (or a known master), adds a server for
+    /// each new master, and moves every channel whose slot changed hands (it is subscribed
+    /// again there and repaired from its stream). Called at start, after a MOVED, and after a
+    /// master was lost (a replica may have taken over).
+    fn discover(&mut self) {
+        let mut candidates: Vec<RedisEndpoint> = self.config().redis.clone();
+        candidates.extend(self.shards.iter().map(|s| s.endpoint.clone()));
+        let mut map = None;
+        for seed in &candidates {
+            match read_slot_map(seed) {
+                Ok(ranges) if !ranges.is_empty() => {
+                    map = Some((seed.clone(), ranges));
+                    break;
+                }
+                Ok(_) => warn!("cluster: {seed} has no slots assigned (is the cluster created?)"),
+                Err(e) => warn!("cluster: cannot read the slot map from {seed}: {e}"),
+            }
+        }
+        let now = Instant::now();
+        let Some((seed, ranges)) = map else {
+            let delay = jittered(self.discover_backoff);
+            self.discover_backoff = (self.discover_backoff * 2).min(BACKOFF_MAX);
+            self.discover_at = Some(now + delay);
+            return;
+        };
+        self.discover_at = None;
+        self.discover_backoff = BACKOFF_MIN;
+        let mut slots = vec![NO_SHARD; SLOTS].into_boxed_slice();
+        for (first, last, host, port) in ranges {
+            let host = if host.is_empty() { seed.host.clone() } else { host };
+            let i = match self
+                .shards
+                .iter()
+                .position(|s| s.endpoint.host == host && s.endpoint.port == port)
+            {
+                Some(i) => i,
+                None => {
+                    let endpoint = RedisEndpoint { host, port, db: 0, ..seed.clone() };
+                    self.shards.push(Shard::new(endpoint, Bytes::new(), now));
+                    self.shards.len() - 1
+                }
+            };
+            for slot in first..=last.min(SLOTS as u16 - 1) {
+                slots[usize::from(slot)] = i as u16;
+            }
+        }
+        // Each server's probe channel is one of its own slots.
+        let id = String::from_utf8_lossy(&self.node_id).into_owned();
+        let prefix = self.config().key_prefix.clone();
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            shard.probe_topic = (0u32..100_000)
+                .map(|n| Bytes::from(format!("{prefix}:probe:{{{id}.{n}}}")))
+                .find(|topic| slots[usize::from(super::key_slot(topic))] == i as u16)
+                .unwrap_or_default();
+        }
+        self.slots = Some(slots);
+        info!("cluster: the Redis Cluster has {} master(s)", self.shards.len());
+        let moves: Vec<(Bytes, Option<usize>)> = self
+            .tracked
+            .iter()
+            .map(|(topic, t)| (topic.clone(), t.channel.name.clone()))
+            .map(|(topic, name)| (topic, self.shard_of(&name)))
+            .collect();
+        for (topic, shard) in moves {
+            let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
+            let moved = tracked.shard != shard;
+            // A channel still subscribing may have been refused (MOVED): ask again.
+            if !moved && !matches!(tracked.state, State::Subscribing) {
+                continue;
+            }
+            if moved {
+                if let Some(old) = tracked.shard.and_then(|i| self.shards.get_mut(i)) {
+                    if old.is_connected() {
+                        old.to_unsubscribe.push(topic.clone());
+                    }
+                }
+                tracked.shard = shard;
+            }
+            tracked.state = State::Subscribing;
+            if let Some(new) = shard.and_then(|i| self.shards.get_mut(i)) {
+                if new.is_connected() {
+                    new.to_subscribe.push(topic);
+                }
+            }
+        }
+        self.publish_readiness();
+    }
+
+    /// Tells the workers whether publishes can go through: per server, or (Redis Cluster) for
+    /// the whole cluster at once, once the slot map is known and every master answers.
+    fn publish_readiness(&self) {
+        let broker = self.broker();
+        if let Some(slots) = &self.slots {
+            let mapped = slots.iter().all(|&s| s != NO_SHARD);
+            let ready = mapped
+                && slots
+                    .iter()
+                    .all(|&s| self.shards.get(usize::from(s)).is_some_and(Shard::is_ready));
+            broker.shards[0].store(ready, Ordering::Release);
+        } else {
+            for (i, shard) in self.shards.iter().enumerate() {
+                broker.shards[i].store(shard.is_ready(), Ordering::Release);
+            }
+        }
     }
 
     fn connect(&mut self, i: usize) {
-        let endpoint = self.config().redis[i].clone();
+        let endpoint = self.shards[i].endpoint.clone();
         let max_bulk = self.shared.config.max_frame_bytes + 64 * 1024;
         let registry = self.poll.registry();
         let links = Link::connect(&endpoint.host, endpoint.port, Token(2 * i), registry, max_bulk)
@@ -514,13 +748,14 @@ impl BrokerThread {
         }
         shard.setup_left = shard.pending.len();
         shard.probe_sent = None;
-        shard.to_subscribe.push(self.probe_topic.clone());
+        let probe_topic = shard.probe_topic.clone();
+        shard.to_subscribe.push(probe_topic);
         shard.commands = Some(commands);
         shard.pubsub = Some(pubsub);
         shard.retry_at = None;
         // Every channel served here is subscribed again and repaired from its stream.
         let shard = &mut self.shards[i];
-        for (topic, tracked) in self.tracked.iter_mut().filter(|(_, t)| t.shard == i) {
+        for (topic, tracked) in self.tracked.iter_mut().filter(|(_, t)| t.shard == Some(i)) {
             tracked.state = State::Subscribing;
             shard.to_subscribe.push(topic.clone());
         }
@@ -528,7 +763,7 @@ impl BrokerThread {
 
     /// Redis answered the setup: publishes may go through.
     fn shard_ready(&mut self, i: usize) {
-        let endpoint = self.config().redis[i].clone();
+        let endpoint = self.shards[i].endpoint.clone();
         let shared = self.shared.clone();
         let broker = shared.broker.as_ref().expect("cluster mode");
         let probe_every = broker.config.probe_interval;
@@ -542,13 +777,13 @@ impl BrokerThread {
             info!("cluster: connected to {endpoint}");
         }
         broker.counters.shards_up.fetch_add(1, Ordering::Relaxed);
-        broker.shards[i].store(true, Ordering::Release);
+        self.publish_readiness();
     }
 
     /// A connection to server `i` failed: refuse what was in flight, keep every subscriber, and
     /// reconnect later.
     fn shard_down(&mut self, i: usize, why: &str) {
-        let endpoint = self.config().redis[i].clone();
+        let endpoint = self.shards[i].endpoint.clone();
         let registry = self.poll.registry();
         let shard = &mut self.shards[i];
         let was_up = shard.is_ready();
@@ -564,14 +799,18 @@ impl BrokerThread {
         shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
         shard.retry_at = Some(Instant::now() + delay);
         if was_up {
-            self.broker().shards[i].store(false, Ordering::Release);
             self.broker().counters.shards_up.fetch_sub(1, Ordering::Relaxed);
+            self.publish_readiness();
+        }
+        if self.slots.is_some() && self.discover_at.is_none() {
+            // A master that went away may have been replaced by one of its replicas.
+            self.discover_at = Some(Instant::now() + BACKOFF_MIN);
         }
         if was_connected {
             warn!("cluster: lost {endpoint}: {why}; reconnecting in {delay:.1?}");
         }
         self.refuse_pending(i, why);
-        for tracked in self.tracked.values_mut().filter(|t| t.shard == i) {
+        for tracked in self.tracked.values_mut().filter(|t| t.shard == Some(i)) {
             tracked.state = State::Subscribing;
         }
     }
@@ -582,8 +821,17 @@ impl BrokerThread {
             format!("broker unavailable: {why}; the publish may or may not have been carried out")
                 .into();
         for (_, pending) in pending {
-            if let Pending::Publish(op) = pending {
-                self.refuse(&op, why.clone());
+            match pending {
+                Pending::Publish(op) => self.refuse(&op, why.clone()),
+                Pending::Claim { name, reply_to } => {
+                    let why = "broker unavailable: the name cannot be claimed now".into();
+                    let result = Err((ErrorCode::Unavailable, why));
+                    self.tell(
+                        reply_to.worker,
+                        Answer::NameClaim { target: reply_to, name, result },
+                    );
+                }
+                _ => {}
             }
         }
     }
@@ -606,7 +854,7 @@ impl BrokerThread {
         [&Keys::new(&self.config().key_prefix, &inbox).topic[..], b":name"].concat()
     }
 
-    fn shard_of_name(&self, name: &[u8]) -> usize {
+    fn shard_of_name(&self, name: &[u8]) -> Option<usize> {
         self.shard_of(&[&b"@"[..], name].concat())
     }
 
@@ -614,8 +862,8 @@ impl BrokerThread {
     /// while the connection holds the name, so that the name is unique across nodes and comes
     /// free when a node dies.
     fn claim(&mut self, name: Bytes, reply_to: AckTarget) {
-        let i = self.shard_of_name(&name);
-        if !self.shards[i].is_ready() {
+        let ready = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready());
+        let Some(i) = ready else {
             let why = "broker unavailable: Redis is unreachable; the name cannot be claimed";
             self.tell(
                 reply_to.worker,
@@ -626,27 +874,26 @@ impl BrokerThread {
                 },
             );
             return;
-        }
+        };
         let key = self.lease_key(&name);
         let lease = self.config().name_lease.as_millis().max(1).to_string();
         let node_id = self.node_id.clone();
         let Some(link) = self.shards[i].commands.as_mut() else { return };
-        link.command(&[b"SET", &key, &node_id, b"NX", b"PX", lease.as_bytes()]);
+        link.command(&[b"SET", &key[..], &node_id, b"NX", b"PX", lease.as_bytes()]);
         self.shards[i].pending.push_back((Instant::now(), Pending::Claim { name, reply_to }));
     }
 
     /// A connection let go of `name`: give the lease back (if Redis is unreachable, it
     /// expires by itself).
     fn release_name(&mut self, name: Bytes) {
-        if self.leases.remove(&name).is_none() {
+        if !self.leases.remove(&name) {
             return;
         }
-        let i = self.shard_of_name(&name);
+        let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
+            return;
+        };
         let key = self.lease_key(&name);
         let (sha, node_id) = (self.release.sha.clone(), self.node_id.clone());
-        if !self.shards[i].is_ready() {
-            return;
-        }
         let Some(link) = self.shards[i].commands.as_mut() else { return };
         link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id]);
         self.shards[i].pending.push_back((Instant::now(), Pending::Lease { name }));
@@ -655,11 +902,11 @@ impl BrokerThread {
     /// Extends every lease this node holds (a third of the lease time apart).
     fn refresh_leases(&mut self) {
         let lease = self.config().name_lease.as_millis().max(1).to_string();
-        let names: Vec<(Bytes, usize)> = self.leases.iter().map(|(n, &i)| (n.clone(), i)).collect();
-        for (name, i) in names {
-            if !self.shards[i].is_ready() {
+        let names: Vec<Bytes> = self.leases.iter().cloned().collect();
+        for name in names {
+            let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
                 continue;
-            }
+            };
             let key = self.lease_key(&name);
             let (sha, node_id) = (self.refresh.sha.clone(), self.node_id.clone());
             let Some(link) = self.shards[i].commands.as_mut() else { continue };
@@ -690,12 +937,11 @@ impl BrokerThread {
     }
 
     fn publish(&mut self, op: PublishOp) {
-        let i = self.shard_of(&op.channel);
-        if !self.shards[i].is_ready() {
+        let Some(i) = self.shard_of(&op.channel).filter(|&i| self.shards[i].is_ready()) else {
             let why = "broker unavailable: Redis is unreachable; nothing was published";
             self.refuse(&op, why.into());
             return;
-        }
+        };
         self.send_publish(i, op, false);
     }
 
@@ -710,6 +956,7 @@ impl BrokerThread {
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
         // An inbox takes messages only while someone holds its name.
         let lease = (op.channel.first() == Some(&b'@')).then(|| self.lease_key(&op.channel[1..]));
+        let publish = self.verbs().publish;
         let mut args: Vec<&[u8]> = vec![verb, script];
         match &lease {
             Some(lease) => args.extend([&b"3"[..], &meta, &log, lease]),
@@ -723,6 +970,7 @@ impl BrokerThread {
             keep.as_bytes(),
             ttl.as_bytes(),
             now.as_bytes(),
+            publish,
         ]);
         link.command(&args);
         self.shards[i].pending.push_back((Instant::now(), Pending::Publish(op)));
@@ -770,8 +1018,10 @@ impl BrokerThread {
             },
         );
         self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
-        if self.shards[shard].is_connected() {
-            self.shards[shard].to_subscribe.push(keys.topic);
+        if let Some(shard) = shard.and_then(|i| self.shards.get_mut(i)) {
+            if shard.is_connected() {
+                shard.to_subscribe.push(keys.topic);
+            }
         }
     }
 
@@ -791,8 +1041,10 @@ impl BrokerThread {
         for (topic, shard) in released {
             self.tracked.remove(&topic);
             self.broker().counters.channels_served.fetch_sub(1, Ordering::Relaxed);
-            if self.shards[shard].is_connected() {
-                self.shards[shard].to_unsubscribe.push(topic);
+            if let Some(shard) = shard.and_then(|i| self.shards.get_mut(i)) {
+                if shard.is_connected() {
+                    shard.to_unsubscribe.push(topic);
+                }
             }
         }
     }
@@ -807,7 +1059,7 @@ impl BrokerThread {
             if tracked.checked || !quiet || !matches!(tracked.state, State::Live) {
                 continue;
             }
-            let shard = &mut self.shards[tracked.shard];
+            let Some(shard) = tracked.shard.and_then(|i| self.shards.get_mut(i)) else { continue };
             if !shard.is_ready() {
                 continue;
             }
@@ -851,17 +1103,32 @@ impl BrokerThread {
     }
 
     fn flush_shard(&mut self, i: usize) -> std::io::Result<()> {
+        let verbs = self.verbs();
+        let sharded = self.slots.is_some();
         let shard = &mut self.shards[i];
         let Some(pubsub) = shard.pubsub.as_mut() else { return Ok(()) };
         for (verb, topics) in [
-            (&b"UNSUBSCRIBE"[..], &mut shard.to_unsubscribe),
-            (&b"SUBSCRIBE"[..], &mut shard.to_subscribe),
+            (verbs.unsubscribe, &mut shard.to_unsubscribe),
+            (verbs.subscribe, &mut shard.to_subscribe),
         ] {
-            for batch in topics.chunks(SUBSCRIBE_BATCH) {
+            // Sharded (un)subscriptions name channels of one slot per command.
+            if sharded {
+                topics.sort_by_key(|t| super::key_slot(t));
+            }
+            let mut rest = &topics[..];
+            while !rest.is_empty() {
+                let slot = super::key_slot(&rest[0]);
+                let same = if sharded {
+                    rest.iter().take_while(|t| super::key_slot(t) == slot).count()
+                } else {
+                    rest.len()
+                };
+                let (batch, after) = rest.split_at(same.min(SUBSCRIBE_BATCH));
                 let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
                 args.push(verb);
                 args.extend(batch.iter().map(|t| &t[..]));
                 pubsub.command(&args);
+                rest = after;
             }
             topics.clear();
         }
@@ -912,7 +1179,7 @@ impl BrokerThread {
             Pending::Claim { name, reply_to } => {
                 let result = match reply {
                     Value::Simple(ok) if ok == "OK" => {
-                        self.leases.insert(name.clone(), i);
+                        self.leases.insert(name.clone());
                         Ok(())
                     }
                     Value::Bulk(None) | Value::Null => {
@@ -927,7 +1194,7 @@ impl BrokerThread {
                 self.tell(reply_to.worker, Answer::NameClaim { target: reply_to, name, result });
             }
             Pending::Lease { name } => {
-                if reply == Value::Integer(0) && self.leases.remove(&name).is_some() {
+                if reply == Value::Integer(0) && self.leases.remove(&name) {
                     self.broker().counters.leases_lost.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         "cluster: the lease on name {} went to another node (it expired during an outage)",
@@ -950,6 +1217,11 @@ impl BrokerThread {
                     }
                     // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
                     Value::Error(e) if e.starts_with("NOSCRIPT") => self.send_publish(i, op, true),
+                    Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                        self.slot_moved(&e);
+                        let why = "broker unavailable: the Redis Cluster moved this channel's slot; publish again";
+                        self.refuse(&op, why.into());
+                    }
                     Value::Error(e) if e.split_whitespace().any(|w| w == "NOTFOUND") => {
                         let who = String::from_utf8_lossy(&op.channel[1..]).into_owned();
                         let why = format!("no client named {who}");
@@ -966,6 +1238,10 @@ impl BrokerThread {
                     let after = self.sync_start(&topic);
                     self.send_sync(i, topic, after, true);
                 }
+                Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                    tracked_resubscribe(&mut self.tracked, &topic);
+                    self.slot_moved(&e);
+                }
                 reply => match parse_sync(reply) {
                     Ok(synced) => self.synced(i, topic, synced),
                     Err(e) => self.shard_down(i, &format!("unexpected sync reply: {e}")),
@@ -977,6 +1253,11 @@ impl BrokerThread {
     fn on_push(&mut self, i: usize, push: Value) {
         let parts = match push {
             Value::Array(Some(parts)) | Value::Push(parts) => parts,
+            // A sharded subscribe sent to a master that no longer owns the slot: read the slot
+            // map again (channels still subscribing are asked again there).
+            Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                return self.slot_moved(&e);
+            }
             Value::Error(e) => return self.shard_down(i, &format!("pub/sub: {e}")),
             // AUTH's +OK.
             _ => return,
@@ -987,14 +1268,14 @@ impl BrokerThread {
             return;
         };
         let topic = Bytes::from(topic);
-        if topic == self.probe_topic {
-            if &kind[..] == b"message" {
+        if topic == self.shards[i].probe_topic {
+            if matches!(&kind[..], b"message" | b"smessage") {
                 self.shards[i].probe_sent = None;
             }
             return;
         }
         match &kind[..] {
-            b"message" => {
+            b"message" | b"smessage" => {
                 self.broker().counters.messages_received.fetch_add(1, Ordering::Relaxed);
                 let Some(envelope) = parts.next().and_then(bulk).map(Bytes::from) else { return };
                 let Some(envelope) = Envelope::decode(envelope) else {
@@ -1013,7 +1294,7 @@ impl BrokerThread {
                     Some(State::Subscribing) | None => {}
                 }
             }
-            b"subscribe" => {
+            b"subscribe" | b"ssubscribe" => {
                 let Some(tracked) = self.tracked.get_mut(&topic) else { return };
                 if matches!(tracked.state, State::Subscribing) {
                     tracked.state = State::Syncing { buffer: Vec::new() };
@@ -1021,7 +1302,24 @@ impl BrokerThread {
                     self.send_sync(i, topic, after, false);
                 }
             }
+            // A Redis Cluster moved the slot of a channel still served here (a resharding or a
+            // failover): serve it from its new master.
+            b"sunsubscribe" if self.tracked.contains_key(&topic) => {
+                if let Some(tracked) = self.tracked.get_mut(&topic) {
+                    tracked.state = State::Subscribing;
+                }
+                self.slot_moved("a sharded subscription was ended by the server");
+            }
             _ => {}
+        }
+    }
+
+    /// Redis Cluster: a slot is not where the map said (MOVED, ASK, or a sharded subscription
+    /// ended by the server): read the map again now.
+    fn slot_moved(&mut self, why: &str) {
+        debug!("cluster: {why}; reading the slot map again");
+        if self.slots.is_some() {
+            self.discover_at = Some(Instant::now());
         }
     }
 
@@ -1057,7 +1355,11 @@ impl BrokerThread {
             );
             let shard = tracked.shard;
             tracked.state = State::Syncing { buffer: vec![envelope] };
-            self.send_sync(shard, topic.clone(), next - 1, false);
+            match shard {
+                Some(shard) => self.send_sync(shard, topic.clone(), next - 1, false),
+                // The slot map is being read again; the channel is subscribed anew after it.
+                None => tracked_resubscribe(&mut self.tracked, topic),
+            }
             return;
         }
         self.accept(&channel, envelope.offset, envelope.payload, now_ms(), true);
@@ -1192,6 +1494,13 @@ impl BrokerThread {
             registry.after_publish();
             return;
         }
+    }
+}
+
+/// Marks a channel to be subscribed again once the slot map is known.
+fn tracked_resubscribe(tracked: &mut HashMap<Bytes, Tracked>, topic: &Bytes) {
+    if let Some(t) = tracked.get_mut(topic) {
+        t.state = State::Subscribing;
     }
 }
 

@@ -50,12 +50,18 @@ use crate::server::channels::Channel;
 
 pub(crate) use broker::prepare;
 
-/// Cluster settings (`--redis`).
+/// Cluster settings (`--redis`, `--redis-cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Independent Redis servers; each channel lives on one of them (jump consistent hash of its
-    /// name), so adding servers spreads channels without moving most of them.
+    /// name), so adding servers spreads channels without moving most of them. With
+    /// `redis_cluster`, the seed nodes of one Redis Cluster instead.
     pub redis: Vec<RedisEndpoint>,
+    /// The servers are one Redis Cluster (>= 7): channels go where their hash slot is (the keys
+    /// and pub/sub channel of one fanout channel share a slot: hash tags), delivery uses sharded
+    /// pub/sub (SSUBSCRIBE, SPUBLISH), and the slot map is read from the cluster (and again
+    /// when it moves a slot).
+    pub redis_cluster: bool,
     /// Prefix of every key and pub/sub channel fanout uses in Redis.
     pub key_prefix: String,
     /// A channel's keys expire after this long without a publish (its epoch goes with them: a
@@ -76,6 +82,7 @@ impl ClusterConfig {
     pub fn new(redis: Vec<RedisEndpoint>) -> Self {
         ClusterConfig {
             redis,
+            redis_cluster: false,
             key_prefix: "fanout".into(),
             key_ttl: Duration::from_secs(86_400),
             command_timeout: Duration::from_secs(5),
@@ -163,6 +170,29 @@ pub fn shard_of(channel: &[u8], shards: usize) -> usize {
         j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
     }
     b.max(0) as usize
+}
+
+/// Redis Cluster's hash slot of `key`: CRC16 (XMODEM) of its hash tag (what is between the first
+/// `{` and the next `}`, when that is not empty) or of the whole key, modulo 16384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        rest.iter().position(|&b| b == b'}').filter(|&close| close > 0).map(|close| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % 16384
+}
+
+/// CRC16-CCITT (XMODEM), the one Redis Cluster hashes keys with.
+fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0u16, |crc, &b| {
+        (0..8).fold(crc ^ (u16::from(b) << 8), |crc, _| {
+            if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            }
+        })
+    })
 }
 
 /// Names in Redis for one fanout channel.
@@ -313,9 +343,20 @@ pub(crate) struct Broker {
 pub(crate) const MAX_IN_FLIGHT: u64 = 65_536;
 
 impl Broker {
-    /// Whether the Redis server of `channel` is reachable now.
+    /// Whether the Redis server of `channel` is reachable now (with a Redis Cluster: whether
+    /// every master is).
     pub fn is_up(&self, channel: &[u8]) -> bool {
+        if self.config.redis_cluster {
+            return self.shards[0].load(Ordering::Acquire);
+        }
         self.shards[shard_of(channel, self.shards.len())].load(Ordering::Acquire)
+    }
+
+    /// Why `channel` cannot be used in this cluster, if it cannot: in a Redis Cluster a name
+    /// that starts with `}` would leave its keys without a hash tag, on different slots.
+    pub fn unfit(&self, channel: &[u8]) -> Option<&'static str> {
+        (self.config.redis_cluster && channel.first() == Some(&b'}'))
+            .then_some("in a Redis Cluster a channel name cannot start with '}'")
     }
 
     /// Whether every Redis server is reachable (`/healthz`).
@@ -372,6 +413,19 @@ mod tests {
             names.iter().filter(|n| shard_of(n.as_bytes(), 3) != shard_of(n.as_bytes(), 4)).count();
         assert!((2000..3000).contains(&moved), "about a quarter moves to the new server: {moved}");
         assert!(names.iter().all(|n| shard_of(n.as_bytes(), 1) == 0));
+    }
+
+    #[test]
+    fn key_slots_are_redis_clusters() {
+        // From Redis's documentation and its CRC16 test vector.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"somekey"), 11058);
+        assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384, "an empty tag is no tag");
+        let keys = Keys::new("fanout", b"room.7");
+        assert_eq!(key_slot(&keys.topic), key_slot(&keys.meta()));
+        assert_eq!(key_slot(&keys.topic), key_slot(&keys.log()));
     }
 
     #[test]

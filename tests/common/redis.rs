@@ -23,6 +23,16 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
+/// A free port whose cluster bus port (10,000 above it) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisServer {
     /// A server with no persistence.
     pub fn start() -> RedisServer {
@@ -32,10 +42,14 @@ impl RedisServer {
     /// A server with `args` (e.g. `--appendonly yes --appendfsync always`, so that a SIGKILL and
     /// restart keeps every acknowledged write).
     pub fn start_with(args: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), args)
+    }
+
+    fn start_on(port: u16, args: &[&str]) -> RedisServer {
         let dir = TempDir::new("redis");
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir,
             extra: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -161,5 +175,81 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         // SIGKILL ends a frozen (stopped) server too.
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `masters` local redis-server processes (no replicas), created with
+/// `redis-cli --cluster create`, every slot assigned.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> RedisCluster {
+        let masters: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_on(
+                    free_cluster_port(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> =
+            masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs (apt-get install redis-tools)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + PATIENCE;
+        for master in &masters {
+            loop {
+                let info = match master.command(&["CLUSTER", "INFO"]) {
+                    Value::Bulk(Some(info)) => String::from_utf8_lossy(&info).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not form: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { masters }
+    }
+
+    /// The master that holds `key`'s slot.
+    pub fn master_of(&self, key: &str) -> &RedisServer {
+        let slot = fanout::cluster::key_slot(key.as_bytes());
+        let Value::Array(Some(ranges)) = self.masters[0].command(&["CLUSTER", "SLOTS"]) else {
+            panic!("CLUSTER SLOTS");
+        };
+        for range in ranges {
+            let Value::Array(Some(parts)) = range else { continue };
+            let (Value::Integer(first), Value::Integer(last)) = (&parts[0], &parts[1]) else {
+                continue;
+            };
+            if (*first..=*last).contains(&i64::from(slot)) {
+                let Value::Array(Some(master)) = &parts[2] else { continue };
+                let Value::Integer(port) = master[1] else { continue };
+                return self.masters.iter().find(|m| i64::from(m.port) == port).expect("a master");
+            }
+        }
+        panic!("no master holds slot {slot}");
     }
 }

@@ -137,6 +137,9 @@ impl Worker {
         if let Err((code, why)) = Self::subscribable(name) {
             return self.refuse(key, code, &why);
         }
+        if let Some(why) = self.unfit_for_cluster(name) {
+            return self.refuse(key, ErrorCode::InvalidName, why);
+        }
         // Resuming is subscribing: the same permission, checked before anything is replayed.
         if !self.permitted(key, Action::Subscribe, name)?
             || !self.within_rate(key, Rate::Subscribe)?
@@ -181,6 +184,11 @@ impl Worker {
             }
             Some(resume) => self.start_replay(key, channel, resume),
         }
+    }
+
+    /// Why a valid channel name cannot be used in this server's cluster, if it cannot.
+    pub(super) fn unfit_for_cluster(&self, name: &[u8]) -> Option<&'static str> {
+        self.shared.broker.as_ref().and_then(|broker| broker.unfit(name))
     }
 
     /// Whether this node serves `channel` now. Always, on a single node; in a cluster, once it is
@@ -467,6 +475,9 @@ impl Worker {
                 return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
             }
         };
+        if let Some(why) = self.unfit_for_cluster(name) {
+            return self.refuse(key, ErrorCode::InvalidName, why);
+        }
         if !self.permitted(key, Action::Publish, name)? || !self.within_rate(key, Rate::Publish)? {
             return Ok(());
         }

@@ -58,6 +58,9 @@ impl Worker {
                 return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"))
             }
         }
+        if let Some(why) = self.unfit_for_cluster(&name) {
+            return self.refuse(key, ErrorCode::InvalidName, why);
+        }
         if !self.permitted(key, Action::Subscribe, &name)? {
             return Ok(());
         }
