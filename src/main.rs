@@ -92,6 +92,10 @@ struct LoadArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7400")]
     server: SocketAddr,
+    /// Subscribers connect here instead (repeat it for a cluster's nodes: subscriber i goes to
+    /// the i-th modulo their number; publishers stay on --server).
+    #[arg(long = "subscribe-to", value_name = "ADDR")]
+    subscribe_to: Vec<SocketAddr>,
     /// Wire protocol: binary or text (fanout TCP), ws-binary or ws-json (fanout WebSocket
     /// subscribers; publishers use binary TCP), resp (Redis), nats.
     #[arg(long, default_value = "binary")]
@@ -637,6 +641,7 @@ fn subscribe(
 fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = fanout::load::LoadConfig {
         server: args.server,
+        subscribe_to: args.subscribe_to.clone(),
         protocol: args.protocol,
         channel_prefix: args.channel_prefix,
         max_per_process: args.max_per_process,

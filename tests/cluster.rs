@@ -453,12 +453,23 @@ fn a_subscribe_waits_while_redis_is_unreachable_then_completes() {
     subscriber.send(Request::Subscribe { channel: b"later", resume: None });
     assert_eq!(subscriber.read(Duration::from_millis(300)), Read_::Nothing, "not served yet");
     redis.restart();
-    match subscriber.read(PATIENCE) {
-        Read_::Frame(Frame::Ok { ack: Ack::Subscribe, arg }) => assert_eq!(arg, "later"),
-        other => panic!("{other:?}"),
+    // Redis came back empty: the broadcast channel `*` has a new log, and every connection is
+    // told so, once (before or after the subscribe's answer: they come from different places).
+    let epoch_notice = |frame: &Frame| matches!(frame, Frame::Hist { channel, status: fanout::history::ResumeStatus::EpochChanged, .. } if channel == "*");
+    let mut noticed = false;
+    loop {
+        match subscriber.next() {
+            Frame::Ok { ack: Ack::Subscribe, arg } if arg == "later" => break,
+            frame if epoch_notice(&frame) && !noticed => noticed = true,
+            other => panic!("expected the subscribe's answer, got {other:?}"),
+        }
     }
     let mut publisher = Conn::text(a.local_addr());
     assert_eq!(publish_acked(&mut publisher, "later", b"hi"), Ok(1));
+    if !noticed {
+        let frame = subscriber.next();
+        assert!(epoch_notice(&frame), "expected the epoch notice of *, got {frame:?}");
+    }
     assert_eq!(messages(&mut subscriber, 1), vec![("later".into(), 1, b"hi".to_vec())]);
 }
 
@@ -663,4 +674,32 @@ fn a_redis_cluster_of_three_masters_carries_every_channel_with_sharded_pub_sub()
     // A name that starts with `}` cannot be hash-tagged: refused, with the reason.
     let (code, reason) = publish_acked(&mut publisher, "}odd", b"x").expect_err("refused");
     assert_eq!(code, 422, "{reason}");
+}
+
+#[test]
+fn subscribers_are_told_when_a_channel_starts_over_under_a_new_epoch() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::text(a.local_addr());
+    subscriber.subscribe("reborn");
+    let mut publisher = Conn::binary(b.local_addr());
+    for k in 1..=3u64 {
+        assert_eq!(publish_acked(&mut publisher, "reborn", b"old"), Ok(k));
+    }
+    assert_eq!(messages(&mut subscriber, 3).last().map(|m| m.1), Some(3));
+    let old_epoch = epoch_in_redis(&redis, "reborn");
+    // The channel's keys vanish (they expired, or Redis lost them): the next publish starts a
+    // new log.
+    redis.command(&["DEL", "fanout:{reborn}:meta", "fanout:{reborn}:log"]);
+    assert_eq!(publish_acked(&mut publisher, "reborn", b"new"), Ok(1));
+    let new_epoch = epoch_in_redis(&redis, "reborn");
+    assert_ne!(new_epoch, old_epoch);
+    match subscriber.next() {
+        Frame::Hist { epoch, status, .. } => {
+            assert_eq!((epoch, status), (new_epoch, fanout::history::ResumeStatus::EpochChanged))
+        }
+        other => panic!("expected the epoch notice, got {other:?}"),
+    }
+    assert_eq!(messages(&mut subscriber, 1), vec![("reborn".into(), 1, b"new".to_vec())]);
+    assert_eq!(a.stats().cluster_epoch_changes, 1);
 }

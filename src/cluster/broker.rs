@@ -30,7 +30,7 @@ use crate::history::disk::{AckTarget, Persisted};
 use crate::history::{new_epoch, now_ms, Mirror, Retained};
 use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
-use crate::server::channels::{Channel, Message};
+use crate::server::channels::{Channel, Message, EPOCH_NOTICE};
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, Shared};
 
@@ -202,8 +202,10 @@ enum Pending {
     /// AUTH, SELECT, SCRIPT LOAD: an error reply fails the connection.
     Setup(&'static str),
     Publish(PublishOp),
+    /// The sync script, reading the stream after `after`.
     Sync {
         topic: Bytes,
+        after: u64,
     },
     /// The liveness probe's PUBLISH.
     Probe,
@@ -996,7 +998,7 @@ impl BrokerThread {
             after.to_string().as_bytes(),
             SYNC_PAGE.to_string().as_bytes(),
         ]);
-        self.shards[i].pending.push_back((Instant::now(), Pending::Sync { topic }));
+        self.shards[i].pending.push_back((Instant::now(), Pending::Sync { topic, after }));
     }
 
     /// Starts serving `channel` on this node (a worker found it idle).
@@ -1233,17 +1235,16 @@ impl BrokerThread {
                     }
                 }
             }
-            Pending::Sync { topic } => match reply {
+            Pending::Sync { topic, after } => match reply {
                 Value::Error(e) if e.starts_with("NOSCRIPT") => {
-                    let after = self.sync_start(&topic);
-                    self.send_sync(i, topic, after, true);
+                    self.send_sync(i, topic, after, true)
                 }
                 Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
                     tracked_resubscribe(&mut self.tracked, &topic);
                     self.slot_moved(&e);
                 }
                 reply => match parse_sync(reply) {
-                    Ok(synced) => self.synced(i, topic, synced),
+                    Ok(synced) => self.synced(i, topic, after, synced),
                     Err(e) => self.shard_down(i, &format!("unexpected sync reply: {e}")),
                 },
             },
@@ -1354,9 +1355,11 @@ impl BrokerThread {
                 envelope.epoch
             );
             let shard = tracked.shard;
+            // Another epoch is another log: read all of it.
+            let after = if envelope.epoch == epoch { next - 1 } else { 0 };
             tracked.state = State::Syncing { buffer: vec![envelope] };
             match shard {
-                Some(shard) => self.send_sync(shard, topic.clone(), next - 1, false),
+                Some(shard) => self.send_sync(shard, topic.clone(), after, false),
                 // The slot map is being read again; the channel is subscribed anew after it.
                 None => tracked_resubscribe(&mut self.tracked, topic),
             }
@@ -1368,9 +1371,14 @@ impl BrokerThread {
     /// Applies a page of a sync: a fresh mirror (or another epoch) starts the log over from the
     /// stream; otherwise the stream fills in after what the log has. When the log has reached
     /// the latest offset, the buffered live messages follow and the channel is live.
-    fn synced(&mut self, i: usize, topic: Bytes, (epoch, last, entries): Synced) {
+    fn synced(&mut self, i: usize, topic: Bytes, after: u64, (epoch, last, entries): Synced) {
         let Some(tracked) = self.tracked.get_mut(&topic) else { return };
         if !matches!(tracked.state, State::Syncing { .. }) {
+            return;
+        }
+        if after > 0 && tracked.channel.lock_log().epoch != epoch {
+            // Another log: all of its stream is new here (the buffer waits on).
+            self.send_sync(i, topic, 0, false);
             return;
         }
         let channel = tracked.channel.clone();
@@ -1395,6 +1403,10 @@ impl BrokerThread {
             }
             restart
         };
+        if restart && !fresh {
+            // Live subscribers are told before the new log's messages reach them.
+            self.put_in_ring(&channel, EPOCH_NOTICE, Bytes::new());
+        }
         let to_ring = !fresh;
         let mut reached = None;
         let mut filled = 0;
@@ -1451,6 +1463,23 @@ impl BrokerThread {
                 continue;
             }
             self.deliver_live(&topic, envelope);
+        }
+    }
+
+    /// Puts an item into the ring (a full ring is waited out, as in `accept`).
+    fn put_in_ring(&mut self, channel: &Arc<Channel>, offset: u64, payload: Bytes) {
+        loop {
+            let message =
+                Arc::new(Message { channel: channel.clone(), offset, payload: payload.clone() });
+            if self.producer.try_publish(message).is_ok() {
+                self.delivered = true;
+                return;
+            }
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            self.shared.wake_others(usize::MAX);
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 

@@ -63,6 +63,12 @@ pub(crate) fn spawn(
             .arg("load")
             .arg("--child")
             .args(["--server", &config.server.to_string()])
+            .args(
+                config
+                    .subscribe_to
+                    .iter()
+                    .flat_map(|a| ["--subscribe-to".to_string(), a.to_string()]),
+            )
             .args(["--protocol", &config.protocol.to_string()])
             .args(["--subscribers", &share.to_string()])
             .args(["--first-subscriber", &first.to_string()])

@@ -38,8 +38,11 @@ pub use wire::Protocol;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// Server address.
+    /// Server address (publishers, and subscribers unless `subscribe_to` is given).
     pub server: SocketAddr,
+    /// Subscribers connect to these instead, subscriber `i` to `subscribe_to[i % len]` (a
+    /// cluster's nodes: publish on one, receive on all).
+    pub subscribe_to: Vec<SocketAddr>,
     /// Wire protocol (fanout binary or text, Redis RESP, NATS).
     pub protocol: Protocol,
     /// Subscriber connections.
@@ -88,6 +91,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             server: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            subscribe_to: Vec::new(),
             protocol: Protocol::FanoutBinary,
             subscribers: 1000,
             channels: 1,
@@ -338,8 +342,15 @@ pub(crate) fn spawn_loops(
                 })
                 .collect()
         });
+        let servers = (t..config.subscribers)
+            .step_by(threads)
+            .map(|i| match config.subscribe_to.len() {
+                0 => config.server,
+                n => config.subscribe_to[(config.first_subscriber + i) % n],
+            })
+            .collect();
         let plan = LoopPlan {
-            server: config.server,
+            servers,
             protocol: config.protocol,
             channels,
             source: config.source,

@@ -89,7 +89,8 @@ impl Totals {
 /// What one loop needs to know.
 #[derive(Debug, Clone)]
 pub(crate) struct LoopPlan {
-    pub server: SocketAddr,
+    /// The server of each subscriber, in `channels` order.
+    pub servers: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub channels: Vec<String>,
     pub source: Option<Ipv4Addr>,
@@ -125,7 +126,7 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
     };
     let mut subs: Vec<Subscriber> = Vec::with_capacity(plan.channels.len());
     for (i, channel) in plan.channels.iter().enumerate() {
-        match connect(&poll, plan.server, plan.source, i) {
+        match connect(&poll, plan.servers[i], plan.source, i) {
             Ok(stream) => {
                 let mut output = Vec::new();
                 let token = plan.tokens.as_ref().and_then(|tokens| tokens.get(i));
@@ -142,7 +143,7 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
                 });
             }
             Err(e) => {
-                log::error!("load: connection {i} to {} failed: {e}", plan.server);
+                log::error!("load: connection {i} to {} failed: {e}", plan.servers[i]);
                 progress.failed.fetch_add(1, Ordering::Relaxed);
                 totals.errors += 1;
             }

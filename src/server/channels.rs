@@ -61,7 +61,12 @@ impl Channel {
     }
 }
 
-/// What travels through the ring: one published message.
+/// The offset of a ring item that is not a message but a notice (cluster mode): the channel's log
+/// started over under a new epoch (its keys in Redis expired, or Redis lost them), so its
+/// subscribers are told, as a resume would tell them, before the new log's messages follow.
+pub const EPOCH_NOTICE: u64 = u64::MAX;
+
+/// What travels through the ring: one published message (or an `EPOCH_NOTICE`).
 #[derive(Debug)]
 pub struct Message {
     /// Its channel.

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::Worker;
-use crate::protocol::{ChannelKind, Format};
-use crate::server::channels::Channel;
+use crate::history::ResumeStatus;
+use crate::protocol::{ChannelKind, Format, HistoryStatus};
+use crate::server::channels::{Channel, EPOCH_NOTICE};
 use crate::server::conn::{Conn, Membership};
 use crate::server::stats::WorkerCounters;
 use crate::server::Item;
@@ -106,6 +107,27 @@ impl Batches {
         };
         let batch = &mut slots[slot];
         let mut encoded = 0;
+        if message.offset == EPOCH_NOTICE {
+            let channel = &message.channel;
+            let notice = HistoryStatus {
+                channel: &channel.name,
+                epoch: channel.epoch(),
+                first: 1,
+                last: 0,
+                status: ResumeStatus::EpochChanged,
+            };
+            for format in Format::ALL {
+                if batch.audience.per_format[format as usize] > 0 {
+                    let frame = format.encode_history(&notice);
+                    batch.frames[format as usize].extend_from_slice(&frame);
+                    encoded += frame.len();
+                }
+            }
+            if batch.audience.keep_items {
+                batch.items.push(message);
+            }
+            return encoded;
+        }
         for format in Format::ALL {
             if batch.audience.per_format[format as usize] > 0 {
                 let out = &mut batch.frames[format as usize];
@@ -291,12 +313,33 @@ impl Worker {
         let channel_id = channel.id;
         let Some(local) = self.index.get(channel_id) else { return };
         let catching_up = local.catching_up.clone();
+        // After an epoch notice the log started over: what a subscriber had counts no more.
+        let restart = items.iter().rposition(|m| m.offset == EPOCH_NOTICE);
+        let items = restart.map_or(items, |notice| &items[notice + 1..]);
         let last_in_batch = items.last().map_or(0, |m| m.offset);
         let cap = self.shared.config.write_queue_cap_bytes;
         // The index holds only open connections (lifecycle invariant 2).
         for (key, has) in catching_up {
             let conn = &mut self.conns[key];
             let Some(format) = conn.format else { continue };
+            let has = if restart.is_some() {
+                let notice = HistoryStatus {
+                    channel: &channel.name,
+                    epoch: channel.epoch(),
+                    first: 1,
+                    last: 0,
+                    status: ResumeStatus::EpochChanged,
+                };
+                if conn.polling()
+                    || !self.out.deliver(key, conn, format.encode_history(&notice), cap)
+                {
+                    continue;
+                }
+                0
+            } else {
+                has
+            };
+            let conn = &mut self.conns[key];
             let fresh = items.iter().filter(|m| m.offset > has);
             if conn.polling() {
                 let fresh: Vec<&Item> = fresh.collect();
@@ -317,7 +360,7 @@ impl Worker {
                     self.sse_sent(key, channel, last_in_batch, false);
                 }
             }
-            if last_in_batch > has {
+            if last_in_batch > has || restart.is_some() {
                 self.index.finish_catching_up(channel_id, key);
                 let position = self.index.add(channel_id, key, format);
                 if let Some(entry) = self.conns[key].subscription_mut(channel_id) {

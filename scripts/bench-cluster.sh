@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The cluster through Redis, measured on this host (figures, not pass/fail):
+#
+#   scale    1, 2, 3 and 4 nodes behind one redis-server, SUBS subscribers per node (default
+#            10,000) on one channel, one publisher on node 1 as fast as the window allows:
+#            deliveries/s in total, CPU seconds of the nodes and of Redis per million deliveries.
+#   latency  1,000 subscribers at a fixed 1,000 msg/s for 10 s, one node on its own and one node
+#            through Redis, side by side: end-to-end p50/p99/max (what Redis adds).
+#   publish  publishes/s through one Redis (acknowledged by the script, pipelined by the broker
+#            thread) to 1 channel and to 1,000 channels, next to `redis-benchmark` doing plain
+#            pipelined PUBLISH on the same Redis (the ceiling).
+#   c100k    5 nodes x 19,900 subscribers (a process may hold 20,000 descriptors here) = 99,500
+#            on one channel, the load generator spread over child processes and source
+#            addresses; a few broadcasts: time from publish to the last delivery, and each
+#            node's resident memory per connection.
+#
+#   scripts/bench-cluster.sh                    # all parts
+#   PARTS="scale latency" scripts/bench-cluster.sh
+#   NODES="1 2" SUBS=5000 PARTS=scale scripts/bench-cluster.sh
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+PARTS=${PARTS:-scale latency publish c100k}
+NODES=${NODES:-1 2 3 4}
+SUBS=${SUBS:-10000}
+command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+build_fanout
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$ROOT/bench-results"
+OUT="$ROOT/bench-results/cluster-$(date +%Y%m%d-%H%M%S).md"
+say() { echo "$*" | tee -a "$OUT"; }
+
+CLK_TCK=$(getconf CLK_TCK)
+# CPU seconds (user + system) a process has used.
+cpu_seconds() { awk -v hz="$CLK_TCK" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+start_redis() {
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --protected-mode no \
+    --maxclients 50000 --loglevel warning >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  wait_for_port "$REDIS_PORT"
+}
+
+# start_node [--redis URL]: sets NODE_PORT and NODE_PID.
+start_node() {
+  NODE_PORT=$(free_port)
+  "$FANOUT" serve --listen "127.0.0.1:$NODE_PORT" --workers 1 --no-pin --stats-interval-secs 0 \
+    "$@" >"$WORK/node-$NODE_PORT.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_for_port "$NODE_PORT"
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NODE_PORT/healthz")" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "node on $NODE_PORT never became ready" >&2
+  return 1
+}
+
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+say "# fanout cluster benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(redis-server --version | awk '{print $3}')"
+say ""
+
+if [[ " $PARTS " == *" scale "* ]]; then
+  say "## Fan-out through one Redis: $SUBS subscribers per node, one channel, 64-byte messages"
+  say ""
+  say "| nodes | subscribers | deliveries/s | lost | node CPU s / M deliveries | Redis CPU s / M deliveries |"
+  say "|---|---|---|---|---|---|"
+  for n in $NODES; do
+    start_redis
+    ports=(); pids=()
+    for _ in $(seq 1 "$n"); do
+      start_node --redis "redis://127.0.0.1:$REDIS_PORT"
+      ports+=("$NODE_PORT"); pids+=("$NODE_PID")
+    done
+    subscribe_to=()
+    for port in "${ports[@]}"; do subscribe_to+=(--subscribe-to "127.0.0.1:$port"); done
+    subs=$((SUBS * n))
+    messages=$((3000 * 10000 / SUBS))
+    before_nodes=0
+    for pid in "${pids[@]}"; do before_nodes=$(echo "$before_nodes + $(cpu_seconds "$pid")" | bc); done
+    before_redis=$(cpu_seconds "$REDIS_PID")
+    line=$("$FANOUT" load --quiet --server "127.0.0.1:${ports[0]}" "${subscribe_to[@]}" \
+             --subscribers "$subs" --channels 1 --messages "$messages" --payload-bytes 64 \
+             --max-per-process 15000 2>"$WORK/load.err" | grep '^{' || true)
+    after_nodes=0
+    for pid in "${pids[@]}"; do after_nodes=$(echo "$after_nodes + $(cpu_seconds "$pid")" | bc); done
+    after_redis=$(cpu_seconds "$REDIS_PID")
+    stop_all
+    if [ -z "$line" ]; then
+      say "| $n | $subs | load failed: $(tail -1 "$WORK/load.err") | | | |"
+      continue
+    fi
+    rate=$(json_field "$line" deliveries_per_second)
+    delivered=$(json_field "$line" delivered)
+    lost=$(json_field "$line" lost)
+    node_cpu=$(echo "scale=3; ($after_nodes - $before_nodes) * 1000000 / $delivered" | bc)
+    redis_cpu=$(echo "scale=4; ($after_redis - $before_redis) * 1000000 / $delivered" | bc)
+    say "| $n | $subs | $(printf '%.0f' "$rate") | $lost | $node_cpu | $redis_cpu |"
+  done
+  say ""
+fi
+
+if [[ " $PARTS " == *" latency "* ]]; then
+  say "## Latency at 1,000 msg/s for 10 s: one node alone vs one node through Redis"
+  say ""
+  say "(With 1,000 subscribers the load generator receives a million deliveries a second on a"
+  say "core it shares with the node and Redis: its own scheduling is in every figure.)"
+  say ""
+  say "| subscribers | setup | p50 µs | p99 µs | max µs | lost |"
+  say "|---|---|---|---|---|---|"
+  for subscribers in 10 1000; do
+    for setup in alone redis; do
+      if [ "$setup" = redis ]; then
+        start_redis
+        start_node --redis "redis://127.0.0.1:$REDIS_PORT"
+      else
+        start_node
+      fi
+      line=$("$FANOUT" load --quiet --server "127.0.0.1:$NODE_PORT" --subscribers "$subscribers" \
+               --channels 1 --messages 10000 --rate 1000 --payload-bytes 64 2>"$WORK/load.err" | grep '^{' || true)
+      stop_all
+      say "| $subscribers | $setup | $(json_field "$line" p50_us) | $(json_field "$line" p99_us) | $(json_field "$line" max_us) | $(json_field "$line" lost) |"
+    done
+  done
+  say ""
+fi
+
+if [[ " $PARTS " == *" publish "* ]]; then
+  say "## Publishes/s through one Redis (one publisher, acknowledged, pipelined by the broker)"
+  say ""
+  say "| what | messages/s |"
+  say "|---|---|"
+  for channels in 1 1000; do
+    start_redis
+    start_node --redis "redis://127.0.0.1:$REDIS_PORT"
+    line=$("$FANOUT" load --quiet --server "127.0.0.1:$NODE_PORT" --subscribers "$channels" \
+             --channels "$channels" --messages 200000 --payload-bytes 64 2>"$WORK/load.err" | grep '^{' || true)
+    stop_all
+    say "| fanout through Redis, $channels channel(s), one subscriber each | $(printf '%.0f' "$(json_field "$line" deliveries_per_second)") |"
+  done
+  start_redis
+  bench=$(redis-benchmark -p "$REDIS_PORT" -n 1000000 -P 64 -c 4 -q PUBLISH ch 0123456789012345678901234567890123456789012345678901234567890123 2>/dev/null \
+            | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{print $1}')
+  stop_all
+  say "| redis-benchmark PUBLISH (pipeline 64, 4 clients, no subscribers): the ceiling | ${bench:-n/a} |"
+  say ""
+fi
+
+if [[ " $PARTS " == *" c100k "* ]]; then
+  say "## C100K: 5 nodes x 19,900 subscribers through one Redis, one channel"
+  say ""
+  start_redis
+  ports=(); pids=(); rss_before=()
+  for _ in 1 2 3 4 5; do
+    start_node --redis "redis://127.0.0.1:$REDIS_PORT" --max-connections 19900
+    ports+=("$NODE_PORT"); pids+=("$NODE_PID"); rss_before+=("$(rss_bytes "$NODE_PID")")
+  done
+  subscribe_to=()
+  for port in "${ports[@]}"; do subscribe_to+=(--subscribe-to "127.0.0.1:$port"); done
+  publisher_port=$(free_port)
+  # The publisher gets a node of its own (the five are full).
+  start_node --redis "redis://127.0.0.1:$REDIS_PORT"
+  publisher_port=$NODE_PORT
+  line=$("$FANOUT" load --quiet --server "127.0.0.1:$publisher_port" "${subscribe_to[@]}" \
+           --subscribers 99500 --channels 1 --messages 5 --rate 1 --payload-bytes 64 \
+           --max-per-process 18000 --hold-secs 1 2>"$WORK/load.err" | grep '^{' || true)
+  rss_per=()
+  for i in 0 1 2 3 4; do
+    rss=$(rss_bytes "${pids[$i]}")
+    rss_per+=("$(( (rss - ${rss_before[$i]}) / 19900 ))")
+  done
+  stop_all
+  if [ -z "$line" ]; then
+    say "load failed: $(tail -3 "$WORK/load.err")"
+  else
+    say "- subscribers: $(json_field "$line" connections), deliveries: $(json_field "$line" delivered), lost: $(json_field "$line" lost)"
+    say "- publish to delivery, over all 5 broadcasts x 99,500: p50 $(json_field "$line" p50_us) µs, p99 $(json_field "$line" p99_us) µs, last delivery (max) $(json_field "$line" max_us) µs"
+    say "- node resident memory per connection (bytes, each of the 5): ${rss_per[*]}"
+  fi
+  say ""
+fi
+echo "results: $OUT"
