@@ -703,3 +703,98 @@ fn subscribers_are_told_when_a_channel_starts_over_under_a_new_epoch() {
     assert_eq!(messages(&mut subscriber, 1), vec![("reborn".into(), 1, b"new".to_vec())]);
     assert_eq!(a.stats().cluster_epoch_changes, 1);
 }
+
+#[test]
+fn a_burst_of_publishes_goes_to_redis_in_runs_and_arrives_whole_and_in_order() {
+    const BURST: usize = 2000;
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::binary(b.local_addr());
+    subscriber.subscribe("burst");
+    // One write holding the whole burst, acknowledged publishes of growing payloads.
+    let mut frames = Vec::new();
+    for k in 0..BURST {
+        let payload = vec![b'x'; k % 300];
+        fanout::protocol::binary::encode_request(
+            &Request::PublishAcked { channel: b"burst", payload: payload.into() },
+            &mut frames,
+        );
+    }
+    let mut publisher = Conn::binary(a.local_addr());
+    publisher.send_raw(&frames);
+    let acks: Vec<u64> = (0..BURST)
+        .map(|_| match publisher.next() {
+            Frame::Ack { offset, .. } => offset,
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, (1..=BURST as u64).collect::<Vec<_>>(), "acknowledged in order");
+    let got = messages(&mut subscriber, BURST);
+    for (k, (_, offset, payload)) in got.iter().enumerate() {
+        assert_eq!((*offset, payload.len()), (k as u64 + 1, k % 300));
+    }
+    let calls = match redis.command(&["INFO", "commandstats"]) {
+        Value::Bulk(Some(text)) => String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .expect("evalsha calls"),
+        other => panic!("{other:?}"),
+    };
+    assert!(calls < BURST / 4, "{calls} script calls for {BURST} publishes: not batched");
+}
+
+#[test]
+fn a_burst_over_many_channels_is_one_script_call_per_turn_with_every_answer_in_order() {
+    const BURST: usize = 1000;
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut subscriber = Conn::text(b.local_addr());
+    for c in 0..50 {
+        subscriber.subscribe(&format!("multi.{c}"));
+    }
+    // Interleaved channels, and now and then an inbox nobody holds (refused where it stands).
+    let target =
+        |k: usize| if k % 100 == 99 { "@nobody".to_string() } else { format!("multi.{}", k % 50) };
+    let mut frames = Vec::new();
+    for k in 0..BURST {
+        let channel = target(k);
+        let payload = format!("m{k}");
+        fanout::protocol::binary::encode_request(
+            &Request::PublishAcked {
+                channel: channel.as_bytes(),
+                payload: payload.as_bytes().into(),
+            },
+            &mut frames,
+        );
+    }
+    let mut publisher = Conn::binary(a.local_addr());
+    publisher.send_raw(&frames);
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expected_messages: BTreeMap<String, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for k in 0..BURST {
+        let channel = target(k);
+        match publisher.next() {
+            Frame::Ack { channel: c, offset } => {
+                assert_eq!(c, channel, "answer {k} in publish order");
+                let want = next.entry(channel.clone()).or_insert(0);
+                *want += 1;
+                assert_eq!(offset, *want, "{channel}");
+                expected_messages
+                    .entry(channel)
+                    .or_default()
+                    .push((offset, format!("m{k}").into_bytes()));
+            }
+            Frame::Err { code, reason } => {
+                assert_eq!((channel.as_str(), code), ("@nobody", 404), "answer {k}: {reason}");
+            }
+            other => panic!("answer {k}: {other:?}"),
+        }
+    }
+    let mut got: BTreeMap<String, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for (channel, offset, payload) in messages(&mut subscriber, BURST - BURST / 100) {
+        got.entry(channel).or_default().push((offset, payload));
+    }
+    assert_eq!(got, expected_messages);
+}

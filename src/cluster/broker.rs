@@ -43,6 +43,9 @@ const NO_SHARD: u16 = u16::MAX;
 const SUBSCRIBE_BATCH: usize = 512;
 /// Stream entries per sync script call.
 const SYNC_PAGE: usize = 1000;
+/// Publishes sent as one script call, at most (and about this many payload bytes).
+const BATCH_MESSAGES: usize = 1024;
+const BATCH_BYTES: usize = 1 << 20;
 /// How often channels without local subscribers are let go of.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -50,27 +53,54 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const QUIET_AFTER: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Gives a message its offset, appends it to the channel's stream, publishes its envelope.
-/// KEYS: meta, log, and for an inbox the name's lease (no holder: `NOTFOUND`). ARGV: pub/sub
-/// channel, payload, candidate epoch (8 bytes, used when the channel has none), messages to keep
-/// (0: no stream), key lifetime (ms), time (ms), and PUBLISH or (Redis Cluster) SPUBLISH.
+/// Gives runs of messages their offsets, appends them to their channels' streams and publishes
+/// one envelope per channel carrying its run: one script call for a whole turn's publishes to
+/// one server (or one slot of a Redis Cluster), not one per message.
+/// KEYS, per channel: meta, log, and for an inbox the name's lease. ARGV: channels in the call,
+/// candidate epoch (8 bytes, for a channel that has none), messages to keep (0: no stream), key
+/// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
+/// channel, '1' if it has a lease key, its message count, and the payloads. Returns each
+/// channel's first offset, or -1 for an inbox whose name nobody holds (nothing published).
 const PUBLISH_LUA: &str = r"
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then
-  return redis.error_reply('NOTFOUND no client holds this name')
+local keep = tonumber(ARGV[3])
+local firsts = {}
+local k, a = 1, 7
+for c = 1, tonumber(ARGV[1]) do
+  local meta, log = KEYS[k], KEYS[k + 1]
+  local topic, leased, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  k, a = k + 2, a + 3
+  local held = true
+  if leased == '1' then
+    held = redis.call('EXISTS', KEYS[k]) == 1
+    k = k + 1
+  end
+  if held then
+    local epoch = redis.call('HGET', meta, 'e')
+    if not epoch then
+      epoch = ARGV[2]
+      redis.call('HSET', meta, 'e', epoch)
+    end
+    local first = redis.call('HINCRBY', meta, 'o', count) - count + 1
+    local run = {}
+    for m = 1, count do
+      local payload = ARGV[a + m - 1]
+      if keep > 0 then
+        redis.call('XADD', log, 'MAXLEN', '~', keep, '0-' .. (first + m - 1), 'p', payload, 't', ARGV[5])
+      end
+      run[m] = struct.pack('>I4', #payload) .. payload
+    end
+    if keep > 0 then
+      redis.call('PEXPIRE', log, ARGV[4])
+    end
+    redis.call('PEXPIRE', meta, ARGV[4])
+    redis.call(ARGV[6], topic, '\2' .. epoch .. struct.pack('>I8I4', first, count) .. table.concat(run))
+    firsts[c] = first
+  else
+    firsts[c] = -1
+  end
+  a = a + count
 end
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('HSET', KEYS[1], 'e', epoch)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. offset, 'p', ARGV[2], 't', ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call(ARGV[7], ARGV[1], '\1' .. epoch .. struct.pack('>I8', offset) .. ARGV[2])
-return offset
+return firsts
 ";
 
 /// Reads a channel's epoch (creating it when missing), latest offset, and stream entries after
@@ -107,6 +137,32 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// Publishes for one script call: the channels in the order first met, and the publishes in the
+/// order they came, each with its channel's index.
+#[derive(Default)]
+struct PublishBatch {
+    channels: Vec<Bytes>,
+    /// Channel name -> its index in `channels`.
+    index: HashMap<Bytes, usize>,
+    /// Per channel, its publishes' indexes in `ops`, in order.
+    members: Vec<Vec<usize>>,
+    ops: Vec<(usize, PublishOp)>,
+    bytes: usize,
+}
+
+impl PublishBatch {
+    fn add(&mut self, op: PublishOp) {
+        let c = *self.index.entry(op.channel.clone()).or_insert_with(|| {
+            self.channels.push(op.channel.clone());
+            self.members.push(Vec::new());
+            self.channels.len() - 1
+        });
+        self.bytes += op.payload.len();
+        self.members[c].push(self.ops.len());
+        self.ops.push((c, op));
+    }
+}
 
 /// The pub/sub commands in use.
 struct Verbs {
@@ -201,27 +257,18 @@ impl Script {
 enum Pending {
     /// AUTH, SELECT, SCRIPT LOAD: an error reply fails the connection.
     Setup(&'static str),
-    Publish(PublishOp),
+    /// A turn's publishes to one server (one slot of a Redis Cluster).
+    Publish(PublishBatch),
     /// The sync script, reading the stream after `after`.
-    Sync {
-        topic: Bytes,
-        after: u64,
-    },
+    Sync { topic: Bytes, after: u64 },
     /// The liveness probe's PUBLISH.
     Probe,
     /// SET NX of a name's lease for a connection.
-    Claim {
-        name: Bytes,
-        reply_to: AckTarget,
-    },
+    Claim { name: Bytes, reply_to: AckTarget },
     /// A lease refreshed or given back.
-    Lease {
-        name: Bytes,
-    },
+    Lease { name: Bytes },
     /// HGET of a quiet channel's latest offset.
-    Check {
-        topic: Bytes,
-    },
+    Check { topic: Bytes },
 }
 
 struct Shard {
@@ -517,13 +564,40 @@ impl BrokerThread {
     }
 
     fn take_ops(&mut self) {
+        // A turn's publishes go to Redis as one script call per server (per slot on a Redis
+        // Cluster, whose scripts touch one slot), up to `BATCH_MESSAGES` or `BATCH_BYTES`.
+        let mut batches: HashMap<(usize, u16), PublishBatch> = HashMap::new();
         while let Ok(op) = self.ops.try_recv() {
             match op {
-                BrokerOp::Publish(op) => self.publish(op),
+                BrokerOp::Publish(op) => {
+                    let Some(i) = self.shard_of(&op.channel).filter(|&i| self.shards[i].is_ready())
+                    else {
+                        let why = "broker unavailable: Redis is unreachable; nothing was published";
+                        self.refuse(&op, why.into());
+                        continue;
+                    };
+                    let slot = match self.slots {
+                        Some(_) => super::key_slot(
+                            &Keys::new(&self.config().key_prefix, &op.channel).topic,
+                        ),
+                        None => 0,
+                    };
+                    let batch = batches.entry((i, slot)).or_default();
+                    batch.add(op);
+                    if batch.ops.len() >= BATCH_MESSAGES || batch.bytes >= BATCH_BYTES {
+                        let full = std::mem::take(batch);
+                        self.send_publish(i, full, false);
+                    }
+                }
                 BrokerOp::Serve(channel) => self.serve(channel),
                 BrokerOp::Claim { name, reply_to } => self.claim(name, reply_to),
                 BrokerOp::Release { name } => self.release_name(name),
                 BrokerOp::Shutdown => self.stopping = true,
+            }
+        }
+        for ((i, _), batch) in batches {
+            if !batch.ops.is_empty() {
+                self.send_publish(i, batch, false);
             }
         }
     }
@@ -824,7 +898,11 @@ impl BrokerThread {
                 .into();
         for (_, pending) in pending {
             match pending {
-                Pending::Publish(op) => self.refuse(&op, why.clone()),
+                Pending::Publish(batch) => {
+                    for (_, op) in &batch.ops {
+                        self.refuse(op, why.clone());
+                    }
+                }
                 Pending::Claim { name, reply_to } => {
                     let why = "broker unavailable: the name cannot be claimed now".into();
                     let result = Err((ErrorCode::Unavailable, why));
@@ -938,44 +1016,50 @@ impl BrokerThread {
         }
     }
 
-    fn publish(&mut self, op: PublishOp) {
-        let Some(i) = self.shard_of(&op.channel).filter(|&i| self.shards[i].is_ready()) else {
-            let why = "broker unavailable: Redis is unreachable; nothing was published";
-            self.refuse(&op, why.into());
-            return;
-        };
-        self.send_publish(i, op, false);
-    }
-
-    fn send_publish(&mut self, i: usize, op: PublishOp, eval: bool) {
-        let keys = Keys::new(&self.config().key_prefix, &op.channel);
+    fn send_publish(&mut self, i: usize, batch: PublishBatch, eval: bool) {
+        let prefix = self.config().key_prefix.clone();
         let ttl = self.config().key_ttl.as_millis().max(1).to_string();
         let keep = self.shared.config.history_messages.to_string();
         let epoch = new_epoch().to_be_bytes();
         let now = now_ms().to_string();
-        let (meta, log) = (keys.meta(), keys.log());
         let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
-        // An inbox takes messages only while someone holds its name.
-        let lease = (op.channel.first() == Some(&b'@')).then(|| self.lease_key(&op.channel[1..]));
         let publish = self.verbs().publish;
-        let mut args: Vec<&[u8]> = vec![verb, script];
-        match &lease {
-            Some(lease) => args.extend([&b"3"[..], &meta, &log, lease]),
-            None => args.extend([&b"2"[..], &meta, &log]),
+        // Per channel: its keys (an inbox takes messages only while someone holds its name),
+        // and its count.
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(3 * batch.channels.len());
+        let mut topics = Vec::with_capacity(batch.channels.len());
+        let mut counts = vec![0usize; batch.channels.len()];
+        for (c, channel) in batch.channels.iter().enumerate() {
+            let names = Keys::new(&prefix, channel);
+            keys.push(names.meta());
+            keys.push(names.log());
+            if channel.first() == Some(&b'@') {
+                keys.push(self.lease_key(&channel[1..]));
+            }
+            topics.push(names.topic);
+            counts[c] = batch.members[c].len();
         }
-        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
+        let (key_count, channel_count) = (keys.len().to_string(), batch.channels.len().to_string());
+        let mut args: Vec<&[u8]> = vec![verb, script, key_count.as_bytes()];
+        args.extend(keys.iter().map(Vec::as_slice));
         args.extend([
-            &keys.topic[..],
-            &op.payload,
+            channel_count.as_bytes(),
             &epoch,
             keep.as_bytes(),
             ttl.as_bytes(),
             now.as_bytes(),
             publish,
         ]);
+        for (c, channel) in batch.channels.iter().enumerate() {
+            let leased: &[u8] = if channel.first() == Some(&b'@') { b"1" } else { b"0" };
+            args.extend([&topics[c][..], leased, counts[c].as_bytes()]);
+            args.extend(batch.members[c].iter().map(|&k| &batch.ops[k].1.payload[..]));
+        }
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
         link.command(&args);
-        self.shards[i].pending.push_back((Instant::now(), Pending::Publish(op)));
+        self.shards[i].pending.push_back((Instant::now(), Pending::Publish(batch)));
     }
 
     fn send_sync(&mut self, i: usize, topic: Bytes, after: u64, eval: bool) {
@@ -1204,34 +1288,67 @@ impl BrokerThread {
                     );
                 }
             }
-            Pending::Publish(op) => {
+            Pending::Publish(batch) => {
                 let counters = &self.broker().counters;
                 match reply {
-                    Value::Integer(offset) => {
-                        counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
+                    Value::Array(Some(firsts)) if firsts.len() == batch.channels.len() => {
+                        let count = batch.ops.len() as u64;
+                        counters.publishes_in_flight.fetch_sub(count, Ordering::Relaxed);
                         let micros = sent.elapsed().as_micros() as u64;
-                        counters.publishes_done.fetch_add(1, Ordering::Relaxed);
-                        counters.round_trip_micros_total.fetch_add(micros, Ordering::Relaxed);
+                        counters.publishes_done.fetch_add(count, Ordering::Relaxed);
+                        counters
+                            .round_trip_micros_total
+                            .fetch_add(micros * count, Ordering::Relaxed);
                         counters.round_trip_micros_max.fetch_max(micros, Ordering::Relaxed);
-                        if op.acked {
-                            self.answer(op.reply_to, &op.channel, offset as u64, Ok(()));
+                        // Offsets in the order the publishes came, per channel: acknowledgements
+                        // go out in that order too.
+                        let mut next: Vec<Option<u64>> = firsts
+                            .iter()
+                            .map(|first| match first {
+                                Value::Integer(first) if *first > 0 => Some(*first as u64),
+                                _ => None,
+                            })
+                            .collect();
+                        for (c, op) in &batch.ops {
+                            match &mut next[*c] {
+                                Some(offset) => {
+                                    if op.acked {
+                                        self.answer(op.reply_to, &op.channel, *offset, Ok(()));
+                                    }
+                                    *offset += 1;
+                                }
+                                None => {
+                                    let who =
+                                        String::from_utf8_lossy(&op.channel[1..]).into_owned();
+                                    let why = format!("no client named {who}");
+                                    counters.publishes_done.fetch_sub(1, Ordering::Relaxed);
+                                    self.answer(
+                                        op.reply_to,
+                                        &op.channel,
+                                        0,
+                                        Err((ErrorCode::NotFound, why.into())),
+                                    );
+                                }
+                            }
                         }
                     }
                     // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
-                    Value::Error(e) if e.starts_with("NOSCRIPT") => self.send_publish(i, op, true),
+                    Value::Error(e) if e.starts_with("NOSCRIPT") => {
+                        self.send_publish(i, batch, true)
+                    }
                     Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
                         self.slot_moved(&e);
-                        let why = "broker unavailable: the Redis Cluster moved this channel's slot; publish again";
-                        self.refuse(&op, why.into());
-                    }
-                    Value::Error(e) if e.split_whitespace().any(|w| w == "NOTFOUND") => {
-                        let who = String::from_utf8_lossy(&op.channel[1..]).into_owned();
-                        let why = format!("no client named {who}");
-                        self.refuse_with(&op, ErrorCode::NotFound, why.into());
+                        let why: Arc<str> = "broker unavailable: the Redis Cluster moved this channel's slot; publish again".into();
+                        for (_, op) in &batch.ops {
+                            self.refuse(op, why.clone());
+                        }
                     }
                     other => {
                         warn!("cluster: the publish script failed: {other:?}");
-                        self.refuse(&op, format!("broker refused the publish: {other:?}").into());
+                        let why: Arc<str> = format!("broker refused the publish: {other:?}").into();
+                        for (_, op) in &batch.ops {
+                            self.refuse(op, why.clone());
+                        }
                     }
                 }
             }
@@ -1279,7 +1396,7 @@ impl BrokerThread {
             b"message" | b"smessage" => {
                 self.broker().counters.messages_received.fetch_add(1, Ordering::Relaxed);
                 let Some(envelope) = parts.next().and_then(bulk).map(Bytes::from) else { return };
-                let Some(envelope) = Envelope::decode(envelope) else {
+                let Some(run) = Envelope::decode(envelope) else {
                     warn!("cluster: a message on {topic:?} that is not an envelope");
                     return;
                 };
@@ -1287,12 +1404,14 @@ impl BrokerThread {
                     tracked.last_heard = Instant::now();
                     tracked.checked = false;
                 }
-                match self.tracked.get_mut(&topic).map(|t| &mut t.state) {
-                    Some(State::Syncing { buffer }) => buffer.push(envelope),
-                    Some(State::Live) => self.deliver_live(&topic, envelope),
-                    // Before the subscription is confirmed, from an earlier one: the sync that
-                    // follows the confirmation reads it from the stream.
-                    Some(State::Subscribing) | None => {}
+                for envelope in run {
+                    match self.tracked.get_mut(&topic).map(|t| &mut t.state) {
+                        Some(State::Syncing { buffer }) => buffer.push(envelope),
+                        Some(State::Live) => self.deliver_live(&topic, envelope),
+                        // Before the subscription is confirmed, from an earlier one: the sync
+                        // that follows the confirmation reads it from the stream.
+                        Some(State::Subscribing) | None => {}
+                    }
                 }
             }
             b"subscribe" | b"ssubscribe" => {

@@ -226,8 +226,9 @@ impl Keys {
     }
 }
 
-/// The envelope's version byte.
-pub(crate) const ENVELOPE_V1: u8 = 1;
+/// Envelope versions: one message, or a run of consecutive messages of one channel.
+pub(crate) const ENVELOPE_ONE: u8 = 1;
+pub(crate) const ENVELOPE_RUN: u8 = 2;
 
 /// A message as it travels through Redis pub/sub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,22 +239,48 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    /// `0x01`, epoch (8 bytes), offset (8 bytes, big-endian), payload.
-    pub fn decode(bytes: Bytes) -> Option<Envelope> {
-        if bytes.len() < 17 || bytes[0] != ENVELOPE_V1 {
-            return None;
+    /// The messages of one pub/sub message: `0x01`, epoch (8 bytes), offset (8 bytes,
+    /// big-endian), payload; or `0x02`, epoch, the first offset, a count (4 bytes), then each
+    /// payload as a 4-byte big-endian length and its bytes, at consecutive offsets. Payloads
+    /// are slices of `bytes` (no copy). `None` when malformed.
+    pub fn decode(bytes: Bytes) -> Option<Vec<Envelope>> {
+        let header = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        let (epoch, offset) = (header(1)?, header(9)?);
+        match *bytes.first()? {
+            ENVELOPE_ONE => Some(vec![Envelope { epoch, offset, payload: bytes.slice(17..) }]),
+            ENVELOPE_RUN => {
+                let count = u32::from_be_bytes(bytes.get(17..21)?.try_into().ok()?) as usize;
+                let mut at = 21;
+                let mut run = Vec::with_capacity(count.min(1024));
+                for k in 0..count as u64 {
+                    let len = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+                    let end = (at + 4).checked_add(len).filter(|&end| end <= bytes.len())?;
+                    run.push(Envelope {
+                        epoch,
+                        offset: offset + k,
+                        payload: bytes.slice(at + 4..end),
+                    });
+                    at = end;
+                }
+                (at == bytes.len()).then_some(run)
+            }
+            _ => None,
         }
-        let epoch = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
-        let offset = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
-        Some(Envelope { epoch, offset, payload: bytes.slice(17..) })
     }
 
+    /// A run's envelope, as the publish script builds it (tests).
     #[cfg(test)]
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![ENVELOPE_V1];
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        out.extend_from_slice(&self.offset.to_be_bytes());
-        out.extend_from_slice(&self.payload);
+    pub fn encode_run(epoch: u64, first: u64, payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = vec![ENVELOPE_RUN];
+        out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(&first.to_be_bytes());
+        out.extend_from_slice(&(payloads.len() as u32).to_be_bytes());
+        for payload in payloads {
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
         out
     }
 }
@@ -430,9 +457,28 @@ mod tests {
 
     #[test]
     fn envelopes_and_names() {
-        let e = Envelope { epoch: 0xfeed, offset: 42, payload: Bytes::from_static(b"hi") };
-        assert_eq!(Envelope::decode(e.encode().into()), Some(e));
-        assert_eq!(Envelope::decode(Bytes::from_static(b"\x02short")), None);
+        let mut one = vec![ENVELOPE_ONE];
+        one.extend_from_slice(&0xfeedu64.to_be_bytes());
+        one.extend_from_slice(&42u64.to_be_bytes());
+        one.extend_from_slice(b"hi");
+        let hi = Envelope { epoch: 0xfeed, offset: 42, payload: Bytes::from_static(b"hi") };
+        assert_eq!(Envelope::decode(one.into()), Some(vec![hi]));
+        let run = Envelope::encode_run(7, 10, &[b"a", b"", b"ccc"]);
+        let decoded = Envelope::decode(run.clone().into()).expect("a run");
+        let offsets: Vec<(u64, &[u8])> =
+            decoded.iter().map(|e| (e.offset, &e.payload[..])).collect();
+        assert_eq!(offsets, vec![(10, &b"a"[..]), (11, &b""[..]), (12, &b"ccc"[..])]);
+        // Every truncation, a length past the end, trailing bytes, an unknown version: refused.
+        for cut in 0..run.len() {
+            assert_eq!(Envelope::decode(Bytes::copy_from_slice(&run[..cut])), None, "cut at {cut}");
+        }
+        let mut long = run.clone();
+        long.push(0);
+        assert_eq!(Envelope::decode(long.into()), None);
+        let mut lying = Envelope::encode_run(7, 10, &[b"a"]);
+        lying[24] = 9;
+        assert_eq!(Envelope::decode(lying.into()), None);
+        assert_eq!(Envelope::decode(Bytes::from_static(b"\x03short")), None);
         let keys = Keys::new("fanout", b"room.1");
         assert_eq!(&keys.topic[..], b"fanout:{room.1}");
         assert_eq!(keys.meta(), b"fanout:{room.1}:meta");
