@@ -671,6 +671,14 @@ fn a_redis_cluster_of_three_masters_carries_every_channel_with_sharded_pub_sub()
     assert_eq!(claim(&mut Conn::text(a.local_addr()), "bob").map_err(|e| e.0), Err(409));
     assert_eq!(publish_acked(&mut publisher, "@bob", b"hi"), Ok(1));
     assert_eq!(messages(&mut bob, 1), vec![("@bob".into(), 1, b"hi".to_vec())]);
+    // Sharded pub/sub has no patterns: a wildcard subscription is refused, and says why.
+    let mut watcher = Conn::text(a.local_addr());
+    watcher.send(Request::PatternSubscribe { pattern: b"shard.*" });
+    match watcher.next() {
+        Frame::Err { code, reason } => assert_eq!(code, 501, "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    watcher.barrier();
     // A name that starts with `}` cannot be hash-tagged: refused, with the reason.
     let (code, reason) = publish_acked(&mut publisher, "}odd", b"x").expect_err("refused");
     assert_eq!(code, 422, "{reason}");
@@ -797,4 +805,43 @@ fn a_burst_over_many_channels_is_one_script_call_per_turn_with_every_answer_in_o
         got.entry(channel).or_default().push((offset, payload));
     }
     assert_eq!(got, expected_messages);
+}
+
+#[test]
+fn pattern_subscribers_receive_matching_channels_published_on_other_nodes() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut watcher = Conn::text(b.local_addr());
+    watcher.send(Request::PatternSubscribe { pattern: b"metrics.*" });
+    watcher.expect(Frame::Ok { ack: Ack::PatternSubscribe, arg: "metrics.*".into() });
+    let numpat = || redis.integer(&["PUBSUB", "NUMPAT"]);
+    assert_eq!(numpat(), 1, "the node PSUBSCRIBEd before answering");
+    let mut publisher = Conn::binary(a.local_addr());
+    for (channel, payload) in [
+        ("metrics.eu", "1"),
+        ("metrics.eu.deep", "not matched: two tokens"),
+        ("other.eu", "not matched"),
+        ("metrics.us", "2"),
+        ("metrics.eu", "3"),
+    ] {
+        publish_acked(&mut publisher, channel, payload.as_bytes()).expect("published");
+    }
+    let got = messages(&mut watcher, 3);
+    let expected: Vec<(String, u64, Vec<u8>)> = vec![
+        ("metrics.eu".into(), 1, b"1".to_vec()),
+        ("metrics.us".into(), 1, b"2".to_vec()),
+        ("metrics.eu".into(), 2, b"3".to_vec()),
+    ];
+    assert_eq!(got, expected);
+    assert_eq!(watcher.read(Duration::from_millis(200)), Read_::Nothing, "only what matches");
+    // A plain subscriber of a channel found through the pattern gets its whole history.
+    let mut plain = Conn::text(b.local_addr());
+    assert_eq!(plain.replay_all("metrics.eu", 0), vec![(1, b"1".to_vec()), (2, b"3".to_vec())]);
+    publish_acked(&mut publisher, "metrics.eu", b"4").expect("published");
+    assert_eq!(messages(&mut plain, 1), vec![("metrics.eu".into(), 3, b"4".to_vec())]);
+    assert_eq!(messages(&mut watcher, 1), vec![("metrics.eu".into(), 3, b"4".to_vec())]);
+    // The last pattern subscriber leaves: the node PUNSUBSCRIBEs.
+    watcher.send(Request::PatternUnsubscribe { pattern: b"metrics.*" });
+    watcher.expect(Frame::Ok { ack: Ack::PatternUnsubscribe, arg: "metrics.*".into() });
+    wait_until("the node lets the pattern go", || numpat() == 0);
 }

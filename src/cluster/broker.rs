@@ -51,6 +51,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// A channel that heard nothing this long has its latest offset checked in Redis, once.
 const QUIET_AFTER: Duration = Duration::from_secs(2);
+/// A channel served only for pattern subscribers is let go of after this long without messages.
+const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Gives runs of messages their offsets, appends them to their channels' streams and publishes
@@ -162,6 +164,46 @@ impl PublishBatch {
         self.members[c].push(self.ops.len());
         self.ops.push((c, op));
     }
+}
+
+/// A pattern PSUBSCRIBEd for this node's pattern subscribers.
+struct PatternTrack {
+    /// The pattern as clients wrote it.
+    text: Box<[u8]>,
+    /// Servers that confirmed the PSUBSCRIBE.
+    confirmed: std::collections::HashSet<usize>,
+    /// Sweeps in a row that found no worker with the pattern.
+    unused_sweeps: u8,
+}
+
+/// The Redis glob of the pub/sub channels a fanout pattern matches: `*` and `>` tokens become
+/// `*` (which also crosses dots: the workers match exactly), everything else literal.
+fn redis_glob(prefix: &str, pattern: &[u8]) -> Vec<u8> {
+    let mut glob = Vec::with_capacity(prefix.len() + pattern.len() + 8);
+    for &b in prefix.as_bytes() {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            glob.push(b'\\');
+        }
+        glob.push(b);
+    }
+    glob.extend_from_slice(b":{");
+    for (k, token) in pattern.split(|&b| b == b'.').enumerate() {
+        if k > 0 {
+            glob.push(b'.');
+        }
+        if token == b"*" || token == b">" {
+            glob.push(b'*');
+            continue;
+        }
+        for &b in token {
+            if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+                glob.push(b'\\');
+            }
+            glob.push(b);
+        }
+    }
+    glob.push(b'}');
+    glob
 }
 
 /// The pub/sub commands in use.
@@ -288,6 +330,8 @@ struct Shard {
     next_probe: Instant,
     to_subscribe: Vec<Bytes>,
     to_unsubscribe: Vec<Bytes>,
+    to_psubscribe: Vec<Bytes>,
+    to_punsubscribe: Vec<Bytes>,
     /// When to try connecting again (while down).
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -307,6 +351,8 @@ impl Shard {
             next_probe: now,
             to_subscribe: Vec::new(),
             to_unsubscribe: Vec::new(),
+            to_psubscribe: Vec::new(),
+            to_punsubscribe: Vec::new(),
             retry_at: Some(now),
             backoff: BACKOFF_MIN,
             ever_up: false,
@@ -342,6 +388,13 @@ struct Tracked {
     last_heard: Instant,
     /// Its latest offset in Redis was compared with the log's since then.
     checked: bool,
+    /// Served only because a pattern subscription (PSUBSCRIBE) matches it: no SUBSCRIBE of its
+    /// own, and its log is not offered to plain subscribers until one asks (then it is).
+    via_pattern: bool,
+    /// Messages up to this offset that a sync reads are history, not for the ring (`u64::MAX`:
+    /// everything a fresh sync reads; a channel found through a pattern delivers from its first
+    /// message on).
+    live_from: u64,
 }
 
 struct BrokerThread {
@@ -368,6 +421,8 @@ struct BrokerThread {
     discover_backoff: Duration,
     refresh: Script,
     release: Script,
+    /// Patterns PSUBSCRIBEd for pattern subscribers, by Redis glob.
+    patterns: HashMap<Bytes, PatternTrack>,
     /// Names this node holds a lease on.
     leases: std::collections::HashSet<Bytes>,
     next_refresh: Instant,
@@ -393,6 +448,7 @@ pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstart
         shards: (0..shards).map(|_| Default::default()).collect(),
         counters: Default::default(),
         served_generation: Default::default(),
+        patterns: Default::default(),
         config,
     };
     let config = broker.config.clone();
@@ -435,6 +491,7 @@ impl Unstarted {
             refresh: Script::new(REFRESH_LUA),
             release: Script::new(RELEASE_LUA),
             leases: Default::default(),
+            patterns: HashMap::new(),
             next_refresh: now,
         }
         .run();
@@ -590,6 +647,7 @@ impl BrokerThread {
                     }
                 }
                 BrokerOp::Serve(channel) => self.serve(channel),
+                BrokerOp::ServePattern(text) => self.serve_pattern(text),
                 BrokerOp::Claim { name, reply_to } => self.claim(name, reply_to),
                 BrokerOp::Release { name } => self.release_name(name),
                 BrokerOp::Shutdown => self.stopping = true,
@@ -628,6 +686,7 @@ impl BrokerThread {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.let_go_of_unused();
+            self.let_go_of_unused_patterns();
             self.check_quiet_channels(now);
         }
         if now >= self.next_refresh {
@@ -835,6 +894,10 @@ impl BrokerThread {
             tracked.state = State::Subscribing;
             shard.to_subscribe.push(topic.clone());
         }
+        for (glob, track) in self.patterns.iter_mut() {
+            track.confirmed.remove(&i);
+            shard.to_psubscribe.push(glob.clone());
+        }
     }
 
     /// Redis answered the setup: publishes may go through.
@@ -871,6 +934,8 @@ impl BrokerThread {
         }
         shard.to_subscribe.clear();
         shard.to_unsubscribe.clear();
+        shard.to_psubscribe.clear();
+        shard.to_punsubscribe.clear();
         let delay = jittered(shard.backoff);
         shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
         shard.retry_at = Some(Instant::now() + delay);
@@ -1088,7 +1153,16 @@ impl BrokerThread {
     /// Starts serving `channel` on this node (a worker found it idle).
     fn serve(&mut self, channel: Arc<Channel>) {
         let keys = Keys::new(&self.config().key_prefix, &channel.name);
-        if self.tracked.contains_key(&keys.topic) {
+        if let Some(tracked) = self.tracked.get_mut(&keys.topic) {
+            // Found through a pattern: now it gets a subscription of its own, and once that is
+            // confirmed its log is offered to plain subscribers.
+            if std::mem::take(&mut tracked.via_pattern) {
+                if let Some(shard) = tracked.shard.and_then(|i| self.shards.get_mut(i)) {
+                    if shard.is_connected() {
+                        shard.to_subscribe.push(keys.topic);
+                    }
+                }
+            }
             return;
         }
         let shard = self.shard_of(&channel.name);
@@ -1101,6 +1175,8 @@ impl BrokerThread {
                 fresh: true,
                 last_heard: Instant::now(),
                 checked: false,
+                via_pattern: false,
+                live_from: u64::MAX,
             },
         );
         self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
@@ -1117,7 +1193,12 @@ impl BrokerThread {
         let registry = &self.shared.channels;
         let mut released = Vec::new();
         for (topic, tracked) in &self.tracked {
+            // A channel found through a pattern is kept while it is busy (found again, it would
+            // be read again).
+            let quiet =
+                !tracked.via_pattern || tracked.last_heard.elapsed() >= PATTERN_CHANNEL_QUIET;
             let idle = matches!(tracked.state, State::Live)
+                && quiet
                 && !Arc::ptr_eq(&tracked.channel, registry.broadcast())
                 && registry.release_if_unused(&tracked.channel);
             if idle {
@@ -1193,6 +1274,17 @@ impl BrokerThread {
         let sharded = self.slots.is_some();
         let shard = &mut self.shards[i];
         let Some(pubsub) = shard.pubsub.as_mut() else { return Ok(()) };
+        for (verb, globs) in [
+            (&b"PUNSUBSCRIBE"[..], &mut shard.to_punsubscribe),
+            (&b"PSUBSCRIBE"[..], &mut shard.to_psubscribe),
+        ] {
+            for batch in globs.chunks(SUBSCRIBE_BATCH) {
+                let mut args: Vec<&[u8]> = vec![verb];
+                args.extend(batch.iter().map(|g| &g[..]));
+                pubsub.command(&args);
+            }
+            globs.clear();
+        }
         for (verb, topics) in [
             (verbs.unsubscribe, &mut shard.to_unsubscribe),
             (verbs.subscribe, &mut shard.to_subscribe),
@@ -1393,13 +1485,24 @@ impl BrokerThread {
             return;
         }
         match &kind[..] {
-            b"message" | b"smessage" => {
+            b"message" | b"smessage" | b"pmessage" => {
                 self.broker().counters.messages_received.fetch_add(1, Ordering::Relaxed);
+                // pmessage: pattern, channel, envelope.
+                let topic = match &kind[..] {
+                    b"pmessage" => match parts.next().and_then(bulk) {
+                        Some(channel) => Bytes::from(channel),
+                        None => return,
+                    },
+                    _ => topic,
+                };
                 let Some(envelope) = parts.next().and_then(bulk).map(Bytes::from) else { return };
                 let Some(run) = Envelope::decode(envelope) else {
                     warn!("cluster: a message on {topic:?} that is not an envelope");
                     return;
                 };
+                if !self.tracked.contains_key(&topic) && &kind[..] == b"pmessage" {
+                    self.found_through_pattern(i, &topic, run.first().map_or(1, |e| e.offset));
+                }
                 if let Some(tracked) = self.tracked.get_mut(&topic) {
                     tracked.last_heard = Instant::now();
                     tracked.checked = false;
@@ -1420,8 +1523,16 @@ impl BrokerThread {
                     tracked.state = State::Syncing { buffer: Vec::new() };
                     let after = self.sync_start(&topic);
                     self.send_sync(i, topic, after, false);
+                } else if matches!(tracked.state, State::Live) && !tracked.via_pattern {
+                    // A channel found through a pattern, now subscribed for a plain subscriber.
+                    let mut log = tracked.channel.lock_log();
+                    if log.mirror != Mirror::Live {
+                        log.mirror = Mirror::Live;
+                        self.served = true;
+                    }
                 }
             }
+            b"psubscribe" => self.pattern_confirmed(i, topic),
             // A Redis Cluster moved the slot of a channel still served here (a resharding or a
             // failover): serve it from its new master.
             b"sunsubscribe" if self.tracked.contains_key(&topic) => {
@@ -1431,6 +1542,95 @@ impl BrokerThread {
                 self.slot_moved("a sharded subscription was ended by the server");
             }
             _ => {}
+        }
+    }
+
+    /// A pattern's PSUBSCRIBE took effect on server `i`; once on every server, the pattern is
+    /// live (waiting pattern subscribers go on).
+    fn pattern_confirmed(&mut self, i: usize, glob: Bytes) {
+        let shards = self.shards.len();
+        let shared = self.shared.clone();
+        let Some(track) = self.patterns.get_mut(&glob) else { return };
+        track.confirmed.insert(i);
+        if track.confirmed.len() == shards {
+            let broker = shared.broker.as_ref().expect("cluster mode");
+            let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = served.get_mut(&track.text) {
+                if !entry.live {
+                    entry.live = true;
+                    self.served = true;
+                }
+            }
+        }
+    }
+
+    /// A message on channel `topic`, which this node does not serve, came through a pattern:
+    /// serve it from now on for the pattern subscribers (its log is read from the stream; the
+    /// messages from `first` on go to the ring).
+    fn found_through_pattern(&mut self, i: usize, topic: &Bytes, first: u64) {
+        let Some(name) = Keys::channel_of(&self.config().key_prefix, topic) else { return };
+        let channel = match self.shared.channels.get_or_create(name) {
+            Ok(channel) => channel,
+            Err(e) => {
+                warn!(
+                    "cluster: a pattern matched {}, not served: {e}",
+                    String::from_utf8_lossy(name)
+                );
+                return;
+            }
+        };
+        self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
+        self.tracked.insert(
+            topic.clone(),
+            Tracked {
+                channel,
+                shard: Some(i),
+                state: State::Syncing { buffer: Vec::new() },
+                fresh: true,
+                last_heard: Instant::now(),
+                checked: false,
+                via_pattern: true,
+                live_from: first.saturating_sub(1),
+            },
+        );
+        self.send_sync(i, topic.clone(), 0, false);
+    }
+
+    /// Starts receiving every channel a pattern subscription could match: a PSUBSCRIBE on
+    /// every server (standalone Redis only), of a Redis glob that matches at least what the
+    /// pattern matches (the workers match exactly).
+    fn serve_pattern(&mut self, text: Box<[u8]>) {
+        let glob = Bytes::from(redis_glob(&self.config().key_prefix, &text));
+        if self.patterns.contains_key(&glob) {
+            return;
+        }
+        for shard in self.shards.iter_mut().filter(|s| s.is_connected()) {
+            shard.to_psubscribe.push(glob.clone());
+        }
+        self.patterns
+            .insert(glob, PatternTrack { text, confirmed: Default::default(), unused_sweeps: 0 });
+    }
+
+    /// PUNSUBSCRIBEs patterns no worker has had for two sweeps in a row.
+    fn let_go_of_unused_patterns(&mut self) {
+        let mut gone = Vec::new();
+        {
+            let broker = self.shared.broker.as_ref().expect("cluster mode");
+            let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+            for (glob, track) in self.patterns.iter_mut() {
+                let unused = served.get(&track.text).is_none_or(|e| e.holders == 0 && e.live);
+                track.unused_sweeps = if unused { track.unused_sweeps + 1 } else { 0 };
+                if track.unused_sweeps >= 2 {
+                    served.remove(&track.text);
+                    gone.push(glob.clone());
+                }
+            }
+        }
+        for glob in gone {
+            self.patterns.remove(&glob);
+            for shard in self.shards.iter_mut().filter(|s| s.is_connected()) {
+                shard.to_punsubscribe.push(glob.clone());
+            }
         }
     }
 
@@ -1502,6 +1702,7 @@ impl BrokerThread {
         }
         let channel = tracked.channel.clone();
         let fresh = tracked.fresh;
+        let (via_pattern, live_from) = (tracked.via_pattern, tracked.live_from);
         let shared = self.shared.clone();
         let counters = &shared.broker.as_ref().expect("cluster mode").counters;
         let restart = {
@@ -1542,7 +1743,7 @@ impl BrokerThread {
                     offset - 1
                 );
             }
-            self.accept(&channel, offset, payload, time, to_ring);
+            self.accept(&channel, offset, payload, time, to_ring || offset > live_from);
             reached = Some(offset);
             filled += 1;
         }
@@ -1562,12 +1763,13 @@ impl BrokerThread {
             if !restart && !fresh && filled > 0 {
                 counters.gaps_repaired.fetch_add(1, Ordering::Relaxed);
             }
-            if log.mirror != Mirror::Live {
+            if log.mirror != Mirror::Live && !via_pattern {
                 log.mirror = Mirror::Live;
                 self.served = true;
             }
         }
         tracked.fresh = false;
+        tracked.live_from = u64::MAX;
         let State::Syncing { buffer } = std::mem::replace(&mut tracked.state, State::Live) else {
             return;
         };
@@ -1693,6 +1895,14 @@ mod tests {
             Value::Array(Some(vec![entry("1-8", b"x")])),
         ]));
         assert!(parse_sync(bad_id).is_err());
+    }
+
+    #[test]
+    fn patterns_become_redis_globs_that_cover_them() {
+        assert_eq!(redis_glob("fanout", b"room.*"), b"fanout:{room.*}");
+        assert_eq!(redis_glob("fanout", b"orders.>"), b"fanout:{orders.*}");
+        assert_eq!(redis_glob("fanout", b"*.eu.*"), b"fanout:{*.eu.*}");
+        assert_eq!(redis_glob("f?x", b"a[1].*"), b"f\\?x:{a\\[1\\].*}");
     }
 
     #[test]

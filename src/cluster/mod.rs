@@ -301,6 +301,8 @@ pub(crate) enum BrokerOp {
     Publish(PublishOp),
     /// Serve this channel here: subscribe in Redis, mirror its stream, then mark it live.
     Serve(Arc<Channel>),
+    /// Receive every channel this pattern matches (PSUBSCRIBE), then mark it live.
+    ServePattern(Box<[u8]>),
     /// Claim a client name across the cluster for this connection (answered `NameClaim`).
     Claim {
         name: Bytes,
@@ -362,7 +364,19 @@ pub(crate) struct Broker {
     /// Bumped each time channels become live, so that workers look at their waiting joins only
     /// then.
     pub served_generation: AtomicU64,
+    /// Pattern subscriptions of this node (standalone Redis), by pattern: how many workers have
+    /// it, and whether its PSUBSCRIBE took effect everywhere.
+    pub patterns: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, PatternServed>>,
     pub config: ClusterConfig,
+}
+
+/// A pattern this node receives for its pattern subscribers (see `Broker::patterns`).
+#[derive(Debug, Default)]
+pub(crate) struct PatternServed {
+    /// Workers with at least one subscriber of it.
+    pub holders: usize,
+    /// Its PSUBSCRIBE took effect on every server.
+    pub live: bool,
 }
 
 /// Publishes sent to the broker and not yet answered, past which publishers are paused as for a

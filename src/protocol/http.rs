@@ -190,6 +190,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         507 => "Insufficient Storage",
         _ => "Error",

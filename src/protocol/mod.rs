@@ -481,7 +481,11 @@ pub enum ErrorCode {
     /// or fsync failed, or the channel's storage is failing. Nothing was acknowledged; the
     /// publish may be retried once storage works again.
     StorageFailed = 500,
-    /// The server is full (max connections) or shutting down. Fatal.
+    /// Not available in this server's configuration (wildcard subscriptions over a Redis
+    /// Cluster). Nothing changed; the connection stays.
+    NotImplemented = 501,
+    /// The server is full (max connections) or shutting down (fatal), or, in a cluster, Redis
+    /// is unreachable (a publish is refused, the connection stays).
     Unavailable = 503,
     /// The client did not read fast enough and its write queue passed the cap. Fatal.
     SlowConsumer = 507,

@@ -67,6 +67,9 @@ pub enum Wait {
     Join(Box<Joining>),
     /// Cluster mode: a NAME waits for Redis to grant the name's lease (the inbox channel).
     NameClaim(Arc<Channel>),
+    /// Cluster mode: a PSUB waits until this node receives every channel the pattern matches
+    /// (its PSUBSCRIBE took effect in Redis).
+    PatternJoin(Box<[u8]>),
 }
 
 /// A subscribe waiting for its channel (`Wait::Join`).

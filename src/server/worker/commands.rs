@@ -56,7 +56,15 @@ impl Worker {
             }
             Request::Name { name } => self.claim_name(key, name),
             Request::Auth { token } => self.authenticate(key, token),
-            Request::PatternSubscribe { pattern } => self.pattern_subscribe(key, pattern),
+            Request::PatternSubscribe { pattern } => {
+                if !self.pattern_served_here(pattern) {
+                    let conn = &mut self.conns[key];
+                    conn.phase = Phase::Waiting(Wait::PatternJoin(pattern.into()));
+                    self.joining.push(ConnRef::of(key, conn));
+                    return Ok(());
+                }
+                self.pattern_subscribe(key, pattern)
+            }
             Request::PatternUnsubscribe { pattern } => self.pattern_unsubscribe(key, pattern),
         }
     }
@@ -233,6 +241,23 @@ impl Worker {
         self.served_generation_seen = generation;
         for noted in std::mem::take(&mut self.joining) {
             let Some(key) = self.resolve(noted) else { continue };
+            if let Some(Wait::PatternJoin(text)) = self.conns[key].wait() {
+                let live = self.pattern_live(text);
+                if !live {
+                    self.joining.push(noted);
+                    continue;
+                }
+                let Some(Wait::PatternJoin(text)) = self.conns[key].end_wait() else { continue };
+                let result = self.pattern_subscribe(key, &text).and_then(|()| {
+                    if self.conns[key].input_waits() {
+                        Ok(())
+                    } else {
+                        self.continue_input(key)
+                    }
+                });
+                self.settle(key, result);
+                continue;
+            }
             let Some(Wait::Join(joining)) = self.conns[key].wait() else { continue };
             if joining.channel.lock_log().mirror != Mirror::Live {
                 self.joining.push(noted);
@@ -313,6 +338,10 @@ impl Worker {
     /// `PSUB pattern`: every topic channel matching it, from now on (no resume: offsets are per
     /// channel; a client resumes the channels it has seen one by one).
     pub(super) fn pattern_subscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
+        if self.shared.broker.as_ref().is_some_and(|b| b.config.redis_cluster) {
+            let why = "wildcard subscriptions are not available over a Redis Cluster (sharded pub/sub has no patterns); subscribe to the channels";
+            return self.refuse(key, ErrorCode::NotImplemented, why);
+        }
         let max_tokens = self.shared.config.max_pattern_tokens;
         let pattern = match TopicPattern::from_bytes(text, max_tokens) {
             Ok(pattern) => pattern,
@@ -336,11 +365,57 @@ impl Worker {
             let why = format!("too many pattern subscriptions (the limit is {limit})");
             return self.refuse(key, ErrorCode::LimitReached, &why);
         }
+        if self.patterns.id_of(text).is_none() {
+            self.pattern_holders(text, 1);
+        }
         let conn = &mut self.conns[key];
         let (id, position) = self.patterns.add(text, pattern, key, conn.reply_format());
         conn.patterns.reserve_exact(1);
         conn.patterns.push(PatternSubscription { id, position });
         self.acknowledge(key, Ack::PatternSubscribe, text)
+    }
+
+    /// Cluster mode: whether pattern `text`'s PSUBSCRIBE took effect.
+    fn pattern_live(&self, text: &[u8]) -> bool {
+        let Some(broker) = self.shared.broker.as_ref() else { return true };
+        let served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        served.get(text).is_some_and(|entry| entry.live)
+    }
+
+    /// Cluster mode (standalone Redis): whether this node receives every channel `text` could
+    /// match. If not, the broker is asked (once) to PSUBSCRIBE, and the caller may wait.
+    fn pattern_served_here(&self, text: &[u8]) -> bool {
+        let Some(broker) = self.shared.broker.as_ref().filter(|b| !b.config.redis_cluster) else {
+            return true;
+        };
+        let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        match served.get(text) {
+            Some(entry) => entry.live,
+            None => {
+                served.insert(text.into(), Default::default());
+                drop(served);
+                broker.send(BrokerOp::ServePattern(text.into()));
+                false
+            }
+        }
+    }
+
+    /// Cluster mode: this worker took up (`+1`) or let go of (`-1`) pattern `text`; the broker
+    /// PUNSUBSCRIBEs a pattern no worker holds.
+    fn pattern_holders(&self, text: &[u8], change: isize) {
+        let Some(broker) = self.shared.broker.as_ref() else { return };
+        let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+        if change > 0 {
+            served.entry(text.into()).or_default().holders += 1;
+            let asked = served.get(text).is_some_and(|e| e.live || e.holders > 1);
+            drop(served);
+            // An SSE stream subscribes without waiting: make sure the pattern is asked for.
+            if !asked {
+                broker.send(BrokerOp::ServePattern(text.into()));
+            }
+        } else if let Some(entry) = served.get_mut(text) {
+            entry.holders = entry.holders.saturating_sub(1);
+        }
     }
 
     fn pattern_unsubscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
@@ -361,10 +436,14 @@ impl Worker {
     pub(super) fn detach_pattern(&mut self, key: usize, subscription: PatternSubscription) {
         let format = self.conns[key].reply_format();
         let PatternSubscription { id, position } = subscription;
+        let text = self.patterns.get(id).text.clone();
         if let Some(moved) = self.patterns.remove(id, position, format) {
             if let Some(entry) = self.conns[moved].patterns.iter_mut().find(|p| p.id == id) {
                 entry.position = position;
             }
+        }
+        if self.patterns.id_of(&text).is_none() {
+            self.pattern_holders(&text, -1);
         }
     }
 

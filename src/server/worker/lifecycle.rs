@@ -12,9 +12,11 @@
 //!               │    history (Replay), a long-    │
 //!               │    poll is held (Poll), an HTTP │
 //!               │    publish awaits fsync or      │
-//!               │    Redis (DurableAck), a sub-   │
-//!               │    scribe awaits its channel    │
-//!               │    in a cluster (Join)          │
+//!               │    Redis (DurableAck); in a     │
+//!               │    cluster, a subscribe awaits  │
+//!               │    its channel (Join) or its    │
+//!               │    pattern (PatternJoin), a     │
+//!               │    NAME its lease (NameClaim)   │
 //!               ▼                                 │
 //!           Waiting(Wait) ────────────────────────┘
 //!               │
