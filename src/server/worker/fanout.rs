@@ -27,6 +27,18 @@ const DRAIN_MAX_BYTES: usize = 4 << 20;
 /// otherwise stay allocated, and pinned by any subscriber still writing a frame of it).
 const MAX_KEPT_FRAME_CAPACITY: usize = 16 << 10;
 
+/// What subscribers of `channel` are told when its log starts over (`EPOCH_NOTICE`): a HIST
+/// with the new epoch, nothing yet, status `epoch`.
+fn epoch_notice(channel: &Channel) -> HistoryStatus<'_> {
+    HistoryStatus {
+        channel: &channel.name,
+        epoch: channel.epoch(),
+        first: 1,
+        last: 0,
+        status: ResumeStatus::EpochChanged,
+    }
+}
+
 /// Frames of one channel gathered during one drain. Slots are reused from turn to turn: a frame
 /// is split off the slot's buffer (`take_frames`), so every subscriber shares it without an
 /// allocation, and once the frames of a turn are written the next turn writes into the same
@@ -108,14 +120,7 @@ impl Batches {
         let batch = &mut slots[slot];
         let mut encoded = 0;
         if message.offset == EPOCH_NOTICE {
-            let channel = &message.channel;
-            let notice = HistoryStatus {
-                channel: &channel.name,
-                epoch: channel.epoch(),
-                first: 1,
-                last: 0,
-                status: ResumeStatus::EpochChanged,
-            };
+            let notice = epoch_notice(&message.channel);
             for format in Format::ALL {
                 if batch.audience.per_format[format as usize] > 0 {
                     let frame = format.encode_history(&notice);
@@ -323,15 +328,8 @@ impl Worker {
             let conn = &mut self.conns[key];
             let Some(format) = conn.format else { continue };
             let has = if restart.is_some() {
-                let notice = HistoryStatus {
-                    channel: &channel.name,
-                    epoch: channel.epoch(),
-                    first: 1,
-                    last: 0,
-                    status: ResumeStatus::EpochChanged,
-                };
-                if conn.polling()
-                    || !self.out.deliver(key, conn, format.encode_history(&notice), cap)
+                let notice = format.encode_history(&epoch_notice(channel));
+                if conn.polling() || !self.out.deliver(key, conn, notice, cap)
                 {
                     continue;
                 }

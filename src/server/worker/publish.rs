@@ -16,7 +16,7 @@ use log::warn;
 
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
-use crate::cluster::{BrokerOp, PublishOp, MAX_IN_FLIGHT};
+use crate::cluster::{Broker, BrokerOp, PublishOp, MAX_IN_FLIGHT};
 use crate::history::disk::{AckTarget, Append, StoreOp};
 use crate::history::Retained;
 use crate::protocol::ErrorCode;
@@ -81,8 +81,8 @@ impl Publisher {
         reply_to: AckTarget,
         acked: bool,
     ) -> Result<Published, Refused> {
-        if self.shared.broker.is_some() {
-            return self.publish_through_broker(channel, payload, reply_to, acked);
+        if let Some(broker) = self.shared.broker.as_ref() {
+            return self.publish_through_broker(broker, channel, payload, reply_to, acked);
         }
         let ack = acked.then_some(reply_to);
         let shared = &self.shared;
@@ -149,15 +149,13 @@ impl Publisher {
     /// Redis and answers `reply_to`. Refused at once while Redis is unreachable; paused (as for a
     /// full ring) while too many publishes are in flight.
     fn publish_through_broker(
-        &mut self,
+        &self,
+        broker: &Broker,
         channel: &Arc<Channel>,
         payload: Bytes,
         reply_to: AckTarget,
         acked: bool,
     ) -> Result<Published, Refused> {
-        let Some(broker) = self.shared.broker.as_ref() else {
-            unreachable!("only called in cluster mode")
-        };
         if !broker.is_up(&channel.name) {
             broker.counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
             let why = "broker unavailable: Redis is unreachable; nothing was published";
