@@ -30,7 +30,7 @@ use crate::history::disk::{AckTarget, Persisted};
 use crate::history::{new_epoch, now_ms, Mirror, Retained};
 use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
-use crate::server::channels::{Channel, Message, EPOCH_NOTICE};
+use crate::server::channels::{Channel, Message, EPOCH_NOTICE, EXPIRED_NOTICE};
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, Shared};
 
@@ -1735,6 +1735,7 @@ impl BrokerThread {
             if offset < next {
                 continue;
             }
+            let delivered = to_ring || offset > live_from;
             if offset > next {
                 counters.offsets_lost.fetch_add(offset - next, Ordering::Relaxed);
                 warn!(
@@ -1742,24 +1743,44 @@ impl BrokerThread {
                     String::from_utf8_lossy(&channel.name),
                     offset - 1
                 );
+                if delivered {
+                    // Subscribers are told of the hole before what follows it.
+                    self.put_in_ring(
+                        &channel,
+                        EXPIRED_NOTICE,
+                        Bytes::copy_from_slice(&offset.to_be_bytes()),
+                    );
+                }
             }
-            self.accept(&channel, offset, payload, time, to_ring || offset > live_from);
+            self.accept(&channel, offset, payload, time, delivered);
             reached = Some(offset);
             filled += 1;
         }
-        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+        if !self.tracked.contains_key(&topic) {
+            return;
+        }
         if entries.len() == SYNC_PAGE && reached.is_some_and(|r| r < last) {
             self.send_sync(i, topic, reached.unwrap_or(last), false);
             return;
         }
+        let lost_tail = {
+            let mut log = channel.lock_log();
+            let lost = (log.next_offset <= last && !restart).then_some(last + 1 - log.next_offset);
+            log.next_offset = log.next_offset.max(last + 1);
+            lost
+        };
+        if let Some(lost) = lost_tail {
+            // The stream no longer holds the newest messages (history off, or trimmed): what
+            // comes next follows a hole, and subscribers are told so first.
+            counters.offsets_lost.fetch_add(lost, Ordering::Relaxed);
+            self.put_in_ring(
+                &channel,
+                EXPIRED_NOTICE,
+                Bytes::copy_from_slice(&(last + 1).to_be_bytes()),
+            );
+        }
         {
             let mut log = channel.lock_log();
-            if log.next_offset <= last {
-                if !restart {
-                    counters.offsets_lost.fetch_add(last + 1 - log.next_offset, Ordering::Relaxed);
-                }
-                log.next_offset = last + 1;
-            }
             if !restart && !fresh && filled > 0 {
                 counters.gaps_repaired.fetch_add(1, Ordering::Relaxed);
             }
@@ -1768,6 +1789,7 @@ impl BrokerThread {
                 self.served = true;
             }
         }
+        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
         tracked.fresh = false;
         tracked.live_from = u64::MAX;
         let State::Syncing { buffer } = std::mem::replace(&mut tracked.state, State::Live) else {

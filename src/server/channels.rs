@@ -66,6 +66,17 @@ impl Channel {
 /// subscribers are told, as a resume would tell them, before the new log's messages follow.
 pub const EPOCH_NOTICE: u64 = u64::MAX;
 
+/// The offset of a ring item that tells a channel's subscribers that messages were lost for
+/// good before the offset its payload holds (8 bytes, big-endian): in cluster mode, messages
+/// that never reached this node and that the stream no longer holds. They get a HIST frame with
+/// status `expired`, as a resume across the hole would.
+pub const EXPIRED_NOTICE: u64 = u64::MAX - 1;
+
+/// Whether a ring item is a notice rather than a message.
+pub fn is_notice(offset: u64) -> bool {
+    offset >= EXPIRED_NOTICE
+}
+
 /// What travels through the ring: one published message (or an `EPOCH_NOTICE`).
 #[derive(Debug)]
 pub struct Message {

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use super::Worker;
 use crate::history::ResumeStatus;
 use crate::protocol::{ChannelKind, Format, HistoryStatus};
-use crate::server::channels::{Channel, EPOCH_NOTICE};
+use crate::server::channels::{is_notice, Channel, EPOCH_NOTICE, EXPIRED_NOTICE};
 use crate::server::conn::{Conn, Membership};
 use crate::server::stats::WorkerCounters;
 use crate::server::Item;
@@ -36,6 +36,24 @@ fn epoch_notice(channel: &Channel) -> HistoryStatus<'_> {
         first: 1,
         last: 0,
         status: ResumeStatus::EpochChanged,
+    }
+}
+
+/// The HIST frame a notice item stands for: an epoch change, or (`EXPIRED_NOTICE`) messages
+/// lost before the offset it carries: status `expired`, delivery going on from that offset.
+fn notice_of(item: &Item) -> HistoryStatus<'_> {
+    let channel = &item.channel;
+    if item.offset == EPOCH_NOTICE {
+        return epoch_notice(channel);
+    }
+    let resumes_at =
+        item.payload.get(..8).and_then(|b| b.try_into().ok()).map_or(1, u64::from_be_bytes);
+    HistoryStatus {
+        channel: &channel.name,
+        epoch: channel.epoch(),
+        first: resumes_at,
+        last: resumes_at.saturating_sub(1).max(channel.last_offset()),
+        status: ResumeStatus::Expired,
     }
 }
 
@@ -119,8 +137,8 @@ impl Batches {
         };
         let batch = &mut slots[slot];
         let mut encoded = 0;
-        if message.offset == EPOCH_NOTICE {
-            let notice = epoch_notice(&message.channel);
+        if is_notice(message.offset) {
+            let notice = notice_of(&message);
             for format in Format::ALL {
                 if batch.audience.per_format[format as usize] > 0 {
                     let frame = format.encode_history(&notice);
@@ -321,6 +339,10 @@ impl Worker {
         // After an epoch notice the log started over: what a subscriber had counts no more.
         let restart = items.iter().rposition(|m| m.offset == EPOCH_NOTICE);
         let items = restart.map_or(items, |notice| &items[notice + 1..]);
+        // A hole in what is left is announced to each of them before the messages.
+        let hole = items.iter().find(|m| m.offset == EXPIRED_NOTICE);
+        let items_end = items.iter().rposition(|m| !is_notice(m.offset)).map_or(0, |last| last + 1);
+        let items = &items[..items_end];
         let last_in_batch = items.last().map_or(0, |m| m.offset);
         let cap = self.shared.config.write_queue_cap_bytes;
         // The index holds only open connections (lifecycle invariant 2).
@@ -329,8 +351,7 @@ impl Worker {
             let Some(format) = conn.format else { continue };
             let has = if restart.is_some() {
                 let notice = format.encode_history(&epoch_notice(channel));
-                if conn.polling() || !self.out.deliver(key, conn, notice, cap)
-                {
+                if conn.polling() || !self.out.deliver(key, conn, notice, cap) {
                     continue;
                 }
                 0
@@ -338,7 +359,14 @@ impl Worker {
                 has
             };
             let conn = &mut self.conns[key];
-            let fresh = items.iter().filter(|m| m.offset > has);
+            if let Some(hole) = hole {
+                let notice = format.encode_history(&notice_of(hole));
+                if !conn.polling() && !self.out.deliver(key, conn, notice, cap) {
+                    continue;
+                }
+            }
+            let conn = &mut self.conns[key];
+            let fresh = items.iter().filter(|m| m.offset > has && !is_notice(m.offset));
             if conn.polling() {
                 let fresh: Vec<&Item> = fresh.collect();
                 if !fresh.is_empty() {
