@@ -852,3 +852,24 @@ fn pattern_subscribers_receive_matching_channels_published_on_other_nodes() {
     watcher.expect(Frame::Ok { ack: Ack::PatternUnsubscribe, arg: "metrics.*".into() });
     wait_until("the node lets the pattern go", || numpat() == 0);
 }
+
+#[test]
+fn an_event_stream_with_a_pattern_waits_for_the_cluster_then_gets_every_matching_channel() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let mut stream = EventStream::open(b.local_addr(), "/sse?pattern=alerts.*", "");
+    // The stream's pattern subscription is acknowledged (a comment) once the node receives
+    // every channel it matches.
+    wait_until("the pattern is subscribed", || {
+        let _ = stream.next(Duration::from_millis(20));
+        stream.comments.iter().any(|c| c.contains("alerts.*"))
+    });
+    assert_eq!(redis.integer(&["PUBSUB", "NUMPAT"]), 1);
+    let mut publisher = Conn::binary(a.local_addr());
+    publish_acked(&mut publisher, "alerts.disk", b"full").expect("published");
+    publish_acked(&mut publisher, "alerts.cpu", b"hot").expect("published");
+    for (channel, data) in [("alerts.disk", "full"), ("alerts.cpu", "hot")] {
+        let event = stream.next_message();
+        assert_eq!((event.event.as_deref(), event.data.as_str()), (Some(channel), data));
+    }
+}

@@ -138,6 +138,8 @@ pub enum Web {
     },
     /// An event stream.
     Sse {
+        /// The request's wildcard patterns not subscribed yet (each may wait for the cluster).
+        patterns: Vec<Box<[u8]>>,
         /// The request's channels, in its order.
         channels: Vec<SseChannel>,
         /// How many of them are subscribed (in order: each replay from history must finish

@@ -58,9 +58,7 @@ impl Worker {
             Request::Auth { token } => self.authenticate(key, token),
             Request::PatternSubscribe { pattern } => {
                 if !self.pattern_served_here(pattern) {
-                    let conn = &mut self.conns[key];
-                    conn.phase = Phase::Waiting(Wait::PatternJoin(pattern.into()));
-                    self.joining.push(ConnRef::of(key, conn));
+                    self.wait_for_pattern(key, pattern);
                     return Ok(());
                 }
                 self.pattern_subscribe(key, pattern)
@@ -382,9 +380,18 @@ impl Worker {
         served.get(text).is_some_and(|entry| entry.live)
     }
 
+    /// Holds the connection's input until this node receives what `text` matches (cluster mode;
+    /// `admit_joins` then subscribes it and goes on).
+    pub(super) fn wait_for_pattern(&mut self, key: usize, text: &[u8]) {
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::Waiting(Wait::PatternJoin(text.into()));
+        self.joining.push(ConnRef::of(key, conn));
+    }
+
     /// Cluster mode (standalone Redis): whether this node receives every channel `text` could
-    /// match. If not, the broker is asked (once) to PSUBSCRIBE, and the caller may wait.
-    fn pattern_served_here(&self, text: &[u8]) -> bool {
+    /// match. If not, the broker is asked (once) to PSUBSCRIBE, and the caller waits
+    /// (`wait_for_pattern`).
+    pub(super) fn pattern_served_here(&self, text: &[u8]) -> bool {
         let Some(broker) = self.shared.broker.as_ref().filter(|b| !b.config.redis_cluster) else {
             return true;
         };

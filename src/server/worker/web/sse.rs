@@ -91,8 +91,9 @@ impl Worker {
             Some(Web::Http { origin, .. }) => origin.take(),
             _ => None,
         };
+        let patterns = patterns.into_iter().map(Into::into).collect();
         self.conns[key].web =
-            Some(Box::new(Web::Sse { channels, subscribed: 0, cursor_due: false }));
+            Some(Box::new(Web::Sse { patterns, channels, subscribed: 0, cursor_due: false }));
         self.set_format(key, Format::Sse);
         let head = http::stream_head("text/event-stream");
         let head = match origin {
@@ -103,9 +104,6 @@ impl Worker {
         // Browsers reconnect after this many milliseconds (the default is ~3 s).
         start.put_slice(b"retry: 1000\n\n");
         self.reply(key, start.freeze())?;
-        for text in patterns {
-            self.pattern_subscribe(key, text)?;
-        }
         self.sse_subscribe_pending(key)
     }
 
@@ -120,9 +118,20 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return Ok(());
             }
-            let Some(Web::Sse { channels, subscribed, .. }) = conn.web.as_deref_mut() else {
+            let Some(Web::Sse { patterns, channels, subscribed, .. }) = conn.web.as_deref_mut()
+            else {
                 return Ok(());
             };
+            // Patterns first (live only), each once this node receives what it matches.
+            if !patterns.is_empty() {
+                let text = patterns.remove(0);
+                if self.pattern_served_here(&text) {
+                    self.pattern_subscribe(key, &text)?;
+                } else {
+                    self.wait_for_pattern(key, &text);
+                }
+                continue;
+            }
             let Some(next) = channels.get(*subscribed) else { return Ok(()) };
             let (name, resume) = (next.name.clone(), next.resume);
             *subscribed += 1;
