@@ -873,3 +873,47 @@ fn an_event_stream_with_a_pattern_waits_for_the_cluster_then_gets_every_matching
         assert_eq!((event.event.as_deref(), event.data.as_str()), (Some(channel), data));
     }
 }
+
+#[test]
+fn redis_clients_publish_and_subscribe_across_nodes() {
+    use std::io::{Read, Write};
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let call = |stream: &mut std::net::TcpStream, _input: &mut Vec<u8>, args: &[&str]| {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        stream.write_all(&out).expect("send");
+    };
+    let next = |stream: &mut std::net::TcpStream, input: &mut Vec<u8>| loop {
+        if let Some((value, used)) =
+            fanout::protocol::resp::parse_value(input, usize::MAX).expect("valid RESP")
+        {
+            input.drain(..used);
+            return value;
+        }
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).expect("a reply");
+        assert!(n > 0, "closed");
+        input.extend_from_slice(&chunk[..n]);
+    };
+    let b_ = |s: &str| Value::Bulk(Some(s.as_bytes().to_vec()));
+    let (mut sub, mut sub_in) = (std::net::TcpStream::connect(b.local_addr()).unwrap(), Vec::new());
+    call(&mut sub, &mut sub_in, &["SUBSCRIBE", "rooms.1"]);
+    // Answered once node B serves the channel (subscribed in Redis, history read).
+    assert_eq!(
+        next(&mut sub, &mut sub_in),
+        Value::Array(Some(vec![b_("subscribe"), b_("rooms.1"), Value::Integer(1)]))
+    );
+    let (mut publisher, mut pub_in) =
+        (std::net::TcpStream::connect(a.local_addr()).unwrap(), Vec::new());
+    call(&mut publisher, &mut pub_in, &["PUBLISH", "rooms.1", "across"]);
+    // Answered once Redis ran the publish; the count is node A's own subscribers.
+    assert_eq!(next(&mut publisher, &mut pub_in), Value::Integer(0));
+    assert_eq!(
+        next(&mut sub, &mut sub_in),
+        Value::Array(Some(vec![b_("message"), b_("rooms.1"), b_("across")]))
+    );
+}

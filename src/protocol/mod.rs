@@ -213,6 +213,10 @@ pub enum Format {
     Sse = 4,
     /// Plain HTTP requests (publish, long-poll, metrics, pages); each reply is a whole response.
     Http = 5,
+    /// Redis's RESP2 (`resp`): any Redis client library, messages as `message` arrays.
+    Resp2 = 6,
+    /// RESP3 (after `HELLO 3`): messages as push frames.
+    Resp3 = 7,
 }
 
 /// Wraps JSON in a WebSocket text frame.
@@ -227,16 +231,35 @@ fn ws_binary(frame: &[u8]) -> Bytes {
 
 impl Format {
     /// Number of formats, for per-format frame caches.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 8;
 
     /// Every format, for per-format loops.
-    pub const ALL: [Format; Format::COUNT] =
-        [Format::Text, Format::Binary, Format::WsJson, Format::WsBinary, Format::Sse, Format::Http];
+    pub const ALL: [Format; Format::COUNT] = [
+        Format::Text,
+        Format::Binary,
+        Format::WsJson,
+        Format::WsBinary,
+        Format::Sse,
+        Format::Http,
+        Format::Resp2,
+        Format::Resp3,
+    ];
 
     /// Whether messages stream to connections of this format (all but plain HTTP requests, which
     /// get whole responses; see the long-poll in the worker).
     pub const fn streams(self) -> bool {
         !matches!(self, Format::Http)
+    }
+
+    /// Whether every connection of this format receives the broadcast channel `*`: not Redis
+    /// clients, which receive exactly what they subscribed to, as from Redis.
+    pub const fn receives_broadcasts(self) -> bool {
+        self.streams() && !self.is_resp()
+    }
+
+    /// RESP2 or RESP3.
+    pub const fn is_resp(self) -> bool {
+        matches!(self, Format::Resp2 | Format::Resp3)
     }
 
     /// The name used in metrics labels.
@@ -248,6 +271,8 @@ impl Format {
             Format::WsBinary => "websocket_binary",
             Format::Sse => "sse",
             Format::Http => "http",
+            Format::Resp2 => "resp2",
+            Format::Resp3 => "resp3",
         }
     }
 
@@ -306,6 +331,8 @@ impl Format {
                 json::put_message(out, channel, offset, payload);
                 out.put_u8(b'\n');
             }
+            Format::Resp2 => resp::put_message(out, channel, payload, false),
+            Format::Resp3 => resp::put_message(out, channel, payload, true),
         }
     }
 
@@ -323,6 +350,9 @@ impl Format {
             ))
             .freeze(),
             Format::Http => http::response(200, "application/json", &json::ok(ack, arg)),
+            // Redis clients get `+OK`; subscriptions are answered with their counts by the
+            // worker's RESP front end.
+            Format::Resp2 | Format::Resp3 => Bytes::from_static(b"+OK\r\n"),
         }
     }
 
@@ -335,6 +365,8 @@ impl Format {
             Format::WsBinary => ws_binary(&binary::encode_history(history)),
             Format::Sse => sse::history(history).freeze(),
             Format::Http => http::response(200, "application/json", &json::history(history)),
+            // Redis clients know nothing of offsets or epochs.
+            Format::Resp2 | Format::Resp3 => Bytes::new(),
         }
     }
 
@@ -350,6 +382,11 @@ impl Format {
             Format::Http => {
                 http::response(200, "application/json", &json::ack_object(channel, offset))
             }
+            Format::Resp2 | Format::Resp3 => {
+                let mut out = BytesMut::new();
+                resp::put_integer(&mut out, offset as i64);
+                out.freeze()
+            }
         }
     }
 
@@ -362,6 +399,11 @@ impl Format {
             Format::WsBinary => ws_binary(&binary::encode_error(code, detail)),
             Format::Sse => sse::error(code.code(), detail).freeze(),
             Format::Http => http::error_response(code.code(), detail),
+            Format::Resp2 | Format::Resp3 => {
+                let mut out = BytesMut::new();
+                resp::put_error(&mut out, &resp::error_text(code, detail));
+                out.freeze()
+            }
         }
     }
 
@@ -375,7 +417,8 @@ impl Format {
                 Bytes::from_static(&[0x80 | websocket::opcode::PING, 0])
             }
             Format::Sse => Bytes::from_static(b": ping\n\n"),
-            Format::Http => Bytes::new(),
+            // Redis never pings its clients (they ping, if they care).
+            Format::Http | Format::Resp2 | Format::Resp3 => Bytes::new(),
         }
     }
 
@@ -388,6 +431,7 @@ impl Format {
             Format::WsBinary => ws_binary(&[0, 0, 0, 1, binary::op::PONG]),
             Format::Sse => Bytes::from_static(b": pong\n\n"),
             Format::Http => http::response(200, "application/json", b"{\"op\":\"pong\"}"),
+            Format::Resp2 | Format::Resp3 => Bytes::from_static(b"+PONG\r\n"),
         }
     }
 
@@ -415,6 +459,8 @@ pub enum Sniffed {
     Binary(usize),
     /// An HTTP request line.
     Http,
+    /// A RESP array (`*`): a Redis client.
+    Resp,
     /// Anything else is text.
     Text,
 }
@@ -434,6 +480,7 @@ pub fn sniff(input: &[u8]) -> Result<Sniffed, ProtocolError> {
                 Ok(Sniffed::Binary(binary::PREFACE.len()))
             }
         }
+        Some(b'*') => Ok(Sniffed::Resp),
         Some(_) => Ok(match http::looks_like_http(input) {
             None => Sniffed::NeedMore,
             Some(true) => Sniffed::Http,

@@ -212,6 +212,47 @@ pub fn put_aggregate(out: &mut BytesMut, len: usize, push: bool) {
     out.put_slice(format!("{}{len}\r\n", if push { '>' } else { '*' }).as_bytes());
 }
 
+/// A channel message as Redis delivers it: `message`, the channel, the payload, as an array
+/// (RESP2) or a push (RESP3).
+pub fn put_message(out: &mut BytesMut, channel: &[u8], payload: &[u8], resp3: bool) {
+    put_aggregate(out, 3, resp3);
+    put_bulk(out, b"message");
+    put_bulk(out, channel);
+    put_bulk(out, payload);
+}
+
+/// A (un)subscription's confirmation: `kind` (`subscribe`, `unsubscribe`), the channel (none:
+/// an UNSUBSCRIBE of nothing), and how many subscriptions the connection has now.
+pub fn put_subscription(
+    out: &mut BytesMut,
+    kind: &[u8],
+    channel: Option<&[u8]>,
+    count: usize,
+    resp3: bool,
+) {
+    put_aggregate(out, 3, resp3);
+    put_bulk(out, kind);
+    match channel {
+        Some(channel) => put_bulk(out, channel),
+        None => put_null(out, resp3),
+    }
+    put_integer(out, count as i64);
+}
+
+/// The text of an error reply for one of fanout's refusals, with the error code Redis clients
+/// look for where there is one.
+pub fn error_text(code: crate::protocol::ErrorCode, detail: &str) -> String {
+    use crate::protocol::ErrorCode as E;
+    match code {
+        E::Unauthorized if detail.starts_with("authenticate first") => {
+            format!("NOAUTH {detail}")
+        }
+        E::Unauthorized => format!("WRONGPASS {detail}"),
+        E::Forbidden => format!("NOPERM {detail}"),
+        _ => format!("ERR {detail}"),
+    }
+}
+
 /// A decoded reply (tests and the load generator read servers' answers with it).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -24,6 +24,9 @@ pub struct Channel {
     /// The log's epoch, for message frames (fixed for the channel's life on one node: a freed
     /// name comes back as a new channel; in a cluster, Redis's, set when the log mirrors it).
     epoch: AtomicU64,
+    /// Connections on this node subscribed to it (every worker's), for a Redis client's PUBLISH
+    /// reply.
+    pub subscribers: std::sync::atomic::AtomicU32,
     /// Offset counter and retained messages. Held while a message is claimed in the ring and
     /// appended here, which is what makes ring order equal offset order within a channel and the
     /// log gap-free.
@@ -34,7 +37,8 @@ impl Channel {
     fn new(id: u64, name: Bytes, kind: ChannelKind, mirror: Mirror) -> Self {
         let mut log = ChannelLog::default();
         log.mirror = mirror;
-        Channel { id, name, kind, epoch: AtomicU64::new(log.epoch), log: Mutex::new(log) }
+        let epoch = AtomicU64::new(log.epoch);
+        Channel { id, name, kind, epoch, subscribers: Default::default(), log: Mutex::new(log) }
     }
 
     /// The log's epoch (as `lock_log().epoch`, without the lock).
@@ -280,6 +284,11 @@ impl ChannelRegistry {
         true
     }
 
+    /// The channel of that name, if it exists.
+    pub fn find(&self, name: &[u8]) -> Option<Arc<Channel>> {
+        lock(&self.by_name).get(name).cloned()
+    }
+
     /// The channel of that (already validated) name, created if needed.
     pub fn get_or_create(&self, name: &[u8]) -> Result<Arc<Channel>, ChannelError> {
         let mut by_name = lock(&self.by_name);
@@ -302,7 +311,14 @@ impl ChannelRegistry {
         let kind = validate_channel(&name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let epoch = AtomicU64::new(log.epoch);
-        let channel = Channel { id, name: name.clone(), kind, epoch, log: Mutex::new(log) };
+        let channel = Channel {
+            id,
+            name: name.clone(),
+            kind,
+            epoch,
+            subscribers: Default::default(),
+            log: Mutex::new(log),
+        };
         by_name.insert(name, Arc::new(channel));
     }
 

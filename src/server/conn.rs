@@ -136,6 +136,8 @@ pub enum Web {
         /// A close frame was queued; nothing else goes out after it.
         close_sent: bool,
     },
+    /// A Redis client (RESP).
+    Resp(RespState),
     /// An event stream.
     Sse {
         /// The request's wildcard patterns not subscribed yet (each may wait for the cluster).
@@ -148,6 +150,18 @@ pub enum Web {
         /// Positions moved this turn: the stream gets one cursor event at the end of the turn.
         cursor_due: bool,
     },
+}
+
+/// A Redis client's own state (`Web::Resp`).
+#[derive(Debug, Default)]
+pub struct RespState {
+    /// CLIENT SETNAME / HELLO SETNAME.
+    pub name: Option<Box<[u8]>>,
+    /// The channels of a SUBSCRIBE still to be taken once the one being waited for is served
+    /// (cluster mode).
+    pub pending: std::collections::VecDeque<Bytes>,
+    /// An AUTH inside HELLO: its `+OK` is not sent (HELLO answers for it).
+    pub quiet_auth: bool,
 }
 
 /// A channel of an event stream.

@@ -69,6 +69,10 @@ counters! {
     connections_sse: gauge,
     /// Open plain HTTP connections (keep-alive, long-poll).
     connections_http: gauge,
+    /// Open Redis-protocol connections speaking RESP2.
+    connections_resp2: gauge,
+    /// Open Redis-protocol connections speaking RESP3.
+    connections_resp3: gauge,
     /// Connections accepted since start.
     connections_total: counter,
     /// Connections refused because `max_connections` were open.
@@ -223,6 +227,8 @@ impl WorkerCounters {
             Format::WsBinary => &self.connections_websocket_binary,
             Format::Sse => &self.connections_sse,
             Format::Http => &self.connections_http,
+            Format::Resp2 => &self.connections_resp2,
+            Format::Resp3 => &self.connections_resp3,
         }
     }
 

@@ -301,7 +301,9 @@ impl Conn {
                 binary::encode_request(&request, &mut out);
                 return self.send_ws(true, websocket::opcode::BINARY, &out);
             }
-            Format::Sse | Format::Http => panic!("not a command format"),
+            Format::Sse | Format::Http | Format::Resp2 | Format::Resp3 => {
+                panic!("not a command format of this client")
+            }
             Format::Binary => binary::encode_request(&request, &mut out),
             Format::Text => match request {
                 Request::Subscribe { channel, resume: None } => {

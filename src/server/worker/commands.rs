@@ -289,10 +289,11 @@ impl Worker {
     fn attach(&mut self, key: usize, channel: Arc<Channel>) {
         let conn = &mut self.conns[key];
         let position = self.index.add(channel.id, key, conn.reply_format());
+        channel.subscribers.fetch_add(1, Ordering::Relaxed);
         conn.push_subscription(Subscription { channel, membership: Membership::Live(position) });
     }
 
-    fn unsubscribe(&mut self, key: usize, name: &[u8]) -> Result<(), Close> {
+    pub(super) fn unsubscribe(&mut self, key: usize, name: &[u8]) -> Result<(), Close> {
         if let Err(e) = validate_channel(name) {
             return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
         }
@@ -316,6 +317,7 @@ impl Worker {
     pub(super) fn detach_one(&mut self, key: usize, subscription: Subscription) {
         let format = self.conns[key].reply_format();
         let channel_id = subscription.channel.id;
+        subscription.channel.subscribers.fetch_sub(1, Ordering::Relaxed);
         match subscription.membership {
             Membership::CatchingUp => self.index.remove_catching_up(channel_id, key),
             Membership::Live(position) => {

@@ -226,7 +226,10 @@ impl Worker {
         // this worker's connections use (the per-format gauges count them), not in all of them.
         let counters = &self.shared.counters[self.id];
         let broadcast_formats = Format::ALL.map(|format| {
-            u32::from(format.streams() && counters.by_format(format).load(Ordering::Relaxed) > 0)
+            u32::from(
+                format.receives_broadcasts()
+                    && counters.by_format(format).load(Ordering::Relaxed) > 0,
+            )
         });
         while taken < DRAIN_MAX_MESSAGES && batched_bytes < max_bytes {
             // Big messages are taken one at a time so that the byte budget holds.
@@ -296,7 +299,9 @@ impl Worker {
         };
         if channel.kind == ChannelKind::Broadcast {
             let receives = |conn: &Conn| {
-                conn.is_open() && conn.format.is_some_and(Format::streams) && !conn.is_echo()
+                conn.is_open()
+                    && conn.format.is_some_and(Format::receives_broadcasts)
+                    && !conn.is_echo()
             };
             for (key, conn) in conns.iter_mut().filter(|(_, conn)| receives(conn)) {
                 enqueue(key, conn);

@@ -115,8 +115,10 @@ impl Worker {
 
     /// After a wait ends (a stall, a replay, a long-poll): the input that waited, then the socket.
     pub(super) fn continue_input(&mut self, key: usize) -> Result<(), Close> {
-        if self.conns[key].format == Some(Format::Sse) {
-            self.sse_subscribe_pending(key)?;
+        match self.conns[key].format {
+            Some(Format::Sse) => self.sse_subscribe_pending(key)?,
+            Some(Format::Resp2 | Format::Resp3) => self.resp_continue(key)?,
+            _ => {}
         }
         let input = self.conns[key].take_input();
         if !input.is_empty() {
@@ -152,6 +154,7 @@ impl Worker {
                         Format::Binary
                     }
                     Ok(Sniffed::Text) => Format::Text,
+                    Ok(Sniffed::Resp) => Format::Resp2,
                     Ok(Sniffed::Http) => {
                         self.conns[key].web = Some(Box::new(Web::Http {
                             keep_alive: true,
@@ -178,6 +181,7 @@ impl Worker {
             }
             // An event stream is one-way; whatever the client sends after its request is ignored.
             Format::Sse => return Ok(input.len()),
+            Format::Resp2 | Format::Resp3 => return Ok(at + self.resp_input(key, &input[at..])?),
         }
         loop {
             let conn = &self.conns[key];

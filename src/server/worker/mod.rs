@@ -43,6 +43,7 @@ mod lifecycle;
 mod outbox;
 mod publish;
 mod replay;
+mod resp;
 mod web;
 
 use std::collections::{HashMap, VecDeque};

@@ -101,7 +101,17 @@ impl Worker {
     }
 
     pub(super) fn acknowledge(&mut self, key: usize, ack: Ack, arg: &[u8]) -> Result<(), Close> {
-        let frame = self.conns[key].reply_format().encode_ok(ack, arg);
+        let format = self.conns[key].reply_format();
+        let frame = match ack {
+            // A Redis client's confirmations carry its subscription count; an AUTH inside
+            // HELLO is answered by HELLO.
+            Ack::Subscribe if format.is_resp() => self.resp_confirmation(key, b"subscribe", arg),
+            Ack::Unsubscribe if format.is_resp() => {
+                self.resp_confirmation(key, b"unsubscribe", arg)
+            }
+            Ack::Auth if format.is_resp() && self.resp_quiet_auth(key) => return Ok(()),
+            _ => format.encode_ok(ack, arg),
+        };
         self.reply(key, frame)
     }
 

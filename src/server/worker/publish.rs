@@ -194,7 +194,7 @@ impl Worker {
                         conn.phase = Phase::Waiting(Wait::DurableAck);
                     }
                 } else if acked {
-                    let frame = conn.reply_format().encode_ack(&channel.name, offset);
+                    let frame = self.ack_frame(key, &channel.name, offset);
                     self.reply(key, frame)?;
                 }
                 Ok(false)
@@ -211,6 +211,16 @@ impl Worker {
                 Ok(false)
             }
         }
+    }
+
+    /// The acknowledgement of a publish: its offset, or for a Redis client (whose PUBLISH is
+    /// acknowledged) how many of this node's connections subscribe to the channel.
+    fn ack_frame(&self, key: usize, channel: &[u8], offset: u64) -> Bytes {
+        let format = self.conns[key].reply_format();
+        if format.is_resp() {
+            return self.resp_receivers(channel);
+        }
+        format.encode_ack(channel, offset)
     }
 
     /// Retries parked publishes; one that goes through lets the input behind it continue.
@@ -260,8 +270,7 @@ impl Worker {
             }
             let result = match persisted.result {
                 Ok(()) => {
-                    let frame =
-                        conn.reply_format().encode_ack(&persisted.channel, persisted.offset);
+                    let frame = self.ack_frame(key, &persisted.channel, persisted.offset);
                     self.reply(key, frame)
                 }
                 Err((code, why)) => self.refuse(key, code, &why),

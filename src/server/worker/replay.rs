@@ -34,6 +34,7 @@ impl Worker {
     /// offset `has` (after a replay, or while a long-poll is held).
     pub(super) fn join_catching_up(&mut self, key: usize, channel: Arc<Channel>, has: u64) {
         self.index.add_catching_up(channel.id, key, has);
+        channel.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let membership = Membership::CatchingUp;
         self.conns[key].push_subscription(Subscription { channel, membership });
     }

@@ -1,0 +1,402 @@
+//! The Redis protocol front end: a connection whose first byte is `*` is a Redis client (RESP2,
+//! or RESP3 after `HELLO 3`). Its pub/sub commands go through the same subscribe and publish
+//! paths as every other format (permissions, limits, the cluster), and its messages are the
+//! same per-channel batches, encoded once as `message` arrays (RESP2) or pushes (RESP3). The
+//! replies' shapes, error texts and order are Redis's.
+//!
+//! Supported: SUBSCRIBE, UNSUBSCRIBE, PUBLISH (the reply counts this node's subscribers of the
+//! channel), PING (both modes), ECHO, QUIT, RESET, HELLO (2 and 3, with AUTH and SETNAME), AUTH
+//! (a token, or the API key, as the password), CLIENT SETNAME/GETNAME/ID/SETINFO, SELECT 0, and
+//! COMMAND (an empty answer, enough for redis-cli). Anything else is `-ERR unknown command`.
+
+use bytes::{Bytes, BytesMut};
+
+use super::lifecycle::Close;
+use super::Worker;
+use crate::protocol::resp::{self, RespError};
+use crate::protocol::Format;
+use crate::server::conn::{RespState, Web};
+use crate::server::stats::WorkerCounters;
+
+/// Commands a RESP2 connection with subscriptions may send (Redis's rule).
+const SUBSCRIBED_MODE: [&str; 9] = [
+    "subscribe",
+    "unsubscribe",
+    "psubscribe",
+    "punsubscribe",
+    "ssubscribe",
+    "sunsubscribe",
+    "ping",
+    "quit",
+    "reset",
+];
+
+fn frame(build: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::new();
+    build(&mut out);
+    out.freeze()
+}
+
+fn error(text: &str) -> Bytes {
+    frame(|out| resp::put_error(out, text))
+}
+
+impl Worker {
+    /// Handles every complete command in `input`; returns the bytes consumed. Stops when the
+    /// connection must wait (a channel being served, a publish parked).
+    pub(super) fn resp_input(&mut self, key: usize, input: &[u8]) -> Result<usize, Close> {
+        let max = self.shared.config.max_frame_bytes;
+        let mut at = 0;
+        loop {
+            self.resp_continue(key)?;
+            let conn = &self.conns[key];
+            if !conn.is_open() || conn.input_waits() {
+                return Ok(at);
+            }
+            match resp::parse_command(&input[at..], max) {
+                Ok(Some((args, used))) => {
+                    at += used;
+                    if !args.is_empty() {
+                        self.resp_command(key, &args)?;
+                    }
+                }
+                Ok(None) => return Ok(at),
+                Err(e) => return Err(self.resp_protocol_error(key, &e)),
+            }
+        }
+    }
+
+    /// Goes on with a SUBSCRIBE of several channels that waited for one of them.
+    pub(super) fn resp_continue(&mut self, key: usize) -> Result<(), Close> {
+        loop {
+            let conn = &mut self.conns[key];
+            if !conn.is_open() || conn.input_waits() {
+                return Ok(());
+            }
+            let Some(Web::Resp(state)) = conn.web.as_deref_mut() else { return Ok(()) };
+            let Some(channel) = state.pending.pop_front() else { return Ok(()) };
+            self.subscribe(key, &channel, None)?;
+        }
+    }
+
+    fn resp_protocol_error(&mut self, key: usize, e: &RespError) -> Close {
+        let counters = self.counters();
+        WorkerCounters::add(&counters.protocol_errors, 1);
+        WorkerCounters::add(&counters.protocol_errors_malformed, 1);
+        log::debug!("worker {}: RESP protocol error on connection {key}: {e}", self.id);
+        // As Redis: the error, then the connection closes.
+        let frame = error(&format!("ERR {e}"));
+        let conn = &mut self.conns[key];
+        self.out.enqueue(key, conn, frame, usize::MAX);
+        Close::Linger { error: None, discard_queue: false, peer_done: false }
+    }
+
+    fn resp_reply(&mut self, key: usize, frame: Bytes) -> Result<(), Close> {
+        self.reply(key, frame)
+    }
+
+    fn resp3(&self, key: usize) -> bool {
+        self.conns[key].format == Some(Format::Resp3)
+    }
+
+    fn resp_state(&mut self, key: usize) -> &mut RespState {
+        let conn = &mut self.conns[key];
+        if !matches!(conn.web.as_deref(), Some(Web::Resp(_))) {
+            conn.web = Some(Box::new(Web::Resp(RespState::default())));
+        }
+        match conn.web.as_deref_mut() {
+            Some(Web::Resp(state)) => state,
+            _ => unreachable!("just set"),
+        }
+    }
+
+    /// Subscriptions the connection holds (what Redis's confirmations count).
+    pub(super) fn resp_subscription_count(&self, key: usize) -> usize {
+        let conn = &self.conns[key];
+        conn.subscriptions.len() + conn.patterns.len()
+    }
+
+    fn resp_command(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
+        let name = String::from_utf8_lossy(args[0]).to_ascii_lowercase();
+        let arity = |ok: bool| -> Option<Bytes> {
+            (!ok).then(|| error(&format!("ERR wrong number of arguments for '{name}' command")))
+        };
+        let subscribed = self.resp_subscription_count(key) > 0;
+        if subscribed && !self.resp3(key) && !SUBSCRIBED_MODE.contains(&name.as_str()) {
+            let why = format!(
+                "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            );
+            return self.resp_reply(key, error(&why));
+        }
+        let before_auth = matches!(name.as_str(), "auth" | "hello" | "ping" | "quit" | "reset");
+        if !before_auth && self.must_authenticate(key) {
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            return self.resp_reply(key, error("NOAUTH Authentication required."));
+        }
+        match name.as_str() {
+            "ping" => {
+                if let Some(e) = arity(args.len() <= 2) {
+                    return self.resp_reply(key, e);
+                }
+                let message = args.get(1).copied();
+                let reply = if subscribed && !self.resp3(key) {
+                    frame(|out| {
+                        resp::put_aggregate(out, 2, false);
+                        resp::put_bulk(out, b"pong");
+                        resp::put_bulk(out, message.unwrap_or(b""));
+                    })
+                } else {
+                    match message {
+                        Some(message) => frame(|out| resp::put_bulk(out, message)),
+                        None => Bytes::from_static(b"+PONG\r\n"),
+                    }
+                };
+                self.resp_reply(key, reply)
+            }
+            "echo" => match arity(args.len() == 2) {
+                Some(e) => self.resp_reply(key, e),
+                None => self.resp_reply(key, frame(|out| resp::put_bulk(out, args[1]))),
+            },
+            "quit" => {
+                self.resp_reply(key, Bytes::from_static(b"+OK\r\n"))?;
+                Err(Close::Linger { error: None, discard_queue: false, peer_done: false })
+            }
+            "select" => match (arity(args.len() == 2), args.get(1)) {
+                (Some(e), _) => self.resp_reply(key, e),
+                (None, Some(&b"0")) => self.resp_reply(key, Bytes::from_static(b"+OK\r\n")),
+                (None, _) => self.resp_reply(key, error("ERR DB index is out of range")),
+            },
+            "command" => self.resp_reply(key, Bytes::from_static(b"*0\r\n")),
+            "client" => self.resp_client(key, args),
+            "hello" => self.resp_hello(key, args),
+            "auth" => match args.len() {
+                // AUTH password, or AUTH username password: the password is the token.
+                2 | 3 => {
+                    let token = args[args.len() - 1].to_vec();
+                    self.authenticate(key, &token)
+                }
+                _ => self.resp_reply(key, arity(false).unwrap_or_default()),
+            },
+            "reset" => {
+                self.resp_unsubscribe_all(key, false)?;
+                let state = self.resp_state(key);
+                state.name = None;
+                state.pending.clear();
+                if self.conns[key].format == Some(Format::Resp3) {
+                    self.set_format(key, Format::Resp2);
+                }
+                self.resp_reply(key, Bytes::from_static(b"+RESET\r\n"))
+            }
+            "subscribe" => {
+                if let Some(e) = arity(args.len() >= 2) {
+                    return self.resp_reply(key, e);
+                }
+                let state = self.resp_state(key);
+                state.pending.extend(args[1..].iter().map(|c| Bytes::copy_from_slice(c)));
+                self.resp_continue(key)
+            }
+            "unsubscribe" => {
+                if args.len() == 1 {
+                    return self.resp_unsubscribe_all(key, true);
+                }
+                for channel in &args[1..] {
+                    self.unsubscribe(key, channel)?;
+                    if !self.conns[key].is_open() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            "publish" => {
+                if let Some(e) = arity(args.len() == 3) {
+                    return self.resp_reply(key, e);
+                }
+                // An acknowledged publish whose acknowledgement is the receiver count (once
+                // Redis ran it, in a cluster).
+                let payload = Bytes::copy_from_slice(args[2]);
+                self.publish_request(key, args[1], payload, true)
+            }
+            _ => {
+                let mut why = format!(
+                    "ERR unknown command '{}', with args beginning with: ",
+                    String::from_utf8_lossy(args[0])
+                );
+                for arg in args[1..].iter().take(8) {
+                    why.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
+                }
+                self.resp_reply(key, error(&why))
+            }
+        }
+    }
+
+    /// UNSUBSCRIBE of everything (not a connection's inbox, which goes with its name).
+    fn resp_unsubscribe_all(&mut self, key: usize, confirm_nothing: bool) -> Result<(), Close> {
+        let channels: Vec<Bytes> = self.conns[key]
+            .subscriptions
+            .iter()
+            .filter(|s| s.channel.kind == crate::protocol::ChannelKind::Topic)
+            .map(|s| s.channel.name.clone())
+            .collect();
+        if channels.is_empty() {
+            if confirm_nothing {
+                let count = self.resp_subscription_count(key);
+                let resp3 = self.resp3(key);
+                let reply =
+                    frame(|out| resp::put_subscription(out, b"unsubscribe", None, count, resp3));
+                return self.resp_reply(key, reply);
+            }
+            return Ok(());
+        }
+        for channel in channels {
+            if confirm_nothing {
+                self.unsubscribe(key, &channel)?;
+            } else {
+                // RESET: quietly.
+                let conn = &mut self.conns[key];
+                if let Some(i) = conn.subscriptions.iter().position(|s| s.channel.name == channel) {
+                    let subscription = conn.subscriptions.swap_remove(i);
+                    self.detach_one(key, subscription);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resp_client(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
+        let sub = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+        let reply = match (sub.as_deref(), args.len()) {
+            (Some("setname"), 3) => {
+                if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                    error("ERR Client names cannot contain spaces, newlines or special characters.")
+                } else {
+                    self.resp_state(key).name = (!args[2].is_empty()).then(|| args[2].into());
+                    Bytes::from_static(b"+OK\r\n")
+                }
+            }
+            (Some("getname"), 2) => {
+                let resp3 = self.resp3(key);
+                match self.resp_state(key).name.clone() {
+                    Some(name) => frame(|out| resp::put_bulk(out, &name)),
+                    None => frame(|out| resp::put_null(out, resp3)),
+                }
+            }
+            (Some("id"), 2) => {
+                let id = self.client_id(key);
+                frame(|out| resp::put_integer(out, id))
+            }
+            (Some("setinfo"), 4) => Bytes::from_static(b"+OK\r\n"),
+            (Some(sub), _) => error(&format!(
+                "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
+            )),
+            (None, _) => error("ERR wrong number of arguments for 'client' command"),
+        };
+        self.resp_reply(key, reply)
+    }
+
+    /// A connection's id for CLIENT ID and HELLO: unique on this node while it lives.
+    fn client_id(&self, key: usize) -> i64 {
+        ((self.id as i64) << 48) | (i64::from(self.conns[key].serial) << 16) | (key as i64 & 0xffff)
+    }
+
+    fn resp_hello(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
+        let mut version = if self.resp3(key) { 3 } else { 2 };
+        let mut at = 1;
+        if let Some(&v) = args.get(1) {
+            match v {
+                b"2" => version = 2,
+                b"3" => version = 3,
+                _ => {
+                    let why = "NOPROTO unsupported protocol version";
+                    return self.resp_reply(key, error(why));
+                }
+            }
+            at = 2;
+        }
+        let mut token = None;
+        let mut name = None;
+        while at < args.len() {
+            match String::from_utf8_lossy(args[at]).to_ascii_lowercase().as_str() {
+                "auth" if at + 2 < args.len() => {
+                    token = Some(args[at + 2].to_vec());
+                    at += 3;
+                }
+                "setname" if at + 1 < args.len() => {
+                    name = Some(args[at + 1]);
+                    at += 2;
+                }
+                other => {
+                    let why = format!("ERR Syntax error in HELLO option '{other}'");
+                    return self.resp_reply(key, error(&why));
+                }
+            }
+        }
+        let wanted = if version == 3 { Format::Resp3 } else { Format::Resp2 };
+        if self.conns[key].format != Some(wanted) && self.resp_subscription_count(key) > 0 {
+            let why =
+                "ERR fanout: HELLO cannot change the protocol of a connection with subscriptions";
+            return self.resp_reply(key, error(why));
+        }
+        if let Some(token) = token {
+            self.resp_state(key).quiet_auth = true;
+            let result = self.authenticate(key, &token);
+            self.resp_state(key).quiet_auth = false;
+            result?;
+            if self.must_authenticate(key) || !self.conns[key].is_open() {
+                // Refused: the error went out instead of the `+OK`.
+                return Ok(());
+            }
+        }
+        if let Some(name) = name {
+            self.resp_state(key).name = Some(name.into());
+        }
+        if self.conns[key].format != Some(wanted) {
+            self.set_format(key, wanted);
+        }
+        let id = self.client_id(key);
+        let resp3 = version == 3;
+        let reply = frame(|out| {
+            if resp3 {
+                out.extend_from_slice(b"%7\r\n");
+            } else {
+                resp::put_aggregate(out, 14, false);
+            }
+            resp::put_bulk(out, b"server");
+            resp::put_bulk(out, b"redis");
+            resp::put_bulk(out, b"version");
+            resp::put_bulk(out, b"7.2.0");
+            resp::put_bulk(out, b"proto");
+            resp::put_integer(out, version);
+            resp::put_bulk(out, b"id");
+            resp::put_integer(out, id);
+            resp::put_bulk(out, b"mode");
+            resp::put_bulk(out, b"standalone");
+            resp::put_bulk(out, b"role");
+            resp::put_bulk(out, b"master");
+            resp::put_bulk(out, b"modules");
+            resp::put_aggregate(out, 0, false);
+        });
+        self.resp_reply(key, reply)
+    }
+
+    /// A subscription's confirmation in Redis's shape, with the connection's count.
+    pub(super) fn resp_confirmation(&self, key: usize, kind: &[u8], channel: &[u8]) -> Bytes {
+        let count = self.resp_subscription_count(key);
+        let resp3 = self.resp3(key);
+        frame(|out| resp::put_subscription(out, kind, Some(channel), count, resp3))
+    }
+
+    /// The answer to a RESP PUBLISH: how many of this node's connections subscribe to it.
+    pub(super) fn resp_receivers(&self, channel: &[u8]) -> Bytes {
+        let receivers = self
+            .shared
+            .channels
+            .find(channel)
+            .map_or(0, |c| c.subscribers.load(std::sync::atomic::Ordering::Relaxed));
+        frame(|out| resp::put_integer(out, i64::from(receivers)))
+    }
+
+    /// Whether the connection is a Redis client in the middle of a quiet AUTH (inside HELLO).
+    pub(super) fn resp_quiet_auth(&self, key: usize) -> bool {
+        matches!(self.conns[key].web.as_deref(), Some(Web::Resp(state)) if state.quiet_auth)
+    }
+}

@@ -1,0 +1,324 @@
+//! Redis clients speak to fanout: RESP2 and RESP3 on the same port (sniffed from `*`), with
+//! Redis's reply shapes, errors and order, through a raw client here and through `redis-cli`
+//! and Python's `redis` (real clients no one here wrote).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{start, wait_until, Conn, Frame, PATIENCE};
+use fanout::protocol::resp::{parse_value, Value};
+
+/// A raw RESP connection.
+struct Redis {
+    stream: TcpStream,
+    input: Vec<u8>,
+}
+
+fn bulk(text: &str) -> Value {
+    Value::Bulk(Some(text.as_bytes().to_vec()))
+}
+
+fn int(n: i64) -> Value {
+    Value::Integer(n)
+}
+
+fn array(items: Vec<Value>) -> Value {
+    Value::Array(Some(items))
+}
+
+fn message(channel: &str, payload: &str) -> Value {
+    array(vec![bulk("message"), bulk(channel), bulk(payload)])
+}
+
+fn confirmation(kind: &str, channel: &str, count: i64) -> Value {
+    array(vec![bulk(kind), bulk(channel), int(count)])
+}
+
+impl Redis {
+    fn connect(addr: SocketAddr) -> Redis {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Redis { stream, input: Vec::new() }
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        self.stream.write_all(&out).expect("send");
+    }
+
+    /// The next reply, or `None` on EOF (panics after PATIENCE).
+    fn next(&mut self) -> Option<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some((value, used)) = parse_value(&self.input, usize::MAX).expect("valid RESP") {
+                self.input.drain(..used);
+                return Some(value);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no reply within {PATIENCE:?}");
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> Value {
+        self.send(args);
+        self.next().expect("a reply")
+    }
+
+    fn nothing_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(n) if n > 0 => {
+                self.input.extend_from_slice(&chunk[..n]);
+                false
+            }
+            _ => self.input.is_empty(),
+        }
+    }
+}
+
+#[test]
+fn subscribe_publish_and_the_replies_redis_gives() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut sub = Redis::connect(addr);
+    assert_eq!(sub.call(&["PING"]), Value::Simple("PONG".into()));
+    assert_eq!(sub.call(&["ECHO", "hi"]), bulk("hi"));
+    assert_eq!(sub.call(&["SELECT", "0"]), Value::Simple("OK".into()));
+    assert_eq!(sub.call(&["SELECT", "1"]), Value::Error("ERR DB index is out of range".into()));
+    assert_eq!(sub.call(&["CLIENT", "SETNAME", "watcher"]), Value::Simple("OK".into()));
+    assert_eq!(sub.call(&["CLIENT", "GETNAME"]), bulk("watcher"));
+    assert!(matches!(sub.call(&["CLIENT", "ID"]), Value::Integer(_)));
+    assert_eq!(sub.call(&["COMMAND", "DOCS"]), array(vec![]));
+    assert_eq!(
+        sub.call(&["GET", "k"]),
+        Value::Error("ERR unknown command 'GET', with args beginning with: 'k' ".into())
+    );
+    assert_eq!(
+        sub.call(&["PUBLISH", "only-one-arg"]),
+        Value::Error("ERR wrong number of arguments for 'publish' command".into())
+    );
+    // One SUBSCRIBE, two confirmations counting up.
+    sub.send(&["SUBSCRIBE", "news", "sport"]);
+    assert_eq!(sub.next(), Some(confirmation("subscribe", "news", 1)));
+    assert_eq!(sub.next(), Some(confirmation("subscribe", "sport", 2)));
+    // Subscribed: only the pub/sub commands, PING as an array.
+    assert_eq!(sub.call(&["PING"]), array(vec![bulk("pong"), bulk("")]));
+    assert_eq!(
+        sub.call(&["ECHO", "x"]),
+        Value::Error("ERR Can't execute 'echo': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context".into())
+    );
+    // PUBLISH answers with the receivers; every other protocol's messages arrive too.
+    let mut publisher = Redis::connect(addr);
+    assert_eq!(publisher.call(&["PUBLISH", "news", "first"]), int(1));
+    assert_eq!(publisher.call(&["PUBLISH", "nobody", "x"]), int(0));
+    let mut text = Conn::text(addr);
+    text.publish("sport", b"from-text");
+    assert_eq!(sub.next(), Some(message("news", "first")));
+    assert_eq!(sub.next(), Some(message("sport", "from-text")));
+    // And the other way: a Redis PUBLISH reaches a text subscriber with its offset.
+    let mut listener = Conn::text(addr);
+    listener.subscribe("news");
+    assert_eq!(publisher.call(&["PUBLISH", "news", "second"]), int(2));
+    assert_eq!(
+        listener.next(),
+        Frame::Msg { channel: "news".into(), offset: 2, payload: b"second".to_vec() }
+    );
+    assert_eq!(sub.next(), Some(message("news", "second")));
+    // Broadcasts are not for Redis clients (they get what they subscribed to, as from Redis).
+    text.publish("*", b"everyone");
+    assert_eq!(
+        listener.next(),
+        Frame::Msg { channel: "*".into(), offset: 1, payload: b"everyone".to_vec() }
+    );
+    assert!(sub.nothing_within(Duration::from_millis(200)), "no broadcast on RESP");
+    // UNSUBSCRIBE of one, then of all, then of nothing.
+    sub.send(&["UNSUBSCRIBE", "news"]);
+    assert_eq!(sub.next(), Some(confirmation("unsubscribe", "news", 1)));
+    sub.send(&["UNSUBSCRIBE"]);
+    assert_eq!(sub.next(), Some(confirmation("unsubscribe", "sport", 0)));
+    sub.send(&["UNSUBSCRIBE"]);
+    assert_eq!(sub.next(), Some(array(vec![bulk("unsubscribe"), Value::Bulk(None), int(0)])));
+    assert_eq!(sub.call(&["PING", "back"]), bulk("back"));
+    assert_eq!(sub.call(&["QUIT"]), Value::Simple("OK".into()));
+    assert_eq!(sub.next(), None, "closed after QUIT");
+    wait_until("the RESP connections are counted", || server.stats().connections_resp2 >= 1);
+}
+
+#[test]
+fn resp3_pushes_hello_and_reset() {
+    let server = start(|_| {});
+    let mut client = Redis::connect(server.local_addr());
+    let hello = client.call(&["HELLO", "3", "SETNAME", "r3"]);
+    let Value::Map(fields) = hello else { panic!("HELLO 3 answers a map: {hello:?}") };
+    assert!(fields.contains(&(bulk("proto"), int(3))));
+    assert!(fields.contains(&(bulk("server"), bulk("redis"))));
+    assert_eq!(client.call(&["CLIENT", "GETNAME"]), bulk("r3"));
+    assert_eq!(
+        client.call(&["HELLO", "4"]),
+        Value::Error("NOPROTO unsupported protocol version".into())
+    );
+    client.send(&["SUBSCRIBE", "c"]);
+    assert_eq!(client.next(), Some(Value::Push(vec![bulk("subscribe"), bulk("c"), int(1)])));
+    // RESP3 connections may send any command while subscribed.
+    assert_eq!(client.call(&["ECHO", "still"]), bulk("still"));
+    assert_eq!(client.call(&["PING"]), Value::Simple("PONG".into()));
+    let mut publisher = Redis::connect(server.local_addr());
+    assert_eq!(publisher.call(&["PUBLISH", "c", "pushed"]), int(1));
+    assert_eq!(client.next(), Some(Value::Push(vec![bulk("message"), bulk("c"), bulk("pushed")])));
+    assert_eq!(client.call(&["RESET"]), Value::Simple("RESET".into()));
+    assert_eq!(publisher.call(&["PUBLISH", "c", "gone"]), int(0));
+    assert_eq!(client.call(&["CLIENT", "GETNAME"]), Value::Bulk(None), "RESP2 again, no name");
+}
+
+#[test]
+fn protocol_errors_close_only_that_connection() {
+    let server = start(|c| c.max_frame_bytes = 1024);
+    let addr = server.local_addr();
+    let mut bystander = Redis::connect(addr);
+    bystander.send(&["SUBSCRIBE", "calm"]);
+    assert_eq!(bystander.next(), Some(confirmation("subscribe", "calm", 1)));
+    for (bad, why) in [
+        (&b"*1\r\n$x\r\n"[..], "ERR Protocol error: invalid bulk length"),
+        (b"*99999999\r\n", "ERR Protocol error: invalid multibulk length"),
+        (b"*1\r\n$5000\r\n", "ERR Protocol error: invalid bulk length"),
+    ] {
+        let mut client = Redis::connect(addr);
+        client.stream.write_all(bad).expect("send");
+        assert_eq!(client.next(), Some(Value::Error(why.into())), "{bad:?}");
+        assert_eq!(client.next(), None, "closed after {why}");
+    }
+    let mut publisher = Redis::connect(addr);
+    assert_eq!(publisher.call(&["PUBLISH", "calm", "still here"]), int(1));
+    assert_eq!(bystander.next(), Some(message("calm", "still here")));
+}
+
+#[test]
+fn with_access_control_a_token_is_the_password() {
+    const SECRET: &[u8] = b"a resp test secret, long enough";
+    let server = start(|c| {
+        c.auth.hmac_secret = Some(SECRET.to_vec());
+        c.limits.auth_failures = Some(0);
+    });
+    let expires = fanout::auth::unix_now_secs() + 60;
+    let token = |channel: &str| {
+        let allowed = vec![channel.to_string()];
+        fanout::auth::mint_hs256(SECRET, Some("ann"), &allowed, &allowed, expires).expect("a token")
+    };
+    let mut client = Redis::connect(server.local_addr());
+    assert_eq!(client.call(&["PING"]), Value::Simple("PONG".into()), "PING before AUTH");
+    assert_eq!(
+        client.call(&["SUBSCRIBE", "room"]),
+        Value::Error("NOAUTH Authentication required.".into())
+    );
+    assert!(
+        matches!(client.call(&["AUTH", "not-a-token"]), Value::Error(e) if e.starts_with("WRONGPASS"))
+    );
+    assert_eq!(client.call(&["AUTH", "default", &token("room")]), Value::Simple("OK".into()));
+    client.send(&["SUBSCRIBE", "room"]);
+    assert_eq!(client.next(), Some(confirmation("subscribe", "room", 1)));
+    client.send(&["SUBSCRIBE", "elsewhere"]);
+    assert!(matches!(client.next(), Some(Value::Error(e)) if e.starts_with("NOPERM")));
+    // HELLO with AUTH answers with the server's map alone.
+    let mut hello = Redis::connect(server.local_addr());
+    let reply = hello.call(&["HELLO", "3", "AUTH", "default", &token("room")]);
+    assert!(matches!(reply, Value::Map(_)), "{reply:?}");
+    assert_eq!(hello.call(&["PUBLISH", "room", "hi"]), int(1));
+    assert_eq!(client.next(), Some(message("room", "hi")));
+}
+
+fn redis_cli(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (apt-get install redis-tools; .ci/run installs it)")
+}
+
+#[test]
+fn redis_cli_subscribes_and_publishes() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    for resp3 in [false, true] {
+        let channel = if resp3 { "cli3" } else { "cli2" };
+        let mut args =
+            vec!["-h".to_string(), "127.0.0.1".into(), "-p".into(), addr.port().to_string()];
+        if resp3 {
+            args.push("-3".into());
+        }
+        args.extend(["SUBSCRIBE".into(), channel.into()]);
+        let mut subscriber = Command::new("redis-cli")
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        wait_until("redis-cli is subscribed", || {
+            let mut probe = Redis::connect(addr);
+            probe.call(&["PUBLISH", channel, "probe"]) == int(1)
+        });
+        let published = redis_cli(addr, &["PUBLISH", channel, "hello from redis-cli"]);
+        assert_eq!(String::from_utf8_lossy(&published.stdout).trim(), "1");
+        std::thread::sleep(Duration::from_millis(200));
+        subscriber.kill().expect("kill");
+        let output = subscriber.wait_with_output().expect("output");
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(printed.contains("hello from redis-cli"), "resp3={resp3}: {printed}");
+        assert!(printed.contains(channel), "{printed}");
+    }
+    let pong = redis_cli(addr, &["PING"]);
+    assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
+}
+
+#[test]
+fn python_redis_pubsub_works_unchanged() {
+    let server = start(|_| {});
+    let port = server.local_addr().port();
+    let script = format!(
+        r#"
+import redis
+# RESP3 came to redis-py in 5.0; Debian's may be older.
+protocols = (2, 3) if int(redis.__version__.split(".")[0]) >= 5 else (2,)
+for protocol in protocols:
+    r = redis.Redis(host="127.0.0.1", port={port}, protocol=protocol) if protocol == 3 else redis.Redis(host="127.0.0.1", port={port})
+    p = r.pubsub()
+    p.subscribe("py")
+    first = p.get_message(timeout=5)
+    assert first["type"] == "subscribe" and first["channel"] == b"py", first
+    assert r.publish("py", "one") == 1
+    assert r.publish("py", "two") == 1
+    got = []
+    for message in p.listen():
+        if message["type"] == "message":
+            got.append(message["data"])
+        if len(got) == 2:
+            break
+    assert got == [b"one", b"two"], got
+    p.unsubscribe("py")
+    p.close()
+    print("protocol", protocol, "ok")
+print("python redis passed")
+"#
+    );
+    // Debian's python3 (python3-redis is a Debian package; .ci/run installs it).
+    let output =
+        Command::new("/usr/bin/python3").args(["-c", &script]).output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("python redis passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
