@@ -322,3 +322,73 @@ print("python redis passed")
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn redis_publishes_reach_websocket_and_event_streams_and_back() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut ws = Conn::websocket(addr);
+    ws.subscribe("mixed");
+    let mut stream = common::EventStream::open(addr, "/sse?channel=mixed", "");
+    wait_until("the stream is subscribed", || server.stats().connections_sse == 1);
+    let mut redis_sub = Redis::connect(addr);
+    redis_sub.send(&["SUBSCRIBE", "mixed"]);
+    assert_eq!(redis_sub.next(), Some(confirmation("subscribe", "mixed", 1)));
+    let mut publisher = Redis::connect(addr);
+    // The WebSocket, the event stream and the Redis client: three receivers.
+    assert_eq!(publisher.call(&["PUBLISH", "mixed", "from redis"]), int(3));
+    assert_eq!(
+        ws.next(),
+        Frame::Msg { channel: "mixed".into(), offset: 1, payload: b"from redis".to_vec() }
+    );
+    let event = stream.next_message();
+    assert_eq!(event.data, "from redis");
+    assert_eq!(redis_sub.next(), Some(message("mixed", "from redis")));
+    // And a WebSocket's publish reaches the Redis client.
+    ws.publish("mixed", b"from a browser");
+    assert_eq!(redis_sub.next(), Some(message("mixed", "from a browser")));
+    assert_eq!(stream.next_message().data, "from a browser");
+}
+
+#[test]
+fn pubsub_introspection_answers_for_this_node() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut a = Redis::connect(addr);
+    a.send(&["SUBSCRIBE", "news.art", "news.sport", "weather"]);
+    for _ in 0..3 {
+        a.next().expect("a confirmation");
+    }
+    let mut b = Conn::text(addr);
+    b.subscribe("news.art");
+    let mut named = Conn::text(addr);
+    named.send(fanout::protocol::Request::Name { name: b"secret-person" });
+    named.barrier();
+    let mut ask = Redis::connect(addr);
+    let sorted = |value: Value| match value {
+        Value::Array(Some(mut items)) => {
+            items.sort_by_key(|v| match v {
+                Value::Bulk(Some(bytes)) => bytes.clone(),
+                _ => Vec::new(),
+            });
+            items
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        sorted(ask.call(&["PUBSUB", "CHANNELS"])),
+        vec![bulk("news.art"), bulk("news.sport"), bulk("weather")],
+        "inboxes are not listed"
+    );
+    assert_eq!(
+        sorted(ask.call(&["PUBSUB", "CHANNELS", "news.*"])),
+        vec![bulk("news.art"), bulk("news.sport")]
+    );
+    assert_eq!(
+        ask.call(&["PUBSUB", "NUMSUB", "news.art", "weather", "none"]),
+        array(vec![bulk("news.art"), int(2), bulk("weather"), int(1), bulk("none"), int(0)])
+    );
+    assert_eq!(ask.call(&["PUBSUB", "NUMPAT"]), int(0));
+    assert_eq!(ask.call(&["PUBSUB", "SHARDCHANNELS"]), array(vec![]));
+    assert!(matches!(ask.call(&["PUBSUB", "NOPE"]), Value::Error(e) if e.contains("PUBSUB HELP")));
+}

@@ -11,6 +11,7 @@
 
 pub mod binary;
 pub mod fields;
+pub mod glob;
 pub mod http;
 pub mod json;
 pub mod resp;

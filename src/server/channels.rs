@@ -284,6 +284,17 @@ impl ChannelRegistry {
         true
     }
 
+    /// Topic channels (and `*`) with subscribers on this node whose names `keep` accepts
+    /// (Redis's PUBSUB CHANNELS; inboxes are private and not listed).
+    pub fn subscribed(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<Bytes> {
+        lock(&self.by_name)
+            .values()
+            .filter(|c| c.kind != ChannelKind::Inbox)
+            .filter(|c| c.subscribers.load(Ordering::Relaxed) > 0 && keep(&c.name))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// The channel of that name, if it exists.
     pub fn find(&self, name: &[u8]) -> Option<Arc<Channel>> {
         lock(&self.by_name).get(name).cloned()

@@ -6,8 +6,9 @@
 //!
 //! Supported: SUBSCRIBE, UNSUBSCRIBE, PUBLISH (the reply counts this node's subscribers of the
 //! channel), PING (both modes), ECHO, QUIT, RESET, HELLO (2 and 3, with AUTH and SETNAME), AUTH
-//! (a token, or the API key, as the password), CLIENT SETNAME/GETNAME/ID/SETINFO, SELECT 0, and
-//! COMMAND (an empty answer, enough for redis-cli). Anything else is `-ERR unknown command`.
+//! (a token, or the API key, as the password), CLIENT SETNAME/GETNAME/ID/SETINFO, SELECT 0,
+//! PUBSUB CHANNELS/NUMSUB/NUMPAT (this node's), and COMMAND (an empty answer, enough for
+//! redis-cli). Anything else is `-ERR unknown command`.
 
 use bytes::{Bytes, BytesMut};
 
@@ -167,6 +168,7 @@ impl Worker {
                 (None, _) => self.resp_reply(key, error("ERR DB index is out of range")),
             },
             "command" => self.resp_reply(key, Bytes::from_static(b"*0\r\n")),
+            "pubsub" => self.resp_pubsub(key, args),
             "client" => self.resp_client(key, args),
             "hello" => self.resp_hello(key, args),
             "auth" => match args.len() {
@@ -260,6 +262,56 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// PUBSUB: what this node's connections subscribe to. Sharded pub/sub is not taken yet, so
+    /// the SHARD forms find nothing.
+    fn resp_pubsub(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
+        let sub = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+        let registry = &self.shared.channels;
+        let list = |channels: Vec<Bytes>| {
+            frame(|out| {
+                resp::put_aggregate(out, channels.len(), false);
+                for channel in &channels {
+                    resp::put_bulk(out, channel);
+                }
+            })
+        };
+        let counts = |names: &[&[u8]], sharded: bool| {
+            frame(|out| {
+                resp::put_aggregate(out, 2 * names.len(), false);
+                for name in names {
+                    let count = match sharded {
+                        true => 0,
+                        false => registry.find(name).map_or(0, |c| {
+                            c.subscribers.load(std::sync::atomic::Ordering::Relaxed)
+                        }),
+                    };
+                    resp::put_bulk(out, name);
+                    resp::put_integer(out, i64::from(count));
+                }
+            })
+        };
+        let reply = match (sub.as_deref(), args.len()) {
+            (Some("channels"), 2 | 3) => {
+                let pattern = args.get(2).copied();
+                list(registry.subscribed(|name| {
+                    pattern.is_none_or(|p| crate::protocol::glob::glob_match(p, name))
+                }))
+            }
+            (Some("shardchannels"), 2 | 3) => list(Vec::new()),
+            (Some("numsub"), _) => counts(&args[2..], false),
+            (Some("shardnumsub"), _) => counts(&args[2..], true),
+            (Some("numpat"), 2) => {
+                let patterns = self.shared.stats().pattern_subscriptions;
+                frame(|out| resp::put_integer(out, patterns as i64))
+            }
+            (Some(sub), _) => error(&format!(
+                "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try PUBSUB HELP."
+            )),
+            (None, _) => error("ERR wrong number of arguments for 'pubsub' command"),
+        };
+        self.resp_reply(key, reply)
     }
 
     fn resp_client(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
