@@ -392,3 +392,63 @@ fn pubsub_introspection_answers_for_this_node() {
     assert_eq!(ask.call(&["PUBSUB", "SHARDCHANNELS"]), array(vec![]));
     assert!(matches!(ask.call(&["PUBSUB", "NOPE"]), Value::Error(e) if e.contains("PUBSUB HELP")));
 }
+
+/// ioredis from npm (installed once under the target directory; `.ci/run` provides Node).
+fn ioredis() -> std::path::PathBuf {
+    let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-redis-deps");
+    let module = prefix.join("node_modules/ioredis");
+    if !module.join("package.json").exists() {
+        let installed = (0..3).any(|_| {
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .arg(&prefix)
+                .arg("ioredis@5.8.2")
+                .status()
+                .expect("npm runs (install Node.js and npm)")
+                .success()
+        });
+        assert!(installed, "npm install ioredis failed");
+    }
+    module
+}
+
+#[test]
+fn ioredis_from_npm_subscribes_and_publishes() {
+    let server = start(|_| {});
+    let module = ioredis();
+    let script = format!(
+        r#"
+const Redis = require({module:?});
+const port = {port};
+(async () => {{
+  const sub = new Redis({{ port, host: "127.0.0.1" }});
+  const pub = new Redis({{ port, host: "127.0.0.1" }});
+  const got = [];
+  sub.on("message", (channel, message) => got.push(channel + ":" + message));
+  const count = await sub.subscribe("node.a", "node.b");
+  if (count !== 2) throw new Error("subscribe count " + count);
+  if ((await pub.publish("node.a", "one")) !== 1) throw new Error("receivers");
+  await pub.publish("node.b", "two");
+  await pub.publish("node.a", "three");
+  for (let i = 0; i < 100 && got.length < 3; i++) await new Promise((r) => setTimeout(r, 20));
+  if (JSON.stringify(got) !== JSON.stringify(["node.a:one", "node.b:two", "node.a:three"])) {{
+    throw new Error("got " + JSON.stringify(got));
+  }}
+  await sub.unsubscribe("node.a");
+  if ((await pub.publish("node.a", "gone")) !== 0) throw new Error("still subscribed");
+  sub.disconnect();
+  pub.disconnect();
+  console.log("ioredis passed");
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#,
+        module = module.to_string_lossy(),
+        port = server.local_addr().port()
+    );
+    let output = Command::new("node").args(["-e", &script]).output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("ioredis passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -7,8 +7,8 @@
 //! Supported: SUBSCRIBE, UNSUBSCRIBE, PUBLISH (the reply counts this node's subscribers of the
 //! channel), PING (both modes), ECHO, QUIT, RESET, HELLO (2 and 3, with AUTH and SETNAME), AUTH
 //! (a token, or the API key, as the password), CLIENT SETNAME/GETNAME/ID/SETINFO, SELECT 0,
-//! PUBSUB CHANNELS/NUMSUB/NUMPAT (this node's), and COMMAND (an empty answer, enough for
-//! redis-cli). Anything else is `-ERR unknown command`.
+//! PUBSUB CHANNELS/NUMSUB/NUMPAT (this node's), INFO (a few fields clients check), and COMMAND
+//! (an empty answer, enough for redis-cli). Anything else is `-ERR unknown command`.
 
 use bytes::{Bytes, BytesMut};
 
@@ -169,6 +169,15 @@ impl Worker {
             },
             "command" => self.resp_reply(key, Bytes::from_static(b"*0\r\n")),
             "pubsub" => self.resp_pubsub(key, args),
+            // Enough for clients that check a server before using it (ioredis's ready check
+            // waits for `loading:0`).
+            "info" => {
+                let info = "# Server\r\nredis_version:7.2.0\r\nredis_mode:standalone\r\nfanout_version:"
+                    .to_string()
+                    + env!("CARGO_PKG_VERSION")
+                    + "\r\n\r\n# Persistence\r\nloading:0\r\n\r\n# Replication\r\nrole:master\r\n";
+                self.resp_reply(key, frame(|out| resp::put_bulk(out, info.as_bytes())))
+            }
             "client" => self.resp_client(key, args),
             "hello" => self.resp_hello(key, args),
             "auth" => match args.len() {
