@@ -916,4 +916,18 @@ fn redis_clients_publish_and_subscribe_across_nodes() {
         next(&mut sub, &mut sub_in),
         Value::Array(Some(vec![b_("message"), b_("rooms.1"), b_("across")]))
     );
+    // A Redis glob subscription on node B: answered once B PSUBSCRIBEd in Redis.
+    let (mut psub, mut psub_in) =
+        (std::net::TcpStream::connect(b.local_addr()).unwrap(), Vec::new());
+    call(&mut psub, &mut psub_in, &["PSUBSCRIBE", "rooms.?"]);
+    assert_eq!(
+        next(&mut psub, &mut psub_in),
+        Value::Array(Some(vec![b_("psubscribe"), b_("rooms.?"), Value::Integer(1)]))
+    );
+    call(&mut publisher, &mut pub_in, &["PUBLISH", "rooms.7", "by glob"]);
+    assert_eq!(next(&mut publisher, &mut pub_in), Value::Integer(0));
+    assert_eq!(
+        next(&mut psub, &mut psub_in),
+        Value::Array(Some(vec![b_("pmessage"), b_("rooms.?"), b_("rooms.7"), b_("by glob")]))
+    );
 }

@@ -307,6 +307,16 @@ for protocol in protocols:
             break
     assert got == [b"one", b"two"], got
     p.unsubscribe("py")
+    q = r.pubsub()
+    q.psubscribe("py.*")
+    first = q.get_message(timeout=5)
+    assert first["type"] == "psubscribe" and first["channel"] == b"py.*", first
+    r.publish("py.x", "three")
+    for message in q.listen():
+        if message["type"] == "pmessage":
+            assert (message["pattern"], message["channel"], message["data"]) == (b"py.*", b"py.x", b"three"), message
+            break
+    q.close()
     p.close()
     print("protocol", protocol, "ok")
 print("python redis passed")
@@ -451,4 +461,64 @@ const port = {port};
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+fn pmessage(pattern: &str, channel: &str, payload: &str) -> Value {
+    array(vec![bulk("pmessage"), bulk(pattern), bulk(channel), bulk(payload)])
+}
+
+#[test]
+fn psubscribe_takes_redis_globs() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut client = Redis::connect(addr);
+    client.send(&["PSUBSCRIBE", "news.*", "h?llo", "[ab]x"]);
+    assert_eq!(client.next(), Some(confirmation("psubscribe", "news.*", 1)));
+    assert_eq!(client.next(), Some(confirmation("psubscribe", "h?llo", 2)));
+    assert_eq!(client.next(), Some(confirmation("psubscribe", "[ab]x", 3)));
+    client.send(&["SUBSCRIBE", "news.art"]);
+    assert_eq!(client.next(), Some(confirmation("subscribe", "news.art", 4)));
+    let mut text = Conn::text(addr);
+    for channel in ["news.art", "news.a.b", "hello", "hllo", "bx", "cx"] {
+        text.publish(channel, channel.as_bytes());
+    }
+    text.barrier();
+    // A channel subscribed both ways comes once per subscription (as Redis does); `*` crosses
+    // dots in Redis's globs.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(client.next().expect("a message"));
+    }
+    got.sort_by_key(|v| format!("{v:?}"));
+    let mut expected = vec![
+        message("news.art", "news.art"),
+        pmessage("news.*", "news.art", "news.art"),
+        pmessage("news.*", "news.a.b", "news.a.b"),
+        pmessage("h?llo", "hello", "hello"),
+        pmessage("[ab]x", "bx", "bx"),
+    ];
+    expected.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(got, expected);
+    assert!(client.nothing_within(Duration::from_millis(200)), "hllo and cx match nothing");
+    let mut ask = Redis::connect(addr);
+    assert_eq!(ask.call(&["PUBSUB", "NUMPAT"]), int(3));
+    client.send(&["PUNSUBSCRIBE", "h?llo"]);
+    assert_eq!(client.next(), Some(confirmation("punsubscribe", "h?llo", 3)));
+    client.send(&["PUNSUBSCRIBE"]);
+    let mut rest = [client.next().expect("one"), client.next().expect("two")];
+    rest.sort_by_key(|v| format!("{v:?}"));
+    assert!(matches!(&rest[0], Value::Array(Some(v)) if v[0] == bulk("punsubscribe")));
+    assert_eq!(ask.call(&["PUBSUB", "NUMPAT"]), int(0));
+    client.send(&["PUNSUBSCRIBE"]);
+    assert_eq!(client.next(), Some(array(vec![bulk("punsubscribe"), Value::Bulk(None), int(1)])));
+    // The fanout syntax is another pattern: `PSUB news.*` does not match news.a.b.
+    let mut fanout_pattern = Conn::text(addr);
+    fanout_pattern.send(fanout::protocol::Request::PatternSubscribe { pattern: b"news.*" });
+    fanout_pattern.barrier();
+    text.publish("news.a.b", b"deep");
+    text.publish("news.x", b"shallow");
+    match fanout_pattern.next() {
+        Frame::Msg { channel, .. } => assert_eq!(channel, "news.x"),
+        other => panic!("{other:?}"),
+    }
 }

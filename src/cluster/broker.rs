@@ -179,14 +179,7 @@ struct PatternTrack {
 /// The Redis glob of the pub/sub channels a fanout pattern matches: `*` and `>` tokens become
 /// `*` (which also crosses dots: the workers match exactly), everything else literal.
 fn redis_glob(prefix: &str, pattern: &[u8]) -> Vec<u8> {
-    let mut glob = Vec::with_capacity(prefix.len() + pattern.len() + 8);
-    for &b in prefix.as_bytes() {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            glob.push(b'\\');
-        }
-        glob.push(b);
-    }
-    glob.extend_from_slice(b":{");
+    let mut glob = glob_prefix(prefix);
     for (k, token) in pattern.split(|&b| b == b'.').enumerate() {
         if k > 0 {
             glob.push(b'.');
@@ -203,6 +196,19 @@ fn redis_glob(prefix: &str, pattern: &[u8]) -> Vec<u8> {
         }
     }
     glob.push(b'}');
+    glob
+}
+
+/// The start of every glob of our pub/sub channels: the prefix, escaped, and `:{`.
+fn glob_prefix(prefix: &str) -> Vec<u8> {
+    let mut glob = Vec::with_capacity(prefix.len() + 8);
+    for &b in prefix.as_bytes() {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            glob.push(b'\\');
+        }
+        glob.push(b);
+    }
+    glob.extend_from_slice(b":{");
     glob
 }
 
@@ -1600,7 +1606,12 @@ impl BrokerThread {
     /// every server (standalone Redis only), of a Redis glob that matches at least what the
     /// pattern matches (the workers match exactly).
     fn serve_pattern(&mut self, text: Box<[u8]>) {
-        let glob = Bytes::from(redis_glob(&self.config().key_prefix, &text));
+        let prefix = &self.config().key_prefix;
+        // A Redis client's glob (behind `GLOB_KEY`) is a glob already: only the name around it.
+        let glob = Bytes::from(match text.strip_prefix(&[crate::server::patterns::GLOB_KEY]) {
+            Some(glob) => [&glob_prefix(prefix)[..], glob, b"}"].concat(),
+            None => redis_glob(prefix, &text),
+        });
         if self.patterns.contains_key(&glob) {
             return;
         }

@@ -221,6 +221,21 @@ pub fn put_message(out: &mut BytesMut, channel: &[u8], payload: &[u8], resp3: bo
     put_bulk(out, payload);
 }
 
+/// A message to a pattern subscription: `pmessage`, the pattern, the channel, the payload.
+pub fn put_pmessage(
+    out: &mut BytesMut,
+    pattern: &[u8],
+    channel: &[u8],
+    payload: &[u8],
+    resp3: bool,
+) {
+    put_aggregate(out, 4, resp3);
+    put_bulk(out, b"pmessage");
+    put_bulk(out, pattern);
+    put_bulk(out, channel);
+    put_bulk(out, payload);
+}
+
 /// A (un)subscription's confirmation: `kind` (`subscribe`, `unsubscribe`), the channel (none:
 /// an UNSUBSCRIBE of nothing), and how many subscriptions the connection has now.
 pub fn put_subscription(

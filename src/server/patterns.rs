@@ -17,16 +17,52 @@ use crate::protocol::Format;
 /// fresh channel names must not grow it without bound).
 const MAX_CACHED_CHANNELS: usize = 100_000;
 
+/// What a pattern is: fanout's (`*` one token, `>` the rest) or, from a Redis client's
+/// PSUBSCRIBE, Redis's glob (`*`, `?`, `[...]`), whose key in the index starts with
+/// `GLOB_KEY` so that the same text in the two syntaxes are two patterns.
+#[derive(Debug)]
+pub enum Matcher {
+    /// `PSUB`, `?pattern=`: dot-separated tokens.
+    Topic(TopicPattern),
+    /// Redis's PSUBSCRIBE.
+    Glob,
+}
+
+/// The first byte of a Redis glob's key in the index (a fanout pattern cannot start with it).
+pub const GLOB_KEY: u8 = 0x01;
+
+/// The index key of Redis glob `glob`.
+pub fn glob_key(glob: &[u8]) -> Box<[u8]> {
+    [&[GLOB_KEY][..], glob].concat().into()
+}
+
 /// One pattern and this worker's subscribers of it.
 #[derive(Debug)]
 pub struct PatternEntry {
-    /// The pattern as clients wrote it.
+    /// The pattern's key: as clients wrote it (a Redis glob behind `GLOB_KEY`).
     pub text: Box<[u8]>,
-    pattern: TopicPattern,
+    pattern: Matcher,
     /// Slab keys of the subscribed connections, in no particular order.
     pub subscribers: Vec<usize>,
     /// How many subscribers use each wire format.
     pub per_format: [u32; Format::COUNT],
+}
+
+impl PatternEntry {
+    /// The pattern as its clients wrote it.
+    pub fn written(&self) -> &[u8] {
+        match self.pattern {
+            Matcher::Glob => &self.text[1..],
+            Matcher::Topic(_) => &self.text,
+        }
+    }
+
+    fn matches(&self, channel: &[u8]) -> bool {
+        match &self.pattern {
+            Matcher::Topic(pattern) => pattern.matches(channel),
+            Matcher::Glob => crate::protocol::glob::glob_match(&self.text[1..], channel),
+        }
+    }
 }
 
 /// Pattern -> subscribers, and channel -> matching patterns.
@@ -66,7 +102,7 @@ impl PatternIndex {
     pub fn add(
         &mut self,
         text: &[u8],
-        pattern: TopicPattern,
+        pattern: Matcher,
         key: usize,
         format: Format,
     ) -> (usize, u32) {
@@ -118,25 +154,45 @@ impl PatternIndex {
         cached_matches(&mut self.matches, &self.patterns, channel, name)
     }
 
-    /// How many subscribers of the patterns matching the channel use each format; `None` when
-    /// no pattern matches it.
-    pub fn formats_matching(&mut self, channel: u64, name: &[u8]) -> Option<[u32; Format::COUNT]> {
+    /// How many subscribers of the patterns matching the channel use each format, Redis
+    /// clients left out, and whether there are Redis clients among them (their `pmessage`
+    /// frames name the pattern: one frame per pattern, not the channel's shared one); `None`
+    /// when no pattern matches it.
+    pub fn formats_matching(
+        &mut self,
+        channel: u64,
+        name: &[u8],
+    ) -> Option<([u32; Format::COUNT], bool)> {
         let ids = cached_matches(&mut self.matches, &self.patterns, channel, name);
         if ids.is_empty() {
             return None;
         }
         let mut sum = [0; Format::COUNT];
+        let mut redis_clients = false;
         for &id in ids {
-            sum.iter_mut().zip(&self.patterns[id].per_format).for_each(|(n, m)| *n += m);
+            for format in Format::ALL {
+                let n = self.patterns[id].per_format[format as usize];
+                if format.is_resp() {
+                    redis_clients |= n > 0;
+                } else {
+                    sum[format as usize] += n;
+                }
+            }
         }
-        Some(sum)
+        Some((sum, redis_clients))
     }
 
-    /// Calls `each` with every subscriber of every pattern matching the channel (a connection
-    /// subscribed to two matching patterns comes twice).
-    pub fn for_each_subscriber(&mut self, channel: u64, name: &[u8], mut each: impl FnMut(usize)) {
+    /// Calls `each` with every subscriber of every pattern matching the channel, and the
+    /// pattern (a connection subscribed to two matching patterns comes twice).
+    pub fn for_each_subscriber(
+        &mut self,
+        channel: u64,
+        name: &[u8],
+        mut each: impl FnMut(usize, usize, &PatternEntry),
+    ) {
         for &id in cached_matches(&mut self.matches, &self.patterns, channel, name) {
-            self.patterns[id].subscribers.iter().for_each(|&key| each(key));
+            let entry = &self.patterns[id];
+            entry.subscribers.iter().for_each(|&key| each(key, id, entry));
         }
     }
 }
@@ -153,7 +209,7 @@ fn cached_matches<'a>(
         matches.clear();
     }
     matches.entry(channel).or_insert_with(|| {
-        patterns.iter().filter(|(_, p)| p.pattern.matches(name)).map(|(id, _)| id).collect()
+        patterns.iter().filter(|(_, p)| p.matches(name)).map(|(id, _)| id).collect()
     })
 }
 
@@ -161,8 +217,8 @@ fn cached_matches<'a>(
 mod tests {
     use super::*;
 
-    fn pattern(text: &str) -> TopicPattern {
-        TopicPattern::parse(text, 16).unwrap()
+    fn pattern(text: &str) -> Matcher {
+        Matcher::Topic(TopicPattern::parse(text, 16).unwrap())
     }
 
     #[test]
@@ -186,5 +242,15 @@ mod tests {
         assert_eq!(index.get(rooms).subscribers, vec![12]);
         let (deep, _) = index.add(b"room.>", pattern("room.>"), 13, Format::Text);
         assert_eq!(index.matching(3, b"room.1.x"), &[deep], "a new pattern is matched too");
+        // A Redis glob of the same text is another pattern, matched the glob's way.
+        let (glob, _) = index.add(&glob_key(b"room.*"), Matcher::Glob, 14, Format::Resp2);
+        assert_ne!(glob, rooms);
+        assert_eq!(index.get(glob).written(), b"room.*");
+        assert_eq!(index.matching(4, b"room.1.x"), &[deep, glob]);
+        let (sum, redis_clients) = index.formats_matching(4, b"room.1.x").expect("matched");
+        assert_eq!(
+            (sum[Format::Text as usize], sum[Format::Resp2 as usize], redis_clients),
+            (1, 0, true)
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::server::channels::Channel;
 use crate::server::conn::{
     AfterJoin, Joining, Membership, PatternSubscription, Phase, Subscription, Wait,
 };
+use crate::server::patterns::{Matcher, GLOB_KEY};
 use crate::server::stats::WorkerCounters;
 
 fn owned(payload: Cow<'_, [u8]>) -> Bytes {
@@ -246,7 +247,12 @@ impl Worker {
                     continue;
                 }
                 let Some(Wait::PatternJoin(text)) = self.conns[key].end_wait() else { continue };
-                let result = self.pattern_subscribe(key, &text).and_then(|()| {
+                // A Redis client's glob, or a fanout pattern.
+                let result = match text.strip_prefix(&[GLOB_KEY]) {
+                    Some(glob) => self.glob_subscribe(key, glob),
+                    None => self.pattern_subscribe(key, &text),
+                };
+                let result = result.and_then(|()| {
                     if self.conns[key].input_waits() {
                         Ok(())
                     } else {
@@ -369,7 +375,8 @@ impl Worker {
             self.pattern_holders(text, 1);
         }
         let conn = &mut self.conns[key];
-        let (id, position) = self.patterns.add(text, pattern, key, conn.reply_format());
+        let (id, position) =
+            self.patterns.add(text, Matcher::Topic(pattern), key, conn.reply_format());
         conn.patterns.reserve_exact(1);
         conn.patterns.push(PatternSubscription { id, position });
         self.acknowledge(key, Ack::PatternSubscribe, text)
@@ -411,7 +418,7 @@ impl Worker {
 
     /// Cluster mode: this worker took up (`+1`) or let go of (`-1`) pattern `text`; the broker
     /// PUNSUBSCRIBEs a pattern no worker holds.
-    fn pattern_holders(&self, text: &[u8], change: isize) {
+    pub(super) fn pattern_holders(&self, text: &[u8], change: isize) {
         let Some(broker) = self.shared.broker.as_ref() else { return };
         let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
         if change > 0 {

@@ -249,13 +249,18 @@ impl Worker {
                     }
                     _ => local.map_or([0; Format::COUNT], |l| l.per_format),
                 };
-                // Pattern subscribers receive the same frame: their formats count too.
+                // Pattern subscribers receive the same frame: their formats count too. Redis
+                // clients' `pmessage` frames name the pattern: built from the messages kept.
+                let mut redis_clients = false;
                 if channel.kind == ChannelKind::Topic && !patterns.is_empty() {
-                    if let Some(matched) = patterns.formats_matching(channel.id, &channel.name) {
+                    if let Some((matched, resp)) =
+                        patterns.formats_matching(channel.id, &channel.name)
+                    {
                         per_format.iter_mut().zip(&matched).for_each(|(n, m)| *n += m);
+                        redis_clients = resp;
                     }
                 }
-                let keep_items = local.is_some_and(|l| !l.catching_up.is_empty());
+                let keep_items = redis_clients || local.is_some_and(|l| !l.catching_up.is_empty());
                 (keep_items || per_format.iter().any(|&n| n > 0))
                     .then_some(Audience { per_format, keep_items })
             };
@@ -288,9 +293,36 @@ impl Worker {
         let mut streams = std::mem::take(&mut self.delivered_streams);
         let Worker { conns, index, out, patterns, .. } = self;
         let mut deliveries = 0u64;
-        let mut enqueue = |key: usize, conn: &mut Conn| {
+        // A Redis client's pattern subscription gets `pmessage` frames naming its pattern: one
+        // per pattern and RESP version, built once for the batch.
+        let mut pattern_frames: Vec<(usize, Format, Bytes)> = Vec::new();
+        let items = &batch.items;
+        let mut enqueue = |key: usize, conn: &mut Conn, pattern: Option<(usize, &[u8])>| {
             let Some(format) = conn.format else { return };
-            if out.deliver(key, conn, frames[format as usize].clone(), cap) {
+            let frame = match pattern {
+                Some((id, written)) if format.is_resp() => {
+                    match pattern_frames.iter().find(|(i, f, _)| *i == id && *f == format) {
+                        Some((_, _, frame)) => frame.clone(),
+                        None => {
+                            let mut out = BytesMut::new();
+                            for item in items.iter().filter(|m| !is_notice(m.offset)) {
+                                crate::protocol::resp::put_pmessage(
+                                    &mut out,
+                                    written,
+                                    &channel.name,
+                                    &item.payload,
+                                    format == Format::Resp3,
+                                );
+                            }
+                            let frame = out.freeze();
+                            pattern_frames.push((id, format, frame.clone()));
+                            frame
+                        }
+                    }
+                }
+                _ => frames[format as usize].clone(),
+            };
+            if out.deliver(key, conn, frame, cap) {
                 deliveries += 1;
                 if format == Format::Sse {
                     streams.push(key);
@@ -304,19 +336,19 @@ impl Worker {
                     && !conn.is_echo()
             };
             for (key, conn) in conns.iter_mut().filter(|(_, conn)| receives(conn)) {
-                enqueue(key, conn);
+                enqueue(key, conn, None);
             }
         } else {
             if let Some(local) = index.get(channel.id) {
                 for &key in &local.subscribers {
-                    enqueue(key, &mut conns[key]);
+                    enqueue(key, &mut conns[key], None);
                 }
             }
             // Pattern subscribers get it once per matching subscription (as Redis does), with
             // the channel's own name and offset.
             if channel.kind == ChannelKind::Topic && !patterns.is_empty() {
-                patterns.for_each_subscriber(channel.id, &channel.name, |key| {
-                    enqueue(key, &mut conns[key]);
+                patterns.for_each_subscriber(channel.id, &channel.name, |key, id, entry| {
+                    enqueue(key, &mut conns[key], Some((id, entry.written())));
                 });
             }
         }

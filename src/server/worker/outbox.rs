@@ -109,6 +109,12 @@ impl Worker {
             Ack::Unsubscribe if format.is_resp() => {
                 self.resp_confirmation(key, b"unsubscribe", arg)
             }
+            Ack::PatternSubscribe if format.is_resp() => {
+                self.resp_confirmation(key, b"psubscribe", arg)
+            }
+            Ack::PatternUnsubscribe if format.is_resp() => {
+                self.resp_confirmation(key, b"punsubscribe", arg)
+            }
             Ack::Auth if format.is_resp() && self.resp_quiet_auth(key) => return Ok(()),
             _ => format.encode_ok(ack, arg),
         };

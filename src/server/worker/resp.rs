@@ -14,9 +14,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::lifecycle::Close;
 use super::Worker;
+use crate::auth::pattern::TopicPattern;
 use crate::protocol::resp::{self, RespError};
 use crate::protocol::Format;
-use crate::server::conn::{RespState, Web};
+use crate::server::conn::{PatternSubscription, RespState, Web};
+use crate::server::patterns::{glob_key, Matcher, GLOB_KEY};
 use crate::server::stats::WorkerCounters;
 
 /// Commands a RESP2 connection with subscriptions may send (Redis's rule).
@@ -67,7 +69,8 @@ impl Worker {
         }
     }
 
-    /// Goes on with a SUBSCRIBE of several channels that waited for one of them.
+    /// Goes on with a SUBSCRIBE (or PSUBSCRIBE) of several that waited for one of them (cluster
+    /// mode). Patterns are queued behind `GLOB_KEY`.
     pub(super) fn resp_continue(&mut self, key: usize) -> Result<(), Close> {
         loop {
             let conn = &mut self.conns[key];
@@ -75,9 +78,84 @@ impl Worker {
                 return Ok(());
             }
             let Some(Web::Resp(state)) = conn.web.as_deref_mut() else { return Ok(()) };
-            let Some(channel) = state.pending.pop_front() else { return Ok(()) };
-            self.subscribe(key, &channel, None)?;
+            let Some(next) = state.pending.pop_front() else { return Ok(()) };
+            match next.strip_prefix(&[GLOB_KEY]) {
+                Some(glob) => {
+                    if self.pattern_served_here(&glob_key(glob)) {
+                        self.glob_subscribe(key, glob)?;
+                    } else {
+                        self.wait_for_pattern(key, &glob_key(glob));
+                    }
+                }
+                None => self.subscribe(key, &next, None)?,
+            }
         }
+    }
+
+    /// PSUBSCRIBE of one Redis glob: every topic channel it matches, as `pmessage`s. With access
+    /// control, only for a connection that may subscribe to every channel (a glob cannot be
+    /// checked against the grant's patterns).
+    pub(super) fn glob_subscribe(&mut self, key: usize, glob: &[u8]) -> Result<(), Close> {
+        if self.shared.broker.as_ref().is_some_and(|b| b.config.redis_cluster) {
+            let why = "wildcard subscriptions are not available over a Redis Cluster (sharded pub/sub has no patterns); subscribe to the channels";
+            return self.refuse(key, crate::protocol::ErrorCode::NotImplemented, why);
+        }
+        let everything = TopicPattern::parse(">", 1).expect("> is a pattern");
+        if !self.pattern_permitted(key, glob, &everything)?
+            || !self.within_rate(key, super::access::Rate::Subscribe)?
+        {
+            return Ok(());
+        }
+        let text = glob_key(glob);
+        let conn = &self.conns[key];
+        let id = self.patterns.id_of(&text);
+        if id.is_some_and(|id| conn.patterns.iter().any(|p| p.id == id)) {
+            return self.acknowledge(key, crate::protocol::Ack::PatternSubscribe, glob);
+        }
+        let limit = self.shared.config.max_patterns_per_connection;
+        if conn.patterns.len() >= limit {
+            WorkerCounters::add(&self.counters().limited_patterns, 1);
+            let why = format!("too many pattern subscriptions (the limit is {limit})");
+            return self.refuse(key, crate::protocol::ErrorCode::LimitReached, &why);
+        }
+        if id.is_none() {
+            self.pattern_holders(&text, 1);
+        }
+        let conn = &mut self.conns[key];
+        let (id, position) = self.patterns.add(&text, Matcher::Glob, key, conn.reply_format());
+        conn.patterns.push(PatternSubscription { id, position });
+        self.acknowledge(key, crate::protocol::Ack::PatternSubscribe, glob)
+    }
+
+    /// PUNSUBSCRIBE of Redis globs (none named: all of the connection's).
+    fn glob_unsubscribe(&mut self, key: usize, globs: &[&[u8]]) -> Result<(), Close> {
+        let mine: Vec<Box<[u8]>> = match globs {
+            [] => self.conns[key]
+                .patterns
+                .iter()
+                .map(|p| self.patterns.get(p.id).text.clone())
+                .filter(|text| text.first() == Some(&GLOB_KEY))
+                .collect(),
+            globs => globs.iter().map(|g| glob_key(g)).collect(),
+        };
+        if mine.is_empty() {
+            let count = self.resp_subscription_count(key);
+            let resp3 = self.resp3(key);
+            let reply =
+                frame(|out| resp::put_subscription(out, b"punsubscribe", None, count, resp3));
+            return self.resp_reply(key, reply);
+        }
+        for text in mine {
+            if let Some(id) = self.patterns.id_of(&text) {
+                let conn = &mut self.conns[key];
+                if let Some(i) = conn.patterns.iter().position(|p| p.id == id) {
+                    let subscription = conn.patterns.swap_remove(i);
+                    self.detach_pattern(key, subscription);
+                }
+            }
+            self.acknowledge(key, crate::protocol::Ack::PatternUnsubscribe, &text[1..])?;
+        }
+        Ok(())
     }
 
     fn resp_protocol_error(&mut self, key: usize, e: &RespError) -> Close {
@@ -190,6 +268,10 @@ impl Worker {
             },
             "reset" => {
                 self.resp_unsubscribe_all(key, false)?;
+                let conn = &mut self.conns[key];
+                for subscription in std::mem::take(&mut conn.patterns) {
+                    self.detach_pattern(key, subscription);
+                }
                 let state = self.resp_state(key);
                 state.name = None;
                 state.pending.clear();
@@ -206,6 +288,15 @@ impl Worker {
                 state.pending.extend(args[1..].iter().map(|c| Bytes::copy_from_slice(c)));
                 self.resp_continue(key)
             }
+            "psubscribe" => {
+                if let Some(e) = arity(args.len() >= 2) {
+                    return self.resp_reply(key, e);
+                }
+                let state = self.resp_state(key);
+                state.pending.extend(args[1..].iter().map(|g| Bytes::from(glob_key(g).into_vec())));
+                self.resp_continue(key)
+            }
+            "punsubscribe" => self.glob_unsubscribe(key, &args[1..]),
             "unsubscribe" => {
                 if args.len() == 1 {
                     return self.resp_unsubscribe_all(key, true);
