@@ -399,7 +399,11 @@ fn pubsub_introspection_answers_for_this_node() {
         array(vec![bulk("news.art"), int(2), bulk("weather"), int(1), bulk("none"), int(0)])
     );
     assert_eq!(ask.call(&["PUBSUB", "NUMPAT"]), int(0));
-    assert_eq!(ask.call(&["PUBSUB", "SHARDCHANNELS"]), array(vec![]));
+    // Sharded channels are the same channels.
+    assert_eq!(
+        sorted(ask.call(&["PUBSUB", "SHARDCHANNELS", "news.*"])),
+        vec![bulk("news.art"), bulk("news.sport")]
+    );
     assert!(matches!(ask.call(&["PUBSUB", "NOPE"]), Value::Error(e) if e.contains("PUBSUB HELP")));
 }
 
@@ -521,4 +525,37 @@ fn psubscribe_takes_redis_globs() {
         Frame::Msg { channel, .. } => assert_eq!(channel, "news.x"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn sharded_pub_sub_uses_the_same_channels_with_smessage() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut sharded = Redis::connect(addr);
+    sharded.send(&["SSUBSCRIBE", "orders"]);
+    assert_eq!(sharded.next(), Some(confirmation("ssubscribe", "orders", 1)));
+    // One kind per connection: SUBSCRIBE is refused while sharded subscriptions stand.
+    assert!(matches!(sharded.call(&["SUBSCRIBE", "x"]), Value::Error(e) if e.contains("not both")));
+    let mut plain = Redis::connect(addr);
+    plain.send(&["SUBSCRIBE", "orders"]);
+    assert_eq!(plain.next(), Some(confirmation("subscribe", "orders", 1)));
+    let mut publisher = Redis::connect(addr);
+    assert_eq!(publisher.call(&["SPUBLISH", "orders", "sharded"]), int(2));
+    assert_eq!(publisher.call(&["PUBLISH", "orders", "plain"]), int(2));
+    let smessage = |payload: &str| array(vec![bulk("smessage"), bulk("orders"), bulk(payload)]);
+    assert_eq!(sharded.next(), Some(smessage("sharded")));
+    assert_eq!(sharded.next(), Some(smessage("plain")));
+    assert_eq!(plain.next(), Some(message("orders", "sharded")));
+    assert_eq!(plain.next(), Some(message("orders", "plain")));
+    assert_eq!(
+        publisher.call(&["PUBSUB", "SHARDNUMSUB", "orders"]),
+        array(vec![bulk("orders"), int(2)])
+    );
+    sharded.send(&["UNSUBSCRIBE"]);
+    assert_eq!(sharded.next(), Some(array(vec![bulk("unsubscribe"), Value::Bulk(None), int(1)])));
+    sharded.send(&["SUNSUBSCRIBE"]);
+    assert_eq!(sharded.next(), Some(confirmation("sunsubscribe", "orders", 0)));
+    // All gone: the connection may SUBSCRIBE now.
+    sharded.send(&["SUBSCRIBE", "orders"]);
+    assert_eq!(sharded.next(), Some(confirmation("subscribe", "orders", 1)));
 }

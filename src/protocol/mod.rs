@@ -218,6 +218,10 @@ pub enum Format {
     Resp2 = 6,
     /// RESP3 (after `HELLO 3`): messages as push frames.
     Resp3 = 7,
+    /// RESP2 for a connection that took SSUBSCRIBE: messages as `smessage` arrays.
+    Resp2Sharded = 8,
+    /// RESP3 with SSUBSCRIBE: `smessage` pushes.
+    Resp3Sharded = 9,
 }
 
 /// Wraps JSON in a WebSocket text frame.
@@ -232,7 +236,7 @@ fn ws_binary(frame: &[u8]) -> Bytes {
 
 impl Format {
     /// Number of formats, for per-format frame caches.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
 
     /// Every format, for per-format loops.
     pub const ALL: [Format; Format::COUNT] = [
@@ -244,6 +248,8 @@ impl Format {
         Format::Http,
         Format::Resp2,
         Format::Resp3,
+        Format::Resp2Sharded,
+        Format::Resp3Sharded,
     ];
 
     /// Whether messages stream to connections of this format (all but plain HTTP requests, which
@@ -260,7 +266,27 @@ impl Format {
 
     /// RESP2 or RESP3.
     pub const fn is_resp(self) -> bool {
-        matches!(self, Format::Resp2 | Format::Resp3)
+        matches!(self, Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded)
+    }
+
+    /// A Redis client that took SSUBSCRIBE.
+    pub const fn is_sharded(self) -> bool {
+        matches!(self, Format::Resp2Sharded | Format::Resp3Sharded)
+    }
+
+    /// RESP3, sharded or not.
+    pub const fn is_resp3(self) -> bool {
+        matches!(self, Format::Resp3 | Format::Resp3Sharded)
+    }
+
+    /// The RESP format of a connection with (`sharded`) or without SSUBSCRIBE subscriptions.
+    pub const fn resp(resp3: bool, sharded: bool) -> Format {
+        match (resp3, sharded) {
+            (false, false) => Format::Resp2,
+            (true, false) => Format::Resp3,
+            (false, true) => Format::Resp2Sharded,
+            (true, true) => Format::Resp3Sharded,
+        }
     }
 
     /// The name used in metrics labels.
@@ -274,6 +300,8 @@ impl Format {
             Format::Http => "http",
             Format::Resp2 => "resp2",
             Format::Resp3 => "resp3",
+            Format::Resp2Sharded => "resp2_sharded",
+            Format::Resp3Sharded => "resp3_sharded",
         }
     }
 
@@ -334,6 +362,8 @@ impl Format {
             }
             Format::Resp2 => resp::put_message(out, channel, payload, false),
             Format::Resp3 => resp::put_message(out, channel, payload, true),
+            Format::Resp2Sharded => resp::put_smessage(out, channel, payload, false),
+            Format::Resp3Sharded => resp::put_smessage(out, channel, payload, true),
         }
     }
 
@@ -353,7 +383,9 @@ impl Format {
             Format::Http => http::response(200, "application/json", &json::ok(ack, arg)),
             // Redis clients get `+OK`; subscriptions are answered with their counts by the
             // worker's RESP front end.
-            Format::Resp2 | Format::Resp3 => Bytes::from_static(b"+OK\r\n"),
+            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
+                Bytes::from_static(b"+OK\r\n")
+            }
         }
     }
 
@@ -367,7 +399,9 @@ impl Format {
             Format::Sse => sse::history(history).freeze(),
             Format::Http => http::response(200, "application/json", &json::history(history)),
             // Redis clients know nothing of offsets or epochs.
-            Format::Resp2 | Format::Resp3 => Bytes::new(),
+            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
+                Bytes::new()
+            }
         }
     }
 
@@ -383,7 +417,7 @@ impl Format {
             Format::Http => {
                 http::response(200, "application/json", &json::ack_object(channel, offset))
             }
-            Format::Resp2 | Format::Resp3 => {
+            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
                 let mut out = BytesMut::new();
                 resp::put_integer(&mut out, offset as i64);
                 out.freeze()
@@ -400,7 +434,7 @@ impl Format {
             Format::WsBinary => ws_binary(&binary::encode_error(code, detail)),
             Format::Sse => sse::error(code.code(), detail).freeze(),
             Format::Http => http::error_response(code.code(), detail),
-            Format::Resp2 | Format::Resp3 => {
+            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
                 let mut out = BytesMut::new();
                 resp::put_error(&mut out, &resp::error_text(code, detail));
                 out.freeze()
@@ -419,7 +453,11 @@ impl Format {
             }
             Format::Sse => Bytes::from_static(b": ping\n\n"),
             // Redis never pings its clients (they ping, if they care).
-            Format::Http | Format::Resp2 | Format::Resp3 => Bytes::new(),
+            Format::Http
+            | Format::Resp2
+            | Format::Resp3
+            | Format::Resp2Sharded
+            | Format::Resp3Sharded => Bytes::new(),
         }
     }
 
@@ -432,7 +470,9 @@ impl Format {
             Format::WsBinary => ws_binary(&[0, 0, 0, 1, binary::op::PONG]),
             Format::Sse => Bytes::from_static(b": pong\n\n"),
             Format::Http => http::response(200, "application/json", b"{\"op\":\"pong\"}"),
-            Format::Resp2 | Format::Resp3 => Bytes::from_static(b"+PONG\r\n"),
+            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
+                Bytes::from_static(b"+PONG\r\n")
+            }
         }
     }
 

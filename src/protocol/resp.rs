@@ -221,6 +221,14 @@ pub fn put_message(out: &mut BytesMut, channel: &[u8], payload: &[u8], resp3: bo
     put_bulk(out, payload);
 }
 
+/// A message to a sharded subscription (SSUBSCRIBE): `smessage`, the channel, the payload.
+pub fn put_smessage(out: &mut BytesMut, channel: &[u8], payload: &[u8], resp3: bool) {
+    put_aggregate(out, 3, resp3);
+    put_bulk(out, b"smessage");
+    put_bulk(out, channel);
+    put_bulk(out, payload);
+}
+
 /// A message to a pattern subscription: `pmessage`, the pattern, the channel, the payload.
 pub fn put_pmessage(
     out: &mut BytesMut,

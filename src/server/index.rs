@@ -108,7 +108,7 @@ mod tests {
         assert_eq!(index.add(7, 10, Format::Text), 0);
         assert_eq!(index.add(7, 11, Format::Binary), 1);
         assert_eq!(index.add(7, 12, Format::Text), 2);
-        assert_eq!(index.get(7).unwrap().per_format, [2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(index.get(7).unwrap().per_format, [2, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
         // Removing position 0 moves key 12 there.
         assert_eq!(index.remove(7, 0, Format::Text), Some(12));
         assert_eq!(index.get(7).unwrap().subscribers, vec![12, 11]);

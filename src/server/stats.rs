@@ -227,8 +227,8 @@ impl WorkerCounters {
             Format::WsBinary => &self.connections_websocket_binary,
             Format::Sse => &self.connections_sse,
             Format::Http => &self.connections_http,
-            Format::Resp2 => &self.connections_resp2,
-            Format::Resp3 => &self.connections_resp3,
+            Format::Resp2 | Format::Resp2Sharded => &self.connections_resp2,
+            Format::Resp3 | Format::Resp3Sharded => &self.connections_resp3,
         }
     }
 

@@ -301,7 +301,12 @@ impl Conn {
                 binary::encode_request(&request, &mut out);
                 return self.send_ws(true, websocket::opcode::BINARY, &out);
             }
-            Format::Sse | Format::Http | Format::Resp2 | Format::Resp3 => {
+            Format::Sse
+            | Format::Http
+            | Format::Resp2
+            | Format::Resp3
+            | Format::Resp2Sharded
+            | Format::Resp3Sharded => {
                 panic!("not a command format of this client")
             }
             Format::Binary => binary::encode_request(&request, &mut out),

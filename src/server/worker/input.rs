@@ -117,7 +117,9 @@ impl Worker {
     pub(super) fn continue_input(&mut self, key: usize) -> Result<(), Close> {
         match self.conns[key].format {
             Some(Format::Sse) => self.sse_subscribe_pending(key)?,
-            Some(Format::Resp2 | Format::Resp3) => self.resp_continue(key)?,
+            Some(Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded) => {
+                self.resp_continue(key)?
+            }
             _ => {}
         }
         let input = self.conns[key].take_input();
@@ -181,7 +183,9 @@ impl Worker {
             }
             // An event stream is one-way; whatever the client sends after its request is ignored.
             Format::Sse => return Ok(input.len()),
-            Format::Resp2 | Format::Resp3 => return Ok(at + self.resp_input(key, &input[at..])?),
+            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
+                return Ok(at + self.resp_input(key, &input[at..])?)
+            }
         }
         loop {
             let conn = &self.conns[key];

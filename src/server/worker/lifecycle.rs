@@ -413,7 +413,12 @@ impl Worker {
                     }
                 },
                 // Redis clients are neither pinged nor timed out (Redis's `timeout 0`).
-                (_, Some(Format::Resp2 | Format::Resp3)) => {}
+                (
+                    _,
+                    Some(
+                        Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded,
+                    ),
+                ) => {}
                 _ => {
                     let idle = self.now_ms.wrapping_sub(conn.last_input_ms);
                     if conn.ping_sent && idle >= stale_after {

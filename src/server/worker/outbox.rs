@@ -105,9 +105,14 @@ impl Worker {
         let frame = match ack {
             // A Redis client's confirmations carry its subscription count; an AUTH inside
             // HELLO is answered by HELLO.
-            Ack::Subscribe if format.is_resp() => self.resp_confirmation(key, b"subscribe", arg),
+            Ack::Subscribe if format.is_resp() => {
+                let kind: &[u8] = if format.is_sharded() { b"ssubscribe" } else { b"subscribe" };
+                self.resp_confirmation(key, kind, arg)
+            }
             Ack::Unsubscribe if format.is_resp() => {
-                self.resp_confirmation(key, b"unsubscribe", arg)
+                let kind: &[u8] =
+                    if format.is_sharded() { b"sunsubscribe" } else { b"unsubscribe" };
+                self.resp_confirmation(key, kind, arg)
             }
             Ack::PatternSubscribe if format.is_resp() => {
                 self.resp_confirmation(key, b"psubscribe", arg)

@@ -4,8 +4,9 @@
 //! same per-channel batches, encoded once as `message` arrays (RESP2) or pushes (RESP3). The
 //! replies' shapes, error texts and order are Redis's.
 //!
-//! Supported: SUBSCRIBE, UNSUBSCRIBE, PUBLISH (the reply counts this node's subscribers of the
-//! channel), PING (both modes), ECHO, QUIT, RESET, HELLO (2 and 3, with AUTH and SETNAME), AUTH
+//! Supported: SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE (Redis globs), SSUBSCRIBE,
+//! SUNSUBSCRIBE, SPUBLISH (the same channels; a connection takes one kind or the other), PUBLISH
+//! (the reply counts this node's subscribers of the channel), PING (both modes), ECHO, QUIT, RESET, HELLO (2 and 3, with AUTH and SETNAME), AUTH
 //! (a token, or the API key, as the password), CLIENT SETNAME/GETNAME/ID/SETINFO, SELECT 0,
 //! PUBSUB CHANNELS/NUMSUB/NUMPAT (this node's), INFO (a few fields clients check), and COMMAND
 //! (an empty answer, enough for redis-cli). Anything else is `-ERR unknown command`.
@@ -175,7 +176,7 @@ impl Worker {
     }
 
     fn resp3(&self, key: usize) -> bool {
-        self.conns[key].format == Some(Format::Resp3)
+        self.conns[key].format.is_some_and(Format::is_resp3)
     }
 
     fn resp_state(&mut self, key: usize) -> &mut RespState {
@@ -275,13 +276,16 @@ impl Worker {
                 let state = self.resp_state(key);
                 state.name = None;
                 state.pending.clear();
-                if self.conns[key].format == Some(Format::Resp3) {
+                if self.conns[key].format != Some(Format::Resp2) {
                     self.set_format(key, Format::Resp2);
                 }
                 self.resp_reply(key, Bytes::from_static(b"+RESET\r\n"))
             }
-            "subscribe" => {
+            "subscribe" | "ssubscribe" => {
                 if let Some(e) = arity(args.len() >= 2) {
+                    return self.resp_reply(key, e);
+                }
+                if let Some(e) = self.resp_sharding(key, name == "ssubscribe") {
                     return self.resp_reply(key, e);
                 }
                 let state = self.resp_state(key);
@@ -292,24 +296,51 @@ impl Worker {
                 if let Some(e) = arity(args.len() >= 2) {
                     return self.resp_reply(key, e);
                 }
+                if let Some(e) = self.resp_sharding(key, false) {
+                    return self.resp_reply(key, e);
+                }
                 let state = self.resp_state(key);
                 state.pending.extend(args[1..].iter().map(|g| Bytes::from(glob_key(g).into_vec())));
                 self.resp_continue(key)
             }
             "punsubscribe" => self.glob_unsubscribe(key, &args[1..]),
-            "unsubscribe" => {
-                if args.len() == 1 {
-                    return self.resp_unsubscribe_all(key, true);
+            "unsubscribe" | "sunsubscribe" => {
+                // Each kind answers for its own subscriptions only.
+                let sharded = self.conns[key].format.is_some_and(Format::is_sharded);
+                if sharded != (name == "sunsubscribe") {
+                    // Nothing of this kind to let go of: each named one (or none) is confirmed
+                    // with the count unchanged, as Redis does.
+                    let count = self.resp_subscription_count(key);
+                    let resp3 = self.resp3(key);
+                    let named: Vec<Option<&[u8]>> = match args.len() {
+                        1 => vec![None],
+                        _ => args[1..].iter().map(|c| Some(*c)).collect(),
+                    };
+                    let reply = frame(|out| {
+                        for channel in &named {
+                            resp::put_subscription(out, name.as_bytes(), *channel, count, resp3);
+                        }
+                    });
+                    return self.resp_reply(key, reply);
                 }
-                for channel in &args[1..] {
-                    self.unsubscribe(key, channel)?;
-                    if !self.conns[key].is_open() {
-                        break;
+                if args.len() == 1 {
+                    self.resp_unsubscribe_all(key, true)?;
+                } else {
+                    for channel in &args[1..] {
+                        self.unsubscribe(key, channel)?;
+                        if !self.conns[key].is_open() {
+                            break;
+                        }
                     }
+                }
+                // A connection whose sharded subscriptions are all gone may SUBSCRIBE again.
+                if sharded && self.resp_subscription_count(key) == 0 {
+                    let resp3 = self.resp3(key);
+                    self.set_format(key, Format::resp(resp3, false));
                 }
                 Ok(())
             }
-            "publish" => {
+            "publish" | "spublish" => {
                 if let Some(e) = arity(args.len() == 3) {
                     return self.resp_reply(key, e);
                 }
@@ -329,6 +360,23 @@ impl Worker {
                 self.resp_reply(key, error(&why))
             }
         }
+    }
+
+    /// A connection takes SUBSCRIBE/PSUBSCRIBE or SSUBSCRIBE, not both (their messages differ:
+    /// `message` and `smessage`, and one connection has one frame per channel). A connection
+    /// without subscriptions switches to what it asks for; the refusal otherwise.
+    fn resp_sharding(&mut self, key: usize, sharded: bool) -> Option<Bytes> {
+        let format = self.conns[key].format?;
+        if format.is_sharded() == sharded {
+            return None;
+        }
+        if self.resp_subscription_count(key) > 0 {
+            return Some(error(
+                "ERR fanout: a connection takes SUBSCRIBE and PSUBSCRIBE, or SSUBSCRIBE, not both",
+            ));
+        }
+        self.set_format(key, Format::resp(format.is_resp3(), sharded));
+        None
     }
 
     /// UNSUBSCRIBE of everything (not a connection's inbox, which goes with its name).
@@ -399,9 +447,15 @@ impl Worker {
                     pattern.is_none_or(|p| crate::protocol::glob::glob_match(p, name))
                 }))
             }
-            (Some("shardchannels"), 2 | 3) => list(Vec::new()),
+            // Sharded channels are fanout's channels too.
+            (Some("shardchannels"), 2 | 3) => {
+                let pattern = args.get(2).copied();
+                list(registry.subscribed(|name| {
+                    pattern.is_none_or(|p| crate::protocol::glob::glob_match(p, name))
+                }))
+            }
             (Some("numsub"), _) => counts(&args[2..], false),
-            (Some("shardnumsub"), _) => counts(&args[2..], true),
+            (Some("shardnumsub"), _) => counts(&args[2..], false),
             (Some("numpat"), 2) => {
                 let patterns = self.shared.stats().pattern_subscriptions;
                 frame(|out| resp::put_integer(out, patterns as i64))
@@ -482,7 +536,8 @@ impl Worker {
                 }
             }
         }
-        let wanted = if version == 3 { Format::Resp3 } else { Format::Resp2 };
+        let sharded = self.conns[key].format.is_some_and(Format::is_sharded);
+        let wanted = Format::resp(version == 3, sharded);
         if self.conns[key].format != Some(wanted) && self.resp_subscription_count(key) > 0 {
             let why =
                 "ERR fanout: HELLO cannot change the protocol of a connection with subscriptions";
