@@ -191,14 +191,26 @@ fn protocol_errors_close_only_that_connection() {
     let mut bystander = Redis::connect(addr);
     bystander.send(&["SUBSCRIBE", "calm"]);
     assert_eq!(bystander.next(), Some(confirmation("subscribe", "calm", 1)));
+    let long_inline = vec![b'P'; 70 * 1024];
     for (bad, why) in [
         (&b"*1\r\n$x\r\n"[..], "ERR Protocol error: invalid bulk length"),
+        (b"*1\r\n:5\r\n", "ERR Protocol error: expected '$', got ':'"),
+        (b"*1\r\n$4\r\nPING\r\n\"unclosed\r\n", "ERR Protocol error: unbalanced quotes in request"),
+        (&long_inline, "ERR Protocol error: too big inline request"),
         (b"*99999999\r\n", "ERR Protocol error: invalid multibulk length"),
         (b"*1\r\n$5000\r\n", "ERR Protocol error: invalid bulk length"),
     ] {
         let mut client = Redis::connect(addr);
+        // (after a first command that is fine, for the inline cases: the connection is RESP)
+        if !bad.starts_with(b"*") {
+            client.send(&["PING"]);
+            assert_eq!(client.next(), Some(Value::Simple("PONG".into())));
+        }
         client.stream.write_all(bad).expect("send");
-        assert_eq!(client.next(), Some(Value::Error(why.into())), "{bad:?}");
+        if bad.starts_with(b"*1\r\n$4\r\nPING") {
+            assert_eq!(client.next(), Some(Value::Simple("PONG".into())));
+        }
+        assert_eq!(client.next(), Some(Value::Error(why.into())), "{why}");
         assert_eq!(client.next(), None, "closed after {why}");
     }
     let mut publisher = Redis::connect(addr);
@@ -278,6 +290,22 @@ fn redis_cli_subscribes_and_publishes() {
         assert!(printed.contains("hello from redis-cli"), "resp3={resp3}: {printed}");
         assert!(printed.contains(channel), "{printed}");
     }
+    // PSUBSCRIBE through redis-cli.
+    let mut psubscriber = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string(), "PSUBSCRIBE", "cli.*"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs");
+    wait_until("redis-cli is pattern-subscribed", || {
+        let mut probe = Redis::connect(addr);
+        probe.call(&["PUBSUB", "NUMPAT"]) == int(1)
+    });
+    redis_cli(addr, &["PUBLISH", "cli.glob", "matched by a glob"]);
+    std::thread::sleep(Duration::from_millis(200));
+    psubscriber.kill().expect("kill");
+    let output = psubscriber.wait_with_output().expect("output");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("pmessage") && printed.contains("matched by a glob"), "{printed}");
     let pong = redis_cli(addr, &["PING"]);
     assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
 }
@@ -448,6 +476,16 @@ const port = {port};
   if (JSON.stringify(got) !== JSON.stringify(["node.a:one", "node.b:two", "node.a:three"])) {{
     throw new Error("got " + JSON.stringify(got));
   }}
+  const patterned = [];
+  const psub = new Redis({{ port, host: "127.0.0.1" }});
+  psub.on("pmessage", (pattern, channel, message) => patterned.push([pattern, channel, message].join(":")));
+  await psub.psubscribe("node.*");
+  await pub.publish("node.z", "four");
+  for (let i = 0; i < 100 && patterned.length < 1; i++) await new Promise((r) => setTimeout(r, 20));
+  if (JSON.stringify(patterned) !== JSON.stringify(["node.*:node.z:four"])) {{
+    throw new Error("patterned " + JSON.stringify(patterned));
+  }}
+  psub.disconnect();
   await sub.unsubscribe("node.a");
   if ((await pub.publish("node.a", "gone")) !== 0) throw new Error("still subscribed");
   sub.disconnect();
