@@ -339,7 +339,7 @@ for protocol in protocols:
     q.psubscribe("py.*")
     first = q.get_message(timeout=5)
     assert first["type"] == "psubscribe" and first["channel"] == b"py.*", first
-    r.publish("py.x", "three")
+    assert r.publish("py.x", "three") == 1  # the pattern subscriber counts, as in Redis
     for message in q.listen():
         if message["type"] == "pmessage":
             assert (message["pattern"], message["channel"], message["data"]) == (b"py.*", b"py.x", b"three"), message
@@ -596,4 +596,31 @@ fn sharded_pub_sub_uses_the_same_channels_with_smessage() {
     // All gone: the connection may SUBSCRIBE now.
     sharded.send(&["SUBSCRIBE", "orders"]);
     assert_eq!(sharded.next(), Some(confirmation("subscribe", "orders", 1)));
+}
+
+#[test]
+fn publish_counts_pattern_subscribers_on_every_worker_like_redis() {
+    let server = start(|c| c.workers = 2);
+    let addr = server.local_addr();
+    // Several connections, so that both workers hold some.
+    let mut clients: Vec<Redis> = (0..4).map(|_| Redis::connect(addr)).collect();
+    clients[0].send(&["PSUBSCRIBE", "count.*"]);
+    clients[1].send(&["PSUBSCRIBE", "count.*", "c?unt.x"]);
+    clients[2].send(&["SUBSCRIBE", "count.x"]);
+    let mut fanout_pattern = Conn::text(addr);
+    fanout_pattern.send(fanout::protocol::Request::PatternSubscribe { pattern: b"count.>" });
+    fanout_pattern.barrier();
+    for (client, answers) in clients.iter_mut().zip([1, 2, 1]) {
+        for _ in 0..answers {
+            client.next().expect("a confirmation");
+        }
+    }
+    // count.* twice, c?unt.x, the channel subscriber and fanout's count.>: 5, as Redis counts.
+    assert_eq!(clients[3].call(&["PUBLISH", "count.x", "m"]), int(5));
+    // Redis's `*` crosses dots (count.* twice), fanout's `>` takes the rest: 3.
+    assert_eq!(clients[3].call(&["PUBLISH", "count.y.z", "m"]), int(3));
+    clients[1].send(&["PUNSUBSCRIBE"]);
+    clients[1].next();
+    clients[1].next();
+    assert_eq!(clients[3].call(&["PUBLISH", "count.x", "m"]), int(3));
 }

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) channels: ChannelRegistry,
     names: NameRegistry,
+    /// Every pattern subscription on the node (Redis clients' PUBLISH counts them).
+    pattern_census: patterns::PatternCensus,
     open_connections: AtomicUsize,
     counters: Box<[CachePadded<WorkerCounters>]>,
     signals: Box<[WakeSignal]>,
@@ -364,6 +366,7 @@ impl Server {
             broker,
             channels,
             names: NameRegistry::default(),
+            pattern_census: Default::default(),
             open_connections: AtomicUsize::new(0),
             counters: (0..workers).map(|_| CachePadded(WorkerCounters::default())).collect(),
             signals: signals.into_boxed_slice(),

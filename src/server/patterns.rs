@@ -36,6 +36,51 @@ pub fn glob_key(glob: &[u8]) -> Box<[u8]> {
     [&[GLOB_KEY][..], glob].concat().into()
 }
 
+/// Every pattern subscription on this node, all workers together: how many receivers a
+/// Redis client's PUBLISH reaches through patterns (Redis counts them). Touched when patterns
+/// come and go and by Redis clients' publishes only, never per delivery.
+#[derive(Debug, Default)]
+pub struct PatternCensus {
+    entries: std::sync::Mutex<CensusEntries>,
+}
+
+/// Index key -> the pattern (none for a Redis glob, which is its key) and its subscriptions.
+type CensusEntries = HashMap<Box<[u8]>, (Option<TopicPattern>, usize)>;
+
+impl PatternCensus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CensusEntries> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One more subscription of the pattern keyed `key` (`topic`: fanout's syntax).
+    pub fn add(&self, key: &[u8], topic: Option<&TopicPattern>) {
+        self.lock().entry(key.into()).or_insert_with(|| (topic.cloned(), 0)).1 += 1;
+    }
+
+    /// One subscription fewer.
+    pub fn remove(&self, key: &[u8]) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                entries.remove(key);
+            }
+        }
+    }
+
+    /// Pattern subscriptions that receive topic channel `channel`.
+    pub fn receivers(&self, channel: &[u8]) -> usize {
+        self.lock()
+            .iter()
+            .filter(|(key, (topic, _))| match topic {
+                Some(pattern) => pattern.matches(channel),
+                None => crate::protocol::glob::glob_match(&key[1..], channel),
+            })
+            .map(|(_, (_, count))| count)
+            .sum()
+    }
+}
+
 /// One pattern and this worker's subscribers of it.
 #[derive(Debug)]
 pub struct PatternEntry {

@@ -374,6 +374,7 @@ impl Worker {
         if self.patterns.id_of(text).is_none() {
             self.pattern_holders(text, 1);
         }
+        self.shared.pattern_census.add(text, Some(&pattern));
         let conn = &mut self.conns[key];
         let (id, position) =
             self.patterns.add(text, Matcher::Topic(pattern), key, conn.reply_format());
@@ -453,6 +454,7 @@ impl Worker {
         let format = self.conns[key].reply_format();
         let PatternSubscription { id, position } = subscription;
         let text = self.patterns.get(id).text.clone();
+        self.shared.pattern_census.remove(&text);
         if let Some(moved) = self.patterns.remove(id, position, format) {
             if let Some(entry) = self.conns[moved].patterns.iter_mut().find(|p| p.id == id) {
                 entry.position = position;

@@ -122,6 +122,7 @@ impl Worker {
         if id.is_none() {
             self.pattern_holders(&text, 1);
         }
+        self.shared.pattern_census.add(&text, None);
         let conn = &mut self.conns[key];
         let (id, position) = self.patterns.add(&text, Matcher::Glob, key, conn.reply_format());
         conn.patterns.push(PatternSubscription { id, position });
@@ -592,14 +593,22 @@ impl Worker {
         frame(|out| resp::put_subscription(out, kind, Some(channel), count, resp3))
     }
 
-    /// The answer to a RESP PUBLISH: how many of this node's connections subscribe to it.
+    /// The answer to a RESP PUBLISH: how many subscriptions on this node receive it, pattern
+    /// subscriptions included (as Redis counts).
     pub(super) fn resp_receivers(&self, channel: &[u8]) -> Bytes {
-        let receivers = self
+        let subscribers = self
             .shared
             .channels
             .find(channel)
-            .map_or(0, |c| c.subscribers.load(std::sync::atomic::Ordering::Relaxed));
-        frame(|out| resp::put_integer(out, i64::from(receivers)))
+            .map_or(0, |c| c.subscribers.load(std::sync::atomic::Ordering::Relaxed) as usize);
+        let through_patterns = match crate::protocol::validate_channel(channel) {
+            Ok(crate::protocol::ChannelKind::Topic) => {
+                self.shared.pattern_census.receivers(channel)
+            }
+            _ => 0,
+        };
+        let receivers = (subscribers + through_patterns) as i64;
+        frame(|out| resp::put_integer(out, receivers))
     }
 
     /// Whether the connection is a Redis client in the middle of a quiet AUTH (inside HELLO).
