@@ -252,13 +252,7 @@ impl Worker {
                     Some(glob) => self.glob_subscribe(key, glob),
                     None => self.pattern_subscribe(key, &text),
                 };
-                let result = result.and_then(|()| {
-                    if self.conns[key].input_waits() {
-                        Ok(())
-                    } else {
-                        self.continue_input(key)
-                    }
-                });
+                let result = result.and_then(|()| self.go_on(key));
                 self.settle(key, result);
                 continue;
             }
@@ -280,14 +274,18 @@ impl Worker {
                     self.poll_channel(key, channel, from, epoch, timeout)
                 }
             };
-            let result = result.and_then(|()| {
-                if self.conns[key].input_waits() {
-                    Ok(())
-                } else {
-                    self.continue_input(key)
-                }
-            });
+            let result = result.and_then(|()| self.go_on(key));
             self.settle(key, result);
+        }
+    }
+
+    /// After a wait ended and what waited was done: the input that waited behind it, unless
+    /// the connection waits again (a replay began, a poll is held).
+    fn go_on(&mut self, key: usize) -> Result<(), Close> {
+        if self.conns[key].input_waits() {
+            Ok(())
+        } else {
+            self.continue_input(key)
         }
     }
 
@@ -532,13 +530,7 @@ impl Worker {
                 self.refuse(key, code, &why)
             }
         };
-        let outcome = outcome.and_then(|()| {
-            if self.conns[key].input_waits() {
-                Ok(())
-            } else {
-                self.continue_input(key)
-            }
-        });
+        let outcome = outcome.and_then(|()| self.go_on(key));
         self.settle(key, outcome);
     }
 
