@@ -43,6 +43,8 @@ const NO_SHARD: u16 = u16::MAX;
 const SUBSCRIBE_BATCH: usize = 512;
 /// Stream entries per sync script call.
 const SYNC_PAGE: usize = 1000;
+/// Stream entries one resume reads from Redis, at most.
+const MAX_BACKFILL: u64 = 100_000;
 /// Publishes sent as one script call, at most (and about this many payload bytes).
 const BATCH_MESSAGES: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
@@ -317,6 +319,8 @@ enum Pending {
     Lease { name: Bytes },
     /// HGET of a quiet channel's latest offset.
     Check { topic: Bytes },
+    /// XRANGE of the stream for a resume.
+    Backfill { reply_to: AckTarget },
 }
 
 struct Shard {
@@ -520,7 +524,13 @@ fn parse_sync(reply: Value) -> Result<Synced, String> {
         Some(Value::Integer(n)) if n >= 0 => n as u64,
         other => return Err(format!("last offset {other:?}")),
     };
-    let Some(Value::Array(Some(raw))) = parts.next() else { return Err("entries".into()) };
+    let Some(entries) = parts.next() else { return Err("entries".into()) };
+    Ok((epoch, last, parse_entries(entries)?))
+}
+
+/// Stream entries (XRANGE's answer): (offset, publish time, payload) each.
+fn parse_entries(reply: Value) -> Result<Vec<(u64, u64, Bytes)>, String> {
+    let Value::Array(Some(raw)) = reply else { return Err(format!("entries {reply:?}")) };
     let mut entries = Vec::with_capacity(raw.len());
     for entry in raw {
         let Value::Array(Some(entry)) = entry else { return Err("entry".into()) };
@@ -547,7 +557,7 @@ fn parse_sync(reply: Value) -> Result<Synced, String> {
         }
         entries.push((offset, time, payload));
     }
-    Ok((epoch, last, entries))
+    Ok(entries)
 }
 
 fn bulk(value: Value) -> Option<Vec<u8>> {
@@ -656,6 +666,9 @@ impl BrokerThread {
                 BrokerOp::ServePattern(text) => self.serve_pattern(text),
                 BrokerOp::Claim { name, reply_to } => self.claim(name, reply_to),
                 BrokerOp::Release { name } => self.release_name(name),
+                BrokerOp::Backfill { channel, after, upto, reply_to } => {
+                    self.backfill(&channel, after, upto, reply_to)
+                }
                 BrokerOp::Shutdown => self.stopping = true,
             }
         }
@@ -974,6 +987,10 @@ impl BrokerThread {
                         self.refuse(op, why.clone());
                     }
                 }
+                Pending::Backfill { reply_to } => {
+                    let answer = Answer::Backfill { target: reply_to, entries: Vec::new() };
+                    self.tell(reply_to.worker, answer);
+                }
                 Pending::Claim { name, reply_to } => {
                     let why = "broker unavailable: the name cannot be claimed now".into();
                     let result = Err((ErrorCode::Unavailable, why));
@@ -1048,6 +1065,31 @@ impl BrokerThread {
         let Some(link) = self.shards[i].commands.as_mut() else { return };
         link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id]);
         self.shards[i].pending.push_back((Instant::now(), Pending::Lease { name }));
+    }
+
+    /// Reads a channel's stream after `after` up to `upto` for a resume that memory no longer
+    /// covers; answers with nothing when Redis cannot be asked.
+    fn backfill(&mut self, channel: &[u8], after: u64, upto: u64, reply_to: AckTarget) {
+        let ready = self.shard_of(channel).filter(|&i| self.shards[i].is_ready());
+        let Some(i) = ready.filter(|_| upto > after) else {
+            self.tell(reply_to.worker, Answer::Backfill { target: reply_to, entries: Vec::new() });
+            return;
+        };
+        let log = Keys::new(&self.config().key_prefix, channel).log();
+        // The stream's length is the publishers' setting, not ours: bounded here only so that
+        // one answer stays a sane size (a longer gap is told `expired` after this much).
+        let count = (upto - after).min(MAX_BACKFILL);
+        let (from, to) = (format!("(0-{after}"), format!("0-{upto}"));
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[
+            b"XRANGE",
+            &log,
+            from.as_bytes(),
+            to.as_bytes(),
+            b"COUNT",
+            count.to_string().as_bytes(),
+        ]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Backfill { reply_to }));
     }
 
     /// Extends every lease this node holds (a third of the lease time apart).
@@ -1343,6 +1385,18 @@ impl BrokerThread {
                 }
             }
             Pending::Probe => {}
+            Pending::Backfill { reply_to } => {
+                let entries = parse_entries(reply).unwrap_or_default();
+                let entries = entries
+                    .into_iter()
+                    .map(|(offset, published_ms, payload)| Retained {
+                        offset,
+                        published_ms,
+                        payload,
+                    })
+                    .collect();
+                self.tell(reply_to.worker, Answer::Backfill { target: reply_to, entries });
+            }
             Pending::Check { topic } => {
                 let latest = match reply {
                     Value::Bulk(Some(n)) => {

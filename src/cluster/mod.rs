@@ -312,6 +312,13 @@ pub(crate) enum BrokerOp {
     Release {
         name: Bytes,
     },
+    /// A resume needs the stream's messages after `after` up to `upto` (`Answer::Backfill`).
+    Backfill {
+        channel: Bytes,
+        after: u64,
+        upto: u64,
+        reply_to: AckTarget,
+    },
     Shutdown,
 }
 

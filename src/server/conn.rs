@@ -70,6 +70,8 @@ pub enum Wait {
     /// Cluster mode: a PSUB waits until this node receives every channel the pattern matches
     /// (its PSUBSCRIBE took effect in Redis).
     PatternJoin(Box<[u8]>),
+    /// Cluster mode: a resume waits for the stream's older messages (`Answer::Backfill`).
+    Backfill(Box<Backfill>),
 }
 
 /// A subscribe waiting for its channel (`Wait::Join`).
@@ -110,6 +112,20 @@ pub struct Replay {
     pub channel: Arc<Channel>,
     /// The last offset queued to the client so far.
     pub after: u64,
+    /// Cluster mode: messages read from the channel's stream in Redis that this node's memory
+    /// no longer holds, queued before the memory's (empty otherwise).
+    pub from_stream: std::collections::VecDeque<crate::history::Retained>,
+}
+
+/// Cluster mode: a resume waiting for the channel's stream to give what memory no longer holds.
+#[derive(Debug)]
+pub struct Backfill {
+    /// The channel.
+    pub channel: Arc<Channel>,
+    /// What the client asked.
+    pub resume: Resume,
+    /// The memory's log when asked.
+    pub bounds: crate::history::Bounds,
 }
 
 /// Per-connection state of the browser protocols (boxed: TCP clients do without it).

@@ -47,6 +47,8 @@ pub(crate) enum Answer {
     /// An acknowledged publish is durable (storage) or was carried out by Redis (cluster), or
     /// it could not be (then the publisher is told why).
     Published(Persisted),
+    /// Cluster mode: the stream's messages a resume asked for (none when Redis could not say).
+    Backfill { target: disk::AckTarget, entries: Vec<crate::history::Retained> },
     /// Cluster mode: Redis granted a name claim, or refused it.
     NameClaim {
         target: disk::AckTarget,

@@ -68,6 +68,11 @@ impl PatternCensus {
         }
     }
 
+    /// Distinct patterns subscribed to on this node (Redis's PUBSUB NUMPAT).
+    pub fn patterns(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Pattern subscriptions that receive topic channel `channel`.
     pub fn receivers(&self, channel: &[u8]) -> usize {
         self.lock()

@@ -257,6 +257,10 @@ impl Worker {
                     self.name_claimed(target, name, result);
                     continue;
                 }
+                Answer::Backfill { target, entries } => {
+                    self.backfilled(target, entries);
+                    continue;
+                }
             };
             let target = persisted.target;
             let noted = ConnRef { key: target.key, serial: target.serial };

@@ -3,15 +3,18 @@
 //! live delivery. Between the last page and live delivery the subscriber is catching up: the
 //! ring may still carry messages it got from history, and fan-out skips those for it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
 
 use super::fanout::encode_for;
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
-use crate::history::{ChannelLog, ResumeStatus};
+use crate::cluster::BrokerOp;
+use crate::history::disk::AckTarget;
+use crate::history::{ChannelLog, ResumeStatus, Retained};
 use crate::protocol::{Ack, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
-use crate::server::conn::{Membership, Phase, Replay, Subscription, Wait};
+use crate::server::conn::{Backfill, Membership, Phase, Replay, Subscription, Wait};
 use crate::server::stats::WorkerCounters;
 
 /// Pages queued per replay per turn, at most.
@@ -58,6 +61,69 @@ impl Worker {
         } else {
             (resume, status)
         };
+        // Cluster mode: what memory no longer holds may still be in the channel's stream.
+        let epoch_holds = resume.epoch.is_none_or(|e| e == bounds.epoch);
+        if status == ResumeStatus::Expired && epoch_holds {
+            if let Some(broker) = self.shared.broker.as_ref() {
+                let conn = &mut self.conns[key];
+                let reply_to = AckTarget { worker: self.id, key, serial: conn.serial };
+                broker.send(BrokerOp::Backfill {
+                    channel: channel.name.clone(),
+                    after: resume.after,
+                    upto: bounds.first - 1,
+                    reply_to,
+                });
+                let backfill = Backfill { channel, resume, bounds };
+                conn.phase = Phase::Waiting(Wait::Backfill(Box::new(backfill)));
+                return Ok(());
+            }
+        }
+        self.begin_replay(key, channel, resume, bounds, status, VecDeque::new())
+    }
+
+    /// Cluster mode: the stream answered a resume's backfill. If it holds the messages right after
+    /// the client's offset, the resume is whole after all; the stream's messages go out first,
+    /// then memory's.
+    pub(super) fn backfilled(&mut self, target: AckTarget, entries: Vec<Retained>) {
+        let noted = ConnRef { key: target.key, serial: target.serial };
+        let Some(key) = self.resolve(noted) else { return };
+        if !matches!(self.conns[key].wait(), Some(Wait::Backfill(_))) {
+            return;
+        }
+        let Some(Wait::Backfill(backfill)) = self.conns[key].end_wait() else { return };
+        let Backfill { channel, resume, mut bounds } = *backfill;
+        let from_stream: VecDeque<Retained> = entries
+            .into_iter()
+            .filter(|m| m.offset > resume.after && m.offset < bounds.first)
+            .collect();
+        let status = match from_stream.front() {
+            Some(first) if first.offset == resume.after + 1 => ResumeStatus::Ok,
+            _ => ResumeStatus::Expired,
+        };
+        if let Some(first) = from_stream.front() {
+            bounds.first = first.offset;
+        }
+        let result = self.begin_replay(key, channel, resume, bounds, status, from_stream);
+        let result = result.and_then(|()| {
+            if self.conns[key].input_waits() {
+                Ok(())
+            } else {
+                self.continue_input(key)
+            }
+        });
+        self.settle(key, result);
+    }
+
+    /// Sends the HIST frame and starts the replay (the stream's messages, if any, first).
+    fn begin_replay(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        resume: Resume,
+        bounds: crate::history::Bounds,
+        status: ResumeStatus,
+        from_stream: VecDeque<Retained>,
+    ) -> Result<(), Close> {
         let format = self.conns[key].reply_format();
         self.reply(key, format.encode_history(&bounds.history(&channel.name, status)))?;
         if status != ResumeStatus::Ok {
@@ -77,7 +143,8 @@ impl Worker {
         }
         WorkerCounters::add(&self.counters().replays_served, 1);
         let after = if status == ResumeStatus::Ok { resume.after } else { bounds.first - 1 };
-        self.conns[key].phase = Phase::Waiting(Wait::Replay(Box::new(Replay { channel, after })));
+        let replay = Replay { channel, after, from_stream };
+        self.conns[key].phase = Phase::Waiting(Wait::Replay(Box::new(replay)));
         self.pump_replay(key)?;
         Ok(())
     }
@@ -97,11 +164,26 @@ impl Worker {
                 (replay.channel.clone(), replay.after, conn.reply_format());
             let mut page = std::mem::take(&mut self.replay_page);
             page.clear();
-            let bounds = {
+            let mut bounds = channel.lock_log().bounds();
+            if let Phase::Waiting(Wait::Replay(replay)) = &mut self.conns[key].phase {
+                // The stream's messages first (cluster mode), a page at a time.
+                let mut bytes = 0;
+                while let Some(message) = replay.from_stream.front() {
+                    if page.len() == REPLAY_PAGE_MESSAGES || (bytes > 0 && bytes >= low_water / 2) {
+                        break;
+                    }
+                    bytes += message.payload.len();
+                    page.extend(replay.from_stream.pop_front());
+                }
+            }
+            if page.is_empty() {
                 let log = channel.lock_log();
                 log.read_page(after, REPLAY_PAGE_MESSAGES, (low_water / 2).max(1), &mut page);
-                log.bounds()
-            };
+                bounds = log.bounds();
+            } else {
+                // Memory's messages follow: not caught up yet.
+                bounds.last = bounds.last.max(page.last().map_or(0, |m| m.offset) + 1);
+            }
             let caught_up = page.last().is_none_or(|m| m.offset == bounds.last);
             if page.first().map_or(after < bounds.last, |m| m.offset != after + 1) {
                 // Retention dropped messages while this client was catching up: say so, go on.

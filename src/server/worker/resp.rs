@@ -458,7 +458,7 @@ impl Worker {
             (Some("numsub"), _) => counts(&args[2..], false),
             (Some("shardnumsub"), _) => counts(&args[2..], false),
             (Some("numpat"), 2) => {
-                let patterns = self.shared.stats().pattern_subscriptions;
+                let patterns = self.shared.pattern_census.patterns();
                 frame(|out| resp::put_integer(out, patterns as i64))
             }
             (Some(sub), _) => error(&format!(
