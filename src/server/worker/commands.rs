@@ -281,7 +281,7 @@ impl Worker {
 
     /// After a wait ended and what waited was done: the input that waited behind it, unless
     /// the connection waits again (a replay began, a poll is held).
-    fn go_on(&mut self, key: usize) -> Result<(), Close> {
+    pub(super) fn go_on(&mut self, key: usize) -> Result<(), Close> {
         if self.conns[key].input_waits() {
             Ok(())
         } else {

@@ -104,13 +104,7 @@ impl Worker {
             bounds.first = first.offset;
         }
         let result = self.begin_replay(key, channel, resume, bounds, status, from_stream);
-        let result = result.and_then(|()| {
-            if self.conns[key].input_waits() {
-                Ok(())
-            } else {
-                self.continue_input(key)
-            }
-        });
+        let result = result.and_then(|()| self.go_on(key));
         self.settle(key, result);
     }
 
