@@ -983,9 +983,7 @@ impl BrokerThread {
         for (_, pending) in pending {
             match pending {
                 Pending::Publish(batch) => {
-                    for (_, op) in &batch.ops {
-                        self.refuse(op, why.clone());
-                    }
+                    self.refuse_batch(&batch, why.clone());
                 }
                 Pending::Backfill { reply_to } => {
                     let answer = Answer::Backfill { target: reply_to, entries: Vec::new() };
@@ -1001,6 +999,13 @@ impl BrokerThread {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Refuses every publish of a batch.
+    fn refuse_batch(&self, batch: &PublishBatch, why: Arc<str>) {
+        for (_, op) in &batch.ops {
+            self.refuse(op, why.clone());
         }
     }
 
@@ -1491,16 +1496,12 @@ impl BrokerThread {
                     Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
                         self.slot_moved(&e);
                         let why: Arc<str> = "broker unavailable: the Redis Cluster moved this channel's slot; publish again".into();
-                        for (_, op) in &batch.ops {
-                            self.refuse(op, why.clone());
-                        }
+                        self.refuse_batch(&batch, why);
                     }
                     other => {
                         warn!("cluster: the publish script failed: {other:?}");
                         let why: Arc<str> = format!("broker refused the publish: {other:?}").into();
-                        for (_, op) in &batch.ops {
-                            self.refuse(op, why.clone());
-                        }
+                        self.refuse_batch(&batch, why);
                     }
                 }
             }

@@ -112,19 +112,20 @@ impl RedisServer {
         self.launch();
     }
 
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
-        assert!(status.success());
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which stays reserved until we reap it.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill({pid}, {signal})");
     }
 
     /// SIGSTOP: connections stay open and nothing is answered.
     pub fn freeze(&self) {
-        self.signal("-STOP");
+        self.signal(libc::SIGSTOP);
     }
 
     pub fn thaw(&self) {
-        self.signal("-CONT");
+        self.signal(libc::SIGCONT);
     }
 
     /// Runs one command on a fresh connection.

@@ -145,7 +145,7 @@ impl Worker {
             let resp3 = self.resp3(key);
             let reply =
                 frame(|out| resp::put_subscription(out, b"punsubscribe", None, count, resp3));
-            return self.resp_reply(key, reply);
+            return self.reply(key, reply);
         }
         for text in mine {
             if let Some(id) = self.patterns.id_of(&text) {
@@ -170,10 +170,6 @@ impl Worker {
         let conn = &mut self.conns[key];
         self.out.enqueue(key, conn, frame, usize::MAX);
         Close::Linger { error: None, discard_queue: false, peer_done: false }
-    }
-
-    fn resp_reply(&mut self, key: usize, frame: Bytes) -> Result<(), Close> {
-        self.reply(key, frame)
     }
 
     fn resp3(&self, key: usize) -> bool {
@@ -207,17 +203,17 @@ impl Worker {
             let why = format!(
                 "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             );
-            return self.resp_reply(key, error(&why));
+            return self.reply(key, error(&why));
         }
         let before_auth = matches!(name.as_str(), "auth" | "hello" | "ping" | "quit" | "reset");
         if !before_auth && self.must_authenticate(key) {
             WorkerCounters::add(&self.counters().auth_forbidden, 1);
-            return self.resp_reply(key, error("NOAUTH Authentication required."));
+            return self.reply(key, error("NOAUTH Authentication required."));
         }
         match name.as_str() {
             "ping" => {
                 if let Some(e) = arity(args.len() <= 2) {
-                    return self.resp_reply(key, e);
+                    return self.reply(key, e);
                 }
                 let message = args.get(1).copied();
                 let reply = if subscribed && !self.resp3(key) {
@@ -232,22 +228,22 @@ impl Worker {
                         None => Bytes::from_static(b"+PONG\r\n"),
                     }
                 };
-                self.resp_reply(key, reply)
+                self.reply(key, reply)
             }
             "echo" => match arity(args.len() == 2) {
-                Some(e) => self.resp_reply(key, e),
-                None => self.resp_reply(key, frame(|out| resp::put_bulk(out, args[1]))),
+                Some(e) => self.reply(key, e),
+                None => self.reply(key, frame(|out| resp::put_bulk(out, args[1]))),
             },
             "quit" => {
-                self.resp_reply(key, Bytes::from_static(b"+OK\r\n"))?;
+                self.reply(key, Bytes::from_static(b"+OK\r\n"))?;
                 Err(Close::Linger { error: None, discard_queue: false, peer_done: false })
             }
             "select" => match (arity(args.len() == 2), args.get(1)) {
-                (Some(e), _) => self.resp_reply(key, e),
-                (None, Some(&b"0")) => self.resp_reply(key, Bytes::from_static(b"+OK\r\n")),
-                (None, _) => self.resp_reply(key, error("ERR DB index is out of range")),
+                (Some(e), _) => self.reply(key, e),
+                (None, Some(&b"0")) => self.reply(key, Bytes::from_static(b"+OK\r\n")),
+                (None, _) => self.reply(key, error("ERR DB index is out of range")),
             },
-            "command" => self.resp_reply(key, Bytes::from_static(b"*0\r\n")),
+            "command" => self.reply(key, Bytes::from_static(b"*0\r\n")),
             "pubsub" => self.resp_pubsub(key, args),
             // Enough for clients that check a server before using it (ioredis's ready check
             // waits for `loading:0`).
@@ -256,7 +252,7 @@ impl Worker {
                     .to_string()
                     + env!("CARGO_PKG_VERSION")
                     + "\r\n\r\n# Persistence\r\nloading:0\r\n\r\n# Replication\r\nrole:master\r\n";
-                self.resp_reply(key, frame(|out| resp::put_bulk(out, info.as_bytes())))
+                self.reply(key, frame(|out| resp::put_bulk(out, info.as_bytes())))
             }
             "client" => self.resp_client(key, args),
             "hello" => self.resp_hello(key, args),
@@ -266,7 +262,7 @@ impl Worker {
                     let token = args[args.len() - 1].to_vec();
                     self.authenticate(key, &token)
                 }
-                _ => self.resp_reply(key, arity(false).unwrap_or_default()),
+                _ => self.reply(key, arity(false).unwrap_or_default()),
             },
             "reset" => {
                 self.resp_unsubscribe_all(key, false)?;
@@ -280,14 +276,14 @@ impl Worker {
                 if self.conns[key].format != Some(Format::Resp2) {
                     self.set_format(key, Format::Resp2);
                 }
-                self.resp_reply(key, Bytes::from_static(b"+RESET\r\n"))
+                self.reply(key, Bytes::from_static(b"+RESET\r\n"))
             }
             "subscribe" | "ssubscribe" => {
                 if let Some(e) = arity(args.len() >= 2) {
-                    return self.resp_reply(key, e);
+                    return self.reply(key, e);
                 }
                 if let Some(e) = self.resp_sharding(key, name == "ssubscribe") {
-                    return self.resp_reply(key, e);
+                    return self.reply(key, e);
                 }
                 let state = self.resp_state(key);
                 state.pending.extend(args[1..].iter().map(|c| Bytes::copy_from_slice(c)));
@@ -295,10 +291,10 @@ impl Worker {
             }
             "psubscribe" => {
                 if let Some(e) = arity(args.len() >= 2) {
-                    return self.resp_reply(key, e);
+                    return self.reply(key, e);
                 }
                 if let Some(e) = self.resp_sharding(key, false) {
-                    return self.resp_reply(key, e);
+                    return self.reply(key, e);
                 }
                 let state = self.resp_state(key);
                 state.pending.extend(args[1..].iter().map(|g| Bytes::from(glob_key(g).into_vec())));
@@ -322,7 +318,7 @@ impl Worker {
                             resp::put_subscription(out, name.as_bytes(), *channel, count, resp3);
                         }
                     });
-                    return self.resp_reply(key, reply);
+                    return self.reply(key, reply);
                 }
                 if args.len() == 1 {
                     self.resp_unsubscribe_all(key, true)?;
@@ -343,7 +339,7 @@ impl Worker {
             }
             "publish" | "spublish" => {
                 if let Some(e) = arity(args.len() == 3) {
-                    return self.resp_reply(key, e);
+                    return self.reply(key, e);
                 }
                 // An acknowledged publish whose acknowledgement is the receiver count (once
                 // Redis ran it, in a cluster).
@@ -358,7 +354,7 @@ impl Worker {
                 for arg in args[1..].iter().take(8) {
                     why.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
                 }
-                self.resp_reply(key, error(&why))
+                self.reply(key, error(&why))
             }
         }
     }
@@ -394,7 +390,7 @@ impl Worker {
                 let resp3 = self.resp3(key);
                 let reply =
                     frame(|out| resp::put_subscription(out, b"unsubscribe", None, count, resp3));
-                return self.resp_reply(key, reply);
+                return self.reply(key, reply);
             }
             return Ok(());
         }
@@ -466,7 +462,7 @@ impl Worker {
             )),
             (None, _) => error("ERR wrong number of arguments for 'pubsub' command"),
         };
-        self.resp_reply(key, reply)
+        self.reply(key, reply)
     }
 
     fn resp_client(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
@@ -497,7 +493,7 @@ impl Worker {
             )),
             (None, _) => error("ERR wrong number of arguments for 'client' command"),
         };
-        self.resp_reply(key, reply)
+        self.reply(key, reply)
     }
 
     /// A connection's id for CLIENT ID and HELLO: unique on this node while it lives.
@@ -514,7 +510,7 @@ impl Worker {
                 b"3" => version = 3,
                 _ => {
                     let why = "NOPROTO unsupported protocol version";
-                    return self.resp_reply(key, error(why));
+                    return self.reply(key, error(why));
                 }
             }
             at = 2;
@@ -533,7 +529,7 @@ impl Worker {
                 }
                 other => {
                     let why = format!("ERR Syntax error in HELLO option '{other}'");
-                    return self.resp_reply(key, error(&why));
+                    return self.reply(key, error(&why));
                 }
             }
         }
@@ -542,7 +538,7 @@ impl Worker {
         if self.conns[key].format != Some(wanted) && self.resp_subscription_count(key) > 0 {
             let why =
                 "ERR fanout: HELLO cannot change the protocol of a connection with subscriptions";
-            return self.resp_reply(key, error(why));
+            return self.reply(key, error(why));
         }
         if let Some(token) = token {
             self.resp_state(key).quiet_auth = true;
@@ -583,7 +579,7 @@ impl Worker {
             resp::put_bulk(out, b"modules");
             resp::put_aggregate(out, 0, false);
         });
-        self.resp_reply(key, reply)
+        self.reply(key, reply)
     }
 
     /// A subscription's confirmation in Redis's shape, with the connection's count.
