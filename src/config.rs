@@ -17,6 +17,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Longest binary frame (opcode + fields) or text line (without its line ending).
     pub max_frame_bytes: usize,
+    /// Longest whole command of a Redis client, its framing included (Redis's
+    /// `client-query-buffer-limit`); 0 takes the frame limit plus `QUERY_HEADROOM_BYTES`.
+    pub max_query_bytes: usize,
     /// Bytes queued for one client before it is disconnected as a slow consumer.
     pub write_queue_cap_bytes: usize,
     /// Kernel send buffer of each client socket (SO_SNDBUF; 0 leaves the kernel's autotuning,
@@ -84,6 +87,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Abuse limits; see `Limits`.
     pub limits: Limits,
+    /// `/metrics` and `/healthz` answer only requests carrying the API key.
+    pub private_metrics: bool,
     /// Testing only: a publish to this channel panics its worker (to test that the process then
     /// aborts, loudly, instead of limping on).
     pub debug_panic_on_publish_to: Option<String>,
@@ -97,6 +102,7 @@ impl Default for Config {
             pin_cores: true,
             max_connections: 1_000_000,
             max_frame_bytes: 1 << 20,
+            max_query_bytes: 0,
             write_queue_cap_bytes: 8 << 20,
             // The kernel doubles it: 512 KiB in flight per client, a 10 GbE link's worth of
             // data at a quarter-millisecond round trip.
@@ -133,7 +139,22 @@ impl Default for Config {
             allow_anonymous: false,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
+            private_metrics: false,
             debug_panic_on_publish_to: None,
+        }
+    }
+}
+
+/// What a Redis client's command may hold beside its largest argument (a PUBLISH's command
+/// word, channel and framing) under the default `--max-query-bytes`.
+pub const QUERY_HEADROOM_BYTES: usize = 64 * 1024;
+
+impl Config {
+    /// The longest Redis command taken, with the default applied.
+    pub fn query_limit(&self) -> usize {
+        match self.max_query_bytes {
+            0 => self.max_frame_bytes + QUERY_HEADROOM_BYTES,
+            limit => limit,
         }
     }
 }

@@ -234,6 +234,11 @@ struct ServeArgs {
     /// Longest frame or line a client may send, in bytes.
     #[arg(long, default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
+    /// Longest whole command a Redis client may send, in bytes (Redis's
+    /// client-query-buffer-limit; past it: a protocol error, and the connection closes).
+    /// Default: the frame limit plus 64 KiB.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    max_query_bytes: usize,
     /// Bytes queued for one client before it is dropped as a slow consumer.
     #[arg(long, default_value_t = Config::default().write_queue_cap_bytes)]
     write_queue_cap_bytes: usize,
@@ -368,6 +373,10 @@ struct ServeArgs {
     /// Longest token accepted, in bytes.
     #[arg(long, default_value_t = Config::default().auth.max_token_bytes)]
     max_token_bytes: usize,
+    /// /metrics and /healthz answer only requests carrying the API key
+    /// (Authorization: Bearer <key>); others get 401. Needs --api-key-file.
+    #[arg(long)]
+    private_metrics: bool,
     /// Browser origins allowed, comma-separated (e.g. https://example.com); a request or
     /// WebSocket upgrade with another Origin gets 403. Default: any.
     #[arg(long, value_delimiter = ',')]
@@ -436,6 +445,7 @@ impl ServeArgs {
             pin_cores: !self.no_pin,
             max_connections: self.max_connections,
             max_frame_bytes: self.max_frame_bytes,
+            max_query_bytes: self.max_query_bytes,
             write_queue_cap_bytes: self.write_queue_cap_bytes,
             ring_slots: self.ring_slots,
             socket_send_buffer_bytes: self.socket_send_buffer_bytes,
@@ -482,6 +492,7 @@ impl ServeArgs {
             auth: self.auth(&defaults)?,
             allow_anonymous: self.allow_anonymous,
             allowed_origins: self.allowed_origins.clone(),
+            private_metrics: self.private_metrics,
             limits: fanout::config::Limits {
                 publishes_per_sec: self.max_publishes_per_sec,
                 subscribes_per_sec: self.max_subscribes_per_sec,

@@ -9,8 +9,11 @@
 //! Verification is `jsonwebtoken`'s, with its pure-Rust backend; what is ours is the choice of
 //! key by the header's algorithm family (an HMAC secret is never tried on an RSA/EC/Ed25519 token
 //! nor a public key used as an HMAC secret, so the HS/RS confusion cannot happen; `alg: none`
-//! does not parse), and the claims: `exp` required, `nbf` honoured, `aud`/`iss` checked when
-//! configured, no leeway (the server's own grace applies after `exp`).
+//! does not parse), and the claims, checked here rather than by the library so that RFC 7519's
+//! NumericDate is read whole (a JSON number, decimals included, as PyJWT writes
+//! `time.time() + ttl`): `exp` required, `nbf` honoured, `iat` well-formed, `aud`/`iss`
+//! required and checked when configured, `sub` a client name, no leeway (the server's own grace
+//! applies after `exp`).
 
 pub mod pattern;
 
@@ -24,6 +27,10 @@ use crate::protocol::validate_client_name;
 
 /// Longest token accepted, in bytes (a JWT with a few hundred patterns is a few KiB).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// What a stranger's budget holds beside the longest token: the command around it (`AUTH `, a
+/// RESP `HELLO 3 AUTH user … SETNAME name`, a WebSocket's JSON) and a PING.
+const STRANGER_HEADROOM_BYTES: usize = 1024;
 
 /// Access control as configured (`fanout serve --auth-...`). Empty: auth is off.
 #[derive(Debug, Clone, Default)]
@@ -320,6 +327,20 @@ impl Auth {
         self.anonymous.as_ref()
     }
 
+    /// Most bytes a connection without permissions may send in one frame, command, message or
+    /// request body: enough for AUTH with the longest token accepted, and a PING. Redis refuses
+    /// an unauthenticated bulk over 16 KiB; NATS bounds its control line to 4 KiB before CONNECT.
+    pub fn stranger_input_bytes(&self) -> usize {
+        self.max_token_bytes + STRANGER_HEADROOM_BYTES
+    }
+
+    /// Whether connections without a token receive broadcasts (`*`): only when the anonymous
+    /// grant names `*` (`--anonymous-sub '*'`). A connection with a token (or the API key)
+    /// always does.
+    pub fn anonymous_hears_broadcast(&self) -> bool {
+        self.anonymous.as_ref().is_some_and(|grant| grant.may_subscribe(b"*"))
+    }
+
     /// Verifies a token (or the API key) and returns what it grants.
     pub fn verify(&self, token: &[u8]) -> Result<Arc<Grant>, AuthError> {
         if token.len() > self.max_token_bytes {
@@ -336,20 +357,56 @@ impl Auth {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
         let key = self.key_for(header.alg, header.kid.as_deref())?;
+        // The library checks the signature and the algorithm; the claims are `check_claims`'s.
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-        }
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, key, &validation).map_err(classify)?;
-        grant_of(&data.claims)
+        let expires_unix_ms = self.check_claims(&data.claims, unix_now_ms())?;
+        grant_of(&data.claims, expires_unix_ms)
+    }
+
+    /// The registered claims (RFC 7519 4.1) at Unix time `now_ms`: returns `exp` in Unix
+    /// milliseconds. A NumericDate that is not a number, is negative, not finite, or past the
+    /// year 9999 is a bad claim, not a date to compute with.
+    fn check_claims(&self, claims: &serde_json::Value, now_ms: u64) -> Result<u64, AuthError> {
+        let exp = numeric_date(claims, "exp", f64::floor)?
+            .ok_or_else(|| AuthError::BadClaim("exp is required".into()))?;
+        // "The current date/time MUST be before the expiration date/time" (4.1.4).
+        if now_ms >= exp {
+            return Err(AuthError::Expired);
+        }
+        // "MUST NOT be accepted for processing" before `nbf` (4.1.5).
+        if numeric_date(claims, "nbf", f64::ceil)?.is_some_and(|nbf| now_ms < nbf) {
+            return Err(AuthError::NotYetValid);
+        }
+        numeric_date(claims, "iat", f64::floor)?;
+        if let Some(audience) = &self.audience {
+            // "If the principal processing the claim does not identify itself with a value in
+            // the aud claim when this claim is present, then the JWT MUST be rejected" (4.1.3);
+            // configured, an audience is required: a token minted for any service sharing the
+            // key would pass otherwise.
+            let named = match claims.get("aud") {
+                Some(serde_json::Value::String(aud)) => aud == audience,
+                Some(serde_json::Value::Array(auds)) => {
+                    auds.iter().any(|aud| aud.as_str() == Some(audience.as_str()))
+                }
+                _ => false,
+            };
+            if !named {
+                return Err(AuthError::WrongAudience);
+            }
+        }
+        if let Some(issuer) = &self.issuer {
+            if claims.get("iss").and_then(serde_json::Value::as_str) != Some(issuer.as_str()) {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
+        Ok(exp)
     }
 
     fn key_for(&self, algorithm: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, AuthError> {
@@ -395,12 +452,37 @@ fn classify(error: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// The permissions a verified token's claims grant.
-fn grant_of(claims: &serde_json::Value) -> Result<Arc<Grant>, AuthError> {
+/// Latest NumericDate taken, in seconds: the end of the year 9999. Past it a date is an
+/// attacker's number (`2^64 - 1`), not a time anything should add a grace period to.
+const MAX_NUMERIC_DATE_SECS: f64 = 253_402_300_799.0;
+
+/// Claim `name` as a NumericDate (RFC 7519 2: seconds since the epoch, a JSON number that may
+/// have a fraction), in Unix milliseconds rounded by `round` (floor for `exp`, ceil for
+/// `nbf`: neither extends a token's life). `None` when absent.
+fn numeric_date(
+    claims: &serde_json::Value,
+    name: &str,
+    round: fn(f64) -> f64,
+) -> Result<Option<u64>, AuthError> {
+    let Some(value) = claims.get(name) else { return Ok(None) };
+    let seconds = value
+        .as_f64()
+        .filter(|s| s.is_finite() && (0.0..=MAX_NUMERIC_DATE_SECS).contains(s))
+        .ok_or_else(|| {
+            AuthError::BadClaim(format!("{name}: not a NumericDate (seconds from 1970 to 9999)"))
+        })?;
+    // Below 2^53 milliseconds, so the f64 is exact enough and the cast cannot saturate.
+    Ok(Some(round(seconds * 1000.0) as u64))
+}
+
+/// The permissions a verified token's claims grant; it expires at `expires_unix_ms`.
+fn grant_of(claims: &serde_json::Value, expires_unix_ms: u64) -> Result<Arc<Grant>, AuthError> {
     use serde_json::Value;
     let subject = match claims.get("sub") {
         None | Some(Value::Null) => None,
         Some(Value::String(sub)) => {
+            // `sub` is the name the connection may claim, and names its inbox: the same rules
+            // as NAME (no `@`, no wildcard token, which permissions would read as "every").
             validate_client_name(sub.as_bytes())
                 .map_err(|e| AuthError::BadClaim(format!("sub: {e}")))?;
             Some(sub.as_str().into())
@@ -421,13 +503,12 @@ fn grant_of(claims: &serde_json::Value) -> Result<Arc<Grant>, AuthError> {
             Some(_) => Err(bad("expected a list of channel patterns".into())),
         }
     };
-    let expires_unix_ms = claims.get("exp").and_then(Value::as_u64).map(|s| s.saturating_mul(1000));
     Ok(Arc::new(Grant {
         subject,
         subscribe: patterns("subscribe")?,
         publish: patterns("publish")?,
         everything: false,
-        expires_unix_ms,
+        expires_unix_ms: Some(expires_unix_ms),
     }))
 }
 
@@ -457,5 +538,121 @@ pub fn mint_hs256(
 
 /// Seconds since the Unix epoch.
 pub fn unix_now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn auth(audience: Option<&str>, issuer: Option<&str>) -> Auth {
+        let config = AuthConfig {
+            hmac_secret: Some(b"secret".to_vec()),
+            audience: audience.map(Into::into),
+            issuer: issuer.map(Into::into),
+            ..AuthConfig::default()
+        };
+        Auth::new(&config).unwrap().unwrap()
+    }
+
+    #[test]
+    fn numeric_dates_may_be_decimals_and_never_extend_a_token() {
+        let auth = auth(None, None);
+        let now = NOW_MS as f64 / 1000.0;
+        // PyJWT writes `time.time() + ttl`.
+        assert_eq!(auth.check_claims(&json!({ "exp": now + 60.25 }), NOW_MS), Ok(NOW_MS + 60_250));
+        assert_eq!(auth.check_claims(&json!({ "exp": now + 0.0004 }), NOW_MS), Err(AuthError::Expired));
+        assert_eq!(auth.check_claims(&json!({ "exp": now }), NOW_MS), Err(AuthError::Expired));
+        assert_eq!(
+            auth.check_claims(&json!({ "exp": now + 60.0, "nbf": now + 0.0001 }), NOW_MS),
+            Err(AuthError::NotYetValid),
+            "nbf is rounded up"
+        );
+        assert!(auth.check_claims(&json!({ "exp": now + 60.0, "nbf": now - 0.5 }), NOW_MS).is_ok());
+        assert!(auth.check_claims(&json!({ "exp": now + 60.0, "iat": now - 1.5 }), NOW_MS).is_ok());
+    }
+
+    #[test]
+    fn absurd_numeric_dates_are_bad_claims() {
+        let auth = auth(None, None);
+        let exp_bad = |value: serde_json::Value| {
+            matches!(auth.check_claims(&json!({ "exp": value }), NOW_MS), Err(AuthError::BadClaim(_)))
+        };
+        assert!(exp_bad(json!(u64::MAX)), "2^64 - 1");
+        assert!(exp_bad(json!(-1)));
+        assert!(exp_bad(json!(1e300)));
+        assert!(exp_bad(json!("1700000000")), "a string is not a NumericDate");
+        assert!(exp_bad(json!(null)));
+        assert!(exp_bad(json!(true)));
+        assert_eq!(
+            auth.check_claims(&json!({}), NOW_MS),
+            Err(AuthError::BadClaim("exp is required".into()))
+        );
+        let far = json!({ "exp": 4_102_444_800u64, "nbf": -5 });
+        assert!(matches!(auth.check_claims(&far, NOW_MS), Err(AuthError::BadClaim(_))));
+        let far = json!({ "exp": 4_102_444_800u64, "iat": "yesterday" });
+        assert!(matches!(auth.check_claims(&far, NOW_MS), Err(AuthError::BadClaim(_))));
+        // The last accepted date still leaves room for any grace period.
+        let last = auth.check_claims(&json!({ "exp": MAX_NUMERIC_DATE_SECS }), NOW_MS).unwrap();
+        assert!(last.checked_add(u32::MAX as u64).is_some());
+    }
+
+    #[test]
+    fn a_configured_audience_or_issuer_is_required() {
+        let exp = NOW_MS / 1000 + 60;
+        let auth = auth(Some("chat"), Some("backend"));
+        let check = |claims: serde_json::Value| auth.check_claims(&claims, NOW_MS);
+        assert!(check(json!({ "exp": exp, "aud": "chat", "iss": "backend" })).is_ok());
+        assert!(check(json!({ "exp": exp, "aud": ["x", "chat"], "iss": "backend" })).is_ok());
+        assert_eq!(check(json!({ "exp": exp, "iss": "backend" })), Err(AuthError::WrongAudience));
+        assert_eq!(
+            check(json!({ "exp": exp, "aud": ["x"], "iss": "backend" })),
+            Err(AuthError::WrongAudience)
+        );
+        assert_eq!(check(json!({ "exp": exp, "aud": 7, "iss": "backend" })), Err(AuthError::WrongAudience));
+        assert_eq!(check(json!({ "exp": exp, "aud": "chat" })), Err(AuthError::WrongIssuer));
+        assert_eq!(
+            check(json!({ "exp": exp, "aud": "chat", "iss": "other" })),
+            Err(AuthError::WrongIssuer)
+        );
+        // Not configured: not looked at.
+        let open = super::tests::auth(None, None);
+        assert!(open.check_claims(&json!({ "exp": exp, "aud": "x", "iss": 5 }), NOW_MS).is_ok());
+    }
+
+    #[test]
+    fn a_subject_must_be_a_client_name() {
+        for sub in ["*", "a.>", "@bob", "a b", "x.*.y"] {
+            let refused = grant_of(&json!({ "sub": sub }), NOW_MS);
+            assert!(matches!(refused, Err(AuthError::BadClaim(_))), "{sub}");
+        }
+        let grant = grant_of(&json!({ "sub": "alice" }), NOW_MS).unwrap();
+        assert!(grant.may_claim(b"alice"));
+        assert_eq!(grant.expires_unix_ms, Some(NOW_MS));
+    }
+
+    #[test]
+    fn verify_reads_decimal_claims_from_a_signed_token() {
+        let auth = auth(None, None);
+        let key = jsonwebtoken::EncodingKey::from_secret(b"secret").unwrap();
+        let header = jsonwebtoken::Header::new(Algorithm::HS256);
+        let now = unix_now_ms() as f64 / 1000.0;
+        let token = jsonwebtoken::encode(&header, &json!({ "exp": now + 30.5, "sub": "a" }), &key)
+            .unwrap();
+        let grant = auth.verify(token.as_bytes()).unwrap();
+        let expires = grant.expires_unix_ms.unwrap() as f64 / 1000.0;
+        assert!((expires - (now + 30.5)).abs() < 0.01, "the deadline is the decimal exp");
+        let stale = jsonwebtoken::encode(&header, &json!({ "exp": now - 0.5 }), &key).unwrap();
+        assert_eq!(auth.verify(stale.as_bytes()), Err(AuthError::Expired));
+    }
 }

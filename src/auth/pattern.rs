@@ -109,6 +109,8 @@ impl TopicPattern {
     }
 
     /// True when the topic channel `channel` matches (never the broadcast channel or an inbox).
+    /// A wildcard never matches an empty token: `room.*` does not match `room.` (as NATS, where
+    /// such a subject is not valid at all).
     pub fn matches(&self, channel: &[u8]) -> bool {
         if channel == b"*" || channel.first() == Some(&b'@') {
             return false;
@@ -116,9 +118,12 @@ impl TopicPattern {
         let mut parts = channel.split(|&b| b == b'.');
         for token in self.0.iter() {
             match token {
-                TopicToken::Rest => return parts.next().is_some(),
+                TopicToken::Rest => {
+                    let mut rest = parts.peekable();
+                    return rest.peek().is_some() && rest.all(|part| !part.is_empty());
+                }
                 TopicToken::One => {
-                    if parts.next().is_none() {
+                    if parts.next().is_none_or(<[u8]>::is_empty) {
                         return false;
                     }
                 }
@@ -266,6 +271,14 @@ mod tests {
             ("comments", "comments", true),
             ("comments", "comments.x", false),
             ("comments", "comment", false),
+            // A wildcard never matches an empty token.
+            ("room.*", "room.", false),
+            ("*.chat", ".chat", false),
+            ("user.>", "user.", false),
+            ("user.>", "user.a.", false),
+            ("user.>", "user..a", false),
+            (">", "a..b", false),
+            ("room.*.x", "room..x", false),
         ];
         for (pattern, channel, expected) in cases {
             assert_eq!(allows(pattern, channel), expected, "{pattern} vs {channel}");

@@ -660,6 +660,10 @@ pub enum NameError {
     /// Not UTF-8.
     #[error("name is not valid UTF-8")]
     InvalidUtf8,
+    /// A client name with a wildcard token (`*`, `>`): permissions would read its inbox
+    /// (`@*`) as every inbox.
+    #[error("a client name may not have a wildcard token (* or >)")]
+    Wildcard,
 }
 
 /// Checks a channel name: 1 to 255 bytes of UTF-8 with no spaces or control characters. Returns
@@ -673,12 +677,15 @@ pub fn validate_channel(name: &[u8]) -> Result<ChannelKind, NameError> {
     })
 }
 
-/// Checks a client name: like a channel name, one byte shorter (its inbox is `@name`), and it may
-/// not itself start with `@`.
+/// Checks a client name: like a channel name, one byte shorter (its inbox is `@name`), it may
+/// not itself start with `@`, and none of its dot-separated tokens is a wildcard.
 pub fn validate_client_name(name: &[u8]) -> Result<(), NameError> {
     validate_name(name, MAX_CHANNEL_BYTES - 1)?;
     if name[0] == b'@' {
         return Err(NameError::SpaceOrControl);
+    }
+    if name.split(|&b| b == b'.').any(|token| token == b"*" || token == b">") {
+        return Err(NameError::Wildcard);
     }
     Ok(())
 }
@@ -718,6 +725,10 @@ mod tests {
         assert_eq!(validate_channel(b"a\x7f"), Err(NameError::SpaceOrControl));
         assert_eq!(validate_channel(b"a\xffb"), Err(NameError::InvalidUtf8));
         assert_eq!(validate_client_name(b"@x"), Err(NameError::SpaceOrControl));
+        assert_eq!(validate_client_name(b"*"), Err(NameError::Wildcard));
+        assert_eq!(validate_client_name(b"a.>"), Err(NameError::Wildcard));
+        assert_eq!(validate_client_name(b"a.*.b"), Err(NameError::Wildcard));
+        assert_eq!(validate_client_name(b"a*b"), Ok(()), "a star inside a token is a letter");
         assert_eq!(validate_client_name(&[b'a'; 255]), Err(NameError::TooLong));
     }
 

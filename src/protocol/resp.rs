@@ -3,8 +3,9 @@
 //! and pushes out. The error strings are Redis's own (`networking.c`), so that clients written
 //! against Redis see what they expect.
 //!
-//! Not wired to connections yet: the RESP front end (commands, pub/sub replies, RESP3 pushes)
-//! is the next step of issue 13; this is its codec, tested on its own.
+//! A command in pieces is parsed incrementally (`CommandParser`, Redis's `multibulklen` and
+//! `bulklen`): each byte is looked at once however the command arrives, and its size is bounded
+//! from its length lines, before its bytes are buffered (`CommandLimits`).
 
 use bytes::{BufMut, BytesMut};
 
@@ -49,6 +50,207 @@ pub enum RespError {
     /// Anything else malformed (a missing line ending, a bad number in a reply).
     #[error("Protocol error: {0}")]
     Malformed(&'static str),
+    /// A connection that has not authenticated announced more than
+    /// `MAX_STRANGER_ARGUMENTS` arguments (Redis's text and rule).
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    /// A connection that has not authenticated announced a bulk string over its budget.
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
+    /// A command larger than the query buffer limit (`--max-query-bytes`; Redis's
+    /// `client-query-buffer-limit`), refused from its length lines.
+    #[error("Protocol error: command larger than the query buffer limit of {0} bytes")]
+    QueryBufferLimit(usize),
+}
+
+/// Most arguments a command may have before the connection authenticated (Redis's rule: AUTH and
+/// HELLO need no more).
+pub const MAX_STRANGER_ARGUMENTS: usize = 10;
+
+/// The smallest encoding of one argument: `$0\r\n\r\n`.
+const MIN_ARGUMENT_BYTES: usize = 6;
+
+/// What one client command may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandLimits {
+    /// Longest argument.
+    pub max_bulk: usize,
+    /// Most bytes of the whole command, its framing included.
+    pub max_command: usize,
+    /// The connection has no permissions yet: Redis's errors for strangers.
+    pub stranger: bool,
+}
+
+impl CommandLimits {
+    /// Arguments up to `max_bulk`, a command up to `max_command`, for an authenticated client.
+    pub fn new(max_bulk: usize, max_command: usize) -> Self {
+        CommandLimits { max_bulk, max_command, stranger: false }
+    }
+}
+
+/// Where the parse of a command in pieces stands, so that the next read goes on from there: a
+/// byte is parsed once, not once per read (a command trickling in one byte at a time costs
+/// linear time). Fed the command's bytes from its first one, growing at the end.
+#[derive(Debug, Default)]
+pub struct CommandParser {
+    /// Where the next element (count line, length line, argument) starts.
+    at: usize,
+    /// How far the line being read has been searched for its end.
+    scanned: usize,
+    /// Arguments still to come, once the count line was read.
+    remaining: Option<usize>,
+    /// The length of the argument at `at`, once its length line was read.
+    bulk: Option<usize>,
+    /// Where each argument read so far lies in the command.
+    arguments: Vec<(usize, usize)>,
+    /// Bytes looked at over every call (tests check that the work is linear).
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl CommandParser {
+    /// True when no part of a command has been parsed.
+    pub fn is_idle(&self) -> bool {
+        self.at == 0 && self.scanned == 0
+    }
+
+    /// Goes on parsing the command that `input` starts with; `Ok(None)` while it is incomplete
+    /// (what was parsed is remembered: call again with the same bytes and more). On a complete
+    /// command or an error the parser is ready for the next command.
+    pub fn parse<'a>(
+        &mut self,
+        input: &'a [u8],
+        limits: CommandLimits,
+    ) -> Result<Command<'a>, RespError> {
+        let parsed = self.advance(input, limits);
+        if !matches!(parsed, Ok(None)) {
+            self.at = 0;
+            self.scanned = 0;
+            self.remaining = None;
+            self.bulk = None;
+            self.arguments.clear();
+        }
+        parsed
+    }
+
+    fn advance<'a>(&mut self, input: &'a [u8], limits: CommandLimits) -> Result<Command<'a>, RespError> {
+        let Some(&first) = input.first() else { return Ok(None) };
+        if first != b'*' {
+            let max = MAX_INLINE_BYTES.min(limits.max_command);
+            let Some((text, used)) = self.line(input, 0, max, RespError::InlineTooBig)? else {
+                return Ok(None);
+            };
+            return Ok(Some((split_inline(text)?, used)));
+        }
+        loop {
+            let Some(remaining) = self.remaining else {
+                let Some((count, next)) =
+                    self.line(input, 1, MAX_INLINE_BYTES, RespError::MultibulkCountTooBig)?
+                else {
+                    return Ok(None);
+                };
+                let count = number(count).ok_or(RespError::InvalidMultibulkLength)?;
+                if count > MAX_ARGUMENTS as i64 {
+                    return Err(RespError::InvalidMultibulkLength);
+                }
+                if limits.stranger && count > MAX_STRANGER_ARGUMENTS as i64 {
+                    return Err(RespError::UnauthenticatedMultibulkLength);
+                }
+                let count = count.max(0) as usize;
+                // A count whose smallest encoding cannot fit is refused before anything else.
+                if next + count * MIN_ARGUMENT_BYTES > limits.max_command {
+                    return Err(RespError::QueryBufferLimit(limits.max_command));
+                }
+                self.at = next;
+                self.remaining = Some(count);
+                self.arguments.reserve(count.min(64));
+                continue;
+            };
+            if remaining == 0 {
+                let arguments = self.arguments.iter().map(|&(start, end)| &input[start..end]);
+                return Ok(Some((arguments.collect(), self.at)));
+            }
+            match self.bulk {
+                None => {
+                    let Some(&kind) = input.get(self.at) else { return Ok(None) };
+                    if kind != b'$' {
+                        return Err(RespError::ExpectedBulk(kind as char));
+                    }
+                    let Some((length, next)) =
+                        self.line(input, self.at + 1, 32, RespError::BulkCountTooBig)?
+                    else {
+                        return Ok(None);
+                    };
+                    let length = number(length)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or(RespError::InvalidBulkLength)?;
+                    if length > limits.max_bulk {
+                        return Err(match limits.stranger {
+                            true => RespError::UnauthenticatedBulkLength,
+                            false => RespError::InvalidBulkLength,
+                        });
+                    }
+                    let rest = (remaining - 1) * MIN_ARGUMENT_BYTES;
+                    if next + length + 2 + rest > limits.max_command {
+                        return Err(RespError::QueryBufferLimit(limits.max_command));
+                    }
+                    self.at = next;
+                    self.bulk = Some(length);
+                }
+                Some(length) => {
+                    let end = self.at + length;
+                    if input.len() < end + 2 {
+                        return Ok(None);
+                    }
+                    if &input[end..end + 2] != b"\r\n" {
+                        return Err(RespError::Malformed("bulk string without its CRLF"));
+                    }
+                    #[cfg(test)]
+                    {
+                        self.examined += 2;
+                    }
+                    self.arguments.push((self.at, end));
+                    self.at = end + 2;
+                    self.bulk = None;
+                    self.remaining = Some(remaining - 1);
+                }
+            }
+        }
+    }
+
+    /// The line starting at `start`, without its line ending, and where the next element
+    /// starts; searched from where the last call stopped. `Err(too_big)` past `max` bytes.
+    fn line<'a>(
+        &mut self,
+        input: &'a [u8],
+        start: usize,
+        max: usize,
+        too_big: RespError,
+    ) -> Result<Option<(&'a [u8], usize)>, RespError> {
+        let from = self.scanned.max(start).min(input.len());
+        let found = input[from..].iter().position(|&b| b == b'\n');
+        #[cfg(test)]
+        {
+            self.examined += found.map_or(input.len() - from, |i| i + 1);
+        }
+        match found {
+            Some(i) => {
+                self.scanned = 0;
+                let end = from + i;
+                let text = &input[start..end];
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                if text.len() > max {
+                    return Err(too_big);
+                }
+                Ok(Some((text, end + 1)))
+            }
+            None if input.len() - start > max => Err(too_big),
+            None => {
+                self.scanned = input.len();
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// The line at the start of `input` without its `\r\n`, and the bytes it takes; `None` when
@@ -81,53 +283,10 @@ pub type Command<'a> = Option<(Vec<&'a [u8]>, usize)>;
 
 /// Decodes one client command: its arguments (borrowed from `input`) and the bytes it took;
 /// `Ok(None)` when incomplete. An empty command (an empty line, `*0`) decodes to no arguments.
-/// Bulk strings longer than `max_bulk_bytes` are refused from their length line.
+/// Bulk strings longer than `max_bulk_bytes` are refused from their length line. For a whole
+/// input at hand; a connection's commands arriving in pieces go through a `CommandParser`.
 pub fn parse_command(input: &[u8], max_bulk_bytes: usize) -> Result<Command<'_>, RespError> {
-    if input.is_empty() {
-        return Ok(None);
-    }
-    if input[0] != b'*' {
-        let Some((text, used)) = line(input, MAX_INLINE_BYTES, RespError::InlineTooBig)? else {
-            return Ok(None);
-        };
-        return Ok(Some((split_inline(text)?, used)));
-    }
-    let Some((count, mut at)) =
-        line(&input[1..], MAX_INLINE_BYTES, RespError::MultibulkCountTooBig)?
-    else {
-        return Ok(None);
-    };
-    at += 1;
-    let count = number(count).ok_or(RespError::InvalidMultibulkLength)?;
-    if count > MAX_ARGUMENTS as i64 {
-        return Err(RespError::InvalidMultibulkLength);
-    }
-    let count = count.max(0) as usize;
-    let mut arguments = Vec::with_capacity(count.min(64));
-    for _ in 0..count {
-        let Some(&kind) = input.get(at) else { return Ok(None) };
-        if kind != b'$' {
-            return Err(RespError::ExpectedBulk(kind as char));
-        }
-        let Some((length, used)) = line(&input[at + 1..], 32, RespError::BulkCountTooBig)? else {
-            return Ok(None);
-        };
-        let length = number(length).ok_or(RespError::InvalidBulkLength)?;
-        if length < 0 || length as usize > max_bulk_bytes {
-            return Err(RespError::InvalidBulkLength);
-        }
-        let start = at + 1 + used;
-        let end = start + length as usize;
-        if input.len() < end + 2 {
-            return Ok(None);
-        }
-        if &input[end..end + 2] != b"\r\n" {
-            return Err(RespError::Malformed("bulk string without its CRLF"));
-        }
-        arguments.push(&input[start..end]);
-        at = end + 2;
-    }
-    Ok(Some((arguments, at)))
+    CommandParser::default().parse(input, CommandLimits::new(max_bulk_bytes, usize::MAX))
 }
 
 /// Splits an inline command as Redis's `sdssplitargs` does: whitespace separates, `"…"` and
@@ -514,6 +673,107 @@ mod tests {
             RespError::ExpectedBulk(':').to_string(),
             "Protocol error: expected '$', got ':'"
         );
+    }
+
+    /// Feeds `input` to one parser `step` bytes at a time, as reads would bring it.
+    fn trickled(input: &[u8], step: usize, limits: CommandLimits) -> Result<Owned, RespError> {
+        let mut parser = CommandParser::default();
+        let mut end = 0;
+        loop {
+            end = (end + step).min(input.len());
+            match parser.parse(&input[..end], limits)? {
+                Some((arguments, used)) => {
+                    let arguments = arguments.iter().map(|a| a.to_vec()).collect();
+                    return Ok(Some((arguments, used)));
+                }
+                None if end == input.len() => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_in_pieces_parses_as_a_whole() {
+        let limits = CommandLimits::new(MAX, usize::MAX);
+        let inputs: [&[u8]; 4] = [
+            b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n$5\r\nhi\r\n!\r\n",
+            b"subscribe a  b\r\n",
+            b"*0\r\n",
+            b"*2\r\n$0\r\n\r\n$3\r\nabc\r\n",
+        ];
+        for input in inputs {
+            for step in [1, 2, 3, 7, input.len()] {
+                assert_eq!(trickled(input, step, limits), command(input), "step {step}");
+            }
+        }
+        // The parser is ready for the next command after one completes.
+        let mut parser = CommandParser::default();
+        assert!(parser.parse(b"*1\r\n$4\r\nPI", limits).unwrap().is_none());
+        assert!(!parser.is_idle());
+        assert_eq!(parser.parse(b"*1\r\n$4\r\nPING\r\n", limits).unwrap().unwrap().1, 14);
+        assert!(parser.is_idle());
+        assert_eq!(parser.parse(b"PING\r\n", limits).unwrap().unwrap().0, [b"PING"]);
+    }
+
+    #[test]
+    fn strangers_get_redis_s_errors_before_any_bytes_are_held() {
+        let stranger = CommandLimits { max_bulk: 9 * 1024, max_command: 9 * 1024, stranger: true };
+        let parse = |input: &[u8]| CommandParser::default().parse(input, stranger).map(|_| ());
+        assert_eq!(parse(b"*11\r\n"), Err(RespError::UnauthenticatedMultibulkLength));
+        assert_eq!(parse(b"*1\r\n$9217\r\n"), Err(RespError::UnauthenticatedBulkLength));
+        assert_eq!(
+            parse(b"*2\r\n$5000\r\n").and(parse(b"*3\r\n$4\r\nAUTH\r\n$5000\r\n")),
+            Ok(())
+        );
+        let two_halves = [b"*3\r\n$4\r\nAUTH\r\n$5000\r\n".as_slice(), &[b'a'; 5000], b"\r\n$5000\r\n"]
+            .concat();
+        assert_eq!(parse(&two_halves), Err(RespError::QueryBufferLimit(9 * 1024)));
+        assert_eq!(parse(&[b'a'; 9 * 1024 + 1]), Err(RespError::InlineTooBig));
+        let auth = b"*2\r\n$4\r\nAUTH\r\n$8192\r\n".iter().chain(&[b'x'; 8192]).chain(b"\r\n");
+        let auth: Vec<u8> = auth.copied().collect();
+        assert!(CommandParser::default().parse(&auth, stranger).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_query_limit_holds_from_the_length_lines() {
+        let limits = CommandLimits::new(1024, 2000);
+        let parse = |input: &[u8]| CommandParser::default().parse(input, limits).map(|_| ());
+        assert_eq!(parse(b"*400\r\n"), Err(RespError::QueryBufferLimit(2000)), "6 bytes each at least");
+        assert_eq!(parse(b"*3\r\n$1000\r\n"), Ok(()));
+        let over = [b"*3\r\n$1000\r\n".as_slice(), &[b'a'; 1000], b"\r\n$1000\r\n"].concat();
+        assert_eq!(parse(&over), Err(RespError::QueryBufferLimit(2000)));
+        assert_eq!(parse(b"*1\r\n$1025\r\n"), Err(RespError::InvalidBulkLength));
+    }
+
+    #[test]
+    fn a_million_arguments_one_byte_at_a_time_take_linear_work() {
+        // Parsed in pieces, each call goes on where the last stopped: the bytes looked at over
+        // all calls stay a small multiple of the command, where a parse from the start on each
+        // read is quadratic (the attack: 512k arguments took 3.6 s of a worker).
+        let arguments = 1 << 20;
+        let mut input = format!("*{arguments}\r\n").into_bytes();
+        for _ in 0..arguments {
+            input.extend_from_slice(b"$1\r\na\r\n");
+        }
+        let limits = CommandLimits::new(16, usize::MAX);
+        let mut parser = CommandParser::default();
+        let mut end = 0;
+        let parsed = loop {
+            // Reads of 1,000 bytes: 7,300 calls, each one cheap.
+            end = (end + 1000).min(input.len());
+            if let Some((parsed, used)) = parser.parse(&input[..end], limits).unwrap() {
+                break (parsed.len(), used);
+            }
+        };
+        assert_eq!(parsed, (arguments, input.len()));
+        assert!(
+            parser.examined <= 2 * input.len(),
+            "{} bytes looked at for a command of {}",
+            parser.examined,
+            input.len()
+        );
+        let refused = CommandParser::default().parse(&input, CommandLimits::new(16, 1 << 20));
+        assert_eq!(refused.map(|_| ()), Err(RespError::QueryBufferLimit(1 << 20)));
     }
 
     #[test]

@@ -26,7 +26,9 @@ fn split_line(
     input: &[u8],
     max_frame_bytes: usize,
 ) -> Result<Option<(&[u8], usize)>, ProtocolError> {
-    let Some(newline) = input.iter().position(|&b| b == b'\n') else {
+    // A line longer than the limit is refused whatever follows: no need to look further.
+    let window = &input[..input.len().min(max_frame_bytes.saturating_add(2))];
+    let Some(newline) = window.iter().position(|&b| b == b'\n') else {
         if input.len() > max_frame_bytes {
             return Err(ProtocolError::FrameTooLarge { len: input.len(), max: max_frame_bytes });
         }

@@ -139,6 +139,12 @@ pub enum Web {
         continued: bool,
         /// Worker-clock milliseconds when the first byte of a head still incomplete arrived.
         head_since_ms: Option<u32>,
+        /// The request held is complete at this many bytes (its head was read, its body is
+        /// arriving): the head is not parsed again until then.
+        awaiting_body: Option<u32>,
+        /// The request held was authorized from its head (its body was too large for a
+        /// stranger); `route` does not verify its token again.
+        authorized: bool,
         /// With `--allowed-origins`: the current request's (allowed) origin, which its response
         /// names in `Access-Control-Allow-Origin` instead of `*`.
         origin: Option<Box<str>>,
@@ -178,6 +184,8 @@ pub struct RespState {
     pub pending: std::collections::VecDeque<Bytes>,
     /// An AUTH inside HELLO: its `+OK` is not sent (HELLO answers for it).
     pub quiet_auth: bool,
+    /// The parse of a command arriving in pieces (the one at the start of `Conn::input`).
+    pub parser: crate::protocol::resp::CommandParser,
 }
 
 /// A channel of an event stream.

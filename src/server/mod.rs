@@ -488,6 +488,15 @@ fn validate(config: &Config) -> Result<(), StartError> {
             config.write_queue_cap_bytes, config.max_frame_bytes
         ));
     }
+    if config.max_query_bytes != 0 && config.max_query_bytes < config.max_frame_bytes {
+        return fail(format!(
+            "max query bytes ({}) must be at least max frame bytes ({}): a PUBLISH of the largest payload must fit",
+            config.max_query_bytes, config.max_frame_bytes
+        ));
+    }
+    if config.private_metrics && config.auth.api_key.is_none() {
+        return fail("--private-metrics needs --api-key-file: the API key is what opens /metrics and /healthz".into());
+    }
     if config.write_queue_cap_bytes > (u32::MAX / 2) as usize {
         return fail(format!("write queue cap must be at most {} bytes", u32::MAX / 2));
     }

@@ -68,9 +68,10 @@ impl PatternCensus {
         }
     }
 
-    /// Distinct patterns subscribed to on this node (Redis's PUBSUB NUMPAT).
-    pub fn patterns(&self) -> usize {
-        self.lock().len()
+    /// Distinct patterns subscribed to on this node (Redis's PUBSUB NUMPAT) that `visible`
+    /// takes (given the pattern in fanout's syntax, `None` for a Redis glob).
+    pub fn count(&self, visible: impl Fn(Option<&TopicPattern>) -> bool) -> usize {
+        self.lock().values().filter(|(topic, _)| visible(topic.as_ref())).count()
     }
 
     /// Pattern subscriptions that receive topic channel `channel`.

@@ -212,6 +212,11 @@ counters! {
     limited_origin: counter,
     /// Pattern subscriptions refused: the connection holds `--max-patterns` already.
     limited_patterns: counter,
+    /// Connections closed for sending, before they had any permissions, a frame, command,
+    /// message or body larger than the strangers' budget (enough for AUTH and PING).
+    limited_stranger_input: counter,
+    /// Redis clients closed for a command larger than `--max-query-bytes`.
+    limited_query_buffer: counter,
     /// Wildcard subscriptions held now.
     pattern_subscriptions: gauge,
 }

@@ -11,6 +11,7 @@ use log::debug;
 
 use super::lifecycle::Close;
 use super::Worker;
+use crate::auth::pattern::TopicPattern;
 use crate::auth::{AuthError, Grant, Outcome};
 use crate::protocol::http::Head;
 use crate::protocol::{Ack, ErrorCode, Format};
@@ -54,6 +55,29 @@ impl Worker {
     /// and PING are taken from it.
     pub(super) fn must_authenticate(&self, key: usize) -> bool {
         self.shared.auth.is_some() && self.grant(key).is_none()
+    }
+
+    /// Longest frame, line, command, message or request body connection `key` may send now:
+    /// the frame limit, or before it has permissions the strangers' budget (AUTH and a PING).
+    pub(super) fn input_limit(&self, key: usize) -> usize {
+        match &self.shared.auth {
+            Some(auth) if self.grant(key).is_none() => auth.stranger_input_bytes(),
+            _ => self.shared.config.max_frame_bytes,
+        }
+    }
+
+    /// A connection without permissions sent more than its budget (`len` bytes in one frame,
+    /// command, message or body): counted, logged, and closed with 401 saying why.
+    pub(super) fn stranger_overflow(&mut self, key: usize, len: usize) -> Close {
+        Close::error(ErrorCode::Unauthorized, self.stranger_overflow_reason(key, len))
+    }
+
+    /// Counts and logs a stranger's overflow (see `stranger_overflow`); returns the reason.
+    pub(super) fn stranger_overflow_reason(&mut self, key: usize, len: usize) -> String {
+        WorkerCounters::add(&self.counters().limited_stranger_input, 1);
+        let limit = self.input_limit(key);
+        debug!("worker {}: connection {key}: {len} bytes before authenticating, closing", self.id);
+        format!("authenticate first: {len} bytes in one request before AUTH, the limit is {limit}")
     }
 
     /// Whether connection `key`'s permissions pass `allowed`; refuses when not (403 saying
@@ -196,14 +220,15 @@ impl Worker {
     /// `AUTH <token>`: from now on the connection may do what the token grants. A fresh token
     /// for the same subject extends the connection past the old one's `exp`; one for another
     /// subject is refused (a connection keeps its identity). With access control off, AUTH is
-    /// acknowledged and changes nothing.
-    pub(super) fn authenticate(&mut self, key: usize, token: &[u8]) -> Result<(), Close> {
+    /// acknowledged and changes nothing. Returns whether the token was taken (else the refusal
+    /// is queued).
+    pub(super) fn authenticate(&mut self, key: usize, token: &[u8]) -> Result<bool, Close> {
         if self.shared.auth.is_none() {
-            return self.acknowledge(key, Ack::Auth, b"-");
+            return self.acknowledge(key, Ack::Auth, b"-").map(|()| true);
         }
         let grant = match self.verify(key, token) {
             Ok(grant) => grant,
-            Err(e) => return self.authentication_failed(key, &e),
+            Err(e) => return self.authentication_failed(key, &e).map(|()| false),
         };
         let conn = &self.conns[key];
         let changes_identity = conn.grant.as_ref().is_some_and(|old| {
@@ -214,11 +239,29 @@ impl Worker {
         if changes_identity || name_mismatch {
             WorkerCounters::add(&self.counters().auth_forbidden, 1);
             let why = "a connection keeps its identity: the token is for another sub";
-            return self.refuse(key, ErrorCode::Forbidden, why);
+            return self.refuse(key, ErrorCode::Forbidden, why).map(|()| false);
         }
         let subject = grant.subject.as_deref().unwrap_or("-").as_bytes().to_vec();
         self.conns[key].grant = Some(grant);
-        self.acknowledge(key, Ack::Auth, &subject)
+        self.acknowledge(key, Ack::Auth, &subject).map(|()| true)
+    }
+
+    /// Whether connection `key` may learn that `channel` exists or how many subscribe to it
+    /// (listings, counts): when it may subscribe to it. The API key sees everything.
+    pub(super) fn may_see_channel(&self, key: usize, channel: &[u8]) -> bool {
+        self.shared.auth.is_none() || self.grant(key).is_some_and(|g| g.may_subscribe(channel))
+    }
+
+    /// Whether connection `key` may learn of a wildcard subscription: when it could take it
+    /// (`topic`: fanout's syntax; `None`: a Redis glob, which only a grant of every channel
+    /// takes).
+    pub(super) fn may_see_pattern(&self, key: usize, topic: Option<&TopicPattern>) -> bool {
+        if self.shared.auth.is_none() {
+            return true;
+        }
+        let Some(grant) = self.grant(key) else { return false };
+        let everything = || TopicPattern::parse(">", 1).expect("> is a pattern");
+        grant.everything || grant.subscribe.cover(topic.unwrap_or(&everything()))
     }
 
     /// An HTTP request's own token (`Authorization: Bearer`, or `?token=`), which is what the
@@ -295,7 +338,7 @@ impl Worker {
                     late.push(key)
                 }
                 Some(grant)
-                    if grant.expires_unix_ms.is_some_and(|exp| wall_ms >= exp + grace_ms) =>
+                    if grant.expires_unix_ms.is_some_and(|exp| wall_ms >= exp.saturating_add(grace_ms)) =>
                 {
                     expired.push(key)
                 }

@@ -33,6 +33,11 @@ fn owned(payload: Cow<'_, [u8]>) -> Bytes {
     }
 }
 
+/// A pattern as its client wrote it, from its index key (a Redis glob is kept behind `GLOB_KEY`).
+pub(super) fn written_pattern(text: &[u8]) -> &[u8] {
+    text.strip_prefix(&[GLOB_KEY]).unwrap_or(text)
+}
+
 impl Worker {
     pub(super) fn handle(&mut self, key: usize, request: Request<'_>) -> Result<(), Close> {
         let before_auth =
@@ -56,14 +61,8 @@ impl Worker {
                 self.publish_request(key, channel, owned(payload), true)
             }
             Request::Name { name } => self.claim_name(key, name),
-            Request::Auth { token } => self.authenticate(key, token),
-            Request::PatternSubscribe { pattern } => {
-                if !self.pattern_served_here(pattern) {
-                    self.wait_for_pattern(key, pattern);
-                    return Ok(());
-                }
-                self.pattern_subscribe(key, pattern)
-            }
+            Request::Auth { token } => self.authenticate(key, token).map(drop),
+            Request::PatternSubscribe { pattern } => self.pattern_subscribe(key, pattern),
             Request::PatternUnsubscribe { pattern } => self.pattern_unsubscribe(key, pattern),
         }
     }
@@ -247,10 +246,14 @@ impl Worker {
                     continue;
                 }
                 let Some(Wait::PatternJoin(text)) = self.conns[key].end_wait() else { continue };
-                // A Redis client's glob, or a fanout pattern.
-                let result = match text.strip_prefix(&[GLOB_KEY]) {
-                    Some(glob) => self.glob_subscribe(key, glob),
-                    None => self.pattern_subscribe(key, &text),
+                // Checked before the wait (`request_pattern`); its input waited meanwhile, so
+                // nothing about the connection changed.
+                let result = match self.matcher_of(&text) {
+                    Ok(matcher) => self.attach_pattern(key, &text, matcher),
+                    Err(e) => {
+                        let why = format!("invalid pattern: {e}");
+                        self.refuse(key, ErrorCode::InvalidName, &why)
+                    }
                 };
                 let result = result.and_then(|()| self.go_on(key));
                 self.settle(key, result);
@@ -339,29 +342,45 @@ impl Worker {
         }
     }
 
-    /// `PSUB pattern`: every topic channel matching it, from now on (no resume: offsets are per
-    /// channel; a client resumes the channels it has seen one by one).
+    /// `PSUB pattern` (fanout's syntax, `?pattern=` too): every topic channel matching it, from
+    /// now on (no resume: offsets are per channel; a client resumes the channels it has seen
+    /// one by one).
     pub(super) fn pattern_subscribe(&mut self, key: usize, text: &[u8]) -> Result<(), Close> {
+        self.request_pattern(key, text.into())
+    }
+
+    /// A wildcard subscription keyed `text` (a Redis glob behind `GLOB_KEY`): every check first
+    /// (cluster support, syntax, permission, rate, limit), so that nothing a client may not do
+    /// reaches the broker or an index; then, in a cluster, a wait until this node receives what
+    /// it matches; then the subscription.
+    pub(super) fn request_pattern(&mut self, key: usize, text: Box<[u8]>) -> Result<(), Close> {
         if self.shared.broker.as_ref().is_some_and(|b| b.config.redis_cluster) {
             let why = "wildcard subscriptions are not available over a Redis Cluster (sharded pub/sub has no patterns); subscribe to the channels";
             return self.refuse(key, ErrorCode::NotImplemented, why);
         }
-        let max_tokens = self.shared.config.max_pattern_tokens;
-        let pattern = match TopicPattern::from_bytes(text, max_tokens) {
-            Ok(pattern) => pattern,
+        let matcher = match self.matcher_of(&text) {
+            Ok(matcher) => matcher,
             Err(e) => {
                 return self.refuse(key, ErrorCode::InvalidName, &format!("invalid pattern: {e}"))
             }
         };
-        if !self.pattern_permitted(key, text, &pattern)?
-            || !self.within_rate(key, Rate::Subscribe)?
-        {
+        let written = written_pattern(&text);
+        let permitted = match &matcher {
+            Matcher::Topic(pattern) => self.pattern_permitted(key, written, pattern)?,
+            // A glob cannot be checked against the grant's patterns: only a connection that may
+            // subscribe to every channel takes one.
+            Matcher::Glob => {
+                let everything = TopicPattern::parse(">", 1).expect("> is a pattern");
+                self.pattern_permitted(key, written, &everything)?
+            }
+        };
+        if !permitted || !self.within_rate(key, Rate::Subscribe)? {
             return Ok(());
         }
         let conn = &self.conns[key];
-        let id = self.patterns.id_of(text);
+        let id = self.patterns.id_of(&text);
         if id.is_some_and(|id| conn.patterns.iter().any(|p| p.id == id)) {
-            return self.acknowledge(key, Ack::PatternSubscribe, text);
+            return self.acknowledge(key, Ack::PatternSubscribe, written);
         }
         let limit = self.shared.config.max_patterns_per_connection;
         if conn.patterns.len() >= limit {
@@ -369,16 +388,40 @@ impl Worker {
             let why = format!("too many pattern subscriptions (the limit is {limit})");
             return self.refuse(key, ErrorCode::LimitReached, &why);
         }
+        if !self.pattern_served_here(&text) {
+            self.wait_for_pattern(key, &text);
+            return Ok(());
+        }
+        self.attach_pattern(key, &text, matcher)
+    }
+
+    /// How pattern `text` (an index key) matches channels.
+    fn matcher_of(&self, text: &[u8]) -> Result<Matcher, crate::auth::PatternError> {
+        match text.strip_prefix(&[GLOB_KEY]) {
+            Some(_) => Ok(Matcher::Glob),
+            None => {
+                let max_tokens = self.shared.config.max_pattern_tokens;
+                TopicPattern::from_bytes(text, max_tokens).map(Matcher::Topic)
+            }
+        }
+    }
+
+    /// Subscribes connection `key` to pattern `text`, checked by `request_pattern` and served
+    /// here.
+    fn attach_pattern(&mut self, key: usize, text: &[u8], matcher: Matcher) -> Result<(), Close> {
         if self.patterns.id_of(text).is_none() {
             self.pattern_holders(text, 1);
         }
-        self.shared.pattern_census.add(text, Some(&pattern));
+        let topic = match &matcher {
+            Matcher::Topic(pattern) => Some(pattern),
+            Matcher::Glob => None,
+        };
+        self.shared.pattern_census.add(text, topic);
         let conn = &mut self.conns[key];
-        let (id, position) =
-            self.patterns.add(text, Matcher::Topic(pattern), key, conn.reply_format());
+        let (id, position) = self.patterns.add(text, matcher, key, conn.reply_format());
         conn.patterns.reserve_exact(1);
         conn.patterns.push(PatternSubscription { id, position });
-        self.acknowledge(key, Ack::PatternSubscribe, text)
+        self.acknowledge(key, Ack::PatternSubscribe, written_pattern(text))
     }
 
     /// Cluster mode: whether pattern `text`'s PSUBSCRIBE took effect.

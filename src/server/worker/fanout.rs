@@ -291,6 +291,9 @@ impl Worker {
         let cap = self.shared.config.write_queue_cap_bytes;
         // Event streams that get the batch (their cursors follow it); the list is reused.
         let mut streams = std::mem::take(&mut self.delivered_streams);
+        // With access control on, a connection without a token hears `*` only when the anonymous
+        // grant names it: a stranger that reconnects in a loop must not be an eavesdropper.
+        let everyone_hears = self.shared.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
         let Worker { conns, index, out, patterns, .. } = self;
         let mut deliveries = 0u64;
         // A Redis client's pattern subscription gets `pmessage` frames naming its pattern: one
@@ -333,6 +336,7 @@ impl Worker {
             let receives = |conn: &Conn| {
                 conn.is_open()
                     && conn.format.is_some_and(Format::receives_broadcasts)
+                    && (everyone_hears || conn.grant.is_some())
                     && !conn.is_echo()
             };
             for (key, conn) in conns.iter_mut().filter(|(_, conn)| receives(conn)) {

@@ -108,8 +108,45 @@ impl Worker {
             Ok(())
         } else {
             let mut input = self.conns[key].take_input();
+            let searched = input.len();
             input.extend_from_slice(fresh);
+            if !self.may_complete(key, &input, searched) {
+                // Nothing can be complete yet: keep the bytes without parsing them again, so
+                // that a frame trickling in costs each byte one look, not one per read.
+                self.conns[key].keep_input(input);
+                return Ok(());
+            }
             self.resume_input(key, input)
+        }
+    }
+
+    /// Whether `input`, of which the first `searched` bytes were held as an incomplete frame
+    /// (no wait in between), may now hold a complete frame, or one past the connection's limit.
+    /// False only where that is cheap to tell: a text line without its newline, an HTTP head
+    /// without its blank line, an HTTP body still short. The other codecs go on from where
+    /// they stopped by themselves (binary and WebSocket lengths come first; RESP keeps its
+    /// parse state).
+    fn may_complete(&self, key: usize, input: &[u8], searched: usize) -> bool {
+        let conn = &self.conns[key];
+        if conn.input_waits() {
+            return true;
+        }
+        match (conn.format, conn.web.as_deref()) {
+            (Some(Format::Text), _) => {
+                input.len() > self.input_limit(key) || input[searched..].contains(&b'\n')
+            }
+            (Some(Format::Http), Some(Web::Http { awaiting_body, .. })) => match awaiting_body {
+                Some(end) => input.len() >= *end as usize,
+                None => {
+                    // httparse takes `\n\n` as well as `\r\n\r\n`; either may straddle the
+                    // bytes held and the bytes that came.
+                    let from = searched.saturating_sub(3);
+                    input.len() > protocol::http::MAX_HEAD_BYTES
+                        || input[from..].windows(2).any(|w| w == b"\n\n")
+                        || input[from..].windows(3).any(|w| w == b"\n\r\n")
+                }
+            },
+            _ => true,
         }
     }
 
@@ -162,6 +199,8 @@ impl Worker {
                             keep_alive: true,
                             continued: false,
                             head_since_ms: None,
+                            awaiting_body: None,
+                            authorized: false,
                             origin: None,
                         }));
                         Format::Http
@@ -192,12 +231,17 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return Ok(at);
             }
-            match format.parse_request(&input[at..], max_frame) {
+            // Asked per frame: an AUTH earlier in the same read lifts a stranger's budget.
+            let limit = self.input_limit(key);
+            match format.parse_request(&input[at..], limit) {
                 Ok(Some((request, used))) => {
                     at += used;
                     self.handle(key, request)?;
                 }
                 Ok(None) => return Ok(at),
+                Err(ProtocolError::FrameTooLarge { len, .. }) if limit < max_frame => {
+                    return Err(self.stranger_overflow(key, len))
+                }
                 Err(e) => return Err(self.protocol_error(key, &e)),
             }
         }

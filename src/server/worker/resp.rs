@@ -15,11 +15,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::lifecycle::Close;
 use super::Worker;
-use crate::auth::pattern::TopicPattern;
 use crate::protocol::resp::{self, RespError};
 use crate::protocol::Format;
-use crate::server::conn::{PatternSubscription, RespState, Web};
-use crate::server::patterns::{glob_key, Matcher, GLOB_KEY};
+use crate::server::conn::{RespState, Web};
+use crate::server::patterns::{glob_key, GLOB_KEY};
 use crate::server::stats::WorkerCounters;
 
 /// Commands a RESP2 connection with subscriptions may send (Redis's rule).
@@ -49,7 +48,6 @@ impl Worker {
     /// Handles every complete command in `input`; returns the bytes consumed. Stops when the
     /// connection must wait (a channel being served, a publish parked).
     pub(super) fn resp_input(&mut self, key: usize, input: &[u8]) -> Result<usize, Close> {
-        let max = self.shared.config.max_frame_bytes;
         let mut at = 0;
         loop {
             self.resp_continue(key)?;
@@ -57,7 +55,9 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return Ok(at);
             }
-            match resp::parse_command(&input[at..], max) {
+            // Asked per command: an AUTH earlier in the same read lifts a stranger's limits.
+            let limits = self.resp_limits(key);
+            match self.resp_state(key).parser.parse(&input[at..], limits) {
                 Ok(Some((args, used))) => {
                     at += used;
                     if !args.is_empty() {
@@ -67,6 +67,18 @@ impl Worker {
                 Ok(None) => return Ok(at),
                 Err(e) => return Err(self.resp_protocol_error(key, &e)),
             }
+        }
+    }
+
+    /// What connection `key`'s next command may be: a stranger's budget and Redis's rules for
+    /// unauthenticated clients, else the frame limit per argument and `--max-query-bytes`.
+    fn resp_limits(&self, key: usize) -> resp::CommandLimits {
+        let config = &self.shared.config;
+        match self.input_limit(key) {
+            budget if budget < config.max_frame_bytes => {
+                resp::CommandLimits { max_bulk: budget, max_command: budget, stranger: true }
+            }
+            _ => resp::CommandLimits::new(config.max_frame_bytes, config.query_limit()),
         }
     }
 
@@ -80,53 +92,11 @@ impl Worker {
             }
             let Some(Web::Resp(state)) = conn.web.as_deref_mut() else { return Ok(()) };
             let Some(next) = state.pending.pop_front() else { return Ok(()) };
-            match next.strip_prefix(&[GLOB_KEY]) {
-                Some(glob) => {
-                    if self.pattern_served_here(&glob_key(glob)) {
-                        self.glob_subscribe(key, glob)?;
-                    } else {
-                        self.wait_for_pattern(key, &glob_key(glob));
-                    }
-                }
-                None => self.subscribe(key, &next, None)?,
+            match next.first() {
+                Some(&GLOB_KEY) => self.request_pattern(key, next.as_ref().into())?,
+                _ => self.subscribe(key, &next, None)?,
             }
         }
-    }
-
-    /// PSUBSCRIBE of one Redis glob: every topic channel it matches, as `pmessage`s. With access
-    /// control, only for a connection that may subscribe to every channel (a glob cannot be
-    /// checked against the grant's patterns).
-    pub(super) fn glob_subscribe(&mut self, key: usize, glob: &[u8]) -> Result<(), Close> {
-        if self.shared.broker.as_ref().is_some_and(|b| b.config.redis_cluster) {
-            let why = "wildcard subscriptions are not available over a Redis Cluster (sharded pub/sub has no patterns); subscribe to the channels";
-            return self.refuse(key, crate::protocol::ErrorCode::NotImplemented, why);
-        }
-        let everything = TopicPattern::parse(">", 1).expect("> is a pattern");
-        if !self.pattern_permitted(key, glob, &everything)?
-            || !self.within_rate(key, super::access::Rate::Subscribe)?
-        {
-            return Ok(());
-        }
-        let text = glob_key(glob);
-        let conn = &self.conns[key];
-        let id = self.patterns.id_of(&text);
-        if id.is_some_and(|id| conn.patterns.iter().any(|p| p.id == id)) {
-            return self.acknowledge(key, crate::protocol::Ack::PatternSubscribe, glob);
-        }
-        let limit = self.shared.config.max_patterns_per_connection;
-        if conn.patterns.len() >= limit {
-            WorkerCounters::add(&self.counters().limited_patterns, 1);
-            let why = format!("too many pattern subscriptions (the limit is {limit})");
-            return self.refuse(key, crate::protocol::ErrorCode::LimitReached, &why);
-        }
-        if id.is_none() {
-            self.pattern_holders(&text, 1);
-        }
-        self.shared.pattern_census.add(&text, None);
-        let conn = &mut self.conns[key];
-        let (id, position) = self.patterns.add(&text, Matcher::Glob, key, conn.reply_format());
-        conn.patterns.push(PatternSubscription { id, position });
-        self.acknowledge(key, crate::protocol::Ack::PatternSubscribe, glob)
     }
 
     /// PUNSUBSCRIBE of Redis globs (none named: all of the connection's).
@@ -163,7 +133,19 @@ impl Worker {
     fn resp_protocol_error(&mut self, key: usize, e: &RespError) -> Close {
         let counters = self.counters();
         WorkerCounters::add(&counters.protocol_errors, 1);
-        WorkerCounters::add(&counters.protocol_errors_malformed, 1);
+        let stranger = self.resp_limits(key).stranger;
+        let kind = match e {
+            RespError::UnauthenticatedMultibulkLength | RespError::UnauthenticatedBulkLength => {
+                &counters.limited_stranger_input
+            }
+            // A stranger's command over its budget, or anyone's over the query limit.
+            RespError::QueryBufferLimit(_) | RespError::InlineTooBig if stranger => {
+                &counters.limited_stranger_input
+            }
+            RespError::QueryBufferLimit(_) => &counters.limited_query_buffer,
+            _ => &counters.protocol_errors_malformed,
+        };
+        WorkerCounters::add(kind, 1);
         log::debug!("worker {}: RESP protocol error on connection {key}: {e}", self.id);
         // As Redis: the error, then the connection closes.
         let frame = error(&format!("ERR {e}"));
@@ -257,10 +239,16 @@ impl Worker {
             "client" => self.resp_client(key, args),
             "hello" => self.resp_hello(key, args),
             "auth" => match args.len() {
+                // Redis without a password refuses the one-argument form (its default user has
+                // none); the username form passes, as for Redis's `nopass` default user.
+                2 if self.shared.auth.is_none() => self.reply(
+                    key,
+                    error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+                ),
                 // AUTH password, or AUTH username password: the password is the token.
                 2 | 3 => {
                     let token = args[args.len() - 1].to_vec();
-                    self.authenticate(key, &token)
+                    self.authenticate(key, &token).map(drop)
                 }
                 _ => self.reply(key, arity(false).unwrap_or_default()),
             },
@@ -409,11 +397,13 @@ impl Worker {
         Ok(())
     }
 
-    /// PUBSUB: what this node's connections subscribe to. Sharded pub/sub is not taken yet, so
-    /// the SHARD forms find nothing.
+    /// PUBSUB: what this node's connections subscribe to (sharded channels are fanout's
+    /// channels too), as far as the caller may subscribe to it: a channel it may not subscribe
+    /// to is neither listed nor counted (0), a pattern it could not take is not counted.
     fn resp_pubsub(&mut self, key: usize, args: &[&[u8]]) -> Result<(), Close> {
         let sub = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
         let registry = &self.shared.channels;
+        let visible = |name: &[u8]| self.may_see_channel(key, name);
         let list = |channels: Vec<Bytes>| {
             frame(|out| {
                 resp::put_aggregate(out, channels.len(), false);
@@ -426,7 +416,7 @@ impl Worker {
             frame(|out| {
                 resp::put_aggregate(out, 2 * names.len(), false);
                 for name in names {
-                    let count = match sharded {
+                    let count = match sharded || !visible(name) {
                         true => 0,
                         false => registry.find(name).map_or(0, |c| {
                             c.subscribers.load(std::sync::atomic::Ordering::Relaxed)
@@ -438,23 +428,17 @@ impl Worker {
             })
         };
         let reply = match (sub.as_deref(), args.len()) {
-            (Some("channels"), 2 | 3) => {
+            (Some("channels" | "shardchannels"), 2 | 3) => {
                 let pattern = args.get(2).copied();
                 list(registry.subscribed(|name| {
                     pattern.is_none_or(|p| crate::protocol::glob::glob_match(p, name))
+                        && visible(name)
                 }))
             }
-            // Sharded channels are fanout's channels too.
-            (Some("shardchannels"), 2 | 3) => {
-                let pattern = args.get(2).copied();
-                list(registry.subscribed(|name| {
-                    pattern.is_none_or(|p| crate::protocol::glob::glob_match(p, name))
-                }))
-            }
-            (Some("numsub"), _) => counts(&args[2..], false),
-            (Some("shardnumsub"), _) => counts(&args[2..], false),
+            (Some("numsub" | "shardnumsub"), _) => counts(&args[2..], false),
             (Some("numpat"), 2) => {
-                let patterns = self.shared.pattern_census.patterns();
+                let census = &self.shared.pattern_census;
+                let patterns = census.count(|topic| self.may_see_pattern(key, topic));
                 frame(|out| resp::put_integer(out, patterns as i64))
             }
             (Some(sub), _) => error(&format!(
@@ -544,9 +528,8 @@ impl Worker {
             self.resp_state(key).quiet_auth = true;
             let result = self.authenticate(key, &token);
             self.resp_state(key).quiet_auth = false;
-            result?;
-            if self.must_authenticate(key) || !self.conns[key].is_open() {
-                // Refused: the error went out instead of the `+OK`.
+            if !result? {
+                // Refused: the error is HELLO's one reply (its `+OK` would have been quiet).
                 return Ok(());
             }
         }

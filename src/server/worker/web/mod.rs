@@ -96,6 +96,22 @@ impl Worker {
                 return Err(self.http_fatal(key, ErrorCode::FrameTooLarge, why));
             }
             let end = at + head.len + body_len;
+            if input.len() < end && body_len > self.input_limit(key) && !self.authorized(key) {
+                // A body larger than a stranger may send is read only for a request whose head
+                // grants something (its token, or anonymous permissions): authorized now, once.
+                if !self.authenticate_request(key, &head)? {
+                    return Err(Close::quietly());
+                }
+                if self.input_limit(key) < body_len {
+                    return Err(self.stranger_overflow(key, body_len));
+                }
+                if let Some(Web::Http { authorized, .. }) = self.conns[key].web.as_deref_mut() {
+                    *authorized = true;
+                }
+            }
+            if let Some(Web::Http { awaiting_body, .. }) = self.conns[key].web.as_deref_mut() {
+                *awaiting_body = (input.len() < end).then_some((end - at) as u32);
+            }
             if input.len() < end {
                 // curl and others wait (a second, for curl) for this before sending a body.
                 if head.header_has("expect", "100-continue") {
@@ -115,6 +131,26 @@ impl Worker {
             at = end;
             self.route(key, &head, body)?;
         }
+    }
+
+    /// With `--private-metrics`: whether the request carries the API key; refused with 401
+    /// when not.
+    fn carries_api_key(&mut self, key: usize, head: &Head) -> Result<bool, Close> {
+        if !self.authenticate_request(key, head)? {
+            return Ok(false);
+        }
+        if self.conns[key].grant.as_ref().is_some_and(|grant| grant.everything) {
+            return Ok(true);
+        }
+        WorkerCounters::add(&self.counters().auth_forbidden, 1);
+        let why = format!("{} needs the API key (--private-metrics)", head.path);
+        self.refuse(key, ErrorCode::Unauthorized, &why)?;
+        Ok(false)
+    }
+
+    /// Whether the request held was authorized from its head already.
+    fn authorized(&self, key: usize) -> bool {
+        matches!(self.conns[key].web.as_deref(), Some(Web::Http { authorized: true, .. }))
     }
 
     /// A request that cannot be answered in kind: counted; an error response, then the
@@ -156,6 +192,10 @@ impl Worker {
         }
         let echo = self.shared.config.ws_echo;
         let method = head.method.as_str();
+        let private = matches!(head.path.as_str(), "/metrics" | "/healthz");
+        if private && self.shared.config.private_metrics && !self.carries_api_key(key, head)? {
+            return Ok(());
+        }
         if method == "GET" || method == "HEAD" {
             if let Some(mut response) = self.document(&head.path) {
                 if method == "HEAD" {
@@ -166,8 +206,11 @@ impl Worker {
                 return self.reply(key, response);
             }
         }
-        if !self.authenticate_request(key, head)? {
+        if !self.authorized(key) && !self.authenticate_request(key, head)? {
             return Ok(());
+        }
+        if let Some(Web::Http { authorized, .. }) = self.conns[key].web.as_deref_mut() {
+            *authorized = false;
         }
         match (method, head.path.as_str()) {
             ("POST", "/publish") => match head.param("channel") {

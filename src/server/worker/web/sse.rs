@@ -125,11 +125,7 @@ impl Worker {
             // Patterns first (live only), each once this node receives what it matches.
             if !patterns.is_empty() {
                 let text = patterns.remove(0);
-                if self.pattern_served_here(&text) {
-                    self.pattern_subscribe(key, &text)?;
-                } else {
-                    self.wait_for_pattern(key, &text);
-                }
+                self.request_pattern(key, text)?;
                 continue;
             }
             let Some(next) = channels.get(*subscribed) else { return Ok(()) };

@@ -81,6 +81,9 @@ impl Worker {
         let max = self.shared.config.max_frame_bytes;
         let mut at = 0;
         loop {
+            // Asked per frame: an auth message earlier in the same read lifts a stranger's
+            // budget.
+            let limit = self.input_limit(key);
             let conn = &mut self.conns[key];
             if !conn.is_open() || conn.input_waits() {
                 return Ok(at);
@@ -88,13 +91,18 @@ impl Worker {
             let Some(Web::WebSocket { decoder, .. }) = conn.web.as_deref_mut() else {
                 return Ok(at);
             };
-            match decoder.decode(&input[at..], max) {
+            match decoder.decode(&input[at..], limit) {
                 Ok(None) => return Ok(at),
                 Ok(Some((event, used))) => {
                     at += used;
                     if let Some(event) = event {
                         self.websocket_event(key, event)?;
                     }
+                }
+                Err(WsError::TooBig { len, .. }) if limit < max => {
+                    // A stranger's message over its budget: a policy close that says so.
+                    let why = self.stranger_overflow_reason(key, len as usize);
+                    return Err(self.websocket_close(key, websocket::status::POLICY, &why));
                 }
                 Err(e) => return Err(self.websocket_fail(key, &e)),
             }
@@ -153,11 +161,16 @@ impl Worker {
         WorkerCounters::add(&counters.protocol_errors, 1);
         WorkerCounters::add(&counters.protocol_errors_websocket, 1);
         debug!("worker {}: connection {key}: {error}", self.id);
+        self.websocket_close(key, error.close_code(), &error.to_string())
+    }
+
+    /// Queues a close frame with `status` and `reason`; nothing goes out after it.
+    fn websocket_close(&mut self, key: usize, status: u16, reason: &str) -> Close {
         let conn = &mut self.conns[key];
         if let Some(Web::WebSocket { close_sent, .. }) = conn.web.as_deref_mut() {
             *close_sent = true;
         }
-        let frame = websocket::encode_close(error.close_code(), &error.to_string());
+        let frame = websocket::encode_close(status, reason);
         self.out.enqueue(key, conn, frame, usize::MAX);
         Close::quietly()
     }
