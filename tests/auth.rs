@@ -568,3 +568,203 @@ fn the_api_key_may_do_everything() {
     client.subscribe("anything");
     assert_eq!(client.read(Duration::from_millis(100)), Read_::Nothing);
 }
+
+/// Reads what `conn` gets within a short while: broadcasts a stranger must not hear would be
+/// among them.
+fn heard(conn: &mut Conn) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let Read_::Frame(frame) = conn.read(Duration::from_millis(300)) {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// A connection that never authenticated receives nothing, on any protocol, however often it
+/// reconnects: not `*`, not an inbox. Once it authenticates it hears `*` (as the README says);
+/// an anonymous grant hears `*` only when it names it.
+#[test]
+fn strangers_hear_no_broadcast_on_any_protocol() {
+    let server = secured(|_| {});
+    let addr = server.local_addr();
+    let mut text = Conn::text(addr);
+    text.send(Request::Ping);
+    text.expect(Frame::Pong);
+    let mut binary = Conn::binary(addr);
+    binary.send(Request::Ping);
+    binary.expect(Frame::Pong);
+    let mut websocket = Conn::websocket(addr);
+    websocket.send(Request::Ping);
+    websocket.expect(Frame::Pong);
+    let mut member = Conn::text(addr);
+    assert_eq!(auth(&mut member, &token("bob", &[], &[], 600)), authed("bob"));
+    // An event stream without a token is refused before it starts.
+    let sse = http(addr, "GET", "/sse?channel=room.1", b"");
+    assert_eq!(sse.status, 401, "{}", String::from_utf8_lossy(&sse.body));
+
+    backend_publish(addr, "*", "to everyone");
+    assert!(matches!(member.next(), Frame::Msg { channel, .. } if channel == "*"));
+    for stranger in [&mut text, &mut binary, &mut websocket] {
+        assert_eq!(heard(stranger), [], "a stranger heard a broadcast");
+    }
+    // Authenticated, they hear the next one.
+    for stranger in [&mut text, &mut binary, &mut websocket] {
+        assert_eq!(auth(stranger, &token("carol", &[], &[], 600)), authed("carol"));
+    }
+    backend_publish(addr, "*", "again");
+    for conn in [&mut text, &mut binary, &mut websocket, &mut member] {
+        assert!(matches!(conn.next(), Frame::Msg { payload, .. } if payload == b"again"));
+    }
+
+    // Anonymous permissions that do not name `*` do not hear it; `--anonymous-sub '*'` does.
+    for (anonymous, hears) in [(vec!["comments".to_string()], false), (vec!["*".into()], true)] {
+        let server = secured(|config| config.auth.anonymous_subscribe = anonymous.clone());
+        let mut guest = Conn::websocket(server.local_addr());
+        guest.send(Request::Ping);
+        guest.expect(Frame::Pong);
+        backend_publish(server.local_addr(), "*", "news");
+        assert_eq!(!heard(&mut guest).is_empty(), hears, "anonymous {anonymous:?}");
+    }
+}
+
+/// Before it has permissions a connection may send one request of a few KiB (AUTH with the
+/// longest token, a PING): past that, each protocol refuses in its own way and closes that
+/// connection, from the length it announced, before the bytes are held.
+#[test]
+fn a_stranger_may_send_only_a_few_kib_on_every_protocol() {
+    let server = secured(|_| {});
+    let addr = server.local_addr();
+    let big = vec![b'x'; 20 * 1024];
+
+    let mut text = Conn::text(addr);
+    text.send_raw(b"PUB room.1 ");
+    text.send_raw(&big);
+    let reason = text.expect_error_and_close(401);
+    assert!(reason.contains("before AUTH"), "{reason}");
+
+    // A binary frame announcing 20 KiB is refused from its header.
+    let mut binary = Conn::binary(addr);
+    binary.send_raw(&(20 * 1024u32).to_be_bytes());
+    let reason = binary.expect_error_and_close(401);
+    assert!(reason.contains("the limit is"), "{reason}");
+
+    // A WebSocket message: a policy close (1008), from the frame header too.
+    let mut websocket = Conn::websocket(addr);
+    websocket.send_ws(false, fanout::protocol::websocket::opcode::TEXT, &big[..4096]);
+    websocket.send_ws(true, fanout::protocol::websocket::opcode::CONTINUATION, &big[..8192]);
+    assert_eq!(websocket.read(PATIENCE), Read_::Closed);
+    assert_eq!(websocket.close_code, Some(1008));
+
+    // An HTTP body larger than the budget needs a token in its head; refused before it is read.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::Write as _;
+    let head =
+        "POST /publish?channel=room.1 HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    let response = common::read_response(&mut stream, &mut Vec::new());
+    assert_eq!(response.status, 401, "{}", String::from_utf8_lossy(&response.body));
+    // With a token the same body is read and published.
+    let bearer = format!("Authorization: Bearer {}\r\n", token("bob", &[], &["room.*"], 600));
+    let published = http_with(addr, "POST", "/publish?channel=room.1", &bearer, &big);
+    assert_eq!(published.status, 200, "{}", String::from_utf8_lossy(&published.body));
+
+    // The longest token, a PING and a big publish in one write: AUTH lifts the budget for what
+    // follows it.
+    let mut patterns: Vec<String> = vec!["room.*".into()];
+    let long = loop {
+        let exp = unix_now_secs() + 600;
+        let long = sign(json!({ "sub": "bob", "exp": exp, "publish": patterns }));
+        if long.len() > 8000 {
+            break long;
+        }
+        patterns.push(format!("room.{}", patterns.len()));
+    };
+    assert!(long.len() <= fanout::auth::DEFAULT_MAX_TOKEN_BYTES);
+    let mut pipelined = Conn::text(addr);
+    let mut request = format!("AUTH {long}\nPING\nPUBA room.1 ").into_bytes();
+    request.extend_from_slice(&big);
+    request.push(b'\n');
+    pipelined.send_raw(&request);
+    assert!(matches!(pipelined.next(), Frame::Ok { ack: Ack::Auth, .. }));
+    pipelined.expect(Frame::Pong);
+    assert!(matches!(pipelined.next(), Frame::Ack { .. }));
+    assert_eq!(server.stats().limited_stranger_input, 4);
+    let metrics = String::from_utf8(http(addr, "GET", "/metrics", b"").body).unwrap();
+    assert!(metrics.contains("fanout_limit_hits_total{kind=\"stranger_input\"} 4"), "{metrics}");
+}
+
+/// RFC 7519's NumericDate is a JSON number: PyJWT writes `time.time() + ttl`. A decimal `exp`
+/// ends the connection like an integer one; an absurd one is refused, not overflowed.
+#[test]
+fn decimal_and_absurd_numeric_dates() {
+    let server = secured(|config| config.auth.expiry_grace = Duration::from_millis(300));
+    let addr = server.local_addr();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let mut conn = Conn::text(addr);
+    let short = sign(json!({ "sub": "alice", "exp": now + 1.5 }));
+    assert_eq!(auth(&mut conn, &short), authed("alice"));
+    // Closed at its exp, as with an integer one (the tester's decimal exp never expired).
+    let reason = conn.expect_error_and_close(401);
+    assert!(reason.contains("token expired"), "{reason}");
+
+    let mut conn = Conn::text(addr);
+    for (exp, words) in [
+        (json!(u64::MAX), "NumericDate"),
+        (json!(-5), "NumericDate"),
+        (json!(1e300), "NumericDate"),
+        (json!("soon"), "NumericDate"),
+    ] {
+        let refused = auth(&mut conn, &sign(json!({ "sub": "alice", "exp": exp })));
+        expect_refused(refused, 401, words);
+    }
+    let future_nbf = sign(json!({ "sub": "alice", "exp": now + 600.0, "nbf": now + 300.5 }));
+    expect_refused(auth(&mut conn, &future_nbf), 401, "not yet valid");
+    assert!(conn.barrier().is_empty(), "still connected: a bad token changes nothing");
+}
+
+/// With `--auth-audience`/`--auth-issuer`, a token must carry them: a token minted for another
+/// service that shares the key (no `aud`, no `iss`) is refused. `sub` is a client name: never
+/// `*` nor a wildcard token. A wildcard never matches an empty token.
+#[test]
+fn audience_issuer_and_subject_are_required_to_be_right() {
+    let server = secured(|config| {
+        config.auth.audience = Some("fanout-tests".into());
+        config.auth.issuer = Some("backend".into());
+    });
+    let mut conn = Conn::text(server.local_addr());
+    let exp = unix_now_secs() + 600;
+    let cases = [
+        (json!({ "sub": "alice", "exp": exp }), "audience"),
+        (json!({ "sub": "alice", "exp": exp, "iss": "backend" }), "audience"),
+        (json!({ "sub": "alice", "exp": exp, "aud": "fanout-tests" }), "issuer"),
+        (json!({ "sub": "alice", "exp": exp, "aud": ["x"], "iss": "backend" }), "audience"),
+        (json!({ "sub": "*", "exp": exp, "aud": "fanout-tests", "iss": "backend" }), "sub"),
+        (json!({ "sub": "a.>", "exp": exp, "aud": "fanout-tests", "iss": "backend" }), "sub"),
+    ];
+    for (claims, words) in cases {
+        expect_refused(auth(&mut conn, &sign(claims)), 401, words);
+    }
+    let good = sign(json!({ "sub": "alice", "exp": exp, "aud": ["x", "fanout-tests"],
+                            "iss": "backend", "subscribe": ["room.*"] }));
+    assert_eq!(auth(&mut conn, &good), authed("alice"));
+    conn.send(Request::Subscribe { channel: b"room.", resume: None });
+    expect_refused(next_answer(&mut conn), 403, "not permitted");
+    conn.subscribe("room.1");
+}
+
+/// `--private-metrics`: `/metrics` and `/healthz` only for the API key.
+#[test]
+fn private_metrics_need_the_api_key() {
+    let server = secured(|config| config.private_metrics = true);
+    let addr = server.local_addr();
+    let bearer = format!("Authorization: Bearer {API_KEY}\r\n");
+    for path in ["/metrics", "/healthz"] {
+        assert_eq!(http(addr, "GET", path, b"").status, 401, "{path}");
+        let member = format!("Authorization: Bearer {}\r\n", token("bob", &[">"], &[], 600));
+        assert_eq!(http_with(addr, "GET", path, &member, b"").status, 401, "{path}");
+        assert_eq!(http_with(addr, "GET", path, &bearer, b"").status, 200, "{path}");
+    }
+    assert_eq!(http(addr, "GET", "/", b"").status, 200, "the demo page stays public");
+    let refused = Server::start(Config { private_metrics: true, ..Config::for_tests() });
+    assert!(matches!(refused, Err(StartError::Config(why)) if why.contains("--api-key-file")));
+}

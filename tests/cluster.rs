@@ -982,3 +982,62 @@ fn a_resume_older_than_a_nodes_memory_is_read_from_the_stream() {
     let offsets: Vec<u64> = messages(&mut late, 5).iter().map(|m| m.1).collect();
     assert_eq!(offsets, vec![7, 8, 9, 10, 11]);
 }
+
+/// Every check before any effect: a wildcard subscription a client may not take (no token, a
+/// token that does not cover it, a bad pattern) is refused before the node asks Redis for
+/// anything; one it may take is PSUBSCRIBEd as before.
+#[test]
+fn a_refused_pattern_subscription_makes_the_node_psubscribe_nothing() {
+    const SECRET: &[u8] = b"a cluster test secret, long enough";
+    let redis = RedisServer::start();
+    let secured = |c: &mut fanout::Config| {
+        c.auth.hmac_secret = Some(SECRET.to_vec());
+        c.limits.auth_failures = Some(0);
+    };
+    let (_a, b) = (node(&[&redis], secured), node(&[&redis], secured));
+    let token = |subscribe: &str| {
+        let expires = fanout::auth::unix_now_secs() + 600;
+        let patterns = vec![subscribe.to_string()];
+        fanout::auth::mint_hs256(SECRET, Some("ann"), &patterns, &[], expires).expect("a token")
+    };
+    let numpat = || redis.integer(&["PUBSUB", "NUMPAT"]);
+    let refused = |conn: &mut Conn, pattern: &[u8], code: u16| {
+        conn.send(Request::PatternSubscribe { pattern });
+        match conn.next() {
+            Frame::Err { code: got, reason } => assert_eq!(got, code, "{reason}"),
+            other => panic!("expected ERR {code}, got {other:?}"),
+        }
+    };
+    let mut stranger = Conn::text(b.local_addr());
+    refused(&mut stranger, b">", 401);
+    refused(&mut stranger, b"metrics.*", 401);
+    let mut member = Conn::text(b.local_addr());
+    member.send(Request::Auth { token: token("room.*").as_bytes() });
+    assert!(matches!(member.next(), Frame::Ok { ack: Ack::Auth, .. }));
+    refused(&mut member, b"metrics.*", 403);
+    refused(&mut member, b">", 403);
+    refused(&mut member, b"room.*x", 422);
+    // A Redis client's PSUBSCRIBE: a glob needs a grant of every channel.
+    let mut redis_client = std::net::TcpStream::connect(b.local_addr()).expect("connect");
+    use std::io::{Read as _, Write as _};
+    let token = token("room.*");
+    let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{token}\r\n", token.len());
+    redis_client.write_all(auth.as_bytes()).expect("send");
+    redis_client.write_all(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$1\r\n*\r\n").expect("send");
+    let mut answer = Vec::new();
+    redis_client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    while !answer.windows(6).any(|w| w == b"NOPERM") {
+        let mut chunk = [0u8; 1024];
+        let n = redis_client.read(&mut chunk).expect("an answer");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    // The refusals are answered after the broker would have been asked: had any reached it,
+    // Redis would count a pattern by now. One allowed subscription is the control.
+    let mut allowed = Conn::text(b.local_addr());
+    allowed.send(Request::Auth { token: token.as_bytes() });
+    assert!(matches!(allowed.next(), Frame::Ok { ack: Ack::Auth, .. }));
+    allowed.send(Request::PatternSubscribe { pattern: b"room.*" });
+    allowed.expect(Frame::Ok { ack: Ack::PatternSubscribe, arg: "room.*".into() });
+    assert_eq!(numpat(), 1, "only the allowed pattern reached Redis");
+}

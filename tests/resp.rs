@@ -631,3 +631,200 @@ fn publish_counts_pattern_subscribers_on_every_worker_like_redis() {
     }
     assert_eq!(clients[3].call(&["PUBLISH", "count.x", "m"]), int(3));
 }
+
+const STRANGER_SECRET: &[u8] = b"a resp test secret, long enough";
+
+/// A server with access control on and no anonymous permissions, and a token for `channels`.
+fn secured_server(
+    adjust: impl FnOnce(&mut fanout::Config),
+) -> (fanout::ServerHandle, impl Fn(&[&str]) -> String) {
+    let server = start(|c| {
+        c.auth.hmac_secret = Some(STRANGER_SECRET.to_vec());
+        c.limits.auth_failures = Some(0);
+        adjust(c);
+    });
+    let token = |channels: &[&str]| {
+        let allowed: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        let expires = fanout::auth::unix_now_secs() + 600;
+        fanout::auth::mint_hs256(STRANGER_SECRET, Some("ann"), &allowed, &allowed, expires)
+            .expect("a token")
+    };
+    (server, token)
+}
+
+/// Whether the server closed `client` (EOF or reset) after the replies it holds.
+fn closed(client: &mut Redis) -> bool {
+    client.stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut chunk = [0u8; 4096];
+    loop {
+        match client.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Redis's rules for a client that has not authenticated: a multibulk of more than 10
+/// arguments, or a bulk over the strangers' budget, is a protocol error from its length line,
+/// before any of its bytes are held; the connection closes. A bystander is not disturbed.
+#[test]
+fn a_redis_client_that_never_authenticates_is_refused_from_its_length_lines() {
+    let (server, token) = secured_server(|_| {});
+    let addr = server.local_addr();
+    let mut bystander = Redis::connect(addr);
+    assert_eq!(bystander.call(&["AUTH", &token(&["calm"])]), Value::Simple("OK".into()));
+    bystander.send(&["SUBSCRIBE", "calm"]);
+    assert_eq!(bystander.next(), Some(confirmation("subscribe", "calm", 1)));
+
+    let cases: [(&[u8], &str); 4] = [
+        (b"*1048576\r\n$1\r\na\r\n", "ERR Protocol error: unauthenticated multibulk length"),
+        (b"*11\r\n", "ERR Protocol error: unauthenticated multibulk length"),
+        (b"*2\r\n$4\r\nAUTH\r\n$1073741824\r\n", "ERR Protocol error: unauthenticated bulk length"),
+        (
+            b"*3\r\n$4\r\nAUTH\r\n$8000\r\n",
+            "ERR Protocol error: command larger than the query buffer limit",
+        ),
+    ];
+    for (attack, error) in cases {
+        let mut stranger = Redis::connect(addr);
+        stranger.stream.write_all(attack).expect("send");
+        // The third case's 8000 bytes fit; a second argument of as many cannot.
+        if attack.ends_with(b"$8000\r\n") {
+            stranger.stream.write_all(&[b'x'; 8000]).expect("send");
+            stranger.stream.write_all(b"\r\n$8000\r\n").expect("send");
+        }
+        match stranger.next() {
+            Some(Value::Error(e)) => assert!(e.starts_with(error), "{e}"),
+            other => panic!("expected {error}, got {other:?}"),
+        }
+        assert!(closed(&mut stranger), "closed after the error");
+    }
+    // An inline command is bounded the same way.
+    let mut inline = Redis::connect(addr);
+    inline.stream.write_all(b"*").expect("send");
+    inline.stream.write_all(&[b'1'; 20_000]).expect("send");
+    assert!(matches!(inline.next(), Some(Value::Error(e)) if e.contains("Protocol error")));
+    assert!(server.stats().limited_stranger_input >= 4);
+    let mut publisher = Redis::connect(addr);
+    assert_eq!(publisher.call(&["AUTH", &token(&["calm"])]), Value::Simple("OK".into()));
+    assert_eq!(publisher.call(&["PUBLISH", "calm", "still here"]), int(1));
+    assert_eq!(bystander.next(), Some(message("calm", "still here")));
+}
+
+/// Authenticated, a command is bounded by `--max-query-bytes` (its length lines tell, before
+/// the bytes are held), and a command arriving in pieces is parsed once: a million one-byte
+/// arguments trickled in small writes are answered, while a bystander on the same worker keeps
+/// receiving.
+#[test]
+fn an_authenticated_command_is_bounded_and_parsed_once() {
+    // The default limit: the frame limit (1 MiB) and 64 KiB. A second argument of 1 MiB is
+    // refused from its length line; so are a million arguments, from the count.
+    let (server, token) = secured_server(|_| {});
+    for attack in [&b"*1048576\r\n"[..], b"*3\r\n$1048576\r\n"] {
+        let mut client = Redis::connect(server.local_addr());
+        assert_eq!(client.call(&["AUTH", &token(&["room"])]), Value::Simple("OK".into()));
+        client.stream.write_all(attack).expect("send");
+        if attack.starts_with(b"*3") {
+            client.stream.write_all(&vec![b'x'; 1 << 20]).expect("send");
+            client.stream.write_all(b"\r\n$1048576\r\n").expect("send");
+        }
+        assert!(matches!(client.next(), Some(Value::Error(e)) if e.contains("query buffer limit")));
+        assert!(closed(&mut client));
+    }
+    assert_eq!(server.stats().limited_query_buffer, 2);
+
+    let (server, token) = secured_server(|c| {
+        c.workers = 1;
+        c.max_query_bytes = 16 << 20;
+    });
+    let addr = server.local_addr();
+
+    let mut bystander = Redis::connect(addr);
+    assert_eq!(bystander.call(&["AUTH", &token(&["calm"])]), Value::Simple("OK".into()));
+    bystander.send(&["SUBSCRIBE", "calm"]);
+    assert_eq!(bystander.next(), Some(confirmation("subscribe", "calm", 1)));
+    let mut client = Redis::connect(addr);
+    assert_eq!(client.call(&["AUTH", &token(&["room"])]), Value::Simple("OK".into()));
+    let arguments = 1 << 20;
+    client.stream.write_all(format!("*{arguments}\r\n$4\r\nPING\r\n").as_bytes()).expect("send");
+    let piece = b"$1\r\na\r\n".repeat(100);
+    for _ in 0..(arguments - 1) / 100 {
+        client.stream.write_all(&piece).expect("send");
+    }
+    for _ in 0..(arguments - 1) % 100 {
+        client.stream.write_all(b"$1\r\na\r\n").expect("send");
+    }
+    assert_eq!(
+        client.next(),
+        Some(Value::Error("ERR wrong number of arguments for 'ping' command".into()))
+    );
+    let mut publisher = Redis::connect(addr);
+    assert_eq!(publisher.call(&["AUTH", &token(&["calm"])]), Value::Simple("OK".into()));
+    assert_eq!(publisher.call(&["PUBLISH", "calm", "still here"]), int(1));
+    assert_eq!(bystander.next(), Some(message("calm", "still here")));
+}
+
+/// PUBSUB tells a client only about channels it may subscribe to, and counts only patterns it
+/// could take.
+#[test]
+fn pubsub_introspection_shows_only_what_the_caller_may_subscribe_to() {
+    let (server, token) = secured_server(|c| c.auth.api_key = Some(b"the-api-key".to_vec()));
+    let addr = server.local_addr();
+    let mut backend = Redis::connect(addr);
+    assert_eq!(backend.call(&["AUTH", "the-api-key"]), Value::Simple("OK".into()));
+    backend.send(&["SUBSCRIBE", "room.1", "secret.plans"]);
+    backend.next();
+    backend.next();
+    let mut patterns = Conn::text(addr);
+    patterns.send(fanout::protocol::Request::Auth { token: b"the-api-key" });
+    patterns.next();
+    patterns.send(fanout::protocol::Request::PatternSubscribe { pattern: b"room.*" });
+    patterns.next();
+    patterns.send(fanout::protocol::Request::PatternSubscribe { pattern: b"secret.>" });
+    patterns.next();
+
+    let mut member = Redis::connect(addr);
+    assert_eq!(member.call(&["AUTH", &token(&["room.*"])]), Value::Simple("OK".into()));
+    assert_eq!(member.call(&["PUBSUB", "CHANNELS"]), array(vec![bulk("room.1")]));
+    assert_eq!(member.call(&["PUBSUB", "SHARDCHANNELS", "*"]), array(vec![bulk("room.1")]));
+    assert_eq!(
+        member.call(&["PUBSUB", "NUMSUB", "room.1", "secret.plans"]),
+        array(vec![bulk("room.1"), int(1), bulk("secret.plans"), int(0)])
+    );
+    assert_eq!(member.call(&["PUBSUB", "NUMPAT"]), int(1));
+    // The API key sees everything.
+    let mut operator = Redis::connect(addr);
+    assert_eq!(operator.call(&["AUTH", "the-api-key"]), Value::Simple("OK".into()));
+    assert_eq!(operator.call(&["PUBSUB", "NUMPAT"]), int(2));
+    assert_eq!(
+        operator.call(&["PUBSUB", "NUMSUB", "secret.plans"]),
+        array(vec![bulk("secret.plans"), int(1)])
+    );
+    let mut stranger = Redis::connect(addr);
+    assert_eq!(
+        stranger.call(&["PUBSUB", "CHANNELS"]),
+        Value::Error("NOAUTH Authentication required.".into())
+    );
+}
+
+/// AUTH as Redis answers it: a refused token inside HELLO is HELLO's one reply; without access
+/// control the one-argument AUTH is Redis's error for a server with no password.
+#[test]
+fn auth_replies_are_redis_s() {
+    let (server, token) = secured_server(|_| {});
+    let mut client = Redis::connect(server.local_addr());
+    assert_eq!(client.call(&["AUTH", &token(&["room"])]), Value::Simple("OK".into()));
+    client.send(&["HELLO", "3", "AUTH", "default", "not-a-token"]);
+    client.send(&["PING"]);
+    assert!(matches!(client.next(), Some(Value::Error(e)) if e.starts_with("WRONGPASS")));
+    assert_eq!(client.next(), Some(Value::Simple("PONG".into())), "exactly one reply to HELLO");
+
+    let open = start(|_| {});
+    let mut client = Redis::connect(open.local_addr());
+    assert_eq!(
+        client.call(&["AUTH", "secret"]),
+        Value::Error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?".into())
+    );
+    assert_eq!(client.call(&["AUTH", "default", "anything"]), Value::Simple("OK".into()));
+    assert!(matches!(client.call(&["HELLO", "3", "AUTH", "default", "x"]), Value::Map(_)));
+}

@@ -571,7 +571,10 @@ mod tests {
         let now = NOW_MS as f64 / 1000.0;
         // PyJWT writes `time.time() + ttl`.
         assert_eq!(auth.check_claims(&json!({ "exp": now + 60.25 }), NOW_MS), Ok(NOW_MS + 60_250));
-        assert_eq!(auth.check_claims(&json!({ "exp": now + 0.0004 }), NOW_MS), Err(AuthError::Expired));
+        assert_eq!(
+            auth.check_claims(&json!({ "exp": now + 0.0004 }), NOW_MS),
+            Err(AuthError::Expired)
+        );
         assert_eq!(auth.check_claims(&json!({ "exp": now }), NOW_MS), Err(AuthError::Expired));
         assert_eq!(
             auth.check_claims(&json!({ "exp": now + 60.0, "nbf": now + 0.0001 }), NOW_MS),
@@ -586,7 +589,10 @@ mod tests {
     fn absurd_numeric_dates_are_bad_claims() {
         let auth = auth(None, None);
         let exp_bad = |value: serde_json::Value| {
-            matches!(auth.check_claims(&json!({ "exp": value }), NOW_MS), Err(AuthError::BadClaim(_)))
+            matches!(
+                auth.check_claims(&json!({ "exp": value }), NOW_MS),
+                Err(AuthError::BadClaim(_))
+            )
         };
         assert!(exp_bad(json!(u64::MAX)), "2^64 - 1");
         assert!(exp_bad(json!(-1)));
@@ -619,7 +625,10 @@ mod tests {
             check(json!({ "exp": exp, "aud": ["x"], "iss": "backend" })),
             Err(AuthError::WrongAudience)
         );
-        assert_eq!(check(json!({ "exp": exp, "aud": 7, "iss": "backend" })), Err(AuthError::WrongAudience));
+        assert_eq!(
+            check(json!({ "exp": exp, "aud": 7, "iss": "backend" })),
+            Err(AuthError::WrongAudience)
+        );
         assert_eq!(check(json!({ "exp": exp, "aud": "chat" })), Err(AuthError::WrongIssuer));
         assert_eq!(
             check(json!({ "exp": exp, "aud": "chat", "iss": "other" })),
@@ -647,8 +656,8 @@ mod tests {
         let key = jsonwebtoken::EncodingKey::from_secret(b"secret").unwrap();
         let header = jsonwebtoken::Header::new(Algorithm::HS256);
         let now = unix_now_ms() as f64 / 1000.0;
-        let token = jsonwebtoken::encode(&header, &json!({ "exp": now + 30.5, "sub": "a" }), &key)
-            .unwrap();
+        let token =
+            jsonwebtoken::encode(&header, &json!({ "exp": now + 30.5, "sub": "a" }), &key).unwrap();
         let grant = auth.verify(token.as_bytes()).unwrap();
         let expires = grant.expires_unix_ms.unwrap() as f64 / 1000.0;
         assert!((expires - (now + 30.5)).abs() < 0.01, "the deadline is the decimal exp");

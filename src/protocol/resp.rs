@@ -133,7 +133,11 @@ impl CommandParser {
         parsed
     }
 
-    fn advance<'a>(&mut self, input: &'a [u8], limits: CommandLimits) -> Result<Command<'a>, RespError> {
+    fn advance<'a>(
+        &mut self,
+        input: &'a [u8],
+        limits: CommandLimits,
+    ) -> Result<Command<'a>, RespError> {
         let Some(&first) = input.first() else { return Ok(None) };
         if first != b'*' {
             let max = MAX_INLINE_BYTES.min(limits.max_command);
@@ -144,8 +148,9 @@ impl CommandParser {
         }
         loop {
             let Some(remaining) = self.remaining else {
+                let max = MAX_INLINE_BYTES.min(limits.max_command);
                 let Some((count, next)) =
-                    self.line(input, 1, MAX_INLINE_BYTES, RespError::MultibulkCountTooBig)?
+                    self.line(input, 1, max, RespError::MultibulkCountTooBig)?
                 else {
                     return Ok(None);
                 };
@@ -721,12 +726,9 @@ mod tests {
         let parse = |input: &[u8]| CommandParser::default().parse(input, stranger).map(|_| ());
         assert_eq!(parse(b"*11\r\n"), Err(RespError::UnauthenticatedMultibulkLength));
         assert_eq!(parse(b"*1\r\n$9217\r\n"), Err(RespError::UnauthenticatedBulkLength));
-        assert_eq!(
-            parse(b"*2\r\n$5000\r\n").and(parse(b"*3\r\n$4\r\nAUTH\r\n$5000\r\n")),
-            Ok(())
-        );
-        let two_halves = [b"*3\r\n$4\r\nAUTH\r\n$5000\r\n".as_slice(), &[b'a'; 5000], b"\r\n$5000\r\n"]
-            .concat();
+        assert_eq!(parse(b"*2\r\n$5000\r\n").and(parse(b"*3\r\n$4\r\nAUTH\r\n$5000\r\n")), Ok(()));
+        let two_halves =
+            [b"*3\r\n$4\r\nAUTH\r\n$5000\r\n".as_slice(), &[b'a'; 5000], b"\r\n$5000\r\n"].concat();
         assert_eq!(parse(&two_halves), Err(RespError::QueryBufferLimit(9 * 1024)));
         assert_eq!(parse(&[b'a'; 9 * 1024 + 1]), Err(RespError::InlineTooBig));
         let auth = b"*2\r\n$4\r\nAUTH\r\n$8192\r\n".iter().chain(&[b'x'; 8192]).chain(b"\r\n");
@@ -738,7 +740,11 @@ mod tests {
     fn the_query_limit_holds_from_the_length_lines() {
         let limits = CommandLimits::new(1024, 2000);
         let parse = |input: &[u8]| CommandParser::default().parse(input, limits).map(|_| ());
-        assert_eq!(parse(b"*400\r\n"), Err(RespError::QueryBufferLimit(2000)), "6 bytes each at least");
+        assert_eq!(
+            parse(b"*400\r\n"),
+            Err(RespError::QueryBufferLimit(2000)),
+            "6 bytes each at least"
+        );
         assert_eq!(parse(b"*3\r\n$1000\r\n"), Ok(()));
         let over = [b"*3\r\n$1000\r\n".as_slice(), &[b'a'; 1000], b"\r\n$1000\r\n"].concat();
         assert_eq!(parse(&over), Err(RespError::QueryBufferLimit(2000)));

@@ -338,7 +338,9 @@ impl Worker {
                     late.push(key)
                 }
                 Some(grant)
-                    if grant.expires_unix_ms.is_some_and(|exp| wall_ms >= exp.saturating_add(grace_ms)) =>
+                    if grant
+                        .expires_unix_ms
+                        .is_some_and(|exp| wall_ms >= exp.saturating_add(grace_ms)) =>
                 {
                     expired.push(key)
                 }

@@ -293,7 +293,8 @@ impl Worker {
         let mut streams = std::mem::take(&mut self.delivered_streams);
         // With access control on, a connection without a token hears `*` only when the anonymous
         // grant names it: a stranger that reconnects in a loop must not be an eavesdropper.
-        let everyone_hears = self.shared.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
+        let everyone_hears =
+            self.shared.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
         let Worker { conns, index, out, patterns, .. } = self;
         let mut deliveries = 0u64;
         // A Redis client's pattern subscription gets `pmessage` frames naming its pattern: one

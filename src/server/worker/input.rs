@@ -172,7 +172,11 @@ impl Worker {
         input.drain(..used);
         let conn = &mut self.conns[key];
         if conn.is_open() && !input.is_empty() {
-            input.shrink_to(input.len().max(1024));
+            // Memory goes back only when most of it is unused: shrinking to fit on every read
+            // would copy a growing frame once per read (quadratic for a frame trickling in).
+            if input.capacity() > 4 * input.len().max(1024) {
+                input.shrink_to(2 * input.len().max(1024));
+            }
             conn.keep_input(input);
         }
         Ok(())
