@@ -9,13 +9,39 @@
     hostile.py ws-fragments ADDR N                  N WebSockets each sending endless fragments
     hostile.py sse-wide    ADDR N                   N SSE streams naming as many channels as a head holds
 
-Each prints one line: what it did and how the server answered (closes, errors).
+With access control (scripts/strangers.sh; PID is the server's, for its RSS and CPU; tokens are
+minted with PyJWT, an independent JWT library, so these need python3-jwt):
+    hostile.py bystander   ADDR SECRET KEY CHANNEL RATE SECONDS OUT
+                             a subscriber with a token hearing RATE msgs/s the backend (API key)
+                             publishes; writes "arrival seq latency_ms" lines to OUT
+    hostile.py stranger    ADDR KIND N SECONDS PID  N connections without a token streaming an
+                             endless request (KIND: text binary ws ws-fragments http resp-bulk
+                             resp-args resp-query resp-inline resp-count)
+    hostile.py ping-flood  ADDR KIND N SECONDS PID  N strangers sending PINGs, never reading
+                             (KIND: text binary resp ws http)
+    hostile.py query-limit ADDR SECRET N SECONDS PID  N RESP clients, after AUTH, streaming an
+                             endless command (--max-query-bytes)
+    hostile.py many-args   ADDR SECRET COUNT PID LIMIT  after AUTH, *COUNT then COUNT one-byte
+                             arguments in 70-byte writes (LIMIT: the server's --max-query-bytes)
+    hostile.py broadcast   ADDR SECRET KEY WHO      who hears a `*` broadcast, per protocol (WHO:
+                             strangers, anonymous-comments, anonymous-star, authenticated)
+    hostile.py tokens      ADDR SECRET              AUTH with hostile tokens, one connection each
+    hostile.py expiry      ADDR SECRET TTL GRACE    a token expiring TTL s from now, per protocol
+    hostile.py pubsub      ADDR SECRET KEY          what PUBSUB CHANNELS/NUMSUB/NUMPAT reveal
+SECRET and KEY are files (the HMAC secret, the API key); with FANOUT_AUDIENCE/FANOUT_ISSUER set,
+tokens carry that aud/iss.
+
+Each prints one line (per attack): what it did and how the server answered (closes, errors); the
+access-control modes end each line with "=> ok" or "=> BROKEN: why".
 """
+import json
 import os
+import random
 import selectors
 import socket
 import struct
 import sys
+import threading
 import time
 
 

@@ -151,6 +151,9 @@ counters! {
     storage_failed_channels: gauge,
     /// The most bytes any one connection has had queued.
     queue_high_water_bytes: peak,
+    /// The most bytes of unparsed input any one connection has held (an incomplete frame, or
+    /// input waiting behind a command in progress).
+    input_high_water_bytes: peak,
     /// Cluster: Redis servers connected and answering now.
     cluster_redis_up: gauge,
     /// Cluster: connections to Redis re-established after a failure.

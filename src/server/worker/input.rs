@@ -101,9 +101,8 @@ impl Worker {
     fn take_input(&mut self, key: usize, fresh: &[u8]) -> Result<(), Close> {
         if self.conns[key].input.is_none() {
             let used = self.parse_and_handle(key, fresh)?;
-            let conn = &mut self.conns[key];
-            if conn.is_open() && used < fresh.len() {
-                conn.keep_input(fresh[used..].to_vec());
+            if self.conns[key].is_open() && used < fresh.len() {
+                self.hold_input(key, fresh[used..].to_vec());
             }
             Ok(())
         } else {
@@ -113,7 +112,7 @@ impl Worker {
             if !self.may_complete(key, &input, searched) {
                 // Nothing can be complete yet: keep the bytes without parsing them again, so
                 // that a frame trickling in costs each byte one look, not one per read.
-                self.conns[key].keep_input(input);
+                self.hold_input(key, input);
                 return Ok(());
             }
             self.resume_input(key, input)
@@ -170,16 +169,21 @@ impl Worker {
     fn resume_input(&mut self, key: usize, mut input: Vec<u8>) -> Result<(), Close> {
         let used = self.parse_and_handle(key, &input)?;
         input.drain(..used);
-        let conn = &mut self.conns[key];
-        if conn.is_open() && !input.is_empty() {
+        if self.conns[key].is_open() && !input.is_empty() {
             // Memory goes back only when most of it is unused: shrinking to fit on every read
             // would copy a growing frame once per read (quadratic for a frame trickling in).
             if input.capacity() > 4 * input.len().max(1024) {
                 input.shrink_to(2 * input.len().max(1024));
             }
-            conn.keep_input(input);
+            self.hold_input(key, input);
         }
         Ok(())
+    }
+
+    /// Keeps `input` (not empty) unparsed in the connection until more arrives or its wait ends.
+    fn hold_input(&mut self, key: usize, input: Vec<u8>) {
+        self.input_high_water = self.input_high_water.max(input.len());
+        self.conns[key].keep_input(input);
     }
 
     /// Handles every complete command in `input`; returns the bytes consumed. Stops early when

@@ -472,6 +472,7 @@ impl Worker {
         counters.connections_current.store(self.conns.len() as u64, Ordering::Relaxed);
         counters.queued_bytes.store(self.out.queued_bytes as u64, Ordering::Relaxed);
         counters.queue_high_water_bytes.store(self.out.high_water as u64, Ordering::Relaxed);
+        counters.input_high_water_bytes.store(self.input_high_water as u64, Ordering::Relaxed);
         let patterns = self.patterns.subscriptions() as u64;
         counters.pattern_subscriptions.store(patterns, Ordering::Relaxed);
     }

@@ -131,6 +131,9 @@ pub(super) struct Worker {
     next_serial: u32,
     /// Every read lands here first; only an incomplete frame is copied into the connection.
     scratch: Vec<u8>,
+    /// The most unparsed input any connection of this worker has held (a gauge: the input
+    /// budgets' proof in production, and what the connection fuzz target checks).
+    input_high_water: usize,
     /// Frames queued this turn: who to flush, who to cut off, and the byte gauges.
     out: Outbox,
     /// Connections whose replay from history can continue (their queue drained).
@@ -202,6 +205,7 @@ impl Worker {
             consumer,
             shared,
             scratch: vec![0; input::READ_CHUNK_BYTES],
+            input_high_water: 0,
             out: Outbox::default(),
             deferred: Vec::new(),
             deferred_due_ms: None,
