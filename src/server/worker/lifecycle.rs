@@ -65,6 +65,13 @@
 //!    publishes dropped, the ring drained until every worker stopped publishing) → `Flushing`
 //!    (every connection begins closing without an error; queues go out) → exit, when no
 //!    connection is left or the grace deadline passes.
+//! 10. With access control on, a connection without permissions (no token, no anonymous grant)
+//!     holds at most one request of the strangers' budget (`Worker::input_limit`, refused from
+//!     the length a frame announces) and receives nothing: no broadcast, no inbox. Whatever its
+//!     permissions, the unparsed input a connection holds is one incomplete frame within its
+//!     limit, plus at most one read while it waits (`input_high_water_bytes`; the `connection`
+//!     fuzz target checks it), and each held byte is parsed once (`Worker::may_complete`, RESP's
+//!     `CommandParser`).
 
 use std::borrow::Cow;
 use std::io::{self, Write};
