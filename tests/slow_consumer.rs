@@ -112,3 +112,68 @@ fn a_burst_larger_than_the_queue_cap_is_not_a_slow_consumer() {
     assert_eq!(server.stats().slow_consumer_closes, 0);
     assert!(server.stats().queue_high_water_bytes <= CAP as u64 / 4 + 8 * 1024 + 64);
 }
+
+/// A client that sends commands and never reads their answers (a PING flood, on every command
+/// protocol) is not read any more once its own replies back up: TCP pushes back on it, its
+/// queue stays near `REPLY_BACKLOG_BYTES` instead of growing to the cap (where two-byte pongs
+/// held a hundred times the cap in memory), and a subscriber on the same worker keeps receiving.
+/// When it reads again, every answer comes, in order, and it goes on.
+#[test]
+fn a_client_that_does_not_read_its_own_replies_is_not_read_either() {
+    use std::io::{ErrorKind, Write};
+    use std::time::{Duration, Instant};
+    let server = start(|config| config.workers = 1);
+    let addr = server.local_addr();
+    let mut bystander = Conn::text(addr);
+    bystander.subscribe("calm");
+    for format in [fanout::protocol::Format::Text, fanout::protocol::Format::WsJson] {
+        let mut flooder = Conn::open(addr, format);
+        let mut ping = Vec::new();
+        match format {
+            fanout::protocol::Format::Text => ping.extend_from_slice(b"PING\n"),
+            // A masked (with zeros) text message holding a JSON ping.
+            _ => {
+                let json = br#"{"op":"ping"}"#;
+                ping.extend_from_slice(&[0x81, 0x80 | json.len() as u8, 0, 0, 0, 0]);
+                ping.extend_from_slice(json);
+            }
+        }
+        let burst = ping.repeat(10_000);
+        flooder.stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0usize;
+        // Until the server stops reading and the socket buffers fill: a write times out.
+        loop {
+            match flooder.stream.write(&burst[sent % burst.len()..]) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) => panic!("the flooder was cut off: {e}"),
+            }
+            assert!(Instant::now() < deadline, "the server kept reading {sent} bytes of pings");
+        }
+        let footprint = server.stats().queue_high_water_bytes;
+        assert!(footprint < 2 << 20, "{format:?}: a queue grew to {footprint} bytes");
+        let mut publisher = Conn::text(addr);
+        publisher.publish("calm", b"still here");
+        assert!(matches!(bystander.next(), Frame::Msg { payload, .. } if payload == b"still here"));
+        // Reading again: every answer arrives, and the connection goes on.
+        let pings = sent / ping.len();
+        let mut pongs = 0;
+        while pongs < pings {
+            match flooder.next() {
+                Frame::Pong => pongs += 1,
+                other => panic!("{format:?}: expected PONG, got {other:?}"),
+            }
+        }
+        // The ping cut short by the full socket, finished now that the server reads again.
+        let partial = sent % ping.len();
+        if partial > 0 {
+            flooder.stream.set_write_timeout(None).unwrap();
+            flooder.stream.write_all(&ping[partial..]).unwrap();
+            flooder.expect(Frame::Pong);
+        }
+        flooder.send(fanout::protocol::Request::Ping);
+        flooder.expect(Frame::Pong);
+        assert_eq!(server.stats().slow_consumer_closes, 0);
+    }
+}

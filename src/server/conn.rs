@@ -72,7 +72,21 @@ pub enum Wait {
     PatternJoin(Box<[u8]>),
     /// Cluster mode: a resume waits for the stream's older messages (`Answer::Backfill`).
     Backfill(Box<Backfill>),
+    /// The connection's own replies back up (its queue holds more than
+    /// `REPLY_BACKLOG_BYTES`): its input is not read until they drain, so a client that sends
+    /// commands and never reads the answers is pushed back by TCP instead of growing its queue.
+    Drain,
 }
+
+/// A connection whose queue holds more than this after a reply to its own command stops being
+/// read (`Wait::Drain`) until the queue is down to `REPLY_RESUME_BYTES`.
+pub const REPLY_BACKLOG_BYTES: usize = 256 * 1024;
+/// See `REPLY_BACKLOG_BYTES`.
+pub const REPLY_RESUME_BYTES: usize = 64 * 1024;
+/// What a queued frame costs beside its bytes, counted against the queue's cap: its slot in the
+/// queue and the allocation behind a small frame. Without it, a cap in bytes would let a million
+/// two-byte replies hold a hundred times the cap in memory.
+pub const FRAME_OVERHEAD_BYTES: usize = 64;
 
 /// A subscribe waiting for its channel (`Wait::Join`).
 #[derive(Debug)]
@@ -460,6 +474,12 @@ impl WriteQueue {
     /// Bytes not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes as usize
+    }
+
+    /// What the queue holds in memory, as counted against its cap: its bytes, and
+    /// `FRAME_OVERHEAD_BYTES` per frame.
+    pub fn footprint(&self) -> usize {
+        self.queued_bytes as usize + self.frames.len() * FRAME_OVERHEAD_BYTES
     }
 
     /// True when everything was written.

@@ -16,7 +16,9 @@
 //!               │    cluster, a subscribe awaits  │
 //!               │    its channel (Join) or its    │
 //!               │    pattern (PatternJoin), a     │
-//!               │    NAME its lease (NameClaim)   │
+//!               │    NAME its lease (NameClaim);  │
+//!               │    its own replies back up      │
+//!               │    unread (Drain)               │
 //!               ▼                                 │
 //!           Waiting(Wait) ────────────────────────┘
 //!               │

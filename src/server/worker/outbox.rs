@@ -10,7 +10,9 @@ use log::warn;
 use super::lifecycle::{Close, RunState};
 use super::{would_block, ConnRef, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{Ack, ErrorCode};
-use crate::server::conn::{Conn, Phase, Web};
+use crate::server::conn::{
+    Conn, Phase, Wait, Web, FRAME_OVERHEAD_BYTES, REPLY_BACKLOG_BYTES, REPLY_RESUME_BYTES,
+};
 use crate::server::stats::WorkerCounters;
 
 /// What queueing frames this turn left to do, and the queue byte gauges.
@@ -36,8 +38,8 @@ impl Outbox {
     /// (its queue under a quarter of the cap), so that the encoding never makes a healthy client
     /// look slow. A queue is thus bounded by the cap, or by a quarter of it plus one message.
     pub fn enqueue(&mut self, key: usize, conn: &mut Conn, frame: Bytes, cap: usize) -> bool {
-        let before = conn.queue.queued_bytes();
-        let queued = before + frame.len();
+        let before = conn.queue.footprint();
+        let queued = before + frame.len() + FRAME_OVERHEAD_BYTES;
         let one_big_message = frame.len() > cap / 2 && before <= cap / 4;
         if queued > cap && !one_big_message {
             return false;
@@ -82,6 +84,10 @@ impl Worker {
             return Err(self.slow_consumer(key));
         }
         conn.urgent = true;
+        if matches!(conn.phase, Phase::Open) && conn.queue.footprint() > REPLY_BACKLOG_BYTES {
+            // It is not reading its answers: read nothing more from it until it does.
+            conn.phase = Phase::Waiting(Wait::Drain);
+        }
         if let Some(Web::Http { keep_alive: false, .. }) = conn.web.as_deref() {
             return Err(Close::quietly());
         }
@@ -222,6 +228,12 @@ impl Worker {
                         && conn.queue.queued_bytes() < self.shared.config.write_queue_cap_bytes / 4
                     {
                         self.replaying.push(ConnRef::of(key, conn));
+                    }
+                    if matches!(conn.phase, Phase::Waiting(Wait::Drain))
+                        && conn.queue.footprint() <= REPLY_RESUME_BYTES
+                    {
+                        conn.end_wait();
+                        self.unblocked.push(ConnRef::of(key, conn));
                     }
                     self.out.queued_bytes -= n;
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);

@@ -96,9 +96,10 @@ impl Worker {
                 return Err(self.http_fatal(key, ErrorCode::FrameTooLarge, why));
             }
             let end = at + head.len + body_len;
-            if input.len() < end && body_len > self.input_limit(key) && !self.authorized(key) {
-                // A body larger than a stranger may send is read only for a request whose head
-                // grants something (its token, or anonymous permissions): authorized now, once.
+            if body_len > self.input_limit(key) && !self.authorized(key) {
+                // A body larger than a stranger may send is taken only with a request whose head
+                // grants something (its token, or anonymous permissions): authorized now, once,
+                // whether or not the body is here yet.
                 if !self.authenticate_request(key, &head)? {
                     return Err(Close::quietly());
                 }
