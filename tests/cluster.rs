@@ -1041,3 +1041,91 @@ fn a_refused_pattern_subscription_makes_the_node_psubscribe_nothing() {
     allowed.expect(Frame::Ok { ack: Ack::PatternSubscribe, arg: "room.*".into() });
     assert_eq!(numpat(), 1, "only the allowed pattern reached Redis");
 }
+
+/// Publishes with an acknowledgement, again while the node is reconnecting to Redis (503).
+fn publish_acked_when_up(conn: &mut Conn, channel: &str, payload: &[u8]) -> u64 {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match publish_acked(conn, channel, payload) {
+            Ok(offset) => return offset,
+            Err((503, _)) if std::time::Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("publish refused: {e:?}"),
+        }
+    }
+}
+
+/// Redis restored from an older snapshot (RDB, its default persistence; a lagging replica
+/// promoted is the same) gives out again offsets the nodes already delivered. Nothing
+/// acknowledged may be lost silently and no (epoch, offset) may name two messages: the
+/// channel's log ends, a new epoch begins in Redis (keeping its stream), live subscribers are
+/// told before anything of it, and a resume on any node names it. Both ways of finding out are
+/// exercised: the subscriber's node receives an offset it has with another message (the
+/// publisher's node serves nobody, so its script has nothing to fence with), and a node that
+/// serves the channel publishes (its script fences before giving an offset out twice).
+#[test]
+fn redis_restored_from_an_older_snapshot_ends_the_epoch_instead_of_losing_messages() {
+    let mut redis = RedisServer::start_with(&["--save", "", "--appendonly", "no"]);
+    let (a, b) = (node(&[&redis], |_| {}), node(&[&redis], |_| {}));
+    let healthy =
+        |node: &ServerHandle| http(node.local_addr(), "GET", "/healthz", b"").status == 200;
+    for (channel, publish_from) in [("ledger", &a), ("journal", &b)] {
+        let mut subscriber = Conn::text(b.local_addr());
+        subscriber.subscribe(channel);
+        let mut publisher = Conn::binary(publish_from.local_addr());
+        for k in 1..=5u64 {
+            let payload = format!("kept-{k}");
+            assert_eq!(publish_acked_when_up(&mut publisher, channel, payload.as_bytes()), k);
+        }
+        redis.command(&["SAVE"]);
+        let old_epoch = epoch_in_redis(&redis, channel);
+        for k in 6..=10u64 {
+            let payload = format!("lost-{k}");
+            assert_eq!(publish_acked_when_up(&mut publisher, channel, payload.as_bytes()), k);
+        }
+        assert_eq!(messages(&mut subscriber, 10).last().map(|m| m.1), Some(10));
+        // Restarted from the snapshot: the channel's counter is back at 5.
+        redis.kill();
+        redis.restart();
+        wait_until("both nodes are back", || healthy(&a) && healthy(&b));
+        let mut acked = Vec::new();
+        for k in 1..=3 {
+            let payload = format!("after-{k}");
+            acked.push((
+                publish_acked_when_up(&mut publisher, channel, payload.as_bytes()),
+                payload,
+            ));
+        }
+        let new_epoch = epoch_in_redis(&redis, channel);
+        assert_ne!(new_epoch, old_epoch, "{channel}: the rolled-back epoch was ended");
+        // The subscriber is told first, then gets the new log: what Redis kept, and every
+        // acknowledged message after the restart, each offset with one message.
+        match subscriber.next() {
+            Frame::Hist { epoch, status, .. } => {
+                assert_eq!(
+                    (epoch, status),
+                    (new_epoch, fanout::history::ResumeStatus::EpochChanged)
+                )
+            }
+            other => panic!("{channel}: expected the epoch notice, got {other:?}"),
+        }
+        let got = messages(&mut subscriber, 8);
+        let mut expected: Vec<(String, u64, Vec<u8>)> =
+            (1..=5).map(|k| (channel.to_string(), k, format!("kept-{k}").into_bytes())).collect();
+        for (offset, payload) in &acked {
+            expected.push((channel.to_string(), *offset, payload.clone().into_bytes()));
+        }
+        assert_eq!(got, expected, "{channel}");
+        // A resume on either node names the new epoch and reads the same log.
+        for node in [&a, &b] {
+            assert_eq!(position(&mut Conn::text(node.local_addr()), channel), (new_epoch, 8));
+            let mut late = Conn::text(node.local_addr());
+            assert_eq!(
+                late.replay_all(channel, 5),
+                vec![(6, b"after-1".to_vec()), (7, b"after-2".to_vec()), (8, b"after-3".to_vec()),]
+            );
+        }
+    }
+    assert!(b.stats().cluster_rollbacks + a.stats().cluster_rollbacks >= 2);
+}

@@ -63,16 +63,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// KEYS, per channel: meta, log, and for an inbox the name's lease. ARGV: channels in the call,
 /// candidate epoch (8 bytes, for a channel that has none), messages to keep (0: no stream), key
 /// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
-/// channel, '1' if it has a lease key, its message count, and the payloads. Returns each
-/// channel's first offset, or -1 for an inbox whose name nobody holds (nothing published).
+/// channel, '1' if it has a lease key, the epoch this node mirrors of it and the latest offset it
+/// holds there (empty and 0 when it mirrors none), its message count, and the payloads. Returns
+/// each channel's first offset, or -1 for an inbox whose name nobody holds (nothing published).
+///
+/// The fence: Redis handing out an offset this node already holds in the same epoch means Redis
+/// lost what it had acknowledged (restored from an older snapshot, a lagging replica promoted,
+/// `everysec` losing its last second). Offsets would name two messages; instead the channel's log
+/// ends there and a new epoch begins, keeping the stream (what Redis still has is read again
+/// from the new epoch's start), before anything is published under the old one.
 const PUBLISH_LUA: &str = r"
 local keep = tonumber(ARGV[3])
 local firsts = {}
 local k, a = 1, 7
 for c = 1, tonumber(ARGV[1]) do
   local meta, log = KEYS[k], KEYS[k + 1]
-  local topic, leased, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  k, a = k + 2, a + 3
+  local topic, leased, known_epoch, known_last, count =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  k, a = k + 2, a + 5
   local held = true
   if leased == '1' then
     held = redis.call('EXISTS', KEYS[k]) == 1
@@ -80,11 +88,11 @@ for c = 1, tonumber(ARGV[1]) do
   end
   if held then
     local epoch = redis.call('HGET', meta, 'e')
-    if not epoch then
+    local first = redis.call('HINCRBY', meta, 'o', count) - count + 1
+    if (not epoch) or (epoch == known_epoch and first <= known_last) then
       epoch = ARGV[2]
       redis.call('HSET', meta, 'e', epoch)
     end
-    local first = redis.call('HINCRBY', meta, 'o', count) - count + 1
     local run = {}
     for m = 1, count do
       local payload = ARGV[a + m - 1]
@@ -107,17 +115,21 @@ end
 return firsts
 ";
 
-/// Reads a channel's epoch (creating it when missing), latest offset, and stream entries after
-/// an offset. KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms), after, count.
+/// Reads a channel's epoch (creating it when missing), latest offset, and stream entries from
+/// an offset on (the node compares the one it has with the stream's: a rewritten entry is a
+/// rollback). KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms), after, count, and an
+/// epoch to end (empty: none): a node that found Redis rolled back ends the epoch it mirrors,
+/// once, whichever node sees it first (the candidate becomes the channel's epoch only while that
+/// one still is).
 const SYNC_LUA: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+if not epoch or epoch == ARGV[5] then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'e', epoch)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-local entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+', 'COUNT', ARGV[4])
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[3], '+', 'COUNT', ARGV[4])
 return {epoch, last, entries}
 ";
 
@@ -309,16 +321,16 @@ enum Pending {
     Setup(&'static str),
     /// A turn's publishes to one server (one slot of a Redis Cluster).
     Publish(PublishBatch),
-    /// The sync script, reading the stream after `after`.
-    Sync { topic: Bytes, after: u64 },
+    /// The sync script, reading the stream after `after` (ending epoch `ending` first).
+    Sync { topic: Bytes, after: u64, ending: Option<u64> },
     /// The liveness probe's PUBLISH.
     Probe,
     /// SET NX of a name's lease for a connection.
     Claim { name: Bytes, reply_to: AckTarget },
     /// A lease refreshed or given back.
     Lease { name: Bytes },
-    /// HGET of a quiet channel's latest offset.
-    Check { topic: Bytes },
+    /// HMGET of a quiet channel's epoch and latest offset; the log's when it was asked.
+    Check { topic: Bytes, epoch: u64, last: u64 },
     /// XRANGE of the stream for a resume.
     Backfill { reply_to: AckTarget },
 }
@@ -405,7 +417,17 @@ struct Tracked {
     /// everything a fresh sync reads; a channel found through a pattern delivers from its first
     /// message on).
     live_from: u64,
+    /// Epochs of this channel that ended while this node served it (the latest few): a message
+    /// of one arriving late (it was on its way when the epoch changed) is dropped, not taken
+    /// for a change to repair from the stream.
+    ended: Vec<u64>,
+    /// A quiet check found Redis's latest offset ahead of the log: a loss, if the log has not
+    /// caught up by the next sweep (a message still on its way is not one).
+    behind: Option<u64>,
 }
+
+/// Ended epochs remembered per channel.
+const ENDED_EPOCHS: usize = 4;
 
 struct BrokerThread {
     poll: Poll,
@@ -1148,6 +1170,8 @@ impl BrokerThread {
         let mut keys: Vec<Vec<u8>> = Vec::with_capacity(3 * batch.channels.len());
         let mut topics = Vec::with_capacity(batch.channels.len());
         let mut counts = vec![0usize; batch.channels.len()];
+        // What this node mirrors of each channel, for the script's fence against a rollback.
+        let mut known: Vec<([u8; 8], String)> = Vec::with_capacity(batch.channels.len());
         for (c, channel) in batch.channels.iter().enumerate() {
             let names = Keys::new(&prefix, channel);
             keys.push(names.meta());
@@ -1155,6 +1179,13 @@ impl BrokerThread {
             if channel.first() == Some(&b'@') {
                 keys.push(self.lease_key(&channel[1..]));
             }
+            known.push(match self.tracked.get(&names.topic) {
+                Some(tracked) if !tracked.fresh => {
+                    let log = tracked.channel.lock_log();
+                    (log.epoch.to_be_bytes(), log.last_offset().to_string())
+                }
+                _ => ([0; 8], "0".to_string()),
+            });
             topics.push(names.topic);
             counts[c] = batch.members[c].len();
         }
@@ -1172,7 +1203,14 @@ impl BrokerThread {
         ]);
         for (c, channel) in batch.channels.iter().enumerate() {
             let leased: &[u8] = if channel.first() == Some(&b'@') { b"1" } else { b"0" };
-            args.extend([&topics[c][..], leased, counts[c].as_bytes()]);
+            let (epoch, last) = &known[c];
+            args.extend([
+                &topics[c][..],
+                leased,
+                &epoch[..],
+                last.as_bytes(),
+                counts[c].as_bytes(),
+            ]);
             args.extend(batch.members[c].iter().map(|&k| &batch.ops[k].1.payload[..]));
         }
         let Some(link) = self.shards[i].commands.as_mut() else { return };
@@ -1181,6 +1219,19 @@ impl BrokerThread {
     }
 
     fn send_sync(&mut self, i: usize, topic: Bytes, after: u64, eval: bool) {
+        self.send_sync_ending(i, topic, after, None, eval)
+    }
+
+    /// The sync script, first ending the channel's epoch `ending` (if it still is the channel's)
+    /// for a new one: see `SYNC_LUA`.
+    fn send_sync_ending(
+        &mut self,
+        i: usize,
+        topic: Bytes,
+        after: u64,
+        ending: Option<u64>,
+        eval: bool,
+    ) {
         let Some(channel) = Keys::channel_of(&self.config().key_prefix, &topic) else { return };
         let keys = Keys::new(&self.config().key_prefix, channel);
         let ttl = self.config().key_ttl.as_millis().max(1).to_string();
@@ -1199,8 +1250,10 @@ impl BrokerThread {
             ttl.as_bytes(),
             after.to_string().as_bytes(),
             SYNC_PAGE.to_string().as_bytes(),
+            ending.map(u64::to_be_bytes).as_ref().map_or(&b""[..], |e| &e[..]),
         ]);
-        self.shards[i].pending.push_back((Instant::now(), Pending::Sync { topic, after }));
+        let pending = Pending::Sync { topic, after, ending };
+        self.shards[i].pending.push_back((Instant::now(), pending));
     }
 
     /// Starts serving `channel` on this node (a worker found it idle).
@@ -1230,6 +1283,8 @@ impl BrokerThread {
                 checked: false,
                 via_pattern: false,
                 live_from: u64::MAX,
+                ended: Vec::new(),
+                behind: None,
             },
         );
         self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
@@ -1274,7 +1329,15 @@ impl BrokerThread {
     /// (no jump to notice) is found this way and repaired from the stream.
     fn check_quiet_channels(&mut self, now: Instant) {
         let prefix = self.config().key_prefix.clone();
+        let mut lost = Vec::new();
         for (topic, tracked) in self.tracked.iter_mut() {
+            if let Some(latest) = tracked.behind.take() {
+                let live = matches!(tracked.state, State::Live);
+                if live && tracked.channel.lock_log().last_offset() < latest {
+                    tracked.state = State::Syncing { buffer: Vec::new() };
+                    lost.push((tracked.shard, topic.clone()));
+                }
+            }
             let quiet = now.saturating_duration_since(tracked.last_heard) >= QUIET_AFTER;
             if tracked.checked || !quiet || !matches!(tracked.state, State::Live) {
                 continue;
@@ -1286,9 +1349,22 @@ impl BrokerThread {
             let Some(channel) = Keys::channel_of(&prefix, topic) else { continue };
             let meta = Keys::new(&prefix, channel).meta();
             let Some(link) = shard.commands.as_mut() else { continue };
-            link.command(&[b"HGET", &meta, b"o"]);
-            shard.pending.push_back((now, Pending::Check { topic: topic.clone() }));
+            link.command(&[b"HMGET", &meta, b"e", b"o"]);
+            let (epoch, last) = {
+                let log = tracked.channel.lock_log();
+                (log.epoch, log.last_offset())
+            };
+            let check = Pending::Check { topic: topic.clone(), epoch, last };
+            shard.pending.push_back((now, check));
             tracked.checked = true;
+        }
+        for (shard, topic) in lost {
+            self.broker().counters.quiet_losses.fetch_add(1, Ordering::Relaxed);
+            let after = self.sync_start(&topic);
+            match shard {
+                Some(shard) => self.send_sync(shard, topic, after, false),
+                None => tracked_resubscribe(&mut self.tracked, &topic),
+            }
         }
     }
 
@@ -1402,21 +1478,42 @@ impl BrokerThread {
                     .collect();
                 self.tell(reply_to.worker, Answer::Backfill { target: reply_to, entries });
             }
-            Pending::Check { topic } => {
-                let latest = match reply {
-                    Value::Bulk(Some(n)) => {
-                        std::str::from_utf8(&n).ok().and_then(|n| n.parse().ok())
+            Pending::Check { topic, epoch, last } => {
+                let (redis_epoch, latest) = match reply {
+                    Value::Array(Some(fields)) if fields.len() == 2 => {
+                        let mut fields = fields.into_iter();
+                        let epoch = fields
+                            .next()
+                            .and_then(bulk)
+                            .and_then(|e| Some(u64::from_be_bytes(e.as_slice().try_into().ok()?)));
+                        let latest = fields
+                            .next()
+                            .and_then(bulk)
+                            .and_then(|n| std::str::from_utf8(&n).ok()?.parse::<u64>().ok());
+                        (epoch, latest)
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
+                // Redis's counter only grows within an epoch: below what this node held when it
+                // asked, it went back.
+                if redis_epoch == Some(epoch) && latest.is_some_and(|latest| latest < last) {
+                    return self.rolled_back(&topic, epoch, "its latest offset went back");
+                }
                 let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-                let behind = latest
-                    .is_some_and(|latest: u64| latest > tracked.channel.lock_log().last_offset());
-                if behind && matches!(tracked.state, State::Live) {
+                if !matches!(tracked.state, State::Live) {
+                    return;
+                }
+                let (log_epoch, log_last) = {
+                    let log = tracked.channel.lock_log();
+                    (log.epoch, log.last_offset())
+                };
+                if redis_epoch.is_some_and(|e| e != log_epoch) {
+                    // Another epoch under a quiet channel (its keys expired, or a rollback was
+                    // ended by another node): read the new log.
                     tracked.state = State::Syncing { buffer: Vec::new() };
-                    self.broker().counters.quiet_losses.fetch_add(1, Ordering::Relaxed);
-                    let after = self.sync_start(&topic);
-                    self.send_sync(i, topic, after, false);
+                    self.send_sync(i, topic, 0, false);
+                } else if latest.is_some_and(|latest| latest > log_last) {
+                    tracked.behind = latest;
                 }
             }
             Pending::Claim { name, reply_to } => {
@@ -1505,9 +1602,9 @@ impl BrokerThread {
                     }
                 }
             }
-            Pending::Sync { topic, after } => match reply {
+            Pending::Sync { topic, after, ending } => match reply {
                 Value::Error(e) if e.starts_with("NOSCRIPT") => {
-                    self.send_sync(i, topic, after, true)
+                    self.send_sync_ending(i, topic, after, ending, true)
                 }
                 Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
                     tracked_resubscribe(&mut self.tracked, &topic);
@@ -1652,6 +1749,8 @@ impl BrokerThread {
                 checked: false,
                 via_pattern: true,
                 live_from: first.saturating_sub(1),
+                ended: Vec::new(),
+                behind: None,
             },
         );
         self.send_sync(i, topic.clone(), 0, false);
@@ -1722,11 +1821,21 @@ impl BrokerThread {
     /// delivered already; a jump or another epoch is repaired from the stream first.
     fn deliver_live(&mut self, topic: &Bytes, envelope: Envelope) {
         let Some(tracked) = self.tracked.get_mut(topic) else { return };
+        if tracked.ended.contains(&envelope.epoch) {
+            return;
+        }
         let channel = tracked.channel.clone();
-        let (epoch, next) = {
+        let (epoch, next, differs) = {
             let log = channel.lock_log();
-            (log.epoch, log.next_offset)
+            let differs = envelope.epoch == log.epoch
+                && envelope.offset < log.next_offset
+                && log.payload_at(envelope.offset).is_some_and(|p| *p != envelope.payload);
+            (log.epoch, log.next_offset, differs)
         };
+        if differs {
+            // The same (epoch, offset) with another message: Redis gave the offset out again.
+            return self.rolled_back(topic, epoch, "an offset given out twice");
+        }
         if envelope.epoch == epoch && envelope.offset < next {
             return;
         }
@@ -1753,6 +1862,29 @@ impl BrokerThread {
         self.accept(&channel, envelope.offset, envelope.payload, now_ms(), true);
     }
 
+    /// Redis holds less of the channel's log than this node mirrors, or other messages at its
+    /// offsets (restored from an older snapshot, a lagging replica promoted): the log of `epoch`
+    /// has ended. The sync that follows ends it in Redis too (once, whichever node sees it
+    /// first) for a new epoch that keeps the stream, reads that from its start, and tells live
+    /// subscribers of the new epoch before anything of it (`synced`'s restart).
+    fn rolled_back(&mut self, topic: &Bytes, epoch: u64, why: &str) {
+        let Some(tracked) = self.tracked.get_mut(topic) else { return };
+        if tracked.channel.lock_log().epoch != epoch {
+            return;
+        }
+        let name = String::from_utf8_lossy(&tracked.channel.name).into_owned();
+        tracked.state = State::Syncing { buffer: Vec::new() };
+        let shard = tracked.shard;
+        self.broker().counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "cluster: Redis rolled back {name} ({why}; restored from an older snapshot, or a lagging replica took over): ending epoch {epoch:016x} for a new one, subscribers are told"
+        );
+        match shard {
+            Some(shard) => self.send_sync_ending(shard, topic.clone(), 0, Some(epoch), false),
+            None => tracked_resubscribe(&mut self.tracked, topic),
+        }
+    }
+
     /// Applies a page of a sync: a fresh mirror (or another epoch) starts the log over from the
     /// stream; otherwise the stream fills in after what the log has. When the log has reached
     /// the latest offset, the buffered live messages follow and the channel is live.
@@ -1760,6 +1892,23 @@ impl BrokerThread {
         let Some(tracked) = self.tracked.get_mut(&topic) else { return };
         if !matches!(tracked.state, State::Syncing { .. }) {
             return;
+        }
+        if !tracked.fresh {
+            // The same epoch with less than this node holds, or the entry it has last with
+            // another message: a rollback, not a gap.
+            let log = tracked.channel.lock_log();
+            let gone_back = log.epoch == epoch && last < log.last_offset();
+            let rewritten = log.epoch == epoch
+                && after > 0
+                && entries.first().is_some_and(|(offset, _, payload)| {
+                    *offset == after && log.payload_at(after).is_some_and(|mine| mine != payload)
+                });
+            drop(log);
+            if gone_back || rewritten {
+                let why =
+                    if gone_back { "its latest offset went back" } else { "an entry rewritten" };
+                return self.rolled_back(&topic, epoch, why);
+            }
         }
         if after > 0 && tracked.channel.lock_log().epoch != epoch {
             // Another log: all of its stream is new here (the buffer waits on).
@@ -1771,9 +1920,13 @@ impl BrokerThread {
         let (via_pattern, live_from) = (tracked.via_pattern, tracked.live_from);
         let shared = self.shared.clone();
         let counters = &shared.broker.as_ref().expect("cluster mode").counters;
+        let mut ended = None;
         let restart = {
             let mut log = channel.lock_log();
             let restart = fresh || log.epoch != epoch;
+            if restart && !fresh {
+                ended = Some(log.epoch);
+            }
             if restart {
                 if !fresh {
                     counters.epoch_changes.fetch_add(1, Ordering::Relaxed);
@@ -1789,7 +1942,17 @@ impl BrokerThread {
             }
             restart
         };
-        if restart && !fresh {
+        if let Some(ended) = ended {
+            if let Some(tracked) = self.tracked.get_mut(&topic) {
+                if tracked.ended.len() == ENDED_EPOCHS {
+                    tracked.ended.remove(0);
+                }
+                tracked.ended.push(ended);
+                // What was buffered of the ended epoch is superseded by the stream just read.
+                if let State::Syncing { buffer } = &mut tracked.state {
+                    buffer.retain(|envelope| envelope.epoch != ended);
+                }
+            }
             // Live subscribers are told before the new log's messages reach them.
             self.put_in_ring(&channel, EPOCH_NOTICE, Bytes::new());
         }
@@ -1861,7 +2024,10 @@ impl BrokerThread {
         let State::Syncing { buffer } = std::mem::replace(&mut tracked.state, State::Live) else {
             return;
         };
-        for envelope in buffer {
+        // Only the epoch just read: a message of another was on its way when the epoch changed
+        // (an older one), or belongs to one that began since (its stream will be read when the
+        // next of its messages, or the quiet check, finds it).
+        for envelope in buffer.into_iter().filter(|envelope| envelope.epoch == epoch) {
             if !matches!(self.tracked.get(&topic).map(|t| &t.state), Some(State::Live)) {
                 // A jump in the buffer started another repair: the rest waits for it.
                 if let Some(Tracked { state: State::Syncing { buffer }, .. }) =

@@ -357,6 +357,8 @@ pub struct BrokerCounters {
     pub leases_lost: AtomicU64,
     /// Quiet channels found behind Redis's latest offset (a loss with nothing after it).
     pub quiet_losses: AtomicU64,
+    /// Channels whose log Redis rolled back, ended by a new epoch.
+    pub rollbacks: AtomicU64,
 }
 
 /// The workers' handle on the broker thread.

@@ -195,6 +195,12 @@ impl ChannelLog {
         Bounds { epoch: self.epoch, first: self.first_retained(), last: self.last_offset() }
     }
 
+    /// The payload retained at `offset`, if it still is.
+    pub fn payload_at(&self, offset: u64) -> Option<&bytes::Bytes> {
+        let at = self.retained.binary_search_by_key(&offset, |r| r.offset).ok()?;
+        Some(&self.retained[at].payload)
+    }
+
     /// The offset of the latest message (0 before the first).
     pub fn last_offset(&self) -> u64 {
         self.next_offset - 1

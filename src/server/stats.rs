@@ -186,6 +186,9 @@ counters! {
     cluster_leases_lost: counter,
     /// Cluster: quiet channels found behind Redis's latest offset, then repaired.
     cluster_quiet_losses: counter,
+    /// Cluster: channels whose log Redis rolled back (restored from an older snapshot, a lagging
+    /// replica promoted): a new epoch was begun, and live subscribers told.
+    cluster_rollbacks: counter,
     /// Tokens (or API keys) accepted.
     auth_ok: counter,
     /// Tokens refused: past `exp`.
