@@ -1129,3 +1129,102 @@ fn redis_restored_from_an_older_snapshot_ends_the_epoch_instead_of_losing_messag
     }
     assert!(b.stats().cluster_rollbacks + a.stats().cluster_rollbacks >= 2);
 }
+
+/// A master of a Redis Cluster dies and its replica takes over (within the cluster's node
+/// timeout, 2 s here): the node follows. It reads the slot map from the masters that answer
+/// (here the dead one is the very seed it was given), publishes to the promoted replica soon
+/// after the cluster is whole again, and when the dead master comes back as a replica it is
+/// neither counted nor probed as a master.
+#[test]
+fn a_redis_cluster_failover_is_followed() {
+    use std::time::Instant;
+    let mut redis = common::redis::RedisCluster::start_with_replicas(3, 1);
+    let seed_port = redis.masters[0].port;
+    let channel = (0..)
+        .map(|i| format!("failover.{i}"))
+        .find(|name| redis.master_of(&format!("fanout:{{{name}}}")).port == seed_port)
+        .expect("a channel on the seed's slots");
+    let node_in_cluster = |seed: fanout::cluster::RedisEndpoint| {
+        let server = start(|c| {
+            let mut cluster = ClusterConfig::new(vec![seed]);
+            cluster.redis_cluster = true;
+            cluster.command_timeout = Duration::from_millis(1000);
+            cluster.probe_interval = Duration::from_millis(200);
+            c.cluster = Some(cluster);
+        });
+        wait_until("the node knows the cluster and serves broadcasts", || {
+            http(server.local_addr(), "GET", "/healthz", b"").status == 200
+        });
+        server
+    };
+    let (a, b) = (
+        node_in_cluster(redis.masters[0].endpoint()),
+        node_in_cluster(redis.masters[1].endpoint()),
+    );
+    assert_eq!(a.stats().cluster_redis_up, 3);
+    let mut subscriber = Conn::text(b.local_addr());
+    subscriber.subscribe(&channel);
+    let mut publisher = Conn::binary(a.local_addr());
+    for k in 1..=3u64 {
+        assert_eq!(publish_acked(&mut publisher, &channel, format!("m{k}").as_bytes()), Ok(k));
+    }
+    assert_eq!(messages(&mut subscriber, 3).last().map(|m| m.1), Some(3));
+
+    redis.masters[0].kill();
+    let survivor = &redis.masters[1];
+    let whole = || match survivor.try_command(&["CLUSTER", "INFO"]) {
+        Ok(Value::Bulk(Some(info))) => String::from_utf8_lossy(&info).contains("cluster_state:ok"),
+        _ => false,
+    };
+    wait_until("a replica took over the dead master's slots", || {
+        whole()
+            && redis.master_of_as_seen_by(&format!("fanout:{{{channel}}}"), survivor).port
+                != seed_port
+    });
+    let whole_at = Instant::now();
+    let deadline = whole_at + PATIENCE;
+    let offset = loop {
+        match publish_acked(&mut publisher, &channel, b"after the failover") {
+            Ok(offset) => break offset,
+            Err((503, _)) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the node did not follow the failover: {e:?}"),
+        }
+    };
+    eprintln!("publishing again {:?} after cluster_state:ok", whole_at.elapsed());
+    // The replica had what was acknowledged (or the channel's epoch ended, and the subscriber
+    // is told): either way the new message comes, once, after what came before.
+    loop {
+        match subscriber.next() {
+            Frame::Msg { payload, offset: got, .. } if payload == b"after the failover" => {
+                assert_eq!(got, offset);
+                break;
+            }
+            Frame::Msg { offset: got, .. } => assert!(got <= offset),
+            Frame::Hist { status, .. } => {
+                assert_eq!(status, fanout::history::ResumeStatus::EpochChanged)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    wait_until("both nodes are whole", || {
+        [&a, &b].iter().all(|n| http(n.local_addr(), "GET", "/healthz", b"").status == 200)
+    });
+    assert_eq!(a.stats().cluster_redis_up, 3, "the promoted replica counts, the dead master not");
+
+    // The dead master comes back, as a replica of the one that took over.
+    redis.masters[0].restart();
+    wait_until("the old master rejoined as a replica", || {
+        match redis.masters[0].try_command(&["ROLE"]) {
+            Ok(Value::Array(Some(role))) => {
+                role.first() == Some(&Value::Bulk(Some(b"slave".to_vec())))
+            }
+            _ => false,
+        }
+    });
+    thread::sleep(Duration::from_millis(1500));
+    for node in [&a, &b] {
+        assert_eq!(node.stats().cluster_redis_up, 3, "a replica is not counted as a master");
+        assert_eq!(http(node.local_addr(), "GET", "/healthz", b"").status, 200);
+    }
+    assert!(publish_acked(&mut publisher, &channel, b"still going").is_ok());
+}

@@ -56,6 +56,11 @@ const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// A channel served only for pattern subscribers is let go of after this long without messages.
 const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Redis Cluster: the slot map is read again this often while everything is up...
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
+/// ...and this often while a master of the map does not answer (a failover promotes one of its
+/// replicas within the cluster's node timeout; the map names it once it has).
+const TOPOLOGY_RETRY: Duration = Duration::from_millis(250);
 
 /// Gives runs of messages their offsets, appends them to their channels' streams and publishes
 /// one envelope per channel carrying its run: one script call for a whole turn's publishes to
@@ -233,8 +238,12 @@ struct Verbs {
     publish: &'static [u8],
 }
 
-/// Redis Cluster: the slot map (`CLUSTER SLOTS`): (first slot, last slot, master host, port).
-fn read_slot_map(seed: &RedisEndpoint) -> std::io::Result<Vec<(u16, u16, String, u16)>> {
+/// A range of hash slots and its master: (first slot, last slot, host, port).
+pub(crate) type SlotRange = (u16, u16, String, u16);
+
+/// Redis Cluster: the slot map (`CLUSTER SLOTS`). Blocking (a connect with a timeout, one round
+/// trip): called on a helper thread, never the broker's (`BrokerThread::discover`).
+fn read_slot_map(seed: &RedisEndpoint) -> std::io::Result<Vec<SlotRange>> {
     use std::io::{Read, Write};
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(seed.host.as_str(), seed.port))?
@@ -451,6 +460,13 @@ struct BrokerThread {
     /// Redis Cluster: when to read the slot map (again).
     discover_at: Option<Instant>,
     discover_backoff: Duration,
+    /// Redis Cluster: a slot map is being read on a helper thread.
+    discovering: bool,
+    /// Redis Cluster: masters in the last map taken (logged when it changes).
+    known_masters: usize,
+    /// Redis Cluster: when to read the slot map again while everything is up (it is read again
+    /// sooner on MOVED/ASK, a lost master, or while a master of the map does not answer).
+    next_topology_check: Instant,
     refresh: Script,
     release: Script,
     /// Patterns PSUBSCRIBEd for pattern subscribers, by Redis glob.
@@ -520,6 +536,9 @@ impl Unstarted {
             slots: config.redis_cluster.then(|| vec![NO_SHARD; SLOTS].into_boxed_slice()),
             discover_at: config.redis_cluster.then_some(now),
             discover_backoff: BACKOFF_MIN,
+            discovering: false,
+            known_masters: 0,
+            next_topology_check: now + TOPOLOGY_REFRESH,
             refresh: Script::new(REFRESH_LUA),
             release: Script::new(RELEASE_LUA),
             leases: Default::default(),
@@ -691,6 +710,14 @@ impl BrokerThread {
                 BrokerOp::Backfill { channel, after, upto, reply_to } => {
                     self.backfill(&channel, after, upto, reply_to)
                 }
+                BrokerOp::SlotMap(Ok((seed, ranges))) => self.apply_slot_map(seed, ranges),
+                BrokerOp::SlotMap(Err(why)) => {
+                    self.discovering = false;
+                    warn!("cluster: cannot read the slot map: {why}");
+                    let delay = jittered(self.discover_backoff);
+                    self.discover_backoff = (self.discover_backoff * 2).min(BACKOFF_MAX);
+                    self.discover_at = Some(Instant::now() + delay);
+                }
                 BrokerOp::Shutdown => self.stopping = true,
             }
         }
@@ -703,7 +730,13 @@ impl BrokerThread {
 
     fn timers(&mut self) {
         let now = Instant::now();
-        if self.discover_at.is_some_and(|at| at <= now) {
+        if self.slots.is_some() && now >= self.next_topology_check && self.discover_at.is_none() {
+            let degraded = self.mapped_shards().any(|i| !self.shards[i].is_ready());
+            self.next_topology_check =
+                now + if degraded { TOPOLOGY_RETRY } else { TOPOLOGY_REFRESH };
+            self.discover_at = Some(now);
+        }
+        if self.discover_at.is_some_and(|at| at <= now) && !self.discovering {
             self.discover();
         }
         let timeout = self.config().command_timeout;
@@ -776,29 +809,96 @@ impl BrokerThread {
     /// each new master, and moves every channel whose slot changed hands (it is subscribed
     /// again there and repaired from its stream). Called at start, after a MOVED, and after a
     /// master was lost (a replica may have taken over).
+    /// Redis Cluster: reads the slot map on a helper thread, asking the masters that answer
+    /// first, then the seeds, then the rest (a dead master last: never only it), so the broker
+    /// never waits on a connect; the map comes back as `BrokerOp::SlotMap`.
     fn discover(&mut self) {
-        let mut candidates: Vec<RedisEndpoint> = self.config().redis.clone();
-        candidates.extend(self.shards.iter().map(|s| s.endpoint.clone()));
-        let mut map = None;
-        for seed in &candidates {
-            match read_slot_map(seed) {
-                Ok(ranges) if !ranges.is_empty() => {
-                    map = Some((seed.clone(), ranges));
-                    break;
+        self.discovering = true;
+        self.discover_at = None;
+        let mut candidates: Vec<RedisEndpoint> = Vec::new();
+        let mut add = |endpoint: &RedisEndpoint| {
+            if !candidates.iter().any(|c| c.host == endpoint.host && c.port == endpoint.port) {
+                candidates.push(endpoint.clone());
+            }
+        };
+        self.shards.iter().filter(|s| s.is_ready()).for_each(|s| add(&s.endpoint));
+        self.config().redis.iter().for_each(&mut add);
+        self.shards.iter().for_each(|s| add(&s.endpoint));
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new().name("fanout-slot-map".into()).spawn(move || {
+            let mut why = String::from("no node to ask");
+            let mut found = None;
+            for seed in candidates {
+                match read_slot_map(&seed) {
+                    Ok(ranges) if !ranges.is_empty() => {
+                        found = Some((seed, ranges));
+                        break;
+                    }
+                    Ok(_) => {
+                        why = format!("{seed} has no slots assigned (is the cluster created?)")
+                    }
+                    Err(e) => why = format!("{seed}: {e}"),
                 }
-                Ok(_) => warn!("cluster: {seed} has no slots assigned (is the cluster created?)"),
-                Err(e) => warn!("cluster: cannot read the slot map from {seed}: {e}"),
+            }
+            if let Some(broker) = shared.broker.as_ref() {
+                broker.send(BrokerOp::SlotMap(found.ok_or(why)));
+            }
+        });
+        if let Err(e) = spawned {
+            self.discovering = false;
+            self.discover_at = Some(Instant::now() + BACKOFF_MAX);
+            warn!("cluster: cannot start a thread to read the slot map: {e}");
+        }
+    }
+
+    /// Redis Cluster: server `i` is no master of the map any more (it died and a replica took
+    /// over, or it came back as a replica): its connections close, what was in flight on them
+    /// is refused, and it is neither counted, probed nor reconnected while the map leaves it out.
+    fn let_go_of_server(&mut self, i: usize) {
+        let registry = self.poll.registry();
+        let shard = &mut self.shards[i];
+        let was_up = shard.is_ready();
+        let was_known = shard.is_connected() || shard.retry_at.is_some();
+        for link in [shard.commands.take(), shard.pubsub.take()].into_iter().flatten() {
+            let mut link = link;
+            link.deregister(registry);
+        }
+        shard.probe_sent = None;
+        shard.retry_at = None;
+        shard.to_subscribe.clear();
+        shard.to_unsubscribe.clear();
+        shard.to_psubscribe.clear();
+        shard.to_punsubscribe.clear();
+        let endpoint = shard.endpoint.clone();
+        if was_up {
+            self.broker().counters.shards_up.fetch_sub(1, Ordering::Relaxed);
+        }
+        if was_known {
+            info!("cluster: {endpoint} is no master of the slot map any more; letting it go");
+        }
+        self.refuse_pending(i, "the server is no longer a master of the Redis Cluster");
+    }
+
+    /// The shards the slot map names (masters that own slots).
+    fn mapped_shards(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut mapped = vec![false; self.shards.len()];
+        for &slot in self.slots.iter().flat_map(|s| s.iter()) {
+            if let Some(m) = mapped.get_mut(usize::from(slot)) {
+                *m = true;
             }
         }
-        let now = Instant::now();
-        let Some((seed, ranges)) = map else {
-            let delay = jittered(self.discover_backoff);
-            self.discover_backoff = (self.discover_backoff * 2).min(BACKOFF_MAX);
-            self.discover_at = Some(now + delay);
-            return;
-        };
+        (0..self.shards.len()).filter(move |&i| mapped[i])
+    }
+
+    /// Redis Cluster: takes a slot map read by `discover`. Masters new to it are connected;
+    /// servers it no longer names (a dead master, or one that came back as a replica after a
+    /// failover) are let go of, neither counted nor probed nor reconnected; channels whose slot
+    /// moved are served from their new master (subscribed again, repaired from the stream).
+    fn apply_slot_map(&mut self, seed: RedisEndpoint, ranges: Vec<SlotRange>) {
+        self.discovering = false;
         self.discover_at = None;
         self.discover_backoff = BACKOFF_MIN;
+        let now = Instant::now();
         let mut slots = vec![NO_SHARD; SLOTS].into_boxed_slice();
         for (first, last, host, port) in ranges {
             let host = if host.is_empty() { seed.host.clone() } else { host };
@@ -828,7 +928,29 @@ impl BrokerThread {
                 .unwrap_or_default();
         }
         self.slots = Some(slots);
-        info!("cluster: the Redis Cluster has {} master(s)", self.shards.len());
+        let mapped: Vec<usize> = self.mapped_shards().collect();
+        for i in 0..self.shards.len() {
+            if mapped.contains(&i) {
+                let shard = &mut self.shards[i];
+                if !shard.is_connected() && shard.retry_at.is_none() {
+                    // A master again (or for the first time since it was let go of).
+                    shard.retry_at = Some(now);
+                    shard.backoff = BACKOFF_MIN;
+                }
+            } else {
+                self.let_go_of_server(i);
+            }
+        }
+        // While a master of the map does not answer, the map is read again soon: its replica
+        // is named once it took over.
+        if mapped.iter().any(|&i| !self.shards[i].is_ready()) {
+            self.next_topology_check = now + TOPOLOGY_RETRY;
+        }
+        let masters = mapped.len();
+        if masters != self.known_masters {
+            info!("cluster: the Redis Cluster has {masters} master(s)");
+            self.known_masters = masters;
+        }
         let moves: Vec<(Bytes, Option<usize>)> = self
             .tracked
             .iter()
@@ -987,6 +1109,7 @@ impl BrokerThread {
         if self.slots.is_some() && self.discover_at.is_none() {
             // A master that went away may have been replaced by one of its replicas.
             self.discover_at = Some(Instant::now() + BACKOFF_MIN);
+            self.next_topology_check = Instant::now() + TOPOLOGY_RETRY;
         }
         if was_connected {
             warn!("cluster: lost {endpoint}: {why}; reconnecting in {delay:.1?}");

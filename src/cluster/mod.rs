@@ -319,6 +319,9 @@ pub(crate) enum BrokerOp {
         upto: u64,
         reply_to: AckTarget,
     },
+    /// Redis Cluster: a slot map read on a helper thread (`CLUSTER SLOTS`, from the first node
+    /// that answered), or why none could be.
+    SlotMap(Result<(RedisEndpoint, Vec<broker::SlotRange>), String>),
     Shutdown,
 }
 

@@ -179,15 +179,22 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of `masters` local redis-server processes (no replicas), created with
-/// `redis-cli --cluster create`, every slot assigned.
+/// A Redis Cluster of `masters` local redis-server processes (and with `start_with_replicas`
+/// one replica each), created with `redis-cli --cluster create`, every slot assigned. `masters`
+/// holds every server, masters first as created (after a failover a replica may be a master).
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
-        let masters: Vec<RedisServer> = (0..masters)
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// `masters` masters with `replicas` replicas each (a 2 s node timeout: a failover takes a
+    /// few seconds).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
+        let masters: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::start_on(
                     free_cluster_port(),
@@ -198,6 +205,10 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
+                        // A replica takes over however long it was cut off (a lagging replica
+                        // promoted is one of the faults the cluster tests reproduce).
+                        "--cluster-replica-validity-factor",
+                        "0",
                         "--save",
                         "",
                         "--appendonly",
@@ -211,7 +222,7 @@ impl RedisCluster {
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -224,7 +235,14 @@ impl RedisCluster {
                     Value::Bulk(Some(info)) => String::from_utf8_lossy(&info).into_owned(),
                     other => format!("{other:?}"),
                 };
-                if info.contains("cluster_state:ok") {
+                let replica_synced = match master.command(&["INFO", "replication"]) {
+                    Value::Bulk(Some(info)) => {
+                        let info = String::from_utf8_lossy(&info);
+                        !info.contains("role:slave") || info.contains("master_link_status:up")
+                    }
+                    _ => false,
+                };
+                if info.contains("cluster_state:ok") && replica_synced {
                     break;
                 }
                 assert!(Instant::now() < deadline, "the cluster did not form: {info}");
@@ -236,8 +254,13 @@ impl RedisCluster {
 
     /// The master that holds `key`'s slot.
     pub fn master_of(&self, key: &str) -> &RedisServer {
+        self.master_of_as_seen_by(key, &self.masters[0])
+    }
+
+    /// The master that holds `key`'s slot, as `asked` sees the cluster.
+    pub fn master_of_as_seen_by(&self, key: &str, asked: &RedisServer) -> &RedisServer {
         let slot = fanout::cluster::key_slot(key.as_bytes());
-        let Value::Array(Some(ranges)) = self.masters[0].command(&["CLUSTER", "SLOTS"]) else {
+        let Value::Array(Some(ranges)) = asked.command(&["CLUSTER", "SLOTS"]) else {
             panic!("CLUSTER SLOTS");
         };
         for range in ranges {
