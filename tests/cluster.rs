@@ -1228,3 +1228,41 @@ fn a_redis_cluster_failover_is_followed() {
     }
     assert!(publish_acked(&mut publisher, &channel, b"still going").is_ok());
 }
+
+/// With several Redis servers a connection's channels live on different servers, which answer
+/// in their own time; a client matches each acknowledgement to its oldest publish not yet
+/// answered (the Rust `Publisher` does), so acknowledgements come back in publish order: one
+/// that comes early waits.
+#[test]
+fn acknowledgements_come_back_in_publish_order_across_servers() {
+    let (r1, r2) = (RedisServer::start(), RedisServer::start());
+    let server = node(&[&r1, &r2], |_| {});
+    let mut publisher = Conn::binary(server.local_addr());
+    let names: Vec<String> = (0..16).map(|i| format!("order.{i}")).collect();
+    for name in &names {
+        assert_eq!(publish_acked(&mut publisher, name, b"where"), Ok(1));
+    }
+    let on = |redis: &RedisServer, name: &str| {
+        redis.integer(&["EXISTS", &format!("fanout:{{{name}}}:meta")]) == 1
+    };
+    let slow = names.iter().find(|n| on(&r1, n)).expect("a channel on the first server");
+    let fast = names.iter().find(|n| on(&r2, n)).expect("a channel on the second server");
+    // The first server stalls: the second answers first.
+    r1.freeze();
+    let sent = [slow, fast, fast, slow, fast];
+    for name in sent {
+        publisher
+            .send(Request::PublishAcked { channel: name.as_bytes(), payload: b"x"[..].into() });
+    }
+    thread::sleep(Duration::from_millis(300));
+    r1.thaw();
+    let answered: Vec<String> = sent
+        .iter()
+        .map(|_| match publisher.next() {
+            Frame::Ack { channel, .. } => channel,
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        })
+        .collect();
+    let expected: Vec<String> = sent.iter().map(|n| n.to_string()).collect();
+    assert_eq!(answered, expected);
+}

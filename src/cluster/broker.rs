@@ -159,6 +159,48 @@ end
 return 0
 ";
 
+/// Answers to each connection's publishes in the order it published them: with several Redis
+/// servers (or a Redis Cluster) its channels live on different servers, which answer in their
+/// own time, while a client matches each acknowledgement to its oldest publish not yet
+/// answered. An answer that comes early waits for the ones before it.
+#[derive(Default)]
+struct AnswerOrder {
+    next_seq: u64,
+    /// Per connection with publishes not yet answered: each one's number and, once known, its
+    /// answer (`Some(None)`: a publish that needs none, an unacknowledged one that went through).
+    waiting: HashMap<AckTarget, VecDeque<(u64, Option<Option<Persisted>>)>>,
+}
+
+impl AnswerOrder {
+    /// Numbers a publish of `target`'s.
+    fn enter(&mut self, target: AckTarget) -> u64 {
+        self.next_seq += 1;
+        self.waiting.entry(target).or_default().push_back((self.next_seq, None));
+        self.next_seq
+    }
+
+    /// Publish `seq` of `target` is answered (`None`: it needs no answer); returns the answers
+    /// now due, in order.
+    fn settle(&mut self, target: AckTarget, seq: u64, answer: Option<Persisted>) -> Vec<Persisted> {
+        let Some(queue) = self.waiting.get_mut(&target) else {
+            return answer.into_iter().collect();
+        };
+        if let Some(slot) = queue.iter_mut().find(|(s, _)| *s == seq) {
+            slot.1 = Some(answer);
+        }
+        let mut due = Vec::new();
+        while queue.front().is_some_and(|(_, answer)| answer.is_some()) {
+            if let Some((_, Some(Some(answer)))) = queue.pop_front() {
+                due.push(answer);
+            }
+        }
+        if queue.is_empty() {
+            self.waiting.remove(&target);
+        }
+        due
+    }
+}
+
 /// Publishes for one script call: the channels in the order first met, and the publishes in the
 /// order they came, each with its channel's index.
 #[derive(Default)]
@@ -473,6 +515,8 @@ struct BrokerThread {
     patterns: HashMap<Bytes, PatternTrack>,
     /// Names this node holds a lease on.
     leases: std::collections::HashSet<Bytes>,
+    /// Publish answers held until their connection's earlier publishes are answered.
+    answers: std::cell::RefCell<AnswerOrder>,
     next_refresh: Instant,
 }
 
@@ -542,6 +586,7 @@ impl Unstarted {
             refresh: Script::new(REFRESH_LUA),
             release: Script::new(RELEASE_LUA),
             leases: Default::default(),
+            answers: Default::default(),
             patterns: HashMap::new(),
             next_refresh: now,
         }
@@ -683,7 +728,8 @@ impl BrokerThread {
         let mut batches: HashMap<(usize, u16), PublishBatch> = HashMap::new();
         while let Ok(op) = self.ops.try_recv() {
             match op {
-                BrokerOp::Publish(op) => {
+                BrokerOp::Publish(mut op) => {
+                    op.seq = self.answers.get_mut().enter(op.reply_to);
                     let Some(i) = self.shard_of(&op.channel).filter(|&i| self.shards[i].is_ready())
                     else {
                         let why = "broker unavailable: Redis is unreachable; nothing was published";
@@ -1163,7 +1209,7 @@ impl BrokerThread {
 
     fn refuse_with(&self, op: &PublishOp, code: ErrorCode, why: Arc<str>) {
         self.broker().counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.answer(op.reply_to, &op.channel, 0, Err((code, why)));
+        self.answer(op, 0, Err((code, why)));
     }
 
     /// The key of a name's lease: beside its inbox's keys (the same hash tag and server).
@@ -1259,15 +1305,24 @@ impl BrokerThread {
     }
 
     /// Sends an acknowledgement or a refusal to the publishing connection's worker.
-    fn answer(
-        &self,
-        target: AckTarget,
-        channel: &Bytes,
-        offset: u64,
-        result: Result<(), (ErrorCode, Arc<str>)>,
-    ) {
-        let persisted = Persisted { target, channel: channel.clone(), offset, result };
-        self.tell(target.worker, Answer::Published(persisted));
+    /// Answers publish `op` (in its connection's publish order: `AnswerOrder`).
+    fn answer(&self, op: &PublishOp, offset: u64, result: Result<(), (ErrorCode, Arc<str>)>) {
+        let target = op.reply_to;
+        let persisted = Persisted { target, channel: op.channel.clone(), offset, result };
+        self.send_answers(target, op.seq, Some(persisted));
+    }
+
+    /// Publish `op` went through and needs no answer (it was not acknowledged): answers that
+    /// waited behind it go out.
+    fn answered_quietly(&self, op: &PublishOp) {
+        self.send_answers(op.reply_to, op.seq, None);
+    }
+
+    fn send_answers(&self, target: AckTarget, seq: u64, answer: Option<Persisted>) {
+        let due = self.answers.borrow_mut().settle(target, seq, answer);
+        for persisted in due {
+            self.tell(target.worker, Answer::Published(persisted));
+        }
     }
 
     /// Hands `answer` to worker `worker` and wakes it.
@@ -1336,7 +1391,13 @@ impl BrokerThread {
             ]);
             args.extend(batch.members[c].iter().map(|&k| &batch.ops[k].1.payload[..]));
         }
-        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            // Every publish is answered (its connection's later answers wait for it).
+            drop(args);
+            let why: Arc<str> =
+                "broker unavailable: Redis is unreachable; nothing was published".into();
+            return self.refuse_batch(&batch, why);
+        };
         link.command(&args);
         self.shards[i].pending.push_back((Instant::now(), Pending::Publish(batch)));
     }
@@ -1690,7 +1751,9 @@ impl BrokerThread {
                             match &mut next[*c] {
                                 Some(offset) => {
                                     if op.acked {
-                                        self.answer(op.reply_to, &op.channel, *offset, Ok(()));
+                                        self.answer(op, *offset, Ok(()));
+                                    } else {
+                                        self.answered_quietly(op);
                                     }
                                     *offset += 1;
                                 }
@@ -1699,12 +1762,7 @@ impl BrokerThread {
                                         String::from_utf8_lossy(&op.channel[1..]).into_owned();
                                     let why = format!("no client named {who}");
                                     counters.publishes_done.fetch_sub(1, Ordering::Relaxed);
-                                    self.answer(
-                                        op.reply_to,
-                                        &op.channel,
-                                        0,
-                                        Err((ErrorCode::NotFound, why.into())),
-                                    );
+                                    self.answer(op, 0, Err((ErrorCode::NotFound, why.into())));
                                 }
                             }
                         }

@@ -293,6 +293,9 @@ pub(crate) struct PublishOp {
     /// Where the acknowledgement (if `acked`) or the refusal goes.
     pub reply_to: AckTarget,
     pub acked: bool,
+    /// Its place among its connection's publishes (the broker numbers them as they come, so
+    /// that answers go back in that order: `broker::AnswerOrder`).
+    pub seq: u64,
 }
 
 /// What workers ask of the broker.

@@ -74,7 +74,7 @@ pub struct Append {
 }
 
 /// Where an acknowledgement goes: a connection of a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AckTarget {
     /// Worker index.
     pub worker: usize,

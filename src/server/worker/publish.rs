@@ -165,7 +165,7 @@ impl Publisher {
             return Err(Refused::Busy(payload));
         }
         broker.counters.publishes_in_flight.fetch_add(1, Ordering::Relaxed);
-        let op = PublishOp { channel: channel.name.clone(), payload, reply_to, acked };
+        let op = PublishOp { channel: channel.name.clone(), payload, reply_to, acked, seq: 0 };
         broker.send(BrokerOp::Publish(op));
         WorkerCounters::add(&self.shared.counters[self.worker].messages_in, 1);
         Ok(Published { offset: 0, ack_later: true })
