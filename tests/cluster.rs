@@ -1266,3 +1266,57 @@ fn acknowledgements_come_back_in_publish_order_across_servers() {
     let expected: Vec<String> = sent.iter().map(|n| n.to_string()).collect();
     assert_eq!(answered, expected);
 }
+
+/// A name has one holder even when Redis loses its leases. A Redis restarted empty: the node
+/// takes its clients' leases again as soon as it is back, so a claim elsewhere is refused. A
+/// lease that vanished and was claimed by another node's client first: the client here is told
+/// (`ERR 409 name lost`), keeps its connection, and no longer receives the inbox.
+#[test]
+fn a_name_has_one_holder_after_redis_loses_its_leases() {
+    let mut redis = RedisServer::start();
+    let short_leases = |c: &mut fanout::Config| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.name_lease = Duration::from_millis(1500);
+        }
+    };
+    let (a, b) = (node(&[&redis], short_leases), node(&[&redis], short_leases));
+    let mut bob = Conn::text(a.local_addr());
+    assert_eq!(claim(&mut bob, "bob"), Ok(()));
+    // Restarted empty: the lease is gone, and taken again by a when it reconnects.
+    redis.restart();
+    wait_until("both nodes are back, a with its lease", || {
+        [&a, &b].iter().all(|n| http(n.local_addr(), "GET", "/healthz", b"").status == 200)
+            && redis.try_command(&["EXISTS", "fanout:{@bob}:name"]) == Ok(Value::Integer(1))
+    });
+    let mut impostor = Conn::text(b.local_addr());
+    let refused = claim(&mut impostor, "bob");
+    assert!(matches!(refused, Err((409, _))), "{refused:?}");
+
+    // The lease vanishes and another node's client claims the name first.
+    redis.command(&["DEL", "fanout:{@bob}:name"]);
+    let mut usurper = Conn::text(b.local_addr());
+    assert_eq!(claim(&mut usurper, "bob"), Ok(()));
+    loop {
+        match bob.next() {
+            Frame::Err { code, reason } => {
+                assert_eq!(code, 409);
+                assert!(reason.contains("name lost"), "{reason}");
+                break;
+            }
+            // The broadcast channel and the inbox started over with Redis (told).
+            Frame::Hist { status: fanout::history::ResumeStatus::EpochChanged, .. } => continue,
+            other => panic!("expected the name lost, got {other:?}"),
+        }
+    }
+    let mut sender = Conn::binary(a.local_addr());
+    assert!(publish_acked(&mut sender, "@bob", b"for bob").is_ok());
+    assert_eq!(messages(&mut usurper, 1), vec![("@bob".to_string(), 1, b"for bob".to_vec())]);
+    assert_eq!(
+        bob.read(Duration::from_millis(300)),
+        Read_::Nothing,
+        "the old holder hears nothing"
+    );
+    bob.send(Request::Ping);
+    bob.expect(Frame::Pong);
+    assert_eq!(a.stats().cluster_leases_lost, 1);
+}

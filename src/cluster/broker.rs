@@ -166,16 +166,25 @@ return 0
 #[derive(Default)]
 struct AnswerOrder {
     next_seq: u64,
-    /// Per connection with publishes not yet answered: each one's number and, once known, its
-    /// answer (`Some(None)`: a publish that needs none, an unacknowledged one that went through).
-    waiting: HashMap<AckTarget, VecDeque<(u64, Option<Option<Persisted>>)>>,
+    /// Per connection with publishes not yet answered: each one's number and answer.
+    waiting: HashMap<AckTarget, VecDeque<(u64, Answered)>>,
+}
+
+/// Where a publish's answer stands.
+enum Answered {
+    /// Not yet.
+    Pending,
+    /// This, to send once the publishes before it are answered.
+    With(Persisted),
+    /// It needs none (an unacknowledged publish that went through).
+    Quietly,
 }
 
 impl AnswerOrder {
     /// Numbers a publish of `target`'s.
     fn enter(&mut self, target: AckTarget) -> u64 {
         self.next_seq += 1;
-        self.waiting.entry(target).or_default().push_back((self.next_seq, None));
+        self.waiting.entry(target).or_default().push_back((self.next_seq, Answered::Pending));
         self.next_seq
     }
 
@@ -186,11 +195,11 @@ impl AnswerOrder {
             return answer.into_iter().collect();
         };
         if let Some(slot) = queue.iter_mut().find(|(s, _)| *s == seq) {
-            slot.1 = Some(answer);
+            slot.1 = answer.map_or(Answered::Quietly, Answered::With);
         }
         let mut due = Vec::new();
-        while queue.front().is_some_and(|(_, answer)| answer.is_some()) {
-            if let Some((_, Some(Some(answer)))) = queue.pop_front() {
+        while queue.front().is_some_and(|(_, answered)| !matches!(answered, Answered::Pending)) {
+            if let Some((_, Answered::With(answer))) = queue.pop_front() {
                 due.push(answer);
             }
         }
@@ -514,7 +523,7 @@ struct BrokerThread {
     /// Patterns PSUBSCRIBEd for pattern subscribers, by Redis glob.
     patterns: HashMap<Bytes, PatternTrack>,
     /// Names this node holds a lease on.
-    leases: std::collections::HashSet<Bytes>,
+    leases: HashMap<Bytes, AckTarget>,
     /// Publish answers held until their connection's earlier publishes are answered.
     answers: std::cell::RefCell<AnswerOrder>,
     next_refresh: Instant,
@@ -1126,6 +1135,9 @@ impl BrokerThread {
         }
         broker.counters.shards_up.fetch_add(1, Ordering::Relaxed);
         self.publish_readiness();
+        // A Redis that came back empty lost the leases: take them again at once, before another
+        // node's client can claim a name a client here holds.
+        self.refresh_leases();
     }
 
     /// A connection to server `i` failed: refuse what was in flight, keep every subscriber, and
@@ -1242,7 +1254,12 @@ impl BrokerThread {
         let key = self.lease_key(&name);
         let lease = self.config().name_lease.as_millis().max(1).to_string();
         let node_id = self.node_id.clone();
-        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            let why = "broker unavailable: Redis is unreachable; the name cannot be claimed";
+            let result = Err((ErrorCode::Unavailable, why.into()));
+            return self
+                .tell(reply_to.worker, Answer::NameClaim { target: reply_to, name, result });
+        };
         link.command(&[b"SET", &key[..], &node_id, b"NX", b"PX", lease.as_bytes()]);
         self.shards[i].pending.push_back((Instant::now(), Pending::Claim { name, reply_to }));
     }
@@ -1250,7 +1267,7 @@ impl BrokerThread {
     /// A connection let go of `name`: give the lease back (if Redis is unreachable, it
     /// expires by itself).
     fn release_name(&mut self, name: Bytes) {
-        if !self.leases.remove(&name) {
+        if self.leases.remove(&name).is_none() {
             return;
         }
         let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
@@ -1291,7 +1308,7 @@ impl BrokerThread {
     /// Extends every lease this node holds (a third of the lease time apart).
     fn refresh_leases(&mut self) {
         let lease = self.config().name_lease.as_millis().max(1).to_string();
-        let names: Vec<Bytes> = self.leases.iter().cloned().collect();
+        let names: Vec<Bytes> = self.leases.keys().cloned().collect();
         for name in names {
             let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
                 continue;
@@ -1703,7 +1720,7 @@ impl BrokerThread {
             Pending::Claim { name, reply_to } => {
                 let result = match reply {
                     Value::Simple(ok) if ok == "OK" => {
-                        self.leases.insert(name.clone());
+                        self.leases.insert(name.clone(), reply_to);
                         Ok(())
                     }
                     Value::Bulk(None) | Value::Null => {
@@ -1718,12 +1735,16 @@ impl BrokerThread {
                 self.tell(reply_to.worker, Answer::NameClaim { target: reply_to, name, result });
             }
             Pending::Lease { name } => {
-                if reply == Value::Integer(0) && self.leases.remove(&name) {
+                if reply != Value::Integer(0) {
+                    return;
+                }
+                if let Some(holder) = self.leases.remove(&name) {
                     self.broker().counters.leases_lost.fetch_add(1, Ordering::Relaxed);
                     warn!(
-                        "cluster: the lease on name {} went to another node (it expired during an outage)",
+                        "cluster: the lease on name {} went to another node (Redis lost it, or it expired during an outage); its client here is told",
                         String::from_utf8_lossy(&name)
                     );
+                    self.tell(holder.worker, Answer::NameLost { target: holder, name });
                 }
             }
             Pending::Publish(batch) => {
@@ -2344,6 +2365,28 @@ mod tests {
     fn scripts_are_named_by_their_sha1() {
         let script = Script::new("return 1");
         assert_eq!(script.sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+    }
+
+    #[test]
+    fn answers_go_back_in_each_connections_publish_order() {
+        let target = |key| AckTarget { worker: 0, key, serial: 1 };
+        let answer = |key, offset| Persisted {
+            target: target(key),
+            channel: Bytes::from_static(b"c"),
+            offset,
+            result: Ok(()),
+        };
+        let mut order = AnswerOrder::default();
+        let (a1, a2, a3) = (order.enter(target(1)), order.enter(target(1)), order.enter(target(1)));
+        let b1 = order.enter(target(2));
+        // Another connection is not held up by this one's.
+        assert_eq!(order.settle(target(2), b1, Some(answer(2, 9))).len(), 1);
+        assert!(order.settle(target(1), a3, Some(answer(1, 3))).is_empty(), "waits for a1, a2");
+        assert!(order.settle(target(1), a2, None).is_empty(), "a quiet one still waits for a1");
+        let due: Vec<u64> =
+            order.settle(target(1), a1, Some(answer(1, 1))).iter().map(|p| p.offset).collect();
+        assert_eq!(due, [1, 3]);
+        assert!(order.waiting.is_empty(), "nothing left held");
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub(crate) enum Answer {
         name: bytes::Bytes,
         result: Result<(), (crate::protocol::ErrorCode, Arc<str>)>,
     },
+    /// Cluster mode: the name's lease went to another node (Redis lost it, and another client
+    /// claimed the name before this node could reclaim it): the connection no longer holds it.
+    NameLost { target: disk::AckTarget, name: bytes::Bytes },
 }
 
 impl From<Persisted> for Answer {

@@ -541,6 +541,31 @@ impl Worker {
     /// Cluster mode: Redis answered a name claim. Granted, the connection takes its inbox (once
     /// the node serves it); refused, the name is let go here too and the client told why. A
     /// connection that is gone meanwhile gives a granted lease back.
+    /// Cluster mode: the connection's name went to another node's client (Redis lost the lease,
+    /// and the other claimed it first): the connection is told, keeps its connection and its
+    /// subscriptions, and no longer receives the inbox, so a name has one holder.
+    pub(super) fn name_lost(&mut self, target: AckTarget, name: &[u8]) {
+        let noted = ConnRef { key: target.key, serial: target.serial };
+        let Some(key) = self.resolve(noted) else { return };
+        let conn = &mut self.conns[key];
+        if conn.name() != Some(name) {
+            return;
+        }
+        let Some(i) = conn.subscriptions.iter().position(|s| s.channel.kind == ChannelKind::Inbox)
+        else {
+            return;
+        };
+        let inbox = conn.subscriptions.swap_remove(i);
+        self.detach_one(key, inbox);
+        self.shared.names.release(name);
+        let why = format!(
+            "name lost: Redis lost the lease on {} and another client claimed it; NAME again to claim another",
+            String::from_utf8_lossy(name)
+        );
+        let result = self.refuse(key, ErrorCode::Conflict, &why);
+        self.settle(key, result);
+    }
+
     pub(super) fn name_claimed(
         &mut self,
         target: AckTarget,

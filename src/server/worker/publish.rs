@@ -261,6 +261,10 @@ impl Worker {
                     self.backfilled(target, entries);
                     continue;
                 }
+                Answer::NameLost { target, name } => {
+                    self.name_lost(target, &name);
+                    continue;
+                }
             };
             let target = persisted.target;
             let noted = ConnRef { key: target.key, serial: target.serial };
