@@ -1320,3 +1320,45 @@ fn a_name_has_one_holder_after_redis_loses_its_leases() {
     bob.expect(Frame::Pong);
     assert_eq!(a.stats().cluster_leases_lost, 1);
 }
+
+/// A resume older than a node's memory reads the stream; when Redis cannot be asked (frozen,
+/// then given up on), the resume is refused with 503, to be tried again, never told `expired`
+/// for what Redis still holds. Once Redis is back the same resume gets everything.
+#[test]
+fn a_resume_that_cannot_read_the_stream_is_refused_not_told_expired() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], |_| {});
+    let b = node(&[&redis], |c| c.history_messages = 3);
+    let mut keeper = Conn::text(b.local_addr());
+    keeper.subscribe("deeper");
+    let mut publisher = Conn::binary(a.local_addr());
+    for k in 1..=10 {
+        publish_acked(&mut publisher, "deeper", format!("d{k}").as_bytes()).expect("published");
+    }
+    assert_eq!(messages(&mut keeper, 10).last().map(|m| m.1), Some(10));
+    let (epoch, _) = position(&mut Conn::text(b.local_addr()), "deeper");
+    let resume = || Request::Subscribe {
+        channel: b"deeper",
+        resume: Some(Resume { after: 2, epoch: Some(epoch), strict: true }),
+    };
+    redis.freeze();
+    let mut resumer = Conn::binary(b.local_addr());
+    resumer.send(resume());
+    match resumer.next() {
+        Frame::Err { code, reason } => {
+            assert_eq!(code, 503, "{reason}");
+            assert!(reason.contains("broker unavailable"), "{reason}");
+        }
+        other => panic!("expected ERR 503, got {other:?}"),
+    }
+    redis.thaw();
+    wait_until("b is back", || http(b.local_addr(), "GET", "/healthz", b"").status == 200);
+    resumer.send(resume());
+    match resumer.next() {
+        Frame::Hist { first, status, .. } => {
+            assert_eq!((first, status), (3, fanout::history::ResumeStatus::Ok))
+        }
+        other => panic!("expected HIST, got {other:?}"),
+    }
+    assert_eq!(messages(&mut resumer, 8).first().map(|m| m.1), Some(3));
+}

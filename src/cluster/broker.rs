@@ -1189,7 +1189,8 @@ impl BrokerThread {
                     self.refuse_batch(&batch, why.clone());
                 }
                 Pending::Backfill { reply_to } => {
-                    let answer = Answer::Backfill { target: reply_to, entries: Vec::new() };
+                    let why = "broker unavailable: Redis went away; the stream cannot be read now";
+                    let answer = Answer::Backfill { target: reply_to, entries: Err(why.into()) };
                     self.tell(reply_to.worker, answer);
                 }
                 Pending::Claim { name, reply_to } => {
@@ -1281,19 +1282,31 @@ impl BrokerThread {
     }
 
     /// Reads a channel's stream after `after` up to `upto` for a resume that memory no longer
-    /// covers; answers with nothing when Redis cannot be asked.
+    /// covers; refused (the resume is tried again) when Redis cannot be asked.
     fn backfill(&mut self, channel: &[u8], after: u64, upto: u64, reply_to: AckTarget) {
-        let ready = self.shard_of(channel).filter(|&i| self.shards[i].is_ready());
-        let Some(i) = ready.filter(|_| upto > after) else {
-            self.tell(reply_to.worker, Answer::Backfill { target: reply_to, entries: Vec::new() });
+        if upto <= after {
+            self.tell(
+                reply_to.worker,
+                Answer::Backfill { target: reply_to, entries: Ok(Vec::new()) },
+            );
             return;
+        }
+        let unavailable =
+            |why: &str| Answer::Backfill { target: reply_to, entries: Err(why.into()) };
+        let ready = self.shard_of(channel).filter(|&i| self.shards[i].is_ready());
+        let Some(i) = ready else {
+            let why = "broker unavailable: Redis is unreachable; the stream cannot be read now";
+            return self.tell(reply_to.worker, unavailable(why));
         };
         let log = Keys::new(&self.config().key_prefix, channel).log();
         // The stream's length is the publishers' setting, not ours: bounded here only so that
         // one answer stays a sane size (a longer gap is told `expired` after this much).
         let count = (upto - after).min(MAX_BACKFILL);
         let (from, to) = (format!("(0-{after}"), format!("0-{upto}"));
-        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            return self
+                .tell(reply_to.worker, unavailable("broker unavailable: Redis is unreachable"));
+        };
         link.command(&[
             b"XRANGE",
             &log,
@@ -1668,15 +1681,19 @@ impl BrokerThread {
             }
             Pending::Probe => {}
             Pending::Backfill { reply_to } => {
-                let entries = parse_entries(reply).unwrap_or_default();
-                let entries = entries
-                    .into_iter()
-                    .map(|(offset, published_ms, payload)| Retained {
-                        offset,
-                        published_ms,
-                        payload,
+                let entries = parse_entries(reply)
+                    .map(|entries| {
+                        let retained = |(offset, published_ms, payload)| Retained {
+                            offset,
+                            published_ms,
+                            payload,
+                        };
+                        entries.into_iter().map(retained).collect()
                     })
-                    .collect();
+                    .map_err(|e| {
+                        warn!("cluster: a resume could not read the stream: {e}");
+                        Arc::from(format!("broker unavailable: the stream could not be read ({e})"))
+                    });
                 self.tell(reply_to.worker, Answer::Backfill { target: reply_to, entries });
             }
             Pending::Check { topic, epoch, last } => {

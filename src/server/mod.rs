@@ -48,7 +48,9 @@ pub(crate) enum Answer {
     /// it could not be (then the publisher is told why).
     Published(Persisted),
     /// Cluster mode: the stream's messages a resume asked for (none when Redis could not say).
-    Backfill { target: disk::AckTarget, entries: Vec<crate::history::Retained> },
+    /// `Err`: the stream could not be read now (Redis unreachable, or an error): the resume is
+    /// refused with 503, to be tried again, never told `expired` for what Redis may still hold.
+    Backfill { target: disk::AckTarget, entries: Result<Vec<crate::history::Retained>, Arc<str>> },
     /// Cluster mode: Redis granted a name claim, or refused it.
     NameClaim {
         target: disk::AckTarget,

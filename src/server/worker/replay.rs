@@ -84,13 +84,26 @@ impl Worker {
     /// Cluster mode: the stream answered a resume's backfill. If it holds the messages right after
     /// the client's offset, the resume is whole after all; the stream's messages go out first,
     /// then memory's.
-    pub(super) fn backfilled(&mut self, target: AckTarget, entries: Vec<Retained>) {
+    pub(super) fn backfilled(
+        &mut self,
+        target: AckTarget,
+        entries: Result<Vec<Retained>, std::sync::Arc<str>>,
+    ) {
         let noted = ConnRef { key: target.key, serial: target.serial };
         let Some(key) = self.resolve(noted) else { return };
         if !matches!(self.conns[key].wait(), Some(Wait::Backfill(_))) {
             return;
         }
         let Some(Wait::Backfill(backfill)) = self.conns[key].end_wait() else { return };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(why) => {
+                // What Redis may still hold is not `expired`: the resume is tried again.
+                let result = self.refuse(key, crate::protocol::ErrorCode::Unavailable, &why);
+                let result = result.and_then(|()| self.go_on(key));
+                return self.settle(key, result);
+            }
+        };
         let Backfill { channel, resume, mut bounds } = *backfill;
         let from_stream: VecDeque<Retained> = entries
             .into_iter()
