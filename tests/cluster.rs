@@ -1362,3 +1362,27 @@ fn a_resume_that_cannot_read_the_stream_is_refused_not_told_expired() {
     }
     assert_eq!(messages(&mut resumer, 8).first().map(|m| m.1), Some(3));
 }
+
+/// A Redis given by host name is resolved off the broker's thread (getaddrinfo blocks), and
+/// connected without waiting; a server that refuses connections is retried, the node serving
+/// nothing meanwhile and then everything once it is up.
+#[test]
+fn a_redis_by_host_name_and_one_that_comes_up_late() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    redis.kill();
+    let server = start(|c| {
+        let url = format!("redis://localhost:{port}");
+        let mut cluster = ClusterConfig::new(vec![url.parse().expect("a Redis URL")]);
+        cluster.command_timeout = Duration::from_millis(1000);
+        c.cluster = Some(cluster);
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(http(server.local_addr(), "GET", "/healthz", b"").status, 503);
+    redis.restart();
+    wait_until("the node connected through the host name", || {
+        http(server.local_addr(), "GET", "/healthz", b"").status == 200
+    });
+    let mut publisher = Conn::binary(server.local_addr());
+    assert_eq!(publish_acked(&mut publisher, "named", b"hello"), Ok(1));
+}

@@ -418,6 +418,12 @@ struct Shard {
     retry_at: Option<Instant>,
     backoff: Duration,
     ever_up: bool,
+    /// Its host name is being resolved on a helper thread.
+    resolving: bool,
+    /// Its host name's addresses, resolved for the next connect.
+    resolved: Vec<std::net::SocketAddr>,
+    /// Connects tried: a name with several addresses is tried at each in turn.
+    connects: usize,
 }
 
 impl Shard {
@@ -438,6 +444,9 @@ impl Shard {
             retry_at: Some(now),
             backoff: BACKOFF_MIN,
             ever_up: false,
+            resolving: false,
+            resolved: Vec::new(),
+            connects: 0,
         }
     }
 
@@ -766,6 +775,9 @@ impl BrokerThread {
                     self.backfill(&channel, after, upto, reply_to)
                 }
                 BrokerOp::SlotMap(Ok((seed, ranges))) => self.apply_slot_map(seed, ranges),
+                BrokerOp::Resolved { shard, endpoint, result } => {
+                    self.resolved(shard, endpoint, result)
+                }
                 BrokerOp::SlotMap(Err(why)) => {
                     self.discovering = false;
                     warn!("cluster: cannot read the slot map: {why}");
@@ -1055,21 +1067,84 @@ impl BrokerThread {
         }
     }
 
+    /// The address to connect server `i` at: its host if that is an address, else the name
+    /// resolved on a helper thread (then `None` now, and `connect` is called again once it is:
+    /// `BrokerOp::Resolved`). Names are resolved again for every connect (a managed Redis may
+    /// move).
+    fn address_of(&mut self, i: usize) -> Option<std::net::SocketAddr> {
+        let shard = &mut self.shards[i];
+        let endpoint = shard.endpoint.clone();
+        if let Ok(ip) = endpoint.host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            return Some(std::net::SocketAddr::new(ip, endpoint.port));
+        }
+        if !shard.resolved.is_empty() {
+            shard.connects += 1;
+            let addrs = std::mem::take(&mut shard.resolved);
+            return Some(addrs[shard.connects % addrs.len()]);
+        }
+        if std::mem::replace(&mut shard.resolving, true) {
+            return None;
+        }
+        shard.retry_at = None;
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new().name("fanout-resolve".into()).spawn(move || {
+            use std::net::ToSocketAddrs;
+            let result = (endpoint.host.as_str(), endpoint.port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>)
+                .map_err(|e| e.to_string())
+                .and_then(|addrs| match addrs.is_empty() {
+                    true => Err("no address".to_string()),
+                    false => Ok(addrs),
+                });
+            if let Some(broker) = shared.broker.as_ref() {
+                broker.send(BrokerOp::Resolved { shard: i, endpoint, result });
+            }
+        });
+        if let Err(e) = spawned {
+            let shard = &mut self.shards[i];
+            shard.resolving = false;
+            shard.retry_at = Some(Instant::now() + BACKOFF_MAX);
+            warn!("cluster: cannot start a thread to resolve {}: {e}", shard.endpoint);
+        }
+        None
+    }
+
+    /// A host name resolved (`address_of`): connect now, or retry later.
+    fn resolved(
+        &mut self,
+        i: usize,
+        endpoint: RedisEndpoint,
+        result: Result<Vec<std::net::SocketAddr>, String>,
+    ) {
+        let Some(shard) = self.shards.get_mut(i) else { return };
+        if shard.endpoint.host != endpoint.host || shard.endpoint.port != endpoint.port {
+            return;
+        }
+        shard.resolving = false;
+        match result {
+            Ok(addrs) => {
+                shard.resolved = addrs;
+                shard.retry_at = Some(Instant::now());
+            }
+            Err(e) => {
+                let delay = jittered(shard.backoff);
+                shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
+                shard.retry_at = Some(Instant::now() + delay);
+                warn!("cluster: cannot resolve {endpoint}: {e}; retrying in {delay:.1?}");
+            }
+        }
+    }
+
     fn connect(&mut self, i: usize) {
         let endpoint = self.shards[i].endpoint.clone();
+        let Some(addr) = self.address_of(i) else { return };
         let max_bulk = self.shared.config.max_frame_bytes + 64 * 1024;
         let registry = self.poll.registry();
-        let links = Link::connect(&endpoint.host, endpoint.port, Token(2 * i), registry, max_bulk)
-            .and_then(|commands| {
-                let pubsub = Link::connect(
-                    &endpoint.host,
-                    endpoint.port,
-                    Token(2 * i + 1),
-                    registry,
-                    max_bulk,
-                )?;
-                Ok((commands, pubsub))
-            });
+        let links = Link::connect(addr, Token(2 * i), registry, max_bulk).and_then(|commands| {
+            let pubsub = Link::connect(addr, Token(2 * i + 1), registry, max_bulk)?;
+            Ok((commands, pubsub))
+        });
         let shard = &mut self.shards[i];
         let (mut commands, mut pubsub) = match links {
             Ok(links) => links,

@@ -2,8 +2,7 @@
 //! pipelined commands, and an input buffer parsed into RESP values with `protocol::resp`.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};
 use mio::net::TcpStream;
@@ -11,51 +10,61 @@ use mio::{Interest, Registry, Token};
 
 use crate::protocol::resp::{self, Value};
 
-/// How long connecting to Redis may take (the broker thread waits for it).
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
 #[derive(Debug)]
 pub(super) struct Link {
     stream: TcpStream,
     token: Token,
     out: BytesMut,
     input: Vec<u8>,
-    /// WRITABLE is registered (the kernel buffer was full).
+    /// WRITABLE is registered (connecting, or the kernel buffer was full).
     want_write: bool,
+    /// The connect has not completed yet: commands queue until it has.
+    connecting: bool,
     max_bulk: usize,
 }
 
 impl Link {
-    /// Connects (blocking, bounded by `CONNECT_TIMEOUT`) and registers for reading.
+    /// Starts connecting to `addr` without waiting (the broker's thread never blocks on a
+    /// connect: a server that does not answer is given up on by the command timeout, since the
+    /// commands queued meanwhile go unanswered). Registered for READABLE and WRITABLE; the
+    /// connect completes on the first event (`ready`).
     pub fn connect(
-        host: &str,
-        port: u16,
+        addr: SocketAddr,
         token: Token,
         registry: &Registry,
         max_bulk: usize,
     ) -> io::Result<Link> {
-        let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for addr in addrs {
-            match std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    stream.set_nonblocking(true)?;
-                    let mut stream = TcpStream::from_std(stream);
-                    registry.register(&mut stream, token, Interest::READABLE)?;
-                    return Ok(Link {
-                        stream,
-                        token,
-                        out: BytesMut::with_capacity(16 * 1024),
-                        input: Vec::new(),
-                        want_write: false,
-                        max_bulk,
-                    });
-                }
-                Err(e) => last = e,
-            }
+        let mut stream = TcpStream::connect(addr)?;
+        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Link {
+            stream,
+            token,
+            out: BytesMut::with_capacity(16 * 1024),
+            input: Vec::new(),
+            want_write: true,
+            connecting: true,
+            max_bulk,
+        })
+    }
+
+    /// Completes a connect in progress: `Ok(true)` once connected, `Ok(false)` while it is still
+    /// under way, `Err` when it failed (refused, unreachable).
+    fn ready(&mut self) -> io::Result<bool> {
+        if !self.connecting {
+            return Ok(true);
         }
-        Err(last)
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {
+                self.connecting = false;
+                self.stream.set_nodelay(true)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Queues one command (an array of bulk strings).
@@ -75,8 +84,12 @@ impl Link {
         !self.out.is_empty()
     }
 
-    /// Writes what is queued; registers for WRITABLE when the kernel buffer fills.
+    /// Writes what is queued (once connected); registers for WRITABLE when the kernel buffer
+    /// fills.
     pub fn flush(&mut self, registry: &Registry) -> io::Result<()> {
+        if !self.ready()? {
+            return Ok(());
+        }
         while !self.out.is_empty() {
             match self.stream.write(&self.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -111,6 +124,9 @@ impl Link {
     /// Reads what has arrived and hands each complete value to `each`. An error (the peer
     /// closed, a malformed reply) means the link is dead.
     pub fn read(&mut self, mut each: impl FnMut(Value)) -> io::Result<()> {
+        if !self.ready()? {
+            return Ok(());
+        }
         let mut chunk = [0u8; 64 * 1024];
         loop {
             match self.stream.read(&mut chunk) {

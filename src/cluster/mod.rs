@@ -325,6 +325,12 @@ pub(crate) enum BrokerOp {
     /// Redis Cluster: a slot map read on a helper thread (`CLUSTER SLOTS`, from the first node
     /// that answered), or why none could be.
     SlotMap(Result<(RedisEndpoint, Vec<broker::SlotRange>), String>),
+    /// A server's host name resolved on a helper thread (`getaddrinfo` blocks), or why not.
+    Resolved {
+        shard: usize,
+        endpoint: RedisEndpoint,
+        result: Result<Vec<std::net::SocketAddr>, String>,
+    },
     Shutdown,
 }
 
