@@ -508,6 +508,8 @@ class Subscriber:
             elif f[0] == "HIST":
                 g = line.split(" ")
                 c, ep, first, last, status = g[1], g[2], int(g[3]), int(g[4]), g[5]
+                if c not in self.events:
+                    continue
                 self.events[c].append((t, "hist", ep, first, last, status, conn["node"]))
                 if ep != self.epoch[c]:
                     self.last[c] = 0
@@ -731,7 +733,22 @@ async def run_phase(phase, args, procs, rng):
         for p in list(rs.alive):
             await asyncio.to_thread(rs.kill, p)
     check(rec, subs, channels, phase)
+    dump(args.work, rec, subs, channels)
     return rec
+
+
+def dump(work, rec, subs, channels):
+    """Everything recorded, for a closer look (kept with KEEP=1)."""
+    with open(os.path.join(work, f"events-{rec.phase}.txt"), "w") as out:
+        for f in rec.faults:
+            out.write(f"fault {f}\n")
+        for m in rec.published.values():
+            out.write(f"pub {m['t_send']:.3f} {m['chan']} {m['payload']} node{m['node']} {m['status']} "
+                      f"{m['off']} {m.get('t_ack') or 0:.3f} {m.get('reason', '')}\n")
+        for s in subs:
+            for c in channels:
+                for ev in s.events[c]:
+                    out.write(f"sub{s.id} {c} {ev[0]:.3f} {' '.join(str(x) for x in ev[1:])}\n")
 
 
 # ---------------------------------------------------------------------------------------------

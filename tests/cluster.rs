@@ -1386,3 +1386,30 @@ fn a_redis_by_host_name_and_one_that_comes_up_late() {
     let mut publisher = Conn::binary(server.local_addr());
     assert_eq!(publish_acked(&mut publisher, "named", b"hello"), Ok(1));
 }
+
+/// The broker never waits for room in the ring: with a tiny ring, a burst from another node is
+/// read from Redis only as fast as the workers drain it (the rest waits in Redis and TCP), and
+/// arrives whole and in order; the node's own publishes are answered meanwhile.
+#[test]
+fn a_burst_into_a_tiny_ring_arrives_whole_and_in_order() {
+    const MESSAGES: u64 = 20_000;
+    let redis = RedisServer::start();
+    let a = node(&[&redis], |_| {});
+    let b = node(&[&redis], |c| c.ring_slots = 64);
+    let mut subscriber = Conn::binary(b.local_addr());
+    subscriber.subscribe("burst");
+    let mut publisher = Conn::binary(a.local_addr());
+    let payload = [b'p'; 100];
+    for _ in 0..MESSAGES {
+        publisher.publish("burst", &payload);
+    }
+    let mut local = Conn::binary(b.local_addr());
+    assert!(publish_acked(&mut local, "elsewhere", b"answered").is_ok());
+    for expected in 1..=MESSAGES {
+        match subscriber.next() {
+            Frame::Msg { offset, .. } => assert_eq!(offset, expected),
+            other => panic!("expected message {expected}, got {other:?}"),
+        }
+    }
+    assert_eq!(b.stats().cluster_offsets_lost, 0);
+}

@@ -61,6 +61,14 @@ const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
 /// ...and this often while a master of the map does not answer (a failover promotes one of its
 /// replicas within the cluster's node timeout; the map names it once it has).
 const TOPOLOGY_RETRY: Duration = Duration::from_millis(250);
+/// Bytes read from one pub/sub connection per turn: what they deliver fits the ring's headroom
+/// (`RING_HEADROOM` of it free), so the broker never waits for room in the middle of them.
+const PUSH_READ_BUDGET: usize = 64 * 1024;
+/// A pub/sub connection is read only while this share of the ring is free; otherwise it is
+/// left unread (Redis holds its output; TCP pushes back) and read again once workers drained.
+const RING_HEADROOM: u64 = 4;
+/// How often a connection left unread is looked at again.
+const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 
 /// Gives runs of messages their offsets, appends them to their channels' streams and publishes
 /// one envelope per channel carrying its run: one script call for a whole turn's publishes to
@@ -533,6 +541,9 @@ struct BrokerThread {
     patterns: HashMap<Bytes, PatternTrack>,
     /// Names this node holds a lease on.
     leases: HashMap<Bytes, AckTarget>,
+    /// Servers whose pub/sub connection has input left unread (its read budget ran out, or the
+    /// ring had too little room): read again before anything new, once there is room.
+    unread: Vec<usize>,
     /// Publish answers held until their connection's earlier publishes are answered.
     answers: std::cell::RefCell<AnswerOrder>,
     next_refresh: Instant,
@@ -605,6 +616,7 @@ impl Unstarted {
             release: Script::new(RELEASE_LUA),
             leases: Default::default(),
             answers: Default::default(),
+            unread: Vec::new(),
             patterns: HashMap::new(),
             next_refresh: now,
         }
@@ -703,8 +715,14 @@ impl BrokerThread {
                 }
             }
             for t in ready {
-                self.link_ready(t / 2, t % 2 == 1);
+                let (i, pubsub) = (t / 2, t % 2 == 1);
+                if pubsub && !self.ring_has_room() {
+                    self.leave_unread(i);
+                } else {
+                    self.link_ready(i, pubsub);
+                }
             }
+            self.read_unread();
             self.take_ops();
             if self.stopping || self.shared.shutdown.load(Ordering::Acquire) {
                 break;
@@ -737,6 +755,7 @@ impl BrokerThread {
             })
             .flatten()
             .chain(self.discover_at)
+            .chain((!self.unread.is_empty()).then(|| Instant::now() + BACKPRESSURE_RETRY))
             .fold(self.next_sweep, Instant::min)
     }
 
@@ -1657,12 +1676,50 @@ impl BrokerThread {
         }
     }
 
+    /// Whether the ring has the headroom to take a pub/sub read's messages without waiting.
+    fn ring_has_room(&self) -> bool {
+        let ring = self.producer.ring();
+        ring.capacity().saturating_sub(ring.backlog()) >= ring.capacity() / RING_HEADROOM
+    }
+
+    /// Notes that server `i`'s pub/sub connection has input left to read (its liveness probe
+    /// may be among it: not a silent connection).
+    fn leave_unread(&mut self, i: usize) {
+        if !self.unread.contains(&i) {
+            self.unread.push(i);
+        }
+        if let Some(shard) = self.shards.get_mut(i) {
+            if shard.probe_sent.is_some() {
+                shard.probe_sent = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Reads the pub/sub connections left unread, while the ring has room.
+    fn read_unread(&mut self) {
+        for i in std::mem::take(&mut self.unread) {
+            if self.ring_has_room() {
+                self.link_ready(i, true);
+            } else {
+                self.leave_unread(i);
+            }
+        }
+    }
+
     fn link_ready(&mut self, i: usize, pubsub: bool) {
         let Some(shard) = self.shards.get_mut(i) else { return };
         let link = if pubsub { shard.pubsub.as_mut() } else { shard.commands.as_mut() };
         let Some(link) = link else { return };
         let mut values = Vec::new();
-        let read = link.read(|value| values.push(value));
+        let budget = if pubsub { PUSH_READ_BUDGET } else { usize::MAX };
+        let read = link.read(budget, |value| values.push(value));
+        if pubsub && matches!(read, Ok(true)) {
+            self.unread.retain(|&u| u != i);
+            self.unread.push(i);
+        }
+        let Some(shard) = self.shards.get_mut(i) else { return };
+        let link = if pubsub { shard.pubsub.as_mut() } else { shard.commands.as_mut() };
+        let Some(link) = link else { return };
         let flushed = link.flush(self.poll.registry());
         for value in values {
             if !self.shards[i].is_connected() {
@@ -1674,7 +1731,8 @@ impl BrokerThread {
                 self.on_reply(i, value);
             }
         }
-        if let Err(e) = read.and(flushed) {
+        if let Err(e) = read.map(drop).and(flushed) {
+            self.unread.retain(|&u| u != i);
             self.shard_down(i, &e.to_string());
         }
     }

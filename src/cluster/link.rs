@@ -121,24 +121,33 @@ impl Link {
         Ok(())
     }
 
-    /// Reads what has arrived and hands each complete value to `each`. An error (the peer
-    /// closed, a malformed reply) means the link is dead.
-    pub fn read(&mut self, mut each: impl FnMut(Value)) -> io::Result<()> {
+    /// Reads what has arrived, up to `budget` bytes, and hands each complete value to `each`.
+    /// Returns whether more may be waiting (the budget ran out before the socket did: with
+    /// edge-triggered readiness no new event comes for it, so the caller reads again). An error
+    /// (the peer closed, a malformed reply) means the link is dead.
+    pub fn read(&mut self, budget: usize, mut each: impl FnMut(Value)) -> io::Result<bool> {
         if !self.ready()? {
-            return Ok(());
+            return Ok(false);
         }
         let mut chunk = [0u8; 64 * 1024];
-        loop {
+        let mut read = 0;
+        let more = loop {
+            if read >= budget {
+                break true;
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed by Redis"))
                 }
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    read += n;
+                    self.input.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-        }
+        };
         let mut at = 0;
         while at < self.input.len() {
             match resp::parse_value(&self.input[at..], self.max_bulk) {
@@ -159,7 +168,7 @@ impl Link {
         if self.input.is_empty() && self.input.capacity() > 1 << 20 {
             self.input = Vec::new();
         }
-        Ok(())
+        Ok(more)
     }
 
     pub fn deregister(&mut self, registry: &Registry) {
