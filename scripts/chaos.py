@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import redis
@@ -316,6 +317,7 @@ class Nodes:
                     break
             self.ports.append(p)
         self.up = [False] * 3
+        self.unhealthy = []
 
     def start(self, i):
         p = self.ports[i]
@@ -325,12 +327,24 @@ class Nodes:
                                       "--redis-timeout-ms", str(self.timeout_ms)] + self.redis_args,
                          os.path.join(self.work, f"{self.phase}-node{i}.log"))
 
-        def healthy():
-            with urllib.request.urlopen(f"http://127.0.0.1:{p}/healthz", timeout=1) as r:
-                return r.status == 200
-        ok = wait_until(healthy, 20, 0.1)
+        def listening():
+            socket.create_connection(("127.0.0.1", p), timeout=1).close()
+            return True
+        ok = wait_until(listening, 10, 0.05)
         self.up[i] = True
+        # /healthz: 200 once the node can publish (recorded, see the notes of the report)
+        if ok and not wait_until(lambda: self.healthy(i), 5 if self.phase == "cluster" else 20, 0.1):
+            self.unhealthy.append((now(), i, self.health_body(i)))
         return ok
+
+    def health_body(self, i):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[i]}/healthz", timeout=1) as r:
+                return f"{r.status} {r.read().decode()}"
+        except urllib.error.HTTPError as e:
+            return f"{e.code} {e.read().decode()}"
+        except Exception as e:
+            return repr(e)
 
     def kill(self, i):
         self.up[i] = False
@@ -473,7 +487,11 @@ class Subscriber:
                     req = (self.last[c], self.epoch[c])
                 self.events[c].append((now(), "sub", self.node, req))
             writer.write(("\r\n".join(lines) + "\r\n").encode())
-            reason = await self.read(reader, writer, conn)
+            try:
+                reason = await self.read(reader, writer, conn)
+            except Exception as e:
+                reason = f"driver error {e!r}"
+                self.rec.violation(2, f"(driver) subscriber {self.id}: {e!r}")
             conn["end"] = now()
             try:
                 writer.close()
@@ -529,7 +547,7 @@ class Subscriber:
                 self.rec.info.append(f"subscriber {self.id} node {conn['node']}: {line}")
                 self.rec.sub_errs += 1
                 return f"err {line}"
-            else:
+            elif not line.startswith("HIST * "):
                 self.rec.info.append(f"subscriber {self.id}: unexpected {line}")
         return "stop"
 
@@ -591,7 +609,7 @@ async def run_phase(phase, args, procs, rng):
     for i in range(3):
         ok = await asyncio.to_thread(nodes.start, i)
         if not ok:
-            rec.violation(3, f"node {i} not healthy 20 s after start")
+            rec.violation(3, f"node {i} not listening 10 s after start")
     log(f"redis {getattr(rs, 'port', None) or rs.ports}, nodes {nodes.ports}, channels {channels}")
 
     subs = [Subscriber(i, nodes, channels, rec) for i in range(6)]
@@ -661,7 +679,7 @@ async def run_phase(phase, args, procs, rng):
             ok = await asyncio.to_thread(nodes.start, i)
             f["t_end"] = now()
             if not ok:
-                rec.violation(3, f"cycle {cycle}: node {i} not healthy 20 s after restart")
+                rec.violation(3, f"cycle {cycle}: node {i} not listening 10 s after restart")
             log(f"cycle {cycle}: SIGKILL node {i} (port {nodes.ports[i]}), restart after {down:.1f} s")
         elif kind == "stop_master":
             masters = await asyncio.to_thread(rs.masters)
@@ -722,9 +740,9 @@ async def run_phase(phase, args, procs, rng):
     await asyncio.wait(sub_tasks, timeout=5)
     for t in sub_tasks + pub_tasks + ([snap_task] if snap_task else []):
         t.cancel()
-    healthy = [nodes.healthy(i) for i in range(3)]
-    if not all(healthy):
-        rec.violation(3, f"after quiescing, node health {healthy}")
+    healthy = [nodes.health_body(i) for i in range(3)]
+    rec.health = healthy
+    rec.unhealthy_starts = nodes.unhealthy
     for i in range(3):
         await asyncio.to_thread(nodes.kill, i)
     if phase == "standalone":
@@ -957,6 +975,11 @@ def report(rec):
         print(f"  promise {p} ({names[p]}): {'PASS' if ok else 'FAIL'} ({len(v)} violations)")
         for line in v[:5]:
             print(f"      {line}")
+    bad = [h for h in rec.health if not h.startswith("200")]
+    if bad or rec.unhealthy_starts:
+        print(f"  also observed: /healthz after quiescing: {rec.health}; "
+              f"{len(rec.unhealthy_starts)} node start(s) not healthy within 5-20 s "
+              f"(first: {rec.unhealthy_starts[:1]})")
     if rec.info:
         counts = collections.Counter(i.split(":", 1)[1].strip()[:60] for i in rec.info)
         print("  notes: " + "; ".join(f"{k} x{n}" for k, n in counts.most_common(6)))

@@ -25,9 +25,10 @@ use log::{debug, info, warn};
 use mio::{Events, Poll, Token, Waker};
 
 use super::link::Link;
+use super::mirror::{ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
 use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
 use crate::history::disk::{AckTarget, Persisted};
-use crate::history::{new_epoch, now_ms, Mirror, Retained};
+use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
 use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
 use crate::server::channels::{Channel, Message, EPOCH_NOTICE, EXPIRED_NOTICE};
@@ -469,42 +470,21 @@ impl Shard {
     }
 }
 
-enum State {
-    Subscribing,
-    Syncing { buffer: Vec<Envelope> },
-    Live,
-}
-
 /// A channel this node serves.
 struct Tracked {
     channel: Arc<Channel>,
     /// Its server (unknown while a Redis Cluster's slot map is being read).
     shard: Option<usize>,
-    state: State,
-    /// The local log does not mirror the stream yet: the first sync replaces it.
-    fresh: bool,
+    /// Its mirror of the channel's log in Redis (the state machine the simulator drives).
+    mirror: ChannelMirror,
     /// When its last message arrived (or it became live).
     last_heard: Instant,
     /// Its latest offset in Redis was compared with the log's since then.
     checked: bool,
-    /// Served only because a pattern subscription (PSUBSCRIBE) matches it: no SUBSCRIBE of its
-    /// own, and its log is not offered to plain subscribers until one asks (then it is).
-    via_pattern: bool,
-    /// Messages up to this offset that a sync reads are history, not for the ring (`u64::MAX`:
-    /// everything a fresh sync reads; a channel found through a pattern delivers from its first
-    /// message on).
-    live_from: u64,
-    /// Epochs of this channel that ended while this node served it (the latest few): a message
-    /// of one arriving late (it was on its way when the epoch changed) is dropped, not taken
-    /// for a change to repair from the stream.
-    ended: Vec<u64>,
     /// A quiet check found Redis's latest offset ahead of the log: a loss, if the log has not
     /// caught up by the next sweep (a message still on its way is not one).
     behind: Option<u64>,
 }
-
-/// Ended epochs remembered per channel.
-const ENDED_EPOCHS: usize = 4;
 
 struct BrokerThread {
     poll: Poll,
@@ -1047,7 +1027,7 @@ impl BrokerThread {
             let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
             let moved = tracked.shard != shard;
             // A channel still subscribing may have been refused (MOVED): ask again.
-            if !moved && !matches!(tracked.state, State::Subscribing) {
+            if !moved && !matches!(tracked.mirror.state, MirrorState::Subscribing) {
                 continue;
             }
             if moved {
@@ -1058,7 +1038,7 @@ impl BrokerThread {
                 }
                 tracked.shard = shard;
             }
-            tracked.state = State::Subscribing;
+            tracked.mirror.resubscribe();
             if let Some(new) = shard.and_then(|i| self.shards.get_mut(i)) {
                 if new.is_connected() {
                     new.to_subscribe.push(topic);
@@ -1203,7 +1183,7 @@ impl BrokerThread {
         // Every channel served here is subscribed again and repaired from its stream.
         let shard = &mut self.shards[i];
         for (topic, tracked) in self.tracked.iter_mut().filter(|(_, t)| t.shard == Some(i)) {
-            tracked.state = State::Subscribing;
+            tracked.mirror.resubscribe();
             shard.to_subscribe.push(topic.clone());
         }
         for (glob, track) in self.patterns.iter_mut() {
@@ -1268,7 +1248,7 @@ impl BrokerThread {
         }
         self.refuse_pending(i, why);
         for tracked in self.tracked.values_mut().filter(|t| t.shard == Some(i)) {
-            tracked.state = State::Subscribing;
+            tracked.mirror.resubscribe();
         }
     }
 
@@ -1482,7 +1462,7 @@ impl BrokerThread {
                 keys.push(self.lease_key(&channel[1..]));
             }
             known.push(match self.tracked.get(&names.topic) {
-                Some(tracked) if !tracked.fresh => {
+                Some(tracked) if !tracked.mirror.fresh => {
                     let log = tracked.channel.lock_log();
                     (log.epoch.to_be_bytes(), log.last_offset().to_string())
                 }
@@ -1570,7 +1550,7 @@ impl BrokerThread {
         if let Some(tracked) = self.tracked.get_mut(&keys.topic) {
             // Found through a pattern: now it gets a subscription of its own, and once that is
             // confirmed its log is offered to plain subscribers.
-            if std::mem::take(&mut tracked.via_pattern) {
+            if std::mem::take(&mut tracked.mirror.via_pattern) {
                 if let Some(shard) = tracked.shard.and_then(|i| self.shards.get_mut(i)) {
                     if shard.is_connected() {
                         shard.to_subscribe.push(keys.topic);
@@ -1585,13 +1565,9 @@ impl BrokerThread {
             Tracked {
                 channel,
                 shard,
-                state: State::Subscribing,
-                fresh: true,
+                mirror: ChannelMirror::new(u64::MAX, false),
                 last_heard: Instant::now(),
                 checked: false,
-                via_pattern: false,
-                live_from: u64::MAX,
-                ended: Vec::new(),
                 behind: None,
             },
         );
@@ -1611,9 +1587,9 @@ impl BrokerThread {
         for (topic, tracked) in &self.tracked {
             // A channel found through a pattern is kept while it is busy (found again, it would
             // be read again).
-            let quiet =
-                !tracked.via_pattern || tracked.last_heard.elapsed() >= PATTERN_CHANNEL_QUIET;
-            let idle = matches!(tracked.state, State::Live)
+            let quiet = !tracked.mirror.via_pattern
+                || tracked.last_heard.elapsed() >= PATTERN_CHANNEL_QUIET;
+            let idle = matches!(tracked.mirror.state, MirrorState::Live)
                 && quiet
                 && !Arc::ptr_eq(&tracked.channel, registry.broadcast())
                 && registry.release_if_unused(&tracked.channel);
@@ -1640,14 +1616,13 @@ impl BrokerThread {
         let mut lost = Vec::new();
         for (topic, tracked) in self.tracked.iter_mut() {
             if let Some(latest) = tracked.behind.take() {
-                let live = matches!(tracked.state, State::Live);
-                if live && tracked.channel.lock_log().last_offset() < latest {
-                    tracked.state = State::Syncing { buffer: Vec::new() };
-                    lost.push((tracked.shard, topic.clone()));
+                let log = tracked.channel.lock_log();
+                if let Some(outcome) = tracked.mirror.still_behind(&*log, latest) {
+                    lost.push((topic.clone(), outcome));
                 }
             }
             let quiet = now.saturating_duration_since(tracked.last_heard) >= QUIET_AFTER;
-            if tracked.checked || !quiet || !matches!(tracked.state, State::Live) {
+            if tracked.checked || !quiet || !matches!(tracked.mirror.state, MirrorState::Live) {
                 continue;
             }
             let Some(shard) = tracked.shard.and_then(|i| self.shards.get_mut(i)) else { continue };
@@ -1666,13 +1641,9 @@ impl BrokerThread {
             shard.pending.push_back((now, check));
             tracked.checked = true;
         }
-        for (shard, topic) in lost {
+        for (topic, outcome) in lost {
             self.broker().counters.quiet_losses.fetch_add(1, Ordering::Relaxed);
-            let after = self.sync_start(&topic);
-            match shard {
-                Some(shard) => self.send_sync(shard, topic, after, false),
-                None => tracked_resubscribe(&mut self.tracked, &topic),
-            }
+            self.apply(&topic, outcome);
         }
     }
 
@@ -1845,27 +1816,13 @@ impl BrokerThread {
                     }
                     _ => (None, None),
                 };
-                // Redis's counter only grows within an epoch: below what this node held when it
-                // asked, it went back.
-                if redis_epoch == Some(epoch) && latest.is_some_and(|latest| latest < last) {
-                    return self.rolled_back(&topic, epoch, "its latest offset went back");
-                }
                 let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-                if !matches!(tracked.state, State::Live) {
-                    return;
-                }
-                let (log_epoch, log_last) = {
+                let (outcome, behind) = {
                     let log = tracked.channel.lock_log();
-                    (log.epoch, log.last_offset())
+                    tracked.mirror.checked(&*log, (epoch, last), (redis_epoch, latest))
                 };
-                if redis_epoch.is_some_and(|e| e != log_epoch) {
-                    // Another epoch under a quiet channel (its keys expired, or a rollback was
-                    // ended by another node): read the new log.
-                    tracked.state = State::Syncing { buffer: Vec::new() };
-                    self.send_sync(i, topic, 0, false);
-                } else if latest.is_some_and(|latest| latest > log_last) {
-                    tracked.behind = latest;
-                }
+                tracked.behind = behind;
+                self.apply(&topic, outcome);
             }
             Pending::Claim { name, reply_to } => {
                 let result = match reply {
@@ -1963,7 +1920,7 @@ impl BrokerThread {
                     self.slot_moved(&e);
                 }
                 reply => match parse_sync(reply) {
-                    Ok(synced) => self.synced(i, topic, after, synced),
+                    Ok(synced) => self.synced(topic, after, synced),
                     Err(e) => self.shard_down(i, &format!("unexpected sync reply: {e}")),
                 },
             },
@@ -2018,22 +1975,25 @@ impl BrokerThread {
                     tracked.checked = false;
                 }
                 for envelope in run {
-                    match self.tracked.get_mut(&topic).map(|t| &mut t.state) {
-                        Some(State::Syncing { buffer }) => buffer.push(envelope),
-                        Some(State::Live) => self.deliver_live(&topic, envelope),
-                        // Before the subscription is confirmed, from an earlier one: the sync
-                        // that follows the confirmation reads it from the stream.
-                        Some(State::Subscribing) | None => {}
-                    }
+                    let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+                    let outcome = {
+                        let log = tracked.channel.lock_log();
+                        tracked.mirror.pushed(&*log, envelope, now_ms())
+                    };
+                    self.apply(&topic, outcome);
                 }
             }
             b"subscribe" | b"ssubscribe" => {
                 let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-                if matches!(tracked.state, State::Subscribing) {
-                    tracked.state = State::Syncing { buffer: Vec::new() };
-                    let after = self.sync_start(&topic);
-                    self.send_sync(i, topic, after, false);
-                } else if matches!(tracked.state, State::Live) && !tracked.via_pattern {
+                if matches!(tracked.mirror.state, MirrorState::Subscribing) {
+                    let outcome = {
+                        let log = tracked.channel.lock_log();
+                        tracked.mirror.subscribed(&*log)
+                    };
+                    self.apply(&topic, outcome);
+                } else if matches!(tracked.mirror.state, MirrorState::Live)
+                    && !tracked.mirror.via_pattern
+                {
                     // A channel found through a pattern, now subscribed for a plain subscriber.
                     let mut log = tracked.channel.lock_log();
                     if log.mirror != Mirror::Live {
@@ -2047,7 +2007,7 @@ impl BrokerThread {
             // failover): serve it from its new master.
             b"sunsubscribe" if self.tracked.contains_key(&topic) => {
                 if let Some(tracked) = self.tracked.get_mut(&topic) {
-                    tracked.state = State::Subscribing;
+                    tracked.mirror.resubscribe();
                 }
                 self.slot_moved("a sharded subscription was ended by the server");
             }
@@ -2095,13 +2055,12 @@ impl BrokerThread {
             Tracked {
                 channel,
                 shard: Some(i),
-                state: State::Syncing { buffer: Vec::new() },
-                fresh: true,
+                mirror: ChannelMirror {
+                    state: MirrorState::Syncing { buffer: Vec::new() },
+                    ..ChannelMirror::new(first.saturating_sub(1), true)
+                },
                 last_heard: Instant::now(),
                 checked: false,
-                via_pattern: true,
-                live_from: first.saturating_sub(1),
-                ended: Vec::new(),
                 behind: None,
             },
         );
@@ -2160,236 +2119,92 @@ impl BrokerThread {
         }
     }
 
-    /// The offset after which a sync reads the stream: all of it for a fresh mirror, else from
-    /// where the local log stands.
-    fn sync_start(&self, topic: &Bytes) -> u64 {
-        match self.tracked.get(topic) {
-            Some(t) if !t.fresh => t.channel.lock_log().last_offset(),
-            _ => 0,
-        }
-    }
-
-    /// A live message: the next offset goes into the log and the ring; an older one was
-    /// delivered already; a jump or another epoch is repaired from the stream first.
-    fn deliver_live(&mut self, topic: &Bytes, envelope: Envelope) {
-        let Some(tracked) = self.tracked.get_mut(topic) else { return };
-        if tracked.ended.contains(&envelope.epoch) {
-            return;
-        }
-        let channel = tracked.channel.clone();
-        let (epoch, next, differs) = {
-            let log = channel.lock_log();
-            let differs = envelope.epoch == log.epoch
-                && envelope.offset < log.next_offset
-                && log.payload_at(envelope.offset).is_some_and(|p| *p != envelope.payload);
-            (log.epoch, log.next_offset, differs)
-        };
-        if differs {
-            // The same (epoch, offset) with another message: Redis gave the offset out again.
-            return self.rolled_back(topic, epoch, "an offset given out twice");
-        }
-        if envelope.epoch == epoch && envelope.offset < next {
-            return;
-        }
-        if envelope.epoch != epoch || envelope.offset > next {
-            debug!(
-                "cluster: {} jumped from offset {} to {} (epoch {:016x} -> {:016x}); repairing",
-                String::from_utf8_lossy(&channel.name),
-                next - 1,
-                envelope.offset,
-                epoch,
-                envelope.epoch
-            );
-            let shard = tracked.shard;
-            // Another epoch is another log: read all of it.
-            let after = if envelope.epoch == epoch { next - 1 } else { 0 };
-            tracked.state = State::Syncing { buffer: vec![envelope] };
-            match shard {
-                Some(shard) => self.send_sync(shard, topic.clone(), after, false),
-                // The slot map is being read again; the channel is subscribed anew after it.
-                None => tracked_resubscribe(&mut self.tracked, topic),
-            }
-            return;
-        }
-        self.accept(&channel, envelope.offset, envelope.payload, now_ms(), true);
-    }
-
-    /// Redis holds less of the channel's log than this node mirrors, or other messages at its
-    /// offsets (restored from an older snapshot, a lagging replica promoted): the log of `epoch`
-    /// has ended. The sync that follows ends it in Redis too (once, whichever node sees it
-    /// first) for a new epoch that keeps the stream, reads that from its start, and tells live
-    /// subscribers of the new epoch before anything of it (`synced`'s restart).
-    fn rolled_back(&mut self, topic: &Bytes, epoch: u64, why: &str) {
-        let Some(tracked) = self.tracked.get_mut(topic) else { return };
-        if tracked.channel.lock_log().epoch != epoch {
-            return;
-        }
-        let name = String::from_utf8_lossy(&tracked.channel.name).into_owned();
-        tracked.state = State::Syncing { buffer: Vec::new() };
-        let shard = tracked.shard;
-        self.broker().counters.rollbacks.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "cluster: Redis rolled back {name} ({why}; restored from an older snapshot, or a lagging replica took over): ending epoch {epoch:016x} for a new one, subscribers are told"
-        );
-        match shard {
-            Some(shard) => self.send_sync_ending(shard, topic.clone(), 0, Some(epoch), false),
-            None => tracked_resubscribe(&mut self.tracked, topic),
-        }
-    }
-
-    /// Applies a page of a sync: a fresh mirror (or another epoch) starts the log over from the
-    /// stream; otherwise the stream fills in after what the log has. When the log has reached
-    /// the latest offset, the buffered live messages follow and the channel is live.
-    fn synced(&mut self, i: usize, topic: Bytes, after: u64, (epoch, last, entries): Synced) {
+    /// Applies a page of the sync script to the channel's mirror.
+    fn synced(&mut self, topic: Bytes, after: u64, (epoch, last, entries): Synced) {
         let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-        if !matches!(tracked.state, State::Syncing { .. }) {
-            return;
-        }
-        if !tracked.fresh {
-            // The same epoch with less than this node holds, or the entry it has last with
-            // another message: a rollback, not a gap.
+        let full = entries.len() == SYNC_PAGE;
+        let page = Page { after, epoch, last, entries, full };
+        let outcome = {
             let log = tracked.channel.lock_log();
-            let gone_back = log.epoch == epoch && last < log.last_offset();
-            let rewritten = log.epoch == epoch
-                && after > 0
-                && entries.first().is_some_and(|(offset, _, payload)| {
-                    *offset == after && log.payload_at(after).is_some_and(|mine| mine != payload)
-                });
-            drop(log);
-            if gone_back || rewritten {
-                let why =
-                    if gone_back { "its latest offset went back" } else { "an entry rewritten" };
-                return self.rolled_back(&topic, epoch, why);
-            }
-        }
-        if after > 0 && tracked.channel.lock_log().epoch != epoch {
-            // Another log: all of its stream is new here (the buffer waits on).
-            self.send_sync(i, topic, 0, false);
-            return;
-        }
-        let channel = tracked.channel.clone();
-        let fresh = tracked.fresh;
-        let (via_pattern, live_from) = (tracked.via_pattern, tracked.live_from);
+            tracked.mirror.synced(&*log, page, now_ms())
+        };
+        self.apply(&topic, outcome);
+    }
+
+    /// Carries out what a channel's mirror decided, in order: the log and the ring, notices to
+    /// subscribers, reads of the stream, counters and log lines.
+    fn apply(&mut self, topic: &Bytes, outcome: Outcome) {
+        let Some(tracked) = self.tracked.get(topic) else { return };
+        let (channel, shard) = (tracked.channel.clone(), tracked.shard);
         let shared = self.shared.clone();
         let counters = &shared.broker.as_ref().expect("cluster mode").counters;
-        let mut ended = None;
-        let restart = {
-            let mut log = channel.lock_log();
-            let restart = fresh || log.epoch != epoch;
-            if restart && !fresh {
-                ended = Some(log.epoch);
-            }
-            if restart {
-                if !fresh {
-                    counters.epoch_changes.fetch_add(1, Ordering::Relaxed);
-                    warn!(
-                        "cluster: {} has a new epoch in Redis ({:016x} -> {epoch:016x}): its keys expired or Redis lost them",
-                        String::from_utf8_lossy(&channel.name),
-                        log.epoch
-                    );
-                }
-                log.restart(epoch, &self.shared.channels.retained);
-                channel.set_epoch(epoch);
-                log.next_offset = entries.first().map_or(last + 1, |e| e.0);
-            }
-            restart
-        };
-        if let Some(ended) = ended {
-            if let Some(tracked) = self.tracked.get_mut(&topic) {
-                if tracked.ended.len() == ENDED_EPOCHS {
-                    tracked.ended.remove(0);
-                }
-                tracked.ended.push(ended);
-                // What was buffered of the ended epoch is superseded by the stream just read.
-                if let State::Syncing { buffer } = &mut tracked.state {
-                    buffer.retain(|envelope| envelope.epoch != ended);
-                }
-            }
-            // Live subscribers are told before the new log's messages reach them.
-            self.put_in_ring(&channel, EPOCH_NOTICE, Bytes::new());
-        }
-        let to_ring = !fresh;
-        let mut reached = None;
-        let mut filled = 0;
-        for (offset, time, payload) in entries.iter().cloned() {
-            let next = channel.lock_log().next_offset;
-            if offset < next {
-                continue;
-            }
-            let delivered = to_ring || offset > live_from;
-            if offset > next {
-                counters.offsets_lost.fetch_add(offset - next, Ordering::Relaxed);
-                warn!(
-                    "cluster: {} offsets {next}..{} were lost and are no longer in the stream",
-                    String::from_utf8_lossy(&channel.name),
-                    offset - 1
-                );
-                if delivered {
-                    // Subscribers are told of the hole before what follows it.
-                    self.put_in_ring(
-                        &channel,
-                        EXPIRED_NOTICE,
-                        Bytes::copy_from_slice(&offset.to_be_bytes()),
-                    );
-                }
-            }
-            self.accept(&channel, offset, payload, time, delivered);
-            reached = Some(offset);
-            filled += 1;
-        }
-        if !self.tracked.contains_key(&topic) {
-            return;
-        }
-        if entries.len() == SYNC_PAGE && reached.is_some_and(|r| r < last) {
-            self.send_sync(i, topic, reached.unwrap_or(last), false);
-            return;
-        }
-        let lost_tail = {
-            let mut log = channel.lock_log();
-            let lost = (log.next_offset <= last && !restart).then_some(last + 1 - log.next_offset);
-            log.next_offset = log.next_offset.max(last + 1);
-            lost
-        };
-        if let Some(lost) = lost_tail {
-            // The stream no longer holds the newest messages (history off, or trimmed): what
-            // comes next follows a hole, and subscribers are told so first.
-            counters.offsets_lost.fetch_add(lost, Ordering::Relaxed);
-            self.put_in_ring(
-                &channel,
-                EXPIRED_NOTICE,
-                Bytes::copy_from_slice(&(last + 1).to_be_bytes()),
+        let name = || String::from_utf8_lossy(&channel.name).into_owned();
+        if let Some((epoch, why)) = outcome.rollback {
+            counters.rollbacks.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "cluster: Redis rolled back {} ({}; restored from an older snapshot, or a lagging replica took over): ending epoch {epoch:016x} for a new one, subscribers are told",
+                name(),
+                why.why()
             );
         }
-        {
-            let mut log = channel.lock_log();
-            if !restart && !fresh && filled > 0 {
-                counters.gaps_repaired.fetch_add(1, Ordering::Relaxed);
-            }
-            if log.mirror != Mirror::Live && !via_pattern {
-                log.mirror = Mirror::Live;
-                self.served = true;
-            }
+        if let Some(ended) = outcome.epoch_changed {
+            counters.epoch_changes.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "cluster: {} has a new epoch in Redis (was {ended:016x}): its keys expired, Redis lost them, or a rollback ended the old one",
+                name()
+            );
         }
-        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-        tracked.fresh = false;
-        tracked.live_from = u64::MAX;
-        let State::Syncing { buffer } = std::mem::replace(&mut tracked.state, State::Live) else {
-            return;
-        };
-        // Only the epoch just read: a message of another was on its way when the epoch changed
-        // (an older one), or belongs to one that began since (its stream will be read when the
-        // next of its messages, or the quiet check, finds it).
-        for envelope in buffer.into_iter().filter(|envelope| envelope.epoch == epoch) {
-            if !matches!(self.tracked.get(&topic).map(|t| &t.state), Some(State::Live)) {
-                // A jump in the buffer started another repair: the rest waits for it.
-                if let Some(Tracked { state: State::Syncing { buffer }, .. }) =
-                    self.tracked.get_mut(&topic)
-                {
-                    buffer.push(envelope);
+        for step in outcome.steps {
+            match step {
+                Step::Append { offset, payload, published_ms, deliver } => {
+                    self.accept(&channel, offset, payload, published_ms, deliver)
                 }
-                continue;
+                Step::Restart { epoch, next, notify } => {
+                    {
+                        let mut log = channel.lock_log();
+                        log.restart(epoch, &self.shared.channels.retained);
+                        channel.set_epoch(epoch);
+                        log.next_offset = next;
+                    }
+                    if notify {
+                        // Live subscribers are told before the new log's messages reach them.
+                        self.put_in_ring(&channel, EPOCH_NOTICE, Bytes::new());
+                    }
+                }
+                Step::Hole { from, lost, notify } => {
+                    counters.offsets_lost.fetch_add(lost, Ordering::Relaxed);
+                    warn!(
+                        "cluster: {} offsets {}..{} were lost and are no longer in the stream",
+                        name(),
+                        from - lost,
+                        from - 1
+                    );
+                    if notify {
+                        // Subscribers are told of the hole before what follows it.
+                        let at = Bytes::copy_from_slice(&from.to_be_bytes());
+                        self.put_in_ring(&channel, EXPIRED_NOTICE, at);
+                    }
+                }
+                Step::SkipTo { next } => {
+                    let mut log = channel.lock_log();
+                    log.next_offset = log.next_offset.max(next);
+                }
+                Step::Sync { after, ending } => match shard {
+                    Some(i) => self.send_sync_ending(i, topic.clone(), after, ending, false),
+                    // The slot map is being read again; the channel is subscribed anew after it.
+                    None => tracked_resubscribe(&mut self.tracked, topic),
+                },
+                Step::Served => {
+                    let mut log = channel.lock_log();
+                    if log.mirror != Mirror::Live {
+                        log.mirror = Mirror::Live;
+                        self.served = true;
+                    }
+                }
+                Step::Repaired => {
+                    counters.gaps_repaired.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            self.deliver_live(&topic, envelope);
         }
     }
 
@@ -2453,10 +2268,24 @@ impl BrokerThread {
     }
 }
 
+impl LocalLog for ChannelLog {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    fn differs_at(&self, offset: u64, payload: &[u8]) -> bool {
+        self.payload_at(offset).is_some_and(|mine| mine[..] != *payload)
+    }
+}
+
 /// Marks a channel to be subscribed again once the slot map is known.
 fn tracked_resubscribe(tracked: &mut HashMap<Bytes, Tracked>, topic: &Bytes) {
     if let Some(t) = tracked.get_mut(topic) {
-        t.state = State::Subscribing;
+        t.mirror.resubscribe();
     }
 }
 

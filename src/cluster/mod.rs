@@ -36,6 +36,7 @@
 
 mod broker;
 mod link;
+mod mirror;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
