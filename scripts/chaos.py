@@ -33,6 +33,10 @@ import urllib.request
 import redis
 
 T0 = time.monotonic()
+# Nodes 0-2 have subscribers (and a publisher each); node 3 only a publisher, so it serves no
+# channel (its publishes carry no fence).
+NODES = 4
+SUB_NODES = 3
 
 
 def now():
@@ -310,13 +314,13 @@ class Nodes:
         self.procs, self.work, self.fanout = procs, work, fanout
         self.redis_args, self.timeout_ms, self.phase = redis_args, timeout_ms, phase
         self.ports = []
-        for _ in range(3):
+        for _ in range(NODES):
             while True:
                 p = rng.randrange(12000, 19000)
                 if port_free(p) and p not in self.ports:
                     break
             self.ports.append(p)
-        self.up = [False] * 3
+        self.up = [False] * NODES
         self.unhealthy = []
 
     def start(self, i):
@@ -369,7 +373,7 @@ class Publisher:
     def __init__(self, pid, nodes, channels, rate, rng, rec):
         self.id, self.nodes, self.channels, self.rate = pid, nodes, channels, rate
         self.rng, self.rec = rng, rec
-        self.node = pid % 3
+        self.node = pid % NODES
         self.seq = 0
         self.stop = False
         self.pending = collections.deque()
@@ -381,7 +385,7 @@ class Publisher:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", self.nodes.ports[self.node]), 2)
             except Exception:
-                self.node = (self.node + 1) % 3
+                self.node = (self.node + 1) % NODES
                 await asyncio.sleep(0.2)
                 continue
             node = self.node
@@ -422,7 +426,7 @@ class Publisher:
             self.pending.clear()
             if not self.stop:
                 self.rec.pub_disconnects.append((now(), self.id, node))
-                self.node = (self.node + 1) % 3
+                self.node = (self.node + 1) % NODES
                 await asyncio.sleep(0.1)
 
     async def read(self, reader, node):
@@ -457,7 +461,7 @@ class Publisher:
 class Subscriber:
     def __init__(self, sid, nodes, channels, rec):
         self.id, self.nodes, self.channels, self.rec = sid, nodes, channels, rec
-        self.node = sid % 3
+        self.node = sid % SUB_NODES
         self.epoch = {c: None for c in channels}
         self.last = {c: 0 for c in channels}
         self.events = {c: [] for c in channels}  # (t, kind, ...)
@@ -472,7 +476,7 @@ class Subscriber:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", self.nodes.ports[self.node]), 2)
             except Exception:
-                self.node = (self.node + 1) % 3
+                self.node = (self.node + 1) % SUB_NODES
                 await asyncio.sleep(0.2)
                 continue
             conn = {"t": now(), "node": self.node, "ok": None, "end": None, "oks": set()}
@@ -500,7 +504,7 @@ class Subscriber:
             for c in self.channels:
                 self.events[c].append((now(), "disc", conn["node"], reason))
             if not self.stop:
-                self.node = (self.node + 1) % 3
+                self.node = (self.node + 1) % SUB_NODES
                 await asyncio.sleep(0.1 + (self.id % 3) * 0.05)
 
     async def read(self, reader, writer, conn):
@@ -570,7 +574,7 @@ class Record:
 
 
 FAULTS = {
-    "standalone": ["stop", "restart_empty", "restart_old", "kill_node"],
+    "standalone": ["stop", "restart_empty", "restart_old", "restart_older", "kill_node"],
     "cluster": ["stop_master", "kill_master", "kill_node"],
 }
 
@@ -606,7 +610,7 @@ async def run_phase(phase, args, procs, rng):
                 channels.append(name)
             i += 1
     nodes = Nodes(procs, args.work, args.fanout, rng, rs.urls(), args.redis_timeout_ms, phase)
-    for i in range(3):
+    for i in range(NODES):
         ok = await asyncio.to_thread(nodes.start, i)
         if not ok:
             rec.violation(3, f"node {i} not listening 10 s after start")
@@ -620,8 +624,8 @@ async def run_phase(phase, args, procs, rng):
         await asyncio.sleep(0.05)
     if not all(len(s.live_at) == len(channels) for s in subs):
         rec.violation(2, "subscribers not all live 15 s after start")
-    pubs = [Publisher(i, nodes, channels, args.rate / 3.0, random.Random(rng.random()), rec)
-            for i in range(3)]
+    pubs = [Publisher(i, nodes, channels, args.rate / NODES, random.Random(rng.random()), rec)
+            for i in range(NODES)]
     pub_tasks = [asyncio.ensure_future(p.run()) for p in pubs]
 
     stop_snap = False
@@ -648,9 +652,17 @@ async def run_phase(phase, args, procs, rng):
             rs.stopped = False
             f["t_end"] = now()
             log(f"cycle {cycle}: SIGSTOP redis {d:.1f} s")
-        elif kind in ("restart_empty", "restart_old"):
+        elif kind in ("restart_empty", "restart_old", "restart_older"):
             down = rng.uniform(0.5, 2)
             which = None
+            restarts = [g["t"] for g in rec.faults if g["kind"].startswith("restart")]
+            if kind == "restart_older":
+                # a snapshot taken before the previous Redis restart (another life of Redis)
+                older = [sn for sn in rs.snaps if restarts and sn[0] < restarts[-1]]
+                if older:
+                    which = rng.choice(older)
+                else:
+                    kind = f["kind"] = "restart_old"
             if kind == "restart_old":
                 if rs.snaps:
                     # mostly recent snapshots, sometimes any snapshot of the phase
@@ -671,7 +683,7 @@ async def run_phase(phase, args, procs, rng):
             log(f"cycle {cycle}: SIGKILL redis, down {down:.1f} s, restart "
                 + (f"from snapshot {f['snap']} taken at {which[0]:.2f}" if which else "empty"))
         elif kind == "kill_node":
-            i = rng.randrange(3)
+            i = rng.randrange(NODES)
             down = rng.uniform(1, 3)
             f.update(t=now(), node=i)
             await asyncio.to_thread(nodes.kill, i)
@@ -724,7 +736,7 @@ async def run_phase(phase, args, procs, rng):
 
     # quiesce: everything up, publishers stop, subscribers drain
     log("quiesce")
-    for i in range(3):
+    for i in range(NODES):
         if not nodes.up[i]:
             await asyncio.to_thread(nodes.start, i)
     for p in pubs:
@@ -740,10 +752,10 @@ async def run_phase(phase, args, procs, rng):
     await asyncio.wait(sub_tasks, timeout=5)
     for t in sub_tasks + pub_tasks + ([snap_task] if snap_task else []):
         t.cancel()
-    healthy = [nodes.health_body(i) for i in range(3)]
+    healthy = [nodes.health_body(i) for i in range(NODES)]
     rec.health = healthy
     rec.unhealthy_starts = nodes.unhealthy
-    for i in range(3):
+    for i in range(NODES):
         await asyncio.to_thread(nodes.kill, i)
     if phase == "standalone":
         await asyncio.to_thread(rs.kill)
@@ -752,7 +764,52 @@ async def run_phase(phase, args, procs, rng):
             await asyncio.to_thread(rs.kill, p)
     check(rec, subs, channels, phase)
     dump(args.work, rec, subs, channels)
+    if args.selftest:
+        selftest(rec, subs, channels, phase)
     return rec
+
+
+def selftest(rec, subs, channels, phase):
+    """The checker must see a dropped, a doubled and a swapped delivery in this run's history."""
+    import types
+
+    def copy_subs():
+        return [types.SimpleNamespace(id=x.id, events={c: list(x.events[c]) for c in channels},
+                                      live_at=x.live_at, conns=x.conns) for x in subs]
+
+    def middle_msg(evs):
+        idx = [k for k, ev in enumerate(evs) if ev[1] == "msg"]
+        return idx[len(idx) // 2] if idx else None
+
+    def drop(ss):
+        evs = ss[0].events[channels[0]]
+        del evs[middle_msg(evs)]
+
+    def double(ss):
+        evs = ss[0].events[channels[0]]
+        k = middle_msg(evs)
+        evs.insert(k + 1, evs[k])
+
+    def swap(ss):
+        evs = ss[1].events[channels[0]]
+        k = middle_msg(evs)
+        ev = evs[k]
+        evs[k] = ev[:4] + (evs[k - 1][4],) + ev[5:]
+
+    def run(mutate):
+        ss = copy_subs()
+        mutate(ss)
+        r = Record(phase)
+        r.published, r.faults, r.pub_disconnects = rec.published, rec.faults, rec.pub_disconnects
+        check(r, ss, channels, phase)
+        return r
+
+    base = run(lambda ss: None)  # the same history unchanged (without the driver's live checks)
+    for name, mutate, promise in (("drop", drop, 2), ("double", double, 2), ("swap", swap, 1)):
+        r = run(mutate)
+        extra = len(r.violations[promise]) - len(base.violations[promise])
+        print(f"  selftest {phase}: a {name} delivery -> promise {promise} violations +{extra} "
+              f"({'seen' if extra > 0 else 'MISSED'})", flush=True)
 
 
 def dump(work, rec, subs, channels):
@@ -889,7 +946,7 @@ def check(rec, subs, channels, phase):
     # ---- promise 3: nothing acknowledged while Redis is gone; publishing comes back
     recov = []
     for f in rec.faults:
-        if f["kind"] in ("restart_empty", "restart_old"):
+        if f["kind"] in ("restart_empty", "restart_old", "restart_older"):
             for m in acked:
                 if f["t"] + 0.05 < m["t_send"] and m["t_ack"] < f["t_restart"]:
                     V(3, f"{m['payload']!r} ({m['chan']} {m['off']}) sent {m['t_send']:.2f} acked {m['t_ack']:.2f} "
@@ -952,7 +1009,7 @@ def report(rec):
     print(f"\n--- phase {rec.phase} ---")
     for f in rec.faults:
         extra = ""
-        if f["kind"] in ("restart_old",):
+        if f["kind"] in ("restart_old", "restart_older"):
             extra = f" snapshot {f.get('snap')} of t={f['snap_t']:.2f}"
         if "port" in f:
             extra += f" redis {f['port']}"
@@ -995,6 +1052,7 @@ async def main():
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--redis-timeout-ms", type=int, default=2000)
     ap.add_argument("--phases", default="standalone,cluster")
+    ap.add_argument("--selftest", action="store_true")
     args = ap.parse_args()
     if args.seed is None:
         args.seed = random.randrange(1, 1 << 31)

@@ -20,6 +20,7 @@
 # "N passed, M failed" (one check per promise per phase); exits 1 on any violation.
 # About 10-15 s per cycle per phase, plus set-up. Loopback only.
 #   RATE=200 REDIS_TIMEOUT_MS=2000 PHASES=standalone,cluster KEEP=1 (keep the work dir)
+#   SELFTEST=1 (also checks that the checker sees a dropped, doubled and swapped delivery)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 CYCLES=${1:-10}
@@ -59,7 +60,7 @@ limit=$(( 120 + CYCLES * 40 * 2 ))
 set +e
 timeout --signal=TERM --kill-after=15 "$limit" "$PY" -u "$ROOT/scripts/chaos.py" --work "$WORK" \
   --fanout "$FANOUT" --cycles "$CYCLES" --seed "$SEED" --rate "$RATE" \
-  --redis-timeout-ms "$REDIS_TIMEOUT_MS" --phases "$PHASES" &
+  --redis-timeout-ms "$REDIS_TIMEOUT_MS" --phases "$PHASES" ${SELFTEST:+--selftest} &
 DRIVER=$!
 wait "$DRIVER"
 rc=$?

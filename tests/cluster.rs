@@ -39,7 +39,9 @@ fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, 
         match conn.next() {
             Frame::Ack { channel: c, offset } if c == channel => return Ok(offset),
             Frame::Err { code, reason } => return Err((code, reason)),
-            Frame::Msg { .. } => continue,
+            // Messages, and notices (the broadcast channel starting over with a Redis that
+            // lost it reaches every connection), are not the answer.
+            Frame::Msg { .. } | Frame::Hist { .. } => continue,
             other => panic!("expected an acknowledgement, got {other:?}"),
         }
     }

@@ -25,7 +25,7 @@ use log::{debug, info, warn};
 use mio::{Events, Poll, Token, Waker};
 
 use super::link::Link;
-use super::mirror::{ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
+use super::mirror::{Acked, ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
 use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
 use crate::history::disk::{AckTarget, Persisted};
 use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
@@ -79,7 +79,9 @@ const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 /// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
 /// channel, '1' if it has a lease key, the epoch this node mirrors of it and the latest offset it
 /// holds there (empty and 0 when it mirrors none), its message count, and the payloads. Returns
-/// each channel's first offset, or -1 for an inbox whose name nobody holds (nothing published).
+/// each channel's first offset (-1 for an inbox whose name nobody holds: nothing published), and
+/// each channel's epoch (a node that mirrors the channel remembers what it was acknowledged:
+/// `mirror::Acked`).
 ///
 /// The fence: Redis handing out an offset this node already holds in the same epoch means Redis
 /// lost what it had acknowledged (restored from an older snapshot, a lagging replica promoted,
@@ -88,7 +90,7 @@ const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 /// from the new epoch's start), before anything is published under the old one.
 const PUBLISH_LUA: &str = r"
 local keep = tonumber(ARGV[3])
-local firsts = {}
+local firsts, epochs = {}, {}
 local k, a = 1, 7
 for c = 1, tonumber(ARGV[1]) do
   local meta, log = KEYS[k], KEYS[k + 1]
@@ -120,13 +122,13 @@ for c = 1, tonumber(ARGV[1]) do
     end
     redis.call('PEXPIRE', meta, ARGV[4])
     redis.call(ARGV[6], topic, '\2' .. epoch .. struct.pack('>I8I4', first, count) .. table.concat(run))
-    firsts[c] = first
+    firsts[c], epochs[c] = first, epoch
   else
-    firsts[c] = -1
+    firsts[c], epochs[c] = -1, ''
   end
   a = a + count
 end
-return firsts
+return {firsts, epochs}
 ";
 
 /// Reads a channel's epoch (creating it when missing), latest offset, and stream entries from
@@ -1463,8 +1465,8 @@ impl BrokerThread {
             }
             known.push(match self.tracked.get(&names.topic) {
                 Some(tracked) if !tracked.mirror.fresh => {
-                    let log = tracked.channel.lock_log();
-                    (log.epoch.to_be_bytes(), log.last_offset().to_string())
+                    let (epoch, last) = tracked.mirror.fence(&*tracked.channel.lock_log());
+                    (epoch.to_be_bytes(), last.to_string())
                 }
                 _ => ([0; 8], "0".to_string()),
             });
@@ -1633,10 +1635,7 @@ impl BrokerThread {
             let meta = Keys::new(&prefix, channel).meta();
             let Some(link) = shard.commands.as_mut() else { continue };
             link.command(&[b"HMGET", &meta, b"e", b"o"]);
-            let (epoch, last) = {
-                let log = tracked.channel.lock_log();
-                (log.epoch, log.last_offset())
-            };
+            let (epoch, last) = tracked.mirror.fence(&*tracked.channel.lock_log());
             let check = Pending::Check { topic: topic.clone(), epoch, last };
             shard.pending.push_back((now, check));
             tracked.checked = true;
@@ -1857,7 +1856,15 @@ impl BrokerThread {
             Pending::Publish(batch) => {
                 let counters = &self.broker().counters;
                 match reply {
-                    Value::Array(Some(firsts)) if firsts.len() == batch.channels.len() => {
+                    Value::Array(Some(mut answer))
+                        if answer.len() == 2
+                            && matches!(&answer[0], Value::Array(Some(f)) if f.len() == batch.channels.len()) =>
+                    {
+                        let epochs = match answer.pop() {
+                            Some(Value::Array(Some(epochs))) => epochs,
+                            _ => Vec::new(),
+                        };
+                        let Some(Value::Array(Some(firsts))) = answer.pop() else { return };
                         let count = batch.ops.len() as u64;
                         counters.publishes_in_flight.fetch_sub(count, Ordering::Relaxed);
                         let micros = sent.elapsed().as_micros() as u64;
@@ -1894,6 +1901,7 @@ impl BrokerThread {
                                 }
                             }
                         }
+                        self.remember_acked(&batch, &next, &epochs);
                     }
                     // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
                     Value::Error(e) if e.starts_with("NOSCRIPT") => {
@@ -1970,16 +1978,16 @@ impl BrokerThread {
                 if !self.tracked.contains_key(&topic) && &kind[..] == b"pmessage" {
                     self.found_through_pattern(i, &topic, run.first().map_or(1, |e| e.offset));
                 }
-                if let Some(tracked) = self.tracked.get_mut(&topic) {
-                    tracked.last_heard = Instant::now();
-                    tracked.checked = false;
-                }
                 for envelope in run {
                     let Some(tracked) = self.tracked.get_mut(&topic) else { return };
                     let outcome = {
                         let log = tracked.channel.lock_log();
                         tracked.mirror.pushed(&*log, envelope, now_ms())
                     };
+                    if !outcome.dropped_late {
+                        tracked.last_heard = Instant::now();
+                        tracked.checked = false;
+                    }
                     self.apply(&topic, outcome);
                 }
             }
@@ -2116,6 +2124,44 @@ impl BrokerThread {
         debug!("cluster: {why}; reading the slot map again");
         if self.slots.is_some() {
             self.discover_at = Some(Instant::now());
+        }
+    }
+
+    /// Each channel of an answered publish batch that this node mirrors remembers the latest
+    /// place Redis acknowledged (epoch, offset, message): Redis giving it out again later, or
+    /// coming back without it, is then a rollback even if this node's log never held it.
+    fn remember_acked(
+        &mut self,
+        batch: &PublishBatch,
+        after_last: &[Option<u64>],
+        epochs: &[Value],
+    ) {
+        let prefix = self.config().key_prefix.clone();
+        for (c, channel) in batch.channels.iter().enumerate() {
+            let (Some(next), Some(Value::Bulk(Some(epoch)))) = (after_last[c], epochs.get(c))
+            else {
+                continue;
+            };
+            let Ok(epoch) = <[u8; 8]>::try_from(epoch.as_slice()) else { continue };
+            let topic = Keys::new(&prefix, channel).topic;
+            let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
+            let epoch = u64::from_be_bytes(epoch);
+            let members = &batch.members[c];
+            let first = next - members.len() as u64;
+            let acked = members
+                .iter()
+                .enumerate()
+                .map(|(k, &op)| Acked {
+                    epoch,
+                    offset: first + k as u64,
+                    payload: batch.ops[op].1.payload.clone(),
+                })
+                .collect();
+            let outcome = {
+                let log = tracked.channel.lock_log();
+                tracked.mirror.published(&*log, acked)
+            };
+            self.apply(&topic, outcome);
         }
     }
 

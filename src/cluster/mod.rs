@@ -406,15 +406,6 @@ pub(crate) struct PatternServed {
 pub(crate) const MAX_IN_FLIGHT: u64 = 65_536;
 
 impl Broker {
-    /// Whether the Redis server of `channel` is reachable now (with a Redis Cluster: whether
-    /// every master is).
-    pub fn is_up(&self, channel: &[u8]) -> bool {
-        if self.config.redis_cluster {
-            return self.shards[0].load(Ordering::Acquire);
-        }
-        self.shards[shard_of(channel, self.shards.len())].load(Ordering::Acquire)
-    }
-
     /// Why `channel` cannot be used in this cluster, if it cannot: in a Redis Cluster a name
     /// that starts with `}` would leave its keys without a hash tag, on different slots.
     pub fn unfit(&self, channel: &[u8]) -> Option<&'static str> {

@@ -156,11 +156,9 @@ impl Publisher {
         reply_to: AckTarget,
         acked: bool,
     ) -> Result<Published, Refused> {
-        if !broker.is_up(&channel.name) {
-            broker.counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
-            let why = "broker unavailable: Redis is unreachable; nothing was published";
-            return Err(Refused::Failed(ErrorCode::Unavailable, why.into()));
-        }
+        // Refused or not, a publish goes through the broker, which answers each connection's
+        // publishes in order: a refusal given here would overtake the answers to its earlier
+        // publishes still in flight (the broker refuses at once while Redis is unreachable).
         if broker.in_flight() >= MAX_IN_FLIGHT {
             return Err(Refused::Busy(payload));
         }
