@@ -19,7 +19,22 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub fn start(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
     let mut config = Config::for_tests();
     adjust(&mut config);
-    Server::start(config).expect("server starts")
+    // A server restarted on its old port (a test of restarts) can find it taken for a moment:
+    // a client reconnecting to that port meanwhile may have been given it as its own ephemeral
+    // port (TCP's self-connect on loopback). That is the test's race, not the server's: retry.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        match Server::start(config.clone()) {
+            Err(fanout::StartError::Listen { source, .. })
+                if config.listen.port() != 0
+                    && source.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            started => return started.expect("server starts"),
+        }
+    }
 }
 
 /// Polls `condition` every 5 ms until it holds, or panics after `PATIENCE`.
