@@ -1146,9 +1146,9 @@ fn a_redis_cluster_failover_is_followed() {
         .map(|i| format!("failover.{i}"))
         .find(|name| redis.master_of(&format!("fanout:{{{name}}}")).port == seed_port)
         .expect("a channel on the seed's slots");
-    let node_in_cluster = |seed: fanout::cluster::RedisEndpoint| {
+    let node_in_cluster = |seeds: Vec<fanout::cluster::RedisEndpoint>| {
         let server = start(|c| {
-            let mut cluster = ClusterConfig::new(vec![seed]);
+            let mut cluster = ClusterConfig::new(seeds);
             cluster.redis_cluster = true;
             cluster.command_timeout = Duration::from_millis(1000);
             cluster.probe_interval = Duration::from_millis(200);
@@ -1159,10 +1159,9 @@ fn a_redis_cluster_failover_is_followed() {
         });
         server
     };
-    let (a, b) = (
-        node_in_cluster(redis.masters[0].endpoint()),
-        node_in_cluster(redis.masters[1].endpoint()),
-    );
+    // Node b is given every server as a seed (README: repeat for more seeds).
+    let every: Vec<_> = redis.masters.iter().map(|m| m.endpoint()).collect();
+    let (a, b) = (node_in_cluster(vec![redis.masters[0].endpoint()]), node_in_cluster(every));
     assert_eq!(a.stats().cluster_redis_up, 3);
     let mut subscriber = Conn::text(b.local_addr());
     subscriber.subscribe(&channel);

@@ -414,7 +414,12 @@ impl Broker {
     }
 
     /// Whether every Redis server is reachable (`/healthz`).
+    /// Whether publishes can go through to every server (a Redis Cluster has one flag for all
+    /// its masters, whatever the number of seeds given).
     pub fn all_up(&self) -> bool {
+        if self.config.redis_cluster {
+            return self.shards[0].load(Ordering::Acquire);
+        }
         self.shards.iter().all(|s| s.load(Ordering::Acquire))
     }
 
