@@ -2148,15 +2148,20 @@ impl BrokerThread {
             let epoch = u64::from_be_bytes(epoch);
             let members = &batch.members[c];
             let first = next - members.len() as u64;
-            let acked = members
+            // Only what a client was acknowledged: fire-and-forget publishes promise nothing.
+            let acked: Vec<Acked> = members
                 .iter()
                 .enumerate()
+                .filter(|(_, &op)| batch.ops[op].1.acked)
                 .map(|(k, &op)| Acked {
                     epoch,
                     offset: first + k as u64,
                     payload: batch.ops[op].1.payload.clone(),
                 })
                 .collect();
+            if acked.is_empty() {
+                continue;
+            }
             let outcome = {
                 let log = tracked.channel.lock_log();
                 tracked.mirror.published(&*log, acked)

@@ -124,8 +124,10 @@ pub(crate) struct Acked {
 /// go of past this many: a node far behind its own publishes detects less, never wrongly).
 const MAX_UNCONFIRMED: usize = 4096;
 
-/// Ended epochs remembered per channel.
-const ENDED_EPOCHS: usize = 4;
+/// Ended epochs remembered per channel (16 bytes each, kept only once epochs end): enough to
+/// recognise one that comes back from an old backup after many changes since (the outside chaos
+/// run brought back one 8 changes old; 4 remembered was not enough).
+const ENDED_EPOCHS: usize = 64;
 
 /// One channel's mirror.
 #[derive(Debug)]
