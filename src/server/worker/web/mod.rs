@@ -193,6 +193,11 @@ impl Worker {
         }
         let echo = self.shared.config.ws_echo;
         let method = head.method.as_str();
+        // Authorized from its head (a body over a stranger's budget): for this request only.
+        let authorized = match self.conns[key].web.as_deref_mut() {
+            Some(Web::Http { authorized, .. }) => std::mem::take(authorized),
+            _ => false,
+        };
         let private = matches!(head.path.as_str(), "/metrics" | "/healthz");
         if private && self.shared.config.private_metrics && !self.carries_api_key(key, head)? {
             return Ok(());
@@ -207,11 +212,8 @@ impl Worker {
                 return self.reply(key, response);
             }
         }
-        if !self.authorized(key) && !self.authenticate_request(key, head)? {
+        if !authorized && !self.authenticate_request(key, head)? {
             return Ok(());
-        }
-        if let Some(Web::Http { authorized, .. }) = self.conns[key].web.as_deref_mut() {
-            *authorized = false;
         }
         match (method, head.path.as_str()) {
             ("POST", "/publish") => match head.param("channel") {
