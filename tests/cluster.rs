@@ -937,20 +937,30 @@ fn redis_clients_publish_and_subscribe_across_nodes() {
     );
 }
 
+/// Two nodes; B keeps 3 messages per channel in memory, the stream (node A's setting) keeps
+/// more; `d1`..`d10` published to `channel` through A and mirrored on B. Returns the nodes, a
+/// subscriber on B (it keeps the channel served there), the publisher (on A) and the epoch.
+fn deeper_than_memory(
+    redis: &RedisServer,
+    channel: &str,
+) -> (ServerHandle, ServerHandle, Conn, Conn, u64) {
+    let a = node(&[redis], |_| {});
+    let b = node(&[redis], |c| c.history_messages = 3);
+    let mut keeper = Conn::text(b.local_addr());
+    keeper.subscribe(channel);
+    let mut publisher = Conn::binary(a.local_addr());
+    for k in 1..=10 {
+        publish_acked(&mut publisher, channel, format!("d{k}").as_bytes()).expect("published");
+    }
+    assert_eq!(messages(&mut keeper, 10).last().map(|m| m.1), Some(10));
+    let (epoch, _) = position(&mut Conn::text(b.local_addr()), channel);
+    (a, b, keeper, publisher, epoch)
+}
+
 #[test]
 fn a_resume_older_than_a_nodes_memory_is_read_from_the_stream() {
     let redis = RedisServer::start();
-    let a = node(&[&redis], |_| {});
-    // Node B keeps 3 messages per channel in memory; the stream (node A's setting) keeps more.
-    let b = node(&[&redis], |c| c.history_messages = 3);
-    let mut keeper = Conn::text(b.local_addr());
-    keeper.subscribe("deep");
-    let mut publisher = Conn::binary(a.local_addr());
-    for k in 1..=10 {
-        publish_acked(&mut publisher, "deep", format!("d{k}").as_bytes()).expect("published");
-    }
-    assert_eq!(messages(&mut keeper, 10).last().map(|m| m.1), Some(10));
-    let (epoch, _) = position(&mut Conn::text(b.local_addr()), "deep");
+    let (_a, b, _keeper, mut publisher, epoch) = deeper_than_memory(&redis, "deep");
     let mut resumer = Conn::binary(b.local_addr());
     resumer.send(Request::Subscribe {
         channel: b"deep",
@@ -1328,16 +1338,7 @@ fn a_name_has_one_holder_after_redis_loses_its_leases() {
 #[test]
 fn a_resume_that_cannot_read_the_stream_is_refused_not_told_expired() {
     let redis = RedisServer::start();
-    let a = node(&[&redis], |_| {});
-    let b = node(&[&redis], |c| c.history_messages = 3);
-    let mut keeper = Conn::text(b.local_addr());
-    keeper.subscribe("deeper");
-    let mut publisher = Conn::binary(a.local_addr());
-    for k in 1..=10 {
-        publish_acked(&mut publisher, "deeper", format!("d{k}").as_bytes()).expect("published");
-    }
-    assert_eq!(messages(&mut keeper, 10).last().map(|m| m.1), Some(10));
-    let (epoch, _) = position(&mut Conn::text(b.local_addr()), "deeper");
+    let (_a, b, _keeper, _publisher, epoch) = deeper_than_memory(&redis, "deeper");
     let resume = || Request::Subscribe {
         channel: b"deeper",
         resume: Some(Resume { after: 2, epoch: Some(epoch), strict: true }),

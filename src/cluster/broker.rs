@@ -2143,12 +2143,16 @@ impl BrokerThread {
                 continue;
             };
             let Ok(epoch) = <[u8; 8]>::try_from(epoch.as_slice()) else { continue };
+            let members = &batch.members[c];
+            // Only what a client was acknowledged: fire-and-forget publishes promise nothing
+            // (and cost nothing here, not even the channel's lookup).
+            if !members.iter().any(|&op| batch.ops[op].1.acked) {
+                continue;
+            }
             let topic = Keys::new(&prefix, channel).topic;
             let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
             let epoch = u64::from_be_bytes(epoch);
-            let members = &batch.members[c];
             let first = next - members.len() as u64;
-            // Only what a client was acknowledged: fire-and-forget publishes promise nothing.
             let acked: Vec<Acked> = members
                 .iter()
                 .enumerate()
@@ -2159,9 +2163,6 @@ impl BrokerThread {
                     payload: batch.ops[op].1.payload.clone(),
                 })
                 .collect();
-            if acked.is_empty() {
-                continue;
-            }
             let outcome = {
                 let log = tracked.channel.lock_log();
                 tracked.mirror.published(&*log, acked)
