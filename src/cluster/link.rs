@@ -8,6 +8,8 @@ use bytes::{BufMut, BytesMut};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::broker::topology::SlotRange;
+use super::RedisEndpoint;
 use crate::protocol::resp::{self, Value};
 
 #[derive(Debug)]
@@ -179,4 +181,75 @@ impl Link {
 fn put_decimal(out: &mut BytesMut, n: usize) {
     out.put_slice(n.to_string().as_bytes());
     out.put_slice(b"\r\n");
+}
+
+/// Redis Cluster: the slot map (`CLUSTER SLOTS`). Blocking (a connect with a timeout, one round
+/// trip): called on a helper thread, never the broker's (`BrokerThread::discover`).
+pub(super) fn read_slot_map(seed: &RedisEndpoint) -> io::Result<Vec<SlotRange>> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(seed.host.as_str(), seed.port))?
+        .next()
+        .ok_or_else(|| invalid("no address".into()))?;
+    let timeout = std::time::Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut request = Vec::new();
+    let mut command = |args: &[&[u8]]| {
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+    };
+    let mut expected = 1;
+    if let Some(password) = &seed.password {
+        match &seed.user {
+            Some(user) => command(&[b"AUTH", user.as_bytes(), password.as_bytes()]),
+            None => command(&[b"AUTH", password.as_bytes()]),
+        }
+        expected += 1;
+    }
+    command(&[b"CLUSTER", b"SLOTS"]);
+    stream.write_all(&request)?;
+    let mut input = Vec::new();
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while replies.len() < expected {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(invalid("closed".into()));
+        }
+        input.extend_from_slice(&chunk[..n]);
+        while let Some((value, used)) = crate::protocol::resp::parse_value(&input, 1 << 20)
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            input.drain(..used);
+            replies.push(value);
+        }
+    }
+    let Some(Value::Array(Some(ranges))) = replies.pop() else {
+        return Err(invalid(format!("CLUSTER SLOTS answered {:?}", replies)));
+    };
+    let number = |v: &Value| match v {
+        Value::Integer(n) if (0..=65535).contains(n) => Some(*n as u16),
+        _ => None,
+    };
+    let mut map = Vec::new();
+    for range in ranges {
+        let Value::Array(Some(parts)) = range else { continue };
+        let (Some(first), Some(last)) =
+            (parts.first().and_then(number), parts.get(1).and_then(number))
+        else {
+            continue;
+        };
+        let Some(Value::Array(Some(master))) = parts.get(2) else { continue };
+        let host = match master.first() {
+            Some(Value::Bulk(Some(host))) => String::from_utf8_lossy(host).into_owned(),
+            _ => String::new(),
+        };
+        let Some(port) = master.get(1).and_then(number) else { continue };
+        map.push((first, last, host, port));
+    }
+    Ok(map)
 }

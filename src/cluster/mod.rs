@@ -325,7 +325,7 @@ pub(crate) enum BrokerOp {
     },
     /// Redis Cluster: a slot map read on a helper thread (`CLUSTER SLOTS`, from the first node
     /// that answered), or why none could be.
-    SlotMap(Result<(RedisEndpoint, Vec<broker::SlotRange>), String>),
+    SlotMap(Result<(RedisEndpoint, Vec<broker::topology::SlotRange>), String>),
     /// A server's host name resolved on a helper thread (`getaddrinfo` blocks), or why not.
     Resolved {
         shard: usize,
@@ -387,8 +387,9 @@ pub(crate) struct Broker {
     /// then.
     pub served_generation: AtomicU64,
     /// Pattern subscriptions of this node (standalone Redis), by pattern: how many workers have
-    /// it, and whether its PSUBSCRIBE took effect everywhere.
-    pub patterns: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, PatternServed>>,
+    /// it, and whether its PSUBSCRIBE took effect everywhere. Workers go through the methods
+    /// below; the broker thread marks patterns live and forgets unused ones.
+    patterns: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, PatternServed>>,
     pub config: ClusterConfig,
 }
 
@@ -437,6 +438,53 @@ impl Broker {
 
     pub fn in_flight(&self) -> u64 {
         self.counters.publishes_in_flight.load(Ordering::Relaxed)
+    }
+
+    fn served_patterns(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<[u8]>, PatternServed>> {
+        self.patterns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether pattern `text`'s PSUBSCRIBE took effect.
+    pub fn pattern_live(&self, text: &[u8]) -> bool {
+        self.served_patterns().get(text).is_some_and(|entry| entry.live)
+    }
+
+    /// Whether this node receives every channel `text` could match (always, in a Redis
+    /// Cluster: its channels are subscribed one by one). If not, the broker thread is asked
+    /// (once) to PSUBSCRIBE, and `served_generation` moves once it has.
+    pub fn pattern_served_here(&self, text: &[u8]) -> bool {
+        if self.config.redis_cluster {
+            return true;
+        }
+        let mut served = self.served_patterns();
+        match served.get(text) {
+            Some(entry) => entry.live,
+            None => {
+                served.insert(text.into(), Default::default());
+                drop(served);
+                self.send(BrokerOp::ServePattern(text.into()));
+                false
+            }
+        }
+    }
+
+    /// A worker took up (`+1`) or let go of (`-1`) pattern `text`; the broker thread
+    /// PUNSUBSCRIBEs a pattern no worker holds.
+    pub fn pattern_holders(&self, text: &[u8], change: isize) {
+        let mut served = self.served_patterns();
+        if change > 0 {
+            served.entry(text.into()).or_default().holders += 1;
+            let asked = served.get(text).is_some_and(|e| e.live || e.holders > 1);
+            drop(served);
+            // An SSE stream subscribes without waiting: make sure the pattern is asked for.
+            if !asked {
+                self.send(BrokerOp::ServePattern(text.into()));
+            }
+        } else if let Some(entry) = served.get_mut(text) {
+            entry.holders = entry.holders.saturating_sub(1);
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use bytes::Bytes;
 
 use crate::history::{ChannelLog, HistoryLimits, Mirror, Retained, Totals};
 use crate::protocol::{validate_channel, ChannelKind};
+use crate::server::ring::Producer;
+use crate::server::Item;
 
 /// One channel: its identity, offset counter and history.
 #[derive(Debug)]
@@ -152,6 +154,34 @@ impl ChannelRegistry {
             compact_due: AtomicBool::new(false),
             evicting: Mutex::new(()),
         }
+    }
+
+    /// The one way a message enters a channel, on a worker (a node alone) and on the broker
+    /// (cluster mode, at the offset Redis gave): with the channel's log locked by the caller,
+    /// into the ring when `deliver` (under the lock, so that ring order is offset order), then
+    /// the log's next offset, then `before_retain` (the storage thread's queue, which so sees
+    /// each channel's records in offset order) and history. A full ring changes nothing and
+    /// hands the entry back. Returns the messages retention dropped; call `after_publish` once
+    /// the lock is released.
+    pub fn append(
+        &self,
+        channel: &Arc<Channel>,
+        log: &mut ChannelLog,
+        producer: &mut Producer<Item>,
+        entry: Retained,
+        deliver: bool,
+        before_retain: impl FnOnce(&ChannelLog, &Retained),
+    ) -> Result<usize, Retained> {
+        if deliver {
+            let (offset, payload) = (entry.offset, entry.payload.clone());
+            let message = Arc::new(Message { channel: channel.clone(), offset, payload });
+            if producer.try_publish(message).is_err() {
+                return Err(entry);
+            }
+        }
+        log.next_offset = entry.offset + 1;
+        before_retain(log, &entry);
+        Ok(self.retain(channel, log, entry))
     }
 
     /// Appends a just-published message to its channel's log (whose lock the caller holds, the

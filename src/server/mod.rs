@@ -167,6 +167,66 @@ pub(crate) struct StorageQueue {
 /// left after an unclean restart (see `history::disk::recover`).
 pub(crate) const MAX_STORAGE_BACKLOG: u64 = 65_536;
 
+/// The broker thread's handle on the server: what it may do to it, and nothing more. It puts
+/// messages into the ring through its own producer and `ChannelRegistry::append`, answers a
+/// worker, wakes workers, and looks channels up; it never sees connections, workers' state or
+/// the rest of `Shared`.
+#[derive(Clone)]
+pub(crate) struct ServerForBroker {
+    shared: Arc<Shared>,
+}
+
+impl ServerForBroker {
+    /// The handle, in cluster mode only (`None` without a broker).
+    pub(crate) fn new(shared: Arc<Shared>) -> Option<ServerForBroker> {
+        shared.broker.is_some().then_some(ServerForBroker { shared })
+    }
+
+    /// The workers' side of the broker: its counters, configuration and queue.
+    pub(crate) fn broker(&self) -> &crate::cluster::Broker {
+        match self.shared.broker.as_ref() {
+            Some(broker) => broker,
+            // `new` makes a handle only when there is a broker, and `Shared` never loses it.
+            None => unreachable!("a ServerForBroker exists only in cluster mode"),
+        }
+    }
+
+    pub(crate) fn channels(&self) -> &ChannelRegistry {
+        &self.shared.channels
+    }
+
+    /// Hands `answer` to worker `worker` and wakes it.
+    pub(crate) fn answer(&self, worker: usize, answer: Answer) {
+        if let Some(sender) = self.shared.ack_senders.get(worker) {
+            if sender.send(answer).is_ok() {
+                self.shared.wake(worker);
+            }
+        }
+    }
+
+    /// Wakes every worker: to read the ring, and (`served`) to look at their waiting joins.
+    pub(crate) fn wake_workers(&self, served: bool) {
+        match served {
+            true => self.shared.wake_all(),
+            false => self.shared.wake_others(usize::MAX),
+        }
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+
+    /// The largest frame a client may send (a Redis reply carrying one is read whole).
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.shared.config.max_frame_bytes
+    }
+
+    /// Messages kept per channel (the stream's length in Redis too).
+    pub(crate) fn history_messages(&self) -> usize {
+        self.shared.config.history_messages
+    }
+}
+
 impl Shared {
     /// Wakes one worker (an acknowledgement is waiting for it).
     pub(crate) fn wake(&self, worker: usize) {
@@ -415,8 +475,13 @@ impl Server {
 
         let broker_thread = match broker_start {
             Some(unstarted) => {
-                let (shared, producer) = (shared.clone(), producer.clone());
-                let run = move || unstarted.run(shared, producer);
+                let server = ServerForBroker::new(shared.clone());
+                let producer = producer.clone();
+                let run = move || {
+                    if let Some(server) = server {
+                        unstarted.run(server, producer)
+                    }
+                };
                 Some(
                     std::thread::Builder::new()
                         .name("fanout-broker".into())

@@ -426,9 +426,7 @@ impl Worker {
 
     /// Cluster mode: whether pattern `text`'s PSUBSCRIBE took effect.
     fn pattern_live(&self, text: &[u8]) -> bool {
-        let Some(broker) = self.shared.broker.as_ref() else { return true };
-        let served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
-        served.get(text).is_some_and(|entry| entry.live)
+        self.shared.broker.as_ref().is_none_or(|broker| broker.pattern_live(text))
     }
 
     /// Holds the connection's input until this node receives what `text` matches (cluster mode;
@@ -443,36 +441,13 @@ impl Worker {
     /// match. If not, the broker is asked (once) to PSUBSCRIBE, and the caller waits
     /// (`wait_for_pattern`).
     pub(super) fn pattern_served_here(&self, text: &[u8]) -> bool {
-        let Some(broker) = self.shared.broker.as_ref().filter(|b| !b.config.redis_cluster) else {
-            return true;
-        };
-        let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
-        match served.get(text) {
-            Some(entry) => entry.live,
-            None => {
-                served.insert(text.into(), Default::default());
-                drop(served);
-                broker.send(BrokerOp::ServePattern(text.into()));
-                false
-            }
-        }
+        self.shared.broker.as_ref().is_none_or(|broker| broker.pattern_served_here(text))
     }
 
-    /// Cluster mode: this worker took up (`+1`) or let go of (`-1`) pattern `text`; the broker
-    /// PUNSUBSCRIBEs a pattern no worker holds.
+    /// Cluster mode: this worker took up (`+1`) or let go of (`-1`) pattern `text`.
     pub(super) fn pattern_holders(&self, text: &[u8], change: isize) {
-        let Some(broker) = self.shared.broker.as_ref() else { return };
-        let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
-        if change > 0 {
-            served.entry(text.into()).or_default().holders += 1;
-            let asked = served.get(text).is_some_and(|e| e.live || e.holders > 1);
-            drop(served);
-            // An SSE stream subscribes without waiting: make sure the pattern is asked for.
-            if !asked {
-                broker.send(BrokerOp::ServePattern(text.into()));
-            }
-        } else if let Some(entry) = served.get_mut(text) {
-            entry.holders = entry.holders.saturating_sub(1);
+        if let Some(broker) = self.shared.broker.as_ref() {
+            broker.pattern_holders(text, change);
         }
     }
 

@@ -20,7 +20,7 @@ use crate::cluster::{Broker, BrokerOp, PublishOp, MAX_IN_FLIGHT};
 use crate::history::disk::{AckTarget, Append, StoreOp};
 use crate::history::Retained;
 use crate::protocol::ErrorCode;
-use crate::server::channels::{Channel, Message};
+use crate::server::channels::Channel;
 use crate::server::conn::{Phase, StalledPublish, Wait, Web};
 use crate::server::ring::Producer;
 use crate::server::stats::WorkerCounters;
@@ -98,44 +98,32 @@ impl Publisher {
             return Err(Refused::Busy(payload));
         }
         let registry = &shared.channels;
-        let keep = registry.history.messages > 0 || storage.is_some();
-        let retained = keep.then(|| payload.clone());
         let mut log = channel.lock_log();
-        let offset = log.next_offset;
-        let message = Arc::new(Message { channel: channel.clone(), offset, payload });
-        if let Err(message) = self.producer.try_publish(message) {
-            drop(log);
-            return Err(Refused::Busy(
-                Arc::try_unwrap(message)
-                    .map_or_else(|shared| shared.payload.clone(), |m| m.payload),
-            ));
-        }
-        log.next_offset += 1;
+        let entry = Retained { offset: log.next_offset, published_ms: self.now_wall_ms, payload };
+        let (offset, worker) = (entry.offset, self.worker);
         let mut ack_later = false;
-        let mut dropped = 0;
-        if let Some(payload) = retained {
-            let entry = Retained { offset, published_ms: self.now_wall_ms, payload };
-            if let Some(storage) = storage {
-                // Sent under the channel's lock, so the storage thread sees each channel's
-                // records in offset order.
-                let ack = ack.filter(|_| storage.fsync_always);
-                ack_later = ack.is_some();
-                let append = Append {
-                    channel: channel.name.clone(),
-                    epoch: log.epoch,
-                    record: entry.clone(),
-                    ack,
-                };
-                storage.depth.fetch_add(1, Ordering::Relaxed);
-                if storage.sender.send(StoreOp::Append(append)).is_err() {
-                    warn!(
-                        "worker {}: the storage thread is gone; offset {offset} is not on disk",
-                        self.worker
-                    );
-                }
+        let to_disk = |log: &crate::history::ChannelLog, entry: &Retained| {
+            let Some(storage) = storage else { return };
+            let ack = ack.filter(|_| storage.fsync_always);
+            ack_later = ack.is_some();
+            let append = Append {
+                channel: channel.name.clone(),
+                epoch: log.epoch,
+                record: entry.clone(),
+                ack,
+            };
+            storage.depth.fetch_add(1, Ordering::Relaxed);
+            if storage.sender.send(StoreOp::Append(append)).is_err() {
+                warn!(
+                    "worker {worker}: the storage thread is gone; offset {offset} is not on disk"
+                );
             }
-            dropped = registry.retain(channel, &mut log, entry);
-        }
+        };
+        let dropped =
+            match registry.append(channel, &mut log, &mut self.producer, entry, true, to_disk) {
+                Ok(dropped) => dropped,
+                Err(entry) => return Err(Refused::Busy(entry.payload)),
+            };
         drop(log);
         let evicted = registry.after_publish();
         let counters = &shared.counters[self.worker];

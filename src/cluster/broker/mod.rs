@@ -1,5 +1,18 @@
 //! The broker thread: one mio poll over two connections per Redis server (one for commands,
 //! pipelined; one for pub/sub), fed by the workers over a channel and delivering into the ring.
+//! This file is the I/O shell: it moves bytes and time. What to do with them is decided by plain
+//! data types with no sockets and no clock, each in its own file and tested alone (the mirror
+//! and the names against a model Redis under seeded faults):
+//! - `mirror` (one level up): one channel's mirror of its log in Redis;
+//! - `batch`: a turn's publishes as one script call, and what its answer means per publish;
+//! - `answers`: answers to each connection in its publish order;
+//! - `names`: the name leases;
+//! - `topology`: a Redis Cluster's slot map and when to read it again;
+//! - `patterns`: pattern subscriptions as Redis globs;
+//! - `scripts`: the Lua scripts and their replies.
+//!
+//! It talks to the server through `ServerForBroker` (deliver into the ring, answer a worker, wake
+//! workers), and a message enters a channel as on a single node (`ChannelRegistry::append`).
 //!
 //! Per channel it serves, the broker walks `Subscribing -> Syncing -> Live`:
 //! - `Subscribing`: SUBSCRIBE sent (in batches of `SUBSCRIBE_BATCH`), not yet confirmed;
@@ -24,8 +37,21 @@ use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
 use mio::{Events, Poll, Token, Waker};
 
-use super::link::Link;
-use super::mirror::{Acked, ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
+mod answers;
+mod batch;
+mod names;
+mod patterns;
+mod scripts;
+pub(crate) mod topology;
+
+use self::answers::AnswerOrder;
+use self::batch::{BatchAnswer, PublishBatch, BATCH_BYTES, BATCH_MESSAGES};
+use self::names::{ClaimReply, Leases};
+use self::patterns::{glob_prefix, redis_glob, PatternTrack};
+use self::scripts::{bulk, parse_entries, parse_sync, Script, Synced};
+use self::topology::Topology;
+use super::link::{read_slot_map, Link};
+use super::mirror::{ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
 use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
 use crate::history::disk::{AckTarget, Persisted};
 use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
@@ -33,22 +59,15 @@ use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
 use crate::server::channels::{Channel, Message, EPOCH_NOTICE, EXPIRED_NOTICE};
 use crate::server::ring::Producer;
-use crate::server::{Answer, Item, Shared};
+use crate::server::{Answer, Item, ServerForBroker};
 
 const WAKER: Token = Token(usize::MAX);
-/// Hash slots of a Redis Cluster.
-const SLOTS: usize = 16384;
-/// A slot whose server is not known.
-const NO_SHARD: u16 = u16::MAX;
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUBSCRIBE_BATCH: usize = 512;
 /// Stream entries per sync script call.
 const SYNC_PAGE: usize = 1000;
 /// Stream entries one resume reads from Redis, at most.
 const MAX_BACKFILL: u64 = 100_000;
-/// Publishes sent as one script call, at most (and about this many payload bytes).
-const BATCH_MESSAGES: usize = 1024;
-const BATCH_BYTES: usize = 1 << 20;
 /// How often channels without local subscribers are let go of.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -57,11 +76,6 @@ const QUIET_AFTER: Duration = Duration::from_secs(2);
 /// A channel served only for pattern subscribers is let go of after this long without messages.
 const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Redis Cluster: the slot map is read again this often while everything is up...
-const TOPOLOGY_REFRESH: Duration = Duration::from_secs(10);
-/// ...and this often while a master of the map does not answer (a failover promotes one of its
-/// replicas within the cluster's node timeout; the map names it once it has).
-const TOPOLOGY_RETRY: Duration = Duration::from_millis(250);
 /// Bytes read from one pub/sub connection per turn: what they deliver fits the ring's headroom
 /// (`RING_HEADROOM` of it free), so the broker never waits for room in the middle of them.
 const PUSH_READ_BUDGET: usize = 64 * 1024;
@@ -71,319 +85,11 @@ const RING_HEADROOM: u64 = 4;
 /// How often a connection left unread is looked at again.
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 
-/// Gives runs of messages their offsets, appends them to their channels' streams and publishes
-/// one envelope per channel carrying its run: one script call for a whole turn's publishes to
-/// one server (or one slot of a Redis Cluster), not one per message.
-/// KEYS, per channel: meta, log, and for an inbox the name's lease. ARGV: channels in the call,
-/// candidate epoch (8 bytes, for a channel that has none), messages to keep (0: no stream), key
-/// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
-/// channel, '1' if it has a lease key, the epoch this node mirrors of it and the latest offset it
-/// holds there (empty and 0 when it mirrors none), its message count, and the payloads. Returns
-/// each channel's first offset (-1 for an inbox whose name nobody holds: nothing published), and
-/// each channel's epoch (a node that mirrors the channel remembers what it was acknowledged:
-/// `mirror::Acked`).
-///
-/// The fence: Redis handing out an offset this node already holds in the same epoch means Redis
-/// lost what it had acknowledged (restored from an older snapshot, a lagging replica promoted,
-/// `everysec` losing its last second). Offsets would name two messages; instead the channel's log
-/// ends there and a new epoch begins, keeping the stream (what Redis still has is read again
-/// from the new epoch's start), before anything is published under the old one.
-const PUBLISH_LUA: &str = r"
-local keep = tonumber(ARGV[3])
-local firsts, epochs = {}, {}
-local k, a = 1, 7
-for c = 1, tonumber(ARGV[1]) do
-  local meta, log = KEYS[k], KEYS[k + 1]
-  local topic, leased, known_epoch, known_last, count =
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  k, a = k + 2, a + 5
-  local held = true
-  if leased == '1' then
-    held = redis.call('EXISTS', KEYS[k]) == 1
-    k = k + 1
-  end
-  if held then
-    local epoch = redis.call('HGET', meta, 'e')
-    local first = redis.call('HINCRBY', meta, 'o', count) - count + 1
-    if (not epoch) or (epoch == known_epoch and first <= known_last) then
-      epoch = ARGV[2]
-      redis.call('HSET', meta, 'e', epoch)
-    end
-    local run = {}
-    for m = 1, count do
-      local payload = ARGV[a + m - 1]
-      if keep > 0 then
-        redis.call('XADD', log, 'MAXLEN', '~', keep, '0-' .. (first + m - 1), 'p', payload, 't', ARGV[5])
-      end
-      run[m] = struct.pack('>I4', #payload) .. payload
-    end
-    if keep > 0 then
-      redis.call('PEXPIRE', log, ARGV[4])
-    end
-    redis.call('PEXPIRE', meta, ARGV[4])
-    redis.call(ARGV[6], topic, '\2' .. epoch .. struct.pack('>I8I4', first, count) .. table.concat(run))
-    firsts[c], epochs[c] = first, epoch
-  else
-    firsts[c], epochs[c] = -1, ''
-  end
-  a = a + count
-end
-return {firsts, epochs}
-";
-
-/// Reads a channel's epoch (creating it when missing), latest offset, and stream entries from
-/// an offset on (the node compares the one it has with the stream's: a rewritten entry is a
-/// rollback). KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms), after, count, and an
-/// epoch to end (empty: none): a node that found Redis rolled back ends the epoch it mirrors,
-/// once, whichever node sees it first (the candidate becomes the channel's epoch only while that
-/// one still is).
-const SYNC_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch or epoch == ARGV[5] then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-local entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[3], '+', 'COUNT', ARGV[4])
-return {epoch, last, entries}
-";
-
-/// Keeps a name's lease: extends it if this node holds it, takes it again if it expired (a long
-/// outage), else 0 (someone else has it now). KEYS: the lease. ARGV: node id, lease (ms).
-const REFRESH_LUA: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-";
-
-/// Gives a name's lease back if this node holds it. KEYS: the lease. ARGV: node id.
-const RELEASE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// Answers to each connection's publishes in the order it published them: with several Redis
-/// servers (or a Redis Cluster) its channels live on different servers, which answer in their
-/// own time, while a client matches each acknowledgement to its oldest publish not yet
-/// answered. An answer that comes early waits for the ones before it.
-#[derive(Default)]
-struct AnswerOrder {
-    next_seq: u64,
-    /// Per connection with publishes not yet answered: each one's number and answer.
-    waiting: HashMap<AckTarget, VecDeque<(u64, Answered)>>,
-}
-
-/// Where a publish's answer stands.
-enum Answered {
-    /// Not yet.
-    Pending,
-    /// This, to send once the publishes before it are answered.
-    With(Persisted),
-    /// It needs none (an unacknowledged publish that went through).
-    Quietly,
-}
-
-impl AnswerOrder {
-    /// Numbers a publish of `target`'s.
-    fn enter(&mut self, target: AckTarget) -> u64 {
-        self.next_seq += 1;
-        self.waiting.entry(target).or_default().push_back((self.next_seq, Answered::Pending));
-        self.next_seq
-    }
-
-    /// Publish `seq` of `target` is answered (`None`: it needs no answer); returns the answers
-    /// now due, in order.
-    fn settle(&mut self, target: AckTarget, seq: u64, answer: Option<Persisted>) -> Vec<Persisted> {
-        let Some(queue) = self.waiting.get_mut(&target) else {
-            return answer.into_iter().collect();
-        };
-        if let Some(slot) = queue.iter_mut().find(|(s, _)| *s == seq) {
-            slot.1 = answer.map_or(Answered::Quietly, Answered::With);
-        }
-        let mut due = Vec::new();
-        while queue.front().is_some_and(|(_, answered)| !matches!(answered, Answered::Pending)) {
-            if let Some((_, Answered::With(answer))) = queue.pop_front() {
-                due.push(answer);
-            }
-        }
-        if queue.is_empty() {
-            self.waiting.remove(&target);
-        }
-        due
-    }
-}
-
-/// Publishes for one script call: the channels in the order first met, and the publishes in the
-/// order they came, each with its channel's index.
-#[derive(Default)]
-struct PublishBatch {
-    channels: Vec<Bytes>,
-    /// Channel name -> its index in `channels`.
-    index: HashMap<Bytes, usize>,
-    /// Per channel, its publishes' indexes in `ops`, in order.
-    members: Vec<Vec<usize>>,
-    ops: Vec<(usize, PublishOp)>,
-    bytes: usize,
-}
-
-impl PublishBatch {
-    fn add(&mut self, op: PublishOp) {
-        let c = *self.index.entry(op.channel.clone()).or_insert_with(|| {
-            self.channels.push(op.channel.clone());
-            self.members.push(Vec::new());
-            self.channels.len() - 1
-        });
-        self.bytes += op.payload.len();
-        self.members[c].push(self.ops.len());
-        self.ops.push((c, op));
-    }
-}
-
-/// A pattern PSUBSCRIBEd for this node's pattern subscribers.
-struct PatternTrack {
-    /// The pattern as clients wrote it.
-    text: Box<[u8]>,
-    /// Servers that confirmed the PSUBSCRIBE.
-    confirmed: std::collections::HashSet<usize>,
-    /// Sweeps in a row that found no worker with the pattern.
-    unused_sweeps: u8,
-}
-
-/// The Redis glob of the pub/sub channels a fanout pattern matches: `*` and `>` tokens become
-/// `*` (which also crosses dots: the workers match exactly), everything else literal.
-fn redis_glob(prefix: &str, pattern: &[u8]) -> Vec<u8> {
-    let mut glob = glob_prefix(prefix);
-    for (k, token) in pattern.split(|&b| b == b'.').enumerate() {
-        if k > 0 {
-            glob.push(b'.');
-        }
-        if token == b"*" || token == b">" {
-            glob.push(b'*');
-            continue;
-        }
-        for &b in token {
-            if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-                glob.push(b'\\');
-            }
-            glob.push(b);
-        }
-    }
-    glob.push(b'}');
-    glob
-}
-
-/// The start of every glob of our pub/sub channels: the prefix, escaped, and `:{`.
-fn glob_prefix(prefix: &str) -> Vec<u8> {
-    let mut glob = Vec::with_capacity(prefix.len() + 8);
-    for &b in prefix.as_bytes() {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            glob.push(b'\\');
-        }
-        glob.push(b);
-    }
-    glob.extend_from_slice(b":{");
-    glob
-}
-
 /// The pub/sub commands in use.
 struct Verbs {
     subscribe: &'static [u8],
     unsubscribe: &'static [u8],
     publish: &'static [u8],
-}
-
-/// A range of hash slots and its master: (first slot, last slot, host, port).
-pub(crate) type SlotRange = (u16, u16, String, u16);
-
-/// Redis Cluster: the slot map (`CLUSTER SLOTS`). Blocking (a connect with a timeout, one round
-/// trip): called on a helper thread, never the broker's (`BrokerThread::discover`).
-fn read_slot_map(seed: &RedisEndpoint) -> std::io::Result<Vec<SlotRange>> {
-    use std::io::{Read, Write};
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(seed.host.as_str(), seed.port))?
-        .next()
-        .ok_or_else(|| invalid("no address".into()))?;
-    let timeout = Duration::from_millis(500);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    let mut request = Vec::new();
-    let mut command = |args: &[&[u8]]| {
-        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg);
-            request.extend_from_slice(b"\r\n");
-        }
-    };
-    let mut expected = 1;
-    if let Some(password) = &seed.password {
-        match &seed.user {
-            Some(user) => command(&[b"AUTH", user.as_bytes(), password.as_bytes()]),
-            None => command(&[b"AUTH", password.as_bytes()]),
-        }
-        expected += 1;
-    }
-    command(&[b"CLUSTER", b"SLOTS"]);
-    stream.write_all(&request)?;
-    let mut input = Vec::new();
-    let mut replies = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    while replies.len() < expected {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(invalid("closed".into()));
-        }
-        input.extend_from_slice(&chunk[..n]);
-        while let Some((value, used)) = crate::protocol::resp::parse_value(&input, 1 << 20)
-            .map_err(|e| invalid(e.to_string()))?
-        {
-            input.drain(..used);
-            replies.push(value);
-        }
-    }
-    let Some(Value::Array(Some(ranges))) = replies.pop() else {
-        return Err(invalid(format!("CLUSTER SLOTS answered {:?}", replies)));
-    };
-    let number = |v: &Value| match v {
-        Value::Integer(n) if (0..=65535).contains(n) => Some(*n as u16),
-        _ => None,
-    };
-    let mut map = Vec::new();
-    for range in ranges {
-        let Value::Array(Some(parts)) = range else { continue };
-        let (Some(first), Some(last)) =
-            (parts.first().and_then(number), parts.get(1).and_then(number))
-        else {
-            continue;
-        };
-        let Some(Value::Array(Some(master))) = parts.get(2) else { continue };
-        let host = match master.first() {
-            Some(Value::Bulk(Some(host))) => String::from_utf8_lossy(host).into_owned(),
-            _ => String::new(),
-        };
-        let Some(port) = master.get(1).and_then(number) else { continue };
-        map.push((first, last, host, port));
-    }
-    Ok(map)
-}
-
-struct Script {
-    body: &'static str,
-    sha: String,
-}
-
-impl Script {
-    fn new(body: &'static str) -> Self {
-        Script { body, sha: sha1_smol::Sha1::from(body).digest().to_string() }
-    }
 }
 
 /// A command whose reply is awaited, in the order sent.
@@ -398,8 +104,10 @@ enum Pending {
     Probe,
     /// SET NX of a name's lease for a connection.
     Claim { name: Bytes, reply_to: AckTarget },
-    /// A lease refreshed or given back.
-    Lease { name: Bytes },
+    /// A lease refreshed (the refresh script: 0 when another node holds it now).
+    Refresh { name: Bytes },
+    /// A lease given back.
+    Release,
     /// HMGET of a quiet channel's epoch and latest offset; the log's when it was asked.
     Check { topic: Bytes, epoch: u64, last: u64 },
     /// XRANGE of the stream for a resume.
@@ -490,7 +198,7 @@ struct Tracked {
 
 struct BrokerThread {
     poll: Poll,
-    shared: Arc<Shared>,
+    server: ServerForBroker,
     producer: Producer<Item>,
     ops: Receiver<BrokerOp>,
     shards: Vec<Shard>,
@@ -505,24 +213,14 @@ struct BrokerThread {
     stopping: bool,
     /// This node's identity in name leases and probe channels.
     node_id: Bytes,
-    /// Redis Cluster: the server of each hash slot (`NO_SHARD` while unknown).
-    slots: Option<Box<[u16]>>,
-    /// Redis Cluster: when to read the slot map (again).
-    discover_at: Option<Instant>,
-    discover_backoff: Duration,
-    /// Redis Cluster: a slot map is being read on a helper thread.
-    discovering: bool,
-    /// Redis Cluster: masters in the last map taken (logged when it changes).
-    known_masters: usize,
-    /// Redis Cluster: when to read the slot map again while everything is up (it is read again
-    /// sooner on MOVED/ASK, a lost master, or while a master of the map does not answer).
-    next_topology_check: Instant,
+    /// Redis Cluster: its slot map (`None`: independent servers, by jump hash).
+    topology: Option<Topology>,
     refresh: Script,
     release: Script,
     /// Patterns PSUBSCRIBEd for pattern subscribers, by Redis glob.
     patterns: HashMap<Bytes, PatternTrack>,
     /// Names this node holds a lease on.
-    leases: HashMap<Bytes, AckTarget>,
+    leases: Leases,
     /// Servers whose pub/sub connection has input left unread (its read budget ran out, or the
     /// ring had too little room): read again before anything new, once there is room.
     unread: Vec<usize>,
@@ -560,7 +258,7 @@ pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstart
 
 impl Unstarted {
     /// Runs the broker until the server shuts down.
-    pub fn run(self, shared: Arc<Shared>, producer: Producer<Item>) {
+    pub fn run(self, server: ServerForBroker, producer: Producer<Item>) {
         let Unstarted { poll, ops, config } = self;
         let now = Instant::now();
         let node_id = format!("{:016x}", new_epoch());
@@ -576,26 +274,21 @@ impl Unstarted {
         };
         BrokerThread {
             poll,
-            shared,
+            server,
             producer,
             ops,
             shards,
             tracked: HashMap::new(),
-            publish: Script::new(PUBLISH_LUA),
-            sync: Script::new(SYNC_LUA),
+            publish: Script::new(scripts::PUBLISH_LUA),
+            sync: Script::new(scripts::SYNC_LUA),
             delivered: false,
             served: false,
             next_sweep: now + SWEEP_EVERY,
             stopping: false,
             node_id: Bytes::from(node_id),
-            slots: config.redis_cluster.then(|| vec![NO_SHARD; SLOTS].into_boxed_slice()),
-            discover_at: config.redis_cluster.then_some(now),
-            discover_backoff: BACKOFF_MIN,
-            discovering: false,
-            known_masters: 0,
-            next_topology_check: now + TOPOLOGY_REFRESH,
-            refresh: Script::new(REFRESH_LUA),
-            release: Script::new(RELEASE_LUA),
+            topology: config.redis_cluster.then(|| Topology::new(now)),
+            refresh: Script::new(scripts::REFRESH_LUA),
+            release: Script::new(scripts::RELEASE_LUA),
             leases: Default::default(),
             answers: Default::default(),
             unread: Vec::new(),
@@ -606,68 +299,9 @@ impl Unstarted {
     }
 }
 
-/// Parses a sync reply: epoch, latest offset, and (offset, time, payload) per stream entry.
-type Synced = (u64, u64, Vec<(u64, u64, Bytes)>);
-
-fn parse_sync(reply: Value) -> Result<Synced, String> {
-    let Value::Array(Some(parts)) = reply else { return Err(format!("{reply:?}")) };
-    let mut parts = parts.into_iter();
-    let epoch = match parts.next() {
-        Some(Value::Bulk(Some(e))) if e.len() == 8 => {
-            u64::from_be_bytes(e[..].try_into().map_err(|_| "epoch")?)
-        }
-        other => return Err(format!("epoch {other:?}")),
-    };
-    let last = match parts.next() {
-        Some(Value::Integer(n)) if n >= 0 => n as u64,
-        other => return Err(format!("last offset {other:?}")),
-    };
-    let Some(entries) = parts.next() else { return Err("entries".into()) };
-    Ok((epoch, last, parse_entries(entries)?))
-}
-
-/// Stream entries (XRANGE's answer): (offset, publish time, payload) each.
-fn parse_entries(reply: Value) -> Result<Vec<(u64, u64, Bytes)>, String> {
-    let Value::Array(Some(raw)) = reply else { return Err(format!("entries {reply:?}")) };
-    let mut entries = Vec::with_capacity(raw.len());
-    for entry in raw {
-        let Value::Array(Some(entry)) = entry else { return Err("entry".into()) };
-        let mut entry = entry.into_iter();
-        let Some(Value::Bulk(Some(id))) = entry.next() else { return Err("entry id".into()) };
-        let offset = std::str::from_utf8(&id)
-            .ok()
-            .and_then(|id| id.strip_prefix("0-"))
-            .and_then(|n| n.parse().ok())
-            .ok_or("entry id")?;
-        let Some(Value::Array(Some(fields))) = entry.next() else { return Err("fields".into()) };
-        let (mut payload, mut time) = (Bytes::new(), 0);
-        for pair in fields.chunks(2) {
-            match pair {
-                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"p" => {
-                    payload = Bytes::from(value.clone());
-                }
-                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"t" => {
-                    time =
-                        std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-                }
-                _ => {}
-            }
-        }
-        entries.push((offset, time, payload));
-    }
-    Ok(entries)
-}
-
-fn bulk(value: Value) -> Option<Vec<u8>> {
-    match value {
-        Value::Bulk(Some(bytes)) => Some(bytes),
-        _ => None,
-    }
-}
-
 impl BrokerThread {
     fn broker(&self) -> &Broker {
-        self.shared.broker.as_ref().expect("the broker thread runs only in cluster mode")
+        self.server.broker()
     }
 
     fn config(&self) -> &ClusterConfig {
@@ -675,7 +309,7 @@ impl BrokerThread {
     }
 
     fn run(mut self) {
-        let broadcast = self.shared.channels.broadcast().clone();
+        let broadcast = self.server.channels().broadcast().clone();
         self.serve(broadcast);
         let mut events = Events::with_capacity(256);
         info!(
@@ -706,16 +340,16 @@ impl BrokerThread {
             }
             self.read_unread();
             self.take_ops();
-            if self.stopping || self.shared.shutdown.load(Ordering::Acquire) {
+            if self.stopping || self.server.shutting_down() {
                 break;
             }
             self.timers();
             self.flush();
             if std::mem::take(&mut self.served) {
                 self.broker().served_generation.fetch_add(1, Ordering::Release);
-                self.shared.wake_all();
+                self.server.wake_workers(true);
             } else if std::mem::take(&mut self.delivered) {
-                self.shared.wake_others(usize::MAX);
+                self.server.wake_workers(false);
             }
         }
         for i in 0..self.shards.len() {
@@ -736,7 +370,7 @@ impl BrokerThread {
                 [s.retry_at, answer_due, probe_due, probe_next]
             })
             .flatten()
-            .chain(self.discover_at)
+            .chain(self.topology.as_ref().and_then(Topology::next_timer))
             .chain((!self.unread.is_empty()).then(|| Instant::now() + BACKPRESSURE_RETRY))
             .fold(self.next_sweep, Instant::min)
     }
@@ -755,7 +389,7 @@ impl BrokerThread {
                         self.refuse(&op, why.into());
                         continue;
                     };
-                    let slot = match self.slots {
+                    let slot = match self.topology {
                         Some(_) => super::key_slot(
                             &Keys::new(&self.config().key_prefix, &op.channel).topic,
                         ),
@@ -780,11 +414,10 @@ impl BrokerThread {
                     self.resolved(shard, endpoint, result)
                 }
                 BrokerOp::SlotMap(Err(why)) => {
-                    self.discovering = false;
-                    warn!("cluster: cannot read the slot map: {why}");
-                    let delay = jittered(self.discover_backoff);
-                    self.discover_backoff = (self.discover_backoff * 2).min(BACKOFF_MAX);
-                    self.discover_at = Some(Instant::now() + delay);
+                    if let Some(topology) = self.topology.as_mut() {
+                        let delay = topology.failed(Instant::now(), jittered);
+                        warn!("cluster: cannot read the slot map: {why}; again in {delay:.1?}");
+                    }
                 }
                 BrokerOp::Shutdown => self.stopping = true,
             }
@@ -798,13 +431,12 @@ impl BrokerThread {
 
     fn timers(&mut self) {
         let now = Instant::now();
-        if self.slots.is_some() && now >= self.next_topology_check && self.discover_at.is_none() {
-            let degraded = self.mapped_shards().any(|i| !self.shards[i].is_ready());
-            self.next_topology_check =
-                now + if degraded { TOPOLOGY_RETRY } else { TOPOLOGY_REFRESH };
-            self.discover_at = Some(now);
-        }
-        if self.discover_at.is_some_and(|at| at <= now) && !self.discovering {
+        let shards = &self.shards;
+        let degraded = |topology: &Topology| {
+            let mapped = topology.mapped(shards.len());
+            shards.iter().zip(mapped).any(|(shard, mapped)| mapped && !shard.is_ready())
+        };
+        if self.topology.as_mut().is_some_and(|t| t.due(now, degraded)) {
             self.discover();
         }
         let timeout = self.config().command_timeout;
@@ -853,12 +485,10 @@ impl BrokerThread {
     /// The server of `channel`: by jump hash over independent servers, or (Redis Cluster) by
     /// the slot map, unknown until it has been read.
     fn shard_of(&self, channel: &[u8]) -> Option<usize> {
-        match &self.slots {
+        match &self.topology {
             None => Some(super::shard_of(channel, self.shards.len())),
-            Some(slots) => {
-                let topic = Keys::new(&self.config().key_prefix, channel).topic;
-                let shard = slots[usize::from(super::key_slot(&topic))];
-                (shard != NO_SHARD).then_some(usize::from(shard))
+            Some(topology) => {
+                topology.server_of(&Keys::new(&self.config().key_prefix, channel).topic)
             }
         }
     }
@@ -866,33 +496,23 @@ impl BrokerThread {
     /// The pub/sub commands: sharded ones in a Redis Cluster (each goes to one slot's master,
     /// never broadcast over the cluster bus).
     fn verbs(&self) -> Verbs {
-        if self.slots.is_some() {
+        if self.topology.is_some() {
             Verbs { subscribe: b"SSUBSCRIBE", unsubscribe: b"SUNSUBSCRIBE", publish: b"SPUBLISH" }
         } else {
             Verbs { subscribe: b"SUBSCRIBE", unsubscribe: b"UNSUBSCRIBE", publish: b"PUBLISH" }
         }
     }
 
-    /// Redis Cluster: reads the slot map from a seed (or a known master), adds a server for
-    /// each new master, and moves every channel whose slot changed hands (it is subscribed
-    /// again there and repaired from its stream). Called at start, after a MOVED, and after a
-    /// master was lost (a replica may have taken over).
     /// Redis Cluster: reads the slot map on a helper thread, asking the masters that answer
     /// first, then the seeds, then the rest (a dead master last: never only it), so the broker
     /// never waits on a connect; the map comes back as `BrokerOp::SlotMap`.
     fn discover(&mut self) {
-        self.discovering = true;
-        self.discover_at = None;
-        let mut candidates: Vec<RedisEndpoint> = Vec::new();
-        let mut add = |endpoint: &RedisEndpoint| {
-            if !candidates.iter().any(|c| c.host == endpoint.host && c.port == endpoint.port) {
-                candidates.push(endpoint.clone());
-            }
-        };
-        self.shards.iter().filter(|s| s.is_ready()).for_each(|s| add(&s.endpoint));
-        self.config().redis.iter().for_each(&mut add);
-        self.shards.iter().for_each(|s| add(&s.endpoint));
-        let shared = self.shared.clone();
+        let candidates = Topology::candidates(
+            self.shards.iter().filter(|s| s.is_ready()).map(|s| &s.endpoint),
+            &self.config().redis,
+            self.shards.iter().map(|s| &s.endpoint),
+        );
+        let server = self.server.clone();
         let spawned = std::thread::Builder::new().name("fanout-slot-map".into()).spawn(move || {
             let mut why = String::from("no node to ask");
             let mut found = None;
@@ -908,13 +528,12 @@ impl BrokerThread {
                     Err(e) => why = format!("{seed}: {e}"),
                 }
             }
-            if let Some(broker) = shared.broker.as_ref() {
-                broker.send(BrokerOp::SlotMap(found.ok_or(why)));
-            }
+            server.broker().send(BrokerOp::SlotMap(found.ok_or(why)));
         });
         if let Err(e) = spawned {
-            self.discovering = false;
-            self.discover_at = Some(Instant::now() + BACKOFF_MAX);
+            if let Some(topology) = self.topology.as_mut() {
+                topology.not_started(Instant::now());
+            }
             warn!("cluster: cannot start a thread to read the slot map: {e}");
         }
     }
@@ -947,58 +566,37 @@ impl BrokerThread {
         self.refuse_pending(i, "the server is no longer a master of the Redis Cluster");
     }
 
-    /// The shards the slot map names (masters that own slots).
-    fn mapped_shards(&self) -> impl Iterator<Item = usize> + '_ {
-        let mut mapped = vec![false; self.shards.len()];
-        for &slot in self.slots.iter().flat_map(|s| s.iter()) {
-            if let Some(m) = mapped.get_mut(usize::from(slot)) {
-                *m = true;
-            }
-        }
-        (0..self.shards.len()).filter(move |&i| mapped[i])
+    /// The shards the slot map names (masters that own slots); none without one.
+    fn mapped_shards(&self) -> Vec<usize> {
+        let Some(topology) = &self.topology else { return Vec::new() };
+        let mapped = topology.mapped(self.shards.len());
+        (0..self.shards.len()).filter(|&i| mapped[i]).collect()
     }
 
     /// Redis Cluster: takes a slot map read by `discover`. Masters new to it are connected;
     /// servers it no longer names (a dead master, or one that came back as a replica after a
     /// failover) are let go of, neither counted nor probed nor reconnected; channels whose slot
     /// moved are served from their new master (subscribed again, repaired from the stream).
-    fn apply_slot_map(&mut self, seed: RedisEndpoint, ranges: Vec<SlotRange>) {
-        self.discovering = false;
-        self.discover_at = None;
-        self.discover_backoff = BACKOFF_MIN;
+    fn apply_slot_map(&mut self, seed: RedisEndpoint, ranges: Vec<topology::SlotRange>) {
         let now = Instant::now();
-        let mut slots = vec![NO_SHARD; SLOTS].into_boxed_slice();
-        for (first, last, host, port) in ranges {
-            let host = if host.is_empty() { seed.host.clone() } else { host };
-            let i = match self
-                .shards
-                .iter()
-                .position(|s| s.endpoint.host == host && s.endpoint.port == port)
-            {
-                Some(i) => i,
-                None => {
-                    let endpoint = RedisEndpoint { host, port, db: 0, ..seed.clone() };
-                    self.shards.push(Shard::new(endpoint, Bytes::new(), now));
-                    self.shards.len() - 1
-                }
-            };
-            for slot in first..=last.min(SLOTS as u16 - 1) {
-                slots[usize::from(slot)] = i as u16;
-            }
+        let servers: Vec<RedisEndpoint> = self.shards.iter().map(|s| s.endpoint.clone()).collect();
+        let Some(topology) = self.topology.as_mut() else { return };
+        let taken = topology.take(&seed, ranges, &servers);
+        for endpoint in taken.added {
+            self.shards.push(Shard::new(endpoint, Bytes::new(), now));
         }
         // Each server's probe channel is one of its own slots.
         let id = String::from_utf8_lossy(&self.node_id).into_owned();
         let prefix = self.config().key_prefix.clone();
+        let Some(topology) = self.topology.as_mut() else { return };
         for (i, shard) in self.shards.iter_mut().enumerate() {
             shard.probe_topic = (0u32..100_000)
                 .map(|n| Bytes::from(format!("{prefix}:probe:{{{id}.{n}}}")))
-                .find(|topic| slots[usize::from(super::key_slot(topic))] == i as u16)
+                .find(|topic| topology.server_of(topic) == Some(i))
                 .unwrap_or_default();
         }
-        self.slots = Some(slots);
-        let mapped: Vec<usize> = self.mapped_shards().collect();
-        for i in 0..self.shards.len() {
-            if mapped.contains(&i) {
+        for (i, &mapped) in taken.mapped.iter().enumerate() {
+            if mapped {
                 let shard = &mut self.shards[i];
                 if !shard.is_connected() && shard.retry_at.is_none() {
                     // A master again (or for the first time since it was let go of).
@@ -1011,13 +609,13 @@ impl BrokerThread {
         }
         // While a master of the map does not answer, the map is read again soon: its replica
         // is named once it took over.
-        if mapped.iter().any(|&i| !self.shards[i].is_ready()) {
-            self.next_topology_check = now + TOPOLOGY_RETRY;
+        if self.mapped_shards().iter().any(|&i| !self.shards[i].is_ready()) {
+            if let Some(topology) = self.topology.as_mut() {
+                topology.degraded(now);
+            }
         }
-        let masters = mapped.len();
-        if masters != self.known_masters {
+        if let Some(masters) = taken.masters {
             info!("cluster: the Redis Cluster has {masters} master(s)");
-            self.known_masters = masters;
         }
         let moves: Vec<(Bytes, Option<usize>)> = self
             .tracked
@@ -1054,12 +652,8 @@ impl BrokerThread {
     /// the whole cluster at once, once the slot map is known and every master answers.
     fn publish_readiness(&self) {
         let broker = self.broker();
-        if let Some(slots) = &self.slots {
-            let mapped = slots.iter().all(|&s| s != NO_SHARD);
-            let ready = mapped
-                && slots
-                    .iter()
-                    .all(|&s| self.shards.get(usize::from(s)).is_some_and(Shard::is_ready));
+        if let Some(topology) = &self.topology {
+            let ready = topology.ready(|i| self.shards.get(i).is_some_and(Shard::is_ready));
             broker.shards[0].store(ready, Ordering::Release);
         } else {
             for (i, shard) in self.shards.iter().enumerate() {
@@ -1087,7 +681,7 @@ impl BrokerThread {
             return None;
         }
         shard.retry_at = None;
-        let shared = self.shared.clone();
+        let server = self.server.clone();
         let spawned = std::thread::Builder::new().name("fanout-resolve".into()).spawn(move || {
             use std::net::ToSocketAddrs;
             let result = (endpoint.host.as_str(), endpoint.port)
@@ -1098,9 +692,7 @@ impl BrokerThread {
                     true => Err("no address".to_string()),
                     false => Ok(addrs),
                 });
-            if let Some(broker) = shared.broker.as_ref() {
-                broker.send(BrokerOp::Resolved { shard: i, endpoint, result });
-            }
+            server.broker().send(BrokerOp::Resolved { shard: i, endpoint, result });
         });
         if let Err(e) = spawned {
             let shard = &mut self.shards[i];
@@ -1140,7 +732,7 @@ impl BrokerThread {
     fn connect(&mut self, i: usize) {
         let endpoint = self.shards[i].endpoint.clone();
         let Some(addr) = self.address_of(i) else { return };
-        let max_bulk = self.shared.config.max_frame_bytes + 64 * 1024;
+        let max_bulk = self.server.max_frame_bytes() + 64 * 1024;
         let registry = self.poll.registry();
         let links = Link::connect(addr, Token(2 * i), registry, max_bulk).and_then(|commands| {
             let pubsub = Link::connect(addr, Token(2 * i + 1), registry, max_bulk)?;
@@ -1197,8 +789,8 @@ impl BrokerThread {
     /// Redis answered the setup: publishes may go through.
     fn shard_ready(&mut self, i: usize) {
         let endpoint = self.shards[i].endpoint.clone();
-        let shared = self.shared.clone();
-        let broker = shared.broker.as_ref().expect("cluster mode");
+        let server = self.server.clone();
+        let broker = server.broker();
         let probe_every = broker.config.probe_interval;
         let shard = &mut self.shards[i];
         shard.backoff = BACKOFF_MIN;
@@ -1240,10 +832,9 @@ impl BrokerThread {
             self.broker().counters.shards_up.fetch_sub(1, Ordering::Relaxed);
             self.publish_readiness();
         }
-        if self.slots.is_some() && self.discover_at.is_none() {
+        if let Some(topology) = self.topology.as_mut() {
             // A master that went away may have been replaced by one of its replicas.
-            self.discover_at = Some(Instant::now() + BACKOFF_MIN);
-            self.next_topology_check = Instant::now() + TOPOLOGY_RETRY;
+            topology.lost_master(Instant::now());
         }
         if was_connected {
             warn!("cluster: lost {endpoint}: {why}; reconnecting in {delay:.1?}");
@@ -1344,7 +935,7 @@ impl BrokerThread {
     /// A connection let go of `name`: give the lease back (if Redis is unreachable, it
     /// expires by itself).
     fn release_name(&mut self, name: Bytes) {
-        if self.leases.remove(&name).is_none() {
+        if !self.leases.release(&name) {
             return;
         }
         let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
@@ -1354,7 +945,7 @@ impl BrokerThread {
         let (sha, node_id) = (self.release.sha.clone(), self.node_id.clone());
         let Some(link) = self.shards[i].commands.as_mut() else { return };
         link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id]);
-        self.shards[i].pending.push_back((Instant::now(), Pending::Lease { name }));
+        self.shards[i].pending.push_back((Instant::now(), Pending::Release));
     }
 
     /// Reads a channel's stream after `after` up to `upto` for a resume that memory no longer
@@ -1397,7 +988,7 @@ impl BrokerThread {
     /// Extends every lease this node holds (a third of the lease time apart).
     fn refresh_leases(&mut self) {
         let lease = self.config().name_lease.as_millis().max(1).to_string();
-        let names: Vec<Bytes> = self.leases.keys().cloned().collect();
+        let names: Vec<Bytes> = self.leases.names().cloned().collect();
         for name in names {
             let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
                 continue;
@@ -1406,7 +997,7 @@ impl BrokerThread {
             let (sha, node_id) = (self.refresh.sha.clone(), self.node_id.clone());
             let Some(link) = self.shards[i].commands.as_mut() else { continue };
             link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id, lease.as_bytes()]);
-            self.shards[i].pending.push_back((Instant::now(), Pending::Lease { name }));
+            self.shards[i].pending.push_back((Instant::now(), Pending::Refresh { name }));
         }
     }
 
@@ -1433,17 +1024,13 @@ impl BrokerThread {
 
     /// Hands `answer` to worker `worker` and wakes it.
     fn tell(&self, worker: usize, answer: Answer) {
-        if let Some(sender) = self.shared.ack_senders.get(worker) {
-            if sender.send(answer).is_ok() {
-                self.shared.wake(worker);
-            }
-        }
+        self.server.answer(worker, answer);
     }
 
     fn send_publish(&mut self, i: usize, batch: PublishBatch, eval: bool) {
         let prefix = self.config().key_prefix.clone();
         let ttl = self.config().key_ttl.as_millis().max(1).to_string();
-        let keep = self.shared.config.history_messages.to_string();
+        let keep = self.server.history_messages().to_string();
         let epoch = new_epoch().to_be_bytes();
         let now = now_ms().to_string();
         let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
@@ -1584,7 +1171,7 @@ impl BrokerThread {
     /// Unsubscribes from channels nobody on this node uses any more (no subscriber, no waiting
     /// join, no worker cache entry, no message in the ring).
     fn let_go_of_unused(&mut self) {
-        let registry = &self.shared.channels;
+        let registry = self.server.channels();
         let mut released = Vec::new();
         for (topic, tracked) in &self.tracked {
             // A channel found through a pattern is kept while it is busy (found again, it would
@@ -1717,7 +1304,7 @@ impl BrokerThread {
 
     fn flush_shard(&mut self, i: usize) -> std::io::Result<()> {
         let verbs = self.verbs();
-        let sharded = self.slots.is_some();
+        let sharded = self.topology.is_some();
         let shard = &mut self.shards[i];
         let Some(pubsub) = shard.pubsub.as_mut() else { return Ok(()) };
         for (verb, globs) in [
@@ -1824,27 +1411,17 @@ impl BrokerThread {
                 self.apply(&topic, outcome);
             }
             Pending::Claim { name, reply_to } => {
-                let result = match reply {
-                    Value::Simple(ok) if ok == "OK" => {
-                        self.leases.insert(name.clone(), reply_to);
-                        Ok(())
-                    }
-                    Value::Bulk(None) | Value::Null => {
-                        let why = "name already in use (on another node)";
-                        Err((ErrorCode::Conflict, why.into()))
-                    }
-                    other => {
-                        let why = format!("broker refused the claim: {other:?}");
-                        Err((ErrorCode::Unavailable, why.into()))
-                    }
+                let reply = match reply {
+                    Value::Simple(ok) if ok == "OK" => ClaimReply::Granted,
+                    Value::Bulk(None) | Value::Null => ClaimReply::Taken,
+                    other => ClaimReply::Failed(format!("{other:?}")),
                 };
+                let result = self.leases.claimed(name.clone(), reply_to, reply);
                 self.tell(reply_to.worker, Answer::NameClaim { target: reply_to, name, result });
             }
-            Pending::Lease { name } => {
-                if reply != Value::Integer(0) {
-                    return;
-                }
-                if let Some(holder) = self.leases.remove(&name) {
+            Pending::Refresh { name } => {
+                let still_ours = reply != Value::Integer(0);
+                if let Some(holder) = self.leases.refreshed(&name, still_ours) {
                     self.broker().counters.leases_lost.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         "cluster: the lease on name {} went to another node (Redis lost it, or it expired during an outage); its client here is told",
@@ -1853,18 +1430,11 @@ impl BrokerThread {
                     self.tell(holder.worker, Answer::NameLost { target: holder, name });
                 }
             }
+            Pending::Release => {}
             Pending::Publish(batch) => {
                 let counters = &self.broker().counters;
-                match reply {
-                    Value::Array(Some(mut answer))
-                        if answer.len() == 2
-                            && matches!(&answer[0], Value::Array(Some(f)) if f.len() == batch.channels.len()) =>
-                    {
-                        let epochs = match answer.pop() {
-                            Some(Value::Array(Some(epochs))) => epochs,
-                            _ => Vec::new(),
-                        };
-                        let Some(Value::Array(Some(firsts))) = answer.pop() else { return };
+                match batch.answer(reply) {
+                    Ok(answer) => {
                         let count = batch.ops.len() as u64;
                         counters.publishes_in_flight.fetch_sub(count, Ordering::Relaxed);
                         let micros = sent.elapsed().as_micros() as u64;
@@ -1873,25 +1443,11 @@ impl BrokerThread {
                             .round_trip_micros_total
                             .fetch_add(micros * count, Ordering::Relaxed);
                         counters.round_trip_micros_max.fetch_max(micros, Ordering::Relaxed);
-                        // Offsets in the order the publishes came, per channel: acknowledgements
-                        // go out in that order too.
-                        let mut next: Vec<Option<u64>> = firsts
-                            .iter()
-                            .map(|first| match first {
-                                Value::Integer(first) if *first > 0 => Some(*first as u64),
-                                _ => None,
-                            })
-                            .collect();
-                        for (c, op) in &batch.ops {
-                            match &mut next[*c] {
-                                Some(offset) => {
-                                    if op.acked {
-                                        self.answer(op, *offset, Ok(()));
-                                    } else {
-                                        self.answered_quietly(op);
-                                    }
-                                    *offset += 1;
-                                }
+                        // Acknowledgements go out in the order the publishes came.
+                        for ((_, op), offset) in batch.ops.iter().zip(batch.offsets(&answer)) {
+                            match offset {
+                                Some(offset) if op.acked => self.answer(op, offset, Ok(())),
+                                Some(_) => self.answered_quietly(op),
                                 None => {
                                     let who =
                                         String::from_utf8_lossy(&op.channel[1..]).into_owned();
@@ -1901,18 +1457,18 @@ impl BrokerThread {
                                 }
                             }
                         }
-                        self.remember_acked(&batch, &next, &epochs);
+                        self.remember_acked(&batch, &answer);
                     }
                     // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
-                    Value::Error(e) if e.starts_with("NOSCRIPT") => {
+                    Err(Value::Error(e)) if e.starts_with("NOSCRIPT") => {
                         self.send_publish(i, batch, true)
                     }
-                    Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                    Err(Value::Error(e)) if e.starts_with("MOVED") || e.starts_with("ASK") => {
                         self.slot_moved(&e);
                         let why: Arc<str> = "broker unavailable: the Redis Cluster moved this channel's slot; publish again".into();
                         self.refuse_batch(&batch, why);
                     }
-                    other => {
+                    Err(other) => {
                         warn!("cluster: the publish script failed: {other:?}");
                         let why: Arc<str> = format!("broker refused the publish: {other:?}").into();
                         self.refuse_batch(&batch, why);
@@ -2027,12 +1583,12 @@ impl BrokerThread {
     /// live (waiting pattern subscribers go on).
     fn pattern_confirmed(&mut self, i: usize, glob: Bytes) {
         let shards = self.shards.len();
-        let shared = self.shared.clone();
+        let server = self.server.clone();
         let Some(track) = self.patterns.get_mut(&glob) else { return };
         track.confirmed.insert(i);
         if track.confirmed.len() == shards {
-            let broker = shared.broker.as_ref().expect("cluster mode");
-            let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+            let broker = server.broker();
+            let mut served = broker.served_patterns();
             if let Some(entry) = served.get_mut(&track.text) {
                 if !entry.live {
                     entry.live = true;
@@ -2047,7 +1603,7 @@ impl BrokerThread {
     /// messages from `first` on go to the ring).
     fn found_through_pattern(&mut self, i: usize, topic: &Bytes, first: u64) {
         let Some(name) = Keys::channel_of(&self.config().key_prefix, topic) else { return };
-        let channel = match self.shared.channels.get_or_create(name) {
+        let channel = match self.server.channels().get_or_create(name) {
             Ok(channel) => channel,
             Err(e) => {
                 warn!(
@@ -2099,8 +1655,8 @@ impl BrokerThread {
     fn let_go_of_unused_patterns(&mut self) {
         let mut gone = Vec::new();
         {
-            let broker = self.shared.broker.as_ref().expect("cluster mode");
-            let mut served = broker.patterns.lock().unwrap_or_else(|p| p.into_inner());
+            let broker = self.server.broker();
+            let mut served = broker.served_patterns();
             for (glob, track) in self.patterns.iter_mut() {
                 let unused = served.get(&track.text).is_none_or(|e| e.holders == 0 && e.live);
                 track.unused_sweeps = if unused { track.unused_sweeps + 1 } else { 0 };
@@ -2122,47 +1678,21 @@ impl BrokerThread {
     /// ended by the server): read the map again now.
     fn slot_moved(&mut self, why: &str) {
         debug!("cluster: {why}; reading the slot map again");
-        if self.slots.is_some() {
-            self.discover_at = Some(Instant::now());
+        if let Some(topology) = self.topology.as_mut() {
+            topology.moved(Instant::now());
         }
     }
 
     /// Each channel of an answered publish batch that this node mirrors remembers the latest
     /// place Redis acknowledged (epoch, offset, message): Redis giving it out again later, or
     /// coming back without it, is then a rollback even if this node's log never held it.
-    fn remember_acked(
-        &mut self,
-        batch: &PublishBatch,
-        after_last: &[Option<u64>],
-        epochs: &[Value],
-    ) {
+    fn remember_acked(&mut self, batch: &PublishBatch, answer: &BatchAnswer) {
         let prefix = self.config().key_prefix.clone();
         for (c, channel) in batch.channels.iter().enumerate() {
-            let (Some(next), Some(Value::Bulk(Some(epoch)))) = (after_last[c], epochs.get(c))
-            else {
-                continue;
-            };
-            let Ok(epoch) = <[u8; 8]>::try_from(epoch.as_slice()) else { continue };
-            let members = &batch.members[c];
-            // Only what a client was acknowledged: fire-and-forget publishes promise nothing
-            // (and cost nothing here, not even the channel's lookup).
-            if !members.iter().any(|&op| batch.ops[op].1.acked) {
-                continue;
-            }
+            // Fire-and-forget publishes cost nothing here, not even the channel's lookup.
+            let Some(acked) = batch.acked(c, answer) else { continue };
             let topic = Keys::new(&prefix, channel).topic;
             let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
-            let epoch = u64::from_be_bytes(epoch);
-            let first = next - members.len() as u64;
-            let acked: Vec<Acked> = members
-                .iter()
-                .enumerate()
-                .filter(|(_, &op)| batch.ops[op].1.acked)
-                .map(|(k, &op)| Acked {
-                    epoch,
-                    offset: first + k as u64,
-                    payload: batch.ops[op].1.payload.clone(),
-                })
-                .collect();
             let outcome = {
                 let log = tracked.channel.lock_log();
                 tracked.mirror.published(&*log, acked)
@@ -2188,8 +1718,8 @@ impl BrokerThread {
     fn apply(&mut self, topic: &Bytes, outcome: Outcome) {
         let Some(tracked) = self.tracked.get(topic) else { return };
         let (channel, shard) = (tracked.channel.clone(), tracked.shard);
-        let shared = self.shared.clone();
-        let counters = &shared.broker.as_ref().expect("cluster mode").counters;
+        let server = self.server.clone();
+        let counters = &server.broker().counters;
         let name = || String::from_utf8_lossy(&channel.name).into_owned();
         if let Some((epoch, why)) = outcome.rollback {
             counters.rollbacks.fetch_add(1, Ordering::Relaxed);
@@ -2214,7 +1744,7 @@ impl BrokerThread {
                 Step::Restart { epoch, next, notify } => {
                     {
                         let mut log = channel.lock_log();
-                        log.restart(epoch, &self.shared.channels.retained);
+                        log.restart(epoch, &server.channels().retained);
                         channel.set_epoch(epoch);
                         log.next_offset = next;
                     }
@@ -2260,7 +1790,7 @@ impl BrokerThread {
         }
     }
 
-    /// Puts an item into the ring (a full ring is waited out, as in `accept`).
+    /// Puts a notice into the ring (a full ring is waited out, as in `accept`).
     fn put_in_ring(&mut self, channel: &Arc<Channel>, offset: u64, payload: Bytes) {
         loop {
             let message =
@@ -2269,54 +1799,58 @@ impl BrokerThread {
                 self.delivered = true;
                 return;
             }
-            if self.shared.shutdown.load(Ordering::Acquire) {
+            if !self.wait_for_room() {
                 return;
             }
-            self.shared.wake_others(usize::MAX);
-            std::thread::sleep(Duration::from_micros(50));
         }
     }
 
     /// Appends message `offset` to the channel's log and, for live subscribers, puts it into the
-    /// ring, under the log's lock as a publisher on one node does. A full ring is waited out
-    /// with the lock released (workers take it while they replay).
+    /// ring, as a publisher on one node does (`ChannelRegistry::append`). A full ring is waited
+    /// out with the lock released (workers take it while they replay). Pub/sub connections are
+    /// read only while the ring has room for what one read delivers (`RING_HEADROOM`), so this
+    /// waits only for what a sync's pages bring at once.
     fn accept(
         &mut self,
         channel: &Arc<Channel>,
         offset: u64,
         payload: Bytes,
         published_ms: u64,
-        to_ring: bool,
+        deliver: bool,
     ) {
-        let registry = &self.shared.channels;
+        let server = self.server.clone();
+        let registry = server.channels();
+        let mut entry = Retained { offset, published_ms, payload };
         loop {
             let mut log = channel.lock_log();
-            if to_ring {
-                let message = Arc::new(Message {
-                    channel: channel.clone(),
-                    offset,
-                    payload: payload.clone(),
-                });
-                if self.producer.try_publish(message).is_err() {
+            match registry.append(channel, &mut log, &mut self.producer, entry, deliver, |_, _| {})
+            {
+                Ok(_) => {
+                    self.delivered |= deliver;
                     drop(log);
-                    if self.shared.shutdown.load(Ordering::Acquire) {
+                    registry.after_publish();
+                    return;
+                }
+                Err(back) => {
+                    drop(log);
+                    entry = back;
+                    if !self.wait_for_room() {
                         return;
                     }
-                    self.shared.wake_others(usize::MAX);
-                    std::thread::sleep(Duration::from_micros(50));
-                    continue;
                 }
-                self.delivered = true;
             }
-            log.next_offset = offset + 1;
-            if registry.history.messages > 0 {
-                let entry = Retained { offset, published_ms, payload };
-                registry.retain(channel, &mut log, entry);
-            }
-            drop(log);
-            registry.after_publish();
-            return;
         }
+    }
+
+    /// The ring is full: wakes the workers and waits a moment for them to drain it; false when
+    /// the server is shutting down (nothing will drain it).
+    fn wait_for_room(&self) -> bool {
+        if self.server.shutting_down() {
+            return false;
+        }
+        self.server.wake_workers(false);
+        std::thread::sleep(Duration::from_micros(50));
+        true
     }
 }
 
@@ -2350,75 +1884,6 @@ fn jittered(base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sync_replies_parse() {
-        let entry = |offset: &str, payload: &[u8]| {
-            Value::Array(Some(vec![
-                Value::Bulk(Some(offset.as_bytes().to_vec())),
-                Value::Array(Some(vec![
-                    Value::Bulk(Some(b"p".to_vec())),
-                    Value::Bulk(Some(payload.to_vec())),
-                    Value::Bulk(Some(b"t".to_vec())),
-                    Value::Bulk(Some(b"1700".to_vec())),
-                ])),
-            ]))
-        };
-        let reply = Value::Array(Some(vec![
-            Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
-            Value::Integer(9),
-            Value::Array(Some(vec![entry("0-8", b"eight"), entry("0-9", b"nine")])),
-        ]));
-        let (epoch, last, entries) = parse_sync(reply).unwrap();
-        assert_eq!((epoch, last), (7, 9));
-        assert_eq!(
-            entries,
-            vec![(8, 1700, Bytes::from_static(b"eight")), (9, 1700, Bytes::from_static(b"nine"))]
-        );
-        assert!(parse_sync(Value::Integer(1)).is_err());
-        let bad_id = Value::Array(Some(vec![
-            Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
-            Value::Integer(9),
-            Value::Array(Some(vec![entry("1-8", b"x")])),
-        ]));
-        assert!(parse_sync(bad_id).is_err());
-    }
-
-    #[test]
-    fn patterns_become_redis_globs_that_cover_them() {
-        assert_eq!(redis_glob("fanout", b"room.*"), b"fanout:{room.*}");
-        assert_eq!(redis_glob("fanout", b"orders.>"), b"fanout:{orders.*}");
-        assert_eq!(redis_glob("fanout", b"*.eu.*"), b"fanout:{*.eu.*}");
-        assert_eq!(redis_glob("f?x", b"a[1].*"), b"f\\?x:{a\\[1\\].*}");
-    }
-
-    #[test]
-    fn scripts_are_named_by_their_sha1() {
-        let script = Script::new("return 1");
-        assert_eq!(script.sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
-    }
-
-    #[test]
-    fn answers_go_back_in_each_connections_publish_order() {
-        let target = |key| AckTarget { worker: 0, key, serial: 1 };
-        let answer = |key, offset| Persisted {
-            target: target(key),
-            channel: Bytes::from_static(b"c"),
-            offset,
-            result: Ok(()),
-        };
-        let mut order = AnswerOrder::default();
-        let (a1, a2, a3) = (order.enter(target(1)), order.enter(target(1)), order.enter(target(1)));
-        let b1 = order.enter(target(2));
-        // Another connection is not held up by this one's.
-        assert_eq!(order.settle(target(2), b1, Some(answer(2, 9))).len(), 1);
-        assert!(order.settle(target(1), a3, Some(answer(1, 3))).is_empty(), "waits for a1, a2");
-        assert!(order.settle(target(1), a2, None).is_empty(), "a quiet one still waits for a1");
-        let due: Vec<u64> =
-            order.settle(target(1), a1, Some(answer(1, 1))).iter().map(|p| p.offset).collect();
-        assert_eq!(due, [1, 3]);
-        assert!(order.waiting.is_empty(), "nothing left held");
-    }
 
     #[test]
     fn jitter_stays_within_half_either_side() {

@@ -1,0 +1,167 @@
+//! A turn's publishes to one server (one slot of a Redis Cluster) as one call of the publish
+//! script, and what its answer means for each publish, as plain data.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::cluster::mirror::Acked;
+use crate::cluster::PublishOp;
+use crate::protocol::resp::Value;
+
+/// Publishes sent as one script call, at most (and about this many payload bytes).
+pub(super) const BATCH_MESSAGES: usize = 1024;
+pub(super) const BATCH_BYTES: usize = 1 << 20;
+
+/// Publishes for one script call: the channels in the order first met, and the publishes in the
+/// order they came, each with its channel's index.
+#[derive(Default)]
+pub(super) struct PublishBatch {
+    pub channels: Vec<Bytes>,
+    /// Channel name -> its index in `channels`.
+    index: HashMap<Bytes, usize>,
+    /// Per channel, its publishes' indexes in `ops`, in order.
+    pub members: Vec<Vec<usize>>,
+    pub ops: Vec<(usize, PublishOp)>,
+    pub bytes: usize,
+}
+
+impl PublishBatch {
+    pub fn add(&mut self, op: PublishOp) {
+        let c = *self.index.entry(op.channel.clone()).or_insert_with(|| {
+            self.channels.push(op.channel.clone());
+            self.members.push(Vec::new());
+            self.channels.len() - 1
+        });
+        self.bytes += op.payload.len();
+        self.members[c].push(self.ops.len());
+        self.ops.push((c, op));
+    }
+}
+
+/// The publish script's answer to a batch: per channel, the offset it gave the channel's first
+/// message (`None`: an inbox whose name nobody holds, so nothing was published) and its epoch.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct BatchAnswer {
+    pub firsts: Vec<Option<u64>>,
+    pub epochs: Vec<Option<u64>>,
+}
+
+impl PublishBatch {
+    /// Reads the script's reply (`{firsts, epochs}`); anything else is handed back.
+    pub fn answer(&self, reply: Value) -> Result<BatchAnswer, Value> {
+        let channels = self.channels.len();
+        let shaped = matches!(&reply, Value::Array(Some(parts)) if parts.len() == 2
+            && matches!(&parts[0], Value::Array(Some(f)) if f.len() == channels));
+        if !shaped {
+            return Err(reply);
+        }
+        let Value::Array(Some(mut parts)) = reply else { return Err(reply) };
+        let epochs = match parts.pop() {
+            Some(Value::Array(Some(epochs))) => epochs,
+            _ => Vec::new(),
+        };
+        let Some(Value::Array(Some(firsts))) = parts.pop() else {
+            return Err(Value::Array(Some(parts)));
+        };
+        let firsts = firsts
+            .iter()
+            .map(|first| match first {
+                Value::Integer(first) if *first > 0 => Some(*first as u64),
+                _ => None,
+            })
+            .collect();
+        let epochs = (0..channels)
+            .map(|c| match epochs.get(c) {
+                Some(Value::Bulk(Some(e))) => {
+                    <[u8; 8]>::try_from(e.as_slice()).ok().map(u64::from_be_bytes)
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(BatchAnswer { firsts, epochs })
+    }
+
+    /// Each publish's offset, in the order they came (`None`: nobody holds the inbox's name).
+    pub fn offsets(&self, answer: &BatchAnswer) -> Vec<Option<u64>> {
+        let mut next = answer.firsts.clone();
+        self.ops
+            .iter()
+            .map(|(c, _)| {
+                let offset = next[*c]?;
+                next[*c] = Some(offset + 1);
+                Some(offset)
+            })
+            .collect()
+    }
+
+    /// Channel `c`'s acknowledged places (epoch, offset, message): only what a client was
+    /// acknowledged (fire-and-forget publishes promise nothing); `None` when there is none.
+    pub fn acked(&self, c: usize, answer: &BatchAnswer) -> Option<Vec<Acked>> {
+        let (first, epoch) = (answer.firsts[c]?, answer.epochs.get(c).copied().flatten()?);
+        let members = &self.members[c];
+        if !members.iter().any(|&op| self.ops[op].1.acked) {
+            return None;
+        }
+        let places = members
+            .iter()
+            .enumerate()
+            .filter(|(_, &op)| self.ops[op].1.acked)
+            .map(|(k, &op)| Acked {
+                epoch,
+                offset: first + k as u64,
+                payload: self.ops[op].1.payload.clone(),
+            })
+            .collect();
+        Some(places)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::disk::AckTarget;
+
+    fn op(channel: &'static [u8], payload: &'static [u8], acked: bool) -> PublishOp {
+        PublishOp {
+            channel: Bytes::from_static(channel),
+            payload: Bytes::from_static(payload),
+            reply_to: AckTarget { worker: 0, key: 1, serial: 1 },
+            acked,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn an_answer_gives_each_publish_its_offset_in_the_order_they_came() {
+        let mut batch = PublishBatch::default();
+        for op in [
+            op(b"a", b"1", true),
+            op(b"b", b"2", false),
+            op(b"a", b"3", false),
+            op(b"@x", b"4", true),
+            op(b"a", b"5", true),
+        ] {
+            batch.add(op);
+        }
+        assert_eq!(batch.channels, [&b"a"[..], b"b", b"@x"]);
+        let epoch = |e: u64| Value::Bulk(Some(e.to_be_bytes().to_vec()));
+        let reply = Value::Array(Some(vec![
+            Value::Array(Some(vec![Value::Integer(10), Value::Integer(4), Value::Integer(-1)])),
+            Value::Array(Some(vec![epoch(7), epoch(8), Value::Bulk(Some(Vec::new()))])),
+        ]));
+        let answer = batch.answer(reply).unwrap();
+        assert_eq!(batch.offsets(&answer), [Some(10), Some(4), Some(11), None, Some(12)]);
+        let places: Vec<(u64, u64)> =
+            batch.acked(0, &answer).unwrap().iter().map(|a| (a.epoch, a.offset)).collect();
+        assert_eq!(places, [(7, 10), (7, 12)], "only what was acknowledged");
+        assert!(batch.acked(1, &answer).is_none(), "fire-and-forget: nothing remembered");
+        assert!(batch.acked(2, &answer).is_none(), "nothing published");
+        assert!(batch.answer(Value::Error("NOSCRIPT".into())).is_err());
+        let short = Value::Array(Some(vec![
+            Value::Array(Some(vec![Value::Integer(1)])),
+            Value::Array(Some(vec![])),
+        ]));
+        assert!(batch.answer(short).is_err(), "one first offset per channel or it is no answer");
+    }
+}

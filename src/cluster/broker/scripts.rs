@@ -1,0 +1,223 @@
+//! The Lua scripts the broker runs in Redis, and the parsing of their answers. A script runs
+//! atomically on one server (one slot of a Redis Cluster: every key of a call shares the
+//! channel's hash tag), which is what makes an offset, its stream entry and its pub/sub envelope
+//! one event.
+
+use bytes::Bytes;
+
+use crate::protocol::resp::Value;
+
+/// Gives runs of messages their offsets, appends them to their channels' streams and publishes
+/// one envelope per channel carrying its run: one script call for a whole turn's publishes to
+/// one server (or one slot of a Redis Cluster), not one per message.
+/// KEYS, per channel: meta, log, and for an inbox the name's lease. ARGV: channels in the call,
+/// candidate epoch (8 bytes, for a channel that has none), messages to keep (0: no stream), key
+/// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
+/// channel, '1' if it has a lease key, the epoch this node mirrors of it and the latest offset it
+/// holds there (empty and 0 when it mirrors none), its message count, and the payloads. Returns
+/// each channel's first offset (-1 for an inbox whose name nobody holds: nothing published), and
+/// each channel's epoch (a node that mirrors the channel remembers what it was acknowledged:
+/// `mirror::Acked`).
+///
+/// The fence: Redis handing out an offset this node already holds in the same epoch means Redis
+/// lost what it had acknowledged (restored from an older snapshot, a lagging replica promoted,
+/// `everysec` losing its last second). Offsets would name two messages; instead the channel's log
+/// ends there and a new epoch begins, keeping the stream (what Redis still has is read again
+/// from the new epoch's start), before anything is published under the old one.
+pub(super) const PUBLISH_LUA: &str = r"
+local keep = tonumber(ARGV[3])
+local firsts, epochs = {}, {}
+local k, a = 1, 7
+for c = 1, tonumber(ARGV[1]) do
+  local meta, log = KEYS[k], KEYS[k + 1]
+  local topic, leased, known_epoch, known_last, count =
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  k, a = k + 2, a + 5
+  local held = true
+  if leased == '1' then
+    held = redis.call('EXISTS', KEYS[k]) == 1
+    k = k + 1
+  end
+  if held then
+    local epoch = redis.call('HGET', meta, 'e')
+    local first = redis.call('HINCRBY', meta, 'o', count) - count + 1
+    if (not epoch) or (epoch == known_epoch and first <= known_last) then
+      epoch = ARGV[2]
+      redis.call('HSET', meta, 'e', epoch)
+    end
+    local run = {}
+    for m = 1, count do
+      local payload = ARGV[a + m - 1]
+      if keep > 0 then
+        redis.call('XADD', log, 'MAXLEN', '~', keep, '0-' .. (first + m - 1), 'p', payload, 't', ARGV[5])
+      end
+      run[m] = struct.pack('>I4', #payload) .. payload
+    end
+    if keep > 0 then
+      redis.call('PEXPIRE', log, ARGV[4])
+    end
+    redis.call('PEXPIRE', meta, ARGV[4])
+    redis.call(ARGV[6], topic, '\2' .. epoch .. struct.pack('>I8I4', first, count) .. table.concat(run))
+    firsts[c], epochs[c] = first, epoch
+  else
+    firsts[c], epochs[c] = -1, ''
+  end
+  a = a + count
+end
+return {firsts, epochs}
+";
+
+/// Reads a channel's epoch (creating it when missing), latest offset, and stream entries from
+/// an offset on (the node compares the one it has with the stream's: a rewritten entry is a
+/// rollback). KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms), after, count, and an
+/// epoch to end (empty: none): a node that found Redis rolled back ends the epoch it mirrors,
+/// once, whichever node sees it first (the candidate becomes the channel's epoch only while that
+/// one still is).
+pub(super) const SYNC_LUA: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch or epoch == ARGV[5] then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[3], '+', 'COUNT', ARGV[4])
+return {epoch, last, entries}
+";
+
+/// Keeps a name's lease: extends it if this node holds it, takes it again if it expired (a long
+/// outage), else 0 (someone else has it now). KEYS: the lease. ARGV: node id, lease (ms).
+pub(super) const REFRESH_LUA: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Gives a name's lease back if this node holds it. KEYS: the lease. ARGV: node id.
+pub(super) const RELEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A script and its SHA1: run by EVALSHA, by EVAL with its body after NOSCRIPT (a flushed
+/// script cache, a failover to a server that never loaded it).
+pub(super) struct Script {
+    pub body: &'static str,
+    pub sha: String,
+}
+
+impl Script {
+    pub fn new(body: &'static str) -> Self {
+        Script { body, sha: sha1_smol::Sha1::from(body).digest().to_string() }
+    }
+}
+
+/// Parses a sync reply: epoch, latest offset, and (offset, time, payload) per stream entry.
+pub(super) type Synced = (u64, u64, Vec<(u64, u64, Bytes)>);
+
+pub(super) fn parse_sync(reply: Value) -> Result<Synced, String> {
+    let Value::Array(Some(parts)) = reply else { return Err(format!("{reply:?}")) };
+    let mut parts = parts.into_iter();
+    let epoch = match parts.next() {
+        Some(Value::Bulk(Some(e))) if e.len() == 8 => {
+            u64::from_be_bytes(e[..].try_into().map_err(|_| "epoch")?)
+        }
+        other => return Err(format!("epoch {other:?}")),
+    };
+    let last = match parts.next() {
+        Some(Value::Integer(n)) if n >= 0 => n as u64,
+        other => return Err(format!("last offset {other:?}")),
+    };
+    let Some(entries) = parts.next() else { return Err("entries".into()) };
+    Ok((epoch, last, parse_entries(entries)?))
+}
+
+/// Stream entries (XRANGE's answer): (offset, publish time, payload) each.
+pub(super) fn parse_entries(reply: Value) -> Result<Vec<(u64, u64, Bytes)>, String> {
+    let Value::Array(Some(raw)) = reply else { return Err(format!("entries {reply:?}")) };
+    let mut entries = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let Value::Array(Some(entry)) = entry else { return Err("entry".into()) };
+        let mut entry = entry.into_iter();
+        let Some(Value::Bulk(Some(id))) = entry.next() else { return Err("entry id".into()) };
+        let offset = std::str::from_utf8(&id)
+            .ok()
+            .and_then(|id| id.strip_prefix("0-"))
+            .and_then(|n| n.parse().ok())
+            .ok_or("entry id")?;
+        let Some(Value::Array(Some(fields))) = entry.next() else { return Err("fields".into()) };
+        let (mut payload, mut time) = (Bytes::new(), 0);
+        for pair in fields.chunks(2) {
+            match pair {
+                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"p" => {
+                    payload = Bytes::from(value.clone());
+                }
+                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"t" => {
+                    time =
+                        std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        entries.push((offset, time, payload));
+    }
+    Ok(entries)
+}
+
+pub(super) fn bulk(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Bulk(Some(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_replies_parse() {
+        let entry = |offset: &str, payload: &[u8]| {
+            Value::Array(Some(vec![
+                Value::Bulk(Some(offset.as_bytes().to_vec())),
+                Value::Array(Some(vec![
+                    Value::Bulk(Some(b"p".to_vec())),
+                    Value::Bulk(Some(payload.to_vec())),
+                    Value::Bulk(Some(b"t".to_vec())),
+                    Value::Bulk(Some(b"1700".to_vec())),
+                ])),
+            ]))
+        };
+        let reply = Value::Array(Some(vec![
+            Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
+            Value::Integer(9),
+            Value::Array(Some(vec![entry("0-8", b"eight"), entry("0-9", b"nine")])),
+        ]));
+        let (epoch, last, entries) = parse_sync(reply).unwrap();
+        assert_eq!((epoch, last), (7, 9));
+        assert_eq!(
+            entries,
+            vec![(8, 1700, Bytes::from_static(b"eight")), (9, 1700, Bytes::from_static(b"nine"))]
+        );
+        assert!(parse_sync(Value::Integer(1)).is_err());
+        let bad_id = Value::Array(Some(vec![
+            Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
+            Value::Integer(9),
+            Value::Array(Some(vec![entry("1-8", b"x")])),
+        ]));
+        assert!(parse_sync(bad_id).is_err());
+    }
+
+    #[test]
+    fn scripts_are_named_by_their_sha1() {
+        let script = Script::new("return 1");
+        assert_eq!(script.sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+    }
+}
