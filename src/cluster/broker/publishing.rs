@@ -1,0 +1,253 @@
+//! What the broker sends for the workers and what it answers them: a turn's publishes as one
+//! script call per server (`batch`), answers in each connection's publish order (`answers`),
+//! refusals, name leases (`names`), and a resume's read of the stream.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::*;
+
+impl BrokerThread {
+    /// Refuses every publish of a batch.
+    pub(super) fn refuse_batch(&self, batch: &PublishBatch, why: Arc<str>) {
+        for (_, op) in &batch.ops {
+            self.refuse(op, why.clone());
+        }
+    }
+
+    /// Refuses a publish (which is then no longer in flight).
+    pub(super) fn refuse(&self, op: &PublishOp, why: Arc<str>) {
+        let counters = &self.broker().counters;
+        counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
+        self.refuse_with(op, ErrorCode::Unavailable, why);
+    }
+
+    pub(super) fn refuse_with(&self, op: &PublishOp, code: ErrorCode, why: Arc<str>) {
+        self.broker().counters.publishes_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.answer(op, 0, Err((code, why)));
+    }
+
+    /// Sends an acknowledgement or a refusal to the publishing connection's worker.
+    /// Answers publish `op` (in its connection's publish order: `AnswerOrder`).
+    pub(super) fn answer(
+        &self,
+        op: &PublishOp,
+        offset: u64,
+        result: Result<(), (ErrorCode, Arc<str>)>,
+    ) {
+        let target = op.reply_to;
+        let persisted = Persisted { target, channel: op.channel.clone(), offset, result };
+        self.send_answers(target, op.seq, Some(persisted));
+    }
+
+    /// Publish `op` went through and needs no answer (it was not acknowledged): answers that
+    /// waited behind it go out.
+    pub(super) fn answered_quietly(&self, op: &PublishOp) {
+        self.send_answers(op.reply_to, op.seq, None);
+    }
+
+    pub(super) fn send_answers(&self, target: AckTarget, seq: u64, answer: Option<Persisted>) {
+        let due = self.answers.borrow_mut().settle(target, seq, answer);
+        for persisted in due {
+            self.tell(target.worker, Answer::Published(persisted));
+        }
+    }
+
+    pub(super) fn send_publish(&mut self, i: usize, batch: PublishBatch, eval: bool) {
+        let prefix = self.config().key_prefix.clone();
+        let ttl = self.config().key_ttl.as_millis().max(1).to_string();
+        let keep = self.server.history_messages().to_string();
+        let epoch = new_epoch().to_be_bytes();
+        let now = now_ms().to_string();
+        let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
+        let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
+        let publish = self.verbs().publish;
+        // Per channel: its keys (an inbox takes messages only while someone holds its name),
+        // and its count.
+        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(3 * batch.channels.len());
+        let mut topics = Vec::with_capacity(batch.channels.len());
+        let mut counts = vec![0usize; batch.channels.len()];
+        // What this node mirrors of each channel, for the script's fence against a rollback.
+        let mut known: Vec<([u8; 8], String)> = Vec::with_capacity(batch.channels.len());
+        for (c, channel) in batch.channels.iter().enumerate() {
+            let names = Keys::new(&prefix, channel);
+            keys.push(names.meta());
+            keys.push(names.log());
+            if channel.first() == Some(&b'@') {
+                keys.push(self.lease_key(&channel[1..]));
+            }
+            known.push(match self.tracked.get(&names.topic) {
+                Some(tracked) if !tracked.mirror.fresh => {
+                    let (epoch, last) = tracked.mirror.fence(&*tracked.channel.lock_log());
+                    (epoch.to_be_bytes(), last.to_string())
+                }
+                _ => ([0; 8], "0".to_string()),
+            });
+            topics.push(names.topic);
+            counts[c] = batch.members[c].len();
+        }
+        let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
+        let (key_count, channel_count) = (keys.len().to_string(), batch.channels.len().to_string());
+        let mut args: Vec<&[u8]> = vec![verb, script, key_count.as_bytes()];
+        args.extend(keys.iter().map(Vec::as_slice));
+        args.extend([
+            channel_count.as_bytes(),
+            &epoch,
+            keep.as_bytes(),
+            ttl.as_bytes(),
+            now.as_bytes(),
+            publish,
+        ]);
+        for (c, channel) in batch.channels.iter().enumerate() {
+            let leased: &[u8] = if channel.first() == Some(&b'@') { b"1" } else { b"0" };
+            let (epoch, last) = &known[c];
+            args.extend([
+                &topics[c][..],
+                leased,
+                &epoch[..],
+                last.as_bytes(),
+                counts[c].as_bytes(),
+            ]);
+            args.extend(batch.members[c].iter().map(|&k| &batch.ops[k].1.payload[..]));
+        }
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            // Every publish is answered (its connection's later answers wait for it).
+            drop(args);
+            let why: Arc<str> =
+                "broker unavailable: Redis is unreachable; nothing was published".into();
+            return self.refuse_batch(&batch, why);
+        };
+        link.command(&args);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Publish(batch)));
+    }
+
+    /// Each channel of an answered publish batch that this node mirrors remembers the latest
+    /// place Redis acknowledged (epoch, offset, message): Redis giving it out again later, or
+    /// coming back without it, is then a rollback even if this node's log never held it.
+    pub(super) fn remember_acked(&mut self, batch: &PublishBatch, answer: &BatchAnswer) {
+        let prefix = self.config().key_prefix.clone();
+        for (c, channel) in batch.channels.iter().enumerate() {
+            // Fire-and-forget publishes cost nothing here, not even the channel's lookup.
+            let Some(acked) = batch.acked(c, answer) else { continue };
+            let topic = Keys::new(&prefix, channel).topic;
+            let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
+            let outcome = {
+                let log = tracked.channel.lock_log();
+                tracked.mirror.published(&*log, acked)
+            };
+            self.apply(&topic, outcome);
+        }
+    }
+
+    /// The key of a name's lease: beside its inbox's keys (the same hash tag and server).
+    pub(super) fn lease_key(&self, name: &[u8]) -> Vec<u8> {
+        let inbox = [&b"@"[..], name].concat();
+        [&Keys::new(&self.config().key_prefix, &inbox).topic[..], b":name"].concat()
+    }
+
+    pub(super) fn shard_of_name(&self, name: &[u8]) -> Option<usize> {
+        self.shard_of(&[&b"@"[..], name].concat())
+    }
+
+    /// Claims `name` for a connection: a lease in Redis (SET NX PX) that this node refreshes
+    /// while the connection holds the name, so that the name is unique across nodes and comes
+    /// free when a node dies.
+    pub(super) fn claim(&mut self, name: Bytes, reply_to: AckTarget) {
+        let ready = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready());
+        let Some(i) = ready else {
+            let why = "broker unavailable: Redis is unreachable; the name cannot be claimed";
+            self.tell(
+                reply_to.worker,
+                Answer::NameClaim {
+                    target: reply_to,
+                    name,
+                    result: Err((ErrorCode::Unavailable, why.into())),
+                },
+            );
+            return;
+        };
+        let key = self.lease_key(&name);
+        let lease = self.config().name_lease.as_millis().max(1).to_string();
+        let node_id = self.node_id.clone();
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            let why = "broker unavailable: Redis is unreachable; the name cannot be claimed";
+            let result = Err((ErrorCode::Unavailable, why.into()));
+            return self
+                .tell(reply_to.worker, Answer::NameClaim { target: reply_to, name, result });
+        };
+        link.command(&[b"SET", &key[..], &node_id, b"NX", b"PX", lease.as_bytes()]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Claim { name, reply_to }));
+    }
+
+    /// A connection let go of `name`: give the lease back (if Redis is unreachable, it
+    /// expires by itself).
+    pub(super) fn release_name(&mut self, name: Bytes) {
+        if !self.leases.release(&name) {
+            return;
+        }
+        let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
+            return;
+        };
+        let key = self.lease_key(&name);
+        let (sha, node_id) = (self.release.sha.clone(), self.node_id.clone());
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Release));
+    }
+
+    /// Extends every lease this node holds (a third of the lease time apart).
+    pub(super) fn refresh_leases(&mut self) {
+        let lease = self.config().name_lease.as_millis().max(1).to_string();
+        let names: Vec<Bytes> = self.leases.names().cloned().collect();
+        for name in names {
+            let Some(i) = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready()) else {
+                continue;
+            };
+            let key = self.lease_key(&name);
+            let (sha, node_id) = (self.refresh.sha.clone(), self.node_id.clone());
+            let Some(link) = self.shards[i].commands.as_mut() else { continue };
+            link.command(&[b"EVALSHA", sha.as_bytes(), b"1", &key, &node_id, lease.as_bytes()]);
+            self.shards[i].pending.push_back((Instant::now(), Pending::Refresh { name }));
+        }
+    }
+
+    /// Reads a channel's stream after `after` up to `upto` for a resume that memory no longer
+    /// covers; refused (the resume is tried again) when Redis cannot be asked.
+    pub(super) fn backfill(&mut self, channel: &[u8], after: u64, upto: u64, reply_to: AckTarget) {
+        if upto <= after {
+            self.tell(
+                reply_to.worker,
+                Answer::Backfill { target: reply_to, entries: Ok(Vec::new()) },
+            );
+            return;
+        }
+        let unavailable =
+            |why: &str| Answer::Backfill { target: reply_to, entries: Err(why.into()) };
+        let ready = self.shard_of(channel).filter(|&i| self.shards[i].is_ready());
+        let Some(i) = ready else {
+            let why = "broker unavailable: Redis is unreachable; the stream cannot be read now";
+            return self.tell(reply_to.worker, unavailable(why));
+        };
+        let log = Keys::new(&self.config().key_prefix, channel).log();
+        // The stream's length is the publishers' setting, not ours: bounded here only so that
+        // one answer stays a sane size (a longer gap is told `expired` after this much).
+        let count = (upto - after).min(MAX_BACKFILL);
+        let (from, to) = (format!("(0-{after}"), format!("0-{upto}"));
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            return self
+                .tell(reply_to.worker, unavailable("broker unavailable: Redis is unreachable"));
+        };
+        link.command(&[
+            b"XRANGE",
+            &log,
+            from.as_bytes(),
+            to.as_bytes(),
+            b"COUNT",
+            count.to_string().as_bytes(),
+        ]);
+        self.shards[i].pending.push_back((Instant::now(), Pending::Backfill { reply_to }));
+    }
+}
