@@ -1142,6 +1142,63 @@ fn redis_restored_from_an_older_snapshot_ends_the_epoch_instead_of_losing_messag
     assert!(b.stats().cluster_rollbacks + a.stats().cluster_rollbacks >= 2);
 }
 
+/// The rollback whose evidence Redis trimmed away: node `a` holds offsets 1..=50 of a channel
+/// and is cut off (a stopped process, a partition) while Redis restarts from a snapshot taken at
+/// offset 20 and another node, which mirrors nothing of the channel, publishes 400 messages that
+/// reuse offsets 21..=50 with other messages; the stream keeps only the newest (`MAXLEN ~ 10`).
+/// Back, `a` finds its last message gone from the stream, cannot compare, and knows the server
+/// was replaced (its run id changed): its subscriber is told the epoch ended, never served the
+/// old 21..=50 as if they were the new ones (before, it was told of a hole and went on).
+#[test]
+fn a_rollback_whose_evidence_was_trimmed_still_ends_the_epoch() {
+    let mut redis = RedisServer::start_with(&["--save", "", "--appendonly", "no"]);
+    let relay = common::proxy::Relay::to(redis.port);
+    let a = start(|c| {
+        let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
+        let mut cluster = ClusterConfig::new(vec![endpoint]);
+        cluster.command_timeout = Duration::from_millis(1000);
+        cluster.probe_interval = Duration::from_millis(200);
+        c.cluster = Some(cluster);
+        c.history_messages = 10;
+    });
+    let b = node(&[&redis], |c| c.history_messages = 10);
+    let healthy =
+        |node: &ServerHandle| http(node.local_addr(), "GET", "/healthz", b"").status == 200;
+    wait_until("a is connected through the relay", || healthy(&a));
+    let channel = "tape";
+    let mut subscriber = Conn::text(a.local_addr());
+    subscriber.subscribe(channel);
+    let mut publisher = Conn::binary(b.local_addr());
+    for k in 1..=50u64 {
+        if k == 21 {
+            redis.command(&["SAVE"]);
+        }
+        let payload = format!("old-{k}");
+        assert_eq!(publish_acked_when_up(&mut publisher, channel, payload.as_bytes()), k);
+    }
+    assert_eq!(messages(&mut subscriber, 50).last().map(|m| m.1), Some(50));
+    let old_epoch = epoch_in_redis(&redis, channel);
+    relay.pause();
+    redis.kill();
+    redis.restart();
+    wait_until("b is back", || healthy(&b));
+    for k in 21..=420u64 {
+        let payload = format!("new-{k}");
+        assert_eq!(publish_acked_when_up(&mut publisher, channel, payload.as_bytes()), k);
+    }
+    assert_eq!(epoch_in_redis(&redis, channel), old_epoch, "nobody could tell yet");
+    relay.resume();
+    match subscriber.next() {
+        Frame::Hist { epoch, status, .. } => {
+            assert_eq!(status, fanout::history::ResumeStatus::EpochChanged);
+            assert_ne!(epoch, old_epoch);
+            assert_eq!(epoch, epoch_in_redis(&redis, channel), "the epoch Redis now has");
+        }
+        other => panic!("expected the epoch notice, got {other:?}"),
+    }
+    assert!(a.stats().cluster_rollbacks >= 1);
+}
+
 /// A master of a Redis Cluster dies and its replica takes over (within the cluster's node
 /// timeout, 2 s here): the node follows. It reads the slot map from the masters that answer
 /// (here the dead one is the very seed it was given), publishes to the promoted replica soon

@@ -98,6 +98,10 @@ pub(crate) enum Rollback {
     /// Redis answered a publish under another epoch, then came back with the log's own: the
     /// other one (and what it acknowledged) is gone.
     EpochWentBack,
+    /// Redis restarted (or another server took the channel over) and gave out more offsets,
+    /// but its stream no longer holds the last message the log has: whether it came back from
+    /// an older snapshot cannot be checked, so the log is not trusted to go on.
+    Unverifiable,
 }
 
 impl Rollback {
@@ -108,6 +112,9 @@ impl Rollback {
             Rollback::CounterBehind => "its latest offset went back",
             Rollback::EntryRewritten => "an entry rewritten",
             Rollback::EpochWentBack => "an epoch it acknowledged publishes under is gone",
+            Rollback::Unverifiable => {
+                "Redis was replaced and its stream no longer holds the last message this node has"
+            }
         }
     }
 }
@@ -156,6 +163,13 @@ pub(crate) struct ChannelMirror {
     /// The places Redis acknowledged through this node that its log has not confirmed yet,
     /// with their messages: one found with another message is a place given out twice.
     pub unconfirmed: std::collections::BTreeMap<(u64, u64), Bytes>,
+    /// Redis was replaced since the log was last compared with it (restarted, or another
+    /// server took the channel over): the next sync must find the log's last message in the
+    /// stream, or the log ends (`Rollback::Unverifiable`).
+    pub unverified: bool,
+    /// An epoch this mirror found rolled back and asked Redis to end: asked again until a page
+    /// shows another epoch (the ending sync can be lost with its connection).
+    pub ending: Option<u64>,
 }
 
 /// What a mirror did with an event, for the shell: its steps, and the rollback it found.
@@ -182,6 +196,8 @@ impl ChannelMirror {
             expected: None,
             acked: None,
             unconfirmed: Default::default(),
+            unverified: false,
+            ending: None,
         }
     }
 
@@ -192,6 +208,10 @@ impl ChannelMirror {
             return Outcome::default();
         }
         self.state = State::Syncing { buffer: Vec::new() };
+        if let Some(ending) = self.ending {
+            let steps = vec![Step::Sync { after: 0, ending: Some(ending) }];
+            return Outcome { steps, ..Default::default() };
+        }
         let after = if self.fresh { 0 } else { log.next_offset() - 1 };
         Outcome { steps: vec![Step::Sync { after, ending: None }], ..Default::default() }
     }
@@ -202,17 +222,37 @@ impl ChannelMirror {
     /// snapshot older than the other) is a rollback, told, not an unremarked return.
     pub fn published(&mut self, log: &impl LocalLog, places: Vec<Acked>) -> Outcome {
         let Some(epoch) = places.last().map(|a| a.epoch) else { return Outcome::default() };
+        let mut reused = None;
         for Acked { epoch, offset, payload } in places {
+            // The same place acknowledged before with another message: given out twice.
+            if self.unconfirmed.get(&(epoch, offset)).is_some_and(|mine| *mine != payload) {
+                reused = Some(epoch);
+            }
             if self.acked.is_none_or(|(e, o)| e != epoch || o < offset) {
                 self.acked = Some((epoch, offset));
             }
+            let in_log = epoch == log.epoch() && offset < log.next_offset();
+            if in_log && log.differs_at(offset, &payload) {
+                reused = Some(epoch);
+            }
             // Already in the log: compared there when it was appended.
-            if epoch != log.epoch() || offset >= log.next_offset() {
+            if !in_log {
                 self.unconfirmed.insert((epoch, offset), payload);
             }
         }
         while self.unconfirmed.len() > MAX_UNCONFIRMED {
             self.unconfirmed.pop_first();
+        }
+        if let Some(epoch) = reused {
+            let mut out = Outcome::default();
+            if matches!(self.state, State::Subscribing) {
+                // The sync after the subscription ends it.
+                self.ending = Some(epoch);
+                out.rollback = Some((epoch, Rollback::OffsetReused));
+            } else {
+                self.end_epoch(epoch, Rollback::OffsetReused, &mut out);
+            }
+            return out;
         }
         if self.fresh || epoch == log.epoch() {
             return Outcome::default();
@@ -241,6 +281,14 @@ impl ChannelMirror {
     /// The connection to Redis went away: subscribe again.
     pub fn resubscribe(&mut self) {
         self.state = State::Subscribing;
+    }
+
+    /// The channel's server is not the one the log was compared with last (Redis restarted, or
+    /// another server took over): it may have come back from an older snapshot. Unless the next
+    /// sync finds the log's last message in the stream, it cannot be told from a rollback whose
+    /// evidence was trimmed away.
+    pub fn server_replaced(&mut self) {
+        self.unverified = true;
     }
 
     /// A pushed message.
@@ -321,6 +369,16 @@ impl ChannelMirror {
         }
     }
 
+    /// What the publish script's fence compares Redis with (`None`: nothing known yet): what
+    /// `fence` says, or for a mirror whose log is not read yet the latest place Redis
+    /// acknowledged through this node.
+    pub fn known(&self, log: &impl LocalLog) -> Option<(u64, u64)> {
+        match self.fresh {
+            true => self.acked,
+            false => Some(self.fence(log)),
+        }
+    }
+
     /// What the publish script's fence and the quiet check compare Redis with: the latest
     /// (epoch, offset) this node knows Redis gave out. Redis acknowledging publishes through
     /// this node under another epoch than the log's is the newer knowledge.
@@ -353,6 +411,7 @@ impl ChannelMirror {
     /// node sees it first) for a new epoch that keeps the stream, and reads that from its start.
     fn end_epoch(&mut self, epoch: u64, why: Rollback, out: &mut Outcome) {
         self.state = State::Syncing { buffer: Vec::new() };
+        self.ending = Some(epoch);
         out.rollback = Some((epoch, why));
         out.steps.push(Step::Sync { after: 0, ending: Some(epoch) });
     }
@@ -407,6 +466,16 @@ impl ChannelMirror {
         }
         let mut view = View::of(log);
         let Page { after, epoch, last, entries, full } = page;
+        let unverified = std::mem::take(&mut self.unverified);
+        if let Some(ending) = self.ending {
+            if epoch == ending {
+                // Read before the epoch ended (a sync sent earlier), or the ending sync was
+                // lost with its connection: end it again (once in Redis, whoever asks).
+                out.steps.push(Step::Sync { after: 0, ending: Some(ending) });
+                return out;
+            }
+            self.ending = None;
+        }
         // Back in an epoch this node left, or in its own after Redis answered under another:
         // Redis went back in time, and what it acknowledged since is gone. Told, not resumed.
         let went_back = self.has_ended(epoch)
@@ -439,6 +508,15 @@ impl ChannelMirror {
                 });
             if rewritten {
                 self.end_epoch(epoch, Rollback::EntryRewritten, &mut out);
+                return out;
+            }
+            // After a replaced server, the log's last message must still be in the stream (the
+            // sync reads from it, inclusive) when Redis gave out more since: otherwise Redis may
+            // have gone back below it and given its place to another message.
+            let held = view.next - 1;
+            let found = entries.first().is_some_and(|(offset, ..)| *offset == held);
+            if unverified && after == held && held > 0 && last > held && !found {
+                self.end_epoch(epoch, Rollback::Unverifiable, &mut out);
                 return out;
             }
         }
@@ -758,6 +836,7 @@ mod sim {
                         }
                     }
                     Step::Restart { epoch, next, notify } => {
+                        self.events.push(format!("restart ({epoch}, {next}) notify {notify}"));
                         self.log = Log { epoch, next, retained: BTreeMap::new() };
                         if notify {
                             self.seen.push(Seen::EpochNotice);
@@ -767,6 +846,10 @@ mod sim {
                         }
                     }
                     Step::Hole { from, notify, .. } => {
+                        self.events.push(format!(
+                            "hole to {from} at log ({}, {})",
+                            self.log.epoch, self.log.next
+                        ));
                         hole_to = Some(from);
                         if notify {
                             self.seen.push(Seen::Hole(from));
@@ -786,6 +869,13 @@ mod sim {
 
         /// The connection to Redis dropped and came back: what was in flight is lost, the
         /// channel is subscribed again.
+        /// Redis restarted (its run id changed): the node reconnects, and its mirror knows the
+        /// server was replaced.
+        fn reconnect_to_another_server(&mut self) {
+            self.reconnect();
+            self.mirror.server_replaced();
+        }
+
         fn reconnect(&mut self) {
             self.pushes.clear();
             self.sent.clear();
@@ -834,7 +924,7 @@ mod sim {
             if !node.connected {
                 return;
             }
-            let known = (!node.mirror.fresh).then(|| node.mirror.fence(&node.log));
+            let known = node.mirror.known(&node.log);
             node.sent.push_back(Command::Publish { payloads, known });
         }
 
@@ -883,7 +973,17 @@ mod sim {
             }
             let node = &mut self.nodes[i];
             let outcome = match reply {
-                Reply::Synced(page) => node.mirror.synced(&node.log, page, 0),
+                Reply::Synced(page) => {
+                    node.events.push(format!(
+                        "page after {} ({}, {}) first {:?} unverified {}",
+                        page.after,
+                        page.epoch,
+                        page.last,
+                        page.entries.first().map(|e| e.0),
+                        node.mirror.unverified
+                    ));
+                    node.mirror.synced(&node.log, page, 0)
+                }
                 Reply::Checked(asked, redis) => {
                     let (outcome, behind) = node.mirror.checked(&node.log, asked, redis);
                     node.behind = behind;
@@ -960,13 +1060,13 @@ mod sim {
                     self.redis.snapshots.clear();
                     self.trace
                         .push(format!("redis restored snapshot {k}: {:?}", self.redis.keys.meta));
-                    self.nodes.iter_mut().for_each(Node::reconnect);
+                    self.nodes.iter_mut().for_each(Node::reconnect_to_another_server);
                 }
                 93 if faults && self.rng.chance(30) => {
                     self.trace.push("redis restarted empty".into());
                     self.redis.keys = Keys::default();
                     self.redis.snapshots.clear();
-                    self.nodes.iter_mut().for_each(Node::reconnect);
+                    self.nodes.iter_mut().for_each(Node::reconnect_to_another_server);
                 }
                 94 if faults => {
                     // The stream trimmed (MAXLEN), keeping its newest entries.

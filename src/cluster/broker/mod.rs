@@ -109,6 +109,9 @@ enum Pending {
     Sync { topic: Bytes, after: u64, ending: Option<u64> },
     /// The liveness probe's PUBLISH.
     Probe,
+    /// INFO server, for the server's run id (part of the setup, but an error does not fail it:
+    /// a managed Redis may not allow INFO).
+    Identify,
     /// SET NX of a name's lease for a connection.
     Claim { name: Bytes, reply_to: AckTarget },
     /// A lease refreshed (the refresh script: 0 when another node holds it now).
@@ -150,6 +153,8 @@ struct Shard {
     resolved: Vec<std::net::SocketAddr>,
     /// Connects tried: a name with several addresses is tried at each in turn.
     connects: usize,
+    /// The run id of the server last connected to (`INFO server`), if it told.
+    run_id: Option<String>,
 }
 
 impl Shard {
@@ -173,6 +178,7 @@ impl Shard {
             resolving: false,
             resolved: Vec::new(),
             connects: 0,
+            run_id: None,
         }
     }
 
@@ -588,6 +594,13 @@ impl BrokerThread {
                 }
             }
             Pending::Probe => {}
+            Pending::Identify => {
+                self.identified(i, run_id_of(&reply));
+                self.shards[i].setup_left -= 1;
+                if self.shards[i].setup_left == 0 {
+                    self.shard_ready(i);
+                }
+            }
             Pending::Backfill { reply_to } => {
                 let entries = parse_entries(reply)
                     .map(|entries| {
@@ -796,6 +809,14 @@ impl BrokerThread {
             _ => {}
         }
     }
+}
+
+/// The `run_id` field of an `INFO server` reply.
+fn run_id_of(reply: &Value) -> Option<String> {
+    let Value::Bulk(Some(text)) = reply else { return None };
+    let text = std::str::from_utf8(text).ok()?;
+    let id = text.lines().find_map(|line| line.strip_prefix("run_id:"))?;
+    Some(id.trim().to_string())
 }
 
 /// `base` times a random factor between 0.5 and 1.5, so that nodes that lost Redis together do

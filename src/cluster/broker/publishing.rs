@@ -79,12 +79,13 @@ impl BrokerThread {
             if channel.first() == Some(&b'@') {
                 keys.push(self.lease_key(&channel[1..]));
             }
-            known.push(match self.tracked.get(&names.topic) {
-                Some(tracked) if !tracked.mirror.fresh => {
-                    let (epoch, last) = tracked.mirror.fence(&*tracked.channel.lock_log());
-                    (epoch.to_be_bytes(), last.to_string())
-                }
-                _ => ([0; 8], "0".to_string()),
+            let fence = self
+                .tracked
+                .get(&names.topic)
+                .and_then(|tracked| tracked.mirror.known(&*tracked.channel.lock_log()));
+            known.push(match fence {
+                Some((epoch, last)) => (epoch.to_be_bytes(), last.to_string()),
+                None => ([0; 8], "0".to_string()),
             });
             topics.push(names.topic);
             counts[c] = batch.members[c].len();

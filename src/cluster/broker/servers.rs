@@ -180,6 +180,10 @@ impl BrokerThread {
                         old.to_unsubscribe.push(topic.clone());
                     }
                 }
+                if !tracked.mirror.fresh {
+                    // Another server (a promoted replica may lag what its master acknowledged).
+                    tracked.mirror.server_replaced();
+                }
                 tracked.shard = shard;
             }
             tracked.mirror.resubscribe();
@@ -311,6 +315,10 @@ impl BrokerThread {
             commands.command(&[b"SCRIPT", b"LOAD", script.body.as_bytes()]);
             shard.pending.push_back((Instant::now(), Pending::Setup("SCRIPT LOAD")));
         }
+        // Which server answers: another run id than last time is a restart or a failover, after
+        // which Redis may have come back from an older snapshot (`ChannelMirror::server_replaced`).
+        commands.command(&[b"INFO", b"server"]);
+        shard.pending.push_back((Instant::now(), Pending::Identify));
         shard.setup_left = shard.pending.len();
         shard.probe_sent = None;
         let probe_topic = shard.probe_topic.clone();
@@ -327,6 +335,30 @@ impl BrokerThread {
         for (glob, track) in self.patterns.iter_mut() {
             track.confirmed.remove(&i);
             shard.to_psubscribe.push(glob.clone());
+        }
+    }
+
+    /// Server `i` told its run id (`None`: it would not say). Another than the one connected to
+    /// before means Redis restarted or failed over: every channel served from it must find the
+    /// last message its log holds in the stream on its sync, or its log ends (a restart from an
+    /// older snapshot cannot be told otherwise once the stream was trimmed past that message).
+    pub(super) fn identified(&mut self, i: usize, run_id: Option<String>) {
+        let shard = &mut self.shards[i];
+        let before = std::mem::replace(&mut shard.run_id, run_id.clone());
+        let replaced = match (&before, &run_id) {
+            (None, _) => false,
+            (Some(before), Some(now)) => before != now,
+            (Some(_), None) => true,
+        };
+        if !replaced {
+            return;
+        }
+        info!(
+            "cluster: {} is not the server it was (its run id changed: restarted or failed over); the channels served from it are checked against their streams",
+            shard.endpoint
+        );
+        for tracked in self.tracked.values_mut().filter(|t| t.shard == Some(i)) {
+            tracked.mirror.server_replaced();
         }
     }
 
