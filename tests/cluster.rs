@@ -1199,6 +1199,79 @@ fn a_rollback_whose_evidence_was_trimmed_still_ends_the_epoch() {
     assert!(a.stats().cluster_rollbacks >= 1);
 }
 
+/// A subscriber moves to a node that is behind (its Redis connection stalled: a partition, a
+/// pause) and resumes from an offset that node has not reached: the resume waits for the node
+/// to catch up and goes on from there, nothing twice (before, the node said the epoch changed,
+/// naming the same one, and replayed the channel from 1). While the node cannot reach Redis the
+/// resume is refused (503: try another node), not told `epoch`.
+#[test]
+fn a_resume_ahead_of_a_lagging_node_waits_for_it_instead_of_starting_over() {
+    let redis = RedisServer::start();
+    let relay = common::proxy::Relay::to(redis.port);
+    let lagging = start(|c| {
+        let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
+        let mut cluster = ClusterConfig::new(vec![endpoint]);
+        cluster.command_timeout = Duration::from_millis(1000);
+        cluster.probe_interval = Duration::from_millis(200);
+        c.cluster = Some(cluster);
+    });
+    let b = node(&[&redis], |_| {});
+    let healthy =
+        |node: &ServerHandle| http(node.local_addr(), "GET", "/healthz", b"").status == 200;
+    wait_until("the lagging node is up", || healthy(&lagging));
+    let channel = "moving";
+    let mut publisher = Conn::binary(b.local_addr());
+    let mut watcher = Conn::text(lagging.local_addr());
+    watcher.subscribe(channel);
+    for k in 1..=10u64 {
+        assert_eq!(publish_acked_when_up(&mut publisher, channel, format!("m{k}").as_bytes()), k);
+    }
+    assert_eq!(messages(&mut watcher, 10).last().map(|m| m.1), Some(10));
+    let epoch = epoch_in_redis(&redis, channel);
+    let resume_from = |after| Request::Subscribe {
+        channel: channel.as_bytes(),
+        resume: Some(fanout::protocol::Resume { after, epoch: Some(epoch), strict: false }),
+    };
+    // Stalled: the node still holds 10 while Redis goes on to 20.
+    relay.pause();
+    std::thread::sleep(Duration::from_millis(100));
+    for k in 11..=20u64 {
+        assert_eq!(publish_acked_when_up(&mut publisher, channel, format!("m{k}").as_bytes()), k);
+    }
+    let mut mover = Conn::text(lagging.local_addr());
+    mover.send(resume_from(20));
+    std::thread::sleep(Duration::from_millis(300));
+    relay.resume();
+    match mover.next() {
+        Frame::Hist { epoch: e, status, .. } => {
+            assert_eq!((e, status), (epoch, fanout::history::ResumeStatus::Ok))
+        }
+        other => panic!("expected HIST ok, got {other:?}"),
+    }
+    mover.expect(Frame::Ok { ack: fanout::protocol::Ack::Subscribe, arg: channel.into() });
+    for k in 21..=22u64 {
+        assert_eq!(publish_acked_when_up(&mut publisher, channel, format!("m{k}").as_bytes()), k);
+    }
+    let got: Vec<u64> = messages(&mut mover, 2).iter().map(|m| m.1).collect();
+    assert_eq!(got, [21, 22], "from where the client was, nothing twice");
+    // The node's own subscriber got everything in order meanwhile.
+    let seen: Vec<u64> = messages(&mut watcher, 12).iter().map(|m| m.1).collect();
+    assert_eq!(seen, (11..=22).collect::<Vec<_>>());
+    // Cut off long enough for the node to know: a resume ahead of it is refused, 503.
+    relay.pause();
+    // A read under way when the relay paused still goes through: let it.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(publish_acked_when_up(&mut publisher, channel, b"m23"), 23);
+    wait_until("the node knows it lost Redis", || !healthy(&lagging));
+    let mut refused = Conn::text(lagging.local_addr());
+    refused.send(resume_from(23));
+    match refused.next() {
+        Frame::Err { code, .. } => assert_eq!(code, 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    relay.resume();
+}
+
 /// A master of a Redis Cluster dies and its replica takes over (within the cluster's node
 /// timeout, 2 s here): the node follows. It reads the slot map from the masters that answer
 /// (here the dead one is the very seed it was given), publishes to the promoted replica soon

@@ -350,6 +350,7 @@ impl ChannelMirror {
             return;
         }
         view.next = envelope.offset + 1;
+        self.confirmed(envelope.epoch, envelope.offset);
         out.steps.push(Step::Append {
             offset: envelope.offset,
             payload: envelope.payload,
@@ -390,15 +391,16 @@ impl ChannelMirror {
     }
 
     /// True when Redis acknowledged `(epoch, offset)` through this node with another message.
-    /// The same message confirms the place (forgotten).
-    fn contradicts(&mut self, epoch: u64, offset: u64, payload: &[u8]) -> bool {
-        match self.unconfirmed.get(&(epoch, offset)) {
-            Some(mine) if mine[..] != *payload => true,
-            Some(_) => {
-                self.unconfirmed.remove(&(epoch, offset));
-                false
-            }
-            None => false,
+    fn contradicts(&self, epoch: u64, offset: u64, payload: &[u8]) -> bool {
+        self.unconfirmed.get(&(epoch, offset)).is_some_and(|mine| mine[..] != *payload)
+    }
+
+    /// The log takes `(epoch, offset)` (checked with `contradicts` first): the place is
+    /// confirmed, and forgotten. Only then: a page that is read but not taken (of another epoch
+    /// than the one it leads to) confirms nothing.
+    fn confirmed(&mut self, epoch: u64, offset: u64) {
+        if !self.unconfirmed.is_empty() {
+            self.unconfirmed.remove(&(epoch, offset));
         }
     }
 
@@ -466,7 +468,9 @@ impl ChannelMirror {
         }
         let mut view = View::of(log);
         let Page { after, epoch, last, entries, full } = page;
-        let unverified = std::mem::take(&mut self.unverified);
+        // Kept until a page is taken: one read from the old log's position under another epoch
+        // only leads to a read of the new one from its start.
+        let unverified = self.unverified;
         if let Some(ending) = self.ending {
             if epoch == ending {
                 // Read before the epoch ended (a sync sent earlier), or the ending sync was
@@ -488,6 +492,18 @@ impl ChannelMirror {
             entries.iter().any(|(offset, _, payload)| self.contradicts(epoch, *offset, payload));
         if contradicted {
             self.end_epoch(epoch, Rollback::EntryRewritten, &mut out);
+            return out;
+        }
+        // After a replaced server, a place Redis acknowledged through this node that the stream
+        // no longer holds (trimmed) cannot be confirmed: it may have been lost and given out
+        // again.
+        let trimmed_away = |offset: u64| {
+            offset <= last && entries.first().is_none_or(|(first, ..)| offset < *first)
+        };
+        let unconfirmable =
+            self.unconfirmed.keys().any(|&(e, offset)| e == epoch && trimmed_away(offset));
+        if unverified && after == 0 && unconfirmable {
+            self.end_epoch(epoch, Rollback::Unverifiable, &mut out);
             return out;
         }
         if !self.fresh && self.fence(log).0 == epoch && last < self.fence(log).1 {
@@ -525,6 +541,7 @@ impl ChannelMirror {
             out.steps.push(Step::Sync { after: 0, ending: None });
             return out;
         }
+        self.unverified = false;
         let restart = self.fresh || view.epoch != epoch;
         if restart {
             let notify = !self.fresh;
@@ -560,6 +577,7 @@ impl ChannelMirror {
                 out.steps.push(Step::Hole { from: offset, lost, notify: deliver });
             }
             view.next = offset + 1;
+            self.confirmed(epoch, offset);
             out.steps.push(Step::Append { offset, payload, published_ms, deliver });
             reached = Some(offset);
             filled += 1;
@@ -625,7 +643,7 @@ impl<'a> View<'a> {
 
 /// The simulator: several nodes' mirrors of one channel against a model Redis (the publish and
 /// sync scripts' semantics, the stream, pub/sub), under seeded random schedules with faults:
-/// pushes lost (a connection down), replies and pushes delivered in any causal order, Redis
+/// pushes lost (a connection down) or delivered twice, replies and pushes delivered in any causal order, Redis
 /// restarted empty or from an older snapshot (a lagging replica promoted is the same), keys
 /// expiring, the stream trimmed, connections dropped. After every step it checks the
 /// invariants; after the schedule it quiesces (faults stop, everything is delivered, a last
@@ -1080,6 +1098,15 @@ mod sim {
                     // A push lost on the way (a connection that dropped and came back).
                     if let Some(lost) = self.nodes[i].pushes.pop_front() {
                         self.trace.push(format!("node {i} lost push {}", lost.offset));
+                    }
+                }
+                97 if faults => {
+                    // A push delivered twice (a client library's retry, a proxy replaying).
+                    let node = &mut self.nodes[i];
+                    let k = self.rng.below(node.pushes.len() as u64 + 1) as usize;
+                    if let Some(copy) = node.pushes.get(k).cloned() {
+                        self.trace.push(format!("node {i} gets push {} twice", copy.offset));
+                        node.pushes.insert(k, copy);
                     }
                 }
                 96 if faults && self.rng.chance(20) => {

@@ -72,6 +72,9 @@ pub enum Wait {
     PatternJoin(Box<[u8]>),
     /// Cluster mode: a resume waits for the stream's older messages (`Answer::Backfill`).
     Backfill(Box<Backfill>),
+    /// Cluster mode: a resume in the channel's epoch from an offset this node has not reached
+    /// yet (the client comes from a node that is ahead) waits for this node to catch up.
+    CatchUp(Box<CatchUp>),
     /// The connection's own replies back up (its queue holds more than
     /// `REPLY_BACKLOG_BYTES`): its input is not read until they drain, so a client that sends
     /// commands and never reads the answers is pushed back by TCP instead of growing its queue.
@@ -140,6 +143,18 @@ pub struct Backfill {
     pub resume: Resume,
     /// The memory's log when asked.
     pub bounds: crate::history::Bounds,
+}
+
+/// Cluster mode: a resume ahead of this node's log (`Wait::CatchUp`).
+#[derive(Debug)]
+pub struct CatchUp {
+    /// The channel.
+    pub channel: Arc<Channel>,
+    /// What the client asked.
+    pub resume: Resume,
+    /// Worker clock (ms) past which a node still behind, with Redis reachable, takes the
+    /// client's offset for one Redis no longer has (told `epoch`, as on one node).
+    pub deadline_ms: u32,
 }
 
 /// Per-connection state of the browser protocols (boxed: TCP clients do without it).

@@ -152,6 +152,8 @@ pub(super) struct Worker {
     joining: Vec<ConnRef>,
     /// The broker's `served_generation` when `joining` was last looked at.
     served_generation_seen: u64,
+    /// Cluster mode: resumes waiting for this node to reach their offset (`Wait::CatchUp`).
+    catching_up: Vec<ConnRef>,
     /// Connections whose wait (a long-poll, a durable acknowledgement) ended: their held input is
     /// processed next turn.
     unblocked: Vec<ConnRef>,
@@ -215,6 +217,7 @@ impl Worker {
             stalled: Vec::new(),
             joining: Vec::new(),
             served_generation_seen: 0,
+            catching_up: Vec::new(),
             unblocked: Vec::new(),
             sse_cursors_due: Vec::new(),
             delivered_streams: Vec::new(),
@@ -285,6 +288,7 @@ impl Worker {
                 self.read_pending();
                 self.retry_stalled();
                 self.admit_joins();
+                self.admit_catch_ups();
                 self.continue_unblocked();
             }
             self.deliver_acks();

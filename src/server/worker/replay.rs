@@ -14,7 +14,7 @@ use crate::history::disk::AckTarget;
 use crate::history::{ChannelLog, ResumeStatus, Retained};
 use crate::protocol::{Ack, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
-use crate::server::conn::{Backfill, Membership, Phase, Replay, Subscription, Wait};
+use crate::server::conn::{Backfill, CatchUp, Membership, Phase, Replay, Subscription, Wait};
 use crate::server::stats::WorkerCounters;
 
 /// Pages queued per replay per turn, at most.
@@ -61,6 +61,21 @@ impl Worker {
         } else {
             (resume, status)
         };
+        // Cluster mode: a client that saw more of this epoch than this node has comes from a node
+        // that is ahead (or Redis lost what it saw): wait for this node to catch up.
+        let ahead = resume.epoch == Some(bounds.epoch) && resume.after > bounds.last;
+        if ahead {
+            if let Some(broker) = self.shared.broker.as_ref() {
+                let config = &broker.config;
+                let wait = (config.command_timeout + config.probe_interval).as_millis();
+                let deadline_ms = self.now_ms.wrapping_add(wait.min(60_000) as u32);
+                let conn = &mut self.conns[key];
+                let catch_up = CatchUp { channel, resume, deadline_ms };
+                conn.phase = Phase::Waiting(Wait::CatchUp(Box::new(catch_up)));
+                self.catching_up.push(ConnRef::of(key, conn));
+                return Ok(());
+            }
+        }
         // Cluster mode: what memory no longer holds may still be in the channel's stream.
         let epoch_holds = resume.epoch.is_none_or(|e| e == bounds.epoch);
         if status == ResumeStatus::Expired && epoch_holds {
@@ -77,6 +92,65 @@ impl Worker {
                 conn.phase = Phase::Waiting(Wait::Backfill(Box::new(backfill)));
                 return Ok(());
             }
+        }
+        self.begin_replay(key, channel, resume, bounds, status, VecDeque::new())
+    }
+
+    /// Cluster mode: lets the resumes that wait for this node to catch up go on: once the
+    /// channel's log reaches their offset (or another epoch began), they are answered as any
+    /// resume. While Redis is unreachable from here, they are refused (503: try another node);
+    /// past the deadline with Redis reachable, the offset is taken for one Redis no longer has,
+    /// and the client is told `epoch` as on one node.
+    pub(super) fn admit_catch_ups(&mut self) {
+        if self.catching_up.is_empty() {
+            return;
+        }
+        let redis_up = self.shared.broker.as_ref().is_some_and(|b| b.all_up());
+        for noted in std::mem::take(&mut self.catching_up) {
+            let Some(key) = self.resolve(noted) else { continue };
+            let Some(Wait::CatchUp(waiting)) = self.conns[key].wait() else { continue };
+            let (epoch, last) = {
+                let log = waiting.channel.lock_log();
+                (log.epoch, log.last_offset())
+            };
+            let caught_up = Some(epoch) != waiting.resume.epoch || last >= waiting.resume.after;
+            let due = super::reached(self.now_ms, waiting.deadline_ms);
+            if !caught_up && redis_up && !due {
+                self.catching_up.push(noted);
+                continue;
+            }
+            let Some(Wait::CatchUp(waiting)) = self.conns[key].end_wait() else { continue };
+            let CatchUp { channel, resume, .. } = *waiting;
+            let result = if caught_up || redis_up {
+                self.begin_after_catch_up(key, channel, resume)
+            } else {
+                let why = format!(
+                    "broker unavailable: this node is behind on {} (it has up to offset {last}, the resume asks after {}) and cannot reach Redis; try again or another node",
+                    String::from_utf8_lossy(&channel.name),
+                    resume.after
+                );
+                self.refuse(key, ErrorCode::Unavailable, &why)
+            };
+            let result = result.and_then(|()| self.go_on(key));
+            self.settle(key, result);
+        }
+    }
+
+    /// A resume that waited for this node (`admit_catch_ups`), answered now as any other, except
+    /// that it waits no more.
+    fn begin_after_catch_up(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        resume: Resume,
+    ) -> Result<(), Close> {
+        let (bounds, status) = {
+            let log = self.trimmed_log(&channel);
+            (log.bounds(), log.resume_status(resume.after, resume.epoch))
+        };
+        if status == ResumeStatus::Expired && self.shared.broker.is_some() {
+            // What memory no longer holds may be in the stream: as `start_replay` does.
+            return self.start_replay(key, channel, resume);
         }
         self.begin_replay(key, channel, resume, bounds, status, VecDeque::new())
     }

@@ -97,6 +97,12 @@ impl Worker {
             let log = self.trimmed_log(&channel);
             let bounds = log.bounds();
             let status = from.map_or(ResumeStatus::Ok, |from| log.resume_status(from, epoch));
+            // Cluster mode: a cursor of this epoch ahead of this node's log comes from a node
+            // that is ahead; the poll is held as any other until messages after it arrive.
+            let ahead = self.shared.broker.is_some()
+                && epoch == Some(bounds.epoch)
+                && from.is_some_and(|from| from > bounds.last);
+            let status = if ahead { ResumeStatus::Ok } else { status };
             let after = match from {
                 None => bounds.last,
                 Some(from) if status == ResumeStatus::Ok => from,
