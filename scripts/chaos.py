@@ -11,9 +11,23 @@ text protocol, a seeded schedule of faults, then a check of the recorded history
      each fault (Redis back, failover done);
   4. clients of a SIGKILLed node move to another node and resume there.
 
-Loopback only; every process it starts is killed on exit (and listed in WORK/pids for the
-calling script's trap). Usage: chaos.py --work DIR --fanout BIN [--cycles N] [--seed S]
-[--phases standalone,cluster]
+The partition fault (with --netns, set up by cluster-chaos.sh): node 0 runs inside the network
+namespace NS (ip netns exec), listening on --ns-ip; Redis listens on 127.0.0.1 and --ns-host-ip
+(the host end of the veth pair), and Redis Cluster announces --ns-host-ip, so that node 0 and the
+host's nodes find the same addresses in CLUSTER SLOTS. The fault adds tc u32 filters on the clsact
+qdisc of the namespace's end of the veth (--ns-dev) that redirect node 0's packets to the Redis
+ports (egress) and Redis's packets from them (ingress) to --ns-drop-dev, whose peer is down: they
+are dropped silently, as by a partition, while node 0's clients (on its own port) stay connected.
+Healing deletes the filters. Midway (a seeded moment, before or after node 0 notices), one
+subscriber of another node is moved onto node 0 and resumes there: a resume on a node that is
+behind and cannot read the stream. A partition loses nothing in Redis, so it excuses no loss;
+node 0 must acknowledge nothing that would have had to cross it, and answer /healthz 200 again
+soon after it heals.
+
+Loopback and that namespace only; every process it starts is killed on exit (and listed in
+WORK/pids for the calling script's trap). Usage: chaos.py --work DIR --fanout BIN [--cycles N]
+[--seed S] [--phases standalone,cluster] [--netns NS --ns-dev DEV --ns-drop-dev DEV
+--ns-host-ip A --ns-ip B | --no-partition WHY]
 """
 import argparse
 import asyncio
@@ -37,6 +51,9 @@ T0 = time.monotonic()
 # channel (its publishes carry no fence).
 NODES = 4
 SUB_NODES = 3
+# The node that runs in the namespace and that the partition fault cuts off from Redis (it has
+# subscribers, and publisher 0 starts on it).
+NS_NODE = 0
 
 
 def now():
@@ -123,6 +140,72 @@ def wait_until(pred, timeout, step=0.1):
     return False
 
 
+class Net:
+    """Where each process listens and connects, and the partition fault (see the docstring)."""
+
+    def __init__(self, args):
+        self.ns = args.netns
+        self.dev, self.drop_dev = args.ns_dev, args.ns_drop_dev
+        self.host_ip = args.ns_host_ip if self.ns else "127.0.0.1"
+        self.ns_ip = args.ns_ip
+        self.why = args.no_partition
+
+    def inside(self, i):
+        return bool(self.ns) and i == NS_NODE
+
+    def node_host(self, i):
+        """Where node i listens (and its clients connect)."""
+        return self.ns_ip if self.inside(i) else "127.0.0.1"
+
+    def redis_host(self, i):
+        """The address node i is given for Redis."""
+        return self.host_ip if self.inside(i) else "127.0.0.1"
+
+    def redis_bind(self):
+        return ["127.0.0.1"] + ([self.host_ip] if self.ns else [])
+
+    def prefix(self, i):
+        return ["ip", "netns", "exec", self.ns] if self.inside(i) else []
+
+    def tc(self, lines, check=True):
+        r = subprocess.run(["tc", "-n", self.ns, "-batch", "-"], input="".join(lines).encode(),
+                           capture_output=True, timeout=20)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"tc failed: {r.stderr.decode()[-300:]}")
+        return r
+
+    def cut(self, ports, direction):
+        """Drop node NS_NODE's packets to these Redis ports ('to') and theirs to it ('from')."""
+        lines = []
+        for p in ports:
+            if direction in ("both", "to"):
+                lines.append(f"filter add dev {self.dev} egress protocol ip prio 1 u32 "
+                             f"match ip dport {p} 0xffff action mirred egress redirect dev {self.drop_dev}\n")
+            if direction in ("both", "from"):
+                lines.append(f"filter add dev {self.dev} ingress protocol ip prio 1 u32 "
+                             f"match ip sport {p} 0xffff action mirred egress redirect dev {self.drop_dev}\n")
+        self.tc(lines)
+
+    def dropped(self):
+        """Packets the partition's filters dropped so far."""
+        total = 0
+        for hook in ("egress", "ingress"):
+            r = subprocess.run(["tc", "-n", self.ns, "-s", "filter", "show", "dev", self.dev, hook],
+                               capture_output=True, timeout=10)
+            for line in r.stdout.decode().splitlines():
+                line = line.strip()
+                if line.startswith("Sent ") and "overlimits" in line:
+                    total += int(line.split("overlimits")[1].split()[0])
+        return total
+
+    def heal(self):
+        self.tc([f"filter del dev {self.dev} egress\n", f"filter del dev {self.dev} ingress\n"],
+                check=False)
+
+
+NET = None  # a Net, set by main()
+
+
 def rcli(port, timeout=1.0):
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout,
                        socket_connect_timeout=timeout)
@@ -154,11 +237,14 @@ class Standalone:
         self.up = False
         self.stopped = False
 
-    def urls(self):
-        return ["--redis", f"redis://127.0.0.1:{self.port}"]
+    def urls(self, i):
+        return ["--redis", f"redis://{NET.redis_host(i)}:{self.port}"]
+
+    def client_ports(self):
+        return [self.port]
 
     def start(self):
-        self.procs.start("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        self.procs.start("redis", ["redis-server", "--port", str(self.port), "--bind", *NET.redis_bind(),
                                    "--protected-mode", "no", "--dir", self.dir,
                                    "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
                                    "--loglevel", "warning"],
@@ -214,14 +300,21 @@ class RCluster:
             self.dirs[p] = d
         self.alive = set()
 
-    def urls(self):
+    def urls(self, i):
         out = []
         for p in self.ports:
-            out += ["--redis-cluster", f"redis://127.0.0.1:{p}"]
+            out += ["--redis-cluster", f"redis://{NET.redis_host(i)}:{p}"]
         return out
 
+    def client_ports(self):
+        return list(self.ports)
+
     def start_one(self, p):
-        self.procs.start(f"rc{p}", ["redis-server", "--port", str(p), "--bind", "127.0.0.1",
+        # with a namespace, every Redis node announces the host end of the veth pair, which both
+        # the host's nodes and the namespace's node reach (127.0.0.1 inside is the namespace's own)
+        announce = ["--cluster-announce-ip", NET.host_ip] if NET.ns else []
+        self.procs.start(f"rc{p}", ["redis-server", "--port", str(p), "--bind", *NET.redis_bind(),
+                                    *announce,
                                     "--protected-mode", "no", "--dir", self.dirs[p],
                                     "--cluster-enabled", "yes",
                                     "--cluster-config-file", "nodes.conf",
@@ -240,7 +333,7 @@ class RCluster:
     def start(self):
         for p in self.ports:
             self.start_one(p)
-        args = ["redis-cli", "--cluster", "create"] + [f"127.0.0.1:{p}" for p in self.ports] + \
+        args = ["redis-cli", "--cluster", "create"] + [f"{NET.host_ip}:{p}" for p in self.ports] + \
                ["--cluster-replicas", "1", "--cluster-yes"]
         r = subprocess.run(args, capture_output=True, timeout=60)
         if r.returncode != 0:
@@ -325,14 +418,18 @@ class Nodes:
 
     def start(self, i):
         p = self.ports[i]
-        self.procs.start(f"node{i}", [self.fanout, "serve", "--listen", f"127.0.0.1:{p}",
-                                      "--workers", "1", "--no-pin", "--stats-interval-secs", "0",
-                                      "--history-messages", "100000",
-                                      "--redis-timeout-ms", str(self.timeout_ms)] + self.redis_args,
+        host = NET.node_host(i)
+        # the namespace's node listens on its veth address: no loopback, so --allow-anonymous
+        self.procs.start(f"node{i}", NET.prefix(i) + [
+                             self.fanout, "serve", "--listen", f"{host}:{p}",
+                             "--workers", "1", "--no-pin", "--stats-interval-secs", "0",
+                             "--history-messages", "100000",
+                             "--redis-timeout-ms", str(self.timeout_ms)]
+                         + (["--allow-anonymous"] if NET.inside(i) else []) + self.redis_args(i),
                          os.path.join(self.work, f"{self.phase}-node{i}.log"))
 
         def listening():
-            socket.create_connection(("127.0.0.1", p), timeout=1).close()
+            socket.create_connection((host, p), timeout=1).close()
             return True
         ok = wait_until(listening, 10, 0.05)
         self.up[i] = True
@@ -343,7 +440,7 @@ class Nodes:
 
     def health_body(self, i):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[i]}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{NET.node_host(i)}:{self.ports[i]}/healthz", timeout=1) as r:
                 return f"{r.status} {r.read().decode()}"
         except urllib.error.HTTPError as e:
             return f"{e.code} {e.read().decode()}"
@@ -356,7 +453,7 @@ class Nodes:
 
     def healthy(self, i):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[i]}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{NET.node_host(i)}:{self.ports[i]}/healthz", timeout=1) as r:
                 return r.status == 200
         except Exception:
             return False
@@ -383,7 +480,7 @@ class Publisher:
         while not self.stop:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.nodes.ports[self.node]), 2)
+                    asyncio.open_connection(NET.node_host(self.node), self.nodes.ports[self.node]), 2)
             except Exception:
                 self.node = (self.node + 1) % NODES
                 await asyncio.sleep(0.2)
@@ -469,16 +566,25 @@ class Subscriber:
         self.conns = []  # (t_connect, node, t_all_ok or None, t_disconnect or None)
         self.stop = False
         self.last_rx = now()
+        self.writer = None
+        self.move_to = None  # set by move(): the node to resume on next
+
+    def move(self, node):
+        """Leave the current node (close the connection) and resume on `node`."""
+        self.move_to = node
+        if self.writer is not None:
+            self.writer.close()
 
     async def run(self):
         while not self.stop:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.nodes.ports[self.node]), 2)
+                    asyncio.open_connection(NET.node_host(self.node), self.nodes.ports[self.node]), 2)
             except Exception:
                 self.node = (self.node + 1) % SUB_NODES
                 await asyncio.sleep(0.2)
                 continue
+            self.writer = writer
             conn = {"t": now(), "node": self.node, "ok": None, "end": None, "oks": set()}
             self.conns.append(conn)
             lines = []
@@ -497,13 +603,19 @@ class Subscriber:
                 reason = f"driver error {e!r}"
                 self.rec.violation(2, f"(driver) subscriber {self.id}: {e!r}")
             conn["end"] = now()
+            self.writer = None
             try:
                 writer.close()
             except Exception:
                 pass
+            if self.move_to is not None:
+                reason = f"moved to node {self.move_to}"
             for c in self.channels:
                 self.events[c].append((now(), "disc", conn["node"], reason))
-            if not self.stop:
+            if self.move_to is not None:
+                self.node, self.move_to = self.move_to, None
+                await asyncio.sleep(0.05)
+            elif not self.stop:
                 self.node = (self.node + 1) % SUB_NODES
                 await asyncio.sleep(0.1 + (self.id % 3) * 0.05)
 
@@ -568,6 +680,7 @@ class Record:
         self.faults = []  # dicts
         self.pub_disconnects = []
         self.sub_errs = 0
+        self.timeout_s = 2.0
 
     def violation(self, promise, text):
         self.violations[promise].append(text)
@@ -580,17 +693,23 @@ FAULTS = {
 
 
 def make_schedule(rng, phase, cycles):
-    kinds = FAULTS[phase]
+    """Every kind once per shuffled batch; the partition (when there is a namespace) is in every
+    batch and, for runs shorter than a batch, in the schedule all the same."""
+    kinds = FAULTS[phase] + (["partition"] if NET.ns else [])
     out = []
     while len(out) < cycles:
         batch = kinds[:]
         rng.shuffle(batch)
         out += batch
-    return out[:cycles]
+    out = out[:cycles]
+    if NET.ns and cycles >= 2 and "partition" not in out:
+        out[rng.randrange(cycles)] = "partition"
+    return out
 
 
 async def run_phase(phase, args, procs, rng):
     rec = Record(phase)
+    rec.timeout_s = args.redis_timeout_ms / 1000
     log(f"=== phase {phase}: starting Redis")
     if phase == "standalone":
         rs = Standalone(procs, args.work, rng)
@@ -609,12 +728,13 @@ async def run_phase(phase, args, procs, rng):
                 per[rng_idx] += 1
                 channels.append(name)
             i += 1
-    nodes = Nodes(procs, args.work, args.fanout, rng, rs.urls(), args.redis_timeout_ms, phase)
+    nodes = Nodes(procs, args.work, args.fanout, rng, rs.urls, args.redis_timeout_ms, phase)
     for i in range(NODES):
         ok = await asyncio.to_thread(nodes.start, i)
         if not ok:
             rec.violation(3, f"node {i} not listening 10 s after start")
-    log(f"redis {getattr(rs, 'port', None) or rs.ports}, nodes {nodes.ports}, channels {channels}")
+    log(f"redis {getattr(rs, 'port', None) or rs.ports}, nodes {nodes.ports}, channels {channels}"
+        + (f"; node {NS_NODE} in {NET.ns} at {NET.ns_ip}, Redis at {NET.host_ip} for it" if NET.ns else ""))
 
     subs = [Subscriber(i, nodes, channels, rec) for i in range(6)]
     sub_tasks = [asyncio.ensure_future(s.run()) for s in subs]
@@ -728,6 +848,57 @@ async def run_phase(phase, args, procs, rng):
             await asyncio.to_thread(wait_until, rs.converged, 20, 0.2)
             f["t_end"] = now()
             log(f"cycle {cycle}: SIGKILL master {p}, failover after {f['t_failover'] - f['t']:.1f} s, restarted")
+        elif kind == "partition":
+            i = NS_NODE
+            d = rng.uniform(2, 8)
+            direction = rng.choices(["both", "to", "from"], [3, 1, 1])[0]
+            if phase == "cluster" and rng.random() < 0.4:
+                masters = await asyncio.to_thread(rs.masters)
+                ports = [rng.choice(masters)]
+                scope = f"master {ports[0]}"
+                owners = {c: await asyncio.to_thread(rs.slot_owner, crc16(c.encode()) % 16384)
+                          for c in channels}
+                cut_chans = [c for c in channels if owners[c] in ports]
+            else:
+                ports = rs.client_ports()
+                scope = "all of Redis"
+                cut_chans = list(channels)
+            move_after = rng.uniform(0.3, max(0.4, d - 0.5))
+            mover_rng = random.Random(rng.random())
+            f.update(node=i, dur=d, ports=ports, scope=scope, direction=direction, chans=cut_chans,
+                     t_503=None, t_healthy=None, moved=None)
+            try:
+                await asyncio.to_thread(NET.cut, ports, direction)
+                f["t"] = now()  # from here on nothing crosses
+                # node i's /healthz meanwhile (its port is not cut): when it notices; and once, at a
+                # seeded moment (before or after the node notices), a subscriber of another node is
+                # moved onto it: a resume on a node that is behind and cannot read the stream
+                end = time.monotonic() + d
+                move_at = time.monotonic() + move_after
+                while time.monotonic() < end:
+                    if move_at is not None and time.monotonic() >= move_at:
+                        move_at = None
+                        others = [x for x in subs if x.node != i and x.writer is not None]
+                        if others:
+                            x = mover_rng.choice(others)
+                            f["moved"] = (x.id, x.node, now())
+                            x.move(i)
+                    if f["t_503"] is None and not await asyncio.to_thread(nodes.healthy, i):
+                        f["t_503"] = now()
+                    await asyncio.sleep(min(0.1, max(0.0, end - time.monotonic())))
+                f["t_end"] = now()  # until here nothing crossed
+                f["dropped"] = await asyncio.to_thread(NET.dropped)
+            finally:
+                await asyncio.to_thread(NET.heal)
+            ok = await asyncio.to_thread(wait_until, lambda: nodes.healthy(i), 30, 0.1)
+            if ok:
+                f["t_healthy"] = now()
+            log(f"cycle {cycle}: partition node {i} / {scope} ({direction}) {d:.1f} s, "
+                + (f"subscriber {f['moved'][0]} moved onto it at +{f['moved'][2] - f['t']:.1f} s, "
+                   if f["moved"] else "")
+                + f"{f['dropped']} packets dropped, /healthz 503 "
+                + (f"after {f['t_503'] - f['t']:.1f} s" if f["t_503"] else "never")
+                + ", 200 " + (f"{f['t_healthy'] - f['t_end']:.1f} s after healing" if ok else "not within 30 s"))
         rec.faults.append(f)
         # steady time between faults
         await asyncio.sleep(rng.uniform(4, 7))
@@ -801,6 +972,7 @@ def selftest(rec, subs, channels, phase):
         mutate(ss)
         r = Record(phase)
         r.published, r.faults, r.pub_disconnects = rec.published, rec.faults, rec.pub_disconnects
+        r.timeout_s = rec.timeout_s
         check(r, ss, channels, phase)
         return r
 
@@ -892,6 +1064,13 @@ def check(rec, subs, channels, phase):
                                  f"HIST {ep} {first} {lst} ok (another epoch, not told) at {t:.2f}")
                         if status == "ok" and r_ep == ep:
                             expect = r_off + 1
+                        if status == "epoch" and r_ep == ep and r_off <= lst:
+                            V(2, f"subscriber {s.id} on node {node}: resume {c} {r_off} {r_ep} answered "
+                                 f"HIST {ep} {first} {lst} epoch (its own epoch, told it changed) at {t:.2f}")
+                        elif status == "epoch" and r_ep == ep:
+                            V(2, f"subscriber {s.id} on node {node}: resume {c} {r_off} {r_ep} answered "
+                                 f"HIST {ep} {first} {lst} epoch at {t:.2f}: the node, {r_off - lst} behind the "
+                                 f"subscriber in the same epoch, says the epoch changed and replays it from {first}")
                         req = None
                     if status == "epoch" or ep not in last:
                         expect = first if first <= lst else lst + 1
@@ -956,6 +1135,28 @@ def check(rec, subs, channels, phase):
                 if f["t"] + 0.05 < m["t_send"] and m["t_ack"] < f["t_end"] - 0.05:
                     V(3, f"{m['payload']!r} sent {m['t_send']:.2f} acked {m['t_ack']:.2f} while Redis was "
                          f"stopped ({f['t']:.2f}-{f['t_end']:.2f})")
+        if f["kind"] == "partition":
+            # node f["node"] acknowledges nothing whose script or answer would have had to cross
+            for m in acked:
+                if (m["node"] == f["node"] and m["chan"] in f["chans"] and f["t"] + 0.05 < m["t_send"]
+                        and m["t_ack"] < f["t_end"] - 0.05):
+                    V(3, f"{m['payload']!r} ({m['chan']} {m['off']}) sent {m['t_send']:.2f} to node {m['node']}, "
+                         f"acked {m['t_ack']:.2f} while it was cut off from {f['scope']} "
+                         f"({f['direction']}, {f['t']:.2f}-{f['t_end']:.2f})")
+            # it reconnects by itself: 5 s of backoff at most (+50% jitter), a command timeout, a second
+            heal_limit = 7.5 + rec.timeout_s + 1.0
+            if f["t_healthy"] is None or f["t_healthy"] - f["t_end"] > heal_limit:
+                took = "not within 30 s" if f["t_healthy"] is None else f"{f['t_healthy'] - f['t_end']:.1f} s"
+                V(3, f"cycle {f['cycle']} partition: node {f['node']} /healthz not 200 again within "
+                     f"{heal_limit:.1f} s of healing ({took}; healed at {f['t_end']:.2f})")
+            # its subscribers stay connected (README: subscribers stay connected while Redis is gone)
+            for s in subs:
+                for cn in s.conns:
+                    if (cn["node"] == f["node"] and cn["t"] < f["t"] and cn["end"] is not None
+                            and f["t"] <= cn["end"] <= f["t_healthy" if f["t_healthy"] else "t_end"]):
+                        stats["partition_sub_disconnects"] += 1
+                        rec.info.append(f"subscriber {s.id}: disconnected from partitioned node {f['node']} "
+                                        f"at {cn['end']:.2f}")
         start = f["t"] if f["kind"] == "kill_master" else f["t_end"]
         worst = 0.0
         for c in channels:
@@ -1003,6 +1204,8 @@ def check(rec, subs, channels, phase):
         "max recovery after a fault (s)": round(max([r for r in recov if r != float('inf')] or [0]), 2),
         "subscriber ERRs": rec.sub_errs,
     }
+    if any(f["kind"] == "partition" for f in rec.faults):
+        rec.summary["subscriber disconnects from a partitioned node"] = stats["partition_sub_disconnects"]
 
 
 def report(rec):
@@ -1015,6 +1218,14 @@ def report(rec):
             extra += f" redis {f['port']}"
         if "node" in f:
             extra += f" node {f['node']}"
+        if f["kind"] == "partition":
+            extra += (f" / {f['scope']} ({f['direction']}) {f['dur']:.1f} s,"
+                      + (f" sub {f['moved'][0]} moved on at +{f['moved'][2] - f['t']:.1f} s,"
+                         if f.get("moved") else "")
+                      + f" {f['dropped']} packets dropped,"
+                      f" 503 " + (f"after {f['t_503'] - f['t']:.1f} s" if f["t_503"] else "never")
+                      + ", 200 " + (f"{f['t_healthy'] - f['t_end']:.1f} s after healing;" if f["t_healthy"]
+                                    else "never;"))
         if f["kind"] == "kill_master":
             extra += f" failover {f['t_failover'] - f['t']:.1f} s"
         print(f"  cycle {f['cycle']:2d} t={f['t']:7.2f} {f['kind']:<14}{extra}  publishing back after "
@@ -1053,11 +1264,26 @@ async def main():
     ap.add_argument("--redis-timeout-ms", type=int, default=2000)
     ap.add_argument("--phases", default="standalone,cluster")
     ap.add_argument("--selftest", action="store_true")
+    ap.add_argument("--netns", default=None, help="node 0's network namespace (partition fault)")
+    ap.add_argument("--ns-dev", default=None, help="the namespace's end of the veth pair")
+    ap.add_argument("--ns-drop-dev", default=None, help="where the partition's packets are sent to die")
+    ap.add_argument("--ns-host-ip", default=None, help="the host's end of the veth pair")
+    ap.add_argument("--ns-ip", default=None, help="the namespace's end of the veth pair")
+    ap.add_argument("--no-partition", default=None, metavar="WHY", help="why there is no partition fault")
     args = ap.parse_args()
+    global NET
+    if args.netns and not (args.ns_dev and args.ns_drop_dev and args.ns_host_ip and args.ns_ip):
+        ap.error("--netns needs --ns-dev, --ns-drop-dev, --ns-host-ip and --ns-ip")
+    NET = Net(args)
     if args.seed is None:
         args.seed = random.randrange(1, 1 << 31)
     print(f"seed {args.seed}, cycles per phase {args.cycles}, rate {args.rate:.0f}/s, "
           f"--redis-timeout-ms {args.redis_timeout_ms}", flush=True)
+    if NET.ns:
+        print(f"partition fault: node {NS_NODE} in {NET.ns} at {NET.ns_ip}, Redis reached at "
+              f"{NET.host_ip} ({NET.dev}, dropped through {NET.drop_dev})", flush=True)
+    else:
+        print(f"partition fault skipped: {NET.why or 'no --netns'}", flush=True)
     procs = Procs(args.work)
     results, recs = [], []
     try:
