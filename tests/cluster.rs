@@ -32,6 +32,25 @@ fn node(redis: &[&RedisServer], adjust: impl FnOnce(&mut fanout::Config)) -> Ser
     server
 }
 
+/// A node whose Redis is reached through `relay` (which a test pauses), once it is up.
+fn node_through(
+    relay: &common::proxy::Relay,
+    adjust: impl FnOnce(&mut fanout::Config),
+) -> ServerHandle {
+    let server = start(|c| {
+        let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
+        let mut cluster = ClusterConfig::new(vec![endpoint]);
+        cluster.command_timeout = Duration::from_millis(1000);
+        cluster.probe_interval = Duration::from_millis(200);
+        c.cluster = Some(cluster);
+        adjust(c);
+    });
+    wait_until("the node is connected through the relay", || {
+        http(server.local_addr(), "GET", "/healthz", b"").status == 200
+    });
+    server
+}
+
 /// Publishes with an acknowledgement and returns the offset Redis gave it.
 fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, (u16, String)> {
     conn.send(Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() });
@@ -1153,18 +1172,10 @@ fn redis_restored_from_an_older_snapshot_ends_the_epoch_instead_of_losing_messag
 fn a_rollback_whose_evidence_was_trimmed_still_ends_the_epoch() {
     let mut redis = RedisServer::start_with(&["--save", "", "--appendonly", "no"]);
     let relay = common::proxy::Relay::to(redis.port);
-    let a = start(|c| {
-        let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
-        let mut cluster = ClusterConfig::new(vec![endpoint]);
-        cluster.command_timeout = Duration::from_millis(1000);
-        cluster.probe_interval = Duration::from_millis(200);
-        c.cluster = Some(cluster);
-        c.history_messages = 10;
-    });
+    let a = node_through(&relay, |c| c.history_messages = 10);
     let b = node(&[&redis], |c| c.history_messages = 10);
     let healthy =
         |node: &ServerHandle| http(node.local_addr(), "GET", "/healthz", b"").status == 200;
-    wait_until("a is connected through the relay", || healthy(&a));
     let channel = "tape";
     let mut subscriber = Conn::text(a.local_addr());
     subscriber.subscribe(channel);
@@ -1208,17 +1219,10 @@ fn a_rollback_whose_evidence_was_trimmed_still_ends_the_epoch() {
 fn a_resume_ahead_of_a_lagging_node_waits_for_it_instead_of_starting_over() {
     let redis = RedisServer::start();
     let relay = common::proxy::Relay::to(redis.port);
-    let lagging = start(|c| {
-        let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
-        let mut cluster = ClusterConfig::new(vec![endpoint]);
-        cluster.command_timeout = Duration::from_millis(1000);
-        cluster.probe_interval = Duration::from_millis(200);
-        c.cluster = Some(cluster);
-    });
+    let lagging = node_through(&relay, |_| {});
     let b = node(&[&redis], |_| {});
     let healthy =
         |node: &ServerHandle| http(node.local_addr(), "GET", "/healthz", b"").status == 200;
-    wait_until("the lagging node is up", || healthy(&lagging));
     let channel = "moving";
     let mut publisher = Conn::binary(b.local_addr());
     let mut watcher = Conn::text(lagging.local_addr());

@@ -657,27 +657,10 @@ mod sim {
     use bytes::Bytes;
 
     use super::{ChannelMirror, LocalLog, Outcome, Page, State, Step};
+    use crate::cluster::sim_support::{seeds, Rng};
     use crate::cluster::Envelope;
 
     const PAGE: usize = 8;
-
-    /// xorshift64*: deterministic from the seed, std only.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-    }
 
     /// Redis's keys for the channel: meta (epoch, latest offset) and the stream.
     #[derive(Clone, Default, Debug)]
@@ -919,7 +902,7 @@ mod sim {
     impl World {
         fn new(seed: u64, nodes: usize) -> World {
             World {
-                rng: Rng(seed | 1),
+                rng: Rng::new(seed),
                 redis: Redis::default(),
                 nodes: (0..nodes).map(|_| Node::new()).collect(),
                 acked: Vec::new(),
@@ -1316,11 +1299,7 @@ mod sim {
 
     #[test]
     fn thousands_of_schedules_keep_the_invariants() {
-        let schedules: u64 =
-            std::env::var("FANOUT_SIM_SCHEDULES").ok().and_then(|n| n.parse().ok()).unwrap_or(3000);
-        let base: u64 =
-            std::env::var("FANOUT_SIM_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
-        for seed in base..base + schedules {
+        for seed in seeds() {
             if let Err(e) = run(seed, 300) {
                 panic!("{e}");
             }

@@ -37,6 +37,8 @@
 mod broker;
 mod link;
 mod mirror;
+#[cfg(test)]
+mod sim_support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -95,18 +95,9 @@ mod tests {
     /// its publish order, each once, and nothing stays held.
     #[test]
     fn answers_keep_publish_order_under_seeded_schedules() {
-        let schedules: u64 =
-            std::env::var("FANOUT_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
-        let first: u64 =
-            std::env::var("FANOUT_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-        for seed in first..first + schedules {
-            let mut rng = seed | 1;
-            let mut next = move |n: u64| {
-                rng ^= rng >> 12;
-                rng ^= rng << 25;
-                rng ^= rng >> 27;
-                rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-            };
+        for seed in crate::cluster::sim_support::seeds() {
+            let mut rng = crate::cluster::sim_support::Rng::new(seed);
+            let mut next = move |n: u64| rng.below(n);
             let target = |key| AckTarget { worker: key % 2, key, serial: 1 };
             let mut order = AnswerOrder::default();
             // Per server, its publishes in the order sent: (connection, seq, the publish's

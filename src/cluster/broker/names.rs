@@ -95,26 +95,13 @@ mod sim {
     use bytes::Bytes;
 
     use super::{ClaimReply, Leases};
+    use crate::cluster::sim_support::{seeds, Rng};
     use crate::history::disk::AckTarget;
 
     /// Ticks a lease lives; a node refreshes every third of it.
     const LEASE: u64 = 60;
     const REFRESH_EVERY: u64 = LEASE / 3;
     const NAMES: [&str; 2] = ["alice", "bob"];
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
 
     /// Redis's lease keys: name -> (node, expiry tick).
     type Keys = HashMap<&'static str, (usize, u64)>;
@@ -338,7 +325,7 @@ mod sim {
             reachable_since: 0,
         };
         let mut world = World {
-            rng: Rng(seed | 1),
+            rng: Rng::new(seed),
             now: 0,
             keys: Keys::new(),
             snapshots: Vec::new(),
@@ -355,11 +342,7 @@ mod sim {
 
     #[test]
     fn names_stay_unique_under_seeded_faults() {
-        let schedules: u64 =
-            std::env::var("FANOUT_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
-        let first: u64 =
-            std::env::var("FANOUT_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-        for seed in first..first + schedules {
+        for seed in seeds() {
             if let Err((why, trace)) = run_one(seed) {
                 let tail = trace.len().saturating_sub(30);
                 panic!(

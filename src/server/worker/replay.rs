@@ -50,6 +50,18 @@ impl Worker {
         channel: Arc<Channel>,
         resume: Resume,
     ) -> Result<(), Close> {
+        self.answer_resume(key, channel, resume, true)
+    }
+
+    /// `start_replay`, and after a wait for this node to catch up (`may_wait` false: it waits
+    /// no more).
+    fn answer_resume(
+        &mut self,
+        key: usize,
+        channel: Arc<Channel>,
+        resume: Resume,
+        may_wait: bool,
+    ) -> Result<(), Close> {
         let (bounds, status) = {
             let log = self.trimmed_log(&channel);
             (log.bounds(), log.resume_status(resume.after, resume.epoch))
@@ -64,7 +76,7 @@ impl Worker {
         // Cluster mode: a client that saw more of this epoch than this node has comes from a node
         // that is ahead (or Redis lost what it saw): wait for this node to catch up.
         let ahead = resume.epoch == Some(bounds.epoch) && resume.after > bounds.last;
-        if ahead {
+        if ahead && may_wait {
             if let Some(broker) = self.shared.broker.as_ref() {
                 let config = &broker.config;
                 let wait = (config.command_timeout + config.probe_interval).as_millis();
@@ -122,7 +134,7 @@ impl Worker {
             let Some(Wait::CatchUp(waiting)) = self.conns[key].end_wait() else { continue };
             let CatchUp { channel, resume, .. } = *waiting;
             let result = if caught_up || redis_up {
-                self.begin_after_catch_up(key, channel, resume)
+                self.answer_resume(key, channel, resume, false)
             } else {
                 let why = format!(
                     "broker unavailable: this node is behind on {} (it has up to offset {last}, the resume asks after {}) and cannot reach Redis; try again or another node",
@@ -134,25 +146,6 @@ impl Worker {
             let result = result.and_then(|()| self.go_on(key));
             self.settle(key, result);
         }
-    }
-
-    /// A resume that waited for this node (`admit_catch_ups`), answered now as any other, except
-    /// that it waits no more.
-    fn begin_after_catch_up(
-        &mut self,
-        key: usize,
-        channel: Arc<Channel>,
-        resume: Resume,
-    ) -> Result<(), Close> {
-        let (bounds, status) = {
-            let log = self.trimmed_log(&channel);
-            (log.bounds(), log.resume_status(resume.after, resume.epoch))
-        };
-        if status == ResumeStatus::Expired && self.shared.broker.is_some() {
-            // What memory no longer holds may be in the stream: as `start_replay` does.
-            return self.start_replay(key, channel, resume);
-        }
-        self.begin_replay(key, channel, resume, bounds, status, VecDeque::new())
     }
 
     /// Cluster mode: the stream answered a resume's backfill. If it holds the messages right after
