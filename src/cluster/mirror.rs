@@ -482,7 +482,12 @@ impl ChannelMirror {
         }
         // Back in an epoch this node left, or in its own after Redis answered under another:
         // Redis went back in time, and what it acknowledged since is gone. Told, not resumed.
+        // Or in an epoch older than one this node has seen (epochs are ordered: an old one came
+        // back from a snapshot, even if no node remembers that it ended).
+        let older = (!self.fresh && crate::cluster::older_epoch(epoch, view.epoch))
+            || self.acked.is_some_and(|(e, _)| crate::cluster::older_epoch(epoch, e));
         let went_back = self.has_ended(epoch)
+            || older
             || (!self.fresh && view.epoch == epoch && self.expected.is_some_and(|e| e != epoch));
         if went_back {
             self.end_epoch(epoch, Rollback::EpochWentBack, &mut out);
@@ -677,9 +682,10 @@ mod sim {
     }
 
     impl Redis {
+        /// New epochs are ordered, as the broker makes them (`cluster::epoch_after`).
         fn candidate(&mut self) -> u64 {
             self.next_epoch += 1;
-            self.next_epoch
+            crate::cluster::ORDERED_EPOCH | self.next_epoch
         }
 
         /// PUBLISH_LUA for one channel: (epoch, first offset).

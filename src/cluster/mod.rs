@@ -233,6 +233,41 @@ impl Keys {
 pub(crate) const ENVELOPE_ONE: u8 = 1;
 pub(crate) const ENVELOPE_RUN: u8 = 2;
 
+/// Epochs a cluster creates are ordered: the top bit set, then seconds since 2024 (31 bits),
+/// microseconds (20 bits) and 12 random bits, so that a later epoch compares greater, and the
+/// scripts make each new epoch of a channel greater than the one it replaces (and than the
+/// newest the ending node mirrors) whatever the clocks say. An epoch Redis brings back from an
+/// older snapshot is then older than one a node has seen since, even when no node still
+/// remembers that it ended (`mirror::ChannelMirror::synced`).
+pub(crate) const ORDERED_EPOCH: u64 = 1 << 63;
+
+/// A candidate for a new epoch (see `ORDERED_EPOCH`).
+pub(crate) fn ordered_epoch() -> u64 {
+    const SINCE_2024: u64 = 1_704_067_200;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = now.as_secs().saturating_sub(SINCE_2024) & 0x7fff_ffff;
+    let micros = u64::from(now.subsec_micros()) & 0xf_ffff;
+    ORDERED_EPOCH | seconds << 32 | micros << 12 | (crate::history::new_epoch() & 0xfff)
+}
+
+/// A candidate for a new epoch greater than every ordered epoch in `floor` (the one it replaces,
+/// the newest the node mirrors), whatever this node's clock says.
+pub(crate) fn epoch_after(floor: impl IntoIterator<Item = u64>) -> u64 {
+    let newest = floor.into_iter().filter(|e| e & ORDERED_EPOCH != 0).max();
+    let candidate = ordered_epoch();
+    match newest {
+        Some(newest) if newest >= candidate => newest.saturating_add(1),
+        _ => candidate,
+    }
+}
+
+/// Whether epoch `a` is older than `b`: both ordered (`ORDERED_EPOCH`), `a` less. Epochs from
+/// before ordering compare as neither.
+pub(crate) fn older_epoch(a: u64, b: u64) -> bool {
+    a & b & ORDERED_EPOCH != 0 && a < b
+}
+
 /// A message as it travels through Redis pub/sub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Envelope {
@@ -493,6 +528,22 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_are_ordered_and_a_new_one_is_after_what_it_replaces() {
+        let a = ordered_epoch();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = ordered_epoch();
+        assert!(older_epoch(a, b) && !older_epoch(b, a), "later is greater");
+        // A node whose clock is behind still makes an epoch after the one it replaces.
+        let far_future = ORDERED_EPOCH | (0x7fff_0000u64 << 32);
+        assert_eq!(epoch_after([far_future, a]), far_future + 1);
+        assert!(older_epoch(b, epoch_after([b])));
+        // Epochs from before ordering (random, top bit clear) are neither older nor newer.
+        let random = 0x1234_5678_9abc_def1;
+        assert!(!older_epoch(random, a) && !older_epoch(a, random));
+        assert!(epoch_after([random]) & ORDERED_EPOCH != 0);
+    }
 
     #[test]
     fn redis_urls() {

@@ -30,7 +30,10 @@ impl BrokerThread {
         let Some(channel) = Keys::channel_of(&self.config().key_prefix, &topic) else { return };
         let keys = Keys::new(&self.config().key_prefix, channel);
         let ttl = self.config().key_ttl.as_millis().max(1).to_string();
-        let epoch = new_epoch().to_be_bytes();
+        // Greater than the one it ends and than the node's own: a new epoch is never older
+        // than one a subscriber has seen (however the clocks disagree).
+        let mirrored = self.tracked.get(&topic).map(|t| t.channel.lock_log().epoch);
+        let epoch = crate::cluster::epoch_after(ending.into_iter().chain(mirrored)).to_be_bytes();
         let (meta, log) = (keys.meta(), keys.log());
         let script = if eval { self.sync.body.as_bytes() } else { self.sync.sha.as_bytes() };
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };

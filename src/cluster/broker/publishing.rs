@@ -60,7 +60,6 @@ impl BrokerThread {
         let prefix = self.config().key_prefix.clone();
         let ttl = self.config().key_ttl.as_millis().max(1).to_string();
         let keep = self.server.history_messages().to_string();
-        let epoch = new_epoch().to_be_bytes();
         let now = now_ms().to_string();
         let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
@@ -90,6 +89,9 @@ impl BrokerThread {
             topics.push(names.topic);
             counts[c] = batch.members[c].len();
         }
+        // A channel's new epoch (none yet, or fenced) is greater than what this node mirrors.
+        let epoch = crate::cluster::epoch_after(known.iter().map(|(e, _)| u64::from_be_bytes(*e)))
+            .to_be_bytes();
         let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
         let (key_count, channel_count) = (keys.len().to_string(), batch.channels.len().to_string());
         let mut args: Vec<&[u8]> = vec![verb, script, key_count.as_bytes()];
