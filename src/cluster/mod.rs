@@ -360,6 +360,12 @@ pub(crate) enum BrokerOp {
         upto: u64,
         reply_to: AckTarget,
     },
+    /// A client resumed `channel` naming an epoch newer than the one this node mirrors: Redis
+    /// went back in time (an old epoch came back from a snapshot), which the client proves.
+    NewerEpochSeen {
+        channel: Bytes,
+        epoch: u64,
+    },
     /// Redis Cluster: a slot map read on a helper thread (`CLUSTER SLOTS`, from the first node
     /// that answered), or why none could be.
     SlotMap(Result<(RedisEndpoint, Vec<broker::topology::SlotRange>), String>),

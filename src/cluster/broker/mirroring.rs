@@ -33,7 +33,9 @@ impl BrokerThread {
         // Greater than the one it ends and than the node's own: a new epoch is never older
         // than one a subscriber has seen (however the clocks disagree).
         let mirrored = self.tracked.get(&topic).map(|t| t.channel.lock_log().epoch);
-        let epoch = crate::cluster::epoch_after(ending.into_iter().chain(mirrored)).to_be_bytes();
+        let seen = self.tracked.get(&topic).and_then(|t| t.mirror.newest_seen);
+        let floor = ending.into_iter().chain(mirrored).chain(seen);
+        let epoch = crate::cluster::epoch_after(floor).to_be_bytes();
         let (meta, log) = (keys.meta(), keys.log());
         let script = if eval { self.sync.body.as_bytes() } else { self.sync.sha.as_bytes() };
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
@@ -52,6 +54,17 @@ impl BrokerThread {
         ]);
         let pending = Pending::Sync { topic, after, ending };
         self.shards[i].pending.push_back((Instant::now(), pending));
+    }
+
+    /// A client showed an epoch of `channel` newer than the node's (`BrokerOp::NewerEpochSeen`).
+    pub(super) fn newer_epoch_seen(&mut self, channel: &[u8], epoch: u64) {
+        let topic = Keys::new(&self.config().key_prefix, channel).topic;
+        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
+        let outcome = {
+            let log = tracked.channel.lock_log();
+            tracked.mirror.newer_epoch_seen(&*log, epoch)
+        };
+        self.apply(&topic, outcome);
     }
 
     /// Starts serving `channel` on this node (a worker found it idle).

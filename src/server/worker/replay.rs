@@ -76,8 +76,16 @@ impl Worker {
         // Cluster mode: a client that saw more of this epoch than this node has comes from a node
         // that is ahead (or Redis lost what it saw): wait for this node to catch up.
         let ahead = resume.epoch == Some(bounds.epoch) && resume.after > bounds.last;
-        if ahead && may_wait {
+        // Cluster mode: a client that names a newer epoch than this node's has seen what Redis
+        // lost (an older epoch came back from a snapshot): the node's epoch ends, and the client
+        // waits for the new one rather than being sent back to the old.
+        let newer = resume.epoch.filter(|&e| crate::cluster::older_epoch(bounds.epoch, e));
+        if (ahead || newer.is_some()) && may_wait {
             if let Some(broker) = self.shared.broker.as_ref() {
+                if let Some(epoch) = newer {
+                    let channel = channel.name.clone();
+                    broker.send(BrokerOp::NewerEpochSeen { channel, epoch });
+                }
                 let config = &broker.config;
                 let wait = (config.command_timeout + config.probe_interval).as_millis();
                 let deadline_ms = self.now_ms.wrapping_add(wait.min(60_000) as u32);
@@ -125,7 +133,10 @@ impl Worker {
                 let log = waiting.channel.lock_log();
                 (log.epoch, log.last_offset())
             };
-            let caught_up = Some(epoch) != waiting.resume.epoch || last >= waiting.resume.after;
+            let behind_in_time =
+                waiting.resume.epoch.is_some_and(|e| crate::cluster::older_epoch(epoch, e));
+            let caught_up = !behind_in_time
+                && (Some(epoch) != waiting.resume.epoch || last >= waiting.resume.after);
             let due = super::reached(self.now_ms, waiting.deadline_ms);
             if !caught_up && redis_up && !due {
                 self.catching_up.push(noted);
