@@ -1274,6 +1274,22 @@ fn a_resume_ahead_of_a_lagging_node_waits_for_it_instead_of_starting_over() {
         other => panic!("expected 503, got {other:?}"),
     }
     relay.resume();
+    wait_until("the node is back", || healthy(&lagging));
+    // A client naming an epoch newer than any (it can name anything) only waits for the node
+    // (the command timeout and a probe interval), then is told the epoch there is: nothing
+    // ends for anyone else.
+    let mut claimer = Conn::text(lagging.local_addr());
+    claimer.send(Request::Subscribe {
+        channel: channel.as_bytes(),
+        resume: Some(fanout::protocol::Resume { after: 5, epoch: Some(epoch + 1), strict: false }),
+    });
+    match claimer.next() {
+        Frame::Hist { epoch: e, status, .. } => {
+            assert_eq!((e, status), (epoch, fanout::history::ResumeStatus::EpochChanged))
+        }
+        other => panic!("expected HIST epoch, got {other:?}"),
+    }
+    assert_eq!(epoch_in_redis(&redis, channel), epoch, "a client's claim ends no epoch");
 }
 
 /// A master of a Redis Cluster dies and its replica takes over (within the cluster's node

@@ -170,9 +170,6 @@ pub(crate) struct ChannelMirror {
     /// An epoch this mirror found rolled back and asked Redis to end: asked again until a page
     /// shows another epoch (the ending sync can be lost with its connection).
     pub ending: Option<u64>,
-    /// The newest epoch a client resuming here named, when newer than the log's: a page of an
-    /// older one is Redis gone back in time, and a new epoch must be newer than it.
-    pub newest_seen: Option<u64>,
 }
 
 /// What a mirror did with an event, for the shell: its steps, and the rollback it found.
@@ -201,7 +198,6 @@ impl ChannelMirror {
             unconfirmed: Default::default(),
             unverified: false,
             ending: None,
-            newest_seen: None,
         }
     }
 
@@ -280,21 +276,6 @@ impl ChannelMirror {
         }
         self.state = State::Syncing { buffer: Vec::new() };
         Outcome { steps: vec![Step::Sync { after: 0, ending: None }], ..Default::default() }
-    }
-
-    /// A client resumed naming `epoch`, newer than the log's: Redis went back to an older epoch
-    /// (restored from a snapshot from before every node's memory), and the client proves it.
-    /// The log's epoch ends (or, while a sync is on its way, its page will be found older).
-    pub fn newer_epoch_seen(&mut self, log: &impl LocalLog, epoch: u64) -> Outcome {
-        if !crate::cluster::older_epoch(log.epoch(), epoch) {
-            return Outcome::default();
-        }
-        self.newest_seen = self.newest_seen.max(Some(epoch));
-        let mut out = Outcome::default();
-        if matches!(self.state, State::Live) && !self.fresh {
-            self.end_epoch(log.epoch(), Rollback::EpochWentBack, &mut out);
-        }
-        out
     }
 
     /// The connection to Redis went away: subscribe again.
@@ -504,8 +485,7 @@ impl ChannelMirror {
         // Or in an epoch older than one this node has seen (epochs are ordered: an old one came
         // back from a snapshot, even if no node remembers that it ended).
         let older = (!self.fresh && crate::cluster::older_epoch(epoch, view.epoch))
-            || self.acked.is_some_and(|(e, _)| crate::cluster::older_epoch(epoch, e))
-            || self.newest_seen.is_some_and(|e| crate::cluster::older_epoch(epoch, e));
+            || self.acked.is_some_and(|(e, _)| crate::cluster::older_epoch(epoch, e));
         let went_back = self.has_ended(epoch)
             || older
             || (!self.fresh && view.epoch == epoch && self.expected.is_some_and(|e| e != epoch));
@@ -567,9 +547,6 @@ impl ChannelMirror {
             return out;
         }
         self.unverified = false;
-        if self.newest_seen.is_some_and(|e| !crate::cluster::older_epoch(epoch, e)) {
-            self.newest_seen = None;
-        }
         let restart = self.fresh || view.epoch != epoch;
         if restart {
             let notify = !self.fresh;
@@ -1370,49 +1347,5 @@ mod sim {
             assert_eq!(node.log.epoch, after);
             assert!(node.seen.contains(&Seen::EpochNotice));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::ORDERED_EPOCH;
-
-    struct Log(u64, u64);
-
-    impl LocalLog for Log {
-        fn epoch(&self) -> u64 {
-            self.0
-        }
-        fn next_offset(&self) -> u64 {
-            self.1
-        }
-        fn differs_at(&self, _: u64, _: &[u8]) -> bool {
-            false
-        }
-    }
-
-    /// A client that resumes naming a newer epoch than the node's proves that Redis went back
-    /// to an old one: the node's epoch ends, a page of an epoch older than the client's is not
-    /// taken, and one at least as new is.
-    #[test]
-    fn a_client_that_saw_a_newer_epoch_ends_an_old_one_that_came_back() {
-        let (old, newer, newest) = (ORDERED_EPOCH | 5, ORDERED_EPOCH | 9, ORDERED_EPOCH | 12);
-        let mut mirror = ChannelMirror::new(u64::MAX, false);
-        mirror.fresh = false;
-        mirror.state = State::Live;
-        let log = Log(old, 40);
-        assert_eq!(mirror.newer_epoch_seen(&log, ORDERED_EPOCH | 2), Outcome::default());
-        let out = mirror.newer_epoch_seen(&log, newer);
-        assert_eq!(out.rollback, Some((old, Rollback::EpochWentBack)));
-        assert_eq!(out.steps, [Step::Sync { after: 0, ending: Some(old) }]);
-        let page = |epoch| Page { after: 0, epoch, last: 3, entries: Vec::new(), full: false };
-        // Another node ended it first, into an epoch still older than the client's.
-        let out = mirror.synced(&log, page(ORDERED_EPOCH | 7), 0);
-        assert_eq!(out.rollback, Some((ORDERED_EPOCH | 7, Rollback::EpochWentBack)));
-        let out = mirror.synced(&log, page(newest), 0);
-        assert_eq!(out.rollback, None);
-        assert!(out.steps.contains(&Step::Restart { epoch: newest, next: 4, notify: true }));
-        assert_eq!(mirror.newest_seen, None, "forgotten once a newer epoch is taken");
     }
 }

@@ -257,7 +257,8 @@ pub(crate) fn epoch_after(floor: impl IntoIterator<Item = u64>) -> u64 {
     let newest = floor.into_iter().filter(|e| e & ORDERED_EPOCH != 0).max();
     let candidate = ordered_epoch();
     match newest {
-        Some(newest) if newest >= candidate => newest.saturating_add(1),
+        // An epoch of `u64::MAX` (only a legacy random one could be) has no successor.
+        Some(newest) if newest >= candidate => newest.checked_add(1).unwrap_or(candidate),
         _ => candidate,
     }
 }
@@ -360,12 +361,6 @@ pub(crate) enum BrokerOp {
         upto: u64,
         reply_to: AckTarget,
     },
-    /// A client resumed `channel` naming an epoch newer than the one this node mirrors: Redis
-    /// went back in time (an old epoch came back from a snapshot), which the client proves.
-    NewerEpochSeen {
-        channel: Bytes,
-        epoch: u64,
-    },
     /// Redis Cluster: a slot map read on a helper thread (`CLUSTER SLOTS`, from the first node
     /// that answered), or why none could be.
     SlotMap(Result<(RedisEndpoint, Vec<broker::topology::SlotRange>), String>),
@@ -465,6 +460,16 @@ impl Broker {
             return self.shards[0].load(Ordering::Acquire);
         }
         self.shards.iter().all(|s| s.load(Ordering::Acquire))
+    }
+
+    /// Whether publishes to `channel` can go through: its server's flag (a Redis Cluster has
+    /// one for all its masters).
+    pub fn up_for(&self, channel: &[u8]) -> bool {
+        let i = match self.config.redis_cluster {
+            true => 0,
+            false => shard_of(channel, self.shards.len()),
+        };
+        self.shards.get(i).is_some_and(|s| s.load(Ordering::Acquire))
     }
 
     pub fn send(&self, op: BrokerOp) {

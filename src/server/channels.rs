@@ -159,10 +159,11 @@ impl ChannelRegistry {
     /// The one way a message enters a channel, on a worker (a node alone) and on the broker
     /// (cluster mode, at the offset Redis gave): with the channel's log locked by the caller,
     /// into the ring when `deliver` (under the lock, so that ring order is offset order), then
-    /// the log's next offset, then `before_retain` (the storage thread's queue, which so sees
-    /// each channel's records in offset order) and history. A full ring changes nothing and
-    /// hands the entry back. Returns the messages retention dropped; call `after_publish` once
-    /// the lock is released.
+    /// the log's next offset, then, when `keep` (history, or a storage thread), `before_retain`
+    /// (the storage thread's queue, which so sees each channel's records in offset order) and
+    /// history. A full ring changes nothing and hands the entry back. Returns the messages
+    /// retention dropped; call `after_publish` once the lock is released.
+    #[allow(clippy::too_many_arguments)]
     pub fn append(
         &self,
         channel: &Arc<Channel>,
@@ -170,16 +171,28 @@ impl ChannelRegistry {
         producer: &mut Producer<Item>,
         entry: Retained,
         deliver: bool,
+        keep: bool,
         before_retain: impl FnOnce(&ChannelLog, &Retained),
     ) -> Result<usize, Retained> {
+        let Retained { offset, published_ms, payload } = entry;
+        // The payload is shared with history only when history keeps it (a clone of a `Bytes`
+        // is an atomic, or an allocation for one made from a `Vec`).
+        let (to_ring, kept) = match keep {
+            true => (payload.clone(), Some(payload)),
+            false => (payload, None),
+        };
         if deliver {
-            let (offset, payload) = (entry.offset, entry.payload.clone());
-            let message = Arc::new(Message { channel: channel.clone(), offset, payload });
-            if producer.try_publish(message).is_err() {
-                return Err(entry);
+            let message = Arc::new(Message { channel: channel.clone(), offset, payload: to_ring });
+            if let Err(message) = producer.try_publish(message) {
+                let payload = kept.unwrap_or_else(|| {
+                    Arc::try_unwrap(message).map_or_else(|m| m.payload.clone(), |m| m.payload)
+                });
+                return Err(Retained { offset, published_ms, payload });
             }
         }
-        log.next_offset = entry.offset + 1;
+        log.next_offset = offset + 1;
+        let Some(payload) = kept else { return Ok(0) };
+        let entry = Retained { offset, published_ms, payload };
         before_retain(log, &entry);
         Ok(self.retain(channel, log, entry))
     }

@@ -33,9 +33,7 @@ impl BrokerThread {
         // Greater than the one it ends and than the node's own: a new epoch is never older
         // than one a subscriber has seen (however the clocks disagree).
         let mirrored = self.tracked.get(&topic).map(|t| t.channel.lock_log().epoch);
-        let seen = self.tracked.get(&topic).and_then(|t| t.mirror.newest_seen);
-        let floor = ending.into_iter().chain(mirrored).chain(seen);
-        let epoch = crate::cluster::epoch_after(floor).to_be_bytes();
+        let epoch = crate::cluster::epoch_after(ending.into_iter().chain(mirrored)).to_be_bytes();
         let (meta, log) = (keys.meta(), keys.log());
         let script = if eval { self.sync.body.as_bytes() } else { self.sync.sha.as_bytes() };
         let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
@@ -54,17 +52,6 @@ impl BrokerThread {
         ]);
         let pending = Pending::Sync { topic, after, ending };
         self.shards[i].pending.push_back((Instant::now(), pending));
-    }
-
-    /// A client showed an epoch of `channel` newer than the node's (`BrokerOp::NewerEpochSeen`).
-    pub(super) fn newer_epoch_seen(&mut self, channel: &[u8], epoch: u64) {
-        let topic = Keys::new(&self.config().key_prefix, channel).topic;
-        let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-        let outcome = {
-            let log = tracked.channel.lock_log();
-            tracked.mirror.newer_epoch_seen(&*log, epoch)
-        };
-        self.apply(&topic, outcome);
     }
 
     /// Starts serving `channel` on this node (a worker found it idle).
@@ -379,13 +366,13 @@ impl BrokerThread {
         published_ms: u64,
         deliver: bool,
     ) {
-        let server = self.server.clone();
-        let registry = server.channels();
+        let registry = self.server.channels();
+        let keep = registry.history.messages > 0;
         let mut entry = Retained { offset, published_ms, payload };
         loop {
             let mut log = channel.lock_log();
-            match registry.append(channel, &mut log, &mut self.producer, entry, deliver, |_, _| {})
-            {
+            let producer = &mut self.producer;
+            match registry.append(channel, &mut log, producer, entry, deliver, keep, |_, _| {}) {
                 Ok(_) => {
                     self.delivered |= deliver;
                     drop(log);

@@ -422,9 +422,6 @@ impl BrokerThread {
                 BrokerOp::Backfill { channel, after, upto, reply_to } => {
                     self.backfill(&channel, after, upto, reply_to)
                 }
-                BrokerOp::NewerEpochSeen { channel, epoch } => {
-                    self.newer_epoch_seen(&channel, epoch)
-                }
                 BrokerOp::SlotMap(Ok((seed, ranges))) => self.apply_slot_map(seed, ranges),
                 BrokerOp::Resolved { shard, endpoint, result } => {
                     self.resolved(shard, endpoint, result)

@@ -119,11 +119,13 @@ impl Publisher {
                 );
             }
         };
-        let dropped =
-            match registry.append(channel, &mut log, &mut self.producer, entry, true, to_disk) {
-                Ok(dropped) => dropped,
-                Err(entry) => return Err(Refused::Busy(entry.payload)),
-            };
+        let keep = registry.history.messages > 0 || storage.is_some();
+        let producer = &mut self.producer;
+        let dropped = match registry.append(channel, &mut log, producer, entry, true, keep, to_disk)
+        {
+            Ok(dropped) => dropped,
+            Err(entry) => return Err(Refused::Busy(entry.payload)),
+        };
         drop(log);
         let evicted = registry.after_publish();
         let counters = &shared.counters[self.worker];

@@ -19,6 +19,8 @@ use crate::server::stats::WorkerCounters;
 
 /// Pages queued per replay per turn, at most.
 const REPLAY_PAGES_PER_TURN: usize = 16;
+/// A resume ahead of this node waits at least this long before a refusal (503).
+const MIN_CATCH_UP_MS: u32 = 100;
 /// Messages per page, at most.
 const REPLAY_PAGE_MESSAGES: usize = 1024;
 
@@ -76,21 +78,18 @@ impl Worker {
         // Cluster mode: a client that saw more of this epoch than this node has comes from a node
         // that is ahead (or Redis lost what it saw): wait for this node to catch up.
         let ahead = resume.epoch == Some(bounds.epoch) && resume.after > bounds.last;
-        // Cluster mode: a client that names a newer epoch than this node's has seen what Redis
-        // lost (an older epoch came back from a snapshot): the node's epoch ends, and the client
-        // waits for the new one rather than being sent back to the old.
-        let newer = resume.epoch.filter(|&e| crate::cluster::older_epoch(bounds.epoch, e));
-        if (ahead || newer.is_some()) && may_wait {
+        // So does a client that names a newer epoch than this node's (the node has not read
+        // the new one yet). Nothing else is done with a client's epoch: it proves nothing (a
+        // client can name any), so it only makes the client wait, never ends an epoch.
+        let newer = resume.epoch.is_some_and(|e| crate::cluster::older_epoch(bounds.epoch, e));
+        if (ahead || newer) && may_wait {
             if let Some(broker) = self.shared.broker.as_ref() {
-                if let Some(epoch) = newer {
-                    let channel = channel.name.clone();
-                    broker.send(BrokerOp::NewerEpochSeen { channel, epoch });
-                }
                 let config = &broker.config;
                 let wait = (config.command_timeout + config.probe_interval).as_millis();
                 let deadline_ms = self.now_ms.wrapping_add(wait.min(60_000) as u32);
                 let conn = &mut self.conns[key];
-                let catch_up = CatchUp { channel, resume, deadline_ms };
+                let since_ms = self.now_ms;
+                let catch_up = CatchUp { channel, resume, since_ms, deadline_ms };
                 conn.phase = Phase::Waiting(Wait::CatchUp(Box::new(catch_up)));
                 self.catching_up.push(ConnRef::of(key, conn));
                 return Ok(());
@@ -125,7 +124,6 @@ impl Worker {
         if self.catching_up.is_empty() {
             return;
         }
-        let redis_up = self.shared.broker.as_ref().is_some_and(|b| b.all_up());
         for noted in std::mem::take(&mut self.catching_up) {
             let Some(key) = self.resolve(noted) else { continue };
             let Some(Wait::CatchUp(waiting)) = self.conns[key].wait() else { continue };
@@ -138,6 +136,11 @@ impl Worker {
             let caught_up = !behind_in_time
                 && (Some(epoch) != waiting.resume.epoch || last >= waiting.resume.after);
             let due = super::reached(self.now_ms, waiting.deadline_ms);
+            // The channel's own server, after a moment (a message may be on its way while a
+            // probe decides).
+            let broker = self.shared.broker.as_ref();
+            let redis_up = broker.is_some_and(|b| b.up_for(&waiting.channel.name))
+                || self.now_ms.wrapping_sub(waiting.since_ms) < MIN_CATCH_UP_MS;
             if !caught_up && redis_up && !due {
                 self.catching_up.push(noted);
                 continue;
