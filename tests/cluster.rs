@@ -18,16 +18,7 @@ use fanout::ServerHandle;
 
 /// A node joined through `redis`, once it is connected to all of them.
 fn node(redis: &[&RedisServer], adjust: impl FnOnce(&mut fanout::Config)) -> ServerHandle {
-    let server = start(|c| {
-        let mut cluster = ClusterConfig::new(redis.iter().map(|r| r.endpoint()).collect());
-        cluster.command_timeout = Duration::from_millis(1000);
-        cluster.probe_interval = Duration::from_millis(200);
-        c.cluster = Some(cluster);
-        adjust(c);
-    });
-    wait_until("the node is connected to Redis and serves broadcasts", || {
-        http(server.local_addr(), "GET", "/healthz", b"").status == 200
-    });
+    let server = node_at(redis.iter().map(|r| r.endpoint()).collect(), adjust);
     assert_eq!(server.stats().cluster_redis_up, redis.len() as u64);
     server
 }
@@ -37,15 +28,23 @@ fn node_through(
     relay: &common::proxy::Relay,
     adjust: impl FnOnce(&mut fanout::Config),
 ) -> ServerHandle {
+    let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
+    node_at(vec![endpoint], adjust)
+}
+
+/// A node joined through `endpoints` (quick timeouts), once it serves broadcasts.
+fn node_at(
+    endpoints: Vec<fanout::cluster::RedisEndpoint>,
+    adjust: impl FnOnce(&mut fanout::Config),
+) -> ServerHandle {
     let server = start(|c| {
-        let endpoint = format!("redis://127.0.0.1:{}", relay.port).parse().expect("a URL");
-        let mut cluster = ClusterConfig::new(vec![endpoint]);
+        let mut cluster = ClusterConfig::new(endpoints);
         cluster.command_timeout = Duration::from_millis(1000);
         cluster.probe_interval = Duration::from_millis(200);
         c.cluster = Some(cluster);
         adjust(c);
     });
-    wait_until("the node is connected through the relay", || {
+    wait_until("the node is connected to Redis and serves broadcasts", || {
         http(server.local_addr(), "GET", "/healthz", b"").status == 200
     });
     server
