@@ -71,15 +71,7 @@ impl Link {
 
     /// Queues one command (an array of bulk strings).
     pub fn command(&mut self, args: &[&[u8]]) {
-        let out = &mut self.out;
-        out.put_u8(b'*');
-        put_decimal(out, args.len());
-        for arg in args {
-            out.put_u8(b'$');
-            put_decimal(out, arg.len());
-            out.put_slice(arg);
-            out.put_slice(b"\r\n");
-        }
+        encode_command(&mut self.out, args);
     }
 
     pub fn has_output(&self) -> bool {
@@ -183,6 +175,18 @@ fn put_decimal(out: &mut BytesMut, n: usize) {
     out.put_slice(b"\r\n");
 }
 
+/// Appends one command (an array of bulk strings) to `out`.
+fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
+    out.put_u8(b'*');
+    put_decimal(out, args.len());
+    for arg in args {
+        out.put_u8(b'$');
+        put_decimal(out, arg.len());
+        out.put_slice(arg);
+        out.put_slice(b"\r\n");
+    }
+}
+
 /// Redis Cluster: the slot map (`CLUSTER SLOTS`). Blocking (a connect with a timeout, one round
 /// trip): called on a helper thread, never the broker's (`BrokerThread::discover`).
 pub(super) fn read_slot_map(seed: &RedisEndpoint) -> io::Result<Vec<SlotRange>> {
@@ -193,15 +197,8 @@ pub(super) fn read_slot_map(seed: &RedisEndpoint) -> io::Result<Vec<SlotRange>> 
     let timeout = std::time::Duration::from_millis(500);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
-    let mut request = Vec::new();
-    let mut command = |args: &[&[u8]]| {
-        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg);
-            request.extend_from_slice(b"\r\n");
-        }
-    };
+    let mut request = BytesMut::new();
+    let mut command = |args: &[&[u8]]| encode_command(&mut request, args);
     let mut expected = 1;
     if let Some(password) = &seed.password {
         match &seed.user {

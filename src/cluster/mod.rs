@@ -264,7 +264,9 @@ pub(crate) fn epoch_after(floor: impl IntoIterator<Item = u64>) -> u64 {
 }
 
 /// Whether epoch `a` is older than `b`: both ordered (`ORDERED_EPOCH`), `a` less. Epochs from
-/// before ordering compare as neither.
+/// before ordering were random: those with the top bit clear compare as neither; those with it
+/// set (half of them) compare as ordered, so on upgrade a channel with such an epoch may end its
+/// next epoch once as a rollback, after which `epoch_after` continues above it.
 pub(crate) fn older_epoch(a: u64, b: u64) -> bool {
     a & b & ORDERED_EPOCH != 0 && a < b
 }

@@ -152,11 +152,10 @@ pub struct CatchUp {
     pub channel: Arc<Channel>,
     /// What the client asked.
     pub resume: Resume,
-    /// Worker clock (ms) when it began to wait.
+    /// Worker clock (ms) when it began to wait (a node still behind, with Redis reachable, past
+    /// the command timeout and a probe interval takes the client's offset for one Redis no
+    /// longer has: told `epoch`, as on one node).
     pub since_ms: u32,
-    /// Worker clock (ms) past which a node still behind, with Redis reachable, takes the
-    /// client's offset for one Redis no longer has (told `epoch`, as on one node).
-    pub deadline_ms: u32,
 }
 
 /// Per-connection state of the browser protocols (boxed: TCP clients do without it).

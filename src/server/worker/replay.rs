@@ -82,18 +82,12 @@ impl Worker {
         // the new one yet). Nothing else is done with a client's epoch: it proves nothing (a
         // client can name any), so it only makes the client wait, never ends an epoch.
         let newer = resume.epoch.is_some_and(|e| crate::cluster::older_epoch(bounds.epoch, e));
-        if (ahead || newer) && may_wait {
-            if let Some(broker) = self.shared.broker.as_ref() {
-                let config = &broker.config;
-                let wait = (config.command_timeout + config.probe_interval).as_millis();
-                let deadline_ms = self.now_ms.wrapping_add(wait.min(60_000) as u32);
-                let conn = &mut self.conns[key];
-                let since_ms = self.now_ms;
-                let catch_up = CatchUp { channel, resume, since_ms, deadline_ms };
-                conn.phase = Phase::Waiting(Wait::CatchUp(Box::new(catch_up)));
-                self.catching_up.push(ConnRef::of(key, conn));
-                return Ok(());
-            }
+        if (ahead || newer) && may_wait && self.shared.broker.is_some() {
+            let conn = &mut self.conns[key];
+            let catch_up = CatchUp { channel, resume, since_ms: self.now_ms };
+            conn.phase = Phase::Waiting(Wait::CatchUp(Box::new(catch_up)));
+            self.catching_up.push(ConnRef::of(key, conn));
+            return Ok(());
         }
         // Cluster mode: what memory no longer holds may still be in the channel's stream.
         let epoch_holds = resume.epoch.is_none_or(|e| e == bounds.epoch);
@@ -124,6 +118,11 @@ impl Worker {
         if self.catching_up.is_empty() {
             return;
         }
+        let shared = self.shared.clone();
+        let Some(broker) = shared.broker.as_ref() else { return };
+        // Past the command timeout and a probe interval, a node still behind knows it.
+        let patience = (broker.config.command_timeout + broker.config.probe_interval).as_millis();
+        let patience = patience.min(60_000) as u32;
         for noted in std::mem::take(&mut self.catching_up) {
             let Some(key) = self.resolve(noted) else { continue };
             let Some(Wait::CatchUp(waiting)) = self.conns[key].wait() else { continue };
@@ -135,12 +134,11 @@ impl Worker {
                 waiting.resume.epoch.is_some_and(|e| crate::cluster::older_epoch(epoch, e));
             let caught_up = !behind_in_time
                 && (Some(epoch) != waiting.resume.epoch || last >= waiting.resume.after);
-            let due = super::reached(self.now_ms, waiting.deadline_ms);
+            let waited = self.now_ms.wrapping_sub(waiting.since_ms);
+            let due = waited >= patience;
             // The channel's own server, after a moment (a message may be on its way while a
             // probe decides).
-            let broker = self.shared.broker.as_ref();
-            let redis_up = broker.is_some_and(|b| b.up_for(&waiting.channel.name))
-                || self.now_ms.wrapping_sub(waiting.since_ms) < MIN_CATCH_UP_MS;
+            let redis_up = broker.up_for(&waiting.channel.name) || waited < MIN_CATCH_UP_MS;
             if !caught_up && redis_up && !due {
                 self.catching_up.push(noted);
                 continue;
