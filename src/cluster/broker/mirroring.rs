@@ -32,7 +32,12 @@ impl BrokerThread {
         let ttl = self.config().key_ttl.as_millis().max(1).to_string();
         // Greater than the one it ends and than the node's own: a new epoch is never older
         // than one a subscriber has seen (however the clocks disagree).
-        let mirrored = self.tracked.get(&topic).map(|t| t.channel.lock_log().epoch);
+        // (A fresh mirror's log has a placeholder epoch of its own, not one of Redis's.)
+        let mirrored = self
+            .tracked
+            .get(&topic)
+            .filter(|t| !t.mirror.fresh)
+            .map(|t| t.channel.lock_log().epoch);
         let epoch = crate::cluster::epoch_after(ending.into_iter().chain(mirrored)).to_be_bytes();
         let (meta, log) = (keys.meta(), keys.log());
         let script = if eval { self.sync.body.as_bytes() } else { self.sync.sha.as_bytes() };
