@@ -57,11 +57,65 @@ pub struct Client {
     /// Start of unparsed bytes in `input`.
     parsed: usize,
     backlog: VecDeque<Message>,
+    /// Joins, leaves and server unsubscribes, in arrival order (`next_event`).
+    events: VecDeque<Event>,
     out: Vec<u8>,
+}
+
+/// A member of a channel, from a presence answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its client id.
+    pub client: String,
+    /// Its user (empty: none).
+    pub user: String,
+    /// The node it is on.
+    pub node: String,
+    /// Its info, a JSON object.
+    pub info: String,
+}
+
+/// A channel's presence: its members (empty for `presence_stats`), clients and distinct users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The members (none when only the counts were asked).
+    pub members: Vec<Member>,
+    /// Subscribed connections.
+    pub clients: u64,
+    /// Distinct users among them.
+    pub users: u64,
+}
+
+/// Something the server tells a subscriber beside messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member joined `channel` (`--join-leave` channels).
+    Join {
+        /// The channel.
+        channel: String,
+        /// Its client id, user and info.
+        member: Member,
+    },
+    /// A member left.
+    Leave {
+        /// The channel.
+        channel: String,
+        /// Its client id and user (node and info empty).
+        member: Member,
+    },
+    /// The server took this connection out of `channel` (the server API's unsubscribe).
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 enum Owned {
     Message(Message),
+    Member(Member),
+    Presence(Vec<u8>, u64, u64),
     Ok(Ack, Vec<u8>),
     History(Vec<u8>, ResumeInfo),
     Ack(Vec<u8>, u64),
@@ -91,6 +145,7 @@ impl Client {
             input: Vec::with_capacity(64 * 1024),
             parsed: 0,
             backlog: VecDeque::new(),
+            events: VecDeque::new(),
             out: Vec::new(),
         };
         client.stream.write_all(&binary::PREFACE)?;
@@ -141,7 +196,7 @@ impl Client {
                     return Ok(info);
                 }
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::History(..) | Owned::Ok(..) | Owned::Pong | Owned::Ack(..) => {}
+                _ => {}
             }
         }
     }
@@ -200,7 +255,7 @@ impl Client {
                     return Ok(String::from_utf8_lossy(&subject).into_owned())
                 }
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) | Owned::Pong | Owned::History(..) | Owned::Ack(..) => {}
+                _ => {}
             }
         }
     }
@@ -223,7 +278,7 @@ impl Client {
             match self.next_owned(None)? {
                 Owned::Pong => return Ok(()),
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) | Owned::History(..) | Owned::Ack(..) => {}
+                _ => {}
             }
         }
     }
@@ -233,7 +288,50 @@ impl Client {
             match self.next_owned(None)? {
                 Owned::Ok(got, got_arg) if got == ack && got_arg == arg => return Ok(()),
                 Owned::Message(message) => self.backlog.push_back(message),
-                Owned::Ok(..) | Owned::Pong | Owned::History(..) | Owned::Ack(..) => {}
+                _ => {}
+            }
+        }
+    }
+
+    /// Who is subscribed to `channel` (the channel must have presence on, `--presence`, and
+    /// this client permission to subscribe to it).
+    pub fn presence(&mut self, channel: &str) -> Result<Presence, ClientError> {
+        self.ask_presence(channel, false)
+    }
+
+    /// How many clients and distinct users are subscribed to `channel` (no member list).
+    pub fn presence_stats(&mut self, channel: &str) -> Result<Presence, ClientError> {
+        self.ask_presence(channel, true)
+    }
+
+    fn ask_presence(&mut self, channel: &str, stats_only: bool) -> Result<Presence, ClientError> {
+        self.send(&Request::Presence { channel: channel.as_bytes(), stats_only })?;
+        let mut members = Vec::new();
+        loop {
+            match self.next_owned(None)? {
+                Owned::Member(member) => members.push(member),
+                Owned::Presence(name, clients, users) if name == channel.as_bytes() => {
+                    return Ok(Presence { members, clients, users })
+                }
+                Owned::Message(message) => self.backlog.push_back(message),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next join, leave or server unsubscribe, waiting at most `timeout` (`Ok(None)` then);
+    /// messages that arrive meanwhile wait for `next_message`.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Some(event));
+            }
+            match self.next_owned(deadline) {
+                Ok(Owned::Message(message)) => self.backlog.push_back(message),
+                Ok(_) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -299,6 +397,48 @@ impl Client {
                     Owned::History(channel.into_owned(), ResumeInfo { epoch, first, last, status }),
                 ),
                 ServerFrame::Ping => None,
+                ServerFrame::Member { client, user, node, info, .. } => {
+                    Some(Owned::Member(Member {
+                        client: client.into_owned(),
+                        user: user.into_owned(),
+                        node: node.into_owned(),
+                        info: info.into_owned(),
+                    }))
+                }
+                ServerFrame::Presence { channel, clients, users } => {
+                    Some(Owned::Presence(channel.into_owned(), clients, users))
+                }
+                ServerFrame::Join { channel, client, user, info } => {
+                    let member = Member {
+                        client: client.into_owned(),
+                        user: user.into_owned(),
+                        node: String::new(),
+                        info: info.into_owned(),
+                    };
+                    let channel = String::from_utf8_lossy(&channel).into_owned();
+                    self.events.push_back(Event::Join { channel, member });
+                    self.parsed += used;
+                    continue;
+                }
+                ServerFrame::Leave { channel, client, user } => {
+                    let member = Member {
+                        client: client.into_owned(),
+                        user: user.into_owned(),
+                        node: String::new(),
+                        info: String::new(),
+                    };
+                    let channel = String::from_utf8_lossy(&channel).into_owned();
+                    self.events.push_back(Event::Leave { channel, member });
+                    self.parsed += used;
+                    continue;
+                }
+                ServerFrame::Unsubscribed { channel, reason } => {
+                    let channel = String::from_utf8_lossy(&channel).into_owned();
+                    let reason = reason.into_owned();
+                    self.events.push_back(Event::Unsubscribed { channel, reason });
+                    self.parsed += used;
+                    continue;
+                }
             };
             self.parsed += used;
             match owned {

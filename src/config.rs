@@ -89,6 +89,12 @@ pub struct Config {
     pub limits: Limits,
     /// `/metrics` and `/healthz` answer only requests carrying the API key.
     pub private_metrics: bool,
+    /// Presence and join/leave events (`--presence`, `--join-leave`).
+    pub presence: crate::server::presence::PresenceConfig,
+    /// This node's name in client ids, presence and `/api/info` (None: a random one at start).
+    pub node_name: Option<String>,
+    /// How long a revocation (`/api/disconnect?revoke=true`) refuses the user's older tokens.
+    pub revocation_ttl: Duration,
     /// Testing only: a publish to this channel panics its worker (to test that the process then
     /// aborts, loudly, instead of limping on).
     pub debug_panic_on_publish_to: Option<String>,
@@ -140,6 +146,9 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             limits: Limits::default(),
             private_metrics: false,
+            presence: Default::default(),
+            node_name: None,
+            revocation_ttl: Duration::from_secs(86_400),
             debug_panic_on_publish_to: None,
         }
     }

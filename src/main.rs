@@ -397,6 +397,34 @@ struct ServeArgs {
     /// 1000; without: unlimited.
     #[arg(long)]
     max_connections_per_ip: Option<u32>,
+    /// Track who is subscribed to channels matching this pattern (repeat): PRESENCE answers
+    /// and /api/presence. Off for every other channel (a broadcast channel pays nothing).
+    #[arg(long)]
+    presence: Vec<String>,
+    /// Subscribers of channels matching this pattern (repeat) hear joins and leaves (and the
+    /// channels' presence is tracked).
+    #[arg(long)]
+    join_leave: Vec<String>,
+    /// A presence answer with more members than this is refused with 429 (ask the stats).
+    #[arg(long, default_value_t = fanout::server::presence::PresenceConfig::default().max_members)]
+    presence_max_members: usize,
+    /// Milliseconds a worker gathers joins and leaves before sending them (a join and a leave
+    /// of one connection within it cancel out).
+    #[arg(long, default_value_t = fanout::server::presence::PresenceConfig::default().window.as_millis() as u64)]
+    join_leave_window_ms: u64,
+    /// Cluster mode: milliseconds a node's members stay in Redis after it last refreshed them
+    /// (every third of this): a dead node's members are gone within it.
+    #[arg(long, default_value_t = fanout::server::presence::PresenceConfig::default().ttl.as_millis() as u64)]
+    presence_ttl_ms: u64,
+    /// Longest `info` claim a token may carry, as compact JSON (presence shows it).
+    #[arg(long, default_value_t = fanout::auth::DEFAULT_MAX_INFO_BYTES)]
+    max_info_bytes: usize,
+    /// This node's name in client ids, presence and /api/info (default: random at start).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Seconds a revocation (/api/disconnect?revoke=true) refuses the user's older tokens.
+    #[arg(long, default_value_t = Config::default().revocation_ttl.as_secs())]
+    revocation_ttl_secs: u64,
 }
 
 impl ServeArgs {
@@ -434,6 +462,7 @@ impl ServeArgs {
             } else {
                 self.max_token_bytes
             },
+            max_info_bytes: self.max_info_bytes,
         })
     }
 
@@ -489,6 +518,15 @@ impl ServeArgs {
             ws_echo: self.ws_echo,
             http_head_timeout: Duration::from_secs(self.http_head_timeout_secs),
             debug_panic_on_publish_to: self.debug_panic_on_publish_to.clone(),
+            presence: fanout::server::presence::PresenceConfig {
+                presence: self.presence.clone(),
+                join_leave: self.join_leave.clone(),
+                max_members: self.presence_max_members,
+                window: Duration::from_millis(self.join_leave_window_ms),
+                ttl: Duration::from_millis(self.presence_ttl_ms.max(300)),
+            },
+            node_name: self.node_name.clone(),
+            revocation_ttl: Duration::from_secs(self.revocation_ttl_secs),
             auth: self.auth(&defaults)?,
             allow_anonymous: self.allow_anonymous,
             allowed_origins: self.allowed_origins.clone(),

@@ -28,6 +28,10 @@ use crate::protocol::validate_client_name;
 /// Longest token accepted, in bytes (a JWT with a few hundred patterns is a few KiB).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// Longest `info` claim accepted, as compact JSON: each presence answer and join event carries
+/// it, so it is bounded like a frame field, not like a token.
+pub const DEFAULT_MAX_INFO_BYTES: usize = 1024;
+
 /// What a stranger's budget holds beside the longest token: the command around it (`AUTH `, a
 /// RESP `HELLO 3 AUTH user … SETNAME name`, a WebSocket's JSON) and a PING.
 const STRANGER_HEADROOM_BYTES: usize = 1024;
@@ -56,6 +60,8 @@ pub struct AuthConfig {
     pub expiry_grace: Duration,
     /// Longest token, in bytes.
     pub max_token_bytes: usize,
+    /// Longest `info` claim, as compact JSON (0: `DEFAULT_MAX_INFO_BYTES`).
+    pub max_info_bytes: usize,
 }
 
 impl AuthConfig {
@@ -70,7 +76,7 @@ impl AuthConfig {
 }
 
 /// What one connection may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Grant {
     /// The token's `sub`: the client's identity, and the only name it may claim.
     pub subject: Option<Box<str>>,
@@ -82,6 +88,14 @@ pub struct Grant {
     pub everything: bool,
     /// The token's `exp`, in Unix milliseconds.
     pub expires_unix_ms: Option<u64>,
+    /// The token's `iat`, in Unix milliseconds (a revocation refuses tokens issued before it).
+    pub issued_unix_ms: Option<u64>,
+    /// The token's `info` claim, a JSON object as compact JSON: what presence shows of the
+    /// member (at most `AuthConfig::max_info_bytes`).
+    pub info: Option<Box<str>>,
+    /// The token's `admin` claim is `true`: it may use the server API (`/api/`), as the API
+    /// key does.
+    pub admin: bool,
 }
 
 impl Grant {
@@ -93,6 +107,11 @@ impl Grant {
     /// May publish to `channel`.
     pub fn may_publish(&self, channel: &[u8]) -> bool {
         self.everything || self.publish.allow(channel)
+    }
+
+    /// May use the server API.
+    pub fn may_administer(&self) -> bool {
+        self.everything || self.admin
     }
 
     /// May claim the client name `name` (and with it the inbox `@name`).
@@ -165,6 +184,10 @@ pub enum AuthError {
     /// `iss` is not the configured issuer.
     #[error("token from another issuer")]
     WrongIssuer,
+    /// The server API disconnected its user with `revoke`: tokens of that user issued before
+    /// then are refused.
+    #[error("token revoked: its user was disconnected by the server after it was issued")]
+    Revoked,
 }
 
 impl AuthError {
@@ -176,9 +199,10 @@ impl AuthError {
             }
             AuthError::BadSignature(_) => Outcome::BadSignature,
             AuthError::Expired => Outcome::Expired,
-            AuthError::NotYetValid | AuthError::WrongAudience | AuthError::WrongIssuer => {
-                Outcome::InvalidClaims
-            }
+            AuthError::NotYetValid
+            | AuthError::WrongAudience
+            | AuthError::WrongIssuer
+            | AuthError::Revoked => Outcome::InvalidClaims,
         }
     }
 }
@@ -249,6 +273,7 @@ pub struct Auth {
     anonymous: Option<Arc<Grant>>,
     everything: Arc<Grant>,
     max_token_bytes: usize,
+    max_info_bytes: usize,
     /// A connection that has no permissions must authenticate within this long.
     pub timeout: Duration,
     /// How long after `exp` an unrefreshed connection is closed.
@@ -286,11 +311,9 @@ impl Auth {
         let anonymous =
             (!anonymous_subscribe.is_empty() || !anonymous_publish.is_empty()).then(|| {
                 Arc::new(Grant {
-                    subject: None,
                     subscribe: anonymous_subscribe,
                     publish: anonymous_publish,
-                    everything: false,
-                    expires_unix_ms: None,
+                    ..Default::default()
                 })
             });
         Ok(Some(Auth {
@@ -305,17 +328,15 @@ impl Auth {
             issuer: config.issuer.clone(),
             api_key: config.api_key.clone(),
             anonymous,
-            everything: Arc::new(Grant {
-                subject: None,
-                subscribe: Patterns::default(),
-                publish: Patterns::default(),
-                everything: true,
-                expires_unix_ms: None,
-            }),
+            everything: Arc::new(Grant { everything: true, ..Default::default() }),
             max_token_bytes: if config.max_token_bytes == 0 {
                 DEFAULT_MAX_TOKEN_BYTES
             } else {
                 config.max_token_bytes
+            },
+            max_info_bytes: match config.max_info_bytes {
+                0 => DEFAULT_MAX_INFO_BYTES,
+                n => n.min(u16::MAX as usize),
             },
             timeout: config.timeout,
             expiry_grace: config.expiry_grace,
@@ -367,7 +388,7 @@ impl Auth {
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, key, &validation).map_err(classify)?;
         let expires_unix_ms = self.check_claims(&data.claims, unix_now_ms())?;
-        grant_of(&data.claims, expires_unix_ms)
+        grant_of(&data.claims, expires_unix_ms, self.max_info_bytes)
     }
 
     /// The registered claims (RFC 7519 4.1) at Unix time `now_ms`: returns `exp` in Unix
@@ -476,7 +497,11 @@ fn numeric_date(
 }
 
 /// The permissions a verified token's claims grant; it expires at `expires_unix_ms`.
-fn grant_of(claims: &serde_json::Value, expires_unix_ms: u64) -> Result<Arc<Grant>, AuthError> {
+fn grant_of(
+    claims: &serde_json::Value,
+    expires_unix_ms: u64,
+    max_info_bytes: usize,
+) -> Result<Arc<Grant>, AuthError> {
     use serde_json::Value;
     let subject = match claims.get("sub") {
         None | Some(Value::Null) => None,
@@ -503,12 +528,34 @@ fn grant_of(claims: &serde_json::Value, expires_unix_ms: u64) -> Result<Arc<Gran
             Some(_) => Err(bad("expected a list of channel patterns".into())),
         }
     };
+    let info = match claims.get("info") {
+        None | Some(Value::Null) => None,
+        Some(object @ Value::Object(_)) => {
+            let compact = object.to_string();
+            if compact.len() > max_info_bytes {
+                return Err(AuthError::BadClaim(format!(
+                    "info: {} bytes of JSON, the limit is {max_info_bytes}",
+                    compact.len()
+                )));
+            }
+            Some(compact.into_boxed_str())
+        }
+        Some(_) => return Err(AuthError::BadClaim("info: expected a JSON object".into())),
+    };
+    let admin = match claims.get("admin") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(admin)) => *admin,
+        Some(_) => return Err(AuthError::BadClaim("admin: expected true or false".into())),
+    };
     Ok(Arc::new(Grant {
         subject,
         subscribe: patterns("subscribe")?,
         publish: patterns("publish")?,
         everything: false,
         expires_unix_ms: Some(expires_unix_ms),
+        issued_unix_ms: numeric_date(claims, "iat", f64::floor)?,
+        info,
+        admin,
     }))
 }
 
@@ -642,10 +689,10 @@ mod tests {
     #[test]
     fn a_subject_must_be_a_client_name() {
         for sub in ["*", "a.>", "@bob", "a b", "x.*.y"] {
-            let refused = grant_of(&json!({ "sub": sub }), NOW_MS);
+            let refused = grant_of(&json!({ "sub": sub }), NOW_MS, DEFAULT_MAX_INFO_BYTES);
             assert!(matches!(refused, Err(AuthError::BadClaim(_))), "{sub}");
         }
-        let grant = grant_of(&json!({ "sub": "alice" }), NOW_MS).unwrap();
+        let grant = grant_of(&json!({ "sub": "alice" }), NOW_MS, DEFAULT_MAX_INFO_BYTES).unwrap();
         assert!(grant.may_claim(b"alice"));
         assert_eq!(grant.expires_unix_ms, Some(NOW_MS));
     }

@@ -52,6 +52,7 @@ use crate::history::disk::AckTarget;
 use crate::server::channels::Channel;
 
 pub(crate) use broker::prepare;
+pub(crate) use broker::{survey_body, SurveyKind};
 
 /// Cluster settings (`--redis`, `--redis-cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +348,31 @@ pub(crate) enum BrokerOp {
     Serve(Arc<Channel>),
     /// Receive every channel this pattern matches (PSUBSCRIBE), then mark it live.
     ServePattern(Box<[u8]>),
+    /// A worker's joins and leaves of one channel (one window's): this node's members in Redis,
+    /// and (`announce`) the events to every node's subscribers.
+    Presence {
+        channel: Bytes,
+        joins: Vec<Arc<crate::protocol::presence::Member>>,
+        leaves: Vec<Arc<crate::protocol::presence::Member>>,
+        announce: bool,
+    },
+    /// Who is subscribed to `channel` on every node (`Answer::Reply`, encoded in `format`).
+    PresenceQuery {
+        channel: Bytes,
+        stats_only: bool,
+        format: crate::protocol::Format,
+        reply_to: AckTarget,
+    },
+    /// Tell every node's workers (through Redis) to act on connections: the server API.
+    Control {
+        control: crate::server::Control,
+        reply_to: AckTarget,
+    },
+    /// Ask every node (through Redis) and answer with what they said: the server API.
+    Survey {
+        what: SurveyKind,
+        reply_to: AckTarget,
+    },
     /// Claim a client name across the cluster for this connection (answered `NameClaim`).
     Claim {
         name: Bytes,

@@ -332,9 +332,14 @@ impl Protocol {
                     ServerFrame::Ok { ack: crate::protocol::Ack::Auth, .. } => Event::Ignored,
                     ServerFrame::Ok { .. } => Event::Subscribed,
                     ServerFrame::Ping => Event::Ping,
-                    ServerFrame::Pong | ServerFrame::History { .. } | ServerFrame::Ack { .. } => {
-                        Event::Ignored
-                    }
+                    ServerFrame::Pong
+                    | ServerFrame::History { .. }
+                    | ServerFrame::Ack { .. }
+                    | ServerFrame::Member { .. }
+                    | ServerFrame::Presence { .. }
+                    | ServerFrame::Join { .. }
+                    | ServerFrame::Leave { .. }
+                    | ServerFrame::Unsubscribed { .. } => Event::Ignored,
                     ServerFrame::Error { code, reason } => Event::Error(format!("{code} {reason}")),
                 };
                 Ok(Some((event, used)))

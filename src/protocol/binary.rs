@@ -46,6 +46,23 @@ pub mod op {
     pub const PSUB: u8 = 0x09;
     /// Client: end a pattern subscription. Fields: pattern.
     pub const PUNSUB: u8 = 0x0A;
+    /// Client: who is subscribed to a channel (answered MEMBER frames, then PRESENCE). Fields:
+    /// channel.
+    pub const PRESENCE: u8 = 0x0B;
+    /// Client: how many are subscribed (answered PRESENCE alone). Fields: channel.
+    pub const PRESENCE_STATS: u8 = 0x0C;
+    /// Server: one member of a channel. Fields: channel, client, user, node (short fields),
+    /// info (JSON, rest of frame).
+    pub const MEMBER: u8 = 0x86;
+    /// Server: the end of a presence answer, or the stats. Fields: channel, clients u64, users
+    /// u64. (Client PRESENCE is 0x0B; server PRESENCE is this.)
+    pub const PRESENCE_END: u8 = 0x87;
+    /// Server: a member joined. Fields: channel, client, user, info (JSON, rest).
+    pub const JOIN: u8 = 0x88;
+    /// Server: a member left. Fields: channel, client, user.
+    pub const LEAVE: u8 = 0x89;
+    /// Server: the server took this connection out of a channel. Fields: channel, reason (rest).
+    pub const UNSUBSCRIBED: u8 = 0x8A;
     /// Server: publish acknowledgement. Fields: channel, offset u64.
     pub const ACK: u8 = 0x85;
     /// Server: message. Fields: channel, offset u64, payload.
@@ -146,6 +163,11 @@ pub fn parse_request(
             Request::Name { name }
         }
         op::AUTH => Request::Auth { token: fields },
+        op::PRESENCE | op::PRESENCE_STATS => {
+            let (channel, rest) = short_field(fields, "channel field")?;
+            expect_end(rest, "presence frame (trailing bytes)")?;
+            Request::Presence { channel, stats_only: opcode == op::PRESENCE_STATS }
+        }
         op::PSUB | op::PUNSUB => {
             let (pattern, rest) = short_field(fields, "pattern field")?;
             expect_end(rest, "pattern frame (trailing bytes)")?;
@@ -221,6 +243,8 @@ pub fn encode_request(request: &Request<'_>, out: &mut Vec<u8>) {
         Request::Auth { token } => (op::AUTH, None, token),
         Request::PatternSubscribe { pattern } => (op::PSUB, Some(pattern), &[]),
         Request::PatternUnsubscribe { pattern } => (op::PUNSUB, Some(pattern), &[]),
+        Request::Presence { channel, stats_only: false } => (op::PRESENCE, Some(channel), &[]),
+        Request::Presence { channel, stats_only: true } => (op::PRESENCE_STATS, Some(channel), &[]),
         Request::Noop => return,
     };
     let fields_len = short.map_or(0, |s| 1 + s.len()) + payload.len();
@@ -369,7 +393,10 @@ pub fn parse_server_frame(
         }
         op::PING => ServerFrame::Ping,
         op::PONG => ServerFrame::Pong,
-        unknown => return Err(ProtocolError::UnknownOpcode(unknown)),
+        other => match super::presence::parse_binary_frame(other, fields) {
+            Some(frame) => frame?,
+            None => return Err(ProtocolError::UnknownOpcode(other)),
+        },
     };
     Ok(Some((frame, used)))
 }

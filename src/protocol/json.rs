@@ -225,6 +225,8 @@ pub fn parse_request(value: &Value) -> Result<Request<'_>, ProtocolError> {
         "auth" => Request::Auth { token: text("token")? },
         "psub" => Request::PatternSubscribe { pattern: text("pattern")? },
         "punsub" => Request::PatternUnsubscribe { pattern: text("pattern")? },
+        "presence" => Request::Presence { channel: text("channel")?, stats_only: false },
+        "presence_stats" => Request::Presence { channel: text("channel")?, stats_only: true },
         "ping" => Request::Ping,
         "pong" => Request::Pong,
         other => return Err(ProtocolError::UnknownCommand(other.chars().take(32).collect())),

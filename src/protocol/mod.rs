@@ -14,6 +14,7 @@ pub mod fields;
 pub mod glob;
 pub mod http;
 pub mod json;
+pub mod presence;
 pub mod resp;
 pub mod sse;
 pub mod text;
@@ -81,6 +82,13 @@ pub enum Request<'a> {
     Name {
         /// The name, without the `@`.
         name: &'a [u8],
+    },
+    /// Who is subscribed to a channel (`stats_only`: only how many clients and users).
+    Presence {
+        /// Channel name.
+        channel: &'a [u8],
+        /// Answer the counts without the members (`PRESENCE_STATS`).
+        stats_only: bool,
     },
     /// An empty text line: ignored (people press Enter in `nc`).
     Noop,
@@ -191,6 +199,55 @@ pub enum ServerFrame<'a> {
         channel: Cow<'a, [u8]>,
         /// The offset the message got.
         offset: u64,
+    },
+    /// One member of a channel, in the answer to `Presence` (before its `Presence` frame).
+    Member {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// The member's client id.
+        client: Cow<'a, str>,
+        /// Its user (empty: none).
+        user: Cow<'a, str>,
+        /// Its node.
+        node: Cow<'a, str>,
+        /// Its info, a JSON object.
+        info: Cow<'a, str>,
+    },
+    /// The end of a presence answer (after its members), or the answer to `PRESENCE_STATS`.
+    Presence {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// Subscribed connections.
+        clients: u64,
+        /// Distinct users among them (the anonymous count as one).
+        users: u64,
+    },
+    /// A member joined a channel this connection is subscribed to (`--join-leave`).
+    Join {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// The member's client id.
+        client: Cow<'a, str>,
+        /// Its user.
+        user: Cow<'a, str>,
+        /// Its info, a JSON object.
+        info: Cow<'a, str>,
+    },
+    /// A member left.
+    Leave {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// The member's client id.
+        client: Cow<'a, str>,
+        /// Its user.
+        user: Cow<'a, str>,
+    },
+    /// The server took this connection out of a channel (the server API's unsubscribe).
+    Unsubscribed {
+        /// Channel name.
+        channel: Cow<'a, [u8]>,
+        /// Why.
+        reason: Cow<'a, str>,
     },
     /// Keepalive; answer with `Pong`.
     Ping,

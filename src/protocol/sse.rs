@@ -66,6 +66,12 @@ fn notice(name: &str, json: &[u8]) -> BytesMut {
     out
 }
 
+/// Appends `event: fanout <name>` with a JSON body (presence: `join`, `leave`, `presence`,
+/// `unsubscribed`).
+pub fn put_notice(out: &mut BytesMut, name: &str, json: &[u8]) {
+    out.put_slice(&notice(&format!("fanout {name}"), json));
+}
+
 /// `event: fanout error` with `{"code":…,"reason":…}`.
 pub fn error(code: u16, reason: &str) -> BytesMut {
     notice("fanout error", &super::json::error_object(code, reason))

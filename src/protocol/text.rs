@@ -89,6 +89,10 @@ pub fn parse_request(
         Request::PatternSubscribe { pattern: rest }
     } else if word.eq_ignore_ascii_case(b"PUNSUB") {
         Request::PatternUnsubscribe { pattern: rest }
+    } else if word.eq_ignore_ascii_case(b"PRESENCE") {
+        Request::Presence { channel: rest, stats_only: false }
+    } else if word.eq_ignore_ascii_case(b"PRESENCE_STATS") {
+        Request::Presence { channel: rest, stats_only: true }
     } else {
         return Err(ProtocolError::UnknownCommand(
             String::from_utf8_lossy(word).chars().take(32).collect(),
@@ -314,9 +318,14 @@ pub fn parse_server_line(
         }
         b"PING" => ServerFrame::Ping,
         b"PONG" => ServerFrame::Pong,
-        other => {
-            return Err(ProtocolError::UnknownCommand(String::from_utf8_lossy(other).into_owned()))
-        }
+        other => match super::presence::parse_text_line(other, rest) {
+            Some(frame) => frame?,
+            None => {
+                return Err(ProtocolError::UnknownCommand(
+                    String::from_utf8_lossy(other).into_owned(),
+                ))
+            }
+        },
     };
     Ok(Some((frame, used)))
 }

@@ -78,9 +78,13 @@ pub const EPOCH_NOTICE: u64 = u64::MAX;
 /// status `expired`, as a resume across the hole would.
 pub const EXPIRED_NOTICE: u64 = u64::MAX - 1;
 
+/// The offset of a ring item that carries joins and leaves of the channel's members
+/// (`protocol::presence::put_event`s): subscribers hear them in order with the messages.
+pub const PRESENCE_NOTICE: u64 = u64::MAX - 2;
+
 /// Whether a ring item is a notice rather than a message.
 pub fn is_notice(offset: u64) -> bool {
-    offset >= EXPIRED_NOTICE
+    offset >= PRESENCE_NOTICE
 }
 
 /// What travels through the ring: one published message (or an `EPOCH_NOTICE`).
@@ -379,6 +383,20 @@ impl ChannelRegistry {
     /// The broadcast channel `*`.
     pub fn broadcast(&self) -> &Arc<Channel> {
         &self.broadcast
+    }
+
+    /// The topic channels with subscribers on this node and their counts, those `keep` takes
+    /// (the server API's listing). Walks every channel under the registry's lock: for an
+    /// operator's occasional call, not for a client.
+    pub fn subscriber_counts(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<(Bytes, u32)> {
+        let by_name = lock(&self.by_name);
+        by_name
+            .values()
+            .filter(|channel| channel.kind == ChannelKind::Topic)
+            .map(|channel| (channel, channel.subscribers.load(Ordering::Relaxed)))
+            .filter(|(channel, count)| *count > 0 && keep(&channel.name))
+            .map(|(channel, count)| (channel.name.clone(), count))
+            .collect()
     }
 
     /// Number of channels, `*` included.

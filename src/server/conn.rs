@@ -75,6 +75,11 @@ pub enum Wait {
     /// Cluster mode: a resume in the channel's epoch from an offset this node has not reached
     /// yet (the client comes from a node that is ahead) waits for this node to catch up.
     CatchUp(Box<CatchUp>),
+    /// The server API's publish to several channels waits for their acknowledgements.
+    Broadcast(Box<Broadcasting>),
+    /// An answer computed elsewhere (the broker asks Redis: presence across the cluster) is on
+    /// its way as a whole frame (`Answer::Reply`).
+    Reply,
     /// The connection's own replies back up (its queue holds more than
     /// `REPLY_BACKLOG_BYTES`): its input is not read until they drain, so a client that sends
     /// commands and never reads the answers is pushed back by TCP instead of growing its queue.
@@ -90,6 +95,17 @@ pub const REPLY_RESUME_BYTES: usize = 64 * 1024;
 /// queue and the allocation behind a small frame. Without it, a cap in bytes would let a million
 /// two-byte replies hold a hundred times the cap in memory.
 pub const FRAME_OVERHEAD_BYTES: usize = 64;
+
+/// A channel's acknowledged offset, or the refusal's code and reason.
+pub type PublishOutcome = Result<u64, (u16, String)>;
+
+/// A publish to several channels (`Wait::Broadcast`): each channel's offset or refusal, in the
+/// request's order (`None` while its acknowledgement is on its way).
+#[derive(Debug)]
+pub struct Broadcasting {
+    /// Per channel: its name and outcome.
+    pub results: Vec<(Bytes, Option<PublishOutcome>)>,
+}
 
 /// A subscribe waiting for its channel (`Wait::Join`).
 #[derive(Debug)]
@@ -109,6 +125,8 @@ pub enum AfterJoin {
     Inbox,
     /// Answer a long-poll (from, epoch, timeout in seconds).
     Poll(Option<u64>, Option<u64>, u64),
+    /// Answer the server API's history call (after an offset, at most this many).
+    History(u64, u32),
 }
 
 /// How a subscription receives the channel's messages.

@@ -17,6 +17,7 @@ pub mod channels;
 pub mod conn;
 pub mod index;
 pub mod patterns;
+pub mod presence;
 pub mod ring;
 pub mod stats;
 mod worker;
@@ -57,9 +58,25 @@ pub(crate) enum Answer {
         name: bytes::Bytes,
         result: Result<(), (crate::protocol::ErrorCode, Arc<str>)>,
     },
+    /// The server API acts on connections (disconnect a user, take a user out of a channel):
+    /// every worker of every node is told.
+    Control(Arc<Control>),
+    /// An answer computed elsewhere (the broker, from Redis): the whole frame to queue to the
+    /// connection, whose input waits for it (`Wait::Reply`).
+    Reply { target: disk::AckTarget, frame: bytes::Bytes },
     /// Cluster mode: the name's lease went to another node (Redis lost it, and another client
     /// claimed the name before this node could reclaim it): the connection no longer holds it.
     NameLost { target: disk::AckTarget, name: bytes::Bytes },
+}
+
+/// What the server API does to connections, on every worker of every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Close every connection of `user`, saying `reason`; with `revoke_before_ms`, refuse that
+    /// user's tokens issued before then (Unix ms).
+    Disconnect { user: Box<str>, reason: Box<str>, revoke_before_ms: Option<u64> },
+    /// Take every connection of `user` out of `channel`, telling it `reason`.
+    Unsubscribe { user: Box<str>, channel: bytes::Bytes, reason: Box<str> },
 }
 
 impl From<Persisted> for Answer {
@@ -143,6 +160,13 @@ pub(crate) struct Shared {
     limits: crate::config::EffectiveLimits,
     /// Open connections per source address, while that limit is on.
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// This node's name (client ids, presence, `/api/info`).
+    pub(crate) node: Arc<str>,
+    /// Members of the channels with presence (`None`: no `--presence` or `--join-leave`).
+    pub(crate) presence: Option<presence::Presence>,
+    /// Revoked users: tokens of the user issued before the first time (Unix ms) are refused
+    /// until the second.
+    pub(crate) revoked: std::sync::Mutex<std::collections::HashMap<Box<str>, (u64, u64)>>,
 }
 
 /// The way into the storage thread.
@@ -225,9 +249,96 @@ impl ServerForBroker {
     pub(crate) fn history_messages(&self) -> usize {
         self.shared.config.history_messages
     }
+
+    /// This node's name (presence entries, surveys).
+    pub(crate) fn node(&self) -> &Arc<str> {
+        &self.shared.node
+    }
+
+    /// The members this node tracks (`None`: no presence configured).
+    pub(crate) fn presence(&self) -> Option<&presence::Presence> {
+        self.shared.presence.as_ref()
+    }
+
+    /// A server API action from another node, for every worker here.
+    pub(crate) fn control(&self, control: Control) {
+        self.shared.control(control);
+    }
+
+    /// See `Shared::channels_json`.
+    pub(crate) fn channels_json(
+        &self,
+        pattern: Option<&crate::auth::Pattern>,
+    ) -> serde_json::Value {
+        self.shared.channels_json(pattern)
+    }
+
+    /// See `Shared::info_json`.
+    pub(crate) fn info_json(&self) -> serde_json::Value {
+        self.shared.info_json()
+    }
 }
 
 impl Shared {
+    /// Hands a server API action to every worker of this node.
+    pub(crate) fn control(&self, control: Control) {
+        let control = Arc::new(control);
+        for (worker, sender) in self.ack_senders.iter().enumerate() {
+            if sender.send(Answer::Control(control.clone())).is_ok() {
+                self.wake(worker);
+            }
+        }
+    }
+
+    /// This node's channels with subscribers, those matching `pattern` (fanout's wildcard
+    /// syntax; `None`: all), as `{"channel": subscribers}`.
+    pub(crate) fn channels_json(
+        &self,
+        pattern: Option<&crate::auth::Pattern>,
+    ) -> serde_json::Value {
+        let listed =
+            self.channels.subscriber_counts(|name| pattern.is_none_or(|p| p.matches(name)));
+        let object: serde_json::Map<String, serde_json::Value> = listed
+            .into_iter()
+            .map(|(name, count)| (String::from_utf8_lossy(&name).into_owned(), count.into()))
+            .collect();
+        serde_json::Value::Object(object)
+    }
+
+    /// What `/api/info` says of this node.
+    pub(crate) fn info_json(&self) -> serde_json::Value {
+        let stats = self.stats();
+        let by_format: serde_json::Map<String, serde_json::Value> = crate::protocol::Format::ALL
+            .iter()
+            .filter(|f| !f.is_sharded() && *f != &crate::protocol::Format::Resp3)
+            .map(|f| {
+                let total: u64 =
+                    self.counters.iter().map(|c| c.by_format(*f).load(Ordering::Relaxed)).sum();
+                let label = match f {
+                    crate::protocol::Format::Resp2 => "resp",
+                    other => other.label(),
+                };
+                let total = match f {
+                    crate::protocol::Format::Resp2 => total + stats.connections_resp3,
+                    _ => total,
+                };
+                (label.to_string(), total.into())
+            })
+            .collect();
+        serde_json::json!({
+            "node": &*self.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "connections": self.open_connections.load(Ordering::Relaxed),
+            "connections_by_protocol": by_format,
+            "channels": self.channels.len().saturating_sub(1),
+            "messages_in": stats.messages_in,
+            "messages_out": stats.messages_out,
+            "workers": self.config.workers,
+            "cluster": self.broker.is_some(),
+        })
+    }
+
     /// Wakes one worker (an acknowledgement is waiting for it).
     pub(crate) fn wake(&self, worker: usize) {
         let signal = &self.signals[worker];
@@ -326,6 +437,11 @@ impl Server {
             return Err(StartError::Unprotected(config.listen));
         }
         let limits = config.limits.effective(auth.is_some());
+        let node: Arc<str> = match &config.node_name {
+            Some(name) => name.as_str().into(),
+            None => format!("{:08x}", crate::history::new_epoch() as u32).into(),
+        };
+        let presence = presence::Presence::new(&config.presence).map_err(StartError::Config)?;
 
         // Our listeners share the port with SO_REUSEPORT, and so would another server's: a plain
         // bind first proves that nobody listens there yet.
@@ -445,6 +561,9 @@ impl Server {
             auth,
             limits,
             per_ip: Default::default(),
+            node,
+            presence,
+            revoked: Default::default(),
             config,
         });
 
@@ -577,6 +696,13 @@ fn validate(config: &Config) -> Result<(), StartError> {
         }
         if cluster.redis.is_empty() {
             return fail("cluster mode needs at least one Redis server".into());
+        }
+    }
+    if let Some(name) = &config.node_name {
+        if name.is_empty() || name.len() > 64 || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return fail(format!(
+                "node name {name:?}: 1 to 64 bytes without spaces or control characters"
+            ));
         }
     }
     if config.max_connections == 0 || config.max_channels < 2 {

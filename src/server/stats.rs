@@ -225,6 +225,16 @@ counters! {
     limited_query_buffer: counter,
     /// Wildcard subscriptions held now.
     pattern_subscriptions: gauge,
+    /// Joins and leaves sent (into the ring, or to Redis in a cluster), after coalescing.
+    presence_events: counter,
+    /// Joins and leaves never sent: a join and a leave of one connection within a window.
+    presence_events_coalesced: counter,
+    /// Connections closed by the server API's disconnect.
+    api_disconnects: counter,
+    /// Subscriptions ended by the server API's unsubscribe.
+    api_unsubscribes: counter,
+    /// Server API requests answered (any status).
+    api_requests: counter,
 }
 
 impl WorkerCounters {

@@ -74,6 +74,33 @@ pub enum Frame {
         channel: String,
         offset: u64,
     },
+    Member {
+        channel: String,
+        client: String,
+        user: String,
+        node: String,
+        info: String,
+    },
+    Presence {
+        channel: String,
+        clients: u64,
+        users: u64,
+    },
+    Join {
+        channel: String,
+        client: String,
+        user: String,
+        info: String,
+    },
+    Leave {
+        channel: String,
+        client: String,
+        user: String,
+    },
+    Unsubscribed {
+        channel: String,
+        reason: String,
+    },
     Ping,
     Pong,
 }
@@ -100,6 +127,33 @@ impl From<ServerFrame<'_>> for Frame {
             ServerFrame::Ack { channel, offset } => {
                 Frame::Ack { channel: String::from_utf8_lossy(&channel).into_owned(), offset }
             }
+            ServerFrame::Member { channel, client, user, node, info } => Frame::Member {
+                channel: String::from_utf8_lossy(&channel).into_owned(),
+                client: client.into_owned(),
+                user: user.into_owned(),
+                node: node.into_owned(),
+                info: info.into_owned(),
+            },
+            ServerFrame::Presence { channel, clients, users } => Frame::Presence {
+                channel: String::from_utf8_lossy(&channel).into_owned(),
+                clients,
+                users,
+            },
+            ServerFrame::Join { channel, client, user, info } => Frame::Join {
+                channel: String::from_utf8_lossy(&channel).into_owned(),
+                client: client.into_owned(),
+                user: user.into_owned(),
+                info: info.into_owned(),
+            },
+            ServerFrame::Leave { channel, client, user } => Frame::Leave {
+                channel: String::from_utf8_lossy(&channel).into_owned(),
+                client: client.into_owned(),
+                user: user.into_owned(),
+            },
+            ServerFrame::Unsubscribed { channel, reason } => Frame::Unsubscribed {
+                channel: String::from_utf8_lossy(&channel).into_owned(),
+                reason: reason.into_owned(),
+            },
             ServerFrame::Ping => Frame::Ping,
             ServerFrame::Pong => Frame::Pong,
         }
@@ -193,6 +247,19 @@ pub fn frame_from_json(bytes: &[u8]) -> Frame {
             },
         },
         "ack" => Frame::Ack { channel: s("channel"), offset: n("offset") },
+        "presence" => Frame::Presence {
+            channel: s("channel"),
+            clients: n("clients"),
+            users: n("users"),
+        },
+        "join" => Frame::Join {
+            channel: s("channel"),
+            client: s("client"),
+            user: s("user"),
+            info: v["info"].to_string(),
+        },
+        "leave" => Frame::Leave { channel: s("channel"), client: s("client"), user: s("user") },
+        "unsubscribed" => Frame::Unsubscribed { channel: s("channel"), reason: s("reason") },
         "ping" => Frame::Ping,
         "pong" => Frame::Pong,
         other => panic!("unknown op {other}"),
@@ -229,6 +296,12 @@ pub fn request_json(request: &Request<'_>) -> String {
         Request::Auth { token } => json!({"op":"auth","token":text(token)}),
         Request::PatternSubscribe { pattern } => json!({"op":"psub","pattern":text(pattern)}),
         Request::PatternUnsubscribe { pattern } => json!({"op":"punsub","pattern":text(pattern)}),
+        Request::Presence { channel, stats_only: false } => {
+            json!({"op":"presence","channel":text(channel)})
+        }
+        Request::Presence { channel, stats_only: true } => {
+            json!({"op":"presence_stats","channel":text(channel)})
+        }
         Request::Ping => json!({"op":"ping"}),
         Request::Pong | Request::Noop => json!({"op":"pong"}),
     };
@@ -352,6 +425,10 @@ impl Conn {
                 }
                 Request::PublishAcked { channel, payload } => {
                     out = [b"PUBA ", channel, b" ", &payload, b"\n"].concat()
+                }
+                Request::Presence { channel, stats_only } => {
+                    let word: &[u8] = if stats_only { b"PRESENCE_STATS " } else { b"PRESENCE " };
+                    out = [word, channel, b"\n"].concat()
                 }
                 Request::Ping => out = b"PING\n".to_vec(),
                 Request::Pong => out = b"PONG\n".to_vec(),

@@ -45,10 +45,13 @@ mod batch;
 mod mirroring;
 mod names;
 mod patterns;
+mod presence;
 mod publishing;
 mod scripts;
 mod servers;
 pub(crate) mod topology;
+
+pub(crate) use self::presence::{survey_body, SurveyKind};
 
 use self::answers::AnswerOrder;
 use self::batch::{BatchAnswer, PublishBatch, BATCH_BYTES, BATCH_MESSAGES};
@@ -122,6 +125,21 @@ enum Pending {
     Check { topic: Bytes, epoch: u64, last: u64 },
     /// XRANGE of the stream for a resume.
     Backfill { reply_to: AckTarget },
+    /// This node's members of a channel written (the update script).
+    PresenceUpdate,
+    /// Every node's members of a channel read, for a connection (the query script).
+    PresenceQuery {
+        channel: Bytes,
+        stats_only: bool,
+        format: crate::protocol::Format,
+        reply_to: AckTarget,
+    },
+    /// A server API action published to every node (the reply: how many received it).
+    Control { reply_to: AckTarget },
+    /// A survey published (the reply: how many nodes will answer).
+    Survey { id: u64 },
+    /// This node's answer to another's survey published.
+    Answered,
 }
 
 struct Shard {
@@ -240,6 +258,12 @@ struct BrokerThread {
     /// Publish answers held until their connection's earlier publishes are answered.
     answers: std::cell::RefCell<AnswerOrder>,
     next_refresh: Instant,
+    presence_update_script: Script,
+    presence_query_script: Script,
+    /// Surveys in progress.
+    presence_state: presence::PresenceState,
+    /// When this node's members are next rewritten in Redis.
+    next_presence_refresh: Instant,
 }
 
 /// The broker thread's poll and queue, made before `Shared` (which holds the `Broker`) exists.
@@ -307,6 +331,10 @@ impl Unstarted {
             unread: Vec::new(),
             patterns: HashMap::new(),
             next_refresh: now,
+            presence_update_script: Script::new(presence::PRESENCE_UPDATE_LUA),
+            presence_query_script: Script::new(presence::PRESENCE_QUERY_LUA),
+            presence_state: Default::default(),
+            next_presence_refresh: now,
         }
         .run();
     }
@@ -385,6 +413,8 @@ impl BrokerThread {
             .flatten()
             .chain(self.topology.as_ref().and_then(Topology::next_timer))
             .chain((!self.unread.is_empty()).then(|| Instant::now() + BACKPRESSURE_RETRY))
+            .chain(self.next_survey_deadline())
+            .chain(self.server.presence().map(|_| self.next_presence_refresh))
             .fold(self.next_sweep, Instant::min)
     }
 
@@ -415,6 +445,28 @@ impl BrokerThread {
                         self.send_publish(i, full, false);
                     }
                 }
+                BrokerOp::Presence { channel, joins, leaves, announce } => {
+                    // After the publishes taken before it (a leave after its last message).
+                    if let Some(i) = self.shard_of(&channel) {
+                        let slot = match self.topology {
+                            Some(_) => super::key_slot(
+                                &Keys::new(&self.config().key_prefix, &channel).topic,
+                            ),
+                            None => 0,
+                        };
+                        if let Some(batch) = batches.remove(&(i, slot)) {
+                            if !batch.ops.is_empty() {
+                                self.send_publish(i, batch, false);
+                            }
+                        }
+                    }
+                    self.presence_update(&channel, &joins, &leaves, announce, false);
+                }
+                BrokerOp::PresenceQuery { channel, stats_only, format, reply_to } => {
+                    self.presence_query(channel, stats_only, format, reply_to)
+                }
+                BrokerOp::Control { control, reply_to } => self.control(control, reply_to),
+                BrokerOp::Survey { what, reply_to } => self.survey(what, reply_to),
                 BrokerOp::Serve(channel) => self.serve(channel),
                 BrokerOp::ServePattern(text) => self.serve_pattern(text),
                 BrokerOp::Claim { name, reply_to } => self.claim(name, reply_to),
@@ -476,6 +528,13 @@ impl BrokerThread {
             self.let_go_of_unused_patterns();
             self.check_quiet_channels(now);
         }
+        if let Some(presence) = self.server.presence() {
+            if now >= self.next_presence_refresh {
+                self.next_presence_refresh = now + presence.config.ttl / 3;
+                self.refresh_presence();
+            }
+        }
+        self.finish_surveys(true);
         if now >= self.next_refresh {
             self.next_refresh = now + self.config().name_lease / 3;
             self.refresh_leases();
@@ -661,7 +720,17 @@ impl BrokerThread {
                     self.tell(holder.worker, Answer::NameLost { target: holder, name });
                 }
             }
-            Pending::Release => {}
+            Pending::Release | Pending::PresenceUpdate | Pending::Answered => {
+                if let Value::Error(e) = reply {
+                    warn!("cluster: Redis refused a presence or control command: {e}");
+                }
+            }
+            Pending::PresenceQuery { channel, stats_only, format, reply_to } => {
+                self.presence_answered(channel, stats_only, format, reply_to, reply)
+            }
+            pending @ (Pending::Control { .. } | Pending::Survey { .. }) => {
+                self.control_sent(pending, reply)
+            }
             Pending::Publish(batch) => {
                 let counters = &self.broker().counters;
                 match batch.answer(reply) {
@@ -758,6 +827,13 @@ impl BrokerThread {
                     _ => topic,
                 };
                 let Some(envelope) = parts.next().and_then(bulk).map(Bytes::from) else { return };
+                match envelope.first() {
+                    Some(&presence::ENVELOPE_PRESENCE) => {
+                        return self.presence_pushed(&topic, envelope);
+                    }
+                    Some(&presence::ENVELOPE_CONTROL) => return self.control_pushed(&envelope),
+                    _ => {}
+                }
                 let Some(run) = Envelope::decode(envelope) else {
                     warn!("cluster: a message on {topic:?} that is not an envelope");
                     return;

@@ -311,7 +311,15 @@ impl BrokerThread {
             commands.command(&[b"SELECT", endpoint.db.to_string().as_bytes()]);
             shard.pending.push_back((Instant::now(), Pending::Setup("SELECT")));
         }
-        for script in [&self.publish, &self.sync, &self.refresh, &self.release] {
+        let scripts = [
+            &self.publish,
+            &self.sync,
+            &self.refresh,
+            &self.release,
+            &self.presence_update_script,
+            &self.presence_query_script,
+        ];
+        for script in scripts {
             commands.command(&[b"SCRIPT", b"LOAD", script.body.as_bytes()]);
             shard.pending.push_back((Instant::now(), Pending::Setup("SCRIPT LOAD")));
         }
@@ -444,6 +452,9 @@ impl BrokerThread {
                         Answer::NameClaim { target: reply_to, name, result },
                     );
                 }
+                pending @ (Pending::PresenceQuery { .. }
+                | Pending::Control { .. }
+                | Pending::Survey { .. }) => self.control_refused(pending),
                 _ => {}
             }
         }

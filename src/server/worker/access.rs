@@ -186,7 +186,7 @@ impl Worker {
     /// outcome. `Err` is the refusal to send (the connection's grant is unchanged).
     fn verify(&mut self, key: usize, token: &[u8]) -> Result<Arc<Grant>, AuthError> {
         let verified = match &self.shared.auth {
-            Some(auth) => auth.verify(token),
+            Some(auth) => auth.verify(token).and_then(|grant| self.not_revoked(grant)),
             None => Err(AuthError::Malformed("access control is off".into())),
         };
         let counters = self.counters();
@@ -202,6 +202,22 @@ impl Worker {
             debug!("worker {}: connection {key}: token refused: {e}", self.id);
         }
         verified
+    }
+
+    /// `grant`, unless the server API revoked its user's tokens issued before a time that is
+    /// after this token's `iat` (or the token has none).
+    fn not_revoked(&self, grant: Arc<Grant>) -> Result<Arc<Grant>, AuthError> {
+        let Some(user) = grant.subject.as_deref() else { return Ok(grant) };
+        let revoked = self.shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        match revoked.get(user) {
+            Some(&(before, until))
+                if until > crate::auth::unix_now_ms()
+                    && grant.issued_unix_ms.is_none_or(|issued| issued < before) =>
+            {
+                Err(AuthError::Revoked)
+            }
+            _ => Ok(grant),
+        }
     }
 
     /// A failed authentication: refused with 401, or, past the limit of failures, the end.

@@ -64,6 +64,9 @@ impl Worker {
             Request::Auth { token } => self.authenticate(key, token).map(drop),
             Request::PatternSubscribe { pattern } => self.pattern_subscribe(key, pattern),
             Request::PatternUnsubscribe { pattern } => self.pattern_unsubscribe(key, pattern),
+            Request::Presence { channel, stats_only } => {
+                self.presence_request(key, channel, stats_only)
+            }
         }
     }
 
@@ -276,6 +279,9 @@ impl Worker {
                 AfterJoin::Poll(from, epoch, timeout) => {
                     self.poll_channel(key, channel, from, epoch, timeout)
                 }
+                AfterJoin::History(since, limit) => {
+                    self.history_answer(key, &channel, since, limit)
+                }
             };
             let result = result.and_then(|()| self.go_on(key));
             self.settle(key, result);
@@ -297,6 +303,8 @@ impl Worker {
         let conn = &mut self.conns[key];
         let position = self.index.add(channel.id, key, conn.reply_format());
         channel.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.presence_joined(key, &channel);
+        let conn = &mut self.conns[key];
         conn.push_subscription(Subscription { channel, membership: Membership::Live(position) });
     }
 
@@ -325,6 +333,7 @@ impl Worker {
         let format = self.conns[key].reply_format();
         let channel_id = subscription.channel.id;
         subscription.channel.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.presence_left(key, &subscription.channel);
         match subscription.membership {
             Membership::CatchingUp => self.index.remove_catching_up(channel_id, key),
             Membership::Live(position) => {

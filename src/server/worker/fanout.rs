@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use super::Worker;
 use crate::history::ResumeStatus;
 use crate::protocol::{ChannelKind, Format, HistoryStatus};
-use crate::server::channels::{is_notice, Channel, EPOCH_NOTICE, EXPIRED_NOTICE};
+use crate::server::channels::{is_notice, Channel, EPOCH_NOTICE, EXPIRED_NOTICE, PRESENCE_NOTICE};
 use crate::server::conn::{Conn, Membership};
 use crate::server::stats::WorkerCounters;
 use crate::server::Item;
@@ -74,6 +74,8 @@ pub(super) struct ChannelBatch {
     pub items: Vec<Item>,
     /// Who gets this turn's batch, decided once when the channel is first met in the turn.
     audience: Audience,
+    /// Something besides joins and leaves: event streams' cursors move.
+    pub moved: bool,
 }
 
 /// Who a channel's batch is for in one turn: how many subscribers use each format, and whether
@@ -129,6 +131,7 @@ impl Batches {
                 let batch = &mut slots[*in_use];
                 batch.channel = Some(message.channel.clone());
                 batch.messages = 0;
+                batch.moved = false;
                 batch.audience = audience;
                 by_channel.insert(message.channel.id, *in_use);
                 *in_use += 1;
@@ -137,6 +140,21 @@ impl Batches {
         };
         let batch = &mut slots[slot];
         let mut encoded = 0;
+        if message.offset == PRESENCE_NOTICE {
+            let events = crate::protocol::presence::events(&message.payload).unwrap_or_default();
+            for format in Format::ALL {
+                if batch.audience.per_format[format as usize] > 0 {
+                    let out = &mut batch.frames[format as usize];
+                    let before = out.len();
+                    for event in &events {
+                        format.put_event(out, &message.channel.name, event);
+                    }
+                    encoded += out.len() - before;
+                }
+            }
+            return encoded;
+        }
+        batch.moved = true;
         if is_notice(message.offset) {
             let notice = notice_of(&message);
             for format in Format::ALL {
@@ -301,6 +319,7 @@ impl Worker {
         // per pattern and RESP version, built once for the batch.
         let mut pattern_frames: Vec<(usize, Format, Bytes)> = Vec::new();
         let items = &batch.items;
+        let moved = batch.moved;
         let mut enqueue = |key: usize, conn: &mut Conn, pattern: Option<(usize, &[u8])>| {
             let Some(format) = conn.format else { return };
             let frame = match pattern {
@@ -328,7 +347,7 @@ impl Worker {
             };
             if out.deliver(key, conn, frame, cap) {
                 deliveries += 1;
-                if format == Format::Sse {
+                if format == Format::Sse && moved {
                     streams.push(key);
                 }
             }

@@ -41,7 +41,8 @@ mod fanout;
 mod input;
 mod lifecycle;
 mod outbox;
-mod publish;
+mod presence;
+pub(in crate::server) mod publish;
 mod replay;
 mod resp;
 mod web;
@@ -165,6 +166,8 @@ pub(super) struct Worker {
     channel_cache: HashMap<bytes::Bytes, Arc<Channel>>,
     /// The drain's per-channel batches.
     batches: Batches,
+    /// Joins and leaves of this worker's connections not sent yet (`server::presence`).
+    presence_out: crate::server::presence::Outbox,
     /// Milliseconds since the server started (wrapping).
     now_ms: u32,
     next_housekeeping_ms: u32,
@@ -223,6 +226,7 @@ impl Worker {
             delivered_streams: Vec::new(),
             channel_cache: HashMap::new(),
             batches: Batches::default(),
+            presence_out: Default::default(),
             now_ms: 0,
             next_housekeeping_ms: 0,
             next_stats_ms: 0,
@@ -290,6 +294,7 @@ impl Worker {
                 self.admit_joins();
                 self.admit_catch_ups();
                 self.continue_unblocked();
+                self.flush_presence_due();
             }
             self.deliver_acks();
             if self.publisher.take_published() {
@@ -356,6 +361,10 @@ impl Worker {
             self.next_housekeeping_ms.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS);
         let until =
             self.deferred_due_ms.map_or(until_housekeeping, |due| due.min(until_housekeeping));
+        let until = self
+            .presence_out
+            .due_ms
+            .map_or(until, |due| due.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS).min(until));
         Duration::from_millis(until as u64)
     }
 

@@ -28,7 +28,7 @@ use crate::server::{Answer, Item, Shared, MAX_STORAGE_BACKLOG};
 
 /// A message that was published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Published {
+pub(in crate::server::worker) struct Published {
     /// The offset it got in its channel.
     pub offset: u64,
     /// The acknowledgement asked for goes to its return address later: once the record is
@@ -39,7 +39,7 @@ pub(super) struct Published {
 
 /// Why a message was not published.
 #[derive(Debug)]
-pub(super) enum Refused {
+pub(in crate::server::worker) enum Refused {
     /// The ring is full or the disk is behind: nothing happened; try again later.
     Busy(Bytes),
     /// Not published, for a reason the client is told: an acknowledged publish to a channel
@@ -135,6 +135,23 @@ impl Publisher {
         Ok(Published { offset, ack_later })
     }
 
+    /// Puts a notice (not a message: no offset, not retained) into the ring for `channel`'s
+    /// subscribers, under the channel's lock so that it keeps its place among the channel's
+    /// messages. False when the ring is full.
+    pub(super) fn notice(&mut self, channel: &Arc<Channel>, kind: u64, payload: Bytes) -> bool {
+        let _log = channel.lock_log();
+        let notice = Arc::new(crate::server::channels::Message {
+            channel: channel.clone(),
+            offset: kind,
+            payload,
+        });
+        if self.producer.try_publish(notice).is_err() {
+            return false;
+        }
+        self.published = true;
+        true
+    }
+
     /// Cluster mode: hands the publish to the broker thread, which runs the publish script in
     /// Redis and answers `reply_to`. Refused at once while Redis is unreachable; paused (as for a
     /// full ring) while too many publishes are in flight.
@@ -171,6 +188,10 @@ impl Worker {
         payload: Bytes,
         acked: bool,
     ) -> Result<bool, Close> {
+        // A member's join goes out before its first message (`server::presence`).
+        if self.presence_out.pending.contains_key(&channel.id) {
+            self.flush_presence_of(channel.id);
+        }
         let conn = &self.conns[key];
         let target = AckTarget { worker: self.id, key, serial: conn.serial };
         match self.publisher.publish(&channel, payload, target, acked) {
@@ -253,6 +274,14 @@ impl Worker {
                     self.name_lost(target, &name);
                     continue;
                 }
+                Answer::Control(control) => {
+                    self.apply_control(&control);
+                    continue;
+                }
+                Answer::Reply { target, frame } => {
+                    self.reply_arrived(target, frame);
+                    continue;
+                }
             };
             let target = persisted.target;
             let noted = ConnRef { key: target.key, serial: target.serial };
@@ -260,6 +289,28 @@ impl Worker {
                 continue;
             };
             let conn = &mut self.conns[key];
+            if let Phase::Waiting(Wait::Broadcast(broadcasting)) = &mut conn.phase {
+                // One of the server API's publishes to several channels.
+                let outcome = match persisted.result {
+                    Ok(()) => Ok(persisted.offset),
+                    Err((code, why)) => Err((code.code(), why.to_string())),
+                };
+                let slot = broadcasting
+                    .results
+                    .iter_mut()
+                    .find(|(name, outcome)| outcome.is_none() && *name == persisted.channel);
+                if let Some((_, slot)) = slot {
+                    *slot = Some(outcome);
+                }
+                if broadcasting.results.iter().all(|(_, outcome)| outcome.is_some()) {
+                    let response = super::web::broadcast_response(broadcasting);
+                    conn.end_wait();
+                    self.unblocked.push(noted);
+                    let result = self.reply(key, response);
+                    self.settle(key, result);
+                }
+                continue;
+            }
             if matches!(conn.phase, Phase::Waiting(Wait::DurableAck)) {
                 conn.end_wait();
                 self.unblocked.push(noted);

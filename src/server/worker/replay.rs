@@ -40,6 +40,7 @@ impl Worker {
     pub(super) fn join_catching_up(&mut self, key: usize, channel: Arc<Channel>, has: u64) {
         self.index.add_catching_up(channel.id, key, has);
         channel.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.presence_joined(key, &channel);
         let membership = Membership::CatchingUp;
         self.conns[key].push_subscription(Subscription { channel, membership });
     }

@@ -25,7 +25,7 @@ const DEFAULT_POLL_SECS: u64 = 30;
 const MAX_POLL_MESSAGES: usize = 1000;
 
 /// The JSON body of a long-poll answer.
-fn poll_body<'a>(
+pub(super) fn poll_body<'a>(
     history: &HistoryStatus<'_>,
     messages: impl Iterator<Item = (u64, &'a [u8])>,
 ) -> BytesMut {

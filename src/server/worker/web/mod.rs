@@ -8,8 +8,11 @@
 //! cursors (`sse`), the long-poll, which answers one whole response per wait (`long_poll`), and
 //! `/metrics` (`metrics`).
 
+mod api;
 mod long_poll;
 mod metrics;
+
+pub(super) use self::api::broadcast_response;
 mod sse;
 mod websocket;
 
@@ -212,10 +215,21 @@ impl Worker {
                 return self.reply(key, response);
             }
         }
+        if head.path.starts_with("/api/") {
+            self.api(key, head, body)?;
+            return Ok(());
+        }
         if !authorized && !self.authenticate_request(key, head)? {
             return Ok(());
         }
         match (method, head.path.as_str()) {
+            ("GET", "/presence" | "/presence_stats") => match head.param("channel") {
+                Some(channel) => {
+                    let channel = channel.to_vec();
+                    self.presence_request(key, &channel, head.path == "/presence_stats")
+                }
+                None => self.refuse(key, ErrorCode::BadRequest, "presence: ?channel= is required"),
+            },
             ("POST", "/publish") => match head.param("channel") {
                 Some(channel) => {
                     let channel = channel.to_vec();
@@ -237,7 +251,7 @@ impl Worker {
                 ),
             ),
             (_, "/" | "/index.html" | "/fanout.js" | "/favicon.ico" | "/healthz" | "/metrics")
-            | (_, "/publish" | "/sse" | "/poll" | "/ws") => {
+            | (_, "/publish" | "/sse" | "/poll" | "/ws" | "/presence" | "/presence_stats") => {
                 let why = format!("{} does not take {}", head.path, head.method);
                 self.refuse(key, ErrorCode::MethodNotAllowed, &why)
             }

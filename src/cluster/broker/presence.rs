@@ -1,0 +1,543 @@
+//! Presence and the server API across nodes, on the broker thread.
+//!
+//! Redis keys, for channel `C` (hash-tagged with the channel, so one slot in a Redis Cluster):
+//!
+//! | key                           | type | contents                                           |
+//! |-------------------------------|------|----------------------------------------------------|
+//! | `fanout:{C}:presence`         | zset | node -> when its entries expire (Redis time, ms)    |
+//! | `fanout:{C}:presence:<node>`  | hash | client id -> the member (`presence::put_event`)     |
+//!
+//! A node writes its members' changes once per window (`PRESENCE_UPDATE_LUA`) and rewrites all
+//! of its members of each channel every third of `--presence-ttl` (the refresh), which moves
+//! its expiry in the zset forward. A node that dies stops refreshing: once its expiry passes,
+//! the next script that touches the channel (any node's update or refresh, or a query) removes
+//! its entries and, for `--join-leave` channels, announces their leaves. So a dead node's
+//! members are gone within the TTL plus a refresh period (the TTL alone for queries).
+//!
+//! Events travel on the channel's own pub/sub channel as envelope `0x03` (the events), in order
+//! with its messages: the update script publishes after the publishes sent before it on the
+//! same connection. The server API's actions and surveys travel as envelope `0x04` (JSON) on the
+//! broadcast channel's, which every node receives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log::{debug, warn};
+
+use super::{BrokerThread, Pending};
+use crate::cluster::Keys;
+use crate::history::disk::AckTarget;
+use crate::protocol::presence::{events, put_event, Event, Member};
+use crate::protocol::resp::Value;
+use crate::protocol::{http, ErrorCode, Format};
+use crate::server::channels::PRESENCE_NOTICE;
+use crate::server::{Answer, Control};
+
+/// Envelope of joins and leaves on a channel's pub/sub channel.
+pub(crate) const ENVELOPE_PRESENCE: u8 = 3;
+/// Envelope of a server API action or survey on the broadcast channel's.
+pub(crate) const ENVELOPE_CONTROL: u8 = 4;
+/// How long a survey waits for the nodes that received it.
+const SURVEY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// This node's members of a channel changed (`announce`: and its subscribers hear of it).
+/// KEYS: the zset, this node's hash. ARGV: node, TTL (ms), the publish command, the pub/sub
+/// channel, the events envelope (empty: none), `replace` ('1': this is the whole set, a
+/// refresh), the count of members to set, then (client, member) pairs, then clients to remove.
+/// Before anything, entries of nodes past their expiry are removed and (with a pub/sub channel
+/// given) their leaves announced. Returns the nodes removed.
+pub(super) const PRESENCE_UPDATE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local zset, mine = KEYS[1], KEYS[2]
+local node, ttl, verb, topic, envelope = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local prefix = string.sub(mine, 1, #mine - #node)
+local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+for _, gone in ipairs(dead) do
+  if gone ~= node then
+    local key = prefix .. gone
+    if topic ~= '' then
+      local leaves = {}
+      for i, m in ipairs(redis.call('HVALS', key)) do leaves[i] = 'L' .. string.sub(m, 2) end
+      if #leaves > 0 then redis.call(verb, topic, '\3' .. table.concat(leaves)) end
+    end
+    redis.call('DEL', key)
+    redis.call('ZREM', zset, gone)
+  end
+end
+if ARGV[6] == '1' then redis.call('DEL', mine) end
+local a = 8
+for i = 1, tonumber(ARGV[7]) do
+  redis.call('HSET', mine, ARGV[a], ARGV[a + 1])
+  a = a + 2
+end
+while a <= #ARGV do
+  redis.call('HDEL', mine, ARGV[a])
+  a = a + 1
+end
+if redis.call('EXISTS', mine) == 1 then
+  redis.call('PEXPIRE', mine, ttl * 2)
+  redis.call('ZADD', zset, now + ttl, node)
+  redis.call('PEXPIRE', zset, ttl * 2)
+else
+  redis.call('ZREM', zset, node)
+end
+if envelope ~= '' then redis.call(verb, topic, envelope) end
+return #dead
+";
+
+/// Every node's members of a channel. KEYS: the zset. ARGV: the hash keys' prefix, '1' for
+/// the counts only, the member limit. Returns {clients, users, members...}: the members only
+/// when asked and within the limit. Entries past their expiry are not counted.
+pub(super) const PRESENCE_QUERY_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local all, users, seen = {}, 0, {}
+for _, node in ipairs(nodes) do
+  for _, m in ipairs(redis.call('HVALS', ARGV[1] .. node)) do
+    all[#all + 1] = m
+    local clen = string.byte(m, 2)
+    local ulen = string.byte(m, 3 + clen)
+    local user = string.sub(m, 4 + clen, 3 + clen + ulen)
+    if not seen[user] then
+      seen[user] = true
+      users = users + 1
+    end
+  end
+end
+local out = {#all, users}
+if ARGV[2] ~= '1' and #all <= tonumber(ARGV[3]) then
+  for i, m in ipairs(all) do out[2 + i] = m end
+end
+return out
+";
+
+/// A survey this node sent (`/api/channels`, `/api/info`), gathering the nodes' answers.
+#[derive(Debug)]
+pub(super) struct Survey {
+    what: SurveyKind,
+    reply_to: AckTarget,
+    /// How many nodes received it (PUBLISH's answer), once Redis said.
+    expected: Option<usize>,
+    answers: Vec<serde_json::Value>,
+    deadline: Instant,
+}
+
+/// What a survey asks every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SurveyKind {
+    /// Channels with subscribers (matching a pattern), and their counts.
+    Channels(Option<String>),
+    /// Each node's `Shared::info_json`.
+    Info,
+}
+
+/// The broker's own presence state.
+#[derive(Debug, Default)]
+pub(super) struct PresenceState {
+    pub surveys: HashMap<u64, Survey>,
+    pub next_survey: u64,
+}
+
+impl BrokerThread {
+    fn presence_keys(&self, channel: &[u8]) -> (Vec<u8>, Vec<u8>, Bytes) {
+        let keys = Keys::new(&self.config().key_prefix, channel);
+        let zset = [&keys.topic[..], b":presence"].concat();
+        let mine = [&zset[..], b":", self.server.node().as_bytes()].concat();
+        (zset, mine, keys.topic)
+    }
+
+    /// Sends a worker's window of changes to `channel` (or, `replace`, all this node's members
+    /// of it: the refresh).
+    pub(super) fn presence_update(
+        &mut self,
+        channel: &[u8],
+        joins: &[Arc<Member>],
+        leaves: &[Arc<Member>],
+        announce: bool,
+        replace: bool,
+    ) {
+        let Some(i) = self.shard_of(channel).filter(|&i| self.shards[i].is_ready()) else {
+            // Redis is unreachable: the refresh after it is back rewrites this node's members.
+            return;
+        };
+        let (zset, mine, topic) = self.presence_keys(channel);
+        let ttl = self.server.presence().map_or(15_000, |p| p.config.ttl.as_millis().max(1));
+        let mut envelope = Vec::new();
+        if announce && !replace {
+            envelope.push(ENVELOPE_PRESENCE);
+            for member in leaves {
+                put_event(&mut envelope, &Event::of(member, false));
+            }
+            for member in joins {
+                put_event(&mut envelope, &Event::of(member, true));
+            }
+        }
+        let encoded: Vec<Vec<u8>> = joins
+            .iter()
+            .map(|m| {
+                let mut out = Vec::new();
+                put_event(&mut out, &Event::of(m, true));
+                out
+            })
+            .collect();
+        let (ttl, count) = (ttl.to_string(), joins.len().to_string());
+        let node = self.server.node().clone();
+        let verb = self.verbs().publish;
+        let topic_arg: &[u8] = if announce { &topic } else { b"" };
+        let sha = self.presence_update_script.sha.clone();
+        let mut args: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            sha.as_bytes(),
+            b"2",
+            &zset,
+            &mine,
+            node.as_bytes(),
+            ttl.as_bytes(),
+            verb,
+            topic_arg,
+            &envelope,
+            if replace { b"1" } else { b"0" },
+            count.as_bytes(),
+        ];
+        for (member, bytes) in joins.iter().zip(&encoded) {
+            args.push(member.client.as_bytes());
+            args.push(bytes);
+        }
+        for member in leaves {
+            args.push(member.client.as_bytes());
+        }
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&args);
+        self.shards[i].pending.push_back((Instant::now(), Pending::PresenceUpdate));
+    }
+
+    /// Rewrites every member this node has in Redis (every third of the TTL).
+    pub(super) fn refresh_presence(&mut self) {
+        let Some(presence) = self.server.presence() else { return };
+        let snapshot = presence.snapshot();
+        for (channel, members) in snapshot {
+            let announce = self.server.presence().is_some_and(|p| p.announces(&channel));
+            self.presence_update(&channel, &members, &[], announce, true);
+        }
+    }
+
+    /// Every node's members of `channel`, answered to `reply_to` in `format`.
+    pub(super) fn presence_query(
+        &mut self,
+        channel: Bytes,
+        stats_only: bool,
+        format: Format,
+        reply_to: AckTarget,
+    ) {
+        let Some(i) = self.shard_of(&channel).filter(|&i| self.shards[i].is_ready()) else {
+            let why = "broker unavailable: Redis is unreachable; presence cannot be read now";
+            return self.reply(reply_to, format.encode_error(ErrorCode::Unavailable, why));
+        };
+        let (zset, mine, _) = self.presence_keys(&channel);
+        let prefix = &mine[..mine.len() - self.server.node().len()];
+        let limit = self.server.presence().map_or(0, |p| p.config.max_members).to_string();
+        let sha = self.presence_query_script.sha.clone();
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&[
+            b"EVALSHA",
+            sha.as_bytes(),
+            b"1",
+            &zset,
+            prefix,
+            if stats_only { b"1" } else { b"0" },
+            limit.as_bytes(),
+        ]);
+        let pending = Pending::PresenceQuery { channel, stats_only, format, reply_to };
+        self.shards[i].pending.push_back((Instant::now(), pending));
+    }
+
+    /// Redis answered a presence query.
+    pub(super) fn presence_answered(
+        &mut self,
+        channel: Bytes,
+        stats_only: bool,
+        format: Format,
+        reply_to: AckTarget,
+        reply: Value,
+    ) {
+        let frame = match parse_query(reply) {
+            Ok((clients, users, _)) if stats_only => {
+                format.encode_presence(&channel, None, clients, users)
+            }
+            Ok((clients, users, members)) => {
+                let limit = self.server.presence().map_or(0, |p| p.config.max_members);
+                if clients > limit {
+                    let why = crate::server::presence::too_many_members(&channel, clients, limit);
+                    format.encode_error(ErrorCode::LimitReached, &why)
+                } else {
+                    format.encode_presence(&channel, Some(&members), clients, users)
+                }
+            }
+            Err(e) => {
+                warn!("cluster: a presence query failed: {e}");
+                let why = format!("broker unavailable: presence could not be read ({e})");
+                format.encode_error(ErrorCode::Unavailable, &why)
+            }
+        };
+        self.reply(reply_to, frame);
+    }
+
+    fn reply(&self, reply_to: AckTarget, frame: Bytes) {
+        self.tell(reply_to.worker, Answer::Reply { target: reply_to, frame });
+    }
+
+    /// Events another node (or this one) published on a channel this node serves: into the
+    /// ring, in order with its messages.
+    pub(super) fn presence_pushed(&mut self, topic: &Bytes, envelope: Bytes) {
+        let Some(tracked) = self.tracked.get(topic) else { return };
+        let channel = tracked.channel.clone();
+        let body = envelope.slice(1..);
+        if events(&body).is_none() {
+            warn!("cluster: malformed presence events on {topic:?}");
+            return;
+        }
+        self.put_in_ring(&channel, PRESENCE_NOTICE, body);
+    }
+
+    /// Sends a server API action to every node (this one included: its workers were told
+    /// already and it ignores its own); the answer says how many nodes received it.
+    pub(super) fn control(&mut self, control: Control, reply_to: AckTarget) {
+        let json = match &control {
+            Control::Disconnect { user, reason, revoke_before_ms } => serde_json::json!({
+                "kind": "disconnect", "user": &**user, "reason": &**reason,
+                "revoke_before_ms": revoke_before_ms,
+            }),
+            Control::Unsubscribe { user, channel, reason } => serde_json::json!({
+                "kind": "unsubscribe", "user": &**user, "reason": &**reason,
+                "channel": String::from_utf8_lossy(channel),
+            }),
+        };
+        self.send_control(json, Pending::Control { reply_to });
+    }
+
+    /// Asks every node (through Redis, this one included) and answers `reply_to` with what they
+    /// said, once all have or after `SURVEY_TIMEOUT`.
+    pub(super) fn survey(&mut self, what: SurveyKind, reply_to: AckTarget) {
+        let id = self.presence_state.next_survey;
+        self.presence_state.next_survey += 1;
+        let mut json = serde_json::json!({ "kind": "survey", "id": id });
+        match &what {
+            SurveyKind::Channels(pattern) => {
+                json["what"] = "channels".into();
+                json["pattern"] = pattern.clone().into();
+            }
+            SurveyKind::Info => json["what"] = "info".into(),
+        }
+        let deadline = Instant::now() + SURVEY_TIMEOUT;
+        let survey = Survey { what, reply_to, expected: None, answers: Vec::new(), deadline };
+        self.presence_state.surveys.insert(id, survey);
+        self.send_control(json, Pending::Survey { id });
+    }
+
+    fn send_control(&mut self, mut json: serde_json::Value, pending: Pending) {
+        json["origin"] = self.server.node().to_string().into();
+        let broadcast = self.server.channels().broadcast().name.clone();
+        let topic = Keys::new(&self.config().key_prefix, &broadcast).topic;
+        let ready = self.shard_of(&broadcast).filter(|&i| self.shards[i].is_ready());
+        let Some(i) = ready else {
+            return self.control_refused(pending);
+        };
+        let mut envelope = vec![ENVELOPE_CONTROL];
+        envelope.extend_from_slice(json.to_string().as_bytes());
+        let verb = self.verbs().publish;
+        let Some(link) = self.shards[i].commands.as_mut() else {
+            return self.control_refused(pending);
+        };
+        link.command(&[verb, &topic, &envelope]);
+        self.shards[i].pending.push_back((Instant::now(), pending));
+    }
+
+    /// A control or survey that could not be sent (Redis unreachable): 503 to the caller.
+    pub(super) fn control_refused(&mut self, pending: Pending) {
+        let why = "broker unavailable: Redis is unreachable; the other nodes cannot be reached now";
+        match pending {
+            Pending::Control { reply_to } => self.reply(reply_to, api_error(503, why)),
+            Pending::Survey { id } => {
+                if let Some(survey) = self.presence_state.surveys.remove(&id) {
+                    self.reply(survey.reply_to, api_error(503, why));
+                }
+            }
+            Pending::PresenceQuery { format, reply_to, .. } => {
+                self.reply(reply_to, format.encode_error(ErrorCode::Unavailable, why))
+            }
+            _ => {}
+        }
+    }
+
+    /// Redis published a control or survey: `receivers` nodes got it.
+    pub(super) fn control_sent(&mut self, pending: Pending, reply: Value) {
+        let receivers = match reply {
+            Value::Integer(n) => n.max(0) as usize,
+            other => {
+                warn!("cluster: publishing a server API action failed: {other:?}");
+                return self.control_refused(pending);
+            }
+        };
+        match pending {
+            Pending::Control { reply_to } => {
+                let body = serde_json::json!({ "nodes": receivers }).to_string();
+                self.reply(reply_to, http::response(200, "application/json", body.as_bytes()));
+            }
+            Pending::Survey { id } => {
+                if let Some(survey) = self.presence_state.surveys.get_mut(&id) {
+                    survey.expected = Some(receivers);
+                }
+                self.finish_surveys(false);
+            }
+            _ => {}
+        }
+    }
+
+    /// A control envelope from the broadcast channel's pub/sub channel.
+    pub(super) fn control_pushed(&mut self, envelope: &[u8]) {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&envelope[1..]) else {
+            warn!("cluster: a malformed control message");
+            return;
+        };
+        let text = |field: &str| json.get(field).and_then(serde_json::Value::as_str).unwrap_or("");
+        let mine = text("origin") == &**self.server.node();
+        match text("kind") {
+            "disconnect" if !mine => self.server.control(Control::Disconnect {
+                user: text("user").into(),
+                reason: text("reason").into(),
+                revoke_before_ms: json.get("revoke_before_ms").and_then(serde_json::Value::as_u64),
+            }),
+            "unsubscribe" if !mine => self.server.control(Control::Unsubscribe {
+                user: text("user").into(),
+                channel: Bytes::copy_from_slice(text("channel").as_bytes()),
+                reason: text("reason").into(),
+            }),
+            "survey" => {
+                let body = match text("what") {
+                    "channels" => {
+                        let pattern = json
+                            .get("pattern")
+                            .and_then(serde_json::Value::as_str)
+                            .and_then(|p| crate::auth::Pattern::parse(p).ok());
+                        self.server.channels_json(pattern.as_ref())
+                    }
+                    "info" => self.server.info_json(),
+                    _ => return,
+                };
+                let answer = serde_json::json!({
+                    "kind": "answer", "to": text("origin"), "id": json.get("id"),
+                    "node": &**self.server.node(), "body": body,
+                });
+                self.send_control(answer, Pending::Answered);
+            }
+            "answer" if text("to") == &**self.server.node() => {
+                let Some(id) = json.get("id").and_then(serde_json::Value::as_u64) else { return };
+                if let Some(survey) = self.presence_state.surveys.get_mut(&id) {
+                    let mut body = json.get("body").cloned().unwrap_or_default();
+                    body["node"] = json.get("node").cloned().unwrap_or_default();
+                    survey.answers.push(body);
+                }
+                self.finish_surveys(false);
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers the surveys that every node answered, or (`timers`) whose time is up.
+    pub(super) fn finish_surveys(&mut self, timers: bool) {
+        let now = Instant::now();
+        let done: Vec<u64> = self
+            .presence_state
+            .surveys
+            .iter()
+            .filter(|(_, s)| {
+                s.expected.is_some_and(|n| s.answers.len() >= n) || (timers && s.deadline <= now)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in done {
+            let Some(survey) = self.presence_state.surveys.remove(&id) else { continue };
+            let missing = survey.expected.map(|n| n.saturating_sub(survey.answers.len()));
+            if missing.is_some_and(|m| m > 0) || survey.expected.is_none() {
+                debug!("cluster: a survey timed out with {} answer(s)", survey.answers.len());
+            }
+            let body = survey_body(&survey.what, survey.answers, missing.unwrap_or(0));
+            let response = http::response(200, "application/json", body.to_string().as_bytes());
+            self.reply(survey.reply_to, response);
+        }
+    }
+
+    /// When the next survey times out.
+    pub(super) fn next_survey_deadline(&self) -> Option<Instant> {
+        self.presence_state.surveys.values().map(|s| s.deadline).min()
+    }
+}
+
+/// The combined answer of a survey.
+pub(crate) fn survey_body(
+    what: &SurveyKind,
+    answers: Vec<serde_json::Value>,
+    missing: usize,
+) -> serde_json::Value {
+    match what {
+        SurveyKind::Channels(_) => {
+            let mut total: HashMap<String, u64> = HashMap::new();
+            for answer in &answers {
+                if let Some(object) = answer.as_object() {
+                    for (channel, count) in object.iter().filter(|(k, _)| *k != "node") {
+                        *total.entry(channel.clone()).or_default() += count.as_u64().unwrap_or(0);
+                    }
+                }
+            }
+            let mut channels: Vec<(String, u64)> = total.into_iter().collect();
+            channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let channels: Vec<serde_json::Value> = channels
+                .into_iter()
+                .map(|(channel, subscribers)| {
+                    serde_json::json!({ "channel": channel, "subscribers": subscribers })
+                })
+                .collect();
+            serde_json::json!({ "channels": channels, "nodes": answers.len(), "nodes_missing": missing })
+        }
+        SurveyKind::Info => {
+            serde_json::json!({ "nodes": answers, "nodes_missing": missing })
+        }
+    }
+}
+
+/// A JSON error response of the server API (`{"code":..,"reason":..}`, as every HTTP error).
+fn api_error(status: u16, why: &str) -> Bytes {
+    http::error_response(status, why)
+}
+
+/// (clients, users, members) of a presence query's reply.
+fn parse_query(reply: Value) -> Result<(usize, usize, Vec<Arc<Member>>), String> {
+    let Value::Array(Some(items)) = reply else {
+        return Err(format!("unexpected reply {reply:?}"));
+    };
+    let mut items = items.into_iter();
+    let count = |v: Option<Value>| match v {
+        Some(Value::Integer(n)) => Ok(n.max(0) as usize),
+        other => Err(format!("expected a count, got {other:?}")),
+    };
+    let (clients, users) = (count(items.next())?, count(items.next())?);
+    let mut members = Vec::new();
+    for item in items {
+        let Value::Bulk(Some(bytes)) = item else {
+            return Err("a member that is not a string".into());
+        };
+        let event =
+            events(&bytes).and_then(|e| e.into_iter().next()).ok_or("a malformed member entry")?;
+        members.push(Arc::new(Member {
+            client: event.client.into(),
+            user: event.user.into(),
+            node: event.node.into(),
+            info: event.info.into(),
+        }));
+    }
+    Ok((clients, users, members))
+}

@@ -1,0 +1,319 @@
+//! Presence: who is subscribed to the channels that ask for it (`--presence`, `--join-leave`).
+//!
+//! A channel's members are its subscribed connections (not long-polls, which come and go per
+//! request). This node's members are kept here, by channel, under one of a few sharded locks
+//! taken per subscribe and unsubscribe of a tracked channel (never per message, never for an
+//! untracked channel: a broadcast channel with a million subscribers pays one pattern check
+//! per subscribe). On one node this is the whole answer to `PRESENCE`; in a cluster it is what
+//! the node writes to Redis, where every node's members meet (`cluster::presence`).
+//!
+//! Join and leave events are not sent one by one: each worker gathers its connections' events
+//! per channel for `--join-leave-window-ms` (`Outbox`), where a join and a leave of the same
+//! connection cancel out, and then sends them as one ring item (one node) or one Redis call
+//! (cluster), so a reconnect storm costs a frame per window per subscriber, not one per event.
+//! A member's join goes out before that member's first publish to the channel (the worker
+//! flushes the channel's pending events first), so subscribers see who speaks before they hear
+//! them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::auth::pattern::Patterns;
+use crate::protocol::presence::Member;
+
+/// Presence settings (`--presence`, `--join-leave`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceConfig {
+    /// Channel patterns whose members are tracked (answer `PRESENCE`).
+    pub presence: Vec<String>,
+    /// Channel patterns whose subscribers receive join and leave events (tracked too).
+    pub join_leave: Vec<String>,
+    /// A presence answer with more members than this is refused (use the stats instead).
+    pub max_members: usize,
+    /// How long a worker gathers join and leave events before sending them.
+    pub window: Duration,
+    /// Cluster mode: a node's members of a channel expire from Redis this long after the node
+    /// last refreshed them (it does every third of it): how long a dead node's members stay.
+    pub ttl: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            presence: Vec::new(),
+            join_leave: Vec::new(),
+            max_members: 10_000,
+            window: Duration::from_millis(100),
+            ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The members of one channel on this node.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelMembers {
+    /// By client id.
+    pub members: HashMap<Box<str>, Arc<Member>>,
+    /// Connections per user, for the distinct-user count.
+    users: HashMap<Box<str>, u32>,
+}
+
+impl ChannelMembers {
+    /// Distinct users (the anonymous, with an empty user, count as one).
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// Shards of the member map: enough that two workers rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// This node's members of every tracked channel.
+#[derive(Debug)]
+pub(crate) struct Presence {
+    tracked: Patterns,
+    announced: Patterns,
+    pub config: PresenceConfig,
+    shards: Box<[Mutex<HashMap<Bytes, ChannelMembers>>]>,
+}
+
+impl Presence {
+    /// The registry; `None` when no pattern asks for presence.
+    pub fn new(config: &PresenceConfig) -> Result<Option<Presence>, String> {
+        if config.presence.is_empty() && config.join_leave.is_empty() {
+            return Ok(None);
+        }
+        let parse = |texts: &[String]| {
+            Patterns::parse(texts.iter().map(String::as_str)).map_err(|e| e.to_string())
+        };
+        let tracked = parse(&[config.presence.clone(), config.join_leave.clone()].concat())?;
+        let announced = parse(&config.join_leave)?;
+        Ok(Some(Presence {
+            tracked,
+            announced,
+            config: config.clone(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }))
+    }
+
+    /// Whether `channel`'s members are tracked.
+    pub fn tracks(&self, channel: &[u8]) -> bool {
+        self.tracked.allow(channel)
+    }
+
+    /// Whether `channel`'s subscribers hear joins and leaves.
+    pub fn announces(&self, channel: &[u8]) -> bool {
+        self.announced.allow(channel)
+    }
+
+    fn shard(&self, channel: &[u8]) -> MutexGuard<'_, HashMap<Bytes, ChannelMembers>> {
+        let hash = channel.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        // Every update leaves the map consistent: a poisoned lock is still sound.
+        self.shards[hash as usize % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `member` subscribed to `channel`.
+    pub fn join(&self, channel: &Bytes, member: Arc<Member>) {
+        let mut shard = self.shard(channel);
+        let entry = shard.entry(channel.clone()).or_default();
+        *entry.users.entry(member.user.clone()).or_default() += 1;
+        if let Some(old) = entry.members.insert(member.client.clone(), member) {
+            // The same connection twice (cannot happen: it is subscribed once); keep the count.
+            forget_user(&mut entry.users, &old.user);
+        }
+    }
+
+    /// Connection `client` left `channel`: its entry, if it was a member.
+    pub fn leave(&self, channel: &[u8], client: &str) -> Option<Arc<Member>> {
+        let mut shard = self.shard(channel);
+        let entry = shard.get_mut(channel)?;
+        let member = entry.members.remove(client)?;
+        forget_user(&mut entry.users, &member.user);
+        if entry.members.is_empty() {
+            shard.remove(channel);
+        }
+        Some(member)
+    }
+
+    /// The channel's members here (up to `limit`: `Err` with the count past it), and the
+    /// number of distinct users.
+    pub fn members(
+        &self,
+        channel: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<Arc<Member>>, usize), usize> {
+        let shard = self.shard(channel);
+        let Some(entry) = shard.get(channel) else { return Ok((Vec::new(), 0)) };
+        if entry.members.len() > limit {
+            return Err(entry.members.len());
+        }
+        Ok((entry.members.values().cloned().collect(), entry.users()))
+    }
+
+    /// (clients, distinct users) of the channel here.
+    pub fn stats(&self, channel: &[u8]) -> (usize, usize) {
+        let shard = self.shard(channel);
+        shard.get(channel).map_or((0, 0), |entry| (entry.members.len(), entry.users()))
+    }
+
+    /// Every tracked channel with members here, and those members (cluster mode: the refresh of
+    /// this node's entries in Redis).
+    pub fn snapshot(&self) -> Vec<(Bytes, Vec<Arc<Member>>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (channel, entry) in shard.iter() {
+                out.push((channel.clone(), entry.members.values().cloned().collect()));
+            }
+        }
+        out
+    }
+}
+
+fn forget_user(users: &mut HashMap<Box<str>, u32>, user: &str) {
+    if let Some(count) = users.get_mut(user) {
+        *count -= 1;
+        if *count == 0 {
+            users.remove(user);
+        }
+    }
+}
+
+/// The refusal of a presence answer past the member limit.
+pub(crate) fn too_many_members(name: &[u8], count: usize, limit: usize) -> String {
+    format!(
+        "{} has {count} members, more than --presence-max-members {limit}; ask for the stats instead",
+        String::from_utf8_lossy(name)
+    )
+}
+
+/// One channel's membership changes gathered by a worker during a window.
+#[derive(Debug)]
+pub(crate) struct PendingChanges {
+    pub channel: Arc<crate::server::channels::Channel>,
+    /// Subscribers hear these (`--join-leave`); otherwise they only go to Redis (cluster).
+    pub announce: bool,
+    /// By client: a join (true) or a leave, and the member. A join and a leave of one
+    /// connection within the window cancel out.
+    pub changes: HashMap<Box<str>, (bool, Arc<Member>)>,
+}
+
+impl PendingChanges {
+    /// Leaves first, then joins (a connection that left and came back within the window
+    /// cancelled out; what is left are different connections).
+    pub fn split(self) -> (Vec<Arc<Member>>, Vec<Arc<Member>>) {
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for (join, member) in self.changes.into_values() {
+            match join {
+                true => joins.push(member),
+                false => leaves.push(member),
+            }
+        }
+        (joins, leaves)
+    }
+}
+
+/// A worker's membership changes not sent yet, per channel (`PendingChanges`).
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pub pending: HashMap<u64, PendingChanges>,
+    /// Worker clock (ms) when the window of the oldest pending change closes.
+    pub due_ms: Option<u32>,
+    /// Events cancelled by their opposite within a window (a counter for the metrics).
+    pub cancelled: u64,
+}
+
+impl Outbox {
+    /// Notes a join (`join`) or leave of `member` in `channel`; the window starts with the
+    /// first change pending.
+    pub fn note(
+        &mut self,
+        channel: &Arc<crate::server::channels::Channel>,
+        announce: bool,
+        join: bool,
+        member: Arc<Member>,
+        now_ms: u32,
+        window_ms: u32,
+    ) {
+        let pending = self.pending.entry(channel.id).or_insert_with(|| PendingChanges {
+            channel: channel.clone(),
+            announce,
+            changes: HashMap::new(),
+        });
+        match pending.changes.get(&member.client) {
+            Some(&(was_join, _)) if was_join != join => {
+                pending.changes.remove(&member.client);
+                self.cancelled += 2;
+            }
+            _ => {
+                pending.changes.insert(member.client.clone(), (join, member));
+            }
+        }
+        self.due_ms.get_or_insert(now_ms.wrapping_add(window_ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Mirror;
+    use crate::server::channels::ChannelRegistry;
+
+    fn member(client: &str, user: &str) -> Arc<Member> {
+        Arc::new(Member {
+            client: client.into(),
+            user: user.into(),
+            node: "n".into(),
+            info: "".into(),
+        })
+    }
+
+    #[test]
+    fn members_and_distinct_users() {
+        let config = PresenceConfig { presence: vec!["room.>".into()], ..Default::default() };
+        let presence = Presence::new(&config).unwrap().unwrap();
+        assert!(presence.tracks(b"room.1") && !presence.tracks(b"news"));
+        assert!(!presence.announces(b"room.1"));
+        let room = Bytes::from_static(b"room.1");
+        presence.join(&room, member("c1", "alice"));
+        presence.join(&room, member("c2", "alice"));
+        presence.join(&room, member("c3", ""));
+        assert_eq!(presence.stats(b"room.1"), (3, 2));
+        assert_eq!(presence.members(b"room.1", 2), Err(3), "past the limit");
+        assert_eq!(presence.leave(b"room.1", "c1").map(|m| m.user.clone()), Some("alice".into()));
+        assert_eq!(presence.leave(b"room.1", "c1"), None, "left once");
+        assert_eq!(presence.stats(b"room.1"), (2, 2));
+        presence.leave(b"room.1", "c2");
+        presence.leave(b"room.1", "c3");
+        assert_eq!(presence.stats(b"room.1"), (0, 0));
+        assert!(presence.snapshot().is_empty(), "an empty channel is forgotten");
+    }
+
+    #[test]
+    fn a_join_and_a_leave_within_a_window_cancel_out() {
+        let history = crate::history::HistoryLimits {
+            messages: 0,
+            bytes: 0,
+            age: Duration::ZERO,
+            total_bytes: 0,
+        };
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
+        let channel = registry.get_or_create(b"room").unwrap();
+        let mut outbox = Outbox::default();
+        outbox.note(&channel, true, true, member("c1", "a"), 0, 100);
+        outbox.note(&channel, true, false, member("c1", "a"), 10, 100);
+        outbox.note(&channel, true, false, member("c2", "b"), 20, 100);
+        outbox.note(&channel, true, true, member("c3", "c"), 30, 100);
+        assert_eq!(outbox.due_ms, Some(100), "the window runs from the first change");
+        assert_eq!(outbox.cancelled, 2);
+        let pending = outbox.pending.remove(&channel.id).unwrap();
+        let (joins, leaves) = pending.split();
+        assert_eq!(joins.iter().map(|m| &*m.client).collect::<Vec<_>>(), ["c3"]);
+        assert_eq!(leaves.iter().map(|m| &*m.client).collect::<Vec<_>>(), ["c2"]);
+    }
+}

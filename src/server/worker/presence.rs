@@ -1,0 +1,293 @@
+//! The worker's side of presence (`server::presence`): its connections join and leave the
+//! tracked channels they subscribe to, their events are gathered per window and sent (into the
+//! ring on one node, to the broker in a cluster), `PRESENCE` is answered, and the server API's
+//! actions on connections (disconnect, unsubscribe) are carried out.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use log::{debug, info};
+
+use super::lifecycle::Close;
+use super::{ConnRef, Worker};
+use crate::cluster::BrokerOp;
+use crate::history::disk::AckTarget;
+use crate::protocol::presence::{put_event, Event, Member};
+use crate::protocol::{validate_channel, ChannelKind, ErrorCode, Format};
+use crate::server::channels::{Channel, PRESENCE_NOTICE};
+use crate::server::conn::{Phase, Wait};
+use crate::server::presence::PendingChanges;
+use crate::server::stats::WorkerCounters;
+use crate::server::Control;
+
+impl Worker {
+    /// The id presence gives connection `key`: unique across the cluster while serials do not
+    /// wrap (2^32 accepts per worker).
+    fn member_id(&self, key: usize) -> String {
+        format!("{}-{}-{}", self.shared.node, self.id, self.conns[key].serial)
+    }
+
+    /// Whether connection `key` counts as a member of `channel` (tracked, a topic, and not a
+    /// long-poll, which subscribes only while its request is held).
+    fn counts_as_member(&self, key: usize, channel: &Channel) -> bool {
+        let Some(presence) = &self.shared.presence else { return false };
+        channel.kind == ChannelKind::Topic
+            && self.conns[key].format != Some(Format::Http)
+            && presence.tracks(&channel.name)
+    }
+
+    /// Connection `key` subscribed to `channel`: a member, if the channel is tracked.
+    pub(super) fn presence_joined(&mut self, key: usize, channel: &Arc<Channel>) {
+        if !self.counts_as_member(key, channel) {
+            return;
+        }
+        let Some(presence) = &self.shared.presence else { return };
+        let conn = &self.conns[key];
+        let grant = conn.grant.as_ref();
+        let user = grant
+            .and_then(|g| g.subject.clone())
+            .or_else(|| conn.name().map(|n| String::from_utf8_lossy(n).into()))
+            .unwrap_or_default();
+        let info = grant.and_then(|g| g.info.clone()).unwrap_or_default();
+        let member = Arc::new(Member {
+            client: self.member_id(key).into(),
+            user,
+            node: self.shared.node.clone(),
+            info,
+        });
+        presence.join(&channel.name, member.clone());
+        self.note_change(channel, true, member);
+    }
+
+    /// Connection `key` left `channel` (unsubscribed or closed).
+    pub(super) fn presence_left(&mut self, key: usize, channel: &Arc<Channel>) {
+        let Some(presence) = &self.shared.presence else { return };
+        if channel.kind != ChannelKind::Topic || !presence.tracks(&channel.name) {
+            return;
+        }
+        if let Some(member) = presence.leave(&channel.name, &self.member_id(key)) {
+            self.note_change(channel, false, member);
+        }
+    }
+
+    fn note_change(&mut self, channel: &Arc<Channel>, join: bool, member: Arc<Member>) {
+        let Some(presence) = &self.shared.presence else { return };
+        let announce = presence.announces(&channel.name);
+        // On one node only subscribers need the events; in a cluster Redis needs every change.
+        if !announce && self.shared.broker.is_none() {
+            return;
+        }
+        let window = presence.config.window.as_millis().min(60_000) as u32;
+        self.presence_out.note(channel, announce, join, member, self.now_ms, window);
+    }
+
+    /// Sends the changes whose window closed (every worker turn).
+    pub(super) fn flush_presence_due(&mut self) {
+        let Some(due) = self.presence_out.due_ms else { return };
+        if !super::reached(self.now_ms, due) {
+            return;
+        }
+        self.presence_out.due_ms = None;
+        let channels: Vec<u64> = self.presence_out.pending.keys().copied().collect();
+        for id in channels {
+            self.flush_presence_of(id);
+        }
+        let cancelled = std::mem::take(&mut self.presence_out.cancelled);
+        WorkerCounters::add(&self.counters().presence_events_coalesced, cancelled);
+    }
+
+    /// Sends `channel`'s pending changes now: at the end of their window, or before a member
+    /// publishes to it (so that its join goes first). A full ring keeps them for the next turn.
+    pub(super) fn flush_presence_of(&mut self, channel: u64) {
+        let Some(pending) = self.presence_out.pending.remove(&channel) else { return };
+        if pending.changes.is_empty() {
+            return;
+        }
+        if let Err(pending) = self.send_presence(pending) {
+            let retry = self.now_ms.wrapping_add(1);
+            self.presence_out.due_ms =
+                Some(self.presence_out.due_ms.map_or(retry, |d| d.min(retry)));
+            self.presence_out.pending.insert(channel, pending);
+        }
+    }
+
+    fn send_presence(&mut self, pending: PendingChanges) -> Result<(), PendingChanges> {
+        if let Some(broker) = self.shared.broker.as_ref() {
+            let announce = pending.announce;
+            let channel = pending.channel.name.clone();
+            let (joins, leaves) = pending.split();
+            WorkerCounters::add(
+                &self.counters().presence_events,
+                (joins.len() + leaves.len()) as u64,
+            );
+            broker.send(BrokerOp::Presence { channel, joins, leaves, announce });
+            return Ok(());
+        }
+        let mut payload = Vec::new();
+        let changes = pending.changes.len();
+        {
+            // Leaves first: what is left after cancelling are different connections.
+            let mut events: Vec<Event<'_>> =
+                pending.changes.values().map(|(join, member)| Event::of(member, *join)).collect();
+            events.sort_by_key(|event| event.join);
+            for event in &events {
+                put_event(&mut payload, event);
+            }
+        }
+        if !self.publisher.notice(&pending.channel, PRESENCE_NOTICE, Bytes::from(payload)) {
+            return Err(pending);
+        }
+        WorkerCounters::add(&self.counters().presence_events, changes as u64);
+        Ok(())
+    }
+
+    /// `PRESENCE <channel>` (or its stats): who subscribes, for a client that may subscribe.
+    pub(super) fn presence_request(
+        &mut self,
+        key: usize,
+        name: &[u8],
+        stats_only: bool,
+    ) -> Result<(), Close> {
+        if let Err(e) = validate_channel(name) {
+            return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
+        }
+        if !self.permitted(key, super::access::Action::Subscribe, name)? {
+            return Ok(());
+        }
+        let format = self.conns[key].reply_format();
+        match self.presence_answer(name, stats_only, format) {
+            Ok(Some(frame)) => self.reply(key, frame),
+            Ok(None) => {
+                // Cluster mode: Redis has every node's members; the answer comes back as a
+                // whole frame, and the connection's input waits for it.
+                let conn = &mut self.conns[key];
+                let reply_to = AckTarget { worker: self.id, key, serial: conn.serial };
+                conn.phase = Phase::Waiting(Wait::Reply);
+                let channel = Bytes::copy_from_slice(name);
+                if let Some(broker) = self.shared.broker.as_ref() {
+                    broker.send(BrokerOp::PresenceQuery { channel, stats_only, format, reply_to });
+                }
+                Ok(())
+            }
+            Err((code, why)) => self.refuse(key, code, &why),
+        }
+    }
+
+    /// The answer to a presence query in `format`, when this node has it (`None`: ask Redis).
+    pub(super) fn presence_answer(
+        &self,
+        name: &[u8],
+        stats_only: bool,
+        format: Format,
+    ) -> Result<Option<Bytes>, (ErrorCode, String)> {
+        let Some(presence) = self.shared.presence.as_ref().filter(|p| p.tracks(name)) else {
+            let why = format!(
+                "presence is off for {} (the server's --presence patterns do not match it)",
+                String::from_utf8_lossy(name)
+            );
+            return Err((ErrorCode::NotImplemented, why));
+        };
+        if self.shared.broker.is_some() {
+            return Ok(None);
+        }
+        if stats_only {
+            let (clients, users) = presence.stats(name);
+            return Ok(Some(format.encode_presence(name, None, clients, users)));
+        }
+        let limit = presence.config.max_members;
+        match presence.members(name, limit) {
+            Ok((members, users)) => {
+                Ok(Some(format.encode_presence(name, Some(&members), members.len(), users)))
+            }
+            Err(count) => Err((
+                ErrorCode::LimitReached,
+                crate::server::presence::too_many_members(name, count, limit),
+            )),
+        }
+    }
+
+    /// A frame computed elsewhere (the broker) for a connection whose input waited for it.
+    pub(super) fn reply_arrived(&mut self, target: AckTarget, frame: Bytes) {
+        let noted = ConnRef { key: target.key, serial: target.serial };
+        let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].is_open()) else {
+            return;
+        };
+        if !matches!(self.conns[key].wait(), Some(Wait::Reply)) {
+            return;
+        }
+        self.conns[key].end_wait();
+        let result = self.reply(key, frame).and_then(|()| self.go_on(key));
+        self.settle(key, result);
+    }
+
+    /// Carries out a server API action on this worker's connections.
+    pub(super) fn apply_control(&mut self, control: &Control) {
+        let user_of = |conn: &crate::server::conn::Conn| -> Option<Box<str>> {
+            conn.grant.as_ref().and_then(|g| g.subject.clone())
+        };
+        match control {
+            Control::Disconnect { user, reason, revoke_before_ms } => {
+                if let (Some(before), 0) = (revoke_before_ms, self.id) {
+                    let ttl = self.shared.config.revocation_ttl.as_millis() as u64;
+                    let until = crate::auth::unix_now_ms() + ttl;
+                    let mut revoked = self.shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                    revoked.retain(|_, (_, until)| *until > crate::auth::unix_now_ms());
+                    revoked.insert(user.clone(), (*before, until));
+                }
+                let keys: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, conn)| conn.is_open() && user_of(conn).as_deref() == Some(&**user))
+                    .map(|(key, _)| key)
+                    .collect();
+                for &key in &keys {
+                    let why = format!("disconnected by the server: {reason}");
+                    self.close(key, Close::error(ErrorCode::Forbidden, why));
+                }
+                WorkerCounters::add(&self.counters().api_disconnects, keys.len() as u64);
+                if !keys.is_empty() {
+                    info!(
+                        "worker {}: disconnected {} connection(s) of user {user}: {reason}",
+                        self.id,
+                        keys.len()
+                    );
+                }
+            }
+            Control::Unsubscribe { user, channel, reason } => {
+                let keys: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, conn)| {
+                        conn.is_open()
+                            && user_of(conn).as_deref() == Some(&**user)
+                            && conn.subscriptions.iter().any(|s| s.channel.name == channel)
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
+                for &key in &keys {
+                    let conn = &mut self.conns[key];
+                    let Some(i) = conn.subscriptions.iter().position(|s| s.channel.name == channel)
+                    else {
+                        continue;
+                    };
+                    let subscription = conn.subscriptions.swap_remove(i);
+                    let remaining = conn.subscriptions.len();
+                    let format = conn.reply_format();
+                    self.detach_one(key, subscription);
+                    let frame = format.encode_unsubscribed(channel, reason, remaining);
+                    let result = if frame.is_empty() { Ok(()) } else { self.reply(key, frame) };
+                    self.settle(key, result);
+                }
+                WorkerCounters::add(&self.counters().api_unsubscribes, keys.len() as u64);
+                if !keys.is_empty() {
+                    debug!(
+                        "worker {}: took {} connection(s) of {user} out of {}",
+                        self.id,
+                        keys.len(),
+                        String::from_utf8_lossy(channel)
+                    );
+                }
+            }
+        }
+    }
+}
