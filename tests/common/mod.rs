@@ -247,11 +247,9 @@ pub fn frame_from_json(bytes: &[u8]) -> Frame {
             },
         },
         "ack" => Frame::Ack { channel: s("channel"), offset: n("offset") },
-        "presence" => Frame::Presence {
-            channel: s("channel"),
-            clients: n("clients"),
-            users: n("users"),
-        },
+        "presence" => {
+            Frame::Presence { channel: s("channel"), clients: n("clients"), users: n("users") }
+        }
         "join" => Frame::Join {
             channel: s("channel"),
             client: s("client"),

@@ -152,6 +152,9 @@ impl Batches {
                     encoded += out.len() - before;
                 }
             }
+            if batch.audience.keep_items {
+                batch.items.push(message);
+            }
             return encoded;
         }
         batch.moved = true;
@@ -402,9 +405,8 @@ impl Worker {
         let items = restart.map_or(items, |notice| &items[notice + 1..]);
         // A hole in what is left is announced to each of them before the messages.
         let hole = items.iter().find(|m| m.offset == EXPIRED_NOTICE);
-        let items_end = items.iter().rposition(|m| !is_notice(m.offset)).map_or(0, |last| last + 1);
-        let items = &items[..items_end];
-        let last_in_batch = items.last().map_or(0, |m| m.offset);
+        let last_in_batch =
+            items.iter().rev().find(|m| !is_notice(m.offset)).map_or(0, |m| m.offset);
         let cap = self.shared.config.write_queue_cap_bytes;
         // The index holds only open connections (lifecycle invariant 2).
         for (key, has) in catching_up {
@@ -427,8 +429,8 @@ impl Worker {
                 }
             }
             let conn = &mut self.conns[key];
-            let fresh = items.iter().filter(|m| m.offset > has && !is_notice(m.offset));
             if conn.polling() {
+                let fresh = items.iter().filter(|m| m.offset > has && !is_notice(m.offset));
                 let fresh: Vec<&Item> = fresh.collect();
                 if !fresh.is_empty() {
                     let result = self.answer_poll(key, &fresh);
@@ -436,14 +438,28 @@ impl Worker {
                 }
                 continue;
             }
-            let (frame, count) =
-                encode_for(format, channel, fresh.map(|m| (m.offset, &m.payload[..])));
-            if count > 0 {
+            // Its messages, and joins and leaves in their place among them.
+            let mut out = BytesMut::new();
+            let mut count = 0;
+            for item in items {
+                if item.offset == PRESENCE_NOTICE {
+                    let events = crate::protocol::presence::events(&item.payload);
+                    for event in events.unwrap_or_default() {
+                        format.put_event(&mut out, &channel.name, &event);
+                    }
+                } else if !is_notice(item.offset) && item.offset > has {
+                    let epoch = channel.epoch();
+                    format.put_message(&mut out, &channel.name, epoch, item.offset, &item.payload);
+                    count += 1;
+                }
+            }
+            let frame = out.freeze();
+            if !frame.is_empty() {
                 if !self.out.deliver(key, conn, frame, cap) {
                     continue;
                 }
                 WorkerCounters::add(&self.shared.counters[self.id].messages_out, count);
-                if format == Format::Sse {
+                if format == Format::Sse && count > 0 {
                     self.sse_sent(key, channel, last_in_batch, false);
                 }
             }

@@ -222,8 +222,12 @@ impl Worker {
 
     /// Carries out a server API action on this worker's connections.
     pub(super) fn apply_control(&mut self, control: &Control) {
+        // The user presence shows: the token's subject, else the claimed name.
         let user_of = |conn: &crate::server::conn::Conn| -> Option<Box<str>> {
-            conn.grant.as_ref().and_then(|g| g.subject.clone())
+            conn.grant
+                .as_ref()
+                .and_then(|g| g.subject.clone())
+                .or_else(|| conn.name().map(|n| String::from_utf8_lossy(n).into()))
         };
         match control {
             Control::Disconnect { user, reason, revoke_before_ms } => {
