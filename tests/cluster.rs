@@ -59,7 +59,9 @@ fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, 
             Frame::Err { code, reason } => return Err((code, reason)),
             // Messages, and notices (the broadcast channel starting over with a Redis that
             // lost it reaches every connection), are not the answer.
-            Frame::Msg { .. } | Frame::Hist { .. } => continue,
+            Frame::Msg { .. } | Frame::Hist { .. } | Frame::Join { .. } | Frame::Leave { .. } => {
+                continue
+            }
             other => panic!("expected an acknowledgement, got {other:?}"),
         }
     }
@@ -1563,4 +1565,182 @@ fn a_burst_into_a_tiny_ring_arrives_whole_and_in_order() {
         }
     }
     assert_eq!(b.stats().cluster_offsets_lost, 0);
+}
+
+/// Presence and join/leave on `room.>`, with a short TTL so that a dead node's members go soon.
+fn with_presence(config: &mut fanout::Config) {
+    config.presence.presence = vec!["room.>".into()];
+    config.presence.join_leave = vec!["room.>".into()];
+    config.presence.window = Duration::from_millis(20);
+    config.presence.ttl = Duration::from_millis(1500);
+}
+
+/// `PRESENCE_STATS` through `conn`: (clients, users).
+fn presence_stats(conn: &mut Conn, channel: &str) -> (u64, u64) {
+    conn.send(Request::Presence { channel: channel.as_bytes(), stats_only: true });
+    loop {
+        match conn.next() {
+            Frame::Presence { clients, users, .. } => return (clients, users),
+            Frame::Err { code, reason } => panic!("presence refused: {code} {reason}"),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn presence_is_every_nodes_members_and_a_killed_nodes_members_leave_within_the_ttl() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], with_presence), node(&[&redis], with_presence));
+    let child = common::ChildServer::start(&[
+        "--redis",
+        &redis.url(),
+        "--presence",
+        "room.>",
+        "--join-leave",
+        "room.>",
+        "--join-leave-window-ms",
+        "20",
+        "--presence-ttl-ms",
+        "1500",
+        "--node-name",
+        "doomed",
+    ]);
+    wait_until("the child node is ready", || {
+        http(child.addr, "GET", "/healthz", b"").status == 200
+    });
+    let mut watcher = Conn::text(a.local_addr());
+    watcher.subscribe("room.1");
+    let mut members = Vec::new();
+    for (addr, name) in [(b.local_addr(), "bea"), (child.addr, "carl")] {
+        let mut conn = Conn::text(addr);
+        assert_eq!(claim(&mut conn, name), Ok(()));
+        conn.subscribe("room.1");
+        members.push(conn);
+    }
+    // Joins from other nodes arrive, before the members' messages.
+    assert_eq!(publish_acked(&mut members[1], "room.1", b"carl speaks"), Ok(1));
+    let mut heard = Vec::new();
+    while heard.len() < 3 {
+        match watcher.next() {
+            Frame::Join { user, .. } if !user.is_empty() => heard.push(format!("join {user}")),
+            Frame::Msg { payload, .. } => heard.push(String::from_utf8(payload).unwrap()),
+            _ => {}
+        }
+    }
+    assert!(heard.contains(&"join bea".into()), "{heard:?}");
+    let carl_joined = heard.iter().position(|h| h == "join carl");
+    let carl_spoke = heard.iter().position(|h| h == "carl speaks");
+    assert!(carl_joined < carl_spoke && carl_joined.is_some(), "join before message: {heard:?}");
+    // Presence on any node shows every node's members.
+    for addr in [a.local_addr(), b.local_addr(), child.addr] {
+        let mut asker = Conn::binary(addr);
+        wait_until("every member is in Redis", || presence_stats(&mut asker, "room.1") == (3, 3));
+        asker.send(Request::Presence { channel: b"room.1", stats_only: false });
+        let mut nodes = Vec::new();
+        loop {
+            match asker.next() {
+                Frame::Member { node, .. } => nodes.push(node),
+                Frame::Presence { clients, .. } => break assert_eq!(clients, 3),
+                other => panic!("{other:?}"),
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        assert_eq!(nodes.len(), 3, "members of three nodes: {nodes:?}");
+    }
+    // A node killed outright: its members vanish, and their leaves are announced, within the TTL
+    // and a refresh period of the survivors.
+    let killed = std::time::Instant::now();
+    child.kill();
+    let mut asker = Conn::text(a.local_addr());
+    wait_until("the dead node's members are gone", || {
+        presence_stats(&mut asker, "room.1") == (2, 2)
+    });
+    let gone_after = killed.elapsed();
+    loop {
+        match watcher.next() {
+            Frame::Leave { user, .. } if user == "carl" => break,
+            _ => continue,
+        }
+    }
+    let announced_after = killed.elapsed();
+    println!("dead node's members: gone from presence after {gone_after:?}, leave after {announced_after:?}");
+    assert!(gone_after <= Duration::from_millis(1500 + 1000), "{gone_after:?}");
+    assert!(announced_after <= Duration::from_millis(1500 + 500 + 1500), "{announced_after:?}");
+}
+
+#[test]
+fn the_server_api_acts_on_every_node() {
+    let redis = RedisServer::start();
+    let secured = |c: &mut fanout::Config| {
+        with_presence(c);
+        c.auth.api_key = Some(b"the-api-key".to_vec());
+        c.auth.anonymous_subscribe = vec![">".into()];
+        c.auth.anonymous_publish = vec![">".into()];
+    };
+    let (a, b) = (node(&[&redis], secured), node(&[&redis], secured));
+    let api = |method: &str, target: &str, body: &[u8]| {
+        let headers = "Authorization: Bearer the-api-key\r\n";
+        let response = common::http_with(a.local_addr(), method, target, headers, body);
+        assert_eq!(response.status, 200, "{target}: {}", String::from_utf8_lossy(&response.body));
+        response.json()
+    };
+    // Alice on node B, by name (a token without `sub`: her user is her name).
+    let mut alice_text = Conn::text(b.local_addr());
+    alice_text.send(Request::Auth { token: b"the-api-key" });
+    alice_text.next();
+    assert_eq!(claim(&mut alice_text, "alice"), Ok(()));
+    alice_text.subscribe("room.1");
+    alice_text.subscribe("room.2");
+    let mut bob = Conn::text(a.local_addr());
+    bob.subscribe("room.1");
+    wait_until("both members are in Redis", || {
+        api("GET", "/api/presence_stats?channel=room.1", b"")["clients"] == 2
+    });
+    let presence = api("GET", "/api/presence?channel=room.1", b"");
+    let mut users: Vec<String> = presence["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["user"].as_str().unwrap_or_default().to_string())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["", "alice"]);
+    let channels = api("GET", "/api/channels?pattern=room.*", b"");
+    assert_eq!(channels["nodes"], 2, "{channels}");
+    assert_eq!(
+        channels["channels"][0],
+        serde_json::json!({ "channel": "room.1", "subscribers": 2 })
+    );
+    let info = api("GET", "/api/info", b"");
+    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(2), "{info}");
+    // Published on node A, read back through the history of node A (which serves it now).
+    assert_eq!(api("POST", "/api/publish", br#"{"channel":"room.2","data":"x"}"#)["offset"], 1);
+    let history = api("GET", "/api/history?channel=room.2", b"");
+    assert_eq!(history["messages"][0]["data"], "x", "{history}");
+    // Unsubscribe and disconnect, asked of node A, carried out on node B.
+    let reached = api("POST", "/api/unsubscribe?user=alice&channel=room.1&reason=moved", b"");
+    assert_eq!(reached["nodes"], 2, "{reached}");
+    loop {
+        match alice_text.next() {
+            Frame::Unsubscribed { channel, reason } => {
+                assert_eq!((channel.as_str(), reason.as_str()), ("room.1", "moved"));
+                break;
+            }
+            _ => continue,
+        }
+    }
+    api("POST", "/api/disconnect?user=alice&reason=banned", b"");
+    loop {
+        match alice_text.read(PATIENCE) {
+            Read_::Frame(Frame::Err { code, reason }) => {
+                assert_eq!(code, 403);
+                assert!(reason.contains("banned"), "{reason}");
+            }
+            Read_::Frame(_) => continue,
+            Read_::Closed => break,
+            Read_::Nothing => panic!("alice was not disconnected"),
+        }
+    }
+    bob.barrier();
 }
