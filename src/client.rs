@@ -56,8 +56,9 @@ pub struct Client {
     input: Vec<u8>,
     /// Start of unparsed bytes in `input`.
     parsed: usize,
-    backlog: VecDeque<Message>,
-    /// Joins, leaves and server unsubscribes, in arrival order (`next_event`).
+    /// Messages and events received while waiting for something else, in arrival order.
+    backlog: VecDeque<Delivery>,
+    /// Events `next_message` went past (for `next_event`).
     events: VecDeque<Event>,
     out: Vec<u8>,
 }
@@ -84,6 +85,17 @@ pub struct Presence {
     pub clients: u64,
     /// Distinct users among them.
     pub users: u64,
+}
+
+/// What a subscriber receives: a message, or an event about a channel, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A channel's message.
+    Message(Message),
+    /// A join, a leave, or the server's unsubscribe.
+    Event(Event),
+    /// A channel's presence, asked when (re)connected (`Subscriber::with_presence`).
+    Presence(String, Presence),
 }
 
 /// Something the server tells a subscriber beside messages.
@@ -114,6 +126,8 @@ pub enum Event {
 
 enum Owned {
     Message(Message),
+    /// An event went into the backlog (so that a caller waiting for deliveries sees it now).
+    Queued,
     Member(Member),
     Presence(Vec<u8>, u64, u64),
     Ok(Ack, Vec<u8>),
@@ -195,7 +209,7 @@ impl Client {
                     }
                     return Ok(info);
                 }
-                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Message(message) => self.backlog.push_back(Delivery::Message(message)),
                 _ => {}
             }
         }
@@ -231,7 +245,7 @@ impl Client {
         loop {
             match self.next_owned(deadline) {
                 Ok(Owned::Ack(channel, offset)) => return Ok(Some((channel, offset))),
-                Ok(Owned::Message(message)) => self.backlog.push_back(message),
+                Ok(Owned::Message(message)) => self.backlog.push_back(Delivery::Message(message)),
                 Ok(_) => {}
                 Err(ClientError::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
@@ -254,7 +268,7 @@ impl Client {
                 Owned::Ok(Ack::Auth, subject) => {
                     return Ok(String::from_utf8_lossy(&subject).into_owned())
                 }
-                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Message(message) => self.backlog.push_back(Delivery::Message(message)),
                 _ => {}
             }
         }
@@ -277,7 +291,7 @@ impl Client {
         loop {
             match self.next_owned(None)? {
                 Owned::Pong => return Ok(()),
-                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Message(message) => self.backlog.push_back(Delivery::Message(message)),
                 _ => {}
             }
         }
@@ -287,7 +301,7 @@ impl Client {
         loop {
             match self.next_owned(None)? {
                 Owned::Ok(got, got_arg) if got == ack && got_arg == arg => return Ok(()),
-                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Message(message) => self.backlog.push_back(Delivery::Message(message)),
                 _ => {}
             }
         }
@@ -313,7 +327,7 @@ impl Client {
                 Owned::Presence(name, clients, users) if name == channel.as_bytes() => {
                     return Ok(Presence { members, clients, users })
                 }
-                Owned::Message(message) => self.backlog.push_back(message),
+                Owned::Message(message) => self.backlog.push_back(Delivery::Message(message)),
                 _ => {}
             }
         }
@@ -327,8 +341,36 @@ impl Client {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
             }
+            if let Some(at) = self.backlog.iter().position(|d| matches!(d, Delivery::Event(_))) {
+                if let Some(Delivery::Event(event)) = self.backlog.remove(at) {
+                    return Ok(Some(event));
+                }
+            }
             match self.next_owned(deadline) {
-                Ok(Owned::Message(message)) => self.backlog.push_back(message),
+                Ok(Owned::Message(message)) => self.backlog.push_back(Delivery::Message(message)),
+                Ok(_) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next message or event, in arrival order, waiting at most `timeout`.
+    pub fn next_delivery(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Delivery>, ClientError> {
+        if let Some(event) = self.events.pop_front() {
+            return Ok(Some(Delivery::Event(event)));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(delivery) = self.backlog.pop_front() {
+                return Ok(Some(delivery));
+            }
+            match self.next_owned(deadline) {
+                // Behind the events that arrived before it.
+                Ok(Owned::Message(message)) => self.backlog.push_back(Delivery::Message(message)),
                 Ok(_) => {}
                 Err(ClientError::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
@@ -341,8 +383,12 @@ impl Client {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<Message>, ClientError> {
-        if let Some(message) = self.backlog.pop_front() {
-            return Ok(Some(message));
+        while let Some(delivery) = self.backlog.pop_front() {
+            match delivery {
+                Delivery::Message(message) => return Ok(Some(message)),
+                Delivery::Event(event) => self.events.push_back(event),
+                Delivery::Presence(..) => {}
+            }
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -416,9 +462,9 @@ impl Client {
                         info: info.into_owned(),
                     };
                     let channel = String::from_utf8_lossy(&channel).into_owned();
-                    self.events.push_back(Event::Join { channel, member });
+                    self.backlog.push_back(Delivery::Event(Event::Join { channel, member }));
                     self.parsed += used;
-                    continue;
+                    return Ok(Some(Owned::Queued));
                 }
                 ServerFrame::Leave { channel, client, user } => {
                     let member = Member {
@@ -428,16 +474,17 @@ impl Client {
                         info: String::new(),
                     };
                     let channel = String::from_utf8_lossy(&channel).into_owned();
-                    self.events.push_back(Event::Leave { channel, member });
+                    self.backlog.push_back(Delivery::Event(Event::Leave { channel, member }));
                     self.parsed += used;
-                    continue;
+                    return Ok(Some(Owned::Queued));
                 }
                 ServerFrame::Unsubscribed { channel, reason } => {
                     let channel = String::from_utf8_lossy(&channel).into_owned();
                     let reason = reason.into_owned();
-                    self.events.push_back(Event::Unsubscribed { channel, reason });
+                    self.backlog
+                        .push_back(Delivery::Event(Event::Unsubscribed { channel, reason }));
                     self.parsed += used;
-                    continue;
+                    return Ok(Some(Owned::Queued));
                 }
             };
             self.parsed += used;
@@ -579,6 +626,8 @@ pub struct Subscriber {
     positions: Vec<Position>,
     client: Option<Client>,
     backoff: Backoff,
+    /// Ask these channels' presence on every (re)connect (`with_presence`).
+    presence: Vec<String>,
 }
 
 impl Subscriber {
@@ -591,7 +640,27 @@ impl Subscriber {
             .map(|c| Position { channel: c.clone(), last: from, epoch: None })
             .collect();
         let servers = Servers::new(servers);
-        Subscriber { servers, token: None, positions, client: None, backoff: Backoff::new() }
+        Subscriber {
+            servers,
+            token: None,
+            positions,
+            client: None,
+            backoff: Backoff::new(),
+            presence: Vec::new(),
+        }
+    }
+
+    /// On every (re)connect, delivers these channels' presence (`Delivery::Presence`) before
+    /// anything else; their joins and leaves come with `next_delivery` (they are subscribed
+    /// to as well).
+    pub fn with_presence(mut self, channels: &[String]) -> Subscriber {
+        for channel in channels {
+            if !self.positions.iter().any(|p| &p.channel == channel) {
+                self.positions.push(Position { channel: channel.clone(), last: None, epoch: None });
+            }
+        }
+        self.presence = channels.to_vec();
+        self
     }
 
     /// Authenticates with `token` on every (re)connect.
@@ -602,6 +671,15 @@ impl Subscriber {
 
     /// The next message of any channel, reconnecting as long as it takes.
     pub fn next_message(&mut self) -> Result<Message, ClientError> {
+        loop {
+            if let Delivery::Message(message) = self.next_delivery()? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// The next message, join, leave or presence answer, reconnecting as long as it takes.
+    pub fn next_delivery(&mut self) -> Result<Delivery, ClientError> {
         loop {
             if self.client.is_none() {
                 match self.connect() {
@@ -626,15 +704,21 @@ impl Subscriber {
                 }
             }
             let Some(client) = self.client.as_mut() else { continue };
-            match client.next_message(None) {
-                Ok(Some(message)) => {
+            match client.next_delivery(None) {
+                Ok(Some(Delivery::Message(message))) => {
                     if let Some(position) =
                         self.positions.iter_mut().find(|p| p.channel == message.channel)
                     {
                         position.last = Some(message.offset);
                     }
-                    return Ok(message);
+                    return Ok(Delivery::Message(message));
                 }
+                Ok(Some(Delivery::Event(Event::Unsubscribed { channel, reason }))) => {
+                    // The server decided: not resubscribed on the next connect.
+                    self.positions.retain(|p| p.channel != channel);
+                    return Ok(Delivery::Event(Event::Unsubscribed { channel, reason }));
+                }
+                Ok(Some(delivery)) => return Ok(delivery),
                 Ok(None) => {}
                 Err(ClientError::Server { code, reason }) if code != 503 => {
                     return Err(ClientError::Server { code, reason })
@@ -674,6 +758,10 @@ impl Subscriber {
             if position.last.is_none() {
                 position.last = Some(info.last);
             }
+        }
+        for channel in &self.presence {
+            let presence = client.presence(channel)?;
+            client.backlog.push_front(Delivery::Presence(channel.clone(), presence));
         }
         Ok(client)
     }

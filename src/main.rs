@@ -41,11 +41,16 @@ enum Command {
         #[command(flatten)]
         token: TokenArgs,
     },
-    /// Print every message of the channels as it arrives: `<channel> <offset> <payload>`.
+    /// Print every message of the channels as it arrives: `<channel> <offset> <payload>`; with
+    /// --presence, who is there and who joins and leaves: `<channel> presence|join|leave ...`.
     Sub {
         /// Channels to subscribe to.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "presence")]
         channels: Vec<String>,
+        /// Also show this channel's presence (on connect) and its joins and leaves (repeat; the
+        /// server needs --presence / --join-leave for it).
+        #[arg(long)]
+        presence: Vec<String>,
         /// Also claim this client name (messages to `@NAME` arrive too).
         #[arg(long)]
         name: Option<String>,
@@ -550,9 +555,10 @@ fn main() -> ExitCode {
             .token()
             .map_err(Into::into)
             .and_then(|token| publish(&servers, &channel, message, token)),
-        Command::Sub { channels, name, servers, from, from_start, token } => {
+        Command::Sub { channels, presence, name, servers, from, from_start, token } => {
             token.token().map_err(Into::into).and_then(|token| {
-                subscribe(&servers, &channels, name, from.or(from_start.then_some(0)), token)
+                let from = from.or(from_start.then_some(0));
+                subscribe(&servers, &channels, &presence, name, from, token)
             })
         }
         Command::Token { secret_file, sub, allow_sub, allow_pub, ttl } => {
@@ -647,18 +653,54 @@ fn publish(
 fn subscribe(
     servers: &[SocketAddr],
     channels: &[String],
+    presence: &[String],
     name: Option<String>,
     from: Option<u64>,
     token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use fanout::client::{Delivery, Event};
     let stdout = io::stdout();
-    let print = |message: fanout::client::Message| -> io::Result<()> {
+    let user = |user: &str| if user.is_empty() { "-".to_string() } else { user.to_string() };
+    let print = |delivery: Delivery| -> io::Result<()> {
         let mut out = stdout.lock();
-        write!(out, "{} {} ", message.channel, message.offset)?;
-        out.write_all(&message.payload)?;
-        out.write_all(b"\n")?;
+        match delivery {
+            Delivery::Message(message) => {
+                write!(out, "{} {} ", message.channel, message.offset)?;
+                out.write_all(&message.payload)?;
+                out.write_all(b"\n")?;
+            }
+            Delivery::Presence(channel, p) => {
+                writeln!(out, "{channel} presence {} clients, {} users", p.clients, p.users)?;
+                for m in p.members {
+                    writeln!(
+                        out,
+                        "{channel} member {} {} {} {}",
+                        user(&m.user),
+                        m.client,
+                        m.node,
+                        m.info
+                    )?;
+                }
+            }
+            Delivery::Event(Event::Join { channel, member }) => {
+                writeln!(
+                    out,
+                    "{channel} join {} {} {}",
+                    user(&member.user),
+                    member.client,
+                    member.info
+                )?;
+            }
+            Delivery::Event(Event::Leave { channel, member }) => {
+                writeln!(out, "{channel} leave {} {}", user(&member.user), member.client)?;
+            }
+            Delivery::Event(Event::Unsubscribed { channel, reason }) => {
+                writeln!(out, "{channel} unsubscribed by the server: {reason}")?;
+            }
+        }
         out.flush()
     };
+    let channels: Vec<String> = channels.iter().chain(presence).cloned().collect();
     if let Some(name) = name {
         // A named client is one connection: no resume (a name is claimed per connection).
         let mut client = Client::connect(servers)?;
@@ -666,7 +708,7 @@ fn subscribe(
             client.authenticate(token)?;
         }
         client.claim_name(&name)?;
-        for channel in channels {
+        for channel in &channels {
             match from {
                 None => client.subscribe(channel)?,
                 Some(after) => {
@@ -674,16 +716,20 @@ fn subscribe(
                 }
             }
         }
+        for channel in presence {
+            print(Delivery::Presence(channel.clone(), client.presence(channel)?))?;
+        }
         loop {
-            if let Some(message) = client.next_message(None)? {
-                print(message)?;
+            if let Some(delivery) = client.next_delivery(None)? {
+                print(delivery)?;
             }
         }
     }
     // Otherwise: reconnect with backoff and resume every channel from its last offset.
-    let mut subscriber = Subscriber::new(servers, channels, from).with_token(token);
+    let mut subscriber =
+        Subscriber::new(servers, &channels, from).with_token(token).with_presence(presence);
     loop {
-        print(subscriber.next_message()?)?;
+        print(subscriber.next_delivery()?)?;
     }
 }
 

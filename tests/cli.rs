@@ -207,3 +207,49 @@ fn minted_tokens_let_pub_and_sub_in() {
     assert!(stderr.contains("403") && stderr.contains("not permitted to publish"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sub_with_presence_prints_who_is_there_then_joins_and_leaves() {
+    let (_server, _log, addr) = serve(&["--join-leave", "room.>", "--join-leave-window-ms", "10"]);
+    // Someone is there before: a client that named itself alice.
+    let mut alice = std::net::TcpStream::connect(&addr).unwrap();
+    alice.write_all(b"NAME alice\r\nSUB room.1\r\nPING\r\n").unwrap();
+    let mut seen = String::new();
+    let mut reader = BufReader::new(alice.try_clone().unwrap());
+    while !seen.contains("PONG") {
+        reader.read_line(&mut seen).unwrap();
+    }
+    let mut watcher = Reaper(
+        Command::new(FANOUT)
+            .args(["sub", "--server", &addr, "--presence", "room.1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = lines_of(watcher.0.stdout.take().unwrap());
+    let next = || printed.recv_timeout(Duration::from_secs(20)).expect("fanout sub prints");
+    // Itself and alice, as the watcher subscribes before it asks.
+    assert_eq!(next(), "room.1 presence 2 clients, 2 users");
+    let mut members = [next(), next()];
+    members.sort();
+    assert!(members[0].starts_with("room.1 member - "), "{members:?}");
+    assert!(members[1].starts_with("room.1 member alice "), "{members:?}");
+    let mut bob = std::net::TcpStream::connect(&addr).unwrap();
+    bob.write_all(b"NAME bob\r\nSUB room.1\r\nPUB room.1 hello\r\n").unwrap();
+    // Joins (its own among them) come before bob's message.
+    let mut before = Vec::new();
+    loop {
+        let line = next();
+        if line == "room.1 1 hello" {
+            break;
+        }
+        before.push(line);
+    }
+    assert!(
+        before.iter().any(|l| l.starts_with("room.1 join bob ")),
+        "bob's join first: {before:?}"
+    );
+    drop((alice, reader));
+    let left = next();
+    assert!(left.starts_with("room.1 leave alice "), "{left}");
+}

@@ -6,6 +6,13 @@
 //   client.publish("news", "hello");                  // buffered while disconnected, resent until acknowledged
 //   client.onstate = (state, detail) => ...;          // "connecting", "open", "reconnecting", "closed"
 //
+// Presence (channels the server runs with --presence / --join-leave):
+//   client.presence("room").then(p => ...);           // {clients, users, members: [{client, user, node, info}]}
+//   client.presenceStats("room").then(p => ...);      // {clients, users}
+//   client.onjoin = (channel, member) => ...;         // member: {client, user, info}
+//   client.onleave = (channel, member) => ...;
+//   client.onunsubscribed = (channel, reason) => ...; // the server API took this client out
+//
 // With access control: new Fanout(base, {token: "eyJ…"}), or {getToken: () => fetch("/my-token")
 // .then(r => r.text())}: getToken is called before every (re)connect and again before the token
 // expires (at 80% of its life); a fresh token goes to the open WebSocket as {"op":"auth"} (an
@@ -39,6 +46,9 @@
     this.state = "closed";
     this.onstate = null;
     this.onnotice = null; // (kind, detail): "expired", "epoch", "error"
+    this.onjoin = null; // (channel, {client, user, info})
+    this.onleave = null; // (channel, {client, user})
+    this.onunsubscribed = null; // (channel, reason)
     this.attempt = 0;
     this.wsFailures = 0;
     this.wsWorked = false; // once WebSocket has worked, a failure is an outage, not a blocked proxy
@@ -136,6 +146,42 @@
   Fanout.prototype.publish = function (channel, data) {
     this.outbox.push({ channel: channel, data: String(data), sent: false });
     this.flushOutbox();
+  };
+
+  // Who is subscribed to `channel`, on every node: a Promise of {clients, users, members}.
+  // Asked over HTTP (GET /presence) with this client's token, so it works on either transport.
+  Fanout.prototype.presence = function (channel) {
+    return this.askPresence("/presence", channel);
+  };
+
+  // How many clients and distinct users are subscribed: a Promise of {clients, users}.
+  Fanout.prototype.presenceStats = function (channel) {
+    return this.askPresence("/presence_stats", channel);
+  };
+
+  Fanout.prototype.askPresence = function (path, channel) {
+    var headers = this.token ? { Authorization: "Bearer " + this.token } : {};
+    return global
+      .fetch(this.base + path + "?channel=" + encodeURIComponent(channel), { headers: headers })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) throw new Error("presence: " + body.code + " " + body.reason);
+          return { clients: body.clients, users: body.users, members: body.members || [] };
+        });
+      });
+  };
+
+  // A join, leave or server unsubscribe (`m`: the server's JSON object).
+  Fanout.prototype.presenceEvent = function (m) {
+    if (m.op === "join" && this.onjoin) {
+      this.onjoin(m.channel, { client: m.client, user: m.user, info: m.info });
+    } else if (m.op === "leave" && this.onleave) {
+      this.onleave(m.channel, { client: m.client, user: m.user });
+    } else if (m.op === "unsubscribed") {
+      // Not resubscribed after a reconnect: the server decided.
+      delete this.channels[m.channel];
+      if (this.onunsubscribed) this.onunsubscribed(m.channel, m.reason);
+    }
   };
 
   Fanout.prototype.close = function () {
@@ -255,6 +301,8 @@
         self.acknowledged(m.channel);
       } else if (m.op === "hist") {
         self.history(m);
+      } else if (m.op === "join" || m.op === "leave" || m.op === "unsubscribed") {
+        self.presenceEvent(m);
       } else if (m.op === "err") {
         self.notice("error", m);
         // 503: this node cannot publish now (cut off from its cluster's broker, or full): the
@@ -336,6 +384,11 @@
     for (var channel in this.channels) listen(channel);
     source.addEventListener("fanout history", function (event) {
       self.history(JSON.parse(event.data));
+    });
+    ["fanout join", "fanout leave", "fanout unsubscribed"].forEach(function (name) {
+      source.addEventListener(name, function (event) {
+        self.presenceEvent(JSON.parse(event.data));
+      });
     });
     source.addEventListener("fanout error", function (event) {
       self.notice("error", JSON.parse(event.data));

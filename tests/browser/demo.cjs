@@ -2,7 +2,8 @@
 // comments; the server is killed and restarted on the same port, a comment written while it was
 // down and one published by a backend right after the restart both reach every page exactly once,
 // in offset order; a third page, whose WebSocket connections never open (as behind a proxy that
-// blocks them), falls back to SSE + HTTP publish by itself and takes part too.
+// blocks them), falls back to SSE + HTTP publish by itself and takes part too; every page shows
+// who is watching (presence, then joins and leaves).
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT, DATA_DIR and PLAYWRIGHT_CORE.
 "use strict";
 const { startServer: launch, launchBrowser } = require("./server.cjs");
@@ -13,7 +14,7 @@ const channel = "demo-" + process.pid;
 const step = (what) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${what}`);
 
 function startServer() {
-  return launch(["--data-dir", process.env.DATA_DIR, "--fsync", "always"]);
+  return launch(["--data-dir", process.env.DATA_DIR, "--fsync", "always", "--join-leave", ">"]);
 }
 
 async function comments(page) {
@@ -68,6 +69,14 @@ async function post(page, text) {
     const cState = await c.textContent("#state");
     if (cState !== "open · sse") throw new Error("the blocked page did not fall back to SSE: " + cState);
     step("three pages open; the one without WebSocket shows: " + cState);
+    // Who is watching: each page sees all three viewers (presence, then joins).
+    for (const page of [a, b, c]) {
+      await page.waitForFunction(() => document.querySelector("#watching").textContent.startsWith("3 watching"),
+        null, { timeout: 20000 }).catch(async (e) => {
+        throw new Error(`a page shows ${await page.textContent("#watching")}: ${e}`);
+      });
+    }
+    step("every page shows 3 watching");
 
     await post(a, "hello from A");
     for (const page of [a, b, c]) await waitForComment(page, "hello from A");
