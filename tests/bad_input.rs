@@ -267,3 +267,34 @@ fn subscription_and_channel_limits_refuse_with_429() {
     conn.barrier();
     other.barrier();
 }
+
+#[test]
+fn bad_presence_requests_are_refused_or_closed_like_any_command() {
+    let server = start(|config| {
+        config.max_frame_bytes = MAX_FRAME;
+        config.presence.presence = vec!["room.>".into()];
+    });
+    // Fatal: a presence frame with bytes after its channel, or a channel past the frame's end.
+    let reason = fatal(&server, Format::Binary, &[0, 0, 0, 4, op::PRESENCE, 1, b'a', b'z'], 400);
+    assert!(reason.contains("presence frame"), "{reason}");
+    fatal(&server, Format::Binary, &[0, 0, 0, 3, op::PRESENCE_STATS, 9, b'a'], 400);
+    // A server's presence frame sent by a client.
+    fatal(&server, Format::Binary, &[0, 0, 0, 2, op::MEMBER, 0], 400);
+    // Refused, the connection stays: empty, invalid UTF-8, control bytes, and no presence.
+    for format in [Format::Text, Format::Binary] {
+        let mut conn = Conn::open(server.local_addr(), format);
+        for name in [&b""[..], b"room.\xff", b"room\x01"] {
+            conn.send(Request::Presence { channel: name, stats_only: false });
+            assert!(matches!(conn.next(), Frame::Err { code: 422, .. }), "PRESENCE {name:?}");
+        }
+        conn.send(Request::Presence { channel: b"news", stats_only: true });
+        assert!(matches!(conn.next(), Frame::Err { code: 501, .. }), "no presence on news");
+        conn.send(Request::Presence { channel: b"room.1", stats_only: true });
+        assert!(matches!(conn.next(), Frame::Presence { clients: 0, users: 0, .. }));
+    }
+    // Over HTTP: a missing channel is a 400 whose body says so; the connection's next request
+    // is answered.
+    let response = common::http(server.local_addr(), "GET", "/presence", b"");
+    assert_eq!(response.status, 400);
+    assert!(response.json()["reason"].as_str().unwrap_or_default().contains("channel"));
+}

@@ -1674,6 +1674,8 @@ fn the_server_api_acts_on_every_node() {
     let redis = RedisServer::start();
     let secured = |c: &mut fanout::Config| {
         with_presence(c);
+        // Long: members leave here only because their node says so (below), not by expiry.
+        c.presence.ttl = Duration::from_secs(60);
         c.auth.api_key = Some(b"the-api-key".to_vec());
         c.auth.anonymous_subscribe = vec![">".into()];
         c.auth.anonymous_publish = vec![">".into()];
@@ -1743,4 +1745,25 @@ fn the_server_api_acts_on_every_node() {
         }
     }
     bob.barrier();
+    // A node that stops cleanly takes its members with it at once (not after the TTL).
+    let mut carol = Conn::text(b.local_addr());
+    carol.subscribe("room.1");
+    wait_until("carol is in Redis", || {
+        api("GET", "/api/presence_stats?channel=room.1", b"")["clients"] == 2
+    });
+    let carol_id = loop {
+        if let Frame::Join { client, .. } = bob.next() {
+            break client;
+        }
+    };
+    b.shutdown();
+    loop {
+        match bob.next() {
+            Frame::Leave { client, .. } if client == carol_id => break,
+            _ => continue,
+        }
+    }
+    wait_until("carol's node said she left", || {
+        api("GET", "/api/presence_stats?channel=room.1", b"")["clients"] == 1
+    });
 }

@@ -398,6 +398,8 @@ pub(crate) enum BrokerOp {
         endpoint: RedisEndpoint,
         result: Result<Vec<std::net::SocketAddr>, String>,
     },
+    /// The node is about to stop: its members leave (in Redis, and announced), then `done`.
+    Leave(crossbeam_channel::Sender<()>),
     Shutdown,
 }
 

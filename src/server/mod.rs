@@ -760,6 +760,15 @@ impl ServerHandle {
         if self.threads.is_empty() {
             return;
         }
+        if let (Some(broker), Some(_)) = (&self.shared.broker, &self.shared.presence) {
+            // While every connection is still open: this node's members leave the cluster's
+            // presence now, with their leaves announced, instead of expiring a TTL later.
+            let (done, left) = crossbeam_channel::bounded(1);
+            broker.send(crate::cluster::BrokerOp::Leave(done));
+            if left.recv_timeout(std::time::Duration::from_secs(1)).is_err() {
+                warn!("the broker did not take this node's members out of presence in time");
+            }
+        }
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.wake_all();
         for thread in self.threads.drain(..) {

@@ -485,6 +485,11 @@ impl BrokerThread {
                     }
                 }
                 BrokerOp::Shutdown => self.stopping = true,
+                BrokerOp::Leave(done) => {
+                    self.leave_presence();
+                    self.flush();
+                    let _ = done.send(());
+                }
             }
         }
         for ((i, _), batch) in batches {

@@ -225,6 +225,16 @@ impl BrokerThread {
         }
     }
 
+    /// The node is stopping: every member it has leaves, in Redis and (where announced) for
+    /// every node's subscribers.
+    pub(super) fn leave_presence(&mut self) {
+        let Some(presence) = self.server.presence() else { return };
+        for (channel, members) in presence.snapshot() {
+            let announce = self.server.presence().is_some_and(|p| p.announces(&channel));
+            self.presence_update(&channel, &[], &members, announce, false);
+        }
+    }
+
     /// Every node's members of `channel`, answered to `reply_to` in `format`.
     pub(super) fn presence_query(
         &mut self,
