@@ -227,6 +227,8 @@ counters! {
     pattern_subscriptions: gauge,
     /// Joins and leaves sent (into the ring, or to Redis in a cluster), after coalescing.
     presence_events: counter,
+    /// Windows of joins and leaves sent (one ring notice, or one Redis call, each).
+    presence_batches: counter,
     /// Joins and leaves never sent: a join and a leave of one connection within a window.
     presence_events_coalesced: counter,
     /// Connections closed by the server API's disconnect.

@@ -116,10 +116,9 @@ impl Worker {
             let announce = pending.announce;
             let channel = pending.channel.name.clone();
             let (joins, leaves) = pending.split();
-            WorkerCounters::add(
-                &self.counters().presence_events,
-                (joins.len() + leaves.len()) as u64,
-            );
+            let counters = self.counters();
+            WorkerCounters::add(&counters.presence_events, (joins.len() + leaves.len()) as u64);
+            WorkerCounters::add(&counters.presence_batches, 1);
             broker.send(BrokerOp::Presence { channel, joins, leaves, announce });
             return Ok(());
         }
@@ -138,6 +137,7 @@ impl Worker {
             return Err(pending);
         }
         WorkerCounters::add(&self.counters().presence_events, changes as u64);
+        WorkerCounters::add(&self.counters().presence_batches, 1);
         Ok(())
     }
 
