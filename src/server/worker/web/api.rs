@@ -322,6 +322,14 @@ impl Worker {
         for name in names {
             let outcome = match validate_channel(&name) {
                 Ok(ChannelKind::Topic | ChannelKind::Broadcast) => None,
+                // On one node a name nobody holds is known now (in a cluster, Redis says).
+                Ok(ChannelKind::Inbox)
+                    if self.shared.broker.is_none()
+                        && !self.shared.names.is_claimed(&name[1..]) =>
+                {
+                    let who = String::from_utf8_lossy(&name[1..]);
+                    Some(Err((ErrorCode::NotFound.code(), format!("no client named {who}"))))
+                }
                 Ok(ChannelKind::Inbox) => None,
                 Err(e) => {
                     Some(Err((ErrorCode::InvalidName.code(), format!("invalid channel: {e}"))))
