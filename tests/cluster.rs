@@ -1575,6 +1575,19 @@ fn with_presence(config: &mut fanout::Config) {
     config.presence.ttl = Duration::from_millis(1500);
 }
 
+/// The client ids of `channel`'s members, asked through `conn`.
+fn heard_ids(conn: &mut Conn, channel: &str) -> Vec<String> {
+    conn.send(Request::Presence { channel: channel.as_bytes(), stats_only: false });
+    let mut ids = Vec::new();
+    loop {
+        match conn.next() {
+            Frame::Member { client, .. } => ids.push(client),
+            Frame::Presence { .. } => return ids,
+            _ => continue,
+        }
+    }
+}
+
 /// `PRESENCE_STATS` through `conn`: (clients, users).
 fn presence_stats(conn: &mut Conn, channel: &str) -> (u64, u64) {
     conn.send(Request::Presence { channel: channel.as_bytes(), stats_only: true });
@@ -1650,6 +1663,7 @@ fn presence_is_every_nodes_members_and_a_killed_nodes_members_leave_within_the_t
     }
     // A node killed outright: its members vanish, and their leaves are announced, within the TTL
     // and a refresh period of the survivors.
+    let carl_ids: Vec<String> = heard_ids(&mut Conn::text(child.addr), "room.1");
     let killed = std::time::Instant::now();
     child.kill();
     let mut asker = Conn::text(a.local_addr());
@@ -1667,6 +1681,35 @@ fn presence_is_every_nodes_members_and_a_killed_nodes_members_leave_within_the_t
     println!("dead node's members: gone from presence after {gone_after:?}, leave after {announced_after:?}");
     assert!(gone_after <= Duration::from_millis(1500 + 1000), "{gone_after:?}");
     assert!(announced_after <= Duration::from_millis(1500 + 500 + 1500), "{announced_after:?}");
+    // Restarted under the same name, it is another run: its clients get new ids.
+    let child = common::ChildServer::start(&[
+        "--redis",
+        &redis.url(),
+        "--presence",
+        "room.>",
+        "--node-name",
+        "doomed",
+    ]);
+    wait_until("the restarted node is ready", || {
+        http(child.addr, "GET", "/healthz", b"").status == 200
+    });
+    let mut dora = Conn::text(child.addr);
+    assert_eq!(claim(&mut dora, "dora"), Ok(()));
+    dora.subscribe("room.1");
+    let mut ids = Vec::new();
+    let mut asker = Conn::binary(a.local_addr());
+    wait_until("dora is in Redis", || presence_stats(&mut asker, "room.1") == (3, 3));
+    asker.send(Request::Presence { channel: b"room.1", stats_only: false });
+    loop {
+        match asker.next() {
+            Frame::Member { client, .. } => ids.push(client),
+            Frame::Presence { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let doomed: Vec<&String> = ids.iter().filter(|id| id.starts_with("doomed.")).collect();
+    assert_eq!(doomed.len(), 1, "dora alone on the restarted node: {ids:?}");
+    assert!(!carl_ids.contains(doomed[0]), "a new run's ids are new: {ids:?} vs {carl_ids:?}");
 }
 
 #[test]

@@ -511,3 +511,75 @@ fn a_reconnect_storm_is_coalesced_and_every_event_is_accounted_for() {
     assert_eq!(stats.presence_events + stats.presence_events_coalesced, 1 + 100 + 200, "{stats:?}");
     assert!(stats.presence_events_coalesced > 0, "some joins and leaves cancelled out");
 }
+
+#[test]
+fn a_redis_client_on_a_join_leave_channel_gets_its_messages_and_no_events() {
+    let server = start(with_presence);
+    let addr = server.local_addr();
+    let mut redis = Redis::connect(addr);
+    redis.send(&["SUBSCRIBE", "room.1"]);
+    redis.next();
+    let mut talker = member(addr, "talker", "room.1");
+    talker.publish("room.1", b"hello");
+    talker.barrier();
+    drop(talker);
+    let message = redis.next().expect("the Redis client stays connected");
+    let hello = Value::Array(Some(vec![
+        Value::Bulk(Some(b"message".to_vec())),
+        Value::Bulk(Some(b"room.1".to_vec())),
+        Value::Bulk(Some(b"hello".to_vec())),
+    ]));
+    assert_eq!(message, hello, "no join before it");
+    redis.send(&["PING"]);
+    let pong = redis.next().expect("still connected after the leave went out");
+    assert!(matches!(pong, Value::Array(_) | Value::Simple(_)), "{pong:?}");
+}
+
+#[test]
+fn the_api_refuses_bad_users_patterns_and_answers_too_big_to_queue() {
+    let server = secured(|c| {
+        c.write_queue_cap_bytes = c.max_frame_bytes + 4096;
+        c.limits.connections_per_ip = Some(0);
+        // Presence without join/leave: 1,200 members hearing each other's 1 KB joins would be
+        // slow consumers under this small cap, which is another test's business.
+        c.presence.join_leave = Vec::new();
+    });
+    let addr = server.local_addr();
+    let api = |method: &str, target: &str| http_with(addr, method, target, &bearer(API_KEY), b"");
+    for target in [
+        "/api/disconnect?user=",
+        "/api/disconnect?user=%FF",
+        "/api/unsubscribe?user=a%20b&channel=room.1",
+    ] {
+        let response = api("POST", target);
+        assert_eq!(response.status, 422, "{target}");
+    }
+    assert_eq!(api("GET", "/api/channels?pattern=%FF").status, 422);
+    common::http_with(
+        addr,
+        "POST",
+        "/api/publish",
+        &bearer(API_KEY),
+        br#"{"channel":"room.1","data":"x"}"#,
+    );
+    let none = api("GET", "/api/history?channel=room.1&limit=0").json();
+    assert_eq!(none["messages"].as_array().map(Vec::len), Some(0), "{none}");
+    // Members with big info claims: an answer over half the write queue's cap is refused, as
+    // asking must not make the asker a slow consumer; the stats still answer.
+    let info = json!({ "bio": "x".repeat(900) });
+    let members: Vec<Conn> = (0..1200)
+        .map(|i| {
+            let mut conn = Conn::text(addr);
+            let token = token(&format!("u{i}"), json!({ "info": info }));
+            conn.send(Request::Auth { token: token.as_bytes() });
+            conn.next();
+            conn.subscribe("room.big");
+            conn
+        })
+        .collect();
+    let big = api("GET", "/api/presence?channel=room.big");
+    assert_eq!(big.status, 429, "{}", String::from_utf8_lossy(&big.body));
+    assert!(big.json()["reason"].as_str().unwrap_or_default().contains("write-queue-cap"));
+    assert_eq!(api("GET", "/api/presence_stats?channel=room.big").json()["clients"], 1200);
+    drop(members);
+}

@@ -160,8 +160,12 @@ pub(crate) struct Shared {
     limits: crate::config::EffectiveLimits,
     /// Open connections per source address, while that limit is on.
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
-    /// This node's name (client ids, presence, `/api/info`).
+    /// This node's name (presence's `node`, `/api/info`).
     pub(crate) node: Arc<str>,
+    /// This run of this node: its name and a random part when the name was given (a node
+    /// restarted under its name, or two given one name, are different runs). Client ids and the
+    /// node's entries in Redis are keyed by it, so they are never mistaken for another run's.
+    pub(crate) node_key: Arc<str>,
     /// Members of the channels with presence (`None`: no `--presence` or `--join-leave`).
     pub(crate) presence: Option<presence::Presence>,
     /// Revoked users: tokens of the user issued before the first time (Unix ms) are refused
@@ -250,9 +254,14 @@ impl ServerForBroker {
         self.shared.config.history_messages
     }
 
-    /// This node's name (presence entries, surveys).
-    pub(crate) fn node(&self) -> &Arc<str> {
+    /// This node's name, as shown (surveys' answers).
+    pub(crate) fn node_name(&self) -> &Arc<str> {
         &self.shared.node
+    }
+
+    /// This run of this node (`Shared::node_key`): its entries in Redis, its control messages.
+    pub(crate) fn node(&self) -> &Arc<str> {
+        &self.shared.node_key
     }
 
     /// The members this node tracks (`None`: no presence configured).
@@ -437,9 +446,14 @@ impl Server {
             return Err(StartError::Unprotected(config.listen));
         }
         let limits = config.limits.effective(auth.is_some());
-        let node: Arc<str> = match &config.node_name {
-            Some(name) => name.as_str().into(),
-            None => format!("{:08x}", crate::history::new_epoch() as u32).into(),
+        let run = crate::history::new_epoch() as u32;
+        let (node, node_key): (Arc<str>, Arc<str>) = match &config.node_name {
+            Some(name) => (name.as_str().into(), format!("{name}.{run:08x}").into()),
+            // A random name is already this run's.
+            None => {
+                let name: Arc<str> = format!("{run:08x}").into();
+                (name.clone(), name)
+            }
         };
         let presence = presence::Presence::new(&config.presence).map_err(StartError::Config)?;
 
@@ -562,6 +576,7 @@ impl Server {
             limits,
             per_ip: Default::default(),
             node,
+            node_key,
             presence,
             revoked: Default::default(),
             config,

@@ -440,7 +440,7 @@ impl BrokerThread {
                 };
                 let answer = serde_json::json!({
                     "kind": "answer", "to": text("origin"), "id": json.get("id"),
-                    "node": &**self.server.node(), "body": body,
+                    "node": &**self.server.node_name(), "body": body,
                 });
                 self.send_control(answer, Pending::Answered);
             }

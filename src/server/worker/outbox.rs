@@ -38,6 +38,11 @@ impl Outbox {
     /// (its queue under a quarter of the cap), so that the encoding never makes a healthy client
     /// look slow. A queue is thus bounded by the cap, or by a quarter of it plus one message.
     pub fn enqueue(&mut self, key: usize, conn: &mut Conn, frame: Bytes, cap: usize) -> bool {
+        if frame.is_empty() {
+            // Nothing for this format (a join or leave to a Redis client, a history status to
+            // one): an empty frame in the queue would read as a write of zero bytes, a dead peer.
+            return true;
+        }
         let before = conn.queue.footprint();
         let queued = before + frame.len() + FRAME_OVERHEAD_BYTES;
         let one_big_message = frame.len() > cap / 2 && before <= cap / 4;

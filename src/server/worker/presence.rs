@@ -24,7 +24,7 @@ impl Worker {
     /// The id presence gives connection `key`: unique across the cluster while serials do not
     /// wrap (2^32 accepts per worker).
     fn member_id(&self, key: usize) -> String {
-        format!("{}-{}-{}", self.shared.node, self.id, self.conns[key].serial)
+        format!("{}-{}-{}", self.shared.node_key, self.id, self.conns[key].serial)
     }
 
     /// Whether connection `key` counts as a member of `channel` (tracked, a topic, and not a
@@ -156,7 +156,7 @@ impl Worker {
         }
         let format = self.conns[key].reply_format();
         match self.presence_answer(name, stats_only, format) {
-            Ok(Some(frame)) => self.reply(key, frame),
+            Ok(Some(frame)) => self.reply_bounded(key, frame),
             Ok(None) => {
                 // Cluster mode: Redis has every node's members; the answer comes back as a
                 // whole frame, and the connection's input waits for it.
@@ -216,8 +216,23 @@ impl Worker {
             return;
         }
         self.conns[key].end_wait();
-        let result = self.reply(key, frame).and_then(|()| self.go_on(key));
+        let result = self.reply_bounded(key, frame).and_then(|()| self.go_on(key));
         self.settle(key, result);
+    }
+
+    /// Queues a computed answer (presence, a survey) unless it is over half the write queue's
+    /// cap: then 429, so that asking cannot make a client a slow consumer (nor the server build
+    /// a queue past its bound).
+    pub(super) fn reply_bounded(&mut self, key: usize, frame: Bytes) -> Result<(), Close> {
+        let cap = self.shared.config.write_queue_cap_bytes;
+        if frame.len() > cap / 2 {
+            let why = format!(
+                "the answer would be {} bytes, more than half of --write-queue-cap-bytes ({cap}); ask for less (the presence stats, a channel pattern)",
+                frame.len()
+            );
+            return self.refuse(key, ErrorCode::LimitReached, &why);
+        }
+        self.reply(key, frame)
     }
 
     /// Carries out a server API action on this worker's connections.

@@ -32,6 +32,12 @@ use crate::server::Control;
 /// Messages one history call returns at most.
 const MAX_HISTORY_LIMIT: u64 = 1000;
 
+/// The `user` parameter, checked as a token's `sub` or a claimed name is (what a user is).
+fn valid_user(head: &Head) -> Result<(), String> {
+    let user = head.param("user").unwrap_or_default();
+    crate::protocol::validate_client_name(user).map_err(|e| format!("invalid user: {e}"))
+}
+
 fn json_response(value: &serde_json::Value) -> Bytes {
     http::response(200, "application/json", value.to_string().as_bytes())
 }
@@ -53,7 +59,14 @@ impl Worker {
                 };
                 self.api_presence(key, &channel, call == "presence_stats")
             }
-            ("GET", "channels") => self.api_channels(key, text("pattern")),
+            ("GET", "channels") => match head.param("pattern").map(std::str::from_utf8) {
+                Some(Err(_)) => {
+                    let why = "invalid pattern: not UTF-8";
+                    self.refuse(key, ErrorCode::InvalidName, why)
+                }
+                Some(Ok(pattern)) => self.api_channels(key, Some(pattern.to_string())),
+                None => self.api_channels(key, None),
+            },
             ("GET", "info") => self.api_info(key),
             ("GET", "history") => self.api_history(key, head),
             ("POST", "publish") => self.api_publish(key, body),
@@ -61,6 +74,9 @@ impl Worker {
                 let Some(user) = text("user") else {
                     return self.api_missing(key, "user").map(|()| true);
                 };
+                if let Err(why) = valid_user(head) {
+                    return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
+                }
                 let reason = text("reason").unwrap_or_else(|| "by the server API".into());
                 let revoke = matches!(text("revoke").as_deref(), Some("true" | "1" | "yes"));
                 let revoke_before_ms = revoke.then(crate::auth::unix_now_ms);
@@ -75,6 +91,9 @@ impl Worker {
                 let (Some(user), Some(channel)) = (text("user"), head.param("channel")) else {
                     return self.api_missing(key, "user and channel").map(|()| true);
                 };
+                if let Err(why) = valid_user(head) {
+                    return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
+                }
                 if let Err(e) = validate_channel(channel) {
                     let why = format!("invalid channel: {e}");
                     return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
@@ -146,7 +165,7 @@ impl Worker {
             return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
         }
         match self.presence_answer(channel, stats_only, Format::Http) {
-            Ok(Some(response)) => self.reply(key, response),
+            Ok(Some(response)) => self.reply_bounded(key, response),
             Ok(None) => {
                 let reply_to = self.api_wait(key);
                 let channel = Bytes::copy_from_slice(channel);
@@ -178,7 +197,7 @@ impl Worker {
         let mut local = self.shared.channels_json(parsed.as_ref());
         local["node"] = (*self.shared.node).into();
         let body = crate::cluster::survey_body(&SurveyKind::Channels(pattern), vec![local], 0);
-        self.reply(key, json_response(&body))
+        self.reply_bounded(key, json_response(&body))
     }
 
     fn api_info(&mut self, key: usize) -> Result<(), Close> {
@@ -221,7 +240,7 @@ impl Worker {
         let (Some(since), Some(limit)) = (since, limit) else {
             return self.refuse(key, ErrorCode::BadRequest, "history: since or limit malformed");
         };
-        let limit = limit.clamp(1, MAX_HISTORY_LIMIT) as u32;
+        let limit = limit.min(MAX_HISTORY_LIMIT) as u32;
         let channel = match self.channel(&name) {
             Ok(channel) => channel,
             Err(why) => return self.refuse(key, ErrorCode::LimitReached, &why),
