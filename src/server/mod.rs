@@ -260,7 +260,7 @@ impl ServerForBroker {
     }
 
     /// This run of this node (`Shared::node_key`): its entries in Redis, its control messages.
-    pub(crate) fn node(&self) -> &Arc<str> {
+    pub(crate) fn node_key(&self) -> &Arc<str> {
         &self.shared.node_key
     }
 

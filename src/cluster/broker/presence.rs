@@ -146,7 +146,7 @@ impl BrokerThread {
     fn presence_keys(&self, channel: &[u8]) -> (Vec<u8>, Vec<u8>, Bytes) {
         let keys = Keys::new(&self.config().key_prefix, channel);
         let zset = [&keys.topic[..], b":presence"].concat();
-        let mine = [&zset[..], b":", self.server.node().as_bytes()].concat();
+        let mine = [&zset[..], b":", self.server.node_key().as_bytes()].concat();
         (zset, mine, keys.topic)
     }
 
@@ -185,7 +185,7 @@ impl BrokerThread {
             })
             .collect();
         let (ttl, count) = (ttl.to_string(), joins.len().to_string());
-        let node = self.server.node().clone();
+        let node = self.server.node_key().clone();
         let verb = self.verbs().publish;
         let topic_arg: &[u8] = if announce { &topic } else { b"" };
         let sha = self.presence_update_script.sha.clone();
@@ -248,7 +248,7 @@ impl BrokerThread {
             return self.reply(reply_to, format.encode_error(ErrorCode::Unavailable, why));
         };
         let (zset, mine, _) = self.presence_keys(&channel);
-        let prefix = &mine[..mine.len() - self.server.node().len()];
+        let prefix = &mine[..mine.len() - self.server.node_key().len()];
         let limit = self.server.presence().map_or(0, |p| p.config.max_members).to_string();
         let sha = self.presence_query_script.sha.clone();
         let Some(link) = self.shards[i].commands.as_mut() else { return };
@@ -349,7 +349,7 @@ impl BrokerThread {
     }
 
     fn send_control(&mut self, mut json: serde_json::Value, pending: Pending) {
-        json["origin"] = self.server.node().to_string().into();
+        json["origin"] = self.server.node_key().to_string().into();
         let broadcast = self.server.channels().broadcast().name.clone();
         let topic = Keys::new(&self.config().key_prefix, &broadcast).topic;
         let ready = self.shard_of(&broadcast).filter(|&i| self.shards[i].is_ready());
@@ -414,7 +414,7 @@ impl BrokerThread {
             return;
         };
         let text = |field: &str| json.get(field).and_then(serde_json::Value::as_str).unwrap_or("");
-        let mine = text("origin") == &**self.server.node();
+        let mine = text("origin") == &**self.server.node_key();
         match text("kind") {
             "disconnect" if !mine => self.server.control(Control::Disconnect {
                 user: text("user").into(),
@@ -444,7 +444,7 @@ impl BrokerThread {
                 });
                 self.send_control(answer, Pending::Answered);
             }
-            "answer" if text("to") == &**self.server.node() => {
+            "answer" if text("to") == &**self.server.node_key() => {
                 let Some(id) = json.get("id").and_then(serde_json::Value::as_u64) else { return };
                 if let Some(survey) = self.presence_state.surveys.get_mut(&id) {
                     let mut body = json.get("body").cloned().unwrap_or_default();
