@@ -1810,3 +1810,25 @@ fn the_server_api_acts_on_every_node() {
         api("GET", "/api/presence_stats?channel=room.1", b"")["clients"] == 1
     });
 }
+
+#[test]
+fn a_nodes_own_members_are_in_its_presence_answers_before_its_window_reaches_redis() {
+    let redis = RedisServer::start();
+    let slow_window = |c: &mut fanout::Config| {
+        with_presence(c);
+        c.presence.window = Duration::from_secs(3);
+        // No refresh (every third of the TTL) in the test's time: only the window writes.
+        c.presence.ttl = Duration::from_secs(60);
+    };
+    let (a, b) = (node(&[&redis], slow_window), node(&[&redis], slow_window));
+    let mut xavier = Conn::text(a.local_addr());
+    assert_eq!(claim(&mut xavier, "xavier"), Ok(()));
+    xavier.subscribe("room.1");
+    // Node A answers from its memory for its own members at once; node B sees them once A's
+    // window has gone to Redis.
+    assert_eq!(presence_stats(&mut Conn::text(a.local_addr()), "room.1"), (1, 1));
+    assert_eq!(presence_stats(&mut Conn::text(b.local_addr()), "room.1"), (0, 0));
+    wait_until("the window reached Redis", || {
+        presence_stats(&mut Conn::text(b.local_addr()), "room.1") == (1, 1)
+    });
+}

@@ -583,3 +583,46 @@ fn the_api_refuses_bad_users_patterns_and_answers_too_big_to_queue() {
     assert_eq!(api("GET", "/api/presence_stats?channel=room.big").json()["clients"], 1200);
     drop(members);
 }
+
+#[test]
+fn a_member_is_not_sent_the_joins_and_leaves_from_before_its_own() {
+    let server = start(|c| {
+        with_presence(c);
+        // Long enough that both joins below fall in one window (and one batch).
+        c.presence.window = Duration::from_millis(400);
+        c.workers = 1;
+    });
+    let addr = server.local_addr();
+    let mut watcher = member(addr, "watcher", "room.1");
+    until(&mut watcher, |f| {
+        matches!(f, Frame::Join { user, .. } if user == "watcher").then_some(())
+    });
+    let _early = member(addr, "early", "room.1");
+    let mut late = member(addr, "late", "room.1");
+    // The watcher hears both; the late member hears its own join first, not the early one's
+    // (which it learns from a presence answer, as it happened before it subscribed).
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        if let Frame::Join { user, .. } = watcher.next() {
+            heard.push(user);
+        }
+    }
+    assert_eq!(heard, ["early", "late"]);
+    let first = until(&mut late, |f| match f {
+        Frame::Join { user, .. } | Frame::Leave { user, .. } => Some(user.clone()),
+        _ => None,
+    });
+    assert_eq!(first, "late", "nothing from before its own join");
+    let _after = member(addr, "after", "room.1");
+    let next = until(&mut late, |f| match f {
+        Frame::Join { user, .. } => Some(user.clone()),
+        _ => None,
+    });
+    assert_eq!(next, "after", "everything after it");
+    late.send(Request::Presence { channel: b"room.1", stats_only: true });
+    let clients = until(&mut late, |f| match f {
+        Frame::Presence { clients, .. } => Some(*clients),
+        _ => None,
+    });
+    assert_eq!(clients, 4, "the early member is in its presence answer");
+}

@@ -352,8 +352,8 @@ pub(crate) enum BrokerOp {
     /// and (`announce`) the events to every node's subscribers.
     Presence {
         channel: Bytes,
-        joins: Vec<Arc<crate::protocol::presence::Member>>,
-        leaves: Vec<Arc<crate::protocol::presence::Member>>,
+        joins: Vec<crate::server::presence::Change>,
+        leaves: Vec<crate::server::presence::Change>,
         announce: bool,
     },
     /// Who is subscribed to `channel` on every node (`Answer::Reply`, encoded in `format`).

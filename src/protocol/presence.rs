@@ -61,17 +61,21 @@ pub struct Event<'a> {
     pub node: &'a str,
     /// Its info (empty: none).
     pub info: &'a str,
+    /// Its place among the channel's joins and leaves on the member's node (a counter per
+    /// channel and node): a subscriber is not sent this node's events from before its own join.
+    pub seq: u64,
 }
 
 impl<'a> Event<'a> {
-    /// The event of `member` joining (`join`) or leaving.
-    pub fn of(member: &'a Member, join: bool) -> Self {
+    /// The event of `member` joining (`join`) or leaving, the `seq`th of its channel here.
+    pub fn of(member: &'a Member, join: bool, seq: u64) -> Self {
         Event {
             join,
             client: &member.client,
             user: &member.user,
             node: &member.node,
             info: &member.info,
+            seq,
         }
     }
 
@@ -84,9 +88,10 @@ impl<'a> Event<'a> {
     }
 }
 
-/// Appends one event: `J` or `L`, then client, user and node (each a `u8` length and bytes) and
-/// info (a `u16` length and bytes). Fields too long for their length are cut (ids and names are
-/// validated shorter; info is bounded by `--max-info-bytes`, at most 16 KiB).
+/// Appends one event: `J` or `L`, then client, user and node (each a `u8` length and bytes),
+/// info (a `u16` length and bytes) and the seq (`u64`, last, so that Redis's scripts read the
+/// fields before it by position). Fields too long for their length are cut (ids and names are
+/// validated shorter; info is bounded by `--max-info-bytes`, at most 64 KiB).
 pub fn put_event(out: &mut Vec<u8>, event: &Event<'_>) {
     out.push(if event.join { b'J' } else { b'L' });
     for field in [event.client, event.user, event.node] {
@@ -97,6 +102,7 @@ pub fn put_event(out: &mut Vec<u8>, event: &Event<'_>) {
     let info = &event.info.as_bytes()[..event.info.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(info.len() as u16).to_be_bytes());
     out.extend_from_slice(info);
+    out.extend_from_slice(&event.seq.to_be_bytes());
 }
 
 /// The events `put_event` wrote, in order; `None` when the bytes are not such a list (or hold
@@ -121,8 +127,9 @@ pub fn events(bytes: &[u8]) -> Option<Vec<Event<'_>>> {
         let (len, after) = rest.split_first_chunk::<2>()?;
         let len = u16::from_be_bytes(*len) as usize;
         let info = std::str::from_utf8(after.get(..len)?).ok()?;
-        rest = &after[len..];
-        out.push(Event { join, client, user, node, info });
+        let (seq, after) = after.get(len..)?.split_first_chunk::<8>()?;
+        rest = after;
+        out.push(Event { join, client, user, node, info, seq: u64::from_be_bytes(*seq) });
     }
     Some(out)
 }
@@ -559,17 +566,17 @@ mod tests {
     fn events_round_trip_and_refuse_garbage() {
         let (a, b) = (member("n1-0-1", "alice", r#"{"name":"Alice"}"#), member("n1-0-2", "", ""));
         let mut bytes = Vec::new();
-        put_event(&mut bytes, &Event::of(&a, true));
-        put_event(&mut bytes, &Event::of(&b, false));
+        put_event(&mut bytes, &Event::of(&a, true, 1));
+        put_event(&mut bytes, &Event::of(&b, false, 2));
         let decoded = events(&bytes).expect("valid");
-        assert_eq!(decoded, vec![Event::of(&a, true), Event::of(&b, false)]);
+        assert_eq!(decoded, vec![Event::of(&a, true, 1), Event::of(&b, false, 2)]);
         for cut in 1..bytes.len() {
             if let Some(partial) = events(&bytes[..cut]) {
                 assert_eq!(partial.len(), 1, "only a whole first event parses at {cut}");
             }
         }
         assert_eq!(events(b"X"), None);
-        assert_eq!(events(b"J\x01\xff\x00\x00\x00\x00"), None, "invalid UTF-8");
+        assert_eq!(events(b"J\x01\xff\x00\x00\x00\x00\0\0\0\0\0\0\0\0"), None, "invalid UTF-8");
         assert_eq!(events(b""), Some(vec![]));
     }
 
@@ -581,8 +588,8 @@ mod tests {
         for format in [Format::Text, Format::Binary] {
             let mut bytes = BytesMut::new();
             bytes.put_slice(&format.encode_presence(b"room", Some(&members), 2, 1));
-            format.put_event(&mut bytes, b"room", &Event::of(&alice, true));
-            format.put_event(&mut bytes, b"room", &Event::of(&anon, false));
+            format.put_event(&mut bytes, b"room", &Event::of(&alice, true, 1));
+            format.put_event(&mut bytes, b"room", &Event::of(&anon, false, 2));
             bytes.put_slice(&format.encode_unsubscribed(b"room", "by the server", 0));
             let mut frames = Vec::new();
             let mut at = 0;
@@ -614,7 +621,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&presence).expect("JSON");
         assert_eq!(value["members"][0]["user"], "a\"b");
         assert_eq!(value["members"][0]["info"]["x"][1], 2);
-        let event = json_event(b"room", &Event::of(&members[0], true));
+        let event = json_event(b"room", &Event::of(&members[0], true, 1));
         let value: serde_json::Value = serde_json::from_slice(&event).expect("JSON");
         assert_eq!(value["op"], "join");
         let value: serde_json::Value =

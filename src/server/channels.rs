@@ -29,6 +29,8 @@ pub struct Channel {
     /// Connections on this node subscribed to it (every worker's), for a Redis client's PUBLISH
     /// reply.
     pub subscribers: std::sync::atomic::AtomicU32,
+    /// Joins and leaves of its members on this node so far (each event's `seq`).
+    presence_seq: AtomicU64,
     /// Offset counter and retained messages. Held while a message is claimed in the ring and
     /// appended here, which is what makes ring order equal offset order within a channel and the
     /// log gap-free.
@@ -40,7 +42,20 @@ impl Channel {
         let mut log = ChannelLog::default();
         log.mirror = mirror;
         let epoch = AtomicU64::new(log.epoch);
-        Channel { id, name, kind, epoch, subscribers: Default::default(), log: Mutex::new(log) }
+        Channel {
+            id,
+            name,
+            kind,
+            epoch,
+            subscribers: Default::default(),
+            presence_seq: AtomicU64::new(0),
+            log: Mutex::new(log),
+        }
+    }
+
+    /// The next join's or leave's place among this channel's on this node (from 1).
+    pub fn next_presence_seq(&self) -> u64 {
+        self.presence_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The log's epoch (as `lock_log().epoch`, without the lock).
@@ -375,6 +390,7 @@ impl ChannelRegistry {
             kind,
             epoch,
             subscribers: Default::default(),
+            presence_seq: AtomicU64::new(0),
             log: Mutex::new(log),
         };
         by_name.insert(name, Arc::new(channel));

@@ -198,22 +198,26 @@ pub(crate) struct PendingChanges {
     pub channel: Arc<crate::server::channels::Channel>,
     /// Subscribers hear these (`--join-leave`); otherwise they only go to Redis (cluster).
     pub announce: bool,
-    /// By client: a join (true) or a leave, and the member. A join and a leave of one
-    /// connection within the window cancel out.
-    pub changes: HashMap<Box<str>, (bool, Arc<Member>)>,
+    /// By client: a join (true) or a leave, the member, and the event's seq. A join and a leave
+    /// of one connection within the window cancel out.
+    pub changes: HashMap<Box<str>, (bool, Arc<Member>, u64)>,
 }
 
+/// A member and its event's seq (`protocol::presence::Event::seq`).
+pub(crate) type Change = (Arc<Member>, u64);
+
 impl PendingChanges {
-    /// Leaves first, then joins (a connection that left and came back within the window
-    /// cancelled out; what is left are different connections).
-    pub fn split(self) -> (Vec<Arc<Member>>, Vec<Arc<Member>>) {
+    /// The joins and the leaves, each in seq order.
+    pub fn split(self) -> (Vec<Change>, Vec<Change>) {
         let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-        for (join, member) in self.changes.into_values() {
+        for (join, member, seq) in self.changes.into_values() {
             match join {
-                true => joins.push(member),
-                false => leaves.push(member),
+                true => joins.push((member, seq)),
+                false => leaves.push((member, seq)),
             }
         }
+        joins.sort_by_key(|(_, seq)| *seq);
+        leaves.sort_by_key(|(_, seq)| *seq);
         (joins, leaves)
     }
 }
@@ -236,7 +240,7 @@ impl Outbox {
         channel: &Arc<crate::server::channels::Channel>,
         announce: bool,
         join: bool,
-        member: Arc<Member>,
+        (member, seq): Change,
         now_ms: u32,
         window_ms: u32,
     ) {
@@ -246,12 +250,12 @@ impl Outbox {
             changes: HashMap::new(),
         });
         match pending.changes.get(&member.client) {
-            Some(&(was_join, _)) if was_join != join => {
+            Some(&(was_join, _, _)) if was_join != join => {
                 pending.changes.remove(&member.client);
                 self.cancelled += 2;
             }
             _ => {
-                pending.changes.insert(member.client.clone(), (join, member));
+                pending.changes.insert(member.client.clone(), (join, member, seq));
             }
         }
         self.due_ms.get_or_insert(now_ms.wrapping_add(window_ms));
@@ -305,15 +309,21 @@ mod tests {
         let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
         let channel = registry.get_or_create(b"room").unwrap();
         let mut outbox = Outbox::default();
-        outbox.note(&channel, true, true, member("c1", "a"), 0, 100);
-        outbox.note(&channel, true, false, member("c1", "a"), 10, 100);
-        outbox.note(&channel, true, false, member("c2", "b"), 20, 100);
-        outbox.note(&channel, true, true, member("c3", "c"), 30, 100);
+        outbox.note(&channel, true, true, (member("c1", "a"), 1), 0, 100);
+        outbox.note(&channel, true, false, (member("c1", "a"), 2), 10, 100);
+        outbox.note(&channel, true, false, (member("c2", "b"), 3), 20, 100);
+        outbox.note(&channel, true, true, (member("c3", "c"), 4), 30, 100);
         assert_eq!(outbox.due_ms, Some(100), "the window runs from the first change");
         assert_eq!(outbox.cancelled, 2);
         let pending = outbox.pending.remove(&channel.id).unwrap();
         let (joins, leaves) = pending.split();
-        assert_eq!(joins.iter().map(|m| &*m.client).collect::<Vec<_>>(), ["c3"]);
-        assert_eq!(leaves.iter().map(|m| &*m.client).collect::<Vec<_>>(), ["c2"]);
+        assert_eq!(
+            joins.iter().map(|(m, seq)| (&*m.client, *seq)).collect::<Vec<_>>(),
+            [("c3", 4)]
+        );
+        assert_eq!(
+            leaves.iter().map(|(m, seq)| (&*m.client, *seq)).collect::<Vec<_>>(),
+            [("c2", 3)]
+        );
     }
 }

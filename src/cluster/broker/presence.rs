@@ -33,6 +33,7 @@ use crate::protocol::presence::{events, put_event, Event, Member};
 use crate::protocol::resp::Value;
 use crate::protocol::{http, ErrorCode, Format};
 use crate::server::channels::PRESENCE_NOTICE;
+use crate::server::presence::Change;
 use crate::server::{Answer, Control};
 
 /// Envelope of joins and leaves on a channel's pub/sub channel.
@@ -88,23 +89,26 @@ if envelope ~= '' then redis.call(verb, topic, envelope) end
 return #dead
 ";
 
-/// Every node's members of a channel. KEYS: the zset. ARGV: the hash keys' prefix, '1' for
-/// the counts only, the member limit. Returns {clients, users, members...}: the members only
-/// when asked and within the limit. Entries past their expiry are not counted.
+/// The other nodes' members of a channel (the asking node adds its own from memory, which is
+/// ahead of what it has written). KEYS: the zset. ARGV: the hash keys' prefix, '1' for the counts
+/// only, the member limit, the asking node. Returns {clients, {distinct users}, members...}: the
+/// members only when asked and within the limit. Entries past their expiry are not counted.
 pub(super) const PRESENCE_QUERY_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-local all, users, seen = {}, 0, {}
+local all, users, seen = {}, {}, {}
 for _, node in ipairs(nodes) do
-  for _, m in ipairs(redis.call('HVALS', ARGV[1] .. node)) do
-    all[#all + 1] = m
-    local clen = string.byte(m, 2)
-    local ulen = string.byte(m, 3 + clen)
-    local user = string.sub(m, 4 + clen, 3 + clen + ulen)
-    if not seen[user] then
-      seen[user] = true
-      users = users + 1
+  if node ~= ARGV[4] then
+    for _, m in ipairs(redis.call('HVALS', ARGV[1] .. node)) do
+      all[#all + 1] = m
+      local clen = string.byte(m, 2)
+      local ulen = string.byte(m, 3 + clen)
+      local user = string.sub(m, 4 + clen, 3 + clen + ulen)
+      if not seen[user] then
+        seen[user] = true
+        users[#users + 1] = user
+      end
     end
   end
 end
@@ -155,8 +159,8 @@ impl BrokerThread {
     pub(super) fn presence_update(
         &mut self,
         channel: &[u8],
-        joins: &[Arc<Member>],
-        leaves: &[Arc<Member>],
+        joins: &[Change],
+        leaves: &[Change],
         announce: bool,
         replace: bool,
     ) {
@@ -168,19 +172,23 @@ impl BrokerThread {
         let ttl = self.server.presence().map_or(15_000, |p| p.config.ttl.as_millis().max(1));
         let mut envelope = Vec::new();
         if announce && !replace {
+            // In seq order: the order they happened in on this node.
+            let mut events: Vec<Event<'_>> = leaves
+                .iter()
+                .map(|(m, seq)| Event::of(m, false, *seq))
+                .chain(joins.iter().map(|(m, seq)| Event::of(m, true, *seq)))
+                .collect();
+            events.sort_by_key(|e| e.seq);
             envelope.push(ENVELOPE_PRESENCE);
-            for member in leaves {
-                put_event(&mut envelope, &Event::of(member, false));
-            }
-            for member in joins {
-                put_event(&mut envelope, &Event::of(member, true));
+            for event in &events {
+                put_event(&mut envelope, event);
             }
         }
         let encoded: Vec<Vec<u8>> = joins
             .iter()
-            .map(|m| {
+            .map(|(m, seq)| {
                 let mut out = Vec::new();
-                put_event(&mut out, &Event::of(m, true));
+                put_event(&mut out, &Event::of(m, true, *seq));
                 out
             })
             .collect();
@@ -203,11 +211,11 @@ impl BrokerThread {
             if replace { b"1" } else { b"0" },
             count.as_bytes(),
         ];
-        for (member, bytes) in joins.iter().zip(&encoded) {
+        for ((member, _), bytes) in joins.iter().zip(&encoded) {
             args.push(member.client.as_bytes());
             args.push(bytes);
         }
-        for member in leaves {
+        for (member, _) in leaves {
             args.push(member.client.as_bytes());
         }
         let Some(link) = self.shards[i].commands.as_mut() else { return };
@@ -221,6 +229,8 @@ impl BrokerThread {
         let snapshot = presence.snapshot();
         for (channel, members) in snapshot {
             let announce = self.server.presence().is_some_and(|p| p.announces(&channel));
+            // The entries' seqs matter only for events; a refresh announces nothing.
+            let members: Vec<Change> = members.into_iter().map(|m| (m, 0)).collect();
             self.presence_update(&channel, &members, &[], announce, true);
         }
     }
@@ -231,7 +241,9 @@ impl BrokerThread {
         let Some(presence) = self.server.presence() else { return };
         for (channel, members) in presence.snapshot() {
             let announce = self.server.presence().is_some_and(|p| p.announces(&channel));
-            self.presence_update(&channel, &[], &members, announce, false);
+            // Their leaves are the last events of this run: after every seq it gave out.
+            let leaves: Vec<Change> = members.into_iter().map(|m| (m, u64::MAX)).collect();
+            self.presence_update(&channel, &[], &leaves, announce, false);
         }
     }
 
@@ -252,6 +264,7 @@ impl BrokerThread {
         let limit = self.server.presence().map_or(0, |p| p.config.max_members).to_string();
         let sha = self.presence_query_script.sha.clone();
         let Some(link) = self.shards[i].commands.as_mut() else { return };
+        let node = self.server.node_key().clone();
         link.command(&[
             b"EVALSHA",
             sha.as_bytes(),
@@ -260,6 +273,7 @@ impl BrokerThread {
             prefix,
             if stats_only { b"1" } else { b"0" },
             limit.as_bytes(),
+            node.as_bytes(),
         ]);
         let pending = Pending::PresenceQuery { channel, stats_only, format, reply_to };
         self.shards[i].pending.push_back((Instant::now(), pending));
@@ -274,12 +288,31 @@ impl BrokerThread {
         reply_to: AckTarget,
         reply: Value,
     ) {
-        let frame = match parse_query(reply) {
+        let limit = self.server.presence().map_or(0, |p| p.config.max_members);
+        // This node's own members from memory: ahead of its last write to Redis, so that a
+        // client that asks right after joining sees what its events (which skip this node's
+        // from before its join) take for granted.
+        let local = self.server.presence().map(|p| p.members(&channel, usize::MAX));
+        let local = match local {
+            Some(Ok((members, _))) => members,
+            _ => Vec::new(),
+        };
+        let merged = parse_query(reply).map(|remote| {
+            let Remote { clients: remote, mut users, mut members } = remote;
+            users.extend(local.iter().map(|m| m.user.to_string()));
+            users.sort_unstable();
+            users.dedup();
+            let clients = remote + local.len();
+            if !stats_only && clients <= limit {
+                members.extend(local.iter().cloned());
+            }
+            (clients, users.len(), members)
+        });
+        let frame = match merged {
             Ok((clients, users, _)) if stats_only => {
                 format.encode_presence(&channel, None, clients, users)
             }
             Ok((clients, users, members)) => {
-                let limit = self.server.presence().map_or(0, |p| p.config.max_members);
                 if clients > limit {
                     let why = crate::server::presence::too_many_members(&channel, clients, limit);
                     format.encode_error(ErrorCode::LimitReached, &why)
@@ -524,17 +557,37 @@ fn api_error(status: u16, why: &str) -> Bytes {
     http::error_response(status, why)
 }
 
-/// (clients, users, members) of a presence query's reply.
-fn parse_query(reply: Value) -> Result<(usize, usize, Vec<Arc<Member>>), String> {
+/// What a presence query found on the other nodes.
+struct Remote {
+    clients: usize,
+    /// Their distinct users.
+    users: Vec<String>,
+    /// Their members (none when only the counts were asked, or past the limit).
+    members: Vec<Arc<Member>>,
+}
+
+/// A presence query's reply.
+fn parse_query(reply: Value) -> Result<Remote, String> {
     let Value::Array(Some(items)) = reply else {
         return Err(format!("unexpected reply {reply:?}"));
     };
     let mut items = items.into_iter();
-    let count = |v: Option<Value>| match v {
-        Some(Value::Integer(n)) => Ok(n.max(0) as usize),
-        other => Err(format!("expected a count, got {other:?}")),
+    let clients = match items.next() {
+        Some(Value::Integer(n)) => n.max(0) as usize,
+        other => return Err(format!("expected a count, got {other:?}")),
     };
-    let (clients, users) = (count(items.next())?, count(items.next())?);
+    let users = match items.next() {
+        Some(Value::Array(Some(users))) => users
+            .into_iter()
+            .map(|u| match u {
+                Value::Bulk(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                other => Err(format!("a user that is not a string: {other:?}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        // Lua's empty table comes back as an empty array (or nil in some versions).
+        Some(Value::Array(None)) | Some(Value::Null) => Vec::new(),
+        other => return Err(format!("expected the users, got {other:?}")),
+    };
     let mut members = Vec::new();
     for item in items {
         let Value::Bulk(Some(bytes)) = item else {
@@ -549,5 +602,5 @@ fn parse_query(reply: Value) -> Result<(usize, usize, Vec<Arc<Member>>), String>
             info: event.info.into(),
         }));
     }
-    Ok((clients, users, members))
+    Ok(Remote { clients, users, members })
 }

@@ -76,6 +76,29 @@ pub(super) struct ChannelBatch {
     audience: Audience,
     /// Something besides joins and leaves: event streams' cursors move.
     pub moved: bool,
+    /// Where each join or leave of this node starts in each format's frame, with its seq, while
+    /// the batch holds nothing else (`moved` false): a subscriber that joined after some of them
+    /// is sent the frame from the first it should hear (`EventMarks::cut`).
+    pub marks: EventMarks,
+}
+
+/// Joins and leaves in a batch's frames: (seq, where it starts in each format's frame). Events
+/// from other nodes are marked with seq 0: their seqs are not this node's.
+#[derive(Debug, Default)]
+pub(super) struct EventMarks(Vec<(u64, [u32; Format::COUNT])>);
+
+impl EventMarks {
+    /// Where, in `format`'s frame, a subscriber whose own join has seq `since` starts: after the
+    /// frame's leading run of this node's events from before `since` (an event of another node,
+    /// or one of this node's after `since`, ends the run: all from there on is sent, the rare
+    /// earlier event behind it included). `None`: nothing of the frame is for it.
+    pub fn cut(&self, since: u64, format: Format) -> Option<usize> {
+        let skipped = self.0.iter().take_while(|&&(seq, _)| seq != 0 && seq < since).count();
+        match skipped {
+            0 => Some(0),
+            n => self.0.get(n).map(|(_, at)| at[format as usize] as usize),
+        }
+    }
 }
 
 /// Who a channel's batch is for in one turn: how many subscribers use each format, and whether
@@ -108,9 +131,17 @@ pub(super) struct Batches {
     in_use: usize,
     /// Channel id -> slot, for this turn. Ids are the server's, not a client's: a fast hash.
     by_channel: rustc_hash::FxHashMap<u64, usize>,
+    /// How this node's client ids begin (`<run>-`): its events' seqs can be compared with its
+    /// subscribers' joins.
+    pub local_clients: String,
 }
 
 impl Batches {
+    /// Empty batches for a node whose client ids begin with `local_clients`.
+    pub fn for_node(local_clients: String) -> Self {
+        Batches { local_clients, ..Batches::default() }
+    }
+
     /// Adds `message` to its channel's batch, encoded in each format its audience uses. The
     /// audience is asked of `describe` once per channel per turn (the index and the patterns
     /// do not change during a drain); `None` means nobody here receives the channel, and the
@@ -120,7 +151,7 @@ impl Batches {
         message: Item,
         describe: impl FnOnce(&Channel) -> Option<Audience>,
     ) -> usize {
-        let Batches { slots, in_use, by_channel } = self;
+        let Batches { slots, in_use, by_channel, local_clients } = self;
         let slot = match by_channel.get(&message.channel.id) {
             Some(&slot) => slot,
             None => {
@@ -132,6 +163,7 @@ impl Batches {
                 batch.channel = Some(message.channel.clone());
                 batch.messages = 0;
                 batch.moved = false;
+                batch.marks.0.clear();
                 batch.audience = audience;
                 by_channel.insert(message.channel.id, *in_use);
                 *in_use += 1;
@@ -142,15 +174,19 @@ impl Batches {
         let mut encoded = 0;
         if message.offset == PRESENCE_NOTICE {
             let events = crate::protocol::presence::events(&message.payload).unwrap_or_default();
-            for format in Format::ALL {
-                if batch.audience.per_format[format as usize] > 0 {
-                    let out = &mut batch.frames[format as usize];
-                    let before = out.len();
-                    for event in &events {
+            for event in &events {
+                let local = event.client.starts_with(local_clients.as_str());
+                let mut at = [0u32; Format::COUNT];
+                for format in Format::ALL {
+                    if batch.audience.per_format[format as usize] > 0 {
+                        let out = &mut batch.frames[format as usize];
+                        at[format as usize] = out.len() as u32;
+                        let before = out.len();
                         format.put_event(out, &message.channel.name, event);
+                        encoded += out.len() - before;
                     }
-                    encoded += out.len() - before;
                 }
+                batch.marks.0.push((if local { event.seq } else { 0 }, at));
             }
             if batch.audience.keep_items {
                 batch.items.push(message);
@@ -316,8 +352,10 @@ impl Worker {
         // grant names it: a stranger that reconnects in a loop must not be an eavesdropper.
         let everyone_hears =
             self.shared.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
-        let Worker { conns, index, out, patterns, .. } = self;
+        let Worker { conns, index, out, patterns, presence_since, .. } = self;
         let mut deliveries = 0u64;
+        // Joins and leaves alone: a member that joined during them gets only what followed.
+        let marks = (!batch.moved && !batch.marks.0.is_empty()).then_some(&batch.marks);
         // A Redis client's pattern subscription gets `pmessage` frames naming its pattern: one
         // per pattern and RESP version, built once for the batch.
         let mut pattern_frames: Vec<(usize, Format, Bytes)> = Vec::new();
@@ -346,7 +384,18 @@ impl Worker {
                         }
                     }
                 }
-                _ => frames[format as usize].clone(),
+                _ => {
+                    let frame = &frames[format as usize];
+                    let since = marks.and_then(|_| presence_since.get(&(channel.id, key)));
+                    match (marks, since) {
+                        (Some(marks), Some(&since)) => match marks.cut(since, format) {
+                            Some(0) => frame.clone(),
+                            Some(at) if at < frame.len() => frame.slice(at..),
+                            _ => return,
+                        },
+                        _ => frame.clone(),
+                    }
+                }
             };
             if out.deliver(key, conn, frame, cap) {
                 deliveries += 1;
@@ -438,13 +487,19 @@ impl Worker {
                 }
                 continue;
             }
-            // Its messages, and joins and leaves in their place among them.
+            // Its messages, and joins and leaves in their place among them (not this node's from
+            // before its own join).
             let mut out = BytesMut::new();
             let mut count = 0;
+            let since = self.presence_since.get(&(channel_id, key)).copied().unwrap_or(0);
+            let local_clients = self.batches.local_clients.as_str();
             for item in items {
                 if item.offset == PRESENCE_NOTICE {
                     let events = crate::protocol::presence::events(&item.payload);
                     for event in events.unwrap_or_default() {
+                        if event.seq < since && event.client.starts_with(local_clients) {
+                            continue;
+                        }
                         format.put_event(&mut out, &channel.name, &event);
                     }
                 } else if !is_notice(item.offset) && item.offset > has {
@@ -550,6 +605,19 @@ mod tests {
         assert_eq!(&again[Format::Text as usize][..], b"MSG a 3 w\r\n");
         let reused = buffer_of(&again[Format::Text as usize]);
         assert!(reused >= before && reused < before + 64, "the slot's buffer was reused");
+    }
+
+    #[test]
+    fn a_member_starts_after_this_nodes_events_from_before_its_join() {
+        let at = |n: u32| [n; Format::COUNT];
+        // This node's events 3 and 4, another node's, then this node's 2 and 6.
+        let marks =
+            EventMarks(vec![(3, at(0)), (4, at(10)), (0, at(20)), (2, at(30)), (6, at(40))]);
+        assert_eq!(marks.cut(1, Format::Text), Some(0), "joined before them all");
+        assert_eq!(marks.cut(4, Format::Text), Some(10), "from its own join (4)");
+        assert_eq!(marks.cut(5, Format::Text), Some(20), "another node's event ends the run");
+        let only_old = EventMarks(vec![(3, at(0)), (4, at(10))]);
+        assert_eq!(only_old.cut(9, Format::Text), None, "nothing for it");
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub(super) struct Worker {
     batches: Batches,
     /// Joins and leaves of this worker's connections not sent yet (`server::presence`).
     presence_out: crate::server::presence::Outbox,
+    /// (channel id, connection) -> the seq of the connection's own join, for members of
+    /// channels with join/leave events: this node's events with a lower seq happened before it
+    /// subscribed, and are not sent to it (a window's batch would otherwise bring them).
+    presence_since: HashMap<(u64, usize), u64>,
     /// Milliseconds since the server started (wrapping).
     now_ms: u32,
     next_housekeeping_ms: u32,
@@ -193,6 +197,7 @@ impl Worker {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         // Reserve the whole slab up front: untouched capacity costs address space, not memory,
         // while growing by doubling would copy it and leave the old copy as a resident hole.
+        let local_clients = format!("{}-", shared.node_key);
         let slab_capacity =
             shared.config.max_connections.div_ceil(shared.config.workers).min(1 << 22);
         Ok(Worker {
@@ -225,8 +230,9 @@ impl Worker {
             sse_cursors_due: Vec::new(),
             delivered_streams: Vec::new(),
             channel_cache: HashMap::new(),
-            batches: Batches::default(),
+            batches: Batches::for_node(local_clients),
             presence_out: Default::default(),
+            presence_since: HashMap::new(),
             now_ms: 0,
             next_housekeeping_ms: 0,
             next_stats_ms: 0,

@@ -56,7 +56,12 @@ impl Worker {
             info,
         });
         presence.join(&channel.name, member.clone());
-        self.note_change(channel, true, member);
+        let seq = channel.next_presence_seq();
+        if presence.announces(&channel.name) {
+            // This subscriber is not sent this node's events from before its own join.
+            self.presence_since.insert((channel.id, key), seq);
+        }
+        self.note_change(channel, true, member, seq);
     }
 
     /// Connection `key` left `channel` (unsubscribed or closed).
@@ -65,12 +70,14 @@ impl Worker {
         if channel.kind != ChannelKind::Topic || !presence.tracks(&channel.name) {
             return;
         }
+        self.presence_since.remove(&(channel.id, key));
         if let Some(member) = presence.leave(&channel.name, &self.member_id(key)) {
-            self.note_change(channel, false, member);
+            let seq = channel.next_presence_seq();
+            self.note_change(channel, false, member, seq);
         }
     }
 
-    fn note_change(&mut self, channel: &Arc<Channel>, join: bool, member: Arc<Member>) {
+    fn note_change(&mut self, channel: &Arc<Channel>, join: bool, member: Arc<Member>, seq: u64) {
         let Some(presence) = &self.shared.presence else { return };
         let announce = presence.announces(&channel.name);
         // On one node only subscribers need the events; in a cluster Redis needs every change.
@@ -78,7 +85,7 @@ impl Worker {
             return;
         }
         let window = presence.config.window.as_millis().min(60_000) as u32;
-        self.presence_out.note(channel, announce, join, member, self.now_ms, window);
+        self.presence_out.note(channel, announce, join, (member, seq), self.now_ms, window);
     }
 
     /// Sends the changes whose window closed (every worker turn).
@@ -125,10 +132,13 @@ impl Worker {
         let mut payload = Vec::new();
         let changes = pending.changes.len();
         {
-            // Leaves first: what is left after cancelling are different connections.
-            let mut events: Vec<Event<'_>> =
-                pending.changes.values().map(|(join, member)| Event::of(member, *join)).collect();
-            events.sort_by_key(|event| event.join);
+            // In the order they happened (a join and a leave of one connection cancelled out).
+            let mut events: Vec<Event<'_>> = pending
+                .changes
+                .values()
+                .map(|(join, member, seq)| Event::of(member, *join, *seq))
+                .collect();
+            events.sort_by_key(|event| event.seq);
             for event in &events {
                 put_event(&mut payload, event);
             }
