@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use crate::history::ResumeStatus;
 use crate::protocol::{binary, text, Ack, ProtocolError, Request, Resume, ServerFrame};
 
+/// Joins and leaves kept for `next_event` while only `next_message` is called.
+const MAX_KEPT_EVENTS: usize = 10_000;
+
 /// Largest frame the client accepts from a server.
 const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -386,7 +389,13 @@ impl Client {
         while let Some(delivery) = self.backlog.pop_front() {
             match delivery {
                 Delivery::Message(message) => return Ok(Some(message)),
-                Delivery::Event(event) => self.events.push_back(event),
+                Delivery::Event(event) => {
+                    // Kept for `next_event`; a caller that never asks keeps only the latest.
+                    if self.events.len() >= MAX_KEPT_EVENTS {
+                        self.events.pop_front();
+                    }
+                    self.events.push_back(event);
+                }
                 Delivery::Presence(..) => {}
             }
         }

@@ -1832,3 +1832,41 @@ fn a_nodes_own_members_are_in_its_presence_answers_before_its_window_reaches_red
         presence_stats(&mut Conn::text(b.local_addr()), "room.1") == (1, 1)
     });
 }
+
+#[test]
+fn joins_come_once_with_a_pattern_too_and_survive_a_script_flush() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&[&redis], with_presence), node(&[&redis], with_presence));
+    let mut watcher = Conn::text(a.local_addr());
+    watcher.subscribe("room.1");
+    // A pattern matching the channel on the same node: Redis then sends its envelopes twice.
+    let mut pattern = Conn::text(a.local_addr());
+    pattern.send(Request::PatternSubscribe { pattern: b"room.*" });
+    pattern.next();
+    let mut members = Vec::new();
+    for name in ["m1", "m2"] {
+        let mut conn = Conn::text(b.local_addr());
+        assert_eq!(claim(&mut conn, name), Ok(()));
+        conn.subscribe("room.1");
+        members.push(conn);
+    }
+    // Redis forgets the scripts: the next window is sent whole, and the next query too.
+    redis.command(&["SCRIPT", "FLUSH"]);
+    let mut m3 = Conn::text(b.local_addr());
+    assert_eq!(claim(&mut m3, "m3"), Ok(()));
+    m3.subscribe("room.1");
+    let mut joins = Vec::new();
+    while joins.len() < 3 {
+        if let Frame::Join { user, .. } = watcher.next() {
+            if !user.is_empty() {
+                joins.push(user);
+            }
+        }
+    }
+    assert_eq!(joins, ["m1", "m2", "m3"]);
+    assert_eq!(publish_acked(&mut m3, "room.1", b"after"), Ok(1));
+    let frames = watcher.barrier();
+    let more: Vec<&Frame> = frames.iter().filter(|f| matches!(f, Frame::Join { .. })).collect();
+    assert!(more.is_empty(), "each join once: {more:?}");
+    assert_eq!(presence_stats(&mut Conn::text(a.local_addr()), "room.1"), (4, 4));
+}

@@ -626,3 +626,45 @@ fn a_member_is_not_sent_the_joins_and_leaves_from_before_its_own() {
     });
     assert_eq!(clients, 4, "the early member is in its presence answer");
 }
+
+#[test]
+fn the_api_without_a_key_is_loopbacks_only_and_not_a_browser_pages() {
+    let open = start(with_presence);
+    let addr = open.local_addr();
+    assert_eq!(http(addr, "GET", "/api/info", b"").status, 200, "the operator's own machine");
+    let from_page = http_with(addr, "GET", "/api/info", "Origin: https://evil.example\r\n", b"");
+    assert_eq!(from_page.status, 403, "a page of any site could send it");
+    let public = start(|c| {
+        with_presence(c);
+        c.listen = "0.0.0.0:0".parse().unwrap();
+        c.allow_anonymous = true;
+    });
+    let loopback = SocketAddr::from(([127, 0, 0, 1], public.local_addr().port()));
+    let refused = http(loopback, "POST", "/api/disconnect?user=alice", b"");
+    assert_eq!(refused.status, 403, "{}", String::from_utf8_lossy(&refused.body));
+}
+
+#[test]
+fn an_api_reason_is_one_line_and_an_inbox_is_not_taken_away() {
+    let server = secured(|_| {});
+    let addr = server.local_addr();
+    let mut bob = Conn::text(addr);
+    bob.send(Request::Auth { token: token("bob", json!({})).as_bytes() });
+    bob.next();
+    bob.send(Request::Name { name: b"bob" });
+    bob.next();
+    bob.subscribe("room.1");
+    let forged =
+        "/api/unsubscribe?user=bob&channel=room.1&reason=x%0D%0AMSG%20room.1%2099%20forged";
+    assert_eq!(http_with(addr, "POST", forged, &bearer(API_KEY), b"").status, 200);
+    let reason = until(&mut bob, |f| match f {
+        Frame::Unsubscribed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason, "x  MSG room.1 99 forged", "one line");
+    let frames = bob.barrier();
+    assert!(!frames.iter().any(|f| matches!(f, Frame::Msg { .. })), "nothing forged: {frames:?}");
+    let inbox =
+        http_with(addr, "POST", "/api/unsubscribe?user=bob&channel=@bob", &bearer(API_KEY), b"");
+    assert_eq!(inbox.status, 403);
+}

@@ -364,6 +364,8 @@ impl Format {
     /// Tells a subscriber that the server took it out of `channel` (`remaining`: its
     /// subscriptions left, which a Redis client's `unsubscribe` reply counts).
     pub fn encode_unsubscribed(self, channel: &[u8], reason: &str, remaining: usize) -> Bytes {
+        // One line whatever the caller passed: it ends a text frame.
+        let reason = &reason.replace(['\r', '\n'], " ");
         let mut out = BytesMut::new();
         match self {
             Format::Text => out.put_slice(

@@ -289,8 +289,16 @@ impl ServerForBroker {
 }
 
 impl Shared {
-    /// Hands a server API action to every worker of this node.
+    /// Hands a server API action to every worker of this node. A revocation is in force before
+    /// any worker acts (a client reconnecting at once, on any worker, is refused).
     pub(crate) fn control(&self, control: Control) {
+        if let Control::Disconnect { user, revoke_before_ms: Some(before), .. } = &control {
+            let now = crate::auth::unix_now_ms();
+            let until = now + self.config.revocation_ttl.as_millis() as u64;
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.retain(|_, (_, until)| *until > now);
+            revoked.insert(user.clone(), (*before, until));
+        }
         let control = Arc::new(control);
         for (worker, sender) in self.ack_senders.iter().enumerate() {
             if sender.send(Answer::Control(control.clone())).is_ok() {

@@ -125,14 +125,17 @@ enum Pending {
     Check { topic: Bytes, epoch: u64, last: u64 },
     /// XRANGE of the stream for a resume.
     Backfill { reply_to: AckTarget },
-    /// This node's members of a channel written (the update script).
-    PresenceUpdate,
+    /// This node's members of a channel written (the update script), with the call's arguments
+    /// (sent whole with EVAL if Redis no longer has the script).
+    PresenceUpdate { channel: Bytes, mode: presence::UpdateMode, args: Vec<Vec<u8>> },
     /// Every node's members of a channel read, for a connection (the query script).
     PresenceQuery {
         channel: Bytes,
         stats_only: bool,
         format: crate::protocol::Format,
         reply_to: AckTarget,
+        /// The call, sent whole with EVAL if Redis no longer has the script.
+        args: Vec<Vec<u8>>,
     },
     /// A server API action published to every node (the reply: how many received it).
     Control { reply_to: AckTarget },
@@ -460,7 +463,10 @@ impl BrokerThread {
                             }
                         }
                     }
-                    self.presence_update(&channel, &joins, &leaves, announce, false);
+                    if !self.presence_state.departed {
+                        let mode = presence::UpdateMode::Update;
+                        self.presence_update(&channel, &joins, &leaves, announce, mode);
+                    }
                 }
                 BrokerOp::PresenceQuery { channel, stats_only, format, reply_to } => {
                     self.presence_query(channel, stats_only, format, reply_to)
@@ -725,13 +731,23 @@ impl BrokerThread {
                     self.tell(holder.worker, Answer::NameLost { target: holder, name });
                 }
             }
-            Pending::Release | Pending::PresenceUpdate | Pending::Answered => {
+            Pending::PresenceUpdate { channel, mode, args } => {
+                self.presence_updated(i, channel, mode, args, reply)
+            }
+            Pending::Release | Pending::Answered => {
                 if let Value::Error(e) = reply {
                     warn!("cluster: Redis refused a presence or control command: {e}");
                 }
             }
-            Pending::PresenceQuery { channel, stats_only, format, reply_to } => {
-                self.presence_answered(channel, stats_only, format, reply_to, reply)
+            Pending::PresenceQuery { channel, stats_only, format, reply_to, args } => {
+                match self.presence_query_retry(i, &reply, args) {
+                    Some(args) => {
+                        let pending =
+                            Pending::PresenceQuery { channel, stats_only, format, reply_to, args };
+                        self.shards[i].pending.push_back((Instant::now(), pending));
+                    }
+                    None => self.presence_answered(channel, stats_only, format, reply_to, reply),
+                }
             }
             pending @ (Pending::Control { .. } | Pending::Survey { .. }) => {
                 self.control_sent(pending, reply)
@@ -832,11 +848,18 @@ impl BrokerThread {
                     _ => topic,
                 };
                 let Some(envelope) = parts.next().and_then(bulk).map(Bytes::from) else { return };
+                // Joins, leaves and the API's envelopes count once: from this node's own
+                // subscription to the channel (a pattern matching it would bring them twice).
                 match envelope.first() {
-                    Some(&presence::ENVELOPE_PRESENCE) => {
+                    Some(&presence::ENVELOPE_PRESENCE) if &kind[..] != b"pmessage" => {
                         return self.presence_pushed(&topic, envelope);
                     }
-                    Some(&presence::ENVELOPE_CONTROL) => return self.control_pushed(&envelope),
+                    Some(&presence::ENVELOPE_CONTROL)
+                        if &kind[..] != b"pmessage" && self.is_broadcast_topic(&topic) =>
+                    {
+                        return self.control_pushed(&envelope);
+                    }
+                    Some(&presence::ENVELOPE_PRESENCE | &presence::ENVELOPE_CONTROL) => return,
                     _ => {}
                 }
                 let Some(run) = Envelope::decode(envelope) else {

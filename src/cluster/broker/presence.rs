@@ -45,30 +45,47 @@ const SURVEY_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// This node's members of a channel changed (`announce`: and its subscribers hear of it).
 /// KEYS: the zset, this node's hash. ARGV: node, TTL (ms), the publish command, the pub/sub
-/// channel, the events envelope (empty: none), `replace` ('1': this is the whole set, a
-/// refresh), the count of members to set, then (client, member) pairs, then clients to remove.
-/// Before anything, entries of nodes past their expiry are removed and (with a pub/sub channel
-/// given) their leaves announced. Returns the nodes removed.
+/// channel (empty: nothing is announced), the events envelope (empty: none), the mode, the count
+/// of members to set, then (client, member) pairs, then clients to remove. Modes: `update` (a
+/// window's changes), `rewrite` (the whole set: after a reconnect, or when Redis lost it),
+/// `heartbeat` (only the expiries move; returns -1 when Redis no longer has the set: rewrite it),
+/// `depart` (the node stops: every entry it has is announced as a leave and removed). Before
+/// anything, entries of nodes past their expiry are removed and (with a pub/sub channel given)
+/// their leaves announced. Returns the nodes removed.
+///
+/// Keys built here (`prefix .. node`) are not declared: they share the declared keys' hash tag,
+/// so they are on the same slot of a Redis Cluster, which is what Redis requires.
 pub(super) const PRESENCE_UPDATE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local zset, mine = KEYS[1], KEYS[2]
-local node, ttl, verb, topic, envelope = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local node, ttl, verb, topic, envelope, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local prefix = string.sub(mine, 1, #mine - #node)
+local function leave_all(key)
+  if topic ~= '' then
+    local leaves = {}
+    for i, m in ipairs(redis.call('HVALS', key)) do leaves[i] = 'L' .. string.sub(m, 2) end
+    if #leaves > 0 then redis.call(verb, topic, '\3' .. table.concat(leaves)) end
+  end
+  redis.call('DEL', key)
+end
 local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
 for _, gone in ipairs(dead) do
   if gone ~= node then
-    local key = prefix .. gone
-    if topic ~= '' then
-      local leaves = {}
-      for i, m in ipairs(redis.call('HVALS', key)) do leaves[i] = 'L' .. string.sub(m, 2) end
-      if #leaves > 0 then redis.call(verb, topic, '\3' .. table.concat(leaves)) end
-    end
-    redis.call('DEL', key)
+    leave_all(prefix .. gone)
     redis.call('ZREM', zset, gone)
   end
 end
-if ARGV[6] == '1' then redis.call('DEL', mine) end
+if mode == 'depart' then
+  leave_all(mine)
+  redis.call('ZREM', zset, node)
+  return #dead
+end
+if mode == 'heartbeat' then
+  if redis.call('EXISTS', mine) == 0 then return -1 end
+elseif mode == 'rewrite' then
+  redis.call('DEL', mine)
+end
 local a = 8
 for i = 1, tonumber(ARGV[7]) do
   redis.call('HSET', mine, ARGV[a], ARGV[a + 1])
@@ -90,7 +107,7 @@ return #dead
 ";
 
 /// The other nodes' members of a channel (the asking node adds its own from memory, which is
-/// ahead of what it has written). KEYS: the zset. ARGV: the hash keys' prefix, '1' for the counts
+/// ahead of what it has written). Its undeclared keys share the declared key's hash tag. KEYS: the zset. ARGV: the hash keys' prefix, '1' for the counts
 /// only, the member limit, the asking node. Returns {clients, {distinct users}, members...}: the
 /// members only when asked and within the limit. Entries past their expiry are not counted.
 pub(super) const PRESENCE_QUERY_LUA: &str = r"
@@ -144,6 +161,36 @@ pub(crate) enum SurveyKind {
 pub(super) struct PresenceState {
     pub surveys: HashMap<u64, Survey>,
     pub next_survey: u64,
+    /// Channels this node wrote members of, and when last (forgotten once Redis let them go).
+    pub written: HashMap<Bytes, Instant>,
+    /// The next refresh rewrites every set (after a reconnect, or a refused update).
+    pub rewrite_due: bool,
+    /// The node is stopping: its members left; nothing more is written.
+    pub departed: bool,
+}
+
+/// How `PRESENCE_UPDATE_LUA` treats a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpdateMode {
+    /// A window's changes.
+    Update,
+    /// The node's whole set of the channel.
+    Rewrite,
+    /// Only the expiry moves forward.
+    Heartbeat,
+    /// The node leaves: all its entries are announced as leaves and removed.
+    Depart,
+}
+
+impl UpdateMode {
+    fn word(self) -> &'static str {
+        match self {
+            UpdateMode::Update => "update",
+            UpdateMode::Rewrite => "rewrite",
+            UpdateMode::Heartbeat => "heartbeat",
+            UpdateMode::Depart => "depart",
+        }
+    }
 }
 
 impl BrokerThread {
@@ -154,15 +201,15 @@ impl BrokerThread {
         (zset, mine, keys.topic)
     }
 
-    /// Sends a worker's window of changes to `channel` (or, `replace`, all this node's members
-    /// of it: the refresh).
+    /// Sends a worker's window of changes to `channel` (`Update`), or, for the refresh, the
+    /// departure and after a reconnect, the other modes of `PRESENCE_UPDATE_LUA`.
     pub(super) fn presence_update(
         &mut self,
         channel: &[u8],
         joins: &[Change],
         leaves: &[Change],
         announce: bool,
-        replace: bool,
+        mode: UpdateMode,
     ) {
         let Some(i) = self.shard_of(channel).filter(|&i| self.shards[i].is_ready()) else {
             // Redis is unreachable: the refresh after it is back rewrites this node's members.
@@ -171,7 +218,7 @@ impl BrokerThread {
         let (zset, mine, topic) = self.presence_keys(channel);
         let ttl = self.server.presence().map_or(15_000, |p| p.config.ttl.as_millis().max(1));
         let mut envelope = Vec::new();
-        if announce && !replace {
+        if announce && mode == UpdateMode::Update {
             // In seq order: the order they happened in on this node.
             let mut events: Vec<Event<'_>> = leaves
                 .iter()
@@ -184,67 +231,129 @@ impl BrokerThread {
                 put_event(&mut envelope, event);
             }
         }
-        let encoded: Vec<Vec<u8>> = joins
-            .iter()
-            .map(|(m, seq)| {
-                let mut out = Vec::new();
-                put_event(&mut out, &Event::of(m, true, *seq));
-                out
-            })
-            .collect();
-        let (ttl, count) = (ttl.to_string(), joins.len().to_string());
-        let node = self.server.node_key().clone();
-        let verb = self.verbs().publish;
-        let topic_arg: &[u8] = if announce { &topic } else { b"" };
-        let sha = self.presence_update_script.sha.clone();
-        let mut args: Vec<&[u8]> = vec![
-            b"EVALSHA",
-            sha.as_bytes(),
-            b"2",
-            &zset,
-            &mine,
-            node.as_bytes(),
-            ttl.as_bytes(),
-            verb,
-            topic_arg,
-            &envelope,
-            if replace { b"1" } else { b"0" },
-            count.as_bytes(),
+        let mut args: Vec<Vec<u8>> = vec![
+            b"EVALSHA".to_vec(),
+            self.presence_update_script.sha.as_bytes().to_vec(),
+            b"2".to_vec(),
+            zset,
+            mine,
+            self.server.node_key().as_bytes().to_vec(),
+            ttl.to_string().into_bytes(),
+            self.verbs().publish.to_vec(),
+            if announce { topic.to_vec() } else { Vec::new() },
+            envelope,
+            mode.word().as_bytes().to_vec(),
+            joins.len().to_string().into_bytes(),
         ];
-        for ((member, _), bytes) in joins.iter().zip(&encoded) {
-            args.push(member.client.as_bytes());
-            args.push(bytes);
+        for (member, seq) in joins {
+            let mut entry = Vec::new();
+            put_event(&mut entry, &Event::of(member, true, *seq));
+            args.push(member.client.as_bytes().to_vec());
+            args.push(entry);
         }
         for (member, _) in leaves {
-            args.push(member.client.as_bytes());
+            args.push(member.client.as_bytes().to_vec());
+        }
+        if mode != UpdateMode::Depart {
+            self.presence_state.written.insert(Bytes::copy_from_slice(channel), Instant::now());
         }
         let Some(link) = self.shards[i].commands.as_mut() else { return };
-        link.command(&args);
-        self.shards[i].pending.push_back((Instant::now(), Pending::PresenceUpdate));
+        link.command(&args.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let channel = Bytes::copy_from_slice(channel);
+        let pending = Pending::PresenceUpdate { channel, mode, args };
+        self.shards[i].pending.push_back((Instant::now(), pending));
     }
 
-    /// Rewrites every member this node has in Redis (every third of the TTL).
+    /// Redis answered an update: a script Redis no longer has is sent whole (once); a slot
+    /// that moved, or a set Redis lost (a heartbeat's -1), is rewritten from memory.
+    pub(super) fn presence_updated(
+        &mut self,
+        i: usize,
+        channel: Bytes,
+        mode: UpdateMode,
+        mut args: Vec<Vec<u8>>,
+        reply: Value,
+    ) {
+        match reply {
+            Value::Error(e) if e.starts_with("NOSCRIPT") && args[0] == b"EVALSHA" => {
+                args[0] = b"EVAL".to_vec();
+                args[1] = PRESENCE_UPDATE_LUA.as_bytes().to_vec();
+                let Some(link) = self.shards[i].commands.as_mut() else { return };
+                link.command(&args.iter().map(Vec::as_slice).collect::<Vec<_>>());
+                let pending = Pending::PresenceUpdate { channel, mode, args };
+                self.shards[i].pending.push_back((Instant::now(), pending));
+            }
+            Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                self.slot_moved(&e);
+                self.presence_state.rewrite_due = true;
+            }
+            Value::Error(e) => {
+                warn!("cluster: Redis refused a presence update of {channel:?}: {e}");
+                self.presence_state.rewrite_due = true;
+            }
+            Value::Integer(-1) => self.rewrite_presence_of(&channel),
+            _ => {}
+        }
+    }
+
+    /// Writes this node's members of `channel` whole.
+    fn rewrite_presence_of(&mut self, channel: &[u8]) {
+        let Some(presence) = self.server.presence() else { return };
+        let members = match presence.members(channel, usize::MAX) {
+            Ok((members, _)) => members,
+            Err(_) => return,
+        };
+        let announce = presence.announces(channel);
+        let members: Vec<Change> = members.into_iter().map(|m| (m, 0)).collect();
+        self.presence_update(channel, &members, &[], announce, UpdateMode::Rewrite);
+    }
+
+    /// Every third of the TTL: moves this node's expiries forward (a heartbeat per channel, not
+    /// a write per member), or, after a reconnect or a refused update, rewrites every set. Forgets
+    /// channels it wrote long enough ago that Redis has let them expire.
     pub(super) fn refresh_presence(&mut self) {
         let Some(presence) = self.server.presence() else { return };
+        if self.presence_state.departed {
+            return;
+        }
+        let ttl = presence.config.ttl;
         let snapshot = presence.snapshot();
+        let rewrite = std::mem::take(&mut self.presence_state.rewrite_due);
         for (channel, members) in snapshot {
             let announce = self.server.presence().is_some_and(|p| p.announces(&channel));
             // The entries' seqs matter only for events; a refresh announces nothing.
             let members: Vec<Change> = members.into_iter().map(|m| (m, 0)).collect();
-            self.presence_update(&channel, &members, &[], announce, true);
+            match rewrite {
+                true => {
+                    self.presence_update(&channel, &members, &[], announce, UpdateMode::Rewrite)
+                }
+                false => self.presence_update(&channel, &[], &[], announce, UpdateMode::Heartbeat),
+            }
+        }
+        self.presence_state.written.retain(|_, at| at.elapsed() < ttl * 2);
+    }
+
+    /// A server came (back): rewrite what this node has there at the next refresh, now.
+    pub(super) fn presence_reconnected(&mut self) {
+        if self.server.presence().is_some() {
+            self.presence_state.rewrite_due = true;
+            self.next_presence_refresh = Instant::now();
         }
     }
 
-    /// The node is stopping: every member it has leaves, in Redis and (where announced) for
-    /// every node's subscribers.
+    /// The node is stopping: every entry it has in Redis is announced as a leave and removed,
+    /// and its workers' later changes are ignored (their connections are closing).
     pub(super) fn leave_presence(&mut self) {
         let Some(presence) = self.server.presence() else { return };
-        for (channel, members) in presence.snapshot() {
+        let mut channels: Vec<Bytes> = self.presence_state.written.keys().cloned().collect();
+        channels.extend(presence.snapshot().into_iter().map(|(channel, _)| channel));
+        channels.sort();
+        channels.dedup();
+        for channel in channels {
             let announce = self.server.presence().is_some_and(|p| p.announces(&channel));
-            // Their leaves are the last events of this run: after every seq it gave out.
-            let leaves: Vec<Change> = members.into_iter().map(|m| (m, u64::MAX)).collect();
-            self.presence_update(&channel, &[], &leaves, announce, false);
+            self.presence_update(&channel, &[], &[], announce, UpdateMode::Depart);
         }
+        self.presence_state.departed = true;
     }
 
     /// Every node's members of `channel`, answered to `reply_to` in `format`.
@@ -260,23 +369,46 @@ impl BrokerThread {
             return self.reply(reply_to, format.encode_error(ErrorCode::Unavailable, why));
         };
         let (zset, mine, _) = self.presence_keys(&channel);
-        let prefix = &mine[..mine.len() - self.server.node_key().len()];
+        let prefix = mine[..mine.len() - self.server.node_key().len()].to_vec();
         let limit = self.server.presence().map_or(0, |p| p.config.max_members).to_string();
-        let sha = self.presence_query_script.sha.clone();
-        let Some(link) = self.shards[i].commands.as_mut() else { return };
-        let node = self.server.node_key().clone();
-        link.command(&[
-            b"EVALSHA",
-            sha.as_bytes(),
-            b"1",
-            &zset,
+        let args: Vec<Vec<u8>> = vec![
+            b"EVALSHA".to_vec(),
+            self.presence_query_script.sha.as_bytes().to_vec(),
+            b"1".to_vec(),
+            zset,
             prefix,
-            if stats_only { b"1" } else { b"0" },
-            limit.as_bytes(),
-            node.as_bytes(),
-        ]);
-        let pending = Pending::PresenceQuery { channel, stats_only, format, reply_to };
+            if stats_only { b"1".to_vec() } else { b"0".to_vec() },
+            limit.into_bytes(),
+            self.server.node_key().as_bytes().to_vec(),
+        ];
+        let Some(link) = self.shards[i].commands.as_mut() else { return };
+        link.command(&args.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let pending = Pending::PresenceQuery { channel, stats_only, format, reply_to, args };
         self.shards[i].pending.push_back((Instant::now(), pending));
+    }
+
+    /// A query's error reply: a script Redis no longer has is sent whole, once (the call's
+    /// arguments come back: the query waits on); a moved slot is read again (`None`: answer it).
+    pub(super) fn presence_query_retry(
+        &mut self,
+        i: usize,
+        reply: &Value,
+        mut args: Vec<Vec<u8>>,
+    ) -> Option<Vec<Vec<u8>>> {
+        match reply {
+            Value::Error(e) if e.starts_with("NOSCRIPT") && args[0] == b"EVALSHA" => {
+                args[0] = b"EVAL".to_vec();
+                args[1] = PRESENCE_QUERY_LUA.as_bytes().to_vec();
+                let link = self.shards[i].commands.as_mut()?;
+                link.command(&args.iter().map(Vec::as_slice).collect::<Vec<_>>());
+                Some(args)
+            }
+            Value::Error(e) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                self.slot_moved(e);
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Redis answered a presence query.
@@ -438,6 +570,12 @@ impl BrokerThread {
             }
             _ => {}
         }
+    }
+
+    /// Whether `topic` is the broadcast channel's pub/sub channel (where the API's envelopes go).
+    pub(super) fn is_broadcast_topic(&self, topic: &[u8]) -> bool {
+        let broadcast = &self.server.channels().broadcast().name;
+        Keys::new(&self.config().key_prefix, broadcast).topic[..] == *topic
     }
 
     /// A control envelope from the broadcast channel's pub/sub channel.

@@ -390,6 +390,8 @@ impl BrokerThread {
         // A Redis that came back empty lost the leases: take them again at once, before another
         // node's client can claim a name a client here holds.
         self.refresh_leases();
+        // And this node's presence there: written whole at once.
+        self.presence_reconnected();
     }
 
     /// A connection to server `i` failed: refuse what was in flight, keep every subscriber, and

@@ -161,7 +161,11 @@ impl Worker {
         if let Err(e) = validate_channel(name) {
             return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
         }
-        if !self.permitted(key, super::access::Action::Subscribe, name)? {
+        // Asking costs like subscribing (a walk of the members, in a cluster a script in Redis):
+        // it spends the same budget.
+        if !self.permitted(key, super::access::Action::Subscribe, name)?
+            || !self.within_rate(key, super::access::Rate::Subscribe)?
+        {
             return Ok(());
         }
         let format = self.conns[key].reply_format();
@@ -255,14 +259,7 @@ impl Worker {
                 .or_else(|| conn.name().map(|n| String::from_utf8_lossy(n).into()))
         };
         match control {
-            Control::Disconnect { user, reason, revoke_before_ms } => {
-                if let (Some(before), 0) = (revoke_before_ms, self.id) {
-                    let ttl = self.shared.config.revocation_ttl.as_millis() as u64;
-                    let until = crate::auth::unix_now_ms() + ttl;
-                    let mut revoked = self.shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
-                    revoked.retain(|_, (_, until)| *until > crate::auth::unix_now_ms());
-                    revoked.insert(user.clone(), (*before, until));
-                }
+            Control::Disconnect { user, reason, .. } => {
                 let keys: Vec<usize> = self
                     .conns
                     .iter()
@@ -289,7 +286,9 @@ impl Worker {
                     .filter(|(_, conn)| {
                         conn.is_open()
                             && user_of(conn).as_deref() == Some(&**user)
-                            && conn.subscriptions.iter().any(|s| s.channel.name == channel)
+                            && conn.subscriptions.iter().any(|s| {
+                                s.channel.name == channel && s.channel.kind == ChannelKind::Topic
+                            })
                     })
                     .map(|(key, _)| key)
                     .collect();

@@ -188,9 +188,17 @@ impl Worker {
         payload: Bytes,
         acked: bool,
     ) -> Result<bool, Close> {
-        // A member's join goes out before its first message (`server::presence`).
+        // A member's join goes out before its first message (`server::presence`); if the ring
+        // has no room for it, the publish waits as for a full ring.
         if self.presence_out.pending.contains_key(&channel.id) {
             self.flush_presence_of(channel.id);
+            if self.presence_out.pending.contains_key(&channel.id) {
+                let conn = &mut self.conns[key];
+                let stalled = StalledPublish { channel, payload, acked };
+                conn.phase = Phase::Waiting(Wait::RingRoom(Box::new(stalled)));
+                self.stalled.push(ConnRef::of(key, conn));
+                return Ok(true);
+            }
         }
         let conn = &self.conns[key];
         let target = AckTarget { worker: self.id, key, serial: conn.serial };

@@ -32,6 +32,13 @@ use crate::server::Control;
 /// Messages one history call returns at most.
 const MAX_HISTORY_LIMIT: u64 = 1000;
 
+/// The reason an action gives its connections: one line (it is written into text frames) of
+/// at most 200 characters.
+fn reason_of(given: Option<String>) -> String {
+    let reason = given.unwrap_or_else(|| "by the server API".into());
+    reason.replace(|c: char| c.is_control(), " ").chars().take(200).collect()
+}
+
 /// The `user` parameter, checked as a token's `sub` or a claimed name is (what a user is).
 fn valid_user(head: &Head) -> Result<(), String> {
     let user = head.param("user").unwrap_or_default();
@@ -77,7 +84,7 @@ impl Worker {
                 if let Err(why) = valid_user(head) {
                     return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
                 }
-                let reason = text("reason").unwrap_or_else(|| "by the server API".into());
+                let reason = reason_of(text("reason"));
                 let revoke = matches!(text("revoke").as_deref(), Some("true" | "1" | "yes"));
                 let revoke_before_ms = revoke.then(crate::auth::unix_now_ms);
                 let control = Control::Disconnect {
@@ -94,11 +101,18 @@ impl Worker {
                 if let Err(why) = valid_user(head) {
                     return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
                 }
-                if let Err(e) = validate_channel(channel) {
-                    let why = format!("invalid channel: {e}");
-                    return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
+                match validate_channel(channel) {
+                    Ok(ChannelKind::Topic) => {}
+                    Ok(_) => {
+                        let why = "unsubscribe: only topic channels (an inbox goes with its name)";
+                        return self.refuse(key, ErrorCode::Forbidden, why).map(|()| true);
+                    }
+                    Err(e) => {
+                        let why = format!("invalid channel: {e}");
+                        return self.refuse(key, ErrorCode::InvalidName, &why).map(|()| true);
+                    }
                 }
-                let reason = text("reason").unwrap_or_else(|| "by the server API".into());
+                let reason = reason_of(text("reason"));
                 let control = Control::Unsubscribe {
                     user: user.into(),
                     channel: Bytes::copy_from_slice(channel),
@@ -127,7 +141,19 @@ impl Worker {
     /// then listens on loopback only, unless `--allow-anonymous`).
     fn api_authorized(&mut self, key: usize, head: &Head) -> Result<bool, Close> {
         if self.shared.auth.is_none() {
-            return Ok(true);
+            // Without access control the API is the operator's, on a loopback listener only
+            // (not a public one served with --allow-anonymous), and not for a browser page,
+            // which could be any site's (its request carries an Origin).
+            let why = if !self.shared.config.listen.ip().is_loopback() {
+                "the server API needs --api-key-file on an address other than loopback"
+            } else if head.header("origin").is_some() {
+                "the server API without --api-key-file does not take requests from browser pages"
+            } else {
+                return Ok(true);
+            };
+            WorkerCounters::add(&self.counters().auth_forbidden, 1);
+            self.refuse(key, ErrorCode::Forbidden, why)?;
+            return Ok(false);
         }
         if !self.authenticate_request(key, head)? {
             return Ok(false);
