@@ -50,6 +50,19 @@ fn node_at(
     server
 }
 
+/// A node joined through the Redis Cluster that `seed` is in, once it serves broadcasts.
+fn node_in_redis_cluster(
+    seed: &RedisServer,
+    adjust: impl FnOnce(&mut fanout::Config),
+) -> ServerHandle {
+    node_at(vec![seed.endpoint()], |c| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.redis_cluster = true;
+        }
+        adjust(c);
+    })
+}
+
 /// Publishes with an acknowledgement and returns the offset Redis gave it.
 fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, (u16, String)> {
     conn.send(Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() });
@@ -629,20 +642,7 @@ fn a_loss_with_nothing_after_it_is_found_by_the_quiet_check() {
 fn a_redis_cluster_of_three_masters_carries_every_channel_with_sharded_pub_sub() {
     let redis = common::redis::RedisCluster::start(3);
     let seed = &redis.masters[0];
-    let node_in_cluster = |_: ()| {
-        let server = start(|c| {
-            let mut cluster = ClusterConfig::new(vec![seed.endpoint()]);
-            cluster.redis_cluster = true;
-            cluster.command_timeout = Duration::from_millis(1000);
-            cluster.probe_interval = Duration::from_millis(200);
-            c.cluster = Some(cluster);
-        });
-        wait_until("the node knows the cluster and serves broadcasts", || {
-            http(server.local_addr(), "GET", "/healthz", b"").status == 200
-        });
-        server
-    };
-    let (a, b) = (node_in_cluster(()), node_in_cluster(()));
+    let (a, b) = (node_in_redis_cluster(seed, |_| {}), node_in_redis_cluster(seed, |_| {}));
     assert_eq!(a.stats().cluster_redis_up, 3, "one connection pair per master");
     let names: Vec<String> = (0..12).map(|i| format!("shard.{i}")).collect();
     let mut subscriber = Conn::text(b.local_addr());
@@ -1887,21 +1887,8 @@ fn joins_come_once_with_a_pattern_too_and_survive_a_script_flush() {
 fn presence_and_the_api_work_over_a_redis_cluster() {
     let redis = common::redis::RedisCluster::start(3);
     let seed = &redis.masters[0];
-    let node_in_cluster = |_: ()| {
-        let server = start(|c| {
-            let mut cluster = ClusterConfig::new(vec![seed.endpoint()]);
-            cluster.redis_cluster = true;
-            cluster.command_timeout = Duration::from_millis(1000);
-            cluster.probe_interval = Duration::from_millis(200);
-            c.cluster = Some(cluster);
-            with_presence(c);
-        });
-        wait_until("the node knows the cluster and serves broadcasts", || {
-            http(server.local_addr(), "GET", "/healthz", b"").status == 200
-        });
-        server
-    };
-    let (a, b) = (node_in_cluster(()), node_in_cluster(()));
+    let (a, b) =
+        (node_in_redis_cluster(seed, with_presence), node_in_redis_cluster(seed, with_presence));
     // Channels on several masters: each channel's presence keys are on its own slot.
     let rooms: Vec<String> = (0..6).map(|i| format!("room.{i}")).collect();
     let mut watcher = Conn::text(a.local_addr());

@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::resp_client::Redis;
 use common::{http, http_with, start, wait_until, Conn, EventStream, Frame, Read_, PATIENCE};
 use fanout::auth::unix_now_secs;
-use fanout::protocol::resp::{parse_value, Value};
+use fanout::protocol::resp::Value;
 use fanout::protocol::{Format, Request};
 use fanout::{Config, ServerHandle};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -247,42 +247,13 @@ fn a_tokens_info_claim_is_shown_and_bounded() {
     }
 }
 
-/// A minimal Redis client (RESP2) for the disconnect and unsubscribe tests.
-struct Redis {
-    stream: TcpStream,
-    input: Vec<u8>,
-}
-
-impl Redis {
-    fn connect(addr: SocketAddr) -> Redis {
-        Redis { stream: TcpStream::connect(addr).expect("connect"), input: Vec::new() }
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        self.stream.write_all(&out).expect("send");
-    }
-
-    /// The next reply; `None` on EOF.
-    fn next(&mut self) -> Option<Value> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some((value, used)) = parse_value(&self.input, usize::MAX).expect("valid RESP") {
-                self.input.drain(..used);
-                return Some(value);
-            }
-            assert!(Instant::now() < deadline, "no reply in time");
-            self.stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
+/// A text connection authenticated as `user`, subscribed to `room.1`.
+fn authed_in_room(addr: SocketAddr, user: &str) -> Conn {
+    let mut conn = Conn::text(addr);
+    conn.send(Request::Auth { token: token(user, json!({})).as_bytes() });
+    conn.next();
+    conn.subscribe("room.1");
+    conn
 }
 
 /// Alice on every protocol, each authenticated and subscribed to `room.1`: (text, binary,
@@ -321,10 +292,7 @@ fn disconnect_closes_every_connection_of_the_user_in_its_own_protocol_and_can_re
     let addr = server.local_addr();
     let alice = token("alice", json!({}));
     let (mut conns, mut sse, mut redis) = alice_everywhere(addr, &alice);
-    let mut bob = Conn::text(addr);
-    bob.send(Request::Auth { token: token("bob", json!({})).as_bytes() });
-    bob.next();
-    bob.subscribe("room.1");
+    let mut bob = authed_in_room(addr, "bob");
     let target = "/api/disconnect?user=alice&reason=banned&revoke=true";
     let response = http_with(addr, "POST", target, &bearer(API_KEY), b"");
     assert_eq!((response.status, response.json()["nodes"].as_u64()), (200, Some(1)));
@@ -379,10 +347,7 @@ fn unsubscribe_takes_the_user_out_of_a_channel_and_tells_each_protocol() {
     let addr = server.local_addr();
     let alice = token("alice", json!({}));
     let (mut conns, mut sse, mut redis) = alice_everywhere(addr, &alice);
-    let mut bob = Conn::text(addr);
-    bob.send(Request::Auth { token: token("bob", json!({})).as_bytes() });
-    bob.next();
-    bob.subscribe("room.1");
+    let mut bob = authed_in_room(addr, "bob");
     let target = "/api/unsubscribe?user=alice&channel=room.1&reason=moved";
     let response = http_with(addr, "POST", target, &bearer(API_KEY), b"");
     assert_eq!(response.status, 200);

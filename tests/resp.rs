@@ -5,18 +5,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::resp_client::Redis;
 use common::{start, wait_until, Conn, Frame, PATIENCE};
-use fanout::protocol::resp::{parse_value, Value};
-
-/// A raw RESP connection.
-struct Redis {
-    stream: TcpStream,
-    input: Vec<u8>,
-}
+use fanout::protocol::resp::Value;
 
 fn bulk(text: &str) -> Value {
     Value::Bulk(Some(text.as_bytes().to_vec()))
@@ -36,58 +31,6 @@ fn message(channel: &str, payload: &str) -> Value {
 
 fn confirmation(kind: &str, channel: &str, count: i64) -> Value {
     array(vec![bulk(kind), bulk(channel), int(count)])
-}
-
-impl Redis {
-    fn connect(addr: SocketAddr) -> Redis {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        Redis { stream, input: Vec::new() }
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        self.stream.write_all(&out).expect("send");
-    }
-
-    /// The next reply, or `None` on EOF (panics after PATIENCE).
-    fn next(&mut self) -> Option<Value> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some((value, used)) = parse_value(&self.input, usize::MAX).expect("valid RESP") {
-                self.input.drain(..used);
-                return Some(value);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no reply within {PATIENCE:?}");
-            self.stream.set_read_timeout(Some(left)).expect("timeout");
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    fn call(&mut self, args: &[&str]) -> Value {
-        self.send(args);
-        self.next().expect("a reply")
-    }
-
-    fn nothing_within(&mut self, wait: Duration) -> bool {
-        self.stream.set_read_timeout(Some(wait)).expect("timeout");
-        let mut chunk = [0u8; 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(n) if n > 0 => {
-                self.input.extend_from_slice(&chunk[..n]);
-                false
-            }
-            _ => self.input.is_empty(),
-        }
-    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod resp_client;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
