@@ -68,6 +68,12 @@ fn member(addr: SocketAddr, name: &str, channel: &str) -> Conn {
     conn
 }
 
+/// Waits until `conn` hears its own join (as `user`) on a join/leave channel: from then on
+/// presence answers show it (a member is shown once its join has gone out).
+fn heard_own_join(conn: &mut Conn, user: &str) {
+    until(conn, |f| matches!(f, Frame::Join { user: u, .. } if u == user).then_some(()));
+}
+
 /// Frames until one matches `pick`, skipping others; panics after `PATIENCE`.
 fn until<T>(conn: &mut Conn, mut pick: impl FnMut(&Frame) -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
@@ -132,9 +138,11 @@ fn presence_answers_in_every_format_with_counts_and_refuses_past_its_limit() {
         c.presence.max_members = 3;
     });
     let addr = server.local_addr();
-    let _alice = member(addr, "alice", "room.1");
+    let mut alice = member(addr, "alice", "room.1");
+    heard_own_join(&mut alice, "alice");
     let mut anonymous = Conn::text(addr);
     anonymous.subscribe("room.1");
+    heard_own_join(&mut anonymous, "");
     let mut asker = Conn::open(addr, Format::Binary);
     asker.send(Request::Presence { channel: b"room.1", stats_only: false });
     let mut members = Vec::new();
@@ -165,7 +173,14 @@ fn presence_answers_in_every_format_with_counts_and_refuses_past_its_limit() {
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["members"].as_array().map(Vec::len), Some(2));
     // Past the limit: a clear error, the stats still answer.
-    let _more: Vec<Conn> = (0..2).map(|i| member(addr, &format!("m{i}"), "room.1")).collect();
+    let more: Vec<Conn> = (0..2)
+        .map(|i| {
+            let name = format!("m{i}");
+            let mut conn = member(addr, &name, "room.1");
+            heard_own_join(&mut conn, &name);
+            conn
+        })
+        .collect();
     asker.send(Request::Presence { channel: b"room.1", stats_only: false });
     match asker.next() {
         Frame::Err { code: 429, reason } => assert!(reason.contains("4 members"), "{reason}"),
@@ -177,6 +192,7 @@ fn presence_answers_in_every_format_with_counts_and_refuses_past_its_limit() {
     asker.send(Request::Presence { channel: b"news", stats_only: false });
     assert!(matches!(asker.next(), Frame::Err { code: 501, .. }));
     asker.barrier();
+    drop(more);
 }
 
 #[test]
@@ -230,6 +246,7 @@ fn a_tokens_info_claim_is_shown_and_bounded() {
     alice.send(Request::Auth { token: token("alice", json!({ "info": info })).as_bytes() });
     alice.next();
     alice.subscribe("room.1");
+    heard_own_join(&mut alice, "alice");
     let presence = http_with(addr, "GET", "/api/presence?channel=room.1", &bearer(API_KEY), b"");
     let members = presence.json()["members"].clone();
     assert_eq!(members[0]["user"], "alice");
@@ -550,46 +567,133 @@ fn the_api_refuses_bad_users_patterns_and_answers_too_big_to_queue() {
 }
 
 #[test]
-fn a_member_is_not_sent_the_joins_and_leaves_from_before_its_own() {
+fn a_member_hears_what_its_presence_answer_could_not_show_and_nothing_it_showed() {
     let server = start(|c| {
         with_presence(c);
-        // Long enough that both joins below fall in one window (and one batch).
         c.presence.window = Duration::from_millis(400);
         c.workers = 1;
     });
     let addr = server.local_addr();
-    let mut watcher = member(addr, "watcher", "room.1");
-    until(&mut watcher, |f| {
-        matches!(f, Frame::Join { user, .. } if user == "watcher").then_some(())
-    });
-    let _early = member(addr, "early", "room.1");
+    // Settled: its join went out before the late member came.
+    let mut settled = member(addr, "settled", "room.1");
+    heard_own_join(&mut settled, "settled");
+    // Pending: its join is still in the window when the late member comes.
+    let _pending = member(addr, "pending", "room.1");
     let mut late = member(addr, "late", "room.1");
-    // The watcher hears both; the late member hears its own join first, not the early one's
-    // (which it learns from a presence answer, as it happened before it subscribed).
+    late.send(Request::Presence { channel: b"room.1", stats_only: false });
+    let mut shown = Vec::new();
+    loop {
+        match late.next() {
+            Frame::Member { user, .. } => shown.push(user),
+            Frame::Presence { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(shown, ["settled"], "only what has been announced");
     let mut heard = Vec::new();
     while heard.len() < 2 {
-        if let Frame::Join { user, .. } = watcher.next() {
+        if let Frame::Join { user, .. } = late.next() {
             heard.push(user);
         }
     }
-    assert_eq!(heard, ["early", "late"]);
-    let first = until(&mut late, |f| match f {
-        Frame::Join { user, .. } | Frame::Leave { user, .. } => Some(user.clone()),
-        _ => None,
+    assert_eq!(heard, ["pending", "late"], "the join it could not be shown, then its own");
+    let frames = late.barrier();
+    let settled_again =
+        frames.iter().any(|f| matches!(f, Frame::Join { user, .. } if user == "settled"));
+    assert!(!settled_again, "nothing its answer showed: {frames:?}");
+}
+
+/// Applies what a member heard to the presence it was answered: joins add, leaves remove.
+fn view_after(answer: Vec<String>, heard: &[Frame]) -> std::collections::BTreeSet<String> {
+    let mut view: std::collections::BTreeSet<String> = answer.into_iter().collect();
+    for frame in heard {
+        match frame {
+            Frame::Join { client, .. } => drop(view.insert(client.clone())),
+            Frame::Leave { client, .. } => drop(view.remove(client)),
+            _ => {}
+        }
+    }
+    view
+}
+
+#[test]
+fn in_a_storm_every_members_view_is_the_truth_with_nothing_it_knew_told_again() {
+    let server = start(|c| {
+        with_presence(c);
+        c.presence.window = Duration::from_millis(300);
+        c.workers = 2;
     });
-    assert_eq!(first, "late", "nothing from before its own join");
-    let _after = member(addr, "after", "room.1");
-    let next = until(&mut late, |f| match f {
-        Frame::Join { user, .. } => Some(user.clone()),
-        _ => None,
+    let addr = server.local_addr();
+    let mut old: Vec<Conn> = (0..12).map(|i| member(addr, &format!("old{i}"), "room.s")).collect();
+    let mut newcomers = Vec::new();
+    for i in 0..12 {
+        // One goes, one comes (asking presence as it subscribes), 10 ms apart.
+        drop(old.remove(0));
+        let mut conn = Conn::text(addr);
+        conn.send_raw(format!("NAME new{i}\nSUB room.s\nPRESENCE room.s\n").as_bytes());
+        newcomers.push(conn);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Settle: past every window, then read what each heard.
+    std::thread::sleep(Duration::from_millis(700));
+    let truth: std::collections::BTreeSet<String> = {
+        let json = http(addr, "GET", "/api/presence?channel=room.s", b"").json();
+        json["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["client"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(truth.len(), 12, "the twelve newcomers");
+    for (i, conn) in newcomers.iter_mut().enumerate() {
+        let mut answer = Vec::new();
+        let mut heard = Vec::new();
+        let mut answered = false;
+        for frame in conn.barrier() {
+            match frame {
+                Frame::Member { client, .. } if !answered => answer.push(client),
+                Frame::Presence { .. } if !answered => answered = true,
+                Frame::Join { .. } | Frame::Leave { .. } if answered => heard.push(frame),
+                _ => {}
+            }
+        }
+        assert!(answered, "new{i} was answered");
+        for frame in &heard {
+            if let Frame::Join { client, user, .. } = frame {
+                assert!(
+                    !answer.contains(client),
+                    "new{i} told again that {user} joined: {heard:?}"
+                );
+            }
+        }
+        assert_eq!(view_after(answer, &heard), truth, "new{i}'s view");
+    }
+}
+
+#[test]
+fn a_member_that_came_and_went_within_a_window_was_never_shown() {
+    let server = start(|c| {
+        with_presence(c);
+        c.presence.window = Duration::from_millis(500);
     });
-    assert_eq!(next, "after", "everything after it");
-    late.send(Request::Presence { channel: b"room.1", stats_only: true });
-    let clients = until(&mut late, |f| match f {
+    let addr = server.local_addr();
+    let mut watcher = member(addr, "watcher", "room.g");
+    heard_own_join(&mut watcher, "watcher");
+    let ghost = member(addr, "ghost", "room.g");
+    watcher.send(Request::Presence { channel: b"room.g", stats_only: true });
+    let shown = until(&mut watcher, |f| match f {
         Frame::Presence { clients, .. } => Some(*clients),
         _ => None,
     });
-    assert_eq!(clients, 4, "the early member is in its presence answer");
+    assert_eq!(shown, 1, "not shown before its join went out");
+    drop(ghost);
+    std::thread::sleep(Duration::from_millis(700));
+    let frames = watcher.barrier();
+    assert!(
+        !frames.iter().any(|f| matches!(f, Frame::Join { .. } | Frame::Leave { .. })),
+        "never announced, so never taken back: {frames:?}"
+    );
 }
 
 #[test]

@@ -61,8 +61,9 @@ pub struct Event<'a> {
     pub node: &'a str,
     /// Its info (empty: none).
     pub info: &'a str,
-    /// Its place among the channel's joins and leaves on the member's node (a counter per
-    /// channel and node): a subscriber is not sent this node's events from before its own join.
+    /// The seq of the batch that sent it from the member's node (a counter per channel and
+    /// node, which its members' joins also draw from): a member is not sent its node's batches
+    /// that went out before it joined.
     pub seq: u64,
 }
 

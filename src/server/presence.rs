@@ -14,6 +14,12 @@
 //! A member's join goes out before that member's first publish to the channel (the worker
 //! flushes the channel's pending events first), so subscribers see who speaks before they hear
 //! them.
+//!
+//! What a member is told agrees with what presence answers it: on a join/leave channel a member
+//! is shown once its join has gone out (so one that came and went within a window, never
+//! announced, was never shown), and a member is not sent the batches its node sent before it
+//! joined (their joins are shown, their leaves no longer), while it is sent those still in a
+//! window when it joined (see `worker::presence::send_presence`, `worker::fanout::EventMarks`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,7 +63,11 @@ impl Default for PresenceConfig {
 pub(crate) struct ChannelMembers {
     /// By client id.
     pub members: HashMap<Box<str>, Arc<Member>>,
-    /// Connections per user, for the distinct-user count.
+    /// Members of a join/leave channel whose join has not gone out yet: not shown by presence
+    /// answers (a client that saw one would wait forever for a leave that a join and leave in
+    /// one window cancel).
+    unannounced: std::collections::HashSet<Box<str>>,
+    /// Connections per user among the shown members, for the distinct-user count.
     users: HashMap<Box<str>, u32>,
 }
 
@@ -65,6 +75,15 @@ impl ChannelMembers {
     /// Distinct users (the anonymous, with an empty user, count as one).
     pub fn users(&self) -> usize {
         self.users.len()
+    }
+
+    /// Members a presence answer shows.
+    fn shown(&self) -> usize {
+        self.members.len() - self.unannounced.len()
+    }
+
+    fn shown_members(&self) -> impl Iterator<Item = Arc<Member>> + '_ {
+        self.members.values().filter(|m| !self.unannounced.contains(&m.client)).cloned()
     }
 }
 
@@ -117,14 +136,28 @@ impl Presence {
         self.shards[hash as usize % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `member` subscribed to `channel`.
-    pub fn join(&self, channel: &Bytes, member: Arc<Member>) {
+    /// `member` subscribed to `channel`; `shown` at once, or once its join has gone out
+    /// (`announced`).
+    pub fn join(&self, channel: &Bytes, member: Arc<Member>, shown: bool) {
         let mut shard = self.shard(channel);
         let entry = shard.entry(channel.clone()).or_default();
-        *entry.users.entry(member.user.clone()).or_default() += 1;
-        if let Some(old) = entry.members.insert(member.client.clone(), member) {
-            // The same connection twice (cannot happen: it is subscribed once); keep the count.
-            forget_user(&mut entry.users, &old.user);
+        match shown {
+            true => *entry.users.entry(member.user.clone()).or_default() += 1,
+            false => drop(entry.unannounced.insert(member.client.clone())),
+        }
+        entry.members.insert(member.client.clone(), member);
+    }
+
+    /// The joins of these clients went out: presence answers show them from now on.
+    pub fn announced<'a>(&self, channel: &[u8], clients: impl IntoIterator<Item = &'a str>) {
+        let mut shard = self.shard(channel);
+        let Some(entry) = shard.get_mut(channel) else { return };
+        for client in clients {
+            if entry.unannounced.remove(client) {
+                if let Some(member) = entry.members.get(client) {
+                    *entry.users.entry(member.user.clone()).or_default() += 1;
+                }
+            }
         }
     }
 
@@ -133,7 +166,9 @@ impl Presence {
         let mut shard = self.shard(channel);
         let entry = shard.get_mut(channel)?;
         let member = entry.members.remove(client)?;
-        forget_user(&mut entry.users, &member.user);
+        if !entry.unannounced.remove(client) {
+            forget_user(&mut entry.users, &member.user);
+        }
         if entry.members.is_empty() {
             shard.remove(channel);
         }
@@ -149,26 +184,26 @@ impl Presence {
     ) -> Result<(Vec<Arc<Member>>, usize), usize> {
         let shard = self.shard(channel);
         let Some(entry) = shard.get(channel) else { return Ok((Vec::new(), 0)) };
-        if entry.members.len() > limit {
-            return Err(entry.members.len());
+        if entry.shown() > limit {
+            return Err(entry.shown());
         }
-        Ok((entry.members.values().cloned().collect(), entry.users()))
+        Ok((entry.shown_members().collect(), entry.users()))
     }
 
     /// (clients, distinct users) of the channel here.
     pub fn stats(&self, channel: &[u8]) -> (usize, usize) {
         let shard = self.shard(channel);
-        shard.get(channel).map_or((0, 0), |entry| (entry.members.len(), entry.users()))
+        shard.get(channel).map_or((0, 0), |entry| (entry.shown(), entry.users()))
     }
 
-    /// Every tracked channel with members here, and those members (cluster mode: the refresh of
-    /// this node's entries in Redis).
+    /// Every tracked channel with members shown here, and those members (cluster mode: what
+    /// this node writes to Redis when it rewrites its sets).
     pub fn snapshot(&self) -> Vec<(Bytes, Vec<Arc<Member>>)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (channel, entry) in shard.iter() {
-                out.push((channel.clone(), entry.members.values().cloned().collect()));
+                out.push((channel.clone(), entry.shown_members().collect()));
             }
         }
         out
@@ -234,7 +269,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Notes a join (`join`) or leave of `member` in `channel`; the window starts with the
-    /// first change pending.
+    /// first change pending. True when it cancelled the connection's opposite change.
     pub fn note(
         &mut self,
         channel: &Arc<crate::server::channels::Channel>,
@@ -243,22 +278,25 @@ impl Outbox {
         (member, seq): Change,
         now_ms: u32,
         window_ms: u32,
-    ) {
+    ) -> bool {
         let pending = self.pending.entry(channel.id).or_insert_with(|| PendingChanges {
             channel: channel.clone(),
             announce,
             changes: HashMap::new(),
         });
-        match pending.changes.get(&member.client) {
+        let cancelled = match pending.changes.get(&member.client) {
             Some(&(was_join, _, _)) if was_join != join => {
                 pending.changes.remove(&member.client);
                 self.cancelled += 2;
+                true
             }
             _ => {
                 pending.changes.insert(member.client.clone(), (join, member, seq));
+                false
             }
-        }
+        };
         self.due_ms.get_or_insert(now_ms.wrapping_add(window_ms));
+        cancelled
     }
 }
 
@@ -284,9 +322,9 @@ mod tests {
         assert!(presence.tracks(b"room.1") && !presence.tracks(b"news"));
         assert!(!presence.announces(b"room.1"));
         let room = Bytes::from_static(b"room.1");
-        presence.join(&room, member("c1", "alice"));
-        presence.join(&room, member("c2", "alice"));
-        presence.join(&room, member("c3", ""));
+        presence.join(&room, member("c1", "alice"), true);
+        presence.join(&room, member("c2", "alice"), true);
+        presence.join(&room, member("c3", ""), true);
         assert_eq!(presence.stats(b"room.1"), (3, 2));
         assert_eq!(presence.members(b"room.1", 2), Err(3), "past the limit");
         assert_eq!(presence.leave(b"room.1", "c1").map(|m| m.user.clone()), Some("alice".into()));
@@ -296,6 +334,14 @@ mod tests {
         presence.leave(b"room.1", "c3");
         assert_eq!(presence.stats(b"room.1"), (0, 0));
         assert!(presence.snapshot().is_empty(), "an empty channel is forgotten");
+        // A member whose join has not gone out is not shown until it has.
+        presence.join(&room, member("c4", "dora"), false);
+        assert_eq!(presence.stats(b"room.1"), (0, 0));
+        presence.announced(b"room.1", ["c4"]);
+        assert_eq!(presence.stats(b"room.1"), (1, 1));
+        presence.join(&room, member("c5", "eve"), false);
+        assert_eq!(presence.leave(b"room.1", "c5").map(|m| m.user.clone()), Some("eve".into()));
+        assert_eq!(presence.stats(b"room.1"), (1, 1), "never shown, never counted");
     }
 
     #[test]

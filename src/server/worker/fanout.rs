@@ -80,6 +80,9 @@ pub(super) struct ChannelBatch {
     /// the batch holds nothing else (`moved` false): a subscriber that joined after some of them
     /// is sent the frame from the first it should hear (`EventMarks::cut`).
     pub marks: EventMarks,
+    /// The lowest seq of this node's joins and leaves in the batch (`u64::MAX`: none): a member
+    /// that joined after it is not sent all of the shared frame.
+    pub min_local_seq: u64,
 }
 
 /// Joins and leaves in a batch's frames: (seq, where it starts in each format's frame). Events
@@ -88,16 +91,17 @@ pub(super) struct ChannelBatch {
 pub(super) struct EventMarks(Vec<(u64, [u32; Format::COUNT])>);
 
 impl EventMarks {
-    /// Where, in `format`'s frame, a subscriber whose own join has seq `since` starts: after the
-    /// frame's leading run of this node's events from before `since` (an event of another node,
-    /// or one of this node's after `since`, ends the run: all from there on is sent, the rare
-    /// earlier event behind it included). `None`: nothing of the frame is for it.
-    pub fn cut(&self, since: u64, format: Format) -> Option<usize> {
-        let skipped = self.0.iter().take_while(|&&(seq, _)| seq != 0 && seq < since).count();
-        match skipped {
-            0 => Some(0),
-            n => self.0.get(n).map(|(_, at)| at[format as usize] as usize),
+    /// Where, in `format`'s frame, a subscriber whose own join has seq `since` starts, when what
+    /// it must not hear (this node's events from before `since`) is the frame's leading run:
+    /// `Some(Some(at))`, or `Some(None)` when nothing of the frame is for it. `None` when such an
+    /// event comes after one it must hear: the frame is not a suffix, the caller encodes one.
+    pub fn cut(&self, since: u64, format: Format) -> Option<Option<usize>> {
+        let before = |seq: u64| seq != 0 && seq < since;
+        let skipped = self.0.iter().take_while(|&&(seq, _)| before(seq)).count();
+        if self.0[skipped..].iter().any(|&(seq, _)| before(seq)) {
+            return None;
         }
+        Some(self.0.get(skipped).map(|(_, at)| at[format as usize] as usize))
     }
 }
 
@@ -164,6 +168,7 @@ impl Batches {
                 batch.messages = 0;
                 batch.moved = false;
                 batch.marks.0.clear();
+                batch.min_local_seq = u64::MAX;
                 batch.audience = audience;
                 by_channel.insert(message.channel.id, *in_use);
                 *in_use += 1;
@@ -187,6 +192,9 @@ impl Batches {
                     }
                 }
                 batch.marks.0.push((if local { event.seq } else { 0 }, at));
+                if local {
+                    batch.min_local_seq = batch.min_local_seq.min(event.seq);
+                }
             }
             if batch.audience.keep_items {
                 batch.items.push(message);
@@ -253,6 +261,34 @@ impl Batches {
     }
 }
 
+/// A batch's `items` as one frame for one member whose own join has seq `since`: what the shared
+/// frame holds but this node's joins and leaves from before `since` (events of other nodes,
+/// whose seqs are theirs, stay). `local_clients` is how this node's client ids begin.
+fn encode_for_member(
+    format: Format,
+    channel: &Channel,
+    items: &[Item],
+    since: u64,
+    local_clients: &str,
+) -> Bytes {
+    let mut out = BytesMut::new();
+    for item in items {
+        if item.offset == PRESENCE_NOTICE {
+            for event in crate::protocol::presence::events(&item.payload).unwrap_or_default() {
+                if !(event.seq < since && event.client.starts_with(local_clients)) {
+                    format.put_event(&mut out, &channel.name, &event);
+                }
+            }
+        } else if is_notice(item.offset) {
+            out.extend_from_slice(&format.encode_history(&notice_of(item)));
+        } else {
+            let epoch = channel.epoch();
+            format.put_message(&mut out, &channel.name, epoch, item.offset, &item.payload);
+        }
+    }
+    out.freeze()
+}
+
 /// `messages` of `channel` as one frame for one subscriber (a replay page, a catch-up): the bytes
 /// the shared fan-out would have sent it. Returns the frame and the number of messages.
 pub(super) fn encode_for<'a>(
@@ -296,7 +332,7 @@ impl Worker {
             } else {
                 1
             };
-            let Worker { consumer, index, batches, patterns, .. } = self;
+            let Worker { consumer, index, batches, patterns, presence_since_channels, .. } = self;
             // Who receives a channel, asked once per channel per turn (see `Batches::add`).
             let mut describe = |channel: &Channel| {
                 let local = index.get(channel.id);
@@ -317,7 +353,9 @@ impl Worker {
                         redis_clients = resp;
                     }
                 }
-                let keep_items = redis_clients || local.is_some_and(|l| !l.catching_up.is_empty());
+                let keep_items = redis_clients
+                    || local.is_some_and(|l| !l.catching_up.is_empty())
+                    || presence_since_channels.contains_key(&channel.id);
                 (keep_items || per_format.iter().any(|&n| n > 0))
                     .then_some(Audience { per_format, keep_items })
             };
@@ -352,10 +390,12 @@ impl Worker {
         // grant names it: a stranger that reconnects in a loop must not be an eavesdropper.
         let everyone_hears =
             self.shared.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
-        let Worker { conns, index, out, patterns, presence_since, .. } = self;
+        let Worker { conns, index, out, patterns, presence_since, batches, .. } = self;
+        let local_clients = batches.local_clients.as_str();
         let mut deliveries = 0u64;
         // Joins and leaves alone: a member that joined during them gets only what followed.
         let marks = (!batch.moved && !batch.marks.0.is_empty()).then_some(&batch.marks);
+        let min_local_seq = batch.min_local_seq;
         // A Redis client's pattern subscription gets `pmessage` frames naming its pattern: one
         // per pattern and RESP version, built once for the batch.
         let mut pattern_frames: Vec<(usize, Format, Bytes)> = Vec::new();
@@ -386,14 +426,29 @@ impl Worker {
                 }
                 _ => {
                     let frame = &frames[format as usize];
-                    let since = marks.and_then(|_| presence_since.get(&(channel.id, key)));
-                    match (marks, since) {
-                        (Some(marks), Some(&since)) => match marks.cut(since, format) {
-                            Some(0) => frame.clone(),
-                            Some(at) if at < frame.len() => frame.slice(at..),
-                            _ => return,
+                    // A member that joined after some of this node's events in the batch is not
+                    // sent those: the frame's tail when they lead it, else a frame of its own.
+                    let since = presence_since.get(&(channel.id, key)).copied();
+                    match since.filter(|&since| min_local_seq < since) {
+                        None => frame.clone(),
+                        Some(since) => match marks.and_then(|m| m.cut(since, format)) {
+                            Some(Some(0)) => frame.clone(),
+                            Some(Some(at)) if at < frame.len() => frame.slice(at..),
+                            Some(_) => return,
+                            None => {
+                                let own = encode_for_member(
+                                    format,
+                                    &channel,
+                                    items,
+                                    since,
+                                    local_clients,
+                                );
+                                if own.is_empty() {
+                                    return;
+                                }
+                                own
+                            }
                         },
-                        _ => frame.clone(),
                     }
                 }
             };
@@ -613,11 +668,13 @@ mod tests {
         // This node's events 3 and 4, another node's, then this node's 2 and 6.
         let marks =
             EventMarks(vec![(3, at(0)), (4, at(10)), (0, at(20)), (2, at(30)), (6, at(40))]);
-        assert_eq!(marks.cut(1, Format::Text), Some(0), "joined before them all");
-        assert_eq!(marks.cut(4, Format::Text), Some(10), "from its own join (4)");
-        assert_eq!(marks.cut(5, Format::Text), Some(20), "another node's event ends the run");
+        assert_eq!(marks.cut(1, Format::Text), Some(Some(0)), "joined before them all");
+        assert_eq!(marks.cut(3, Format::Text), None, "3 and 4 are for it, 2 behind them is not");
+        assert_eq!(marks.cut(7, Format::Text), None, "another node's event in between");
+        let leading = EventMarks(vec![(3, at(0)), (4, at(10)), (0, at(20)), (6, at(40))]);
+        assert_eq!(leading.cut(5, Format::Text), Some(Some(20)), "from the other node's event on");
         let only_old = EventMarks(vec![(3, at(0)), (4, at(10))]);
-        assert_eq!(only_old.cut(9, Format::Text), None, "nothing for it");
+        assert_eq!(only_old.cut(9, Format::Text), Some(None), "nothing for it");
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub(super) struct Worker {
     /// channels with join/leave events: this node's events with a lower seq happened before it
     /// subscribed, and are not sent to it (a window's batch would otherwise bring them).
     presence_since: HashMap<(u64, usize), u64>,
+    /// How many of `presence_since`'s entries each channel has: its batches keep their items,
+    /// from which a member's own frame is encoded when the shared one cannot be cut for it.
+    presence_since_channels: HashMap<u64, u32>,
     /// Milliseconds since the server started (wrapping).
     now_ms: u32,
     next_housekeeping_ms: u32,
@@ -233,6 +236,7 @@ impl Worker {
             batches: Batches::for_node(local_clients),
             presence_out: Default::default(),
             presence_since: HashMap::new(),
+            presence_since_channels: HashMap::new(),
             now_ms: 0,
             next_housekeeping_ms: 0,
             next_stats_ms: 0,

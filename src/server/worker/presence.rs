@@ -16,7 +16,7 @@ use crate::protocol::presence::{put_event, Event, Member};
 use crate::protocol::{validate_channel, ChannelKind, ErrorCode, Format};
 use crate::server::channels::{Channel, PRESENCE_NOTICE};
 use crate::server::conn::{Phase, Wait};
-use crate::server::presence::PendingChanges;
+use crate::server::presence::{Change, PendingChanges};
 use crate::server::stats::WorkerCounters;
 use crate::server::Control;
 
@@ -55,13 +55,24 @@ impl Worker {
             node: self.shared.node.clone(),
             info,
         });
-        presence.join(&channel.name, member.clone());
+        let announces = presence.announces(&channel.name);
+        // Shown by presence answers once its join has gone out (a join and a leave within one
+        // window cancel out, and nobody may have seen the member then).
+        presence.join(&channel.name, member.clone(), !announces);
         let seq = channel.next_presence_seq();
-        if presence.announces(&channel.name) {
+        if announces {
             // This subscriber is not sent this node's events from before its own join.
-            self.presence_since.insert((channel.id, key), seq);
+            if self.presence_since.insert((channel.id, key), seq).is_none() {
+                *self.presence_since_channels.entry(channel.id).or_default() += 1;
+            }
         }
-        self.note_change(channel, true, member, seq);
+        let client = member.client.clone();
+        if self.note_change(channel, true, member, seq) {
+            // It left and came back within the window: nobody was told it left, it is shown.
+            if let Some(presence) = &self.shared.presence {
+                presence.announced(&channel.name, [&*client]);
+            }
+        }
     }
 
     /// Connection `key` left `channel` (unsubscribed or closed).
@@ -70,22 +81,36 @@ impl Worker {
         if channel.kind != ChannelKind::Topic || !presence.tracks(&channel.name) {
             return;
         }
-        self.presence_since.remove(&(channel.id, key));
+        if self.presence_since.remove(&(channel.id, key)).is_some() {
+            if let Some(count) = self.presence_since_channels.get_mut(&channel.id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.presence_since_channels.remove(&channel.id);
+                }
+            }
+        }
         if let Some(member) = presence.leave(&channel.name, &self.member_id(key)) {
             let seq = channel.next_presence_seq();
             self.note_change(channel, false, member, seq);
         }
     }
 
-    fn note_change(&mut self, channel: &Arc<Channel>, join: bool, member: Arc<Member>, seq: u64) {
-        let Some(presence) = &self.shared.presence else { return };
+    /// Notes a change for the window; true when it cancelled the connection's opposite one.
+    fn note_change(
+        &mut self,
+        channel: &Arc<Channel>,
+        join: bool,
+        member: Arc<Member>,
+        seq: u64,
+    ) -> bool {
+        let Some(presence) = &self.shared.presence else { return false };
         let announce = presence.announces(&channel.name);
         // On one node only subscribers need the events; in a cluster Redis needs every change.
         if !announce && self.shared.broker.is_none() {
-            return;
+            return false;
         }
         let window = presence.config.window.as_millis().min(60_000) as u32;
-        self.presence_out.note(channel, announce, join, (member, seq), self.now_ms, window);
+        self.presence_out.note(channel, announce, join, (member, seq), self.now_ms, window)
     }
 
     /// Sends the changes whose window closed (every worker turn).
@@ -118,7 +143,16 @@ impl Worker {
         }
     }
 
+    /// Sends a window's changes. Its joins are shown by presence answers first, then the batch
+    /// takes the channel's next seq (every event in it carries that seq): a member that joins
+    /// later is not sent the batch, whose joins its presence answer shows and whose leaves it
+    /// shows no more; a member that joined before is (`EventMarks::cut`).
     fn send_presence(&mut self, pending: PendingChanges) -> Result<(), PendingChanges> {
+        if let Some(presence) = &self.shared.presence {
+            let joins = pending.changes.values().filter(|(join, _, _)| *join);
+            presence.announced(&pending.channel.name, joins.map(|(_, m, _)| &*m.client));
+        }
+        let batch = pending.channel.next_presence_seq();
         if let Some(broker) = self.shared.broker.as_ref() {
             let announce = pending.announce;
             let channel = pending.channel.name.clone();
@@ -126,6 +160,9 @@ impl Worker {
             let counters = self.counters();
             WorkerCounters::add(&counters.presence_events, (joins.len() + leaves.len()) as u64);
             WorkerCounters::add(&counters.presence_batches, 1);
+            let stamp =
+                |changes: Vec<Change>| changes.into_iter().map(|(m, _)| (m, batch)).collect();
+            let (joins, leaves) = (stamp(joins), stamp(leaves));
             broker.send(BrokerOp::Presence { channel, joins, leaves, announce });
             return Ok(());
         }
@@ -133,13 +170,13 @@ impl Worker {
         let changes = pending.changes.len();
         {
             // In the order they happened (a join and a leave of one connection cancelled out).
-            let mut events: Vec<Event<'_>> = pending
+            let mut events: Vec<(u64, Event<'_>)> = pending
                 .changes
                 .values()
-                .map(|(join, member, seq)| Event::of(member, *join, *seq))
+                .map(|(join, member, seq)| (*seq, Event::of(member, *join, batch)))
                 .collect();
-            events.sort_by_key(|event| event.seq);
-            for event in &events {
+            events.sort_by_key(|(happened, _)| *happened);
+            for (_, event) in &events {
                 put_event(&mut payload, event);
             }
         }
