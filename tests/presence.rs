@@ -659,12 +659,19 @@ fn in_a_storm_every_members_view_is_the_truth_with_nothing_it_knew_told_again() 
             }
         }
         assert!(answered, "new{i} was answered");
+        let mut known: Vec<&String> = answer.iter().collect();
         for frame in &heard {
-            if let Frame::Join { client, user, .. } = frame {
-                assert!(
-                    !answer.contains(client),
-                    "new{i} told again that {user} joined: {heard:?}"
-                );
+            match frame {
+                Frame::Join { client, user, .. } => {
+                    let again = answer.contains(client);
+                    assert!(!again, "new{i} told again that {user} joined: {heard:?}");
+                    known.push(client);
+                }
+                Frame::Leave { client, user, .. } => {
+                    let knew = known.contains(&client);
+                    assert!(knew, "new{i} told {user} left, never knowing it: {heard:?}");
+                }
+                _ => {}
             }
         }
         assert_eq!(view_after(answer, &heard), truth, "new{i}'s view");

@@ -355,6 +355,8 @@ pub(crate) enum BrokerOp {
         joins: Vec<crate::server::presence::Change>,
         leaves: Vec<crate::server::presence::Change>,
         announce: bool,
+        /// The batch's seq (`protocol::presence::Event::seq`).
+        batch: u64,
     },
     /// Who is subscribed to `channel` on every node (`Answer::Reply`, encoded in `format`).
     PresenceQuery {

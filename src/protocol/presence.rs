@@ -62,9 +62,12 @@ pub struct Event<'a> {
     /// Its info (empty: none).
     pub info: &'a str,
     /// The seq of the batch that sent it from the member's node (a counter per channel and
-    /// node, which its members' joins also draw from): a member is not sent its node's batches
-    /// that went out before it joined.
+    /// node, which its members' joins and leaves also draw from): a member is not sent its
+    /// node's batches that went out before it joined.
     pub seq: u64,
+    /// When it happened, on the same counter: a member is not sent its node's leaves that
+    /// happened before it joined (no presence answer it could get showed them).
+    pub happened: u64,
 }
 
 impl<'a> Event<'a> {
@@ -77,7 +80,20 @@ impl<'a> Event<'a> {
             node: &member.node,
             info: &member.info,
             seq,
+            happened: seq,
         }
+    }
+
+    /// The same event, happened at `happened`.
+    pub fn happened_at(self, happened: u64) -> Self {
+        Event { happened, ..self }
+    }
+
+    /// Whether a member of this node whose own join drew `since` is not to be sent this event
+    /// (`local`: the event is of this node; other nodes' counters are not comparable): what
+    /// went out before it joined (its presence answers show it), and a leave from before.
+    pub fn precedes(&self, since: u64, local: bool) -> bool {
+        local && (self.seq < since || (!self.join && self.happened < since))
     }
 
     fn info_json(&self) -> &str {
@@ -90,8 +106,8 @@ impl<'a> Event<'a> {
 }
 
 /// Appends one event: `J` or `L`, then client, user and node (each a `u8` length and bytes),
-/// info (a `u16` length and bytes) and the seq (`u64`, last, so that Redis's scripts read the
-/// fields before it by position). Fields too long for their length are cut (ids and names are
+/// info (a `u16` length and bytes), then `seq` and `happened` (`u64`s, last, so that Redis's
+/// scripts read the fields before them by position). Fields too long for their length are cut (ids and names are
 /// validated shorter; info is bounded by `--max-info-bytes`, at most 64 KiB).
 pub fn put_event(out: &mut Vec<u8>, event: &Event<'_>) {
     out.push(if event.join { b'J' } else { b'L' });
@@ -104,6 +120,7 @@ pub fn put_event(out: &mut Vec<u8>, event: &Event<'_>) {
     out.extend_from_slice(&(info.len() as u16).to_be_bytes());
     out.extend_from_slice(info);
     out.extend_from_slice(&event.seq.to_be_bytes());
+    out.extend_from_slice(&event.happened.to_be_bytes());
 }
 
 /// The events `put_event` wrote, in order; `None` when the bytes are not such a list (or hold
@@ -129,8 +146,10 @@ pub fn events(bytes: &[u8]) -> Option<Vec<Event<'_>>> {
         let len = u16::from_be_bytes(*len) as usize;
         let info = std::str::from_utf8(after.get(..len)?).ok()?;
         let (seq, after) = after.get(len..)?.split_first_chunk::<8>()?;
+        let (happened, after) = after.split_first_chunk::<8>()?;
         rest = after;
-        out.push(Event { join, client, user, node, info, seq: u64::from_be_bytes(*seq) });
+        let (seq, happened) = (u64::from_be_bytes(*seq), u64::from_be_bytes(*happened));
+        out.push(Event { join, client, user, node, info, seq, happened });
     }
     Some(out)
 }
@@ -579,7 +598,11 @@ mod tests {
             }
         }
         assert_eq!(events(b"X"), None);
-        assert_eq!(events(b"J\x01\xff\x00\x00\x00\x00\0\0\0\0\0\0\0\0"), None, "invalid UTF-8");
+        assert_eq!(
+            events(&[b"J\x01\xff\x00\x00\x00\x00".as_slice(), &[0; 16]].concat()),
+            None,
+            "invalid UTF-8"
+        );
         assert_eq!(events(b""), Some(vec![]));
     }
 

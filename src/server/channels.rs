@@ -58,6 +58,11 @@ impl Channel {
         self.presence_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// The last number `next_presence_seq` gave.
+    pub fn presence_seq_now(&self) -> u64 {
+        self.presence_seq.load(Ordering::Relaxed)
+    }
+
     /// The log's epoch (as `lock_log().epoch`, without the lock).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)

@@ -138,7 +138,15 @@ impl Presence {
 
     /// `member` subscribed to `channel`; `shown` at once, or once its join has gone out
     /// (`announced`).
-    pub fn join(&self, channel: &Bytes, member: Arc<Member>, shown: bool) {
+    /// `draw` gives the join its number (`Channel::next_presence_seq`) under the same lock as
+    /// presence answers and announcements, so that none falls between them.
+    pub fn join(
+        &self,
+        channel: &Bytes,
+        member: Arc<Member>,
+        shown: bool,
+        draw: impl FnOnce() -> u64,
+    ) -> u64 {
         let mut shard = self.shard(channel);
         let entry = shard.entry(channel.clone()).or_default();
         match shown {
@@ -146,12 +154,20 @@ impl Presence {
             false => drop(entry.unannounced.insert(member.client.clone())),
         }
         entry.members.insert(member.client.clone(), member);
+        draw()
     }
 
-    /// The joins of these clients went out: presence answers show them from now on.
-    pub fn announced<'a>(&self, channel: &[u8], clients: impl IntoIterator<Item = &'a str>) {
+    /// The joins of these clients go out: presence answers show them from now on, and `draw`
+    /// gives their batch its number, both under the lock answers are read under.
+    pub fn announced<'a>(
+        &self,
+        channel: &[u8],
+        clients: impl IntoIterator<Item = &'a str>,
+        draw: impl FnOnce() -> u64,
+    ) -> u64 {
         let mut shard = self.shard(channel);
-        let Some(entry) = shard.get_mut(channel) else { return };
+        let batch = draw();
+        let Some(entry) = shard.get_mut(channel) else { return batch };
         for client in clients {
             if entry.unannounced.remove(client) {
                 if let Some(member) = entry.members.get(client) {
@@ -159,20 +175,28 @@ impl Presence {
                 }
             }
         }
+        batch
     }
 
-    /// Connection `client` left `channel`: its entry, if it was a member.
-    pub fn leave(&self, channel: &[u8], client: &str) -> Option<Arc<Member>> {
+    /// Connection `client` left `channel`: its entry, if it was a member, and the number
+    /// `draw` gives the leave (under the lock).
+    pub fn leave(
+        &self,
+        channel: &[u8],
+        client: &str,
+        draw: impl FnOnce() -> u64,
+    ) -> Option<(Arc<Member>, u64)> {
         let mut shard = self.shard(channel);
         let entry = shard.get_mut(channel)?;
         let member = entry.members.remove(client)?;
+        let seq = draw();
         if !entry.unannounced.remove(client) {
             forget_user(&mut entry.users, &member.user);
         }
         if entry.members.is_empty() {
             shard.remove(channel);
         }
-        Some(member)
+        Some((member, seq))
     }
 
     /// The channel's members here (up to `limit`: `Err` with the count past it), and the
@@ -182,18 +206,38 @@ impl Presence {
         channel: &[u8],
         limit: usize,
     ) -> Result<(Vec<Arc<Member>>, usize), usize> {
+        self.members_at(channel, limit, || 0).map(|(members, users, _)| (members, users))
+    }
+
+    /// `members`, and what `now` says (the channel's counter) under the same lock: the answer
+    /// is the channel's membership as of that number.
+    pub fn members_at(
+        &self,
+        channel: &[u8],
+        limit: usize,
+        now: impl FnOnce() -> u64,
+    ) -> Result<(Vec<Arc<Member>>, usize, u64), usize> {
         let shard = self.shard(channel);
-        let Some(entry) = shard.get(channel) else { return Ok((Vec::new(), 0)) };
+        let now = now();
+        let Some(entry) = shard.get(channel) else { return Ok((Vec::new(), 0, now)) };
         if entry.shown() > limit {
             return Err(entry.shown());
         }
-        Ok((entry.shown_members().collect(), entry.users()))
+        Ok((entry.shown_members().collect(), entry.users(), now))
     }
 
     /// (clients, distinct users) of the channel here.
+    #[cfg(test)]
     pub fn stats(&self, channel: &[u8]) -> (usize, usize) {
+        let (clients, users, _) = self.stats_at(channel, || 0);
+        (clients, users)
+    }
+
+    /// `stats`, and what `now` says under the same lock (see `members_at`).
+    pub fn stats_at(&self, channel: &[u8], now: impl FnOnce() -> u64) -> (usize, usize, u64) {
         let shard = self.shard(channel);
-        shard.get(channel).map_or((0, 0), |entry| (entry.shown(), entry.users()))
+        let now = now();
+        shard.get(channel).map_or((0, 0, now), |entry| (entry.shown(), entry.users(), now))
     }
 
     /// Every tracked channel with members shown here, and those members (cluster mode: what
@@ -238,7 +282,7 @@ pub(crate) struct PendingChanges {
     pub changes: HashMap<Box<str>, (bool, Arc<Member>, u64)>,
 }
 
-/// A member and its event's seq (`protocol::presence::Event::seq`).
+/// A member and when its join or leave happened (`protocol::presence::Event::happened`).
 pub(crate) type Change = (Arc<Member>, u64);
 
 impl PendingChanges {
@@ -322,25 +366,31 @@ mod tests {
         assert!(presence.tracks(b"room.1") && !presence.tracks(b"news"));
         assert!(!presence.announces(b"room.1"));
         let room = Bytes::from_static(b"room.1");
-        presence.join(&room, member("c1", "alice"), true);
-        presence.join(&room, member("c2", "alice"), true);
-        presence.join(&room, member("c3", ""), true);
+        presence.join(&room, member("c1", "alice"), true, || 1);
+        presence.join(&room, member("c2", "alice"), true, || 2);
+        presence.join(&room, member("c3", ""), true, || 3);
         assert_eq!(presence.stats(b"room.1"), (3, 2));
         assert_eq!(presence.members(b"room.1", 2), Err(3), "past the limit");
-        assert_eq!(presence.leave(b"room.1", "c1").map(|m| m.user.clone()), Some("alice".into()));
-        assert_eq!(presence.leave(b"room.1", "c1"), None, "left once");
+        assert_eq!(
+            presence.leave(b"room.1", "c1", || 4).map(|(m, _)| m.user.clone()),
+            Some("alice".into())
+        );
+        assert_eq!(presence.leave(b"room.1", "c1", || 5), None, "left once");
         assert_eq!(presence.stats(b"room.1"), (2, 2));
-        presence.leave(b"room.1", "c2");
-        presence.leave(b"room.1", "c3");
+        presence.leave(b"room.1", "c2", || 6);
+        presence.leave(b"room.1", "c3", || 7);
         assert_eq!(presence.stats(b"room.1"), (0, 0));
         assert!(presence.snapshot().is_empty(), "an empty channel is forgotten");
         // A member whose join has not gone out is not shown until it has.
-        presence.join(&room, member("c4", "dora"), false);
+        presence.join(&room, member("c4", "dora"), false, || 8);
         assert_eq!(presence.stats(b"room.1"), (0, 0));
-        presence.announced(b"room.1", ["c4"]);
+        assert_eq!(presence.announced(b"room.1", ["c4"], || 9), 9);
         assert_eq!(presence.stats(b"room.1"), (1, 1));
-        presence.join(&room, member("c5", "eve"), false);
-        assert_eq!(presence.leave(b"room.1", "c5").map(|m| m.user.clone()), Some("eve".into()));
+        presence.join(&room, member("c5", "eve"), false, || 10);
+        assert_eq!(
+            presence.leave(b"room.1", "c5", || 11).map(|(m, _)| m.user.clone()),
+            Some("eve".into())
+        );
         assert_eq!(presence.stats(b"room.1"), (1, 1), "never shown, never counted");
     }
 

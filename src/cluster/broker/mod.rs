@@ -448,7 +448,7 @@ impl BrokerThread {
                         self.send_publish(i, full, false);
                     }
                 }
-                BrokerOp::Presence { channel, joins, leaves, announce } => {
+                BrokerOp::Presence { channel, joins, leaves, announce, batch } => {
                     // After the publishes taken before it (a leave after its last message).
                     if let Some(i) = self.shard_of(&channel) {
                         let slot = match self.topology {
@@ -464,7 +464,7 @@ impl BrokerThread {
                         }
                     }
                     if !self.presence_state.departed {
-                        let mode = presence::UpdateMode::Update;
+                        let mode = presence::UpdateMode::Update(batch);
                         self.presence_update(&channel, &joins, &leaves, announce, mode);
                     }
                 }

@@ -172,8 +172,8 @@ pub(super) struct PresenceState {
 /// How `PRESENCE_UPDATE_LUA` treats a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UpdateMode {
-    /// A window's changes.
-    Update,
+    /// A window's changes, sent as this batch (its seq).
+    Update(u64),
     /// The node's whole set of the channel.
     Rewrite,
     /// Only the expiry moves forward.
@@ -185,7 +185,7 @@ pub(crate) enum UpdateMode {
 impl UpdateMode {
     fn word(self) -> &'static str {
         match self {
-            UpdateMode::Update => "update",
+            UpdateMode::Update(_) => "update",
             UpdateMode::Rewrite => "rewrite",
             UpdateMode::Heartbeat => "heartbeat",
             UpdateMode::Depart => "depart",
@@ -218,14 +218,14 @@ impl BrokerThread {
         let (zset, mine, topic) = self.presence_keys(channel);
         let ttl = self.server.presence().map_or(15_000, |p| p.config.ttl.as_millis().max(1));
         let mut envelope = Vec::new();
-        if announce && mode == UpdateMode::Update {
-            // In seq order: the order they happened in on this node.
+        if let (true, UpdateMode::Update(batch)) = (announce, mode) {
+            // In the order they happened in on this node.
             let mut events: Vec<Event<'_>> = leaves
                 .iter()
-                .map(|(m, seq)| Event::of(m, false, *seq))
-                .chain(joins.iter().map(|(m, seq)| Event::of(m, true, *seq)))
+                .map(|(m, happened)| Event::of(m, false, batch).happened_at(*happened))
+                .chain(joins.iter().map(|(m, at)| Event::of(m, true, batch).happened_at(*at)))
                 .collect();
-            events.sort_by_key(|e| e.seq);
+            events.sort_by_key(|e| e.happened);
             envelope.push(ENVELOPE_PRESENCE);
             for event in &events {
                 put_event(&mut envelope, event);

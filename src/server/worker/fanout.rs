@@ -85,10 +85,25 @@ pub(super) struct ChannelBatch {
     pub min_local_seq: u64,
 }
 
-/// Joins and leaves in a batch's frames: (seq, where it starts in each format's frame). Events
-/// from other nodes are marked with seq 0: their seqs are not this node's.
+/// Joins and leaves in a batch's frames: what decides who is sent each, and where it starts in
+/// each format's frame.
 #[derive(Debug, Default)]
-pub(super) struct EventMarks(Vec<(u64, [u32; Format::COUNT])>);
+pub(super) struct EventMarks(Vec<(Mark, [u32; Format::COUNT])>);
+
+/// What `EventMarks` keeps of an event (`protocol::presence::Event::precedes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mark {
+    local: bool,
+    seq: u64,
+    happened: u64,
+    join: bool,
+}
+
+impl Mark {
+    fn precedes(&self, since: u64) -> bool {
+        self.local && (self.seq < since || (!self.join && self.happened < since))
+    }
+}
 
 impl EventMarks {
     /// Where, in `format`'s frame, a subscriber whose own join has seq `since` starts, when what
@@ -96,9 +111,8 @@ impl EventMarks {
     /// `Some(Some(at))`, or `Some(None)` when nothing of the frame is for it. `None` when such an
     /// event comes after one it must hear: the frame is not a suffix, the caller encodes one.
     pub fn cut(&self, since: u64, format: Format) -> Option<Option<usize>> {
-        let before = |seq: u64| seq != 0 && seq < since;
-        let skipped = self.0.iter().take_while(|&&(seq, _)| before(seq)).count();
-        if self.0[skipped..].iter().any(|&(seq, _)| before(seq)) {
+        let skipped = self.0.iter().take_while(|(mark, _)| mark.precedes(since)).count();
+        if self.0[skipped..].iter().any(|(mark, _)| mark.precedes(since)) {
             return None;
         }
         Some(self.0.get(skipped).map(|(_, at)| at[format as usize] as usize))
@@ -191,9 +205,14 @@ impl Batches {
                         encoded += out.len() - before;
                     }
                 }
-                batch.marks.0.push((if local { event.seq } else { 0 }, at));
+                let mark =
+                    Mark { local, seq: event.seq, happened: event.happened, join: event.join };
+                batch.marks.0.push((mark, at));
                 if local {
-                    batch.min_local_seq = batch.min_local_seq.min(event.seq);
+                    // From there on a member that joined later may not be sent all: a join from
+                    // its batch's seq, a leave from when it happened.
+                    let from = if event.join { event.seq } else { event.happened };
+                    batch.min_local_seq = batch.min_local_seq.min(from);
                 }
             }
             if batch.audience.keep_items {
@@ -275,7 +294,7 @@ fn encode_for_member(
     for item in items {
         if item.offset == PRESENCE_NOTICE {
             for event in crate::protocol::presence::events(&item.payload).unwrap_or_default() {
-                if !(event.seq < since && event.client.starts_with(local_clients)) {
+                if !event.precedes(since, event.client.starts_with(local_clients)) {
                     format.put_event(&mut out, &channel.name, &event);
                 }
             }
@@ -552,7 +571,7 @@ impl Worker {
                 if item.offset == PRESENCE_NOTICE {
                     let events = crate::protocol::presence::events(&item.payload);
                     for event in events.unwrap_or_default() {
-                        if event.seq < since && event.client.starts_with(local_clients) {
+                        if event.precedes(since, event.client.starts_with(local_clients)) {
                             continue;
                         }
                         format.put_event(&mut out, &channel.name, &event);
@@ -665,16 +684,33 @@ mod tests {
     #[test]
     fn a_member_starts_after_this_nodes_events_from_before_its_join() {
         let at = |n: u32| [n; Format::COUNT];
-        // This node's events 3 and 4, another node's, then this node's 2 and 6.
-        let marks =
-            EventMarks(vec![(3, at(0)), (4, at(10)), (0, at(20)), (2, at(30)), (6, at(40))]);
+        let join = |seq| Mark { local: true, seq, happened: seq, join: true };
+        let leave = |seq, happened| Mark { local: true, seq, happened, join: false };
+        let remote = Mark { local: false, seq: 1, happened: 1, join: true };
+        // This node's batches 3 and 4, another node's event, then this node's 2 and 6.
+        let marks = EventMarks(vec![
+            (join(3), at(0)),
+            (join(4), at(10)),
+            (remote, at(20)),
+            (join(2), at(30)),
+            (join(6), at(40)),
+        ]);
         assert_eq!(marks.cut(1, Format::Text), Some(Some(0)), "joined before them all");
         assert_eq!(marks.cut(3, Format::Text), None, "3 and 4 are for it, 2 behind them is not");
         assert_eq!(marks.cut(7, Format::Text), None, "another node's event in between");
-        let leading = EventMarks(vec![(3, at(0)), (4, at(10)), (0, at(20)), (6, at(40))]);
+        let leading = EventMarks(vec![
+            (join(3), at(0)),
+            (join(4), at(10)),
+            (remote, at(20)),
+            (join(6), at(40)),
+        ]);
         assert_eq!(leading.cut(5, Format::Text), Some(Some(20)), "from the other node's event on");
-        let only_old = EventMarks(vec![(3, at(0)), (4, at(10))]);
+        let only_old = EventMarks(vec![(join(3), at(0)), (join(4), at(10))]);
         assert_eq!(only_old.cut(9, Format::Text), Some(None), "nothing for it");
+        // In a batch sent after it joined: a leave that happened before is not for it, a join is.
+        let storm =
+            EventMarks(vec![(leave(9, 2), at(0)), (join(9), at(10)), (leave(9, 8), at(20))]);
+        assert_eq!(storm.cut(5, Format::Text), Some(Some(10)), "the leave from before, skipped");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::protocol::presence::{put_event, Event, Member};
 use crate::protocol::{validate_channel, ChannelKind, ErrorCode, Format};
 use crate::server::channels::{Channel, PRESENCE_NOTICE};
 use crate::server::conn::{Phase, Wait};
-use crate::server::presence::{Change, PendingChanges};
+use crate::server::presence::PendingChanges;
 use crate::server::stats::WorkerCounters;
 use crate::server::Control;
 
@@ -58,8 +58,8 @@ impl Worker {
         let announces = presence.announces(&channel.name);
         // Shown by presence answers once its join has gone out (a join and a leave within one
         // window cancel out, and nobody may have seen the member then).
-        presence.join(&channel.name, member.clone(), !announces);
-        let seq = channel.next_presence_seq();
+        let seq = presence
+            .join(&channel.name, member.clone(), !announces, || channel.next_presence_seq());
         if announces {
             // This subscriber is not sent this node's events from before its own join.
             if self.presence_since.insert((channel.id, key), seq).is_none() {
@@ -70,7 +70,7 @@ impl Worker {
         if self.note_change(channel, true, member, seq) {
             // It left and came back within the window: nobody was told it left, it is shown.
             if let Some(presence) = &self.shared.presence {
-                presence.announced(&channel.name, [&*client]);
+                presence.announced(&channel.name, [&*client], || 0);
             }
         }
     }
@@ -89,8 +89,9 @@ impl Worker {
                 }
             }
         }
-        if let Some(member) = presence.leave(&channel.name, &self.member_id(key)) {
-            let seq = channel.next_presence_seq();
+        let left =
+            presence.leave(&channel.name, &self.member_id(key), || channel.next_presence_seq());
+        if let Some((member, seq)) = left {
             self.note_change(channel, false, member, seq);
         }
     }
@@ -148,11 +149,13 @@ impl Worker {
     /// later is not sent the batch, whose joins its presence answer shows and whose leaves it
     /// shows no more; a member that joined before is (`EventMarks::cut`).
     fn send_presence(&mut self, pending: PendingChanges) -> Result<(), PendingChanges> {
-        if let Some(presence) = &self.shared.presence {
-            let joins = pending.changes.values().filter(|(join, _, _)| *join);
-            presence.announced(&pending.channel.name, joins.map(|(_, m, _)| &*m.client));
-        }
-        let batch = pending.channel.next_presence_seq();
+        let joins = pending.changes.values().filter(|(join, _, _)| *join);
+        let clients = joins.map(|(_, m, _)| &*m.client);
+        let draw = || pending.channel.next_presence_seq();
+        let batch = match &self.shared.presence {
+            Some(presence) => presence.announced(&pending.channel.name, clients, draw),
+            None => draw(),
+        };
         if let Some(broker) = self.shared.broker.as_ref() {
             let announce = pending.announce;
             let channel = pending.channel.name.clone();
@@ -160,10 +163,7 @@ impl Worker {
             let counters = self.counters();
             WorkerCounters::add(&counters.presence_events, (joins.len() + leaves.len()) as u64);
             WorkerCounters::add(&counters.presence_batches, 1);
-            let stamp =
-                |changes: Vec<Change>| changes.into_iter().map(|(m, _)| (m, batch)).collect();
-            let (joins, leaves) = (stamp(joins), stamp(leaves));
-            broker.send(BrokerOp::Presence { channel, joins, leaves, announce });
+            broker.send(BrokerOp::Presence { channel, joins, leaves, announce, batch });
             return Ok(());
         }
         let mut payload = Vec::new();
@@ -173,7 +173,9 @@ impl Worker {
             let mut events: Vec<(u64, Event<'_>)> = pending
                 .changes
                 .values()
-                .map(|(join, member, seq)| (*seq, Event::of(member, *join, batch)))
+                .map(|(join, member, seq)| {
+                    (*seq, Event::of(member, *join, batch).happened_at(*seq))
+                })
                 .collect();
             events.sort_by_key(|(happened, _)| *happened);
             for (_, event) in &events {
@@ -207,7 +209,16 @@ impl Worker {
         }
         let format = self.conns[key].reply_format();
         match self.presence_answer(name, stats_only, format) {
-            Ok(Some(frame)) => self.reply_bounded(key, frame),
+            Ok(Some((frame, now))) => {
+                // A member that asks is sent, from now on, only what happened after the answer
+                // (it shows the rest).
+                if let Some(channel) = self.channel_cache.get(name) {
+                    if let Some(since) = self.presence_since.get_mut(&(channel.id, key)) {
+                        *since = (*since).max(now + 1);
+                    }
+                }
+                self.reply_bounded(key, frame)
+            }
             Ok(None) => {
                 // Cluster mode: Redis has every node's members; the answer comes back as a
                 // whole frame, and the connection's input waits for it.
@@ -230,7 +241,7 @@ impl Worker {
         name: &[u8],
         stats_only: bool,
         format: Format,
-    ) -> Result<Option<Bytes>, (ErrorCode, String)> {
+    ) -> Result<Option<(Bytes, u64)>, (ErrorCode, String)> {
         let Some(presence) = self.shared.presence.as_ref().filter(|p| p.tracks(name)) else {
             let why = format!(
                 "presence is off for {} (the server's --presence patterns do not match it)",
@@ -241,14 +252,18 @@ impl Worker {
         if self.shared.broker.is_some() {
             return Ok(None);
         }
+        // The answer is as of the channel's counter, read under the members' lock.
+        let channel = self.shared.channels.find(name);
+        let now = || channel.as_ref().map_or(0, |c| c.presence_seq_now());
         if stats_only {
-            let (clients, users) = presence.stats(name);
-            return Ok(Some(format.encode_presence(name, None, clients, users)));
+            let (clients, users, now) = presence.stats_at(name, now);
+            return Ok(Some((format.encode_presence(name, None, clients, users), now)));
         }
         let limit = presence.config.max_members;
-        match presence.members(name, limit) {
-            Ok((members, users)) => {
-                Ok(Some(format.encode_presence(name, Some(&members), members.len(), users)))
+        match presence.members_at(name, limit, now) {
+            Ok((members, users, now)) => {
+                let frame = format.encode_presence(name, Some(&members), members.len(), users);
+                Ok(Some((frame, now)))
             }
             Err(count) => Err((
                 ErrorCode::LimitReached,

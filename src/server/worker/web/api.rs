@@ -191,7 +191,7 @@ impl Worker {
             return self.refuse(key, ErrorCode::InvalidName, &format!("invalid channel: {e}"));
         }
         match self.presence_answer(channel, stats_only, Format::Http) {
-            Ok(Some(response)) => self.reply_bounded(key, response),
+            Ok(Some((response, _))) => self.reply_bounded(key, response),
             Ok(None) => {
                 let reply_to = self.api_wait(key);
                 let channel = Bytes::copy_from_slice(channel);
