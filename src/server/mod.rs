@@ -63,7 +63,13 @@ pub(crate) enum Answer {
     Control(Arc<Control>),
     /// An answer computed elsewhere (the broker, from Redis): the whole frame to queue to the
     /// connection, whose input waits for it (`Wait::Reply`).
-    Reply { target: disk::AckTarget, frame: bytes::Bytes },
+    Reply {
+        target: disk::AckTarget,
+        frame: bytes::Bytes,
+        /// A presence answer's channel and the number of its node's last join or leave it
+        /// shows (`Presence::members_at`): the member that asked is sent what follows.
+        as_of: Option<(bytes::Bytes, u64)>,
+    },
     /// Cluster mode: the name's lease went to another node (Redis lost it, and another client
     /// claimed the name before this node could reclaim it): the connection no longer holds it.
     NameLost { target: disk::AckTarget, name: bytes::Bytes },

@@ -424,10 +424,12 @@ impl BrokerThread {
         // This node's own members from memory: ahead of its last write to Redis, so that a
         // client that asks right after joining sees what its events (which skip this node's
         // from before its join) take for granted.
-        let local = self.server.presence().map(|p| p.members(&channel, usize::MAX));
-        let local = match local {
-            Some(Ok((members, _))) => members,
-            _ => Vec::new(),
+        let counter = self.server.channels().find(&channel);
+        let now = || counter.as_ref().map_or(0, |c| c.presence_seq_now());
+        let local = self.server.presence().map(|p| p.members_at(&channel, usize::MAX, now));
+        let (local, as_of) = match local {
+            Some(Ok((members, _, now))) => (members, Some((channel.clone(), now))),
+            _ => (Vec::new(), None),
         };
         let merged = parse_query(reply).map(|remote| {
             let Remote { clients: remote, mut users, mut members } = remote;
@@ -440,29 +442,29 @@ impl BrokerThread {
             }
             (clients, users.len(), members)
         });
-        let frame = match merged {
+        // Only an answer moves where the member's events start.
+        let (frame, as_of) = match merged {
             Ok((clients, users, _)) if stats_only => {
-                format.encode_presence(&channel, None, clients, users)
+                (format.encode_presence(&channel, None, clients, users), as_of)
+            }
+            Ok((clients, _, _)) if clients > limit => {
+                let why = crate::server::presence::too_many_members(&channel, clients, limit);
+                (format.encode_error(ErrorCode::LimitReached, &why), None)
             }
             Ok((clients, users, members)) => {
-                if clients > limit {
-                    let why = crate::server::presence::too_many_members(&channel, clients, limit);
-                    format.encode_error(ErrorCode::LimitReached, &why)
-                } else {
-                    format.encode_presence(&channel, Some(&members), clients, users)
-                }
+                (format.encode_presence(&channel, Some(&members), clients, users), as_of)
             }
             Err(e) => {
                 warn!("cluster: a presence query failed: {e}");
                 let why = format!("broker unavailable: presence could not be read ({e})");
-                format.encode_error(ErrorCode::Unavailable, &why)
+                (format.encode_error(ErrorCode::Unavailable, &why), None)
             }
         };
-        self.reply(reply_to, frame);
+        self.tell(reply_to.worker, Answer::Reply { target: reply_to, frame, as_of });
     }
 
     fn reply(&self, reply_to: AckTarget, frame: Bytes) {
-        self.tell(reply_to.worker, Answer::Reply { target: reply_to, frame });
+        self.tell(reply_to.worker, Answer::Reply { target: reply_to, frame, as_of: None });
     }
 
     /// Events another node (or this one) published on a channel this node serves: into the

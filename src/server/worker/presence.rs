@@ -210,13 +210,7 @@ impl Worker {
         let format = self.conns[key].reply_format();
         match self.presence_answer(name, stats_only, format) {
             Ok(Some((frame, now))) => {
-                // A member that asks is sent, from now on, only what happened after the answer
-                // (it shows the rest).
-                if let Some(channel) = self.channel_cache.get(name) {
-                    if let Some(since) = self.presence_since.get_mut(&(channel.id, key)) {
-                        *since = (*since).max(now + 1);
-                    }
-                }
+                self.presence_answered_at(key, name, now, frame.len());
                 self.reply_bounded(key, frame)
             }
             Ok(None) => {
@@ -232,6 +226,20 @@ impl Worker {
                 Ok(())
             }
             Err((code, why)) => self.refuse(key, code, &why),
+        }
+    }
+
+    /// A member that asked is sent, from now on, only its node's joins and leaves after the
+    /// answer (numbered after `now`): the answer shows the rest. Not when the answer is too big
+    /// to be sent (`reply_bounded` refuses it).
+    fn presence_answered_at(&mut self, key: usize, name: &[u8], now: u64, answer_bytes: usize) {
+        if answer_bytes > self.shared.config.write_queue_cap_bytes / 2 {
+            return;
+        }
+        if let Some(channel) = self.channel_cache.get(name) {
+            if let Some(since) = self.presence_since.get_mut(&(channel.id, key)) {
+                *since = (*since).max(now + 1);
+            }
         }
     }
 
@@ -273,7 +281,12 @@ impl Worker {
     }
 
     /// A frame computed elsewhere (the broker) for a connection whose input waited for it.
-    pub(super) fn reply_arrived(&mut self, target: AckTarget, frame: Bytes) {
+    pub(super) fn reply_arrived(
+        &mut self,
+        target: AckTarget,
+        frame: Bytes,
+        as_of: Option<(Bytes, u64)>,
+    ) {
         let noted = ConnRef { key: target.key, serial: target.serial };
         let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].is_open()) else {
             return;
@@ -282,6 +295,9 @@ impl Worker {
             return;
         }
         self.conns[key].end_wait();
+        if let Some((channel, now)) = as_of {
+            self.presence_answered_at(key, &channel, now, frame.len());
+        }
         let result = self.reply_bounded(key, frame).and_then(|()| self.go_on(key));
         self.settle(key, result);
     }

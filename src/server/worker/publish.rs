@@ -286,8 +286,8 @@ impl Worker {
                     self.apply_control(&control);
                     continue;
                 }
-                Answer::Reply { target, frame } => {
-                    self.reply_arrived(target, frame);
+                Answer::Reply { target, frame, as_of } => {
+                    self.reply_arrived(target, frame, as_of);
                     continue;
                 }
             };
