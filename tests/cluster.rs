@@ -1941,3 +1941,32 @@ fn presence_and_the_api_work_over_a_redis_cluster() {
         }
     }
 }
+
+#[test]
+fn presence_comes_back_whole_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start();
+    let long_ttl = |c: &mut fanout::Config| {
+        with_presence(c);
+        // No refresh in the test's time: only the reconnect rewrites the sets.
+        c.presence.ttl = Duration::from_secs(60);
+    };
+    let (a, b) = (node(&[&redis], long_ttl), node(&[&redis], long_ttl));
+    let mut members = Vec::new();
+    for (addr, name) in [(a.local_addr(), "ann"), (b.local_addr(), "ben")] {
+        let mut conn = Conn::text(addr);
+        assert_eq!(claim(&mut conn, name), Ok(()));
+        conn.subscribe("room.1");
+        members.push(conn);
+    }
+    wait_until("both are in Redis", || {
+        presence_stats(&mut Conn::text(a.local_addr()), "room.1") == (2, 2)
+    });
+    // Redis comes back with nothing (no persistence): each node writes its members again.
+    redis.restart();
+    wait_until("each node's members are back in Redis", || {
+        http(a.local_addr(), "GET", "/healthz", b"").status == 200
+            && presence_stats(&mut Conn::text(a.local_addr()), "room.1") == (2, 2)
+            && presence_stats(&mut Conn::text(b.local_addr()), "room.1") == (2, 2)
+    });
+    assert_eq!(redis.integer(&["EXISTS", "fanout:{room.1}:presence"]), 1);
+}
