@@ -537,10 +537,10 @@ impl BrokerThread {
     pub(super) fn control_refused(&mut self, pending: Pending) {
         let why = "broker unavailable: Redis is unreachable; the other nodes cannot be reached now";
         match pending {
-            Pending::Control { reply_to } => self.reply(reply_to, api_error(503, why)),
+            Pending::Control { reply_to } => self.reply(reply_to, http::error_response(503, why)),
             Pending::Survey { id } => {
                 if let Some(survey) = self.presence_state.surveys.remove(&id) {
-                    self.reply(survey.reply_to, api_error(503, why));
+                    self.reply(survey.reply_to, http::error_response(503, why));
                 }
             }
             Pending::PresenceQuery { format, reply_to, .. } => {
@@ -690,11 +690,6 @@ pub(crate) fn survey_body(
             serde_json::json!({ "nodes": answers, "nodes_missing": missing })
         }
     }
-}
-
-/// A JSON error response of the server API (`{"code":..,"reason":..}`, as every HTTP error).
-fn api_error(status: u16, why: &str) -> Bytes {
-    http::error_response(status, why)
 }
 
 /// What a presence query found on the other nodes.
