@@ -82,6 +82,11 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Serve a non-loopback address with no access control at all (otherwise refused at start).
     pub allow_anonymous: bool,
+    /// TLS on the listen port: a connection whose first byte is a TLS handshake record speaks
+    /// TLS, any other plaintext (`None`: plaintext only).
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Refuse connections that do not start a TLS handshake.
+    pub tls_only: bool,
     /// Browser origins allowed to use the HTTP endpoints and WebSocket (empty: any). A request or
     /// an upgrade from another `Origin` gets 403: cross-site WebSocket hijacking.
     pub allowed_origins: Vec<String>,
@@ -143,6 +148,8 @@ impl Default for Config {
                 ..Default::default()
             },
             allow_anonymous: false,
+            tls: None,
+            tls_only: false,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
             private_metrics: false,

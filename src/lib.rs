@@ -48,6 +48,7 @@ pub mod load;
 pub mod protocol;
 pub mod server;
 pub mod sys;
+pub mod tls;
 
 pub use config::Config;
 pub use server::stats::Stats;

@@ -369,6 +369,18 @@ struct ServeArgs {
     /// Serve a non-loopback --listen with no access control at all (refused otherwise).
     #[arg(long)]
     allow_anonymous: bool,
+    /// TLS certificate chain (PEM, leaf first) for the listen port: connections that start a
+    /// TLS handshake speak TLS, others plaintext. Repeat with --tls-key for several
+    /// certificates, chosen by the client's SNI name (the first serves the rest). Re-read on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Vec<std::path::PathBuf>,
+    /// The private key (PEM) of each --tls-cert, in the same order.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Vec<std::path::PathBuf>,
+    /// Refuse connections that do not start a TLS handshake.
+    #[arg(long, requires = "tls_cert")]
+    tls_only: bool,
     /// Seconds a connection without permissions has to authenticate (then ERR 401, closed).
     #[arg(long, default_value_t = Config::default().auth.timeout.as_secs())]
     auth_timeout_secs: u64,
@@ -471,6 +483,28 @@ impl ServeArgs {
         })
     }
 
+    /// The listen port's TLS, with its certificates read (a missing or bad file refuses to
+    /// start, saying which).
+    fn tls(&self) -> Result<Option<fanout::tls::ServerTls>, String> {
+        if self.tls_cert.is_empty() {
+            return Ok(None);
+        }
+        if self.tls_cert.len() != self.tls_key.len() {
+            return Err(format!(
+                "{} --tls-cert but {} --tls-key: give one key per certificate",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            ));
+        }
+        let files: Vec<_> = self
+            .tls_cert
+            .iter()
+            .zip(&self.tls_key)
+            .map(|(cert, key)| fanout::tls::CertFiles { cert: cert.clone(), key: key.clone() })
+            .collect();
+        fanout::tls::ServerTls::load(&files).map(Some).map_err(|e| format!("TLS: {e}"))
+    }
+
     fn config(&self) -> Result<Config, String> {
         let defaults = Config::default();
         Ok(Config {
@@ -534,6 +568,8 @@ impl ServeArgs {
             revocation_ttl: Duration::from_secs(self.revocation_ttl_secs),
             auth: self.auth(&defaults)?,
             allow_anonymous: self.allow_anonymous,
+            tls: self.tls()?,
+            tls_only: self.tls_only,
             allowed_origins: self.allowed_origins.clone(),
             private_metrics: self.private_metrics,
             limits: fanout::config::Limits {
@@ -576,9 +612,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    // Block SIGINT/SIGTERM before the workers exist so that they inherit the mask and the signal
+    // Block SIGINT/SIGTERM/SIGHUP before the workers exist so that they inherit the mask and the signal
     // is taken here, synchronously, rather than in a handler.
-    fanout::sys::block_termination_signals()?;
+    fanout::sys::block_signals()?;
     match fanout::sys::raise_nofile_limit() {
         Ok(limit) => {
             info!(
@@ -599,8 +635,21 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             "--ws-echo: /echo echoes WebSocket messages (for conformance testing, not production)"
         );
     }
+    let tls = config.tls.clone();
     let server = Server::start(config)?;
-    let signal = fanout::sys::wait_for_termination()?;
+    let signal = loop {
+        let signal = fanout::sys::wait_for_signal()?;
+        if signal != libc::SIGHUP {
+            break signal;
+        }
+        match &tls {
+            Some(tls) => match tls.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificates re-read; new handshakes use them"),
+                Err(e) => warn!("SIGHUP: TLS certificates not re-read, the old ones stay: {e}"),
+            },
+            None => info!("SIGHUP: nothing to re-read"),
+        }
+    };
     info!("signal {signal} received, shutting down");
     server.shutdown();
     Ok(())

@@ -1,5 +1,5 @@
 //! The few operating-system calls that mio and std do not expose: file-descriptor limits,
-//! SO_REUSEPORT listeners, core pinning, and waiting for SIGINT/SIGTERM.
+//! SO_REUSEPORT listeners, core pinning, and waiting for SIGINT/SIGTERM/SIGHUP.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -202,10 +202,10 @@ pub enum PinError {
     Refused(usize),
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns afterwards),
-/// so that `wait_for_termination` can take them synchronously instead of in a signal handler.
-pub fn block_termination_signals() -> io::Result<()> {
-    let set = termination_set();
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in every thread it spawns
+/// afterwards), so that `wait_for_signal` can take them synchronously instead of in a handler.
+pub fn block_signals() -> io::Result<()> {
+    let set = signal_set();
     // SAFETY: `set` is initialised; the old mask is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -214,9 +214,9 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until SIGINT or SIGTERM arrives; returns its number. Requires `block_termination_signals`.
-pub fn wait_for_termination() -> io::Result<i32> {
-    let set = termination_set();
+/// Waits until SIGINT, SIGTERM or SIGHUP arrives; returns its number. Requires `block_signals`.
+pub fn wait_for_signal() -> io::Result<i32> {
+    let set = signal_set();
     let mut signal: libc::c_int = 0;
     // SAFETY: `set` is initialised and `signal` is writable.
     let rc = unsafe { libc::sigwait(&set, &mut signal) };
@@ -226,13 +226,14 @@ pub fn wait_for_termination() -> io::Result<i32> {
     Ok(signal)
 }
 
-fn termination_set() -> libc::sigset_t {
+fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid signal numbers.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }

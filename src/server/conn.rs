@@ -19,9 +19,13 @@ use super::channels::Channel;
 use crate::auth::Grant;
 use crate::protocol::websocket::Decoder;
 use crate::protocol::{ChannelKind, Format, Resume};
+use crate::tls::ServerSession;
 
 /// Most frames handed to one writev(2) (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 64;
+/// Queued bytes encrypted at once for a TLS connection: four full records, so that a burst
+/// fills records and writes, and the encrypted backlog stays small.
+pub const SEAL_BATCH_BYTES: usize = 64 * 1024;
 
 /// Where a connection is in its life; see `worker::lifecycle` for the transitions.
 #[derive(Debug)]
@@ -334,6 +338,9 @@ pub struct Conn {
     pub budget: Budget,
     /// The peer's address, kept while connections per address are counted.
     pub peer_ip: Option<IpAddr>,
+    /// TLS, when the connection's first byte was a handshake record: what is read is decrypted
+    /// through it, and what `queue` holds is encrypted through it on the way out.
+    pub tls: Option<Box<ServerSession>>,
 }
 
 /// A token bucket: up to `rate` tokens, refilled at `rate` per second.
@@ -403,6 +410,64 @@ impl Conn {
             accepted_ms: now_ms,
             budget: Budget::default(),
             peer_ip: None,
+            tls: None,
+        }
+    }
+
+    /// What the connection's output holds in memory, counted against the queue cap: its
+    /// queue, and with TLS the encrypted bytes the socket has not taken yet.
+    pub fn footprint(&self) -> usize {
+        self.queue.footprint() + self.tls.as_ref().map_or(0, |tls| tls.unsent())
+    }
+
+    /// Gives output buffers back when nothing waits in them (see `WriteQueue::release_if_empty`).
+    pub fn release_if_idle(&mut self) {
+        self.queue.release_if_empty();
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.release_if_idle();
+        }
+    }
+
+    /// Nothing is left to write (queue and encrypted output).
+    pub fn flushed(&self) -> bool {
+        self.queue.is_empty() && self.tls.as_ref().is_none_or(|tls| tls.unsent() == 0)
+    }
+
+    /// Writes what the socket takes: plaintext straight from the queue, or with TLS the
+    /// encrypted output, then the queue encrypted a batch at a time (a batch is sealed only
+    /// once the socket has taken the one before, so the encrypted backlog stays one batch).
+    /// Returns the queue's bytes that went out, and whether the socket is full (with TLS the
+    /// queue also waits, without the socket being full, while the handshake is not done).
+    pub fn write_out(&mut self, batch: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return match self.queue.write_to(&mut self.stream) {
+                Ok(n) => Ok((n, !self.queue.is_empty())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((0, true)),
+                Err(e) => Err(e),
+            };
+        };
+        let mut taken = 0;
+        loop {
+            if tls.unsent() > 0 {
+                match tls.write_to(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((taken, true)),
+                    Err(e) => return Err(e),
+                }
+                if tls.unsent() > 0 {
+                    return Ok((taken, true));
+                }
+            }
+            if self.queue.is_empty() || tls.is_handshaking() {
+                return Ok((taken, false));
+            }
+            batch.clear();
+            self.queue.copy_front(batch, SEAL_BATCH_BYTES);
+            if !tls.seal(batch).map_err(io::Error::other)? {
+                return Ok((taken, false));
+            }
+            self.queue.consume(batch.len());
+            taken += batch.len();
         }
     }
 
@@ -562,6 +627,24 @@ impl WriteQueue {
             }
         }
         Ok(total)
+    }
+
+    /// Appends the queue's first `max` bytes (fewer if it holds fewer) to `out`, without taking
+    /// them (`consume` does, once they are sealed).
+    pub fn copy_front(&mut self, out: &mut Vec<u8>, max: usize) {
+        for (i, frame) in self.frames.iter().enumerate() {
+            let start = if i == 0 { self.head_written as usize } else { 0 };
+            let take = (frame.len() - start).min(max - out.len());
+            out.extend_from_slice(&frame[start..start + take]);
+            if out.len() == max {
+                return;
+            }
+        }
+    }
+
+    /// Takes `n` bytes from the front (they went out another way: sealed for TLS).
+    pub fn consume(&mut self, n: usize) {
+        self.advance(n);
     }
 
     /// Gives the queue's memory back when it is empty (an idle connection holds none, invariant

@@ -237,6 +237,27 @@ counters! {
     api_unsubscribes: counter,
     /// Server API requests answered (any status).
     api_requests: counter,
+    /// Open connections speaking TLS (any protocol inside).
+    connections_tls: gauge,
+    /// TLS handshakes completed.
+    tls_handshakes: counter,
+    /// TLS connections failed: malformed or unexpected records, or a bad MAC (debug log says).
+    tls_failures_protocol: counter,
+    /// TLS connections failed: no protocol version, cipher suite, group or ALPN in common.
+    tls_failures_incompatible: counter,
+    /// TLS connections failed: the client sent a fatal alert (often: it rejected the
+    /// certificate).
+    tls_failures_alert: counter,
+    /// TLS connections failed: a certificate problem.
+    tls_failures_certificate: counter,
+    /// TLS handshakes not complete within the HTTP head deadline (slowloris).
+    tls_failures_timeout: counter,
+    /// TLS handshakes the client gave up on (EOF before the handshake was done).
+    tls_failures_eof: counter,
+    /// TLS connections failed for another reason (debug log says).
+    tls_failures_other: counter,
+    /// Plaintext connections refused by `--tls-only`.
+    tls_plaintext_refused: counter,
 }
 
 impl WorkerCounters {
@@ -252,6 +273,19 @@ impl WorkerCounters {
             Format::Http => &self.connections_http,
             Format::Resp2 | Format::Resp2Sharded => &self.connections_resp2,
             Format::Resp3 | Format::Resp3Sharded => &self.connections_resp3,
+        }
+    }
+
+    /// The failure counter of a TLS failure reason (`tls::failure_reason`, or "timeout").
+    pub fn tls_failure(&self, reason: &str) -> &AtomicU64 {
+        match reason {
+            "protocol" => &self.tls_failures_protocol,
+            "incompatible" => &self.tls_failures_incompatible,
+            "alert" => &self.tls_failures_alert,
+            "certificate" => &self.tls_failures_certificate,
+            "timeout" => &self.tls_failures_timeout,
+            "eof" => &self.tls_failures_eof,
+            _ => &self.tls_failures_other,
         }
     }
 

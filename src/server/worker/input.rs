@@ -9,7 +9,8 @@ use log::debug;
 
 use super::lifecycle::{Close, RunState};
 use super::{would_block, ConnRef, Worker};
-use crate::protocol::{self, Format, ProtocolError, Sniffed};
+use crate::protocol::{self, ErrorCode, Format, ProtocolError, Sniffed};
+use crate::tls::ServerSession;
 use crate::server::conn::{Phase, Web};
 use crate::server::stats::WorkerCounters;
 
@@ -70,15 +71,20 @@ impl Worker {
                 return Ok(());
             }
             match conn.stream.read(&mut self.scratch) {
-                Ok(0) => return Err(Close::now("closed by peer")),
+                Ok(0) => {
+                    if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+                        WorkerCounters::add(self.counters().tls_failure("eof"), 1);
+                    }
+                    return Err(Close::now("closed by peer"));
+                }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_in, n as u64);
                     if conn.is_open() {
                         conn.last_input_ms = self.now_ms;
                         conn.ping_sent = false;
-                        let scratch = std::mem::take(&mut self.scratch);
-                        let taken = self.take_input(key, &scratch[..n]);
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        let taken = self.take_read(key, &mut scratch[..n]);
                         self.scratch = scratch;
                         taken?;
                     }
@@ -95,6 +101,66 @@ impl Worker {
                 Err(e) => return Err(Close::now(format!("read failed: {e}"))),
             }
         }
+    }
+
+    /// Takes what a read returned: decrypted first if the connection speaks TLS (which its
+    /// first byte tells), then parsed.
+    fn take_read(&mut self, key: usize, bytes: &mut [u8]) -> Result<(), Close> {
+        let conn = &mut self.conns[key];
+        if conn.tls.is_none() && conn.format.is_none() && conn.input.is_none() {
+            let config = &self.shared.config;
+            match &config.tls {
+                Some(tls) if bytes[0] == crate::tls::HANDSHAKE_RECORD => {
+                    let session = ServerSession::new(tls.config()).map_err(|e| {
+                        Close::now(format!("cannot start a TLS session: {e}"))
+                    })?;
+                    conn.tls = Some(Box::new(session));
+                    WorkerCounters::add(&self.shared.counters[self.id].connections_tls, 1);
+                }
+                _ if config.tls_only => {
+                    WorkerCounters::add(&self.counters().tls_plaintext_refused, 1);
+                    debug!("worker {}: refusing plaintext on connection {key} (--tls-only)", self.id);
+                    return Err(Close::error(
+                        ErrorCode::UpgradeRequired,
+                        "this port speaks TLS only",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let Some(tls) = self.conns[key].tls.as_deref_mut() else {
+            return self.take_input(key, bytes);
+        };
+        let was_handshaking = tls.is_handshaking();
+        let mut plain = std::mem::take(&mut self.decrypted);
+        plain.clear();
+        let received = match tls.receive(bytes, &mut plain) {
+            Ok(received) => received,
+            Err(e) => {
+                self.decrypted = plain;
+                let reason = crate::tls::failure_reason(&e);
+                WorkerCounters::add(self.counters().tls_failure(reason), 1);
+                debug!("worker {}: TLS failed on connection {key} ({reason}): {e}", self.id);
+                // rustls's alert goes out first (the closing flush writes it).
+                self.out.mark_dirty(key, &mut self.conns[key]);
+                return Err(Close::quietly());
+            }
+        };
+        if was_handshaking && !tls.is_handshaking() {
+            WorkerCounters::add(&self.shared.counters[self.id].tls_handshakes, 1);
+            debug!("worker {}: connection {key}: TLS handshake done ({:?})", self.id, tls.version());
+        }
+        if tls.unsent() > 0 || (!tls.is_handshaking() && !self.conns[key].queue.is_empty()) {
+            // A handshake answer to send, or replies that waited for the handshake.
+            self.out.mark_dirty(key, &mut self.conns[key]);
+        }
+        let taken = if plain.is_empty() { Ok(()) } else { self.take_input(key, &plain) };
+        self.decrypted = plain;
+        taken?;
+        if received.peer_closed {
+            return Err(Close::now("closed by peer (TLS close_notify)"));
+        }
+        Ok(())
     }
 
     /// Parses `fresh` after whatever incomplete frame the connection held.

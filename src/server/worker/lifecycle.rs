@@ -352,6 +352,9 @@ impl Worker {
         if let Some(format) = conn.format {
             self.counters().by_format(format).fetch_sub(1, Ordering::Relaxed);
         }
+        if conn.tls.is_some() {
+            self.counters().connections_tls.fetch_sub(1, Ordering::Relaxed);
+        }
         self.out.queued_bytes -= conn.queue.queued_bytes();
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = conn.peer_ip {
@@ -383,18 +386,25 @@ impl Worker {
         let mut polls_due = Vec::new();
         let mut idle_http = Vec::new();
         let mut slow_heads = Vec::new();
+        let mut slow_handshakes = Vec::new();
         let now = self.now_ms;
         for (key, conn) in self.conns.iter_mut() {
             // Queue memory goes back once a connection has had nothing to write for a while
             // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a
             // malloc/free pair per frame.
             if now.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
-                conn.queue.release_if_empty();
+                conn.release_if_idle();
             }
             match (&conn.phase, conn.format) {
                 (Phase::Closing { deadline_ms, .. }, _) => {
                     if reached(self.now_ms, *deadline_ms) {
                         expired.push(key);
+                    }
+                }
+                // A TLS handshake has as long as an HTTP head (a stalled one is a slowloris).
+                _ if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) => {
+                    if self.now_ms.wrapping_sub(conn.accepted_ms) >= head_deadline {
+                        slow_handshakes.push(key);
                     }
                 }
                 (_, Some(Format::Sse)) => {
@@ -468,6 +478,11 @@ impl Worker {
             let why = format!("request head not complete within {head_deadline} ms");
             let close = self.http_fatal(key, ErrorCode::StaleConnection, why);
             self.close(key, close);
+        }
+        for key in slow_handshakes {
+            WorkerCounters::add(self.counters().tls_failure("timeout"), 1);
+            debug!("worker {}: TLS handshake on connection {key} not done in {head_deadline} ms", self.id);
+            self.close(key, Close::now("TLS handshake timed out"));
         }
         for key in idle_http {
             debug!("worker {}: closing idle HTTP connection {key}", self.id);

@@ -132,6 +132,10 @@ pub(super) struct Worker {
     next_serial: u32,
     /// Every read lands here first; only an incomplete frame is copied into the connection.
     scratch: Vec<u8>,
+    /// TLS: what a read decrypted to (then parsed like a plaintext read).
+    decrypted: Vec<u8>,
+    /// TLS: a batch of queued bytes on their way to be encrypted (`Conn::write_out`).
+    seal_batch: Vec<u8>,
     /// The most unparsed input any connection of this worker has held (a gauge: the input
     /// budgets' proof in production, and what the connection fuzz target checks).
     input_high_water: usize,
@@ -218,6 +222,8 @@ impl Worker {
             consumer,
             shared,
             scratch: vec![0; input::READ_CHUNK_BYTES],
+            decrypted: Vec::new(),
+            seal_batch: Vec::new(),
             input_high_water: 0,
             out: Outbox::default(),
             deferred: Vec::new(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use log::warn;
 
 use super::lifecycle::{Close, RunState};
-use super::{would_block, ConnRef, Worker, HOUSEKEEPING_MS};
+use super::{ConnRef, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{Ack, ErrorCode};
 use crate::server::conn::{
     Conn, Phase, Wait, Web, FRAME_OVERHEAD_BYTES, REPLY_BACKLOG_BYTES, REPLY_RESUME_BYTES,
@@ -43,7 +43,7 @@ impl Outbox {
             // one): an empty frame in the queue would read as a write of zero bytes, a dead peer.
             return true;
         }
-        let before = conn.queue.footprint();
+        let before = conn.footprint();
         let queued = before + frame.len() + FRAME_OVERHEAD_BYTES;
         let one_big_message = frame.len() > cap / 2 && before <= cap / 4;
         if queued > cap && !one_big_message {
@@ -89,7 +89,7 @@ impl Worker {
             return Err(self.slow_consumer(key));
         }
         conn.urgent = true;
-        if matches!(conn.phase, Phase::Open) && conn.queue.footprint() > REPLY_BACKLOG_BYTES {
+        if matches!(conn.phase, Phase::Open) && conn.footprint() > REPLY_BACKLOG_BYTES {
             // It is not reading its answers: read nothing more from it until it does.
             conn.phase = Phase::Waiting(Wait::Drain);
         }
@@ -218,14 +218,20 @@ impl Worker {
     pub(super) fn flush(&mut self, key: usize) -> Result<(), Close> {
         let conn = &mut self.conns[key];
         conn.dirty = false;
-        if conn.writable && !conn.queue.is_empty() {
-            match conn.queue.write_to(&mut conn.stream) {
-                Ok(n) => {
+        if let (Phase::Closing { .. }, Some(tls)) = (&conn.phase, conn.tls.as_deref_mut()) {
+            if conn.queue.is_empty() && tls.seal_close_notify().is_err() {
+                return Err(Close::now("TLS close_notify failed"));
+            }
+        }
+        if conn.writable && !conn.flushed() {
+            match conn.write_out(&mut self.seal_batch) {
+                Ok((0, true)) => conn.writable = false,
+                Ok((n, full)) => {
                     // A connection written to rarely (a reply, a quiet channel) gives its queue
                     // memory back at once; a busy one keeps it for the next frame, and
                     // housekeeping takes it once it goes quiet (invariant 5).
                     if self.now_ms.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
-                        conn.queue.release_if_empty();
+                        conn.release_if_idle();
                     }
                     conn.last_write_ms = self.now_ms;
                     conn.urgent = false;
@@ -235,24 +241,24 @@ impl Worker {
                         self.replaying.push(ConnRef::of(key, conn));
                     }
                     if matches!(conn.phase, Phase::Waiting(Wait::Drain))
-                        && conn.queue.footprint() <= REPLY_RESUME_BYTES
+                        && conn.footprint() <= REPLY_RESUME_BYTES
                     {
                         conn.end_wait();
                         self.unblocked.push(ConnRef::of(key, conn));
                     }
                     self.out.queued_bytes -= n;
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
-                    if !conn.queue.is_empty() {
+                    if full {
                         conn.writable = false;
                     }
                 }
-                Err(e) if would_block(&e) => conn.writable = false,
                 Err(e) => return Err(Close::now(format!("write failed: {e}"))),
             }
         }
+        let flushed = conn.flushed();
         if let Phase::Closing { write_shut: write_shut @ false, wait_for_eof, .. } = &mut conn.phase
         {
-            if conn.queue.is_empty() {
+            if flushed {
                 *write_shut = true;
                 // Half-close: the peer reads everything, then sees EOF.
                 if conn.stream.shutdown(Shutdown::Write).is_err() {

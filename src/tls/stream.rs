@@ -1,0 +1,125 @@
+//! A client's TLS connection over a socket, blocking or not: `Read` gives application data and
+//! `Write` takes it, as the plain socket did, so the broker's Redis links, the load generator
+//! and the Rust client speak TLS by wrapping their socket.
+//!
+//! On a non-blocking socket `WouldBlock` means what it means there: nothing now, wait for
+//! readiness. Bytes `write` took may still be encrypted in rustls (at most its 64 KiB buffer
+//! limit): the owner calls `flush` when the socket is writable until `wants_write` is false.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
+
+/// TLS over `S`.
+#[derive(Debug)]
+pub struct TlsStream<S> {
+    tls: ClientConnection,
+    socket: S,
+}
+
+impl<S: Read + Write> TlsStream<S> {
+    /// Starts a handshake with `server_name` (checked against the server's certificate) over
+    /// a connected (or connecting) socket; it proceeds as the stream is read and written.
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        socket: S,
+    ) -> Result<TlsStream<S>, rustls::Error> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| rustls::Error::General(format!("{server_name:?} is not a server name")))?;
+        Ok(TlsStream { tls: ClientConnection::new(config, name)?, socket })
+    }
+
+    /// The socket underneath (to register it, set options, shut it down).
+    pub fn socket(&self) -> &S {
+        &self.socket
+    }
+
+    /// The socket underneath, mutably (mio registration).
+    pub fn socket_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    /// Encrypted bytes wait for the socket.
+    pub fn wants_write(&self) -> bool {
+        self.tls.wants_write()
+    }
+
+    /// True until the handshake is complete.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
+    /// Writes encrypted bytes until none wait or the socket blocks (`WouldBlock`).
+    fn push(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.socket) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: Read + Write> Read for TlsStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                // No plaintext yet, the connection open: more records are needed.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // Handshake messages (and alerts) go out before waiting on the peer's answer.
+            match self.push() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            match self.tls.read_tls(&mut self.socket) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {
+                    if let Err(e) = self.tls.process_new_packets() {
+                        // rustls queued an alert saying why; it is worth one try.
+                        let _ = self.push();
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl<S: Read + Write> Write for TlsStream<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.push() {
+            Ok(()) => {}
+            // Still under rustls's buffer limit: take more (it goes out on `flush`).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let taken = self.tls.writer().write(buf)?;
+        if taken == 0 && !buf.is_empty() {
+            // rustls's buffer is full and the socket takes nothing.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        match self.push() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.push()?;
+        self.socket.flush()
+    }
+}
