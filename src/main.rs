@@ -287,7 +287,8 @@ struct ServeArgs {
     /// only).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    /// Join a cluster through this Redis server (redis://[[user]:password@]host[:port][/db]);
+    /// Join a cluster through this Redis server (redis://[[user]:password@]host[:port][/db], or
+    /// rediss:// for TLS);
     /// repeat it to spread channels over several independent servers. Offsets, history and
     /// resume are then the same on every node. Not with --data-dir: Redis keeps the history.
     #[arg(long = "redis", value_name = "URL")]
@@ -296,6 +297,16 @@ struct ServeArgs {
     /// more seeds): channels go to their hash slot's master, delivery uses sharded pub/sub.
     #[arg(long = "redis-cluster", value_name = "URL", conflicts_with = "redis")]
     redis_cluster: Vec<fanout::cluster::RedisEndpoint>,
+    /// CA certificates (PEM) that `rediss://` servers' certificates must chain to (default: the
+    /// system's trust roots).
+    #[arg(long, value_name = "FILE")]
+    redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for `rediss://` servers that require mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "redis_tls_key")]
+    redis_tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --redis-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_tls_cert")]
+    redis_tls_key: Option<std::path::PathBuf>,
     /// Prefix of the keys and pub/sub channels fanout uses in Redis.
     #[arg(long, default_value = "fanout")]
     redis_prefix: String,
@@ -505,8 +516,24 @@ impl ServeArgs {
         fanout::tls::ServerTls::load(&files).map(Some).map_err(|e| format!("TLS: {e}"))
     }
 
+    /// The TLS client configuration for `rediss://` servers (`None` when none is).
+    fn redis_tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        let servers = self.redis.iter().chain(&self.redis_cluster);
+        if !servers.clone().any(|server| server.tls) {
+            if self.redis_tls_ca_file.is_some() || self.redis_tls_cert.is_some() {
+                return Err("--redis-tls-* given but no --redis or --redis-cluster URL is rediss://".into());
+            }
+            return Ok(None);
+        }
+        let identity = self.redis_tls_cert.as_deref().zip(self.redis_tls_key.as_deref());
+        fanout::tls::client_config(self.redis_tls_ca_file.as_deref(), identity)
+            .map(Some)
+            .map_err(|e| format!("rediss: {e}"))
+    }
+
     fn config(&self) -> Result<Config, String> {
         let defaults = Config::default();
+        let redis_tls = self.redis_tls()?;
         Ok(Config {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
@@ -545,6 +572,7 @@ impl ServeArgs {
                     command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
                     probe_interval: Duration::from_secs(1),
                     name_lease: Duration::from_millis(self.redis_name_lease_ms.max(300)),
+                    tls: redis_tls,
                 }
             }),
             fsync: match self.fsync.as_str() {

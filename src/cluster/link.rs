@@ -1,8 +1,10 @@
-//! One connection to Redis: a non-blocking socket on the broker's poll, an output buffer of
-//! pipelined commands, and an input buffer parsed into RESP values with `protocol::resp`.
+//! One connection to Redis: a non-blocking socket (plain, or TLS for `rediss://`) on the
+//! broker's poll, an output buffer of pipelined commands, and an input buffer parsed into RESP
+//! values with `protocol::resp`.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use mio::net::TcpStream;
@@ -11,10 +13,70 @@ use mio::{Interest, Registry, Token};
 use super::broker::topology::SlotRange;
 use super::RedisEndpoint;
 use crate::protocol::resp::{self, Value};
+use crate::tls::TlsStream;
+
+/// A link's socket: TLS is driven by the same reads, writes and readiness as plaintext.
+#[derive(Debug)]
+enum Socket {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Socket {
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Socket::Plain(tcp) => tcp,
+            Socket::Tls(tls) => tls.socket_mut(),
+        }
+    }
+
+    /// Encrypted bytes wait for the kernel.
+    fn wants_write(&self) -> bool {
+        matches!(self, Socket::Tls(tls) if tls.wants_write())
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => tcp.read(buf),
+            Socket::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(tcp) => tcp.write(buf),
+            Socket::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Socket::Plain(tcp) => tcp.flush(),
+            Socket::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// Starts TLS over `socket` when `tls` is given, checking the certificate against `host`.
+fn wrap<S: Read + Write>(
+    socket: S,
+    tls: Option<(&Arc<rustls::ClientConfig>, &str)>,
+) -> io::Result<Result<TlsStream<S>, S>> {
+    match tls {
+        None => Ok(Err(socket)),
+        Some((config, host)) => TlsStream::new(config.clone(), host, socket)
+            .map(Ok)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct Link {
-    stream: TcpStream,
+    stream: Socket,
     token: Token,
     out: BytesMut,
     input: Vec<u8>,
@@ -30,14 +92,20 @@ impl Link {
     /// connect: a server that does not answer is given up on by the command timeout, since the
     /// commands queued meanwhile go unanswered). Registered for READABLE and WRITABLE; the
     /// connect completes on the first event (`ready`).
+    /// With `tls`, the link speaks TLS, its handshake under way with the first commands.
     pub fn connect(
         addr: SocketAddr,
+        tls: Option<(&Arc<rustls::ClientConfig>, &str)>,
         token: Token,
         registry: &Registry,
         max_bulk: usize,
     ) -> io::Result<Link> {
-        let mut stream = TcpStream::connect(addr)?;
-        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        let mut tcp = TcpStream::connect(addr)?;
+        registry.register(&mut tcp, token, Interest::READABLE | Interest::WRITABLE)?;
+        let stream = match wrap(tcp, tls)? {
+            Ok(tls) => Socket::Tls(Box::new(tls)),
+            Err(tcp) => Socket::Plain(tcp),
+        };
         Ok(Link {
             stream,
             token,
@@ -55,13 +123,14 @@ impl Link {
         if !self.connecting {
             return Ok(true);
         }
-        if let Some(e) = self.stream.take_error()? {
+        let tcp = self.stream.tcp();
+        if let Some(e) = tcp.take_error()? {
             return Err(e);
         }
-        match self.stream.peer_addr() {
+        match tcp.peer_addr() {
             Ok(_) => {
                 self.connecting = false;
-                self.stream.set_nodelay(true)?;
+                tcp.set_nodelay(true)?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
@@ -75,7 +144,7 @@ impl Link {
     }
 
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.stream.wants_write()
     }
 
     /// Writes what is queued (once connected); registers for WRITABLE when the kernel buffer
@@ -84,9 +153,18 @@ impl Link {
         if !self.ready()? {
             return Ok(());
         }
-        while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+        loop {
+            // With TLS, `write` takes bytes into rustls and `flush` pushes what it encrypted.
+            let written = if self.out.is_empty() {
+                if !self.stream.wants_write() {
+                    break;
+                }
+                self.stream.flush().map(|()| 0)
+            } else {
+                self.stream.write(&self.out)
+            };
+            match written {
+                Ok(0) if !self.out.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     let _ = self.out.split_to(n);
                 }
@@ -94,7 +172,7 @@ impl Link {
                     if !self.want_write {
                         self.want_write = true;
                         registry.reregister(
-                            &mut self.stream,
+                            self.stream.tcp(),
                             self.token,
                             Interest::READABLE | Interest::WRITABLE,
                         )?;
@@ -107,7 +185,7 @@ impl Link {
         }
         if self.want_write {
             self.want_write = false;
-            registry.reregister(&mut self.stream, self.token, Interest::READABLE)?;
+            registry.reregister(self.stream.tcp(), self.token, Interest::READABLE)?;
         }
         if self.out.capacity() > 1 << 20 {
             self.out = BytesMut::with_capacity(16 * 1024);
@@ -166,9 +244,13 @@ impl Link {
     }
 
     pub fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.stream);
+        let _ = registry.deregister(self.stream.tcp());
     }
 }
+
+/// A blocking socket, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn put_decimal(out: &mut BytesMut, n: usize) {
     out.put_slice(n.to_string().as_bytes());
@@ -189,14 +271,23 @@ fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
 
 /// Redis Cluster: the slot map (`CLUSTER SLOTS`). Blocking (a connect with a timeout, one round
 /// trip): called on a helper thread, never the broker's (`BrokerThread::discover`).
-pub(super) fn read_slot_map(seed: &RedisEndpoint) -> io::Result<Vec<SlotRange>> {
+pub(super) fn read_slot_map(
+    seed: &RedisEndpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<Vec<SlotRange>> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(seed.host.as_str(), seed.port))?
         .next()
         .ok_or_else(|| invalid("no address".into()))?;
     let timeout = std::time::Duration::from_millis(500);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let tls = if seed.tls { tls.map(|config| (config, seed.host.as_str())) } else { None };
+    let mut stream: Box<dyn ReadWrite> = match wrap(tcp, tls)? {
+        Ok(tls) => Box::new(tls),
+        Err(tcp) => Box::new(tcp),
+    };
     let mut request = BytesMut::new();
     let mut command = |args: &[&[u8]]| encode_command(&mut request, args);
     let mut expected = 1;
@@ -209,6 +300,7 @@ pub(super) fn read_slot_map(seed: &RedisEndpoint) -> io::Result<Vec<SlotRange>> 
     }
     command(&[b"CLUSTER", b"SLOTS"]);
     stream.write_all(&request)?;
+    stream.flush()?;
     let mut input = Vec::new();
     let mut replies = Vec::new();
     let mut chunk = [0u8; 16 * 1024];

@@ -55,7 +55,7 @@ pub(crate) use broker::prepare;
 pub(crate) use broker::{survey_body, SurveyKind};
 
 /// Cluster settings (`--redis`, `--redis-cluster`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Independent Redis servers; each channel lives on one of them (jump consistent hash of its
     /// name), so adding servers spreads channels without moving most of them. With
@@ -79,6 +79,9 @@ pub struct ClusterConfig {
     /// A client name's lease in Redis: refreshed by its node every third of this; a dead node's
     /// names come free this long after it died.
     pub name_lease: Duration,
+    /// TLS for `rediss://` servers: trust roots (the system's by default) and the client
+    /// certificate for mutual TLS, if any. Required when a server is `rediss://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClusterConfig {
@@ -92,11 +95,12 @@ impl ClusterConfig {
             command_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
             name_lease: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
 
-/// A Redis server: `redis://[[user]:password@]host[:port][/db]`.
+/// A Redis server: `redis://[[user]:password@]host[:port][/db]`, or `rediss://...` for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisEndpoint {
     /// Host name or address.
@@ -109,15 +113,19 @@ pub struct RedisEndpoint {
     pub password: Option<String>,
     /// Database for the keys (pub/sub is the same in every database).
     pub db: u32,
+    /// `rediss://`: TLS, the server's certificate checked against `host`.
+    pub tls: bool,
 }
 
 impl std::str::FromStr for RedisEndpoint {
     type Err = String;
 
     fn from_str(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("{url}: a Redis URL starts with redis://"))?;
+        let (tls, rest) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(format!("{url}: a Redis URL starts with redis:// or rediss://")),
+        };
         let (credentials, rest) = match rest.rsplit_once('@') {
             Some((credentials, rest)) => (Some(credentials), rest),
             None => (None, rest),
@@ -147,13 +155,14 @@ impl std::str::FromStr for RedisEndpoint {
                 None => (None, Some(c.to_owned())),
             },
         };
-        Ok(RedisEndpoint { host: host.to_owned(), port, user, password, db })
+        Ok(RedisEndpoint { host: host.to_owned(), port, user, password, db, tls })
     }
 }
 
 impl std::fmt::Display for RedisEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}", self.host, self.port)?;
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)?;
         if self.db != 0 {
             write!(f, "/{}", self.db)?;
         }
@@ -601,6 +610,10 @@ mod tests {
         assert_eq!((e.host.as_str(), e.port, e.user.as_deref()), ("::1", 7000, Some("bob")));
         assert!("http://x".parse::<RedisEndpoint>().is_err());
         assert!("redis://:1".parse::<RedisEndpoint>().is_err());
+        let e: RedisEndpoint = "rediss://app:pw@cache.example.com:6380".parse().unwrap();
+        assert!(e.tls && e.port == 6380 && e.host == "cache.example.com");
+        assert_eq!(e.to_string(), "rediss://cache.example.com:6380");
+        assert!("http://h".parse::<RedisEndpoint>().is_err());
         assert!("redis://h:port".parse::<RedisEndpoint>().is_err());
     }
 

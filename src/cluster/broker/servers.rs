@@ -57,11 +57,12 @@ impl BrokerThread {
             self.shards.iter().map(|s| &s.endpoint),
         );
         let server = self.server.clone();
+        let tls = self.config().tls.clone();
         let spawned = std::thread::Builder::new().name("fanout-slot-map".into()).spawn(move || {
             let mut why = String::from("no node to ask");
             let mut found = None;
             for seed in candidates {
-                match read_slot_map(&seed) {
+                match read_slot_map(&seed, tls.as_ref()) {
                     Ok(ranges) if !ranges.is_empty() => {
                         found = Some((seed, ranges));
                         break;
@@ -282,8 +283,12 @@ impl BrokerThread {
         let Some(addr) = self.address_of(i) else { return };
         let max_bulk = self.server.max_frame_bytes() + 64 * 1024;
         let registry = self.poll.registry();
-        let links = Link::connect(addr, Token(2 * i), registry, max_bulk).and_then(|commands| {
-            let pubsub = Link::connect(addr, Token(2 * i + 1), registry, max_bulk)?;
+        let tls = match (&self.config().tls, endpoint.tls) {
+            (Some(config), true) => Some((config, endpoint.host.as_str())),
+            _ => None,
+        };
+        let links = Link::connect(addr, tls, Token(2 * i), registry, max_bulk).and_then(|commands| {
+            let pubsub = Link::connect(addr, tls, Token(2 * i + 1), registry, max_bulk)?;
             Ok((commands, pubsub))
         });
         let shard = &mut self.shards[i];

@@ -201,7 +201,14 @@ mod tests {
     use super::*;
 
     fn endpoint(port: u16) -> RedisEndpoint {
-        RedisEndpoint { host: "127.0.0.1".into(), port, db: 0, user: None, password: None }
+        RedisEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            db: 0,
+            user: None,
+            password: None,
+            tls: false,
+        }
     }
 
     fn range(first: u16, last: u16, port: u16) -> SlotRange {
