@@ -5,13 +5,18 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::history::ResumeStatus;
 use crate::protocol::{binary, text, Ack, ProtocolError, Request, Resume, ServerFrame};
+use crate::tls::Socket;
 
 /// Joins and leaves kept for `next_event` while only `next_message` is called.
 const MAX_KEPT_EVENTS: usize = 10_000;
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest frame the client accepts from a server.
 const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -50,12 +55,66 @@ pub enum ClientError {
     /// Nothing arrived before the deadline.
     #[error("timed out waiting for the server")]
     Timeout,
+    /// The TLS handshake failed (the certificate is not trusted or not the server's name, no
+    /// protocol in common): retrying does not help.
+    #[error("TLS handshake with {server} failed: {reason}")]
+    Tls {
+        /// The server.
+        server: String,
+        /// rustls's reason.
+        reason: String,
+    },
+}
+
+/// Where a server is: `host:port`, or `tls://host:port` for TLS (the certificate must carry
+/// `host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// Its address (the host resolved when parsed).
+    pub addr: SocketAddr,
+    /// With TLS: the name its certificate is checked against.
+    pub tls_name: Option<String>,
+}
+
+impl From<SocketAddr> for ServerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        ServerAddr { addr, tls_name: None }
+    }
+}
+
+impl std::str::FromStr for ServerAddr {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let (tls, authority) = match (url.strip_prefix("tls://"), url.strip_prefix("tcp://")) {
+            (Some(rest), _) => (true, rest),
+            (_, Some(rest)) => (false, rest),
+            _ => (false, url),
+        };
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| format!("{url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url}: no address"))?;
+        let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(ServerAddr { addr, tls_name: tls.then(|| host.to_owned()) })
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls_name {
+            Some(name) => write!(f, "tls://{name}:{}", self.addr.port()),
+            None => write!(f, "{}", self.addr),
+        }
+    }
 }
 
 /// A connection to a fanout server speaking the binary format.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: Socket<TcpStream>,
     input: Vec<u8>,
     /// Start of unparsed bytes in `input`.
     parsed: usize,
@@ -156,7 +215,41 @@ impl Client {
     /// Connects and sends the binary preface.
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
+        Client::over(Socket::Plain(stream))
+    }
+
+    /// Connects to `server`, over TLS for a `tls://` one (trusting `tls`'s roots, the
+    /// system's when `None`).
+    pub fn open(
+        server: &ServerAddr,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(server.addr)?;
+        let Some(name) = &server.tls_name else {
+            return Client::over(Socket::Plain(stream));
+        };
+        let config = match tls {
+            Some(config) => config.clone(),
+            None => crate::tls::client_config(None, None)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        };
+        let mut socket = Socket::new(stream, Some((&config, name)))?;
+        if let Socket::Tls(tls) = &mut socket {
+            // Done here, so that a certificate the client does not trust is told as such.
+            tls.socket().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            tls.complete_handshake().map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => {
+                    ClientError::Tls { server: server.to_string(), reason: e.to_string() }
+                }
+                _ => ClientError::Io(e),
+            })?;
+            tls.socket().set_read_timeout(None)?;
+        }
+        Client::over(socket)
+    }
+
+    fn over(stream: Socket<TcpStream>) -> Result<Client, ClientError> {
+        stream.socket().set_nodelay(true)?;
         let mut client = Client {
             stream,
             input: Vec::with_capacity(64 * 1024),
@@ -166,18 +259,20 @@ impl Client {
             out: Vec::new(),
         };
         client.stream.write_all(&binary::PREFACE)?;
+        client.stream.flush()?;
         Ok(client)
     }
 
     /// The server's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.peer_addr()
+        self.stream.socket().peer_addr()
     }
 
     fn send(&mut self, request: &Request<'_>) -> Result<(), ClientError> {
         self.out.clear();
         binary::encode_request(request, &mut self.out);
         self.stream.write_all(&self.out)?;
+        self.stream.flush()?;
         Ok(())
     }
 
@@ -519,7 +614,7 @@ impl Client {
             }
             None => None,
         };
-        self.stream.set_read_timeout(timeout)?;
+        self.stream.socket().set_read_timeout(timeout)?;
         let start = self.input.len();
         self.input.resize(start + 64 * 1024, 0);
         let read = self.stream.read(&mut self.input[start..]);
@@ -596,18 +691,25 @@ impl Backoff {
 /// interchangeable (resume does the rest), so after a failure the client moves on to the next.
 #[derive(Debug, Clone)]
 struct Servers {
-    all: Vec<SocketAddr>,
+    all: Vec<ServerAddr>,
     current: usize,
+    /// Trust roots for `tls://` servers (the system's when `None`).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Servers {
-    fn new(all: &[SocketAddr]) -> Servers {
+    fn new<A: Into<ServerAddr> + Clone>(all: &[A]) -> Servers {
         assert!(!all.is_empty(), "a client needs at least one server address");
-        Servers { all: all.to_vec(), current: 0 }
+        Servers { all: all.iter().cloned().map(Into::into).collect(), current: 0, tls: None }
     }
 
-    fn now(&self) -> SocketAddr {
-        self.all[self.current]
+    fn now(&self) -> &ServerAddr {
+        &self.all[self.current]
+    }
+
+    /// Connects to the current server.
+    fn connect(&self) -> Result<Client, ClientError> {
+        Client::open(&self.all[self.current], self.tls.as_ref())
     }
 
     /// Moves to the next server (the same one when there is only one).
@@ -643,7 +745,11 @@ impl Subscriber {
     /// Subscribes to `channels` from now (`from: None`) or after offset `from` (0: everything
     /// retained), on the first of `servers` that answers. Connects lazily, on the first
     /// `next_message`.
-    pub fn new(servers: &[SocketAddr], channels: &[String], from: Option<u64>) -> Subscriber {
+    pub fn new<A: Into<ServerAddr> + Clone>(
+        servers: &[A],
+        channels: &[String],
+        from: Option<u64>,
+    ) -> Subscriber {
         let positions = channels
             .iter()
             .map(|c| Position { channel: c.clone(), last: from, epoch: None })
@@ -678,6 +784,12 @@ impl Subscriber {
         self
     }
 
+    /// Trusts these roots for `tls://` servers (instead of the system's).
+    pub fn with_tls(mut self, config: Option<Arc<rustls::ClientConfig>>) -> Subscriber {
+        self.servers.tls = config;
+        self
+    }
+
     /// The next message of any channel, reconnecting as long as it takes.
     pub fn next_message(&mut self) -> Result<Message, ClientError> {
         loop {
@@ -699,8 +811,9 @@ impl Subscriber {
                     // A refused token or a forbidden channel does not get better by retrying
                     // (a full node, 503, might: the next one is tried).
                     Err(e @ ClientError::Server { code, .. }) if code != 503 => return Err(e),
+                    Err(e @ ClientError::Tls { .. }) => return Err(e),
                     Err(e) => {
-                        let server = self.servers.now();
+                        let server = self.servers.now().clone();
                         self.servers.failed();
                         log::warn!(
                             "subscriber: cannot connect to {server}: {e}; trying {}",
@@ -733,7 +846,7 @@ impl Subscriber {
                     return Err(ClientError::Server { code, reason })
                 }
                 Err(e) => {
-                    let server = self.servers.now();
+                    let server = self.servers.now().clone();
                     self.servers.failed();
                     log::warn!(
                         "subscriber: connection to {server} lost ({e}); resuming on {}",
@@ -748,7 +861,7 @@ impl Subscriber {
     }
 
     fn connect(&mut self) -> Result<Client, ClientError> {
-        let mut client = Client::connect(self.servers.now())?;
+        let mut client = self.servers.connect()?;
         if let Some(token) = &self.token {
             client.authenticate(token)?;
         }
@@ -792,7 +905,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects lazily (to the first of `servers` that answers, moving on to the next after a
     /// failure); keeps at most `max_unacked` messages waiting for acknowledgement.
-    pub fn new(servers: &[SocketAddr], max_unacked: usize) -> Publisher {
+    pub fn new<A: Into<ServerAddr> + Clone>(servers: &[A], max_unacked: usize) -> Publisher {
         Publisher {
             servers: Servers::new(servers),
             token: None,
@@ -806,6 +919,12 @@ impl Publisher {
     /// Authenticates with `token` on every (re)connect.
     pub fn with_token(mut self, token: Option<String>) -> Publisher {
         self.token = token;
+        self
+    }
+
+    /// Trusts these roots for `tls://` servers (instead of the system's).
+    pub fn with_tls(mut self, config: Option<Arc<rustls::ClientConfig>>) -> Publisher {
+        self.servers.tls = config;
         self
     }
 
@@ -848,7 +967,7 @@ impl Publisher {
                 }
             }
             let token = self.token.as_deref();
-            let connected = Client::connect(self.servers.now()).and_then(|mut client| {
+            let connected = self.servers.connect().and_then(|mut client| {
                 if let Some(token) = token {
                     client.authenticate(token)?;
                 }
@@ -862,10 +981,10 @@ impl Publisher {
                     self.client = Some(client);
                     self.backoff.reset();
                 }
-                // A refused token does not get better by retrying.
-                Err(e @ ClientError::Server { .. }) => return Err(e),
+                // A refused token or certificate does not get better by retrying.
+                Err(e @ (ClientError::Server { .. } | ClientError::Tls { .. })) => return Err(e),
                 Err(e) => {
-                    let server = self.servers.now();
+                    let server = self.servers.now().clone();
                     self.servers.failed();
                     log::warn!(
                         "publisher: cannot connect to {server}: {e}; trying {}",
@@ -896,7 +1015,7 @@ impl Publisher {
         if matches!(error, ClientError::Server { code, .. } if code != 503) {
             return Err(error);
         }
-        let server = self.servers.now();
+        let server = self.servers.now().clone();
         self.servers.failed();
         log::warn!(
             "publisher: connection to {server} lost ({error}); {} unacknowledged will be resent to {}",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 
-use fanout::client::{Client, Publisher, Subscriber};
+use fanout::client::{Client, Publisher, ServerAddr, Subscriber};
 use fanout::history::disk::FsyncPolicy;
 use fanout::{Config, Server};
 
@@ -34,10 +34,14 @@ enum Command {
         channel: String,
         /// The payload; without it, every line of stdin is published.
         message: Option<String>,
-        /// Server address; repeat it to give a cluster's nodes (the client moves to the next one
-        /// when one fails, and resumes there).
+        /// Server address, `host:port` or `tls://host:port`; repeat it to give a cluster's nodes
+        /// (the client moves to the next one when one fails, and resumes there).
         #[arg(long = "server", default_value = "127.0.0.1:7400")]
-        servers: Vec<SocketAddr>,
+        servers: Vec<ServerAddr>,
+        /// CA certificates (PEM) a `tls://` server's certificate must chain to (default: the
+        /// system's trust roots).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         token: TokenArgs,
     },
@@ -60,10 +64,14 @@ enum Command {
         /// First receive every retained message.
         #[arg(long)]
         from_start: bool,
-        /// Server address; repeat it to give a cluster's nodes (the client moves to the next one
-        /// when one fails, and resumes there).
+        /// Server address, `host:port` or `tls://host:port`; repeat it to give a cluster's nodes
+        /// (the client moves to the next one when one fails, and resumes there).
         #[arg(long = "server", default_value = "127.0.0.1:7400")]
-        servers: Vec<SocketAddr>,
+        servers: Vec<ServerAddr>,
+        /// CA certificates (PEM) a `tls://` server's certificate must chain to (default: the
+        /// system's trust roots).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         token: TokenArgs,
     },
@@ -615,14 +623,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => args.config().map_err(Into::into).and_then(serve),
-        Command::Pub { channel, message, servers, token } => token
-            .token()
-            .map_err(Into::into)
-            .and_then(|token| publish(&servers, &channel, message, token)),
-        Command::Sub { channels, presence, name, servers, from, from_start, token } => {
+        Command::Pub { channel, message, servers, ca_file, token } => {
+            token.token().map_err(Into::into).and_then(|token| {
+                let tls = client_tls(&servers, ca_file.as_deref())?;
+                publish(&servers, tls, &channel, message, token)
+            })
+        }
+        Command::Sub { channels, presence, name, servers, ca_file, from, from_start, token } => {
             token.token().map_err(Into::into).and_then(|token| {
                 let from = from.or(from_start.then_some(0));
-                subscribe(&servers, &channels, &presence, name, from, token)
+                let tls = client_tls(&servers, ca_file.as_deref())?;
+                subscribe(&servers, tls, &channels, &presence, name, from, token)
             })
         }
         Command::Token { secret_file, sub, allow_sub, allow_pub, ttl } => {
@@ -706,15 +717,28 @@ fn mint(
     Ok(())
 }
 
+/// The TLS configuration for `tls://` servers (`None` when none is): `ca_file`'s roots, or the
+/// system's.
+fn client_tls(
+    servers: &[ServerAddr],
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, Box<dyn std::error::Error>> {
+    if !servers.iter().any(|s| s.tls_name.is_some()) {
+        return Ok(None);
+    }
+    Ok(Some(fanout::tls::client_config(ca_file, None)?))
+}
+
 fn publish(
-    servers: &[SocketAddr],
+    servers: &[ServerAddr],
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     channel: &str,
     message: Option<String>,
     token: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Acknowledged publishes; unacknowledged ones are kept (up to 10,000) and sent again after a
     // reconnect, so a server restart loses nothing from stdin.
-    let mut publisher = Publisher::new(servers, 10_000).with_token(token);
+    let mut publisher = Publisher::new(servers, 10_000).with_token(token).with_tls(tls);
     match message {
         Some(message) => publisher.publish(channel, message.as_bytes())?,
         None => {
@@ -728,7 +752,8 @@ fn publish(
 }
 
 fn subscribe(
-    servers: &[SocketAddr],
+    servers: &[ServerAddr],
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     channels: &[String],
     presence: &[String],
     name: Option<String>,
@@ -780,7 +805,7 @@ fn subscribe(
     let channels: Vec<String> = channels.iter().chain(presence).cloned().collect();
     if let Some(name) = name {
         // A named client is one connection: no resume (a name is claimed per connection).
-        let mut client = Client::connect(servers)?;
+        let mut client = Client::open(&servers[0], tls.as_ref())?;
         if let Some(token) = &token {
             client.authenticate(token)?;
         }
@@ -804,7 +829,10 @@ fn subscribe(
     }
     // Otherwise: reconnect with backoff and resume every channel from its last offset.
     let mut subscriber =
-        Subscriber::new(servers, &channels, from).with_token(token).with_presence(presence);
+        Subscriber::new(servers, &channels, from)
+            .with_token(token)
+            .with_presence(presence)
+            .with_tls(tls);
     loop {
         print(subscriber.next_delivery()?)?;
     }

@@ -13,70 +13,11 @@ use mio::{Interest, Registry, Token};
 use super::broker::topology::SlotRange;
 use super::RedisEndpoint;
 use crate::protocol::resp::{self, Value};
-use crate::tls::TlsStream;
-
-/// A link's socket: TLS is driven by the same reads, writes and readiness as plaintext.
-#[derive(Debug)]
-enum Socket {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Socket {
-    fn tcp(&mut self) -> &mut TcpStream {
-        match self {
-            Socket::Plain(tcp) => tcp,
-            Socket::Tls(tls) => tls.socket_mut(),
-        }
-    }
-
-    /// Encrypted bytes wait for the kernel.
-    fn wants_write(&self) -> bool {
-        matches!(self, Socket::Tls(tls) if tls.wants_write())
-    }
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Socket::Plain(tcp) => tcp.read(buf),
-            Socket::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Socket::Plain(tcp) => tcp.write(buf),
-            Socket::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Socket::Plain(tcp) => tcp.flush(),
-            Socket::Tls(tls) => tls.flush(),
-        }
-    }
-}
-
-/// Starts TLS over `socket` when `tls` is given, checking the certificate against `host`.
-fn wrap<S: Read + Write>(
-    socket: S,
-    tls: Option<(&Arc<rustls::ClientConfig>, &str)>,
-) -> io::Result<Result<TlsStream<S>, S>> {
-    match tls {
-        None => Ok(Err(socket)),
-        Some((config, host)) => TlsStream::new(config.clone(), host, socket)
-            .map(Ok)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
-    }
-}
+use crate::tls::Socket;
 
 #[derive(Debug)]
 pub(super) struct Link {
-    stream: Socket,
+    stream: Socket<TcpStream>,
     token: Token,
     out: BytesMut,
     input: Vec<u8>,
@@ -102,10 +43,7 @@ impl Link {
     ) -> io::Result<Link> {
         let mut tcp = TcpStream::connect(addr)?;
         registry.register(&mut tcp, token, Interest::READABLE | Interest::WRITABLE)?;
-        let stream = match wrap(tcp, tls)? {
-            Ok(tls) => Socket::Tls(Box::new(tls)),
-            Err(tcp) => Socket::Plain(tcp),
-        };
+        let stream = Socket::new(tcp, tls)?;
         Ok(Link {
             stream,
             token,
@@ -123,7 +61,7 @@ impl Link {
         if !self.connecting {
             return Ok(true);
         }
-        let tcp = self.stream.tcp();
+        let tcp = self.stream.socket_mut();
         if let Some(e) = tcp.take_error()? {
             return Err(e);
         }
@@ -172,7 +110,7 @@ impl Link {
                     if !self.want_write {
                         self.want_write = true;
                         registry.reregister(
-                            self.stream.tcp(),
+                            self.stream.socket_mut(),
                             self.token,
                             Interest::READABLE | Interest::WRITABLE,
                         )?;
@@ -185,7 +123,7 @@ impl Link {
         }
         if self.want_write {
             self.want_write = false;
-            registry.reregister(self.stream.tcp(), self.token, Interest::READABLE)?;
+            registry.reregister(self.stream.socket_mut(), self.token, Interest::READABLE)?;
         }
         if self.out.capacity() > 1 << 20 {
             self.out = BytesMut::with_capacity(16 * 1024);
@@ -244,13 +182,9 @@ impl Link {
     }
 
     pub fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(self.stream.tcp());
+        let _ = registry.deregister(self.stream.socket_mut());
     }
 }
-
-/// A blocking socket, plain or TLS.
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 fn put_decimal(out: &mut BytesMut, n: usize) {
     out.put_slice(n.to_string().as_bytes());
@@ -284,10 +218,7 @@ pub(super) fn read_slot_map(
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
     let tls = if seed.tls { tls.map(|config| (config, seed.host.as_str())) } else { None };
-    let mut stream: Box<dyn ReadWrite> = match wrap(tcp, tls)? {
-        Ok(tls) => Box::new(tls),
-        Err(tcp) => Box::new(tcp),
-    };
+    let mut stream = Socket::new(tcp, tls)?;
     let mut request = BytesMut::new();
     let mut command = |args: &[&[u8]]| encode_command(&mut request, args);
     let mut expected = 1;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use certs::{CertFiles, ServerTls};
 pub use session::{failure_reason, Received, ServerSession};
-pub use stream::TlsStream;
+pub use stream::{Socket, TlsStream};
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello starts every connection).
 pub const HANDSHAKE_RECORD: u8 = 0x16;

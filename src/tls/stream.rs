@@ -52,6 +52,19 @@ impl<S: Read + Write> TlsStream<S> {
         self.tls.is_handshaking()
     }
 
+    /// Blocks until the handshake is done (on a blocking socket); a failure is `InvalidData`
+    /// with rustls's reason.
+    pub fn complete_handshake(&mut self) -> io::Result<()> {
+        while self.tls.is_handshaking() {
+            if let Err(e) = self.tls.complete_io(&mut self.socket) {
+                // rustls's alert (why the certificate was refused) is worth one try.
+                let _ = self.push();
+                return Err(e);
+            }
+        }
+        self.push()
+    }
+
     /// Writes encrypted bytes until none wait or the socket blocks (`WouldBlock`).
     fn push(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
@@ -121,5 +134,81 @@ impl<S: Read + Write> Write for TlsStream<S> {
     fn flush(&mut self) -> io::Result<()> {
         self.push()?;
         self.socket.flush()
+    }
+}
+
+/// A socket that speaks TLS or not, read and written the same way either way.
+#[derive(Debug)]
+pub enum Socket<S> {
+    /// Plaintext.
+    Plain(S),
+    /// TLS over the socket.
+    Tls(Box<TlsStream<S>>),
+}
+
+impl<S: Read + Write> Socket<S> {
+    /// `socket` as is, or with a TLS handshake to `server_name` under way when `tls` is given.
+    pub fn new(
+        socket: S,
+        tls: Option<(&Arc<rustls::ClientConfig>, &str)>,
+    ) -> io::Result<Socket<S>> {
+        match tls {
+            None => Ok(Socket::Plain(socket)),
+            Some((config, server_name)) => TlsStream::new(config.clone(), server_name, socket)
+                .map(|tls| Socket::Tls(Box::new(tls)))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
+        }
+    }
+
+    /// The socket underneath.
+    pub fn socket(&self) -> &S {
+        match self {
+            Socket::Plain(socket) => socket,
+            Socket::Tls(tls) => tls.socket(),
+        }
+    }
+
+    /// The socket underneath, mutably (to register it with a poll).
+    pub fn socket_mut(&mut self) -> &mut S {
+        match self {
+            Socket::Plain(socket) => socket,
+            Socket::Tls(tls) => tls.socket_mut(),
+        }
+    }
+
+    /// Encrypted bytes wait for the socket (`flush` when it is writable).
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Socket::Tls(tls) if tls.wants_write())
+    }
+
+    /// A read may leave application data behind in rustls after returning less than asked:
+    /// with edge-triggered readiness, read until `WouldBlock`.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Socket::Tls(_))
+    }
+}
+
+impl<S: Read + Write> Read for Socket<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(socket) => socket.read(buf),
+            Socket::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl<S: Read + Write> Write for Socket<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Plain(socket) => socket.write(buf),
+            Socket::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Socket::Plain(socket) => socket.flush(),
+            Socket::Tls(tls) => tls.flush(),
+        }
     }
 }

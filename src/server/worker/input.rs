@@ -72,7 +72,7 @@ impl Worker {
             }
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
+                    if conn.is_open() && conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
                         WorkerCounters::add(self.counters().tls_failure("eof"), 1);
                     }
                     return Err(Close::now("closed by peer"));
