@@ -102,13 +102,17 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// Server address.
+    /// Server address, `host:port` or `tls://host:port`.
     #[arg(long, default_value = "127.0.0.1:7400")]
-    server: SocketAddr,
+    server: ServerAddr,
     /// Subscribers connect here instead (repeat it for a cluster's nodes: subscriber i goes to
     /// the i-th modulo their number; publishers stay on --server).
     #[arg(long = "subscribe-to", value_name = "ADDR")]
-    subscribe_to: Vec<SocketAddr>,
+    subscribe_to: Vec<ServerAddr>,
+    /// CA certificates (PEM) a `tls://` server's certificate must chain to (default: the
+    /// system's trust roots).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Wire protocol: binary or text (fanout TCP), ws-binary or ws-json (fanout WebSocket
     /// subscribers; publishers use binary TCP), resp (Redis), nats.
     #[arg(long, default_value = "binary")]
@@ -529,7 +533,9 @@ impl ServeArgs {
         let servers = self.redis.iter().chain(&self.redis_cluster);
         if !servers.clone().any(|server| server.tls) {
             if self.redis_tls_ca_file.is_some() || self.redis_tls_cert.is_some() {
-                return Err("--redis-tls-* given but no --redis or --redis-cluster URL is rediss://".into());
+                return Err(
+                    "--redis-tls-* given but no --redis or --redis-cluster URL is rediss://".into(),
+                );
             }
             return Ok(None);
         }
@@ -828,20 +834,23 @@ fn subscribe(
         }
     }
     // Otherwise: reconnect with backoff and resume every channel from its last offset.
-    let mut subscriber =
-        Subscriber::new(servers, &channels, from)
-            .with_token(token)
-            .with_presence(presence)
-            .with_tls(tls);
+    let mut subscriber = Subscriber::new(servers, &channels, from)
+        .with_token(token)
+        .with_presence(presence)
+        .with_tls(tls);
     loop {
         print(subscriber.next_delivery()?)?;
     }
 }
 
 fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let servers: Vec<ServerAddr> =
+        args.subscribe_to.iter().chain(std::iter::once(&args.server)).cloned().collect();
+    let tls = client_tls(&servers, args.ca_file.as_deref())?.map(|tls| (tls, args.ca_file.clone()));
     let config = fanout::load::LoadConfig {
         server: args.server,
         subscribe_to: args.subscribe_to.clone(),
+        tls,
         protocol: args.protocol,
         channel_prefix: args.channel_prefix,
         max_per_process: args.max_per_process,

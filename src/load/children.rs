@@ -33,7 +33,7 @@ pub(crate) struct Children {
 
 /// Source address of child `k`, when the server is on IPv4 loopback.
 fn source_for(config: &LoadConfig, k: usize) -> Option<Ipv4Addr> {
-    match config.server.ip() {
+    match config.server.addr.ip() {
         IpAddr::V4(ip) if ip.is_loopback() && k < 250 => {
             Some(Ipv4Addr::new(127, 0, 0, 2 + k as u8))
         }
@@ -68,6 +68,13 @@ pub(crate) fn spawn(
                     .subscribe_to
                     .iter()
                     .flat_map(|a| ["--subscribe-to".to_string(), a.to_string()]),
+            )
+            .args(
+                config
+                    .tls
+                    .iter()
+                    .filter_map(|(_, file)| file.as_ref())
+                    .flat_map(|file| [std::ffi::OsStr::new("--ca-file"), file.as_os_str()]),
             )
             .args(["--protocol", &config.protocol.to_string()])
             .args(["--subscribers", &share.to_string()])

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::client::ServerAddr;
 pub use children::child_main;
 pub use report::{ProcessSample, Report};
 use subscribers::LoopPlan;
@@ -38,11 +39,15 @@ pub use wire::Protocol;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// Server address (publishers, and subscribers unless `subscribe_to` is given).
-    pub server: SocketAddr,
+    /// Server address (publishers, and subscribers unless `subscribe_to` is given);
+    /// `tls://host:port` for TLS.
+    pub server: ServerAddr,
     /// Subscribers connect to these instead, subscriber `i` to `subscribe_to[i % len]` (a
     /// cluster's nodes: publish on one, receive on all).
-    pub subscribe_to: Vec<SocketAddr>,
+    pub subscribe_to: Vec<ServerAddr>,
+    /// Trust roots for `tls://` servers (`None`: the system's), and the file they came from
+    /// (handed to child processes).
+    pub tls: Option<(Arc<rustls::ClientConfig>, Option<std::path::PathBuf>)>,
     /// Wire protocol (fanout binary or text, Redis RESP, NATS).
     pub protocol: Protocol,
     /// Subscriber connections.
@@ -90,8 +95,9 @@ pub struct LoadConfig {
 impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
-            server: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            server: SocketAddr::from(([127, 0, 0, 1], 7400)).into(),
             subscribe_to: Vec::new(),
+            tls: None,
             protocol: Protocol::FanoutBinary,
             subscribers: 1000,
             channels: 1,
@@ -345,12 +351,13 @@ pub(crate) fn spawn_loops(
         let servers = (t..config.subscribers)
             .step_by(threads)
             .map(|i| match config.subscribe_to.len() {
-                0 => config.server,
-                n => config.subscribe_to[(config.first_subscriber + i) % n],
+                0 => config.server.clone(),
+                n => config.subscribe_to[(config.first_subscriber + i) % n].clone(),
             })
             .collect();
         let plan = LoopPlan {
             servers,
+            tls: config.tls.as_ref().map(|(tls, _)| tls.clone()),
             protocol: config.protocol,
             channels,
             source: config.source,
@@ -511,16 +518,33 @@ fn load_token(secret: &[u8], subject: &str) -> String {
 }
 
 fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), std::io::Error> {
-    let stream = TcpStream::connect(config.server)?;
+    let stream = TcpStream::connect(config.server.addr)?;
     stream.set_nodelay(true)?;
-    // Replies (RESP's receiver counts, NATS's INFO, errors) are read and dropped on a side thread
-    // so that the server never blocks writing to us. It ends when the connection closes.
-    let mut replies = stream.try_clone()?;
-    thread::spawn(move || {
-        let mut sink = [0u8; 16 * 1024];
-        while matches!(replies.read(&mut sink), Ok(n) if n > 0) {}
-    });
-    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    let sink: Box<dyn Write> = match &config.server.tls_name {
+        None => {
+            // Replies (RESP's receiver counts, NATS's INFO, errors) are read and dropped on a
+            // side thread so that the server never blocks writing to us. It ends when the
+            // connection closes.
+            let mut replies = stream.try_clone()?;
+            thread::spawn(move || {
+                let mut sink = [0u8; 16 * 1024];
+                while matches!(replies.read(&mut sink), Ok(n) if n > 0) {}
+            });
+            Box::new(stream)
+        }
+        Some(name) => {
+            let config = match &config.tls {
+                Some((tls, _)) => tls.clone(),
+                None => crate::tls::client_config(None, None).map_err(std::io::Error::other)?,
+            };
+            let mut tls = crate::tls::TlsStream::new(config, name, stream)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            tls.complete_handshake()?;
+            tls.socket().set_nonblocking(true)?;
+            Box::new(DrainingSink(tls))
+        }
+    };
+    let mut out = BufWriter::with_capacity(64 * 1024, sink);
     let mut frame = Vec::with_capacity(config.payload_bytes + 64);
     let token =
         config.token_secret.as_ref().map(|secret| load_token(secret, &format!("publisher-{id}")));
@@ -579,6 +603,46 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
     }
     out.flush()?;
     Ok(())
+}
+
+/// A publisher's TLS connection (which cannot be split for a reading thread): a non-blocking
+/// socket whose replies are read and dropped whenever the server does not take more.
+struct DrainingSink(crate::tls::TlsStream<TcpStream>);
+
+impl DrainingSink {
+    fn wait(&mut self) -> std::io::Result<()> {
+        let mut sink = [0u8; 16 * 1024];
+        loop {
+            match self.0.read(&mut sink) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        thread::sleep(Duration::from_micros(20));
+        Ok(())
+    }
+}
+
+impl Write for DrainingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait()?,
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        loop {
+            match self.0.flush() {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait()?,
+                other => return other,
+            }
+        }
+    }
 }
 
 /// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.

@@ -1,7 +1,7 @@
 //! One subscriber event loop: many non-blocking connections on one mio `Poll`, any protocol.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::wire::{Event, Protocol};
 use super::{monotonic_ns, new_histogram, Progress, Stamp};
+use crate::client::ServerAddr;
 use crate::protocol::websocket::opcode;
+use crate::tls::Socket;
 
 /// What one loop (or one child process) saw.
 #[derive(Debug)]
@@ -90,7 +92,9 @@ impl Totals {
 #[derive(Debug, Clone)]
 pub(crate) struct LoopPlan {
     /// The server of each subscriber, in `channels` order.
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<ServerAddr>,
+    /// Trust roots for `tls://` servers (`None`: the system's).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub protocol: Protocol,
     pub channels: Vec<String>,
     pub source: Option<Ipv4Addr>,
@@ -101,7 +105,7 @@ pub(crate) struct LoopPlan {
 }
 
 struct Subscriber {
-    stream: TcpStream,
+    stream: Socket<TcpStream>,
     input: Vec<u8>,
     output: Vec<u8>,
     subscribed: bool,
@@ -126,7 +130,7 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
     };
     let mut subs: Vec<Subscriber> = Vec::with_capacity(plan.channels.len());
     for (i, channel) in plan.channels.iter().enumerate() {
-        match connect(&poll, plan.servers[i], plan.source, i) {
+        match connect(&poll, &plan.servers[i], plan.tls.as_ref(), plan.source, i) {
             Ok(stream) => {
                 let mut output = Vec::new();
                 let token = plan.tokens.as_ref().and_then(|tokens| tokens.get(i));
@@ -165,12 +169,12 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
             if sub.closed {
                 continue;
             }
-            if event.is_writable() || !sub.output.is_empty() {
+            if event.is_writable() || !sub.output.is_empty() || sub.stream.wants_write() {
                 flush(sub, &mut totals, &progress);
             }
             if event.is_readable() || event.is_read_closed() {
                 delivered += read(sub, plan.protocol, &mut scratch, now_us, &mut totals, &progress);
-                if !sub.output.is_empty() {
+                if !sub.output.is_empty() || sub.stream.wants_write() {
                     flush(sub, &mut totals, &progress);
                 }
             }
@@ -185,18 +189,22 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
 
 fn connect(
     poll: &Poll,
-    server: SocketAddr,
+    server: &ServerAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     source: Option<Ipv4Addr>,
     token: usize,
-) -> io::Result<TcpStream> {
-    let std_stream = match source {
-        Some(source) => crate::sys::connect_from(source.into(), server)?,
-        None => {
-            let stream = TcpStream::connect(server)?;
-            return register(poll, stream, token);
-        }
+) -> io::Result<Socket<TcpStream>> {
+    let stream = match source {
+        Some(source) => TcpStream::from_std(crate::sys::connect_from(source.into(), server.addr)?),
+        None => TcpStream::connect(server.addr)?,
     };
-    register(poll, TcpStream::from_std(std_stream), token)
+    let stream = register(poll, stream, token)?;
+    let Some(name) = &server.tls_name else { return Ok(Socket::Plain(stream)) };
+    let config = match tls {
+        Some(config) => config.clone(),
+        None => crate::tls::client_config(None, None).map_err(io::Error::other)?,
+    };
+    Socket::new(stream, Some((&config, name)))
 }
 
 fn register(poll: &Poll, mut stream: TcpStream, token: usize) -> io::Result<TcpStream> {
@@ -206,8 +214,13 @@ fn register(poll: &Poll, mut stream: TcpStream, token: usize) -> io::Result<TcpS
 }
 
 fn flush(sub: &mut Subscriber, totals: &mut Totals, progress: &Progress) {
-    while !sub.output.is_empty() {
-        match sub.stream.write(&sub.output) {
+    while !sub.output.is_empty() || sub.stream.wants_write() {
+        let written = if sub.output.is_empty() {
+            sub.stream.flush().map(|()| 0)
+        } else {
+            sub.stream.write(&sub.output)
+        };
+        match written {
             Ok(n) => {
                 sub.output.drain(..n);
             }
@@ -239,7 +252,8 @@ fn read(
             }
             Ok(n) => {
                 delivered += consume(sub, protocol, &scratch[..n], now_us, totals, progress);
-                if n < scratch.len() || sub.closed {
+                // A short read drained the socket, except with TLS (rustls may hold more).
+                if (n < scratch.len() && !sub.stream.is_tls()) || sub.closed {
                     return delivered;
                 }
             }

@@ -46,19 +46,24 @@ impl ServerTls {
     /// is valid for); refuses a missing file, a file without PEM, or a key that is not its
     /// certificate's.
     pub fn load(files: &[CertFiles]) -> Result<ServerTls, TlsConfigError> {
-        let certs = Arc::new(Certs { files: files.to_vec(), current: RwLock::new(Arc::new(vec![])) });
+        let certs =
+            Arc::new(Certs { files: files.to_vec(), current: RwLock::new(Arc::new(vec![])) });
         certs.reload()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|source| TlsConfigError::Rustls { context: "protocol versions".into(), source })?
+            .map_err(|source| TlsConfigError::Rustls {
+                context: "protocol versions".into(),
+                source,
+            })?
             .with_no_client_auth()
             .with_cert_resolver(certs.clone());
         // Every protocol here is HTTP/1.1 or raw TCP; a browser offering h2 as well gets this.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Resumption by stateless tickets (a rotating key, no shared cache to lock): a client
         // that reconnects skips the certificate and the signature, the handshake's main costs.
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|source| TlsConfigError::Rustls { context: "session tickets".into(), source })?;
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|source| {
+            TlsConfigError::Rustls { context: "session tickets".into(), source }
+        })?;
         // One ticket after a handshake is enough to resume; rustls's default sends two.
         config.send_tls13_tickets = 1;
         Ok(ServerTls { config: Arc::new(config), certs })

@@ -76,9 +76,7 @@ pub fn read_certs(
 }
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
-pub fn read_key(
-    path: &Path,
-) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsConfigError> {
+pub fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsConfigError> {
     use rustls::pki_types::pem::PemObject;
     let bytes = read(path)?;
     rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes)

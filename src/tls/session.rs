@@ -8,6 +8,7 @@
 //! - frames are encrypted from the connection's plaintext write queue into `sealed` only when the
 //!   socket has taken everything sealed before, so the encrypted backlog is one batch at most
 //!   (counted against the queue's cap), and given back when the connection goes quiet.
+//!
 //! Encode-once holds: a channel's frame is built once and shared by every queue; each TLS
 //! connection encrypts its own copy of the bytes on its way out, as it must (its own keys).
 
@@ -98,13 +99,12 @@ impl ServerSession {
     ) -> Result<Received, rustls::Error> {
         let mut peer_closed = false;
         if self.received.is_empty() {
-            let used = self.drive(Input::Fresh(incoming), plain, Outgoing::Nothing, &mut peer_closed);
-            let used = self.fail_with_alert(used)?;
+            let (used, _) =
+                self.drive(Input::Fresh(incoming), plain, Outgoing::Nothing, &mut peer_closed)?;
             self.received.extend_from_slice(&incoming[used..]);
         } else {
             self.received.extend_from_slice(incoming);
-            let used = self.drive(Input::Held, plain, Outgoing::Nothing, &mut peer_closed);
-            let used = self.fail_with_alert(used)?;
+            let (used, _) = self.drive(Input::Held, plain, Outgoing::Nothing, &mut peer_closed)?;
             self.received.drain(..used);
             if self.received.is_empty() {
                 self.received = Vec::new();
@@ -174,11 +174,7 @@ impl ServerSession {
         let mut peer_closed = false;
         let mut plain = Vec::new();
         let was_empty = self.received.is_empty();
-        let used = self.drive(Input::Held, &mut plain, outgoing, &mut peer_closed);
-        let (used, stop) = match used {
-            Ok(done) => done,
-            Err(e) => return Err(e),
-        };
+        let (used, stop) = self.drive(Input::Held, &mut plain, outgoing, &mut peer_closed)?;
         self.received.drain(..used);
         if was_empty {
             self.received = Vec::new();
@@ -187,29 +183,6 @@ impl ServerSession {
         // record already.
         debug_assert!(plain.is_empty());
         Ok(stop == Stop::Ready)
-    }
-
-    /// After a failed pass: rustls has queued its alert for the peer; seal it so that the
-    /// peer learns why before the connection closes.
-    fn fail_with_alert(
-        &mut self,
-        result: Result<(usize, Stop), rustls::Error>,
-    ) -> Result<usize, rustls::Error> {
-        match result {
-            Ok((used, _)) => Ok(used),
-            Err(e) => {
-                for _ in 0..4 {
-                    let status = self.tls.process_tls_records(&mut []);
-                    match status.state {
-                        Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                            encode(&mut self.sealed, |out| data.encode(out)).ok();
-                        }
-                        _ => break,
-                    }
-                }
-                Err(e)
-            }
-        }
     }
 
     /// Processes records until rustls waits for the peer or may send; encrypts `outgoing` when
@@ -229,7 +202,11 @@ impl ServerSession {
         loop {
             let status = self.tls.process_tls_records(&mut buffer[at..]);
             let discard = status.discard;
-            let stop = match status.state? {
+            // On an error rustls has queued an alert for the peer, but asking for it runs the
+            // deframer over the same bytes again (a second fatal alert, which rustls asserts
+            // against): the connection closes without it.
+            let state = status.state?;
+            let stop = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
                         plain.extend_from_slice(record?.payload);
@@ -340,7 +317,9 @@ fn encrypt(
 pub fn failure_reason(error: &rustls::Error) -> &'static str {
     use rustls::Error as E;
     match error {
-        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => "protocol",
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => "protocol",
         E::PeerMisbehaved(_) | E::DecryptError => "protocol",
         E::PeerIncompatible(_) | E::NoApplicationProtocol => "incompatible",
         E::AlertReceived(_) => "alert",

@@ -6,6 +6,7 @@
 pub mod proxy;
 pub mod redis;
 pub mod resp_client;
+pub mod tls;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -287,10 +287,11 @@ impl BrokerThread {
             (Some(config), true) => Some((config, endpoint.host.as_str())),
             _ => None,
         };
-        let links = Link::connect(addr, tls, Token(2 * i), registry, max_bulk).and_then(|commands| {
-            let pubsub = Link::connect(addr, tls, Token(2 * i + 1), registry, max_bulk)?;
-            Ok((commands, pubsub))
-        });
+        let links =
+            Link::connect(addr, tls, Token(2 * i), registry, max_bulk).and_then(|commands| {
+                let pubsub = Link::connect(addr, tls, Token(2 * i + 1), registry, max_bulk)?;
+                Ok((commands, pubsub))
+            });
         let shard = &mut self.shards[i];
         let (mut commands, mut pubsub) = match links {
             Ok(links) => links,

@@ -10,9 +10,9 @@ use log::debug;
 use super::lifecycle::{Close, RunState};
 use super::{would_block, ConnRef, Worker};
 use crate::protocol::{self, ErrorCode, Format, ProtocolError, Sniffed};
-use crate::tls::ServerSession;
 use crate::server::conn::{Phase, Web};
 use crate::server::stats::WorkerCounters;
+use crate::tls::ServerSession;
 
 /// One read(2) at most this much (the worker's scratch buffer).
 pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -111,15 +111,17 @@ impl Worker {
             let config = &self.shared.config;
             match &config.tls {
                 Some(tls) if bytes[0] == crate::tls::HANDSHAKE_RECORD => {
-                    let session = ServerSession::new(tls.config()).map_err(|e| {
-                        Close::now(format!("cannot start a TLS session: {e}"))
-                    })?;
+                    let session = ServerSession::new(tls.config())
+                        .map_err(|e| Close::now(format!("cannot start a TLS session: {e}")))?;
                     conn.tls = Some(Box::new(session));
                     WorkerCounters::add(&self.shared.counters[self.id].connections_tls, 1);
                 }
                 _ if config.tls_only => {
                     WorkerCounters::add(&self.counters().tls_plaintext_refused, 1);
-                    debug!("worker {}: refusing plaintext on connection {key} (--tls-only)", self.id);
+                    debug!(
+                        "worker {}: refusing plaintext on connection {key} (--tls-only)",
+                        self.id
+                    );
                     return Err(Close::error(
                         ErrorCode::UpgradeRequired,
                         "this port speaks TLS only",
@@ -141,14 +143,16 @@ impl Worker {
                 let reason = crate::tls::failure_reason(&e);
                 WorkerCounters::add(self.counters().tls_failure(reason), 1);
                 debug!("worker {}: TLS failed on connection {key} ({reason}): {e}", self.id);
-                // rustls's alert goes out first (the closing flush writes it).
-                self.out.mark_dirty(key, &mut self.conns[key]);
-                return Err(Close::quietly());
+                return Err(Close::now(format!("TLS failed: {e}")));
             }
         };
         if was_handshaking && !tls.is_handshaking() {
             WorkerCounters::add(&self.shared.counters[self.id].tls_handshakes, 1);
-            debug!("worker {}: connection {key}: TLS handshake done ({:?})", self.id, tls.version());
+            debug!(
+                "worker {}: connection {key}: TLS handshake done ({:?})",
+                self.id,
+                tls.version()
+            );
         }
         if tls.unsent() > 0 || (!tls.is_handshaking() && !self.conns[key].queue.is_empty()) {
             // A handshake answer to send, or replies that waited for the handshake.

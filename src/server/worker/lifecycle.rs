@@ -481,7 +481,10 @@ impl Worker {
         }
         for key in slow_handshakes {
             WorkerCounters::add(self.counters().tls_failure("timeout"), 1);
-            debug!("worker {}: TLS handshake on connection {key} not done in {head_deadline} ms", self.id);
+            debug!(
+                "worker {}: TLS handshake on connection {key} not done in {head_deadline} ms",
+                self.id
+            );
             self.close(key, Close::now("TLS handshake timed out"));
         }
         for key in idle_http {
