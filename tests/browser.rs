@@ -98,3 +98,20 @@ fn javascript_client_moves_to_another_cluster_node_and_loses_nothing() {
 fn javascript_client_refreshes_short_lived_tokens_and_loses_nothing() {
     run_scenario("tokens.cjs", &[], "token test passed");
 }
+
+/// The demo page and the JavaScript client over https and wss:// in Chromium, with a
+/// certificate from the test's own CA (see tests/browser/tls.cjs).
+#[test]
+fn demo_page_works_over_https_and_wss_in_chromium() {
+    let pki = common::tls::TestPki::new("browser");
+    let (cert, key) = pki.issue("server", &["localhost", "127.0.0.1"]);
+    run_scenario(
+        "tls.cjs",
+        &[
+            ("CERT", cert.to_str().unwrap()),
+            ("KEY", key.to_str().unwrap()),
+            ("NODE_EXTRA_CA_CERTS", pki.ca_path()),
+        ],
+        "tls browser test passed",
+    );
+}

@@ -377,3 +377,74 @@ fn sighup_swaps_the_certificate_while_a_tls_subscriber_stays() {
     let message = subscriber.next_message(Some(PATIENCE)).unwrap().expect("a message");
     assert_eq!(message.payload, b"after the swap", "the old connection stayed");
 }
+
+/// A TLS-only Redis (as managed services run it: `--port 0`, a password, client certificates
+/// required): two nodes join it with `rediss://`, a publish on one is acknowledged and delivered
+/// on the other; a node without the client certificate cannot join.
+#[test]
+fn nodes_join_a_tls_only_redis_with_a_password_and_a_client_certificate() {
+    let pki = TestPki::new("rediss");
+    let (server_cert, server_key) = pki.issue("redis", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.issue("node", &["fanout-node"]);
+    let dir = TempDir::new("rediss");
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--tls-cert-file", &path(&server_cert), "--tls-key-file", &path(&server_key)])
+        .args(["--tls-ca-cert-file", pki.ca_path(), "--tls-auth-clients", "yes"])
+        .args(["--requirepass", "s3cret", "--save", "", "--appendonly", "no"])
+        .args(["--dir", dir.path(), "--logfile", ""])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (.ci/run installs it)");
+    let with_identity =
+        fanout::tls::client_config(Some(&pki.ca), Some((&client_cert, &client_key)))
+            .expect("the client certificate loads");
+    let redis_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("the TLS-only Redis answers", || {
+        let Ok(mut tls) = connect(redis_addr, &with_identity, "localhost") else { return false };
+        let mut reply = [0u8; 12];
+        tls.write_all(b"AUTH s3cret\r\nPING\r\n").is_ok()
+            && tls.flush().is_ok()
+            && tls.read_exact(&mut reply).is_ok()
+            && &reply == b"+OK\r\n+PONG\r\n"
+    });
+    let endpoint: fanout::cluster::RedisEndpoint =
+        format!("rediss://:s3cret@localhost:{port}").parse().unwrap();
+    let node = |tls: std::sync::Arc<rustls::ClientConfig>| {
+        start(|config| {
+            let mut cluster = fanout::cluster::ClusterConfig::new(vec![endpoint.clone()]);
+            cluster.command_timeout = Duration::from_millis(1000);
+            cluster.tls = Some(tls);
+            config.cluster = Some(cluster);
+        })
+    };
+    let (a, b) = (node(with_identity.clone()), node(with_identity.clone()));
+    for server in [&a, &b] {
+        wait_until("the node is joined", || server.stats().cluster_redis_up == 1);
+    }
+    let mut subscriber = Conn::binary(b.local_addr());
+    subscriber.subscribe("secure");
+    let mut publisher = Conn::binary(a.local_addr());
+    publisher.send(fanout::protocol::Request::PublishAcked {
+        channel: b"secure",
+        payload: b"across rediss".as_slice().into(),
+    });
+    assert_eq!(publisher.next(), Frame::Ack { channel: "secure".into(), offset: 1 });
+    assert_eq!(
+        subscriber.next(),
+        Frame::Msg { channel: "secure".into(), offset: 1, payload: b"across rediss".to_vec() }
+    );
+
+    // Without the client certificate Redis refuses the handshake: the node never joins.
+    let stranger = node(pki.client_config());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(stranger.stats().cluster_redis_up, 0, "joined without a client certificate");
+    drop((a, b, stranger));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

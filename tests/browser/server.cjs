@@ -23,12 +23,13 @@ function startServer(extraArgs, port) {
 }
 
 // Headless Debian Chromium, quiet and without the sandbox (containers have no user namespaces).
-function launchBrowser() {
+function launchBrowser(extraArgs) {
   const { chromium } = require(process.env.PLAYWRIGHT_CORE);
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      ...(extraArgs || [])],
   });
 }
 
