@@ -420,25 +420,18 @@ impl Conn {
         self.queue.footprint() + self.tls.as_ref().map_or(0, |tls| tls.unsent())
     }
 
-    /// Gives output buffers back when nothing waits in them (see `WriteQueue::release_if_empty`).
-    pub fn release_if_idle(&mut self) {
-        self.queue.release_if_empty();
-        if let Some(tls) = self.tls.as_deref_mut() {
-            tls.release_if_idle();
-        }
-    }
-
     /// Nothing is left to write (queue and encrypted output).
     pub fn flushed(&self) -> bool {
         self.queue.is_empty() && self.tls.as_ref().is_none_or(|tls| tls.unsent() == 0)
     }
 
-    /// Writes what the socket takes: plaintext straight from the queue, or with TLS the
-    /// encrypted output, then the queue encrypted a batch at a time (a batch is sealed only
-    /// once the socket has taken the one before, so the encrypted backlog stays one batch).
-    /// Returns the queue's bytes that went out, and whether the socket is full (with TLS the
-    /// queue also waits, without the socket being full, while the handshake is not done).
-    pub fn write_out(&mut self, batch: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+    /// Writes what the socket takes: plaintext straight from the queue, or with TLS the queue
+    /// encrypted a batch at a time into `scratch.1` (the plaintext gathered in `scratch.0`) and
+    /// written from there. What the socket does not take is kept, and the next batch is sealed
+    /// only once it has gone, so the encrypted backlog stays one batch. Returns the queue's bytes
+    /// that went out, and whether the socket is full (with TLS the queue also waits, without the
+    /// socket being full, while the handshake is not done).
+    pub fn write_out(&mut self, scratch: &mut (Vec<u8>, Vec<u8>)) -> io::Result<(usize, bool)> {
         let Some(tls) = self.tls.as_deref_mut() else {
             return match self.queue.write_to(&mut self.stream) {
                 Ok(n) => Ok((n, !self.queue.is_empty())),
@@ -446,6 +439,7 @@ impl Conn {
                 Err(e) => Err(e),
             };
         };
+        let (batch, sealed) = scratch;
         let mut taken = 0;
         loop {
             if tls.unsent() > 0 {
@@ -462,12 +456,32 @@ impl Conn {
                 return Ok((taken, false));
             }
             batch.clear();
+            sealed.clear();
             self.queue.copy_front(batch, SEAL_BATCH_BYTES);
-            if !tls.seal(batch).map_err(io::Error::other)? {
+            if !tls.seal(batch, sealed).map_err(io::Error::other)? {
                 return Ok((taken, false));
             }
             self.queue.consume(batch.len());
             taken += batch.len();
+            if tls.unsent() > 0 {
+                // rustls had something to send first: the batch goes after it.
+                tls.keep_unsent(sealed);
+                continue;
+            }
+            let mut written = 0;
+            while written < sealed.len() {
+                match self.stream.write(&sealed[written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if written < sealed.len() {
+                tls.keep_unsent(&sealed[written..]);
+                return Ok((taken, true));
+            }
         }
     }
 

@@ -687,6 +687,24 @@ impl Server {
             }
             None => {}
         }
+        // Plaintext on a reachable address: tokens and the API key cross the network readable.
+        // Right behind a TLS-terminating proxy on a private network; said once either way.
+        if !local_addr.ip().is_loopback() {
+            match (&shared.config.tls, shared.config.tls_only) {
+                (None, _) => warn!(
+                    "{local_addr} speaks plaintext only: tokens and the API key cross the network readable unless TLS is terminated in front (--tls-cert/--tls-key serve it here)"
+                ),
+                (Some(_), false) => info!(
+                    "TLS and plaintext on {local_addr} (a connection's first byte tells which); --tls-only refuses plaintext"
+                ),
+                (Some(_), true) => info!("TLS only on {local_addr}"),
+            }
+        } else if shared.config.tls.is_some() {
+            info!(
+                "TLS{} on {local_addr}",
+                if shared.config.tls_only { " only" } else { " and plaintext" }
+            );
+        }
         Ok(ServerHandle { local_addr, shared, threads, storage, broker: broker_thread })
     }
 }

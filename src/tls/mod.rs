@@ -55,7 +55,7 @@ pub enum TlsConfigError {
     SystemRoots(String),
 }
 
-/// The crypto provider every config uses (see Cargo.toml for why aws-lc-rs).
+/// The crypto provider every config uses: aws-lc-rs (see Cargo.toml for why, not ring).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

@@ -2,12 +2,13 @@
 //!
 //! rustls's buffered connection keeps a 4 KiB receive buffer and its own send and plaintext
 //! queues for life: ~7.5 KiB per idle connection, measured. Here rustls only holds its state
-//! (~2.2 KiB after the handshake), and the buffers are the worker's way of doing things:
+//! (~3.2 KiB after the handshake, its keys included), and the buffers are the worker's:
 //! - records are decrypted from the bytes a read returned (the worker's scratch buffer); only an
 //!   incomplete record is kept, in `received`, as the plaintext codecs keep an incomplete frame;
-//! - frames are encrypted from the connection's plaintext write queue into `sealed` only when the
-//!   socket has taken everything sealed before, so the encrypted backlog is one batch at most
-//!   (counted against the queue's cap), and given back when the connection goes quiet.
+//! - frames are encrypted from the connection's plaintext write queue into the worker's buffer
+//!   and written from there; only what the socket does not take is kept, in `sealed`, and the
+//!   next batch is encrypted once the socket has taken it: the encrypted backlog is one batch at
+//!   most (counted against the queue's cap), and an idle connection holds no buffer.
 //!
 //! Encode-once holds: a channel's frame is built once and shared by every queue; each TLS
 //! connection encrypts its own copy of the bytes on its way out, as it must (its own keys).
@@ -32,7 +33,9 @@ pub struct Received {
 /// What to encrypt when rustls lets us.
 enum Outgoing<'a> {
     Nothing,
-    Data(&'a [u8]),
+    /// Application data, encrypted onto the given buffer.
+    Data(&'a [u8], &'a mut Vec<u8>),
+    /// close_notify, onto the unsent output.
     CloseNotify,
 }
 
@@ -119,10 +122,17 @@ impl ServerSession {
         Ok(Received { peer_closed })
     }
 
-    /// Encrypts `plain` after the unsent output. Returns false (nothing taken) while the
-    /// handshake is not complete.
-    pub fn seal(&mut self, plain: &[u8]) -> Result<bool, rustls::Error> {
-        self.send(Outgoing::Data(plain))
+    /// Encrypts `plain` onto `out` (the worker's buffer: a connection whose socket takes it all
+    /// never holds an output buffer of its own). Returns false (nothing taken) while the
+    /// handshake is not complete. Anything rustls had to send first (a key update, a ticket) is
+    /// then in the unsent output: `out` goes after it (`keep_unsent`).
+    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<bool, rustls::Error> {
+        self.send(Outgoing::Data(plain, out))
+    }
+
+    /// Keeps encrypted bytes the socket did not take, after any unsent output.
+    pub fn keep_unsent(&mut self, rest: &[u8]) {
+        self.sealed.extend_from_slice(rest);
     }
 
     /// Queues close_notify (once), after the unsent output.
@@ -155,19 +165,12 @@ impl ServerSession {
             }
         }
         if self.sealed_at == self.sealed.len() {
-            self.sealed.clear();
-            self.sealed_at = 0;
-        }
-        Ok(total)
-    }
-
-    /// Gives the output buffer's memory back when nothing is unsent (the worker calls it when
-    /// the connection has been quiet a while, as for its write queue).
-    pub fn release_if_idle(&mut self) {
-        if self.unsent() == 0 && self.sealed.capacity() > 0 {
+            // Given back at once: only handshakes, alerts and what a full socket left go
+            // through here, and a buffer kept past them is memory an idle connection holds.
             self.sealed = Vec::new();
             self.sealed_at = 0;
         }
+        Ok(total)
     }
 
     fn send(&mut self, outgoing: Outgoing<'_>) -> Result<bool, rustls::Error> {
@@ -238,8 +241,8 @@ impl ServerSession {
                 ConnectionState::WriteTraffic(mut traffic) => {
                     match std::mem::replace(&mut outgoing, Outgoing::Nothing) {
                         Outgoing::Nothing => {}
-                        Outgoing::Data(data) => {
-                            encrypt(&mut self.sealed, data.len(), |out| traffic.encrypt(data, out))?
+                        Outgoing::Data(data, target) => {
+                            encrypt(target, data.len(), |out| traffic.encrypt(data, out))?
                         }
                         Outgoing::CloseNotify => {
                             encrypt(&mut self.sealed, 0, |out| traffic.queue_close_notify(out))?

@@ -47,6 +47,11 @@ impl<S: Read + Write> TlsStream<S> {
         self.tls.wants_write()
     }
 
+    /// The handshake resumed an earlier session (no certificate, no signature).
+    pub fn was_resumed(&self) -> bool {
+        matches!(self.tls.handshake_kind(), Some(rustls::HandshakeKind::Resumed))
+    }
+
     /// True until the handshake is complete.
     pub fn is_handshaking(&self) -> bool {
         self.tls.is_handshaking()

@@ -393,7 +393,7 @@ impl Worker {
             // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a
             // malloc/free pair per frame.
             if now.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
-                conn.release_if_idle();
+                conn.queue.release_if_empty();
             }
             match (&conn.phase, conn.format) {
                 (Phase::Closing { deadline_ms, .. }, _) => {

@@ -134,8 +134,9 @@ pub(super) struct Worker {
     scratch: Vec<u8>,
     /// TLS: what a read decrypted to (then parsed like a plaintext read).
     decrypted: Vec<u8>,
-    /// TLS: a batch of queued bytes on their way to be encrypted (`Conn::write_out`).
-    seal_batch: Vec<u8>,
+    /// TLS: a batch of queued bytes on their way out, and the batch encrypted
+    /// (`Conn::write_out`).
+    tls_scratch: (Vec<u8>, Vec<u8>),
     /// The most unparsed input any connection of this worker has held (a gauge: the input
     /// budgets' proof in production, and what the connection fuzz target checks).
     input_high_water: usize,
@@ -223,7 +224,7 @@ impl Worker {
             shared,
             scratch: vec![0; input::READ_CHUNK_BYTES],
             decrypted: Vec::new(),
-            seal_batch: Vec::new(),
+            tls_scratch: (Vec::new(), Vec::new()),
             input_high_water: 0,
             out: Outbox::default(),
             deferred: Vec::new(),

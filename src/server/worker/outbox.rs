@@ -224,14 +224,14 @@ impl Worker {
             }
         }
         if conn.writable && !conn.flushed() {
-            match conn.write_out(&mut self.seal_batch) {
+            match conn.write_out(&mut self.tls_scratch) {
                 Ok((0, true)) => conn.writable = false,
                 Ok((n, full)) => {
                     // A connection written to rarely (a reply, a quiet channel) gives its queue
                     // memory back at once; a busy one keeps it for the next frame, and
                     // housekeeping takes it once it goes quiet (invariant 5).
                     if self.now_ms.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
-                        conn.release_if_idle();
+                        conn.queue.release_if_empty();
                     }
                     conn.last_write_ms = self.now_ms;
                     conn.urgent = false;
