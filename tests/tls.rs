@@ -131,6 +131,10 @@ fn every_protocol_speaks_tls_on_the_same_port_as_plaintext() {
         .and_then(|v| v.parse::<u64>().ok())
         .expect("the handshake counter in /metrics over HTTPS");
     assert!(handshakes >= 8, "{handshakes} handshakes counted");
+    assert!(
+        metrics.contains("fanout_tls_failures_total{reason=\"timeout\"} 0"),
+        "failures by reason in /metrics"
+    );
     for child in [&mut redis_cli, &mut sse] {
         let _ = child.kill();
         let _ = child.wait();

@@ -9,8 +9,8 @@ type Family = (String, Kind, String, Vec<(String, u64)>);
 
 impl Worker {
     /// Every counter in the Prometheus text format (version 0.0.4), names prefixed `fanout_`,
-    /// counters suffixed `_total`; per-protocol connections and per-kind protocol errors are
-    /// labels of one family each.
+    /// counters suffixed `_total`; per-protocol connections, per-kind protocol errors, TLS
+    /// failures by reason (and the like) are labels of one family each.
     pub(super) fn metrics_text(&self) -> String {
         use std::fmt::Write as _;
         let stats = self.shared.stats();
@@ -40,6 +40,12 @@ impl Worker {
                     "authentications",
                     format!("{{result=\"{result}\"}}"),
                     "Authentications (AUTH, a token on a request or upgrade, the API key) by result.",
+                )
+            } else if let Some(reason) = name.strip_prefix("tls_failures_") {
+                (
+                    "tls_failures",
+                    format!("{{reason=\"{reason}\"}}"),
+                    "TLS connections failed, by reason: protocol, incompatible, alert, certificate, timeout (handshake past the head deadline), eof (client gave up), other.",
                 )
             } else if let Some(kind) = name.strip_prefix("limited_") {
                 (
