@@ -24,21 +24,8 @@ NODES=${NODES:-1 2 3 4}
 SUBS=${SUBS:-10000}
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
 build_fanout
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-mkdir -p "$ROOT/bench-results"
-OUT="$ROOT/bench-results/cluster-$(date +%Y%m%d-%H%M%S).md"
-say() { echo "$*" | tee -a "$OUT"; }
+bench_setup cluster
 
-CLK_TCK=$(getconf CLK_TCK)
-# CPU seconds (user + system) a process has used.
-cpu_seconds() { awk -v hz="$CLK_TCK" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }
 
 start_redis() {
   REDIS_PORT=$(free_port)
@@ -65,11 +52,6 @@ start_node() {
   return 1
 }
 
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
 
 say "# fanout cluster benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(redis-server --version | awk '{print $3}')"
 say ""

@@ -18,19 +18,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 PARTS=${PARTS:-handshake fanout memory cluster}
 build_fanout
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-mkdir -p "$ROOT/bench-results"
-OUT="$ROOT/bench-results/tls-$(date +%Y%m%d-%H%M%S).md"
-say() { echo "$*" | tee -a "$OUT"; }
-CLK_TCK=$(getconf CLK_TCK)
-cpu_seconds() { awk -v hz="$CLK_TCK" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }
+bench_setup tls
 rss_bytes() { awk '/^VmRSS/ { print $2 * 1024 }' "/proc/$1/status"; }
 
 # A CA and a certificate for localhost and 127.0.0.1 (EC P-256, what a modern CA issues).
@@ -53,11 +41,6 @@ start_tls_server() {
   wait_for_port "$PORT"
 }
 
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
 
 say "# fanout TLS benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(openssl version | awk '{print $1, $2}')"
 say ""

@@ -86,3 +86,25 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if
 json_field() {
   sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"
 }
+
+# A benchmark's scratch space: WORK (a temp dir), PIDS (processes killed at exit: add with
+# PIDS+=("$!")), OUT (bench-results/NAME-<time>.md, which `say` echoes and appends to).
+# Usage: bench_setup NAME
+bench_setup() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'stop_all; rm -rf "$WORK"' EXIT
+  mkdir -p "$ROOT/bench-results"
+  OUT="$ROOT/bench-results/$1-$(date +%Y%m%d-%H%M%S).md"
+}
+say() { echo "$*" | tee -a "$OUT"; }
+
+# Kills every process in PIDS and reaps them.
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# CPU seconds (user + system) process $1 has used.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }

@@ -6,7 +6,7 @@
 // who is watching (presence, then joins and leaves).
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT, DATA_DIR and PLAYWRIGHT_CORE.
 "use strict";
-const { startServer: launch, launchBrowser } = require("./server.cjs");
+const { startServer: launch, launchBrowser, blockWebSocket } = require("./server.cjs");
 
 const port = process.env.PORT;
 const origin = `http://127.0.0.1:${port}`;
@@ -37,24 +37,9 @@ async function post(page, text) {
   let server = await startServer();
   const browser = await launchBrowser();
   try {
-    const open = async (query, blockWebSocket) => {
+    const open = async (query, withoutWebSocket) => {
       const page = await (await browser.newContext()).newPage();
-      if (blockWebSocket) {
-        // What a proxy that blocks WebSocket looks like to a page: connections that close
-        // without ever opening. The client must fall back to SSE + HTTP publish by itself.
-        await page.addInitScript(() => {
-          window.WebSocket = function () {
-            const socket = this;
-            socket.readyState = 0;
-            socket.send = () => {};
-            socket.close = () => {};
-            setTimeout(() => {
-              socket.readyState = 3;
-              if (socket.onclose) socket.onclose({ code: 1006 });
-            }, 10);
-          };
-        });
-      }
+      if (withoutWebSocket) await blockWebSocket(page);
       page.on("console", (m) => { if (m.type() === "error") console.log("page console:", m.text()); });
       page.on("pageerror", (e) => console.log("page error:", String(e)));
       await page.goto(`${origin}/?channel=${channel}${query}`);

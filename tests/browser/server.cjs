@@ -33,4 +33,21 @@ function launchBrowser(extraArgs) {
   });
 }
 
-module.exports = { startServer, launchBrowser };
+// What a proxy that blocks WebSocket looks like to a page: connections that close without ever
+// opening. The JS client must fall back to SSE + HTTP publish by itself.
+async function blockWebSocket(page) {
+  await page.addInitScript(() => {
+    window.WebSocket = function () {
+      const socket = this;
+      socket.readyState = 0;
+      socket.send = () => {};
+      socket.close = () => {};
+      setTimeout(() => {
+        socket.readyState = 3;
+        if (socket.onclose) socket.onclose({ code: 1006 });
+      }, 10);
+    };
+  });
+}
+
+module.exports = { startServer, launchBrowser, blockWebSocket };

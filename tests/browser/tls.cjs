@@ -6,7 +6,7 @@
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT, CERT, KEY, PLAYWRIGHT_CORE and
 // NODE_EXTRA_CA_CERTS (the test CA, for this script's own fetches).
 "use strict";
-const { startServer, launchBrowser } = require("./server.cjs");
+const { startServer, launchBrowser, blockWebSocket } = require("./server.cjs");
 const crypto = require("crypto");
 const fs = require("fs");
 
@@ -34,21 +34,10 @@ async function waitForComment(page, text) {
   ]);
   const browser = await launchBrowser([`--ignore-certificate-errors-spki-list=${spkiHash(process.env.CERT)}`]);
   try {
-    const open = async (blockWebSocket) => {
+    const open = async (withoutWebSocket) => {
       const page = await (await browser.newContext()).newPage();
-      if (blockWebSocket) {
-        await page.addInitScript(() => {
-          window.WebSocket = function () {
-            const socket = this;
-            socket.readyState = 0;
-            socket.send = () => {};
-            socket.close = () => {};
-            setTimeout(() => {
-              socket.readyState = 3;
-              if (socket.onclose) socket.onclose({ code: 1006 });
-            }, 10);
-          };
-        });
+      if (withoutWebSocket) {
+        await blockWebSocket(page);
       } else {
         // Record the WebSocket URLs the client opens (it must derive wss:// from the page).
         await page.addInitScript(() => {
