@@ -119,6 +119,13 @@ fn every_protocol_speaks_tls_on_the_same_port_as_plaintext() {
         let data = format!("data: {payload}");
         line_until(&mut sse_lines, "a message on the event stream", |l| l == data);
     }
+    // A long-poll from the start gets both.
+    let polled = curl(addr, ca, &[], "/poll?channel=news&from=0").output().expect("curl runs");
+    let polled = String::from_utf8_lossy(&polled.stdout);
+    assert!(
+        polled.contains("message 1") && polled.contains("message 2"),
+        "long-poll over TLS: {polled}"
+    );
     // The Python client got both, published one with an acknowledgement and resumed.
     assert_eq!(python_lines.next().and_then(Result::ok).as_deref(), Some("ok 2"));
     assert!(python.wait().unwrap().success(), "the Python client failed (see its output)");
@@ -390,21 +397,13 @@ fn nodes_join_a_tls_only_redis_with_a_password_and_a_client_certificate() {
     let pki = TestPki::new("rediss");
     let (server_cert, server_key) = pki.issue("redis", &["localhost", "127.0.0.1"]);
     let (client_cert, client_key) = pki.issue("node", &["fanout-node"]);
-    let dir = TempDir::new("rediss");
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let mut redis = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--tls-cert-file", &path(&server_cert), "--tls-key-file", &path(&server_key)])
-        .args(["--tls-ca-cert-file", pki.ca_path(), "--tls-auth-clients", "yes"])
-        .args(["--requirepass", "s3cret", "--save", "", "--appendonly", "no"])
-        .args(["--dir", dir.path(), "--logfile", ""])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server runs (.ci/run installs it)");
+    let redis = TlsRedis::start(
+        &pki,
+        (&server_cert, &server_key),
+        &["--tls-auth-clients", "yes", "--requirepass", "s3cret"],
+        common::redis::free_cluster_port(),
+    );
+    let port = redis.port;
     let with_identity =
         fanout::tls::client_config(Some(&pki.ca), Some((&client_cert, &client_key)))
             .expect("the client certificate loads");
@@ -448,7 +447,124 @@ fn nodes_join_a_tls_only_redis_with_a_password_and_a_client_certificate() {
     let stranger = node(pki.client_config());
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(stranger.stats().cluster_redis_up, 0, "joined without a client certificate");
-    drop((a, b, stranger));
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop((a, b, stranger, redis));
+}
+
+/// A redis-server that speaks TLS only (`--port 0`), killed when dropped.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl TlsRedis {
+    fn start(
+        pki: &TestPki,
+        (cert, key): (&std::path::Path, &std::path::Path),
+        args: &[&str],
+        port: u16,
+    ) -> TlsRedis {
+        let dir = TempDir::new("rediss");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .args(["--tls-ca-cert-file", pki.ca_path(), "--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.path(), "--logfile", ""])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (.ci/run installs it)");
+        TlsRedis { child, port, _dir: dir }
+    }
+
+    /// `redis-cli --tls` with the test CA, against this server.
+    fn cli(&self, pki: &TestPki, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["--tls", "--cacert", pki.ca_path(), "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of three TLS-only masters (`tls-cluster yes`), joined with
+/// `--redis-cluster rediss://`: the slot map is read over TLS, every master is reached over TLS
+/// by the address the cluster gives (checked against the certificate's IP), and channels spread
+/// over all three are delivered across two nodes.
+#[test]
+fn nodes_join_a_tls_redis_cluster() {
+    let pki = TestPki::new("rediss-cluster");
+    let (cert, key) = pki.issue("redis", &["localhost", "127.0.0.1"]);
+    let cluster_args =
+        ["--tls-cluster", "yes", "--tls-auth-clients", "no", "--cluster-enabled", "yes"];
+    let masters: Vec<TlsRedis> = (0..3)
+        .map(|_| {
+            let port = common::redis::free_cluster_port();
+            TlsRedis::start(&pki, (&cert, &key), &cluster_args, port)
+        })
+        .collect();
+    wait_until("the masters answer", || {
+        masters.iter().all(|m| m.cli(&pki, &["PING"]).trim() == "PONG")
+    });
+    let addresses: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
+    let created = Command::new("redis-cli")
+        .args(["--tls", "--cacert", pki.ca_path(), "--cluster", "create"])
+        .args(&addresses)
+        .arg("--cluster-yes")
+        .output()
+        .expect("redis-cli runs");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    wait_until("the cluster is formed", || {
+        masters.iter().all(|m| m.cli(&pki, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    });
+    let seed: fanout::cluster::RedisEndpoint =
+        format!("rediss://127.0.0.1:{}", masters[0].port).parse().unwrap();
+    let node = || {
+        start(|config| {
+            let mut cluster = fanout::cluster::ClusterConfig::new(vec![seed.clone()]);
+            cluster.redis_cluster = true;
+            cluster.command_timeout = Duration::from_millis(1000);
+            cluster.tls = Some(pki.client_config());
+            config.cluster = Some(cluster);
+        })
+    };
+    let (a, b) = (node(), node());
+    for server in [&a, &b] {
+        wait_until("the node reaches every master", || server.stats().cluster_redis_up == 3);
+    }
+    let channels: Vec<String> = (0..12).map(|i| format!("spread.{i}")).collect();
+    let mut subscriber = Conn::binary(b.local_addr());
+    for channel in &channels {
+        subscriber.subscribe(channel);
+    }
+    let mut publisher = Conn::binary(a.local_addr());
+    for channel in &channels {
+        publisher.send(fanout::protocol::Request::PublishAcked {
+            channel: channel.as_bytes(),
+            payload: b"over tls".as_slice().into(),
+        });
+        assert_eq!(publisher.next(), Frame::Ack { channel: channel.clone(), offset: 1 });
+    }
+    let mut heard: Vec<String> = channels
+        .iter()
+        .map(|_| match subscriber.next() {
+            Frame::Msg { channel, offset: 1, payload } if payload == b"over tls" => channel,
+            other => panic!("expected a message, got {other:?}"),
+        })
+        .collect();
+    heard.sort();
+    let mut expected = channels.clone();
+    expected.sort();
+    assert_eq!(heard, expected);
 }

@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 /// A free port whose cluster bus port (10,000 above it) is free too.
-fn free_cluster_port() -> u16 {
+pub fn free_cluster_port() -> u16 {
     loop {
         let port = free_port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
