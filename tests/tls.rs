@@ -174,6 +174,44 @@ fn sni_picks_the_certificate_for_the_name_asked() {
     );
 }
 
+/// Sets SO_LINGER to zero: closing the socket then sends a reset, not a FIN.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket descriptor and a linger struct of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
+
+/// A client that leaves mid-handshake, by FIN or by reset, is counted (`eof`): a scanner that
+/// resets its connections is not invisible.
+#[test]
+fn a_handshake_abandoned_by_eof_or_reset_is_counted() {
+    let pki = TestPki::new("abandon");
+    let cert = pki.issue("server", &["localhost"]);
+    let server = start(|config| config.tls = Some(server_tls(&[cert])));
+    let hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    for reset in [false, true, true] {
+        let mut raw = TcpStream::connect(server.local_addr()).unwrap();
+        raw.write_all(&hello_start).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        if reset {
+            reset_on_close(&raw);
+        }
+        drop(raw);
+    }
+    wait_until("three abandoned handshakes counted", || server.stats().tls_failures_eof == 3);
+    wait_until("no TLS connection left", || server.stats().connections_tls == 0);
+}
+
 #[test]
 fn tls_only_refuses_plaintext_with_a_reason() {
     let pki = TestPki::new("only");
@@ -181,7 +219,16 @@ fn tls_only_refuses_plaintext_with_a_reason() {
     let server = start(|config| {
         config.tls = Some(server_tls(&[cert]));
         config.tls_only = true;
+        config.http_head_timeout = Duration::from_millis(400);
+        config.ping_interval = Duration::from_millis(200);
     });
+    // Silent: no plaintext PING on a TLS-only port, and cut at the handshake deadline.
+    let mut silent = TcpStream::connect(server.local_addr()).unwrap();
+    silent.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let _ = silent.read_to_end(&mut got);
+    assert!(got.is_empty(), "a silent connection got {:?}", String::from_utf8_lossy(&got));
+    wait_until("the silent one counted", || server.stats().tls_failures_timeout == 1);
     let mut plain = Conn::text(server.local_addr());
     plain.send_raw(b"PING\n");
     let reason = plain.expect_error_and_close(426);
@@ -233,21 +280,23 @@ fn hostile_records_close_only_their_own_connection() {
     let mut bystander = Client::open(&tls_addr(addr, "localhost"), Some(&trust)).unwrap();
     bystander.subscribe("calm").unwrap();
 
-    let attacks: [&[u8]; 3] = [
+    // Each with what comes back first: a fatal alert record (content type 21) saying why
+    // (RFC 8446, 6.2) where rustls makes one, or nothing; then the close.
+    let attacks: [(&[u8], Option<u8>); 3] = [
         // A handshake byte, then an HTTP request.
-        b"\x16GET / HTTP/1.1\r\n\r\n",
+        (b"\x16GET / HTTP/1.1\r\n\r\n", Some(21)),
         // A record of 65,535 bytes (TLS allows 16 KiB and a little).
-        &[0x16, 0x03, 0x03, 0xff, 0xff, 1, 2, 3],
-        // A ClientHello that is not one.
-        &[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xff, 0xff, 0xff],
+        (&[0x16, 0x03, 0x03, 0xff, 0xff, 1, 2, 3], Some(21)),
+        // A ClientHello announcing 16 MiB (rustls refuses it without an alert).
+        (&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xff, 0xff, 0xff], None),
     ];
-    for (i, attack) in attacks.iter().enumerate() {
+    for (i, (attack, first)) in attacks.iter().enumerate() {
         let mut raw = TcpStream::connect(addr).unwrap();
         raw.set_read_timeout(Some(PATIENCE)).unwrap();
         raw.write_all(attack).unwrap();
         let mut reply = Vec::new();
         let _ = raw.read_to_end(&mut reply);
-        assert!(reply.is_empty(), "attack {i}: {reply:?}");
+        assert_eq!(reply.first(), first.as_ref(), "attack {i}: {reply:?}");
     }
     // After a good handshake: a record of garbage.
     let mut good = connect(addr, &trust, "localhost").unwrap();
@@ -312,6 +361,47 @@ fn a_tls_subscriber_that_never_reads_is_cut_as_a_slow_consumer() {
         "a queue held {} bytes (cap {CAP})",
         stats.queue_high_water_bytes
     );
+}
+
+/// TLS subscribers that come and go (closing or resetting) while a publisher streams leave no
+/// queued bytes behind in the accounting: every byte that left a queue is counted once,
+/// whether its write then succeeded or failed.
+#[test]
+fn tls_subscribers_leaving_mid_stream_leave_no_queued_bytes_behind() {
+    let pki = TestPki::new("churn");
+    let cert = pki.issue("server", &["localhost"]);
+    let server = start(|config| config.tls = Some(server_tls(&[cert])));
+    let addr = server.local_addr();
+    let trust = pki.client_config();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut publisher = Conn::binary(addr);
+            let payload = vec![b'p'; 16 * 1024];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..20 {
+                    publisher.publish("churn", &payload);
+                }
+                publisher.barrier();
+            }
+        })
+    };
+    for round in 0..60 {
+        let mut client = connect(addr, &trust, "localhost").unwrap();
+        client.write_all(b"SUB churn\n").unwrap();
+        client.flush().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = client.read(&mut buf);
+        if round % 2 == 0 {
+            reset_on_close(client.socket());
+        }
+        drop(client);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publishing.join().unwrap();
+    wait_until("every subscriber gone", || server.stats().connections_current == 0);
+    assert_eq!(server.stats().queued_bytes, 0, "{}", server.stats());
 }
 
 #[test]

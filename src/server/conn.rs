@@ -429,40 +429,45 @@ impl Conn {
     /// encrypted a batch at a time into `scratch.1` (the plaintext gathered in `scratch.0`) and
     /// written from there. What the socket does not take is kept, and the next batch is sealed
     /// only once it has gone, so the encrypted backlog stays one batch. Returns the queue's bytes
-    /// that went out, and whether the socket is full (with TLS the queue also waits, without the
-    /// socket being full, while the handshake is not done).
-    pub fn write_out(&mut self, scratch: &mut (Vec<u8>, Vec<u8>)) -> io::Result<(usize, bool)> {
+    /// that left it (even when the write then failed: they are no longer queued), and whether
+    /// the socket is full (with TLS the queue also waits, without the socket being full, while
+    /// the handshake is not done).
+    pub fn write_out(&mut self, scratch: &mut (Vec<u8>, Vec<u8>)) -> (usize, io::Result<bool>) {
+        let queued = self.queue.queued_bytes();
+        let result = self.write_queue(scratch);
+        (queued - self.queue.queued_bytes(), result)
+    }
+
+    fn write_queue(&mut self, scratch: &mut (Vec<u8>, Vec<u8>)) -> io::Result<bool> {
         let Some(tls) = self.tls.as_deref_mut() else {
             return match self.queue.write_to(&mut self.stream) {
-                Ok(n) => Ok((n, !self.queue.is_empty())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((0, true)),
+                Ok(_) => Ok(!self.queue.is_empty()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
                 Err(e) => Err(e),
             };
         };
         let (batch, sealed) = scratch;
-        let mut taken = 0;
         loop {
             if tls.unsent() > 0 {
                 match tls.write_to(&mut self.stream) {
                     Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((taken, true)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                     Err(e) => return Err(e),
                 }
                 if tls.unsent() > 0 {
-                    return Ok((taken, true));
+                    return Ok(true);
                 }
             }
-            if self.queue.is_empty() || tls.is_handshaking() {
-                return Ok((taken, false));
+            if self.queue.is_empty() || tls.is_handshaking() || tls.failed() {
+                return Ok(false);
             }
             batch.clear();
             sealed.clear();
             self.queue.copy_front(batch, SEAL_BATCH_BYTES);
             if !tls.seal(batch, sealed).map_err(io::Error::other)? {
-                return Ok((taken, false));
+                return Ok(false);
             }
             self.queue.consume(batch.len());
-            taken += batch.len();
             if tls.unsent() > 0 {
                 // rustls had something to send first: the batch goes after it.
                 tls.keep_unsent(sealed);
@@ -480,7 +485,7 @@ impl Conn {
             }
             if written < sealed.len() {
                 tls.keep_unsent(&sealed[written..]);
-                return Ok((taken, true));
+                return Ok(true);
             }
         }
     }

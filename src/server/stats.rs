@@ -252,7 +252,7 @@ counters! {
     tls_failures_certificate: counter,
     /// TLS handshakes not complete within the HTTP head deadline (slowloris).
     tls_failures_timeout: counter,
-    /// TLS handshakes the client gave up on (EOF before the handshake was done).
+    /// TLS handshakes the client gave up on (it closed or reset the connection first).
     tls_failures_eof: counter,
     /// TLS connections failed for another reason (debug log says).
     tls_failures_other: counter,

@@ -59,6 +59,9 @@ pub struct ServerSession {
     sealed: Vec<u8>,
     sealed_at: usize,
     close_notify_sealed: bool,
+    /// The connection failed (a TLS error, or its handshake timed out): nothing more is
+    /// decrypted or encrypted, only what is unsent (an alert) goes out.
+    failed: bool,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -80,12 +83,23 @@ impl ServerSession {
             sealed: Vec::new(),
             sealed_at: 0,
             close_notify_sealed: false,
+            failed: false,
         })
     }
 
     /// True until the handshake is complete (application data cannot be sent yet).
     pub fn is_handshaking(&self) -> bool {
         self.tls.is_handshaking()
+    }
+
+    /// True once the connection failed (`receive` returned an error, or `fail`).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Marks the connection failed for a reason of the worker's (a handshake past its deadline).
+    pub fn fail(&mut self) {
+        self.failed = true;
     }
 
     /// The negotiated protocol version, for logs ("TLSv1_3").
@@ -127,6 +141,9 @@ impl ServerSession {
     /// handshake is not complete. Anything rustls had to send first (a key update, a ticket) is
     /// then in the unsent output: `out` goes after it (`keep_unsent`).
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<bool, rustls::Error> {
+        if self.failed {
+            return Err(rustls::Error::General("the TLS connection failed".into()));
+        }
         self.send(Outgoing::Data(plain, out))
     }
 
@@ -137,7 +154,7 @@ impl ServerSession {
 
     /// Queues close_notify (once), after the unsent output.
     pub fn seal_close_notify(&mut self) -> Result<(), rustls::Error> {
-        if !self.close_notify_sealed && !self.is_handshaking() {
+        if !self.close_notify_sealed && !self.is_handshaking() && !self.failed {
             self.close_notify_sealed = self.send(Outgoing::CloseNotify)?;
         }
         Ok(())
@@ -205,10 +222,21 @@ impl ServerSession {
         loop {
             let status = self.tls.process_tls_records(&mut buffer[at..]);
             let discard = status.discard;
-            // On an error rustls has queued an alert for the peer, but asking for it runs the
-            // deframer over the same bytes again (a second fatal alert, which rustls asserts
-            // against): the connection closes without it.
-            let state = status.state?;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    // rustls has queued a fatal alert saying why (RFC 8446, 6.2). Asked once
+                    // more, it hands a queued record over before it reads any input; asked
+                    // twice, it would read the same bad bytes again.
+                    at += discard;
+                    let again = self.tls.process_tls_records(&mut buffer[at..]);
+                    if let Ok(ConnectionState::EncodeTlsData(mut alert)) = again.state {
+                        let _ = encode(&mut self.sealed, |out| alert.encode(out));
+                    }
+                    self.failed = true;
+                    return Err(e);
+                }
+            };
             let stop = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {

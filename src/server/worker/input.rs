@@ -71,12 +71,7 @@ impl Worker {
                 return Ok(());
             }
             match conn.stream.read(&mut self.scratch) {
-                Ok(0) => {
-                    if conn.is_open() && conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) {
-                        WorkerCounters::add(self.counters().tls_failure("eof"), 1);
-                    }
-                    return Err(Close::now("closed by peer"));
-                }
+                Ok(0) => return Err(Close::now("closed by peer")),
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     WorkerCounters::add(&self.shared.counters[self.id].bytes_in, n as u64);
@@ -143,7 +138,10 @@ impl Worker {
                 let reason = crate::tls::failure_reason(&e);
                 WorkerCounters::add(self.counters().tls_failure(reason), 1);
                 debug!("worker {}: TLS failed on connection {key} ({reason}): {e}", self.id);
-                return Err(Close::now(format!("TLS failed: {e}")));
+                // rustls's alert goes out, nothing queued after it (it cannot be encrypted any
+                // more), and the connection closes once it is written.
+                self.out.mark_dirty(key, &mut self.conns[key]);
+                return Err(Close::Linger { error: None, discard_queue: true, peer_done: true });
             }
         };
         if was_handshaking && !tls.is_handshaking() {

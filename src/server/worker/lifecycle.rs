@@ -352,8 +352,12 @@ impl Worker {
         if let Some(format) = conn.format {
             self.counters().by_format(format).fetch_sub(1, Ordering::Relaxed);
         }
-        if conn.tls.is_some() {
+        if let Some(tls) = &conn.tls {
             self.counters().connections_tls.fetch_sub(1, Ordering::Relaxed);
+            // A handshake that neither finished nor failed: the client went away (EOF, reset).
+            if tls.is_handshaking() && !tls.failed() && self.state == RunState::Running {
+                WorkerCounters::add(self.counters().tls_failure("eof"), 1);
+            }
         }
         self.out.queued_bytes -= conn.queue.queued_bytes();
         self.shared.open_connections.fetch_sub(1, Ordering::AcqRel);
@@ -379,6 +383,7 @@ impl Worker {
             .saturating_add(config.ping_timeout.as_millis().min(u32::MAX as u128 / 4) as u32);
         let heartbeat_after = ping_after.min(SSE_HEARTBEAT_MS);
         let head_deadline = config.http_head_timeout.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let tls_only = config.tls_only;
         let mut expired = Vec::new();
         let mut stale = Vec::new();
         let mut ping = Vec::new();
@@ -401,8 +406,12 @@ impl Worker {
                         expired.push(key);
                     }
                 }
-                // A TLS handshake has as long as an HTTP head (a stalled one is a slowloris).
-                _ if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) => {
+                // A TLS handshake has as long as an HTTP head (a stalled one is a slowloris), and
+                // so, on a TLS-only port, has a connection that has not said anything yet (it
+                // gets no plaintext PING).
+                _ if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+                    || (tls_only && conn.tls.is_none() && conn.format.is_none()) =>
+                {
                     if self.now_ms.wrapping_sub(conn.accepted_ms) >= head_deadline {
                         slow_handshakes.push(key);
                     }
@@ -481,6 +490,9 @@ impl Worker {
         }
         for key in slow_handshakes {
             WorkerCounters::add(self.counters().tls_failure("timeout"), 1);
+            if let Some(tls) = self.conns[key].tls.as_deref_mut() {
+                tls.fail();
+            }
             debug!(
                 "worker {}: TLS handshake on connection {key} not done in {head_deadline} ms",
                 self.id

@@ -224,9 +224,13 @@ impl Worker {
             }
         }
         if conn.writable && !conn.flushed() {
-            match conn.write_out(&mut self.tls_scratch) {
-                Ok((0, true)) => conn.writable = false,
-                Ok((n, full)) => {
+            let (n, result) = conn.write_out(&mut self.tls_scratch);
+            self.out.queued_bytes -= n;
+            WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
+            match result {
+                Err(e) => return Err(Close::now(format!("write failed: {e}"))),
+                Ok(true) if n == 0 => conn.writable = false,
+                Ok(full) => {
                     // A connection written to rarely (a reply, a quiet channel) gives its queue
                     // memory back at once; a busy one keeps it for the next frame, and
                     // housekeeping takes it once it goes quiet (invariant 5).
@@ -246,13 +250,10 @@ impl Worker {
                         conn.end_wait();
                         self.unblocked.push(ConnRef::of(key, conn));
                     }
-                    self.out.queued_bytes -= n;
-                    WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
                     if full {
                         conn.writable = false;
                     }
                 }
-                Err(e) => return Err(Close::now(format!("write failed: {e}"))),
             }
         }
         let flushed = conn.flushed();

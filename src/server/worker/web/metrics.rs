@@ -45,7 +45,7 @@ impl Worker {
                 (
                     "tls_failures",
                     format!("{{reason=\"{reason}\"}}"),
-                    "TLS connections failed, by reason: protocol, incompatible, alert, certificate, timeout (handshake past the head deadline), eof (client gave up), other.",
+                    "TLS connections failed, by reason: protocol, incompatible, alert, certificate, timeout (handshake past the head deadline, or silence on a TLS-only port), eof (the client closed or reset mid-handshake), other.",
                 )
             } else if let Some(kind) = name.strip_prefix("limited_") {
                 (
