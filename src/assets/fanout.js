@@ -149,7 +149,9 @@
   };
 
   // Who is subscribed to `channel`, on every node: a Promise of {clients, users, members}.
-  // Asked over HTTP (GET /presence) with this client's token, so it works on either transport.
+  // Asked over HTTP (GET /presence) with this client's token, so it works on either transport;
+  // the answer is therefore not in order with the joins and leaves on the stream: apply those
+  // that arrive while it is on its way again on top of it (the demo page shows how).
   Fanout.prototype.presence = function (channel) {
     return this.askPresence("/presence", channel);
   };
