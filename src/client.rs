@@ -105,6 +105,7 @@ impl std::str::FromStr for ServerAddr {
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls_name {
+            Some(name) if name.contains(':') => write!(f, "tls://[{name}]:{}", self.addr.port()),
             Some(name) => write!(f, "tls://{name}:{}", self.addr.port()),
             None => write!(f, "{}", self.addr),
         }
@@ -230,7 +231,7 @@ impl Client {
         };
         let config = match tls {
             Some(config) => config.clone(),
-            None => crate::tls::client_config(None, None)
+            None => crate::tls::system_client_config()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
         };
         let mut socket = Socket::new(stream, Some((&config, name)))?;

@@ -13,6 +13,10 @@ use common::TempDir;
 const PLAYWRIGHT_CORE: &str = "playwright-core@1.65.1";
 
 fn playwright_core() -> PathBuf {
+    // The scenarios run in parallel threads: one installs while the others wait (a module seen
+    // half-installed by another would fail to load).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-deps");
     let module = prefix.join("node_modules/playwright-core");
     if !module.join("package.json").exists() {

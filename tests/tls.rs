@@ -154,6 +154,29 @@ fn every_protocol_speaks_tls_on_the_same_port_as_plaintext() {
     );
 }
 
+/// A close the server decides (the last HTTP response, an error) ends the TLS stream with
+/// close_notify before the TCP close: a client can tell it from a cut connection.
+#[test]
+fn a_graceful_close_sends_close_notify() {
+    let pki = TestPki::new("close-notify");
+    let cert = pki.issue("server", &["localhost"]);
+    let server = start(|config| config.tls = Some(server_tls(&[cert])));
+    let trust = pki.client_config();
+    let requests: [&[u8]; 2] = [
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"NOT A COMMAND\n",
+    ];
+    for request in requests {
+        let mut tls = connect(server.local_addr(), &trust, "localhost").unwrap();
+        tls.write_all(request).unwrap();
+        tls.flush().unwrap();
+        let mut reply = Vec::new();
+        let ended = tls.read_to_end(&mut reply);
+        assert!(ended.is_ok(), "{ended:?} after {:?}", String::from_utf8_lossy(&reply));
+        assert!(!reply.is_empty());
+    }
+}
+
 #[test]
 fn sni_picks_the_certificate_for_the_name_asked() {
     let pki = TestPki::new("sni");
@@ -309,6 +332,30 @@ fn hostile_records_close_only_their_own_connection() {
         let stats = server.stats();
         stats.tls_failures_protocol + stats.tls_failures_other == 4
     });
+    // A WebSocket over TLS (whose close queues a close frame) that sends a bad record: closed
+    // once the alert is out, not held until the linger deadline (5 s) by a frame that can no
+    // longer be encrypted.
+    let mut ws = connect(addr, &trust, "localhost").unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    ws.flush().unwrap();
+    let mut head = [0u8; 12];
+    ws.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let started = Instant::now();
+    ws.socket_mut().write_all(&[0x17, 0x03, 0x03, 0x00, 0x20]).unwrap();
+    ws.socket_mut().write_all(&[0xcd; 0x20]).unwrap();
+    let mut rest = Vec::new();
+    let _ = ws.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    wait_until("five failures counted", || {
+        let stats = server.stats();
+        stats.tls_failures_protocol + stats.tls_failures_other == 5
+    });
+
     let mut publisher = Conn::binary(addr);
     publisher.publish("calm", b"still here");
     let message = bystander.next_message(Some(PATIENCE)).unwrap().expect("a message");

@@ -535,7 +535,7 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
         Some(name) => {
             let config = match &config.tls {
                 Some((tls, _)) => tls.clone(),
-                None => crate::tls::client_config(None, None).map_err(std::io::Error::other)?,
+                None => crate::tls::system_client_config().map_err(std::io::Error::other)?,
             };
             let mut tls = crate::tls::TlsStream::new(config, name, stream)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

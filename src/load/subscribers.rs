@@ -202,7 +202,7 @@ fn connect(
     let Some(name) = &server.tls_name else { return Ok(Socket::Plain(stream)) };
     let config = match tls {
         Some(config) => config.clone(),
-        None => crate::tls::client_config(None, None).map_err(io::Error::other)?,
+        None => crate::tls::system_client_config().map_err(io::Error::other)?,
     };
     Socket::new(stream, Some((&config, name)))
 }

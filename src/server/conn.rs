@@ -420,9 +420,13 @@ impl Conn {
         self.queue.footprint() + self.tls.as_ref().map_or(0, |tls| tls.unsent())
     }
 
-    /// Nothing is left to write (queue and encrypted output).
+    /// Nothing is left to write (queue and encrypted output). After a TLS failure only the
+    /// encrypted output (the alert) counts: what is queued can no longer be encrypted.
     pub fn flushed(&self) -> bool {
-        self.queue.is_empty() && self.tls.as_ref().is_none_or(|tls| tls.unsent() == 0)
+        match &self.tls {
+            None => self.queue.is_empty(),
+            Some(tls) => tls.unsent() == 0 && (self.queue.is_empty() || tls.failed()),
+        }
     }
 
     /// Writes what the socket takes: plaintext straight from the queue, or with TLS the queue
@@ -473,16 +477,11 @@ impl Conn {
                 tls.keep_unsent(sealed);
                 continue;
             }
-            let mut written = 0;
-            while written < sealed.len() {
-                match self.stream.write(&sealed[written..]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            let written = match crate::tls::write_some(&mut self.stream, sealed) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
             if written < sealed.len() {
                 tls.keep_unsent(&sealed[written..]);
                 return Ok(true);

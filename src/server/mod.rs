@@ -714,6 +714,14 @@ fn validate(config: &Config) -> Result<(), StartError> {
     if config.workers == 0 {
         return fail("workers must be at least 1".into());
     }
+    if let Some(cluster) = &config.cluster {
+        if cluster.tls.is_none() && cluster.redis.iter().any(|server| server.tls) {
+            // Never a silent fallback to plaintext (with the password in it).
+            return fail(
+                "a rediss:// server needs a TLS configuration (ClusterConfig::tls)".into(),
+            );
+        }
+    }
     if config.max_frame_bytes < 16 || config.max_frame_bytes > u32::MAX as usize {
         return fail(format!("max frame bytes must be between 16 and {}", u32::MAX));
     }

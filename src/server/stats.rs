@@ -81,9 +81,9 @@ counters! {
     messages_in: counter,
     /// Messages queued to subscribers (one per subscriber per message).
     messages_out: counter,
-    /// Bytes read from clients.
+    /// Bytes read from clients (with TLS: as on the wire).
     bytes_in: counter,
-    /// Bytes written to clients.
+    /// Bytes of frames sent to clients (with TLS: before encryption).
     bytes_out: counter,
     /// Clients disconnected because their write queue passed the cap.
     slow_consumer_closes: counter,
@@ -250,7 +250,8 @@ counters! {
     tls_failures_alert: counter,
     /// TLS connections failed: a certificate problem.
     tls_failures_certificate: counter,
-    /// TLS handshakes not complete within the HTTP head deadline (slowloris).
+    /// TLS handshakes not complete within the HTTP head deadline (slowloris), and on a
+    /// `--tls-only` port connections silent that long.
     tls_failures_timeout: counter,
     /// TLS handshakes the client gave up on (it closed or reset the connection first).
     tls_failures_eof: counter,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use certs::{CertFiles, ServerTls};
-pub use session::{failure_reason, Received, ServerSession};
+pub use session::{failure_reason, write_some, Received, ServerSession};
 pub use stream::{Socket, TlsStream};
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello starts every connection).
@@ -58,6 +58,17 @@ pub enum TlsConfigError {
 /// The crypto provider every config uses: aws-lc-rs (see Cargo.toml for why, not ring).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The system's trust roots as a client configuration, read once per process (a client that
+/// reconnects keeps one configuration, and with it its session tickets).
+pub fn system_client_config() -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(config) = CONFIG.get() {
+        return Ok(config.clone());
+    }
+    let config = client_config(None, None)?;
+    Ok(CONFIG.get_or_init(|| config).clone())
 }
 
 /// Reads a PEM certificate chain (leaf first).

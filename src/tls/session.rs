@@ -114,6 +114,18 @@ impl ServerSession {
         incoming: &mut [u8],
         plain: &mut Vec<u8>,
     ) -> Result<Received, rustls::Error> {
+        let received = self.receive_records(incoming, plain);
+        if received.is_err() {
+            self.failed = true;
+        }
+        received
+    }
+
+    fn receive_records(
+        &mut self,
+        incoming: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<Received, rustls::Error> {
         let mut peer_closed = false;
         if self.received.is_empty() {
             let (used, _) =
@@ -168,19 +180,8 @@ impl ServerSession {
     /// Writes unsent output until done or the socket blocks; returns the bytes written
     /// (`WouldBlock` only when none could be).
     pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
-        let mut total = 0;
-        while self.sealed_at < self.sealed.len() {
-            match socket.write(&self.sealed[self.sealed_at..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    total += n;
-                    self.sealed_at += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => break,
-                Err(e) => return Err(e),
-            }
-        }
+        let total = write_some(socket, &self.sealed[self.sealed_at..])?;
+        self.sealed_at += total;
         if self.sealed_at == self.sealed.len() {
             // Given back at once: only handshakes, alerts and what a full socket left go
             // through here, and a buffer kept past them is memory an idle connection holds.
@@ -233,7 +234,6 @@ impl ServerSession {
                     if let Ok(ConnectionState::EncodeTlsData(mut alert)) = again.state {
                         let _ = encode(&mut self.sealed, |out| alert.encode(out));
                     }
-                    self.failed = true;
                     return Err(e);
                 }
             };
@@ -294,6 +294,22 @@ enum Input<'a> {
     Fresh(&'a mut [u8]),
     /// `received`.
     Held,
+}
+
+/// Writes `bytes` until all are written or the socket blocks; returns how many were written
+/// (`WouldBlock` only when none could be).
+pub fn write_some(socket: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
+    let mut total = 0;
+    while total < bytes.len() {
+        match socket.write(&bytes[total..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 /// Appends a handshake or alert record to `sealed`.

@@ -100,7 +100,9 @@ impl<S: Read + Write> Read for TlsStream<S> {
                 Err(e) => return Err(e),
             }
             match self.tls.read_tls(&mut self.socket) {
-                Ok(0) => return Ok(0),
+                // The socket's EOF: rustls's reader then says whether the peer ended the stream
+                // (close_notify: `Ok(0)`) or it was cut (`UnexpectedEof`).
+                Ok(0) => return self.tls.reader().read(buf),
                 Ok(_) => {
                     if let Err(e) = self.tls.process_new_packets() {
                         // rustls queued an alert saying why; it is worth one try.

@@ -153,7 +153,9 @@ impl Worker {
             );
         }
         if tls.unsent() > 0 || (!tls.is_handshaking() && !self.conns[key].queue.is_empty()) {
-            // A handshake answer to send, or replies that waited for the handshake.
+            // A handshake answer to send, or replies that waited for the handshake: at once,
+            // never held back by write coalescing (the client waits on it).
+            self.conns[key].urgent = true;
             self.out.mark_dirty(key, &mut self.conns[key]);
         }
         let taken = if plain.is_empty() { Ok(()) } else { self.take_input(key, &plain) };

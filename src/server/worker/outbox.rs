@@ -214,22 +214,57 @@ impl Worker {
         next_due
     }
 
-    /// Writes the connection's queue; a closing connection whose queue emptied half-closes.
+    /// Writes the connection's queue; a closing connection whose queue emptied half-closes
+    /// (with TLS, after its close_notify).
     pub(super) fn flush(&mut self, key: usize) -> Result<(), Close> {
+        self.conns[key].dirty = false;
+        self.write_some(key)?;
         let conn = &mut self.conns[key];
-        conn.dirty = false;
-        if let (Phase::Closing { .. }, Some(tls)) = (&conn.phase, conn.tls.as_deref_mut()) {
-            if conn.queue.is_empty() && tls.seal_close_notify().is_err() {
-                return Err(Close::now("TLS close_notify failed"));
+        if let (Phase::Closing { write_shut: false, .. }, Some(tls)) =
+            (&conn.phase, conn.tls.as_deref_mut())
+        {
+            // Once the queue is out: close_notify (once; none after a failure), so that the
+            // client tells our end of the stream from a cut connection.
+            if conn.queue.is_empty() && !tls.failed() {
+                if tls.seal_close_notify().is_err() {
+                    return Err(Close::now("TLS close_notify failed"));
+                }
+                if tls.unsent() > 0 {
+                    self.write_some(key)?;
+                }
             }
         }
+        let conn = &mut self.conns[key];
+        let flushed = conn.flushed();
+        if let Phase::Closing { write_shut: write_shut @ false, wait_for_eof, .. } = &mut conn.phase
+        {
+            if flushed {
+                *write_shut = true;
+                // Half-close: the peer reads everything, then sees EOF.
+                if conn.stream.shutdown(Shutdown::Write).is_err() {
+                    return Err(Close::now("shutdown failed"));
+                }
+                if !*wait_for_eof {
+                    // Close as soon as nothing unread is left (read_ready sees WouldBlock).
+                    conn.readable = true;
+                    return self.read_ready(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes of the connection's output (see `Conn::write_out`).
+    fn write_some(&mut self, key: usize) -> Result<(), Close> {
+        let conn = &mut self.conns[key];
         if conn.writable && !conn.flushed() {
             let (n, result) = conn.write_out(&mut self.tls_scratch);
             self.out.queued_bytes -= n;
             WorkerCounters::add(&self.shared.counters[self.id].bytes_out, n as u64);
             match result {
                 Err(e) => return Err(Close::now(format!("write failed: {e}"))),
-                Ok(true) if n == 0 => conn.writable = false,
+                // Nothing of the queue moved (the socket was full, or only handshake bytes went).
+                Ok(full) if n == 0 => conn.writable &= !full,
                 Ok(full) => {
                     // A connection written to rarely (a reply, a quiet channel) gives its queue
                     // memory back at once; a busy one keeps it for the next frame, and
@@ -253,22 +288,6 @@ impl Worker {
                     if full {
                         conn.writable = false;
                     }
-                }
-            }
-        }
-        let flushed = conn.flushed();
-        if let Phase::Closing { write_shut: write_shut @ false, wait_for_eof, .. } = &mut conn.phase
-        {
-            if flushed {
-                *write_shut = true;
-                // Half-close: the peer reads everything, then sees EOF.
-                if conn.stream.shutdown(Shutdown::Write).is_err() {
-                    return Err(Close::now("shutdown failed"));
-                }
-                if !*wait_for_eof {
-                    // Close as soon as nothing unread is left (read_ready sees WouldBlock).
-                    conn.readable = true;
-                    return self.read_ready(key);
                 }
             }
         }
