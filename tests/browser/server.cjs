@@ -50,4 +50,22 @@ async function blockWebSocket(page) {
   });
 }
 
-module.exports = { startServer, launchBrowser, blockWebSocket };
+// Runs a scenario: `body(browser)` with a server started with `serverArgs` and a browser with
+// `browserArgs`, both stopped after; a failure prints and exits non-zero.
+function scenario(serverArgs, browserArgs, body) {
+  (async () => {
+    const server = await startServer(serverArgs);
+    const browser = await launchBrowser(browserArgs);
+    try {
+      await body(browser);
+    } finally {
+      await browser.close();
+      server.kill("SIGKILL");
+    }
+  })().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
+
+module.exports = { startServer, launchBrowser, blockWebSocket, scenario };

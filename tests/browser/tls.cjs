@@ -6,7 +6,7 @@
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT, CERT, KEY, PLAYWRIGHT_CORE and
 // NODE_EXTRA_CA_CERTS (the test CA, for this script's own fetches).
 "use strict";
-const { startServer, launchBrowser, blockWebSocket } = require("./server.cjs");
+const { blockWebSocket, scenario } = require("./server.cjs");
 const crypto = require("crypto");
 const fs = require("fs");
 
@@ -28,12 +28,10 @@ async function waitForComment(page, text) {
     text, { timeout: 30000 });
 }
 
-(async () => {
-  const server = await startServer([
-    "--tls-cert", process.env.CERT, "--tls-key", process.env.KEY, "--join-leave", ">",
-  ]);
-  const browser = await launchBrowser([`--ignore-certificate-errors-spki-list=${spkiHash(process.env.CERT)}`]);
-  try {
+scenario(
+  ["--tls-cert", process.env.CERT, "--tls-key", process.env.KEY, "--join-leave", ">"],
+  [`--ignore-certificate-errors-spki-list=${spkiHash(process.env.CERT)}`],
+  async (browser) => {
     const open = async (withoutWebSocket) => {
       const page = await (await browser.newContext()).newPage();
       if (withoutWebSocket) {
@@ -96,11 +94,4 @@ async function waitForComment(page, text) {
     }
     step(`server counted ${value("fanout_tls_handshakes_total")} handshakes, ${value("fanout_connections_tls")} TLS connections open`);
     console.log("tls browser test passed");
-  } finally {
-    await browser.close();
-    server.kill("SIGKILL");
-  }
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+  });
