@@ -245,9 +245,10 @@ struct ServeArgs {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     no_pin: bool,
-    /// Open connections at most; further ones get `ERR 503` and are closed.
-    #[arg(long, default_value_t = Config::default().max_connections)]
-    max_connections: usize,
+    /// Open connections at most (default 1,000,000); further ones get `ERR 503` and are
+    /// closed. Given, it is also checked against RLIMIT_NOFILE at start.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// Longest frame or line a client may send, in bytes.
     #[arg(long, default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
@@ -552,7 +553,7 @@ impl ServeArgs {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
             pin_cores: !self.no_pin,
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             max_frame_bytes: self.max_frame_bytes,
             max_query_bytes: self.max_query_bytes,
             write_queue_cap_bytes: self.write_queue_cap_bytes,
@@ -628,7 +629,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => args.config().map_err(Into::into).and_then(serve),
+        Command::Serve(args) => {
+            let asked = args.max_connections;
+            args.config().map_err(Into::into).and_then(|config| serve(config, asked))
+        }
         Command::Pub { channel, message, servers, ca_file, token } => {
             token.token().map_err(Into::into).and_then(|token| {
                 let tls = client_tls(&servers, ca_file.as_deref())?;
@@ -656,24 +660,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    // Block SIGINT/SIGTERM/SIGHUP before the workers exist so that they inherit the mask and the signal
-    // is taken here, synchronously, rather than in a handler.
+/// `asked`: the `--max-connections` the operator gave, if any (the default's million is not a
+/// request to warn about on a machine that allows fewer descriptors).
+fn serve(config: Config, asked: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
+    // Block SIGINT/SIGTERM/SIGHUP before the workers exist so that they inherit the mask and the
+    // signal is taken here, synchronously, rather than in a handler.
     fanout::sys::block_signals()?;
-    match fanout::sys::raise_nofile_limit() {
-        Ok(limit) => {
-            info!(
-                "RLIMIT_NOFILE raised from {} to {} (hard limit {})",
-                limit.before, limit.after, limit.hard
-            );
-            if (limit.after as usize) < config.max_connections {
-                warn!(
-                    "RLIMIT_NOFILE ({}) is below --max-connections ({}): accepts will fail with EMFILE first",
-                    limit.after, config.max_connections
-                );
-            }
+    let nofile = fanout::sys::raise_nofile_limit();
+    match &nofile {
+        Ok(limit) if limit.after > limit.before => {
+            info!("RLIMIT_NOFILE raised from {} to {} (the hard limit)", limit.before, limit.after)
         }
+        Ok(limit) => info!("RLIMIT_NOFILE kept at {} (the hard limit)", limit.after),
         Err(e) => warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
+    if let (Some(asked), Ok(limit)) = (asked, &nofile) {
+        if (limit.after as usize) < asked {
+            let limit = limit.after;
+            warn!(
+                "--max-connections {asked} is more than RLIMIT_NOFILE ({limit}) allows: accepts will fail with EMFILE first (raise the hard limit: LimitNOFILE= in a systemd unit, see scripts/fanout.service)"
+            );
+        }
     }
     if config.ws_echo {
         warn!(

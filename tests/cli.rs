@@ -270,3 +270,40 @@ fn sub_with_presence_prints_who_is_there_then_joins_and_leaves() {
     };
     assert!(left.starts_with("room.1 leave alice "), "{left}");
 }
+
+/// The start is quiet unless something asks for attention: the descriptor limit is said at info,
+/// and only a `--max-connections` the operator gave, and the limit cannot hold, is warned about.
+#[test]
+fn start_warns_about_the_descriptor_limit_only_when_asked_for_more() {
+    let start_log = |extra: &[&str]| -> Vec<String> {
+        let mut child = Command::new(FANOUT)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--stats-interval-secs", "0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fanout serve starts");
+        let lines = lines_of(child.stderr.take().expect("piped"));
+        let _reaper = Reaper(child);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let listening = line.contains("listening on");
+            seen.push(line);
+            if listening {
+                break;
+            }
+        }
+        assert!(seen.iter().any(|l| l.contains("listening on")), "{seen:?}");
+        seen
+    };
+    let quiet = start_log(&[]);
+    assert!(quiet.iter().all(|l| !l.contains("WARN")), "a default start warned: {quiet:?}");
+    assert!(quiet.iter().any(|l| l.contains("RLIMIT_NOFILE")), "{quiet:?}");
+    let asked = start_log(&["--max-connections", "100000000"]);
+    assert!(
+        asked.iter().any(|l| l.contains("WARN") && l.contains("--max-connections 100000000")),
+        "{asked:?}"
+    );
+}

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::{Poll, Waker};
 
 use self::channels::{ChannelRegistry, Message, NameRegistry};
@@ -846,7 +846,9 @@ impl ServerHandle {
                 disk::mark_clean(dir);
             }
         }
-        info!("shut down after {:.1?}: {}", self.shared.started.elapsed(), self.stats());
+        let stats = self.stats();
+        info!("shut down after {:.1?}: {}", self.shared.started.elapsed(), stats.summary());
+        debug!("at shutdown (all): {stats}");
     }
 }
 

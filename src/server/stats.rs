@@ -299,6 +299,24 @@ impl WorkerCounters {
     }
 }
 
+impl Stats {
+    /// The periodic log line: what an operator glances at (every figure is in `/metrics`).
+    pub fn summary(&self) -> String {
+        format!(
+            "connections={} (tls {}) messages in={} out={} slow_consumer_closes={} protocol_errors={} queued_bytes={} retained_messages={} cluster_redis_up={}",
+            self.connections_current,
+            self.connections_tls,
+            self.messages_in,
+            self.messages_out,
+            self.slow_consumer_closes,
+            self.protocol_errors,
+            self.queued_bytes,
+            self.retained_messages,
+            self.cluster_redis_up,
+        )
+    }
+}
+
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (name, value)) in self.fields().into_iter().enumerate() {

@@ -344,7 +344,9 @@ impl Worker {
                 }
                 if stats_every > 0 && self.id == 0 && reached(self.now_ms, self.next_stats_ms) {
                     self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
-                    info!("stats: {}", self.shared.stats());
+                    let stats = self.shared.stats();
+                    info!("stats: {}", stats.summary());
+                    debug!("stats (all): {stats}");
                 }
             }
             self.publish_gauges();
