@@ -21,14 +21,7 @@ build_fanout
 bench_setup tls
 rss_bytes() { awk '/^VmRSS/ { print $2 * 1024 }' "/proc/$1/status"; }
 
-# A CA and a certificate for localhost and 127.0.0.1 (EC P-256, what a modern CA issues).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=bench CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-  -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
-echo "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$WORK/ext"
-openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
-  -days 2 -extfile "$WORK/ext" -out "$WORK/server.pem" 2>/dev/null
+make_test_certs "$WORK"
 TLS_ARGS=(--tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key")
 
 # start_tls_server [ARGS]: one worker pinned to SERVER_CORE, TLS and plaintext on one port.

@@ -108,3 +108,16 @@ stop_all() {
 
 # CPU seconds (user + system) process $1 has used.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# A test CA and a certificate it signed for localhost and 127.0.0.1 (EC P-256), in directory
+# $1: ca.pem, server.pem, server.key. Usage: make_test_certs DIR
+make_test_certs() {
+  local dir=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=fanout test CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  echo "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$dir/server.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
+}

@@ -19,13 +19,7 @@ bench_setup tls-attack
 export WORK
 export PORT
 PORT=$(free_port)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=attack CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-  -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
-echo "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$WORK/ext"
-openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
-  -days 2 -extfile "$WORK/ext" -out "$WORK/server.pem" 2>/dev/null
+make_test_certs "$WORK"
 run() {
   "$FANOUT" serve --listen "127.0.0.1:$PORT" --no-pin --workers 2 --stats-interval-secs 0 \
     --tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key" >"$WORK/server.log" 2>&1 &

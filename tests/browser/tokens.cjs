@@ -5,7 +5,7 @@
 // closed no connection for an expired token), over WebSocket and over the SSE fallback alike.
 // Run by tests/browser.rs, which passes FANOUT_BIN, PORT and PLAYWRIGHT_CORE.
 "use strict";
-const { startServer: launch, launchBrowser } = require("./server.cjs");
+const { scenario } = require("./server.cjs");
 const crypto = require("crypto");
 const fs = require("fs");
 const os = require("os");
@@ -31,14 +31,15 @@ function mint(sub, channels, ttlSeconds) {
   return `${head}.${body}.${mac}`;
 }
 
-function startServer() {
+// The server's arguments, with its secret and API key written to files of their own.
+function serverArgs() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fanout-tokens-"));
   fs.writeFileSync(path.join(dir, "secret"), secret + "\n");
   fs.writeFileSync(path.join(dir, "api-key"), apiKey + "\n");
-  return launch([
+  return [
     "--auth-secret-file", path.join(dir, "secret"), "--api-key-file", path.join(dir, "api-key"),
     "--auth-expiry-grace-secs", "1",
-  ]);
+  ];
 }
 
 async function metric(name) {
@@ -89,22 +90,12 @@ async function run(browser, transport) {
   await page.close();
 }
 
-(async () => {
-  const server = await startServer();
-  const browser = await launchBrowser();
-  try {
-    await run(browser, "websocket");
-    const expiredBefore = await metric("fanout_auth_expiry_closes_total");
-    if (expiredBefore !== 0) throw new Error(`websocket: ${expiredBefore} connections closed for an expired token`);
-    await run(browser, "sse");
-    const ok = await metric('fanout_authentications_total{result="ok"}');
-    step(`server: ${ok} successful authentications, ${await metric("fanout_auth_expiry_closes_total")} expiry closes`);
-    console.log("token test passed");
-  } finally {
-    await browser.close();
-    server.kill("SIGKILL");
-  }
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+scenario(serverArgs(), [], async (browser) => {
+  await run(browser, "websocket");
+  const expiredBefore = await metric("fanout_auth_expiry_closes_total");
+  if (expiredBefore !== 0) throw new Error(`websocket: ${expiredBefore} connections closed for an expired token`);
+  await run(browser, "sse");
+  const ok = await metric('fanout_authentications_total{result="ok"}');
+  step(`server: ${ok} successful authentications, ${await metric("fanout_auth_expiry_closes_total")} expiry closes`);
+  console.log("token test passed");
 });
