@@ -102,6 +102,24 @@ impl std::str::FromStr for ServerAddr {
     }
 }
 
+impl ServerAddr {
+    /// `socket` (connected to this server) as is, or with a TLS handshake under way for a
+    /// `tls://` server, trusting `tls`'s roots (the system's when `None`).
+    pub fn secure<S: Read + Write>(
+        &self,
+        socket: S,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Socket<S>> {
+        let Some(name) = &self.tls_name else { return Ok(Socket::Plain(socket)) };
+        let config = match tls {
+            Some(config) => config.clone(),
+            None => crate::tls::system_client_config()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        };
+        Socket::new(socket, Some((&config, name)))
+    }
+}
+
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls_name {
@@ -225,16 +243,7 @@ impl Client {
         server: &ServerAddr,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(server.addr)?;
-        let Some(name) = &server.tls_name else {
-            return Client::over(Socket::Plain(stream));
-        };
-        let config = match tls {
-            Some(config) => config.clone(),
-            None => crate::tls::system_client_config()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-        };
-        let mut socket = Socket::new(stream, Some((&config, name)))?;
+        let mut socket = server.secure(TcpStream::connect(server.addr)?, tls)?;
         if let Socket::Tls(tls) = &mut socket {
             // Done here, so that a certificate the client does not trust is told as such.
             tls.socket().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;

@@ -520,8 +520,9 @@ fn load_token(secret: &[u8], subject: &str) -> String {
 fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), std::io::Error> {
     let stream = TcpStream::connect(config.server.addr)?;
     stream.set_nodelay(true)?;
-    let sink: Box<dyn Write> = match &config.server.tls_name {
-        None => {
+    let tls = config.tls.as_ref().map(|(tls, _)| tls);
+    let sink: Box<dyn Write> = match config.server.secure(stream, tls)? {
+        crate::tls::Socket::Plain(stream) => {
             // Replies (RESP's receiver counts, NATS's INFO, errors) are read and dropped on a
             // side thread so that the server never blocks writing to us. It ends when the
             // connection closes.
@@ -532,13 +533,8 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
             });
             Box::new(stream)
         }
-        Some(name) => {
-            let config = match &config.tls {
-                Some((tls, _)) => tls.clone(),
-                None => crate::tls::system_client_config().map_err(std::io::Error::other)?,
-            };
-            let mut tls = crate::tls::TlsStream::new(config, name, stream)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        crate::tls::Socket::Tls(tls) => {
+            let mut tls = *tls;
             tls.complete_handshake()?;
             tls.socket().set_nonblocking(true)?;
             Box::new(DrainingSink(tls))

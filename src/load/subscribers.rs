@@ -198,13 +198,7 @@ fn connect(
         Some(source) => TcpStream::from_std(crate::sys::connect_from(source.into(), server.addr)?),
         None => TcpStream::connect(server.addr)?,
     };
-    let stream = register(poll, stream, token)?;
-    let Some(name) = &server.tls_name else { return Ok(Socket::Plain(stream)) };
-    let config = match tls {
-        Some(config) => config.clone(),
-        None => crate::tls::system_client_config().map_err(io::Error::other)?,
-    };
-    Socket::new(stream, Some((&config, name)))
+    server.secure(register(poll, stream, token)?, tls)
 }
 
 fn register(poll: &Poll, mut stream: TcpStream, token: usize) -> io::Result<TcpStream> {
