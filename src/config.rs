@@ -100,6 +100,8 @@ pub struct Config {
     pub node_name: Option<String>,
     /// How long a revocation (`/api/disconnect?revoke=true`) refuses the user's older tokens.
     pub revocation_ttl: Duration,
+    /// Options per channel pattern (`[[namespace]]` in the config file); see `namespace`.
+    pub namespaces: Vec<crate::namespace::Namespace>,
     /// Testing only: a publish to this channel panics its worker (to test that the process then
     /// aborts, loudly, instead of limping on).
     pub debug_panic_on_publish_to: Option<String>,
@@ -156,6 +158,7 @@ impl Default for Config {
             presence: Default::default(),
             node_name: None,
             revocation_ttl: Duration::from_secs(86_400),
+            namespaces: Vec::new(),
             debug_panic_on_publish_to: None,
         }
     }

@@ -45,6 +45,7 @@ pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod load;
+pub mod namespace;
 pub mod protocol;
 pub mod server;
 pub mod sys;
@@ -52,4 +53,4 @@ pub mod tls;
 
 pub use config::Config;
 pub use server::stats::Stats;
-pub use server::{Server, ServerHandle, StartError};
+pub use server::{ReloadError, Server, ServerHandle, StartError};

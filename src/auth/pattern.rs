@@ -108,6 +108,11 @@ impl TopicPattern {
         Ok(TopicPattern(tokens.into()))
     }
 
+    /// The tokens, in order.
+    pub fn tokens(&self) -> &[TopicToken] {
+        &self.0
+    }
+
     /// True when the topic channel `channel` matches (never the broadcast channel or an inbox).
     /// A wildcard never matches an empty token: `room.*` does not match `room.` (as NATS, where
     /// such a subject is not valid at all).
@@ -135,6 +140,21 @@ impl TopicPattern {
             }
         }
         parts.next().is_none()
+    }
+
+    /// True when some channel matches both patterns.
+    pub fn overlaps(&self, other: &TopicPattern) -> bool {
+        fn overlap(a: &[TopicToken], b: &[TopicToken]) -> bool {
+            match (a.first(), b.first()) {
+                (None, None) => true,
+                // `>` takes whatever the other side still needs, one token or more.
+                (Some(TopicToken::Rest), Some(_)) | (Some(_), Some(TopicToken::Rest)) => true,
+                (None, Some(_)) | (Some(_), None) => false,
+                (Some(TopicToken::Literal(x)), Some(TopicToken::Literal(y))) if x != y => false,
+                _ => overlap(&a[1..], &b[1..]),
+            }
+        }
+        overlap(&self.0, &other.0)
     }
 
     /// True when every channel `self` matches is matched by `wider` too (a wildcard
@@ -246,6 +266,23 @@ impl Patterns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_patterns_share_a_channel() {
+        let p = |text: &str| TopicPattern::parse(text, 16).unwrap();
+        for (a, b, shared) in [
+            ("chat.>", "chat.*.private", true),
+            ("chat.*", "chat.*.private", false),
+            ("*.b", "a.*", true),
+            ("a.b", "a.c", false),
+            (">", "x", true),
+            ("a.>", "a", false),
+            ("a.*.c", "a.b.>", true),
+        ] {
+            assert_eq!(p(a).overlaps(&p(b)), shared, "{a} and {b}");
+            assert_eq!(p(b).overlaps(&p(a)), shared, "{b} and {a}");
+        }
+    }
 
     fn allows(pattern: &str, channel: &str) -> bool {
         Pattern::parse(pattern).unwrap().matches(channel.as_bytes())

@@ -344,6 +344,8 @@ pub(crate) struct PublishOp {
     /// Where the acknowledgement (if `acked`) or the refusal goes.
     pub reply_to: AckTarget,
     pub acked: bool,
+    /// When it was read (`Shared::clock_ns`), for the acknowledgement's latency.
+    pub asked_ns: u64,
     /// Its place among its connection's publishes (the broker numbers them as they come, so
     /// that answers go back in that order: `broker::AnswerOrder`).
     pub seq: u64,

@@ -71,6 +71,8 @@ pub struct Append {
     pub record: Retained,
     /// Acknowledge to this connection once the record is on disk.
     pub ack: Option<AckTarget>,
+    /// When the publish was read (`Shared::clock_ns`), for the acknowledgement's latency.
+    pub asked_ns: u64,
 }
 
 /// Where an acknowledgement goes: a connection of a worker.
@@ -96,6 +98,8 @@ pub struct Persisted {
     /// `Err((code, why))`: the record is not known to be on disk (or, in cluster mode, not known
     /// to be in Redis); the publish must not be acknowledged.
     pub result: Result<(), (crate::protocol::ErrorCode, Arc<str>)>,
+    /// When the publish was read (`Shared::clock_ns`), for the acknowledgement's latency.
+    pub asked_ns: u64,
 }
 
 /// What the storage thread is asked.
@@ -388,7 +392,7 @@ fn read_channel_dir(path: &Path) -> Option<(Vec<u8>, u64)> {
 /// channel's next offset skips `unclean_gap` (the most appends the storage thread may be behind).
 pub fn recover(
     dir: &Path,
-    limits: &HistoryLimits,
+    limits_of: impl Fn(&[u8]) -> HistoryLimits,
     total: &super::Totals,
     unclean_gap: u64,
 ) -> io::Result<Vec<Recovered>> {
@@ -409,6 +413,7 @@ pub fn recover(
             warn!("history: ignoring {} (not a channel directory)", path.display());
             continue;
         };
+        let limits = &limits_of(&name);
         let mut log = ChannelLog { epoch, ..ChannelLog::default() };
         let mut metas = Vec::new();
         let mut expected: Option<u64> = None;
@@ -557,6 +562,7 @@ pub struct Storage {
     fsync: FsyncPolicy,
     segment_bytes: u64,
     limits: HistoryLimits,
+    namespaces: crate::namespace::Namespaces,
     channels: HashMap<Bytes, ChannelFiles>,
     /// Segments recovery found, by channel, until the channel's first append of this run.
     existing: HashMap<Bytes, Vec<SegmentMeta>>,
@@ -580,6 +586,7 @@ struct PendingAck {
     offset: u64,
     /// Refused before the batch's flush (its append failed).
     refused: Option<Arc<str>>,
+    asked_ns: u64,
 }
 
 /// How the storage thread is set up (besides its directory).
@@ -589,8 +596,10 @@ pub struct StorageOptions {
     pub fsync: FsyncPolicy,
     /// Segment files roll at this size.
     pub segment_bytes: u64,
-    /// Retention (whole segments are deleted past it).
+    /// Retention (whole segments are deleted past it), outside namespaces.
     pub limits: HistoryLimits,
+    /// Namespaces, whose history limits their channels take.
+    pub namespaces: crate::namespace::Namespaces,
     /// Segment files kept open at once (least recently written are closed first).
     pub max_open_segments: usize,
 }
@@ -610,6 +619,7 @@ impl Storage {
             fsync: options.fsync,
             segment_bytes: options.segment_bytes.max(4096),
             limits: options.limits,
+            namespaces: options.namespaces,
             channels: HashMap::new(),
             existing,
             open: BTreeMap::new(),
@@ -677,6 +687,7 @@ impl Storage {
                                 channel: append.channel,
                                 offset: append.record.offset,
                                 refused,
+                                asked_ns: append.asked_ns,
                             });
                         }
                     }
@@ -715,6 +726,7 @@ impl Storage {
                     channel: ack.channel,
                     offset: ack.offset,
                     result,
+                    asked_ns: ack.asked_ns,
                 };
                 if acks.get(worker).is_some_and(|sender| sender.send(persisted.into()).is_ok()) {
                     woken[worker] = true;
@@ -1027,7 +1039,7 @@ impl Storage {
 
     /// Deletes whole segments that retention no longer needs (never the newest).
     fn apply_retention(&mut self, channel: &Bytes) {
-        let limits = self.limits.clone();
+        let limits = self.namespaces.history_limits(&self.limits, channel);
         let counters = self.counters.clone();
         let Some(files) = self.channels.get_mut(channel) else { return };
         // Counted in records, not offsets: offsets jump after an unclean restart.
@@ -1154,6 +1166,7 @@ mod tests {
             fsync: FsyncPolicy::Always,
             segment_bytes,
             limits,
+            namespaces: Default::default(),
             max_open_segments: max_open,
         };
         Storage::new(dir, options, HashMap::new(), Arc::default(), Arc::default(), Arc::default())
@@ -1163,7 +1176,7 @@ mod tests {
         let record =
             Retained { offset, published_ms: now_ms(), payload: Bytes::from(format!("m{offset}")) };
         let channel = Bytes::copy_from_slice(channel);
-        storage.append(&Append { channel, epoch: 0xfeed, record, ack: None })
+        storage.append(&Append { channel, epoch: 0xfeed, record, ack: None, asked_ns: 0 })
     }
 
     fn write(dir: &Path, count: u64, segment_bytes: u64, limits: HistoryLimits) -> u64 {
@@ -1183,7 +1196,7 @@ mod tests {
 
     fn recover_all(dir: &Path) -> Vec<Recovered> {
         let mut recovered =
-            recover(dir, &limits(), &crate::history::Totals::default(), 1000).unwrap();
+            recover(dir, |_| limits(), &crate::history::Totals::default(), 1000).unwrap();
         recovered.sort_by(|a, b| a.name.cmp(&b.name));
         recovered
     }
@@ -1209,7 +1222,8 @@ mod tests {
         write(&dir, 2000, 4096, small.clone());
         let segments = list_segments(&dir.join("channels").join(hex(b"ch"))).unwrap();
         assert!(segments.len() <= 2, "old segments deleted: {segments:?}");
-        let recovered = recover(&dir, &small, &crate::history::Totals::default(), 1000).unwrap();
+        let recovered =
+            recover(&dir, |_| small.clone(), &crate::history::Totals::default(), 1000).unwrap();
         assert_eq!(recovered[0].log.next_offset, 3001, "unclean: offsets continue past a gap");
         assert_eq!(offsets(&recovered[0].log), (1991..=2000).collect::<Vec<_>>());
         fs::remove_dir_all(&dir).ok();

@@ -31,6 +31,8 @@ pub struct Channel {
     pub subscribers: std::sync::atomic::AtomicU32,
     /// Joins and leaves of its members on this node so far (each event's `seq`).
     presence_seq: AtomicU64,
+    /// Its namespace's history limits (`None`: the registry's).
+    retention: Option<Arc<HistoryLimits>>,
     /// Offset counter and retained messages. Held while a message is claimed in the ring and
     /// appended here, which is what makes ring order equal offset order within a channel and the
     /// log gap-free.
@@ -38,7 +40,13 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn new(id: u64, name: Bytes, kind: ChannelKind, mirror: Mirror) -> Self {
+    fn new(
+        id: u64,
+        name: Bytes,
+        kind: ChannelKind,
+        mirror: Mirror,
+        retention: Option<Arc<HistoryLimits>>,
+    ) -> Self {
         let mut log = ChannelLog::default();
         log.mirror = mirror;
         let epoch = AtomicU64::new(log.epoch);
@@ -49,6 +57,7 @@ impl Channel {
             epoch,
             subscribers: Default::default(),
             presence_seq: AtomicU64::new(0),
+            retention,
             log: Mutex::new(log),
         }
     }
@@ -116,6 +125,9 @@ pub struct Message {
     pub offset: u64,
     /// Opaque payload, shared, never copied per subscriber.
     pub payload: Bytes,
+    /// When it entered the node (`Shared::clock_ns`: the turn that read its publish, or the
+    /// broker's receipt from Redis), for the delivery latency histogram.
+    pub entered_ns: u64,
 }
 
 /// Why a channel could not be had.
@@ -141,8 +153,12 @@ pub struct ChannelRegistry {
     /// How new channels start: `Mirror::Idle` in cluster mode.
     mirror: Mirror,
     broadcast: Arc<Channel>,
-    /// Retention for every channel's log.
+    /// Retention for every channel's log outside namespaces, and the server-wide total.
     pub history: HistoryLimits,
+    /// Options per channel pattern.
+    pub namespaces: crate::namespace::Namespaces,
+    /// Each namespace's history limits, in `namespaces`' order.
+    namespace_history: Vec<Arc<HistoryLimits>>,
     /// Bytes and messages retained over all channels.
     pub retained: Totals,
     /// Every retained message as (its channel, its offset), oldest first: the server-wide cap
@@ -164,7 +180,8 @@ impl ChannelRegistry {
     /// `Mirror::Idle`) its channels are served once the broker mirrors them.
     pub fn new(max_channels: usize, history: HistoryLimits, mirror: Mirror) -> Self {
         let broadcast =
-            Arc::new(Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast, mirror));
+            Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast, mirror, None);
+        let broadcast = Arc::new(broadcast);
         let by_name = HashMap::from([(broadcast.name.clone(), broadcast.clone())]);
         ChannelRegistry {
             by_name: Mutex::new(by_name),
@@ -173,11 +190,34 @@ impl ChannelRegistry {
             mirror,
             broadcast,
             history,
+            namespaces: Default::default(),
+            namespace_history: Vec::new(),
             retained: Totals::default(),
             retention_order: Mutex::new(VecDeque::new()),
             compact_due: AtomicBool::new(false),
             evicting: Mutex::new(()),
         }
+    }
+
+    /// Gives channels created from now on the options of their namespace.
+    pub fn with_namespaces(mut self, namespaces: crate::namespace::Namespaces) -> Self {
+        self.namespace_history =
+            namespaces.iter().map(|(_, n)| Arc::new(n.history_limits(&self.history))).collect();
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// The history limits of `channel`: its namespace's, or the server-wide ones.
+    pub fn limits_of<'a>(&'a self, channel: &'a Channel) -> &'a HistoryLimits {
+        channel.retention.as_deref().unwrap_or(&self.history)
+    }
+
+    /// The namespace's history limits for a channel named `name` (`None`: the registry's).
+    fn retention_for(&self, name: &[u8]) -> Option<Arc<HistoryLimits>> {
+        if self.namespace_history.is_empty() {
+            return None;
+        }
+        self.namespaces.position(name).map(|at| self.namespace_history[at].clone())
     }
 
     /// The one way a message enters a channel, on a worker (a node alone) and on the broker
@@ -194,6 +234,7 @@ impl ChannelRegistry {
         log: &mut ChannelLog,
         producer: &mut Producer<Item>,
         entry: Retained,
+        entered_ns: u64,
         deliver: bool,
         keep: bool,
         before_retain: impl FnOnce(&ChannelLog, &Retained),
@@ -206,7 +247,8 @@ impl ChannelRegistry {
             false => (payload, None),
         };
         if deliver {
-            let message = Arc::new(Message { channel: channel.clone(), offset, payload: to_ring });
+            let channel = channel.clone();
+            let message = Arc::new(Message { channel, offset, payload: to_ring, entered_ns });
             if let Err(message) = producer.try_publish(message) {
                 let payload = kept.unwrap_or_else(|| {
                     Arc::try_unwrap(message).map_or_else(|m| m.payload.clone(), |m| m.payload)
@@ -225,11 +267,12 @@ impl ChannelRegistry {
     /// one that assigned the offset) and notes it in the server-wide order. Returns the
     /// messages per-channel retention dropped; call `after_publish` once the lock is released.
     pub fn retain(&self, channel: &Arc<Channel>, log: &mut ChannelLog, entry: Retained) -> usize {
-        if self.history.messages == 0 {
+        let limits = self.limits_of(channel);
+        if limits.messages == 0 {
             return 0;
         }
         let offset = entry.offset;
-        let dropped = log.append(entry, &self.history, &self.retained);
+        let dropped = log.append(entry, limits, &self.retained);
         let mut order = lock(&self.retention_order);
         order.push_back((Arc::downgrade(channel), offset));
         let live = self.retained.messages.load(Ordering::Relaxed);
@@ -325,7 +368,7 @@ impl ChannelRegistry {
                 return true;
             }
             let mut log = channel.lock_log();
-            log.trim(now_ms, &self.history, &self.retained);
+            log.trim(now_ms, self.limits_of(channel), &self.retained);
             if log.retained().0 > 0 {
                 return true;
             }
@@ -378,7 +421,9 @@ impl ChannelRegistry {
         }
         let kind = validate_channel(name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let channel = Arc::new(Channel::new(id, Bytes::copy_from_slice(name), kind, self.mirror));
+        let retention = self.retention_for(name);
+        let channel =
+            Arc::new(Channel::new(id, Bytes::copy_from_slice(name), kind, self.mirror, retention));
         by_name.insert(channel.name.clone(), channel.clone());
         Ok(channel)
     }
@@ -396,6 +441,7 @@ impl ChannelRegistry {
             epoch,
             subscribers: Default::default(),
             presence_seq: AtomicU64::new(0),
+            retention: self.retention_for(&name),
             log: Mutex::new(log),
         };
         by_name.insert(name, Arc::new(channel));

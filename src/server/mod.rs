@@ -15,8 +15,10 @@
 
 pub mod channels;
 pub mod conn;
+pub mod histogram;
 pub mod index;
 pub mod patterns;
+mod policy;
 pub mod presence;
 pub mod ring;
 pub mod stats;
@@ -124,6 +126,21 @@ pub enum StartError {
     Spawn(#[source] io::Error),
 }
 
+/// Why a reload was refused (the running configuration stays whole).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A key does not parse, a pattern is bad.
+    #[error("access control: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    /// Access control was on and would be off, or the reverse: connections admitted under one
+    /// have no permissions (or all of them) under the other.
+    #[error("access control cannot be turned {0} without a restart")]
+    AccessControlSwitch(&'static str),
+    /// TLS was on and would be off, or the reverse.
+    #[error("TLS cannot be turned {0} without a restart")]
+    TlsSwitch(&'static str),
+}
+
 /// Wakes one worker; coalesces: only the first wake after the worker last looked costs a syscall.
 #[derive(Debug)]
 struct WakeSignal {
@@ -145,6 +162,8 @@ pub(crate) struct Shared {
     pattern_census: patterns::PatternCensus,
     open_connections: AtomicUsize,
     counters: Box<[CachePadded<WorkerCounters>]>,
+    /// Each worker's latency histograms (written by it alone).
+    pub(crate) histograms: Box<[CachePadded<histogram::WorkerHistograms>]>,
     signals: Box<[WakeSignal]>,
     pub(crate) shutdown: AtomicBool,
     /// Workers that have stopped reading input during shutdown; when it equals the worker count,
@@ -160,10 +179,8 @@ pub(crate) struct Shared {
     pub(crate) ack_senders: Vec<crossbeam_channel::Sender<Answer>>,
     /// Cluster mode: the way to the broker thread, which publishes through Redis.
     pub(crate) broker: Option<crate::cluster::Broker>,
-    /// Token verification and anonymous permissions; `None` when access control is off.
-    auth: Option<crate::auth::Auth>,
-    /// The abuse limits in force.
-    limits: crate::config::EffectiveLimits,
+    /// Access control, limits and origins: what a reload may change (`policy.rs`).
+    policy: policy::CurrentPolicy,
     /// Open connections per source address, while that limit is on.
     per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
     /// This node's name (presence's `node`, `/api/info`).
@@ -216,6 +233,11 @@ impl ServerForBroker {
         shared.broker.is_some().then_some(ServerForBroker { shared })
     }
 
+    /// `Shared::clock_ns`: when a message from Redis entered the node.
+    pub(crate) fn clock_ns(&self) -> u64 {
+        self.shared.clock_ns()
+    }
+
     /// The workers' side of the broker: its counters, configuration and queue.
     pub(crate) fn broker(&self) -> &crate::cluster::Broker {
         match self.shared.broker.as_ref() {
@@ -255,9 +277,10 @@ impl ServerForBroker {
         self.shared.config.max_frame_bytes
     }
 
-    /// Messages kept per channel (the stream's length in Redis too).
+    /// Messages a channel's stream keeps in Redis: the most any channel keeps (one length for
+    /// every channel of a publish script; a namespace that keeps fewer trims what nodes hold).
     pub(crate) fn history_messages(&self) -> usize {
-        self.shared.config.history_messages
+        self.shared.channels.namespaces.most_history_messages(self.shared.config.history_messages)
     }
 
     /// This node's name, as shown (surveys' answers).
@@ -382,6 +405,11 @@ impl Shared {
         }
     }
 
+    /// Nanoseconds since the server started: the one clock of the latency histograms.
+    pub(crate) fn clock_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
     pub(crate) fn wake_all(&self) {
         for signal in self.signals.iter() {
             signal.pending.store(true, Ordering::Release);
@@ -455,11 +483,10 @@ impl Server {
     pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         validate(&config)?;
         let workers = config.workers;
-        let auth = crate::auth::Auth::new(&config.auth)?;
-        if auth.is_none() && !config.allow_anonymous && !config.listen.ip().is_loopback() {
+        let policy = policy::Policy::from_config(&config, &config.namespaces)?;
+        if policy.auth.is_none() && !config.allow_anonymous && !config.listen.ip().is_loopback() {
             return Err(StartError::Unprotected(config.listen));
         }
-        let limits = config.limits.effective(auth.is_some());
         let run = crate::history::new_epoch() as u32;
         let (node, node_key): (Arc<str>, Arc<str>) = match &config.node_name {
             Some(name) => (name.as_str().into(), format!("{name}.{run:08x}").into()),
@@ -469,7 +496,10 @@ impl Server {
                 (name.clone(), name)
             }
         };
-        let presence = presence::Presence::new(&config.presence).map_err(StartError::Config)?;
+        let namespaces = crate::namespace::Namespaces::new(&config.namespaces)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let presence =
+            presence::Presence::new(&config.presence, &namespaces).map_err(StartError::Config)?;
 
         // Our listeners share the port with SO_REUSEPORT, and so would another server's: a plain
         // bind first proves that nobody listens there yet.
@@ -504,7 +534,8 @@ impl Server {
 
         let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
         let mirror = if config.cluster.is_some() { Mirror::Idle } else { Mirror::Standalone };
-        let channels = ChannelRegistry::new(config.max_channels, config.history_limits(), mirror);
+        let channels = ChannelRegistry::new(config.max_channels, config.history_limits(), mirror)
+            .with_namespaces(namespaces.clone());
         let broker_parts = match &config.cluster {
             Some(cluster) => {
                 Some(crate::cluster::prepare(cluster.clone()).map_err(StartError::Poll)?)
@@ -520,14 +551,11 @@ impl Server {
             let lock = disk::lock_dir(dir).map_err(|e| {
                 StartError::Config(format!("cannot use data directory {}: {e}", dir.display()))
             })?;
-            let recovered =
-                disk::recover(dir, &channels.history, &channels.retained, MAX_STORAGE_BACKLOG)
-                    .map_err(|e| {
-                        StartError::Config(format!(
-                            "cannot read history from {}: {e}",
-                            dir.display()
-                        ))
-                    })?;
+            let limits_of = |name: &[u8]| namespaces.history_limits(&channels.history, name);
+            let recovered = disk::recover(dir, limits_of, &channels.retained, MAX_STORAGE_BACKLOG)
+                .map_err(|e| {
+                    StartError::Config(format!("cannot read history from {}: {e}", dir.display()))
+                })?;
             let mut existing = std::collections::HashMap::new();
             for channel in recovered {
                 existing.insert(channel.name.clone(), channel.segments);
@@ -542,6 +570,7 @@ impl Server {
                 fsync: config.fsync,
                 segment_bytes: config.segment_bytes,
                 limits: config.history_limits(),
+                namespaces,
                 max_open_segments: config.max_open_segments,
             };
             let storage = disk::Storage::new(
@@ -581,13 +610,13 @@ impl Server {
             pattern_census: Default::default(),
             open_connections: AtomicUsize::new(0),
             counters: (0..workers).map(|_| CachePadded(WorkerCounters::default())).collect(),
+            histograms: (0..workers).map(|_| CachePadded(Default::default())).collect(),
             signals: signals.into_boxed_slice(),
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             started: Instant::now(),
             started_wall_ms: crate::history::now_ms(),
-            auth,
-            limits,
+            policy: policy::CurrentPolicy::new(policy),
             per_ip: Default::default(),
             node,
             node_key,
@@ -671,7 +700,8 @@ impl Server {
             producer.ring().capacity(),
             shared.config.max_connections
         );
-        match &shared.auth {
+        let (policy, _) = shared.policy.get();
+        match &policy.auth {
             Some(auth) => info!(
                 "access control on: tokens{}, anonymous {}; limits {:?}",
                 if shared.config.auth.api_key.is_some() { " and an API key" } else { "" },
@@ -680,7 +710,7 @@ impl Server {
                 } else {
                     "must authenticate"
                 },
-                shared.limits
+                policy.limits
             ),
             None if !local_addr.ip().is_loopback() => {
                 warn!("access control is off on {local_addr} (--allow-anonymous): anyone who reaches it may do anything")
@@ -775,6 +805,29 @@ impl ServerHandle {
     /// The address the server listens on (with the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Takes what may change while connections stay from `config` (the rest of it is ignored):
+    /// token keys, the API key, anonymous patterns, token limits, abuse limits, allowed origins,
+    /// TLS certificates (not namespaces, whose history limits channels took when created). New connections and new tokens meet the new policy at once; a
+    /// connection keeps the permissions it was granted until its token expires. On error
+    /// nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
+        let policy = policy::Policy::from_config(config, &self.shared.config.namespaces)?;
+        let (current, _) = self.shared.policy.get();
+        match (current.auth.is_some(), policy.auth.is_some()) {
+            (true, false) => return Err(ReloadError::AccessControlSwitch("off")),
+            (false, true) => return Err(ReloadError::AccessControlSwitch("on")),
+            _ => {}
+        }
+        match (&self.shared.config.tls, &config.tls) {
+            (Some(running), Some(new)) => running.take_certificates(new),
+            (None, None) => {}
+            (Some(_), None) => return Err(ReloadError::TlsSwitch("off")),
+            (None, Some(_)) => return Err(ReloadError::TlsSwitch("on")),
+        }
+        self.shared.policy.replace(policy);
+        Ok(())
     }
 
     /// The counters, summed over workers now.

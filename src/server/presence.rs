@@ -94,15 +94,24 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub(crate) struct Presence {
     tracked: Patterns,
+    /// `--presence`'s patterns alone.
+    listed: Patterns,
     announced: Patterns,
+    /// A channel's namespace decides, where it says (see `namespace`).
+    namespaces: crate::namespace::Namespaces,
     pub config: PresenceConfig,
     shards: Box<[Mutex<HashMap<Bytes, ChannelMembers>>]>,
 }
 
 impl Presence {
-    /// The registry; `None` when no pattern asks for presence.
-    pub fn new(config: &PresenceConfig) -> Result<Option<Presence>, String> {
-        if config.presence.is_empty() && config.join_leave.is_empty() {
+    /// The registry; `None` when no pattern or namespace asks for presence.
+    pub fn new(
+        config: &PresenceConfig,
+        namespaces: &crate::namespace::Namespaces,
+    ) -> Result<Option<Presence>, String> {
+        let asked_by_namespace =
+            namespaces.iter().any(|(_, n)| n.presence == Some(true) || n.join_leave == Some(true));
+        if config.presence.is_empty() && config.join_leave.is_empty() && !asked_by_namespace {
             return Ok(None);
         }
         let parse = |texts: &[String]| {
@@ -112,7 +121,9 @@ impl Presence {
         let announced = parse(&config.join_leave)?;
         Ok(Some(Presence {
             tracked,
+            listed: parse(&config.presence)?,
             announced,
+            namespaces: namespaces.clone(),
             config: config.clone(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }))
@@ -120,12 +131,23 @@ impl Presence {
 
     /// Whether `channel`'s members are tracked.
     pub fn tracks(&self, channel: &[u8]) -> bool {
-        self.tracked.allow(channel)
+        match self.namespaces.resolve(channel) {
+            None => self.tracked.allow(channel),
+            Some(namespace) => {
+                namespace.presence.unwrap_or_else(|| self.listed.allow(channel))
+                    || namespace.join_leave.unwrap_or_else(|| self.announced.allow(channel))
+            }
+        }
     }
 
     /// Whether `channel`'s subscribers hear joins and leaves.
     pub fn announces(&self, channel: &[u8]) -> bool {
-        self.announced.allow(channel)
+        match self.namespaces.resolve(channel) {
+            None => self.announced.allow(channel),
+            Some(namespace) => {
+                namespace.join_leave.unwrap_or_else(|| self.announced.allow(channel))
+            }
+        }
     }
 
     fn shard(&self, channel: &[u8]) -> MutexGuard<'_, HashMap<Bytes, ChannelMembers>> {
@@ -362,7 +384,7 @@ mod tests {
     #[test]
     fn members_and_distinct_users() {
         let config = PresenceConfig { presence: vec!["room.>".into()], ..Default::default() };
-        let presence = Presence::new(&config).unwrap().unwrap();
+        let presence = Presence::new(&config, &Default::default()).unwrap().unwrap();
         assert!(presence.tracks(b"room.1") && !presence.tracks(b"news"));
         assert!(!presence.announces(b"room.1"));
         let room = Bytes::from_static(b"room.1");

@@ -223,6 +223,9 @@ counters! {
     limited_stranger_input: counter,
     /// Redis clients closed for a command larger than `--max-query-bytes`.
     limited_query_buffer: counter,
+    /// Publishes their channel's namespace refused: a client's to a backend-only channel, or a
+    /// message over the namespace's size.
+    limited_namespace_publish: counter,
     /// Wildcard subscriptions held now.
     pattern_subscriptions: gauge,
     /// Joins and leaves sent (into the ring, or to Redis in a cluster), after coalescing.

@@ -1,5 +1,5 @@
 //! The server's certificates: read from PEM files at start, chosen per handshake by the
-//! client's SNI name, and re-read on SIGHUP (`ServerTls::reload`) without touching connections:
+//! client's SNI name, and replaced on SIGHUP (`ServerTls::take_certificates`) without touching connections:
 //! a handshake takes the set current when its ClientHello arrives.
 
 use std::path::PathBuf;
@@ -46,9 +46,8 @@ impl ServerTls {
     /// is valid for); refuses a missing file, a file without PEM, or a key that is not its
     /// certificate's.
     pub fn load(files: &[CertFiles]) -> Result<ServerTls, TlsConfigError> {
-        let certs =
-            Arc::new(Certs { files: files.to_vec(), current: RwLock::new(Arc::new(vec![])) });
-        certs.reload()?;
+        let loaded = files.iter().map(CertFiles::load).collect::<Result<Vec<_>, _>>()?;
+        let certs = Arc::new(Certs { current: RwLock::new(Arc::new(loaded)) });
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|source| TlsConfigError::Rustls {
@@ -69,9 +68,11 @@ impl ServerTls {
         Ok(ServerTls { config: Arc::new(config), certs })
     }
 
-    /// Re-reads every certificate and key file; on any error the current set stays.
-    pub fn reload(&self) -> Result<(), TlsConfigError> {
-        self.certs.reload()
+    /// Serves `other`'s certificates from now on (a reload loaded them, from the same files or
+    /// others): handshakes already under way keep the set they started with.
+    pub fn take_certificates(&self, other: &ServerTls) {
+        let loaded = other.certs.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        *self.certs.current.write().unwrap_or_else(|e| e.into_inner()) = loaded;
     }
 
     /// The configuration a new connection's session is made with.
@@ -83,17 +84,7 @@ impl ServerTls {
 /// The certificates, swapped whole on reload.
 #[derive(Debug)]
 struct Certs {
-    files: Vec<CertFiles>,
     current: RwLock<Arc<Vec<Arc<CertifiedKey>>>>,
-}
-
-impl Certs {
-    fn reload(&self) -> Result<(), TlsConfigError> {
-        let loaded = self.files.iter().map(CertFiles::load).collect::<Result<Vec<_>, _>>()?;
-        // A poisoned lock only means a panic elsewhere while swapping an Arc: the value is whole.
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
-        Ok(())
-    }
 }
 
 impl ResolvesServerCert for Certs {

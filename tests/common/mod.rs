@@ -584,6 +584,8 @@ pub fn messages_of(frames: Vec<Frame>) -> Vec<(u64, Vec<u8>)> {
 pub struct ChildServer {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Its log lines after the one with its address.
+    pub log: std::sync::mpsc::Receiver<String>,
 }
 
 impl ChildServer {
@@ -598,20 +600,46 @@ impl ChildServer {
             .spawn()
             .expect("fanout serve starts");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, log) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
+                let _ = tx.send(line);
             }
         });
-        let addr = rx
-            .recv_timeout(PATIENCE)
-            .expect("the server logs its address")
-            .parse()
-            .expect("an address");
-        ChildServer { child, addr }
+        let deadline = Instant::now() + PATIENCE;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = log.recv_timeout(left).expect("the server logs its address");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .expect("an address");
+            }
+        };
+        ChildServer { child, addr, log }
+    }
+
+    /// The next log line that contains `needle` (lines before it are passed over).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends the server a signal (SIGHUP: reload).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; it is not reaped until `Drop`.
+        let done = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(done, 0, "kill({signal})");
     }
 
     /// SIGKILL: no chance to flush anything.

@@ -75,6 +75,7 @@ mod tests {
             channel: Bytes::from_static(b"c"),
             offset,
             result: Ok(()),
+            asked_ns: 0,
         };
         let mut order = AnswerOrder::default();
         let (a1, a2, a3) = (order.enter(target(1)), order.enter(target(1)), order.enter(target(1)));
@@ -126,6 +127,7 @@ mod tests {
                         } else {
                             Ok(())
                         },
+                        asked_ns: 0,
                     });
                     for due in order.settle(target(key), seq, answer) {
                         assert_eq!(due.target, target(key), "seed {seed}: answer to another");
@@ -141,6 +143,7 @@ mod tests {
                         channel: Bytes::from_static(b"c"),
                         offset: n,
                         result: Ok(()),
+                        asked_ns: 0,
                     });
                     for due in order.settle(target(key), seq, answer) {
                         received[key].push(due.offset);

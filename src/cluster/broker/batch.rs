@@ -128,6 +128,7 @@ mod tests {
             payload: Bytes::from_static(payload),
             reply_to: AckTarget { worker: 0, key: 1, serial: 1 },
             acked,
+            asked_ns: 0,
             seq: 0,
         }
     }

@@ -346,8 +346,9 @@ impl BrokerThread {
     /// Puts a notice into the ring (a full ring is waited out, as in `accept`).
     pub(super) fn put_in_ring(&mut self, channel: &Arc<Channel>, offset: u64, payload: Bytes) {
         loop {
-            let message =
-                Arc::new(Message { channel: channel.clone(), offset, payload: payload.clone() });
+            let (channel, payload) = (channel.clone(), payload.clone());
+            let entered_ns = self.server.clock_ns();
+            let message = Arc::new(Message { channel, offset, payload, entered_ns });
             if self.producer.try_publish(message).is_ok() {
                 self.delivered = true;
                 return;
@@ -372,12 +373,23 @@ impl BrokerThread {
         deliver: bool,
     ) {
         let registry = self.server.channels();
-        let keep = registry.history.messages > 0;
+        let keep = registry.limits_of(channel).messages > 0;
         let mut entry = Retained { offset, published_ms, payload };
+        let entered_ns = self.server.clock_ns();
         loop {
             let mut log = channel.lock_log();
             let producer = &mut self.producer;
-            match registry.append(channel, &mut log, producer, entry, deliver, keep, |_, _| {}) {
+            let appended = registry.append(
+                channel,
+                &mut log,
+                producer,
+                entry,
+                entered_ns,
+                deliver,
+                keep,
+                |_, _| {},
+            );
+            match appended {
                 Ok(_) => {
                     self.delivered |= deliver;
                     drop(log);

@@ -39,7 +39,8 @@ impl BrokerThread {
         result: Result<(), (ErrorCode, Arc<str>)>,
     ) {
         let target = op.reply_to;
-        let persisted = Persisted { target, channel: op.channel.clone(), offset, result };
+        let asked_ns = op.asked_ns;
+        let persisted = Persisted { target, channel: op.channel.clone(), offset, result, asked_ns };
         self.send_answers(target, op.seq, Some(persisted));
     }
 

@@ -43,24 +43,71 @@ fn request_token(head: &Head) -> Option<&[u8]> {
     bearer.or_else(|| head.param("token"))
 }
 
+/// Where a publish came from: a client protocol, or the server API (`POST /api/publish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    Client,
+    Api,
+}
+
 impl Worker {
+    /// What `channel`'s namespace refuses of connection `key`'s publish of `len` bytes: a
+    /// client's where only backends publish (the server API, the API key or an admin token),
+    /// a message over the namespace's size. Counted and logged; the connection stays.
+    pub(super) fn namespace_refusal(
+        &self,
+        key: usize,
+        channel: &[u8],
+        len: usize,
+        via: Via,
+    ) -> Option<(ErrorCode, String)> {
+        let namespaces = &self.shared.channels.namespaces;
+        if namespaces.is_empty() {
+            return None;
+        }
+        let namespace = namespaces.resolve(channel)?;
+        let what = String::from_utf8_lossy(channel);
+        let refusal = if namespace.client_publish == Some(false)
+            && !match &self.policy.auth {
+                Some(_) => self.conns[key].grant.as_deref().is_some_and(Grant::may_administer),
+                None => via == Via::Api,
+            } {
+            let why = format!(
+                "{what} takes publishes from the backend only (the server API or the API key)"
+            );
+            (ErrorCode::Forbidden, why)
+        } else {
+            match namespace.max_message_bytes {
+                Some(max) if len > max => {
+                    let why =
+                        format!("a message to {what} is at most {max} bytes; this one is {len}");
+                    (ErrorCode::FrameTooLarge, why)
+                }
+                _ => return None,
+            }
+        };
+        WorkerCounters::add(&self.counters().limited_namespace_publish, 1);
+        debug!("worker {}: connection {key}: publish refused: {}", self.id, refusal.1);
+        Some(refusal)
+    }
+
     /// What connection `key` may do now: its token's grant, else the anonymous one. `None`: it
     /// must authenticate first. Only meaningful with access control on.
     fn grant(&self, key: usize) -> Option<&Arc<Grant>> {
-        let anonymous = self.shared.auth.as_ref().and_then(|auth| auth.anonymous());
+        let anonymous = self.policy.auth.as_ref().and_then(|auth| auth.anonymous());
         self.conns[key].grant.as_ref().or(anonymous)
     }
 
     /// True when access control is on and connection `key` has no permissions yet: only AUTH
     /// and PING are taken from it.
     pub(super) fn must_authenticate(&self, key: usize) -> bool {
-        self.shared.auth.is_some() && self.grant(key).is_none()
+        self.policy.auth.is_some() && self.grant(key).is_none()
     }
 
     /// Longest frame, line, command, message or request body connection `key` may send now:
     /// the frame limit, or before it has permissions the strangers' budget (AUTH and a PING).
     pub(super) fn input_limit(&self, key: usize) -> usize {
-        match &self.shared.auth {
+        match &self.policy.auth {
             Some(auth) if self.grant(key).is_none() => auth.stranger_input_bytes(),
             _ => self.shared.config.max_frame_bytes,
         }
@@ -88,7 +135,7 @@ impl Worker {
         allowed: impl FnOnce(&Grant) -> bool,
         why: impl FnOnce() -> String,
     ) -> Result<bool, Close> {
-        if self.shared.auth.is_none() {
+        if self.policy.auth.is_none() {
             return Ok(true);
         }
         let Some(grant) = self.grant(key) else {
@@ -111,6 +158,18 @@ impl Worker {
         action: Action,
         channel: &[u8],
     ) -> Result<bool, Close> {
+        match self.anonymous_by_namespace(key, action, channel) {
+            Some(true) => return Ok(true),
+            Some(false) => {
+                WorkerCounters::add(&self.counters().auth_forbidden, 1);
+                let what = String::from_utf8_lossy(channel);
+                let why =
+                    format!("authenticate first: {what} is not open to clients without a token");
+                self.refuse(key, ErrorCode::Unauthorized, &why)?;
+                return Ok(false);
+            }
+            None => {}
+        }
         let allowed = |grant: &Grant| match action {
             Action::Subscribe => grant.may_subscribe(channel),
             Action::Publish => grant.may_publish(channel),
@@ -137,7 +196,12 @@ impl Worker {
         text: &[u8],
         pattern: &crate::auth::pattern::TopicPattern,
     ) -> Result<bool, Close> {
-        let allowed = |grant: &Grant| grant.everything || grant.subscribe.cover(pattern);
+        let by_namespaces = self
+            .namespace_rules_anonymous(key)
+            .then(|| self.anonymous_may_subscribe_pattern(pattern));
+        let allowed = |grant: &Grant| {
+            by_namespaces.unwrap_or_else(|| grant.everything || grant.subscribe.cover(pattern))
+        };
         let why = || {
             format!(
                 "not permitted to subscribe to the pattern {} (no permission covers every channel it matches)",
@@ -150,7 +214,7 @@ impl Worker {
     /// Spends one unit of connection `key`'s `rate`; refuses (429) when it has none left. The
     /// API key is not limited.
     pub(super) fn within_rate(&mut self, key: usize, rate: Rate) -> Result<bool, Close> {
-        let limits = self.shared.limits;
+        let limits = self.policy.limits;
         let per_sec = match rate {
             Rate::Publish => limits.publishes_per_sec,
             Rate::Subscribe => limits.subscribes_per_sec,
@@ -185,7 +249,7 @@ impl Worker {
     /// Verifies `token` and, when it is good, makes it the connection's grant. Counted by
     /// outcome. `Err` is the refusal to send (the connection's grant is unchanged).
     fn verify(&mut self, key: usize, token: &[u8]) -> Result<Arc<Grant>, AuthError> {
-        let verified = match &self.shared.auth {
+        let verified = match &self.policy.auth {
             Some(auth) => auth.verify(token).and_then(|grant| self.not_revoked(grant)),
             None => Err(AuthError::Malformed("access control is off".into())),
         };
@@ -224,7 +288,7 @@ impl Worker {
     fn authentication_failed(&mut self, key: usize, error: &AuthError) -> Result<(), Close> {
         let conn = &mut self.conns[key];
         conn.budget.auth_failures += 1;
-        let limit = self.shared.limits.auth_failures;
+        let limit = self.policy.limits.auth_failures;
         if limit > 0 && conn.budget.auth_failures >= limit {
             WorkerCounters::add(&self.counters().auth_failure_closes, 1);
             let why = format!("token refused: {error}; {limit} failed authentications, closing");
@@ -239,7 +303,7 @@ impl Worker {
     /// acknowledged and changes nothing. Returns whether the token was taken (else the refusal
     /// is queued).
     pub(super) fn authenticate(&mut self, key: usize, token: &[u8]) -> Result<bool, Close> {
-        if self.shared.auth.is_none() {
+        if self.policy.auth.is_none() {
             return self.acknowledge(key, Ack::Auth, b"-").map(|()| true);
         }
         let grant = match self.verify(key, token) {
@@ -265,14 +329,63 @@ impl Worker {
     /// Whether connection `key` may learn that `channel` exists or how many subscribe to it
     /// (listings, counts): when it may subscribe to it. The API key sees everything.
     pub(super) fn may_see_channel(&self, key: usize, channel: &[u8]) -> bool {
-        self.shared.auth.is_none() || self.grant(key).is_some_and(|g| g.may_subscribe(channel))
+        if let Some(allowed) = self.anonymous_by_namespace(key, Action::Subscribe, channel) {
+            return allowed;
+        }
+        self.policy.auth.is_none() || self.grant(key).is_some_and(|g| g.may_subscribe(channel))
+    }
+
+    /// True when connection `key` goes by the anonymous permissions and namespaces exist that
+    /// may decide them.
+    fn namespace_rules_anonymous(&self, key: usize) -> bool {
+        self.policy.auth.is_some()
+            && self.conns[key].grant.is_none()
+            && !self.shared.channels.namespaces.is_empty()
+    }
+
+    /// For a connection without a token: whether `channel`'s namespace lets it `action` (unset
+    /// there: the flags' anonymous patterns). `None`: no namespace matches, the anonymous
+    /// permissions decide.
+    fn anonymous_by_namespace(&self, key: usize, action: Action, channel: &[u8]) -> Option<bool> {
+        if !self.namespace_rules_anonymous(key) {
+            return None;
+        }
+        let namespace = self.shared.channels.namespaces.resolve(channel)?;
+        let (subscribe, publish) = &self.policy.anonymous_flags;
+        match action {
+            Action::Subscribe => {
+                Some(namespace.anonymous_subscribe.unwrap_or_else(|| subscribe.allow(channel)))
+            }
+            Action::Publish => {
+                Some(namespace.anonymous_publish.unwrap_or_else(|| publish.allow(channel)))
+            }
+            Action::Claim => None,
+        }
+    }
+
+    /// For a connection without a token, with namespaces: whether every channel `pattern` can
+    /// match is open to it. Covered by the flags' patterns or by a namespace open to it, and
+    /// every namespace it meets open to it (or silent, where the flags cover it): then the
+    /// most specific namespace of any channel it matches lets it in.
+    fn anonymous_may_subscribe_pattern(&self, pattern: &TopicPattern) -> bool {
+        let namespaces = &self.shared.channels.namespaces;
+        let flags = &self.policy.anonymous_flags.0;
+        let covered = flags.cover(pattern)
+            || namespaces.iter().any(|(theirs, n)| {
+                n.anonymous_subscribe == Some(true) && pattern.covered_by(theirs)
+            });
+        covered
+            && namespaces.iter().all(|(theirs, n)| {
+                !theirs.overlaps(pattern)
+                    || n.anonymous_subscribe.unwrap_or_else(|| flags.cover(pattern))
+            })
     }
 
     /// Whether connection `key` may learn of a wildcard subscription: when it could take it
     /// (`topic`: fanout's syntax; `None`: a Redis glob, which only a grant of every channel
     /// takes).
     pub(super) fn may_see_pattern(&self, key: usize, topic: Option<&TopicPattern>) -> bool {
-        if self.shared.auth.is_none() {
+        if self.policy.auth.is_none() {
             return true;
         }
         let Some(grant) = self.grant(key) else { return false };
@@ -285,7 +398,7 @@ impl Worker {
     /// event stream keeps it). Without one, the anonymous permissions apply. Returns false when
     /// the token was refused (the 401 is queued).
     pub(super) fn authenticate_request(&mut self, key: usize, head: &Head) -> Result<bool, Close> {
-        if self.shared.auth.is_none() {
+        if self.policy.auth.is_none() {
             return Ok(true);
         }
         self.conns[key].grant = None;
@@ -305,14 +418,14 @@ impl Worker {
     /// With `--allowed-origins`: true when the request's `Origin` (if it has one: other clients
     /// than browsers do not send it) is on the list.
     pub(super) fn origin_allowed(&self, head: &Head) -> bool {
-        let allowed = &self.shared.config.allowed_origins;
+        let allowed = &self.policy.allowed_origins;
         allowed.is_empty()
             || head.header("origin").is_none_or(|origin| allowed.iter().any(|a| a == origin))
     }
 
     /// Counts a new connection from `ip`; false when that address is at its limit.
     pub(super) fn admit_peer(&self, ip: IpAddr) -> bool {
-        let limit = self.shared.limits.connections_per_ip;
+        let limit = self.policy.limits.connections_per_ip;
         let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let open = per_ip.entry(ip).or_insert(0);
         if *open >= limit {
@@ -338,7 +451,7 @@ impl Worker {
     /// grace ago without a fresh one, are closed with 401. Plain HTTP connections are not
     /// concerned (each request carries its own token).
     pub(super) fn access_deadlines(&mut self) {
-        let Some(auth) = &self.shared.auth else { return };
+        let Some(auth) = &self.policy.auth else { return };
         let timeout = auth.timeout.as_millis().min(u32::MAX as u128 / 4) as u32;
         let grace_ms = auth.expiry_grace.as_millis() as u64;
         let anonymous = auth.anonymous().is_some();

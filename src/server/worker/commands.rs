@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use log::debug;
 
-use super::access::{Action, Rate};
+use super::access::{Action, Rate, Via};
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
 use crate::auth::pattern::TopicPattern;
@@ -55,10 +55,10 @@ impl Worker {
             Request::Subscribe { channel, resume } => self.subscribe(key, channel, resume),
             Request::Unsubscribe { channel } => self.unsubscribe(key, channel),
             Request::Publish { channel, payload } => {
-                self.publish_request(key, channel, owned(payload), false)
+                self.publish_request(key, channel, owned(payload), false, Via::Client)
             }
             Request::PublishAcked { channel, payload } => {
-                self.publish_request(key, channel, owned(payload), true)
+                self.publish_request(key, channel, owned(payload), true, Via::Client)
             }
             Request::Name { name } => self.claim_name(key, name),
             Request::Auth { token } => self.authenticate(key, token).map(drop),
@@ -600,6 +600,7 @@ impl Worker {
         name: &[u8],
         payload: Bytes,
         acked: bool,
+        via: Via,
     ) -> Result<(), Close> {
         if self
             .shared
@@ -621,6 +622,9 @@ impl Worker {
         }
         if !self.permitted(key, Action::Publish, name)? || !self.within_rate(key, Rate::Publish)? {
             return Ok(());
+        }
+        if let Some((code, why)) = self.namespace_refusal(key, name, payload.len(), via) {
+            return self.refuse(key, code, &why);
         }
         // In a cluster the name may be held on another node.
         let cluster = self.shared.broker.is_some();

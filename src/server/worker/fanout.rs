@@ -68,6 +68,8 @@ pub(super) struct ChannelBatch {
     /// One buffer per format; empty for formats no local subscriber uses.
     frames: [BytesMut; Format::COUNT],
     pub messages: u64,
+    /// When its first (oldest) message entered the node (`Message::entered_ns`).
+    pub entered_ns: u64,
     /// The offset of the batch's last message.
     pub last_offset: u64,
     /// The messages themselves, kept only when the channel has catching-up subscribers.
@@ -250,6 +252,9 @@ impl Batches {
                 encoded += out.len() - before;
             }
         }
+        if batch.messages == 0 {
+            batch.entered_ns = message.entered_ns;
+        }
         batch.messages += 1;
         batch.last_offset = message.offset;
         if batch.audience.keep_items {
@@ -399,6 +404,23 @@ impl Worker {
         self.close_slow();
     }
 
+    /// Notes the latency of this turn's deliveries, now that they are written (see
+    /// `server::histogram`): each batch as one observation per format, weighted by its
+    /// deliveries, at its oldest message's latency (an upper bound for the others).
+    pub(super) fn observe_delivery_latency(&mut self) {
+        if self.delivered_latency.is_empty() {
+            return;
+        }
+        let now = self.shared.clock_ns();
+        let histograms = &self.shared.histograms[self.id].delivery;
+        for (entered_ns, weights) in self.delivered_latency.drain(..) {
+            let latency = now.saturating_sub(entered_ns);
+            for (histogram, weight) in histograms.iter().zip(weights) {
+                histogram.observe(latency, weight);
+            }
+        }
+    }
+
     fn fan_out(&mut self, batch: &mut ChannelBatch) {
         let Some(channel) = batch.channel.take() else { return };
         let frames = batch.take_frames();
@@ -408,10 +430,11 @@ impl Worker {
         // With access control on, a connection without a token hears `*` only when the anonymous
         // grant names it: a stranger that reconnects in a loop must not be an eavesdropper.
         let everyone_hears =
-            self.shared.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
+            self.policy.auth.as_ref().is_none_or(|auth| auth.anonymous_hears_broadcast());
         let Worker { conns, index, out, patterns, presence_since, batches, .. } = self;
         let local_clients = batches.local_clients.as_str();
         let mut deliveries = 0u64;
+        let mut by_format = [0u64; Format::COUNT];
         // Joins and leaves alone: a member that joined during them gets only what followed.
         let marks = (!batch.moved && !batch.marks.0.is_empty()).then_some(&batch.marks);
         let min_local_seq = batch.min_local_seq;
@@ -473,6 +496,7 @@ impl Worker {
             };
             if out.deliver(key, conn, frame, cap) {
                 deliveries += 1;
+                by_format[format as usize] += 1;
                 if format == Format::Sse && moved {
                     streams.push(key);
                 }
@@ -506,6 +530,10 @@ impl Worker {
             &self.shared.counters[self.id].messages_out,
             deliveries * batch.messages,
         );
+        if deliveries > 0 && batch.messages > 0 {
+            let weights = by_format.map(|n| n * batch.messages);
+            self.delivered_latency.push((batch.entered_ns, weights));
+        }
         for key in streams.drain(..) {
             self.sse_sent(key, &channel, batch.last_offset, false);
         }
@@ -624,7 +652,8 @@ mod tests {
     }
 
     fn message(channel: &Arc<Channel>, offset: u64, payload: &'static [u8]) -> Item {
-        Arc::new(Message { channel: channel.clone(), offset, payload: Bytes::from_static(payload) })
+        let payload = Bytes::from_static(payload);
+        Arc::new(Message { channel: channel.clone(), offset, payload, entered_ns: 0 })
     }
 
     #[test]
@@ -726,6 +755,7 @@ mod tests {
                     channel: c.clone(),
                     offset,
                     payload: Bytes::copy_from_slice(payload),
+                    entered_ns: 0,
                 });
                 batches.add(item, audience(every, false));
             }

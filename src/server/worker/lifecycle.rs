@@ -187,7 +187,7 @@ impl Worker {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: IpAddr) {
-        let count_peer = self.shared.limits.connections_per_ip > 0;
+        let count_peer = self.policy.limits.connections_per_ip > 0;
         if count_peer && !self.admit_peer(peer) {
             WorkerCounters::add(&self.counters().limited_connections_per_ip, 1);
             debug!("worker {}: refusing a connection from {peer}: too many from there", self.id);

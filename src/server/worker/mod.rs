@@ -189,6 +189,12 @@ pub(super) struct Worker {
     /// When authentication deadlines and token expiries are next checked.
     next_access_check_ms: u32,
     state: RunState,
+    /// This turn's batches delivered, for the latency histogram once they are written: when the
+    /// oldest message of each entered the node, and its deliveries per format.
+    delivered_latency: Vec<(u64, [u64; crate::protocol::Format::COUNT])>,
+    /// Access control and limits as of `policy_generation` (see `policy.rs`).
+    policy: Arc<super::policy::Policy>,
+    policy_generation: u64,
 }
 
 impl Worker {
@@ -206,6 +212,7 @@ impl Worker {
         // Reserve the whole slab up front: untouched capacity costs address space, not memory,
         // while growing by doubling would copy it and leave the old copy as a resident hole.
         let local_clients = format!("{}-", shared.node_key);
+        let (policy, policy_generation) = shared.policy.get();
         let slab_capacity =
             shared.config.max_connections.div_ceil(shared.config.workers).min(1 << 22);
         Ok(Worker {
@@ -250,6 +257,9 @@ impl Worker {
             next_sweep_ms: CHANNEL_SWEEP_MS,
             next_access_check_ms: ACCESS_CHECK_MS,
             state: RunState::Running,
+            delivered_latency: Vec::new(),
+            policy,
+            policy_generation,
         })
     }
 
@@ -263,8 +273,13 @@ impl Worker {
     }
 
     fn clock(&mut self) {
-        self.now_ms = self.shared.started.elapsed().as_millis() as u32;
+        let elapsed = self.shared.started.elapsed();
+        self.now_ms = elapsed.as_millis() as u32;
+        self.publisher.now_ns = elapsed.as_nanos() as u64;
         self.publisher.now_wall_ms = self.wall_ms();
+        if self.shared.policy.generation() != self.policy_generation {
+            (self.policy, self.policy_generation) = self.shared.policy.get();
+        }
     }
 
     /// The key of the connection `noted` names, if that connection is still there.
@@ -320,6 +335,7 @@ impl Worker {
             self.drain_ring();
             self.emit_sse_cursors();
             self.flush_dirty();
+            self.observe_delivery_latency();
             if !self.replaying.is_empty() {
                 self.pump_replays();
                 self.emit_sse_cursors();

@@ -56,13 +56,15 @@ pub(super) struct Publisher {
     shared: Arc<Shared>,
     /// Wall-clock milliseconds of the worker's turn (history timestamps).
     pub now_wall_ms: u64,
+    /// The turn's `Shared::clock_ns`: when what is published this turn entered the node.
+    pub now_ns: u64,
     /// Published since the other workers were last woken.
     published: bool,
 }
 
 impl Publisher {
     pub(super) fn new(worker: usize, producer: Producer<Item>, shared: Arc<Shared>) -> Self {
-        Publisher { worker, producer, shared, now_wall_ms: 0, published: false }
+        Publisher { worker, producer, shared, now_wall_ms: 0, now_ns: 0, published: false }
     }
 
     /// True once after anything was published: the other workers need a wake-up.
@@ -111,6 +113,7 @@ impl Publisher {
                 epoch: log.epoch,
                 record: entry.clone(),
                 ack,
+                asked_ns: self.now_ns,
             };
             storage.depth.fetch_add(1, Ordering::Relaxed);
             if storage.sender.send(StoreOp::Append(append)).is_err() {
@@ -119,10 +122,11 @@ impl Publisher {
                 );
             }
         };
-        let keep = registry.history.messages > 0 || storage.is_some();
-        let producer = &mut self.producer;
-        let dropped = match registry.append(channel, &mut log, producer, entry, true, keep, to_disk)
-        {
+        let keep = registry.limits_of(channel).messages > 0 || storage.is_some();
+        let (producer, entered_ns) = (&mut self.producer, self.now_ns);
+        let appended =
+            registry.append(channel, &mut log, producer, entry, entered_ns, true, keep, to_disk);
+        let dropped = match appended {
             Ok(dropped) => dropped,
             Err(entry) => return Err(Refused::Busy(entry.payload)),
         };
@@ -144,6 +148,7 @@ impl Publisher {
             channel: channel.clone(),
             offset: kind,
             payload,
+            entered_ns: self.now_ns,
         });
         if self.producer.try_publish(notice).is_err() {
             return false;
@@ -170,7 +175,9 @@ impl Publisher {
             return Err(Refused::Busy(payload));
         }
         broker.counters.publishes_in_flight.fetch_add(1, Ordering::Relaxed);
-        let op = PublishOp { channel: channel.name.clone(), payload, reply_to, acked, seq: 0 };
+        let asked_ns = self.now_ns;
+        let name = channel.name.clone();
+        let op = PublishOp { channel: name, payload, reply_to, acked, asked_ns, seq: 0 };
         broker.send(BrokerOp::Publish(op));
         WorkerCounters::add(&self.shared.counters[self.worker].messages_in, 1);
         Ok(Published { offset: 0, ack_later: true })

@@ -30,7 +30,7 @@ impl Worker {
     pub(super) fn trimmed_log<'a>(&self, channel: &'a Channel) -> MutexGuard<'a, ChannelLog> {
         let registry = &self.shared.channels;
         let mut log = channel.lock_log();
-        let dropped = log.trim(self.wall_ms(), &registry.history, &registry.retained);
+        let dropped = log.trim(self.wall_ms(), registry.limits_of(channel), &registry.retained);
         WorkerCounters::add(&self.counters().history_dropped, dropped as u64);
         log
     }

@@ -11,6 +11,7 @@
 //! PUBSUB CHANNELS/NUMSUB/NUMPAT (this node's), INFO (a few fields clients check), and COMMAND
 //! (an empty answer, enough for redis-cli). Anything else is `-ERR unknown command`.
 
+use crate::server::worker::access::Via;
 use bytes::{Bytes, BytesMut};
 
 use super::lifecycle::Close;
@@ -241,7 +242,7 @@ impl Worker {
             "auth" => match args.len() {
                 // Redis without a password refuses the one-argument form (its default user has
                 // none); the username form passes, as for Redis's `nopass` default user.
-                2 if self.shared.auth.is_none() => self.reply(
+                2 if self.policy.auth.is_none() => self.reply(
                     key,
                     error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
                 ),
@@ -332,7 +333,7 @@ impl Worker {
                 // An acknowledged publish whose acknowledgement is the receiver count (once
                 // Redis ran it, in a cluster).
                 let payload = Bytes::copy_from_slice(args[2]);
-                self.publish_request(key, args[1], payload, true)
+                self.publish_request(key, args[1], payload, true, Via::Client)
             }
             _ => {
                 let mut why = format!(

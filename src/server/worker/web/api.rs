@@ -17,6 +17,7 @@
 //! node through Redis (channels, info, disconnect, unsubscribe) and the answer comes back whole
 //! (`Wait::Reply`).
 
+use crate::server::worker::access::Via;
 use bytes::Bytes;
 
 use super::super::lifecycle::Close;
@@ -140,7 +141,7 @@ impl Worker {
     /// an admin's. With access control off everything is open, the API included (the server
     /// then listens on loopback only, unless `--allow-anonymous`).
     fn api_authorized(&mut self, key: usize, head: &Head) -> Result<bool, Close> {
-        if self.shared.auth.is_none() {
+        if self.policy.auth.is_none() {
             // Without access control the API is the operator's, on a loopback listener only
             // (not a public one served with --allow-anonymous), and not for a browser page,
             // which could be any site's (its request carries an Origin).
@@ -335,7 +336,7 @@ impl Worker {
         };
         match (object.get("channel"), object.get("channels")) {
             (Some(serde_json::Value::String(channel)), None) => {
-                self.publish_request(key, channel.as_bytes(), payload, true)
+                self.publish_request(key, channel.as_bytes(), payload, true, Via::Api)
             }
             (None, Some(serde_json::Value::Array(channels))) => {
                 let names: Option<Vec<Bytes>> = channels
@@ -380,10 +381,15 @@ impl Worker {
                     Some(Err((ErrorCode::InvalidName.code(), format!("invalid channel: {e}"))))
                 }
             };
-            let outcome = outcome.or_else(|| {
-                self.unfit_for_cluster(&name)
-                    .map(|why| Err((ErrorCode::InvalidName.code(), why.to_string())))
-            });
+            let outcome = outcome
+                .or_else(|| {
+                    self.unfit_for_cluster(&name)
+                        .map(|why| Err((ErrorCode::InvalidName.code(), why.to_string())))
+                })
+                .or_else(|| {
+                    self.namespace_refusal(key, &name, payload.len(), Via::Api)
+                        .map(|(code, why)| Err((code.code(), why)))
+                });
             if let Some(outcome) = outcome {
                 results.push((name, Some(outcome)));
                 continue;

@@ -16,6 +16,7 @@ pub(super) use self::api::broadcast_response;
 mod sse;
 mod websocket;
 
+use crate::server::worker::access::Via;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -177,7 +178,7 @@ impl Worker {
         WorkerCounters::add(&self.counters().http_requests, 1);
         debug!("worker {}: connection {key}: {} {}", self.id, head.method, head.path);
         let allowed_origin = self.origin_allowed(head);
-        let cors = if self.shared.config.allowed_origins.is_empty() || !allowed_origin {
+        let cors = if self.policy.allowed_origins.is_empty() || !allowed_origin {
             None
         } else {
             head.header("origin").map(Box::from)
@@ -233,7 +234,7 @@ impl Worker {
             ("POST", "/publish") => match head.param("channel") {
                 Some(channel) => {
                     let channel = channel.to_vec();
-                    self.publish_request(key, &channel, Bytes::copy_from_slice(body), true)
+                    self.publish_request(key, &channel, Bytes::copy_from_slice(body), true, Via::Client)
                 }
                 None => self.refuse(key, ErrorCode::BadRequest, "publish: ?channel= is required"),
             },

@@ -1,0 +1,309 @@
+//! `--config FILE`: the long flags' names as TOML keys, and `[[namespace]]` tables.
+//!
+//! The file is not a second way to configure: each key becomes the flag of its name
+//! (`workers = 2` is `--workers=2`, a list repeats the flag, `true` gives a switch), placed before
+//! the command line's own flags, and clap reads the whole as one command line. So every key is
+//! checked, defaulted and documented exactly as its flag is (`fanout serve --help`), and a flag
+//! on the command line replaces the file's key of the same name rather than adding to it. A key
+//! that names no flag is refused with its line.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, FromArgMatches};
+
+use fanout::namespace::Namespace;
+
+use super::namespace;
+use super::serve::ServeArgs;
+
+/// Flags that only the command line gives (they say what to do with the file).
+const COMMAND_LINE_ONLY: [&str; 2] = ["config", "print-config"];
+
+/// Keys a reload applies to the running server (`ServerHandle::reload` and the logger);
+/// a change to any other is logged and waits for a restart.
+pub const RELOADABLE: [&str; 18] = [
+    "auth-secret-file",
+    "auth-public-key-file",
+    "auth-audience",
+    "auth-issuer",
+    "api-key-file",
+    "anonymous-sub",
+    "anonymous-pub",
+    "auth-timeout-secs",
+    "auth-expiry-grace-secs",
+    "max-token-bytes",
+    "allowed-origins",
+    "max-publishes-per-sec",
+    "max-subscribes-per-sec",
+    "max-auth-failures",
+    "max-connections-per-ip",
+    "log-level",
+    // Only its files' contents: `tls-cert`'s paths may change, TLS may not be turned on or off.
+    "tls-cert",
+    "tls-key",
+];
+
+/// `fanout serve`'s flags and file, read together.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Every setting, as if all were flags.
+    pub args: ServeArgs,
+    /// The file's `[[namespace]]` tables.
+    pub namespaces: Vec<Namespace>,
+    /// Each key's values in force (defaults included; none when unset), for `--print-config` and
+    /// for telling what a reload changed.
+    pub values: BTreeMap<String, Vec<String>>,
+}
+
+impl Resolved {
+    /// The server's configuration (reads the key and certificate files the settings name).
+    pub fn config(&self) -> Result<fanout::Config, String> {
+        let mut config = self.args.config()?;
+        config.namespaces = self.namespaces.clone();
+        fanout::namespace::Namespaces::new(&config.namespaces).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// The log filter in force: `log-level`, else `$RUST_LOG`, else info.
+    pub fn log_filter(&self) -> String {
+        self.args.log_level.clone().unwrap_or_else(super::logging::default_filter)
+    }
+}
+
+/// The `serve` subcommand alone, as clap sees it.
+fn command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("fanout serve")).no_binary_name(true)
+}
+
+/// Reads `serve`'s command line (`argv` after `serve`) and the file its `--config` names.
+pub fn resolve(argv: &[OsString]) -> Result<Resolved, String> {
+    let command = command();
+    let on_command_line =
+        command.clone().try_get_matches_from(argv).map_err(|e| clap_message(&e))?;
+    let mut merged: Vec<OsString> = Vec::new();
+    let mut namespaces = Vec::new();
+    if let Some(path) = on_command_line.get_one::<std::path::PathBuf>("config") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        let (flags, specs) = flags_of_file(&command, &on_command_line, &text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Parsed alone first, so that a bad value is reported as the file's.
+        command
+            .clone()
+            .try_get_matches_from(&flags)
+            .map_err(|e| format!("{}: {}", path.display(), clap_message(&e)))?;
+        merged.extend(flags.into_iter().map(OsString::from));
+        namespaces = specs;
+    }
+    merged.extend(argv.iter().cloned());
+    let matches = command.clone().try_get_matches_from(&merged).map_err(|e| clap_message(&e))?;
+    let args = ServeArgs::from_arg_matches(&matches).map_err(|e| clap_message(&e))?;
+    Ok(Resolved { args, namespaces, values: values_of(&command, &matches) })
+}
+
+/// The first line of clap's message, without its `error: ` (the rest offers `--help`).
+fn clap_message(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("error: ").to_string()
+}
+
+/// The file's keys as flags, leaving out those the command line gives.
+fn flags_of_file(
+    command: &clap::Command,
+    on_command_line: &ArgMatches,
+    text: &str,
+) -> Result<(Vec<String>, Vec<Namespace>), String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut flags = Vec::new();
+    let mut namespaces = Vec::new();
+    for (key, value) in &table {
+        if key == "namespace" {
+            namespaces = namespace::parse(value)?;
+            continue;
+        }
+        let at = line_of(text, key);
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(key.as_str()) && !arg.is_hide_set())
+            .filter(|_| !COMMAND_LINE_ONLY.contains(&key.as_str()))
+            .ok_or_else(|| format!("{at}unknown key `{key}` (the keys are the long flags of `fanout serve --help`, without the dashes)"))?;
+        if on_command_line.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let switch = matches!(arg.get_action(), ArgAction::SetTrue);
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        match value {
+            toml::Value::Boolean(on) if switch => {
+                if *on {
+                    flags.push(format!("--{key}"));
+                }
+            }
+            _ if switch => return Err(format!("{at}`{key}` is true or false")),
+            toml::Value::Array(items) if repeatable => {
+                for item in items {
+                    flags.push(format!(
+                        "--{key}={}",
+                        scalar(key, item).map_err(|e| at.clone() + &e)?
+                    ));
+                }
+            }
+            toml::Value::Array(_) => {
+                return Err(format!("{at}`{key}` takes one value, not a list"))
+            }
+            value => flags.push(format!("--{key}={}", scalar(key, value).map_err(|e| at + &e)?)),
+        }
+    }
+    Ok((flags, namespaces))
+}
+
+/// A string, number or boolean as its flag's text.
+fn scalar(key: &str, value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(text) => Ok(text.clone()),
+        toml::Value::Integer(n) => Ok(n.to_string()),
+        toml::Value::Float(x) => Ok(x.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err(format!("`{key}` takes a string or a number")),
+    }
+}
+
+/// "line N: " for the first line that sets `key` at the top level (the TOML parser keeps no
+/// positions for values), or nothing.
+fn line_of(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches('"');
+            line.strip_prefix(key).is_some_and(|rest| {
+                rest.trim_start().trim_start_matches('"').trim_start().starts_with('=')
+            })
+        })
+        .map_or(String::new(), |at| format!("line {}: ", at + 1))
+}
+
+/// Each setting's values in force, by key.
+fn values_of(command: &clap::Command, matches: &ArgMatches) -> BTreeMap<String, Vec<String>> {
+    let mut values = BTreeMap::new();
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || COMMAND_LINE_ONLY.contains(&long) {
+            continue;
+        }
+        let raw: Vec<String> = matches
+            .get_raw(arg.get_id().as_str())
+            .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        values.insert(long.to_string(), raw);
+    }
+    values
+}
+
+/// The keys whose values differ between two resolutions, reloadable or not.
+pub fn changed<'a>(before: &'a Resolved, after: &'a Resolved) -> Vec<&'a str> {
+    after
+        .values
+        .iter()
+        .filter(|(key, value)| before.values.get(*key) != Some(value))
+        .map(|(key, _)| key.as_str())
+        .collect()
+}
+
+/// The configuration as a file `--config` reads back: every key, its help as a comment, unset
+/// ones commented out. `resolved` overrides keys whose default is worked out at start (workers).
+/// Passwords in Redis URLs are masked.
+pub fn render(resolved: &Resolved, worked_out: &[(&str, String)], file: Option<&Path>) -> String {
+    let command = command();
+    let mut out = String::from("# fanout serve's configuration in force");
+    if let Some(file) = file {
+        let _ = write!(out, " (file {}, then the command line)", file.display());
+    }
+    out.push_str(
+        ".\n# Keys are the long flags of `fanout serve --help`; a flag given wins over the file.\n",
+    );
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let Some(values) = resolved.values.get(long) else { continue };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        out.push('\n');
+        for line in wrap(&help, 96) {
+            let _ = writeln!(out, "# {line}");
+        }
+        let worked = worked_out.iter().find(|(key, _)| *key == long).map(|(_, v)| v.clone());
+        let values: Vec<String> = match worked {
+            Some(value) => vec![value],
+            None => values.iter().map(|v| mask_password(long, v)).collect(),
+        };
+        let line = match (arg.get_action(), values.as_slice()) {
+            (ArgAction::SetTrue, [value]) => format!("{long} = {value}"),
+            (ArgAction::Append, []) => format!("# {long} = []"),
+            (ArgAction::Append, values) => {
+                let items: Vec<String> = values.iter().map(|v| toml_value(v)).collect();
+                format!("{long} = [{}]", items.join(", "))
+            }
+            (_, []) => format!("# {long} ="),
+            (_, [value, ..]) => format!("{long} = {}", toml_value(value)),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for spec in &resolved.namespaces {
+        out.push('\n');
+        out.push_str(&namespace::render(spec));
+    }
+    out
+}
+
+/// A number stays a number; anything else is a TOML basic string.
+fn toml_value(text: &str) -> String {
+    if text.parse::<i64>().is_ok() {
+        return text.to_string();
+    }
+    let mut quoted = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(quoted, "\\u{:04X}", c as u32);
+            }
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// `redis://user:secret@host` as `redis://user:***@host`.
+fn mask_password(key: &str, value: &str) -> String {
+    if !key.starts_with("redis") {
+        return value.to_string();
+    }
+    let Some((scheme, rest)) = value.split_once("://") else { return value.to_string() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return value.to_string() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => value.to_string(),
+    }
+}
+
+/// Help text folded into comment lines.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines.retain(|l| !l.is_empty());
+    lines
+}
