@@ -419,6 +419,8 @@ pub(crate) enum BrokerOp {
 /// The broker's counters (shown in `/metrics` and the stats line).
 #[derive(Debug, Default)]
 pub struct BrokerCounters {
+    /// Each publish script call's round trip to Redis (one event per call).
+    pub round_trip: crate::server::histogram::Histogram,
     /// Redis servers with both connections up.
     pub shards_up: AtomicU64,
     /// Connections to Redis re-established after a failure.

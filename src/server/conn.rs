@@ -154,6 +154,8 @@ pub struct Replay {
     /// Cluster mode: messages read from the channel's stream in Redis that this node's memory
     /// no longer holds, queued before the memory's (empty otherwise).
     pub from_stream: std::collections::VecDeque<crate::history::Retained>,
+    /// When it began (`Shared::clock_ns`), for the replay histogram.
+    pub began_ns: u64,
 }
 
 /// Cluster mode: a resume waiting for the channel's stream to give what memory no longer holds.

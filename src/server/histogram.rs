@@ -164,6 +164,32 @@ impl AckPath {
     }
 }
 
+/// Every histogram of the node, summed over workers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// `WorkerHistograms::delivery`.
+    pub delivery: [Snapshot; crate::protocol::Format::COUNT],
+    /// `WorkerHistograms::publish_ack`.
+    pub publish_ack: [Snapshot; 3],
+    /// `WorkerHistograms::replay`.
+    pub replay: Snapshot,
+    /// The broker's round trips to Redis (cluster mode).
+    pub redis_round_trip: Option<Snapshot>,
+}
+
+impl Latency {
+    /// Adds one worker's histograms.
+    pub fn absorb(&mut self, worker: &WorkerHistograms) {
+        for (total, histogram) in self.delivery.iter_mut().zip(&worker.delivery) {
+            total.absorb(histogram);
+        }
+        for (total, histogram) in self.publish_ack.iter_mut().zip(&worker.publish_ack) {
+            total.absorb(histogram);
+        }
+        self.replay.absorb(&worker.replay);
+    }
+}
+
 /// One worker's latency histograms.
 #[derive(Debug, Default)]
 pub struct WorkerHistograms {

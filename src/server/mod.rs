@@ -405,6 +405,16 @@ impl Shared {
         }
     }
 
+    /// The latency histograms, summed over workers now.
+    pub(crate) fn latency(&self) -> histogram::Latency {
+        let mut latency = histogram::Latency::default();
+        for worker in self.histograms.iter() {
+            latency.absorb(worker);
+        }
+        latency.redis_round_trip = self.broker.as_ref().map(|b| b.counters.round_trip.snapshot());
+        latency
+    }
+
     /// Nanoseconds since the server started: the one clock of the latency histograms.
     pub(crate) fn clock_ns(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
@@ -828,6 +838,11 @@ impl ServerHandle {
         }
         self.shared.policy.replace(policy);
         Ok(())
+    }
+
+    /// The latency histograms, summed over workers now.
+    pub fn latency(&self) -> histogram::Latency {
+        self.shared.latency()
     }
 
     /// The counters, summed over workers now.

@@ -758,7 +758,9 @@ impl BrokerThread {
                     Ok(answer) => {
                         let count = batch.ops.len() as u64;
                         counters.publishes_in_flight.fetch_sub(count, Ordering::Relaxed);
-                        let micros = sent.elapsed().as_micros() as u64;
+                        let round_trip = sent.elapsed();
+                        counters.round_trip.observe(round_trip.as_nanos() as u64, 1);
+                        let micros = round_trip.as_micros() as u64;
                         counters.publishes_done.fetch_add(count, Ordering::Relaxed);
                         counters
                             .round_trip_micros_total

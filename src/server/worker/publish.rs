@@ -22,6 +22,7 @@ use crate::history::Retained;
 use crate::protocol::ErrorCode;
 use crate::server::channels::Channel;
 use crate::server::conn::{Phase, StalledPublish, Wait, Web};
+use crate::server::histogram::AckPath;
 use crate::server::ring::Producer;
 use crate::server::stats::WorkerCounters;
 use crate::server::{Answer, Item, Shared, MAX_STORAGE_BACKLOG};
@@ -218,6 +219,7 @@ impl Worker {
                         conn.phase = Phase::Waiting(Wait::DurableAck);
                     }
                 } else if acked {
+                    self.observe_ack(AckPath::Memory, self.publisher.now_ns);
                     let frame = self.ack_frame(key, &channel.name, offset);
                     self.reply(key, frame)?;
                 }
@@ -235,6 +237,12 @@ impl Worker {
                 Ok(false)
             }
         }
+    }
+
+    /// Notes a publish acknowledged now that was read at `asked_ns`.
+    fn observe_ack(&self, path: AckPath, asked_ns: u64) {
+        let latency = self.shared.clock_ns().saturating_sub(asked_ns);
+        self.shared.histograms[self.id].publish_ack[path as usize].observe(latency, 1);
     }
 
     /// The acknowledgement of a publish: its offset, or for a Redis client (whose PUBLISH is
@@ -332,6 +340,11 @@ impl Worker {
             }
             let result = match persisted.result {
                 Ok(()) => {
+                    let path = match self.shared.broker {
+                        Some(_) => AckPath::Redis,
+                        None => AckPath::Fsync,
+                    };
+                    self.observe_ack(path, persisted.asked_ns);
                     let frame = self.ack_frame(key, &persisted.channel, persisted.offset);
                     self.reply(key, frame)
                 }

@@ -230,7 +230,8 @@ impl Worker {
         }
         WorkerCounters::add(&self.counters().replays_served, 1);
         let after = if status == ResumeStatus::Ok { resume.after } else { bounds.first - 1 };
-        let replay = Replay { channel, after, from_stream };
+        let began_ns = self.shared.clock_ns();
+        let replay = Replay { channel, after, from_stream, began_ns };
         self.conns[key].phase = Phase::Waiting(Wait::Replay(Box::new(replay)));
         self.pump_replay(key)?;
         Ok(())
@@ -249,6 +250,7 @@ impl Worker {
             }
             let (channel, after, format) =
                 (replay.channel.clone(), replay.after, conn.reply_format());
+            let began_ns = replay.began_ns;
             let mut page = std::mem::take(&mut self.replay_page);
             page.clear();
             let mut bounds = channel.lock_log().bounds();
@@ -296,6 +298,8 @@ impl Worker {
             self.replay_page = page;
             if caught_up {
                 self.conns[key].end_wait();
+                let took = self.shared.clock_ns().saturating_sub(began_ns);
+                self.shared.histograms[self.id].replay.observe(took, 1);
                 // Everything up to `last` went out from history; the ring may still carry some
                 // of it to this worker, so the subscriber skips up to there.
                 self.join_catching_up(key, channel.clone(), bounds.last);

@@ -1,6 +1,7 @@
 //! `/metrics`: every counter in the Prometheus text format.
 
 use crate::protocol::Format;
+use crate::server::histogram::{AckPath, Snapshot};
 use crate::server::stats::{Kind, Stats};
 use crate::server::worker::Worker;
 
@@ -88,6 +89,49 @@ impl Worker {
             let _ =
                 writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {value}");
         }
+        self.histograms_text(&mut out);
         out
+    }
+
+    /// The latency histograms, summed over workers (see `server::histogram`).
+    fn histograms_text(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let latency = self.shared.latency();
+        let mut family = |metric: &str, help: &str, series: &[(String, Snapshot)]| {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} histogram");
+            for (labels, snapshot) in series {
+                snapshot.render(out, metric, labels);
+            }
+        };
+        let by_format: Vec<_> = Format::ALL
+            .iter()
+            .map(|f| (format!("format=\"{}\"", f.label()), latency.delivery[*f as usize]))
+            .collect();
+        family(
+            "fanout_delivery_latency_seconds",
+            "A message entering the node (its publish read, or its arrival from Redis) to its frame written to a subscriber's socket, one event per delivery, by the subscriber's wire format. Observed per batch at its oldest message's latency.",
+            &by_format,
+        );
+        let by_path: Vec<_> = AckPath::ALL
+            .iter()
+            .map(|p| (format!("path=\"{}\"", p.label()), latency.publish_ack[*p as usize]))
+            .collect();
+        family(
+            "fanout_publish_ack_latency_seconds",
+            "An acknowledged publish read to its acknowledgement queued: in the same turn (memory), after fsync (--fsync always), or after Redis ran it (cluster).",
+            &by_path,
+        );
+        family(
+            "fanout_replay_seconds",
+            "A resume's replay: its HIST answer to the subscription live.",
+            &[(String::new(), latency.replay)],
+        );
+        if let Some(round_trip) = latency.redis_round_trip {
+            family(
+                "fanout_redis_round_trip_seconds",
+                "A publish script call's round trip to Redis (one event per call, which carries a batch of publishes).",
+                &[(String::new(), round_trip)],
+            );
+        }
     }
 }
