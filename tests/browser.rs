@@ -119,3 +119,13 @@ fn demo_page_works_over_https_and_wss_in_chromium() {
         "tls browser test passed",
     );
 }
+
+/// The operators' page /admin in Chromium: asks for the API key, refuses a wrong one, then shows
+/// the node with numbers that move while a backend publishes, the top channels, drawn charts, and
+/// the channel inspector's messages with offsets (see tests/browser/admin.cjs). The screenshot
+/// lands in target/admin-page.png.
+#[test]
+fn admin_page_in_chromium_shows_the_node_and_its_numbers_move() {
+    let screenshot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/admin-page.png");
+    run_scenario("admin.cjs", &[("SCREENSHOT", screenshot)], "admin page test passed");
+}

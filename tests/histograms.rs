@@ -181,3 +181,42 @@ fn redis_acknowledgements_and_round_trips_are_counted() {
     let calls = count(&found, "fanout_redis_round_trip_seconds", "");
     assert!((1.0..=12.0).contains(&calls), "one per script call (a call carries a batch): {calls}");
 }
+
+/// Every metric the Grafana dashboard (`scripts/grafana-dashboard.json`) queries is one
+/// `/metrics` serves (a cluster node's, so that the Redis families are there too).
+#[test]
+fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let redis = RedisServer::start();
+    let server = start(|config: &mut Config| {
+        config.cluster = Some(fanout::cluster::ClusterConfig::new(vec![redis.endpoint()]));
+    });
+    let metrics =
+        String::from_utf8(http(server.local_addr(), "GET", "/metrics", b"").body).unwrap();
+    let served: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for at in expr.match_indices("fanout_").map(|(at, _)| at) {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    served.contains(name.as_str()),
+                    "{name} (panel {}) is not served",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried} metric uses found");
+}

@@ -52,7 +52,7 @@ use crate::history::disk::AckTarget;
 use crate::server::channels::Channel;
 
 pub(crate) use broker::prepare;
-pub(crate) use broker::{survey_body, SurveyKind};
+pub(crate) use broker::{survey_body, SurveyKind, MAX_TOP};
 
 /// Cluster settings (`--redis`, `--redis-cluster`).
 #[derive(Debug, Clone)]

@@ -31,6 +31,8 @@ pub struct Channel {
     pub subscribers: std::sync::atomic::AtomicU32,
     /// Joins and leaves of its members on this node so far (each event's `seq`).
     presence_seq: AtomicU64,
+    /// Its last offset when `/api/info?top=` last looked (its message rate is since then).
+    pub sampled_offset: AtomicU64,
     /// Its namespace's history limits (`None`: the registry's).
     retention: Option<Arc<HistoryLimits>>,
     /// Offset counter and retained messages. Held while a message is claimed in the ring and
@@ -57,6 +59,7 @@ impl Channel {
             epoch,
             subscribers: Default::default(),
             presence_seq: AtomicU64::new(0),
+            sampled_offset: AtomicU64::new(0),
             retention,
             log: Mutex::new(log),
         }
@@ -441,6 +444,7 @@ impl ChannelRegistry {
             epoch,
             subscribers: Default::default(),
             presence_seq: AtomicU64::new(0),
+            sampled_offset: AtomicU64::new(0),
             retention: self.retention_for(&name),
             log: Mutex::new(log),
         };
@@ -464,6 +468,11 @@ impl ChannelRegistry {
             .filter(|(channel, count)| *count > 0 && keep(&channel.name))
             .map(|(channel, count)| (channel.name.clone(), count))
             .collect()
+    }
+
+    /// Calls `f` with every channel, under the registry's lock.
+    pub fn each(&self, mut f: impl FnMut(&Arc<Channel>)) {
+        lock(&self.by_name).values().for_each(&mut f);
     }
 
     /// Number of channels, `*` included.

@@ -57,6 +57,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Adds another snapshot.
+    pub fn merge(&mut self, other: &Snapshot) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_nanos += other.sum_nanos;
+        self.count += other.count;
+    }
+
     /// Adds another writer's histogram.
     pub fn absorb(&mut self, histogram: &Histogram) {
         for (mine, theirs) in self.buckets.iter_mut().zip(&histogram.buckets) {

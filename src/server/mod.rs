@@ -191,6 +191,8 @@ pub(crate) struct Shared {
     pub(crate) node_key: Arc<str>,
     /// Members of the channels with presence (`None`: no `--presence` or `--join-leave`).
     pub(crate) presence: Option<presence::Presence>,
+    /// When `top_channels` last sampled the channels' offsets (their rates are since then).
+    top_sampled_at: std::sync::Mutex<Option<Instant>>,
     /// Revoked users: tokens of the user issued before the first time (Unix ms) are refused
     /// until the second.
     pub(crate) revoked: std::sync::Mutex<std::collections::HashMap<Box<str>, (u64, u64)>>,
@@ -312,8 +314,8 @@ impl ServerForBroker {
     }
 
     /// See `Shared::info_json`.
-    pub(crate) fn info_json(&self) -> serde_json::Value {
-        self.shared.info_json()
+    pub(crate) fn info_json(&self, top: usize) -> serde_json::Value {
+        self.shared.info_json(top)
     }
 }
 
@@ -351,9 +353,33 @@ impl Shared {
         serde_json::Value::Object(object)
     }
 
-    /// What `/api/info` says of this node.
-    pub(crate) fn info_json(&self) -> serde_json::Value {
+    /// What `/api/info` says of this node: counts, counters (a reader works out rates from two
+    /// readings), histogram buckets (`server::histogram::BOUNDS_MICROS`; recent quantiles
+    /// likewise), the Redis links, and with `top` > 0 its `top` channels by subscribers and by
+    /// message rate (a walk over every channel: see `top_channels`).
+    pub(crate) fn info_json(&self, top: usize) -> serde_json::Value {
         let stats = self.stats();
+        let latency = self.latency();
+        let buckets = |s: &histogram::Snapshot| serde_json::json!(s.buckets.to_vec());
+        let all_formats =
+            latency.delivery.iter().fold(histogram::Snapshot::default(), |mut t, s| {
+                t.merge(s);
+                t
+            });
+        let all_paths =
+            latency.publish_ack.iter().fold(histogram::Snapshot::default(), |mut t, s| {
+                t.merge(s);
+                t
+            });
+        let redis = self.config.cluster.as_ref().map(|cluster| {
+            serde_json::json!({
+                "servers": cluster.redis.len(),
+                "links_up": stats.cluster_redis_up,
+                "reconnects": stats.cluster_reconnects,
+                "timeouts": stats.cluster_timeouts,
+                "round_trip": latency.redis_round_trip.as_ref().map(buckets),
+            })
+        });
         let by_format: serde_json::Map<String, serde_json::Value> = crate::protocol::Format::ALL
             .iter()
             .filter(|f| !f.is_sharded() && *f != &crate::protocol::Format::Resp3)
@@ -382,7 +408,64 @@ impl Shared {
             "messages_out": stats.messages_out,
             "workers": self.config.workers,
             "cluster": self.broker.is_some(),
+            "bytes_out": stats.bytes_out,
+            "queued_bytes": stats.queued_bytes,
+            "slow_consumer_closes": stats.slow_consumer_closes,
+            "stale_closes": stats.stale_closes,
+            "protocol_errors": stats.protocol_errors,
+            "auth_failures": stats.auth_expired + stats.auth_invalid_claims
+                + stats.auth_bad_signature + stats.auth_malformed,
+            "auth_forbidden": stats.auth_forbidden,
+            "histograms": {
+                "bounds_micros": histogram::BOUNDS_MICROS.to_vec(),
+                "delivery": buckets(&all_formats),
+                "publish_ack": buckets(&all_paths),
+            },
+            "redis": redis,
+            "top": (top > 0).then(|| self.top_channels(top)),
         })
+    }
+
+    /// This node's `limit` topic channels with the most subscribers, and the `limit` with the
+    /// most messages per second since the previous call (the broadcast channel included,
+    /// inboxes never: they are private). A walk over every channel under the registry's lock,
+    /// each log's lock taken once: for an operator's page polling every few seconds, not for
+    /// a hot path (~20 ns a channel).
+    fn top_channels(&self, limit: usize) -> serde_json::Value {
+        let elapsed = {
+            let mut sampled = self.top_sampled_at.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let elapsed = sampled.map_or(0.0, |at| now.duration_since(at).as_secs_f64());
+            *sampled = Some(now);
+            elapsed
+        };
+        let mut rows = Vec::new();
+        self.channels.each(|channel| {
+            if channel.kind == crate::protocol::ChannelKind::Inbox {
+                return;
+            }
+            let last = channel.last_offset();
+            let before = channel.sampled_offset.swap(last, Ordering::Relaxed);
+            let rate = match elapsed > 0.0 {
+                true => last.saturating_sub(before) as f64 / elapsed,
+                false => 0.0,
+            };
+            let subscribers = channel.subscribers.load(Ordering::Relaxed);
+            rows.push((channel.name.clone(), subscribers, last, rate));
+        });
+        let row = |(name, subscribers, last, rate): &(bytes::Bytes, u32, u64, f64)| {
+            serde_json::json!({
+                "channel": String::from_utf8_lossy(name),
+                "subscribers": subscribers,
+                "last_offset": last,
+                "messages_per_sec": (rate * 10.0).round() / 10.0,
+            })
+        };
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let by_subscribers: Vec<_> = rows.iter().take(limit).map(row).collect();
+        rows.sort_by(|a, b| b.3.total_cmp(&a.3).then_with(|| a.0.cmp(&b.0)));
+        let by_rate: Vec<_> = rows.iter().take(limit).filter(|r| r.3 > 0.0).map(row).collect();
+        serde_json::json!({ "by_subscribers": by_subscribers, "by_rate": by_rate })
     }
 
     /// Wakes one worker (an acknowledgement is waiting for it).
@@ -632,6 +715,7 @@ impl Server {
             node_key,
             presence,
             revoked: Default::default(),
+            top_sampled_at: Default::default(),
             config,
         });
 

@@ -51,7 +51,7 @@ mod scripts;
 mod servers;
 pub(crate) mod topology;
 
-pub(crate) use self::presence::{survey_body, SurveyKind};
+pub(crate) use self::presence::{survey_body, SurveyKind, MAX_TOP};
 
 use self::answers::AnswerOrder;
 use self::batch::{BatchAnswer, PublishBatch, BATCH_BYTES, BATCH_MESSAGES};

@@ -147,13 +147,17 @@ pub(super) struct Survey {
     deadline: Instant,
 }
 
+/// The most top channels `/api/info?top=` lists per node.
+pub(crate) const MAX_TOP: u64 = 100;
+
 /// What a survey asks every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SurveyKind {
     /// Channels with subscribers (matching a pattern), and their counts.
     Channels(Option<String>),
-    /// Each node's `Shared::info_json`.
-    Info,
+    /// Each node's `Shared::info_json`, with its `top` channels by subscribers and by message
+    /// rate.
+    Info { top: usize },
 }
 
 /// The broker's own presence state.
@@ -507,7 +511,10 @@ impl BrokerThread {
                 json["what"] = "channels".into();
                 json["pattern"] = pattern.clone().into();
             }
-            SurveyKind::Info => json["what"] = "info".into(),
+            SurveyKind::Info { top } => {
+                json["what"] = "info".into();
+                json["top"] = (*top).into();
+            }
         }
         let deadline = Instant::now() + SURVEY_TIMEOUT;
         let survey = Survey { what, reply_to, expected: None, answers: Vec::new(), deadline };
@@ -608,7 +615,10 @@ impl BrokerThread {
                             .and_then(|p| crate::auth::Pattern::parse(p).ok());
                         self.server.channels_json(pattern.as_ref())
                     }
-                    "info" => self.server.info_json(),
+                    "info" => {
+                        let top = json.get("top").and_then(serde_json::Value::as_u64);
+                        self.server.info_json(top.unwrap_or(0).min(MAX_TOP) as usize)
+                    }
                     _ => return,
                 };
                 let answer = serde_json::json!({
@@ -686,7 +696,7 @@ pub(crate) fn survey_body(
                 .collect();
             serde_json::json!({ "channels": channels, "nodes": answers.len(), "nodes_missing": missing })
         }
-        SurveyKind::Info => {
+        SurveyKind::Info { .. } => {
             serde_json::json!({ "nodes": answers, "nodes_missing": missing })
         }
     }

@@ -75,7 +75,14 @@ impl Worker {
                 Some(Ok(pattern)) => self.api_channels(key, Some(pattern.to_string())),
                 None => self.api_channels(key, None),
             },
-            ("GET", "info") => self.api_info(key),
+            ("GET", "info") => {
+                let top = head.param("top").map_or(Some(0), fields::number);
+                let Some(top) = top else {
+                    let why = "info: top is a number";
+                    return self.refuse(key, ErrorCode::BadRequest, why).map(|()| true);
+                };
+                self.api_info(key, top.min(crate::cluster::MAX_TOP) as usize)
+            }
             ("GET", "history") => self.api_history(key, head),
             ("POST", "publish") => self.api_publish(key, body),
             ("POST", "disconnect") => {
@@ -227,14 +234,15 @@ impl Worker {
         self.reply_bounded(key, json_response(&body))
     }
 
-    fn api_info(&mut self, key: usize) -> Result<(), Close> {
+    fn api_info(&mut self, key: usize, top: usize) -> Result<(), Close> {
         let shared = self.shared.clone();
+        let what = SurveyKind::Info { top };
         if let Some(broker) = shared.broker.as_ref() {
             let reply_to = self.api_wait(key);
-            broker.send(BrokerOp::Survey { what: SurveyKind::Info, reply_to });
+            broker.send(BrokerOp::Survey { what, reply_to });
             return Ok(());
         }
-        let body = crate::cluster::survey_body(&SurveyKind::Info, vec![self.shared.info_json()], 0);
+        let body = crate::cluster::survey_body(&what, vec![self.shared.info_json(top)], 0);
         self.reply(key, json_response(&body))
     }
 

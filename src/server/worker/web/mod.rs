@@ -31,6 +31,9 @@ use crate::server::stats::WorkerCounters;
 
 /// The live-comments demo page, served at `/`.
 const DEMO_PAGE: &str = include_str!("../../../assets/index.html");
+/// The operators' page, served at `/admin`: it holds no secret (it asks for the API key and
+/// reads the server API with it).
+const ADMIN_PAGE: &str = include_str!("../../../assets/admin.html");
 /// The JavaScript client, served at `/fanout.js`.
 const JS_CLIENT: &str = include_str!("../../../assets/fanout.js");
 
@@ -251,7 +254,8 @@ impl Worker {
                     b"",
                 ),
             ),
-            (_, "/" | "/index.html" | "/fanout.js" | "/favicon.ico" | "/healthz" | "/metrics")
+            (_, "/" | "/index.html" | "/fanout.js" | "/admin" | "/favicon.ico" | "/healthz")
+            | (_, "/metrics")
             | (_, "/publish" | "/sse" | "/poll" | "/ws" | "/presence" | "/presence_stats") => {
                 let why = format!("{} does not take {}", head.path, head.method);
                 self.refuse(key, ErrorCode::MethodNotAllowed, &why)
@@ -272,6 +276,7 @@ impl Worker {
             "/fanout.js" => {
                 http::response(200, "text/javascript; charset=utf-8", JS_CLIENT.as_bytes())
             }
+            "/admin" => http::response(200, "text/html; charset=utf-8", ADMIN_PAGE.as_bytes()),
             // Browsers ask for it on every page; an empty answer keeps their consoles quiet.
             "/favicon.ico" => http::response(204, "image/x-icon", b""),
             "/healthz" => {
