@@ -1759,6 +1759,19 @@ fn the_server_api_acts_on_every_node() {
     );
     let info = api("GET", "/api/info", b"");
     assert_eq!(info["nodes"].as_array().map(Vec::len), Some(2), "{info}");
+    // With each node's top channels (what /admin reads): room.1 has a subscriber on each.
+    let info = api("GET", "/api/info?top=5", b"");
+    let nodes = info["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{info}");
+    for node in nodes {
+        let top = &node["top"]["by_subscribers"][0];
+        assert_eq!(
+            (top["channel"].as_str(), top["subscribers"].as_u64()),
+            (Some("room.1"), Some(1)),
+            "{node}"
+        );
+        assert_eq!(node["redis"]["links_up"], 1, "{node}");
+    }
     // Published on node A, read back through the history of node A (which serves it now).
     assert_eq!(api("POST", "/api/publish", br#"{"channel":"room.2","data":"x"}"#)["offset"], 1);
     let history = api("GET", "/api/history?channel=room.2", b"");
