@@ -230,7 +230,22 @@ fn parse_ttl(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     cli::logging::init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap quotes a value it refuses; a Redis URL's password must not reach a terminal log.
+        Err(e) => {
+            let rendered = match std::io::IsTerminal::is_terminal(&io::stderr()) {
+                true => e.render().ansi().to_string(),
+                false => e.render().to_string(),
+            };
+            let text = cli::config_file::mask_passwords(&rendered);
+            match e.use_stderr() {
+                true => eprint!("{text}"),
+                false => print!("{text}"),
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match cli.command {
         // Read again with the file its --config names (see `cli::config_file`).
         Command::Serve(_) => serve(&std::env::args_os().skip(2).collect::<Vec<_>>()),
@@ -307,7 +322,7 @@ fn serve(argv: &[OsString]) -> Result<(), Box<dyn std::error::Error>> {
             "--ws-echo: /echo echoes WebSocket messages (for conformance testing, not production)"
         );
     }
-    let server = Server::start(config)?;
+    let server = Server::start(config).map_err(|e| resolved.in_settings(e.to_string()))?;
     let mut running = resolved;
     let signal = loop {
         let signal = fanout::sys::wait_for_signal()?;

@@ -166,12 +166,29 @@ fn unknown_keys_and_bad_values_are_refused_with_where_they_are() {
         ("[[namespace]]\npattern = \"a.>.b\"\n", "must be the last token"),
         ("[[namespace]]\npattern = \"a\"\nhistory = 3\n", "namespace 1: `history`: unknown key"),
         ("log-level = \"loud\"\n", "`loud` is not a level"),
+        ("workers = 1\n[other]\nx = 1\n", "line 2: unknown key `other`"),
+        (
+            "[[namespace]]\npattern = \"a\"\n[[namespace]]\npattern = \"b\"\nbogus = 1\n",
+            "line 5: namespace 2: `bogus`: unknown key",
+        ),
+        ("[[namespace]]\npattern = \"a\"\n[[namespace]]\npattern = \"a\"\n", "given twice"),
+        ("anonymous-sub = [\"a b\"]\n", "not a channel pattern"),
+        ("[[namespace]]\npattern = \"a.>\"\nanonymous-sub = false\n", "access control is off"),
     ] {
         let file = write(&dir, "bad.toml", text);
         let (ok, output) = run(&["--config", &file]);
         assert!(!ok, "{text:?} was taken");
         assert!(output.contains(expected), "{text:?}: expected {expected:?} in {output}");
         assert!(output.contains("bad.toml"), "the file is named: {output}");
+    }
+    // A Redis URL's password is never echoed, from the file or the command line.
+    let file = write(&dir, "redis.toml", "redis = [\"redis://u:topsecret@127.0.0.1:1/x\"]\n");
+    for args in
+        [&["--config", file.as_str()][..], &["--redis", "redis://u:topsecret@127.0.0.1:1/x"]]
+    {
+        let (ok, output) = run(args);
+        assert!(!ok && output.contains("u:***@127.0.0.1"), "{output}");
+        assert!(!output.contains("topsecret"), "{output}");
     }
     let (ok, output) = run(&["--config", "/nonexistent/fanout.toml"]);
     assert!(!ok && output.contains("/nonexistent/fanout.toml"), "{output}");
@@ -199,7 +216,8 @@ fn sighup_rotates_the_hmac_secret_and_keeps_connections_until_their_token_expire
 
     std::fs::write(&secret, "the second secret, longer still\n").unwrap();
     server.signal(libc::SIGHUP);
-    server.wait_for_log("SIGHUP: configuration reloaded");
+    let line = server.wait_for_log("SIGHUP: configuration reloaded");
+    assert!(line.contains("auth-secret-file"), "the rotated file is named: {line}");
 
     let (_, answer) = authenticate(&server, &hs256(old, "late", 3600));
     assert!(is_refused(&answer, 401), "a token of the old secret is refused now: {answer:?}");
@@ -283,4 +301,38 @@ fn a_broken_reload_keeps_the_running_configuration_and_says_why() {
     let (_, answer) = authenticate(&server, "not a token");
     assert!(is_refused(&answer, 401), "{answer:?}");
     server.wait_for_log("DEBUG");
+}
+
+#[test]
+fn sighup_applies_new_origins_and_limits() {
+    let dir = TempDir::new("config-origins");
+    let key = write(&dir, "api-key", "the-api-key\n");
+    let before = format!(
+        "api-key-file = {key:?}\nanonymous-pub = [\"news\"]\nallowed-origins = [\"https://a.example\"]\nmax-publishes-per-sec = 1000\n"
+    );
+    let file = write(&dir, "fanout.toml", &before);
+    let server = ChildServer::start(&["--config", &file]);
+    let publish_from = |origin: &str| {
+        let headers = format!("Origin: {origin}\r\n");
+        common::http_with(server.addr, "POST", "/publish?channel=news", &headers, b"x").status
+    };
+    assert_eq!(publish_from("https://a.example"), 200);
+    assert_eq!(publish_from("https://b.example"), 403);
+    // A connection that publishes quickly: within the limit before, past it after.
+    let mut fast = Conn::text(server.addr);
+    let burst = |conn: &mut Conn| {
+        for _ in 0..20 {
+            conn.publish("news", b"quick");
+        }
+        conn.barrier().into_iter().filter(|f| matches!(f, Frame::Err { code: 429, .. })).count()
+    };
+    assert_eq!(burst(&mut fast), 0);
+
+    std::fs::write(&file, before.replace("a.example", "b.example").replace("1000", "5")).unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server.wait_for_log("SIGHUP: configuration reloaded");
+    assert!(line.contains("allowed-origins") && line.contains("max-publishes-per-sec"), "{line}");
+    assert_eq!(publish_from("https://b.example"), 200);
+    assert_eq!(publish_from("https://a.example"), 403);
+    assert!(burst(&mut fast) > 0, "the new rate limit holds for a connection already open");
 }

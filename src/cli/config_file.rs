@@ -57,15 +57,51 @@ pub struct Resolved {
     /// Each key's values in force (defaults included; none when unset), for `--print-config` and
     /// for telling what a reload changed.
     pub values: BTreeMap<String, Vec<String>>,
+    /// A hash of the contents of the files the key and certificate settings name, by key: a
+    /// reload tells a rotated secret from an unchanged one.
+    pub contents: BTreeMap<String, u64>,
+}
+
+/// Settings that name files whose contents a reload re-reads.
+const FILE_KEYS: [&str; 5] =
+    ["auth-secret-file", "auth-public-key-file", "api-key-file", "tls-cert", "tls-key"];
+
+/// A hash of every file `key`'s values name (`KID=FILE` for public keys; unreadable: 0).
+fn contents_of(values: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, u64> {
+    use std::hash::{Hash, Hasher};
+    FILE_KEYS
+        .iter()
+        .filter_map(|key| values.get(*key).map(|paths| (key, paths)))
+        .map(|(key, paths)| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for path in paths {
+                let path = path.split_once('=').map_or(path.as_str(), |(_, path)| path);
+                std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+            }
+            (key.to_string(), hasher.finish())
+        })
+        .collect()
 }
 
 impl Resolved {
-    /// The server's configuration (reads the key and certificate files the settings name).
+    /// The server's configuration (reads the key and certificate files the settings name, and
+    /// checks the patterns and keys in them as the server will).
     pub fn config(&self) -> Result<fanout::Config, String> {
-        let mut config = self.args.config()?;
-        config.namespaces = self.namespaces.clone();
-        fanout::namespace::Namespaces::new(&config.namespaces).map_err(|e| e.to_string())?;
-        Ok(config)
+        let built = self.args.config().and_then(|mut config| {
+            config.namespaces = self.namespaces.clone();
+            fanout::namespace::Namespaces::new(&config.namespaces).map_err(|e| e.to_string())?;
+            fanout::auth::Auth::new(&config.auth).map_err(|e| format!("access control: {e}"))?;
+            Ok(config)
+        });
+        built.map_err(|e| self.in_settings(e))
+    }
+
+    /// `why` with where the settings came from, when a file gave some.
+    pub fn in_settings(&self, why: String) -> String {
+        match &self.args.config {
+            Some(file) => format!("{why} (settings from {} and the command line)", file.display()),
+            None => why,
+        }
     }
 
     /// The log filter in force: `log-level`, else `$RUST_LOG`, else info.
@@ -102,14 +138,45 @@ pub fn resolve(argv: &[OsString]) -> Result<Resolved, String> {
     merged.extend(argv.iter().cloned());
     let matches = command.clone().try_get_matches_from(&merged).map_err(|e| clap_message(&e))?;
     let args = ServeArgs::from_arg_matches(&matches).map_err(|e| clap_message(&e))?;
-    Ok(Resolved { args, namespaces, values: values_of(&command, &matches) })
+    let values = values_of(&command, &matches);
+    Ok(Resolved { args, namespaces, contents: contents_of(&values), values })
 }
 
-/// The first line of clap's message, without its `error: ` (the rest offers `--help`).
+/// The first line of clap's message, without its `error: ` (the rest offers `--help`), and
+/// without the password of a URL it quotes.
 fn clap_message(error: &clap::Error) -> String {
     let text = error.render().to_string();
     let first = text.lines().next().unwrap_or_default();
-    first.trim_start_matches("error: ").to_string()
+    mask_passwords(first.trim_start_matches("error: "))
+}
+
+/// `text` with the password of every `scheme://user:password@host` in it as `***` (clap quotes
+/// a value it refuses: a Redis URL's password must not reach a log).
+pub fn mask_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The URL's authority ends at whitespace, a quote or a slash; its credentials at the
+        // last '@' in it.
+        let end =
+            after.find(|c: char| c.is_whitespace() || "'\"/".contains(c)).unwrap_or(after.len());
+        match after[..end]
+            .rfind('@')
+            .and_then(|at_sign| after[..at_sign].find(':').map(|colon| (colon, at_sign)))
+        {
+            Some((colon, at_sign)) => {
+                out.push_str(&after[..=colon]);
+                out.push_str("***");
+                out.push_str(&after[at_sign..end]);
+            }
+            None => out.push_str(&after[..end]),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The file's keys as flags, leaving out those the command line gives.
@@ -123,10 +190,10 @@ fn flags_of_file(
     let mut namespaces = Vec::new();
     for (key, value) in &table {
         if key == "namespace" {
-            namespaces = namespace::parse(value)?;
+            namespaces = namespace::parse(value, text)?;
             continue;
         }
-        let at = line_of(text, key);
+        let at = line_of(text, key, None);
         let arg = command
             .get_arguments()
             .find(|arg| arg.get_long() == Some(key.as_str()) && !arg.is_hide_set())
@@ -172,17 +239,32 @@ fn scalar(key: &str, value: &toml::Value) -> Result<String, String> {
     }
 }
 
-/// "line N: " for the first line that sets `key` at the top level (the TOML parser keeps no
-/// positions for values), or nothing.
-fn line_of(text: &str, key: &str) -> String {
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start().trim_start_matches('"');
-            line.strip_prefix(key).is_some_and(|rest| {
-                rest.trim_start().trim_start_matches('"').trim_start().starts_with('=')
-            })
-        })
-        .map_or(String::new(), |at| format!("line {}: ", at + 1))
+/// "line N: " for the first line that sets `key` (`key = ...`) or opens it as a table (`[key]`,
+/// `[[key]]`), after the `nth_table`-th `[[namespace]]` header when given (the TOML parser
+/// keeps no positions for values), or nothing.
+pub fn line_of(text: &str, key: &str, nth_table: Option<usize>) -> String {
+    let sets = |line: &str| {
+        let line = line.trim_start().trim_start_matches('"');
+        let assigns = line.strip_prefix(key).is_some_and(|rest| {
+            rest.trim_start().trim_start_matches('"').trim_start().starts_with('=')
+        });
+        let opens = line
+            .trim_start_matches('[')
+            .trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| line.starts_with('[') && rest.trim_start().starts_with(']'));
+        assigns || opens
+    };
+    let mut tables = 0;
+    for (at, line) in text.lines().enumerate() {
+        if line.trim().starts_with("[[namespace]]") {
+            tables += 1;
+        }
+        if nth_table.is_none_or(|nth| tables == nth) && sets(line) {
+            return format!("line {}: ", at + 1);
+        }
+    }
+    String::new()
 }
 
 /// Each setting's values in force, by key.
@@ -202,12 +284,16 @@ fn values_of(command: &clap::Command, matches: &ArgMatches) -> BTreeMap<String, 
     values
 }
 
-/// The keys whose values differ between two resolutions, reloadable or not.
+/// The keys whose values, or the contents of the files they name, differ between two
+/// resolutions, reloadable or not.
 pub fn changed<'a>(before: &'a Resolved, after: &'a Resolved) -> Vec<&'a str> {
     after
         .values
         .iter()
-        .filter(|(key, value)| before.values.get(*key) != Some(value))
+        .filter(|(key, value)| {
+            before.values.get(*key) != Some(value)
+                || before.contents.get(*key) != after.contents.get(*key)
+        })
         .map(|(key, _)| key.as_str())
         .collect()
 }
@@ -306,4 +392,27 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     }
     lines.retain(|l| !l.is_empty());
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_passwords;
+
+    #[test]
+    fn passwords_in_quoted_urls_are_masked() {
+        assert_eq!(
+            mask_passwords(
+                "invalid value 'redis://u:topsecret@127.0.0.1:6390/x' for '--redis <URL>'"
+            ),
+            "invalid value 'redis://u:***@127.0.0.1:6390/x' for '--redis <URL>'"
+        );
+        assert_eq!(
+            mask_passwords("rediss://:p@ss@host and http://x/y"),
+            "rediss://:***@host and http://x/y"
+        );
+        assert_eq!(
+            mask_passwords("redis://host:6379 no credentials"),
+            "redis://host:6379 no credentials"
+        );
+    }
 }

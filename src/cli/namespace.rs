@@ -20,19 +20,20 @@ const KEYS: [(&str, &str); 10] = [
     ("max-message-bytes", "longest message payload, in bytes"),
 ];
 
-/// The `namespace` key's value: an array of tables.
-pub fn parse(value: &toml::Value) -> Result<Vec<Namespace>, String> {
+/// The `namespace` key's value: an array of tables (`text`: the file, for lines in errors).
+pub fn parse(value: &toml::Value, text: &str) -> Result<Vec<Namespace>, String> {
     let toml::Value::Array(tables) = value else {
         return Err("`namespace` is a list of tables: write each as [[namespace]]".into());
     };
-    tables.iter().enumerate().map(|(i, table)| one(i + 1, table)).collect()
+    tables.iter().enumerate().map(|(i, table)| one(i + 1, table, text)).collect()
 }
 
-fn one(nth: usize, value: &toml::Value) -> Result<Namespace, String> {
+fn one(nth: usize, value: &toml::Value, text: &str) -> Result<Namespace, String> {
     let toml::Value::Table(table) = value else {
         return Err(format!("namespace {nth}: not a table; write it as [[namespace]]"));
     };
-    let at = |key: &str| format!("namespace {nth}: `{key}`");
+    let line = |key: &str| super::config_file::line_of(text, key, Some(nth));
+    let at = |key: &str| format!("{}namespace {nth}: `{key}`", line(key));
     let mut namespace = Namespace::default();
     for (key, value) in table {
         let count = || match value {
@@ -73,7 +74,7 @@ fn one(nth: usize, value: &toml::Value) -> Result<Namespace, String> {
         return Err(format!("namespace {nth}: `pattern` is required"));
     }
     fanout::namespace::Namespaces::new(std::slice::from_ref(&namespace))
-        .map_err(|e| format!("namespace {nth}: {e}"))?;
+        .map_err(|e| format!("{}namespace {nth}: {e}", line("pattern")))?;
     Ok(namespace)
 }
 

@@ -42,7 +42,7 @@ pub struct ServeArgs {
     max_frame_bytes: usize,
     /// Longest whole command a Redis client may send, in bytes (Redis's
     /// client-query-buffer-limit; past it: a protocol error, and the connection closes).
-    /// Default: the frame limit plus 64 KiB.
+    /// 0 (the default): the frame limit plus 64 KiB.
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     max_query_bytes: usize,
     /// Bytes queued for one client before it is dropped as a slow consumer.

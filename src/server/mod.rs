@@ -863,6 +863,18 @@ fn validate(config: &Config) -> Result<(), StartError> {
             config.max_query_bytes, config.max_frame_bytes
         ));
     }
+    // Closing a namespace to clients without a token means nothing when no client has one:
+    // refused rather than left to look like protection.
+    let closing = config
+        .namespaces
+        .iter()
+        .find(|n| n.anonymous_subscribe == Some(false) || n.anonymous_publish == Some(false));
+    if let (Some(namespace), false) = (closing, config.auth.enabled()) {
+        return fail(format!(
+            "namespace {:?} closes itself to clients without a token (anonymous-sub/anonymous-pub = false), but access control is off, so every client is without one: give --auth-secret-file, --auth-public-key-file or --api-key-file (or --anonymous-sub for what stays open)",
+            namespace.pattern
+        ));
+    }
     if config.private_metrics && config.auth.api_key.is_none() {
         return fail("--private-metrics needs --api-key-file: the API key is what opens /metrics and /healthz".into());
     }
