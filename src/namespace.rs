@@ -64,6 +64,9 @@ impl Namespaces {
     pub fn new(namespaces: &[Namespace]) -> Result<Namespaces, NamespaceError> {
         let mut parsed = Vec::with_capacity(namespaces.len());
         for namespace in namespaces {
+            if namespace.pattern == "*" {
+                return Err(NamespaceError::Broadcast);
+            }
             let pattern = TopicPattern::parse(&namespace.pattern, usize::MAX)
                 .map_err(NamespaceError::Pattern)?;
             if parsed.iter().any(|(p, _): &(TopicPattern, Namespace)| *p == pattern) {
@@ -134,6 +137,10 @@ pub enum NamespaceError {
     /// Two namespaces with one pattern.
     #[error("namespace {0:?} is given twice")]
     Twice(String),
+    /// `*`, which is the broadcast channel in permissions (and a one-token wildcard in topic
+    /// patterns): refused rather than read one way here and the other in access control.
+    #[error("namespace \"*\" is ambiguous (in permissions it is the broadcast channel, which no namespace holds): write `>` for every topic, or the channels' names")]
+    Broadcast,
 }
 
 #[cfg(test)]
@@ -208,5 +215,6 @@ mod tests {
             Namespaces::new(&[named("a.*", 1), named("a.*", 2)]).unwrap_err(),
             NamespaceError::Twice("a.*".into())
         );
+        assert_eq!(Namespaces::new(&[named("*", 1)]).unwrap_err(), NamespaceError::Broadcast);
     }
 }

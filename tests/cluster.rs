@@ -1983,3 +1983,42 @@ fn presence_comes_back_whole_after_redis_restarts_empty() {
     });
     assert_eq!(redis.integer(&["EXISTS", "fanout:{room.1}:presence"]), 1);
 }
+
+/// A namespace's history holds in a cluster too: the stream (the cluster's history, kept to the
+/// longest any namespace asks) gives a resume only the namespace's last messages.
+#[test]
+fn a_namespaces_history_limit_holds_for_resumes_read_from_the_stream() {
+    let redis = RedisServer::start();
+    let short = |c: &mut fanout::Config| {
+        c.namespaces = vec![fanout::namespace::Namespace {
+            pattern: "short.>".into(),
+            history_messages: Some(3),
+            ..Default::default()
+        }];
+    };
+    let a = node(&[&redis], short);
+    let mut publisher = Conn::binary(a.local_addr());
+    for k in 1..=10 {
+        publish_acked(&mut publisher, "short.x", format!("s{k}").as_bytes()).expect("published");
+        publish_acked(&mut publisher, "long", format!("l{k}").as_bytes()).expect("published");
+    }
+    // A node that joins now holds nothing in memory: resumes are read from the stream.
+    let b = node(&[&redis], short);
+    let mut resumer = Conn::text(b.local_addr());
+    let offsets = |conn: &mut Conn, channel: &str| -> Vec<u64> {
+        conn.send(Request::Subscribe {
+            channel: channel.as_bytes(),
+            resume: Some(Resume { after: 0, epoch: None, strict: false }),
+        });
+        let mut got = Vec::new();
+        loop {
+            match conn.next() {
+                Frame::Msg { offset, .. } => got.push(offset),
+                Frame::Ok { ack: Ack::Subscribe, .. } => return got,
+                _ => {}
+            }
+        }
+    };
+    assert_eq!(offsets(&mut resumer, "short.x"), vec![8, 9, 10], "the namespace keeps 3");
+    assert_eq!(offsets(&mut resumer, "long"), (1..=10).collect::<Vec<_>>(), "the rest, all");
+}

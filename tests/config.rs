@@ -173,6 +173,7 @@ fn unknown_keys_and_bad_values_are_refused_with_where_they_are() {
         ),
         ("[[namespace]]\npattern = \"a\"\n[[namespace]]\npattern = \"a\"\n", "given twice"),
         ("anonymous-sub = [\"a b\"]\n", "not a channel pattern"),
+        ("[[namespace]]\npattern = \"*\"\n", "ambiguous"),
         ("[[namespace]]\npattern = \"a.>\"\nanonymous-sub = false\n", "access control is off"),
     ] {
         let file = write(&dir, "bad.toml", text);
@@ -335,4 +336,23 @@ fn sighup_applies_new_origins_and_limits() {
     assert_eq!(publish_from("https://b.example"), 200);
     assert_eq!(publish_from("https://a.example"), 403);
     assert!(burst(&mut fast) > 0, "the new rate limit holds for a connection already open");
+}
+
+#[test]
+fn sighup_with_a_new_api_key_closes_the_connections_of_the_old_one() {
+    let dir = TempDir::new("config-api-key");
+    let key = write(&dir, "api-key", "the-old-api-key\n");
+    let server = ChildServer::start(&["--api-key-file", &key]);
+    let (mut backend, answer) = authenticate(&server, "the-old-api-key");
+    assert!(matches!(answer, Frame::Ok { .. }), "{answer:?}");
+    // A token's connection stays until its exp; a key has none: a rotated key's holders go.
+    std::fs::write(&key, "the-new-api-key\n").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: configuration reloaded");
+    let reason = backend.expect_error_and_close(401);
+    assert!(reason.contains("API key was rotated"), "{reason}");
+    let (_, answer) = authenticate(&server, "the-old-api-key");
+    assert!(is_refused(&answer, 401), "{answer:?}");
+    let (_, answer) = authenticate(&server, "the-new-api-key");
+    assert!(matches!(answer, Frame::Ok { .. }), "{answer:?}");
 }

@@ -343,6 +343,21 @@ impl Auth {
         }))
     }
 
+    /// True when `grant` is what this configuration's API key gives (connections that
+    /// authenticated with the key hold this very grant).
+    pub fn is_api_key_grant(&self, grant: &Arc<Grant>) -> bool {
+        Arc::ptr_eq(grant, &self.everything)
+    }
+
+    /// True when both have the same API key (or neither has one).
+    pub fn same_api_key(&self, other: &Auth) -> bool {
+        match (&self.api_key, &other.api_key) {
+            (Some(a), Some(b)) => constant_time_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// What a client without a token may do (`None`: nothing until it authenticates).
     pub fn anonymous(&self) -> Option<&Arc<Grant>> {
         self.anonymous.as_ref()

@@ -25,7 +25,7 @@ const COMMAND_LINE_ONLY: [&str; 2] = ["config", "print-config"];
 
 /// Keys a reload applies to the running server (`ServerHandle::reload` and the logger);
 /// a change to any other is logged and waits for a restart.
-pub const RELOADABLE: [&str; 18] = [
+pub const RELOADABLE: [&str; 19] = [
     "auth-secret-file",
     "auth-public-key-file",
     "auth-audience",
@@ -36,6 +36,7 @@ pub const RELOADABLE: [&str; 18] = [
     "auth-timeout-secs",
     "auth-expiry-grace-secs",
     "max-token-bytes",
+    "max-info-bytes",
     "allowed-origins",
     "max-publishes-per-sec",
     "max-subscribes-per-sec",

@@ -31,7 +31,8 @@ pub struct Channel {
     pub subscribers: std::sync::atomic::AtomicU32,
     /// Joins and leaves of its members on this node so far (each event's `seq`).
     presence_seq: AtomicU64,
-    /// Its last offset when `/api/info?top=` last looked (its message rate is since then).
+    /// Its last offset when `/api/info?top=` last looked (its message rate is since then;
+    /// `u64::MAX`: not yet, no rate).
     pub sampled_offset: AtomicU64,
     /// Its namespace's history limits (`None`: the registry's).
     retention: Option<Arc<HistoryLimits>>,
@@ -59,7 +60,7 @@ impl Channel {
             epoch,
             subscribers: Default::default(),
             presence_seq: AtomicU64::new(0),
-            sampled_offset: AtomicU64::new(0),
+            sampled_offset: AtomicU64::new(u64::MAX),
             retention,
             log: Mutex::new(log),
         }
@@ -213,6 +214,11 @@ impl ChannelRegistry {
     /// The history limits of `channel`: its namespace's, or the server-wide ones.
     pub fn limits_of<'a>(&'a self, channel: &'a Channel) -> &'a HistoryLimits {
         channel.retention.as_deref().unwrap_or(&self.history)
+    }
+
+    /// The history limits `channel`'s namespace sets, if it is in one.
+    pub fn namespace_limits_of<'a>(&self, channel: &'a Channel) -> Option<&'a HistoryLimits> {
+        channel.retention.as_deref()
     }
 
     /// The namespace's history limits for a channel named `name` (`None`: the registry's).
@@ -444,7 +450,7 @@ impl ChannelRegistry {
             epoch,
             subscribers: Default::default(),
             presence_seq: AtomicU64::new(0),
-            sampled_offset: AtomicU64::new(0),
+            sampled_offset: AtomicU64::new(u64::MAX),
             retention: self.retention_for(&name),
             log: Mutex::new(log),
         };

@@ -20,7 +20,9 @@ const BUCKETS: usize = BOUNDS_MICROS.len() + 1;
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
-    sum_nanos: AtomicU64,
+    /// In microseconds: at 10M deliveries a second of 2 ms each it wraps in 29 years (in
+    /// nanoseconds it would in 11 days, which Prometheus would read as a counter reset).
+    sum_micros: AtomicU64,
     count: AtomicU64,
 }
 
@@ -33,7 +35,7 @@ impl Histogram {
         let micros = nanos / 1000;
         let bucket = BOUNDS_MICROS.iter().position(|&bound| micros <= bound).unwrap_or(BUCKETS - 1);
         self.buckets[bucket].fetch_add(weight, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(nanos.saturating_mul(weight), Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros.wrapping_mul(weight), Ordering::Relaxed);
         self.count.fetch_add(weight, Ordering::Relaxed);
     }
 
@@ -50,8 +52,8 @@ impl Histogram {
 pub struct Snapshot {
     /// Events per bucket (not cumulative), the last past every bound.
     pub buckets: [u64; BUCKETS],
-    /// Total time of all events, in nanoseconds.
-    pub sum_nanos: u64,
+    /// Total time of all events, in microseconds (wrapping, as a counter does).
+    pub sum_micros: u64,
     /// Events.
     pub count: u64,
 }
@@ -60,19 +62,20 @@ impl Snapshot {
     /// Adds another snapshot.
     pub fn merge(&mut self, other: &Snapshot) {
         for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
+            *mine = mine.wrapping_add(*theirs);
         }
-        self.sum_nanos += other.sum_nanos;
-        self.count += other.count;
+        self.sum_micros = self.sum_micros.wrapping_add(other.sum_micros);
+        self.count = self.count.wrapping_add(other.count);
     }
 
     /// Adds another writer's histogram.
     pub fn absorb(&mut self, histogram: &Histogram) {
         for (mine, theirs) in self.buckets.iter_mut().zip(&histogram.buckets) {
-            *mine += theirs.load(Ordering::Relaxed);
+            *mine = mine.wrapping_add(theirs.load(Ordering::Relaxed));
         }
-        self.sum_nanos += histogram.sum_nanos.load(Ordering::Relaxed);
-        self.count += histogram.count.load(Ordering::Relaxed);
+        self.sum_micros =
+            self.sum_micros.wrapping_add(histogram.sum_micros.load(Ordering::Relaxed));
+        self.count = self.count.wrapping_add(histogram.count.load(Ordering::Relaxed));
     }
 
     /// The samples of one labelled series of family `name` in the Prometheus text format
@@ -90,7 +93,7 @@ impl Snapshot {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
         }
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_nanos as f64 / 1e9);
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_micros as f64 / 1e6);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
 
@@ -202,8 +205,9 @@ impl Latency {
 /// One worker's latency histograms.
 #[derive(Debug, Default)]
 pub struct WorkerHistograms {
-    /// A message entering the node to its frame written to a subscriber's socket, per wire
-    /// format, one event per delivery.
+    /// A message entering the node to the end of the turn that wrote its frame (to the socket,
+    /// or to the queue of a subscriber whose socket is full), per wire format, one event per
+    /// delivery.
     pub delivery: [Histogram; crate::protocol::Format::COUNT],
     /// A publish read to its acknowledgement queued, per `AckPath`.
     pub publish_ack: [Histogram; 3],

@@ -439,32 +439,51 @@ impl Shared {
             *sampled = Some(now);
             elapsed
         };
-        let mut rows = Vec::new();
+        // The channels are taken out under the registry's lock (a pointer each), and looked at
+        // after it is released: creating channels on other workers is not held up.
+        let mut channels = Vec::with_capacity(self.channels.len());
         self.channels.each(|channel| {
-            if channel.kind == crate::protocol::ChannelKind::Inbox {
-                return;
+            if channel.kind != crate::protocol::ChannelKind::Inbox {
+                channels.push(channel.clone());
             }
-            let last = channel.last_offset();
-            let before = channel.sampled_offset.swap(last, Ordering::Relaxed);
-            let rate = match elapsed > 0.0 {
-                true => last.saturating_sub(before) as f64 / elapsed,
-                false => 0.0,
-            };
-            let subscribers = channel.subscribers.load(Ordering::Relaxed);
-            rows.push((channel.name.clone(), subscribers, last, rate));
         });
-        let row = |(name, subscribers, last, rate): &(bytes::Bytes, u32, u64, f64)| {
-            serde_json::json!({
-                "channel": String::from_utf8_lossy(name),
-                "subscribers": subscribers,
-                "last_offset": last,
-                "messages_per_sec": (rate * 10.0).round() / 10.0,
+        let mut rows: Vec<_> = channels
+            .iter()
+            .map(|channel| {
+                let last = channel.last_offset();
+                let before = channel.sampled_offset.swap(last, Ordering::Relaxed);
+                let rate = match before != u64::MAX && elapsed > 0.0 {
+                    true => last.saturating_sub(before) as f64 / elapsed,
+                    false => 0.0,
+                };
+                (channel, channel.subscribers.load(Ordering::Relaxed), last, rate)
             })
+            .collect();
+        let row =
+            |(channel, subscribers, last, rate): &(&Arc<channels::Channel>, u32, u64, f64)| {
+                serde_json::json!({
+                    "channel": String::from_utf8_lossy(&channel.name),
+                    "subscribers": subscribers,
+                    "last_offset": last,
+                    "messages_per_sec": (rate * 10.0).round() / 10.0,
+                })
+            };
+        // The first `limit` of each order, without sorting every channel.
+        let mut top = |order: &dyn Fn(&_, &_) -> std::cmp::Ordering| {
+            let cut = limit.min(rows.len());
+            if cut > 0 && cut < rows.len() {
+                rows.select_nth_unstable_by(cut - 1, |a, b| order(a, b));
+            }
+            rows[..cut].sort_by(|a, b| order(a, b));
+            rows[..cut].iter().map(row).collect::<Vec<_>>()
         };
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let by_subscribers: Vec<_> = rows.iter().take(limit).map(row).collect();
-        rows.sort_by(|a, b| b.3.total_cmp(&a.3).then_with(|| a.0.cmp(&b.0)));
-        let by_rate: Vec<_> = rows.iter().take(limit).filter(|r| r.3 > 0.0).map(row).collect();
+        type Row<'a> = (&'a Arc<channels::Channel>, u32, u64, f64);
+        let by_subscribers =
+            top(&|a: &Row<'_>, b: &Row<'_>| b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name)));
+        let mut by_rate = top(&|a: &Row<'_>, b: &Row<'_>| {
+            b.3.total_cmp(&a.3).then_with(|| a.0.name.cmp(&b.0.name))
+        });
+        by_rate.retain(|r| r["messages_per_sec"].as_f64().is_some_and(|rate| rate > 0.0));
         serde_json::json!({ "by_subscribers": by_subscribers, "by_rate": by_rate })
     }
 

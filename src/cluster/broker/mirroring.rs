@@ -345,9 +345,9 @@ impl BrokerThread {
 
     /// Puts a notice into the ring (a full ring is waited out, as in `accept`).
     pub(super) fn put_in_ring(&mut self, channel: &Arc<Channel>, offset: u64, payload: Bytes) {
+        let entered_ns = self.server.clock_ns();
         loop {
             let (channel, payload) = (channel.clone(), payload.clone());
-            let entered_ns = self.server.clock_ns();
             let message = Arc::new(Message { channel, offset, payload, entered_ns });
             if self.producer.try_publish(message).is_ok() {
                 self.delivered = true;

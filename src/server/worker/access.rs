@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use log::debug;
+use log::{debug, info};
 
 use super::lifecycle::Close;
 use super::Worker;
@@ -66,21 +66,24 @@ impl Worker {
             return None;
         }
         let namespace = namespaces.resolve(channel)?;
-        let what = String::from_utf8_lossy(channel);
+        let what = || String::from_utf8_lossy(channel);
         let refusal = if namespace.client_publish == Some(false)
             && !match &self.policy.auth {
                 Some(_) => self.conns[key].grant.as_deref().is_some_and(Grant::may_administer),
                 None => via == Via::Api,
             } {
             let why = format!(
-                "{what} takes publishes from the backend only (the server API or the API key)"
+                "{} takes publishes from the backend only (the server API or the API key)",
+                what()
             );
             (ErrorCode::Forbidden, why)
         } else {
             match namespace.max_message_bytes {
                 Some(max) if len > max => {
-                    let why =
-                        format!("a message to {what} is at most {max} bytes; this one is {len}");
+                    let why = format!(
+                        "a message to {} is at most {max} bytes; this one is {len}",
+                        what()
+                    );
                     (ErrorCode::FrameTooLarge, why)
                 }
                 _ => return None,
@@ -443,6 +446,32 @@ impl Worker {
             if *open == 0 {
                 per_ip.remove(&ip);
             }
+        }
+    }
+
+    /// After a reload: a changed API key closes the connections that authenticated with the old
+    /// one (a key has no expiry that would end them; a token's connection lasts until its
+    /// `exp`, as its issuer allowed). One walk over the connections per reload.
+    pub(super) fn api_key_rotated(&mut self, before: &super::super::policy::Policy) {
+        let (Some(old), Some(new)) = (&before.auth, &self.policy.auth) else { return };
+        if old.same_api_key(new) {
+            return;
+        }
+        let holders: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| {
+                conn.is_open() && conn.grant.as_ref().is_some_and(|g| old.is_api_key_grant(g))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        if !holders.is_empty() {
+            let count = holders.len();
+            info!("worker {}: the API key changed: closing {count} connection(s) that used the old one", self.id);
+        }
+        for key in holders {
+            WorkerCounters::add(&self.counters().auth_expiry_closes, 1);
+            self.close(key, Close::error(ErrorCode::Unauthorized, "the API key was rotated"));
         }
     }
 

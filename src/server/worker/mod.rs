@@ -278,7 +278,10 @@ impl Worker {
         self.publisher.now_ns = elapsed.as_nanos() as u64;
         self.publisher.now_wall_ms = self.wall_ms();
         if self.shared.policy.generation() != self.policy_generation {
-            (self.policy, self.policy_generation) = self.shared.policy.get();
+            let (policy, generation) = self.shared.policy.get();
+            let before = std::mem::replace(&mut self.policy, policy);
+            self.policy_generation = generation;
+            self.api_key_rotated(&before);
         }
     }
 

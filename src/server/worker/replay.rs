@@ -185,9 +185,23 @@ impl Worker {
             }
         };
         let Backfill { channel, resume, mut bounds } = *backfill;
+        // The stream is the cluster's history (a node's memory, its `--history-messages`, is a
+        // cache of it), trimmed to the longest any namespace keeps: a channel in a namespace
+        // gets only its namespace's (its last `messages`, none older than `age`).
+        let (kept_after, age_ms) = match self.shared.channels.namespace_limits_of(&channel) {
+            Some(limits) => {
+                (bounds.last.saturating_sub(limits.messages as u64), limits.age.as_millis() as u64)
+            }
+            None => (0, 0),
+        };
+        let now_ms = self.wall_ms();
+        let within = |m: &Retained| {
+            m.offset > kept_after
+                && (age_ms == 0 || now_ms.saturating_sub(m.published_ms) <= age_ms)
+        };
         let from_stream: VecDeque<Retained> = entries
             .into_iter()
-            .filter(|m| m.offset > resume.after && m.offset < bounds.first)
+            .filter(|m| m.offset > resume.after && m.offset < bounds.first && within(m))
             .collect();
         let status = match from_stream.front() {
             Some(first) if first.offset == resume.after + 1 => ResumeStatus::Ok,
