@@ -359,6 +359,12 @@ impl Default for Bucket {
     }
 }
 
+impl crate::server::index::Serial for Conn {
+    fn serial(&self) -> u32 {
+        self.serial
+    }
+}
+
 impl Bucket {
     /// Takes one token if there is one; `rate` 0 is unlimited.
     pub fn take(&mut self, rate: u32, now_ms: u32) -> bool {

@@ -709,6 +709,10 @@ fn validate(config: &Config) -> Result<(), StartError> {
     if config.workers == 0 {
         return fail("workers must be at least 1".into());
     }
+    // Subscription indexes keep a connection's slab key in 32 bits (`index::Subscriber`).
+    if config.max_connections > u32::MAX as usize {
+        return fail(format!("max connections must be at most {}", u32::MAX));
+    }
     if let Some(cluster) = &config.cluster {
         if cluster.tls.is_none() && cluster.redis.iter().any(|server| server.tls) {
             // Never a silent fallback to plaintext (with the password in it).

@@ -6,6 +6,7 @@
 //! goes. Subscribers are kept as the channel index keeps them (`server::index`): a dense `Vec` of
 //! slab keys with O(1) `swap_remove`, the moved subscriber's position fixed by the caller.
 
+use crate::server::index::Subscriber;
 use std::collections::HashMap;
 
 use slab::Slab;
@@ -93,8 +94,8 @@ pub struct PatternEntry {
     /// The pattern's key: as clients wrote it (a Redis glob behind `GLOB_KEY`).
     pub text: Box<[u8]>,
     pattern: Matcher,
-    /// Slab keys of the subscribed connections, in no particular order.
-    pub subscribers: Vec<usize>,
+    /// The subscribed connections, in no particular order (see `index::live`).
+    pub subscribers: Vec<Subscriber>,
     /// How many subscribers use each wire format.
     pub per_format: [u32; Format::COUNT],
 }
@@ -148,13 +149,13 @@ impl PatternIndex {
         &self.patterns[id]
     }
 
-    /// Adds `key` as a subscriber of `pattern` (written `text`); returns the pattern's id and
-    /// the subscriber's position (kept by the subscriber for `remove`).
+    /// Adds `subscriber` to `pattern` (written `text`); returns the pattern's id and the
+    /// subscriber's position (kept by the subscriber for `remove`).
     pub fn add(
         &mut self,
         text: &[u8],
         pattern: Matcher,
-        key: usize,
+        subscriber: Subscriber,
         format: Format,
     ) -> (usize, u32) {
         let id = match self.by_text.get(text) {
@@ -173,15 +174,15 @@ impl PatternIndex {
             }
         };
         let entry = &mut self.patterns[id];
-        entry.subscribers.push(key);
+        entry.subscribers.push(subscriber);
         entry.per_format[format as usize] += 1;
         self.subscriptions += 1;
         (id, (entry.subscribers.len() - 1) as u32)
     }
 
-    /// Removes the subscriber at `position` of pattern `id`. Returns the key now at `position`
+    /// Removes the subscriber at `position` of pattern `id`. Returns the one now at `position`
     /// (moved there from the end), whose stored position the caller must update.
-    pub fn remove(&mut self, id: usize, position: u32, format: Format) -> Option<usize> {
+    pub fn remove(&mut self, id: usize, position: u32, format: Format) -> Option<Subscriber> {
         let entry = self.patterns.get_mut(id)?;
         let position = position as usize;
         debug_assert!(position < entry.subscribers.len(), "stale pattern position");
@@ -239,11 +240,11 @@ impl PatternIndex {
         &mut self,
         channel: u64,
         name: &[u8],
-        mut each: impl FnMut(usize, usize, &PatternEntry),
+        mut each: impl FnMut(Subscriber, usize, &PatternEntry),
     ) {
         for &id in cached_matches(&mut self.matches, &self.patterns, channel, name) {
             let entry = &self.patterns[id];
-            entry.subscribers.iter().for_each(|&key| each(key, id, entry));
+            entry.subscribers.iter().for_each(|&subscriber| each(subscriber, id, entry));
         }
     }
 }
@@ -268,6 +269,10 @@ fn cached_matches<'a>(
 mod tests {
     use super::*;
 
+    fn sub(key: usize) -> Subscriber {
+        Subscriber::new(key, 1)
+    }
+
     fn pattern(text: &str) -> Matcher {
         Matcher::Topic(TopicPattern::parse(text, 16).unwrap())
     }
@@ -275,12 +280,12 @@ mod tests {
     #[test]
     fn channels_are_matched_once_and_the_answer_follows_the_patterns() {
         let mut index = PatternIndex::default();
-        let (rooms, at) = index.add(b"room.*", pattern("room.*"), 10, Format::Text);
+        let (rooms, at) = index.add(b"room.*", pattern("room.*"), sub(10), Format::Text);
         assert_eq!(at, 0);
-        let (all, _) = index.add(b">", pattern(">"), 11, Format::Binary);
+        let (all, _) = index.add(b">", pattern(">"), sub(11), Format::Binary);
         assert_eq!(index.matching(1, b"room.1"), &[rooms, all]);
         assert_eq!(index.matching(2, b"lobby"), &[all]);
-        assert_eq!(index.add(b"room.*", pattern("room.*"), 12, Format::Text), (rooms, 1));
+        assert_eq!(index.add(b"room.*", pattern("room.*"), sub(12), Format::Text), (rooms, 1));
         assert_eq!(index.get(rooms).per_format[Format::Text as usize], 2);
         assert_eq!(index.subscriptions(), 3);
         // The last subscriber of `>` leaves: the pattern goes, and the cached lists with it.
@@ -289,12 +294,12 @@ mod tests {
         assert_eq!(index.matching(2, b"lobby"), &[] as &[usize]);
         assert_eq!(index.matching(1, b"room.1"), &[rooms]);
         // swap_remove reports the subscriber it moved.
-        assert_eq!(index.remove(rooms, 0, Format::Text), Some(12));
-        assert_eq!(index.get(rooms).subscribers, vec![12]);
-        let (deep, _) = index.add(b"room.>", pattern("room.>"), 13, Format::Text);
+        assert_eq!(index.remove(rooms, 0, Format::Text), Some(sub(12)));
+        assert_eq!(index.get(rooms).subscribers, vec![sub(12)]);
+        let (deep, _) = index.add(b"room.>", pattern("room.>"), sub(13), Format::Text);
         assert_eq!(index.matching(3, b"room.1.x"), &[deep], "a new pattern is matched too");
         // A Redis glob of the same text is another pattern, matched the glob's way.
-        let (glob, _) = index.add(&glob_key(b"room.*"), Matcher::Glob, 14, Format::Resp2);
+        let (glob, _) = index.add(&glob_key(b"room.*"), Matcher::Glob, sub(14), Format::Resp2);
         assert_ne!(glob, rooms);
         assert_eq!(index.get(glob).written(), b"room.*");
         assert_eq!(index.matching(4, b"room.1.x"), &[deep, glob]);

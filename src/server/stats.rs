@@ -221,6 +221,9 @@ counters! {
     /// Connections closed for sending, before they had any permissions, a frame, command,
     /// message or body larger than the strangers' budget (enough for AUTH and PING).
     limited_stranger_input: counter,
+    /// Deliveries skipped because the subscription index named a connection no longer there (a
+    /// missed detach; never expected).
+    stale_index_entries: counter,
     /// Redis clients closed for a command larger than `--max-query-bytes`.
     limited_query_buffer: counter,
     /// Publishes their channel's namespace refused: a client's to a backend-only channel, or a

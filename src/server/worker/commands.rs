@@ -23,6 +23,7 @@ use crate::server::channels::Channel;
 use crate::server::conn::{
     AfterJoin, Joining, Membership, PatternSubscription, Phase, Subscription, Wait,
 };
+use crate::server::index::{self, Subscriber};
 use crate::server::patterns::{Matcher, GLOB_KEY};
 use crate::server::stats::WorkerCounters;
 
@@ -301,7 +302,8 @@ impl Worker {
     /// Adds `key` to the channel's shared fan-out.
     fn attach(&mut self, key: usize, channel: Arc<Channel>) {
         let conn = &mut self.conns[key];
-        let position = self.index.add(channel.id, key, conn.reply_format());
+        let subscriber = Subscriber::new(key, conn.serial);
+        let position = self.index.add(channel.id, subscriber, conn.reply_format());
         channel.subscribers.fetch_add(1, Ordering::Relaxed);
         self.presence_joined(key, &channel);
         let conn = &mut self.conns[key];
@@ -331,14 +333,16 @@ impl Worker {
     /// that `swap_remove` moved into its place.
     pub(super) fn detach_one(&mut self, key: usize, subscription: Subscription) {
         let format = self.conns[key].reply_format();
+        let subscriber = Subscriber::new(key, self.conns[key].serial);
         let channel_id = subscription.channel.id;
         subscription.channel.subscribers.fetch_sub(1, Ordering::Relaxed);
         self.presence_left(key, &subscription.channel);
         match subscription.membership {
-            Membership::CatchingUp => self.index.remove_catching_up(channel_id, key),
+            Membership::CatchingUp => self.index.remove_catching_up(channel_id, subscriber),
             Membership::Live(position) => {
                 if let Some(moved) = self.index.remove(channel_id, position, format) {
-                    if let Some(entry) = self.conns[moved].subscription_mut(channel_id) {
+                    let moved = index::live(&mut self.conns, moved);
+                    if let Some(entry) = moved.and_then(|c| c.subscription_mut(channel_id)) {
                         entry.membership = Membership::Live(position);
                     }
                 }
@@ -427,7 +431,8 @@ impl Worker {
         };
         self.shared.pattern_census.add(text, topic);
         let conn = &mut self.conns[key];
-        let (id, position) = self.patterns.add(text, matcher, key, conn.reply_format());
+        let subscriber = Subscriber::new(key, conn.serial);
+        let (id, position) = self.patterns.add(text, matcher, subscriber, conn.reply_format());
         conn.patterns.reserve_exact(1);
         conn.patterns.push(PatternSubscription { id, position });
         self.acknowledge(key, Ack::PatternSubscribe, written_pattern(text))
@@ -481,7 +486,8 @@ impl Worker {
         let text = self.patterns.get(id).text.clone();
         self.shared.pattern_census.remove(&text);
         if let Some(moved) = self.patterns.remove(id, position, format) {
-            if let Some(entry) = self.conns[moved].patterns.iter_mut().find(|p| p.id == id) {
+            let moved = index::live(&mut self.conns, moved);
+            if let Some(entry) = moved.and_then(|c| c.patterns.iter_mut().find(|p| p.id == id)) {
                 entry.position = position;
             }
         }

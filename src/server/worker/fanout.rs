@@ -8,12 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use log::error;
 
 use super::Worker;
 use crate::history::ResumeStatus;
 use crate::protocol::{ChannelKind, Format, HistoryStatus};
 use crate::server::channels::{is_notice, Channel, EPOCH_NOTICE, EXPIRED_NOTICE, PRESENCE_NOTICE};
 use crate::server::conn::{Conn, Membership};
+use crate::server::index::live;
 use crate::server::stats::WorkerCounters;
 use crate::server::Item;
 
@@ -435,6 +437,8 @@ impl Worker {
         let local_clients = batches.local_clients.as_str();
         let mut deliveries = 0u64;
         let mut by_format = [0u64; Format::COUNT];
+        // Index entries whose connection is gone (never expected: see `index::live`).
+        let mut stale = 0u64;
         // Joins and leaves alone: a member that joined during them gets only what followed.
         let marks = (!batch.moved && !batch.marks.0.is_empty()).then_some(&batch.marks);
         let min_local_seq = batch.min_local_seq;
@@ -514,15 +518,21 @@ impl Worker {
             }
         } else {
             if let Some(local) = index.get(channel.id) {
-                for &key in &local.subscribers {
-                    enqueue(key, &mut conns[key], None);
+                for &subscriber in &local.subscribers {
+                    match live(conns, subscriber) {
+                        Some(conn) => enqueue(subscriber.key(), conn, None),
+                        None => stale += 1,
+                    }
                 }
             }
             // Pattern subscribers get it once per matching subscription (as Redis does), with
             // the channel's own name and offset.
             if channel.kind == ChannelKind::Topic && !patterns.is_empty() {
-                patterns.for_each_subscriber(channel.id, &channel.name, |key, id, entry| {
-                    enqueue(key, &mut conns[key], Some((id, entry.written())));
+                patterns.for_each_subscriber(channel.id, &channel.name, |subscriber, id, entry| {
+                    match live(conns, subscriber) {
+                        Some(conn) => enqueue(subscriber.key(), conn, Some((id, entry.written()))),
+                        None => stale += 1,
+                    }
                 });
             }
         }
@@ -530,6 +540,9 @@ impl Worker {
             &self.shared.counters[self.id].messages_out,
             deliveries * batch.messages,
         );
+        if stale > 0 {
+            self.stale_index_entries(&channel, stale);
+        }
         if deliveries > 0 && batch.messages > 0 {
             let weights = by_format.map(|n| n * batch.messages);
             self.delivered_latency.push((batch.entered_ns, weights));
@@ -547,6 +560,17 @@ impl Worker {
     /// Delivers a batch to subscribers that are catching up: only the messages after the offset
     /// each already has (earlier ones went out from history), encoded for it alone. Once the ring
     /// has moved past that offset they join the shared fan-out. A held long-poll is answered.
+    /// Counts and reports index entries that named a connection no longer there: a detach was
+    /// missed somewhere (a bug); nothing was delivered to the key's new holder.
+    fn stale_index_entries(&mut self, channel: &Channel, count: u64) {
+        WorkerCounters::add(&self.counters().stale_index_entries, count);
+        error!(
+            "worker {}: {count} subscription index entr(y/ies) of {} named a connection that is gone; skipped (a missed detach: please report)",
+            self.id,
+            String::from_utf8_lossy(&channel.name)
+        );
+    }
+
     fn fan_out_catching_up(&mut self, channel: &Arc<Channel>, items: &[Item]) {
         let channel_id = channel.id;
         let Some(local) = self.index.get(channel_id) else { return };
@@ -559,9 +583,14 @@ impl Worker {
         let last_in_batch =
             items.iter().rev().find(|m| !is_notice(m.offset)).map_or(0, |m| m.offset);
         let cap = self.shared.config.write_queue_cap_bytes;
-        // The index holds only open connections (lifecycle invariant 2).
-        for (key, has) in catching_up {
-            let conn = &mut self.conns[key];
+        // The index holds only open connections (lifecycle invariant 2), checked all the same.
+        for (subscriber, has) in catching_up {
+            let key = subscriber.key();
+            let Some(conn) = live(&mut self.conns, subscriber) else {
+                self.stale_index_entries(channel, 1);
+                self.index.remove_catching_up(channel_id, subscriber);
+                continue;
+            };
             let Some(format) = conn.format else { continue };
             let has = if restart.is_some() {
                 let notice = format.encode_history(&epoch_notice(channel));
@@ -621,8 +650,8 @@ impl Worker {
                 }
             }
             if last_in_batch > has || restart.is_some() {
-                self.index.finish_catching_up(channel_id, key);
-                let position = self.index.add(channel_id, key, format);
+                self.index.finish_catching_up(channel_id, subscriber);
+                let position = self.index.add(channel_id, subscriber, format);
                 if let Some(entry) = self.conns[key].subscription_mut(channel_id) {
                     entry.membership = Membership::Live(position);
                 }

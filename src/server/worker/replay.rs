@@ -38,7 +38,8 @@ impl Worker {
     /// Makes `key` a catching-up subscriber of `channel` that already has every message up to
     /// offset `has` (after a replay, or while a long-poll is held).
     pub(super) fn join_catching_up(&mut self, key: usize, channel: Arc<Channel>, has: u64) {
-        self.index.add_catching_up(channel.id, key, has);
+        let subscriber = crate::server::index::Subscriber::new(key, self.conns[key].serial);
+        self.index.add_catching_up(channel.id, subscriber, has);
         channel.subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.presence_joined(key, &channel);
         let membership = Membership::CatchingUp;
