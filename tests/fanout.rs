@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::thread;
 
-use common::{start, wait_until, Conn, Frame};
+use common::{start, wait_until, Conn, Frame, Read_};
 use fanout::protocol::{Ack, Format, Request};
 
 /// Opens connections until one lands on each worker; returns them in worker order.
@@ -266,7 +266,7 @@ fn a_full_ring_stalls_the_publisher_instead_of_dropping() {
 }
 
 #[test]
-fn write_coalescing_delivers_everything_in_order_and_answers_at_once() {
+fn write_coalescing_delivers_everything_in_order() {
     const MESSAGES: u64 = 500;
     let server = start(|config| config.coalesce = std::time::Duration::from_millis(50));
     let addr = server.local_addr();
@@ -304,4 +304,39 @@ fn write_coalescing_delivers_everything_in_order_and_answers_at_once() {
             }
         }
     }
+}
+
+/// What coalescing promises, each part able to fail: a subscriber written to within the window
+/// gets its next messages only when the window has passed (held), and a connection's own reply
+/// is never held (the PONG comes at once, with what was held before it). The window is long
+/// (3 s) and the bounds a third of it, so that a slow machine cannot make it pass or fail by
+/// accident.
+#[test]
+fn write_coalescing_holds_messages_for_the_window_but_never_a_reply() {
+    use std::time::{Duration, Instant};
+    let window = Duration::from_secs(3);
+    let server = start(|config| config.coalesce = window);
+    let addr = server.local_addr();
+    let (mut quiet, mut asking) = (Conn::text(addr), Conn::text(addr));
+    quiet.subscribe("held");
+    asking.subscribe("held");
+    let mut publisher = Conn::binary(addr);
+    publisher.publish("held", b"first");
+    for conn in [&mut quiet, &mut asking] {
+        assert!(matches!(conn.next(), Frame::Msg { offset: 1, .. }));
+    }
+    // Both were just written to: the next message waits for the window.
+    publisher.publish("held", b"second");
+    publisher.barrier();
+    match quiet.read(window / 3) {
+        Read_::Nothing => {}
+        other => panic!("a message within the window was not held: {other:?}"),
+    }
+    let asked = Instant::now();
+    let before_pong = asking.barrier();
+    assert!(asked.elapsed() < window / 3, "the reply waited {:?}", asked.elapsed());
+    let held: Vec<u64> = common::messages_of(before_pong).iter().map(|(o, _)| *o).collect();
+    assert_eq!(held, vec![2], "what was held goes out before the reply");
+    // The quiet one gets it once the window has passed.
+    assert!(matches!(quiet.next(), Frame::Msg { offset: 2, .. }));
 }

@@ -636,17 +636,27 @@ fn long_poll_answers_at_once_or_when_a_message_arrives_or_at_the_timeout() {
         http(addr, "GET", &format!("/poll?channel=p&from=8&epoch={other_epoch}"), b"").json();
     assert_eq!(changed["status"], "epoch");
 
-    // Held until the next message.
+    // Held until the next message: a held poll is a subscriber of its channel (what the server
+    // API counts), which is the sign it waits, not merely that its request arrived.
+    let held_polls = || {
+        let channels = http(addr, "GET", "/api/channels?pattern=p", b"").json();
+        channels["channels"][0]["subscribers"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(held_polls(), 0);
     let waiter = std::thread::spawn(move || {
         let started = Instant::now();
         (http(addr, "GET", "/poll?channel=p&from=8&timeout=20", b"").json(), started.elapsed())
     });
-    wait_until("the poll is held", || server.stats().connections_http == 1);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("the poll is held", || held_polls() == 1);
+    let pause = Duration::from_millis(300);
+    std::thread::sleep(pause);
     http_publish(addr, "p", b"p9");
-    let (held, _) = waiter.join().unwrap();
+    let (held, waited) = waiter.join().unwrap();
     assert_eq!(offsets(&held), vec![9]);
     assert_eq!(held["messages"][0]["data"], "p9");
+    assert!(waited >= pause, "answered after {waited:?}: before the message existed");
+    assert!(waited < Duration::from_secs(15), "answered by the message, not the timeout");
+    assert_eq!(held_polls(), 0, "an answered poll is no longer a subscriber");
     // Nothing arrives: an empty answer at the timeout.
     let started = Instant::now();
     let empty = http(addr, "GET", "/poll?channel=p&from=9&timeout=1", b"").json();
@@ -655,7 +665,7 @@ fn long_poll_answers_at_once_or_when_a_message_arrives_or_at_the_timeout() {
     // A held poll goes away with its client at once, not at its deadline.
     let mut gone = TcpStream::connect(addr).unwrap();
     gone.write_all(b"GET /poll?channel=p&from=9&timeout=100 HTTP/1.1\r\n\r\n").unwrap();
-    wait_until("the poll is held", || server.stats().connections_http == 1);
+    wait_until("the poll is held", || held_polls() == 1);
     drop(gone);
     assert_eq!(http(addr, "GET", "/poll?channel=p&timeout=0", b"").status, 200);
     wait_until("the abandoned poll is closed", || server.stats().connections_http == 0);
