@@ -13,9 +13,11 @@
 //! ```
 //!
 //! Threads: one per worker, each owning its listener, connections and index outright; the only
-//! shared state is the ring, the channel and name registries (consulted on first use of a name;
-//! each channel's mutex guards its offset counter and history log, taken once per publish and per
-//! replay page), per-worker counters, and the wakers. With `--data-dir`, one storage thread owns
+//! shared state is the ring, the channel and name registries (looked up when a worker meets a name
+//! it has not cached, and by sweeps; each channel's mutex guards its offset counter and history
+//! log, taken once per publish and per replay page; with history on, a publish also takes the
+//! server-wide retention order's lock), the policy a reload swaps, per-worker counters and
+//! histograms, and the wakers. With `--data-dir`, one storage thread owns
 //! every history file:
 //!
 //! ```text
@@ -24,7 +26,8 @@
 //! ```
 //!
 //! Protocols: every connection has a wire format (`protocol::Format`), sniffed from its first
-//! bytes (binary preface, text line, or HTTP request) or chosen by its HTTP request (WebSocket
+//! bytes (a TLS handshake record, then inside it or in plaintext: the binary preface, a Redis
+//! RESP array or inline command, a text line, or an HTTP request) or chosen by its HTTP request (WebSocket
 //! JSON or binary, Server-Sent Events, plain HTTP for publish and long-poll). Fan-out encodes each
 //! channel's batch once per format in use and shares it, so a browser costs what a TCP client
 //! costs; `server::worker::web` holds what only the browser protocols need.

@@ -31,7 +31,7 @@ pub struct HistoryLimits {
     /// Messages older than this are dropped (zero: no age limit).
     pub age: Duration,
     /// Bytes kept over all channels, counted the same way; past it, the globally oldest
-    /// messages go (see `server::channels::ChannelRegistry::evict_over_total`).
+    /// messages go (see `server::channels::ChannelRegistry::after_publish`).
     pub total_bytes: usize,
 }
 

@@ -1,7 +1,10 @@
 //! Channels, the messages that travel the ring, and the server-wide registries of channel names and
 //! client names. These are the only structures workers share besides the ring; none is touched per
-//! subscriber, and the channel registry is consulted only when a worker meets a name for the first
-//! time (each worker caches the `Arc<Channel>`s it has used).
+//! subscriber. The registry's map is looked up when a worker meets a name it has not cached (each
+//! worker caches the `Arc<Channel>`s it uses), by the sweep that frees unused channels (and at
+//! the channel limit), and by the server API's listings. With history on, every publish also
+//! takes the server-wide retention order's lock (`retain`) and updates the global totals: the
+//! one lock all workers share on the publish path.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
