@@ -64,47 +64,9 @@ pub struct Retained {
     pub payload: Bytes,
 }
 
-/// Where a resuming subscriber stands relative to the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeStatus {
-    /// Every message after the requested offset is retained.
-    Ok,
-    /// Some messages after the requested offset are gone; replay starts at the earliest retained.
-    Expired,
-    /// The offset belongs to another log (different epoch, or beyond this log's end); replay
-    /// starts at the earliest retained.
-    EpochChanged,
-}
-
-impl ResumeStatus {
-    /// The word used on the wire.
-    pub fn word(self) -> &'static str {
-        match self {
-            ResumeStatus::Ok => "ok",
-            ResumeStatus::Expired => "expired",
-            ResumeStatus::EpochChanged => "epoch",
-        }
-    }
-
-    /// The byte used in the binary format.
-    pub fn code(self) -> u8 {
-        match self {
-            ResumeStatus::Ok => 0,
-            ResumeStatus::Expired => 1,
-            ResumeStatus::EpochChanged => 2,
-        }
-    }
-
-    /// From the binary byte.
-    pub fn from_code(code: u8) -> Option<ResumeStatus> {
-        match code {
-            0 => Some(ResumeStatus::Ok),
-            1 => Some(ResumeStatus::Expired),
-            2 => Some(ResumeStatus::EpochChanged),
-            _ => None,
-        }
-    }
-}
+/// Where a resuming subscriber stands relative to the log (defined with the wire formats that
+/// carry it, so that `protocol` needs nothing of `history`).
+pub use crate::protocol::ResumeStatus;
 
 /// In cluster mode, whether this node serves a channel: subscribed to it in Redis, with the
 /// log a mirror of the channel's stream there (see `cluster`).

@@ -14,8 +14,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::ResumeStatus;
 use super::{Ack, ErrorCode, HistoryStatus, ProtocolError, Request, Resume, ServerFrame};
-use crate::history::ResumeStatus;
 
 /// Sent once by the client before its first frame. Starts with NUL so it can never be a text line.
 pub const PREFACE: [u8; 8] = *b"\0FANOUT\x01";

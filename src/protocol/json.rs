@@ -341,7 +341,7 @@ mod tests {
         let binary = check(&message(b"c", 1, &[0, 159, 146, 150]));
         assert_eq!(binary["data64"], "AJ+Slg==");
         assert!(binary.get("data").is_none());
-        let status = crate::history::ResumeStatus::Expired;
+        let status = crate::protocol::ResumeStatus::Expired;
         let h = check(&history(&HistoryStatus {
             channel: b"c",
             epoch: 0xabc,

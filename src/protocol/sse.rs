@@ -109,7 +109,7 @@ mod tests {
         assert_eq!(&comment("ping\nx")[..], b": ping x\n\n");
         let e = error(507, "slow");
         assert!(e.starts_with(b"event: fanout error\ndata: {\"code\":507"));
-        let status = crate::history::ResumeStatus::Ok;
+        let status = crate::protocol::ResumeStatus::Ok;
         let h = history(&HistoryStatus { channel: b"c", epoch: 1, first: 2, last: 3, status });
         assert!(h.ends_with(b"\"status\":\"ok\"}\n\n"));
     }

@@ -18,8 +18,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::ResumeStatus;
 use super::{fields, Ack, ErrorCode, HistoryStatus, ProtocolError, Request, Resume, ServerFrame};
-use crate::history::ResumeStatus;
 
 /// Finds the next line; returns (line without CR/LF, bytes consumed including the LF).
 fn split_line(

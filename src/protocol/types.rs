@@ -126,7 +126,7 @@ pub struct HistoryStatus<'a> {
     /// Latest offset of the channel.
     pub last: u64,
     /// Ok, expired or epoch.
-    pub status: crate::history::ResumeStatus,
+    pub status: ResumeStatus,
 }
 
 /// A server frame as a client decodes it.
@@ -167,7 +167,7 @@ pub enum ServerFrame<'a> {
         /// Latest offset of the channel.
         last: u64,
         /// Ok, expired or epoch.
-        status: crate::history::ResumeStatus,
+        status: ResumeStatus,
     },
     /// An acknowledged publish was retained (and persisted, with `--fsync always`).
     Ack {
@@ -229,4 +229,46 @@ pub enum ServerFrame<'a> {
     Ping,
     /// Answer to a client `Ping`.
     Pong,
+}
+
+/// Where a resuming subscriber stands relative to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeStatus {
+    /// Every message after the requested offset is retained.
+    Ok,
+    /// Some messages after the requested offset are gone; replay starts at the earliest retained.
+    Expired,
+    /// The offset belongs to another log (different epoch, or beyond this log's end); replay
+    /// starts at the earliest retained.
+    EpochChanged,
+}
+
+impl ResumeStatus {
+    /// The word used on the wire.
+    pub fn word(self) -> &'static str {
+        match self {
+            ResumeStatus::Ok => "ok",
+            ResumeStatus::Expired => "expired",
+            ResumeStatus::EpochChanged => "epoch",
+        }
+    }
+
+    /// The byte used in the binary format.
+    pub fn code(self) -> u8 {
+        match self {
+            ResumeStatus::Ok => 0,
+            ResumeStatus::Expired => 1,
+            ResumeStatus::EpochChanged => 2,
+        }
+    }
+
+    /// From the binary byte.
+    pub fn from_code(code: u8) -> Option<ResumeStatus> {
+        match code {
+            0 => Some(ResumeStatus::Ok),
+            1 => Some(ResumeStatus::Expired),
+            2 => Some(ResumeStatus::EpochChanged),
+            _ => None,
+        }
+    }
 }

@@ -47,6 +47,18 @@ pub mod status {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// The close status for an error that ends a connection.
+pub fn close_status(code: super::ErrorCode) -> u16 {
+    use super::ErrorCode;
+    match code {
+        ErrorCode::FrameTooLarge => status::TOO_BIG,
+        ErrorCode::Unavailable => status::TRY_AGAIN_LATER,
+        ErrorCode::StaleConnection => status::GOING_AWAY,
+        ErrorCode::SlowConsumer => status::INTERNAL,
+        _ => status::POLICY,
+    }
+}
+
 /// Longest control frame payload (section 5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 

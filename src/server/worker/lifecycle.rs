@@ -309,7 +309,9 @@ impl Worker {
             // A WebSocket ends with a close frame; its code says why.
             *close_sent = true;
             let (status, reason) = match &error {
-                Some((code, reason)) => (super::web::close_status(*code), &reason[..]),
+                Some((code, reason)) => {
+                    (crate::protocol::websocket::close_status(*code), &reason[..])
+                }
                 None => (websocket::status::GOING_AWAY, "server shutting down"),
             };
             let frame = websocket::encode_close(status, reason);

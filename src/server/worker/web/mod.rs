@@ -25,7 +25,7 @@ use log::debug;
 use super::lifecycle::Close;
 use super::Worker;
 use crate::protocol::http::{self, Head, HttpError};
-use crate::protocol::{websocket as ws, ErrorCode, Format};
+use crate::protocol::{ErrorCode, Format};
 use crate::server::conn::Web;
 use crate::server::stats::WorkerCounters;
 
@@ -36,17 +36,6 @@ const DEMO_PAGE: &str = include_str!("../../../assets/index.html");
 const ADMIN_PAGE: &str = include_str!("../../../assets/admin.html");
 /// The JavaScript client, served at `/fanout.js`.
 const JS_CLIENT: &str = include_str!("../../../assets/fanout.js");
-
-/// The WebSocket close status for an error that ends a connection.
-pub(super) fn close_status(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::FrameTooLarge => ws::status::TOO_BIG,
-        ErrorCode::Unavailable => ws::status::TRY_AGAIN_LATER,
-        ErrorCode::StaleConnection => ws::status::GOING_AWAY,
-        ErrorCode::SlowConsumer => ws::status::INTERNAL,
-        _ => ws::status::POLICY,
-    }
-}
 
 impl Worker {
     /// Handles every complete request in `input`; returns the bytes consumed. A request that
