@@ -259,8 +259,8 @@ impl Worker {
                         self.refuse(key, ErrorCode::InvalidName, &why)
                     }
                 };
-                let result = result.and_then(|()| self.go_on(key));
-                self.settle(key, result);
+                let result = result.and_then(|()| self.resume_unless_waiting(key));
+                self.close_on_error(key, result);
                 continue;
             }
             let Some(Wait::Join(joining)) = self.conns[key].wait() else { continue };
@@ -284,18 +284,18 @@ impl Worker {
                     self.history_answer(key, &channel, since, limit)
                 }
             };
-            let result = result.and_then(|()| self.go_on(key));
-            self.settle(key, result);
+            let result = result.and_then(|()| self.resume_unless_waiting(key));
+            self.close_on_error(key, result);
         }
     }
 
     /// After a wait ended and what waited was done: the input that waited behind it, unless
     /// the connection waits again (a replay began, a poll is held).
-    pub(super) fn go_on(&mut self, key: usize) -> Result<(), Close> {
+    pub(super) fn resume_unless_waiting(&mut self, key: usize) -> Result<(), Close> {
         if self.conns[key].input_waits() {
             Ok(())
         } else {
-            self.continue_input(key)
+            self.resume_input(key)
         }
     }
 
@@ -553,7 +553,7 @@ impl Worker {
             String::from_utf8_lossy(name)
         );
         let result = self.refuse(key, ErrorCode::Conflict, &why);
-        self.settle(key, result);
+        self.close_on_error(key, result);
     }
 
     pub(super) fn name_claimed(
@@ -588,8 +588,8 @@ impl Worker {
                 self.refuse(key, code, &why)
             }
         };
-        let outcome = outcome.and_then(|()| self.go_on(key));
-        self.settle(key, outcome);
+        let outcome = outcome.and_then(|()| self.resume_unless_waiting(key));
+        self.close_on_error(key, outcome);
     }
 
     /// Lets go of a connection's name: here, and in a cluster its lease in Redis.

@@ -614,7 +614,7 @@ impl Worker {
                 let fresh: Vec<&Item> = fresh.collect();
                 if !fresh.is_empty() {
                     let result = self.answer_poll(key, &fresh);
-                    self.settle(key, result);
+                    self.close_on_error(key, result);
                 }
                 continue;
             }

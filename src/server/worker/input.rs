@@ -26,20 +26,20 @@ impl Worker {
             let Some(noted) = self.pending_reads.pop_front() else { break };
             if let Some(key) = self.resolve(noted) {
                 let result = self.read_ready(key);
-                self.settle(key, result);
+                self.close_on_error(key, result);
             }
         }
     }
 
     /// Lets connections whose wait ended (a long-poll answered, a durable acknowledgement sent)
     /// go on with the input that waited.
-    pub(super) fn continue_unblocked(&mut self) {
+    pub(super) fn resume_unblocked(&mut self) {
         for noted in std::mem::take(&mut self.unblocked) {
             let Some(key) = self.resolve(noted) else { continue };
             let conn = &self.conns[key];
             if conn.is_open() && !conn.input_waits() {
-                let result = self.continue_input(key);
-                self.settle(key, result);
+                let result = self.resume_input(key);
+                self.close_on_error(key, result);
             }
         }
     }
@@ -185,7 +185,7 @@ impl Worker {
                 self.hold_input(key, input);
                 return Ok(());
             }
-            self.resume_input(key, input)
+            self.handle_held_input(key, input)
         }
     }
 
@@ -220,7 +220,7 @@ impl Worker {
     }
 
     /// After a wait ends (a stall, a replay, a long-poll): the input that waited, then the socket.
-    pub(super) fn continue_input(&mut self, key: usize) -> Result<(), Close> {
+    pub(super) fn resume_input(&mut self, key: usize) -> Result<(), Close> {
         match self.conns[key].format {
             Some(Format::Sse) => self.sse_subscribe_pending(key)?,
             Some(Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded) => {
@@ -230,13 +230,13 @@ impl Worker {
         }
         let input = self.conns[key].take_input();
         if !input.is_empty() {
-            self.resume_input(key, input)?;
+            self.handle_held_input(key, input)?;
         }
         self.read_ready(key)
     }
 
     /// Parses bytes the connection already held (after more arrived, or after a wait ended).
-    fn resume_input(&mut self, key: usize, mut input: Vec<u8>) -> Result<(), Close> {
+    fn handle_held_input(&mut self, key: usize, mut input: Vec<u8>) -> Result<(), Close> {
         let used = self.parse_and_handle(key, &input)?;
         input.drain(..used);
         if self.conns[key].is_open() && !input.is_empty() {

@@ -8,7 +8,7 @@
 //!   accept ──► Open ◄─────────────────────────────┐
 //!               │ a command must wait:            │ the wait is over (`end_wait`): the input
 //!               │  publish finds the ring full    │ that waited is parsed, then the socket
-//!               │    (RingRoom), a resume replays │ is read again (`continue_input`)
+//!               │    (RingRoom), a resume replays │ is read again (`resume_input`)
 //!               │    history (Replay), a long-    │
 //!               │    poll is held (Poll), an HTTP │
 //!               │    publish awaits fsync or      │
@@ -39,7 +39,7 @@
 //!
 //! # Invariants
 //!
-//! 1. A connection leaves the slab only in `Worker::close`, called by `settle` at the top of the
+//! 1. A connection leaves the slab only in `Worker::close`, called by `close_on_error` at the top of the
 //!    loop or by a loop over many connections (slow consumers, timers, shutdown); never inside a
 //!    handler. A handler may therefore index `conns[key]` for its whole run, and nothing looks a
 //!    connection up again after calling a handler.
@@ -248,7 +248,7 @@ impl Worker {
     // ---- closing ----
 
     /// Closes connection `key` if a step for it says so (see invariant 1).
-    pub(super) fn settle<T>(&mut self, key: usize, result: Result<T, Close>) {
+    pub(super) fn close_on_error<T>(&mut self, key: usize, result: Result<T, Close>) {
         if let Err(close) = result {
             self.close(key, close);
         }
@@ -267,7 +267,7 @@ impl Worker {
                 if self.conns[key].readable {
                     // A closing connection's input is discarded: this can only end in `Now`.
                     let result = self.read_ready(key);
-                    self.settle(key, result);
+                    self.close_on_error(key, result);
                 }
             }
         }
@@ -474,15 +474,15 @@ impl Worker {
             self.conns[key].ping_sent = true;
             let frame = self.conns[key].reply_format().ping();
             let result = self.reply(key, frame);
-            self.settle(key, result);
+            self.close_on_error(key, result);
         }
         for key in heartbeat {
             let result = self.reply(key, Format::Sse.ping());
-            self.settle(key, result);
+            self.close_on_error(key, result);
         }
         for key in polls_due {
             let result = self.answer_poll(key, &[]);
-            self.settle(key, result);
+            self.close_on_error(key, result);
         }
         for key in slow_heads {
             WorkerCounters::add(&self.counters().http_head_timeouts, 1);

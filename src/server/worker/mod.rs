@@ -30,7 +30,7 @@
 //!    long-poll deadlines, unused channels.
 //!
 //! Every step that acts for one connection returns `Result<_, Close>`; the step's caller at the
-//! top of the loop hands an `Err` to `settle`, the only way a connection closes. A connection
+//! top of the loop hands an `Err` to `close_on_error`, the only way a connection closes. A connection
 //! therefore exists for the whole of any handler, and nothing looks it up again after a call.
 //! Work noted for later (the side lists) names connections by `ConnRef`, key and serial, so that
 //! a slab key reused by a new connection never receives an old one's work.
@@ -328,7 +328,7 @@ impl Worker {
                 self.retry_stalled();
                 self.admit_joins();
                 self.admit_catch_ups();
-                self.continue_unblocked();
+                self.resume_unblocked();
                 self.flush_presence_due();
             }
             self.deliver_acks();
@@ -415,7 +415,7 @@ impl Worker {
         conn.writable |= writable;
         conn.readable |= readable;
         let result = self.write_then_read(key, writable, readable);
-        self.settle(key, result);
+        self.close_on_error(key, result);
     }
 
     fn write_then_read(&mut self, key: usize, write: bool, read: bool) -> Result<(), Close> {

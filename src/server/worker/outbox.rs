@@ -170,7 +170,7 @@ impl Worker {
                 self.deferred.push(noted);
             } else {
                 let result = self.flush(key);
-                self.settle(key, result);
+                self.close_on_error(key, result);
             }
         }
     }
@@ -208,7 +208,7 @@ impl Worker {
                 self.deferred.push(noted);
             } else {
                 let result = self.flush(key);
-                self.settle(key, result);
+                self.close_on_error(key, result);
             }
         }
         next_due

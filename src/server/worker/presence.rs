@@ -298,8 +298,8 @@ impl Worker {
         if let Some((channel, now)) = as_of {
             self.presence_answered_at(key, &channel, now, frame.len());
         }
-        let result = self.reply_bounded(key, frame).and_then(|()| self.go_on(key));
-        self.settle(key, result);
+        let result = self.reply_bounded(key, frame).and_then(|()| self.resume_unless_waiting(key));
+        self.close_on_error(key, result);
     }
 
     /// Queues a computed answer (presence, a survey) unless it is over half the write queue's
@@ -372,7 +372,7 @@ impl Worker {
                     self.detach_one(key, subscription);
                     let frame = format.encode_unsubscribed(channel, reason, remaining);
                     let result = if frame.is_empty() { Ok(()) } else { self.reply(key, frame) };
-                    self.settle(key, result);
+                    self.close_on_error(key, result);
                 }
                 WorkerCounters::add(&self.counters().api_unsubscribes, keys.len() as u64);
                 if !keys.is_empty() {

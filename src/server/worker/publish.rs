@@ -272,10 +272,10 @@ impl Worker {
             let result = match self.publish_for(key, channel, payload, acked) {
                 Ok(true) => Ok(()),
                 // Published (or refused): on with the input that waited behind it.
-                Ok(false) => self.continue_input(key),
+                Ok(false) => self.resume_input(key),
                 Err(close) => Err(close),
             };
-            self.settle(key, result);
+            self.close_on_error(key, result);
         }
     }
 
@@ -330,7 +330,7 @@ impl Worker {
                     conn.end_wait();
                     self.unblocked.push(noted);
                     let result = self.reply(key, response);
-                    self.settle(key, result);
+                    self.close_on_error(key, result);
                 }
                 continue;
             }
@@ -350,7 +350,7 @@ impl Worker {
                 }
                 Err((code, why)) => self.refuse(key, code, &why),
             };
-            self.settle(key, result);
+            self.close_on_error(key, result);
         }
     }
 }

@@ -157,8 +157,8 @@ impl Worker {
                 );
                 self.refuse(key, ErrorCode::Unavailable, &why)
             };
-            let result = result.and_then(|()| self.go_on(key));
-            self.settle(key, result);
+            let result = result.and_then(|()| self.resume_unless_waiting(key));
+            self.close_on_error(key, result);
         }
     }
 
@@ -181,8 +181,8 @@ impl Worker {
             Err(why) => {
                 // What Redis may still hold is not `expired`: the resume is tried again.
                 let result = self.refuse(key, crate::protocol::ErrorCode::Unavailable, &why);
-                let result = result.and_then(|()| self.go_on(key));
-                return self.settle(key, result);
+                let result = result.and_then(|()| self.resume_unless_waiting(key));
+                return self.close_on_error(key, result);
             }
         };
         let Backfill { channel, resume, mut bounds } = *backfill;
@@ -212,8 +212,8 @@ impl Worker {
             bounds.first = first.offset;
         }
         let result = self.begin_replay(key, channel, resume, bounds, status, from_stream);
-        let result = result.and_then(|()| self.go_on(key));
-        self.settle(key, result);
+        let result = result.and_then(|()| self.resume_unless_waiting(key));
+        self.close_on_error(key, result);
     }
 
     /// Sends the HIST frame and starts the replay (the stream's messages, if any, first).
@@ -339,11 +339,11 @@ impl Worker {
                 continue;
             };
             let result = match self.pump_replay(key) {
-                Ok(true) => self.continue_input(key),
+                Ok(true) => self.resume_input(key),
                 Ok(false) => Ok(()),
                 Err(close) => Err(close),
             };
-            self.settle(key, result);
+            self.close_on_error(key, result);
         }
     }
 }

@@ -108,7 +108,7 @@ impl Worker {
     }
 
     /// Subscribes the stream's channels in order; stops while one replays from history
-    /// (`continue_input` calls again when it has finished).
+    /// (`resume_input` calls again when it has finished).
     pub(in crate::server::worker) fn sse_subscribe_pending(
         &mut self,
         key: usize,
