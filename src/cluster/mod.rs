@@ -48,7 +48,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use log::warn;
 
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::server::channels::Channel;
 
 pub(crate) use broker::prepare;
@@ -342,7 +342,7 @@ pub(crate) struct PublishOp {
     pub channel: Bytes,
     pub payload: Bytes,
     /// Where the acknowledgement (if `acked`) or the refusal goes.
-    pub reply_to: AckTarget,
+    pub reply_to: ReplyTo,
     pub acked: bool,
     /// When it was read (`Shared::clock_ns`), for the acknowledgement's latency.
     pub asked_ns: u64,
@@ -374,22 +374,22 @@ pub(crate) enum BrokerOp {
         channel: Bytes,
         stats_only: bool,
         format: crate::protocol::Format,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
     },
     /// Tell every node's workers (through Redis) to act on connections: the server API.
     Control {
         control: crate::server::Control,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
     },
     /// Ask every node (through Redis) and answer with what they said: the server API.
     Survey {
         what: SurveyKind,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
     },
     /// Claim a client name across the cluster for this connection (answered `NameClaim`).
     Claim {
         name: Bytes,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
     },
     /// A connection let go of its name.
     Release {
@@ -400,7 +400,7 @@ pub(crate) enum BrokerOp {
         channel: Bytes,
         after: u64,
         upto: u64,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
     },
     /// Redis Cluster: a slot map read on a helper thread (`CLUSTER SLOTS`, from the first node
     /// that answered), or why none could be.

@@ -40,7 +40,7 @@ use self::channels::{ChannelRegistry, Message, NameRegistry};
 use self::ring::CachePadded;
 use self::stats::{Stats, WorkerCounters};
 use crate::config::Config;
-use crate::history::disk::{self, Faults, Persisted, StorageCounters, StorageHealth, StoreOp};
+use crate::history::disk::{self, Faults, PublishOutcome, StorageCounters, StorageHealth, StoreOp};
 
 /// The ring carries shared messages.
 pub type Item = Arc<Message>;
@@ -50,14 +50,14 @@ pub type Item = Arc<Message>;
 pub(crate) enum Answer {
     /// An acknowledged publish is durable (storage) or was carried out by Redis (cluster), or
     /// it could not be (then the publisher is told why).
-    Published(Persisted),
+    Published(PublishOutcome),
     /// Cluster mode: the stream's messages a resume asked for (none when Redis could not say).
     /// `Err`: the stream could not be read now (Redis unreachable, or an error): the resume is
     /// refused with 503, to be tried again, never told `expired` for what Redis may still hold.
-    Backfill { target: disk::AckTarget, entries: Result<Vec<crate::history::Retained>, Arc<str>> },
+    Backfill { target: disk::ReplyTo, entries: Result<Vec<crate::history::Retained>, Arc<str>> },
     /// Cluster mode: Redis granted a name claim, or refused it.
     NameClaim {
-        target: disk::AckTarget,
+        target: disk::ReplyTo,
         name: bytes::Bytes,
         result: Result<(), (crate::protocol::ErrorCode, Arc<str>)>,
     },
@@ -67,7 +67,7 @@ pub(crate) enum Answer {
     /// An answer computed elsewhere (the broker, from Redis): the whole frame to queue to the
     /// connection, whose input waits for it (`Wait::Reply`).
     Reply {
-        target: disk::AckTarget,
+        target: disk::ReplyTo,
         frame: bytes::Bytes,
         /// A presence answer's channel and the number of its node's last join or leave it
         /// shows (`Presence::members_at`): the member that asked is sent what follows.
@@ -75,7 +75,7 @@ pub(crate) enum Answer {
     },
     /// Cluster mode: the name's lease went to another node (Redis lost it, and another client
     /// claimed the name before this node could reclaim it): the connection no longer holds it.
-    NameLost { target: disk::AckTarget, name: bytes::Bytes },
+    NameLost { target: disk::ReplyTo, name: bytes::Bytes },
 }
 
 /// What the server API does to connections, on every worker of every node.
@@ -88,9 +88,9 @@ pub(crate) enum Control {
     Unsubscribe { user: Box<str>, channel: bytes::Bytes, reason: Box<str> },
 }
 
-impl From<Persisted> for Answer {
-    fn from(persisted: Persisted) -> Self {
-        Answer::Published(persisted)
+impl From<PublishOutcome> for Answer {
+    fn from(outcome: PublishOutcome) -> Self {
+        Answer::Published(outcome)
     }
 }
 

@@ -7,13 +7,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::history::disk::{AckTarget, Persisted};
+use crate::history::disk::{PublishOutcome, ReplyTo};
 
 #[derive(Default)]
 pub(super) struct AnswerOrder {
     next_seq: u64,
     /// Per connection with publishes not yet answered: each one's number and answer.
-    waiting: HashMap<AckTarget, VecDeque<(u64, Answered)>>,
+    waiting: HashMap<ReplyTo, VecDeque<(u64, Answered)>>,
 }
 
 /// Where a publish's answer stands.
@@ -21,14 +21,14 @@ enum Answered {
     /// Not yet.
     Pending,
     /// This, to send once the publishes before it are answered.
-    With(Persisted),
+    With(PublishOutcome),
     /// It needs none (an unacknowledged publish that went through).
     Quietly,
 }
 
 impl AnswerOrder {
     /// Numbers a publish of `target`'s.
-    pub fn enter(&mut self, target: AckTarget) -> u64 {
+    pub fn enter(&mut self, target: ReplyTo) -> u64 {
         self.next_seq += 1;
         self.waiting.entry(target).or_default().push_back((self.next_seq, Answered::Pending));
         self.next_seq
@@ -38,10 +38,10 @@ impl AnswerOrder {
     /// now due, in order.
     pub fn settle(
         &mut self,
-        target: AckTarget,
+        target: ReplyTo,
         seq: u64,
-        answer: Option<Persisted>,
-    ) -> Vec<Persisted> {
+        answer: Option<PublishOutcome>,
+    ) -> Vec<PublishOutcome> {
         let Some(queue) = self.waiting.get_mut(&target) else {
             return answer.into_iter().collect();
         };
@@ -69,8 +69,8 @@ mod tests {
 
     #[test]
     fn answers_go_back_in_each_connections_publish_order() {
-        let target = |key| AckTarget { worker: 0, key, serial: 1 };
-        let answer = |key, offset| Persisted {
+        let target = |key| ReplyTo { worker: 0, key, serial: 1 };
+        let answer = |key, offset| PublishOutcome {
             target: target(key),
             channel: Bytes::from_static(b"c"),
             offset,
@@ -99,7 +99,7 @@ mod tests {
         for seed in crate::cluster::sim_support::seeds() {
             let mut rng = crate::cluster::sim_support::Rng::new(seed);
             let mut next = move |n: u64| rng.below(n);
-            let target = |key| AckTarget { worker: key % 2, key, serial: 1 };
+            let target = |key| ReplyTo { worker: key % 2, key, serial: 1 };
             let mut order = AnswerOrder::default();
             // Per server, its publishes in the order sent: (connection, seq, the publish's
             // number on its connection, acknowledged).
@@ -118,7 +118,7 @@ mod tests {
                     }
                     servers[next(4) as usize].push_back((key, seq, published[key], acked));
                 } else if let Some((key, seq, n, acked)) = servers[next(4) as usize].pop_front() {
-                    let answer = acked.then(|| Persisted {
+                    let answer = acked.then(|| PublishOutcome {
                         target: target(key),
                         channel: Bytes::from_static(b"c"),
                         offset: n,
@@ -138,7 +138,7 @@ mod tests {
             // Every server answers what it still has, in its own order.
             for server in &mut servers {
                 while let Some((key, seq, n, acked)) = server.pop_front() {
-                    let answer = acked.then(|| Persisted {
+                    let answer = acked.then(|| PublishOutcome {
                         target: target(key),
                         channel: Bytes::from_static(b"c"),
                         offset: n,

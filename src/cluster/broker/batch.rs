@@ -120,13 +120,13 @@ impl PublishBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::disk::AckTarget;
+    use crate::history::disk::ReplyTo;
 
     fn op(channel: &'static [u8], payload: &'static [u8], acked: bool) -> PublishOp {
         PublishOp {
             channel: Bytes::from_static(channel),
             payload: Bytes::from_static(payload),
-            reply_to: AckTarget { worker: 0, key: 1, serial: 1 },
+            reply_to: ReplyTo { worker: 0, key: 1, serial: 1 },
             acked,
             asked_ns: 0,
             seq: 0,

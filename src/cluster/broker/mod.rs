@@ -63,7 +63,7 @@ use self::topology::Topology;
 use super::link::{read_slot_map, Link};
 use super::mirror::{ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
 use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
-use crate::history::disk::{AckTarget, Persisted};
+use crate::history::disk::{PublishOutcome, ReplyTo};
 use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
 use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
@@ -116,7 +116,7 @@ enum Pending {
     /// a managed Redis may not allow INFO).
     Identify,
     /// SET NX of a name's lease for a connection.
-    Claim { name: Bytes, reply_to: AckTarget },
+    Claim { name: Bytes, reply_to: ReplyTo },
     /// A lease refreshed (the refresh script: 0 when another node holds it now).
     Refresh { name: Bytes },
     /// A lease given back.
@@ -124,7 +124,7 @@ enum Pending {
     /// HMGET of a quiet channel's epoch and latest offset; the log's when it was asked.
     Check { topic: Bytes, epoch: u64, last: u64 },
     /// XRANGE of the stream for a resume.
-    Backfill { reply_to: AckTarget },
+    Backfill { reply_to: ReplyTo },
     /// This node's members of a channel written (the update script), with the call's arguments
     /// (sent whole with EVAL if Redis no longer has the script).
     PresenceUpdate { channel: Bytes, mode: presence::UpdateMode, args: Vec<Vec<u8>> },
@@ -133,12 +133,12 @@ enum Pending {
         channel: Bytes,
         stats_only: bool,
         format: crate::protocol::Format,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
         /// The call, sent whole with EVAL if Redis no longer has the script.
         args: Vec<Vec<u8>>,
     },
     /// A server API action published to every node (the reply: how many received it).
-    Control { reply_to: AckTarget },
+    Control { reply_to: ReplyTo },
     /// A survey published (the reply: how many nodes will answer).
     Survey { id: u64 },
     /// This node's answer to another's survey published.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::protocol::ErrorCode;
 
 /// Redis's answer to a claim (SET NX PX).
@@ -38,7 +38,7 @@ pub(crate) enum ClaimReply {
 /// The leases this node holds, by name, and the client of each.
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
-    held: HashMap<Bytes, AckTarget>,
+    held: HashMap<Bytes, ReplyTo>,
 }
 
 impl Leases {
@@ -46,7 +46,7 @@ impl Leases {
     pub fn claimed(
         &mut self,
         name: Bytes,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
         reply: ClaimReply,
     ) -> Result<(), (ErrorCode, Arc<str>)> {
         match reply {
@@ -65,7 +65,7 @@ impl Leases {
 
     /// A refresh of `name`'s lease was answered: `still_ours` (extended, or taken again after
     /// it expired), or another node holds it now. Returns the client that lost it (to be told).
-    pub fn refreshed(&mut self, name: &Bytes, still_ours: bool) -> Option<AckTarget> {
+    pub fn refreshed(&mut self, name: &Bytes, still_ours: bool) -> Option<ReplyTo> {
         if still_ours {
             return None;
         }
@@ -96,7 +96,7 @@ mod sim {
 
     use super::{ClaimReply, Leases};
     use crate::cluster::sim_support::{seeds, Rng};
-    use crate::history::disk::AckTarget;
+    use crate::history::disk::ReplyTo;
 
     /// Ticks a lease lives; a node refreshes every third of it.
     const LEASE: u64 = 60;
@@ -107,13 +107,13 @@ mod sim {
     type Keys = HashMap<&'static str, (usize, u64)>;
 
     enum Command {
-        Claim { name: &'static str, client: AckTarget },
+        Claim { name: &'static str, client: ReplyTo },
         Refresh { name: &'static str },
         Release { name: &'static str },
     }
 
     enum Reply {
-        Claim { name: &'static str, client: AckTarget, granted: bool },
+        Claim { name: &'static str, client: ReplyTo, granted: bool },
         Refresh { name: &'static str, ours: bool },
         Release,
     }
@@ -125,7 +125,7 @@ mod sim {
         sent: VecDeque<Command>,
         replies: VecDeque<Reply>,
         /// Clients that hold a name as far as they know (told OK, not told lost).
-        holding: HashMap<&'static str, AckTarget>,
+        holding: HashMap<&'static str, ReplyTo>,
         /// Per name: the last tick Redis's answer confirmed the lease to this node.
         confirmed: HashMap<&'static str, u64>,
         next_refresh: u64,
@@ -224,7 +224,7 @@ mod sim {
                             .any(|c| matches!(c, Command::Claim { name: n, .. } if *n == name));
                     if !held && node.reachable {
                         node.next_client += 1;
-                        let client = AckTarget { worker: 0, key: node.next_client, serial: 1 };
+                        let client = ReplyTo { worker: 0, key: node.next_client, serial: 1 };
                         node.sent.push_back(Command::Claim { name, client });
                     }
                 }

@@ -28,7 +28,7 @@ use log::{debug, warn};
 
 use super::{BrokerThread, Pending};
 use crate::cluster::Keys;
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::protocol::presence::{events, put_event, Event, Member};
 use crate::protocol::resp::Value;
 use crate::protocol::{http, ErrorCode, Format};
@@ -140,7 +140,7 @@ return out
 #[derive(Debug)]
 pub(super) struct Survey {
     what: SurveyKind,
-    reply_to: AckTarget,
+    reply_to: ReplyTo,
     /// How many nodes received it (PUBLISH's answer), once Redis said.
     expected: Option<usize>,
     answers: Vec<serde_json::Value>,
@@ -366,7 +366,7 @@ impl BrokerThread {
         channel: Bytes,
         stats_only: bool,
         format: Format,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
     ) {
         let Some(i) = self.shard_of(&channel).filter(|&i| self.shards[i].is_ready()) else {
             let why = "broker unavailable: Redis is unreachable; presence cannot be read now";
@@ -421,7 +421,7 @@ impl BrokerThread {
         channel: Bytes,
         stats_only: bool,
         format: Format,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
         reply: Value,
     ) {
         let limit = self.server.presence().map_or(0, |p| p.config.max_members);
@@ -467,7 +467,7 @@ impl BrokerThread {
         self.tell(reply_to.worker, Answer::Reply { target: reply_to, frame, as_of });
     }
 
-    fn reply(&self, reply_to: AckTarget, frame: Bytes) {
+    fn reply(&self, reply_to: ReplyTo, frame: Bytes) {
         self.tell(reply_to.worker, Answer::Reply { target: reply_to, frame, as_of: None });
     }
 
@@ -486,7 +486,7 @@ impl BrokerThread {
 
     /// Sends a server API action to every node (this one included: its workers were told
     /// already and it ignores its own); the answer says how many nodes received it.
-    pub(super) fn control(&mut self, control: Control, reply_to: AckTarget) {
+    pub(super) fn control(&mut self, control: Control, reply_to: ReplyTo) {
         let json = match &control {
             Control::Disconnect { user, reason, revoke_before_ms } => serde_json::json!({
                 "kind": "disconnect", "user": &**user, "reason": &**reason,
@@ -502,7 +502,7 @@ impl BrokerThread {
 
     /// Asks every node (through Redis, this one included) and answers `reply_to` with what they
     /// said, once all have or after `SURVEY_TIMEOUT`.
-    pub(super) fn survey(&mut self, what: SurveyKind, reply_to: AckTarget) {
+    pub(super) fn survey(&mut self, what: SurveyKind, reply_to: ReplyTo) {
         let id = self.presence_state.next_survey;
         self.presence_state.next_survey += 1;
         let mut json = serde_json::json!({ "kind": "survey", "id": id });

@@ -40,8 +40,9 @@ impl BrokerThread {
     ) {
         let target = op.reply_to;
         let asked_ns = op.asked_ns;
-        let persisted = Persisted { target, channel: op.channel.clone(), offset, result, asked_ns };
-        self.send_answers(target, op.seq, Some(persisted));
+        let outcome =
+            PublishOutcome { target, channel: op.channel.clone(), offset, result, asked_ns };
+        self.send_answers(target, op.seq, Some(outcome));
     }
 
     /// Publish `op` went through and needs no answer (it was not acknowledged): answers that
@@ -50,10 +51,10 @@ impl BrokerThread {
         self.send_answers(op.reply_to, op.seq, None);
     }
 
-    pub(super) fn send_answers(&self, target: AckTarget, seq: u64, answer: Option<Persisted>) {
+    pub(super) fn send_answers(&self, target: ReplyTo, seq: u64, answer: Option<PublishOutcome>) {
         let due = self.answers.borrow_mut().settle(target, seq, answer);
-        for persisted in due {
-            self.tell(target.worker, Answer::Published(persisted));
+        for outcome in due {
+            self.tell(target.worker, Answer::Published(outcome));
         }
     }
 
@@ -159,7 +160,7 @@ impl BrokerThread {
     /// Claims `name` for a connection: a lease in Redis (SET NX PX) that this node refreshes
     /// while the connection holds the name, so that the name is unique across nodes and comes
     /// free when a node dies.
-    pub(super) fn claim(&mut self, name: Bytes, reply_to: AckTarget) {
+    pub(super) fn claim(&mut self, name: Bytes, reply_to: ReplyTo) {
         let ready = self.shard_of_name(&name).filter(|&i| self.shards[i].is_ready());
         let Some(i) = ready else {
             let why = "broker unavailable: Redis is unreachable; the name cannot be claimed";
@@ -220,7 +221,7 @@ impl BrokerThread {
 
     /// Reads a channel's stream after `after` up to `upto` for a resume that memory no longer
     /// covers; refused (the resume is tried again) when Redis cannot be asked.
-    pub(super) fn backfill(&mut self, channel: &[u8], after: u64, upto: u64, reply_to: AckTarget) {
+    pub(super) fn backfill(&mut self, channel: &[u8], after: u64, upto: u64, reply_to: ReplyTo) {
         if upto <= after {
             self.tell(
                 reply_to.worker,

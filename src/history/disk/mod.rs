@@ -70,14 +70,15 @@ pub struct Append {
     /// The message.
     pub record: Retained,
     /// Acknowledge to this connection once the record is on disk.
-    pub ack: Option<AckTarget>,
+    pub ack: Option<ReplyTo>,
     /// When the publish was read (`Shared::clock_ns`), for the acknowledgement's latency.
     pub asked_ns: u64,
 }
 
-/// Where an acknowledgement goes: a connection of a worker.
+/// Where an answer goes: a connection of a worker (the storage thread's acknowledgements, and
+/// the broker's answers: publishes, name claims, backfills, surveys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AckTarget {
+pub struct ReplyTo {
     /// Worker index.
     pub worker: usize,
     /// Slab key of the connection.
@@ -86,11 +87,12 @@ pub struct AckTarget {
     pub serial: u32,
 }
 
-/// Sent back to a worker when acknowledged appends are durable, or could not be made so.
+/// A publish's outcome, sent back to its worker: durable (or not) from the storage thread,
+/// published through Redis (or refused) from the broker.
 #[derive(Debug)]
-pub struct Persisted {
+pub struct PublishOutcome {
     /// Who asked.
-    pub target: AckTarget,
+    pub target: ReplyTo,
     /// Channel name.
     pub channel: Bytes,
     /// The offset.

@@ -65,7 +65,7 @@ pub struct Storage {
 /// An acknowledgement waiting for the end of its batch.
 #[derive(Debug)]
 pub(super) struct PendingAck {
-    target: AckTarget,
+    target: ReplyTo,
     channel: Bytes,
     offset: u64,
     /// Refused before the batch's flush (its append failed).
@@ -120,10 +120,10 @@ impl Storage {
         self.fsync != FsyncPolicy::Never
     }
 
-    /// Runs until `StoreOp::Shutdown` (or every sender is gone). `acks[w]` carries persisted
+    /// Runs until `StoreOp::Shutdown` (or every sender is gone). `acks[w]` carries outcome
     /// acknowledgements to worker `w` (as whatever the worker reads them as), and `wake(w)`
     /// wakes it.
-    pub fn run<A: From<Persisted>>(
+    pub fn run<A: From<PublishOutcome>>(
         mut self,
         ops: Receiver<StoreOp>,
         acks: Vec<Sender<A>>,
@@ -205,14 +205,14 @@ impl Storage {
                     None => Ok(()),
                 };
                 let worker = ack.target.worker;
-                let persisted = Persisted {
+                let outcome = PublishOutcome {
                     target: ack.target,
                     channel: ack.channel,
                     offset: ack.offset,
                     result,
                     asked_ns: ack.asked_ns,
                 };
-                if acks.get(worker).is_some_and(|sender| sender.send(persisted.into()).is_ok()) {
+                if acks.get(worker).is_some_and(|sender| sender.send(outcome.into()).is_ok()) {
                     woken[worker] = true;
                 }
             }

@@ -15,7 +15,7 @@ use super::lifecycle::Close;
 use super::{ConnRef, Worker};
 use crate::auth::pattern::TopicPattern;
 use crate::cluster::BrokerOp;
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::history::disk::StoreOp;
 use crate::history::Mirror;
 use crate::protocol::{self, validate_channel, Ack, ChannelKind, ErrorCode, Request, Resume};
@@ -519,7 +519,7 @@ impl Worker {
         if let Some(broker) = self.shared.broker.as_ref() {
             // Unique across the cluster: a lease in Redis, answered in `name_claimed`.
             let conn = &mut self.conns[key];
-            let reply_to = AckTarget { worker: self.id, key, serial: conn.serial };
+            let reply_to = ReplyTo { worker: self.id, key, serial: conn.serial };
             broker.send(BrokerOp::Claim { name: Bytes::copy_from_slice(name), reply_to });
             conn.phase = Phase::Waiting(Wait::NameClaim(channel));
             return Ok(());
@@ -534,7 +534,7 @@ impl Worker {
     /// Cluster mode: the connection's name went to another node's client (Redis lost the lease,
     /// and the other claimed it first): the connection is told, keeps its connection and its
     /// subscriptions, and no longer receives the inbox, so a name has one holder.
-    pub(super) fn name_lost(&mut self, target: AckTarget, name: &[u8]) {
+    pub(super) fn name_lost(&mut self, target: ReplyTo, name: &[u8]) {
         let noted = ConnRef { key: target.key, serial: target.serial };
         let Some(key) = self.resolve(noted) else { return };
         let conn = &mut self.conns[key];
@@ -558,7 +558,7 @@ impl Worker {
 
     pub(super) fn name_claimed(
         &mut self,
-        target: AckTarget,
+        target: ReplyTo,
         name: Bytes,
         result: Result<(), (ErrorCode, Arc<str>)>,
     ) {

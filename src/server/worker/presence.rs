@@ -11,7 +11,7 @@ use log::{debug, info};
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
 use crate::cluster::BrokerOp;
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::protocol::presence::{put_event, Event, Member};
 use crate::protocol::{validate_channel, ChannelKind, ErrorCode, Format};
 use crate::server::channels::{Channel, PRESENCE_NOTICE};
@@ -217,7 +217,7 @@ impl Worker {
                 // Cluster mode: Redis has every node's members; the answer comes back as a
                 // whole frame, and the connection's input waits for it.
                 let conn = &mut self.conns[key];
-                let reply_to = AckTarget { worker: self.id, key, serial: conn.serial };
+                let reply_to = ReplyTo { worker: self.id, key, serial: conn.serial };
                 conn.phase = Phase::Waiting(Wait::Reply);
                 let channel = Bytes::copy_from_slice(name);
                 if let Some(broker) = self.shared.broker.as_ref() {
@@ -283,7 +283,7 @@ impl Worker {
     /// A frame computed elsewhere (the broker) for a connection whose input waited for it.
     pub(super) fn reply_arrived(
         &mut self,
-        target: AckTarget,
+        target: ReplyTo,
         frame: Bytes,
         as_of: Option<(Bytes, u64)>,
     ) {

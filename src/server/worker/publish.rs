@@ -17,7 +17,7 @@ use log::warn;
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
 use crate::cluster::{Broker, BrokerOp, PublishOp, MAX_IN_FLIGHT};
-use crate::history::disk::{AckTarget, Append, StoreOp};
+use crate::history::disk::{Append, ReplyTo, StoreOp};
 use crate::history::Retained;
 use crate::protocol::ErrorCode;
 use crate::server::channels::Channel;
@@ -81,7 +81,7 @@ impl Publisher {
         &mut self,
         channel: &Arc<Channel>,
         payload: Bytes,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
         acked: bool,
     ) -> Result<Published, Refused> {
         if let Some(broker) = self.shared.broker.as_ref() {
@@ -166,7 +166,7 @@ impl Publisher {
         broker: &Broker,
         channel: &Arc<Channel>,
         payload: Bytes,
-        reply_to: AckTarget,
+        reply_to: ReplyTo,
         acked: bool,
     ) -> Result<Published, Refused> {
         // Refused or not, a publish goes through the broker, which answers each connection's
@@ -209,7 +209,7 @@ impl Worker {
             }
         }
         let conn = &self.conns[key];
-        let target = AckTarget { worker: self.id, key, serial: conn.serial };
+        let target = ReplyTo { worker: self.id, key, serial: conn.serial };
         match self.publisher.publish(&channel, payload, target, acked) {
             Ok(Published { offset, ack_later }) => {
                 let conn = &mut self.conns[key];
@@ -283,8 +283,8 @@ impl Worker {
     /// them with `ERR 500` when their record could not be made durable.
     pub(super) fn deliver_acks(&mut self) {
         while let Ok(answer) = self.acks.try_recv() {
-            let persisted = match answer {
-                Answer::Published(persisted) => persisted,
+            let outcome = match answer {
+                Answer::Published(outcome) => outcome,
                 Answer::NameClaim { target, name, result } => {
                     self.name_claimed(target, name, result);
                     continue;
@@ -306,7 +306,7 @@ impl Worker {
                     continue;
                 }
             };
-            let target = persisted.target;
+            let target = outcome.target;
             let noted = ConnRef { key: target.key, serial: target.serial };
             let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].is_open()) else {
                 continue;
@@ -314,14 +314,14 @@ impl Worker {
             let conn = &mut self.conns[key];
             if let Phase::Waiting(Wait::Broadcast(broadcasting)) = &mut conn.phase {
                 // One of the server API's publishes to several channels.
-                let outcome = match persisted.result {
-                    Ok(()) => Ok(persisted.offset),
+                let outcome = match outcome.result {
+                    Ok(()) => Ok(outcome.offset),
                     Err((code, why)) => Err((code.code(), why.to_string())),
                 };
                 let slot = broadcasting
                     .results
                     .iter_mut()
-                    .find(|(name, outcome)| outcome.is_none() && *name == persisted.channel);
+                    .find(|(name, outcome)| outcome.is_none() && *name == outcome.channel);
                 if let Some((_, slot)) = slot {
                     *slot = Some(outcome);
                 }
@@ -338,14 +338,14 @@ impl Worker {
                 conn.end_wait();
                 self.unblocked.push(noted);
             }
-            let result = match persisted.result {
+            let result = match outcome.result {
                 Ok(()) => {
                     let path = match self.shared.broker {
                         Some(_) => AckPath::Redis,
                         None => AckPath::Fsync,
                     };
-                    self.observe_ack(path, persisted.asked_ns);
-                    let frame = self.ack_frame(key, &persisted.channel, persisted.offset);
+                    self.observe_ack(path, outcome.asked_ns);
+                    let frame = self.ack_frame(key, &outcome.channel, outcome.offset);
                     self.reply(key, frame)
                 }
                 Err((code, why)) => self.refuse(key, code, &why),

@@ -10,7 +10,7 @@ use super::fanout::encode_for;
 use super::lifecycle::Close;
 use super::{ConnRef, Worker};
 use crate::cluster::BrokerOp;
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::history::{ChannelLog, ResumeStatus, Retained};
 use crate::protocol::{Ack, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
@@ -96,7 +96,7 @@ impl Worker {
         if status == ResumeStatus::Expired && epoch_holds {
             if let Some(broker) = self.shared.broker.as_ref() {
                 let conn = &mut self.conns[key];
-                let reply_to = AckTarget { worker: self.id, key, serial: conn.serial };
+                let reply_to = ReplyTo { worker: self.id, key, serial: conn.serial };
                 broker.send(BrokerOp::Backfill {
                     channel: channel.name.clone(),
                     after: resume.after,
@@ -167,7 +167,7 @@ impl Worker {
     /// then memory's.
     pub(super) fn backfilled(
         &mut self,
-        target: AckTarget,
+        target: ReplyTo,
         entries: Result<Vec<Retained>, std::sync::Arc<str>>,
     ) {
         let noted = ConnRef { key: target.key, serial: target.serial };

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use super::super::lifecycle::Close;
 use super::super::Worker;
 use crate::cluster::{BrokerOp, SurveyKind};
-use crate::history::disk::AckTarget;
+use crate::history::disk::ReplyTo;
 use crate::protocol::http::{self, Head};
 use crate::protocol::{fields, validate_channel, ChannelKind, ErrorCode, Format};
 use crate::server::conn::{AfterJoin, Phase, Wait};
@@ -188,10 +188,10 @@ impl Worker {
     }
 
     /// Waits for the broker's whole answer (`Answer::Reply`).
-    fn api_wait(&mut self, key: usize) -> AckTarget {
+    fn api_wait(&mut self, key: usize) -> ReplyTo {
         let conn = &mut self.conns[key];
         conn.phase = Phase::Waiting(Wait::Reply);
-        AckTarget { worker: self.id, key, serial: conn.serial }
+        ReplyTo { worker: self.id, key, serial: conn.serial }
     }
 
     fn api_presence(&mut self, key: usize, channel: &[u8], stats_only: bool) -> Result<(), Close> {
@@ -371,7 +371,7 @@ impl Worker {
     /// Publishes `payload` to every channel in `names`, each acknowledged; answers once every
     /// acknowledgement is in (in a cluster, as Redis answers).
     fn broadcast(&mut self, key: usize, names: Vec<Bytes>, payload: Bytes) -> Result<(), Close> {
-        let target = AckTarget { worker: self.id, key, serial: self.conns[key].serial };
+        let target = ReplyTo { worker: self.id, key, serial: self.conns[key].serial };
         let mut results = Vec::with_capacity(names.len());
         for name in names {
             let outcome = match validate_channel(&name) {
