@@ -283,8 +283,8 @@ impl Worker {
     /// them with `ERR 500` when their record could not be made durable.
     pub(super) fn deliver_acks(&mut self) {
         while let Ok(answer) = self.acks.try_recv() {
-            let outcome = match answer {
-                Answer::Published(outcome) => outcome,
+            let published = match answer {
+                Answer::Published(published) => published,
                 Answer::NameClaim { target, name, result } => {
                     self.name_claimed(target, name, result);
                     continue;
@@ -306,7 +306,7 @@ impl Worker {
                     continue;
                 }
             };
-            let target = outcome.target;
+            let target = published.target;
             let noted = ConnRef { key: target.key, serial: target.serial };
             let Some(key) = self.resolve(noted).filter(|&key| self.conns[key].is_open()) else {
                 continue;
@@ -314,14 +314,14 @@ impl Worker {
             let conn = &mut self.conns[key];
             if let Phase::Waiting(Wait::Broadcast(broadcasting)) = &mut conn.phase {
                 // One of the server API's publishes to several channels.
-                let outcome = match outcome.result {
-                    Ok(()) => Ok(outcome.offset),
+                let outcome = match published.result {
+                    Ok(()) => Ok(published.offset),
                     Err((code, why)) => Err((code.code(), why.to_string())),
                 };
                 let slot = broadcasting
                     .results
                     .iter_mut()
-                    .find(|(name, outcome)| outcome.is_none() && *name == outcome.channel);
+                    .find(|(name, outcome)| outcome.is_none() && *name == published.channel);
                 if let Some((_, slot)) = slot {
                     *slot = Some(outcome);
                 }
@@ -338,14 +338,14 @@ impl Worker {
                 conn.end_wait();
                 self.unblocked.push(noted);
             }
-            let result = match outcome.result {
+            let result = match published.result {
                 Ok(()) => {
                     let path = match self.shared.broker {
                         Some(_) => AckPath::Redis,
                         None => AckPath::Fsync,
                     };
-                    self.observe_ack(path, outcome.asked_ns);
-                    let frame = self.ack_frame(key, &outcome.channel, outcome.offset);
+                    self.observe_ack(path, published.asked_ns);
+                    let frame = self.ack_frame(key, &published.channel, published.offset);
                     self.reply(key, frame)
                 }
                 Err((code, why)) => self.refuse(key, code, &why),
