@@ -47,7 +47,6 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod history;
-pub mod load;
 pub mod namespace;
 pub mod protocol;
 pub mod server;

@@ -2,6 +2,9 @@
 //! library, but for `serve`'s command line and config file (`cli`).
 
 mod cli;
+// The load generator is the binary's, not the library's API (an embedder of the server has no
+// use for it); it drives the server through the library's public codecs and client only.
+mod load;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, Write};
@@ -119,7 +122,7 @@ struct LoadArgs {
     /// Wire protocol: binary or text (fanout TCP), ws-binary or ws-json (fanout WebSocket
     /// subscribers; publishers use binary TCP), resp (Redis), nats.
     #[arg(long, default_value = "binary")]
-    protocol: fanout::load::Protocol,
+    protocol: load::Protocol,
     /// Channel names are this prefix and a number.
     #[arg(long, default_value = "load")]
     channel_prefix: String,
@@ -522,7 +525,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     let servers: Vec<ServerAddr> =
         args.subscribe_to.iter().chain(std::iter::once(&args.server)).cloned().collect();
     let tls = client_tls(&servers, args.ca_file.as_deref())?.map(|tls| (tls, args.ca_file.clone()));
-    let config = fanout::load::LoadConfig {
+    let config = load::LoadConfig {
         server: args.server,
         subscribe_to: args.subscribe_to.clone(),
         tls,
@@ -555,9 +558,9 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--token-secret-file is empty".into());
     }
     if args.child {
-        return Ok(fanout::load::child_main(&config)?);
+        return Ok(load::child_main(&config)?);
     }
-    let report = fanout::load::run(&config)?;
+    let report = load::run(&config)?;
     print!("{report}");
     println!("{}", report.json());
     if let Some(path) = args.hgrm {

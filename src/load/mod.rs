@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::client::ServerAddr;
 pub use children::child_main;
+use fanout::client::ServerAddr;
 pub use report::{ProcessSample, Report};
 use subscribers::LoopPlan;
 pub use subscribers::Totals;
@@ -252,7 +252,7 @@ fn per_process_cap(config: &LoadConfig) -> usize {
     if config.max_per_process > 0 {
         return config.max_per_process;
     }
-    match crate::sys::raise_nofile_limit() {
+    match fanout::sys::raise_nofile_limit() {
         Ok(limit) => (limit.after as usize).saturating_sub(config.publishers + 64).max(1),
         Err(_) => 1000,
     }
@@ -512,9 +512,9 @@ fn publish(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), st
 /// A token for load connection `subject` that may subscribe and publish anywhere, for an hour.
 fn load_token(secret: &[u8], subject: &str) -> String {
     let all = [">".to_string()];
-    let expires = crate::auth::unix_now_secs() + 3600;
+    let expires = fanout::auth::unix_now_secs() + 3600;
     // The secret is checked to be non-empty where it is read (`fanout load`).
-    crate::auth::mint_hs256(secret, Some(subject), &all, &all, expires).unwrap_or_default()
+    fanout::auth::mint_hs256(secret, Some(subject), &all, &all, expires).unwrap_or_default()
 }
 
 fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<(), std::io::Error> {
@@ -522,7 +522,7 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
     stream.set_nodelay(true)?;
     let tls = config.tls.as_ref().map(|(tls, _)| tls);
     let sink: Box<dyn Write> = match config.server.secure(stream, tls)? {
-        crate::tls::Socket::Plain(stream) => {
+        fanout::tls::Socket::Plain(stream) => {
             // Replies (RESP's receiver counts, NATS's INFO, errors) are read and dropped on a
             // side thread so that the server never blocks writing to us. It ends when the
             // connection closes.
@@ -533,7 +533,7 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
             });
             Box::new(stream)
         }
-        crate::tls::Socket::Tls(tls) => {
+        fanout::tls::Socket::Tls(tls) => {
             let mut tls = *tls;
             tls.complete_handshake()?;
             tls.socket().set_nonblocking(true)?;
@@ -603,7 +603,7 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
 
 /// A publisher's TLS connection (which cannot be split for a reading thread): a non-blocking
 /// socket whose replies are read and dropped whenever the server does not take more.
-struct DrainingSink(crate::tls::TlsStream<TcpStream>);
+struct DrainingSink(fanout::tls::TlsStream<TcpStream>);
 
 impl DrainingSink {
     fn wait(&mut self) -> std::io::Result<()> {

@@ -12,9 +12,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::wire::{Event, Protocol};
 use super::{monotonic_ns, new_histogram, Progress, Stamp};
-use crate::client::ServerAddr;
-use crate::protocol::websocket::opcode;
-use crate::tls::Socket;
+use fanout::client::ServerAddr;
+use fanout::protocol::websocket::opcode;
+use fanout::tls::Socket;
 
 /// What one loop (or one child process) saw.
 #[derive(Debug)]
@@ -195,7 +195,7 @@ fn connect(
     token: usize,
 ) -> io::Result<Socket<TcpStream>> {
     let stream = match source {
-        Some(source) => TcpStream::from_std(crate::sys::connect_from(source.into(), server.addr)?),
+        Some(source) => TcpStream::from_std(fanout::sys::connect_from(source.into(), server.addr)?),
         None => TcpStream::connect(server.addr)?,
     };
     server.secure(register(poll, stream, token)?, tls)
@@ -392,7 +392,7 @@ fn binary_message(input: &[u8]) -> Option<(u64, &[u8], usize)> {
     let (length, rest) = input.split_first_chunk::<4>()?;
     let total = 4 + u32::from_be_bytes(*length) as usize;
     let (&opcode, rest) = rest.split_first()?;
-    if opcode != crate::protocol::binary::op::MSG || input.len() < total {
+    if opcode != fanout::protocol::binary::op::MSG || input.len() < total {
         return None;
     }
     let (&channel_len, rest) = rest.split_first()?;

@@ -14,8 +14,8 @@ use std::str::FromStr;
 use bytes::BytesMut;
 
 use super::Stamp;
-use crate::protocol::websocket::{self, opcode};
-use crate::protocol::{binary, text, Request, ServerFrame};
+use fanout::protocol::websocket::{self, opcode};
+use fanout::protocol::{binary, text, Request, ServerFrame};
 
 /// A wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,12 +239,12 @@ impl Protocol {
                 upgrade_request(out, "fanout.json");
                 if let Some(token) = token {
                     let mut quoted = bytes::BytesMut::new();
-                    crate::protocol::json::put_string(&mut quoted, token);
+                    fanout::protocol::json::put_string(&mut quoted, token);
                     let auth = [&b"{\"op\":\"auth\",\"token\":"[..], &quoted, b"}"].concat();
                     out.extend(websocket::encode_client_frame(true, opcode::TEXT, &auth, MASK));
                 }
                 let mut sub = bytes::BytesMut::new();
-                crate::protocol::json::put_string(&mut sub, channel);
+                fanout::protocol::json::put_string(&mut sub, channel);
                 let sub = if pattern {
                     [&b"{\"op\":\"psub\",\"pattern\":"[..], &sub, b"}"].concat()
                 } else {
@@ -329,7 +329,7 @@ impl Protocol {
                     ServerFrame::Message { offset, payload, .. } => {
                         Event::Message { offset: Some(offset), payload }
                     }
-                    ServerFrame::Ok { ack: crate::protocol::Ack::Auth, .. } => Event::Ignored,
+                    ServerFrame::Ok { ack: fanout::protocol::Ack::Auth, .. } => Event::Ignored,
                     ServerFrame::Ok { .. } => Event::Subscribed,
                     ServerFrame::Ping => Event::Ping,
                     ServerFrame::Pong
@@ -616,7 +616,7 @@ mod tests {
         // Binary payload (data64).
         let mut binary = vec![0xffu8; 40];
         stamp.write(&mut binary);
-        let frame = crate::protocol::json::message(b"ch-1", 12345, &binary);
+        let frame = fanout::protocol::json::message(b"ch-1", 12345, &binary);
         assert_eq!(json_message(&frame), Some((12345, Some(stamp))));
         let encoded = base64::engine::general_purpose::STANDARD.encode(&binary[..18]);
         assert_eq!(decode_base64_24(encoded.as_bytes()).unwrap()[..], binary[..18]);
@@ -624,10 +624,10 @@ mod tests {
         // Text payload (data): the hex stamp.
         let mut text = vec![b'x'; 64];
         stamp.write_hex(&mut text);
-        let frame = crate::protocol::json::message(b"ch-1", 9, &text);
+        let frame = fanout::protocol::json::message(b"ch-1", 9, &text);
         assert_eq!(json_message(&frame), Some((9, Some(stamp))));
         // Anything else goes through the slow path.
-        let other = crate::protocol::json::ok(crate::protocol::Ack::Subscribe, b"c");
+        let other = fanout::protocol::json::ok(fanout::protocol::Ack::Subscribe, b"c");
         assert_eq!(json_message(&other), None);
         assert_eq!(json_event(&other).unwrap(), Event::Subscribed);
     }
