@@ -59,6 +59,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Several snapshots added together (every format's, every path's).
+    pub fn sum<'a>(snapshots: impl IntoIterator<Item = &'a Snapshot>) -> Snapshot {
+        let mut total = Snapshot::default();
+        snapshots.into_iter().for_each(|s| total.merge(s));
+        total
+    }
+
     /// Adds another snapshot.
     pub fn merge(&mut self, other: &Snapshot) {
         for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {

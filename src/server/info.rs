@@ -32,16 +32,8 @@ impl Shared {
         let stats = self.stats();
         let latency = self.latency();
         let buckets = |s: &histogram::Snapshot| serde_json::json!(s.buckets.to_vec());
-        let all_formats =
-            latency.delivery.iter().fold(histogram::Snapshot::default(), |mut t, s| {
-                t.merge(s);
-                t
-            });
-        let all_paths =
-            latency.publish_ack.iter().fold(histogram::Snapshot::default(), |mut t, s| {
-                t.merge(s);
-                t
-            });
+        let all_formats = histogram::Snapshot::sum(&latency.delivery);
+        let all_paths = histogram::Snapshot::sum(&latency.publish_ack);
         let redis = self.config.cluster.as_ref().map(|cluster| {
             serde_json::json!({
                 "servers": cluster.redis.len(),
