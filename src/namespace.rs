@@ -99,14 +99,6 @@ impl Namespaces {
         self.0.iter().map(|(pattern, namespace)| (pattern, namespace))
     }
 
-    /// One option of `channel`'s namespace, when it sets it.
-    pub fn option<T>(&self, channel: &[u8], option: impl Fn(&Namespace) -> Option<T>) -> Option<T> {
-        if self.0.is_empty() {
-            return None;
-        }
-        self.resolve(channel).and_then(option)
-    }
-
     /// `channel`'s history limits: its namespace's where set, `base` elsewhere (the server-wide
     /// total is always `base`'s).
     pub fn history_limits(&self, base: &HistoryLimits, channel: &[u8]) -> HistoryLimits {
@@ -156,7 +148,7 @@ mod tests {
     }
 
     fn messages_of(namespaces: &Namespaces, channel: &str) -> Option<usize> {
-        namespaces.option(channel.as_bytes(), |n| n.history_messages)
+        namespaces.resolve(channel.as_bytes()).and_then(|n| n.history_messages)
     }
 
     #[test]

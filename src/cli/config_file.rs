@@ -322,7 +322,7 @@ pub fn render(resolved: &Resolved, worked_out: &[(&str, String)], file: Option<&
         let worked = worked_out.iter().find(|(key, _)| *key == long).map(|(_, v)| v.clone());
         let values: Vec<String> = match worked {
             Some(value) => vec![value],
-            None => values.iter().map(|v| mask_password(long, v)).collect(),
+            None => values.iter().map(|v| mask_passwords(v)).collect(),
         };
         let line = match (arg.get_action(), values.as_slice()) {
             (ArgAction::SetTrue, [value]) => format!("{long} = {value}"),
@@ -362,19 +362,6 @@ fn toml_value(text: &str) -> String {
     }
     quoted.push('"');
     quoted
-}
-
-/// `redis://user:secret@host` as `redis://user:***@host`.
-fn mask_password(key: &str, value: &str) -> String {
-    if !key.starts_with("redis") {
-        return value.to_string();
-    }
-    let Some((scheme, rest)) = value.split_once("://") else { return value.to_string() };
-    let Some((credentials, host)) = rest.rsplit_once('@') else { return value.to_string() };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => value.to_string(),
-    }
 }
 
 /// Help text folded into comment lines.

@@ -69,6 +69,11 @@ impl Channel {
         }
     }
 
+    /// The history limits its namespace sets, if it is in one.
+    pub fn namespace_limits(&self) -> Option<&HistoryLimits> {
+        self.retention.as_deref()
+    }
+
     /// The next join's or leave's place among this channel's on this node (from 1).
     pub fn next_presence_seq(&self) -> u64 {
         self.presence_seq.fetch_add(1, Ordering::Relaxed) + 1
@@ -217,11 +222,6 @@ impl ChannelRegistry {
     /// The history limits of `channel`: its namespace's, or the server-wide ones.
     pub fn limits_of<'a>(&'a self, channel: &'a Channel) -> &'a HistoryLimits {
         channel.retention.as_deref().unwrap_or(&self.history)
-    }
-
-    /// The history limits `channel`'s namespace sets, if it is in one.
-    pub fn namespace_limits_of<'a>(&self, channel: &'a Channel) -> Option<&'a HistoryLimits> {
-        channel.retention.as_deref()
     }
 
     /// The namespace's history limits for a channel named `name` (`None`: the registry's).

@@ -189,7 +189,7 @@ impl Worker {
         // The stream is the cluster's history (a node's memory, its `--history-messages`, is a
         // cache of it), trimmed to the longest any namespace keeps: a channel in a namespace
         // gets only its namespace's (its last `messages`, none older than `age`).
-        let (kept_after, age_ms) = match self.shared.channels.namespace_limits_of(&channel) {
+        let (kept_after, age_ms) = match channel.namespace_limits() {
             Some(limits) => {
                 (bounds.last.saturating_sub(limits.messages as u64), limits.age.as_millis() as u64)
             }
