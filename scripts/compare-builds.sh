@@ -5,7 +5,8 @@
 # Workloads: fan-out of one channel to 1,000 and 10,000 subscribers over binary TCP (W1 and W2
 # of bench-peers.sh) and to 1,000 WebSocket subscribers (JSON and binary subprotocols), in
 # deliveries/s and server CPU ns per delivery; and the publish path to 100 subscribers with
-# history off, in memory, and on disk (publishes/s). Prints medians of REPS and the ratio
+# history off, in memory, and on disk, and with publishers on both workers of a two-worker
+# server over 1,000 channels (publish-2w) (publishes/s). Prints medians of REPS and the ratio
 # this tree / REV.
 #   scripts/compare-builds.sh REV [REPS=3]
 #   WORKLOADS="W1 W2" scripts/compare-builds.sh REV
@@ -22,7 +23,7 @@ OLD_TREE="$ROOT/target/compare/src-$REV"
 OLD="$ROOT/target/compare/target/release/fanout"
 
 run() { # binary build workload -> appends the figures to $WORK/<build>.<workload>[.cpu]
-  local binary=$1 build=$2 workload=$3 port flags=() load=() field
+  local binary=$1 build=$2 workload=$3 port flags=() load=() field cores=$SERVER_CORE workers=1 chans=(--channels 1)
   port=$(free_port)
   case $workload in
     W1|fanout) load=(--subscribers 1000 --messages 100000 --window 500); field=deliveries_per_second ;;
@@ -33,13 +34,18 @@ run() { # binary build workload -> appends the figures to $WORK/<build>.<workloa
     history-memory) load=(--subscribers 100 --messages 300000); field=publishes_per_second ;;
     history-disk) rm -rf "$WORK/data"; flags=(--data-dir "$WORK/data" --fsync interval)
                   load=(--subscribers 100 --messages 300000); field=publishes_per_second ;;
+    # Publishers on both workers at once, over 1,000 channels with history (retention's
+    # shared state is what a second worker would contend on): server on both cores.
+    publish-2w) cores=0,1 workers=2 chans=()
+                load=(--subscribers 100 --publishers 4 --channels 1000 --messages 400000)
+                field=publishes_per_second ;;
   esac
-  taskset -c "$SERVER_CORE" "$binary" serve --listen "127.0.0.1:$port" --workers 1 --stats-interval-secs 0 \
+  taskset -c "$cores" "$binary" serve --listen "127.0.0.1:$port" --workers "$workers" --stats-interval-secs 0 \
     "${flags[@]}" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   wait_for_port "$port"
   line=$(taskset -c "$LOAD_CORE" "$FANOUT" load --quiet --server "127.0.0.1:$port" --server-pid "$SERVER_PID" \
-           --channels 1 --payload-bytes 64 --drain-timeout-secs 60 "${load[@]}" | grep '^{')
+           "${chans[@]}" --payload-bytes 64 --drain-timeout-secs 60 "${load[@]}" | grep '^{')
   stop_server
   json_field "$line" "$field" >>"$WORK/$build.$workload"
   awk -v c="$(json_field "$line" server_cpu_seconds)" -v d="$(json_field "$line" delivered)" \
@@ -47,7 +53,7 @@ run() { # binary build workload -> appends the figures to $WORK/<build>.<workloa
   echo "-- $build $workload: $(json_field "$line" "$field") ($field), lost $(json_field "$line" lost)" >&2
 }
 
-WORKLOADS=${WORKLOADS:-W1 W2 ws-json ws-binary history-off history-memory history-disk}
+WORKLOADS=${WORKLOADS:-W1 W2 ws-json ws-binary history-off history-memory history-disk publish-2w}
 for rep in $(seq 1 "$REPS"); do
   for workload in $WORKLOADS; do
     run "$OLD" old "$workload"

@@ -31,7 +31,7 @@ pub struct HistoryLimits {
     /// Messages older than this are dropped (zero: no age limit).
     pub age: Duration,
     /// Bytes kept over all channels, counted the same way; past it, the globally oldest
-    /// messages go (see `server::channels::ChannelRegistry::after_publish`).
+    /// messages go (see `server::retention`).
     pub total_bytes: usize,
 }
 
@@ -44,7 +44,9 @@ pub fn retained_cost(payload: &[u8]) -> usize {
     payload.len() + RETAINED_OVERHEAD_BYTES
 }
 
-/// Server-wide history totals, shared by every channel's log.
+/// One appender's share of the server-wide history totals (`server::retention`): raised by its
+/// appends, lowered by its drops. A share may wrap below zero (a worker drops what another
+/// appended); the wrapping sum of every share is the total.
 #[derive(Debug, Default)]
 pub struct Totals {
     /// Bytes retained (payloads plus overhead, see `retained_cost`).

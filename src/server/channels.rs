@@ -2,18 +2,20 @@
 //! client names. These are the only structures workers share besides the ring; none is touched per
 //! subscriber. The registry's map is looked up when a worker meets a name it has not cached (each
 //! worker caches the `Arc<Channel>`s it uses), by the sweep that frees unused channels (and at
-//! the channel limit), and by the server API's listings. With history on, every publish also
-//! takes the server-wide retention order's lock (`retain`) and updates the global totals: the
-//! one lock all workers share on the publish path.
+//! the channel limit), and by the server API's listings. With history on, a publish notes its
+//! message in its appender's own retention shard (`server::retention`): no lock or counter on
+//! the publish path is shared by every worker besides the channel's own.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use crate::history::{ChannelLog, HistoryLimits, Mirror, Retained, Totals};
 use crate::protocol::{validate_channel, ChannelKind};
+use crate::server::retention::{Appender, Retention};
 use crate::server::ring::Producer;
 use crate::server::Item;
 
@@ -150,16 +152,40 @@ pub enum ChannelError {
     TooMany(usize),
 }
 
-/// All channels by name, and the order in which messages were retained over all of them.
+/// Shards of the name map: a sweep step or a lookup holds one shard's lock, so neither stalls the
+/// others for longer than one shard takes (4,000 channels of a million).
+pub const NAME_SHARDS: usize = 256;
+
+/// One shard of the registry's name map.
+type NameShard = HashMap<Bytes, Arc<Channel>>;
+
+/// What one step of `ChannelRegistry::sweep_unused` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStep {
+    /// Channels freed.
+    pub freed: usize,
+    /// Shards of the name map looked at (a whole pass is `NAME_SHARDS`).
+    pub shards: usize,
+}
+
+/// All channels by name, and the server-wide history cap over them.
 ///
 /// Channels are freed when nothing uses them (`sweep_unused`): no subscriber, no publish in flight,
 /// no name holder, nothing retained; so churning names cannot use `max_channels` up.
 ///
-/// Locks: a channel's log, then `retention_order` (publishers push under their channel's lock, so
-/// each channel's entries are in offset order); `evicting`, then either of the others alone.
+/// The name map is sharded (`NAME_SHARDS`), and a sweep takes it a few shards at a time: no lock
+/// is held over every channel at once. Nothing here is shared by every worker per publish:
+/// retention's order and totals are per appender (`server::retention`).
 #[derive(Debug)]
 pub struct ChannelRegistry {
-    by_name: Mutex<HashMap<Bytes, Arc<Channel>>>,
+    by_name: Box<[Mutex<NameShard>]>,
+    /// Picks a name's shard; seeded per process, so that names cannot be chosen to pile up in
+    /// one shard.
+    shard_hasher: std::hash::RandomState,
+    /// Channels in `by_name` (`*` included), for the limit.
+    count: AtomicUsize,
+    /// The next shard a sweep looks at.
+    sweep_cursor: AtomicUsize,
     next_id: AtomicU64,
     max_channels: usize,
     /// How new channels start: `Mirror::Idle` in cluster mode.
@@ -171,15 +197,8 @@ pub struct ChannelRegistry {
     pub namespaces: crate::namespace::Namespaces,
     /// Each namespace's history limits, in `namespaces`' order.
     namespace_history: Vec<Arc<HistoryLimits>>,
-    /// Bytes and messages retained over all channels.
-    pub retained: Totals,
-    /// Every retained message as (its channel, its offset), oldest first: the server-wide cap
-    /// evicts from the front. Messages that per-channel retention dropped leave stale entries,
-    /// skipped when met and swept out once they outnumber the live ones (`compact_due`).
-    retention_order: Mutex<VecDeque<(Weak<Channel>, u64)>>,
-    compact_due: AtomicBool,
-    /// Held by whoever evicts or compacts, so that the two never interleave.
-    evicting: Mutex<()>,
+    /// Every appender's retained messages and totals, for the server-wide cap.
+    pub retention: Retention,
 }
 
 /// Locks a mutex whose holders leave the data consistent at every step, poisoned or not.
@@ -188,27 +207,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChannelRegistry {
-    /// An empty registry holding only the broadcast channel `*`; in cluster mode (`mirror` is
-    /// `Mirror::Idle`) its channels are served once the broker mirrors them.
-    pub fn new(max_channels: usize, history: HistoryLimits, mirror: Mirror) -> Self {
+    /// An empty registry holding only the broadcast channel `*`, for `workers` workers (each an
+    /// `Appender` of its own); in cluster mode (`mirror` is `Mirror::Idle`) its channels are
+    /// served once the broker mirrors them.
+    pub fn new(
+        max_channels: usize,
+        history: HistoryLimits,
+        mirror: Mirror,
+        workers: usize,
+    ) -> Self {
         let broadcast =
             Channel::new(0, Bytes::from_static(b"*"), ChannelKind::Broadcast, mirror, None);
         let broadcast = Arc::new(broadcast);
-        let by_name = HashMap::from([(broadcast.name.clone(), broadcast.clone())]);
-        ChannelRegistry {
-            by_name: Mutex::new(by_name),
+        let registry = ChannelRegistry {
+            by_name: (0..NAME_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shard_hasher: std::hash::RandomState::new(),
+            count: AtomicUsize::new(1),
+            sweep_cursor: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_channels,
             mirror,
-            broadcast,
+            broadcast: broadcast.clone(),
             history,
             namespaces: Default::default(),
             namespace_history: Vec::new(),
-            retained: Totals::default(),
-            retention_order: Mutex::new(VecDeque::new()),
-            compact_due: AtomicBool::new(false),
-            evicting: Mutex::new(()),
-        }
+            retention: Retention::new(workers),
+        };
+        registry.shard_of(&broadcast.name).insert(broadcast.name.clone(), broadcast);
+        registry
     }
 
     /// Gives channels created from now on the options of their namespace.
@@ -217,6 +243,12 @@ impl ChannelRegistry {
             namespaces.iter().map(|(_, n)| Arc::new(n.history_limits(&self.history))).collect();
         self.namespaces = namespaces;
         self
+    }
+
+    /// The locked shard of the name map that holds `name`.
+    fn shard_of(&self, name: &[u8]) -> MutexGuard<'_, NameShard> {
+        let at = self.shard_hasher.hash_one(name) as usize % NAME_SHARDS;
+        lock(&self.by_name[at])
     }
 
     /// The history limits of `channel`: its namespace's, or the server-wide ones.
@@ -238,10 +270,11 @@ impl ChannelRegistry {
     /// the log's next offset, then, when `keep` (history, or a storage thread), `before_retain`
     /// (the storage thread's queue, which so sees each channel's records in offset order) and
     /// history. A full ring changes nothing and hands the entry back. Returns the messages
-    /// retention dropped; call `after_publish` once the lock is released.
+    /// retention dropped; `appender` calls `maintain` once per turn.
     #[allow(clippy::too_many_arguments)]
     pub fn append(
         &self,
+        appender: Appender,
         channel: &Arc<Channel>,
         log: &mut ChannelLog,
         producer: &mut Producer<Item>,
@@ -272,136 +305,120 @@ impl ChannelRegistry {
         let Some(payload) = kept else { return Ok(0) };
         let entry = Retained { offset, published_ms, payload };
         before_retain(log, &entry);
-        Ok(self.retain(channel, log, entry))
+        Ok(self.retain(appender, channel, log, entry))
     }
 
     /// Appends a just-published message to its channel's log (whose lock the caller holds, the
-    /// one that assigned the offset) and notes it in the server-wide order. Returns the
-    /// messages per-channel retention dropped; call `after_publish` once the lock is released.
-    pub fn retain(&self, channel: &Arc<Channel>, log: &mut ChannelLog, entry: Retained) -> usize {
+    /// one that assigned the offset) and notes it in `appender`'s retention order. Returns the
+    /// messages per-channel retention dropped.
+    pub fn retain(
+        &self,
+        appender: Appender,
+        channel: &Arc<Channel>,
+        log: &mut ChannelLog,
+        entry: Retained,
+    ) -> usize {
         let limits = self.limits_of(channel);
         if limits.messages == 0 {
             return 0;
         }
-        let offset = entry.offset;
-        let dropped = log.append(entry, limits, &self.retained);
-        let mut order = lock(&self.retention_order);
-        order.push_back((Arc::downgrade(channel), offset));
-        let live = self.retained.messages.load(Ordering::Relaxed);
-        if order.len() > 2 * live + 4096 {
-            self.compact_due.store(true, Ordering::Relaxed);
-        }
+        let (offset, published_ms) = (entry.offset, entry.published_ms);
+        let dropped = log.append(entry, limits, self.retention.totals(appender));
+        self.retention.note(appender, channel, offset, published_ms);
         dropped
     }
 
-    /// Applies the server-wide cap after a publish (no channel lock held): evicts the globally
-    /// oldest messages while the total is over it. Returns the messages dropped.
-    pub fn after_publish(&self) -> usize {
-        // Load first: a swap on every publish would bounce the flag's line between cores.
-        if self.compact_due.load(Ordering::Relaxed)
-            && self.compact_due.swap(false, Ordering::Relaxed)
-        {
-            self.compact_retention_order();
-        }
-        if self.retained.bytes.load(Ordering::Relaxed) <= self.history.total_bytes {
-            return 0;
-        }
-        self.evict_while(|_| self.retained.bytes.load(Ordering::Relaxed) > self.history.total_bytes)
+    /// `appender`'s retention step, once per turn (no channel lock held): the server-wide cap,
+    /// and a bounded step of compaction. Returns the messages evicted.
+    pub fn maintain(&self, appender: Appender) -> usize {
+        self.retention.maintain(appender, self.history.total_bytes)
+    }
+
+    /// The totals `appender`'s drops count against (`ChannelLog::trim` and the like).
+    pub fn totals(&self, appender: Appender) -> &Totals {
+        self.retention.totals(appender)
     }
 
     /// Drops the `count` globally oldest retained messages (at the channel limit, so that channels
     /// that only hold old history can be freed: a flood of fresh names evicts history, as a
     /// flood of bytes does, instead of locking every new channel out). Returns how many went.
-    pub fn evict_oldest(&self, count: usize) -> usize {
-        self.evict_while(|dropped| dropped < count)
-    }
-
-    /// Drops the globally oldest retained messages while `more(dropped so far)` holds (or the
-    /// order runs out); returns how many went.
-    fn evict_while(&self, more: impl Fn(usize) -> bool) -> usize {
-        let _evicting = lock(&self.evicting);
-        let mut dropped = 0;
-        while more(dropped) {
-            let Some((channel, offset)) = lock(&self.retention_order).pop_front() else { break };
-            if let Some(channel) = channel.upgrade() {
-                dropped += channel.lock_log().drop_through(offset, &self.retained);
-            }
-        }
-        dropped
-    }
-
-    /// Drops the entries of messages that are no longer retained.
-    fn compact_retention_order(&self) {
-        let _evicting = lock(&self.evicting);
-        let taken = std::mem::take(&mut *lock(&self.retention_order));
-        let mut live: VecDeque<_> = taken
-            .into_iter()
-            .filter(|(channel, offset)| {
-                channel.upgrade().is_some_and(|c| {
-                    let log = c.lock_log();
-                    *offset >= log.first_retained() && *offset <= log.last_offset()
-                })
-            })
-            .collect();
-        let mut order = lock(&self.retention_order);
-        // Whatever was pushed meanwhile is newer than everything taken.
-        live.append(&mut order);
-        *order = live;
+    pub fn evict_oldest(&self, appender: Appender, count: usize) -> usize {
+        self.retention.evict_oldest(appender, count)
     }
 
     /// Rebuilds the server-wide order from the channels' logs (after recovery from disk), by
     /// publish time, then applies the server-wide cap. Returns the messages dropped.
     pub fn rebuild_retention_order(&self) -> usize {
-        let mut entries: Vec<(u64, Weak<Channel>, u64)> = Vec::new();
-        for channel in lock(&self.by_name).values() {
+        let mut entries = Vec::new();
+        self.each(|channel| {
             let log = channel.lock_log();
-            entries.extend(
-                log.retained_times().map(|(offset, ms)| (ms, Arc::downgrade(channel), offset)),
-            );
-        }
-        entries.sort_by_key(|(ms, ..)| *ms);
-        *lock(&self.retention_order) =
-            entries.into_iter().map(|(_, channel, offset)| (channel, offset)).collect();
-        self.after_publish()
+            let weak = Arc::downgrade(channel);
+            entries.extend(log.retained_times().map(|(offset, ms)| (weak.clone(), offset, ms)));
+        });
+        self.retention.rebuild(entries);
+        self.maintain(Appender::Startup)
     }
 
-    /// Frees every channel that nothing uses: no reference outside the registry (no subscriber,
-    /// worker cache, message in the ring, replay or stalled publish holds it; an inbox's holder
-    /// is its subscriber) and nothing retained once age retention is applied at `now_ms`.
-    /// `forget` is called for each, under the registry's lock, so that anything done for a
-    /// channel of the same name later comes after it. Returns how many were freed.
-    pub fn sweep_unused(&self, now_ms: u64, mut forget: impl FnMut(&Bytes)) -> usize {
-        let mut by_name = lock(&self.by_name);
-        let before = by_name.len();
-        by_name.retain(|name, channel| {
-            // Under the registry's lock, a count of one cannot grow: every other way to the
-            // channel goes through this map.
-            if channel.kind == ChannelKind::Broadcast || Arc::strong_count(channel) > 1 {
-                return true;
+    /// Frees channels that nothing uses, looking at whole shards of the name map from where the
+    /// last sweep stopped until `budget` channels were looked at (or every shard once). Unused:
+    /// no reference outside the registry (no subscriber, worker cache, message in the ring,
+    /// replay or stalled publish holds it; an inbox's holder is its subscriber) and nothing
+    /// retained once age retention is applied at `now_ms`. `forget` is called for each, under
+    /// its shard's lock, so that anything done for a channel of the same name later comes after
+    /// it.
+    pub fn sweep_unused(
+        &self,
+        appender: Appender,
+        now_ms: u64,
+        budget: usize,
+        mut forget: impl FnMut(&Bytes),
+    ) -> SweepStep {
+        let totals = self.retention.totals(appender);
+        let mut step = SweepStep::default();
+        let mut looked_at = 0;
+        while looked_at < budget && step.shards < NAME_SHARDS {
+            let at = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % NAME_SHARDS;
+            let mut shard = lock(&self.by_name[at]);
+            looked_at += shard.len();
+            let before = shard.len();
+            shard.retain(|name, channel| {
+                // Under the shard's lock, a count of one cannot grow: every other way to the
+                // channel goes through this map.
+                if channel.kind == ChannelKind::Broadcast || Arc::strong_count(channel) > 1 {
+                    return true;
+                }
+                let mut log = channel.lock_log();
+                log.trim(now_ms, self.limits_of(channel), totals);
+                if log.retained().0 > 0 {
+                    return true;
+                }
+                forget(name);
+                false
+            });
+            let freed = before - shard.len();
+            if shard.capacity() > 4 * shard.len() + 64 {
+                shard.shrink_to_fit();
             }
-            let mut log = channel.lock_log();
-            log.trim(now_ms, self.limits_of(channel), &self.retained);
-            if log.retained().0 > 0 {
-                return true;
-            }
-            forget(name);
-            false
-        });
-        before - by_name.len()
+            drop(shard);
+            self.count.fetch_sub(freed, Ordering::Relaxed);
+            step.freed += freed;
+            step.shards += 1;
+        }
+        step
     }
 
     /// Cluster mode: if nothing but the registry and the broker (which passes its reference)
     /// holds `channel`, marks it idle and lets its mirrored history go, so that the broker can
-    /// unsubscribe from it. Under the registry's lock, so no worker can take it meanwhile (they
+    /// unsubscribe from it. Under its shard's lock, so no worker can take it meanwhile (they
     /// take channels from the registry, and any cached elsewhere counts).
     pub fn release_if_unused(&self, channel: &Arc<Channel>) -> bool {
-        let _by_name = lock(&self.by_name);
+        let _shard = self.shard_of(&channel.name);
         if Arc::strong_count(channel) > 2 {
             return false;
         }
         let mut log = channel.lock_log();
         let epoch = log.epoch;
-        log.restart(epoch, &self.retained);
+        log.restart(epoch, self.retention.totals(Appender::Broker));
         log.mirror = Mirror::Idle;
         true
     }
@@ -409,26 +426,29 @@ impl ChannelRegistry {
     /// Topic channels (and `*`) with subscribers on this node whose names `keep` accepts
     /// (Redis's PUBSUB CHANNELS; inboxes are private and not listed).
     pub fn subscribed(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<Bytes> {
-        lock(&self.by_name)
-            .values()
-            .filter(|c| c.kind != ChannelKind::Inbox)
-            .filter(|c| c.subscribers.load(Ordering::Relaxed) > 0 && keep(&c.name))
-            .map(|c| c.name.clone())
-            .collect()
+        let mut names = Vec::new();
+        self.each(|c| {
+            let listed = c.kind != ChannelKind::Inbox;
+            if listed && c.subscribers.load(Ordering::Relaxed) > 0 && keep(&c.name) {
+                names.push(c.name.clone());
+            }
+        });
+        names
     }
 
     /// The channel of that name, if it exists.
     pub fn find(&self, name: &[u8]) -> Option<Arc<Channel>> {
-        lock(&self.by_name).get(name).cloned()
+        self.shard_of(name).get(name).cloned()
     }
 
     /// The channel of that (already validated) name, created if needed.
     pub fn get_or_create(&self, name: &[u8]) -> Result<Arc<Channel>, ChannelError> {
-        let mut by_name = lock(&self.by_name);
-        if let Some(channel) = by_name.get(name) {
+        let mut shard = self.shard_of(name);
+        if let Some(channel) = shard.get(name) {
             return Ok(channel.clone());
         }
-        if by_name.len() >= self.max_channels {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max_channels {
+            self.count.fetch_sub(1, Ordering::Relaxed);
             return Err(ChannelError::TooMany(self.max_channels));
         }
         let kind = validate_channel(name).unwrap_or(ChannelKind::Topic);
@@ -436,13 +456,12 @@ impl ChannelRegistry {
         let retention = self.retention_for(name);
         let channel =
             Arc::new(Channel::new(id, Bytes::copy_from_slice(name), kind, self.mirror, retention));
-        by_name.insert(channel.name.clone(), channel.clone());
+        shard.insert(channel.name.clone(), channel.clone());
         Ok(channel)
     }
 
     /// Puts a channel read back from disk in place (before any worker runs).
     pub fn restore(&self, name: Bytes, log: ChannelLog) {
-        let mut by_name = lock(&self.by_name);
         let kind = validate_channel(&name).unwrap_or(ChannelKind::Topic);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let epoch = AtomicU64::new(log.epoch);
@@ -457,7 +476,9 @@ impl ChannelRegistry {
             retention: self.retention_for(&name),
             log: Mutex::new(log),
         };
-        by_name.insert(name, Arc::new(channel));
+        if self.shard_of(&name).insert(name, Arc::new(channel)).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The broadcast channel `*`.
@@ -466,27 +487,29 @@ impl ChannelRegistry {
     }
 
     /// The topic channels with subscribers on this node and their counts, those `keep` takes
-    /// (the server API's listing). Walks every channel under the registry's lock: for an
-    /// operator's occasional call, not for a client.
+    /// (the server API's listing). Walks every channel, a shard at a time: for an operator's
+    /// occasional call, not for a client.
     pub fn subscriber_counts(&self, mut keep: impl FnMut(&[u8]) -> bool) -> Vec<(Bytes, u32)> {
-        let by_name = lock(&self.by_name);
-        by_name
-            .values()
-            .filter(|channel| channel.kind == ChannelKind::Topic)
-            .map(|channel| (channel, channel.subscribers.load(Ordering::Relaxed)))
-            .filter(|(channel, count)| *count > 0 && keep(&channel.name))
-            .map(|(channel, count)| (channel.name.clone(), count))
-            .collect()
+        let mut counts = Vec::new();
+        self.each(|channel| {
+            let count = channel.subscribers.load(Ordering::Relaxed);
+            if channel.kind == ChannelKind::Topic && count > 0 && keep(&channel.name) {
+                counts.push((channel.name.clone(), count));
+            }
+        });
+        counts
     }
 
-    /// Calls `f` with every channel, under the registry's lock.
+    /// Calls `f` with every channel, under its shard's lock.
     pub fn each(&self, mut f: impl FnMut(&Arc<Channel>)) {
-        lock(&self.by_name).values().for_each(&mut f);
+        for shard in self.by_name.iter() {
+            lock(shard).values().for_each(&mut f);
+        }
     }
 
     /// Number of channels, `*` included.
     pub fn len(&self) -> usize {
-        lock(&self.by_name).len()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Never true: `*` always exists.
@@ -530,7 +553,7 @@ mod tests {
     fn registry_interns_names_and_enforces_the_limit() {
         let history =
             HistoryLimits { messages: 0, bytes: 0, age: std::time::Duration::ZERO, total_bytes: 0 };
-        let registry = ChannelRegistry::new(3, history, Mirror::Standalone);
+        let registry = ChannelRegistry::new(3, history, Mirror::Standalone, 1);
         let a = registry.get_or_create(b"a").unwrap();
         assert!(Arc::ptr_eq(&a, &registry.get_or_create(b"a").unwrap()));
         assert_eq!(registry.get_or_create(b"@bob").unwrap().kind, ChannelKind::Inbox);
@@ -539,14 +562,26 @@ mod tests {
         assert_eq!(a.last_offset(), 0);
     }
 
-    fn publish(registry: &ChannelRegistry, channel: &Arc<Channel>, payload: &'static [u8]) {
+    /// Publishes `payload` to `channel` as `appender` at `published_ms`, then runs the
+    /// appender's turn-end step, as a worker does.
+    fn publish_at(
+        registry: &ChannelRegistry,
+        appender: Appender,
+        channel: &Arc<Channel>,
+        payload: &'static [u8],
+        published_ms: u64,
+    ) {
         let mut log = channel.lock_log();
         let offset = log.next_offset;
         log.next_offset += 1;
-        let entry = Retained { offset, published_ms: 0, payload: Bytes::from_static(payload) };
-        registry.retain(channel, &mut log, entry);
+        let entry = Retained { offset, published_ms, payload: Bytes::from_static(payload) };
+        registry.retain(appender, channel, &mut log, entry);
         drop(log);
-        registry.after_publish();
+        registry.maintain(appender);
+    }
+
+    fn publish(registry: &ChannelRegistry, channel: &Arc<Channel>, payload: &'static [u8]) {
+        publish_at(registry, Appender::Worker(0), channel, payload, 0);
     }
 
     fn retained_offsets(channel: &Channel) -> Vec<u64> {
@@ -564,7 +599,7 @@ mod tests {
             age: std::time::Duration::ZERO,
             total_bytes: 10 * cost,
         };
-        let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone, 1);
         let (a, b) = (registry.get_or_create(b"a").unwrap(), registry.get_or_create(b"b").unwrap());
         for _ in 0..8 {
             publish(&registry, &a, b"0123456789");
@@ -574,24 +609,126 @@ mod tests {
         }
         assert_eq!(retained_offsets(&a), (3..=8).collect::<Vec<_>>(), "a's oldest went");
         assert_eq!(retained_offsets(&b), vec![1, 2, 3, 4], "b, the publisher, kept all");
-        assert_eq!(registry.retained.bytes.load(Ordering::Relaxed), 10 * cost);
+        assert_eq!(registry.retention.sum(), (10 * cost, 10));
     }
 
     #[test]
-    fn stale_order_entries_are_swept_out() {
+    fn the_cap_evicts_by_publish_time_across_appenders() {
+        let cost = crate::history::retained_cost(b"x");
+        let history = HistoryLimits {
+            messages: 100,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: 6 * cost,
+        };
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone, 2);
+        let (a, b) = (registry.get_or_create(b"a").unwrap(), registry.get_or_create(b"b").unwrap());
+        let (one, two) = (Appender::Worker(0), Appender::Worker(1));
+        // Worker 0 publishes at even milliseconds to a, worker 1 at odd ones to b, and worker 1
+        // also publishes to a: a channel's messages come from both shards.
+        for ms in 0..4u64 {
+            publish_at(&registry, one, &a, b"x", 2 * ms);
+            publish_at(&registry, two, &b, b"x", 2 * ms + 1);
+        }
+        publish_at(&registry, two, &a, b"x", 100);
+        // Nine published, six kept: the three oldest by time (a#1 at 0, b#1 at 1, a#2 at 2).
+        assert_eq!(retained_offsets(&a), vec![3, 4, 5]);
+        assert_eq!(retained_offsets(&b), vec![2, 3, 4]);
+        assert_eq!(registry.retention.sum(), (6 * cost, 6), "the shards sum to what is kept");
+        // Worker 1 evicts what worker 0 retained: its share wraps below zero, the sum holds.
+        registry.evict_oldest(two, 4);
+        assert_eq!(retained_offsets(&a), vec![5]);
+        assert_eq!(retained_offsets(&b), vec![4]);
+        assert_eq!(registry.retention.sum(), (2 * cost, 2));
+    }
+
+    #[test]
+    fn stale_order_entries_are_compacted_a_budget_at_a_time() {
+        use crate::server::retention::COMPACT_BUDGET;
         let history = HistoryLimits {
             messages: 2,
             bytes: usize::MAX,
             age: std::time::Duration::ZERO,
             total_bytes: usize::MAX,
         };
-        let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone, 1);
         let a = registry.get_or_create(b"a").unwrap();
-        for _ in 0..20_000 {
+        let mut most = 0;
+        for _ in 0..50_000 {
             publish(&registry, &a, b"x");
+            most = most.max(registry.retention.entries());
         }
-        assert!(lock(&registry.retention_order).len() <= 4096 + 4 + 1, "compacted");
-        assert_eq!(retained_offsets(&a), vec![19_999, 20_000]);
+        // A compaction begins past 2 x live + budget entries and looks at a budget per turn:
+        // meanwhile one more budget's worth of entries arrives at most.
+        assert!(most <= 2 * 2 + 3 * COMPACT_BUDGET, "the order stayed bounded: {most}");
+        for _ in 0..4 {
+            registry.maintain(Appender::Worker(0));
+        }
+        assert!(registry.retention.entries() < 2 * 2 + COMPACT_BUDGET + 2);
+        assert_eq!(retained_offsets(&a), vec![49_999, 50_000]);
+        assert_eq!(registry.retention.sum().1, 2);
+    }
+
+    #[test]
+    fn eviction_during_a_compaction_keeps_the_order() {
+        let cost = crate::history::retained_cost(b"x");
+        let history = HistoryLimits {
+            messages: 1,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: usize::MAX,
+        };
+        let registry = ChannelRegistry::new(20_000, history, Mirror::Standalone, 1);
+        let hot = registry.get_or_create(b"hot").unwrap();
+        // A hot channel leaves stale entries; quiet channels' single messages are live.
+        let quiet: Vec<_> = (0..3000)
+            .map(|i| registry.get_or_create(format!("q{i}").as_bytes()).unwrap())
+            .collect();
+        let mut ms = 0;
+        for channel in &quiet {
+            for _ in 0..4 {
+                ms += 1;
+                publish_at(&registry, Appender::Worker(0), &hot, b"x", ms);
+            }
+            ms += 1;
+            publish_at(&registry, Appender::Worker(0), channel, b"x", ms);
+        }
+        // Evicting now takes the oldest live ones first, compaction under way or not.
+        assert_eq!(registry.evict_oldest(Appender::Worker(0), 10), 10);
+        for (i, channel) in quiet.iter().enumerate() {
+            assert_eq!(retained_offsets(channel).is_empty(), i < 10, "quiet channel {i}");
+        }
+        assert_eq!(registry.retention.sum(), (2991 * cost, 2991));
+    }
+
+    #[test]
+    fn appenders_on_threads_keep_the_sum_exact() {
+        let cost = crate::history::retained_cost(b"0123456789");
+        let history = HistoryLimits {
+            messages: 50,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: 300 * cost,
+        };
+        let registry = Arc::new(ChannelRegistry::new(100, history, Mirror::Standalone, 3));
+        let channels: Vec<_> =
+            (0..8).map(|i| registry.get_or_create(format!("c{i}").as_bytes()).unwrap()).collect();
+        let threads: Vec<_> = (0..3)
+            .map(|worker| {
+                let (registry, channels) = (registry.clone(), channels.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        let channel = &channels[(i as usize * 7 + worker) % channels.len()];
+                        let appender = Appender::Worker(worker);
+                        publish_at(&registry, appender, channel, b"0123456789", i);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let kept: usize = channels.iter().map(|c| c.lock_log().retained().0).sum();
+        assert_eq!(registry.retention.sum(), (kept * cost, kept));
+        assert!(kept <= 300 + 2 * 3, "over the cap by at most a turn per appender: {kept}");
     }
 
     #[test]
@@ -602,7 +739,7 @@ mod tests {
             age: std::time::Duration::from_millis(1000),
             total_bytes: usize::MAX,
         };
-        let registry = ChannelRegistry::new(3, history, Mirror::Standalone);
+        let registry = ChannelRegistry::new(3, history, Mirror::Standalone, 1);
         let kept = registry.get_or_create(b"kept").unwrap();
         let retaining = registry.get_or_create(b"retaining").unwrap();
         publish(&registry, &retaining, b"m");
@@ -610,15 +747,42 @@ mod tests {
         drop(retaining);
         assert_eq!(registry.get_or_create(b"c").unwrap_err(), ChannelError::TooMany(3));
         let mut forgotten = Vec::new();
-        assert_eq!(registry.sweep_unused(0, |name| forgotten.push(name.clone())), 0);
+        let appender = Appender::Worker(0);
+        let step = registry.sweep_unused(appender, 0, usize::MAX, |n| forgotten.push(n.clone()));
+        assert_eq!(step, SweepStep { freed: 0, shards: NAME_SHARDS }, "a whole pass, none freed");
         // Past the age limit, the retained message goes, and so does its channel.
-        assert_eq!(registry.sweep_unused(5_000, |name| forgotten.push(name.clone())), 1);
+        let step =
+            registry.sweep_unused(appender, 5_000, usize::MAX, |n| forgotten.push(n.clone()));
+        assert_eq!(step.freed, 1);
         assert_eq!(forgotten, vec![Bytes::from_static(b"retaining")]);
         assert_eq!(registry.len(), 2, "* and the one still held");
         let again = registry.get_or_create(b"retaining").unwrap();
         assert_eq!(again.last_offset(), 0);
         assert_ne!(again.lock_log().epoch, epoch, "a new log: resumes see the epoch change");
         assert!(Arc::ptr_eq(&kept, &registry.get_or_create(b"kept").unwrap()));
+    }
+
+    #[test]
+    fn a_sweep_step_stops_at_its_budget_and_the_next_goes_on() {
+        let history =
+            HistoryLimits { messages: 0, bytes: 0, age: Default::default(), total_bytes: 0 };
+        let registry = ChannelRegistry::new(100_000, history, Mirror::Standalone, 1);
+        for i in 0..20_000 {
+            registry.get_or_create(format!("c{i}").as_bytes()).unwrap();
+        }
+        let mut freed = 0;
+        let mut steps = 0;
+        let mut shards = 0;
+        while shards < NAME_SHARDS {
+            let step = registry.sweep_unused(Appender::Worker(0), 0, 1000, |_| {});
+            // Whole shards: the budget is passed by one shard's channels at most.
+            assert!(step.freed <= 1000 + 2 * 20_000 / NAME_SHARDS, "{step:?}");
+            freed += step.freed;
+            shards += step.shards;
+            steps += 1;
+        }
+        assert_eq!((freed, registry.len()), (20_000, 1), "one pass freed all but *");
+        assert!(steps >= 15, "a budget at a time: {steps} steps");
     }
 
     #[test]

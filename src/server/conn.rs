@@ -309,6 +309,8 @@ pub struct Conn {
     pub dirty: bool,
     /// A keepalive PING was sent and nothing has been read since.
     pub ping_sent: bool,
+    /// When its live entry on the worker's timer wheel fires (`worker::timers`).
+    pub timer_ms: Option<u32>,
     /// A reply to this connection's own command is queued: flush without coalescing delay.
     pub urgent: bool,
     /// Worker-clock milliseconds of the last write that moved bytes (write coalescing).
@@ -406,6 +408,7 @@ impl Conn {
             writable: false,
             dirty: false,
             ping_sent: false,
+            timer_ms: None,
             urgent: false,
             last_write_ms: now_ms.wrapping_sub(u32::MAX / 4),
             last_input_ms: now_ms,
@@ -680,6 +683,11 @@ impl WriteQueue {
         if self.frames.is_empty() && self.frames.capacity() > 0 {
             self.frames = VecDeque::new();
         }
+    }
+
+    /// True when the queue is empty and still holds memory (`release_if_empty` would free it).
+    pub fn holds_idle_memory(&self) -> bool {
+        self.frames.is_empty() && self.frames.capacity() > 0
     }
 
     /// Frames the queue has room for without allocating (tests check when memory goes back).

@@ -192,6 +192,8 @@ pub struct Latency {
     pub publish_ack: [Snapshot; 3],
     /// `WorkerHistograms::replay`.
     pub replay: Snapshot,
+    /// `WorkerHistograms::turn`.
+    pub turn: Snapshot,
     /// The broker's round trips to Redis (cluster mode).
     pub redis_round_trip: Option<Snapshot>,
 }
@@ -206,6 +208,7 @@ impl Latency {
             total.absorb(histogram);
         }
         self.replay.absorb(&worker.replay);
+        self.turn.absorb(&worker.turn);
     }
 }
 
@@ -220,4 +223,6 @@ pub struct WorkerHistograms {
     pub publish_ack: [Histogram; 3],
     /// A resume's replay: its HIST answer to the subscription live.
     pub replay: Histogram,
+    /// A turn of the event loop: poll's return to the end of the turn's work.
+    pub turn: Histogram,
 }

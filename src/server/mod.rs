@@ -21,6 +21,7 @@ mod info;
 pub mod patterns;
 mod policy;
 pub mod presence;
+pub mod retention;
 pub mod ring;
 mod start;
 pub mod stats;
@@ -388,8 +389,9 @@ impl Shared {
         for counters in self.counters.iter() {
             total.absorb(counters);
         }
-        total.retained_bytes = self.channels.retained.bytes.load(Ordering::Relaxed) as u64;
-        total.retained_messages = self.channels.retained.messages.load(Ordering::Relaxed) as u64;
+        let (retained_bytes, retained_messages) = self.channels.retention.sum();
+        (total.retained_bytes, total.retained_messages) =
+            (retained_bytes as u64, retained_messages as u64);
         if let Some(storage) = &self.storage {
             let c = &storage.counters;
             total.records_written = c.records_written.load(Ordering::Relaxed);

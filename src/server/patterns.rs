@@ -2,8 +2,10 @@
 //! worker's subscribers of it, and, per channel, which patterns match it.
 //!
 //! Matching costs nothing per delivery: a channel is matched against the patterns once, the
-//! first time the drain meets it, and the answer (pattern ids) is cached until a pattern comes or
-//! goes. Subscribers are kept as the channel index keeps them (`server::index`): a dense `Vec` of
+//! first time the drain meets it, and the answer (pattern ids) is cached. When a pattern comes or
+//! goes, each cached answer is brought up to date the next time it is used, by the patterns
+//! that changed since (`changes`), not recomputed and not all at once: a PSUB costs no pause
+//! however many channels are cached. Subscribers are kept as the channel index keeps them (`server::index`): a dense `Vec` of
 //! slab keys with O(1) `swap_remove`, the moved subscriber's position fixed by the caller.
 
 use crate::server::index::Subscriber;
@@ -17,6 +19,24 @@ use crate::protocol::Format;
 /// Channels whose match lists are cached at most; past it the cache starts over (a flood of
 /// fresh channel names must not grow it without bound).
 const MAX_CACHED_CHANNELS: usize = 100_000;
+
+/// Pattern changes remembered for cached answers not yet brought up to date; past it the cache
+/// starts over (answers would otherwise wait on a log without end).
+const MAX_CHANGES: usize = 1024;
+
+/// A pattern came (its id may be one a pattern that went had) or went.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Added(usize),
+    Removed(usize),
+}
+
+/// One channel's cached answer, as of `generation`.
+#[derive(Debug)]
+struct Cached {
+    generation: u64,
+    ids: Vec<usize>,
+}
 
 /// What a pattern is: fanout's (`*` one token, `>` the rest) or, from a Redis client's
 /// PSUBSCRIBE, Redis's glob (`*`, `?`, `[...]`), whose key in the index starts with
@@ -117,13 +137,65 @@ impl PatternEntry {
     }
 }
 
+/// Each channel's cached answer, and the pattern changes answers have yet to be brought up to.
+#[derive(Debug, Default)]
+struct MatchCache {
+    /// By channel id (the server's: a fast hash).
+    by_channel: rustc_hash::FxHashMap<u64, Cached>,
+    /// The pattern changes since `changes_from`, oldest first: the one at `i` made generation
+    /// `changes_from + i + 1`.
+    changes: Vec<Change>,
+    changes_from: u64,
+}
+
+impl MatchCache {
+    fn changed(&mut self, change: Change) {
+        if self.changes.len() == MAX_CHANGES {
+            self.by_channel.clear();
+            self.changes_from += self.changes.len() as u64;
+            self.changes.clear();
+        }
+        self.changes.push(change);
+    }
+
+    /// The cached list of patterns matching a channel, computed on a miss, brought up to date
+    /// when patterns changed since it was.
+    fn get(&mut self, patterns: &Slab<PatternEntry>, channel: u64, name: &[u8]) -> &[usize] {
+        if self.by_channel.len() >= MAX_CACHED_CHANNELS && !self.by_channel.contains_key(&channel) {
+            self.by_channel.clear();
+        }
+        let now = self.changes_from + self.changes.len() as u64;
+        let cached = self.by_channel.entry(channel).or_insert_with(|| Cached {
+            generation: now,
+            ids: patterns.iter().filter(|(_, p)| p.matches(name)).map(|(id, _)| id).collect(),
+        });
+        if cached.generation < now {
+            // In order: an id that went and came back is tested against the pattern that has
+            // it now, whatever the earlier changes made of it.
+            let since = (cached.generation - self.changes_from) as usize;
+            for change in &self.changes[since..] {
+                match *change {
+                    Change::Added(id) => {
+                        if patterns.get(id).is_some_and(|p| p.matches(name)) {
+                            cached.ids.push(id);
+                        }
+                    }
+                    Change::Removed(id) => cached.ids.retain(|&i| i != id),
+                }
+            }
+            cached.generation = now;
+        }
+        &cached.ids
+    }
+}
+
 /// Pattern -> subscribers, and channel -> matching patterns.
 #[derive(Debug, Default)]
 pub struct PatternIndex {
     patterns: Slab<PatternEntry>,
     by_text: HashMap<Box<[u8]>, usize>,
-    /// Channel id -> ids of the patterns that match it. The ids are the server's: a fast hash.
-    matches: rustc_hash::FxHashMap<u64, Box<[usize]>>,
+    /// Channel id -> ids of the patterns that match it.
+    matches: MatchCache,
     /// Pattern subscriptions on this worker (a gauge).
     subscriptions: usize,
 }
@@ -169,7 +241,7 @@ impl PatternIndex {
                 });
                 self.by_text.insert(text.into(), id);
                 // A new pattern may match channels already cached.
-                self.matches.clear();
+                self.matches.changed(Change::Added(id));
                 id
             }
         };
@@ -194,16 +266,16 @@ impl PatternIndex {
             let entry = self.patterns.remove(id);
             self.by_text.remove(&entry.text);
             // Its id may be reused by another pattern: no cached list may name it.
-            self.matches.clear();
+            self.matches.changed(Change::Removed(id));
         }
         moved
     }
 
     /// The ids of the patterns that match topic channel `name` (id `channel`): computed the
-    /// first time, then cached until the patterns change.
+    /// first time, then cached and brought up to date as patterns change.
     #[cfg(test)]
     pub fn matching(&mut self, channel: u64, name: &[u8]) -> &[usize] {
-        cached_matches(&mut self.matches, &self.patterns, channel, name)
+        self.matches.get(&self.patterns, channel, name)
     }
 
     /// How many subscribers of the patterns matching the channel use each format, Redis
@@ -215,7 +287,7 @@ impl PatternIndex {
         channel: u64,
         name: &[u8],
     ) -> Option<([u32; Format::COUNT], bool)> {
-        let ids = cached_matches(&mut self.matches, &self.patterns, channel, name);
+        let ids = self.matches.get(&self.patterns, channel, name);
         if ids.is_empty() {
             return None;
         }
@@ -242,27 +314,11 @@ impl PatternIndex {
         name: &[u8],
         mut each: impl FnMut(Subscriber, usize, &PatternEntry),
     ) {
-        for &id in cached_matches(&mut self.matches, &self.patterns, channel, name) {
+        for &id in self.matches.get(&self.patterns, channel, name) {
             let entry = &self.patterns[id];
             entry.subscribers.iter().for_each(|&subscriber| each(subscriber, id, entry));
         }
     }
-}
-
-/// The cached list of patterns matching a channel, computed on a miss (a free function so that
-/// callers can borrow the patterns beside the answer).
-fn cached_matches<'a>(
-    matches: &'a mut rustc_hash::FxHashMap<u64, Box<[usize]>>,
-    patterns: &Slab<PatternEntry>,
-    channel: u64,
-    name: &[u8],
-) -> &'a [usize] {
-    if matches.len() >= MAX_CACHED_CHANNELS && !matches.contains_key(&channel) {
-        matches.clear();
-    }
-    matches.entry(channel).or_insert_with(|| {
-        patterns.iter().filter(|(_, p)| p.matches(name)).map(|(id, _)| id).collect()
-    })
 }
 
 #[cfg(test)]
@@ -308,5 +364,39 @@ mod tests {
             (sum[Format::Text as usize], sum[Format::Resp2 as usize], redis_clients),
             (1, 0, true)
         );
+    }
+
+    #[test]
+    fn cached_answers_follow_changes_without_being_recomputed() {
+        let mut index = PatternIndex::default();
+        let (rooms, _) = index.add(b"room.*", pattern("room.*"), sub(1), Format::Text);
+        assert_eq!(index.matching(1, b"room.1"), &[rooms]);
+        // The pattern goes and a new one takes its id: the cached answer must not keep it.
+        index.remove(rooms, 0, Format::Text);
+        let (lobby, _) = index.add(b"lobby", pattern("lobby"), sub(2), Format::Text);
+        assert_eq!(lobby, rooms, "the slab reused the id");
+        assert_eq!(index.matching(1, b"room.1"), &[] as &[usize]);
+        assert_eq!(index.matching(2, b"lobby"), &[lobby]);
+        // Back and forth past the change log's length: the cache starts over, still right.
+        for _ in 0..MAX_CHANGES {
+            let (id, _) = index.add(b"room.>", pattern("room.>"), sub(3), Format::Text);
+            index.remove(id, 0, Format::Text);
+        }
+        let (deep, _) = index.add(b"room.>", pattern("room.>"), sub(3), Format::Text);
+        assert_eq!(index.matching(1, b"room.1"), &[deep]);
+        assert_eq!(index.matching(2, b"lobby"), &[lobby]);
+    }
+
+    #[test]
+    fn a_new_pattern_updates_only_the_answers_used_next() {
+        let mut index = PatternIndex::default();
+        for channel in 0..1000u64 {
+            assert!(index.matching(channel, format!("c.{channel}").as_bytes()).is_empty());
+        }
+        let (all, _) = index.add(b"c.*", pattern("c.*"), sub(1), Format::Text);
+        assert_eq!(index.matches.by_channel.len(), 1000, "kept, not cleared");
+        assert!(index.matches.by_channel.values().all(|c| c.generation == 0), "not yet updated");
+        assert_eq!(index.matching(7, b"c.7"), &[all]);
+        assert_eq!(index.matches.by_channel[&7].generation, 1);
     }
 }

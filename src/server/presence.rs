@@ -424,7 +424,7 @@ mod tests {
             age: Duration::ZERO,
             total_bytes: 0,
         };
-        let registry = ChannelRegistry::new(10, history, Mirror::Standalone);
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone, 1);
         let channel = registry.get_or_create(b"room").unwrap();
         let mut outbox = Outbox::default();
         outbox.note(&channel, true, true, (member("c1", "a"), 1), 0, 100);

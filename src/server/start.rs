@@ -11,6 +11,7 @@ use log::{info, warn};
 use mio::{Poll, Waker};
 
 use super::channels::{ChannelRegistry, NameRegistry};
+use super::retention::Appender;
 use super::ring::{CachePadded, Ring};
 use super::stats::WorkerCounters;
 use super::*;
@@ -75,8 +76,9 @@ impl Server {
 
         let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
         let mirror = if config.cluster.is_some() { Mirror::Idle } else { Mirror::Standalone };
-        let channels = ChannelRegistry::new(config.max_channels, config.history_limits(), mirror)
-            .with_namespaces(namespaces.clone());
+        let channels =
+            ChannelRegistry::new(config.max_channels, config.history_limits(), mirror, workers)
+                .with_namespaces(namespaces.clone());
         let broker_parts = match &config.cluster {
             Some(cluster) => {
                 Some(crate::cluster::prepare(cluster.clone()).map_err(StartError::Poll)?)
@@ -93,10 +95,15 @@ impl Server {
                 StartError::Config(format!("cannot use data directory {}: {e}", dir.display()))
             })?;
             let limits_of = |name: &[u8]| namespaces.history_limits(&channels.history, name);
-            let recovered = disk::recover(dir, limits_of, &channels.retained, MAX_STORAGE_BACKLOG)
-                .map_err(|e| {
-                    StartError::Config(format!("cannot read history from {}: {e}", dir.display()))
-                })?;
+            let recovered = disk::recover(
+                dir,
+                limits_of,
+                channels.totals(Appender::Startup),
+                MAX_STORAGE_BACKLOG,
+            )
+            .map_err(|e| {
+                StartError::Config(format!("cannot read history from {}: {e}", dir.display()))
+            })?;
             let mut existing = std::collections::HashMap::new();
             for channel in recovered {
                 existing.insert(channel.name.clone(), channel.segments);

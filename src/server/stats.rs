@@ -154,6 +154,10 @@ counters! {
     /// The most bytes of unparsed input any one connection has held (an incomplete frame, or
     /// input waiting behind a command in progress).
     input_high_water_bytes: peak,
+    /// The longest turn of any worker's event loop, microseconds: from poll's return to the end
+    /// of the turn's work. The ring waits for its slowest reader, so one long turn pauses every
+    /// publisher (see `fanout_reactor_turn_seconds`).
+    longest_turn_micros: peak,
     /// Cluster: Redis servers connected and answering now.
     cluster_redis_up: gauge,
     /// Cluster: connections to Redis re-established after a failure.

@@ -297,7 +297,7 @@ impl BrokerThread {
                 Step::Restart { epoch, next, notify } => {
                     {
                         let mut log = channel.lock_log();
-                        log.restart(epoch, &server.channels().retained);
+                        log.restart(epoch, server.channels().totals(Appender::Broker));
                         channel.set_epoch(epoch);
                         log.next_offset = next;
                     }
@@ -380,6 +380,7 @@ impl BrokerThread {
             let mut log = channel.lock_log();
             let producer = &mut self.producer;
             let appended = registry.append(
+                Appender::Broker,
                 channel,
                 &mut log,
                 producer,
@@ -392,8 +393,6 @@ impl BrokerThread {
             match appended {
                 Ok(_) => {
                     self.delivered |= deliver;
-                    drop(log);
-                    registry.after_publish();
                     return;
                 }
                 Err(back) => {

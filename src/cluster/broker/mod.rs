@@ -68,6 +68,7 @@ use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
 use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
 use crate::server::channels::{Channel, Message, EPOCH_NOTICE, EXPIRED_NOTICE};
+use crate::server::retention::Appender;
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, ServerForBroker};
 
@@ -389,6 +390,7 @@ impl BrokerThread {
             }
             self.timers();
             self.flush();
+            self.server.channels().maintain(Appender::Broker);
             if std::mem::take(&mut self.served) {
                 self.broker().served_generation.fetch_add(1, Ordering::Release);
                 self.server.wake_workers(true);

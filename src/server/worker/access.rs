@@ -14,7 +14,7 @@ use super::Worker;
 use crate::auth::pattern::TopicPattern;
 use crate::auth::{AuthError, Grant, Outcome};
 use crate::protocol::http::Head;
-use crate::protocol::{Ack, ErrorCode, Format};
+use crate::protocol::{Ack, ErrorCode};
 use crate::server::stats::WorkerCounters;
 
 /// What a command wants to do with a channel.
@@ -472,47 +472,6 @@ impl Worker {
         for key in holders {
             WorkerCounters::add(&self.counters().auth_expiry_closes, 1);
             self.close(key, Close::error(ErrorCode::Unauthorized, "the API key was rotated"));
-        }
-    }
-
-    /// The access deadlines, checked once a second: a connection with no permissions that did
-    /// not authenticate within `--auth-timeout-secs`, and one whose token expired more than the
-    /// grace ago without a fresh one, are closed with 401. Plain HTTP connections are not
-    /// concerned (each request carries its own token).
-    pub(super) fn access_deadlines(&mut self) {
-        let Some(auth) = &self.policy.auth else { return };
-        let timeout = auth.timeout.as_millis().min(u32::MAX as u128 / 4) as u32;
-        let grace_ms = auth.expiry_grace.as_millis() as u64;
-        let anonymous = auth.anonymous().is_some();
-        let wall_ms = self.wall_ms();
-        let mut late = Vec::new();
-        let mut expired = Vec::new();
-        for (key, conn) in self.conns.iter() {
-            if !conn.is_open() || conn.format == Some(Format::Http) {
-                continue;
-            }
-            match &conn.grant {
-                None if !anonymous && self.now_ms.wrapping_sub(conn.accepted_ms) >= timeout => {
-                    late.push(key)
-                }
-                Some(grant)
-                    if grant
-                        .expires_unix_ms
-                        .is_some_and(|exp| wall_ms >= exp.saturating_add(grace_ms)) =>
-                {
-                    expired.push(key)
-                }
-                _ => {}
-            }
-        }
-        for key in late {
-            WorkerCounters::add(&self.counters().auth_timeout_closes, 1);
-            let why = format!("authentication timeout: no AUTH within {timeout} ms");
-            self.close(key, Close::error(ErrorCode::Unauthorized, why));
-        }
-        for key in expired {
-            WorkerCounters::add(&self.counters().auth_expiry_closes, 1);
-            self.close(key, Close::error(ErrorCode::Unauthorized, "token expired"));
         }
     }
 }

@@ -25,7 +25,12 @@ use crate::server::conn::{
 };
 use crate::server::index::{self, Subscriber};
 use crate::server::patterns::{Matcher, GLOB_KEY};
+use crate::server::retention::Appender;
 use crate::server::stats::WorkerCounters;
+
+/// Channels (or cached names) a sweep looks at per turn: a shard of a million-channel registry
+/// is about 4,000, a fraction of a millisecond.
+const SWEEP_BUDGET: usize = 4096;
 
 fn owned(payload: Cow<'_, [u8]>) -> Bytes {
     match payload {
@@ -72,9 +77,9 @@ impl Worker {
     }
 
     /// The channel for a validated name: from this worker's cache, else from the registry. At
-    /// the channel limit, first free what nothing uses; if every channel is in use or holds
-    /// history, let the globally oldest history go (a hundredth of the limit at a time, so that a
-    /// flood of names sweeps rarely) and free what that emptied.
+    /// the channel limit, first let go of what nothing uses (a budget's worth: no step walks
+    /// every channel); if that frees nothing, let the globally oldest history go (a hundredth of
+    /// the limit at a time, so that a flood of names evicts rarely) and sweep again.
     pub(super) fn channel(&mut self, name: &[u8]) -> Result<Arc<Channel>, String> {
         if let Some(channel) = self.channel_cache.get(name) {
             return Ok(channel.clone());
@@ -87,41 +92,69 @@ impl Worker {
                 Err(_) => {
                     if attempt == 1 {
                         let batch = (self.shared.config.max_channels / 100).max(1);
-                        let evicted = self.shared.channels.evict_oldest(batch);
+                        let appender = Appender::Worker(self.id);
+                        let evicted = self.shared.channels.evict_oldest(appender, batch);
                         WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
                     }
-                    self.sweep_channels(true);
+                    self.channel_cache.start_pass();
+                    self.release_cached();
+                    self.sweep_registry();
                     attempt += 1;
                 }
             }
         };
-        self.channel_cache.insert(channel.name.clone(), channel.clone());
+        self.channel_cache.insert(channel.clone());
         Ok(channel)
     }
 
-    /// Lets go of cached channels with no local subscribers, then frees every channel nothing
-    /// uses any more (see `ChannelRegistry::sweep_unused`); a freed channel's files go too.
-    ///
-    /// The registry's sweep walks every channel under its lock, so the periodic one is worker
-    /// 0's alone (the others only let go of their caches); at the channel limit, whoever hits it.
-    pub(super) fn sweep_channels(&mut self, registry_too: bool) {
+    /// Begins letting go of channels nothing uses: of this worker's cached ones with no local
+    /// subscriber, and, when `registry_too`, of every channel in the registry nothing holds
+    /// (see `ChannelRegistry::sweep_unused`). Done a budget at a time by `sweep_step`.
+    pub(super) fn start_sweep(&mut self, registry_too: bool) {
+        self.channel_cache.start_pass();
+        if registry_too {
+            self.registry_shards_left = crate::server::channels::NAME_SHARDS;
+        }
+    }
+
+    /// True while a sweep has work left for the next turn.
+    pub(super) fn sweeping(&self) -> bool {
+        self.channel_cache.passing() || self.registry_shards_left > 0
+    }
+
+    /// One turn's share of the sweep: the cache first, so that what it lets go of can be freed
+    /// by the registry's part of the same sweep.
+    pub(super) fn sweep_step(&mut self) {
+        if self.channel_cache.passing() {
+            self.release_cached();
+        } else if self.registry_shards_left > 0 {
+            let shards = self.sweep_registry();
+            self.registry_shards_left = self.registry_shards_left.saturating_sub(shards);
+        }
+    }
+
+    fn release_cached(&mut self) {
         let index = &self.index;
-        self.channel_cache.retain(|_, channel| index.get(channel.id).is_some());
-        self.channel_cache.shrink_to_fit();
-        if !registry_too {
-            return;
-        }
+        self.channel_cache.pass_step(SWEEP_BUDGET, |channel| index.get(channel.id).is_some());
+    }
+
+    /// Frees a budget's worth of the registry's unused channels; a freed channel's files go too.
+    /// Returns how many shards of the registry it looked at.
+    fn sweep_registry(&mut self) -> usize {
         let storage = self.shared.storage.as_ref();
-        let freed = self.shared.channels.sweep_unused(self.wall_ms(), |name| {
-            if let Some(storage) = storage {
-                storage.depth.fetch_add(1, Ordering::Relaxed);
-                let _ = storage.sender.send(StoreOp::Forget(name.clone()));
-            }
-        });
-        WorkerCounters::add(&self.counters().channels_freed, freed as u64);
-        if freed > 0 {
-            debug!("worker {}: freed {freed} unused channel(s)", self.id);
+        let appender = Appender::Worker(self.id);
+        let step =
+            self.shared.channels.sweep_unused(appender, self.wall_ms(), SWEEP_BUDGET, |name| {
+                if let Some(storage) = storage {
+                    storage.depth.fetch_add(1, Ordering::Relaxed);
+                    let _ = storage.sender.send(StoreOp::Forget(name.clone()));
+                }
+            });
+        WorkerCounters::add(&self.counters().channels_freed, step.freed as u64);
+        if step.freed > 0 {
+            debug!("worker {}: freed {} unused channel(s)", self.id, step.freed);
         }
+        step.shards
     }
 
     /// A topic channel a client may subscribe to, or the refusal to send.

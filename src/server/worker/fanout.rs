@@ -669,7 +669,7 @@ mod tests {
     fn registry() -> ChannelRegistry {
         let history =
             HistoryLimits { messages: 0, bytes: 0, age: std::time::Duration::ZERO, total_bytes: 0 };
-        ChannelRegistry::new(16, history, crate::history::Mirror::Standalone)
+        ChannelRegistry::new(16, history, crate::history::Mirror::Standalone, 1)
     }
 
     /// A `describe` for `Batches::add` that always answers this audience.

@@ -45,8 +45,18 @@ impl Worker {
     }
 
     /// Reads until WouldBlock, the per-turn budget, or input that must wait. A closing
-    /// connection is read only to see the peer's EOF (its input is discarded).
+    /// connection is read only to see the peer's EOF (its input is discarded). What was read may
+    /// have brought a deadline closer (a request head begun, a token with an expiry): the
+    /// connection's timer is filed again.
     pub(super) fn read_ready(&mut self, key: usize) -> Result<(), Close> {
+        let result = self.read_input(key);
+        if result.is_ok() {
+            self.rearm(key);
+        }
+        result
+    }
+
+    fn read_input(&mut self, key: usize) -> Result<(), Close> {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let conn = &mut self.conns[key];

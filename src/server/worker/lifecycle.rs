@@ -84,7 +84,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{reached, would_block, Worker, HOUSEKEEPING_MS};
+use super::{reached, would_block, Worker};
 use crate::protocol::{websocket, ErrorCode, Format};
 use crate::server::conn::{AfterJoin, Conn, Phase, Wait, Web};
 use crate::server::stats::WorkerCounters;
@@ -93,9 +93,6 @@ use crate::server::stats::WorkerCounters;
 const ACCEPT_BATCH: usize = 256;
 /// How long a connection closed for an error may take to read its error frame.
 const CLOSE_LINGER_MS: u32 = 5_000;
-/// Longest silence on an event stream before a heartbeat comment (also bounded by the ping
-/// interval): under the 30-60 s idle timeouts of common proxies.
-const SSE_HEARTBEAT_MS: u32 = 15_000;
 
 /// Where the worker is in the server's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +238,9 @@ impl Worker {
         conn.peer_ip = peer_ip;
         // A fresh socket has an empty send buffer: replies need not wait for the first event.
         conn.writable = true;
+        let key = entry.key();
         entry.insert(conn);
+        self.rearm(key);
         WorkerCounters::add(&self.counters().connections_total, 1);
     }
 
@@ -297,6 +296,8 @@ impl Worker {
         let wait_for_eof = self.state == RunState::Running && !peer_done;
         conn.phase = Phase::Closing { deadline_ms: linger, write_shut: false, wait_for_eof };
         conn.input = None;
+        self.rearm(key);
+        let conn = &mut self.conns[key];
         self.out.mark_dirty(key, conn);
         if let Some((code, reason)) = &error {
             // The last frame this client gets: past the cap if need be (the queue was just
@@ -374,138 +375,6 @@ impl Worker {
         for key in self.conns.iter().map(|(key, _)| key).collect::<Vec<_>>() {
             self.remove(key, "server shut down");
         }
-    }
-
-    // ---- timers ----
-
-    pub(super) fn housekeeping(&mut self) {
-        let config = &self.shared.config;
-        let ping_after = config.ping_interval.as_millis().min(u32::MAX as u128 / 4) as u32;
-        let stale_after = ping_after
-            .saturating_add(config.ping_timeout.as_millis().min(u32::MAX as u128 / 4) as u32);
-        let heartbeat_after = ping_after.min(SSE_HEARTBEAT_MS);
-        let head_deadline = config.http_head_timeout.as_millis().min(u32::MAX as u128 / 4) as u32;
-        let tls_only = config.tls_only;
-        let mut expired = Vec::new();
-        let mut stale = Vec::new();
-        let mut ping = Vec::new();
-        let mut heartbeat = Vec::new();
-        let mut polls_due = Vec::new();
-        let mut idle_http = Vec::new();
-        let mut slow_heads = Vec::new();
-        let mut slow_handshakes = Vec::new();
-        let now = self.now_ms;
-        for (key, conn) in self.conns.iter_mut() {
-            // Queue memory goes back once a connection has had nothing to write for a while
-            // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a
-            // malloc/free pair per frame.
-            if now.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
-                conn.queue.release_if_empty();
-            }
-            match (&conn.phase, conn.format) {
-                (Phase::Closing { deadline_ms, .. }, _) => {
-                    if reached(self.now_ms, *deadline_ms) {
-                        expired.push(key);
-                    }
-                }
-                // A TLS handshake has as long as an HTTP head (a stalled one is a slowloris), and
-                // so, on a TLS-only port, has a connection that has not said anything yet (it
-                // gets no plaintext PING).
-                _ if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
-                    || (tls_only && conn.tls.is_none() && conn.format.is_none()) =>
-                {
-                    if self.now_ms.wrapping_sub(conn.accepted_ms) >= head_deadline {
-                        slow_handshakes.push(key);
-                    }
-                }
-                (_, Some(Format::Sse)) => {
-                    // A stream's client cannot answer; a heartbeat comment keeps proxies from
-                    // closing it, and a dead client shows up as a failed write.
-                    if self.now_ms.wrapping_sub(conn.last_write_ms) >= heartbeat_after {
-                        heartbeat.push(key);
-                    }
-                }
-                (Phase::Waiting(Wait::Poll(wait)), _) => {
-                    if reached(self.now_ms, wait.deadline_ms) {
-                        polls_due.push(key);
-                    }
-                }
-                (_, Some(Format::Http)) => match conn.web.as_deref() {
-                    Some(Web::Http { head_since_ms: Some(since), .. })
-                        if self.now_ms.wrapping_sub(*since) >= head_deadline =>
-                    {
-                        slow_heads.push(key);
-                    }
-                    _ => {
-                        if self.now_ms.wrapping_sub(conn.last_input_ms) >= ping_after {
-                            idle_http.push(key);
-                        }
-                    }
-                },
-                // Redis clients are neither pinged nor timed out (Redis's `timeout 0`).
-                (
-                    _,
-                    Some(
-                        Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded,
-                    ),
-                ) => {}
-                _ => {
-                    let idle = self.now_ms.wrapping_sub(conn.last_input_ms);
-                    if conn.ping_sent && idle >= stale_after {
-                        stale.push(key);
-                    } else if !conn.ping_sent && idle >= ping_after {
-                        ping.push(key);
-                    }
-                }
-            }
-        }
-        // Each connection is in one list at most, and closing one removes no other: the keys
-        // stay valid throughout.
-        for key in expired {
-            self.close(key, Close::now("linger deadline passed"));
-        }
-        for key in stale {
-            WorkerCounters::add(&self.counters().stale_closes, 1);
-            debug!("worker {}: connection {key} is stale (no answer to PING)", self.id);
-            let why = "stale connection: no answer to PING";
-            self.close(key, Close::error(ErrorCode::StaleConnection, why));
-        }
-        for key in ping {
-            self.conns[key].ping_sent = true;
-            let frame = self.conns[key].reply_format().ping();
-            let result = self.reply(key, frame);
-            self.close_on_error(key, result);
-        }
-        for key in heartbeat {
-            let result = self.reply(key, Format::Sse.ping());
-            self.close_on_error(key, result);
-        }
-        for key in polls_due {
-            let result = self.answer_poll(key, &[]);
-            self.close_on_error(key, result);
-        }
-        for key in slow_heads {
-            WorkerCounters::add(&self.counters().http_head_timeouts, 1);
-            let why = format!("request head not complete within {head_deadline} ms");
-            let close = self.http_fatal(key, ErrorCode::StaleConnection, why);
-            self.close(key, close);
-        }
-        for key in slow_handshakes {
-            WorkerCounters::add(self.counters().tls_failure("timeout"), 1);
-            if let Some(tls) = self.conns[key].tls.as_deref_mut() {
-                tls.fail();
-            }
-            debug!(
-                "worker {}: TLS handshake on connection {key} not done in {head_deadline} ms",
-                self.id
-            );
-            self.close(key, Close::now("TLS handshake timed out"));
-        }
-        for key in idle_http {
-            debug!("worker {}: closing idle HTTP connection {key}", self.id);
-            self.close(key, Close::quietly());
-        }
-        self.flush_dirty();
     }
 
     pub(super) fn publish_gauges(&self) {

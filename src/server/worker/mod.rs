@@ -17,7 +17,7 @@
 //!   invariants each transition keeps.
 //!
 //! Each turn of `run`:
-//! 1. poll (timeout 0 when work is left over, else until the next housekeeping tick);
+//! 1. poll (timeout 0 when work is left over, else until the next deadline or housekeeping tick);
 //! 2. dispatch events flat by token: listener, waker, or a connection (writable, then readable);
 //! 3. accept up to `ACCEPT_BATCH`, read each ready connection up to `READ_BUDGET_BYTES` (a busy
 //!    client cannot starve the others; leftovers wait in `pending_reads`), retry publishes that
@@ -26,8 +26,11 @@
 //! 5. drain the ring from our cursor, batching frames per channel, and queue them to local
 //!    subscribers (one `Bytes` per subscriber per channel per turn);
 //! 6. flush every connection that got new frames with writev; continue replays that drained;
-//! 7. housekeeping every `HOUSEKEEPING_MS`: keepalive pings, stale and lingering connections,
-//!    long-poll deadlines, unused channels.
+//! 7. fire the connections' deadlines that came due (`timers`: keepalive pings, stale and
+//!    lingering connections, long-poll, head, handshake and authentication deadlines), a budget
+//!    per turn; every `HOUSEKEEPING_MS`, start the worker's chores (stats, channel sweeps);
+//! 8. a budget's worth of any sweep under way (unused channels, a shard of the registry at a
+//!    time) and of retention (`server::retention`: the server-wide cap, compaction).
 //!
 //! Every step that acts for one connection returns `Result<_, Close>`; the step's caller at the
 //! top of the loop hands an `Err` to `close_on_error`, the only way a connection closes. A connection
@@ -36,6 +39,7 @@
 //! a slab key reused by a new connection never receives an old one's work.
 
 mod access;
+mod cache;
 mod commands;
 mod fanout;
 mod input;
@@ -45,6 +49,7 @@ mod presence;
 pub(in crate::server) mod publish;
 mod replay;
 mod resp;
+mod timers;
 mod web;
 
 use std::collections::{HashMap, VecDeque};
@@ -62,10 +67,10 @@ use self::fanout::Batches;
 use self::lifecycle::{Close, RunState};
 use self::outbox::Outbox;
 use self::publish::Publisher;
-use super::channels::Channel;
 use super::conn::Conn;
 use super::index::Index;
 use super::patterns::PatternIndex;
+use super::retention::Appender;
 use super::ring::{Consumer, Producer};
 use super::stats::WorkerCounters;
 use super::{Item, Shared};
@@ -76,12 +81,13 @@ pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 /// The cross-worker waker.
 pub(super) const WAKER: Token = Token(usize::MAX);
 
-/// How often keepalive and lingering deadlines are checked.
+/// The period of the worker's own chores (stats, sweeps); also how long an idle queue keeps its
+/// memory, and the longest a turn's poll sleeps.
 const HOUSEKEEPING_MS: u32 = 250;
-/// How often unused channels are freed (and at the channel limit, at once).
+/// How often a sweep for unused channels begins (and at the channel limit, at once).
 const CHANNEL_SWEEP_MS: u32 = 10_000;
-/// How often authentication deadlines and token expiries are checked.
-const ACCESS_CHECK_MS: u32 = 1_000;
+/// Cluster mode: how often a worker lets go of cached channels nobody on it reads.
+const CACHE_SWEEP_MS: u32 = 1_000;
 /// Poll timeout while a publish waits for ring room.
 const STALL_RETRY: Duration = Duration::from_millis(1);
 
@@ -168,7 +174,9 @@ pub(super) struct Worker {
     /// Scratch for `fan_out`: the event streams a batch went to (within one call).
     delivered_streams: Vec<usize>,
     /// Channels this worker has used, so that publishing does not take the registry lock.
-    channel_cache: HashMap<bytes::Bytes, Arc<Channel>>,
+    channel_cache: cache::ChannelCache,
+    /// Shards of the registry the sweep under way has still to look at (`start_sweep`).
+    registry_shards_left: usize,
     /// The drain's per-channel batches.
     batches: Batches,
     /// Joins and leaves of this worker's connections not sent yet (`server::presence`).
@@ -183,11 +191,15 @@ pub(super) struct Worker {
     /// Milliseconds since the server started (wrapping).
     now_ms: u32,
     next_housekeeping_ms: u32,
+    /// Every connection's next deadline (`timers`).
+    timers: timers::TimerWheel,
+    /// Scratch for the entries a turn fires.
+    timers_due: Vec<(ConnRef, u32)>,
     next_stats_ms: u32,
     /// When unused channels are next let go of (`sweep_channels`).
     next_sweep_ms: u32,
-    /// When authentication deadlines and token expiries are next checked.
-    next_access_check_ms: u32,
+    /// Cluster mode: when this worker next lets go of cached channels it does not read.
+    next_cache_sweep_ms: u32,
     state: RunState,
     /// This turn's batches delivered, for the latency histogram once they are written: when the
     /// oldest message of each entered the node, and its deliveries per format.
@@ -246,16 +258,19 @@ impl Worker {
             unblocked: Vec::new(),
             sse_cursors_due: Vec::new(),
             delivered_streams: Vec::new(),
-            channel_cache: HashMap::new(),
+            channel_cache: Default::default(),
+            registry_shards_left: 0,
             batches: Batches::for_node(local_clients),
             presence_out: Default::default(),
             presence_since: HashMap::new(),
             presence_since_channels: HashMap::new(),
             now_ms: 0,
             next_housekeeping_ms: 0,
+            timers: timers::TimerWheel::new(0),
+            timers_due: Vec::new(),
             next_stats_ms: 0,
             next_sweep_ms: CHANNEL_SWEEP_MS,
-            next_access_check_ms: ACCESS_CHECK_MS,
+            next_cache_sweep_ms: CACHE_SWEEP_MS,
             state: RunState::Running,
             delivered_latency: Vec::new(),
             policy,
@@ -282,6 +297,18 @@ impl Worker {
             let before = std::mem::replace(&mut self.policy, policy);
             self.policy_generation = generation;
             self.api_key_rotated(&before);
+            // Authentication deadlines follow the policy.
+            self.rearm_all();
+        }
+    }
+
+    /// Notes how long this turn took since poll returned (`clock`).
+    fn observe_turn(&mut self) {
+        let took_ns = self.shared.clock_ns().saturating_sub(self.publisher.now_ns);
+        self.shared.histograms[self.id].turn.observe(took_ns, 1);
+        let longest = &self.counters().longest_turn_micros;
+        if took_ns / 1000 > longest.load(Ordering::Relaxed) {
+            longest.store(took_ns / 1000, Ordering::Relaxed);
         }
     }
 
@@ -335,6 +362,8 @@ impl Worker {
             if self.publisher.take_published() {
                 self.shared.wake_others(self.id);
             }
+            let evicted = self.shared.channels.maintain(Appender::Worker(self.id));
+            WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
             self.drain_ring();
             self.emit_sse_cursors();
             self.flush_dirty();
@@ -345,21 +374,19 @@ impl Worker {
                 self.flush_dirty();
             }
             self.deferred_due_ms = self.flush_deferred();
+            self.fire_timers();
             if reached(self.now_ms, self.next_housekeeping_ms) {
                 self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
-                self.housekeeping();
-                if reached(self.now_ms, self.next_access_check_ms) {
-                    self.next_access_check_ms = self.now_ms.wrapping_add(ACCESS_CHECK_MS);
-                    self.access_deadlines();
-                    if self.shared.broker.is_some() {
-                        // Cluster mode: drop cached channels nobody here reads, so that the
-                        // broker can unsubscribe from them in Redis within seconds.
-                        self.sweep_channels(false);
-                    }
+                if self.shared.broker.is_some() && reached(self.now_ms, self.next_cache_sweep_ms) {
+                    // Cluster mode: drop cached channels nobody here reads, so that the broker
+                    // can unsubscribe from them in Redis within seconds.
+                    self.next_cache_sweep_ms = self.now_ms.wrapping_add(CACHE_SWEEP_MS);
+                    self.start_sweep(false);
                 }
                 if reached(self.now_ms, self.next_sweep_ms) {
                     self.next_sweep_ms = self.now_ms.wrapping_add(CHANNEL_SWEEP_MS);
-                    self.sweep_channels(self.id == 0);
+                    // The registry is everyone's: worker 0 sweeps it, the others their caches.
+                    self.start_sweep(self.id == 0);
                 }
                 if stats_every > 0 && self.id == 0 && reached(self.now_ms, self.next_stats_ms) {
                     self.next_stats_ms = self.now_ms.wrapping_add(stats_every);
@@ -368,6 +395,10 @@ impl Worker {
                     debug!("stats (all): {stats}");
                 }
             }
+            if self.sweeping() {
+                self.sweep_step();
+            }
+            self.observe_turn();
             self.publish_gauges();
             if !self.advance_shutdown() {
                 break;
@@ -386,6 +417,7 @@ impl Worker {
             || !self.replaying.is_empty()
             || !self.unblocked.is_empty()
             || !self.consumer.caught_up()
+            || self.sweeping()
         {
             return Duration::ZERO;
         }
@@ -399,6 +431,7 @@ impl Worker {
             self.next_housekeeping_ms.wrapping_sub(self.now_ms).min(HOUSEKEEPING_MS);
         let until =
             self.deferred_due_ms.map_or(until_housekeeping, |due| due.min(until_housekeeping));
+        let until = self.timers.until_next(self.now_ms, until).map_or(until, |due| due.min(until));
         let until = self
             .presence_out
             .due_ms

@@ -216,7 +216,17 @@ impl Worker {
 
     /// Writes the connection's queue; a closing connection whose queue emptied half-closes
     /// (with TLS, after its close_notify).
+    /// Writes out what the connection's queue holds; then its timer is filed again (a queue
+    /// that emptied gives its memory back a while later).
     pub(super) fn flush(&mut self, key: usize) -> Result<(), Close> {
+        let result = self.flush_out(key);
+        if result.is_ok() {
+            self.rearm(key);
+        }
+        result
+    }
+
+    fn flush_out(&mut self, key: usize) -> Result<(), Close> {
         self.conns[key].dirty = false;
         self.write_some(key)?;
         let conn = &mut self.conns[key];
@@ -268,7 +278,7 @@ impl Worker {
                 Ok(full) => {
                     // A connection written to rarely (a reply, a quiet channel) gives its queue
                     // memory back at once; a busy one keeps it for the next frame, and
-                    // housekeeping takes it once it goes quiet (invariant 5).
+                    // its timer takes it once it goes quiet (invariant 5).
                     if self.now_ms.wrapping_sub(conn.last_write_ms) >= HOUSEKEEPING_MS {
                         conn.queue.release_if_empty();
                     }

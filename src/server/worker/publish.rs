@@ -23,6 +23,7 @@ use crate::protocol::ErrorCode;
 use crate::server::channels::Channel;
 use crate::server::conn::{Phase, StalledPublish, Wait, Web};
 use crate::server::histogram::AckPath;
+use crate::server::retention::Appender;
 use crate::server::ring::Producer;
 use crate::server::stats::WorkerCounters;
 use crate::server::{Answer, Item, Shared, MAX_STORAGE_BACKLOG};
@@ -125,16 +126,16 @@ impl Publisher {
         };
         let keep = registry.limits_of(channel).messages > 0 || storage.is_some();
         let (producer, entered_ns) = (&mut self.producer, self.now_ns);
-        let appended =
-            registry.append(channel, &mut log, producer, entry, entered_ns, true, keep, to_disk);
+        let appender = Appender::Worker(worker);
+        let appended = registry
+            .append(appender, channel, &mut log, producer, entry, entered_ns, true, keep, to_disk);
         let dropped = match appended {
             Ok(dropped) => dropped,
             Err(entry) => return Err(Refused::Busy(entry.payload)),
         };
         drop(log);
-        let evicted = registry.after_publish();
         let counters = &shared.counters[self.worker];
-        WorkerCounters::add(&counters.history_dropped, (dropped + evicted) as u64);
+        WorkerCounters::add(&counters.history_dropped, dropped as u64);
         WorkerCounters::add(&counters.messages_in, 1);
         self.published = true;
         Ok(Published { offset, ack_later })

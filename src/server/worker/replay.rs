@@ -15,6 +15,7 @@ use crate::history::{ChannelLog, ResumeStatus, Retained};
 use crate::protocol::{Ack, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
 use crate::server::conn::{Backfill, CatchUp, Membership, Phase, Replay, Subscription, Wait};
+use crate::server::retention::Appender;
 use crate::server::stats::WorkerCounters;
 
 /// Pages queued per replay per turn, at most.
@@ -30,7 +31,11 @@ impl Worker {
     pub(super) fn trimmed_log<'a>(&self, channel: &'a Channel) -> MutexGuard<'a, ChannelLog> {
         let registry = &self.shared.channels;
         let mut log = channel.lock_log();
-        let dropped = log.trim(self.wall_ms(), registry.limits_of(channel), &registry.retained);
+        let dropped = log.trim(
+            self.wall_ms(),
+            registry.limits_of(channel),
+            registry.totals(Appender::Worker(self.id)),
+        );
         WorkerCounters::add(&self.counters().history_dropped, dropped as u64);
         log
     }

@@ -129,6 +129,7 @@ impl Worker {
         let deadline_ms = self.now_ms.wrapping_add((timeout.min(MAX_POLL_SECS) * 1000) as u32);
         self.join_catching_up(key, channel.clone(), after);
         self.conns[key].phase = Phase::Waiting(Wait::Poll(PollWait { channel, deadline_ms }));
+        self.rearm(key);
         Ok(())
     }
 

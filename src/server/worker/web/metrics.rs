@@ -126,6 +126,11 @@ impl Worker {
             "A resume's replay: its HIST answer to the subscription live.",
             &[(String::new(), latency.replay)],
         );
+        family(
+            "fanout_reactor_turn_seconds",
+            "A turn of a worker's event loop, poll's return to the end of its work, over every worker: a long one pauses every publisher (the ring waits for its slowest reader).",
+            &[(String::new(), latency.turn)],
+        );
         if let Some(round_trip) = latency.redis_round_trip {
             family(
                 "fanout_redis_round_trip_seconds",

@@ -1,0 +1,403 @@
+//! Every connection's deadlines (keepalive pings, stale peers, SSE heartbeats, lingering closes,
+//! long-poll, request-head and TLS-handshake deadlines, authentication and token expiry, and
+//! when an idle queue gives its memory back) on a hashed timing wheel (Varghese and Lauck), so
+//! that no turn walks every connection.
+//!
+//! A connection has at most one live entry: the earliest time any of its deadlines can come due
+//! given its state (`next_deadline`). Activity only moves deadlines later, so an entry is not
+//! moved when a connection reads or writes: it fires, finds nothing due, and is filed again at
+//! the new time (Redis's `clientsCron` and Netty's idle handlers check the same lazy way). What
+//! can make a deadline earlier (an accept, a read or a write that changes the connection's
+//! state, a close, a held long-poll, a reload of the access policy) calls `rearm`, which files
+//! a new entry only when it is earlier than the live one; the one left behind is recognised as
+//! stale (`Conn::timer_ms` names the live one) and skipped.
+//!
+//! Each turn fires at most `FIRE_BUDGET` entries; the rest wait for the next turn.
+
+use log::debug;
+
+use super::lifecycle::Close;
+use super::{reached, ConnRef, Worker, HOUSEKEEPING_MS};
+use crate::protocol::{ErrorCode, Format};
+use crate::server::conn::{Conn, Phase, Wait, Web};
+use crate::server::stats::WorkerCounters;
+
+/// Milliseconds per slot: deadlines fire up to this late (a turn's poll wakes for them).
+const SLOT_MS: u32 = 8;
+/// Slots on the wheel: entries up to `SLOTS * SLOT_MS` (8 s) ahead; a later deadline is filed
+/// at the wheel's far end and filed again when it fires. A power of two that divides 2^32 /
+/// `SLOT_MS`, so that slot numbers stay consistent when the millisecond clock wraps.
+const SLOTS: usize = 1024;
+/// Entries fired per turn at most.
+const FIRE_BUDGET: usize = 4096;
+/// Longest silence on an event stream before a heartbeat comment (also bounded by the ping
+/// interval): under the 30-60 s idle timeouts of common proxies.
+const SSE_HEARTBEAT_MS: u32 = 15_000;
+
+/// The wheel: entries (connection, the slot time it fires at) by slot.
+#[derive(Debug)]
+pub(super) struct TimerWheel {
+    slots: Box<[Vec<(ConnRef, u32)>]>,
+    /// The slot time fired next; every entry fires at it or within `SLOTS` slots after.
+    next_ms: u32,
+    /// Entries on the wheel, stale ones included.
+    len: usize,
+}
+
+/// `a` comes before `b` on the wrapping millisecond clock.
+fn before(a: u32, b: u32) -> bool {
+    a != b && reached(b, a)
+}
+
+fn slot_of(ms: u32) -> usize {
+    (ms / SLOT_MS) as usize % SLOTS
+}
+
+impl TimerWheel {
+    pub(super) fn new(now_ms: u32) -> Self {
+        TimerWheel {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            next_ms: now_ms - now_ms % SLOT_MS,
+            len: 0,
+        }
+    }
+
+    /// Files `conn` to fire at `due_ms`, rounded up to its slot (past the wheel's span, at its
+    /// far end; a due time already passed, at the next slot). Returns the time it fires at.
+    pub(super) fn schedule(&mut self, conn: ConnRef, due_ms: u32) -> u32 {
+        let last = self.next_ms.wrapping_add((SLOTS as u32 - 1) * SLOT_MS);
+        let at = if before(due_ms, self.next_ms) {
+            self.next_ms
+        } else if before(last, due_ms) {
+            last
+        } else {
+            due_ms.wrapping_add(SLOT_MS - 1) / SLOT_MS * SLOT_MS
+        };
+        self.slots[slot_of(at)].push((conn, at));
+        self.len += 1;
+        at
+    }
+
+    /// Moves up to `budget` entries whose slot time `now_ms` has reached into `out`.
+    pub(super) fn expire(&mut self, now_ms: u32, budget: usize, out: &mut Vec<(ConnRef, u32)>) {
+        // A worker that slept through more than a whole turn of the wheel looks at each slot once.
+        for _ in 0..SLOTS {
+            if !reached(now_ms, self.next_ms) || out.len() >= budget {
+                return;
+            }
+            let slot = &mut self.slots[slot_of(self.next_ms)];
+            let take = slot.len().min(budget - out.len());
+            out.extend(slot.drain(slot.len() - take..));
+            self.len -= take;
+            if !slot.is_empty() {
+                return;
+            }
+            if slot.capacity() > 64 {
+                slot.shrink_to(8);
+            }
+            self.next_ms = self.next_ms.wrapping_add(SLOT_MS);
+        }
+    }
+
+    /// Milliseconds from `now_ms` until the first entry within `horizon_ms` fires (`None`: none
+    /// does; zero: one is due).
+    pub(super) fn until_next(&self, now_ms: u32, horizon_ms: u32) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let mut at = self.next_ms;
+        for _ in 0..=(horizon_ms / SLOT_MS).min(SLOTS as u32) {
+            if !self.slots[slot_of(at)].is_empty() {
+                return Some(if reached(now_ms, at) { 0 } else { at.wrapping_sub(now_ms) });
+            }
+            at = at.wrapping_add(SLOT_MS);
+        }
+        None
+    }
+}
+
+/// What comes due for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// A closing connection's linger ends.
+    Linger,
+    /// A TLS handshake (or, on a TLS-only port, a first byte) takes too long.
+    Handshake,
+    /// An event stream has been silent too long.
+    Heartbeat,
+    /// A held long-poll is answered empty.
+    PollDue,
+    /// An HTTP request head takes too long.
+    HttpHead,
+    /// A keep-alive HTTP connection has been idle too long.
+    HttpIdle,
+    /// A quiet client is pinged.
+    Ping,
+    /// A pinged client did not answer.
+    Stale,
+    /// No AUTH in time.
+    AuthLate,
+    /// The token expired (past the grace).
+    TokenExpired,
+    /// An empty queue gives its memory back.
+    ReleaseQueue,
+}
+
+impl Worker {
+    /// The connection's earliest deadline and what comes due then, given its state now.
+    fn next_deadline(&self, conn: &Conn) -> Option<(u32, Deadline)> {
+        let config = &self.shared.config;
+        let clamp = |d: std::time::Duration| d.as_millis().min(u32::MAX as u128 / 4) as u32;
+        let ping_after = clamp(config.ping_interval);
+        let stale_after = ping_after.saturating_add(clamp(config.ping_timeout));
+        let head_deadline = clamp(config.http_head_timeout);
+        let mut earliest: Option<(u32, Deadline)> = None;
+        let mut consider = |due: u32, what: Deadline| {
+            if earliest.is_none_or(|(first, _)| before(due, first)) {
+                earliest = Some((due, what));
+            }
+        };
+        // Queue memory goes back once a connection has had nothing to write for a while
+        // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a malloc/free
+        // pair per frame.
+        if conn.queue.holds_idle_memory() {
+            consider(conn.last_write_ms.wrapping_add(HOUSEKEEPING_MS), Deadline::ReleaseQueue);
+        }
+        match (&conn.phase, conn.format) {
+            (Phase::Closing { deadline_ms, .. }, _) => consider(*deadline_ms, Deadline::Linger),
+            // A TLS handshake has as long as an HTTP head (a stalled one is a slowloris), and so,
+            // on a TLS-only port, has a connection that has not said anything yet (it gets no
+            // plaintext PING).
+            _ if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+                || (config.tls_only && conn.tls.is_none() && conn.format.is_none()) =>
+            {
+                consider(conn.accepted_ms.wrapping_add(head_deadline), Deadline::Handshake)
+            }
+            // A stream's client cannot answer; a heartbeat comment keeps proxies from closing
+            // it, and a dead client shows up as a failed write.
+            (_, Some(Format::Sse)) => consider(
+                conn.last_write_ms.wrapping_add(ping_after.min(SSE_HEARTBEAT_MS)),
+                Deadline::Heartbeat,
+            ),
+            (Phase::Waiting(Wait::Poll(wait)), _) => consider(wait.deadline_ms, Deadline::PollDue),
+            (_, Some(Format::Http)) => match conn.web.as_deref() {
+                Some(Web::Http { head_since_ms: Some(since), .. }) => {
+                    consider(since.wrapping_add(head_deadline), Deadline::HttpHead)
+                }
+                _ => consider(conn.last_input_ms.wrapping_add(ping_after), Deadline::HttpIdle),
+            },
+            // Redis clients are neither pinged nor timed out (Redis's `timeout 0`).
+            (_, Some(format)) if format.is_resp() => {}
+            _ if conn.ping_sent => {
+                consider(conn.last_input_ms.wrapping_add(stale_after), Deadline::Stale)
+            }
+            _ => consider(conn.last_input_ms.wrapping_add(ping_after), Deadline::Ping),
+        }
+        let auth = self.policy.auth.as_ref();
+        if let Some(auth) = auth.filter(|_| conn.is_open() && conn.format != Some(Format::Http)) {
+            match &conn.grant {
+                None if auth.anonymous().is_none() => {
+                    let due = conn.accepted_ms.wrapping_add(clamp(auth.timeout));
+                    consider(due, Deadline::AuthLate);
+                }
+                Some(grant) => {
+                    if let Some(expires) = grant.expires_unix_ms {
+                        let ends = expires.saturating_add(auth.expiry_grace.as_millis() as u64);
+                        let left = ends.saturating_sub(self.wall_ms()).min(u32::MAX as u64 / 4);
+                        consider(self.now_ms.wrapping_add(left as u32), Deadline::TokenExpired);
+                    }
+                }
+                None => {}
+            }
+        }
+        earliest
+    }
+
+    /// Files connection `key`'s next deadline if it is earlier than the one on the wheel.
+    pub(super) fn rearm(&mut self, key: usize) {
+        self.rearm_after(key, self.now_ms);
+    }
+
+    /// `rearm`, with no deadline earlier than `not_before_ms`.
+    fn rearm_after(&mut self, key: usize, not_before_ms: u32) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let Some((mut due, _)) = self.next_deadline(conn) else { return };
+        if before(due, not_before_ms) {
+            due = not_before_ms;
+        }
+        if conn.timer_ms.is_some_and(|armed| !before(due, armed)) {
+            return;
+        }
+        let at = self.timers.schedule(ConnRef::of(key, conn), due);
+        self.conns[key].timer_ms = Some(at);
+    }
+
+    /// Every connection's deadline filed anew (the access policy changed: authentication
+    /// deadlines with it).
+    pub(super) fn rearm_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.rearm(key);
+        }
+    }
+
+    /// Acts on the deadlines that came due, a budget's worth per turn.
+    pub(super) fn fire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.timers_due);
+        self.timers.expire(self.now_ms, FIRE_BUDGET, &mut due);
+        if due.is_empty() {
+            self.timers_due = due;
+            return;
+        }
+        for (noted, at) in due.drain(..) {
+            let Some(key) = self.resolve(noted) else { continue };
+            if self.conns[key].timer_ms != Some(at) {
+                continue; // A later rearm filed an earlier entry; that one is live.
+            }
+            self.conns[key].timer_ms = None;
+            let Some((deadline_ms, what)) = self.next_deadline(&self.conns[key]) else { continue };
+            if !reached(self.now_ms, deadline_ms) {
+                self.rearm(key);
+                continue;
+            }
+            self.on_deadline(key, what);
+            // One deadline per connection per firing: whatever else is due now waits a
+            // housekeeping period, as it did when timers were checked on that tick.
+            self.rearm_after(key, self.now_ms.wrapping_add(HOUSEKEEPING_MS));
+        }
+        self.timers_due = due;
+        self.flush_dirty();
+    }
+
+    fn on_deadline(&mut self, key: usize, what: Deadline) {
+        let config = &self.shared.config;
+        let head_deadline = config.http_head_timeout.as_millis();
+        match what {
+            Deadline::ReleaseQueue => self.conns[key].queue.release_if_empty(),
+            Deadline::Linger => self.close(key, Close::now("linger deadline passed")),
+            Deadline::Stale => {
+                WorkerCounters::add(&self.counters().stale_closes, 1);
+                debug!("worker {}: connection {key} is stale (no answer to PING)", self.id);
+                let why = "stale connection: no answer to PING";
+                self.close(key, Close::error(ErrorCode::StaleConnection, why));
+            }
+            Deadline::Ping => {
+                self.conns[key].ping_sent = true;
+                let frame = self.conns[key].reply_format().ping();
+                let result = self.reply(key, frame);
+                self.close_on_error(key, result);
+            }
+            Deadline::Heartbeat => {
+                let result = self.reply(key, Format::Sse.ping());
+                self.close_on_error(key, result);
+            }
+            Deadline::PollDue => {
+                let result = self.answer_poll(key, &[]);
+                self.close_on_error(key, result);
+            }
+            Deadline::HttpHead => {
+                WorkerCounters::add(&self.counters().http_head_timeouts, 1);
+                let why = format!("request head not complete within {head_deadline} ms");
+                let close = self.http_fatal(key, ErrorCode::StaleConnection, why);
+                self.close(key, close);
+            }
+            Deadline::Handshake => {
+                WorkerCounters::add(self.counters().tls_failure("timeout"), 1);
+                if let Some(tls) = self.conns[key].tls.as_deref_mut() {
+                    tls.fail();
+                }
+                debug!(
+                    "worker {}: TLS handshake on connection {key} not done in {head_deadline} ms",
+                    self.id
+                );
+                self.close(key, Close::now("TLS handshake timed out"));
+            }
+            Deadline::HttpIdle => {
+                debug!("worker {}: closing idle HTTP connection {key}", self.id);
+                self.close(key, Close::quietly());
+            }
+            Deadline::AuthLate => {
+                WorkerCounters::add(&self.counters().auth_timeout_closes, 1);
+                let timeout = self.policy.auth.as_ref().map_or(0, |a| a.timeout.as_millis());
+                let why = format!("authentication timeout: no AUTH within {timeout} ms");
+                self.close(key, Close::error(ErrorCode::Unauthorized, why));
+            }
+            Deadline::TokenExpired => {
+                WorkerCounters::add(&self.counters().auth_expiry_closes, 1);
+                self.close(key, Close::error(ErrorCode::Unauthorized, "token expired"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(key: usize) -> ConnRef {
+        ConnRef { key, serial: 1 }
+    }
+
+    fn fire(wheel: &mut TimerWheel, now_ms: u32) -> Vec<usize> {
+        let mut out = Vec::new();
+        wheel.expire(now_ms, usize::MAX, &mut out);
+        let mut keys: Vec<usize> = out.iter().map(|(c, _)| c.key).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn entries_fire_at_their_slot_never_early() {
+        let mut wheel = TimerWheel::new(1000);
+        assert_eq!(wheel.schedule(conn(1), 1003), 1008, "rounded up to the slot");
+        assert_eq!(wheel.schedule(conn(2), 1008), 1008);
+        assert_eq!(wheel.schedule(conn(3), 1500), 1504);
+        assert_eq!(wheel.schedule(conn(4), 500), 1000, "already due: the next slot");
+        assert_eq!(fire(&mut wheel, 1007), vec![4]);
+        assert_eq!(wheel.until_next(1007, 250), Some(1));
+        assert_eq!(fire(&mut wheel, 1008), vec![1, 2]);
+        assert_eq!(wheel.until_next(1008, 250), None, "1504 is past the horizon");
+        assert_eq!(fire(&mut wheel, 1503), Vec::<usize>::new());
+        assert_eq!(wheel.until_next(1503, 250), Some(1));
+        assert_eq!(fire(&mut wheel, 1600), vec![3]);
+        assert_eq!(wheel.len, 0);
+    }
+
+    #[test]
+    fn far_deadlines_wait_at_the_far_end_and_the_clock_may_wrap() {
+        let start = u32::MAX - 100 * SLOT_MS;
+        let mut wheel = TimerWheel::new(start);
+        let far = wheel.schedule(conn(1), start.wrapping_add(60_000));
+        assert_eq!(far, (start - start % SLOT_MS).wrapping_add((SLOTS as u32 - 1) * SLOT_MS));
+        let near = wheel.schedule(conn(2), start.wrapping_add(200 * SLOT_MS));
+        assert!(near < start, "past the wrap");
+        assert_eq!(fire(&mut wheel, near.wrapping_sub(1)), Vec::<usize>::new());
+        assert_eq!(fire(&mut wheel, near), vec![2]);
+        assert_eq!(fire(&mut wheel, far), vec![1]);
+    }
+
+    #[test]
+    fn a_turn_fires_at_most_its_budget() {
+        let mut wheel = TimerWheel::new(0);
+        for key in 0..10 {
+            wheel.schedule(conn(key), 16);
+        }
+        let mut out = Vec::new();
+        wheel.expire(100, 4, &mut out);
+        assert_eq!(out.len(), 4);
+        wheel.expire(100, 8, &mut out);
+        assert_eq!(out.len(), 8);
+        wheel.expire(100, 100, &mut out);
+        assert_eq!(out.len(), 10);
+        assert_eq!(wheel.len, 0);
+    }
+
+    #[test]
+    fn a_worker_that_slept_long_fires_everything_once() {
+        let mut wheel = TimerWheel::new(0);
+        for key in 0..SLOTS {
+            wheel.schedule(conn(key), key as u32 * SLOT_MS);
+        }
+        assert_eq!(fire(&mut wheel, 10 * SLOTS as u32 * SLOT_MS).len(), SLOTS);
+    }
+}
