@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import socket
+import multiprocessing
 import threading
 import time
 import urllib.request
@@ -32,33 +33,35 @@ def connect(port):
 
 
 def drain(sock, stop):
-    """Reads and discards what the server sends (acknowledgements of nothing, PINGs)."""
-    sock.settimeout(0.2)
+    """Reads and discards what the server sends (PINGs, acknowledgements), blocking: the socket
+    is shared with a sender, so it gets no timeout (a daemon thread, gone with the process)."""
     while not stop.is_set():
         try:
             if not sock.recv(1 << 16):
                 return
-        except socket.timeout:
-            pass
         except OSError:
             return
 
 
 def publisher(port, channels, stop, done, rate):
     sock = connect(port)
-    threading.Thread(target=drain, args=(sock, stop), daemon=True).start()
+    stop_drain = threading.Event()
+    threading.Thread(target=drain, args=(sock, stop_drain), daemon=True).start()
     batch = max(1, rate // 100)
     rng = random.Random()
     while not stop.is_set():
         began = time.monotonic()
         lines = b"".join(b"PUB c%d x\n" % rng.randrange(channels) for _ in range(batch))
         sock.sendall(lines)
-        done[0] += batch
+        with done.get_lock():
+            done.value += batch
         time.sleep(max(0.0, 0.01 - (time.monotonic() - began)))
+    stop_drain.set()
     sock.close()
 
 
-def probe(port, stop, rtts):
+def probe(port, stop, out):
+    rtts = []
     sock = connect(port)
     sock.settimeout(5)
     buf = b""
@@ -68,12 +71,39 @@ def probe(port, stop, rtts):
         while b"PONG" not in buf:
             chunk = sock.recv(4096)
             if not chunk:
+                out.put(rtts)
                 return
             buf += chunk
         rtts.append((time.monotonic() - began) * 1000)
         buf = buf[buf.index(b"PONG") + 4:]
         time.sleep(0.002)
     sock.close()
+    out.put(rtts)
+
+
+def turn_figures(metrics):
+    """The server's longest turn so far (ms) and its turn histogram's cumulative buckets."""
+    longest, buckets = None, {}
+    for line in metrics.splitlines():
+        if line.startswith("fanout_longest_turn_micros "):
+            longest = float(line.split()[1]) / 1000
+        elif line.startswith("fanout_reactor_turn_seconds_bucket"):
+            buckets[line.split('le="')[1].split('"')[0]] = int(float(line.split()[1]))
+    return {"longest_ms": longest, "buckets": buckets}
+
+
+def steady_turns(before, after):
+    """Turns during the steady phase: how many, and how many took longer than 1, 2.5, 5 and
+    10 ms (from the histogram's buckets), and the longest turn's bucket."""
+    if not after["buckets"]:
+        return None
+    delta = {le: n - before["buckets"].get(le, 0) for le, n in after["buckets"].items()}
+    total = delta["+Inf"]
+    over = {f"over_{le}s": total - delta[le] for le in ("0.001", "0.0025", "0.005", "0.01")}
+    bound = next((le for le, n in sorted(((k, v) for k, v in delta.items() if k != "+Inf"),
+                                         key=lambda kv: float(kv[0])) if n == total), "+Inf")
+    return {"turns": total, **over, "longest_turn_at_most_s": bound,
+            "longest_turn_ms_overall": after["longest_ms"]}
 
 
 def metric_lines(port):
@@ -90,9 +120,9 @@ def main():
     ap.add_argument("--connections", type=int, default=19000)
     ap.add_argument("--channels", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=25)
-    ap.add_argument("--publishers", type=int, default=4)
+    ap.add_argument("--publishers", type=int, default=2)
     ap.add_argument("--rate", type=int, default=10000, help="publishes/s per publisher")
-    ap.add_argument("--probes", type=int, default=6)
+    ap.add_argument("--probes", type=int, default=2)
     a = ap.parse_args()
 
     began = time.monotonic()
@@ -116,29 +146,29 @@ def main():
     time.sleep(0.5)
     loaded_s = time.monotonic() - began
 
-    stop = threading.Event()
-    done = [0]
-    rtts = []
-    threads = [threading.Thread(target=publisher, args=(a.port, a.channels, stop, done, a.rate))
-               for _ in range(a.publishers)]
-    threads += [threading.Thread(target=probe, args=(a.port, stop, rtts)) for _ in range(a.probes)]
-    for t in threads:
-        t.start()
+    loaded = turn_figures(metric_lines(a.port))
+    # Publishers and probes in processes of their own: a probe's round trip must not include
+    # waits for this interpreter's lock.
+    stop = multiprocessing.Event()
+    done = multiprocessing.Value("q", 0)
+    rtt_queue = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=publisher, args=(a.port, a.channels, stop, done, a.rate))
+             for _ in range(a.publishers)]
+    procs += [multiprocessing.Process(target=probe, args=(a.port, stop, rtt_queue))
+              for _ in range(a.probes)]
+    for p in procs:
+        p.start()
     time.sleep(a.seconds)
     stop.set()
-    for t in threads:
-        t.join(timeout=10)
+    rtts = []
+    for _ in range(a.probes):
+        rtts += rtt_queue.get(timeout=30)
+    for p in procs:
+        p.join(timeout=10)
     stop_loader.set()
 
     metrics = metric_lines(a.port)
-    longest = None
-    turn_buckets = {}
-    for line in metrics.splitlines():
-        if line.startswith("fanout_longest_turn_micros "):
-            longest = float(line.split()[1])
-        elif line.startswith("fanout_reactor_turn_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            turn_buckets[le] = int(float(line.split()[1]))
+    steady = turn_figures(metrics)
     channels_line = [l for l in metrics.splitlines() if l.startswith("fanout_channels ")]
     rtts.sort()
 
@@ -149,11 +179,11 @@ def main():
         "connections": a.connections, "channels_published": a.channels,
         "server_channels": float(channels_line[0].split()[1]) if channels_line else None,
         "connect_s": round(connected_s, 1), "load_s": round(loaded_s, 1),
-        "publishes": done[0], "probes": len(rtts),
+        "publishes": done.value, "probes": len(rtts),
         "probe_rtt_ms": {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999),
                          "max": round(rtts[-1], 3) if rtts else None},
-        "longest_turn_ms": longest / 1000 if longest is not None else None,
-        "turn_buckets": turn_buckets,
+        "longest_turn_ms_while_loading": loaded["longest_ms"],
+        "steady": steady_turns(loaded, steady),
     }))
     for s in idle:
         s.close()

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
@@ -78,7 +78,7 @@ impl Link {
 
     /// Queues one command (an array of bulk strings).
     pub fn command(&mut self, args: &[&[u8]]) {
-        encode_command(&mut self.out, args);
+        resp::put_command(&mut self.out, args);
     }
 
     pub fn has_output(&self) -> bool {
@@ -186,23 +186,6 @@ impl Link {
     }
 }
 
-fn put_decimal(out: &mut BytesMut, n: usize) {
-    out.put_slice(n.to_string().as_bytes());
-    out.put_slice(b"\r\n");
-}
-
-/// Appends one command (an array of bulk strings) to `out`.
-fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
-    out.put_u8(b'*');
-    put_decimal(out, args.len());
-    for arg in args {
-        out.put_u8(b'$');
-        put_decimal(out, arg.len());
-        out.put_slice(arg);
-        out.put_slice(b"\r\n");
-    }
-}
-
 /// Redis Cluster: the slot map (`CLUSTER SLOTS`). Blocking (a connect with a timeout, one round
 /// trip): called on a helper thread, never the broker's (`BrokerThread::discover`).
 pub(super) fn read_slot_map(
@@ -220,7 +203,7 @@ pub(super) fn read_slot_map(
     let tls = if seed.tls { tls.map(|config| (config, seed.host.as_str())) } else { None };
     let mut stream = Socket::new(tcp, tls)?;
     let mut request = BytesMut::new();
-    let mut command = |args: &[&[u8]]| encode_command(&mut request, args);
+    let mut command = |args: &[&[u8]]| resp::put_command(&mut request, args);
     let mut expected = 1;
     if let Some(password) = &seed.password {
         match &seed.user {

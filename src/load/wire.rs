@@ -14,6 +14,7 @@ use std::str::FromStr;
 use bytes::BytesMut;
 
 use super::Stamp;
+use fanout::protocol::resp::{self, Value};
 use fanout::protocol::websocket::{self, opcode};
 use fanout::protocol::{binary, text, Request, ServerFrame};
 
@@ -215,7 +216,7 @@ impl Protocol {
                 let word = if pattern { "PSUB" } else { "SUB" };
                 out.extend_from_slice(format!("{word} {channel}\r\n").as_bytes())
             }
-            Protocol::Resp => resp_command(out, &[b"SUBSCRIBE", channel.as_bytes()]),
+            Protocol::Resp => resp::put_command(out, &[b"SUBSCRIBE", channel.as_bytes()]),
             Protocol::Nats => {
                 out.extend_from_slice(
                     b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"fanout-load\"}\r\n",
@@ -292,7 +293,7 @@ impl Protocol {
                 out.extend_from_slice(&escaped);
                 out.extend_from_slice(b"\r\n");
             }
-            Protocol::Resp => resp_command(out, &[b"PUBLISH", channel.as_bytes(), payload]),
+            Protocol::Resp => resp::put_command(out, &[b"PUBLISH", channel.as_bytes(), payload]),
             Protocol::Nats => {
                 out.extend_from_slice(format!("PUB {channel} {}\r\n", payload.len()).as_bytes());
                 out.extend_from_slice(payload);
@@ -389,15 +390,6 @@ pub fn websocket_payload(input: &[u8], op: u8) -> Option<(&[u8], usize)> {
     (got == op).then_some((payload, used))
 }
 
-fn resp_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
-    for part in parts {
-        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
-        out.extend_from_slice(part);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
 fn line(input: &[u8]) -> Option<(&[u8], usize)> {
     let end = input.windows(2).position(|w| w == b"\r\n")?;
     Some((&input[..end], end + 2))
@@ -408,83 +400,6 @@ fn number(digits: &[u8], what: &str) -> Result<i64, WireError> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| WireError(format!("bad {what}: {:?}", String::from_utf8_lossy(digits))))
-}
-
-/// A RESP2 value, borrowed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Resp<'a> {
-    /// `+...`
-    Simple(&'a [u8]),
-    /// `-...`
-    Error(&'a [u8]),
-    /// `:n`
-    Integer(i64),
-    /// `$n` (None for `$-1`)
-    Bulk(Option<&'a [u8]>),
-    /// `*n`
-    Array(Vec<Resp<'a>>),
-}
-
-/// Parses one RESP2 value; `Ok(None)` when incomplete.
-pub fn parse_resp(input: &[u8]) -> Result<Option<(Resp<'_>, usize)>, WireError> {
-    parse_resp_nested(input, 0)
-}
-
-/// Pub/sub replies nest arrays two deep at most; a deeper stream is refused rather than recursed.
-const MAX_RESP_DEPTH: usize = 8;
-
-fn parse_resp_nested(input: &[u8], depth: usize) -> Result<Option<(Resp<'_>, usize)>, WireError> {
-    if depth > MAX_RESP_DEPTH {
-        return Err(WireError("RESP arrays nested too deep".into()));
-    }
-    let Some((head, mut used)) = line(input) else {
-        if input.len() > MAX_FRAME {
-            return Err(WireError("RESP line too long".into()));
-        }
-        return Ok(None);
-    };
-    let Some((&kind, rest)) = head.split_first() else {
-        return Err(WireError("empty RESP line".into()));
-    };
-    let value = match kind {
-        b'+' => Resp::Simple(rest),
-        b'-' => Resp::Error(rest),
-        b':' => Resp::Integer(number(rest, "RESP integer")?),
-        b'$' => {
-            let len = number(rest, "RESP bulk length")?;
-            if len < 0 {
-                Resp::Bulk(None)
-            } else {
-                let len = len as usize;
-                if len > MAX_FRAME {
-                    return Err(WireError(format!("RESP bulk of {len} bytes")));
-                }
-                if input.len() < used + len + 2 {
-                    return Ok(None);
-                }
-                let bulk = &input[used..used + len];
-                if &input[used + len..used + len + 2] != b"\r\n" {
-                    return Err(WireError("RESP bulk without CRLF".into()));
-                }
-                used += len + 2;
-                Resp::Bulk(Some(bulk))
-            }
-        }
-        b'*' => {
-            let count = number(rest, "RESP array length")?;
-            let mut items = Vec::with_capacity(count.clamp(0, 16) as usize);
-            for _ in 0..count.max(0) {
-                let Some((item, n)) = parse_resp_nested(&input[used..], depth + 1)? else {
-                    return Ok(None);
-                };
-                items.push(item);
-                used += n;
-            }
-            Resp::Array(items)
-        }
-        other => return Err(WireError(format!("unknown RESP type byte 0x{other:02x}"))),
-    };
-    Ok(Some((value, used)))
 }
 
 /// Digits up to CRLF starting at `at`: (value, index after the CRLF). `None` when incomplete or
@@ -527,16 +442,18 @@ fn parse_resp_event(input: &[u8]) -> Result<Option<(Event<'_>, usize)>, WireErro
             used,
         )));
     }
-    let Some((value, used)) = parse_resp(input)? else { return Ok(None) };
+    // Anything else (subscribe confirmations, errors, PONG) through the server's own codec.
+    let parsed = resp::parse_value(input, MAX_FRAME).map_err(|e| WireError(e.to_string()))?;
+    let Some((value, used)) = parsed else { return Ok(None) };
     let event = match value {
-        Resp::Array(items) => match items.as_slice() {
-            [Resp::Bulk(Some(b"message")), _, Resp::Bulk(Some(payload))] => {
-                Event::Message { offset: None, payload: std::borrow::Cow::Borrowed(payload) }
+        Value::Array(Some(items)) | Value::Push(items) => match items.as_slice() {
+            [Value::Bulk(Some(kind)), _, Value::Bulk(Some(payload))] if kind == b"message" => {
+                Event::Message { offset: None, payload: std::borrow::Cow::Owned(payload.clone()) }
             }
-            [Resp::Bulk(Some(b"subscribe")), ..] => Event::Subscribed,
+            [Value::Bulk(Some(kind)), ..] if kind == b"subscribe" => Event::Subscribed,
             _ => Event::Ignored,
         },
-        Resp::Error(e) => Event::Error(String::from_utf8_lossy(e).into_owned()),
+        Value::Error(e) => Event::Error(e),
         _ => Event::Ignored,
     };
     Ok(Some((event, used)))
@@ -716,10 +633,9 @@ mod tests {
         let mut out = Vec::new();
         Protocol::Resp.publish("news", b"x", &mut out);
         assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n$1\r\nx\r\n");
-        assert!(parse_resp(b"?x\r\n").is_err());
-        assert!(parse_resp(b"$3\r\nabcd\r\n").is_err());
-        assert_eq!(parse_resp(b"$-1\r\n").unwrap(), Some((Resp::Bulk(None), 5)));
-        assert!(parse_resp(&b"*1\r\n".repeat(100)).is_err(), "deep nesting is refused");
+        for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", &b"*1\r\n".repeat(100)] {
+            assert!(Protocol::Resp.parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use super::channels::Channel;
+use super::session::{Session, WebSocketSession};
 use crate::auth::Grant;
-use crate::protocol::websocket::Decoder;
 use crate::protocol::{ChannelKind, Format, Resume};
 use crate::tls::ServerSession;
 
@@ -182,78 +182,6 @@ pub struct CatchUp {
     pub since_ms: u32,
 }
 
-/// Per-connection state of the browser protocols (boxed: TCP clients do without it).
-#[derive(Debug)]
-pub enum Web {
-    /// Plain HTTP requests, one after another (keep-alive).
-    Http {
-        /// Keep the connection after the current response.
-        keep_alive: bool,
-        /// `100 Continue` was sent for the request whose body is still arriving.
-        continued: bool,
-        /// Worker-clock milliseconds when the first byte of a head still incomplete arrived.
-        head_since_ms: Option<u32>,
-        /// The request held is complete at this many bytes (its head was read, its body is
-        /// arriving): the head is not parsed again until then.
-        awaiting_body: Option<u32>,
-        /// The request held was authorized from its head (its body was too large for a
-        /// stranger); `route` does not verify its token again.
-        authorized: bool,
-        /// With `--allowed-origins`: the current request's (allowed) origin, which its response
-        /// names in `Access-Control-Allow-Origin` instead of `*`.
-        origin: Option<Box<str>>,
-    },
-    /// After the upgrade.
-    WebSocket {
-        /// Frame decoder with any message in progress.
-        decoder: Decoder,
-        /// The `/echo` endpoint (conformance testing): messages come back, no pub/sub.
-        echo: bool,
-        /// A close frame was queued; nothing else goes out after it.
-        close_sent: bool,
-    },
-    /// A Redis client (RESP).
-    Resp(RespState),
-    /// An event stream.
-    Sse {
-        /// The request's wildcard patterns not subscribed yet (each may wait for the cluster).
-        patterns: Vec<Box<[u8]>>,
-        /// The request's channels, in its order.
-        channels: Vec<SseChannel>,
-        /// How many of them are subscribed (in order: each replay from history must finish
-        /// before the next begins).
-        subscribed: usize,
-        /// Positions moved this turn: the stream gets one cursor event at the end of the turn.
-        cursor_due: bool,
-    },
-}
-
-/// A Redis client's own state (`Web::Resp`).
-#[derive(Debug, Default)]
-pub struct RespState {
-    /// CLIENT SETNAME / HELLO SETNAME.
-    pub name: Option<Box<[u8]>>,
-    /// The channels of a SUBSCRIBE still to be taken once the one being waited for is served
-    /// (cluster mode).
-    pub pending: std::collections::VecDeque<Bytes>,
-    /// An AUTH inside HELLO: its `+OK` is not sent (HELLO answers for it).
-    pub quiet_auth: bool,
-    /// The parse of a command arriving in pieces (the one at the start of `Conn::input`).
-    pub parser: crate::protocol::resp::CommandParser,
-}
-
-/// A channel of an event stream.
-#[derive(Debug)]
-pub struct SseChannel {
-    /// Its name.
-    pub name: Vec<u8>,
-    /// Where the request asked to start.
-    pub resume: Resume,
-    /// The last position sent on the stream, (offset, epoch), or the one it started from, once
-    /// known.
-    pub last: Option<(u64, u64)>,
-}
-
 /// A held long-poll.
 #[derive(Debug)]
 pub struct PollWait {
@@ -330,8 +258,9 @@ pub struct Conn {
     /// work noted for a connection (the worker's side lists, a late acknowledgement from the
     /// storage thread) carries it, so that it never reaches a later connection at that key.
     pub serial: u32,
-    /// Browser protocol state (HTTP, WebSocket, SSE); `None` for TCP clients.
-    pub web: Option<Box<Web>>,
+    /// Its protocol's own state (HTTP, WebSocket, SSE, RESP: `server::session`); `None` for
+    /// fanout's text and binary clients, whose codec is all their state.
+    pub session: Option<Box<Session>>,
     /// With access control on: what the connection's token grants (`None` before it
     /// authenticates: then the anonymous permissions apply, if there are any). Over plain HTTP,
     /// the current request's.
@@ -416,7 +345,7 @@ impl Conn {
             queue: WriteQueue::default(),
             subscriptions: Vec::new(),
             patterns: Vec::new(),
-            web: None,
+            session: None,
             grant: None,
             accepted_ms: now_ms,
             budget: Budget::default(),
@@ -520,7 +449,10 @@ impl Conn {
 
     /// True for the WebSocket echo endpoint.
     pub fn is_echo(&self) -> bool {
-        matches!(self.web.as_deref(), Some(Web::WebSocket { echo: true, .. }))
+        matches!(
+            self.session.as_deref(),
+            Some(Session::WebSocket(WebSocketSession { echo: true, .. }))
+        )
     }
 
     /// True when input must wait (see `Phase::Waiting`).

@@ -23,6 +23,7 @@ mod policy;
 pub mod presence;
 pub mod retention;
 pub mod ring;
+pub mod session;
 mod start;
 pub mod stats;
 mod worker;

@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// One command, as clients send it: an array of bulk strings (the cluster's broker and the load
+/// generator write theirs with it).
+pub fn put_command(out: &mut impl BufMut, args: &[&[u8]]) {
+    put_header(out, b'*', args.len());
+    for arg in args {
+        put_header(out, b'$', arg.len());
+        out.put_slice(arg);
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// `*n` or `$n` and its CRLF.
+fn put_header(out: &mut impl BufMut, kind: u8, n: usize) {
+    out.put_u8(kind);
+    out.put_slice(n.to_string().as_bytes());
+    out.put_slice(b"\r\n");
+}
+
 /// `+OK`-style simple string.
 pub fn put_simple(out: &mut BytesMut, text: &str) {
     out.put_u8(b'+');

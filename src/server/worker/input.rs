@@ -10,7 +10,8 @@ use log::debug;
 use super::lifecycle::{Close, RunState};
 use super::{would_block, ConnRef, Worker};
 use crate::protocol::{self, ErrorCode, Format, ProtocolError, Sniffed};
-use crate::server::conn::{Phase, Web};
+use crate::server::conn::Phase;
+use crate::server::session::Session;
 use crate::server::stats::WorkerCounters;
 use crate::tls::ServerSession;
 
@@ -201,30 +202,18 @@ impl Worker {
 
     /// Whether `input`, of which the first `searched` bytes were held as an incomplete frame
     /// (no wait in between), may now hold a complete frame, or one past the connection's limit.
-    /// False only where that is cheap to tell: a text line without its newline, an HTTP head
-    /// without its blank line, an HTTP body still short. The other codecs go on from where
-    /// they stopped by themselves (binary and WebSocket lengths come first; RESP keeps its
-    /// parse state).
+    /// False only where that is cheap to tell: a text line without its newline, or what the
+    /// session says (`Session::may_complete`); binary lengths come first.
     fn may_complete(&self, key: usize, input: &[u8], searched: usize) -> bool {
         let conn = &self.conns[key];
         if conn.input_waits() {
             return true;
         }
-        match (conn.format, conn.web.as_deref()) {
+        match (conn.format, conn.session.as_deref()) {
             (Some(Format::Text), _) => {
                 input.len() > self.input_limit(key) || input[searched..].contains(&b'\n')
             }
-            (Some(Format::Http), Some(Web::Http { awaiting_body, .. })) => match awaiting_body {
-                Some(end) => input.len() >= *end as usize,
-                None => {
-                    // httparse takes `\n\n` as well as `\r\n\r\n`; either may straddle the
-                    // bytes held and the bytes that came.
-                    let from = searched.saturating_sub(3);
-                    input.len() > protocol::http::MAX_HEAD_BYTES
-                        || input[from..].windows(2).any(|w| w == b"\n\n")
-                        || input[from..].windows(3).any(|w| w == b"\n\r\n")
-                }
-            },
+            (_, Some(session)) => session.may_complete(input, searched),
             _ => true,
         }
     }
@@ -283,14 +272,7 @@ impl Worker {
                     Ok(Sniffed::Text) => Format::Text,
                     Ok(Sniffed::Resp) => Format::Resp2,
                     Ok(Sniffed::Http) => {
-                        self.conns[key].web = Some(Box::new(Web::Http {
-                            keep_alive: true,
-                            continued: false,
-                            head_since_ms: None,
-                            awaiting_body: None,
-                            authorized: false,
-                            origin: None,
-                        }));
+                        self.conns[key].session = Some(Box::new(Session::http()));
                         Format::Http
                     }
                     Err(e) => {

@@ -85,8 +85,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{reached, would_block, Worker};
-use crate::protocol::{websocket, ErrorCode, Format};
-use crate::server::conn::{AfterJoin, Conn, Phase, Wait, Web};
+use crate::protocol::{ErrorCode, Format};
+use crate::server::conn::{AfterJoin, Conn, Phase, Wait};
 use crate::server::stats::WorkerCounters;
 
 /// Connections accepted per turn before other work gets a go.
@@ -305,18 +305,10 @@ impl Worker {
             let frame = conn.reply_format().encode_error(*code, reason);
             self.out.enqueue(key, conn, frame, usize::MAX);
         }
-        if let Some(Web::WebSocket { close_sent: close_sent @ false, .. }) = conn.web.as_deref_mut()
-        {
-            // A WebSocket ends with a close frame; its code says why.
-            *close_sent = true;
-            let (status, reason) = match &error {
-                Some((code, reason)) => {
-                    (crate::protocol::websocket::close_status(*code), &reason[..])
-                }
-                None => (websocket::status::GOING_AWAY, "server shutting down"),
-            };
-            let frame = websocket::encode_close(status, reason);
-            self.out.enqueue(key, conn, frame, usize::MAX);
+        // A WebSocket ends with a close frame; its code says why.
+        let why = error.as_ref().map(|(code, reason)| (*code, &reason[..]));
+        if let Some(goodbye) = conn.session.as_deref_mut().and_then(|s| s.goodbye(why)) {
+            self.out.enqueue(key, conn, goodbye, usize::MAX);
         }
     }
 

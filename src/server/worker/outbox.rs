@@ -11,8 +11,9 @@ use super::lifecycle::{Close, RunState};
 use super::{ConnRef, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{Ack, ErrorCode};
 use crate::server::conn::{
-    Conn, Phase, Wait, Web, FRAME_OVERHEAD_BYTES, REPLY_BACKLOG_BYTES, REPLY_RESUME_BYTES,
+    Conn, Phase, Wait, FRAME_OVERHEAD_BYTES, REPLY_BACKLOG_BYTES, REPLY_RESUME_BYTES,
 };
+use crate::server::session::{HttpSession, Session};
 use crate::server::stats::WorkerCounters;
 
 /// What queueing frames this turn left to do, and the queue byte gauges.
@@ -82,7 +83,9 @@ impl Worker {
     pub(super) fn reply(&mut self, key: usize, mut frame: Bytes) -> Result<(), Close> {
         let cap = self.shared.config.write_queue_cap_bytes;
         let conn = &mut self.conns[key];
-        if let Some(Web::Http { origin: Some(origin), .. }) = conn.web.as_deref() {
+        if let Some(Session::Http(HttpSession { origin: Some(origin), .. })) =
+            conn.session.as_deref()
+        {
             frame = crate::protocol::http::with_origin(&frame, origin);
         }
         if !self.out.enqueue(key, conn, frame, cap) {
@@ -93,7 +96,8 @@ impl Worker {
             // It is not reading its answers: read nothing more from it until it does.
             conn.phase = Phase::Waiting(Wait::Drain);
         }
-        if let Some(Web::Http { keep_alive: false, .. }) = conn.web.as_deref() {
+        if let Some(Session::Http(HttpSession { keep_alive: false, .. })) = conn.session.as_deref()
+        {
             return Err(Close::quietly());
         }
         Ok(())

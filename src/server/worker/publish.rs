@@ -21,10 +21,11 @@ use crate::history::disk::{Append, ReplyTo, StoreOp};
 use crate::history::Retained;
 use crate::protocol::ErrorCode;
 use crate::server::channels::Channel;
-use crate::server::conn::{Phase, StalledPublish, Wait, Web};
+use crate::server::conn::{Phase, StalledPublish, Wait};
 use crate::server::histogram::AckPath;
 use crate::server::retention::Appender;
 use crate::server::ring::Producer;
+use crate::server::session::{HttpSession, Session};
 use crate::server::stats::WorkerCounters;
 use crate::server::{Answer, Item, Shared, MAX_STORAGE_BACKLOG};
 
@@ -216,7 +217,7 @@ impl Worker {
                 let conn = &mut self.conns[key];
                 if ack_later && acked {
                     // Over HTTP, the response must not be overtaken by the next request's.
-                    if matches!(conn.web.as_deref(), Some(Web::Http { .. })) {
+                    if matches!(conn.session.as_deref(), Some(Session::Http(HttpSession { .. }))) {
                         conn.phase = Phase::Waiting(Wait::DurableAck);
                     }
                 } else if acked {

@@ -18,8 +18,8 @@ use super::lifecycle::Close;
 use super::Worker;
 use crate::protocol::resp::{self, RespError};
 use crate::protocol::Format;
-use crate::server::conn::{RespState, Web};
 use crate::server::patterns::{glob_key, GLOB_KEY};
+use crate::server::session::{RespSession, Session};
 use crate::server::stats::WorkerCounters;
 
 /// Commands a RESP2 connection with subscriptions may send (Redis's rule).
@@ -91,7 +91,7 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return Ok(());
             }
-            let Some(Web::Resp(state)) = conn.web.as_deref_mut() else { return Ok(()) };
+            let Some(Session::Resp(state)) = conn.session.as_deref_mut() else { return Ok(()) };
             let Some(next) = state.pending.pop_front() else { return Ok(()) };
             match next.first() {
                 Some(&GLOB_KEY) => self.request_pattern(key, next.as_ref().into())?,
@@ -159,13 +159,13 @@ impl Worker {
         self.conns[key].format.is_some_and(Format::is_resp3)
     }
 
-    fn resp_state(&mut self, key: usize) -> &mut RespState {
+    fn resp_state(&mut self, key: usize) -> &mut RespSession {
         let conn = &mut self.conns[key];
-        if !matches!(conn.web.as_deref(), Some(Web::Resp(_))) {
-            conn.web = Some(Box::new(Web::Resp(RespState::default())));
+        if !matches!(conn.session.as_deref(), Some(Session::Resp(_))) {
+            conn.session = Some(Box::new(Session::Resp(RespSession::default())));
         }
-        match conn.web.as_deref_mut() {
-            Some(Web::Resp(state)) => state,
+        match conn.session.as_deref_mut() {
+            Some(Session::Resp(state)) => state,
             _ => unreachable!("just set"),
         }
     }
@@ -593,6 +593,6 @@ impl Worker {
 
     /// Whether the connection is a Redis client in the middle of a quiet AUTH (inside HELLO).
     pub(super) fn resp_quiet_auth(&self, key: usize) -> bool {
-        matches!(self.conns[key].web.as_deref(), Some(Web::Resp(state)) if state.quiet_auth)
+        matches!(self.conns[key].session.as_deref(), Some(Session::Resp(state)) if state.quiet_auth)
     }
 }

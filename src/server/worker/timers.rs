@@ -19,7 +19,8 @@ use log::debug;
 use super::lifecycle::Close;
 use super::{reached, ConnRef, Worker, HOUSEKEEPING_MS};
 use crate::protocol::{ErrorCode, Format};
-use crate::server::conn::{Conn, Phase, Wait, Web};
+use crate::server::conn::{Conn, Phase, Wait};
+use crate::server::session::{Session, SessionDeadline};
 use crate::server::stats::WorkerCounters;
 
 /// Milliseconds per slot: deadlines fire up to this late (a turn's poll wakes for them).
@@ -28,8 +29,10 @@ const SLOT_MS: u32 = 8;
 /// at the wheel's far end and filed again when it fires. A power of two that divides 2^32 /
 /// `SLOT_MS`, so that slot numbers stay consistent when the millisecond clock wraps.
 const SLOTS: usize = 1024;
-/// Entries fired per turn at most.
-const FIRE_BUDGET: usize = 4096;
+/// Entries fired per turn at most: a firing may write (a PING, a heartbeat, an error frame),
+/// a few microseconds each, so that a crowd of connections accepted together, whose deadlines
+/// fall in one slot, is pinged over several turns of about a millisecond or two each.
+const FIRE_BUDGET: usize = 512;
 /// Longest silence on an event stream before a heartbeat comment (also bounded by the ping
 /// interval): under the 30-60 s idle timeouts of common proxies.
 const SSE_HEARTBEAT_MS: u32 = 15_000;
@@ -163,7 +166,9 @@ impl Worker {
         if conn.queue.holds_idle_memory() {
             consider(conn.last_write_ms.wrapping_add(HOUSEKEEPING_MS), Deadline::ReleaseQueue);
         }
-        match (&conn.phase, conn.format) {
+        // A protocol may have a deadline of its own instead of the keepalive PING.
+        let own = conn.session.as_deref().and_then(Session::deadline);
+        match (&conn.phase, own) {
             (Phase::Closing { deadline_ms, .. }, _) => consider(*deadline_ms, Deadline::Linger),
             // A TLS handshake has as long as an HTTP head (a stalled one is a slowloris), and so,
             // on a TLS-only port, has a connection that has not said anything yet (it gets no
@@ -173,21 +178,20 @@ impl Worker {
             {
                 consider(conn.accepted_ms.wrapping_add(head_deadline), Deadline::Handshake)
             }
+            (Phase::Waiting(Wait::Poll(wait)), _) => consider(wait.deadline_ms, Deadline::PollDue),
+            (_, Some(SessionDeadline::HeadSince(since))) => {
+                consider(since.wrapping_add(head_deadline), Deadline::HttpHead)
+            }
+            (_, Some(SessionDeadline::IdleClose)) => {
+                consider(conn.last_input_ms.wrapping_add(ping_after), Deadline::HttpIdle)
+            }
             // A stream's client cannot answer; a heartbeat comment keeps proxies from closing
             // it, and a dead client shows up as a failed write.
-            (_, Some(Format::Sse)) => consider(
+            (_, Some(SessionDeadline::Heartbeat)) => consider(
                 conn.last_write_ms.wrapping_add(ping_after.min(SSE_HEARTBEAT_MS)),
                 Deadline::Heartbeat,
             ),
-            (Phase::Waiting(Wait::Poll(wait)), _) => consider(wait.deadline_ms, Deadline::PollDue),
-            (_, Some(Format::Http)) => match conn.web.as_deref() {
-                Some(Web::Http { head_since_ms: Some(since), .. }) => {
-                    consider(since.wrapping_add(head_deadline), Deadline::HttpHead)
-                }
-                _ => consider(conn.last_input_ms.wrapping_add(ping_after), Deadline::HttpIdle),
-            },
-            // Redis clients are neither pinged nor timed out (Redis's `timeout 0`).
-            (_, Some(format)) if format.is_resp() => {}
+            (_, Some(SessionDeadline::Never)) => {}
             _ if conn.ping_sent => {
                 consider(conn.last_input_ms.wrapping_add(stale_after), Deadline::Stale)
             }

@@ -26,7 +26,7 @@ use super::lifecycle::Close;
 use super::Worker;
 use crate::protocol::http::{self, Head, HttpError};
 use crate::protocol::{ErrorCode, Format};
-use crate::server::conn::Web;
+use crate::server::session::{HttpSession, Session};
 use crate::server::stats::WorkerCounters;
 
 /// The live-comments demo page, served at `/`.
@@ -55,8 +55,8 @@ impl Worker {
                 Ok(None) => {
                     // A head in pieces: it has `http_head_timeout` from its first byte.
                     let now = self.now_ms;
-                    if let Some(Web::Http { head_since_ms, .. }) =
-                        self.conns[key].web.as_deref_mut()
+                    if let Some(Session::Http(HttpSession { head_since_ms, .. })) =
+                        self.conns[key].session.as_deref_mut()
                     {
                         let started = at < input.len();
                         *head_since_ms = if started { head_since_ms.or(Some(now)) } else { None };
@@ -71,7 +71,9 @@ impl Worker {
                     return Err(self.http_fatal(key, code, e.to_string()));
                 }
             };
-            if let Some(Web::Http { head_since_ms, .. }) = self.conns[key].web.as_deref_mut() {
+            if let Some(Session::Http(HttpSession { head_since_ms, .. })) =
+                self.conns[key].session.as_deref_mut()
+            {
                 *head_since_ms = None;
             }
             if head.header("transfer-encoding").is_some() {
@@ -102,18 +104,23 @@ impl Worker {
                 if self.input_limit(key) < body_len {
                     return Err(self.stranger_overflow(key, body_len));
                 }
-                if let Some(Web::Http { authorized, .. }) = self.conns[key].web.as_deref_mut() {
+                if let Some(Session::Http(HttpSession { authorized, .. })) =
+                    self.conns[key].session.as_deref_mut()
+                {
                     *authorized = true;
                 }
             }
-            if let Some(Web::Http { awaiting_body, .. }) = self.conns[key].web.as_deref_mut() {
+            if let Some(Session::Http(HttpSession { awaiting_body, .. })) =
+                self.conns[key].session.as_deref_mut()
+            {
                 *awaiting_body = (input.len() < end).then_some((end - at) as u32);
             }
             if input.len() < end {
                 // curl and others wait (a second, for curl) for this before sending a body.
                 if head.header_has("expect", "100-continue") {
-                    if let Some(Web::Http { continued: continued @ false, .. }) =
-                        self.conns[key].web.as_deref_mut()
+                    if let Some(Session::Http(HttpSession {
+                        continued: continued @ false, ..
+                    })) = self.conns[key].session.as_deref_mut()
                     {
                         *continued = true;
                         self.reply(key, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"))?;
@@ -121,7 +128,9 @@ impl Worker {
                 }
                 return Ok(at);
             }
-            if let Some(Web::Http { continued, .. }) = self.conns[key].web.as_deref_mut() {
+            if let Some(Session::Http(HttpSession { continued, .. })) =
+                self.conns[key].session.as_deref_mut()
+            {
                 *continued = false;
             }
             let body = &input[at + head.len..end];
@@ -147,7 +156,10 @@ impl Worker {
 
     /// Whether the request held was authorized from its head already.
     fn authorized(&self, key: usize) -> bool {
-        matches!(self.conns[key].web.as_deref(), Some(Web::Http { authorized: true, .. }))
+        matches!(
+            self.conns[key].session.as_deref(),
+            Some(Session::Http(HttpSession { authorized: true, .. }))
+        )
     }
 
     /// A request that cannot be answered in kind: counted; an error response, then the
@@ -175,7 +187,9 @@ impl Worker {
         } else {
             head.header("origin").map(Box::from)
         };
-        if let Some(Web::Http { keep_alive, origin, .. }) = self.conns[key].web.as_deref_mut() {
+        if let Some(Session::Http(HttpSession { keep_alive, origin, .. })) =
+            self.conns[key].session.as_deref_mut()
+        {
             *keep_alive = head.keep_alive();
             *origin = cors;
         }
@@ -190,8 +204,8 @@ impl Worker {
         let echo = self.shared.config.ws_echo;
         let method = head.method.as_str();
         // Authorized from its head (a body over a stranger's budget): for this request only.
-        let authorized = match self.conns[key].web.as_deref_mut() {
-            Some(Web::Http { authorized, .. }) => std::mem::take(authorized),
+        let authorized = match self.conns[key].session.as_deref_mut() {
+            Some(Session::Http(HttpSession { authorized, .. })) => std::mem::take(authorized),
             _ => false,
         };
         let private = matches!(head.path.as_str(), "/metrics" | "/healthz");

@@ -7,7 +7,7 @@ use bytes::{BufMut, BytesMut};
 use crate::auth::pattern::TopicPattern;
 use crate::protocol::{fields, http, http::Head, sse, ErrorCode, Format, Resume};
 use crate::server::channels::Channel;
-use crate::server::conn::{SseChannel, Web};
+use crate::server::session::{HttpSession, Session, SseChannel, SseSession};
 use crate::server::worker::access::Action;
 use crate::server::worker::lifecycle::Close;
 use crate::server::worker::{ConnRef, Worker};
@@ -87,13 +87,17 @@ impl Worker {
                 }
             }
         }
-        let origin = match self.conns[key].web.as_deref_mut() {
-            Some(Web::Http { origin, .. }) => origin.take(),
+        let origin = match self.conns[key].session.as_deref_mut() {
+            Some(Session::Http(HttpSession { origin, .. })) => origin.take(),
             _ => None,
         };
         let patterns = patterns.into_iter().map(Into::into).collect();
-        self.conns[key].web =
-            Some(Box::new(Web::Sse { patterns, channels, subscribed: 0, cursor_due: false }));
+        self.conns[key].session = Some(Box::new(Session::Sse(SseSession {
+            patterns,
+            channels,
+            subscribed: 0,
+            cursor_due: false,
+        })));
         self.set_format(key, Format::Sse);
         let head = http::stream_head("text/event-stream");
         let head = match origin {
@@ -118,7 +122,8 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return Ok(());
             }
-            let Some(Web::Sse { patterns, channels, subscribed, .. }) = conn.web.as_deref_mut()
+            let Some(Session::Sse(SseSession { patterns, channels, subscribed, .. })) =
+                conn.session.as_deref_mut()
             else {
                 return Ok(());
             };
@@ -153,7 +158,11 @@ impl Worker {
         let conn = &mut self.conns[key];
         let serial = conn.serial;
         let with_patterns = !conn.patterns.is_empty();
-        let Some(Web::Sse { channels, cursor_due, .. }) = conn.web.as_deref_mut() else { return };
+        let Some(Session::Sse(SseSession { channels, cursor_due, .. })) =
+            conn.session.as_deref_mut()
+        else {
+            return;
+        };
         // One channel: its message events carry the offset already, nothing to keep (unless
         // pattern deliveries interleave other channels' ids: then the cursor follows them).
         if channels.len() == 1 && !position && !with_patterns {
@@ -186,7 +195,11 @@ impl Worker {
             return;
         }
         let with_patterns = !conn.patterns.is_empty();
-        let Some(Web::Sse { channels, cursor_due, .. }) = conn.web.as_deref_mut() else { return };
+        let Some(Session::Sse(SseSession { channels, cursor_due, .. })) =
+            conn.session.as_deref_mut()
+        else {
+            return;
+        };
         if !std::mem::take(cursor_due) {
             return;
         }

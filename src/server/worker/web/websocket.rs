@@ -7,7 +7,7 @@ use log::debug;
 
 use crate::protocol::websocket::{self, opcode, WsError, WsEvent};
 use crate::protocol::{binary, http::Head, json, ErrorCode, Format, ProtocolError};
-use crate::server::conn::Web;
+use crate::server::session::{Session, WebSocketSession};
 use crate::server::stats::WorkerCounters;
 use crate::server::worker::lifecycle::Close;
 use crate::server::worker::Worker;
@@ -65,8 +65,11 @@ impl Worker {
             response.push_str(&format!("Sec-WebSocket-Protocol: {name}\r\n"));
         }
         response.push_str("\r\n");
-        self.conns[key].web =
-            Some(Box::new(Web::WebSocket { decoder: Default::default(), echo, close_sent: false }));
+        self.conns[key].session = Some(Box::new(Session::WebSocket(WebSocketSession {
+            decoder: Default::default(),
+            echo,
+            close_sent: false,
+        })));
         self.set_format(key, format);
         WorkerCounters::add(&self.counters().websocket_upgrades, 1);
         self.reply(key, Bytes::from(response))
@@ -88,7 +91,9 @@ impl Worker {
             if !conn.is_open() || conn.input_waits() {
                 return Ok(at);
             }
-            let Some(Web::WebSocket { decoder, .. }) = conn.web.as_deref_mut() else {
+            let Some(Session::WebSocket(WebSocketSession { decoder, .. })) =
+                conn.session.as_deref_mut()
+            else {
                 return Ok(at);
             };
             match decoder.decode(&input[at..], limit) {
@@ -145,7 +150,8 @@ impl Worker {
                     Some(code) => websocket::encode_close(code, ""),
                     None => websocket::encode_frame(opcode::CLOSE, b""),
                 };
-                if let Some(Web::WebSocket { close_sent, .. }) = self.conns[key].web.as_deref_mut()
+                if let Some(Session::WebSocket(WebSocketSession { close_sent, .. })) =
+                    self.conns[key].session.as_deref_mut()
                 {
                     *close_sent = true;
                 }
@@ -167,7 +173,9 @@ impl Worker {
     /// Queues a close frame with `status` and `reason`; nothing goes out after it.
     fn websocket_close(&mut self, key: usize, status: u16, reason: &str) -> Close {
         let conn = &mut self.conns[key];
-        if let Some(Web::WebSocket { close_sent, .. }) = conn.web.as_deref_mut() {
+        if let Some(Session::WebSocket(WebSocketSession { close_sent, .. })) =
+            conn.session.as_deref_mut()
+        {
             *close_sent = true;
         }
         let frame = websocket::encode_close(status, reason);
