@@ -334,6 +334,12 @@ impl ChannelRegistry {
         self.retention.maintain(appender, self.history.total_bytes)
     }
 
+    /// A step of compaction of what recovery from disk retained (`Appender::Startup`'s order,
+    /// which nobody appends to after startup; worker 0 keeps it compacted).
+    pub fn compact_recovered(&self) {
+        self.retention.compact(Appender::Startup, self.retention.sum().1);
+    }
+
     /// The totals `appender`'s drops count against (`ChannelLog::trim` and the like).
     pub fn totals(&self, appender: Appender) -> &Totals {
         self.retention.totals(appender)
@@ -342,8 +348,30 @@ impl ChannelRegistry {
     /// Drops the `count` globally oldest retained messages (at the channel limit, so that channels
     /// that only hold old history can be freed: a flood of fresh names evicts history, as a
     /// flood of bytes does, instead of locking every new channel out). Returns how many went.
-    pub fn evict_oldest(&self, appender: Appender, count: usize) -> usize {
-        self.retention.evict_oldest(appender, count)
+    ///
+    /// The channels it emptied are freed at once if nothing else holds them (a sweep step would
+    /// likely look elsewhere).
+    pub fn evict_oldest(
+        &self,
+        appender: Appender,
+        count: usize,
+        mut forget: impl FnMut(&Bytes),
+    ) -> (usize, usize) {
+        let (dropped, emptied) = self.retention.evict_oldest(appender, count);
+        let mut freed = 0;
+        for name in emptied {
+            let mut shard = self.shard_of(&name);
+            let unused = shard.get(&name).is_some_and(|channel| {
+                Arc::strong_count(channel) == 1 && channel.lock_log().retained().0 == 0
+            });
+            if unused {
+                shard.remove(&name);
+                forget(&name);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                freed += 1;
+            }
+        }
+        (dropped, freed)
     }
 
     /// Rebuilds the server-wide order from the channels' logs (after recovery from disk), by
@@ -548,6 +576,7 @@ impl NameRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::retention::COMPACT_BUDGET;
 
     #[test]
     fn registry_interns_names_and_enforces_the_limit() {
@@ -636,7 +665,7 @@ mod tests {
         assert_eq!(retained_offsets(&b), vec![2, 3, 4]);
         assert_eq!(registry.retention.sum(), (6 * cost, 6), "the shards sum to what is kept");
         // Worker 1 evicts what worker 0 retained: its share wraps below zero, the sum holds.
-        registry.evict_oldest(two, 4);
+        registry.evict_oldest(two, 4, |_| {});
         assert_eq!(retained_offsets(&a), vec![5]);
         assert_eq!(retained_offsets(&b), vec![4]);
         assert_eq!(registry.retention.sum(), (2 * cost, 2));
@@ -644,7 +673,6 @@ mod tests {
 
     #[test]
     fn stale_order_entries_are_compacted_a_budget_at_a_time() {
-        use crate::server::retention::COMPACT_BUDGET;
         let history = HistoryLimits {
             messages: 2,
             bytes: usize::MAX,
@@ -694,11 +722,85 @@ mod tests {
             publish_at(&registry, Appender::Worker(0), channel, b"x", ms);
         }
         // Evicting now takes the oldest live ones first, compaction under way or not.
-        assert_eq!(registry.evict_oldest(Appender::Worker(0), 10), 10);
+        assert_eq!(registry.evict_oldest(Appender::Worker(0), 10, |_| {}).0, 10);
         for (i, channel) in quiet.iter().enumerate() {
             assert_eq!(retained_offsets(channel).is_empty(), i < 10, "quiet channel {i}");
         }
         assert_eq!(registry.retention.sum(), (2991 * cost, 2991));
+    }
+
+    #[test]
+    fn compaction_outpaces_any_publish_rate() {
+        let history = HistoryLimits {
+            messages: 1,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: usize::MAX,
+        };
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone, 1);
+        let a = registry.get_or_create(b"a").unwrap();
+        // 20,000 publishes a turn (a pipelining client's read budget), then the turn's step.
+        for _turn in 0..20 {
+            for _ in 0..20_000 {
+                let mut log = a.lock_log();
+                let offset = log.next_offset;
+                log.next_offset += 1;
+                let entry = Retained { offset, published_ms: 0, payload: Bytes::from_static(b"x") };
+                registry.retain(Appender::Worker(0), &a, &mut log, entry);
+            }
+            registry.maintain(Appender::Worker(0));
+        }
+        // Each step checks twice what was noted since the last: the order stays within a few
+        // turns' worth, whatever the rate (a fixed budget would grow it without bound).
+        let entries = registry.retention.entries();
+        assert!(entries <= 3 * 20_000 + COMPACT_BUDGET, "{entries} entries for one live message");
+    }
+
+    #[test]
+    fn late_mirrored_history_is_not_taken_for_the_oldest() {
+        let cost = crate::history::retained_cost(b"x");
+        let history = HistoryLimits {
+            messages: 100,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: 3 * cost,
+        };
+        let registry = ChannelRegistry::new(10, history, Mirror::Standalone, 1);
+        let (old, new) =
+            (registry.get_or_create(b"old").unwrap(), registry.get_or_create(b"new").unwrap());
+        // A worker publishes at 100 and 101; the broker then mirrors a channel whose history was
+        // published long ago (at 5 and 6) and, in the same shard, a fresh message at 200.
+        publish_at(&registry, Appender::Worker(0), &new, b"x", 100);
+        publish_at(&registry, Appender::Worker(0), &new, b"x", 101);
+        publish_at(&registry, Appender::Broker, &old, b"x", 200);
+        publish_at(&registry, Appender::Broker, &old, b"x", 5);
+        // Over the cap by one: the worker's message at 100 goes, the oldest noted here; the
+        // mirrored ones count from when they arrived, behind the broker's front.
+        assert_eq!(retained_offsets(&new), vec![2]);
+        assert_eq!(retained_offsets(&old), vec![1, 2]);
+    }
+
+    #[test]
+    fn eviction_at_the_channel_limit_frees_what_it_emptied() {
+        let history = HistoryLimits {
+            messages: 10,
+            bytes: usize::MAX,
+            age: std::time::Duration::ZERO,
+            total_bytes: usize::MAX,
+        };
+        let registry = ChannelRegistry::new(100, history, Mirror::Standalone, 1);
+        for i in 0..50 {
+            let channel = registry.get_or_create(format!("c{i}").as_bytes()).unwrap();
+            publish_at(&registry, Appender::Worker(0), &channel, b"x", i);
+        }
+        let held = registry.get_or_create(b"c1").unwrap();
+        let mut forgotten = Vec::new();
+        let (dropped, freed) =
+            registry.evict_oldest(Appender::Worker(0), 3, |name| forgotten.push(name.clone()));
+        assert_eq!((dropped, freed), (3, 2), "c0 and c2 freed; c1 is held");
+        assert_eq!(forgotten, vec![Bytes::from_static(b"c0"), Bytes::from_static(b"c2")]);
+        assert_eq!(registry.len(), 1 + 48);
+        assert!(registry.find(b"c1").is_some_and(|c| Arc::ptr_eq(&c, &held)));
     }
 
     #[test]

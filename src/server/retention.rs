@@ -59,7 +59,10 @@ struct Shard {
 struct Entry {
     channel: Weak<Channel>,
     offset: u64,
-    published_ms: u64,
+    /// When it was retained here: its publish time, or the latest time noted in the shard if
+    /// that is later (history a cluster node mirrors late, a wall clock stepped back), so that a
+    /// shard is in time order and its front is its oldest.
+    noted_ms: u64,
 }
 
 /// A shard's retained messages, oldest first, and the compaction under way, if any: entries
@@ -69,6 +72,11 @@ struct Entry {
 struct Order {
     entries: VecDeque<Entry>,
     compaction: Option<Compaction>,
+    /// The latest `noted_ms`.
+    last_ms: u64,
+    /// Entries noted since the last compaction step: a step checks at least twice as many, so
+    /// that compaction outpaces any rate of publishing.
+    noted_since_step: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -150,21 +158,29 @@ impl Retention {
     }
 
     /// Bytes and messages retained over all channels (summed now: not for a per-message path).
+    /// Not a snapshot: a message appended to a shard already read and dropped by one read later
+    /// is missed, or the other way round counted twice, so while appenders run the sum is off by
+    /// what they move meanwhile; a sum that would be negative reads as zero.
     pub fn sum(&self) -> (usize, usize) {
-        self.shards.iter().fold((0, 0), |(bytes, messages), shard| {
+        let (bytes, messages) = self.shards.iter().fold((0usize, 0usize), |(b, m), shard| {
             let totals = &shard.totals;
             (
-                bytes.wrapping_add(totals.bytes.load(Ordering::Relaxed)),
-                messages.wrapping_add(totals.messages.load(Ordering::Relaxed)),
+                b.wrapping_add(totals.bytes.load(Ordering::Relaxed)),
+                m.wrapping_add(totals.messages.load(Ordering::Relaxed)),
             )
-        })
+        });
+        let non_negative = |n: usize| if n > isize::MAX as usize { 0 } else { n };
+        (non_negative(bytes), non_negative(messages))
     }
 
     /// Notes message `offset` of `channel`, just retained by `appender` (with the channel's lock
     /// held, so that each channel's entries in a shard are in offset order).
     pub fn note(&self, appender: Appender, channel: &Arc<Channel>, offset: u64, published_ms: u64) {
-        let entry = Entry { channel: Arc::downgrade(channel), offset, published_ms };
-        lock(&self.shard(appender).order).entries.push_back(entry);
+        let mut order = lock(&self.shard(appender).order);
+        order.last_ms = order.last_ms.max(published_ms);
+        let entry = Entry { channel: Arc::downgrade(channel), offset, noted_ms: order.last_ms };
+        order.entries.push_back(entry);
+        order.noted_since_step += 1;
     }
 
     /// `appender`'s step once per turn: evicts the oldest messages while the total is over
@@ -172,26 +188,49 @@ impl Retention {
     pub fn maintain(&self, appender: Appender, cap: usize) -> usize {
         let (bytes, live) = self.sum();
         let evicted = match bytes > cap {
-            true => self.evict_while(appender, |_| self.sum().0 > cap),
+            true => self.evict_while(appender, |_| self.sum().0 > cap, |_| {}),
             false => 0,
         };
-        let mut order = lock(&self.shard(appender).order);
-        if order.compaction.is_none() && order.entries.len() > 2 * live + COMPACT_BUDGET {
-            let end = order.entries.len();
-            order.compaction = Some(Compaction { write: 0, read: 0, end });
-        }
-        order.compact_step(COMPACT_BUDGET);
+        self.compact(appender, live);
         evicted
     }
 
-    /// Drops the `count` globally oldest retained messages; returns how many went.
-    pub fn evict_oldest(&self, appender: Appender, count: usize) -> usize {
-        self.evict_while(appender, |dropped| dropped < count)
+    /// A step of compaction of `appender`'s own order, begun once its entries outnumber twice
+    /// the `live` messages (over all shards) by a budget.
+    pub fn compact(&self, appender: Appender, live: usize) {
+        let mut order = lock(&self.shard(appender).order);
+        let budget = COMPACT_BUDGET.max(2 * std::mem::take(&mut order.noted_since_step));
+        let threshold = live.saturating_mul(2).saturating_add(COMPACT_BUDGET);
+        if order.compaction.is_none() && order.entries.len() > threshold {
+            let end = order.entries.len();
+            order.compaction = Some(Compaction { write: 0, read: 0, end });
+        }
+        order.compact_step(budget);
     }
 
-    /// Drops the oldest retained message over all shards, by publish time, while `more(dropped
-    /// so far)` holds and any is left; returns how many went.
-    fn evict_while(&self, appender: Appender, more: impl Fn(usize) -> bool) -> usize {
+    /// Drops the `count` globally oldest retained messages; returns how many went, and the
+    /// names of the channels it left with nothing retained (which may now be freed).
+    pub fn evict_oldest(&self, appender: Appender, count: usize) -> (usize, Vec<bytes::Bytes>) {
+        let mut emptied = Vec::new();
+        let dropped = self.evict_while(
+            appender,
+            |dropped| dropped < count,
+            |channel| {
+                emptied.push(channel.name.clone());
+            },
+        );
+        (dropped, emptied)
+    }
+
+    /// Drops the oldest retained message over all shards, by the time it was noted, while
+    /// `more(dropped so far)` holds and any is left; `emptied` is told of each channel left
+    /// with nothing retained. Returns how many went.
+    fn evict_while(
+        &self,
+        appender: Appender,
+        more: impl Fn(usize) -> bool,
+        mut emptied: impl FnMut(&Channel),
+    ) -> usize {
         let _evicting = lock(&self.evicting);
         let totals = self.totals(appender);
         let mut dropped = 0;
@@ -200,23 +239,28 @@ impl Retention {
                 .shards
                 .iter()
                 .filter_map(|shard| {
-                    let published_ms = lock(&shard.order).entries.front()?.published_ms;
-                    Some((published_ms, shard))
+                    let noted_ms = lock(&shard.order).entries.front()?.noted_ms;
+                    Some((noted_ms, shard))
                 })
-                .min_by_key(|(published_ms, _)| *published_ms);
+                .min_by_key(|(noted_ms, _)| *noted_ms);
             let Some((oldest_ms, shard)) = oldest else { break };
             // Only the evictor pops, but the owner's compaction may have taken the front since
             // it was looked at: take it only if it is still that old, else look again.
             let entry = {
                 let mut order = lock(&shard.order);
                 match order.entries.front() {
-                    Some(front) if front.published_ms <= oldest_ms => order.pop_front(),
+                    Some(front) if front.noted_ms <= oldest_ms => order.pop_front(),
                     _ => None,
                 }
             };
             let Some(entry) = entry else { continue };
             if let Some(channel) = entry.channel.upgrade() {
-                dropped += channel.lock_log().drop_through(entry.offset, totals);
+                let mut log = channel.lock_log();
+                let went = log.drop_through(entry.offset, totals);
+                dropped += went;
+                if went > 0 && log.retained().0 == 0 {
+                    emptied(&channel);
+                }
             }
         }
         dropped
@@ -225,14 +269,15 @@ impl Retention {
     /// Replaces every order with the given messages as (channel, offset, publish time), sorted
     /// by publish time (after recovery, before any worker runs).
     pub fn rebuild(&self, mut entries: Vec<(Weak<Channel>, u64, u64)>) {
-        entries.sort_by_key(|(_, _, published_ms)| *published_ms);
+        entries.sort_by_key(|(_, _, noted_ms)| *noted_ms);
         for shard in self.shards.iter() {
             *lock(&shard.order) = Order::default();
         }
         let mut order = lock(&self.shard(Appender::Startup).order);
+        order.last_ms = entries.last().map_or(0, |(_, _, noted_ms)| *noted_ms);
         order.entries = entries
             .into_iter()
-            .map(|(channel, offset, published_ms)| Entry { channel, offset, published_ms })
+            .map(|(channel, offset, noted_ms)| Entry { channel, offset, noted_ms })
             .collect();
     }
 

@@ -32,6 +32,15 @@ use crate::server::stats::WorkerCounters;
 /// is about 4,000, a fraction of a millisecond.
 const SWEEP_BUDGET: usize = 4096;
 
+/// A freed channel's history files go too (the storage thread deletes them, in order with
+/// anything a channel of that name does later).
+fn forget_files(storage: Option<&crate::server::StorageQueue>, name: &Bytes) {
+    if let Some(storage) = storage {
+        storage.depth.fetch_add(1, Ordering::Relaxed);
+        let _ = storage.sender.send(StoreOp::Forget(name.clone()));
+    }
+}
+
 fn owned(payload: Cow<'_, [u8]>) -> Bytes {
     match payload {
         Cow::Borrowed(bytes) => Bytes::copy_from_slice(bytes),
@@ -79,7 +88,7 @@ impl Worker {
     /// The channel for a validated name: from this worker's cache, else from the registry. At
     /// the channel limit, first let go of what nothing uses (a budget's worth: no step walks
     /// every channel); if that frees nothing, let the globally oldest history go (a hundredth of
-    /// the limit at a time, so that a flood of names evicts rarely) and sweep again.
+    /// the limit at a time, so that a flood of names evicts rarely) and free what it emptied.
     pub(super) fn channel(&mut self, name: &[u8]) -> Result<Arc<Channel>, String> {
         if let Some(channel) = self.channel_cache.get(name) {
             return Ok(channel.clone());
@@ -90,15 +99,13 @@ impl Worker {
                 Ok(channel) => break channel,
                 Err(e) if attempt == 2 => return Err(e.to_string()),
                 Err(_) => {
-                    if attempt == 1 {
-                        let batch = (self.shared.config.max_channels / 100).max(1);
-                        let appender = Appender::Worker(self.id);
-                        let evicted = self.shared.channels.evict_oldest(appender, batch);
-                        WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
+                    if attempt == 0 {
+                        self.channel_cache.start_pass();
+                        self.release_cached();
+                        self.sweep_registry();
+                    } else {
+                        self.evict_for_room();
                     }
-                    self.channel_cache.start_pass();
-                    self.release_cached();
-                    self.sweep_registry();
                     attempt += 1;
                 }
             }
@@ -138,18 +145,27 @@ impl Worker {
         self.channel_cache.pass_step(SWEEP_BUDGET, |channel| index.get(channel.id).is_some());
     }
 
+    /// At the channel limit with nothing unused: lets the globally oldest history go (a
+    /// hundredth of the limit), and frees at once the channels that emptied and nothing holds.
+    fn evict_for_room(&mut self) {
+        let batch = (self.shared.config.max_channels / 100).max(1);
+        let appender = Appender::Worker(self.id);
+        let storage = self.shared.storage.as_ref();
+        let (evicted, freed) =
+            self.shared.channels.evict_oldest(appender, batch, |name| forget_files(storage, name));
+        WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
+        WorkerCounters::add(&self.counters().channels_freed, freed as u64);
+    }
+
     /// Frees a budget's worth of the registry's unused channels; a freed channel's files go too.
     /// Returns how many shards of the registry it looked at.
     fn sweep_registry(&mut self) -> usize {
         let storage = self.shared.storage.as_ref();
         let appender = Appender::Worker(self.id);
+        let now = self.wall_ms();
+        let channels = &self.shared.channels;
         let step =
-            self.shared.channels.sweep_unused(appender, self.wall_ms(), SWEEP_BUDGET, |name| {
-                if let Some(storage) = storage {
-                    storage.depth.fetch_add(1, Ordering::Relaxed);
-                    let _ = storage.sender.send(StoreOp::Forget(name.clone()));
-                }
-            });
+            channels.sweep_unused(appender, now, SWEEP_BUDGET, |name| forget_files(storage, name));
         WorkerCounters::add(&self.counters().channels_freed, step.freed as u64);
         if step.freed > 0 {
             debug!("worker {}: freed {} unused channel(s)", self.id, step.freed);

@@ -364,6 +364,9 @@ impl Worker {
             }
             let evicted = self.shared.channels.maintain(Appender::Worker(self.id));
             WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
+            if self.id == 0 {
+                self.shared.channels.compact_recovered();
+            }
             self.drain_ring();
             self.emit_sse_cursors();
             self.flush_dirty();

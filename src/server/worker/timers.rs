@@ -149,23 +149,30 @@ enum Deadline {
 impl Worker {
     /// The connection's earliest deadline and what comes due then, given its state now.
     fn next_deadline(&self, conn: &Conn) -> Option<(u32, Deadline)> {
+        self.deadlines(conn)
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| if before(b.0, a.0) { b } else { a })
+    }
+
+    /// The connection's deadlines, given its state now: its idle queue's, its phase's or
+    /// protocol's, and its access's (each may come due whatever the others do, so each is acted
+    /// on when due: a stream whose heartbeat cannot go out still has its token expire).
+    fn deadlines(&self, conn: &Conn) -> [Option<(u32, Deadline)>; 3] {
         let config = &self.shared.config;
         let clamp = |d: std::time::Duration| d.as_millis().min(u32::MAX as u128 / 4) as u32;
         let ping_after = clamp(config.ping_interval);
         let stale_after = ping_after.saturating_add(clamp(config.ping_timeout));
         let head_deadline = clamp(config.http_head_timeout);
-        let mut earliest: Option<(u32, Deadline)> = None;
-        let mut consider = |due: u32, what: Deadline| {
-            if earliest.is_none_or(|(first, _)| before(due, first)) {
-                earliest = Some((due, what));
-            }
-        };
+        let mut found = [None; 3];
         // Queue memory goes back once a connection has had nothing to write for a while
         // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a malloc/free
         // pair per frame.
         if conn.queue.holds_idle_memory() {
-            consider(conn.last_write_ms.wrapping_add(HOUSEKEEPING_MS), Deadline::ReleaseQueue);
+            let due = conn.last_write_ms.wrapping_add(HOUSEKEEPING_MS);
+            found[0] = Some((due, Deadline::ReleaseQueue));
         }
+        let mut consider = |due: u32, what: Deadline| found[1] = Some((due, what));
         // A protocol may have a deadline of its own instead of the keepalive PING.
         let own = conn.session.as_deref().and_then(Session::deadline);
         match (&conn.phase, own) {
@@ -197,6 +204,7 @@ impl Worker {
             }
             _ => consider(conn.last_input_ms.wrapping_add(ping_after), Deadline::Ping),
         }
+        let mut consider = |due: u32, what: Deadline| found[2] = Some((due, what));
         let auth = self.policy.auth.as_ref();
         if let Some(auth) = auth.filter(|_| conn.is_open() && conn.format != Some(Format::Http)) {
             match &conn.grant {
@@ -214,7 +222,7 @@ impl Worker {
                 None => {}
             }
         }
-        earliest
+        found
     }
 
     /// Files connection `key`'s next deadline if it is earlier than the one on the wheel.
@@ -259,15 +267,25 @@ impl Worker {
                 continue; // A later rearm filed an earlier entry; that one is live.
             }
             self.conns[key].timer_ms = None;
-            let Some((deadline_ms, what)) = self.next_deadline(&self.conns[key]) else { continue };
-            if !reached(self.now_ms, deadline_ms) {
-                self.rearm(key);
-                continue;
+            let due = self.deadlines(&self.conns[key]);
+            let mut acted = false;
+            for (deadline_ms, what) in due.into_iter().flatten() {
+                if !reached(self.now_ms, deadline_ms) {
+                    continue;
+                }
+                // An earlier action may have closed it: only a closing one's linger and queue
+                // deadlines still apply then.
+                let Some(conn) = self.conns.get(key) else { break };
+                if !conn.is_open() && !matches!(what, Deadline::Linger | Deadline::ReleaseQueue) {
+                    continue;
+                }
+                self.on_deadline(key, what);
+                acted = true;
             }
-            self.on_deadline(key, what);
-            // One deadline per connection per firing: whatever else is due now waits a
-            // housekeeping period, as it did when timers were checked on that tick.
-            self.rearm_after(key, self.now_ms.wrapping_add(HOUSEKEEPING_MS));
+            // What is still due after acting (a heartbeat that could not go out) is looked at
+            // again a housekeeping period later, as when timers were checked on that tick.
+            let not_before = if acted { HOUSEKEEPING_MS } else { 0 };
+            self.rearm_after(key, self.now_ms.wrapping_add(not_before));
         }
         self.timers_due = due;
         self.flush_dirty();
