@@ -32,15 +32,21 @@ def connect(port):
     return s
 
 
-def drain(sock, stop):
+def drain(sock, stop, acked=None):
     """Reads and discards what the server sends (PINGs, acknowledgements), blocking: the socket
-    is shared with a sender, so it gets no timeout (a daemon thread, gone with the process)."""
+    is shared with a sender, so it gets no timeout (a daemon thread, gone with the process).
+    Sets `acked` once an ACK arrives."""
+    tail = b""
     while not stop.is_set():
         try:
-            if not sock.recv(1 << 16):
-                return
+            chunk = sock.recv(1 << 16)
         except OSError:
             return
+        if not chunk:
+            return
+        if acked is not None and b"ACK " in tail + chunk:
+            acked.set()
+        tail = chunk[-8:]
 
 
 def publisher(port, channels, stop, done, rate):
@@ -135,16 +141,17 @@ def main():
 
     began = time.monotonic()
     loader = connect(a.port)
-    stop_loader = threading.Event()
-    threading.Thread(target=drain, args=(loader, stop_loader), daemon=True).start()
+    stop_loader, acked = threading.Event(), threading.Event()
+    threading.Thread(target=drain, args=(loader, stop_loader, acked), daemon=True).start()
     step = 50_000
     for first in range(0, a.channels, step):
         last = min(a.channels, first + step)
         loader.sendall(b"".join(b"PUB c%d x\n" % c for c in range(first, last)))
     # The last publish is acknowledged: everything before it was taken.
     loader.sendall(b"PUBA c0 done\n")
-    time.sleep(0.5)
+    acked.wait(timeout=120)
     loaded_s = time.monotonic() - began
+    time.sleep(1)
 
     loaded = turn_figures(metric_lines(a.port))
     # Publishers and probes in processes of their own: a probe's round trip must not include

@@ -11,7 +11,8 @@
 //! evicts the oldest messages over all shards by publish time; so the cap can be overshot by
 //! what the appenders publish in one turn, and no more. Per-channel retention (count, bytes,
 //! age) leaves stale entries behind in the orders; `maintain` also compacts its own shard's
-//! order, at most `COMPACT_BUDGET` entries per call, once stale entries outnumber live ones.
+//! order, `COMPACT_BUDGET` entries per call or twice what it noted since, once stale entries
+//! outnumber live ones.
 //!
 //! Locks: a shard's order is pushed to by its owner under a channel's lock, and compacted by its
 //! owner while it takes channels' locks; the evictor holds no channel lock while it takes an
@@ -27,8 +28,9 @@ use super::channels::Channel;
 use super::ring::CachePadded;
 use crate::history::Totals;
 
-/// Entries of its own order an appender's `maintain` checks at most per call while compacting.
-pub const COMPACT_BUDGET: usize = 4096;
+/// Entries an appender's `maintain` looks at per call, at least, to evict and to compact (a
+/// millisecond or less; more when it noted more since its last call).
+pub const COMPACT_BUDGET: usize = 1024;
 
 /// Who appends: names the shard an append, drop or maintenance step counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +94,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Order {
+    /// Puts back an entry taken from the front (it counts as kept by a compaction under way).
+    fn push_front(&mut self, entry: Entry) {
+        self.entries.push_front(entry);
+        if let Some(c) = &mut self.compaction {
+            c.write += 1;
+            c.read += 1;
+            c.end += 1;
+        }
+    }
+
     fn pop_front(&mut self) -> Option<Entry> {
         let entry = self.entries.pop_front()?;
         if let Some(c) = &mut self.compaction {
@@ -184,22 +196,25 @@ impl Retention {
     }
 
     /// `appender`'s step once per turn: evicts the oldest messages while the total is over
-    /// `cap` bytes, and compacts its own order a step. Returns the messages evicted.
+    /// `cap` bytes, and compacts its own order a step; each looks at a bounded number of
+    /// entries (at least twice what this appender noted since its last step, so that both
+    /// outpace it), and what is left waits for the next turn. Returns the messages evicted.
     pub fn maintain(&self, appender: Appender, cap: usize) -> usize {
         let (bytes, live) = self.sum();
+        let noted = std::mem::take(&mut lock(&self.shard(appender).order).noted_since_step);
+        let budget = COMPACT_BUDGET.max(2 * noted);
         let evicted = match bytes > cap {
-            true => self.evict_while(appender, |_| self.sum().0 > cap, |_| {}),
+            true => self.evict_while(appender, budget, |_| self.sum().0 > cap, |_| {}),
             false => 0,
         };
-        self.compact(appender, live);
+        self.compact(appender, live, budget);
         evicted
     }
 
-    /// A step of compaction of `appender`'s own order, begun once its entries outnumber twice
-    /// the `live` messages (over all shards) by a budget.
-    pub fn compact(&self, appender: Appender, live: usize) {
+    /// A step of compaction of `appender`'s own order (up to `budget` entries looked at), begun
+    /// once its entries outnumber twice the `live` messages (over all shards) by a budget.
+    pub fn compact(&self, appender: Appender, live: usize, budget: usize) {
         let mut order = lock(&self.shard(appender).order);
-        let budget = COMPACT_BUDGET.max(2 * std::mem::take(&mut order.noted_since_step));
         let threshold = live.saturating_mul(2).saturating_add(COMPACT_BUDGET);
         if order.compaction.is_none() && order.entries.len() > threshold {
             let end = order.entries.len();
@@ -208,59 +223,87 @@ impl Retention {
         order.compact_step(budget);
     }
 
-    /// Drops the `count` globally oldest retained messages; returns how many went, and the
+    /// Drops the `count` globally oldest retained messages (looking at no more than `count`
+    /// plus `COMPACT_BUDGET` entries: stale ones are skipped); returns how many went, and the
     /// names of the channels it left with nothing retained (which may now be freed).
     pub fn evict_oldest(&self, appender: Appender, count: usize) -> (usize, Vec<bytes::Bytes>) {
         let mut emptied = Vec::new();
+        let budget = count.saturating_add(COMPACT_BUDGET);
         let dropped = self.evict_while(
             appender,
+            budget,
             |dropped| dropped < count,
-            |channel| {
-                emptied.push(channel.name.clone());
-            },
+            |channel| emptied.push(channel.name.clone()),
         );
         (dropped, emptied)
     }
 
-    /// Drops the oldest retained message over all shards, by the time it was noted, while
-    /// `more(dropped so far)` holds and any is left; `emptied` is told of each channel left
-    /// with nothing retained. Returns how many went.
+    /// Drops the oldest retained messages over all shards, by the time they were noted, while
+    /// `more(dropped so far)` holds, any is left, and fewer than `budget` entries were looked at
+    /// (stale ones cost a look each); `emptied` is told of each channel left with nothing
+    /// retained. Returns how many went.
+    ///
+    /// Entries are taken from a shard's front in runs (those not newer than any other shard's
+    /// front), under its lock, and acted on with it released: the evictor never holds an
+    /// order's lock while it takes a channel's. What a run took and did not need goes back.
     fn evict_while(
         &self,
         appender: Appender,
+        budget: usize,
         more: impl Fn(usize) -> bool,
         mut emptied: impl FnMut(&Channel),
     ) -> usize {
+        const RUN: usize = 256;
         let _evicting = lock(&self.evicting);
         let totals = self.totals(appender);
-        let mut dropped = 0;
-        while more(dropped) {
-            let oldest = self
-                .shards
-                .iter()
-                .filter_map(|shard| {
-                    let noted_ms = lock(&shard.order).entries.front()?.noted_ms;
-                    Some((noted_ms, shard))
-                })
-                .min_by_key(|(noted_ms, _)| *noted_ms);
-            let Some((oldest_ms, shard)) = oldest else { break };
-            // Only the evictor pops, but the owner's compaction may have taken the front since
-            // it was looked at: take it only if it is still that old, else look again.
-            let entry = {
-                let mut order = lock(&shard.order);
-                match order.entries.front() {
-                    Some(front) if front.noted_ms <= oldest_ms => order.pop_front(),
-                    _ => None,
+        let (mut dropped, mut looked) = (0, 0);
+        let mut run: VecDeque<Entry> = VecDeque::with_capacity(RUN);
+        while more(dropped) && looked < budget {
+            let mut fronts =
+                self.shards.iter().enumerate().filter_map(|(at, shard)| {
+                    Some((lock(&shard.order).entries.front()?.noted_ms, at))
+                });
+            let Some(mut oldest) = fronts.next() else { break };
+            let mut next_ms = u64::MAX;
+            for front in fronts {
+                if front < oldest {
+                    next_ms = next_ms.min(oldest.0);
+                    oldest = front;
+                } else {
+                    next_ms = next_ms.min(front.0);
                 }
-            };
-            let Some(entry) = entry else { continue };
-            if let Some(channel) = entry.channel.upgrade() {
+            }
+            let shard = &self.shards[oldest.1];
+            {
+                let mut order = lock(&shard.order);
+                let take = RUN.min(budget - looked);
+                while run.len() < take
+                    && order.entries.front().is_some_and(|f| f.noted_ms <= next_ms)
+                {
+                    run.extend(order.pop_front());
+                }
+            }
+            if run.is_empty() {
+                continue; // Its compaction took the front meanwhile: look again.
+            }
+            while more(dropped) {
+                let Some(entry) = run.pop_front() else { break };
+                looked += 1;
+                let Some(channel) = entry.channel.upgrade() else { continue };
                 let mut log = channel.lock_log();
                 let went = log.drop_through(entry.offset, totals);
                 dropped += went;
                 if went > 0 && log.retained().0 == 0 {
                     emptied(&channel);
                 }
+            }
+            if !run.is_empty() {
+                // Not needed after all: back to the front, in order, as if never taken.
+                let mut order = lock(&shard.order);
+                while let Some(entry) = run.pop_back() {
+                    order.push_front(entry);
+                }
+                break;
             }
         }
         dropped

@@ -14,6 +14,9 @@ use bytes::Bytes;
 
 use crate::server::channels::Channel;
 
+/// Channels cached at most (a map of this size is rehashed in about a millisecond).
+const MAX_CACHED: usize = 65_536;
+
 #[derive(Debug, Default)]
 pub(super) struct ChannelCache {
     by_name: HashMap<Bytes, Arc<Channel>>,
@@ -29,7 +32,13 @@ impl ChannelCache {
         self.by_name.get(name)
     }
 
+    /// Caches `channel`, unless the cache is full (`MAX_CACHED`): then it is looked up in the
+    /// registry each time, which a sharded lock makes cheap, rather than grow a map whose
+    /// doubling would copy every entry in one turn.
     pub(super) fn insert(&mut self, channel: Arc<Channel>) {
+        if self.by_name.len() >= MAX_CACHED {
+            return;
+        }
         self.inserted.push_back(channel.name.clone());
         self.by_name.insert(channel.name.clone(), channel);
     }

@@ -31,8 +31,8 @@ const SLOT_MS: u32 = 8;
 const SLOTS: usize = 1024;
 /// Entries fired per turn at most: a firing may write (a PING, a heartbeat, an error frame),
 /// a few microseconds each, so that a crowd of connections accepted together, whose deadlines
-/// fall in one slot, is pinged over several turns of about a millisecond or two each.
-const FIRE_BUDGET: usize = 512;
+/// fall in one slot, is pinged over many turns of half a millisecond or so each.
+const FIRE_BUDGET: usize = 128;
 /// Longest silence on an event stream before a heartbeat comment (also bounded by the ping
 /// interval): under the 30-60 s idle timeouts of common proxies.
 const SSE_HEARTBEAT_MS: u32 = 15_000;
