@@ -19,6 +19,10 @@ use cli::serve::ServeArgs;
 use fanout::client::{Client, Publisher, ServerAddr, Subscriber};
 use fanout::Server;
 
+/// See Cargo.toml: glibc's malloc paused reactors when a million channels came and went.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fanout",
