@@ -37,7 +37,7 @@ run() { # binary build workload -> appends the figures to $WORK/<build>.<workloa
     # Publishers on both workers at once, over 1,000 channels with history (retention's
     # shared state is what a second worker would contend on): server on both cores.
     publish-2w) cores=0,1 workers=2 chans=()
-                load=(--subscribers 100 --publishers 4 --channels 1000 --messages 400000)
+                load=(--subscribers 1000 --publishers 4 --channels 1000 --messages 400000)
                 field=publishes_per_second ;;
   esac
   taskset -c "$cores" "$binary" serve --listen "127.0.0.1:$port" --workers "$workers" --stats-interval-secs 0 \

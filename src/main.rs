@@ -526,6 +526,16 @@ fn subscribe(
 }
 
 fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let unsubscribed = args.subscribers > 0 && args.channels > args.subscribers;
+    if unsubscribed && !args.child && !args.pattern_subscribe {
+        // Subscriber i takes channel i % channels: the window would wait forever for deliveries
+        // of messages to channels nobody subscribes to.
+        return Err(format!(
+            "{} channels but {} subscribers: every channel needs a subscriber (subscriber i takes channel i % channels)",
+            args.channels, args.subscribers
+        )
+        .into());
+    }
     let servers: Vec<ServerAddr> =
         args.subscribe_to.iter().chain(std::iter::once(&args.server)).cloned().collect();
     let tls = client_tls(&servers, args.ca_file.as_deref())?.map(|tls| (tls, args.ca_file.clone()));
