@@ -396,6 +396,30 @@ fn keep_alive_pipelined_requests_are_answered_in_order() {
     assert_eq!(offsets, [4, 5]);
 }
 
+#[test]
+fn a_keep_alive_connection_is_idle_from_its_last_response_not_its_request() {
+    // The outside tester's finding: a long-poll answered after most of the idle period was
+    // closed right after its answer, racing the client's next poll on the same connection.
+    let server = start(|c| c.ping_interval = Duration::from_secs(2));
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    let mut pending = Vec::new();
+    stream.write_all(b"GET /poll?channel=idle&timeout=3 HTTP/1.1\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let answer = read_response(&mut stream, &mut pending);
+    assert_eq!(answer.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(2900), "answered at its timeout");
+    // A second before the idle period ends, counted from the answer: still open.
+    std::thread::sleep(Duration::from_millis(1000));
+    stream.write_all(b"GET /poll?channel=idle&timeout=0 HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut stream, &mut pending).status, 200);
+    // Silent past the period after that answer: closed.
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    assert_eq!(std::io::Read::read(&mut stream, &mut byte).unwrap_or(0), 0, "closed");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "idle from the answer");
+}
+
 /// The offsets of an SSE id (`offset@epoch`, or a cursor of several, `-` for not known yet),
 /// checking that each position carries its epoch in 16 hex digits.
 fn offsets_of(id: &str) -> String {

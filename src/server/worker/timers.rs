@@ -190,7 +190,12 @@ impl Worker {
                 consider(since.wrapping_add(head_deadline), Deadline::HttpHead)
             }
             (_, Some(SessionDeadline::IdleClose)) => {
-                consider(conn.last_input_ms.wrapping_add(ping_after), Deadline::HttpIdle)
+                // Idle since its last request or its last response, whichever is later: a
+                // long-poll answered after a long wait starts the idle time then.
+                let last = conn.last_input_ms;
+                let since =
+                    if before(last, conn.last_write_ms) { conn.last_write_ms } else { last };
+                consider(since.wrapping_add(ping_after), Deadline::HttpIdle)
             }
             // A stream's client cannot answer; a heartbeat comment keeps proxies from closing
             // it, and a dead client shows up as a failed write.
