@@ -2,23 +2,26 @@
 //!
 //! Every thread that appends to channels' logs (each worker, the cluster's broker thread, and
 //! startup's recovery) is an `Appender` and owns a shard: the messages it retained, oldest
-//! first, as (channel, offset, publish time), and `Totals` that its appends raise and its drops
-//! lower. A drop may be of a message another appender retained, so one shard's totals can wrap
-//! below zero; the wrapping sum over every shard is exact. Per publish an appender touches only
-//! its own shard (an uncontended lock and its own cache line) and the channel's lock.
+//! first, as (channel, offset, time noted: the publish time, kept from going back within a
+//! shard), and `Totals` that its appends raise and its drops lower. A drop may be of a message
+//! another appender retained, so one shard's totals can wrap below zero; the wrapping sum over
+//! every shard is exact. Per publish an appender touches only its own shard (an uncontended lock
+//! and its own cache line) and the channel's lock.
 //!
 //! Once per turn, each appender's `maintain` sums the shards (a few loads) and, past the cap,
-//! evicts the oldest messages over all shards by publish time; so the cap can be overshot by
-//! what the appenders publish in one turn, and no more. Per-channel retention (count, bytes,
-//! age) leaves stale entries behind in the orders; `maintain` also compacts its own shard's
-//! order, `COMPACT_BUDGET` entries per call or twice what it noted since, once stale entries
-//! outnumber live ones.
+//! evicts the oldest messages over all shards by time noted. Per-channel retention (count,
+//! bytes, age) leaves stale entries behind in the orders, which `maintain` compacts out of its
+//! own shard once they outnumber live ones. Each looks at max(`COMPACT_BUDGET`, twice what the
+//! appender noted since its last step) entries per turn: bounded, and faster than any publish
+//! rate, so the cap is overshot by about a turn's publishes. Startup's shard, which nobody
+//! appends to later, is compacted by worker 0.
 //!
 //! Locks: a shard's order is pushed to by its owner under a channel's lock, and compacted by its
-//! owner while it takes channels' locks; the evictor holds no channel lock while it takes an
-//! order's. A cycle would need a second thread that holds a channel lock and waits for an order
-//! its owner holds: only the owner pushes, and the evictor takes orders with no channel lock
-//! held, so there is none.
+//! owner while it takes channels' locks; the evictor never holds an order's lock while it takes a
+//! channel's (it takes runs of entries out, and puts back what it did not need). A cycle would
+//! need a second thread that holds a channel lock and waits for an order its owner holds: only
+//! the owner pushes, and the evictor waits for orders with no channel lock held, so there is
+//! none.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
