@@ -263,6 +263,7 @@ fn subscription_and_channel_limits_refuse_with_429() {
         matches!(other.next(), Frame::Err { code: 429, ref reason } if reason.contains("channels"))
     );
     assert_eq!(server.channel_count(), 4);
+    assert_eq!(server.stats().limited_channels, 1, "fanout_limit_hits_total{{kind=\"channels\"}}");
     // Both connections are still usable.
     conn.barrier();
     other.barrier();

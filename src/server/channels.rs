@@ -200,6 +200,9 @@ pub struct ChannelRegistry {
     namespace_history: Vec<Arc<HistoryLimits>>,
     /// Every appender's retained messages and totals, for the server-wide cap.
     pub retention: Retention,
+    /// Raised by a worker at the channel limit: every worker lets go of the unused channels its
+    /// cache holds (which only it can), instead of at its next periodic pass.
+    cache_pressure: AtomicU64,
 }
 
 /// Locks a mutex whose holders leave the data consistent at every step, poisoned or not.
@@ -233,6 +236,7 @@ impl ChannelRegistry {
             namespaces: Default::default(),
             namespace_history: Vec::new(),
             retention: Retention::new(workers),
+            cache_pressure: AtomicU64::new(0),
         };
         registry.shard_of(&broadcast.name).insert(broadcast.name.clone(), broadcast);
         registry
@@ -464,6 +468,16 @@ impl ChannelRegistry {
             }
         });
         names
+    }
+
+    /// Asks every worker to let go of the unused channels its cache holds (see `cache_pressure`).
+    pub fn ask_caches_to_let_go(&self) {
+        self.cache_pressure.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times caches were asked to let go (a worker compares it once per turn).
+    pub fn cache_pressure(&self) -> u64 {
+        self.cache_pressure.load(Ordering::Relaxed)
     }
 
     /// The channel of that name, if it exists.

@@ -233,6 +233,9 @@ counters! {
     /// Publishes their channel's namespace refused: a client's to a backend-only channel, or a
     /// message over the namespace's size.
     limited_namespace_publish: counter,
+    /// Subscribes and publishes refused because `--max-channels` channels existed and none
+    /// could be freed at once.
+    limited_channels: counter,
     /// Wildcard subscriptions held now.
     pattern_subscriptions: gauge,
     /// Joins and leaves sent (into the ring, or to Redis in a cluster), after coalescing.

@@ -99,7 +99,14 @@ impl Worker {
         let channel = loop {
             match self.shared.channels.get_or_create(name) {
                 Ok(channel) => break channel,
-                Err(e) if attempt == 2 => return Err(e.to_string()),
+                Err(e) if attempt == 2 => {
+                    // Channels other workers' caches hold can be freed only once they let go:
+                    // ask them now rather than at their next pass, so that a retry finds room.
+                    WorkerCounters::add(&self.counters().limited_channels, 1);
+                    self.shared.channels.ask_caches_to_let_go();
+                    self.shared.wake_others(self.id);
+                    return Err(e.to_string());
+                }
                 Err(_) => {
                     if attempt == 0 {
                         self.channel_cache.start_pass();

@@ -177,6 +177,8 @@ pub(super) struct Worker {
     channel_cache: cache::ChannelCache,
     /// Shards of the registry the sweep under way has still to look at (`start_sweep`).
     registry_shards_left: usize,
+    /// The registry's `cache_pressure` when this worker last let go of its cache for it.
+    cache_pressure_seen: u64,
     /// The drain's per-channel batches.
     batches: Batches,
     /// Joins and leaves of this worker's connections not sent yet (`server::presence`).
@@ -260,6 +262,7 @@ impl Worker {
             delivered_streams: Vec::new(),
             channel_cache: Default::default(),
             registry_shards_left: 0,
+            cache_pressure_seen: 0,
             batches: Batches::for_node(local_clients),
             presence_out: Default::default(),
             presence_since: HashMap::new(),
@@ -397,6 +400,11 @@ impl Worker {
                     info!("stats: {}", stats.summary());
                     debug!("stats (all): {stats}");
                 }
+            }
+            let pressure = self.shared.channels.cache_pressure();
+            if pressure != self.cache_pressure_seen {
+                self.cache_pressure_seen = pressure;
+                self.start_sweep(false);
             }
             if self.sweeping() {
                 self.sweep_step();
