@@ -11,9 +11,10 @@
 //! format (a Redis client that took SSUBSCRIBE receives `smessage` frames: `Resp2Sharded`), and
 //! whatever only changes how a connection reads or closes is session state.
 //!
-//! Where a new protocol goes: a variant and a file of its own here (its state and its three
-//! answers), its input handler in `server/worker/` (one arm in `Worker::parse_and_handle` and one
-//! in `resume_input`), and, if it has a delivery codec, a `Format` with its encoders.
+//! Where a new protocol goes: a variant here (its state and its three answers), its input
+//! handler in `server/worker/` (the worker dispatches input on `Session::kind`: one arm in
+//! `Worker::parse_and_handle`, and one in `resume_input` if a wait can leave it work to go on
+//! with), and, if it has a delivery codec, a `Format` with its encoders.
 
 use std::collections::VecDeque;
 
@@ -33,6 +34,19 @@ pub enum Session {
     Resp(RespSession),
     /// An event stream.
     Sse(SseSession),
+}
+
+/// Which protocol a session speaks (what the worker dispatches input on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// `Session::Http`.
+    Http,
+    /// `Session::WebSocket`.
+    WebSocket,
+    /// `Session::Resp`.
+    Resp,
+    /// `Session::Sse`.
+    Sse,
 }
 
 /// Plain HTTP: the request being read and the response's options.
@@ -121,6 +135,16 @@ pub enum SessionDeadline {
 }
 
 impl Session {
+    /// Its protocol.
+    pub fn kind(&self) -> SessionKind {
+        match self {
+            Session::Http(_) => SessionKind::Http,
+            Session::WebSocket(_) => SessionKind::WebSocket,
+            Session::Resp(_) => SessionKind::Resp,
+            Session::Sse(_) => SessionKind::Sse,
+        }
+    }
+
     /// A fresh HTTP session (the first request is being read).
     pub fn http() -> Self {
         Session::Http(HttpSession { keep_alive: true, ..Default::default() })

@@ -11,7 +11,7 @@ use super::lifecycle::{Close, RunState};
 use super::{would_block, ConnRef, Worker};
 use crate::protocol::{self, ErrorCode, Format, ProtocolError, Sniffed};
 use crate::server::conn::Phase;
-use crate::server::session::Session;
+use crate::server::session::{Session, SessionKind};
 use crate::server::stats::WorkerCounters;
 use crate::tls::ServerSession;
 
@@ -220,11 +220,9 @@ impl Worker {
 
     /// After a wait ends (a stall, a replay, a long-poll): the input that waited, then the socket.
     pub(super) fn resume_input(&mut self, key: usize) -> Result<(), Close> {
-        match self.conns[key].format {
-            Some(Format::Sse) => self.sse_subscribe_pending(key)?,
-            Some(Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded) => {
-                self.resp_continue(key)?
-            }
+        match self.conns[key].session.as_deref().map(Session::kind) {
+            Some(SessionKind::Sse) => self.sse_subscribe_pending(key)?,
+            Some(SessionKind::Resp) => self.resp_continue(key)?,
             _ => {}
         }
         let input = self.conns[key].take_input();
@@ -270,7 +268,11 @@ impl Worker {
                         Format::Binary
                     }
                     Ok(Sniffed::Text) => Format::Text,
-                    Ok(Sniffed::Resp) => Format::Resp2,
+                    Ok(Sniffed::Resp) => {
+                        let resp = Session::Resp(Default::default());
+                        self.conns[key].session = Some(Box::new(resp));
+                        Format::Resp2
+                    }
                     Ok(Sniffed::Http) => {
                         self.conns[key].session = Some(Box::new(Session::http()));
                         Format::Http
@@ -284,17 +286,17 @@ impl Worker {
                 format
             }
         };
-        match format {
-            Format::Text | Format::Binary => {}
-            Format::Http => return Ok(at + self.http_input(key, &input[at..])?),
-            Format::WsJson | Format::WsBinary => {
+        // A protocol with a session reads through its own handler; fanout's text and binary
+        // frames, which need none, are parsed here.
+        match self.conns[key].session.as_deref().map(Session::kind) {
+            None => {}
+            Some(SessionKind::Http) => return Ok(at + self.http_input(key, &input[at..])?),
+            Some(SessionKind::WebSocket) => {
                 return Ok(at + self.websocket_input(key, &input[at..])?)
             }
             // An event stream is one-way; whatever the client sends after its request is ignored.
-            Format::Sse => return Ok(input.len()),
-            Format::Resp2 | Format::Resp3 | Format::Resp2Sharded | Format::Resp3Sharded => {
-                return Ok(at + self.resp_input(key, &input[at..])?)
-            }
+            Some(SessionKind::Sse) => return Ok(input.len()),
+            Some(SessionKind::Resp) => return Ok(at + self.resp_input(key, &input[at..])?),
         }
         loop {
             let conn = &self.conns[key];
