@@ -205,6 +205,13 @@ pub struct ChannelRegistry {
     cache_pressure: AtomicU64,
 }
 
+/// Whether nothing but the registry holds `channel` (and it is not `*`, which stays). Asked under
+/// the channel's shard lock, where a count of one cannot grow: every other way to the channel
+/// goes through the map, so the answer holds until the lock is released.
+fn only_the_registry_holds(channel: &Arc<Channel>) -> bool {
+    channel.kind != ChannelKind::Broadcast && Arc::strong_count(channel) == 1
+}
+
 /// Locks a mutex whose holders leave the data consistent at every step, poisoned or not.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -368,7 +375,7 @@ impl ChannelRegistry {
         for name in emptied {
             let mut shard = self.shard_of(&name);
             let unused = shard.get(&name).is_some_and(|channel| {
-                Arc::strong_count(channel) == 1 && channel.lock_log().retained().0 == 0
+                only_the_registry_holds(channel) && channel.lock_log().retained().0 == 0
             });
             if unused {
                 shard.remove(&name);
@@ -416,9 +423,7 @@ impl ChannelRegistry {
             looked_at += shard.len();
             let before = shard.len();
             shard.retain(|name, channel| {
-                // Under the shard's lock, a count of one cannot grow: every other way to the
-                // channel goes through this map.
-                if channel.kind == ChannelKind::Broadcast || Arc::strong_count(channel) > 1 {
+                if !only_the_registry_holds(channel) {
                     return true;
                 }
                 let mut log = channel.lock_log();

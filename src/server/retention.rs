@@ -14,7 +14,7 @@
 //! own shard once they outnumber live ones. Each looks at max(`COMPACT_BUDGET`, twice what the
 //! appender noted since its last step) entries per turn: bounded, and faster than any publish
 //! rate, so the cap is overshot by about a turn's publishes. Startup's shard, which nobody
-//! appends to later, is compacted by worker 0.
+//! appends to later, is compacted by worker 0, a step per housekeeping tick.
 //!
 //! Locks: a shard's order is pushed to by its owner under a channel's lock, and compacted by its
 //! owner while it takes channels' locks; the evictor never holds an order's lock while it takes a

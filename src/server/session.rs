@@ -170,6 +170,14 @@ impl Session {
         }
     }
 
+    /// Notes that a close frame was queued (a WebSocket's own: an echo, a framing violation's
+    /// status): `goodbye` sends none after it.
+    pub fn close_sent(&mut self) {
+        if let Session::WebSocket(ws) = self {
+            ws.close_sent = true;
+        }
+    }
+
     /// The frame that ends the session when the server closes it, if its protocol has one:
     /// WebSocket's close frame, once, with a status that says why (`error`; none: shutdown).
     pub fn goodbye(&mut self, error: Option<(ErrorCode, &str)>) -> Option<Bytes> {

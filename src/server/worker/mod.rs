@@ -227,6 +227,7 @@ impl Worker {
         // while growing by doubling would copy it and leave the old copy as a resident hole.
         let local_clients = format!("{}-", shared.node_key);
         let (policy, policy_generation) = shared.policy.get();
+        let timers = timers::TimerWheel::new(0, &shared.config);
         let slab_capacity =
             shared.config.max_connections.div_ceil(shared.config.workers).min(1 << 22);
         Ok(Worker {
@@ -269,7 +270,7 @@ impl Worker {
             presence_since_channels: HashMap::new(),
             now_ms: 0,
             next_housekeeping_ms: 0,
-            timers: timers::TimerWheel::new(0),
+            timers,
             timers_due: Vec::new(),
             next_stats_ms: 0,
             next_sweep_ms: CHANNEL_SWEEP_MS,
@@ -367,9 +368,6 @@ impl Worker {
             }
             let evicted = self.shared.channels.maintain(Appender::Worker(self.id));
             WorkerCounters::add(&self.counters().history_dropped, evicted as u64);
-            if self.id == 0 {
-                self.shared.channels.compact_recovered();
-            }
             self.drain_ring();
             self.emit_sse_cursors();
             self.flush_dirty();
@@ -383,6 +381,10 @@ impl Worker {
             self.fire_timers();
             if reached(self.now_ms, self.next_housekeeping_ms) {
                 self.next_housekeeping_ms = self.now_ms.wrapping_add(HOUSEKEEPING_MS);
+                if self.id == 0 {
+                    // What recovery retained: nobody appends there, so a step per tick will do.
+                    self.shared.channels.compact_recovered();
+                }
                 if self.shared.broker.is_some() && reached(self.now_ms, self.next_cache_sweep_ms) {
                     // Cluster mode: drop cached channels nobody here reads, so that the broker
                     // can unsubscribe from them in Redis within seconds.

@@ -37,9 +37,25 @@ const FIRE_BUDGET: usize = 128;
 /// interval): under the 30-60 s idle timeouts of common proxies.
 const SSE_HEARTBEAT_MS: u32 = 15_000;
 
+/// The configured spans deadlines count, in worker-clock milliseconds: derived once, since none
+/// of them is reloadable (the authentication timeout, which is, comes from the policy).
+#[derive(Debug, Clone, Copy)]
+struct Spans {
+    ping_after: u32,
+    stale_after: u32,
+    head_deadline: u32,
+    heartbeat_after: u32,
+}
+
+/// A duration as worker-clock milliseconds (clamped so that wrapping comparisons stay valid).
+fn clock_ms(span: std::time::Duration) -> u32 {
+    span.as_millis().min(u32::MAX as u128 / 4) as u32
+}
+
 /// The wheel: entries (connection, the slot time it fires at) by slot.
 #[derive(Debug)]
 pub(super) struct TimerWheel {
+    spans: Spans,
     slots: Box<[Vec<(ConnRef, u32)>]>,
     /// The slot time fired next; every entry fires at it or within `SLOTS` slots after.
     next_ms: u32,
@@ -57,8 +73,16 @@ fn slot_of(ms: u32) -> usize {
 }
 
 impl TimerWheel {
-    pub(super) fn new(now_ms: u32) -> Self {
+    pub(super) fn new(now_ms: u32, config: &crate::config::Config) -> Self {
+        let ping_after = clock_ms(config.ping_interval);
+        let spans = Spans {
+            ping_after,
+            stale_after: ping_after.saturating_add(clock_ms(config.ping_timeout)),
+            head_deadline: clock_ms(config.http_head_timeout),
+            heartbeat_after: ping_after.min(SSE_HEARTBEAT_MS),
+        };
         TimerWheel {
+            spans,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             next_ms: now_ms - now_ms % SLOT_MS,
             len: 0,
@@ -159,11 +183,7 @@ impl Worker {
     /// protocol's, and its access's (each may come due whatever the others do, so each is acted
     /// on when due: a stream whose heartbeat cannot go out still has its token expire).
     fn deadlines(&self, conn: &Conn) -> [Option<(u32, Deadline)>; 3] {
-        let config = &self.shared.config;
-        let clamp = |d: std::time::Duration| d.as_millis().min(u32::MAX as u128 / 4) as u32;
-        let ping_after = clamp(config.ping_interval);
-        let stale_after = ping_after.saturating_add(clamp(config.ping_timeout));
-        let head_deadline = clamp(config.http_head_timeout);
+        let Spans { ping_after, stale_after, head_deadline, heartbeat_after } = self.timers.spans;
         let mut found = [None; 3];
         // Queue memory goes back once a connection has had nothing to write for a while
         // (invariant 5); kept meanwhile, so that a busy subscriber does not pay a malloc/free
@@ -181,7 +201,7 @@ impl Worker {
             // on a TLS-only port, has a connection that has not said anything yet (it gets no
             // plaintext PING).
             _ if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
-                || (config.tls_only && conn.tls.is_none() && conn.format.is_none()) =>
+                || (self.shared.config.tls_only && conn.tls.is_none() && conn.format.is_none()) =>
             {
                 consider(conn.accepted_ms.wrapping_add(head_deadline), Deadline::Handshake)
             }
@@ -199,10 +219,9 @@ impl Worker {
             }
             // A stream's client cannot answer; a heartbeat comment keeps proxies from closing
             // it, and a dead client shows up as a failed write.
-            (_, Some(SessionDeadline::Heartbeat)) => consider(
-                conn.last_write_ms.wrapping_add(ping_after.min(SSE_HEARTBEAT_MS)),
-                Deadline::Heartbeat,
-            ),
+            (_, Some(SessionDeadline::Heartbeat)) => {
+                consider(conn.last_write_ms.wrapping_add(heartbeat_after), Deadline::Heartbeat)
+            }
             (_, Some(SessionDeadline::Never)) => {}
             _ if conn.ping_sent => {
                 consider(conn.last_input_ms.wrapping_add(stale_after), Deadline::Stale)
@@ -214,7 +233,7 @@ impl Worker {
         if let Some(auth) = auth.filter(|_| conn.is_open() && conn.format != Some(Format::Http)) {
             match &conn.grant {
                 None if auth.anonymous().is_none() => {
-                    let due = conn.accepted_ms.wrapping_add(clamp(auth.timeout));
+                    let due = conn.accepted_ms.wrapping_add(clock_ms(auth.timeout));
                     consider(due, Deadline::AuthLate);
                 }
                 Some(grant) => {
@@ -297,8 +316,7 @@ impl Worker {
     }
 
     fn on_deadline(&mut self, key: usize, what: Deadline) {
-        let config = &self.shared.config;
-        let head_deadline = config.http_head_timeout.as_millis();
+        let head_deadline = self.timers.spans.head_deadline;
         match what {
             Deadline::ReleaseQueue => self.conns[key].queue.release_if_empty(),
             Deadline::Linger => self.close(key, Close::now("linger deadline passed")),
@@ -361,6 +379,10 @@ impl Worker {
 mod tests {
     use super::*;
 
+    fn wheel_at(now_ms: u32) -> TimerWheel {
+        TimerWheel::new(now_ms, &crate::config::Config::default())
+    }
+
     fn conn(key: usize) -> ConnRef {
         ConnRef { key, serial: 1 }
     }
@@ -375,7 +397,7 @@ mod tests {
 
     #[test]
     fn entries_fire_at_their_slot_never_early() {
-        let mut wheel = TimerWheel::new(1000);
+        let mut wheel = wheel_at(1000);
         assert_eq!(wheel.schedule(conn(1), 1003), 1008, "rounded up to the slot");
         assert_eq!(wheel.schedule(conn(2), 1008), 1008);
         assert_eq!(wheel.schedule(conn(3), 1500), 1504);
@@ -393,7 +415,7 @@ mod tests {
     #[test]
     fn far_deadlines_wait_at_the_far_end_and_the_clock_may_wrap() {
         let start = u32::MAX - 100 * SLOT_MS;
-        let mut wheel = TimerWheel::new(start);
+        let mut wheel = wheel_at(start);
         let far = wheel.schedule(conn(1), start.wrapping_add(60_000));
         assert_eq!(far, (start - start % SLOT_MS).wrapping_add((SLOTS as u32 - 1) * SLOT_MS));
         let near = wheel.schedule(conn(2), start.wrapping_add(200 * SLOT_MS));
@@ -405,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_turn_fires_at_most_its_budget() {
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel = wheel_at(0);
         for key in 0..10 {
             wheel.schedule(conn(key), 16);
         }
@@ -421,7 +443,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_slept_long_fires_everything_once() {
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel = wheel_at(0);
         for key in 0..SLOTS {
             wheel.schedule(conn(key), key as u32 * SLOT_MS);
         }

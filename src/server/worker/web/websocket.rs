@@ -150,10 +150,8 @@ impl Worker {
                     Some(code) => websocket::encode_close(code, ""),
                     None => websocket::encode_frame(opcode::CLOSE, b""),
                 };
-                if let Some(Session::WebSocket(WebSocketSession { close_sent, .. })) =
-                    self.conns[key].session.as_deref_mut()
-                {
-                    *close_sent = true;
+                if let Some(session) = self.conns[key].session.as_deref_mut() {
+                    session.close_sent();
                 }
                 self.reply(key, frame)?;
                 Err(Close::after_goodbye())
@@ -173,10 +171,8 @@ impl Worker {
     /// Queues a close frame with `status` and `reason`; nothing goes out after it.
     fn websocket_close(&mut self, key: usize, status: u16, reason: &str) -> Close {
         let conn = &mut self.conns[key];
-        if let Some(Session::WebSocket(WebSocketSession { close_sent, .. })) =
-            conn.session.as_deref_mut()
-        {
-            *close_sent = true;
+        if let Some(session) = conn.session.as_deref_mut() {
+            session.close_sent();
         }
         let frame = websocket::encode_close(status, reason);
         self.out.enqueue(key, conn, frame, usize::MAX);
