@@ -22,6 +22,9 @@ source "$(dirname "$0")/common.sh"
 PARTS=${PARTS:-scale latency publish c100k}
 NODES=${NODES:-1 2 3 4}
 SUBS=${SUBS:-10000}
+PUBLISH_CHANNELS=${PUBLISH_CHANNELS:-1 100 1000 10000}
+PUBLISH_SETUPS=${PUBLISH_SETUPS:-one three cluster}
+PUBLISH_MESSAGES=${PUBLISH_MESSAGES:-200000}
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
 build_fanout
 bench_setup cluster
@@ -34,6 +37,35 @@ start_redis() {
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
   wait_for_port "$REDIS_PORT"
+}
+
+# start_redis_cluster N: N masters (no replicas) formed with `redis-cli --cluster create`;
+# sets redis_ports and redis_pids.
+start_redis_cluster() {
+  redis_ports=(); redis_pids=()
+  local hosts=() port dir
+  for _ in $(seq 1 "$1"); do
+    # Below 20,000 so that the bus port (10,000 above) is below the ephemeral range, where an
+    # outgoing connection may hold it.
+    while :; do
+      port=$((12000 + RANDOM % 7000))
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+      (exec 3<>"/dev/tcp/127.0.0.1/$((port + 10000))") 2>/dev/null || break
+    done
+    dir="$WORK/cluster-$port"; mkdir -p "$dir"
+    (cd "$dir" && exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+       --protected-mode no --cluster-enabled yes --cluster-config-file nodes.conf \
+       --maxclients 50000 --loglevel warning) >"$dir/redis.log" 2>&1 &
+    redis_pids+=($!); PIDS+=($!); redis_ports+=("$port"); hosts+=("127.0.0.1:$port")
+    wait_for_port "$port"
+  done
+  redis-cli --cluster create "${hosts[@]}" --cluster-yes >"$WORK/cluster-create.log" 2>&1
+  for _ in $(seq 1 200); do
+    redis-cli -p "${redis_ports[0]}" CLUSTER INFO | grep -q 'cluster_state:ok' && return 0
+    sleep 0.05
+  done
+  echo "the Redis Cluster did not form" >&2
+  return 1
 }
 
 # start_node [--redis URL]: sets NODE_PORT and NODE_PID.
@@ -122,23 +154,57 @@ if [[ " $PARTS " == *" latency "* ]]; then
 fi
 
 if [[ " $PARTS " == *" publish "* ]]; then
-  say "## Publishes/s through one Redis (one publisher, acknowledged, pipelined by the broker)"
+  say "## Acknowledged publishes/s through Redis (one publisher, pipelined by the broker)"
   say ""
-  say "| what | messages/s |"
-  say "|---|---|"
-  for channels in 1 1000; do
-    start_redis
-    start_node --redis "redis://127.0.0.1:$REDIS_PORT"
-    line=$("$FANOUT" load --quiet --server "127.0.0.1:$NODE_PORT" --subscribers "$channels" \
-             --channels "$channels" --messages 200000 --payload-bytes 64 2>"$WORK/load.err" | grep '^{' || true)
-    stop_all
-    say "| fanout through Redis, $channels channel(s), one subscriber each | $(printf '%.0f' "$(json_field "$line" deliveries_per_second)") |"
+  say "$PUBLISH_MESSAGES messages of 64 bytes from one connection (a window of acknowledged publishes), to"
+  say "CHANNELS channels with one subscriber each on the same node; history on (the node's default)."
+  say "CPU per message: each process's user+system time over the run (Redis: summed over its"
+  say "servers) divided by the messages; \`script µs\` is EVALSHA's own time in \`INFO commandstats\`"
+  say "(every command the script ran, inside Redis, without its I/O)."
+  say ""
+  say "| Redis | channels | publishes/s | Redis CPU µs/msg | script µs/msg | node CPU µs/msg |"
+  say "|---|---|---|---|---|---|"
+  for setup in $PUBLISH_SETUPS; do
+    for channels in $PUBLISH_CHANNELS; do
+      case "$setup" in
+        one) start_redis; redis_ports=("$REDIS_PORT"); redis_pids=("$REDIS_PID")
+             start_node --redis "redis://127.0.0.1:$REDIS_PORT" ;;
+        three) redis_ports=(); redis_pids=(); urls=()
+             for _ in 1 2 3; do
+               start_redis; redis_ports+=("$REDIS_PORT"); redis_pids+=("$REDIS_PID")
+               urls+=(--redis "redis://127.0.0.1:$REDIS_PORT")
+             done
+             start_node "${urls[@]}" ;;
+        cluster) start_redis_cluster 3
+             start_node --redis-cluster "redis://127.0.0.1:${redis_ports[0]}" ;;
+      esac
+      redis_cpu_before=0
+      for pid in "${redis_pids[@]}"; do redis_cpu_before=$(echo "$redis_cpu_before + $(cpu_seconds "$pid")" | bc); done
+      for port in "${redis_ports[@]}"; do redis-cli -p "$port" CONFIG RESETSTAT >/dev/null; done
+      node_cpu_before=$(cpu_seconds "$NODE_PID")
+      line=$("$FANOUT" load --quiet --server "127.0.0.1:$NODE_PORT" --subscribers "$channels" \
+               --channels "$channels" --messages "$PUBLISH_MESSAGES" --payload-bytes 64 2>"$WORK/load.err" | grep '^{' || true)
+      node_cpu=$(echo "$(cpu_seconds "$NODE_PID") - $node_cpu_before" | bc)
+      redis_cpu=$(echo "0 - $redis_cpu_before" | bc)
+      for pid in "${redis_pids[@]}"; do redis_cpu=$(echo "$redis_cpu + $(cpu_seconds "$pid")" | bc); done
+      script_usec=0
+      for port in "${redis_ports[@]}"; do
+        usec=$(redis-cli -p "$port" INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=[0-9]*,usec=\([0-9]*\),.*/\1/p')
+        script_usec=$((script_usec + ${usec:-0}))
+        if [ -n "${COMMANDSTATS:-}" ] && [ "$channels" = 1000 ]; then
+          redis-cli -p "$port" INFO commandstats | tr -d '\r' | grep '^cmdstat' >>"$OUT.commandstats-$setup"
+        fi
+      done
+      stop_all
+      per=$(json_field "$line" deliveries_per_second)
+      say "| $setup | $channels | $(printf '%.0f' "${per:-0}") | $(echo "scale=2; $redis_cpu * 1000000 / $PUBLISH_MESSAGES" | bc) | $(echo "scale=2; $script_usec / $PUBLISH_MESSAGES" | bc) | $(echo "scale=2; $node_cpu * 1000000 / $PUBLISH_MESSAGES" | bc) |"
+    done
   done
   start_redis
   bench=$(redis-benchmark -p "$REDIS_PORT" -n 1000000 -P 64 -c 4 -q PUBLISH ch 0123456789012345678901234567890123456789012345678901234567890123 2>/dev/null \
             | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{print $1}')
   stop_all
-  say "| redis-benchmark PUBLISH (pipeline 64, 4 clients, no subscribers): the ceiling | ${bench:-n/a} |"
+  say "| redis-benchmark PUBLISH (pipeline 64, 4 clients, no subscribers): the ceiling | 1 | ${bench:-n/a} | | | |"
   say ""
 fi
 

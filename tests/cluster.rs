@@ -782,6 +782,43 @@ fn a_burst_of_publishes_goes_to_redis_in_runs_and_arrives_whole_and_in_order() {
     assert!(calls < BURST / 4, "{calls} script calls for {BURST} publishes: not batched");
 }
 
+/// A channel's keys expire the configured lifetime after its last publish (within an eighth
+/// more): a node refreshes them once per period, not on every call; and keys the script makes
+/// again (lost, flushed) get their expiry at once, whatever the node thinks it refreshed.
+#[test]
+fn a_channels_keys_expire_after_its_last_publish_even_when_refreshed_once_per_period() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], |c| {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.key_ttl = Duration::from_secs(800);
+        }
+    });
+    let mut publisher = Conn::binary(a.local_addr());
+    let pttl = |key: &str| redis.integer(&["PTTL", key]);
+    let lifetime = 800_000;
+    for k in 0..20 {
+        publish_acked(&mut publisher, "ttl", format!("m{k}").as_bytes()).expect("published");
+    }
+    for key in ["fanout:{ttl}:meta", "fanout:{ttl}:log"] {
+        let left = pttl(key);
+        assert!(left > lifetime - 60_000 && left <= lifetime + lifetime / 8, "{key}: {left} ms");
+    }
+    // Keys lost behind the node's back: the next publish makes them again, with an expiry,
+    // although this node refreshed them moments ago.
+    redis.command(&["DEL", "fanout:{ttl}:meta", "fanout:{ttl}:log"]);
+    publish_acked(&mut publisher, "ttl", b"again").expect("published");
+    for key in ["fanout:{ttl}:meta", "fanout:{ttl}:log"] {
+        let left = pttl(key);
+        assert!(left > lifetime - 60_000, "{key} made again without an expiry: {left}");
+    }
+    // Without a refresh asked for, a call leaves expiries alone: set a short one by hand and
+    // see it stay (the node refreshed this channel in this period already).
+    redis.command(&["PEXPIRE", "fanout:{ttl}:meta", "600000"]);
+    publish_acked(&mut publisher, "ttl", b"once more").expect("published");
+    let left = pttl("fanout:{ttl}:meta");
+    assert!(left <= 600_000, "refreshed on every call: {left}");
+}
+
 #[test]
 fn a_burst_over_many_channels_is_one_script_call_per_turn_with_every_answer_in_order() {
     const BURST: usize = 1000;

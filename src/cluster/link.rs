@@ -81,6 +81,12 @@ impl Link {
         resp::put_command(&mut self.out, args);
     }
 
+    /// Queues one command that `write` encodes itself (`resp::put_array_header`, then each
+    /// argument): a command too long to gather as a slice of arguments first.
+    pub fn command_with(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        write(&mut self.out);
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() || self.stream.wants_write()
     }

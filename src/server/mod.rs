@@ -341,12 +341,15 @@ impl Shared {
         }
     }
 
-    /// Wakes one worker (an acknowledgement is waiting for it).
+    /// Wakes one worker (an answer is waiting for it), coalesced like `wake_others`: the
+    /// broker answers every publish, and an eventfd write per answer cost the worker a turn and
+    /// both threads a syscall each.
     pub(crate) fn wake(&self, worker: usize) {
         let signal = &self.signals[worker];
-        signal.pending.store(true, Ordering::Release);
-        if let Err(e) = signal.waker.wake() {
-            warn!("cannot wake worker {worker}: {e}");
+        if !signal.pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = signal.waker.wake() {
+                warn!("cannot wake worker {worker}: {e}");
+            }
         }
     }
 

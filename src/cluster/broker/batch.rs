@@ -1,7 +1,8 @@
 //! A turn's publishes to one server (one slot of a Redis Cluster) as one call of the publish
 //! script, and what its answer means for each publish, as plain data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -24,6 +25,9 @@ pub(super) struct PublishBatch {
     pub members: Vec<Vec<usize>>,
     pub ops: Vec<(usize, PublishOp)>,
     pub bytes: usize,
+    /// Per channel, whether the script refreshes its keys' expiry (decided when first sent:
+    /// `Expiries`).
+    pub refresh: Vec<bool>,
 }
 
 impl PublishBatch {
@@ -36,6 +40,50 @@ impl PublishBatch {
         self.bytes += op.payload.len();
         self.members[c].push(self.ops.len());
         self.ops.push((c, op));
+    }
+}
+
+/// Which channels' keys the publish script refreshes the expiry of. An EXPIRE per key per call
+/// was a third of the script's Redis calls over many channels; instead a channel's keys are
+/// refreshed by its first publish in each period (an eighth of the lifetime), to the lifetime
+/// plus a period: keys still live at least the lifetime after the last publish (at most a
+/// period more). The script also sets an expiry whenever it creates a channel's keys (Redis
+/// restarted empty, or keys expired), whatever this says.
+pub(super) struct Expiries {
+    ttl: Duration,
+    period: Duration,
+    period_began: Option<Instant>,
+    refreshed: HashSet<Bytes>,
+}
+
+/// Channels remembered per period at most; past it the period starts over (more refreshes,
+/// bounded memory).
+const MAX_REMEMBERED: usize = 1 << 20;
+
+impl Expiries {
+    pub fn new(ttl: Duration) -> Self {
+        let period = (ttl / 8).max(Duration::from_millis(1));
+        Expiries { ttl, period, period_began: None, refreshed: HashSet::new() }
+    }
+
+    /// Whether a publish to `channel` now refreshes its keys' expiry.
+    pub fn due(&mut self, channel: &Bytes, now: Instant) -> bool {
+        let over = self.period_began.is_none_or(|began| now.duration_since(began) >= self.period);
+        if over || self.refreshed.len() >= MAX_REMEMBERED {
+            self.refreshed.clear();
+            self.period_began = Some(now);
+        }
+        self.refreshed.insert(channel.clone())
+    }
+
+    /// The expiry a refresh sets, in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
+        (self.ttl + self.period).as_millis().try_into().unwrap_or(u64::MAX)
+    }
+
+    /// Refreshes every channel again (a server went away: a refresh in a refused call was lost).
+    pub fn forget(&mut self) {
+        self.refreshed.clear();
     }
 }
 
@@ -131,6 +179,27 @@ mod tests {
             asked_ns: 0,
             seq: 0,
         }
+    }
+
+    #[test]
+    fn a_channels_expiry_is_refreshed_once_per_period_and_again_after_a_loss() {
+        let mut expiries = Expiries::new(Duration::from_secs(80));
+        assert_eq!(expiries.ttl_ms(), 90_000, "the lifetime plus a period");
+        let start = Instant::now();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        assert!(expiries.due(&a, start));
+        assert!(!expiries.due(&a, start + Duration::from_secs(9)));
+        assert!(expiries.due(&b, start + Duration::from_secs(9)));
+        assert!(expiries.due(&a, start + Duration::from_secs(10)), "a new period");
+        assert!(!expiries.due(&a, start + Duration::from_secs(11)), "a was refreshed in it");
+        assert!(expiries.due(&b, start + Duration::from_secs(11)), "b in the one before");
+        expiries.forget();
+        assert!(expiries.due(&a, start + Duration::from_secs(12)), "after a loss");
+        // Every refresh lasts past a period: a publish just before a period ends keeps its
+        // keys at least the lifetime after it.
+        assert!(
+            expiries.ttl_ms() as u128 >= (Duration::from_secs(80) + expiries.period).as_millis()
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) mod topology;
 pub(crate) use self::presence::{survey_body, SurveyKind, MAX_TOP};
 
 use self::answers::AnswerOrder;
-use self::batch::{BatchAnswer, PublishBatch, BATCH_BYTES, BATCH_MESSAGES};
+use self::batch::{BatchAnswer, Expiries, PublishBatch, BATCH_BYTES, BATCH_MESSAGES};
 use self::mirroring::tracked_resubscribe;
 use self::names::{ClaimReply, Leases};
 use self::patterns::{glob_prefix, redis_glob, PatternTrack};
@@ -263,6 +263,8 @@ struct BrokerThread {
     unread: Vec<usize>,
     /// Publish answers held until their connection's earlier publishes are answered.
     answers: std::cell::RefCell<AnswerOrder>,
+    /// Which channels' keys the next publish refreshes the expiry of.
+    expiries: Expiries,
     next_refresh: Instant,
     presence_update_script: Script,
     presence_query_script: Script,
@@ -334,6 +336,7 @@ impl Unstarted {
             release: Script::new(scripts::RELEASE_LUA),
             leases: Default::default(),
             answers: Default::default(),
+            expiries: Expiries::new(config.key_ttl),
             unread: Vec::new(),
             patterns: HashMap::new(),
             next_refresh: now,
@@ -539,6 +542,7 @@ impl BrokerThread {
         }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
+            self.answers.get_mut().tidy();
             self.let_go_of_unused();
             self.let_go_of_unused_patterns();
             self.check_quiet_channels(now);

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::resp;
 
 use super::*;
 
@@ -52,81 +54,102 @@ impl BrokerThread {
     }
 
     pub(super) fn send_answers(&self, target: ReplyTo, seq: u64, answer: Option<PublishOutcome>) {
-        let due = self.answers.borrow_mut().settle(target, seq, answer);
-        for outcome in due {
-            self.tell(target.worker, Answer::Published(outcome));
-        }
+        let mut answers = self.answers.borrow_mut();
+        answers.settle(target, seq, answer, |outcome| {
+            self.tell(target.worker, Answer::Published(outcome))
+        });
     }
 
-    pub(super) fn send_publish(&mut self, i: usize, batch: PublishBatch, eval: bool) {
-        let prefix = self.config().key_prefix.clone();
-        let ttl = self.config().key_ttl.as_millis().max(1).to_string();
-        let keep = self.server.history_messages().to_string();
-        let now = now_ms().to_string();
-        let script = if eval { self.publish.body.as_bytes() } else { self.publish.sha.as_bytes() };
-        let verb: &[u8] = if eval { b"EVAL" } else { b"EVALSHA" };
-        let publish = self.verbs().publish;
-        // Per channel: its keys (an inbox takes messages only while someone holds its name),
-        // and its count.
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(3 * batch.channels.len());
-        let mut topics = Vec::with_capacity(batch.channels.len());
-        let mut counts = vec![0usize; batch.channels.len()];
+    /// Sends `batch` as one call of the publish script (EVALSHA, or EVAL with the body after
+    /// NOSCRIPT), written straight into the link's buffer: no key, count or argument list is
+    /// gathered first, so what the node does per message is copy its payload once.
+    pub(super) fn send_publish(&mut self, i: usize, mut batch: PublishBatch, eval: bool) {
+        let now = Instant::now();
+        if batch.refresh.is_empty() {
+            // Decided once per batch: a NOSCRIPT retry asks for the same refreshes.
+            let expiries = &mut self.expiries;
+            batch.refresh = batch.channels.iter().map(|c| expiries.due(c, now)).collect();
+        }
+        let config = &self.server.broker().config;
+        let prefix = config.key_prefix.as_bytes();
         // What this node mirrors of each channel, for the script's fence against a rollback.
-        let mut known: Vec<([u8; 8], String)> = Vec::with_capacity(batch.channels.len());
-        for (c, channel) in batch.channels.iter().enumerate() {
-            let names = Keys::new(&prefix, channel);
-            keys.push(names.meta());
-            keys.push(names.log());
-            if channel.first() == Some(&b'@') {
-                keys.push(self.lease_key(&channel[1..]));
-            }
-            let fence = self
-                .tracked
-                .get(&names.topic)
-                .and_then(|tracked| tracked.mirror.known(&*tracked.channel.lock_log()));
-            known.push(match fence {
-                Some((epoch, last)) => (epoch.to_be_bytes(), last.to_string()),
-                None => ([0; 8], "0".to_string()),
-            });
-            topics.push(names.topic);
-            counts[c] = batch.members[c].len();
-        }
+        let mut topic = Vec::new();
+        let known: Vec<Option<(u64, u64)>> = batch
+            .channels
+            .iter()
+            .map(|channel| {
+                topic.clear();
+                topic.extend_from_slice(prefix);
+                topic.extend_from_slice(b":{");
+                topic.extend_from_slice(channel);
+                topic.push(b'}');
+                let tracked = self.tracked.get(&topic[..])?;
+                tracked.mirror.known(&*tracked.channel.lock_log())
+            })
+            .collect();
         // A channel's new epoch (none yet, or fenced) is greater than what this node mirrors.
-        let epoch = crate::cluster::epoch_after(known.iter().map(|(e, _)| u64::from_be_bytes(*e)))
-            .to_be_bytes();
-        let counts: Vec<String> = counts.iter().map(usize::to_string).collect();
-        let (key_count, channel_count) = (keys.len().to_string(), batch.channels.len().to_string());
-        let mut args: Vec<&[u8]> = vec![verb, script, key_count.as_bytes()];
-        args.extend(keys.iter().map(Vec::as_slice));
-        args.extend([
-            channel_count.as_bytes(),
-            &epoch,
-            keep.as_bytes(),
-            ttl.as_bytes(),
-            now.as_bytes(),
-            publish,
-        ]);
-        for (c, channel) in batch.channels.iter().enumerate() {
-            let leased: &[u8] = if channel.first() == Some(&b'@') { b"1" } else { b"0" };
-            let (epoch, last) = &known[c];
-            args.extend([
-                &topics[c][..],
-                leased,
-                &epoch[..],
-                last.as_bytes(),
-                counts[c].as_bytes(),
-            ]);
-            args.extend(batch.members[c].iter().map(|&k| &batch.ops[k].1.payload[..]));
-        }
+        let epoch =
+            crate::cluster::epoch_after(known.iter().flatten().map(|&(e, _)| e)).to_be_bytes();
+        let inbox = |channel: &Bytes| channel.first() == Some(&b'@');
+        let keys = 2 * batch.channels.len() + batch.channels.iter().filter(|c| inbox(c)).count();
+        let args = 3 + keys + 6 + 5 * batch.channels.len() + batch.ops.len();
+        let keep = self.server.history_messages() as u64;
+        let ttl = self.expiries.ttl_ms();
+        let publish = self.verbs().publish;
         let Some(link) = self.shards[i].commands.as_mut() else {
             // Every publish is answered (its connection's later answers wait for it).
-            drop(args);
             let why: Arc<str> =
                 "broker unavailable: Redis is unreachable; nothing was published".into();
             return self.refuse_batch(&batch, why);
         };
-        link.command(&args);
-        self.shards[i].pending.push_back((Instant::now(), Pending::Publish(batch)));
+        let (verb, script): (&[u8], &[u8]) = match eval {
+            true => (b"EVAL", self.publish.body.as_bytes()),
+            false => (b"EVALSHA", self.publish.sha.as_bytes()),
+        };
+        let key = |out: &mut BytesMut, channel: &[u8], suffix: &[u8]| {
+            resp::put_bulk_of(out, &[prefix, b":{", channel, suffix]);
+        };
+        link.command_with(|out| {
+            resp::put_array_header(out, args);
+            resp::put_bulk_of(out, &[verb]);
+            resp::put_bulk_of(out, &[script]);
+            resp::put_bulk_decimal(out, keys as u64);
+            // Per channel: its keys (an inbox takes messages only while someone holds its
+            // name: the lease beside it).
+            for channel in &batch.channels {
+                key(out, channel, b"}:meta");
+                key(out, channel, b"}:log");
+                if inbox(channel) {
+                    key(out, channel, b"}:name");
+                }
+            }
+            resp::put_bulk_decimal(out, batch.channels.len() as u64);
+            resp::put_bulk_of(out, &[&epoch]);
+            resp::put_bulk_decimal(out, keep);
+            resp::put_bulk_decimal(out, ttl);
+            resp::put_bulk_decimal(out, now_ms());
+            resp::put_bulk_of(out, &[publish]);
+            for (c, channel) in batch.channels.iter().enumerate() {
+                key(out, channel, b"}");
+                let flags = u64::from(inbox(channel)) | u64::from(batch.refresh[c]) << 1;
+                resp::put_bulk_decimal(out, flags);
+                match known[c] {
+                    Some((epoch, last)) => {
+                        resp::put_bulk_of(out, &[&epoch.to_be_bytes()]);
+                        resp::put_bulk_decimal(out, last);
+                    }
+                    None => {
+                        resp::put_bulk_of(out, &[&[0; 8]]);
+                        resp::put_bulk_decimal(out, 0);
+                    }
+                }
+                resp::put_bulk_decimal(out, batch.members[c].len() as u64);
+                for &k in &batch.members[c] {
+                    resp::put_bulk_of(out, &[&batch.ops[k].1.payload]);
+                }
+            }
+        });
+        self.shards[i].pending.push_back((now, Pending::Publish(batch)));
     }
 
     /// Each channel of an answered publish batch that this node mirrors remembers the latest

@@ -13,51 +13,61 @@ use crate::protocol::resp::Value;
 /// KEYS, per channel: meta, log, and for an inbox the name's lease. ARGV: channels in the call,
 /// candidate epoch (8 bytes, for a channel that has none), messages to keep (0: no stream), key
 /// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
-/// channel, '1' if it has a lease key, the epoch this node mirrors of it and the latest offset it
-/// holds there (empty and 0 when it mirrors none), its message count, and the payloads. Returns
-/// each channel's first offset (-1 for an inbox whose name nobody holds: nothing published), and
-/// each channel's epoch (a node that mirrors the channel remembers what it was acknowledged:
-/// `mirror::Acked`).
+/// channel, its flags (1: it has a lease key; 2: refresh its keys' expiry), the epoch this node
+/// mirrors of it and the latest offset it holds there (empty and 0 when it mirrors none), its
+/// message count, and the payloads. Returns each channel's first offset (-1 for an inbox whose
+/// name nobody holds: nothing published), and each channel's epoch (a node that mirrors the
+/// channel remembers what it was acknowledged: `mirror::Acked`).
 ///
 /// The fence: Redis handing out an offset this node already holds in the same epoch means Redis
 /// lost what it had acknowledged (restored from an older snapshot, a lagging replica promoted,
 /// `everysec` losing its last second). Offsets would name two messages; instead the channel's log
 /// ends there and a new epoch begins, keeping the stream (what Redis still has is read again
 /// from the new epoch's start), before anything is published under the old one.
+///
+/// What it costs Redis is mostly its calls (each `redis.call` costs about as much again as the
+/// command it runs), so a channel's run makes four: HGET, HINCRBY, XADD per message, PUBLISH.
+/// Expiries are set only when the node asks (`Expiries`: once per channel per period) or when
+/// the keys are new (a count starting over, an epoch missing).
 pub(super) const PUBLISH_LUA: &str = r"
-local keep = tonumber(ARGV[3])
+local call, pack, concat = redis.call, struct.pack, table.concat
+local keep, now, lifetime, publish = tonumber(ARGV[3]), ARGV[5], ARGV[4], ARGV[6]
 local firsts, epochs = {}, {}
 local k, a = 1, 7
 for c = 1, tonumber(ARGV[1]) do
   local meta, log = KEYS[k], KEYS[k + 1]
-  local topic, leased, known_epoch, known_last, count =
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local topic, flags, known_epoch, known_last, count =
+    ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   k, a = k + 2, a + 5
   local held = true
-  if leased == '1' then
-    held = redis.call('EXISTS', KEYS[k]) == 1
+  if flags % 2 == 1 then
+    held = call('EXISTS', KEYS[k]) == 1
     k = k + 1
   end
   if held then
-    local epoch = redis.call('HGET', meta, 'e')
-    local first = redis.call('HINCRBY', meta, 'o', count) - count + 1
+    local epoch = call('HGET', meta, 'e')
+    local first = call('HINCRBY', meta, 'o', count) - count + 1
+    local refresh = flags >= 2 or first == 1
     if (not epoch) or (epoch == known_epoch and first <= known_last) then
       epoch = ARGV[2]
-      redis.call('HSET', meta, 'e', epoch)
+      call('HSET', meta, 'e', epoch)
+      refresh = true
     end
     local run = {}
     for m = 1, count do
       local payload = ARGV[a + m - 1]
       if keep > 0 then
-        redis.call('XADD', log, 'MAXLEN', '~', keep, '0-' .. (first + m - 1), 'p', payload, 't', ARGV[5])
+        call('XADD', log, 'MAXLEN', '~', keep, '0-' .. (first + m - 1), 'p', payload, 't', now)
       end
-      run[m] = struct.pack('>I4', #payload) .. payload
+      run[m] = pack('>I4', #payload) .. payload
     end
-    if keep > 0 then
-      redis.call('PEXPIRE', log, ARGV[4])
+    if refresh then
+      if keep > 0 then
+        call('PEXPIRE', log, lifetime)
+      end
+      call('PEXPIRE', meta, lifetime)
     end
-    redis.call('PEXPIRE', meta, ARGV[4])
-    redis.call(ARGV[6], topic, '\2' .. epoch .. struct.pack('>I8I4', first, count) .. table.concat(run))
+    call(publish, topic, '\2' .. epoch .. pack('>I8I4', first, count) .. concat(run))
     firsts[c], epochs[c] = first, epoch
   else
     firsts[c], epochs[c] = -1, ''

@@ -409,6 +409,7 @@ impl BrokerThread {
         let was_up = shard.is_ready();
         let was_connected = shard.is_connected();
         shard.probe_sent = None;
+        self.expiries.forget();
         for link in [shard.commands.take(), shard.pubsub.take()].into_iter().flatten() {
             let mut link = link;
             link.deregister(registry);

@@ -13,11 +13,52 @@ pub fn put_command(out: &mut impl BufMut, args: &[&[u8]]) {
     }
 }
 
+/// A command's array header (`*n`): its `n` arguments follow, each written with `put_bulk_of`
+/// (for commands too long to gather as a slice of arguments first, like the broker's batch of
+/// publishes).
+pub fn put_array_header(out: &mut impl BufMut, n: usize) {
+    put_header(out, b'*', n);
+}
+
+/// One bulk string made of `parts` back to back (a Redis key from its prefix, name and suffix,
+/// without joining them first).
+pub fn put_bulk_of(out: &mut impl BufMut, parts: &[&[u8]]) {
+    put_header(out, b'$', parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        out.put_slice(part);
+    }
+    out.put_slice(b"\r\n");
+}
+
 /// `*n` or `$n` and its CRLF.
 fn put_header(out: &mut impl BufMut, kind: u8, n: usize) {
     out.put_u8(kind);
-    out.put_slice(n.to_string().as_bytes());
+    put_decimal(out, n as u64);
     out.put_slice(b"\r\n");
+}
+
+/// `n` in decimal (every header and count of a command: no allocation per argument).
+pub fn put_decimal(out: &mut impl BufMut, n: u64) {
+    let mut digits = [0u8; 20];
+    out.put_slice(decimal(n, &mut digits));
+}
+
+/// `n` in decimal as a bulk string (a command's counts and offsets).
+pub fn put_bulk_decimal(out: &mut impl BufMut, n: u64) {
+    let mut digits = [0u8; 20];
+    put_bulk_of(out, &[decimal(n, &mut digits)]);
+}
+
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
 }
 
 /// `+OK`-style simple string.
@@ -117,5 +158,30 @@ pub fn error_text(code: crate::protocol::ErrorCode, detail: &str) -> String {
         E::Unauthorized => format!("WRONGPASS {detail}"),
         E::Forbidden => format!("NOPERM {detail}"),
         _ => format!("ERR {detail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+
+    #[test]
+    fn numbers_and_bulk_strings_are_written_without_gathering_them_first() {
+        let mut out = BytesMut::new();
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            put_decimal(&mut out, n);
+            out.put_u8(b' ');
+        }
+        assert_eq!(&out[..], b"0 7 10 1234567890 18446744073709551615 ");
+        let mut out = BytesMut::new();
+        put_array_header(&mut out, 3);
+        put_bulk_of(&mut out, &[b"fanout", b":{", b"room", b"}:log"]);
+        put_bulk_decimal(&mut out, 42);
+        put_bulk_of(&mut out, &[]);
+        let mut expected = BytesMut::new();
+        put_command(&mut expected, &[b"fanout:{room}:log", b"42", b""]);
+        assert_eq!(out, expected);
     }
 }
