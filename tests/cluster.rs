@@ -1052,6 +1052,62 @@ fn a_resume_older_than_a_nodes_memory_is_read_from_the_stream() {
     assert_eq!(offsets, vec![7, 8, 9, 10, 11]);
 }
 
+/// A burst is stored as runs (one stream entry per run of a channel in a script call); a resume
+/// that starts inside a run, on a node whose memory holds only the last few, reads them back
+/// from the stream: every message once, in order, with its payload; and a node that starts
+/// serving the channel after the burst syncs its log from those runs.
+#[test]
+fn a_resume_into_a_burst_reads_its_runs_from_the_stream() {
+    const BURST: u64 = 500;
+    let redis = RedisServer::start();
+    let a = node(&[&redis], |_| {});
+    let b = node(&[&redis], |c| c.history_messages = 3);
+    let mut frames = Vec::new();
+    for k in 1..=BURST {
+        fanout::protocol::binary::encode_request(
+            &Request::PublishAcked {
+                channel: b"runs",
+                payload: format!("r{k}").into_bytes().into(),
+            },
+            &mut frames,
+        );
+    }
+    let mut publisher = Conn::binary(a.local_addr());
+    publisher.send_raw(&frames);
+    for k in 1..=BURST {
+        match publisher.next() {
+            Frame::Ack { offset, .. } => assert_eq!(offset, k),
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+    let entries = redis.integer(&["XLEN", "fanout:{runs}:log"]) as u64;
+    assert!(entries < BURST / 4, "{entries} stream entries for {BURST} messages: not in runs");
+    // B serves the channel only now: it syncs from the stream (runs), keeping the last 3.
+    let (epoch, last) = position(&mut Conn::text(b.local_addr()), "runs");
+    assert_eq!(last, BURST);
+    for after in [0, 1, 63, 100, 250, BURST - 5] {
+        let mut resumer = Conn::binary(b.local_addr());
+        resumer.send(Request::Subscribe {
+            channel: b"runs",
+            resume: Some(Resume { after, epoch: Some(epoch), strict: true }),
+        });
+        match resumer.next() {
+            Frame::Hist { first, last, status, .. } => assert_eq!(
+                (first, last, status),
+                (after + 1, BURST, fanout::history::ResumeStatus::Ok),
+                "resume after {after}"
+            ),
+            other => panic!("expected HIST, got {other:?}"),
+        }
+        let got = messages(&mut resumer, (BURST - after) as usize);
+        let expected: Vec<(String, u64, Vec<u8>)> = (after + 1..=BURST)
+            .map(|k| ("runs".to_string(), k, format!("r{k}").into_bytes()))
+            .collect();
+        assert_eq!(got, expected, "resume after {after}");
+        resumer.expect(Frame::Ok { ack: Ack::Subscribe, arg: "runs".into() });
+    }
+}
+
 /// Every check before any effect: a wildcard subscription a client may not take (no token, a
 /// token that does not cover it, a bad pattern) is refused before the node asks Redis for
 /// anything; one it may take is PSUBSCRIBEd as before.

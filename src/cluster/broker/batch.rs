@@ -14,8 +14,15 @@ use crate::protocol::resp::Value;
 pub(super) const BATCH_MESSAGES: usize = 1024;
 pub(super) const BATCH_BYTES: usize = 1 << 20;
 
-/// Publishes for one script call: the channels in the order first met, and the publishes in the
-/// order they came, each with its channel's index.
+/// A channel's run in one script call is at most this many messages (and about this many bytes):
+/// the run is one stream entry, and a resume reads entries by count, so an entry stays small.
+/// A longer run is cut into several, one after the other in the same call.
+pub(super) const RUN_MESSAGES: usize = 64;
+pub(super) const RUN_BYTES: usize = 64 << 10;
+
+/// Publishes for one script call: the channels' runs in the order first met (a channel appears
+/// again for each `RUN_MESSAGES`), and the publishes in the order they came, each with its
+/// run's index.
 #[derive(Default)]
 pub(super) struct PublishBatch {
     pub channels: Vec<Bytes>,
@@ -25,6 +32,8 @@ pub(super) struct PublishBatch {
     pub members: Vec<Vec<usize>>,
     pub ops: Vec<(usize, PublishOp)>,
     pub bytes: usize,
+    /// Per run, its payload bytes.
+    run_bytes: Vec<usize>,
     /// Per channel, whether the script refreshes its keys' expiry (decided when first sent:
     /// `Expiries`).
     pub refresh: Vec<bool>,
@@ -32,11 +41,19 @@ pub(super) struct PublishBatch {
 
 impl PublishBatch {
     pub fn add(&mut self, op: PublishOp) {
-        let c = *self.index.entry(op.channel.clone()).or_insert_with(|| {
-            self.channels.push(op.channel.clone());
-            self.members.push(Vec::new());
-            self.channels.len() - 1
-        });
+        let current = self.index.get(&op.channel).copied();
+        let c = match current {
+            Some(c) if self.members[c].len() < RUN_MESSAGES && self.run_bytes[c] < RUN_BYTES => c,
+            _ => {
+                self.channels.push(op.channel.clone());
+                self.members.push(Vec::new());
+                self.run_bytes.push(0);
+                let c = self.channels.len() - 1;
+                self.index.insert(op.channel.clone(), c);
+                c
+            }
+        };
+        self.run_bytes[c] += op.payload.len();
         self.bytes += op.payload.len();
         self.members[c].push(self.ops.len());
         self.ops.push((c, op));
@@ -200,6 +217,35 @@ mod tests {
         assert!(
             expiries.ttl_ms() as u128 >= (Duration::from_secs(80) + expiries.period).as_millis()
         );
+    }
+
+    #[test]
+    fn a_long_run_is_cut_into_runs_that_take_consecutive_offsets() {
+        let mut batch = PublishBatch::default();
+        for _ in 0..RUN_MESSAGES + 1 {
+            batch.add(op(b"hot", b"m", true));
+        }
+        batch.add(op(b"cold", b"c", true));
+        batch.add(op(b"hot", b"m", true));
+        assert_eq!(batch.channels, [&b"hot"[..], b"hot", b"cold"]);
+        assert_eq!(batch.members.iter().map(Vec::len).collect::<Vec<_>>(), [RUN_MESSAGES, 2, 1]);
+        // The script gives each run its first offset in call order: 1, 65, and cold's 1.
+        let epoch = Value::Bulk(Some(9u64.to_be_bytes().to_vec()));
+        let reply = Value::Array(Some(vec![
+            Value::Array(Some(vec![Value::Integer(1), Value::Integer(65), Value::Integer(1)])),
+            Value::Array(Some(vec![epoch.clone(), epoch.clone(), epoch])),
+        ]));
+        let offsets: Vec<u64> =
+            batch.offsets(&batch.answer(reply).unwrap()).into_iter().flatten().collect();
+        let hot: Vec<u64> =
+            (1..=RUN_MESSAGES as u64 + 1).chain([1, RUN_MESSAGES as u64 + 2]).collect();
+        assert_eq!(offsets, hot);
+        // And by bytes: a big payload closes its run.
+        let mut batch = PublishBatch::default();
+        let big: &'static [u8] = Box::leak(vec![0u8; RUN_BYTES].into_boxed_slice());
+        batch.add(op(b"hot", big, true));
+        batch.add(op(b"hot", b"after", true));
+        assert_eq!(batch.channels.len(), 2);
     }
 
     #[test]

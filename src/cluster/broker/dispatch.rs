@@ -29,9 +29,9 @@ impl BrokerThread {
                     self.shard_ready(i);
                 }
             }
-            Pending::Backfill { reply_to } => {
-                let entries = parse_entries(reply)
-                    .map(|entries| {
+            Pending::Backfill { reply_to, after, upto } => {
+                let entries = parse_entries(reply, after + 1..=upto)
+                    .map(|(entries, _)| {
                         let retained = |(offset, published_ms, payload)| Retained {
                             offset,
                             published_ms,
@@ -164,7 +164,7 @@ impl BrokerThread {
                     tracked_resubscribe(&mut self.tracked, &topic);
                     self.slot_moved(&e);
                 }
-                reply => match parse_sync(reply) {
+                reply => match parse_sync(reply, after) {
                     Ok(synced) => self.synced(topic, after, synced),
                     Err(e) => self.shard_down(i, &format!("unexpected sync reply: {e}")),
                 },

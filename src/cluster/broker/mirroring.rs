@@ -255,9 +255,10 @@ impl BrokerThread {
     }
 
     /// Applies a page of the sync script to the channel's mirror.
-    pub(super) fn synced(&mut self, topic: Bytes, after: u64, (epoch, last, entries): Synced) {
+    pub(super) fn synced(&mut self, topic: Bytes, after: u64, synced: Synced) {
+        let (epoch, last, entries, read) = synced;
         let Some(tracked) = self.tracked.get_mut(&topic) else { return };
-        let full = entries.len() == SYNC_PAGE;
+        let full = read == SYNC_PAGE;
         let page = Page { after, epoch, last, entries, full };
         let outcome = {
             let log = tracked.channel.lock_log();

@@ -127,7 +127,8 @@ enum Pending {
     /// HMGET of a quiet channel's epoch and latest offset; the log's when it was asked.
     Check { topic: Bytes, epoch: u64, last: u64 },
     /// XRANGE of the stream for a resume.
-    Backfill { reply_to: ReplyTo },
+    /// A resume's read of the stream: the messages after `after` up to `upto` are wanted.
+    Backfill { reply_to: ReplyTo, after: u64, upto: u64 },
     /// This node's members of a channel written (the update script), with the call's arguments
     /// (sent whole with EVAL if Redis no longer has the script).
     PresenceUpdate { channel: Bytes, mode: presence::UpdateMode, args: Vec<Vec<u8>> },

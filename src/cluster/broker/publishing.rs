@@ -263,7 +263,9 @@ impl BrokerThread {
         // The stream's length is the publishers' setting, not ours: bounded here only so that
         // one answer stays a sane size (a longer gap is told `expired` after this much).
         let count = (upto - after).min(MAX_BACKFILL);
-        let (from, to) = (format!("(0-{after}"), format!("0-{upto}"));
+        // Up to the end, not `upto`: the entry holding `upto` may be a run that ends after it
+        // (its messages past `upto` are left out when read).
+        let (from, to) = (format!("(0-{after}"), "+");
         let Some(link) = self.shards[i].commands.as_mut() else {
             return self
                 .tell(reply_to.worker, unavailable("broker unavailable: Redis is unreachable"));
@@ -276,6 +278,7 @@ impl BrokerThread {
             b"COUNT",
             count.to_string().as_bytes(),
         ]);
-        self.shards[i].pending.push_back((Instant::now(), Pending::Backfill { reply_to }));
+        let pending = Pending::Backfill { reply_to, after, upto };
+        self.shards[i].pending.push_back((Instant::now(), pending));
     }
 }

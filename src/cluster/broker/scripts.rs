@@ -26,7 +26,10 @@ use crate::protocol::resp::Value;
 /// from the new epoch's start), before anything is published under the old one.
 ///
 /// What it costs Redis is mostly its calls (each `redis.call` costs about as much again as the
-/// command it runs), so a channel's run makes four: HGET, HINCRBY, XADD per message, PUBLISH.
+/// command it runs), so a channel's run makes four: HGET, HINCRBY, XADD, PUBLISH. A run is one
+/// stream entry (`n` messages, `r` each length-prefixed as in the envelope, `t` the time; a run
+/// of one keeps the entry it always had, `p` and `t`), so a hot channel's XADD is paid per run,
+/// not per message: see `parse_entries`.
 /// Expiries are set only when the node asks (`Expiries`: once per channel per period) or when
 /// the keys are new (a count starting over, an epoch missing).
 pub(super) const PUBLISH_LUA: &str = r"
@@ -56,10 +59,16 @@ for c = 1, tonumber(ARGV[1]) do
     local run = {}
     for m = 1, count do
       local payload = ARGV[a + m - 1]
-      if keep > 0 then
-        call('XADD', log, 'MAXLEN', '~', keep, '0-' .. (first + m - 1), 'p', payload, 't', now)
-      end
       run[m] = pack('>I4', #payload) .. payload
+    end
+    run = concat(run)
+    if keep > 0 then
+      -- The run is one entry, named by its last offset; a run of one is the single-message
+      -- entry it always was. Trimmed by offset: the last `keep` messages stay.
+      local last = first + count - 1
+      local fields = count == 1 and {'p', ARGV[a]} or {'n', count, 'r', run}
+      call('XADD', log, 'MINID', '~', '0-' .. math.max(last - keep + 1, 1), '0-' .. last,
+        't', now, unpack(fields))
     end
     if refresh then
       if keep > 0 then
@@ -67,7 +76,7 @@ for c = 1, tonumber(ARGV[1]) do
       end
       call('PEXPIRE', meta, lifetime)
     end
-    call(publish, topic, '\2' .. epoch .. pack('>I8I4', first, count) .. concat(run))
+    call(publish, topic, '\2' .. epoch .. pack('>I8I4', first, count) .. run)
     firsts[c], epochs[c] = first, epoch
   else
     firsts[c], epochs[c] = -1, ''
@@ -129,10 +138,11 @@ impl Script {
     }
 }
 
-/// Parses a sync reply: epoch, latest offset, and (offset, time, payload) per stream entry.
-pub(super) type Synced = (u64, u64, Vec<(u64, u64, Bytes)>);
+/// Parses a sync reply: epoch, latest offset, (offset, time, payload) per message from `after`
+/// on, and how many stream entries were read (a full page means more may follow).
+pub(super) type Synced = (u64, u64, Vec<(u64, u64, Bytes)>, usize);
 
-pub(super) fn parse_sync(reply: Value) -> Result<Synced, String> {
+pub(super) fn parse_sync(reply: Value, after: u64) -> Result<Synced, String> {
     let Value::Array(Some(parts)) = reply else { return Err(format!("{reply:?}")) };
     let mut parts = parts.into_iter();
     let epoch = match parts.next() {
@@ -146,39 +156,73 @@ pub(super) fn parse_sync(reply: Value) -> Result<Synced, String> {
         other => return Err(format!("last offset {other:?}")),
     };
     let Some(entries) = parts.next() else { return Err("entries".into()) };
-    Ok((epoch, last, parse_entries(entries)?))
+    let (messages, read) = parse_entries(entries, after..=u64::MAX)?;
+    Ok((epoch, last, messages, read))
 }
 
-/// Stream entries (XRANGE's answer): (offset, publish time, payload) each.
-pub(super) fn parse_entries(reply: Value) -> Result<Vec<(u64, u64, Bytes)>, String> {
+/// Stream entries (XRANGE's answer) as messages, (offset, publish time, payload) each, keeping
+/// those in `wanted`; and how many entries there were. An entry is one message (`p`) or a run
+/// (`n` messages, `r` each with its 4-byte length) named by its last offset: a read from an
+/// offset may start inside a run, and one up to an offset may end inside one.
+pub(super) fn parse_entries(
+    reply: Value,
+    wanted: std::ops::RangeInclusive<u64>,
+) -> Result<(Vec<(u64, u64, Bytes)>, usize), String> {
     let Value::Array(Some(raw)) = reply else { return Err(format!("entries {reply:?}")) };
-    let mut entries = Vec::with_capacity(raw.len());
+    let read = raw.len();
+    let mut messages = Vec::with_capacity(raw.len());
     for entry in raw {
         let Value::Array(Some(entry)) = entry else { return Err("entry".into()) };
         let mut entry = entry.into_iter();
         let Some(Value::Bulk(Some(id))) = entry.next() else { return Err("entry id".into()) };
-        let offset = std::str::from_utf8(&id)
+        let last: u64 = std::str::from_utf8(&id)
             .ok()
             .and_then(|id| id.strip_prefix("0-"))
             .and_then(|n| n.parse().ok())
             .ok_or("entry id")?;
         let Some(Value::Array(Some(fields))) = entry.next() else { return Err("fields".into()) };
-        let (mut payload, mut time) = (Bytes::new(), 0);
+        let (mut single, mut run, mut count, mut time) = (None, None, None, 0);
         for pair in fields.chunks(2) {
-            match pair {
-                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"p" => {
-                    payload = Bytes::from(value.clone());
-                }
-                [Value::Bulk(Some(name)), Value::Bulk(Some(value))] if name == b"t" => {
-                    time =
-                        std::str::from_utf8(value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-                }
+            let [Value::Bulk(Some(name)), Value::Bulk(Some(value))] = pair else { continue };
+            let number = || std::str::from_utf8(value).ok().and_then(|t| t.parse::<u64>().ok());
+            match &name[..] {
+                b"p" => single = Some(value),
+                b"r" => run = Some(value),
+                b"n" => count = number(),
+                b"t" => time = number().unwrap_or(0),
                 _ => {}
             }
         }
-        entries.push((offset, time, payload));
+        match (single, run, count) {
+            (Some(payload), None, _) => {
+                if wanted.contains(&last) {
+                    messages.push((last, time, Bytes::from(payload.clone())));
+                }
+            }
+            (None, Some(run), Some(count)) if count >= 1 && count <= last => {
+                let run = Bytes::from(run.clone());
+                let mut at = 0;
+                for offset in last + 1 - count..=last {
+                    let length = run
+                        .get(at..at + 4)
+                        .and_then(|l| <[u8; 4]>::try_from(l).ok())
+                        .map(u32::from_be_bytes)
+                        .ok_or("a run shorter than its count")?
+                        as usize;
+                    let payload = run.get(at + 4..at + 4 + length).ok_or("a run cut short")?;
+                    at += 4 + length;
+                    if wanted.contains(&offset) {
+                        messages.push((offset, time, run.slice_ref(payload)));
+                    }
+                }
+                if at != run.len() {
+                    return Err("a run longer than its count".into());
+                }
+            }
+            _ => return Err(format!("entry {last}: neither a message nor a run")),
+        }
     }
-    Ok(entries)
+    Ok((messages, read))
 }
 
 pub(super) fn bulk(value: Value) -> Option<Vec<u8>> {
@@ -210,19 +254,81 @@ mod tests {
             Value::Integer(9),
             Value::Array(Some(vec![entry("0-8", b"eight"), entry("0-9", b"nine")])),
         ]));
-        let (epoch, last, entries) = parse_sync(reply).unwrap();
-        assert_eq!((epoch, last), (7, 9));
+        let (epoch, last, entries, read) = parse_sync(reply, 8).unwrap();
+        assert_eq!((epoch, last, read), (7, 9, 2));
         assert_eq!(
             entries,
             vec![(8, 1700, Bytes::from_static(b"eight")), (9, 1700, Bytes::from_static(b"nine"))]
         );
-        assert!(parse_sync(Value::Integer(1)).is_err());
+        assert!(parse_sync(Value::Integer(1), 0).is_err());
         let bad_id = Value::Array(Some(vec![
             Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
             Value::Integer(9),
             Value::Array(Some(vec![entry("1-8", b"x")])),
         ]));
-        assert!(parse_sync(bad_id).is_err());
+        assert!(parse_sync(bad_id, 0).is_err());
+    }
+
+    /// A run is one entry named by its last offset; reads cut it to what they asked for.
+    #[test]
+    fn a_run_entry_gives_each_of_its_messages_its_offset() {
+        let bulk = |b: &[u8]| Value::Bulk(Some(b.to_vec()));
+        let run_of = |payloads: &[&[u8]]| {
+            let mut run = Vec::new();
+            for p in payloads {
+                run.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                run.extend_from_slice(p);
+            }
+            run
+        };
+        let entry = |id: &str, fields: Vec<Value>| {
+            Value::Array(Some(vec![bulk(id.as_bytes()), Value::Array(Some(fields))]))
+        };
+        let stream = |entries: Vec<Value>| Value::Array(Some(entries));
+        let run = run_of(&[b"four", b"", b"six"]);
+        let entries = || {
+            stream(vec![
+                entry("0-3", vec![bulk(b"t"), bulk(b"5"), bulk(b"p"), bulk(b"three")]),
+                entry(
+                    "0-6",
+                    vec![bulk(b"t"), bulk(b"6"), bulk(b"n"), bulk(b"3"), bulk(b"r"), bulk(&run)],
+                ),
+                entry("0-7", vec![bulk(b"p"), bulk(b"seven"), bulk(b"t"), bulk(b"7")]),
+            ])
+        };
+        let offsets = |wanted| {
+            let (messages, read) = parse_entries(entries(), wanted).unwrap();
+            assert_eq!(read, 3);
+            messages.iter().map(|(o, t, p)| (*o, *t, p.clone())).collect::<Vec<_>>()
+        };
+        let b = |p: &'static [u8]| Bytes::from_static(p);
+        assert_eq!(
+            offsets(0..=u64::MAX),
+            [
+                (3, 5, b(b"three")),
+                (4, 6, b(b"four")),
+                (5, 6, b(b"")),
+                (6, 6, b(b"six")),
+                (7, 7, b(b"seven"))
+            ]
+        );
+        assert_eq!(offsets(5..=5), [(5, 6, b(b""))], "inside a run, both ends");
+        // A run that does not add up is an error, never a message made up.
+        for (count, run) in [
+            ("4", run.clone()),
+            ("2", run.clone()),
+            ("3", run[..run.len() - 1].to_vec()),
+            ("0", run.clone()),
+            ("9", run.clone()),
+        ] {
+            let bad = stream(vec![entry(
+                "0-6",
+                vec![bulk(b"n"), bulk(count.as_bytes()), bulk(b"r"), bulk(&run)],
+            )]);
+            assert!(parse_entries(bad, 0..=u64::MAX).is_err(), "count {count}");
+        }
+        let neither = stream(vec![entry("0-6", vec![bulk(b"t"), bulk(b"1")])]);
+        assert!(parse_entries(neither, 0..=u64::MAX).is_err());
     }
 
     #[test]

@@ -448,7 +448,7 @@ impl BrokerThread {
                 Pending::Publish(batch) => {
                     self.refuse_batch(&batch, why.clone());
                 }
-                Pending::Backfill { reply_to } => {
+                Pending::Backfill { reply_to, .. } => {
                     let why = "broker unavailable: Redis went away; the stream cannot be read now";
                     let answer = Answer::Backfill { target: reply_to, entries: Err(why.into()) };
                     self.tell(reply_to.worker, answer);
