@@ -26,12 +26,15 @@ use crate::protocol::resp::Value;
 /// from the new epoch's start), before anything is published under the old one.
 ///
 /// What it costs Redis is mostly its calls (each `redis.call` costs about as much again as the
-/// command it runs), so a channel's run makes four: HGET, HINCRBY, XADD, PUBLISH. A run is one
-/// stream entry (`n` messages, `r` each length-prefixed as in the envelope, `t` the time; a run
-/// of one keeps the entry it always had, `p` and `t`), so a hot channel's XADD is paid per run,
-/// not per message: see `parse_entries`.
-/// Expiries are set only when the node asks (`Expiries`: once per channel per period) or when
-/// the keys are new (a count starting over, an epoch missing).
+/// command it runs), so a channel's run makes four: HGET, HINCRBY, XADD, PUBLISH.
+/// - A run is one stream entry (`n` messages, `r` each length-prefixed as in the envelope, `t`
+///   the time), so a hot channel's XADD is paid per run, not per message (`parse_entries`). A
+///   run of one keeps the entry it always had (`p`, `t`).
+/// - A stream keeps at least the last `keep` messages: runs trim by offset (MINID), single
+///   entries by count (MAXLEN, cheaper), so where both mix it may hold more, at most
+///   `RUN_MESSAGES` per entry.
+/// - Expiries are set only when the node asks (`Expiries`: once per channel per period) or when
+///   the keys are new (a count starting over, an epoch missing).
 pub(super) const PUBLISH_LUA: &str = r"
 local call, pack, concat = redis.call, struct.pack, table.concat
 local keep, now, lifetime, publish = tonumber(ARGV[3]), ARGV[5], ARGV[4], ARGV[6]
@@ -56,19 +59,27 @@ for c = 1, tonumber(ARGV[1]) do
       call('HSET', meta, 'e', epoch)
       refresh = true
     end
-    local run = {}
-    for m = 1, count do
-      local payload = ARGV[a + m - 1]
-      run[m] = pack('>I4', #payload) .. payload
-    end
-    run = concat(run)
-    if keep > 0 then
-      -- The run is one entry, named by its last offset; a run of one is the single-message
-      -- entry it always was. Trimmed by offset: the last `keep` messages stay.
-      local last = first + count - 1
-      local fields = count == 1 and {'p', ARGV[a]} or {'n', count, 'r', run}
-      call('XADD', log, 'MINID', '~', '0-' .. math.max(last - keep + 1, 1), '0-' .. last,
-        't', now, unpack(fields))
+    -- A run is one stream entry named by its last offset, trimmed by offset (MINID) so that
+    -- the last `keep` messages stay; a run of one is the entry it always was, trimmed by count
+    -- (cheaper, and each such entry is one message).
+    local run, last = nil, first + count - 1
+    if count == 1 then
+      local payload = ARGV[a]
+      run = pack('>I4', #payload) .. payload
+      if keep > 0 then
+        call('XADD', log, 'MAXLEN', '~', keep, '0-' .. last, 'p', payload, 't', now)
+      end
+    else
+      run = {}
+      for m = 1, count do
+        local payload = ARGV[a + m - 1]
+        run[m] = pack('>I4', #payload) .. payload
+      end
+      run = concat(run)
+      if keep > 0 then
+        call('XADD', log, 'MINID', '~', '0-' .. math.max(last - keep + 1, 1), '0-' .. last,
+          'n', count, 'r', run, 't', now)
+      end
     end
     if refresh then
       if keep > 0 then
