@@ -31,6 +31,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `MIMALLOC_ALLOW_THP=0`, for this process only.
 fn no_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes one integer flag and touches no memory of ours.
+    #[cfg(target_os = "linux")]
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 

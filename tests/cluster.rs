@@ -811,6 +811,14 @@ fn a_channels_keys_expire_after_its_last_publish_even_when_refreshed_once_per_pe
         let left = pttl(key);
         assert!(left > lifetime - 60_000, "{key} made again without an expiry: {left}");
     }
+    // The meta key alone lost (expired first, evicted, deleted): the channel goes on after what
+    // its stream holds, under a new epoch, instead of failing to append below it.
+    let epoch = epoch_in_redis(&redis, "ttl");
+    redis.command(&["DEL", "fanout:{ttl}:meta"]);
+    // (The stream holds "again", offset 1: the count starting over would give 1 again.)
+    assert_eq!(publish_acked(&mut publisher, "ttl", b"after a lost count"), Ok(2));
+    assert_ne!(epoch_in_redis(&redis, "ttl"), epoch, "a new epoch: the old one went with the key");
+    assert!(pttl("fanout:{ttl}:meta") > lifetime - 60_000);
     // Without a refresh asked for, a call leaves expiries alone: set a short one by hand and
     // see it stay (the node refreshed this channel in this period already).
     redis.command(&["PEXPIRE", "fanout:{ttl}:meta", "600000"]);

@@ -37,6 +37,8 @@ pub(super) struct PublishBatch {
     /// Per channel, whether the script refreshes its keys' expiry (decided when first sent:
     /// `Expiries`).
     pub refresh: Vec<bool>,
+    /// The `Expiries` period those were decided in.
+    pub refresh_period: u64,
 }
 
 impl PublishBatch {
@@ -70,6 +72,9 @@ pub(super) struct Expiries {
     ttl: Duration,
     period: Duration,
     period_began: Option<Instant>,
+    /// Periods begun so far: a refresh confirmed in a later period than it was asked in says
+    /// nothing about this one.
+    periods: u64,
     refreshed: HashSet<Bytes>,
 }
 
@@ -80,17 +85,33 @@ const MAX_REMEMBERED: usize = 1 << 20;
 impl Expiries {
     pub fn new(ttl: Duration) -> Self {
         let period = (ttl / 8).max(Duration::from_millis(1));
-        Expiries { ttl, period, period_began: None, refreshed: HashSet::new() }
+        Expiries { ttl, period, period_began: None, periods: 0, refreshed: HashSet::new() }
     }
 
-    /// Whether a publish to `channel` now refreshes its keys' expiry.
+    /// Whether a publish to `channel` now asks the script to refresh its keys' expiry: until
+    /// a refresh in this period was confirmed (`refreshed`), every call asks (a refused or
+    /// failed call, or an inbox nobody held, refreshed nothing).
     pub fn due(&mut self, channel: &Bytes, now: Instant) -> bool {
         let over = self.period_began.is_none_or(|began| now.duration_since(began) >= self.period);
         if over || self.refreshed.len() >= MAX_REMEMBERED {
             self.refreshed.clear();
             self.period_began = Some(now);
+            self.periods += 1;
         }
-        self.refreshed.insert(channel.clone())
+        !self.refreshed.contains(channel)
+    }
+
+    /// The period the last `due` was answered in.
+    pub fn period(&self) -> u64 {
+        self.periods
+    }
+
+    /// The script ran `channel`'s run with a refresh asked for in `period`: none is due again
+    /// this period (if it still is that one).
+    pub fn refreshed(&mut self, channel: &Bytes, period: u64) {
+        if period == self.periods {
+            self.refreshed.insert(channel.clone());
+        }
     }
 
     /// The expiry a refresh sets, in milliseconds.
@@ -204,14 +225,29 @@ mod tests {
         assert_eq!(expiries.ttl_ms(), 90_000, "the lifetime plus a period");
         let start = Instant::now();
         let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
-        assert!(expiries.due(&a, start));
-        assert!(!expiries.due(&a, start + Duration::from_secs(9)));
-        assert!(expiries.due(&b, start + Duration::from_secs(9)));
-        assert!(expiries.due(&a, start + Duration::from_secs(10)), "a new period");
-        assert!(!expiries.due(&a, start + Duration::from_secs(11)), "a was refreshed in it");
-        assert!(expiries.due(&b, start + Duration::from_secs(11)), "b in the one before");
+        let refresh = |expiries: &mut Expiries, channel: &Bytes, secs| {
+            let due = expiries.due(channel, start + Duration::from_secs(secs));
+            if due {
+                expiries.refreshed(channel, expiries.period());
+            }
+            due
+        };
+        assert!(refresh(&mut expiries, &a, 0));
+        assert!(!refresh(&mut expiries, &a, 9));
+        assert!(refresh(&mut expiries, &b, 9));
+        assert!(refresh(&mut expiries, &a, 10), "a new period");
+        assert!(!refresh(&mut expiries, &a, 11), "a was refreshed in it");
+        assert!(refresh(&mut expiries, &b, 11), "b in the one before");
         expiries.forget();
-        assert!(expiries.due(&a, start + Duration::from_secs(12)), "after a loss");
+        assert!(refresh(&mut expiries, &a, 12), "after a loss");
+        // Asked for but not confirmed (the call was refused, or failed): asked again.
+        assert!(expiries.due(&b, start + Duration::from_secs(20)));
+        assert!(expiries.due(&b, start + Duration::from_secs(21)), "nothing confirmed it");
+        // Confirmed only after the period it was asked in ended: asked again in this one.
+        let asked_in = expiries.period();
+        assert!(expiries.due(&b, start + Duration::from_secs(30)));
+        expiries.refreshed(&b, asked_in);
+        assert!(expiries.due(&b, start + Duration::from_secs(31)));
         // Every refresh lasts past a period: a publish just before a period ends keeps its
         // keys at least the lifetime after it.
         assert!(

@@ -139,6 +139,11 @@ impl BrokerThread {
                             }
                         }
                         self.remember_acked(&batch, &answer);
+                        for (c, channel) in batch.channels.iter().enumerate() {
+                            if batch.refresh[c] && answer.firsts[c].is_some() {
+                                self.expiries.refreshed(channel, batch.refresh_period);
+                            }
+                        }
                     }
                     // The script cache was flushed (SCRIPT FLUSH, a failover): send the body.
                     Err(Value::Error(e)) if e.starts_with("NOSCRIPT") => {

@@ -29,7 +29,7 @@ impl BrokerThread {
     ) {
         let Some(channel) = Keys::channel_of(&self.config().key_prefix, &topic) else { return };
         let keys = Keys::new(&self.config().key_prefix, channel);
-        let ttl = self.config().key_ttl.as_millis().max(1).to_string();
+        let ttl = self.expiries.ttl_ms().to_string();
         // Greater than the one it ends and than the node's own: a new epoch is never older
         // than one a subscriber has seen (however the clocks disagree).
         // (A fresh mirror's log has a placeholder epoch of its own, not one of Redis's.)

@@ -56,7 +56,7 @@ pub(crate) mod topology;
 pub(crate) use self::presence::{survey_body, SurveyKind, MAX_TOP};
 
 use self::answers::AnswerOrder;
-use self::batch::{BatchAnswer, Expiries, PublishBatch, BATCH_BYTES, BATCH_MESSAGES};
+use self::batch::{BatchAnswer, Expiries, PublishBatch, BATCH_BYTES, BATCH_MESSAGES, RUN_MESSAGES};
 use self::mirroring::tracked_resubscribe;
 use self::names::{ClaimReply, Leases};
 use self::patterns::{glob_prefix, redis_glob, PatternTrack};
@@ -77,9 +77,10 @@ use crate::server::{Answer, Item, ServerForBroker};
 const WAKER: Token = Token(usize::MAX);
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUBSCRIBE_BATCH: usize = 512;
-/// Stream entries per sync script call.
-const SYNC_PAGE: usize = 1000;
-/// Stream entries one resume reads from Redis, at most.
+/// Stream entries per sync script call: up to 256 messages, or 16,384 (a ring's worth) when
+/// every entry is a run of `batch::RUN_MESSAGES`.
+const SYNC_PAGE: usize = 256;
+/// Messages one resume reads from Redis, at most.
 const MAX_BACKFILL: u64 = 100_000;
 /// How often channels without local subscribers are let go of.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

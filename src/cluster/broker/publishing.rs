@@ -69,6 +69,7 @@ impl BrokerThread {
             // Decided once per batch: a NOSCRIPT retry asks for the same refreshes.
             let expiries = &mut self.expiries;
             batch.refresh = batch.channels.iter().map(|c| expiries.due(c, now)).collect();
+            batch.refresh_period = expiries.period();
         }
         let config = &self.server.broker().config;
         let prefix = config.key_prefix.as_bytes();
@@ -261,23 +262,16 @@ impl BrokerThread {
         };
         let log = Keys::new(&self.config().key_prefix, channel).log();
         // The stream's length is the publishers' setting, not ours: bounded here only so that
-        // one answer stays a sane size (a longer gap is told `expired` after this much).
-        let count = (upto - after).min(MAX_BACKFILL);
-        // Up to the end, not `upto`: the entry holding `upto` may be a run that ends after it
-        // (its messages past `upto` are left out when read).
-        let (from, to) = (format!("(0-{after}"), "+");
+        // one answer stays a sane size (a longer gap is told `expired` after this much). By
+        // offsets, not entries (an entry may be a run): up to the entry that holds `upto`,
+        // which ends at most a run's length after it (its messages past `upto` are left out).
+        let upto = upto.min(after + MAX_BACKFILL);
+        let (from, to) = (format!("(0-{after}"), format!("0-{}", upto + RUN_MESSAGES as u64 - 1));
         let Some(link) = self.shards[i].commands.as_mut() else {
             return self
                 .tell(reply_to.worker, unavailable("broker unavailable: Redis is unreachable"));
         };
-        link.command(&[
-            b"XRANGE",
-            &log,
-            from.as_bytes(),
-            to.as_bytes(),
-            b"COUNT",
-            count.to_string().as_bytes(),
-        ]);
+        link.command(&[b"XRANGE", &log, from.as_bytes(), to.as_bytes()]);
         let pending = Pending::Backfill { reply_to, after, upto };
         self.shards[i].pending.push_back((Instant::now(), pending));
     }

@@ -53,6 +53,17 @@ for c = 1, tonumber(ARGV[1]) do
   if held then
     local epoch = call('HGET', meta, 'e')
     local first = call('HINCRBY', meta, 'o', count) - count + 1
+    if first == 1 and keep > 0 then
+      -- A new count beside a stream that may not be new (the meta key alone expired, was
+      -- evicted or deleted): go on after the stream's last entry, under a new epoch (the
+      -- epoch went with the key), instead of failing to append below it.
+      local top = call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+      local after = top and tonumber(string.match(top[1], '^0%-(%d+)$'))
+      if after then
+        first = after + 1
+        call('HSET', meta, 'o', after + count)
+      end
+    end
     local refresh = flags >= 2 or first == 1
     if (not epoch) or (epoch == known_epoch and first <= known_last) then
       epoch = ARGV[2]
@@ -99,7 +110,8 @@ return {firsts, epochs}
 
 /// Reads a channel's epoch (creating it when missing), latest offset, and stream entries from
 /// an offset on (the node compares the one it has with the stream's: a rewritten entry is a
-/// rollback). KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms), after, count, and an
+/// rollback). KEYS: meta, log. ARGV: candidate epoch, key lifetime (ms: both keys get it when the
+/// epoch is made, as a publish's refresh would), after, count, and an
 /// epoch to end (empty: none): a node that found Redis rolled back ends the epoch it mirrors,
 /// once, whichever node sees it first (the candidate becomes the channel's epoch only while that
 /// one still is).
@@ -109,6 +121,7 @@ if not epoch or epoch == ARGV[5] then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'e', epoch)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 local last = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries = redis.call('XRANGE', KEYS[2], '0-' .. ARGV[3], '+', 'COUNT', ARGV[4])
