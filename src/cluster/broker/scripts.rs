@@ -164,7 +164,10 @@ impl Script {
 
 /// Parses a sync reply: epoch, latest offset, (offset, time, payload) per message from `after`
 /// on, and how many stream entries were read (a full page means more may follow).
-pub(super) type Synced = (u64, u64, Vec<(u64, u64, Bytes)>, usize);
+pub(super) type Synced = (u64, u64, StreamMessages, usize);
+
+/// Messages read from a stream: (offset, publish time, payload) each.
+pub(super) type StreamMessages = Vec<(u64, u64, Bytes)>;
 
 pub(super) fn parse_sync(reply: Value, after: u64) -> Result<Synced, String> {
     let Value::Array(Some(parts)) = reply else { return Err(format!("{reply:?}")) };
@@ -191,7 +194,7 @@ pub(super) fn parse_sync(reply: Value, after: u64) -> Result<Synced, String> {
 pub(super) fn parse_entries(
     reply: Value,
     wanted: std::ops::RangeInclusive<u64>,
-) -> Result<(Vec<(u64, u64, Bytes)>, usize), String> {
+) -> Result<(StreamMessages, usize), String> {
     let Value::Array(Some(raw)) = reply else { return Err(format!("entries {reply:?}")) };
     let read = raw.len();
     let mut messages = Vec::with_capacity(raw.len());
