@@ -2123,3 +2123,89 @@ fn a_namespaces_history_limit_holds_for_resumes_read_from_the_stream() {
     assert_eq!(offsets(&mut resumer, "short.x"), vec![8, 9, 10], "the namespace keeps 3");
     assert_eq!(offsets(&mut resumer, "long"), (1..=10).collect::<Vec<_>>(), "the rest, all");
 }
+
+/// A slot moved behind the node's back (a resharding the node has not heard of: no subscriber
+/// there, so no sharded subscription ends): one script call spans a master's slots, finds the
+/// moved channel's slot gone, and refuses only that channel's publish (nothing of it ran; the
+/// other channel in the same call goes through); the node reads the slot map again, and the
+/// channel's offsets go on from its new master.
+#[test]
+fn a_slot_moved_behind_the_nodes_back_refuses_only_its_channel_and_is_followed() {
+    let redis = common::redis::RedisCluster::start(3);
+    let a = node_in_redis_cluster(&redis.masters[0], |_| {});
+    let topic = |name: &str| format!("fanout:{{{name}}}");
+    let slot = |name: &str| fanout::cluster::key_slot(topic(name).as_bytes());
+    let moved = "mv.0".to_string();
+    let owner = redis.master_of(&topic(&moved));
+    let stays = (1..2000)
+        .map(|i| format!("mv.{i}"))
+        .find(|n| std::ptr::eq(redis.master_of(&topic(n)), owner) && slot(n) != slot(&moved))
+        .expect("another slot of the same master");
+    let mut publisher = Conn::binary(a.local_addr());
+    for name in [&moved, &stays] {
+        assert_eq!(publish_acked(&mut publisher, name, b"one"), Ok(1), "{name}");
+    }
+    // Move the slot to another master, keys and all.
+    let target = redis.masters.iter().find(|m| !std::ptr::eq(*m, owner)).expect("a master");
+    let id = |m: &RedisServer| match m.command(&["CLUSTER", "MYID"]) {
+        Value::Bulk(Some(id)) => String::from_utf8(id).expect("an id"),
+        other => panic!("{other:?}"),
+    };
+    let (owner_id, target_id) = (id(owner), id(target));
+    let s = slot(&moved).to_string();
+    target.command(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &owner_id]);
+    owner.command(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &target_id]);
+    let keys: Vec<String> = match owner.command(&["CLUSTER", "GETKEYSINSLOT", &s, "100"]) {
+        Value::Array(Some(keys)) => keys
+            .into_iter()
+            .map(|k| match k {
+                Value::Bulk(Some(k)) => String::from_utf8(k).expect("a key"),
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    assert!(keys.len() >= 2, "the channel's keys: {keys:?}");
+    let port = target.port.to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    owner.command(&migrate);
+    for master in &redis.masters {
+        master.command(&["CLUSTER", "SETSLOT", &s, "NODE", &target_id]);
+    }
+    // Both publishes in one write: one call to the old owner, as the node's map still says.
+    let mut frames = Vec::new();
+    for name in [&moved, &stays] {
+        fanout::protocol::binary::encode_request(
+            &Request::PublishAcked { channel: name.as_bytes(), payload: b"two".to_vec().into() },
+            &mut frames,
+        );
+    }
+    publisher.send_raw(&frames);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(match publisher.next() {
+            Frame::Ack { channel, offset } => Ok((channel, offset)),
+            Frame::Err { code, reason } => Err((code, reason)),
+            other => panic!("expected an answer, got {other:?}"),
+        });
+    }
+    match &answers[0] {
+        Err((503, reason)) => assert!(reason.contains("publish again"), "{reason}"),
+        other => panic!("the moved channel's publish: {other:?}"),
+    }
+    assert_eq!(answers[1], Ok((stays.clone(), 2)), "the other channel of the call went through");
+    // Publishing again reaches the slot's new master; nothing of the refused one ran.
+    let offset = (0..50)
+        .find_map(|_| match publish_acked(&mut publisher, &moved, b"two") {
+            Ok(offset) => Some(offset),
+            Err((503, _)) => {
+                thread::sleep(Duration::from_millis(100));
+                None
+            }
+            Err(other) => panic!("{other:?}"),
+        })
+        .expect("the moved channel is published to again");
+    assert_eq!(offset, 2);
+    assert!(target.integer(&["EXISTS", &format!("{}:log", topic(&moved))]) == 1);
+}
