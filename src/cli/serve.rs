@@ -111,7 +111,8 @@ pub struct ServeArgs {
     /// Prefix of the keys and pub/sub channels fanout uses in Redis.
     #[arg(long, default_value = "fanout")]
     redis_prefix: String,
-    /// A channel's keys in Redis expire after this long without a publish (its epoch with them).
+    /// A channel's keys in Redis expire after this long without a publish, up to an eighth more
+    /// (its epoch with them).
     #[arg(long, default_value_t = 86_400)]
     redis_key_ttl_secs: u64,
     /// A Redis connection that leaves a command (or the pub/sub liveness probe) unanswered this
