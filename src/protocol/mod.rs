@@ -36,6 +36,20 @@ pub use self::names::*;
 pub use self::sniff::*;
 pub use self::types::*;
 
+/// `value` in decimal without going through `fmt` (offsets in every text frame, every count and
+/// header of a command the cluster's broker writes).
+pub(crate) fn format_u64(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buffer[start..];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,7 +190,7 @@ pub fn encode_message(channel: &[u8], offset: u64, payload: &[u8]) -> Bytes {
 /// Appends a `MSG` line (fan-out batches several into one buffer).
 pub fn put_message(out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u8]) {
     let mut digits = [0u8; 20];
-    let digits = format_u64(offset, &mut digits);
+    let digits = super::format_u64(offset, &mut digits);
     let escapes = escapes_needed(payload);
     out.reserve(4 + channel.len() + 1 + digits.len() + 1 + payload.len() + escapes + 2);
     out.put_slice(b"MSG ");
@@ -200,19 +200,6 @@ pub fn put_message(out: &mut BytesMut, channel: &[u8], offset: u64, payload: &[u
     out.put_u8(b' ');
     put_escaped(out, payload, escapes);
     out.put_slice(b"\r\n");
-}
-
-/// Formats without going through `fmt` (this runs once per message per worker).
-fn format_u64(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &buffer[start..];
-        }
-    }
 }
 
 /// `OK <SUB|UNSUB|NAME> <arg>\r\n`.

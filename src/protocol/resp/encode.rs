@@ -40,25 +40,13 @@ fn put_header(out: &mut impl BufMut, kind: u8, n: usize) {
 /// `n` in decimal (every header and count of a command: no allocation per argument).
 pub fn put_decimal(out: &mut impl BufMut, n: u64) {
     let mut digits = [0u8; 20];
-    out.put_slice(decimal(n, &mut digits));
+    out.put_slice(crate::protocol::format_u64(n, &mut digits));
 }
 
 /// `n` in decimal as a bulk string (a command's counts and offsets).
 pub fn put_bulk_decimal(out: &mut impl BufMut, n: u64) {
     let mut digits = [0u8; 20];
-    put_bulk_of(out, &[decimal(n, &mut digits)]);
-}
-
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
+    put_bulk_of(out, &[crate::protocol::format_u64(n, &mut digits)]);
 }
 
 /// `+OK`-style simple string.
