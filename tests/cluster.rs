@@ -2125,10 +2125,10 @@ fn a_namespaces_history_limit_holds_for_resumes_read_from_the_stream() {
 }
 
 /// A slot moved behind the node's back (a resharding the node has not heard of: no subscriber
-/// there, so no sharded subscription ends): one script call spans a master's slots, finds the
-/// moved channel's slot gone, and refuses only that channel's publish (nothing of it ran; the
-/// other channel in the same call goes through); the node reads the slot map again, and the
-/// channel's offsets go on from its new master.
+/// there, so no sharded subscription ends): the moved channel's publish is refused before any of
+/// it ran (Redis answers MOVED to a call whose declared keys are elsewhere), the other channel in
+/// the same write goes through, the node reads the slot map again, and the channel's offsets go
+/// on from its new master, nothing burned.
 #[test]
 fn a_slot_moved_behind_the_nodes_back_refuses_only_its_channel_and_is_followed() {
     let redis = common::redis::RedisCluster::start(3);

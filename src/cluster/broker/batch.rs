@@ -131,8 +131,6 @@ impl Expiries {
 pub(super) struct BatchAnswer {
     pub firsts: Vec<Option<u64>>,
     pub epochs: Vec<Option<u64>>,
-    /// Per channel, Redis's error when its slot was not on the server (nothing of it ran).
-    pub refused: Vec<Option<String>>,
 }
 
 impl PublishBatch {
@@ -152,17 +150,6 @@ impl PublishBatch {
         let Some(Value::Array(Some(firsts))) = parts.pop() else {
             return Err(Value::Array(Some(parts)));
         };
-        let refused = firsts
-            .iter()
-            .enumerate()
-            .map(|(c, first)| match (first, epochs.get(c)) {
-                (Value::Integer(-2), Some(Value::Bulk(Some(why)))) => {
-                    Some(String::from_utf8_lossy(why).into_owned())
-                }
-                (Value::Integer(-2), _) => Some("refused".to_string()),
-                _ => None,
-            })
-            .collect();
         let firsts = firsts
             .iter()
             .map(|first| match first {
@@ -178,7 +165,7 @@ impl PublishBatch {
                 _ => None,
             })
             .collect();
-        Ok(BatchAnswer { firsts, epochs, refused })
+        Ok(BatchAnswer { firsts, epochs })
     }
 
     /// Each publish's offset, in the order they came (`None`: nobody holds the inbox's name).
@@ -295,25 +282,6 @@ mod tests {
         batch.add(op(b"hot", big, true));
         batch.add(op(b"hot", b"after", true));
         assert_eq!(batch.channels.len(), 2);
-    }
-
-    #[test]
-    fn a_run_whose_slot_is_elsewhere_is_refused_with_redis_s_reason() {
-        let mut batch = PublishBatch::default();
-        batch.add(op(b"here", b"1", true));
-        batch.add(op(b"moved", b"2", true));
-        let reply = Value::Array(Some(vec![
-            Value::Array(Some(vec![Value::Integer(7), Value::Integer(-2)])),
-            Value::Array(Some(vec![
-                Value::Bulk(Some(3u64.to_be_bytes().to_vec())),
-                Value::Bulk(Some(b"ERR Script attempted to access a non local key".to_vec())),
-            ])),
-        ]));
-        let answer = batch.answer(reply).unwrap();
-        assert_eq!(batch.offsets(&answer), [Some(7), None]);
-        assert_eq!(answer.refused[0], None);
-        assert!(answer.refused[1].as_deref().is_some_and(|why| why.contains("non local key")));
-        assert!(batch.acked(1, &answer).is_none(), "nothing of it ran: nothing remembered");
     }
 
     #[test]

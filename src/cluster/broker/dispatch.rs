@@ -125,17 +125,10 @@ impl BrokerThread {
                             .fetch_add(micros * count, Ordering::Relaxed);
                         counters.round_trip_micros_max.fetch_max(micros, Ordering::Relaxed);
                         // Acknowledgements go out in the order the publishes came.
-                        for ((c, op), offset) in batch.ops.iter().zip(batch.offsets(&answer)) {
+                        for ((_, op), offset) in batch.ops.iter().zip(batch.offsets(&answer)) {
                             match offset {
                                 Some(offset) if op.acked => self.answer(op, offset, Ok(())),
                                 Some(_) => self.answered_quietly(op),
-                                None if answer.refused[*c].is_some() => {
-                                    let why = answer.refused[*c].as_deref().unwrap_or_default();
-                                    let why = format!("broker unavailable: Redis did not take this channel's publish ({why}); publish again");
-                                    counters.publishes_done.fetch_sub(1, Ordering::Relaxed);
-                                    counters.publishes_refused.fetch_add(1, Ordering::Relaxed);
-                                    self.answer(op, 0, Err((ErrorCode::Unavailable, why.into())));
-                                }
                                 None => {
                                     let who =
                                         String::from_utf8_lossy(&op.channel[1..]).into_owned();
@@ -144,10 +137,6 @@ impl BrokerThread {
                                     self.answer(op, 0, Err((ErrorCode::NotFound, why.into())));
                                 }
                             }
-                        }
-                        if let Some(why) = answer.refused.iter().flatten().next() {
-                            // A slot moved since the map was read (a failover, a resharding).
-                            self.slot_moved(&format!("a publish found a slot elsewhere: {why}"));
                         }
                         self.remember_acked(&batch, &answer);
                         for (c, channel) in batch.channels.iter().enumerate() {

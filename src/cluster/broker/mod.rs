@@ -326,10 +326,7 @@ impl Unstarted {
             ops,
             shards,
             tracked: HashMap::new(),
-            publish: match config.redis_cluster {
-                true => Script::new(scripts::publish_cluster_lua()),
-                false => Script::new(scripts::PUBLISH_LUA),
-            },
+            publish: Script::new(scripts::PUBLISH_LUA),
             sync: Script::new(scripts::SYNC_LUA),
             delivered: false,
             served: false,
@@ -434,9 +431,9 @@ impl BrokerThread {
     }
 
     fn take_ops(&mut self) {
-        // A turn's publishes go to Redis as one script call per server (per master on a Redis
-        // Cluster: `PUBLISH_CLUSTER_LUA`), up to `BATCH_MESSAGES` or `BATCH_BYTES`.
-        let mut batches: HashMap<usize, PublishBatch> = HashMap::new();
+        // A turn's publishes go to Redis as one script call per server (per slot on a Redis
+        // Cluster, whose scripts touch one slot), up to `BATCH_MESSAGES` or `BATCH_BYTES`.
+        let mut batches: HashMap<(usize, u16), PublishBatch> = HashMap::new();
         while let Ok(op) = self.ops.try_recv() {
             match op {
                 BrokerOp::Publish(mut op) => {
@@ -447,7 +444,13 @@ impl BrokerThread {
                         self.refuse(&op, why.into());
                         continue;
                     };
-                    let batch = batches.entry(i).or_default();
+                    let slot = match self.topology {
+                        Some(_) => super::key_slot(
+                            &Keys::new(&self.config().key_prefix, &op.channel).topic,
+                        ),
+                        None => 0,
+                    };
+                    let batch = batches.entry((i, slot)).or_default();
                     batch.add(op);
                     if batch.ops.len() >= BATCH_MESSAGES || batch.bytes >= BATCH_BYTES {
                         let full = std::mem::take(batch);
@@ -457,7 +460,13 @@ impl BrokerThread {
                 BrokerOp::Presence { channel, joins, leaves, announce, batch } => {
                     // After the publishes taken before it (a leave after its last message).
                     if let Some(i) = self.shard_of(&channel) {
-                        if let Some(batch) = batches.remove(&i) {
+                        let slot = match self.topology {
+                            Some(_) => super::key_slot(
+                                &Keys::new(&self.config().key_prefix, &channel).topic,
+                            ),
+                            None => 0,
+                        };
+                        if let Some(batch) = batches.remove(&(i, slot)) {
                             if !batch.ops.is_empty() {
                                 self.send_publish(i, batch, false);
                             }
@@ -498,7 +507,7 @@ impl BrokerThread {
                 }
             }
         }
-        for (i, batch) in batches {
+        for ((i, _), batch) in batches {
             if !batch.ops.is_empty() {
                 self.send_publish(i, batch, false);
             }

@@ -93,10 +93,7 @@ impl BrokerThread {
             crate::cluster::epoch_after(known.iter().flatten().map(|&(e, _)| e)).to_be_bytes();
         let inbox = |channel: &Bytes| channel.first() == Some(&b'@');
         let keys = 2 * batch.channels.len() + batch.channels.iter().filter(|c| inbox(c)).count();
-        // A Redis Cluster's call declares no keys (they span slots): they lead ARGV instead.
-        let spanning = self.topology.is_some();
-        let args =
-            3 + keys + 6 + 5 * batch.channels.len() + batch.ops.len() + usize::from(spanning);
+        let args = 3 + keys + 6 + 5 * batch.channels.len() + batch.ops.len();
         let keep = self.server.history_messages() as u64;
         let ttl = self.expiries.ttl_ms();
         let publish = self.verbs().publish;
@@ -117,9 +114,6 @@ impl BrokerThread {
             resp::put_array_header(out, args);
             resp::put_bulk_of(out, &[verb]);
             resp::put_bulk_of(out, &[script]);
-            if spanning {
-                resp::put_bulk_decimal(out, 0);
-            }
             resp::put_bulk_decimal(out, keys as u64);
             // Per channel: its keys (an inbox takes messages only while someone holds its
             // name: the lease beside it).

@@ -10,16 +10,13 @@ use crate::protocol::resp::Value;
 /// Gives runs of messages their offsets, appends them to their channels' streams and publishes
 /// one envelope per channel carrying its run: one script call for a whole turn's publishes to
 /// one server (or one slot of a Redis Cluster), not one per message.
-/// KEYS, per channel: meta, log, and for an inbox the name's lease (on a Redis Cluster: no KEYS;
-/// ARGV starts with their count and the keys, and the call spans one master's slots, see
-/// `PUBLISH_CLUSTER_LUA`). ARGV: channels in the call,
+/// KEYS, per channel: meta, log, and for an inbox the name's lease. ARGV: channels in the call,
 /// candidate epoch (8 bytes, for a channel that has none), messages to keep (0: no stream), key
 /// lifetime (ms), time (ms), PUBLISH or (Redis Cluster) SPUBLISH; then per channel: its pub/sub
 /// channel, its flags (1: it has a lease key; 2: refresh its keys' expiry), the epoch this node
 /// mirrors of it and the latest offset it holds there (empty and 0 when it mirrors none), its
 /// message count, and the payloads. Returns each channel's first offset (-1 for an inbox whose
-/// name nobody holds: nothing published; -2 for a channel whose slot is not on this server, its
-/// epoch's place then holding Redis's error), and each channel's epoch (a node that mirrors the
+/// name nobody holds: nothing published), and each channel's epoch (a node that mirrors the
 /// channel remembers what it was acknowledged: `mirror::Acked`).
 ///
 /// The fence: Redis handing out an offset this node already holds in the same epoch means Redis
@@ -40,36 +37,21 @@ use crate::protocol::resp::Value;
 ///   the keys are new (a count starting over, an epoch missing).
 pub(super) const PUBLISH_LUA: &str = r"
 local call, pack, concat = redis.call, struct.pack, table.concat
-local keys, b = KEYS, 0
-if #KEYS == 0 then
-  -- A Redis Cluster call over the slots of one master: the keys come first in ARGV.
-  keys, b = {}, tonumber(ARGV[1]) + 1
-  for i = 2, b do
-    keys[i - 1] = ARGV[i]
-  end
-end
-local keep, now, lifetime, publish = tonumber(ARGV[b + 3]), ARGV[b + 5], ARGV[b + 4], ARGV[b + 6]
+local keep, now, lifetime, publish = tonumber(ARGV[3]), ARGV[5], ARGV[4], ARGV[6]
 local firsts, epochs = {}, {}
-local k, a = 1, b + 7
-for c = 1, tonumber(ARGV[b + 1]) do
-  local meta, log = keys[k], keys[k + 1]
+local k, a = 1, 7
+for c = 1, tonumber(ARGV[1]) do
+  local meta, log = KEYS[k], KEYS[k + 1]
   local topic, flags, known_epoch, known_last, count =
     ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   k, a = k + 2, a + 5
-  -- The run's first command finds out whether its slot is here (a Redis Cluster that moved
-  -- it since the node last read the slot map): if not, the run is refused and nothing of it
-  -- happened (its commands all touch that one slot, and a script runs whole).
-  local epoch = redis.pcall('HGET', meta, 'e')
-  local held = type(epoch) ~= 'table'
-  if held and flags % 2 == 1 then
-    held = call('EXISTS', keys[k]) == 1
-  end
+  local held = true
   if flags % 2 == 1 then
+    held = call('EXISTS', KEYS[k]) == 1
     k = k + 1
   end
-  if type(epoch) == 'table' then
-    firsts[c], epochs[c] = -2, epoch.err or 'refused'
-  elseif held then
+  if held then
+    local epoch = call('HGET', meta, 'e')
     local first = call('HINCRBY', meta, 'o', count) - count + 1
     if first == 1 and keep > 0 then
       -- A new count beside a stream that may not be new (the meta key alone expired, was
@@ -84,7 +66,7 @@ for c = 1, tonumber(ARGV[b + 1]) do
     end
     local refresh = flags >= 2 or first == 1
     if (not epoch) or (epoch == known_epoch and first <= known_last) then
-      epoch = ARGV[b + 2]
+      epoch = ARGV[2]
       call('HSET', meta, 'e', epoch)
       refresh = true
     end
@@ -125,16 +107,6 @@ for c = 1, tonumber(ARGV[b + 1]) do
 end
 return {firsts, epochs}
 ";
-
-/// The publish script for a Redis Cluster (Redis >= 7): one call carries the runs of every
-/// slot a master holds, not one call per slot (over 1,000 channels a call per slot carried one
-/// message). Redis checks a call's declared keys for one slot before it runs, so this one
-/// declares none and reads its keys from ARGV; `allow-cross-slot-keys` lets it touch several
-/// slots, and Redis still refuses (per command, caught per run) a key of a slot this master
-/// does not hold.
-pub(super) fn publish_cluster_lua() -> String {
-    format!("#!lua flags=allow-cross-slot-keys\n{PUBLISH_LUA}")
-}
 
 /// Reads a channel's epoch (creating it when missing), latest offset, and stream entries from
 /// an offset on (the node compares the one it has with the stream's: a rewritten entry is a
@@ -180,15 +152,13 @@ return 0
 /// A script and its SHA1: run by EVALSHA, by EVAL with its body after NOSCRIPT (a flushed
 /// script cache, a failover to a server that never loaded it).
 pub(super) struct Script {
-    pub body: std::borrow::Cow<'static, str>,
+    pub body: &'static str,
     pub sha: String,
 }
 
 impl Script {
-    pub fn new(body: impl Into<std::borrow::Cow<'static, str>>) -> Self {
-        let body = body.into();
-        let sha = sha1_smol::Sha1::from(&*body).digest().to_string();
-        Script { body, sha }
+    pub fn new(body: &'static str) -> Self {
+        Script { body, sha: sha1_smol::Sha1::from(body).digest().to_string() }
     }
 }
 
