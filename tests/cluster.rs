@@ -1197,6 +1197,45 @@ fn publish_acked_when_up(conn: &mut Conn, channel: &str, payload: &[u8]) -> u64 
 /// exercised: the subscriber's node receives an offset it has with another message (the
 /// publisher's node serves nobody, so its script has nothing to fence with), and a node that
 /// serves the channel publishes (its script fences before giving an offset out twice).
+/// The same restore with nobody subscribed on the publishing node (an outside tester's case):
+/// the node remembers where Redis acknowledged its publishers even for channels it does not
+/// serve, so its next publish ends the rolled-back epoch instead of being given an offset that
+/// already named another acknowledged message.
+#[test]
+fn a_restore_is_caught_by_a_publisher_whose_node_serves_no_subscriber_of_the_channel() {
+    let mut redis = RedisServer::start_with(&["--save", "", "--appendonly", "no"]);
+    let a = node(&[&redis], |_| {});
+    let mut publisher = Conn::binary(a.local_addr());
+    for k in 1..=5u64 {
+        assert_eq!(publish_acked_when_up(&mut publisher, "unserved", b"kept"), k);
+    }
+    redis.command(&["SAVE"]);
+    let old_epoch = epoch_in_redis(&redis, "unserved");
+    for k in 6..=10u64 {
+        assert_eq!(publish_acked_when_up(&mut publisher, "unserved", b"lost"), k);
+    }
+    redis.kill();
+    redis.restart();
+    wait_until("the node is back", || http(a.local_addr(), "GET", "/healthz", b"").status == 200);
+    // Redis's counter is back at 5: offset 6 was acknowledged for "lost" in the old epoch, so
+    // the next one comes under a new epoch.
+    publish_acked_when_up(&mut publisher, "unserved", b"after");
+    assert_ne!(epoch_in_redis(&redis, "unserved"), old_epoch, "the rolled-back epoch was ended");
+    // A client that saw offset 10 in the old epoch is told, never handed "after" as if new.
+    let mut resumer = Conn::text(a.local_addr());
+    resumer.send(Request::Subscribe {
+        channel: b"unserved",
+        resume: Some(Resume { after: 10, epoch: Some(old_epoch), strict: false }),
+    });
+    match resumer.next() {
+        Frame::Hist { epoch, status, .. } => {
+            assert_ne!(epoch, old_epoch);
+            assert_eq!(status, fanout::history::ResumeStatus::EpochChanged);
+        }
+        other => panic!("expected HIST, got {other:?}"),
+    }
+}
+
 #[test]
 fn redis_restored_from_an_older_snapshot_ends_the_epoch_instead_of_losing_messages() {
     let mut redis = RedisServer::start_with(&["--save", "", "--appendonly", "no"]);
@@ -1265,8 +1304,10 @@ fn redis_restored_from_an_older_snapshot_ends_the_epoch_instead_of_losing_messag
 
 /// The rollback whose evidence Redis trimmed away: node `a` holds offsets 1..=50 of a channel
 /// and is cut off (a stopped process, a partition) while Redis restarts from a snapshot taken at
-/// offset 20 and another node, which mirrors nothing of the channel, publishes 400 messages that
-/// reuse offsets 21..=50 with other messages; the stream keeps only the newest (`MAXLEN ~ 10`).
+/// offset 20 and a third node, which mirrors nothing of the channel and never published to it
+/// (the node that did remembers where Redis acknowledged it, and would end the epoch itself),
+/// publishes 400 messages that reuse offsets 21..=50 with other messages; the stream keeps only
+/// the newest (`MAXLEN ~ 10`).
 /// Back, `a` finds its last message gone from the stream, cannot compare, and knows the server
 /// was replaced (its run id changed): its subscriber is told the epoch ended, never served the
 /// old 21..=50 as if they were the new ones (before, it was told of a hole and went on).
@@ -1276,6 +1317,7 @@ fn a_rollback_whose_evidence_was_trimmed_still_ends_the_epoch() {
     let relay = common::proxy::Relay::to(redis.port);
     let a = node_through(&relay, |c| c.history_messages = 10);
     let b = node(&[&redis], |c| c.history_messages = 10);
+    let c = node(&[&redis], |c| c.history_messages = 10);
     let healthy =
         |node: &ServerHandle| http(node.local_addr(), "GET", "/healthz", b"").status == 200;
     let channel = "tape";
@@ -1294,10 +1336,11 @@ fn a_rollback_whose_evidence_was_trimmed_still_ends_the_epoch() {
     relay.pause();
     redis.kill();
     redis.restart();
-    wait_until("b is back", || healthy(&b));
+    wait_until("c is back", || healthy(&c));
+    let mut stranger = Conn::binary(c.local_addr());
     for k in 21..=420u64 {
         let payload = format!("new-{k}");
-        assert_eq!(publish_acked_when_up(&mut publisher, channel, payload.as_bytes()), k);
+        assert_eq!(publish_acked_when_up(&mut stranger, channel, payload.as_bytes()), k);
     }
     assert_eq!(epoch_in_redis(&redis, channel), old_epoch, "nobody could tell yet");
     relay.resume();

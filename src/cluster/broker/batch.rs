@@ -125,6 +125,35 @@ impl Expiries {
     }
 }
 
+/// The latest place Redis acknowledged through this node, per channel this node does not
+/// mirror (no subscriber here): the publish script's fence compares Redis with it as with a
+/// mirror's, so a Redis restored from an older snapshot is caught by the next publish through
+/// this node even when nobody here subscribes (it would otherwise give the same offsets out
+/// again in the same epoch). At most `MAX_REMEMBERED` channels; past that it starts over.
+#[derive(Default)]
+pub(super) struct AckedUnserved {
+    places: HashMap<Bytes, (u64, u64)>,
+}
+
+impl AckedUnserved {
+    /// Redis acknowledged `offset` of `channel` in `epoch` (a newer epoch replaces an older one).
+    pub fn note(&mut self, channel: &Bytes, epoch: u64, offset: u64) {
+        if self.places.len() >= MAX_REMEMBERED && !self.places.contains_key(channel) {
+            self.places.clear();
+        }
+        let place = self.places.entry(channel.clone()).or_insert((epoch, offset));
+        if place.0 != epoch {
+            *place = (epoch, offset);
+        } else {
+            place.1 = place.1.max(offset);
+        }
+    }
+
+    pub fn get(&self, channel: &[u8]) -> Option<(u64, u64)> {
+        self.places.get(channel).copied()
+    }
+}
+
 /// The publish script's answer to a batch: per channel, the offset it gave the channel's first
 /// message (`None`: an inbox whose name nobody holds, so nothing was published) and its epoch.
 #[derive(Debug, PartialEq, Eq)]

@@ -56,7 +56,9 @@ pub(crate) mod topology;
 pub(crate) use self::presence::{survey_body, SurveyKind, MAX_TOP};
 
 use self::answers::AnswerOrder;
-use self::batch::{BatchAnswer, Expiries, PublishBatch, BATCH_BYTES, BATCH_MESSAGES, RUN_MESSAGES};
+use self::batch::{
+    AckedUnserved, BatchAnswer, Expiries, PublishBatch, BATCH_BYTES, BATCH_MESSAGES, RUN_MESSAGES,
+};
 use self::mirroring::tracked_resubscribe;
 use self::names::{ClaimReply, Leases};
 use self::patterns::{glob_prefix, redis_glob, PatternTrack};
@@ -267,6 +269,8 @@ struct BrokerThread {
     answers: std::cell::RefCell<AnswerOrder>,
     /// Which channels' keys the next publish refreshes the expiry of.
     expiries: Expiries,
+    /// Where Redis last acknowledged publishes through this node to channels it does not serve.
+    acked_unserved: AckedUnserved,
     next_refresh: Instant,
     presence_update_script: Script,
     presence_query_script: Script,
@@ -339,6 +343,7 @@ impl Unstarted {
             leases: Default::default(),
             answers: Default::default(),
             expiries: Expiries::new(config.key_ttl),
+            acked_unserved: Default::default(),
             unread: Vec::new(),
             patterns: HashMap::new(),
             next_refresh: now,

@@ -84,8 +84,11 @@ impl BrokerThread {
                 topic.extend_from_slice(b":{");
                 topic.extend_from_slice(channel);
                 topic.push(b'}');
-                let tracked = self.tracked.get(&topic[..])?;
-                tracked.mirror.known(&*tracked.channel.lock_log())
+                let mirrored = self
+                    .tracked
+                    .get(&topic[..])
+                    .and_then(|tracked| tracked.mirror.known(&*tracked.channel.lock_log()));
+                mirrored.or_else(|| self.acked_unserved.get(channel))
             })
             .collect();
         // A channel's new epoch (none yet, or fenced) is greater than what this node mirrors.
@@ -162,7 +165,13 @@ impl BrokerThread {
             // Fire-and-forget publishes cost nothing here, not even the channel's lookup.
             let Some(acked) = batch.acked(c, answer) else { continue };
             let topic = Keys::new(&prefix, channel).topic;
-            let Some(tracked) = self.tracked.get_mut(&topic) else { continue };
+            let Some(tracked) = self.tracked.get_mut(&topic) else {
+                // Not mirrored here (no subscriber on this node): still the fence's evidence.
+                if let Some(place) = acked.last() {
+                    self.acked_unserved.note(channel, place.epoch, place.offset);
+                }
+                continue;
+            };
             let outcome = {
                 let log = tracked.channel.lock_log();
                 tracked.mirror.published(&*log, acked)

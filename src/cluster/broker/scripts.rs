@@ -191,6 +191,11 @@ pub(super) fn parse_sync(reply: Value, after: u64) -> Result<Synced, String> {
 /// those in `wanted`; and how many entries there were. An entry is one message (`p`) or a run
 /// (`n` messages, `r` each with its 4-byte length) named by its last offset: a read from an
 /// offset may start inside a run, and one up to an offset may end inside one.
+///
+/// An entry that is neither (written by hand, or by something else) is skipped with a warning:
+/// its offsets are then a hole the mirror tells subscribers about, never a made-up message, and
+/// one bad entry never takes the connection (and every other channel on it) down. Only a reply
+/// that is not a list of entries at all is an error.
 pub(super) fn parse_entries(
     reply: Value,
     wanted: std::ops::RangeInclusive<u64>,
@@ -199,57 +204,63 @@ pub(super) fn parse_entries(
     let read = raw.len();
     let mut messages = Vec::with_capacity(raw.len());
     for entry in raw {
-        let Value::Array(Some(entry)) = entry else { return Err("entry".into()) };
-        let mut entry = entry.into_iter();
-        let Some(Value::Bulk(Some(id))) = entry.next() else { return Err("entry id".into()) };
-        let last: u64 = std::str::from_utf8(&id)
-            .ok()
-            .and_then(|id| id.strip_prefix("0-"))
-            .and_then(|n| n.parse().ok())
-            .ok_or("entry id")?;
-        let Some(Value::Array(Some(fields))) = entry.next() else { return Err("fields".into()) };
-        let (mut single, mut run, mut count, mut time) = (None, None, None, 0);
-        for pair in fields.chunks(2) {
-            let [Value::Bulk(Some(name)), Value::Bulk(Some(value))] = pair else { continue };
-            let number = || std::str::from_utf8(value).ok().and_then(|t| t.parse::<u64>().ok());
-            match &name[..] {
-                b"p" => single = Some(value),
-                b"r" => run = Some(value),
-                b"n" => count = number(),
-                b"t" => time = number().unwrap_or(0),
-                _ => {}
-            }
-        }
-        match (single, run, count) {
-            (Some(payload), None, _) => {
-                if wanted.contains(&last) {
-                    messages.push((last, time, Bytes::from(payload.clone())));
-                }
-            }
-            (None, Some(run), Some(count)) if count >= 1 && count <= last => {
-                let run = Bytes::from(run.clone());
-                let mut at = 0;
-                for offset in last + 1 - count..=last {
-                    let length = run
-                        .get(at..at + 4)
-                        .and_then(|l| <[u8; 4]>::try_from(l).ok())
-                        .map(u32::from_be_bytes)
-                        .ok_or("a run shorter than its count")?
-                        as usize;
-                    let payload = run.get(at + 4..at + 4 + length).ok_or("a run cut short")?;
-                    at += 4 + length;
-                    if wanted.contains(&offset) {
-                        messages.push((offset, time, run.slice_ref(payload)));
-                    }
-                }
-                if at != run.len() {
-                    return Err("a run longer than its count".into());
-                }
-            }
-            _ => return Err(format!("entry {last}: neither a message nor a run")),
+        let mut run = Vec::new();
+        match parse_entry(entry, &mut run) {
+            Ok(()) => messages.extend(run.into_iter().filter(|(o, ..)| wanted.contains(o))),
+            Err(why) => log::warn!("cluster: a stream entry skipped: {why}"),
         }
     }
     Ok((messages, read))
+}
+
+/// One stream entry's messages, in offset order.
+fn parse_entry(entry: Value, out: &mut StreamMessages) -> Result<(), String> {
+    let Value::Array(Some(entry)) = entry else { return Err("not an entry".into()) };
+    let mut entry = entry.into_iter();
+    let Some(Value::Bulk(Some(id))) = entry.next() else { return Err("no entry id".into()) };
+    let id = String::from_utf8_lossy(&id).into_owned();
+    let last: u64 = id
+        .strip_prefix("0-")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("entry {id}: not one of fanout's ids"))?;
+    let Some(Value::Array(Some(fields))) = entry.next() else {
+        return Err(format!("entry {id}: no fields"));
+    };
+    let (mut single, mut run, mut count, mut time) = (None, None, None, 0);
+    for pair in fields.chunks(2) {
+        let [Value::Bulk(Some(name)), Value::Bulk(Some(value))] = pair else { continue };
+        let number = || std::str::from_utf8(value).ok().and_then(|t| t.parse::<u64>().ok());
+        match &name[..] {
+            b"p" => single = Some(value),
+            b"r" => run = Some(value),
+            b"n" => count = number(),
+            b"t" => time = number().unwrap_or(0),
+            _ => {}
+        }
+    }
+    match (single, run, count) {
+        (Some(payload), None, _) => out.push((last, time, Bytes::from(payload.clone()))),
+        (None, Some(run), Some(count)) if count >= 1 && count <= last => {
+            let run = Bytes::from(run.clone());
+            let mut at = 0;
+            for offset in last + 1 - count..=last {
+                let length = run
+                    .get(at..at + 4)
+                    .and_then(|l| <[u8; 4]>::try_from(l).ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| format!("entry {id}: a run shorter than its count"))?;
+                let end = (at + 4).checked_add(length as usize).filter(|&end| end <= run.len());
+                let end = end.ok_or_else(|| format!("entry {id}: a run cut short"))?;
+                out.push((offset, time, run.slice(at + 4..end)));
+                at = end;
+            }
+            if at != run.len() {
+                return Err(format!("entry {id}: a run longer than its count"));
+            }
+        }
+        _ => return Err(format!("entry {id}: neither a message nor a run")),
+    }
+    Ok(())
 }
 
 pub(super) fn bulk(value: Value) -> Option<Vec<u8>> {
@@ -288,12 +299,14 @@ mod tests {
             vec![(8, 1700, Bytes::from_static(b"eight")), (9, 1700, Bytes::from_static(b"nine"))]
         );
         assert!(parse_sync(Value::Integer(1), 0).is_err());
+        // An entry with an id that is not fanout's is skipped (a hole), not the connection's end.
         let bad_id = Value::Array(Some(vec![
             Value::Bulk(Some(7u64.to_be_bytes().to_vec())),
             Value::Integer(9),
-            Value::Array(Some(vec![entry("1-8", b"x")])),
+            Value::Array(Some(vec![entry("1-8", b"x"), entry("0-9", b"nine")])),
         ]));
-        assert!(parse_sync(bad_id, 0).is_err());
+        let (_, _, entries, read) = parse_sync(bad_id, 0).unwrap();
+        assert_eq!((entries, read), (vec![(9, 1700, Bytes::from_static(b"nine"))], 2));
     }
 
     /// A run is one entry named by its last offset; reads cut it to what they asked for.
@@ -340,22 +353,28 @@ mod tests {
             ]
         );
         assert_eq!(offsets(5..=5), [(5, 6, b(b""))], "inside a run, both ends");
-        // A run that does not add up is an error, never a message made up.
-        for (count, run) in [
+        // An entry that does not add up is skipped, never a message made up, and the good
+        // entries around it are still read.
+        let good = || entry("0-7", vec![bulk(b"p"), bulk(b"seven"), bulk(b"t"), bulk(b"7")]);
+        let bad_runs = [
             ("4", run.clone()),
             ("2", run.clone()),
             ("3", run[..run.len() - 1].to_vec()),
             ("0", run.clone()),
             ("9", run.clone()),
-        ] {
-            let bad = stream(vec![entry(
-                "0-6",
-                vec![bulk(b"n"), bulk(count.as_bytes()), bulk(b"r"), bulk(&run)],
-            )]);
-            assert!(parse_entries(bad, 0..=u64::MAX).is_err(), "count {count}");
+        ];
+        for (count, run) in bad_runs {
+            let fields = vec![bulk(b"n"), bulk(count.as_bytes()), bulk(b"r"), bulk(&run)];
+            let bad = stream(vec![entry("0-6", fields), good()]);
+            let (messages, read) = parse_entries(bad, 0..=u64::MAX).unwrap();
+            assert_eq!(read, 2);
+            assert_eq!(messages, [(7, 7, b(b"seven"))], "count {count}");
         }
-        let neither = stream(vec![entry("0-6", vec![bulk(b"t"), bulk(b"1")])]);
-        assert!(parse_entries(neither, 0..=u64::MAX).is_err());
+        let neither = stream(vec![entry("0-6", vec![bulk(b"t"), bulk(b"1")]), good()]);
+        assert_eq!(parse_entries(neither, 0..=u64::MAX).unwrap().0, [(7, 7, b(b"seven"))]);
+        let foreign = stream(vec![entry("1700000000000-0", vec![bulk(b"p"), bulk(b"x")]), good()]);
+        assert_eq!(parse_entries(foreign, 0..=u64::MAX).unwrap().0, [(7, 7, b(b"seven"))]);
+        assert!(parse_entries(Value::Integer(3), 0..=u64::MAX).is_err(), "not entries at all");
     }
 
     #[test]
