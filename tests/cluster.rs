@@ -2252,3 +2252,31 @@ fn a_slot_moved_behind_the_nodes_back_refuses_only_its_channel_and_is_followed()
     assert_eq!(offset, 2);
     assert!(target.integer(&["EXISTS", &format!("{}:log", topic(&moved))]) == 1);
 }
+
+/// One channel's keys in a state the sync script cannot read (a meta key that is not a hash, as
+/// an outside tester wrote by hand): that channel's subscriber waits, while the node's Redis
+/// connection and every other channel go on (before, the node dropped the connection over it,
+/// again and again, and refused every publish); once the key is repaired, the waiting
+/// subscriber is served.
+#[test]
+fn a_channel_whose_keys_cannot_be_read_waits_alone() {
+    let redis = RedisServer::start();
+    let a = node(&[&redis], |_| {});
+    redis.command(&["SET", "fanout:{broken}:meta", "not a hash"]);
+    let mut waiting = Conn::text(a.local_addr());
+    waiting.send(Request::Subscribe { channel: b"broken", resume: None });
+    wait_until("the failed sync is counted", || a.stats().cluster_sync_failures >= 1);
+    let mut other = Conn::text(a.local_addr());
+    other.subscribe("fine");
+    let mut publisher = Conn::binary(a.local_addr());
+    for k in 1..=3u64 {
+        assert_eq!(publish_acked(&mut publisher, "fine", b"still here"), Ok(k));
+    }
+    assert_eq!(messages(&mut other, 3).len(), 3);
+    assert_eq!(a.stats().cluster_redis_up, 1, "the connection stayed up");
+    assert_eq!(waiting.read(Duration::from_millis(200)), Read_::Nothing, "not served yet");
+    redis.command(&["DEL", "fanout:{broken}:meta"]);
+    waiting.expect(Frame::Ok { ack: Ack::Subscribe, arg: "broken".into() });
+    assert_eq!(publish_acked(&mut publisher, "broken", b"repaired"), Ok(1));
+    assert_eq!(messages(&mut waiting, 1), vec![("broken".into(), 1, b"repaired".to_vec())]);
+}

@@ -453,6 +453,8 @@ pub struct BrokerCounters {
     pub leases_lost: AtomicU64,
     /// Quiet channels found behind Redis's latest offset (a loss with nothing after it).
     pub quiet_losses: AtomicU64,
+    /// Channel syncs whose reply could not be read, tried again a second later.
+    pub sync_failures: AtomicU64,
     /// Channels whose log Redis rolled back, ended by a new epoch.
     pub rollbacks: AtomicU64,
 }

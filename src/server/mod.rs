@@ -427,6 +427,7 @@ impl Shared {
             total.cluster_probe_failures = get(&c.probe_failures);
             total.cluster_leases_lost = get(&c.leases_lost);
             total.cluster_quiet_losses = get(&c.quiet_losses);
+            total.cluster_sync_failures = get(&c.sync_failures);
             total.cluster_rollbacks = get(&c.rollbacks);
         }
         total

@@ -190,6 +190,9 @@ counters! {
     cluster_leases_lost: counter,
     /// Cluster: quiet channels found behind Redis's latest offset, then repaired.
     cluster_quiet_losses: counter,
+    /// Cluster: channel syncs whose reply could not be read (the channel's keys in a state the
+    /// script cannot read), tried again a second later.
+    cluster_sync_failures: counter,
     /// Cluster: channels whose log Redis rolled back (restored from an older snapshot, a lagging
     /// replica promoted): a new epoch was begun, and live subscribers told.
     cluster_rollbacks: counter,

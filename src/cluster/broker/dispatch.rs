@@ -171,7 +171,17 @@ impl BrokerThread {
                 }
                 reply => match parse_sync(reply, after) {
                     Ok(synced) => self.synced(topic, after, synced),
-                    Err(e) => self.shard_down(i, &format!("unexpected sync reply: {e}")),
+                    // One channel's keys in a state the script cannot read (a meta key that
+                    // is not a hash, a malformed epoch): that channel waits and its sync is
+                    // tried again each sweep; the connection and every other channel go on.
+                    Err(e) => {
+                        warn!(
+                            "cluster: cannot sync {}: {e}; trying again in a second",
+                            String::from_utf8_lossy(&topic)
+                        );
+                        self.broker().counters.sync_failures.fetch_add(1, Ordering::Relaxed);
+                        self.sync_retry.push((topic, after, ending));
+                    }
                 },
             },
         }

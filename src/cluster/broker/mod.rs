@@ -269,6 +269,9 @@ struct BrokerThread {
     answers: std::cell::RefCell<AnswerOrder>,
     /// Which channels' keys the next publish refreshes the expiry of.
     expiries: Expiries,
+    /// Syncs whose reply could not be read (the channel's keys in a bad state), sent again at
+    /// the next sweep.
+    sync_retry: Vec<(Bytes, u64, Option<u64>)>,
     /// Where Redis last acknowledged publishes through this node to channels it does not serve.
     acked_unserved: AckedUnserved,
     next_refresh: Instant,
@@ -343,6 +346,7 @@ impl Unstarted {
             leases: Default::default(),
             answers: Default::default(),
             expiries: Expiries::new(config.key_ttl),
+            sync_retry: Vec::new(),
             acked_unserved: Default::default(),
             unread: Vec::new(),
             patterns: HashMap::new(),
@@ -549,6 +553,12 @@ impl BrokerThread {
         }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
+            for (topic, after, ending) in std::mem::take(&mut self.sync_retry) {
+                let shard = self.tracked.get(&topic).and_then(|tracked| tracked.shard);
+                if let Some(i) = shard.filter(|&i| self.shards[i].is_ready()) {
+                    self.send_sync_ending(i, topic, after, ending, false);
+                }
+            }
             self.answers.get_mut().tidy();
             self.let_go_of_unused();
             self.let_go_of_unused_patterns();
