@@ -218,11 +218,18 @@ pub(crate) struct Keys {
 impl Keys {
     pub fn new(prefix: &str, channel: &[u8]) -> Self {
         let mut topic = Vec::with_capacity(prefix.len() + channel.len() + 3);
-        topic.extend_from_slice(prefix.as_bytes());
-        topic.extend_from_slice(b":{");
-        topic.extend_from_slice(channel);
-        topic.push(b'}');
+        Self::write_topic(prefix, channel, &mut topic);
         Keys { topic: topic.into() }
+    }
+
+    /// `channel`'s pub/sub channel into `out` (emptied first): a lookup by topic without an
+    /// allocation, on the broker's per-batch paths.
+    pub fn write_topic(prefix: &str, channel: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(b":{");
+        out.extend_from_slice(channel);
+        out.push(b'}');
     }
 
     pub fn meta(&self) -> Vec<u8> {

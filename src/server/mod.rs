@@ -341,9 +341,9 @@ impl Shared {
         }
     }
 
-    /// Wakes one worker (an answer is waiting for it), coalesced like `wake_others`: the
-    /// broker answers every publish, and an eventfd write per answer cost the worker a turn and
-    /// both threads a syscall each.
+    /// Wakes one worker (a publish, an answer or an acknowledgement is waiting for it),
+    /// coalesced: the broker answers every publish, and an eventfd write per answer cost the
+    /// worker a turn and both threads a syscall each.
     pub(crate) fn wake(&self, worker: usize) {
         let signal = &self.signals[worker];
         if !signal.pending.swap(true, Ordering::AcqRel) {
@@ -355,12 +355,8 @@ impl Shared {
 
     /// Wakes every worker but `me` (`usize::MAX`: every worker) after a publish.
     pub(crate) fn wake_others(&self, me: usize) {
-        for (i, signal) in self.signals.iter().enumerate() {
-            if i != me && !signal.pending.swap(true, Ordering::AcqRel) {
-                if let Err(e) = signal.waker.wake() {
-                    warn!("worker {me}: cannot wake worker {i}: {e}");
-                }
-            }
+        for worker in (0..self.signals.len()).filter(|&i| i != me) {
+            self.wake(worker);
         }
     }
 

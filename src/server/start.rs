@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -183,13 +183,7 @@ impl Server {
                         crate::sys::abort_on_panic("the storage thread", move || {
                             let shared = shared_for_storage;
                             let Some(queue) = shared.storage.as_ref() else { return };
-                            let wake = |worker: usize| {
-                                let signal = &shared.signals[worker];
-                                signal.pending.store(true, Ordering::Release);
-                                if let Err(e) = signal.waker.wake() {
-                                    warn!("storage: cannot wake worker {worker}: {e}");
-                                }
-                            };
+                            let wake = |worker: usize| shared.wake(worker);
                             storage.run(receiver, shared.ack_senders.clone(), wake, &queue.depth);
                         })
                     })

@@ -79,11 +79,7 @@ impl BrokerThread {
             .channels
             .iter()
             .map(|channel| {
-                topic.clear();
-                topic.extend_from_slice(prefix);
-                topic.extend_from_slice(b":{");
-                topic.extend_from_slice(channel);
-                topic.push(b'}');
+                Keys::write_topic(&config.key_prefix, channel, &mut topic);
                 let mirrored = self
                     .tracked
                     .get(&topic[..])
@@ -160,12 +156,14 @@ impl BrokerThread {
     /// place Redis acknowledged (epoch, offset, message): Redis giving it out again later, or
     /// coming back without it, is then a rollback even if this node's log never held it.
     pub(super) fn remember_acked(&mut self, batch: &PublishBatch, answer: &BatchAnswer) {
-        let prefix = self.config().key_prefix.clone();
+        let server = self.server.clone();
+        let prefix = &server.broker().config.key_prefix;
+        let mut topic = Vec::new();
         for (c, channel) in batch.channels.iter().enumerate() {
             // Fire-and-forget publishes cost nothing here, not even the channel's lookup.
             let Some(acked) = batch.acked(c, answer) else { continue };
-            let topic = Keys::new(&prefix, channel).topic;
-            let Some(tracked) = self.tracked.get_mut(&topic) else {
+            Keys::write_topic(prefix, channel, &mut topic);
+            let Some(tracked) = self.tracked.get_mut(&topic[..]) else {
                 // Not mirrored here (no subscriber on this node): still the fence's evidence.
                 if let Some(place) = acked.last() {
                     self.acked_unserved.note(channel, place.epoch, place.offset);
@@ -176,7 +174,7 @@ impl BrokerThread {
                 let log = tracked.channel.lock_log();
                 tracked.mirror.published(&*log, acked)
             };
-            self.apply(&topic, outcome);
+            self.apply(&Bytes::copy_from_slice(&topic), outcome);
         }
     }
 
