@@ -179,9 +179,10 @@ struct LoadArgs {
     /// Subscriber event-loop threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// PID of the server, to report its CPU time and resident memory.
+    /// PID of the server, to report its CPU time and resident memory; repeat it for several
+    /// processes (a hub and its edges, a node per 20,000 connections): their sums are reported.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Write the latency distribution here in HdrHistogram's percentile format.
     #[arg(long)]
     hgrm: Option<std::path::PathBuf>,
@@ -570,7 +571,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         window: args.window,
         threads: args.threads,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-        server_pid: args.server_pid,
+        server_pids: args.server_pid,
         live: !args.quiet,
         hold: Duration::from_secs(args.hold_secs),
         pattern: args.pattern_subscribe,

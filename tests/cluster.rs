@@ -10,7 +10,10 @@ use std::thread;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{http, start, wait_until, Conn, EventStream, Frame, Read_, PATIENCE};
+use common::{
+    claim, http, messages, position, publish_acked, start, wait_until, Conn, EventStream, Frame,
+    Read_, PATIENCE,
+};
 use fanout::cluster::ClusterConfig;
 use fanout::protocol::resp::Value;
 use fanout::protocol::{Ack, Request, Resume};
@@ -61,47 +64,6 @@ fn node_in_redis_cluster(
         }
         adjust(c);
     })
-}
-
-/// Publishes with an acknowledgement and returns the offset Redis gave it.
-fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, (u16, String)> {
-    conn.send(Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() });
-    loop {
-        match conn.next() {
-            Frame::Ack { channel: c, offset } if c == channel => return Ok(offset),
-            Frame::Err { code, reason } => return Err((code, reason)),
-            // Messages, and notices (the broadcast channel starting over with a Redis that
-            // lost it reaches every connection), are not the answer.
-            Frame::Msg { .. } | Frame::Hist { .. } | Frame::Join { .. } | Frame::Leave { .. } => {
-                continue
-            }
-            other => panic!("expected an acknowledgement, got {other:?}"),
-        }
-    }
-}
-
-/// The next `count` messages on `conn`, as (channel, offset, payload).
-fn messages(conn: &mut Conn, count: usize) -> Vec<(String, u64, Vec<u8>)> {
-    (0..count)
-        .map(|i| match conn.next() {
-            Frame::Msg { channel, offset, payload } => (channel, offset, payload),
-            other => panic!("message {i} of {count}: got {other:?}"),
-        })
-        .collect()
-}
-
-/// The epoch and latest offset of `channel`, as a client learns them (resume "from now").
-fn position(conn: &mut Conn, channel: &str) -> (u64, u64) {
-    conn.send(Request::Subscribe {
-        channel: channel.as_bytes(),
-        resume: Some(Resume { after: u64::MAX, epoch: None, strict: false }),
-    });
-    let hist = match conn.next() {
-        Frame::Hist { epoch, last, .. } => (epoch, last),
-        other => panic!("expected HIST, got {other:?}"),
-    };
-    conn.expect(Frame::Ok { ack: Ack::Subscribe, arg: channel.into() });
-    hist
 }
 
 fn epoch_in_redis(redis: &RedisServer, channel: &str) -> u64 {
@@ -516,18 +478,6 @@ fn a_subscribe_waits_while_redis_is_unreachable_then_completes() {
 }
 
 /// Sends NAME and returns the refusal, if any.
-fn claim(conn: &mut Conn, name: &str) -> Result<(), (u16, String)> {
-    conn.send(Request::Name { name: name.as_bytes() });
-    match conn.next() {
-        Frame::Ok { ack: Ack::Name, arg } => {
-            assert_eq!(arg, name);
-            Ok(())
-        }
-        Frame::Err { code, reason } => Err((code, reason)),
-        other => panic!("expected the answer to NAME, got {other:?}"),
-    }
-}
-
 #[test]
 fn names_are_unique_across_nodes_and_a_dead_nodes_names_come_free() {
     let redis = RedisServer::start();

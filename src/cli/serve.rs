@@ -123,6 +123,20 @@ pub struct ServeArgs {
     /// it while the client holds the name; a dead node's names come free this long after.
     #[arg(long, default_value_t = 15_000)]
     redis_name_lease_ms: u64,
+    /// Edge mode: mirror, from this upstream fanout server (HOST:PORT, its binary protocol),
+    /// only the channels and patterns this node's clients use, with the upstream's offsets,
+    /// epochs and names; publishes go up and are acknowledged after the upstream's ACK. Repeat
+    /// for failover (tried in turn). The upstream may itself be an edge or Redis-joined.
+    #[arg(long = "upstream", value_name = "HOST:PORT", conflicts_with_all = ["redis", "redis_cluster"])]
+    upstream: Vec<String>,
+    /// A file holding what this edge presents upstream (AUTH): the upstream's API key, or a
+    /// token whose grant covers every channel this edge's clients may use.
+    #[arg(long, value_name = "FILE", requires = "upstream")]
+    upstream_token_file: Option<std::path::PathBuf>,
+    /// An upstream connection that leaves a command unanswered (or stays silent to a PING) this
+    /// long is dropped, and the next upstream tried; publishes in flight on it are refused.
+    #[arg(long, default_value_t = 5000)]
+    upstream_timeout_ms: u64,
     /// When history files are fsync'ed: always (before acknowledging), interval, never.
     #[arg(long, default_value = "interval", value_parser = ["always", "interval", "never"])]
     fsync: String,
@@ -338,6 +352,24 @@ impl ServeArgs {
     pub fn config(&self) -> Result<Config, String> {
         let defaults = Config::default();
         let redis_tls = self.redis_tls()?;
+        let upstream = match self.upstream.is_empty() {
+            true => None,
+            false => {
+                let token = self
+                    .upstream_token_file
+                    .as_deref()
+                    .map(|path| read_secret(path, "--upstream-token-file"))
+                    .transpose()?
+                    .map(String::from_utf8)
+                    .transpose()
+                    .map_err(|_| "--upstream-token-file: the token is not UTF-8".to_string())?;
+                Some(fanout::cluster::ClusterConfig {
+                    upstream_token: token,
+                    command_timeout: Duration::from_millis(self.upstream_timeout_ms.max(10)),
+                    ..fanout::cluster::ClusterConfig::upstream(self.upstream.clone())
+                })
+            }
+        };
         Ok(Config {
             listen: self.listen,
             workers: self.workers.unwrap_or(defaults.workers),
@@ -363,21 +395,25 @@ impl ServeArgs {
             history_age: Duration::from_secs(self.history_age_secs),
             history_total_bytes: self.history_total_bytes,
             data_dir: self.data_dir.clone(),
-            cluster: (!self.redis.is_empty() || !self.redis_cluster.is_empty()).then(|| {
-                fanout::cluster::ClusterConfig {
-                    redis: if self.redis_cluster.is_empty() {
-                        self.redis.clone()
-                    } else {
-                        self.redis_cluster.clone()
-                    },
-                    redis_cluster: !self.redis_cluster.is_empty(),
-                    key_prefix: self.redis_prefix.clone(),
-                    key_ttl: Duration::from_secs(self.redis_key_ttl_secs.max(1)),
-                    command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
-                    probe_interval: Duration::from_secs(1),
-                    name_lease: Duration::from_millis(self.redis_name_lease_ms.max(300)),
-                    tls: redis_tls,
-                }
+            cluster: upstream.or_else(|| {
+                (!self.redis.is_empty() || !self.redis_cluster.is_empty()).then(|| {
+                    fanout::cluster::ClusterConfig {
+                        redis: if self.redis_cluster.is_empty() {
+                            self.redis.clone()
+                        } else {
+                            self.redis_cluster.clone()
+                        },
+                        redis_cluster: !self.redis_cluster.is_empty(),
+                        key_prefix: self.redis_prefix.clone(),
+                        key_ttl: Duration::from_secs(self.redis_key_ttl_secs.max(1)),
+                        command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
+                        probe_interval: Duration::from_secs(1),
+                        name_lease: Duration::from_millis(self.redis_name_lease_ms.max(300)),
+                        tls: redis_tls,
+                        upstream: Vec::new(),
+                        upstream_token: None,
+                    }
+                })
             }),
             fsync: match self.fsync.as_str() {
                 "always" => FsyncPolicy::Always,

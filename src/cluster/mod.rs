@@ -35,10 +35,12 @@
 //! | `fanout:{C}`         | pub/sub | envelopes: `0x01`, epoch (8 bytes), offset (8 bytes BE), payload |
 
 mod broker;
+mod into_ring;
 mod link;
 mod mirror;
 #[cfg(test)]
 mod sim_support;
+mod upstream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,8 +52,9 @@ use log::warn;
 
 use crate::history::disk::ReplyTo;
 use crate::server::channels::Channel;
+use crate::server::ring::Producer;
+use crate::server::Item;
 
-pub(crate) use broker::prepare;
 pub(crate) use broker::{survey_body, SurveyKind, MAX_TOP};
 
 /// Cluster settings (`--redis`, `--redis-cluster`).
@@ -82,6 +85,12 @@ pub struct ClusterConfig {
     /// TLS for `rediss://` servers: trust roots (the system's by default) and the client
     /// certificate for mutual TLS, if any. Required when a server is `rediss://`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Edge mode: upstream fanout servers (`host:port`, tried in turn) this node mirrors the
+    /// channels its clients use from, instead of joining through Redis (`redis` is empty).
+    pub upstream: Vec<String>,
+    /// What this node presents upstream (AUTH): the upstream's API key, or a token whose grant
+    /// covers every channel this node's clients may use.
+    pub upstream_token: Option<String>,
 }
 
 impl ClusterConfig {
@@ -96,7 +105,19 @@ impl ClusterConfig {
             probe_interval: Duration::from_secs(1),
             name_lease: Duration::from_secs(15),
             tls: None,
+            upstream: Vec::new(),
+            upstream_token: None,
         }
+    }
+
+    /// Edge mode through `upstream` servers (`host:port`), with a day's defaults elsewhere.
+    pub fn upstream(upstream: Vec<String>) -> Self {
+        ClusterConfig { upstream, ..ClusterConfig::new(Vec::new()) }
+    }
+
+    /// Whether this node joins through Redis (false: an edge under an upstream fanout server).
+    pub fn through_redis(&self) -> bool {
+        self.upstream.is_empty()
     }
 }
 
@@ -286,6 +307,47 @@ pub(crate) fn epoch_after(floor: impl IntoIterator<Item = u64>) -> u64 {
 /// next epoch once as a rollback, after which `epoch_after` continues above it.
 pub(crate) fn older_epoch(a: u64, b: u64) -> bool {
     a & b & ORDERED_EPOCH != 0 && a < b
+}
+
+/// The thread that joins this node to others, made before `Shared` exists, run after.
+pub(crate) enum Unstarted {
+    Redis(broker::Unstarted),
+    Upstream(upstream::Unstarted),
+}
+
+impl Unstarted {
+    /// Runs the thread until the server shuts down.
+    pub fn run(self, server: crate::server::ServerForBroker, producer: Producer<Item>) {
+        match self {
+            Unstarted::Redis(thread) => thread.run(server, producer),
+            Unstarted::Upstream(thread) => thread.run(server, producer),
+        }
+    }
+}
+
+/// Creates the workers' handle and the thread that serves it: the Redis broker, or an edge's
+/// upstream thread.
+pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstarted)> {
+    let poll = mio::Poll::new()?;
+    let waker = mio::Waker::new(poll.registry(), mio::Token(usize::MAX))?;
+    let (sender, ops) = crossbeam_channel::unbounded();
+    // An edge has one flag: whether its upstream is reachable.
+    let shards = config.redis.len().max(1);
+    let broker = Broker {
+        ops: sender,
+        waker,
+        wake_pending: Default::default(),
+        shards: (0..shards).map(|_| Default::default()).collect(),
+        counters: Default::default(),
+        served_generation: Default::default(),
+        patterns: Default::default(),
+        config: config.clone(),
+    };
+    let thread = match config.through_redis() {
+        true => Unstarted::Redis(broker::Unstarted { poll, ops, config }),
+        false => Unstarted::Upstream(upstream::Unstarted { poll, ops, config }),
+    };
+    Ok((broker, thread))
 }
 
 /// A message as it travels through Redis pub/sub.
@@ -502,6 +564,7 @@ impl Broker {
     /// Why `channel` cannot be used in this cluster, if it cannot: in a Redis Cluster a name
     /// that starts with `}` would leave its keys without a hash tag, on different slots.
     pub fn unfit(&self, channel: &[u8]) -> Option<&'static str> {
+        // (An edge takes what its upstream takes; the upstream refuses what it cannot use.)
         (self.config.redis_cluster && channel.first() == Some(&b'}'))
             .then_some("in a Redis Cluster a channel name cannot start with '}'")
     }
@@ -536,6 +599,12 @@ impl Broker {
                 warn!("cannot wake the broker thread: {e}");
             }
         }
+    }
+
+    /// Whether presence and the server API go through Redis to every node (false on an edge:
+    /// they are this node's own).
+    pub fn through_redis(&self) -> bool {
+        self.config.through_redis()
     }
 
     pub fn in_flight(&self) -> u64 {

@@ -70,8 +70,8 @@ pub struct LoadConfig {
     pub drain_timeout: Duration,
     /// Whole-run limit.
     pub max_duration: Duration,
-    /// Server process to sample for CPU and resident memory.
-    pub server_pid: Option<u32>,
+    /// Server processes to sample for CPU and resident memory (summed).
+    pub server_pids: Vec<u32>,
     /// Print a live line every second.
     pub live: bool,
     /// Channel name prefix.
@@ -109,7 +109,7 @@ impl Default for LoadConfig {
             threads: 1,
             drain_timeout: Duration::from_secs(10),
             max_duration: Duration::from_secs(300),
-            server_pid: None,
+            server_pids: Vec::new(),
             live: true,
             channel_prefix: "load".into(),
             hold: Duration::ZERO,
@@ -413,7 +413,7 @@ fn drive(
     }
 
     let pids = holders.pids();
-    let server_before = config.server_pid.and_then(ProcessSample::take);
+    let server_before = ProcessSample::sum(&config.server_pids);
     let client_before = ProcessSample::sum(&pids);
     let started = Instant::now();
     let publishers: Vec<_> = (0..config.publishers)
@@ -469,7 +469,7 @@ fn drive(
         // The run lasts until the last delivery, not until we noticed it.
         elapsed: if expected == 0 { started.elapsed() } else { last_delivery_at - started },
         setup,
-        server: server_before.zip(config.server_pid.and_then(ProcessSample::take)),
+        server: server_before.zip(ProcessSample::sum(&config.server_pids)),
         client: client_before.zip(ProcessSample::sum(&pids)),
     };
     progress.stop.store(true, Ordering::Relaxed);

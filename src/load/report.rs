@@ -39,8 +39,11 @@ impl ProcessSample {
         })
     }
 
-    /// The sum over several processes (a load generator and its children).
+    /// The sum over several processes (a load generator and its children); `None` for none.
     pub fn sum(pids: &[u32]) -> Option<ProcessSample> {
+        if pids.is_empty() {
+            return None;
+        }
         let mut total = ProcessSample { cpu_seconds: 0.0, rss_bytes: 0 };
         for &pid in pids {
             let sample = ProcessSample::take(pid)?;

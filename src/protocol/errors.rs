@@ -54,6 +54,33 @@ impl ErrorCode {
     pub fn code(self) -> u16 {
         self as u16
     }
+
+    /// The code a server sent (an edge passes its upstream's refusals on).
+    pub fn from_code(code: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            MethodNotAllowed,
+            StaleConnection,
+            Conflict,
+            Gone,
+            LengthRequired,
+            FrameTooLarge,
+            InvalidName,
+            UpgradeRequired,
+            LimitReached,
+            HeadersTooLarge,
+            StorageFailed,
+            NotImplemented,
+            Unavailable,
+            SlowConsumer,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
+    }
 }
 
 /// A violation of the wire format. All of them are fatal: the connection gets an error frame

@@ -341,6 +341,12 @@ impl Shared {
         }
     }
 
+    /// The broker, when it carries presence and the server API to every node (through Redis);
+    /// `None` on one node and on an edge, where they are this node's own.
+    pub(crate) fn redis_broker(&self) -> Option<&crate::cluster::Broker> {
+        self.broker.as_ref().filter(|broker| broker.through_redis())
+    }
+
     /// Wakes one worker (a publish, an answer or an acknowledgement is waiting for it),
     /// coalesced: the broker answers every publish, and an eventfd write per answer cost the
     /// worker a turn and both threads a syscall each.

@@ -335,11 +335,17 @@ fn validate(config: &Config) -> Result<(), StartError> {
         return fail(format!("write queue cap must be at most {} bytes", u32::MAX / 2));
     }
     if let Some(cluster) = &config.cluster {
-        if config.data_dir.is_some() {
+        if config.data_dir.is_some() && cluster.through_redis() {
             return fail("--data-dir and --redis do not go together: in a cluster, Redis keeps the history (use its appendonly persistence), and each node's memory mirrors it".into());
         }
-        if cluster.redis.is_empty() {
+        if config.data_dir.is_some() {
+            return fail("--data-dir and --upstream do not go together: the upstream keeps the history, and an edge's memory mirrors it".into());
+        }
+        if cluster.redis.is_empty() && cluster.through_redis() {
             return fail("cluster mode needs at least one Redis server".into());
+        }
+        if !cluster.redis.is_empty() && !cluster.through_redis() {
+            return fail("--upstream and --redis do not go together: an edge joins through its upstream, which may itself be joined through Redis".into());
         }
     }
     if let Some(name) = &config.node_name {

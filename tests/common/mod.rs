@@ -12,7 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use fanout::protocol::{binary, text, websocket, Ack, Format, Request, ServerFrame};
+use fanout::protocol::{binary, text, websocket, Ack, Format, Request, Resume, ServerFrame};
 use fanout::{Config, Server, ServerHandle};
 
 /// How long any single wait in a test may take before the test fails.
@@ -591,9 +591,14 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `fanout serve --listen 127.0.0.1:0 --no-pin ARGS` and waits for its address.
     pub fn start(args: &[&str]) -> ChildServer {
+        ChildServer::start_at("127.0.0.1:0", args)
+    }
+
+    /// The same on `listen` (a restart on the address a killed server had).
+    pub fn start_at(listen: &str, args: &[&str]) -> ChildServer {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-pin", "--stats-interval-secs", "0"])
+            .args(["serve", "--listen", listen, "--no-pin", "--stats-interval-secs", "0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())
@@ -834,5 +839,58 @@ impl EventStream {
                 return event;
             }
         }
+    }
+}
+
+/// Publishes with an acknowledgement and returns the offset it got.
+pub fn publish_acked(conn: &mut Conn, channel: &str, payload: &[u8]) -> Result<u64, (u16, String)> {
+    conn.send(Request::PublishAcked { channel: channel.as_bytes(), payload: payload.into() });
+    loop {
+        match conn.next() {
+            Frame::Ack { channel: c, offset } if c == channel => return Ok(offset),
+            Frame::Err { code, reason } => return Err((code, reason)),
+            // Messages, and notices (the broadcast channel starting over with a Redis that
+            // lost it reaches every connection), are not the answer.
+            Frame::Msg { .. } | Frame::Hist { .. } | Frame::Join { .. } | Frame::Leave { .. } => {
+                continue
+            }
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+}
+
+/// The next `count` messages on `conn`, as (channel, offset, payload).
+pub fn messages(conn: &mut Conn, count: usize) -> Vec<(String, u64, Vec<u8>)> {
+    (0..count)
+        .map(|i| match conn.next() {
+            Frame::Msg { channel, offset, payload } => (channel, offset, payload),
+            other => panic!("message {i} of {count}: got {other:?}"),
+        })
+        .collect()
+}
+
+/// The epoch and latest offset of `channel`, as a client learns them (resume "from now").
+pub fn position(conn: &mut Conn, channel: &str) -> (u64, u64) {
+    conn.send(Request::Subscribe {
+        channel: channel.as_bytes(),
+        resume: Some(Resume { after: u64::MAX, epoch: None, strict: false }),
+    });
+    let hist = match conn.next() {
+        Frame::Hist { epoch, last, .. } => (epoch, last),
+        other => panic!("expected HIST, got {other:?}"),
+    };
+    conn.expect(Frame::Ok { ack: Ack::Subscribe, arg: channel.into() });
+    hist
+}
+
+pub fn claim(conn: &mut Conn, name: &str) -> Result<(), (u16, String)> {
+    conn.send(Request::Name { name: name.as_bytes() });
+    match conn.next() {
+        Frame::Ok { ack: Ack::Name, arg } => {
+            assert_eq!(arg, name);
+            Ok(())
+        }
+        Frame::Err { code, reason } => Err((code, reason)),
+        other => panic!("expected the answer to NAME, got {other:?}"),
     }
 }

@@ -272,7 +272,7 @@ impl BrokerThread {
                     let mut log = tracked.channel.lock_log();
                     if log.mirror != Mirror::Live {
                         log.mirror = Mirror::Live;
-                        self.served = true;
+                        self.ring.served = true;
                     }
                 }
             }

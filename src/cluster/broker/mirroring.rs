@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use log::warn;
@@ -172,7 +172,7 @@ impl BrokerThread {
             if let Some(entry) = served.get_mut(&track.text) {
                 if !entry.live {
                     entry.live = true;
-                    self.served = true;
+                    self.ring.served = true;
                 }
             }
         }
@@ -293,19 +293,10 @@ impl BrokerThread {
         for step in outcome.steps {
             match step {
                 Step::Append { offset, payload, published_ms, deliver } => {
-                    self.accept(&channel, offset, payload, published_ms, deliver)
+                    self.ring.accept(&channel, offset, payload, published_ms, deliver)
                 }
                 Step::Restart { epoch, next, notify } => {
-                    {
-                        let mut log = channel.lock_log();
-                        log.restart(epoch, server.channels().totals(Appender::Broker));
-                        channel.set_epoch(epoch);
-                        log.next_offset = next;
-                    }
-                    if notify {
-                        // Live subscribers are told before the new log's messages reach them.
-                        self.put_in_ring(&channel, EPOCH_NOTICE, Bytes::new());
-                    }
+                    self.ring.restart(&channel, epoch, next, notify)
                 }
                 Step::Hole { from, lost, notify } => {
                     counters.offsets_lost.fetch_add(lost, Ordering::Relaxed);
@@ -317,105 +308,21 @@ impl BrokerThread {
                     );
                     if notify {
                         // Subscribers are told of the hole before what follows it.
-                        let at = Bytes::copy_from_slice(&from.to_be_bytes());
-                        self.put_in_ring(&channel, EXPIRED_NOTICE, at);
+                        self.ring.announce_hole(&channel, from);
                     }
                 }
-                Step::SkipTo { next } => {
-                    let mut log = channel.lock_log();
-                    log.next_offset = log.next_offset.max(next);
-                }
+                Step::SkipTo { next } => self.ring.skip_to(&channel, next),
                 Step::Sync { after, ending } => match shard {
                     Some(i) => self.send_sync_ending(i, topic.clone(), after, ending, false),
                     // The slot map is being read again; the channel is subscribed anew after it.
                     None => tracked_resubscribe(&mut self.tracked, topic),
                 },
-                Step::Served => {
-                    let mut log = channel.lock_log();
-                    if log.mirror != Mirror::Live {
-                        log.mirror = Mirror::Live;
-                        self.served = true;
-                    }
-                }
+                Step::Served => self.ring.mark_served(&channel),
                 Step::Repaired => {
                     counters.gaps_repaired.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-    }
-
-    /// Puts a notice into the ring (a full ring is waited out, as in `accept`).
-    pub(super) fn put_in_ring(&mut self, channel: &Arc<Channel>, offset: u64, payload: Bytes) {
-        let entered_ns = self.server.clock_ns();
-        loop {
-            let (channel, payload) = (channel.clone(), payload.clone());
-            let message = Arc::new(Message { channel, offset, payload, entered_ns });
-            if self.producer.try_publish(message).is_ok() {
-                self.delivered = true;
-                return;
-            }
-            if !self.wait_for_room() {
-                return;
-            }
-        }
-    }
-
-    /// Appends message `offset` to the channel's log and, for live subscribers, puts it into the
-    /// ring, as a publisher on one node does (`ChannelRegistry::append`). A full ring is waited
-    /// out with the lock released (workers take it while they replay). Pub/sub connections are
-    /// read only while the ring has room for what one read delivers (`RING_HEADROOM`), so this
-    /// waits only for what a sync's pages bring at once.
-    pub(super) fn accept(
-        &mut self,
-        channel: &Arc<Channel>,
-        offset: u64,
-        payload: Bytes,
-        published_ms: u64,
-        deliver: bool,
-    ) {
-        let registry = self.server.channels();
-        let keep = registry.limits_of(channel).messages > 0;
-        let mut entry = Retained { offset, published_ms, payload };
-        let entered_ns = self.server.clock_ns();
-        loop {
-            let mut log = channel.lock_log();
-            let producer = &mut self.producer;
-            let appended = registry.append(
-                Appender::Broker,
-                channel,
-                &mut log,
-                producer,
-                entry,
-                entered_ns,
-                deliver,
-                keep,
-                |_, _| {},
-            );
-            match appended {
-                Ok(_) => {
-                    self.delivered |= deliver;
-                    return;
-                }
-                Err(back) => {
-                    drop(log);
-                    entry = back;
-                    if !self.wait_for_room() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The ring is full: wakes the workers and waits a moment for them to drain it; false when
-    /// the server is shutting down (nothing will drain it).
-    pub(super) fn wait_for_room(&self) -> bool {
-        if self.server.shutting_down() {
-            return false;
-        }
-        self.server.wake_workers(false);
-        std::thread::sleep(Duration::from_micros(50));
-        true
     }
 }
 

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
-use mio::{Events, Poll, Token, Waker};
+use mio::{Events, Poll, Token};
 
 mod answers;
 mod batch;
@@ -64,6 +64,7 @@ use self::names::{ClaimReply, Leases};
 use self::patterns::{glob_prefix, redis_glob, PatternTrack};
 use self::scripts::{bulk, parse_entries, parse_sync, Script, Synced};
 use self::topology::Topology;
+use super::into_ring::IntoRing;
 use super::link::{read_slot_map, Link};
 use super::mirror::{ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
 use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
@@ -71,8 +72,7 @@ use crate::history::disk::{PublishOutcome, ReplyTo};
 use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
 use crate::protocol::resp::Value;
 use crate::protocol::ErrorCode;
-use crate::server::channels::{Channel, Message, EPOCH_NOTICE, EXPIRED_NOTICE};
-use crate::server::retention::Appender;
+use crate::server::channels::Channel;
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, ServerForBroker};
 
@@ -94,10 +94,9 @@ const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bytes read from one pub/sub connection per turn: what they deliver fits the ring's headroom
 /// (`RING_HEADROOM` of it free), so the broker never waits for room in the middle of them.
+/// A pub/sub connection is read only while that much of the ring is free; otherwise it is left
+/// unread (Redis holds its output; TCP pushes back) and read again once workers drained.
 const PUSH_READ_BUDGET: usize = 64 * 1024;
-/// A pub/sub connection is read only while this share of the ring is free; otherwise it is
-/// left unread (Redis holds its output; TCP pushes back) and read again once workers drained.
-const RING_HEADROOM: u64 = 4;
 /// How often a connection left unread is looked at again.
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 
@@ -240,16 +239,13 @@ struct Tracked {
 struct BrokerThread {
     poll: Poll,
     server: ServerForBroker,
-    producer: Producer<Item>,
+    /// The channels' logs and the ring, as messages from Redis enter them.
+    ring: IntoRing,
     ops: Receiver<BrokerOp>,
     shards: Vec<Shard>,
     tracked: HashMap<Bytes, Tracked>,
     publish: Script,
     sync: Script,
-    /// Something went into the ring this turn: wake the workers.
-    delivered: bool,
-    /// Channels became live this turn: workers look at their waiting joins.
-    served: bool,
     next_sweep: Instant,
     stopping: bool,
     /// This node's identity in name leases and probe channels.
@@ -285,29 +281,9 @@ struct BrokerThread {
 
 /// The broker thread's poll and queue, made before `Shared` (which holds the `Broker`) exists.
 pub(crate) struct Unstarted {
-    poll: Poll,
-    ops: Receiver<BrokerOp>,
-    config: ClusterConfig,
-}
-
-/// Creates the workers' handle and what the thread needs to `run`.
-pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstarted)> {
-    let poll = Poll::new()?;
-    let waker = Waker::new(poll.registry(), WAKER)?;
-    let (sender, ops) = crossbeam_channel::unbounded();
-    let shards = config.redis.len().max(1);
-    let broker = Broker {
-        ops: sender,
-        waker,
-        wake_pending: Default::default(),
-        shards: (0..shards).map(|_| Default::default()).collect(),
-        counters: Default::default(),
-        served_generation: Default::default(),
-        patterns: Default::default(),
-        config,
-    };
-    let config = broker.config.clone();
-    Ok((broker, Unstarted { poll, ops, config }))
+    pub poll: Poll,
+    pub ops: Receiver<BrokerOp>,
+    pub config: ClusterConfig,
 }
 
 impl Unstarted {
@@ -328,15 +304,13 @@ impl Unstarted {
         };
         BrokerThread {
             poll,
+            ring: IntoRing::new(server.clone(), producer),
             server,
-            producer,
             ops,
             shards,
             tracked: HashMap::new(),
             publish: Script::new(scripts::PUBLISH_LUA),
             sync: Script::new(scripts::SYNC_LUA),
-            delivered: false,
-            served: false,
             next_sweep: now + SWEEP_EVERY,
             stopping: false,
             node_id: Bytes::from(node_id),
@@ -406,13 +380,7 @@ impl BrokerThread {
             }
             self.timers();
             self.flush();
-            self.server.channels().maintain(Appender::Broker);
-            if std::mem::take(&mut self.served) {
-                self.broker().served_generation.fetch_add(1, Ordering::Release);
-                self.server.wake_workers(true);
-            } else if std::mem::take(&mut self.delivered) {
-                self.server.wake_workers(false);
-            }
+            self.ring.end_turn();
         }
         for i in 0..self.shards.len() {
             let _ = self.flush_shard(i);

@@ -481,7 +481,7 @@ impl BrokerThread {
             warn!("cluster: malformed presence events on {topic:?}");
             return;
         }
-        self.put_in_ring(&channel, PRESENCE_NOTICE, body);
+        self.ring.put_in_ring(&channel, PRESENCE_NOTICE, body);
     }
 
     /// Sends a server API action to every node (this one included: its workers were told

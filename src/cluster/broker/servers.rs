@@ -480,8 +480,7 @@ impl BrokerThread {
 
     /// Whether the ring has the headroom to take a pub/sub read's messages without waiting.
     pub(super) fn ring_has_room(&self) -> bool {
-        let ring = self.producer.ring();
-        ring.capacity().saturating_sub(ring.backlog()) >= ring.capacity() / RING_HEADROOM
+        self.ring.has_room()
     }
 
     /// Notes that server `i`'s pub/sub connection has input left to read (its liveness probe

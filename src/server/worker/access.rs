@@ -96,7 +96,7 @@ impl Worker {
 
     /// What connection `key` may do now: its token's grant, else the anonymous one. `None`: it
     /// must authenticate first. Only meaningful with access control on.
-    fn grant(&self, key: usize) -> Option<&Arc<Grant>> {
+    pub(super) fn grant(&self, key: usize) -> Option<&Arc<Grant>> {
         let anonymous = self.policy.auth.as_ref().and_then(|auth| auth.anonymous());
         self.conns[key].grant.as_ref().or(anonymous)
     }

@@ -223,7 +223,10 @@ impl Worker {
             return self.acknowledge(key, Ack::Subscribe, name);
         }
         let limit = self.shared.config.max_subscriptions_per_connection;
-        if conn.subscriptions.len() >= limit {
+        // A grant of everything (the API key: an edge mirroring for its clients) has no limit.
+        let everything = self.grant(key).is_some_and(|g| g.everything);
+        let conn = &self.conns[key];
+        if conn.subscriptions.len() >= limit && !everything {
             let why = format!("too many subscriptions (the limit is {limit})");
             return self.refuse(key, ErrorCode::LimitReached, &why);
         }

@@ -107,7 +107,7 @@ impl Worker {
         let Some(presence) = &self.shared.presence else { return false };
         let announce = presence.announces(&channel.name);
         // On one node only subscribers need the events; in a cluster Redis needs every change.
-        if !announce && self.shared.broker.is_none() {
+        if !announce && self.shared.redis_broker().is_none() {
             return false;
         }
         let window = presence.config.window.as_millis().min(60_000) as u32;
@@ -156,7 +156,7 @@ impl Worker {
             Some(presence) => presence.announced(&pending.channel.name, clients, draw),
             None => draw(),
         };
-        if let Some(broker) = self.shared.broker.as_ref() {
+        if let Some(broker) = self.shared.redis_broker() {
             let announce = pending.announce;
             let channel = pending.channel.name.clone();
             let (joins, leaves) = pending.split();
@@ -220,7 +220,7 @@ impl Worker {
                 let reply_to = ReplyTo { worker: self.id, key, serial: conn.serial };
                 conn.phase = Phase::Waiting(Wait::Reply);
                 let channel = Bytes::copy_from_slice(name);
-                if let Some(broker) = self.shared.broker.as_ref() {
+                if let Some(broker) = self.shared.redis_broker() {
                     broker.send(BrokerOp::PresenceQuery { channel, stats_only, format, reply_to });
                 }
                 Ok(())
@@ -257,7 +257,7 @@ impl Worker {
             );
             return Err((ErrorCode::NotImplemented, why));
         };
-        if self.shared.broker.is_some() {
+        if self.shared.redis_broker().is_some() {
             return Ok(None);
         }
         // The answer is as of the channel's counter, read under the members' lock.

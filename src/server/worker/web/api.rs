@@ -204,7 +204,7 @@ impl Worker {
                 let reply_to = self.api_wait(key);
                 let channel = Bytes::copy_from_slice(channel);
                 let shared = self.shared.clone();
-                if let Some(broker) = shared.broker.as_ref() {
+                if let Some(broker) = shared.redis_broker() {
                     let format = Format::Http;
                     broker.send(BrokerOp::PresenceQuery { channel, stats_only, format, reply_to });
                 }
@@ -223,7 +223,7 @@ impl Worker {
             }
         };
         let shared = self.shared.clone();
-        if let Some(broker) = shared.broker.as_ref() {
+        if let Some(broker) = shared.redis_broker() {
             let reply_to = self.api_wait(key);
             broker.send(BrokerOp::Survey { what: SurveyKind::Channels(pattern), reply_to });
             return Ok(());
@@ -237,7 +237,7 @@ impl Worker {
     fn api_info(&mut self, key: usize, top: usize) -> Result<(), Close> {
         let shared = self.shared.clone();
         let what = SurveyKind::Info { top };
-        if let Some(broker) = shared.broker.as_ref() {
+        if let Some(broker) = shared.redis_broker() {
             let reply_to = self.api_wait(key);
             broker.send(BrokerOp::Survey { what, reply_to });
             return Ok(());
@@ -251,7 +251,7 @@ impl Worker {
     fn api_control(&mut self, key: usize, control: Control) -> Result<(), Close> {
         self.shared.control(control.clone());
         let shared = self.shared.clone();
-        if let Some(broker) = shared.broker.as_ref() {
+        if let Some(broker) = shared.redis_broker() {
             let reply_to = self.api_wait(key);
             broker.send(BrokerOp::Control { control, reply_to });
             return Ok(());

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One hot channel to many subscribers through a tree of edges, against the same through Redis
+# (figures, not pass/fail). For each E in EDGES (default 1 4 16):
+#
+#   edges  a hub and E edges (`serve --upstream hub`), SUBS subscribers (default 16,000) spread
+#          over the edges, one publisher on the hub as fast as the window allows (a bounded
+#          number of 64-byte messages): deliveries/s, latency p50/p99, lost, and the hub's CPU
+#          seconds per million deliveries (what each added edge costs the hub) and the edges'.
+#   redis  E nodes joined through one redis-server, the same subscribers spread over them, the
+#          publisher on node 1: the same figures, Redis standing where the hub stands.
+#
+#   scripts/bench-edge.sh
+#   EDGES="1 4" SUBS=4000 scripts/bench-edge.sh
+#   SETUPS=edges scripts/bench-edge.sh
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+EDGES=${EDGES:-1 4 16}
+SUBS=${SUBS:-16000}
+SETUPS=${SETUPS:-edges redis}
+# Deliveries per run, about: messages = DELIVERIES / SUBS.
+DELIVERIES=${DELIVERIES:-20000000}
+command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+build_fanout
+bench_setup edge
+
+# start_node ARGS...: a one-worker node; sets NODE_PORT and NODE_PID.
+start_node() {
+  NODE_PORT=$(free_port)
+  "$FANOUT" serve --listen "127.0.0.1:$NODE_PORT" --workers 1 --no-pin --stats-interval-secs 0 \
+    "$@" >"$WORK/node-$NODE_PORT.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_for_port "$NODE_PORT"
+  for _ in $(seq 1 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NODE_PORT/healthz")" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "node on $NODE_PORT never became ready" >&2
+  return 1
+}
+
+cpu_sum() {
+  local total=0 pid
+  for pid in "$@"; do total=$(echo "$total + $(cpu_seconds "$pid")" | bc); done
+  echo "$total"
+}
+
+say "# fanout edge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $SUBS subscribers on one channel, 64-byte messages"
+say ""
+say "Every process shares the same $(nproc) cores: figures compare setups side by side, they are"
+say "not what separate hosts would give. \"hub\" is the upstream fanout server, or redis-server."
+say ""
+say "| setup | edges/nodes | deliveries/s | p50 µs | p99 µs | lost | hub CPU s / M deliveries | edges CPU s / M deliveries |"
+say "|---|---|---|---|---|---|---|---|"
+for e in $EDGES; do
+  for setup in $SETUPS; do
+    ports=(); pids=()
+    case "$setup" in
+      edges)
+        start_node
+        hub_port=$NODE_PORT; hub_pid=$NODE_PID
+        for _ in $(seq 1 "$e"); do
+          start_node --upstream "127.0.0.1:$hub_port"
+          ports+=("$NODE_PORT"); pids+=("$NODE_PID")
+        done
+        publish_to=$hub_port ;;
+      redis)
+        REDIS_PORT=$(free_port)
+        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+          --protected-mode no --maxclients 50000 --loglevel warning >"$WORK/redis.log" 2>&1 &
+        hub_pid=$!; PIDS+=("$hub_pid")
+        wait_for_port "$REDIS_PORT"
+        for _ in $(seq 1 "$e"); do
+          start_node --redis "redis://127.0.0.1:$REDIS_PORT"
+          ports+=("$NODE_PORT"); pids+=("$NODE_PID")
+        done
+        publish_to=${ports[0]} ;;
+    esac
+    subscribe_to=()
+    for port in "${ports[@]}"; do subscribe_to+=(--subscribe-to "127.0.0.1:$port"); done
+    messages=$((DELIVERIES / SUBS))
+    hub_before=$(cpu_seconds "$hub_pid")
+    edges_before=$(cpu_sum "${pids[@]}")
+    line=$("$FANOUT" load --quiet --server "127.0.0.1:$publish_to" "${subscribe_to[@]}" \
+             --subscribers "$SUBS" --channels 1 --messages "$messages" --payload-bytes 64 \
+             --max-per-process 15000 --drain-timeout-secs 20 2>"$WORK/load.err" | grep '^{' || true)
+    hub_after=$(cpu_seconds "$hub_pid")
+    edges_after=$(cpu_sum "${pids[@]}")
+    stop_all
+    if [ -z "$line" ]; then
+      say "| $setup | $e | load failed: $(tail -1 "$WORK/load.err") | | | | | |"
+      continue
+    fi
+    delivered=$(json_field "$line" delivered)
+    per_m() { echo "scale=3; ($2 - $1) * 1000000 / $delivered" | bc; }
+    say "| $setup | $e | $(printf '%.0f' "$(json_field "$line" deliveries_per_second)") | $(json_field "$line" p50_us) | $(json_field "$line" p99_us) | $(json_field "$line" lost) | $(per_m "$hub_before" "$hub_after") | $(per_m "$edges_before" "$edges_after") |"
+  done
+done
+say ""
+say "Results: $OUT"
