@@ -59,8 +59,13 @@ pub struct Config {
     /// Keep every channel's history on disk here too, and read it back at start (None: memory
     /// only).
     pub data_dir: Option<std::path::PathBuf>,
-    /// Cluster mode: join other nodes through these Redis servers (None: a single node).
+    /// Cluster mode: join other nodes through these Redis servers, or (an edge) mirror from an
+    /// upstream fanout server (None: a single node).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// UDP multicast in a LAN (`--multicast`): a node that is not an edge sends every topic
+    /// channel's messages to the group; an edge delivers from it and reads what it misses
+    /// from its upstream.
+    pub multicast: Option<crate::cluster::MulticastConfig>,
     /// When history files are fsync'ed.
     pub fsync: crate::history::disk::FsyncPolicy,
     /// History segment files roll at this size.
@@ -138,6 +143,7 @@ impl Default for Config {
             history_total_bytes: 1 << 30,
             data_dir: None,
             cluster: None,
+            multicast: None,
             fsync: crate::history::disk::FsyncPolicy::Interval(Duration::from_millis(100)),
             segment_bytes: 64 << 20,
             max_open_segments: 256,

@@ -137,6 +137,14 @@ pub struct ServeArgs {
     /// long is dropped, and the next upstream tried; publishes in flight on it are refused.
     #[arg(long, default_value_t = 5000)]
     upstream_timeout_ms: u64,
+    /// UDP multicast in one LAN: a node that is not an edge sends every topic channel's messages
+    /// to GROUP:PORT once, however many edges listen; an edge (--upstream) delivers from it
+    /// while it is contiguous and reads what it misses from its upstream by offset.
+    #[arg(long, value_name = "GROUP:PORT")]
+    multicast: Option<std::net::SocketAddrV4>,
+    /// Bytes per multicast datagram at most: the path MTU less 28 (IPv4 and UDP headers).
+    #[arg(long, default_value_t = 1400)]
+    multicast_mtu: usize,
     /// When history files are fsync'ed: always (before acknowledging), interval, never.
     #[arg(long, default_value = "interval", value_parser = ["always", "interval", "never"])]
     fsync: String,
@@ -415,6 +423,9 @@ impl ServeArgs {
                     }
                 })
             }),
+            multicast: self
+                .multicast
+                .map(|group| fanout::cluster::MulticastConfig { group, mtu: self.multicast_mtu }),
             fsync: match self.fsync.as_str() {
                 "always" => FsyncPolicy::Always,
                 "never" => FsyncPolicy::Never,

@@ -38,6 +38,7 @@ mod broker;
 mod into_ring;
 mod link;
 mod mirror;
+pub(crate) mod multicast;
 #[cfg(test)]
 mod sim_support;
 mod upstream;
@@ -56,6 +57,7 @@ use crate::server::ring::Producer;
 use crate::server::Item;
 
 pub(crate) use broker::{survey_body, SurveyKind, MAX_TOP};
+pub use multicast::MulticastConfig;
 
 /// Cluster settings (`--redis`, `--redis-cluster`).
 #[derive(Debug, Clone)]
@@ -526,6 +528,12 @@ pub struct BrokerCounters {
     pub sync_failures: AtomicU64,
     /// Channels whose log Redis rolled back, ended by a new epoch.
     pub rollbacks: AtomicU64,
+    /// Edge: messages delivered from the multicast group.
+    pub multicast_messages: AtomicU64,
+    /// Edge: channels read again from upstream after the multicast group missed something.
+    pub multicast_repairs: AtomicU64,
+    /// Edge: malformed datagrams on the multicast group.
+    pub multicast_malformed: AtomicU64,
 }
 
 /// The workers' handle on the broker thread.

@@ -277,6 +277,11 @@ impl ServerForBroker {
         self.shared.shutdown.load(Ordering::Acquire)
     }
 
+    /// `--multicast`: an edge listens to the group.
+    pub(crate) fn multicast(&self) -> Option<crate::cluster::MulticastConfig> {
+        self.shared.config.multicast
+    }
+
     /// The largest frame a client may send (a Redis reply carrying one is read whole).
     pub(crate) fn max_frame_bytes(&self) -> usize {
         self.shared.config.max_frame_bytes
@@ -359,7 +364,22 @@ impl Shared {
         }
     }
 
-    /// Wakes every worker but `me` (`usize::MAX`: every worker) after a publish.
+    /// A thread woken through signal `signal` is about to drain the ring: later publishes wake
+    /// it again (see `WakeSignal::pending`).
+    pub(crate) fn woken(&self, signal: usize) {
+        if let Some(signal) = self.signals.get(signal) {
+            signal.pending.store(false, Ordering::Release);
+        }
+    }
+
+    /// Shutting down, and every worker has stopped reading input: nothing more is published.
+    pub(crate) fn publishing_stopped(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+            && self.quiesced.load(Ordering::Acquire) == self.config.workers
+    }
+
+    /// Wakes every worker but `me` (`usize::MAX`: every worker) after a publish (and the
+    /// multicast thread, a reader of the ring too).
     pub(crate) fn wake_others(&self, me: usize) {
         for worker in (0..self.signals.len()).filter(|&i| i != me) {
             self.wake(worker);
@@ -431,6 +451,9 @@ impl Shared {
             total.cluster_quiet_losses = get(&c.quiet_losses);
             total.cluster_sync_failures = get(&c.sync_failures);
             total.cluster_rollbacks = get(&c.rollbacks);
+            total.cluster_multicast_messages = get(&c.multicast_messages);
+            total.cluster_multicast_repairs = get(&c.multicast_repairs);
+            total.cluster_multicast_malformed = get(&c.multicast_malformed);
         }
         total
     }

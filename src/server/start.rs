@@ -74,7 +74,22 @@ impl Server {
             polls.push(poll);
         }
 
-        let (producer, consumers) = Ring::<Item>::with_consumers(config.ring_slots, workers);
+        // A node that sends multicast (not an edge) reads the ring with one more consumer, woken
+        // as workers are (its signal after theirs).
+        let sends_multicast =
+            config.multicast.is_some() && config.cluster.as_ref().is_none_or(|c| c.through_redis());
+        let multicast_poll = match sends_multicast {
+            true => {
+                let poll = Poll::new().map_err(StartError::Poll)?;
+                let waker = Waker::new(poll.registry(), mio::Token(0)).map_err(StartError::Poll)?;
+                signals.push(WakeSignal { waker, pending: CachePadded(AtomicBool::new(false)) });
+                Some(poll)
+            }
+            false => None,
+        };
+        let readers = workers + usize::from(sends_multicast);
+        let (producer, mut consumers) = Ring::<Item>::with_consumers(config.ring_slots, readers);
+        let multicast_consumer = sends_multicast.then(|| consumers.pop()).flatten();
         let mirror = if config.cluster.is_some() { Mirror::Idle } else { Mirror::Standalone };
         let channels =
             ChannelRegistry::new(config.max_channels, config.history_limits(), mirror, workers)
@@ -212,7 +227,23 @@ impl Server {
             None => None,
         };
 
-        let mut threads = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers + 1);
+        if let (Some(config), Some(poll), Some(consumer)) =
+            (shared.config.multicast, multicast_poll, multicast_consumer)
+        {
+            let sender = crate::cluster::multicast::MulticastSender {
+                config,
+                consumer,
+                poll,
+                shared: shared.clone(),
+                signal: workers,
+            };
+            let thread = std::thread::Builder::new()
+                .name("fanout-multicast".into())
+                .spawn(move || crate::sys::abort_on_panic("the multicast thread", || sender.run()))
+                .map_err(StartError::Spawn)?;
+            threads.push(thread);
+        }
         let parts = polls
             .into_iter()
             .zip(listeners)
@@ -333,6 +364,9 @@ fn validate(config: &Config) -> Result<(), StartError> {
     }
     if config.write_queue_cap_bytes > (u32::MAX / 2) as usize {
         return fail(format!("write queue cap must be at most {} bytes", u32::MAX / 2));
+    }
+    if let Some(why) = config.multicast.as_ref().and_then(|m| m.unfit()) {
+        return fail(why);
     }
     if let Some(cluster) = &config.cluster {
         if config.data_dir.is_some() && cluster.through_redis() {

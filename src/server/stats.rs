@@ -196,6 +196,13 @@ counters! {
     /// Cluster: channels whose log Redis rolled back (restored from an older snapshot, a lagging
     /// replica promoted): a new epoch was begun, and live subscribers told.
     cluster_rollbacks: counter,
+    /// Edge: messages delivered from the multicast group (`--multicast`).
+    cluster_multicast_messages: counter,
+    /// Edge: channels read again from the upstream because the multicast group missed something
+    /// (a lost datagram, a lost tail a heartbeat showed, a message too large for a datagram).
+    cluster_multicast_repairs: counter,
+    /// Edge: datagrams on the multicast group that were not fanout's (malformed), dropped.
+    cluster_multicast_malformed: counter,
     /// Tokens (or API keys) accepted.
     auth_ok: counter,
     /// Tokens refused: past `exp`.

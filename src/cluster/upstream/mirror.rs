@@ -227,6 +227,51 @@ impl EdgeMirror {
         steps
     }
 
+    /// A message from the multicast group in `epoch` (`payload` `None`: too large for a
+    /// datagram). Delivered when it is the next offset of the log's epoch; anything else that
+    /// is ahead (a jump, another epoch, a message not carried) is read from upstream: the
+    /// mirror goes back to `Idle` and asks for a resume (`Step::Sync`).
+    pub fn multicast_message(
+        &mut self,
+        log: &impl LocalLog,
+        epoch: u64,
+        offset: u64,
+        payload: Option<Bytes>,
+        now_ms: u64,
+    ) -> Vec<Step> {
+        if self.state != State::Live || !self.synced || !self.resumes {
+            // Lined up by a resume first (its replay and live messages come over TCP).
+            return Vec::new();
+        }
+        let next = log.next_offset();
+        if epoch == log.epoch() && offset < next {
+            return Vec::new();
+        }
+        match payload {
+            Some(payload) if epoch == log.epoch() && offset == next => {
+                self.message(log, offset, payload, now_ms, || unreachable!("synced"))
+            }
+            _ => self.repair(log),
+        }
+    }
+
+    /// The multicast group's word on the channel's latest offset: a log behind it, or in
+    /// another epoch, lost the tail (or more) of what was sent, and reads it from upstream.
+    pub fn multicast_heartbeat(&mut self, log: &impl LocalLog, epoch: u64, last: u64) -> Vec<Step> {
+        if self.state != State::Live || !self.synced || !self.resumes {
+            return Vec::new();
+        }
+        match epoch != log.epoch() || last >= log.next_offset() {
+            true => self.repair(log),
+            false => Vec::new(),
+        }
+    }
+
+    fn repair(&mut self, log: &impl LocalLog) -> Vec<Step> {
+        self.state = State::Idle;
+        vec![Step::Sync { after: log.next_offset().saturating_sub(1), ending: None }]
+    }
+
     /// OK to the SUB: the replay is over.
     pub fn subscribed(&mut self, log: &impl LocalLog) -> Vec<Step> {
         if self.state != State::Replaying {
@@ -345,6 +390,17 @@ mod tests {
         events: Vec<String>,
         epochs: u64,
         published: u64,
+        /// Live messages also go to a multicast group, and the TCP subscription is let go of
+        /// once a resume is over (a repair is a resume).
+        multicast: bool,
+        /// The TCP subscription delivers live messages (from a SUB until its OK is taken).
+        tcp_live: bool,
+        /// Datagrams sent and not yet taken: lost, repeated and reordered at will.
+        udp: Vec<(u64, u64, Bytes)>,
+        /// Messages the edge appended from datagrams, and repairs it asked for (the schedules
+        /// must exercise both).
+        from_datagrams: u64,
+        repairs: u64,
     }
 
     impl World {
@@ -363,6 +419,11 @@ mod tests {
                 events: Vec::new(),
                 epochs: 1,
                 published: 0,
+                multicast: seed.is_multiple_of(2),
+                tcp_live: false,
+                udp: Vec::new(),
+                from_datagrams: 0,
+                repairs: 0,
             }
         }
 
@@ -424,6 +485,15 @@ mod tests {
                             last: Some(self.log.next - 1),
                         };
                     }
+                    Step::Sync { after, ending: None } if self.multicast => {
+                        if after + 1 != self.log.next {
+                            return Err(format!("repair after {after} at next {}", self.log.next));
+                        }
+                        self.repairs += 1;
+                        if self.connected {
+                            self.resume_over_tcp();
+                        }
+                    }
                     other => return Err(format!("unexpected step {other:?}")),
                 }
             }
@@ -432,6 +502,13 @@ mod tests {
 
         fn connect(&mut self) {
             self.connected = true;
+            self.resume_over_tcp();
+        }
+
+        /// SUB with the mirror's resume: HIST, the replay, OK, then live messages until the OK
+        /// is taken (in multicast mode the edge lets the subscription go then).
+        fn resume_over_tcp(&mut self) {
+            self.tcp_live = true;
             let resume = self.mirror.resume(&self.log);
             self.mirror.asked();
             let (hist, replay) = self.upstream.answer(resume);
@@ -448,8 +525,16 @@ mod tests {
                     let payload = Bytes::from(format!("m{}", self.published));
                     let (offset, payload) = self.upstream.publish(payload);
                     self.truth.insert((self.upstream.epoch, offset), payload.clone());
-                    if self.connected {
-                        self.wire.push_back(Wire::Msg(offset, payload));
+                    if self.connected && self.tcp_live {
+                        self.wire.push_back(Wire::Msg(offset, payload.clone()));
+                    }
+                    if self.multicast {
+                        self.udp.push((self.upstream.epoch, offset, payload));
+                        // A datagram is mostly taken at once (it overtakes TCP).
+                        if self.rng.chance(70) {
+                            let at = self.udp.len() - 1;
+                            self.take_datagram(at)?;
+                        }
                     }
                 }
                 30..=69 => {
@@ -460,13 +545,26 @@ mod tests {
                         Wire::Msg(offset, payload) => {
                             self.mirror.message(&self.log, offset, payload, 0, || unreachable!())
                         }
-                        Wire::Ok => self.mirror.subscribed(&self.log),
+                        Wire::Ok => {
+                            self.tcp_live = !self.multicast;
+                            self.mirror.subscribed(&self.log)
+                        }
                     };
                     self.apply(steps)?;
                 }
+                84..=93 if self.multicast && !self.udp.is_empty() => {
+                    // Mostly in order; sometimes one overtakes others.
+                    let at = match self.rng.chance(80) {
+                        true => 0,
+                        false => self.rng.below(self.udp.len() as u64) as usize,
+                    };
+                    self.take_datagram(at)?;
+                }
+                94..=96 if self.multicast => self.heartbeat()?,
                 70..=79 if self.connected => {
                     self.events.push("connection lost".into());
                     self.connected = false;
+                    self.tcp_live = false;
                     self.wire.clear();
                     self.mirror.lost();
                 }
@@ -480,7 +578,7 @@ mod tests {
                     self.upstream =
                         Upstream { epoch: self.epochs, next, retained: Vec::new(), keep };
                     self.events.push(format!("upstream starts epoch {} at {next}", self.epochs));
-                    if self.connected {
+                    if self.connected && self.tcp_live {
                         let hist = Hist {
                             epoch: self.epochs,
                             first: 1,
@@ -495,6 +593,32 @@ mod tests {
             Ok(())
         }
 
+        /// The edge takes datagram `at` (lost now and then, repeated now and then).
+        fn take_datagram(&mut self, at: usize) -> Result<(), String> {
+            let (epoch, offset, payload) = match self.rng.below(10) {
+                0 => self.udp[at].clone(),
+                _ => self.udp.remove(at),
+            };
+            if self.rng.chance(15) {
+                self.events.push(format!("datagram ({epoch}, {offset}) lost"));
+                return Ok(());
+            }
+            self.events.push(format!("edge takes datagram ({epoch}, {offset})"));
+            let steps = self.mirror.multicast_message(&self.log, epoch, offset, Some(payload), 0);
+            if steps.iter().any(|s| matches!(s, Step::Append { .. })) {
+                self.from_datagrams += 1;
+            }
+            self.apply(steps)
+        }
+
+        /// The upstream's heartbeat for the channel, taken by the edge.
+        fn heartbeat(&mut self) -> Result<(), String> {
+            let (epoch, last) = (self.upstream.epoch, self.upstream.next - 1);
+            self.events.push(format!("edge takes heartbeat ({epoch}, {last})"));
+            let steps = self.mirror.multicast_heartbeat(&self.log, epoch, last);
+            self.apply(steps)
+        }
+
         /// Reconnected, one more message published, and quiet: the log ends where the
         /// upstream's does. (After a live epoch notice the new log's start is learnt from its
         /// first message, as a subscriber of the upstream learns it.)
@@ -504,16 +628,39 @@ mod tests {
             }
             let (offset, payload) = self.upstream.publish(Bytes::from_static(b"last"));
             self.truth.insert((self.upstream.epoch, offset), payload.clone());
-            self.wire.push_back(Wire::Msg(offset, payload));
-            while let Some(frame) = self.wire.pop_front() {
-                let steps = match frame {
-                    Wire::Hist(hist) => self.mirror.history(&self.log, hist),
-                    Wire::Msg(offset, payload) => {
-                        self.mirror.message(&self.log, offset, payload, 0, || unreachable!())
-                    }
-                    Wire::Ok => self.mirror.subscribed(&self.log),
-                };
-                self.apply(steps)?;
+            if self.tcp_live {
+                self.wire.push_back(Wire::Msg(offset, payload.clone()));
+            }
+            if self.multicast {
+                self.udp.push((self.upstream.epoch, offset, payload));
+            }
+            // Everything on the wire, every datagram in order, a heartbeat; again while that
+            // made the edge ask for more.
+            for _ in 0..10 {
+                while let Some(frame) = self.wire.pop_front() {
+                    let steps = match frame {
+                        Wire::Hist(hist) => self.mirror.history(&self.log, hist),
+                        Wire::Msg(offset, payload) => {
+                            self.mirror.message(&self.log, offset, payload, 0, || unreachable!())
+                        }
+                        Wire::Ok => {
+                            self.tcp_live = !self.multicast;
+                            self.mirror.subscribed(&self.log)
+                        }
+                    };
+                    self.apply(steps)?;
+                }
+                for (epoch, offset, payload) in std::mem::take(&mut self.udp) {
+                    let steps =
+                        self.mirror.multicast_message(&self.log, epoch, offset, Some(payload), 0);
+                    self.apply(steps)?;
+                }
+                if self.multicast {
+                    self.heartbeat()?;
+                }
+                if self.wire.is_empty() {
+                    break;
+                }
             }
             let (log, up) = (&self.log, &self.upstream);
             if log.epoch != up.epoch || log.next != up.next {
@@ -529,10 +676,11 @@ mod tests {
         }
     }
 
-    fn run(seed: u64) -> Result<(), String> {
+    /// A schedule; (messages appended from datagrams, repairs) when it holds.
+    fn run(seed: u64) -> Result<(u64, u64), String> {
         let mut world = World::new(seed);
         let result = (0..300).try_for_each(|_| world.step()).and_then(|()| world.settle());
-        result.map_err(|e| {
+        result.map(|()| (world.from_datagrams, world.repairs)).map_err(|e| {
             let tail: Vec<_> = world.events.iter().rev().take(30).collect();
             format!("seed {seed}: {e}\nlast events, newest first:\n{tail:#?}")
         })
@@ -540,10 +688,20 @@ mod tests {
 
     #[test]
     fn an_edge_mirror_holds_its_invariants_under_seeded_schedules() {
+        let (mut from_datagrams, mut repairs) = (0, 0);
         for seed in seeds() {
-            if let Err(e) = run(seed) {
-                panic!("{e}\nrun it alone: FANOUT_SIM_SEED={seed} FANOUT_SIM_SCHEDULES=1");
+            match run(seed) {
+                Ok((delivered, repaired)) => {
+                    from_datagrams += delivered;
+                    repairs += repaired;
+                }
+                Err(e) => {
+                    panic!("{e}\nrun it alone: FANOUT_SIM_SEED={seed} FANOUT_SIM_SCHEDULES=1")
+                }
             }
+        }
+        if seeds().count() >= 100 {
+            assert!(from_datagrams > 1000 && repairs > 100, "{from_datagrams} {repairs}");
         }
     }
 

@@ -42,6 +42,7 @@ use self::link::{Expect, Link, READ_BUDGET};
 use self::mirror::{EdgeMirror, Hist, State};
 use super::into_ring::IntoRing;
 use super::mirror::Step;
+use super::multicast::{self, Datagram, READ_DATAGRAMS};
 use super::{Broker, BrokerOp, ClusterConfig, PublishOp};
 use crate::history::disk::{PublishOutcome, ReplyTo};
 use crate::history::{new_epoch, now_ms, Retained};
@@ -51,6 +52,7 @@ use crate::server::ring::Producer;
 use crate::server::{Answer, Item, ServerForBroker};
 
 const WAKER: Token = Token(usize::MAX);
+const GROUP: Token = Token(usize::MAX - 1);
 const SUBS: Token = Token(0);
 const PUBS: Token = Token(1);
 const FETCH: Token = Token(2);
@@ -64,6 +66,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
 /// Messages one resume reads from upstream, at most.
 const MAX_BACKFILL: u64 = 100_000;
+/// A channel the multicast group brought nothing for (not even a heartbeat) this long is
+/// subscribed over TCP again (the hub stopped sending, or the group stopped reaching us).
+const MULTICAST_SILENCE: Duration = Duration::from_secs(1);
 /// A SUB waiting upstream is given this many command timeouts.
 const WAITING_SUB_PATIENCE: u32 = 6;
 /// How often a connection left unread (the ring was full) is looked at again.
@@ -85,6 +90,11 @@ struct Tracked {
     /// Found through a pattern, not asked for by a subscriber.
     via_pattern: bool,
     last_heard: Instant,
+    /// Subscribed on the subscription connection (a SUB sent, no UNSUB since).
+    tcp_subscribed: bool,
+    /// Its messages come from the multicast group (its subscription is let go of after each
+    /// resume); since when the group last brought something for it.
+    multicast: Option<Instant>,
 }
 
 /// A pattern subscribed upstream for this node's pattern subscribers.
@@ -137,6 +147,11 @@ struct EdgeThread {
     next_sweep: Instant,
     stopping: bool,
     ever_up: bool,
+    /// `--multicast`: the group's socket, and datagrams left to read (the ring was full).
+    group: Option<mio::net::UdpSocket>,
+    group_unread: bool,
+    datagram: Vec<u8>,
+    next_silence_check: Instant,
 }
 
 impl Unstarted {
@@ -163,7 +178,28 @@ impl Unstarted {
             next_sweep: now + SWEEP_EVERY,
             stopping: false,
             ever_up: false,
+            group: None,
+            group_unread: false,
+            datagram: vec![0; 65_536],
+            next_silence_check: now,
         };
+        if let Some(config) = thread.ring.server.multicast() {
+            let joined = multicast::join(&config).and_then(|socket| {
+                let mut socket = mio::net::UdpSocket::from_std(socket);
+                thread.poll.registry().register(&mut socket, GROUP, mio::Interest::READABLE)?;
+                Ok(socket)
+            });
+            match joined {
+                Ok(socket) => {
+                    info!("edge: listening to multicast group {}", config.group);
+                    thread.group = Some(socket);
+                }
+                Err(e) => warn!(
+                    "edge: cannot join multicast group {} ({e}); everything comes over TCP",
+                    config.group
+                ),
+            }
+        }
         let broadcast = thread.ring.server.channels().broadcast().clone();
         thread.track(broadcast.name.clone(), broadcast, EdgeMirror::unaligned(), false);
         thread.run();
@@ -189,6 +225,7 @@ impl EdgeThread {
             for token in ready {
                 match token {
                     WAKER => self.broker().wake_pending.store(false, Ordering::Release),
+                    GROUP => self.read_group(),
                     token => self.link_ready(token),
                 }
             }
@@ -196,6 +233,9 @@ impl EdgeThread {
                 if self.link(token).is_some_and(|l| l.unread) {
                     self.link_ready(token);
                 }
+            }
+            if self.group_unread {
+                self.read_group();
             }
             self.take_ops();
             if self.stopping || self.ring.server.shutting_down() {
@@ -217,7 +257,7 @@ impl EdgeThread {
         links
             .map(|l| l.last_heard + probe)
             .chain(self.retry_at)
-            .chain(unread.then(|| Instant::now() + BACKPRESSURE_RETRY))
+            .chain((unread || self.group_unread).then(|| Instant::now() + BACKPRESSURE_RETRY))
             .fold(self.next_sweep, Instant::min)
     }
 
@@ -359,6 +399,7 @@ impl EdgeThread {
         }
         for tracked in self.tracked.values_mut() {
             tracked.mirror.lost();
+            tracked.tcp_subscribed = false;
         }
         for pattern in self.patterns.values_mut() {
             pattern.unused_sweeps = 0;
@@ -551,8 +592,15 @@ impl EdgeThread {
 
     fn track(&mut self, name: Bytes, channel: Arc<Channel>, mirror: EdgeMirror, via_pattern: bool) {
         self.broker().counters.channels_served.fetch_add(1, Ordering::Relaxed);
-        let tracked =
-            Tracked { channel, mirror, retry_at: None, via_pattern, last_heard: Instant::now() };
+        let tracked = Tracked {
+            channel,
+            mirror,
+            retry_at: None,
+            via_pattern,
+            last_heard: Instant::now(),
+            tcp_subscribed: false,
+            multicast: None,
+        };
         self.tracked.insert(name, tracked);
     }
 
@@ -587,8 +635,17 @@ impl EdgeThread {
         let resume = tracked.mirror.resume(&*tracked.channel.lock_log());
         tracked.mirror.asked();
         tracked.retry_at = None;
+        tracked.tcp_subscribed = true;
         let request = Request::Subscribe { channel: name, resume: Some(resume) };
         subs.send(&request, Expect::Subscribe(name.clone()));
+    }
+
+    /// Lets go of a channel's subscription upstream (the multicast group brings its messages).
+    fn unsubscribe(&mut self, name: &Bytes) {
+        let Some(tracked) = self.tracked.get_mut(name) else { return };
+        let Some(subs) = self.subs.as_mut().filter(|_| tracked.tcp_subscribed) else { return };
+        tracked.tcp_subscribed = false;
+        subs.send(&Request::Unsubscribe { channel: name }, Expect::Unsubscribe);
     }
 
     /// Marks a channel without a resume served now.
@@ -756,7 +813,12 @@ impl EdgeThread {
             (Ack::Subscribe, Some(Expect::Subscribe(name))) if name[..] == *arg => {
                 let Some(tracked) = self.tracked.get_mut(&name) else { return };
                 let steps = tracked.mirror.subscribed(&*tracked.channel.lock_log());
+                let multicast = tracked.multicast.is_some();
                 self.apply(&name, steps);
+                if multicast {
+                    // Lined up again: the group brings what follows.
+                    self.unsubscribe(&name);
+                }
             }
             (Ack::Subscribe, Some(Expect::Fetch)) => {
                 let Some(fetching) = self.fetches.pop_front() else { return };
@@ -918,6 +980,109 @@ impl EdgeThread {
         }
     }
 
+    /// Reads datagrams of the multicast group while the ring has room for what they bring.
+    fn read_group(&mut self) {
+        let mut buffer = std::mem::take(&mut self.datagram);
+        self.group_unread = true;
+        for _ in 0..READ_DATAGRAMS {
+            if !self.ring.has_room() {
+                break;
+            }
+            let Some(socket) = self.group.as_ref() else { break };
+            match socket.recv_from(&mut buffer) {
+                Ok((n, _)) => self.datagram(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.group_unread = false;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("edge: multicast receive failed: {e}");
+                    self.group_unread = false;
+                    break;
+                }
+            }
+        }
+        self.datagram = buffer;
+    }
+
+    /// One datagram of the multicast group: messages of a channel this node mirrors go to its
+    /// mirror (which delivers the next offset, and asks upstream for anything else).
+    fn datagram(&mut self, bytes: &[u8]) {
+        let counters = &self.ring.server.broker().counters;
+        let Some(datagram) = Datagram::decode(bytes) else {
+            counters.multicast_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let channel = match &datagram {
+            Datagram::Run { channel, .. } | Datagram::Heartbeat { channel, .. } => *channel,
+        };
+        let Some(tracked) = self.tracked.get_mut(channel) else { return };
+        if !tracked.mirror.resumes || !tracked.mirror.synced {
+            return;
+        }
+        let now = Instant::now();
+        let name = tracked.channel.name.clone();
+        let switching = tracked.multicast.is_none();
+        if switching && matches!(datagram, Datagram::Heartbeat { .. }) {
+            return;
+        }
+        tracked.multicast = Some(now);
+        if switching && tracked.mirror.state == State::Live {
+            debug!("edge: {} comes by multicast from now on", lossy(&name));
+            self.unsubscribe(&name);
+        }
+        let Some(tracked) = self.tracked.get_mut(channel) else { return };
+        match datagram {
+            Datagram::Run { epoch, first, payloads, .. } => {
+                tracked.last_heard = now;
+                for (offset, payload) in (first..).zip(payloads) {
+                    let Some(tracked) = self.tracked.get_mut(&name) else { return };
+                    let payload = payload.map(Bytes::copy_from_slice);
+                    let steps = {
+                        let log = tracked.channel.lock_log();
+                        tracked.mirror.multicast_message(&*log, epoch, offset, payload, now_ms())
+                    };
+                    if steps.iter().any(|s| matches!(s, Step::Append { .. })) {
+                        let counters = &self.ring.server.broker().counters;
+                        counters.multicast_messages.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.apply(&name, steps);
+                }
+            }
+            Datagram::Heartbeat { epoch, last, .. } => {
+                let steps = {
+                    let log = tracked.channel.lock_log();
+                    tracked.mirror.multicast_heartbeat(&*log, epoch, last)
+                };
+                self.apply(&name, steps);
+            }
+        }
+    }
+
+    /// Channels the multicast group went silent on are subscribed over TCP again.
+    fn multicast_silence(&mut self, now: Instant) {
+        let silent: Vec<Bytes> = self
+            .tracked
+            .iter_mut()
+            .filter(|(_, t)| {
+                t.multicast.is_some_and(|at| now.duration_since(at) >= MULTICAST_SILENCE)
+            })
+            .map(|(name, t)| {
+                t.multicast = None;
+                name.clone()
+            })
+            .collect();
+        for name in silent {
+            let Some(tracked) = self.tracked.get_mut(&name) else { continue };
+            if tracked.mirror.state == State::Live && !tracked.tcp_subscribed {
+                debug!("edge: nothing by multicast for {} lately; over TCP again", lossy(&name));
+                tracked.mirror.state = State::Idle;
+                self.subscribe(&name);
+            }
+        }
+    }
+
     /// Carries out what a channel's mirror decided, in order.
     fn apply(&mut self, name: &[u8], steps: Vec<Step>) {
         if steps.is_empty() {
@@ -952,7 +1117,12 @@ impl EdgeThread {
                 }
                 Step::SkipTo { next } => self.ring.skip_to(&channel, next),
                 Step::Served => self.ring.mark_served(&channel),
-                Step::Sync { .. } | Step::Repaired => {}
+                Step::Sync { .. } => {
+                    // The multicast group missed something: a resume over TCP reads it.
+                    counters.multicast_repairs.fetch_add(1, Ordering::Relaxed);
+                    self.subscribe(&Bytes::copy_from_slice(name));
+                }
+                Step::Repaired => {}
             }
         }
     }
@@ -989,6 +1159,10 @@ impl EdgeThread {
                 _ => {}
             }
         }
+        if self.group.is_some() && now >= self.next_silence_check {
+            self.next_silence_check = now + MULTICAST_SILENCE / 4;
+            self.multicast_silence(now);
+        }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.sweep(now);
@@ -1012,10 +1186,7 @@ impl EdgeThread {
                 && !Arc::ptr_eq(&tracked.channel, registry.broadcast())
                 && registry.release_if_unused(&tracked.channel);
             if idle {
-                released.push((
-                    name.clone(),
-                    tracked.mirror.resumes && tracked.mirror.state != State::Idle,
-                ));
+                released.push((name.clone(), tracked.tcp_subscribed));
             }
         }
         for name in retry {
