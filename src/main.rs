@@ -139,6 +139,10 @@ struct LoadArgs {
     /// subscribers; publishers use binary TCP), resp (Redis), nats.
     #[arg(long, default_value = "binary")]
     protocol: load::Protocol,
+    /// Subscribers speak these instead (repeat for a mixed crowd: subscriber i speaks the
+    /// i-th modulo their number; e.g. binary, text, ws-json); publishers keep --protocol.
+    #[arg(long = "subscriber-protocol", value_name = "PROTOCOL")]
+    subscriber_protocols: Vec<load::Protocol>,
     /// Channel names are this prefix and a number.
     #[arg(long, default_value = "load")]
     channel_prefix: String,
@@ -558,6 +562,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         subscribe_to: args.subscribe_to.clone(),
         tls,
         protocol: args.protocol,
+        subscriber_protocols: args.subscriber_protocols,
         channel_prefix: args.channel_prefix,
         max_per_process: args.max_per_process,
         first_subscriber: args.first_subscriber,

@@ -77,6 +77,12 @@ pub(crate) fn spawn(
                     .flat_map(|file| [std::ffi::OsStr::new("--ca-file"), file.as_os_str()]),
             )
             .args(["--protocol", &config.protocol.to_string()])
+            .args(
+                config
+                    .subscriber_protocols
+                    .iter()
+                    .flat_map(|p| ["--subscriber-protocol".to_string(), p.to_string()]),
+            )
             .args(["--subscribers", &share.to_string()])
             .args(["--first-subscriber", &first.to_string()])
             .args(["--channels", &config.channels.to_string()])

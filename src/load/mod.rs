@@ -50,6 +50,9 @@ pub struct LoadConfig {
     pub tls: Option<(Arc<rustls::ClientConfig>, Option<std::path::PathBuf>)>,
     /// Wire protocol (fanout binary or text, Redis RESP, NATS).
     pub protocol: Protocol,
+    /// Subscribers' protocols, when they differ from `protocol`: subscriber `i` speaks
+    /// `subscriber_protocols[i % len]` (a mixed crowd; publishers keep `protocol`).
+    pub subscriber_protocols: Vec<Protocol>,
     /// Subscriber connections.
     pub subscribers: usize,
     /// Channels; subscriber `i` takes channel `i % channels`, message `k` goes to `k % channels`.
@@ -92,6 +95,21 @@ pub struct LoadConfig {
     pub pattern: bool,
 }
 
+impl LoadConfig {
+    /// The protocol of subscriber `i` (counted over every process).
+    pub fn subscriber_protocol(&self, i: usize) -> Protocol {
+        match self.subscriber_protocols.len() {
+            0 => self.protocol,
+            n => self.subscriber_protocols[i % n],
+        }
+    }
+
+    /// Payload stamps are hex text when a WebSocket JSON subscriber must read them.
+    pub fn hex_stamps(&self) -> bool {
+        self.protocol == Protocol::WsJson || self.subscriber_protocols.contains(&Protocol::WsJson)
+    }
+}
+
 impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
@@ -99,6 +117,7 @@ impl Default for LoadConfig {
             subscribe_to: Vec::new(),
             tls: None,
             protocol: Protocol::FanoutBinary,
+            subscriber_protocols: Vec::new(),
             subscribers: 1000,
             channels: 1,
             publishers: 1,
@@ -225,6 +244,12 @@ impl Stamp {
         (invalid & 0xf0 == 0).then(|| Stamp::read(&bytes)).flatten()
     }
 
+    /// The stamp of a payload in either form (a mixed crowd's publishers write hex when any
+    /// subscriber needs it).
+    pub fn read_any(payload: &[u8]) -> Option<Stamp> {
+        Stamp::read_hex(payload).or_else(|| Stamp::read(payload))
+    }
+
     /// Reads the stamp from a payload's first 16 bytes.
     pub fn read(payload: &[u8]) -> Option<Stamp> {
         let (time, rest) = payload.split_first_chunk::<8>()?;
@@ -261,8 +286,7 @@ fn per_process_cap(config: &LoadConfig) -> usize {
 /// Runs the load and returns the report.
 pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     // ws-json stamps are hex text (see `Stamp::write_hex`).
-    let stamp_bytes =
-        if config.protocol == Protocol::WsJson { Stamp::HEX_BYTES } else { Stamp::BYTES };
+    let stamp_bytes = if config.hex_stamps() { Stamp::HEX_BYTES } else { Stamp::BYTES };
     if config.payload_bytes < stamp_bytes
         || config.channels == 0
         || config.threads == 0
@@ -358,7 +382,10 @@ pub(crate) fn spawn_loops(
         let plan = LoopPlan {
             servers,
             tls: config.tls.as_ref().map(|(tls, _)| tls.clone()),
-            protocol: config.protocol,
+            protocols: (t..config.subscribers)
+                .step_by(threads)
+                .map(|i| config.subscriber_protocol(config.first_subscriber + i))
+                .collect(),
             channels,
             source: config.source,
             tokens,
@@ -397,7 +424,9 @@ fn drive(
     let setup_started = Instant::now();
     while progress.subscribed.load(Ordering::Relaxed) < config.subscribers as u64 {
         let failed = progress.failed.load(Ordering::Relaxed);
-        if failed > 0 || setup_started.elapsed() > Duration::from_secs(120) {
+        // A minute or two; a million connections on a small host take longer.
+        let patience = Duration::from_secs(120.max(config.subscribers as u64 / 3000));
+        if failed > 0 || setup_started.elapsed() > patience {
             return Err(LoadError::SetupTimeout {
                 ready: progress.subscribed.load(Ordering::Relaxed),
                 wanted: config.subscribers,
@@ -587,7 +616,7 @@ fn publish_all(config: &LoadConfig, id: usize, progress: &Progress) -> Result<()
         let stamp =
             Stamp { sent_ns: monotonic_ns(), publisher: id as u32, sequence: sequences[channel] };
         sequences[channel] += 1;
-        if config.protocol == Protocol::WsJson {
+        if config.hex_stamps() {
             stamp.write_hex(&mut payload);
         } else {
             stamp.write(&mut payload);

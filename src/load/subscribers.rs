@@ -95,7 +95,8 @@ pub(crate) struct LoopPlan {
     pub servers: Vec<ServerAddr>,
     /// Trust roots for `tls://` servers (`None`: the system's).
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub protocol: Protocol,
+    /// Each subscriber's protocol, in `channels` order.
+    pub protocols: Vec<Protocol>,
     pub channels: Vec<String>,
     pub source: Option<Ipv4Addr>,
     /// One token per connection, when the server wants them.
@@ -106,6 +107,7 @@ pub(crate) struct LoopPlan {
 
 struct Subscriber {
     stream: Socket<TcpStream>,
+    protocol: Protocol,
     input: Vec<u8>,
     output: Vec<u8>,
     subscribed: bool,
@@ -135,9 +137,11 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
                 let mut output = Vec::new();
                 let token = plan.tokens.as_ref().and_then(|tokens| tokens.get(i));
                 let token = token.map(String::as_str);
-                plan.protocol.subscribe(channel, token, plan.pattern, &mut output);
+                let protocol = plan.protocols[i];
+                protocol.subscribe(channel, token, plan.pattern, &mut output);
                 subs.push(Subscriber {
                     stream,
+                    protocol,
                     input: Vec::new(),
                     output,
                     subscribed: false,
@@ -173,7 +177,8 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
                 flush(sub, &mut totals, &progress);
             }
             if event.is_readable() || event.is_read_closed() {
-                delivered += read(sub, plan.protocol, &mut scratch, now_us, &mut totals, &progress);
+                let protocol = sub.protocol;
+                delivered += read(sub, protocol, &mut scratch, now_us, &mut totals, &progress);
                 if !sub.output.is_empty() || sub.stream.wants_write() {
                     flush(sub, &mut totals, &progress);
                 }
@@ -320,7 +325,7 @@ fn parse_events(
                 at += used;
                 delivered += 1;
                 check_order(sub, Some(offset), payload, totals);
-                if let Some(stamp) = Stamp::read(payload) {
+                if let Some(stamp) = Stamp::read_any(payload) {
                     totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                 }
                 continue;
@@ -350,7 +355,7 @@ fn parse_events(
                     Event::Message { offset, payload } => {
                         delivered += 1;
                         check_order(sub, offset, &payload, totals);
-                        if let Some(stamp) = Stamp::read(&payload) {
+                        if let Some(stamp) = Stamp::read_any(&payload) {
                             totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                         }
                     }
@@ -416,7 +421,7 @@ fn check_order(sub: &mut Subscriber, offset: Option<u64>, payload: &[u8], totals
         }
         return;
     }
-    let Some(stamp) = Stamp::read(payload) else {
+    let Some(stamp) = Stamp::read_any(payload) else {
         totals.errors += 1;
         return;
     };
