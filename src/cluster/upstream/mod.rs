@@ -71,6 +71,8 @@ const MAX_BACKFILL: u64 = 100_000;
 const MULTICAST_SILENCE: Duration = Duration::from_secs(1);
 /// A SUB waiting upstream is given this many command timeouts.
 const WAITING_SUB_PATIENCE: u32 = 6;
+/// The finest a link's timers are looked at.
+const TIMER_GRAIN: Duration = Duration::from_millis(100);
 /// How often a connection left unread (the ring was full) is looked at again.
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 
@@ -253,9 +255,12 @@ impl EdgeThread {
     fn next_timer(&self) -> Instant {
         let unread = [SUBS, PUBS, FETCH].iter().any(|&t| self.link(t).is_some_and(|l| l.unread));
         let probe = self.config.probe_interval;
+        // A link whose probe is out (or whose answer is late) is looked at again in a while,
+        // not in a loop.
+        let soonest = Instant::now() + TIMER_GRAIN;
         let links = [&self.subs, &self.pubs, &self.fetch].into_iter().flatten();
         links
-            .map(|l| l.last_heard + probe)
+            .map(|l| (l.last_heard + probe).max(soonest))
             .chain(self.retry_at)
             .chain((unread || self.group_unread).then(|| Instant::now() + BACKPRESSURE_RETRY))
             .fold(self.next_sweep, Instant::min)
