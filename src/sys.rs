@@ -246,3 +246,13 @@ pub fn resident_bytes() -> Option<u64> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
 }
+
+/// A secret kept in a file (a key, a token): its bytes without the trailing whitespace an
+/// editor or `echo` leaves.
+pub fn read_secret(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    Ok(bytes)
+}

@@ -205,6 +205,9 @@ fn multicast_to_three_edges_with_one_lossy_link_delivers_everything_once_in_orde
     let repairs: Vec<u64> =
         edges.iter().map(|&e| metric(e, "fanout_cluster_multicast_repairs_total")).collect();
     eprintln!("messages from the group per edge: {from_group:?}; repairs: {repairs:?}");
-    assert!(from_group.iter().all(|&n| n > MESSAGES / 2), "the group carried most: {from_group:?}");
+    // The group carried nearly everything to the edges that lose nothing; the lossy one read
+    // over TCP what it missed (and what came while it did).
+    assert!(from_group[1..].iter().all(|&n| n > MESSAGES * 9 / 10), "{from_group:?}");
+    assert!(from_group[0] > 0, "the group carried some to the lossy edge too: {from_group:?}");
     assert!(repairs[0] > 0, "the lossy edge read what it lost from the hub: {repairs:?}");
 }

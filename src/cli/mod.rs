@@ -9,9 +9,5 @@ pub mod serve;
 
 /// A secret file's contents without the trailing newline editors and `echo` leave.
 pub fn read_secret(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        bytes.pop();
-    }
-    Ok(bytes)
+    fanout::sys::read_secret(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
 }

@@ -373,6 +373,7 @@ impl ServeArgs {
                     .map_err(|_| "--upstream-token-file: the token is not UTF-8".to_string())?;
                 Some(fanout::cluster::ClusterConfig {
                     upstream_token: token,
+                    upstream_token_file: self.upstream_token_file.clone(),
                     command_timeout: Duration::from_millis(self.upstream_timeout_ms.max(10)),
                     ..fanout::cluster::ClusterConfig::upstream(self.upstream.clone())
                 })
@@ -420,6 +421,7 @@ impl ServeArgs {
                         tls: redis_tls,
                         upstream: Vec::new(),
                         upstream_token: None,
+                        upstream_token_file: None,
                     }
                 })
             }),

@@ -93,6 +93,9 @@ pub struct ClusterConfig {
     /// What this node presents upstream (AUTH): the upstream's API key, or a token whose grant
     /// covers every channel this node's clients may use.
     pub upstream_token: Option<String>,
+    /// Where `upstream_token` came from: read again at every connect, so that a token
+    /// replaced in it before it expires is the one presented next.
+    pub upstream_token_file: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -109,6 +112,7 @@ impl ClusterConfig {
             tls: None,
             upstream: Vec::new(),
             upstream_token: None,
+            upstream_token_file: None,
         }
     }
 
@@ -342,6 +346,7 @@ pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstart
         shards: (0..shards).map(|_| Default::default()).collect(),
         counters: Default::default(),
         served_generation: Default::default(),
+        refusals: Default::default(),
         patterns: Default::default(),
         config: config.clone(),
     };
@@ -548,6 +553,10 @@ pub(crate) struct Broker {
     /// Bumped each time channels become live, so that workers look at their waiting joins only
     /// then.
     pub served_generation: AtomicU64,
+    /// Edge: why the upstream refused to serve a channel (`Mirror::Refused`), for the
+    /// subscribers that waited for it.
+    refusals:
+        std::sync::Mutex<std::collections::HashMap<Bytes, (crate::protocol::ErrorCode, Arc<str>)>>,
     /// Pattern subscriptions of this node (standalone Redis), by pattern: how many workers have
     /// it, and whether its PSUBSCRIBE took effect everywhere. Workers go through the methods
     /// below; the broker thread marks patterns live and forgets unused ones.
@@ -613,6 +622,27 @@ impl Broker {
     /// they are this node's own).
     pub fn through_redis(&self) -> bool {
         self.config.through_redis()
+    }
+
+    /// Why the upstream refused to serve `channel` (an edge).
+    pub fn refusal(&self, channel: &[u8]) -> (crate::protocol::ErrorCode, Arc<str>) {
+        let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        refusals.get(channel).cloned().unwrap_or_else(|| {
+            (crate::protocol::ErrorCode::Unavailable, "the upstream refused the channel".into())
+        })
+    }
+
+    /// An edge's upstream refused `channel` (`None`: served again, forget why).
+    fn note_refusal(
+        &self,
+        channel: &Bytes,
+        refusal: Option<(crate::protocol::ErrorCode, Arc<str>)>,
+    ) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        match refusal {
+            Some(refusal) => refusals.insert(channel.clone(), refusal),
+            None => refusals.remove(channel),
+        };
     }
 
     pub fn in_flight(&self) -> u64 {

@@ -82,6 +82,9 @@ pub enum Mirror {
     Requested,
     /// Subscribed in Redis and up to date: subscribers join as on one node.
     Live,
+    /// An edge's upstream refused to serve it (a limit, a permission): the subscribers that
+    /// waited are told why (`Broker::refusal`); the next one asks again.
+    Refused,
 }
 
 /// A channel's offset counter and retained messages.

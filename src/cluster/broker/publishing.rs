@@ -269,10 +269,12 @@ impl BrokerThread {
         };
         let log = Keys::new(&self.config().key_prefix, channel).log();
         // The stream's length is the publishers' setting, not ours: bounded here only so that
-        // one answer stays a sane size (a longer gap is told `expired` after this much). By
-        // offsets, not entries (an entry may be a run): up to the entry that holds `upto`,
-        // which ends at most a run's length after it (its messages past `upto` are left out).
-        let upto = upto.min(after + MAX_BACKFILL);
+        // one answer stays a sane size. The newest messages are read (those right before the
+        // node's memory), so that the replay has no hole in it: a longer gap is told `expired`
+        // at its start, by the resume's HIST. By offsets, not entries (an entry may be a run):
+        // up to the entry that holds `upto`, which ends at most a run's length after it (its
+        // messages past `upto` are left out).
+        let after = after.max(upto.saturating_sub(MAX_BACKFILL));
         let (from, to) = (format!("(0-{after}"), format!("0-{}", upto + RUN_MESSAGES as u64 - 1));
         let Some(link) = self.shards[i].commands.as_mut() else {
             return self

@@ -69,6 +69,8 @@ const MAX_BACKFILL: u64 = 100_000;
 /// A channel the multicast group brought nothing for (not even a heartbeat) this long is
 /// subscribed over TCP again (the hub stopped sending, or the group stopped reaching us).
 const MULTICAST_SILENCE: Duration = Duration::from_secs(1);
+/// A claim no upstream answered is refused after this many command timeouts.
+const CLAIM_PATIENCE: u32 = 2;
 /// A SUB waiting upstream is given this many command timeouts.
 const WAITING_SUB_PATIENCE: u32 = 6;
 /// The finest a link's timers are looked at.
@@ -114,6 +116,8 @@ struct NameLink {
     /// Granted once (a re-claim after a reconnect that fails takes the name away).
     granted: bool,
     reply_to: ReplyTo,
+    /// When the claim came: one no upstream answered in `CLAIM_PATIENCE` timeouts is refused.
+    asked_at: Instant,
 }
 
 /// A resume's read of history the node's memory no longer holds.
@@ -366,7 +370,12 @@ impl EdgeThread {
                 if !entry.granted {
                     let (reply_to, name) = (entry.reply_to, entry.name.clone());
                     self.names.remove(t - NAMES);
-                    let why: Arc<str> = "broker unavailable: the upstream did not answer".into();
+                    let why: Arc<str> = format!(
+                        "broker unavailable: the upstream dropped the name's connection ({why}; \
+                         each name held through an edge is a connection to the upstream, within \
+                         its --max-connections-per-ip)"
+                    )
+                    .into();
                     self.ring.server.answer(
                         reply_to.worker,
                         Answer::NameClaim {
@@ -405,6 +414,12 @@ impl EdgeThread {
         for tracked in self.tracked.values_mut() {
             tracked.mirror.lost();
             tracked.tcp_subscribed = false;
+            if tracked.via_pattern {
+                // What the pattern brought while the connection was down is read by a resume
+                // on the next one (then the subscription is let go of again).
+                tracked.mirror.state = State::Idle;
+                tracked.mirror.resumes = true;
+            }
         }
         for pattern in self.patterns.values_mut() {
             pattern.unused_sweeps = 0;
@@ -434,14 +449,6 @@ impl EdgeThread {
             let answer = Answer::Backfill { target, entries: Err(why.clone()) };
             self.ring.server.answer(target.worker, answer);
         }
-        let unanswered: Vec<usize> =
-            self.names.iter().filter(|(_, n)| !n.granted).map(|(k, _)| k).collect();
-        for key in unanswered {
-            let entry = self.names.remove(key);
-            let result = Err((ErrorCode::Unavailable, why.clone()));
-            let answer = Answer::NameClaim { target: entry.reply_to, name: entry.name, result };
-            self.ring.server.answer(entry.reply_to.worker, answer);
-        }
     }
 
     fn connect(&mut self) {
@@ -453,8 +460,8 @@ impl EdgeThread {
             Ok(None) => return self.connect_failed(&upstream, "the name has no address"),
             Err(e) => return self.connect_failed(&upstream, &e.to_string()),
         };
-        let token = self.config.upstream_token.clone();
-        let auth = token.as_deref().map(str::as_bytes);
+        let token = self.token_bytes();
+        let auth = token.as_deref();
         let registry = self.poll.registry();
         let opened = (|| {
             Ok::<_, std::io::Error>((
@@ -497,29 +504,29 @@ impl EdgeThread {
         self.retry_at = Some(Instant::now() + delay);
     }
 
+    /// What is presented upstream: the token file as it is now (a token replaced there before
+    /// it expires is the next connection's), or the token given at start.
     fn token_bytes(&self) -> Option<Vec<u8>> {
-        self.config.upstream_token.as_ref().map(|t| t.as_bytes().to_vec())
+        let given = || self.config.upstream_token.as_ref().map(|t| t.as_bytes().to_vec());
+        let Some(path) = &self.config.upstream_token_file else { return given() };
+        match crate::sys::read_secret(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                warn!(
+                    "edge: cannot read {} ({e}); presenting the token read at start",
+                    path.display()
+                );
+                given()
+            }
+        }
     }
 
-    /// Name connections for every name held, after a reconnect.
+    /// Name connections for every name held or asked for, after a reconnect.
     fn reclaim_names(&mut self) {
-        let Some(addr) = self.addr else { return };
-        let token = self.token_bytes();
         let keys: Vec<usize> =
             self.names.iter().filter(|(_, n)| n.link.is_none()).map(|(k, _)| k).collect();
         for key in keys {
-            let registry = self.poll.registry();
-            match Link::open(addr, Token(NAMES + key), registry, token.as_deref()) {
-                Ok(mut link) => {
-                    let entry = &mut self.names[key];
-                    link.send(
-                        &Request::Name { name: &entry.name },
-                        Expect::Name { reply_to: None },
-                    );
-                    entry.link = Some(link);
-                }
-                Err(e) => debug!("edge: cannot reconnect a name connection: {e}"),
-            }
+            self.open_name_link(key);
         }
     }
 
@@ -612,13 +619,16 @@ impl EdgeThread {
     /// A worker found `channel` idle: mirror it (an inbox is mirrored from its name connection).
     fn serve(&mut self, channel: Arc<Channel>) {
         let name = channel.name.clone();
+        self.broker().note_refusal(&name, None);
         if let Some(tracked) = self.tracked.get_mut(&name) {
             if tracked.channel.name.first() == Some(&b'@') {
                 return self.serve_now(&name);
             }
-            // Heard through a pattern so far: now it resumes like any channel.
+            // Heard through a pattern so far: now it is subscribed (with a resume) like any
+            // channel, unless the multicast group brings it.
             tracked.via_pattern = false;
-            if tracked.mirror.state != State::Asked && !tracked.mirror.resumes {
+            let subscribing = tracked.tcp_subscribed || tracked.mirror.state == State::Asked;
+            if !subscribing && tracked.multicast.is_none() {
                 tracked.mirror.state = State::Idle;
                 self.subscribe(&name);
             }
@@ -681,26 +691,54 @@ impl EdgeThread {
         subs.send(&request, Expect::PatternSubscribe(text.into()));
     }
 
+    /// A name claimed for a connection here: held upstream by a connection of its own (a
+    /// claim that comes while the upstream is being reached waits for it, a while).
     fn claim(&mut self, name: Bytes, reply_to: ReplyTo) {
-        let refuse = |thread: &Self, why: &str| {
-            let result = Err((ErrorCode::Unavailable, Arc::from(why)));
-            let answer = Answer::NameClaim { target: reply_to, name: name.clone(), result };
-            thread.ring.server.answer(reply_to.worker, answer);
-        };
-        let Some(addr) = self.addr.filter(|_| self.upstream_up()) else {
-            return refuse(self, "broker unavailable: no upstream is reachable to claim the name");
-        };
+        let entry =
+            NameLink { name, link: None, granted: false, reply_to, asked_at: Instant::now() };
+        let key = self.names.insert(entry);
+        if self.subs.is_some() {
+            self.open_name_link(key);
+        }
+    }
+
+    /// Connects name `key`'s connection and claims the name on it.
+    fn open_name_link(&mut self, key: usize) {
+        let Some(addr) = self.addr else { return };
         let token = self.token_bytes();
-        let key = self.names.vacant_key();
-        match Link::open(addr, Token(NAMES + key), self.poll.registry(), token.as_deref()) {
+        let registry = self.poll.registry();
+        match Link::open(addr, Token(NAMES + key), registry, token.as_deref()) {
             Ok(mut link) => {
-                link.send(
-                    &Request::Name { name: &name },
-                    Expect::Name { reply_to: Some(reply_to) },
-                );
-                self.names.insert(NameLink { name, link: Some(link), granted: false, reply_to });
+                let Some(entry) = self.names.get_mut(key) else { return };
+                let reply_to = (!entry.granted).then_some(entry.reply_to);
+                link.send(&Request::Name { name: &entry.name }, Expect::Name { reply_to });
+                entry.link = Some(link);
             }
-            Err(e) => refuse(self, &format!("broker unavailable: cannot reach the upstream: {e}")),
+            // Tried again with the next connection upstream.
+            Err(e) => debug!("edge: cannot open a name's connection: {e}"),
+        }
+    }
+
+    /// Claims no upstream answered in time are refused.
+    fn refuse_late_claims(&mut self, now: Instant) {
+        let patience = self.config.command_timeout * CLAIM_PATIENCE;
+        let late: Vec<usize> = self
+            .names
+            .iter()
+            .filter(|(_, n)| !n.granted && now.saturating_duration_since(n.asked_at) >= patience)
+            .map(|(key, _)| key)
+            .collect();
+        for key in late {
+            let entry = self.names.remove(key);
+            if let Some(link) = entry.link {
+                link.close(self.poll.registry());
+            }
+            let why: Arc<str> =
+                format!("broker unavailable: no upstream answered the claim within {patience:?}")
+                    .into();
+            let result = Err((ErrorCode::Unavailable, why));
+            let answer = Answer::NameClaim { target: entry.reply_to, name: entry.name, result };
+            self.ring.server.answer(entry.reply_to.worker, answer);
         }
     }
 
@@ -715,25 +753,32 @@ impl EdgeThread {
 
     fn backfill(&mut self, channel: Bytes, after: u64, upto: u64, reply_to: ReplyTo) {
         let epoch = self.tracked.get(&channel).map(|t| t.channel.lock_log().epoch);
-        let (Some(fetch), Some(epoch)) = (self.fetch.as_mut(), epoch) else {
+        let (Some(_), Some(epoch)) = (self.fetch.as_ref(), epoch) else {
             let why: Arc<str> =
                 "broker unavailable: no upstream is reachable to read history".into();
             let answer = Answer::Backfill { target: reply_to, entries: Err(why) };
             return self.ring.server.answer(reply_to.worker, answer);
         };
-        let upto = upto.min(after.saturating_add(MAX_BACKFILL));
-        let resume = Resume { after, epoch: Some(epoch), strict: false };
-        fetch.send(&Request::Subscribe { channel: &channel, resume: Some(resume) }, Expect::Fetch);
+        // One answer stays a sane size: the newest messages are read (those right before the
+        // node's memory), so the replay has no hole; a longer gap is told `expired` at its start.
+        let after = after.max(upto.saturating_sub(MAX_BACKFILL));
         let entries = Vec::new();
-        self.fetches.push_back(Fetching {
-            channel,
-            after,
-            upto,
-            epoch,
-            reply_to,
-            matching: None,
-            entries,
-        });
+        let fetching = Fetching { channel, after, upto, epoch, reply_to, matching: None, entries };
+        self.fetches.push_back(fetching);
+        if self.fetches.len() == 1 {
+            self.send_fetch();
+        }
+    }
+
+    /// The oldest read of history goes up: one at a time, as the upstream refuses a second
+    /// subscription of one channel on a connection.
+    fn send_fetch(&mut self) {
+        let (Some(fetch), Some(next)) = (self.fetch.as_mut(), self.fetches.front()) else {
+            return;
+        };
+        let resume = Resume { after: next.after, epoch: Some(next.epoch), strict: false };
+        let request = Request::Subscribe { channel: &next.channel, resume: Some(resume) };
+        fetch.send(&request, Expect::Fetch);
     }
 
     /// One frame from the upstream on link `token`.
@@ -818,10 +863,10 @@ impl EdgeThread {
             (Ack::Subscribe, Some(Expect::Subscribe(name))) if name[..] == *arg => {
                 let Some(tracked) = self.tracked.get_mut(&name) else { return };
                 let steps = tracked.mirror.subscribed(&*tracked.channel.lock_log());
-                let multicast = tracked.multicast.is_some();
+                // Lined up again: the group (or the pattern) brings what follows.
+                let let_go = tracked.multicast.is_some() || tracked.via_pattern;
                 self.apply(&name, steps);
-                if multicast {
-                    // Lined up again: the group brings what follows.
+                if let_go {
                     self.unsubscribe(&name);
                 }
             }
@@ -838,6 +883,7 @@ impl EdgeThread {
                 };
                 let answer = Answer::Backfill { target, entries: Ok(entries) };
                 self.ring.server.answer(target.worker, answer);
+                self.send_fetch();
             }
             (Ack::Unsubscribe, Some(Expect::Unsubscribe)) => {}
             (Ack::PatternSubscribe, Some(Expect::PatternSubscribe(text))) => {
@@ -886,12 +932,26 @@ impl EdgeThread {
                 self.link_failed(token, "the upstream refused the token");
             }
             Some(Expect::Subscribe(name)) => {
-                warn!("edge: the upstream refused to serve {}: {code} {reason}; trying again in a second", lossy(&name));
                 self.broker().counters.sync_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(tracked) = self.tracked.get_mut(&name) {
-                    tracked.mirror.state = State::Idle;
-                    tracked.retry_at = Some(Instant::now() + SWEEP_EVERY);
+                if code == ErrorCode::Unavailable.code() {
+                    // The upstream cannot serve it now (itself behind or cut off): again soon.
+                    warn!("edge: the upstream cannot serve {} now: {code} {reason}; trying again in a second", lossy(&name));
+                    if let Some(tracked) = self.tracked.get_mut(&name) {
+                        tracked.mirror.state = State::Idle;
+                        tracked.tcp_subscribed = false;
+                        tracked.retry_at = Some(Instant::now() + SWEEP_EVERY);
+                    }
+                    return;
                 }
+                // A limit or a permission: the waiting subscribers are told, with the
+                // upstream's words; the next subscriber asks again.
+                warn!("edge: the upstream refused to serve {}: {code} {reason}", lossy(&name));
+                let Some(tracked) = self.tracked.remove(&name) else { return };
+                self.broker().counters.channels_served.fetch_sub(1, Ordering::Relaxed);
+                let why: Arc<str> = format!("the upstream refused the channel: {reason}").into();
+                self.broker().note_refusal(&name, Some((code_of(), why)));
+                tracked.channel.lock_log().mirror = crate::history::Mirror::Refused;
+                self.ring.served = true;
             }
             Some(Expect::Fetch) => {
                 if let Some(fetching) = self.fetches.pop_front() {
@@ -901,6 +961,7 @@ impl EdgeThread {
                     let answer = Answer::Backfill { target, entries: Err(why) };
                     self.ring.server.answer(target.worker, answer);
                 }
+                self.send_fetch();
             }
             Some(Expect::PatternSubscribe(text)) => {
                 warn!("edge: the upstream refused pattern {}: {code} {reason}", lossy(&text));
@@ -1171,6 +1232,11 @@ impl EdgeThread {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
             self.sweep(now);
+            self.refuse_late_claims(now);
+            if self.upstream_up() {
+                // A name whose own connection failed is claimed again on a new one.
+                self.reclaim_names();
+            }
         }
     }
 

@@ -271,7 +271,7 @@ impl Worker {
         match log.mirror {
             Mirror::Standalone | Mirror::Live => true,
             Mirror::Requested => false,
-            Mirror::Idle => {
+            Mirror::Idle | Mirror::Refused => {
                 log.mirror = Mirror::Requested;
                 drop(log);
                 broker.send(BrokerOp::Serve(channel.clone()));
@@ -325,7 +325,18 @@ impl Worker {
                 continue;
             }
             let Some(Wait::Join(joining)) = self.conns[key].wait() else { continue };
-            if joining.channel.lock_log().mirror != Mirror::Live {
+            let mirror = joining.channel.lock_log().mirror;
+            if mirror == Mirror::Refused {
+                // An edge's upstream would not serve it: told why, as the upstream said.
+                let refusal = self.shared.broker.as_ref().map(|b| b.refusal(&joining.channel.name));
+                let Some((code, why)) = refusal else { continue };
+                self.conns[key].end_wait();
+                let result = self.refuse(key, code, &why);
+                let result = result.and_then(|()| self.resume_unless_waiting(key));
+                self.close_on_error(key, result);
+                continue;
+            }
+            if mirror != Mirror::Live {
                 self.joining.push(noted);
                 continue;
             }
@@ -457,7 +468,10 @@ impl Worker {
             return self.acknowledge(key, Ack::PatternSubscribe, written);
         }
         let limit = self.shared.config.max_patterns_per_connection;
-        if conn.patterns.len() >= limit {
+        // A grant of everything (the API key: an edge mirroring for its clients) has no limit.
+        let everything = self.grant(key).is_some_and(|g| g.everything);
+        let conn = &self.conns[key];
+        if conn.patterns.len() >= limit && !everything {
             WorkerCounters::add(&self.counters().limited_patterns, 1);
             let why = format!("too many pattern subscriptions (the limit is {limit})");
             return self.refuse(key, ErrorCode::LimitReached, &why);
