@@ -2,10 +2,11 @@
 # One hot channel to many subscribers through a tree of edges, against the same through Redis
 # (figures, not pass/fail). For each E in EDGES (default 1 4 16):
 #
-#   edges  a hub and E edges (`serve --upstream hub`), SUBS subscribers (default 16,000) spread
-#          over the edges, one publisher on the hub as fast as the window allows (a bounded
-#          number of 64-byte messages): deliveries/s, latency p50/p99, lost, and the hub's CPU
-#          seconds per million deliveries (what each added edge costs the hub) and the edges'.
+#   edges  a hub and E edges (`serve --upstream hub`), SUBS subscribers (default 10,000) spread
+#          over the edges, one publisher on the hub at RATE msg/s (default 1,000) for MESSAGES
+#          (default 10,000) 64-byte messages: deliveries/s, latency p50/p99, lost, the hub's CPU
+#          per message (in all, and per edge: what each added edge costs the hub) and the edges'
+#          CPU per million deliveries.
 #   redis  E nodes joined through one redis-server, the same subscribers spread over them, the
 #          publisher on node 1: the same figures, Redis standing where the hub stands.
 #
@@ -15,10 +16,10 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 EDGES=${EDGES:-1 4 16}
-SUBS=${SUBS:-16000}
+SUBS=${SUBS:-10000}
 SETUPS=${SETUPS:-edges redis}
-# Deliveries per run, about: messages = DELIVERIES / SUBS.
-DELIVERIES=${DELIVERIES:-20000000}
+RATE=${RATE:-1000}
+MESSAGES=${MESSAGES:-10000}
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
 build_fanout
 bench_setup edge
@@ -45,13 +46,13 @@ cpu_sum() {
   echo "$total"
 }
 
-say "# fanout edge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $SUBS subscribers on one channel, 64-byte messages"
+say "# fanout edge benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $SUBS subscribers on one channel, $MESSAGES 64-byte messages at $RATE/s"
 say ""
 say "Every process shares the same $(nproc) cores: figures compare setups side by side, they are"
 say "not what separate hosts would give. \"hub\" is the upstream fanout server, or redis-server."
 say ""
-say "| setup | edges/nodes | deliveries/s | p50 µs | p99 µs | lost | hub CPU s / M deliveries | edges CPU s / M deliveries |"
-say "|---|---|---|---|---|---|---|---|"
+say "| setup | edges/nodes | deliveries/s | p50 µs | p99 µs | lost | hub CPU µs / message | per edge | edges CPU s / M deliveries |"
+say "|---|---|---|---|---|---|---|---|---|"
 for e in $EDGES; do
   for setup in $SETUPS; do
     ports=(); pids=()
@@ -78,22 +79,23 @@ for e in $EDGES; do
     esac
     subscribe_to=()
     for port in "${ports[@]}"; do subscribe_to+=(--subscribe-to "127.0.0.1:$port"); done
-    messages=$((DELIVERIES / SUBS))
+    messages=$MESSAGES
     hub_before=$(cpu_seconds "$hub_pid")
     edges_before=$(cpu_sum "${pids[@]}")
     line=$("$FANOUT" load --quiet --server "127.0.0.1:$publish_to" "${subscribe_to[@]}" \
-             --subscribers "$SUBS" --channels 1 --messages "$messages" --payload-bytes 64 \
+             --subscribers "$SUBS" --channels 1 --messages "$messages" --rate "$RATE" --payload-bytes 64 \
              --max-per-process 15000 --drain-timeout-secs 20 2>"$WORK/load.err" | grep '^{' || true)
     hub_after=$(cpu_seconds "$hub_pid")
     edges_after=$(cpu_sum "${pids[@]}")
     stop_all
     if [ -z "$line" ]; then
-      say "| $setup | $e | load failed: $(tail -1 "$WORK/load.err") | | | | | |"
+      say "| $setup | $e | load failed: $(tail -1 "$WORK/load.err") | | | | | | |"
       continue
     fi
     delivered=$(json_field "$line" delivered)
     per_m() { echo "scale=3; ($2 - $1) * 1000000 / $delivered" | bc; }
-    say "| $setup | $e | $(printf '%.0f' "$(json_field "$line" deliveries_per_second)") | $(json_field "$line" p50_us) | $(json_field "$line" p99_us) | $(json_field "$line" lost) | $(per_m "$hub_before" "$hub_after") | $(per_m "$edges_before" "$edges_after") |"
+    hub_us=$(echo "scale=2; ($hub_after - $hub_before) * 1000000 / $messages" | bc)
+    say "| $setup | $e | $(printf '%.0f' "$(json_field "$line" deliveries_per_second)") | $(json_field "$line" p50_us) | $(json_field "$line" p99_us) | $(json_field "$line" lost) | $hub_us | $(echo "scale=2; $hub_us / $e" | bc) | $(per_m "$edges_before" "$edges_after") |"
   done
 done
 say ""

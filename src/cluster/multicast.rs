@@ -45,6 +45,11 @@ const NOT_CARRIED: u32 = u32::MAX;
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 /// How long after its last message a channel's heartbeat goes on.
 const HEARTBEAT_FOR: Duration = Duration::from_secs(10);
+/// How often the hub's multicast thread reads the ring. It is not woken by each publish: an
+/// eventfd write per publish and a thread switch per message cost the hub more than the
+/// datagrams did; a tick gathers what came meanwhile into full datagrams, for at most this
+/// much delay.
+const TICK: Duration = Duration::from_millis(1);
 /// Datagrams of the multicast group an edge reads per turn.
 pub(crate) const READ_DATAGRAMS: usize = 256;
 
@@ -253,10 +258,7 @@ pub(crate) fn join(config: &MulticastConfig) -> io::Result<UdpSocket> {
 pub(crate) struct MulticastSender {
     pub config: MulticastConfig,
     pub consumer: Consumer<Item>,
-    pub poll: mio::Poll,
     pub shared: Arc<crate::server::Shared>,
-    /// Its wake signal's index in `Shared::signals`.
-    pub signal: usize,
 }
 
 /// A channel multicast lately: its heartbeat goes on until `HEARTBEAT_FOR` after `at`.
@@ -285,7 +287,6 @@ impl MulticastSender {
         let mut runs = RunBuilder::new(self.config.mtu);
         let mut recent: HashMap<Arc<[u8]>, Recent> = HashMap::new();
         let mut names: HashMap<u64, Arc<[u8]>> = HashMap::new();
-        let mut events = mio::Events::with_capacity(4);
         let mut next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
         let (mut sent, mut dropped) = (0u64, 0u64);
         let mut send = |datagram: &[u8]| match socket.send_to(datagram, group) {
@@ -301,14 +302,7 @@ impl MulticastSender {
         // Until nothing more is published and all of it was read (publishers wait for every
         // reader of the ring, this one too).
         while !(self.shared.publishing_stopped() && self.consumer.caught_up()) {
-            let timeout = next_heartbeat.saturating_duration_since(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    warn!("multicast: poll failed: {e}");
-                    return;
-                }
-            }
-            self.shared.woken(self.signal);
+            std::thread::sleep(TICK);
             let now = Instant::now();
             loop {
                 let taken = self.consumer.poll(1024, |item: Item| {
@@ -344,10 +338,8 @@ impl MulticastSender {
 
     /// Without a socket the thread still drains its ring cursor, so it never holds publishers.
     fn drain_only(mut self) {
-        let mut events = mio::Events::with_capacity(4);
         while !(self.shared.publishing_stopped() && self.consumer.caught_up()) {
-            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(100)));
-            self.shared.woken(self.signal);
+            std::thread::sleep(TICK);
             while self.consumer.poll(1024, |_| {}) > 0 {}
         }
     }

@@ -364,22 +364,13 @@ impl Shared {
         }
     }
 
-    /// A thread woken through signal `signal` is about to drain the ring: later publishes wake
-    /// it again (see `WakeSignal::pending`).
-    pub(crate) fn woken(&self, signal: usize) {
-        if let Some(signal) = self.signals.get(signal) {
-            signal.pending.store(false, Ordering::Release);
-        }
-    }
-
     /// Shutting down, and every worker has stopped reading input: nothing more is published.
     pub(crate) fn publishing_stopped(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
             && self.quiesced.load(Ordering::Acquire) == self.config.workers
     }
 
-    /// Wakes every worker but `me` (`usize::MAX`: every worker) after a publish (and the
-    /// multicast thread, a reader of the ring too).
+    /// Wakes every worker but `me` (`usize::MAX`: every worker) after a publish.
     pub(crate) fn wake_others(&self, me: usize) {
         for worker in (0..self.signals.len()).filter(|&i| i != me) {
             self.wake(worker);

@@ -74,19 +74,10 @@ impl Server {
             polls.push(poll);
         }
 
-        // A node that sends multicast (not an edge) reads the ring with one more consumer, woken
-        // as workers are (its signal after theirs).
+        // A node that sends multicast (not an edge) reads the ring with one more consumer, on a
+        // tick of its own (see `multicast::TICK`), not woken by every publish.
         let sends_multicast =
             config.multicast.is_some() && config.cluster.as_ref().is_none_or(|c| c.through_redis());
-        let multicast_poll = match sends_multicast {
-            true => {
-                let poll = Poll::new().map_err(StartError::Poll)?;
-                let waker = Waker::new(poll.registry(), mio::Token(0)).map_err(StartError::Poll)?;
-                signals.push(WakeSignal { waker, pending: CachePadded(AtomicBool::new(false)) });
-                Some(poll)
-            }
-            false => None,
-        };
         let readers = workers + usize::from(sends_multicast);
         let (producer, mut consumers) = Ring::<Item>::with_consumers(config.ring_slots, readers);
         let multicast_consumer = sends_multicast.then(|| consumers.pop()).flatten();
@@ -228,16 +219,9 @@ impl Server {
         };
 
         let mut threads = Vec::with_capacity(workers + 1);
-        if let (Some(config), Some(poll), Some(consumer)) =
-            (shared.config.multicast, multicast_poll, multicast_consumer)
-        {
-            let sender = crate::cluster::multicast::MulticastSender {
-                config,
-                consumer,
-                poll,
-                shared: shared.clone(),
-                signal: workers,
-            };
+        if let (Some(config), Some(consumer)) = (shared.config.multicast, multicast_consumer) {
+            let sender =
+                crate::cluster::multicast::MulticastSender { config, consumer, shared: shared.clone() };
             let thread = std::thread::Builder::new()
                 .name("fanout-multicast".into())
                 .spawn(move || crate::sys::abort_on_panic("the multicast thread", || sender.run()))
