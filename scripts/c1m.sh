@@ -38,7 +38,7 @@ start_node() {
   PIDS+=("$NODE_PID")
   wait_for_port "$NODE_PORT"
 }
-mem_available() { awk '/^MemAvailable:/ { printf "%d\n", $2 * 1024 }' /proc/meminfo; }
+mem_available() { awk '/^MemAvailable:/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 
 say "# C1M: $SUBS subscribers on $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(date -u +%Y-%m-%dT%H:%MZ)"
 say ""

@@ -220,8 +220,11 @@ impl Server {
 
         let mut threads = Vec::with_capacity(workers + 1);
         if let (Some(config), Some(consumer)) = (shared.config.multicast, multicast_consumer) {
-            let sender =
-                crate::cluster::multicast::MulticastSender { config, consumer, shared: shared.clone() };
+            let sender = crate::cluster::multicast::MulticastSender {
+                config,
+                consumer,
+                shared: shared.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name("fanout-multicast".into())
                 .spawn(move || crate::sys::abort_on_panic("the multicast thread", || sender.run()))
