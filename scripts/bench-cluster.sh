@@ -35,14 +35,6 @@ build_fanout
 bench_setup cluster
 
 
-start_redis() {
-  REDIS_PORT=$(free_port)
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --protected-mode no \
-    --maxclients 50000 --loglevel warning >"$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
-  wait_for_port "$REDIS_PORT"
-}
 
 # start_redis_cluster N: N masters (no replicas) formed with `redis-cli --cluster create`;
 # sets redis_ports and redis_pids.
@@ -73,21 +65,6 @@ start_redis_cluster() {
   return 1
 }
 
-# start_node [--redis URL]: sets NODE_PORT and NODE_PID.
-start_node() {
-  NODE_PORT=$(free_port)
-  "$FANOUT" serve --listen "127.0.0.1:$NODE_PORT" --workers 1 --no-pin --stats-interval-secs 0 \
-    "$@" >"$WORK/node-$NODE_PORT.log" 2>&1 &
-  NODE_PID=$!
-  PIDS+=("$NODE_PID")
-  wait_for_port "$NODE_PORT"
-  for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NODE_PORT/healthz")" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "node on $NODE_PORT never became ready" >&2
-  return 1
-}
 
 
 say "# fanout cluster benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(redis-server --version | awk '{print $3}')"

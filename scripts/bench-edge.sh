@@ -24,22 +24,6 @@ command -v redis-server >/dev/null || { echo "needs redis-server (apt-get instal
 build_fanout
 bench_setup edge
 
-# start_node ARGS...: a one-worker node; sets NODE_PORT and NODE_PID.
-start_node() {
-  NODE_PORT=$(free_port)
-  "$FANOUT" serve --listen "127.0.0.1:$NODE_PORT" --workers 1 --no-pin --stats-interval-secs 0 \
-    "$@" >"$WORK/node-$NODE_PORT.log" 2>&1 &
-  NODE_PID=$!
-  PIDS+=("$NODE_PID")
-  wait_for_port "$NODE_PORT"
-  for _ in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NODE_PORT/healthz")" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "node on $NODE_PORT never became ready" >&2
-  return 1
-}
-
 cpu_sum() {
   local total=0 pid
   for pid in "$@"; do total=$(echo "$total + $(cpu_seconds "$pid")" | bc); done
@@ -66,11 +50,8 @@ for e in $EDGES; do
         done
         publish_to=$hub_port ;;
       redis)
-        REDIS_PORT=$(free_port)
-        redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-          --protected-mode no --maxclients 50000 --loglevel warning >"$WORK/redis.log" 2>&1 &
-        hub_pid=$!; PIDS+=("$hub_pid")
-        wait_for_port "$REDIS_PORT"
+        start_redis
+        hub_pid=$REDIS_PID
         for _ in $(seq 1 "$e"); do
           start_node --redis "redis://127.0.0.1:$REDIS_PORT"
           ports+=("$NODE_PORT"); pids+=("$NODE_PID")

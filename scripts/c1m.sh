@@ -30,14 +30,6 @@ fi
 per_node=$(( (SUBS + NODES - 1) / NODES ))
 [ "$per_node" -le 19800 ] || { echo "$SUBS subscribers over $NODES nodes is $per_node each: over 19,800 (the descriptor limit); add NODES" >&2; exit 1; }
 
-start_node() {
-  NODE_PORT=$(free_port)
-  "$FANOUT" serve --listen "127.0.0.1:$NODE_PORT" --workers 1 --no-pin --stats-interval-secs 0 \
-    --max-connections 19900 --ping-interval-secs 120 "$@" >"$WORK/node-$NODE_PORT.log" 2>&1 &
-  NODE_PID=$!
-  PIDS+=("$NODE_PID")
-  wait_for_port "$NODE_PORT"
-}
 mem_available() { awk '/^MemAvailable:/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 
 say "# C1M: $SUBS subscribers on $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -49,11 +41,8 @@ case "$MODE" in
     hub_port=$NODE_PORT; hub_pid=$NODE_PID; upstream=(--upstream "127.0.0.1:$hub_port")
     say "A hub and $NODES edges (\`serve --upstream\`), $per_node subscribers per edge." ;;
   redis)
-    REDIS_PORT=$(free_port)
-    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-      --protected-mode no --maxclients 50000 --loglevel warning >"$WORK/redis.log" 2>&1 &
-    hub_pid=$!; PIDS+=("$hub_pid")
-    wait_for_port "$REDIS_PORT"
+    start_redis
+    hub_pid=$REDIS_PID
     upstream=(--redis "redis://127.0.0.1:$REDIS_PORT")
     start_node "${upstream[@]}"
     hub_port=$NODE_PORT
@@ -62,7 +51,8 @@ case "$MODE" in
 esac
 ports=(); pids=(); rss_before=0
 for _ in $(seq 1 "$NODES"); do
-  start_node "${upstream[@]}" --ring-slots 4096
+  # A connection's descriptor each, pings rarer than the default (a million of them).
+  start_node "${upstream[@]}" --ring-slots 4096 --max-connections 19900 --ping-interval-secs 120
   ports+=("$NODE_PORT"); pids+=("$NODE_PID")
 done
 sleep 1

@@ -121,3 +121,30 @@ make_test_certs() {
   openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
     -days 2 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
 }
+
+# A redis-server on a free port, no persistence; sets REDIS_PORT and REDIS_PID (in PIDS).
+start_redis() {
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --protected-mode no \
+    --maxclients 50000 --loglevel warning >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  wait_for_port "$REDIS_PORT"
+}
+
+# start_node [ARGS...]: a one-worker `fanout serve` on a free port (ARGS: --redis URL,
+# --upstream HOST:PORT...), ready once /healthz says so; sets NODE_PORT and NODE_PID (in PIDS).
+start_node() {
+  NODE_PORT=$(free_port)
+  "$FANOUT" serve --listen "127.0.0.1:$NODE_PORT" --workers 1 --no-pin --stats-interval-secs 0 \
+    "$@" >"$WORK/node-$NODE_PORT.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_for_port "$NODE_PORT"
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NODE_PORT/healthz")" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "node on $NODE_PORT never became ready" >&2
+  return 1
+}

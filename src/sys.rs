@@ -44,16 +44,9 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Opens a non-blocking listener with SO_REUSEPORT (and SO_REUSEADDR) set before bind, so that
-/// every worker can listen on the same address and the kernel spreads accepts among them.
-pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = check(unsafe {
-        libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
-    })?;
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns; OwnedFd closes it on every error path.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+/// Sets SO_REUSEADDR and SO_REUSEPORT on socket `fd` (before bind): several listeners (or
+/// several multicast receivers) on one address.
+pub(crate) fn share_address(fd: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
         // SAFETY: `one` outlives the call and the length matches its type.
@@ -67,6 +60,20 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListe
             )
         })?;
     }
+    Ok(())
+}
+
+/// Opens a non-blocking listener with SO_REUSEPORT (and SO_REUSEADDR) set before bind, so that
+/// every worker can listen on the same address and the kernel spreads accepts among them.
+pub fn reuseport_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = check(unsafe {
+        libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns; OwnedFd closes it on every error path.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    share_address(fd)?;
     let (storage, len) = sockaddr(addr);
     // SAFETY: `storage` holds a sockaddr of the family given to socket(2), `len` bytes long.
     check(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })?;

@@ -215,22 +215,7 @@ pub(crate) fn join(config: &MulticastConfig) -> io::Result<UdpSocket> {
     }
     // SAFETY: `fd` is a socket we just made and own; nothing else holds it.
     let socket = unsafe { <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        // SAFETY: setsockopt with a c_int option value that outlives the call.
-        let done = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if done != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    crate::sys::share_address(fd)?;
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: config.group.port().to_be(),

@@ -540,17 +540,7 @@ mod tests {
                 30..=69 => {
                     let Some(frame) = self.wire.pop_front() else { return Ok(()) };
                     self.events.push(format!("edge takes {frame:?}"));
-                    let steps = match frame {
-                        Wire::Hist(hist) => self.mirror.history(&self.log, hist),
-                        Wire::Msg(offset, payload) => {
-                            self.mirror.message(&self.log, offset, payload, 0, || unreachable!())
-                        }
-                        Wire::Ok => {
-                            self.tcp_live = !self.multicast;
-                            self.mirror.subscribed(&self.log)
-                        }
-                    };
-                    self.apply(steps)?;
+                    self.take(frame)?;
                 }
                 84..=93 if self.multicast && !self.udp.is_empty() => {
                     // Mostly in order; sometimes one overtakes others.
@@ -591,6 +581,22 @@ mod tests {
                 _ => {}
             }
             Ok(())
+        }
+
+        /// The edge takes a frame from its upstream connection (an OK ends a multicast
+        /// channel's subscription: the edge lets it go).
+        fn take(&mut self, frame: Wire) -> Result<(), String> {
+            let steps = match frame {
+                Wire::Hist(hist) => self.mirror.history(&self.log, hist),
+                Wire::Msg(offset, payload) => {
+                    self.mirror.message(&self.log, offset, payload, 0, || unreachable!())
+                }
+                Wire::Ok => {
+                    self.tcp_live = !self.multicast;
+                    self.mirror.subscribed(&self.log)
+                }
+            };
+            self.apply(steps)
         }
 
         /// The edge takes datagram `at` (lost now and then, repeated now and then).
@@ -638,17 +644,7 @@ mod tests {
             // made the edge ask for more.
             for _ in 0..10 {
                 while let Some(frame) = self.wire.pop_front() {
-                    let steps = match frame {
-                        Wire::Hist(hist) => self.mirror.history(&self.log, hist),
-                        Wire::Msg(offset, payload) => {
-                            self.mirror.message(&self.log, offset, payload, 0, || unreachable!())
-                        }
-                        Wire::Ok => {
-                            self.tcp_live = !self.multicast;
-                            self.mirror.subscribed(&self.log)
-                        }
-                    };
-                    self.apply(steps)?;
+                    self.take(frame)?;
                 }
                 for (epoch, offset, payload) in std::mem::take(&mut self.udp) {
                     let steps =
