@@ -476,3 +476,58 @@ fn patterns_and_broadcasts_reach_the_bottom_of_the_tree() {
     let offset = publish_acked(&mut plain, "*", b"from below").expect("broadcast");
     assert_eq!(messages(&mut on_hub, 1), vec![("*".into(), offset, b"from below".to_vec())]);
 }
+
+#[test]
+fn an_upstream_sending_offsets_out_of_range_is_dropped_and_nothing_of_it_delivered() {
+    use fanout::protocol::{binary, Ack as A, HistoryStatus, ResumeStatus};
+    use std::io::{Read, Write};
+    // A fake upstream that serves channel `x` and then sends offsets no fanout server gives:
+    // u64::MAX - 1 (a notice value inside the ring), then 0.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in fake.incoming().take(60) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut input = [0u8; 4096];
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                while let Ok(n) = stream.read(&mut input) {
+                    if n == 0 {
+                        return;
+                    }
+                    // Whatever was asked, the same answer: `x` served, then bad offsets.
+                    let hist = HistoryStatus {
+                        channel: b"x",
+                        epoch: 7,
+                        first: 1,
+                        last: 0,
+                        status: ResumeStatus::Ok,
+                    };
+                    let mut out = binary::encode_history(&hist).to_vec();
+                    out.extend_from_slice(&binary::encode_ok(A::Subscribe, b"x"));
+                    out.extend_from_slice(&binary::encode_message(b"x", u64::MAX - 1, b"bad"));
+                    out.extend_from_slice(&binary::encode_message(b"x", 0, b"bad"));
+                    if stream.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let edge = edge(fake_addr);
+    let mut client = Conn::binary(edge.local_addr());
+    client.send(Request::Subscribe { channel: b"x", resume: None });
+    // Whether or not the SUB is answered before the fake is dropped, no bad message arrives
+    // and the edge goes on answering.
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        match client.read(Duration::from_millis(50)) {
+            Read_::Frame(Frame::Msg { offset, .. }) => panic!("delivered offset {offset}"),
+            Read_::Frame(_) | Read_::Nothing => {}
+            other => panic!("the edge closed the client: {other:?}"),
+        }
+    }
+    let mut other = Conn::binary(edge.local_addr());
+    other.send(Request::Ping);
+    assert_eq!(other.next(), Frame::Pong);
+}

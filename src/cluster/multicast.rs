@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::server::channels::is_notice;
+use crate::server::channels::{is_notice, EPOCH_NOTICE};
 use crate::server::ring::Consumer;
 use crate::server::Item;
 
@@ -271,7 +271,7 @@ impl MulticastSender {
         let group = std::net::SocketAddr::V4(self.config.group);
         let mut runs = RunBuilder::new(self.config.mtu);
         let mut recent: HashMap<Arc<[u8]>, Recent> = HashMap::new();
-        let mut names: HashMap<u64, Arc<[u8]>> = HashMap::new();
+        let mut names: HashMap<u64, (Arc<[u8]>, u64)> = HashMap::new();
         let mut next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
         let (mut sent, mut dropped) = (0u64, 0u64);
         let mut send = |datagram: &[u8]| match socket.send_to(datagram, group) {
@@ -293,12 +293,21 @@ impl MulticastSender {
                 let taken = self.consumer.poll(1024, |item: Item| {
                     let channel = &item.channel;
                     let name = &channel.name;
-                    if is_notice(item.offset) || name.first() == Some(&b'@') || &name[..] == b"*" {
+                    if name.first() == Some(&b'@') || &name[..] == b"*" {
                         return;
                     }
-                    let shared_name =
-                        names.entry(channel.id).or_insert_with(|| Arc::from(&name[..])).clone();
-                    let epoch = channel.epoch();
+                    // A message's epoch is the channel's as of the last epoch notice read here
+                    // (the channel's own may have moved on since the message entered the ring).
+                    let (shared_name, epoch) = names
+                        .entry(channel.id)
+                        .or_insert_with(|| (Arc::from(&name[..]), channel.epoch()));
+                    if item.offset == EPOCH_NOTICE {
+                        *epoch = channel.epoch();
+                    }
+                    if is_notice(item.offset) {
+                        return;
+                    }
+                    let (shared_name, epoch) = (shared_name.clone(), *epoch);
                     runs.add(&shared_name, epoch, item.offset, &item.payload, &mut send);
                     let entry =
                         recent.entry(shared_name).or_insert(Recent { epoch, last: 0, at: now });
@@ -312,7 +321,7 @@ impl MulticastSender {
             if now >= next_heartbeat {
                 next_heartbeat = now + HEARTBEAT_EVERY;
                 recent.retain(|_, r| now.duration_since(r.at) < HEARTBEAT_FOR);
-                names.retain(|_, name| recent.contains_key(name));
+                names.retain(|_, (name, _)| recent.contains_key(name));
                 for (name, r) in &recent {
                     send(&RunBuilder::heartbeat(name, r.epoch, r.last));
                 }

@@ -201,7 +201,8 @@ counters! {
     /// Edge: channels read again from the upstream because the multicast group missed something
     /// (a lost datagram, a lost tail a heartbeat showed, a message too large for a datagram).
     cluster_multicast_repairs: counter,
-    /// Edge: datagrams on the multicast group that were not fanout's (malformed), dropped.
+    /// Edge: datagrams on the multicast group that were not the upstream's (malformed, out of
+    /// range, or from another address), dropped.
     cluster_multicast_malformed: counter,
     /// Tokens (or API keys) accepted.
     auth_ok: counter,

@@ -55,6 +55,13 @@ pub(super) struct Link {
     pub last_heard: Instant,
     /// The read stopped before the socket was drained (ring full, or the turn's budget).
     pub unread: bool,
+    /// When the oldest command became the oldest (its answer is timed from then: the ones
+    /// before it may take their time, a queue of SUBs after a reconnect).
+    pub head_since: Instant,
+    /// The upstream accepted the token (or none was presented).
+    pub authed: bool,
+    /// When the connect began (one that never completes is given up on).
+    pub opened: Instant,
 }
 
 /// Bytes read from one link per turn.
@@ -69,6 +76,8 @@ impl Link {
         auth: Option<&[u8]>,
     ) -> io::Result<Link> {
         let mut stream = TcpStream::connect(addr)?;
+        // Acknowledgements and pings are small and waited for: no Nagle delay.
+        stream.set_nodelay(true)?;
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         let now = Instant::now();
         let mut link = Link {
@@ -79,6 +88,9 @@ impl Link {
             expects: VecDeque::new(),
             last_heard: now,
             unread: false,
+            head_since: now,
+            authed: auth.is_none(),
+            opened: now,
         };
         if let Some(token) = auth {
             link.send(&Request::Auth { token }, Expect::Auth);
@@ -104,7 +116,15 @@ impl Link {
 
     /// The answer to the oldest command.
     pub fn answered(&mut self) -> Option<Expect> {
+        self.head_since = Instant::now();
         self.expects.pop_front().map(|(_, expect)| expect)
+    }
+
+    /// How long the oldest command has waited for its answer: since it was sent, or since the
+    /// one before it was answered, whichever is later.
+    pub fn head_waited(&self, now: Instant) -> Option<std::time::Duration> {
+        let (sent, _) = self.expects.front()?;
+        Some(now.saturating_duration_since((*sent).max(self.head_since)))
     }
 
     /// Whether the connect completed and nothing failed.

@@ -280,7 +280,7 @@ impl EdgeMirror {
         self.state = State::Live;
         let mut steps = Vec::new();
         if self.replay_last >= log.next_offset() {
-            steps.push(Step::SkipTo { next: self.replay_last + 1 });
+            steps.push(Step::SkipTo { next: self.replay_last.saturating_add(1) });
         }
         steps.extend(self.serve(log));
         steps

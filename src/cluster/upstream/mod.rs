@@ -47,7 +47,7 @@ use super::{Broker, BrokerOp, ClusterConfig, PublishOp};
 use crate::history::disk::{PublishOutcome, ReplyTo};
 use crate::history::{new_epoch, now_ms, Retained};
 use crate::protocol::{binary, Ack, ErrorCode, Request, Resume, ServerFrame};
-use crate::server::channels::Channel;
+use crate::server::channels::{is_notice, Channel};
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, ServerForBroker};
 
@@ -289,11 +289,8 @@ impl EdgeThread {
     }
 
     fn upstream_up(&self) -> bool {
-        let ready = |l: &Option<Link>| l.as_ref().is_some_and(|l| l.is_ready());
-        let authed = |l: &Option<Link>| {
-            l.as_ref().is_some_and(|l| !l.expects.iter().any(|(_, e)| matches!(e, Expect::Auth)))
-        };
-        ready(&self.subs) && ready(&self.pubs) && authed(&self.subs) && authed(&self.pubs)
+        let up = |l: &Option<Link>| l.as_ref().is_some_and(|l| l.is_ready() && l.authed);
+        up(&self.subs) && up(&self.pubs)
     }
 
     /// Publishes go through while both the subscription and the publish connection are up.
@@ -743,7 +740,10 @@ impl EdgeThread {
     }
 
     fn release(&mut self, name: &[u8]) {
-        let key = self.names.iter().find(|(_, n)| n.name[..] == *name).map(|(k, _)| k);
+        // The granted holder's (a claim of the same name still waiting here is another
+        // connection's, which a late grant to a gone one must not take away).
+        let named = || self.names.iter().filter(|(_, n)| n.name[..] == *name);
+        let key = named().find(|(_, n)| n.granted).or_else(|| named().next()).map(|(k, _)| k);
         if let Some(key) = key {
             if let Some(link) = self.names.remove(key).link {
                 link.close(self.poll.registry());
@@ -789,7 +789,17 @@ impl EdgeThread {
                     link.write(&Request::Pong);
                 }
             }
-            ServerFrame::Pong => self.answered(token, |e| matches!(e, Expect::Pong)),
+            ServerFrame::Pong => self.ponged(token),
+            // Offsets start at 1 and stay below the ring's notice values: a peer that says
+            // otherwise is not a fanout server to mirror.
+            ServerFrame::Message { offset, .. } | ServerFrame::Ack { offset, .. }
+                if offset == 0 || is_notice(offset) =>
+            {
+                self.link_failed(token, &format!("the upstream sent offset {offset}"))
+            }
+            ServerFrame::History { first, last, .. } if is_notice(first) || is_notice(last) => {
+                self.link_failed(token, &format!("the upstream sent offsets {first}..{last}"))
+            }
             ServerFrame::Message { channel, offset, payload } => match token {
                 SUBS => self.message(&channel, offset, &payload),
                 FETCH => self.fetched(&channel, offset, &payload),
@@ -827,9 +837,13 @@ impl EdgeThread {
                 );
                 let name = Bytes::copy_from_slice(&channel);
                 if let Some(tracked) = self.tracked.get_mut(&name) {
-                    tracked.mirror.lost();
-                    if tracked.mirror.resumes {
-                        self.subscribe(&name);
+                    // (Unless a SUB of it is on its way already.)
+                    if tracked.mirror.state != State::Asked {
+                        tracked.mirror.lost();
+                        tracked.tcp_subscribed = false;
+                        if tracked.mirror.resumes {
+                            self.subscribe(&name);
+                        }
                     }
                 }
             }
@@ -844,13 +858,19 @@ impl EdgeThread {
     fn out_of_order(&mut self, token: Token, got: &str, expected: Option<Expect>) {
         let why = format!("the upstream answered {got} where {expected:?} was due");
         warn!("edge: {why}");
+        if let Some(Expect::Publish(op)) = expected {
+            // Its outcome is unknown: refused, as every publish in flight on a lost link is.
+            let why = "broker unavailable: the upstream connection went out of step; the publish may or may not have been carried out";
+            self.answer(&op, 0, Err((ErrorCode::Unavailable, why.into())));
+        }
         self.link_failed(token, &why);
     }
 
-    fn answered(&mut self, token: Token, is: impl FnOnce(&Expect) -> bool) {
+    /// A PONG: the answer to the oldest command must be the PING's.
+    fn ponged(&mut self, token: Token) {
         let Some(link) = self.link_mut(token) else { return };
         match link.answered() {
-            Some(e) if is(&e) => {}
+            Some(Expect::Pong) => {}
             other => self.out_of_order(token, "PONG", other),
         }
     }
@@ -859,7 +879,12 @@ impl EdgeThread {
         let Some(link) = self.link_mut(token) else { return };
         let expect = link.answered();
         match (ack, expect) {
-            (Ack::Auth, Some(Expect::Auth)) => self.note_up(),
+            (Ack::Auth, Some(Expect::Auth)) => {
+                if let Some(link) = self.link_mut(token) {
+                    link.authed = true;
+                }
+                self.note_up()
+            }
             (Ack::Subscribe, Some(Expect::Subscribe(name))) if name[..] == *arg => {
                 let Some(tracked) = self.tracked.get_mut(&name) else { return };
                 let steps = tracked.mirror.subscribed(&*tracked.channel.lock_log());
@@ -923,6 +948,20 @@ impl EdgeThread {
 
     fn error(&mut self, token: Token, code: u16, reason: &str) {
         let Some(link) = self.link_mut(token) else { return };
+        // The errors a server sends on its own before it closes the connection (stale, a slow
+        // consumer, bad bytes) answer no command: the link is failing. (A token that expires
+        // is told 401 and closed as well; 401 also answers a command, so it is taken as the
+        // answer, and the close follows.)
+        const CLOSING: [ErrorCode; 4] = [
+            ErrorCode::StaleConnection,
+            ErrorCode::SlowConsumer,
+            ErrorCode::BadRequest,
+            ErrorCode::FrameTooLarge,
+        ];
+        if CLOSING.iter().any(|c| c.code() == code) {
+            return self
+                .link_failed(token, &format!("the upstream is closing it: {code} {reason}"));
+        }
         let expect = link.answered();
         let code_of = || ErrorCode::from_code(code).unwrap_or(ErrorCode::Unavailable);
         match expect {
@@ -936,6 +975,18 @@ impl EdgeThread {
                 if code == ErrorCode::Unavailable.code() {
                     // The upstream cannot serve it now (itself behind or cut off): again soon.
                     warn!("edge: the upstream cannot serve {} now: {code} {reason}; trying again in a second", lossy(&name));
+                    if let Some(tracked) = self.tracked.get_mut(&name) {
+                        tracked.mirror.state = State::Idle;
+                        tracked.tcp_subscribed = false;
+                        tracked.retry_at = Some(Instant::now() + SWEEP_EVERY);
+                    }
+                    return;
+                }
+                let served = self.tracked.get(&name).is_some_and(|t| t.mirror.served);
+                if served {
+                    // Its subscribers hold offsets of it: it is asked for again (a limit may
+                    // come free), never dropped under them.
+                    warn!("edge: the upstream refused {} again: {code} {reason}; trying again in a second", lossy(&name));
                     if let Some(tracked) = self.tracked.get_mut(&name) {
                         tracked.mirror.state = State::Idle;
                         tracked.tcp_subscribed = false;
@@ -1056,6 +1107,11 @@ impl EdgeThread {
             }
             let Some(socket) = self.group.as_ref() else { break };
             match socket.recv_from(&mut buffer) {
+                // Only the upstream's datagrams (the group is a LAN's: anyone on it may send).
+                Ok((_, from)) if self.addr.is_some_and(|a| a.ip() != from.ip()) => {
+                    let counters = &self.ring.server.broker().counters;
+                    counters.multicast_malformed.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok((n, _)) => self.datagram(&buffer[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.group_unread = false;
@@ -1076,7 +1132,13 @@ impl EdgeThread {
     /// mirror (which delivers the next offset, and asks upstream for anything else).
     fn datagram(&mut self, bytes: &[u8]) {
         let counters = &self.ring.server.broker().counters;
-        let Some(datagram) = Datagram::decode(bytes) else {
+        let in_range = |datagram: &Datagram<'_>| match datagram {
+            Datagram::Run { first, payloads, .. } => {
+                *first > 0 && !is_notice(first.saturating_add(payloads.len() as u64))
+            }
+            Datagram::Heartbeat { last, .. } => !is_notice(*last),
+        };
+        let Some(datagram) = Datagram::decode(bytes).filter(in_range) else {
             counters.multicast_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -1203,10 +1265,12 @@ impl EdgeThread {
         for token in [SUBS, PUBS, FETCH] {
             let Some(link) = self.link_mut(token) else { continue };
             let silent = now.saturating_duration_since(link.last_heard);
-            let waiting = link
-                .expects
-                .front()
-                .map(|(sent, e)| (now.saturating_duration_since(*sent), e.may_wait()));
+            if !link.is_ready() && now.saturating_duration_since(link.opened) >= timeout {
+                // A host that drops packets would leave the connect to the kernel's minutes.
+                return self.down(&format!("no connection within {timeout:?}"));
+            }
+            let waiting =
+                link.head_waited(now).zip(link.expects.front().map(|(_, e)| e.may_wait()));
             let pinged = link.expects.iter().any(|(_, e)| matches!(e, Expect::Pong));
             match waiting {
                 // Answers are due. A SUB may wait upstream (a Redis-joined upstream serves a
@@ -1285,7 +1349,9 @@ impl EdgeThread {
         }
         for text in gone {
             if let Some(track) = self.patterns.remove(&text) {
-                if let Some(subs) = self.subs.as_mut().filter(|_| track.live) {
+                // Redis globs all go up as `>`: the last of them lets it go.
+                let shared = self.patterns.values().any(|other| other.wire == track.wire);
+                if let Some(subs) = self.subs.as_mut().filter(|_| track.live && !shared) {
                     let request = Request::PatternUnsubscribe { pattern: &track.wire };
                     subs.send(&request, Expect::PatternUnsubscribe);
                 }
