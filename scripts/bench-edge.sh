@@ -20,6 +20,8 @@ SUBS=${SUBS:-10000}
 SETUPS=${SETUPS:-edges redis}
 RATE=${RATE:-1000}
 MESSAGES=${MESSAGES:-10000}
+# Subscriber event-loop threads of the load generator.
+LOAD_THREADS=${LOAD_THREADS:-2}
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
 build_fanout
 bench_setup edge
@@ -65,7 +67,8 @@ for e in $EDGES; do
     edges_before=$(cpu_sum "${pids[@]}")
     line=$("$FANOUT" load --quiet --server "127.0.0.1:$publish_to" "${subscribe_to[@]}" \
              --subscribers "$SUBS" --channels 1 --messages "$messages" --rate "$RATE" --payload-bytes 64 \
-             --max-per-process 15000 --drain-timeout-secs 20 2>"$WORK/load.err" | grep '^{' || true)
+             --max-per-process 15000 --drain-timeout-secs 20 --threads "$LOAD_THREADS" \
+             2>"$WORK/load.err" | grep '^{' || true)
     hub_after=$(cpu_seconds "$hub_pid")
     edges_after=$(cpu_sum "${pids[@]}")
     stop_all
