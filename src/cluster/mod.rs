@@ -315,6 +315,33 @@ pub(crate) fn older_epoch(a: u64, b: u64) -> bool {
     a & b & ORDERED_EPOCH != 0 && a < b
 }
 
+/// The mirroring threads' (the Redis broker's, an edge's) waker token on their poll.
+pub(crate) const WAKER: mio::Token = mio::Token(usize::MAX);
+/// Reconnects back off from this to `BACKOFF_MAX`, doubling, jittered (`next_backoff`).
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often channels without local subscribers are let go of.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A channel served only for pattern subscribers is let go of after this long without messages.
+pub(crate) const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
+/// Messages one resume reads from Redis or an upstream, at most.
+pub(crate) const MAX_BACKFILL: u64 = 100_000;
+/// How often a connection left unread (the ring had too little room) is looked at again.
+pub(crate) const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
+
+/// `base` give or take half, so that nodes that lost the same server do not all come back at
+/// once.
+pub(crate) fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.5 + (crate::history::new_epoch() % 1000) as f64 / 1000.0)
+}
+
+/// The delay before the next try (jittered), doubling `backoff` for the one after.
+pub(crate) fn next_backoff(backoff: &mut Duration) -> Duration {
+    let delay = jittered(*backoff);
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    delay
+}
+
 /// The thread that joins this node to others, made before `Shared` exists, run after.
 pub(crate) enum Unstarted {
     Redis(broker::Unstarted),
@@ -335,7 +362,7 @@ impl Unstarted {
 /// upstream thread.
 pub(crate) fn prepare(config: ClusterConfig) -> std::io::Result<(Broker, Unstarted)> {
     let poll = mio::Poll::new()?;
-    let waker = mio::Waker::new(poll.registry(), mio::Token(usize::MAX))?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)?;
     let (sender, ops) = crossbeam_channel::unbounded();
     // An edge has one flag: whether its upstream is reachable.
     let shards = config.redis.len().max(1);

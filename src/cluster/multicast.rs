@@ -248,7 +248,11 @@ pub(crate) struct MulticastSender {
 
 /// A channel multicast lately: its heartbeat goes on until `HEARTBEAT_FOR` after `at`.
 struct Recent {
+    name: Arc<[u8]>,
+    /// The channel's epoch as of the last epoch notice read here (the channel's own may have
+    /// moved on since a message entered the ring).
     epoch: u64,
+    /// The latest offset sent (0: none yet).
     last: u64,
     at: Instant,
 }
@@ -270,8 +274,8 @@ impl MulticastSender {
         info!("multicast: sending every channel's messages to {}", self.config.group);
         let group = std::net::SocketAddr::V4(self.config.group);
         let mut runs = RunBuilder::new(self.config.mtu);
-        let mut recent: HashMap<Arc<[u8]>, Recent> = HashMap::new();
-        let mut names: HashMap<u64, (Arc<[u8]>, u64)> = HashMap::new();
+        // By channel id: one lookup per message.
+        let mut recent: HashMap<u64, Recent> = HashMap::new();
         let mut next_heartbeat = Instant::now() + HEARTBEAT_EVERY;
         let (mut sent, mut dropped) = (0u64, 0u64);
         let mut send = |datagram: &[u8]| match socket.send_to(datagram, group) {
@@ -296,22 +300,20 @@ impl MulticastSender {
                     if name.first() == Some(&b'@') || &name[..] == b"*" {
                         return;
                     }
-                    // A message's epoch is the channel's as of the last epoch notice read here
-                    // (the channel's own may have moved on since the message entered the ring).
-                    let (shared_name, epoch) = names
-                        .entry(channel.id)
-                        .or_insert_with(|| (Arc::from(&name[..]), channel.epoch()));
+                    let entry = recent.entry(channel.id).or_insert_with(|| Recent {
+                        name: Arc::from(&name[..]),
+                        epoch: channel.epoch(),
+                        last: 0,
+                        at: now,
+                    });
                     if item.offset == EPOCH_NOTICE {
-                        *epoch = channel.epoch();
+                        entry.epoch = channel.epoch();
                     }
                     if is_notice(item.offset) {
                         return;
                     }
-                    let (shared_name, epoch) = (shared_name.clone(), *epoch);
-                    runs.add(&shared_name, epoch, item.offset, &item.payload, &mut send);
-                    let entry =
-                        recent.entry(shared_name).or_insert(Recent { epoch, last: 0, at: now });
-                    *entry = Recent { epoch, last: item.offset, at: now };
+                    (entry.last, entry.at) = (item.offset, now);
+                    runs.add(&entry.name, entry.epoch, item.offset, &item.payload, &mut send);
                 });
                 if taken == 0 {
                     break;
@@ -321,9 +323,8 @@ impl MulticastSender {
             if now >= next_heartbeat {
                 next_heartbeat = now + HEARTBEAT_EVERY;
                 recent.retain(|_, r| now.duration_since(r.at) < HEARTBEAT_FOR);
-                names.retain(|_, (name, _)| recent.contains_key(name));
-                for (name, r) in &recent {
-                    send(&RunBuilder::heartbeat(name, r.epoch, r.last));
+                for r in recent.values().filter(|r| r.last > 0) {
+                    send(&RunBuilder::heartbeat(&r.name, r.epoch, r.last));
                 }
             }
         }

@@ -244,12 +244,6 @@ impl Stamp {
         (invalid & 0xf0 == 0).then(|| Stamp::read(&bytes)).flatten()
     }
 
-    /// The stamp of a payload in either form (a mixed crowd's publishers write hex when any
-    /// subscriber needs it).
-    pub fn read_any(payload: &[u8]) -> Option<Stamp> {
-        Stamp::read_hex(payload).or_else(|| Stamp::read(payload))
-    }
-
     /// Reads the stamp from a payload's first 16 bytes.
     pub fn read(payload: &[u8]) -> Option<Stamp> {
         let (time, rest) = payload.split_first_chunk::<8>()?;
@@ -382,6 +376,7 @@ pub(crate) fn spawn_loops(
         let plan = LoopPlan {
             servers,
             tls: config.tls.as_ref().map(|(tls, _)| tls.clone()),
+            hex_stamps: config.hex_stamps(),
             protocols: (t..config.subscribers)
                 .step_by(threads)
                 .map(|i| config.subscriber_protocol(config.first_subscriber + i))

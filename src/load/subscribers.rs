@@ -97,6 +97,8 @@ pub(crate) struct LoopPlan {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Each subscriber's protocol, in `channels` order.
     pub protocols: Vec<Protocol>,
+    /// Payload stamps are hex text (a WebSocket JSON subscriber is among them).
+    pub hex_stamps: bool,
     pub channels: Vec<String>,
     pub source: Option<Ipv4Addr>,
     /// One token per connection, when the server wants them.
@@ -108,6 +110,8 @@ pub(crate) struct LoopPlan {
 struct Subscriber {
     stream: Socket<TcpStream>,
     protocol: Protocol,
+    /// Read payload stamps as hex text (`LoopPlan::hex_stamps`).
+    hex_stamps: bool,
     input: Vec<u8>,
     output: Vec<u8>,
     subscribed: bool,
@@ -119,6 +123,16 @@ struct Subscriber {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+
+impl Subscriber {
+    /// A payload's stamp, in the form this run's publishers write.
+    fn stamp(&self, payload: &[u8]) -> Option<Stamp> {
+        match self.hex_stamps {
+            true => Stamp::read_hex(payload),
+            false => Stamp::read(payload),
+        }
+    }
+}
 
 pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
     let mut totals = Totals::default();
@@ -142,6 +156,7 @@ pub(crate) fn run(plan: LoopPlan, progress: Arc<Progress>) -> Totals {
                 subs.push(Subscriber {
                     stream,
                     protocol,
+                    hex_stamps: plan.hex_stamps,
                     input: Vec::new(),
                     output,
                     subscribed: false,
@@ -325,7 +340,7 @@ fn parse_events(
                 at += used;
                 delivered += 1;
                 check_order(sub, Some(offset), payload, totals);
-                if let Some(stamp) = Stamp::read_any(payload) {
+                if let Some(stamp) = sub.stamp(payload) {
                     totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                 }
                 continue;
@@ -355,7 +370,7 @@ fn parse_events(
                     Event::Message { offset, payload } => {
                         delivered += 1;
                         check_order(sub, offset, &payload, totals);
-                        if let Some(stamp) = Stamp::read_any(&payload) {
+                        if let Some(stamp) = sub.stamp(&payload) {
                             totals.record_latency(now_us.saturating_sub(stamp.sent_ns / 1000));
                         }
                     }
@@ -421,7 +436,7 @@ fn check_order(sub: &mut Subscriber, offset: Option<u64>, payload: &[u8], totals
         }
         return;
     }
-    let Some(stamp) = Stamp::read_any(payload) else {
+    let Some(stamp) = sub.stamp(payload) else {
         totals.errors += 1;
         return;
     };

@@ -67,6 +67,10 @@ use self::topology::Topology;
 use super::into_ring::IntoRing;
 use super::link::{read_slot_map, Link};
 use super::mirror::{ChannelMirror, LocalLog, Outcome, Page, State as MirrorState, Step};
+use super::{
+    jittered, next_backoff, BACKOFF_MAX, BACKOFF_MIN, BACKPRESSURE_RETRY, MAX_BACKFILL,
+    PATTERN_CHANNEL_QUIET, SWEEP_EVERY, WAKER,
+};
 use super::{Broker, BrokerOp, ClusterConfig, Envelope, Keys, PublishOp, RedisEndpoint};
 use crate::history::disk::{PublishOutcome, ReplyTo};
 use crate::history::{new_epoch, now_ms, ChannelLog, Mirror, Retained};
@@ -76,29 +80,18 @@ use crate::server::channels::Channel;
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, ServerForBroker};
 
-const WAKER: Token = Token(usize::MAX);
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const SUBSCRIBE_BATCH: usize = 512;
 /// Stream entries per sync script call: up to 256 messages, or 16,384 (a ring's worth) when
 /// every entry is a run of `batch::RUN_MESSAGES`.
 const SYNC_PAGE: usize = 256;
-/// Messages one resume reads from Redis, at most.
-const MAX_BACKFILL: u64 = 100_000;
-/// How often channels without local subscribers are let go of.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// A channel that heard nothing this long has its latest offset checked in Redis, once.
 const QUIET_AFTER: Duration = Duration::from_secs(2);
-/// A channel served only for pattern subscribers is let go of after this long without messages.
-const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bytes read from one pub/sub connection per turn: what they deliver fits the ring's headroom
 /// (`RING_HEADROOM` of it free), so the broker never waits for room in the middle of them.
 /// A pub/sub connection is read only while that much of the ring is free; otherwise it is left
 /// unread (Redis holds its output; TCP pushes back) and read again once workers drained.
 const PUSH_READ_BUDGET: usize = 64 * 1024;
-/// How often a connection left unread is looked at again.
-const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 
 /// The pub/sub commands in use.
 struct Verbs {
@@ -639,12 +632,6 @@ impl BrokerThread {
         }
         Ok(())
     }
-}
-
-/// `base` times a random factor between 0.5 and 1.5, so that nodes that lost Redis together do
-/// not reconnect together.
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(0.5 + (new_epoch() % 1000) as f64 / 1000.0)
 }
 
 #[cfg(test)]

@@ -270,8 +270,7 @@ impl BrokerThread {
                 shard.retry_at = Some(Instant::now());
             }
             Err(e) => {
-                let delay = jittered(shard.backoff);
-                shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
+                let delay = next_backoff(&mut shard.backoff);
                 shard.retry_at = Some(Instant::now() + delay);
                 warn!("cluster: cannot resolve {endpoint}: {e}; retrying in {delay:.1?}");
             }
@@ -296,8 +295,7 @@ impl BrokerThread {
         let (mut commands, mut pubsub) = match links {
             Ok(links) => links,
             Err(e) => {
-                let delay = jittered(shard.backoff);
-                shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
+                let delay = next_backoff(&mut shard.backoff);
                 shard.retry_at = Some(Instant::now() + delay);
                 warn!("cluster: cannot connect to {endpoint}: {e}; retrying in {delay:.1?}");
                 return;
@@ -418,8 +416,7 @@ impl BrokerThread {
         shard.to_unsubscribe.clear();
         shard.to_psubscribe.clear();
         shard.to_punsubscribe.clear();
-        let delay = jittered(shard.backoff);
-        shard.backoff = (shard.backoff * 2).min(BACKOFF_MAX);
+        let delay = next_backoff(&mut shard.backoff);
         shard.retry_at = Some(Instant::now() + delay);
         if was_up {
             self.broker().counters.shards_up.fetch_sub(1, Ordering::Relaxed);

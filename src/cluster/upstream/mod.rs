@@ -43,7 +43,10 @@ use self::mirror::{EdgeMirror, Hist, State};
 use super::into_ring::IntoRing;
 use super::mirror::Step;
 use super::multicast::{self, Datagram, READ_DATAGRAMS};
-use super::{Broker, BrokerOp, ClusterConfig, PublishOp};
+use super::{
+    next_backoff, Broker, BrokerOp, ClusterConfig, PublishOp, BACKOFF_MIN, BACKPRESSURE_RETRY,
+    MAX_BACKFILL, PATTERN_CHANNEL_QUIET, SWEEP_EVERY, WAKER,
+};
 use crate::history::disk::{PublishOutcome, ReplyTo};
 use crate::history::{new_epoch, now_ms, Retained};
 use crate::protocol::{binary, Ack, ErrorCode, Request, Resume, ServerFrame};
@@ -51,21 +54,12 @@ use crate::server::channels::{is_notice, Channel};
 use crate::server::ring::Producer;
 use crate::server::{Answer, Item, ServerForBroker};
 
-const WAKER: Token = Token(usize::MAX);
 const GROUP: Token = Token(usize::MAX - 1);
 const SUBS: Token = Token(0);
 const PUBS: Token = Token(1);
 const FETCH: Token = Token(2);
 /// Name connections' tokens start here (the slab key after it).
 const NAMES: usize = 3;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often unused channels are let go of and refused subscriptions tried again.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// A channel heard only through a pattern is let go of after this long without messages.
-const PATTERN_CHANNEL_QUIET: Duration = Duration::from_secs(30);
-/// Messages one resume reads from upstream, at most.
-const MAX_BACKFILL: u64 = 100_000;
 /// A channel the multicast group brought nothing for (not even a heartbeat) this long is
 /// subscribed over TCP again (the hub stopped sending, or the group stopped reaching us).
 const MULTICAST_SILENCE: Duration = Duration::from_secs(1);
@@ -75,8 +69,6 @@ const CLAIM_PATIENCE: u32 = 2;
 const WAITING_SUB_PATIENCE: u32 = 6;
 /// The finest a link's timers are looked at.
 const TIMER_GRAIN: Duration = Duration::from_millis(100);
-/// How often a connection left unread (the ring was full) is looked at again.
-const BACKPRESSURE_RETRY: Duration = Duration::from_millis(1);
 
 /// The upstream thread's poll and queue, made before `Shared` exists.
 pub(crate) struct Unstarted {
@@ -365,22 +357,12 @@ impl EdgeThread {
                 }
                 // Claimed again with the next connection upstream (`reclaim_names`).
                 if !entry.granted {
-                    let (reply_to, name) = (entry.reply_to, entry.name.clone());
-                    self.names.remove(t - NAMES);
-                    let why: Arc<str> = format!(
+                    let why = format!(
                         "broker unavailable: the upstream dropped the name's connection ({why}; \
                          each name held through an edge is a connection to the upstream, within \
                          its --max-connections-per-ip)"
-                    )
-                    .into();
-                    self.ring.server.answer(
-                        reply_to.worker,
-                        Answer::NameClaim {
-                            target: reply_to,
-                            name,
-                            result: Err((ErrorCode::Unavailable, why)),
-                        },
                     );
+                    self.drop_name(t - NAMES, ErrorCode::Unavailable, why.into());
                 }
             }
         }
@@ -421,10 +403,7 @@ impl EdgeThread {
         for pattern in self.patterns.values_mut() {
             pattern.unused_sweeps = 0;
         }
-        self.at = (self.at + 1) % self.config.upstream.len();
-        let delay = jittered(self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.retry_at = Some(Instant::now() + delay);
+        self.try_next_upstream_later();
     }
 
     /// Answers everything the lost connections were waiting for.
@@ -493,12 +472,15 @@ impl EdgeThread {
         self.reclaim_names();
     }
 
+    /// The next upstream given is tried after a backoff.
+    fn try_next_upstream_later(&mut self) {
+        self.at = (self.at + 1) % self.config.upstream.len();
+        self.retry_at = Some(Instant::now() + next_backoff(&mut self.backoff));
+    }
+
     fn connect_failed(&mut self, upstream: &str, why: &str) {
         warn!("edge: cannot connect to upstream {upstream}: {why}");
-        self.at = (self.at + 1) % self.config.upstream.len();
-        let delay = jittered(self.backoff);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.retry_at = Some(Instant::now() + delay);
+        self.try_next_upstream_later();
     }
 
     /// What is presented upstream: the token file as it is now (a token replaced there before
@@ -664,7 +646,8 @@ impl EdgeThread {
     fn serve_now(&mut self, name: &Bytes) {
         let Some(tracked) = self.tracked.get_mut(name) else { return };
         let steps = tracked.mirror.serve(&*tracked.channel.lock_log());
-        self.apply(name, steps);
+        let channel = tracked.channel.clone();
+        self.apply(&channel, steps);
     }
 
     fn serve_pattern(&mut self, text: Box<[u8]>) {
@@ -726,17 +709,28 @@ impl EdgeThread {
             .map(|(key, _)| key)
             .collect();
         for key in late {
-            let entry = self.names.remove(key);
-            if let Some(link) = entry.link {
-                link.close(self.poll.registry());
-            }
-            let why: Arc<str> =
-                format!("broker unavailable: no upstream answered the claim within {patience:?}")
-                    .into();
-            let result = Err((ErrorCode::Unavailable, why));
-            let answer = Answer::NameClaim { target: entry.reply_to, name: entry.name, result };
-            self.ring.server.answer(entry.reply_to.worker, answer);
+            let why =
+                format!("broker unavailable: no upstream answered the claim within {patience:?}");
+            self.drop_name(key, ErrorCode::Unavailable, why.into());
         }
+    }
+
+    /// Lets go of name `key` and its connection: a claim not granted yet is refused with `why`,
+    /// a granted name is told lost.
+    fn drop_name(&mut self, key: usize, code: ErrorCode, why: Arc<str>) {
+        if !self.names.contains(key) {
+            return;
+        }
+        let entry = self.names.remove(key);
+        if let Some(link) = entry.link {
+            link.close(self.poll.registry());
+        }
+        let (target, name) = (entry.reply_to, entry.name);
+        let answer = match entry.granted {
+            false => Answer::NameClaim { target, name, result: Err((code, why)) },
+            true => Answer::NameLost { target, name },
+        };
+        self.ring.server.answer(target.worker, answer);
     }
 
     fn release(&mut self, name: &[u8]) {
@@ -890,7 +884,8 @@ impl EdgeThread {
                 let steps = tracked.mirror.subscribed(&*tracked.channel.lock_log());
                 // Lined up again: the group (or the pattern) brings what follows.
                 let let_go = tracked.multicast.is_some() || tracked.via_pattern;
-                self.apply(&name, steps);
+                let channel = tracked.channel.clone();
+                self.apply(&channel, steps);
                 if let_go {
                     self.unsubscribe(&name);
                 }
@@ -972,21 +967,12 @@ impl EdgeThread {
             }
             Some(Expect::Subscribe(name)) => {
                 self.broker().counters.sync_failures.fetch_add(1, Ordering::Relaxed);
-                if code == ErrorCode::Unavailable.code() {
-                    // The upstream cannot serve it now (itself behind or cut off): again soon.
-                    warn!("edge: the upstream cannot serve {} now: {code} {reason}; trying again in a second", lossy(&name));
-                    if let Some(tracked) = self.tracked.get_mut(&name) {
-                        tracked.mirror.state = State::Idle;
-                        tracked.tcp_subscribed = false;
-                        tracked.retry_at = Some(Instant::now() + SWEEP_EVERY);
-                    }
-                    return;
-                }
+                // The upstream cannot serve it now (itself behind or cut off), or its
+                // subscribers hold offsets of it (a limit may come free): asked again soon,
+                // never dropped under them.
                 let served = self.tracked.get(&name).is_some_and(|t| t.mirror.served);
-                if served {
-                    // Its subscribers hold offsets of it: it is asked for again (a limit may
-                    // come free), never dropped under them.
-                    warn!("edge: the upstream refused {} again: {code} {reason}; trying again in a second", lossy(&name));
+                if code == ErrorCode::Unavailable.code() || served {
+                    warn!("edge: the upstream will not serve {} now: {code} {reason}; trying again in a second", lossy(&name));
                     if let Some(tracked) = self.tracked.get_mut(&name) {
                         tracked.mirror.state = State::Idle;
                         tracked.tcp_subscribed = false;
@@ -1018,25 +1004,8 @@ impl EdgeThread {
                 warn!("edge: the upstream refused pattern {}: {code} {reason}", lossy(&text));
                 self.patterns.remove(&text);
             }
-            Some(Expect::Name { reply_to }) => {
-                let Token(t) = token;
-                if self.names.contains(t - NAMES) {
-                    let entry = self.names.remove(t - NAMES);
-                    if let Some(link) = entry.link {
-                        link.close(self.poll.registry());
-                    }
-                    let why: Arc<str> = reason.into();
-                    let answer = match reply_to {
-                        Some(target) => Answer::NameClaim {
-                            target,
-                            name: entry.name,
-                            result: Err((code_of(), why)),
-                        },
-                        None => Answer::NameLost { target: entry.reply_to, name: entry.name },
-                    };
-                    self.ring.server.answer(entry.reply_to.worker, answer);
-                }
-            }
+            // Refused a first claim, or a re-claim after a reconnect (the name went to another).
+            Some(Expect::Name { .. }) => self.drop_name(token.0 - NAMES, code_of(), reason.into()),
             Some(Expect::Unsubscribe | Expect::PatternUnsubscribe | Expect::Pong) | None => {
                 debug!("edge: upstream error {code} {reason}");
             }
@@ -1046,8 +1015,8 @@ impl EdgeThread {
     fn history(&mut self, channel: &[u8], hist: Hist) {
         let Some(tracked) = self.tracked.get_mut(channel) else { return };
         let steps = tracked.mirror.history(&*tracked.channel.lock_log(), hist);
-        let name = tracked.channel.name.clone();
-        self.apply(&name, steps);
+        let channel = tracked.channel.clone();
+        self.apply(&channel, steps);
     }
 
     fn message(&mut self, channel: &[u8], offset: u64, payload: &[u8]) {
@@ -1062,8 +1031,8 @@ impl EdgeThread {
             let log = tracked.channel.lock_log();
             tracked.mirror.message(&*log, offset, payload, now_ms(), new_epoch)
         };
-        let name = tracked.channel.name.clone();
-        self.apply(&name, steps);
+        let channel = tracked.channel.clone();
+        self.apply(&channel, steps);
     }
 
     /// A message of a channel this node does not mirror came through a pattern: mirror it
@@ -1150,7 +1119,8 @@ impl EdgeThread {
             return;
         }
         let now = Instant::now();
-        let name = tracked.channel.name.clone();
+        let mirrored = tracked.channel.clone();
+        let name = mirrored.name.clone();
         let switching = tracked.multicast.is_none();
         if switching && matches!(datagram, Datagram::Heartbeat { .. }) {
             return;
@@ -1175,7 +1145,7 @@ impl EdgeThread {
                         let counters = &self.ring.server.broker().counters;
                         counters.multicast_messages.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.apply(&name, steps);
+                    self.apply(&mirrored, steps);
                 }
             }
             Datagram::Heartbeat { epoch, last, .. } => {
@@ -1183,7 +1153,7 @@ impl EdgeThread {
                     let log = tracked.channel.lock_log();
                     tracked.mirror.multicast_heartbeat(&*log, epoch, last)
                 };
-                self.apply(&name, steps);
+                self.apply(&mirrored, steps);
             }
         }
     }
@@ -1212,43 +1182,39 @@ impl EdgeThread {
     }
 
     /// Carries out what a channel's mirror decided, in order.
-    fn apply(&mut self, name: &[u8], steps: Vec<Step>) {
-        if steps.is_empty() {
-            return;
-        }
-        let Some(channel) = self.tracked.get(name).map(|t| t.channel.clone()) else { return };
-        let server = self.ring.server.clone();
-        let counters = &server.broker().counters;
+    fn apply(&mut self, channel: &Arc<Channel>, steps: Vec<Step>) {
+        let name = || lossy(&channel.name);
         for step in steps {
+            let counters = &self.ring.server.broker().counters;
             match step {
                 Step::Append { offset, payload, published_ms, deliver } => {
-                    self.ring.accept(&channel, offset, payload, published_ms, deliver)
+                    self.ring.accept(channel, offset, payload, published_ms, deliver)
                 }
                 Step::Restart { epoch, next, notify } => {
                     if notify {
                         counters.epoch_changes.fetch_add(1, Ordering::Relaxed);
-                        warn!("edge: {} started over upstream (epoch {epoch:016x}); subscribers are told", lossy(name));
+                        warn!("edge: {} started over upstream (epoch {epoch:016x}); subscribers are told", name());
                     }
-                    self.ring.restart(&channel, epoch, next, notify)
+                    self.ring.restart(channel, epoch, next, notify)
                 }
                 Step::Hole { from, lost, notify } => {
                     counters.offsets_lost.fetch_add(lost, Ordering::Relaxed);
                     warn!(
                         "edge: {} offsets {}..{} are no longer upstream; subscribers are told",
-                        lossy(name),
+                        name(),
                         from - lost,
                         from - 1
                     );
                     if notify {
-                        self.ring.announce_hole(&channel, from);
+                        self.ring.announce_hole(channel, from);
                     }
                 }
-                Step::SkipTo { next } => self.ring.skip_to(&channel, next),
-                Step::Served => self.ring.mark_served(&channel),
+                Step::SkipTo { next } => self.ring.skip_to(channel, next),
+                Step::Served => self.ring.mark_served(channel),
                 Step::Sync { .. } => {
                     // The multicast group missed something: a resume over TCP reads it.
                     counters.multicast_repairs.fetch_add(1, Ordering::Relaxed);
-                    self.subscribe(&Bytes::copy_from_slice(name));
+                    self.subscribe(&channel.name);
                 }
                 Step::Repaired => {}
             }
@@ -1383,12 +1349,4 @@ impl EdgeThread {
 
 fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(bytes)
-}
-
-/// `delay` give or take a quarter, so that edges that lost the same upstream do not all come
-/// back at once.
-fn jittered(delay: Duration) -> Duration {
-    let quarter = delay.as_micros() as u64 / 4;
-    let spread = new_epoch() % (2 * quarter + 1);
-    delay - Duration::from_micros(quarter) + Duration::from_micros(spread)
 }
